@@ -1,0 +1,133 @@
+"""Tests for tuner.diagnose on synthetic learning curves."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tuner.diagnose import (
+    EXPLODE_RISE,
+    classify_curve,
+    curve_stats,
+    describe_lr_sweep,
+    divergence_onset,
+)
+
+EPOCHS = 20
+T = np.arange(EPOCHS, dtype=float)
+
+
+def decay(rate: float = 0.15, floor: float = 0.1) -> list[float]:
+    return (floor + (1.0 - floor) * np.exp(-rate * T)).tolist()
+
+
+def flat(seed: int = 0, noise: float = 0.003) -> list[float]:
+    rng = np.random.default_rng(seed)
+    return (1.0 - 0.001 * T + noise * rng.standard_normal(EPOCHS)).tolist()
+
+
+def zigzag(amp: float = 0.15) -> list[float]:
+    return (np.asarray(decay()) + amp * (-1.0) ** T).tolist()
+
+
+def test_smooth_decay_is_decaying() -> None:
+    assert classify_curve(decay()) == "decaying"
+    s = curve_stats(decay())
+    assert s.rel_improvement > 0.8 and s.flip_fraction == 0.0
+    assert s.oscillation_score == pytest.approx(1.0)
+
+
+def test_flat_noisy_curve_is_plateau() -> None:
+    for seed in range(5):
+        assert classify_curve(flat(seed)) == "plateau"
+
+
+def test_zigzag_around_decay_is_oscillating() -> None:
+    assert classify_curve(zigzag()) == "oscillating"
+    # the same trend with small ripples is still a decay
+    assert classify_curve(zigzag(amp=0.01)) == "decaying"
+
+
+@pytest.mark.parametrize(
+    "curve",
+    [
+        (1.3 ** T).tolist(),  # geometric rise
+        decay()[:8] + [math.nan],  # ends in NaN (stopped early)
+        decay()[:5] + [math.inf],
+        decay()[:10] + [0.6, 0.9, 1.2],  # rebounds far above its minimum
+    ],
+)
+def test_exploding(curve: list[float]) -> None:
+    assert classify_curve(curve) == "exploding"
+
+
+def test_exploding_stats() -> None:
+    s = curve_stats(decay()[:8] + [math.nan, 3.0])
+    assert not s.finite and s.n_finite == 8 and s.n_epochs == 10
+    assert curve_stats((1.3 ** T).tolist()).blowup_ratio >= EXPLODE_RISE
+
+
+def test_empty_and_single_point() -> None:
+    # documented: no evidence of learning -> plateau; a lone non-finite value explodes
+    assert classify_curve([]) == "plateau"
+    assert classify_curve([0.7]) == "plateau"
+    assert classify_curve([math.nan]) == "exploding"
+    assert curve_stats([]).n_epochs == 0
+
+
+def sweep() -> tuple[list[float], list[list[float]]]:
+    lrs = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.2, 0.3, 0.5, 1.0]
+    curves: list[list[float]] = []
+    for lr in lrs:
+        if lr >= 0.3:
+            curves.append((1.4 ** T).tolist())
+        elif lr < 1e-3:
+            curves.append(flat())
+        else:
+            curves.append(decay(rate=0.05 + lr))
+    curves[3] = decay()[:6] + [math.nan]  # lr 3e-3: one noisy explosion
+    return lrs, curves
+
+
+def test_divergence_onset_ignores_single_noisy_run() -> None:
+    lrs, curves = sweep()
+    onset = divergence_onset(lrs, curves)
+    assert onset == pytest.approx(0.3)
+    # a noisy explosion right below the boundary (0.1, with 0.2 healthy) is a tie: still 0.3
+    curves[3], curves[6] = decay(), (1.4 ** T).tolist()
+    assert divergence_onset(lrs, curves) == pytest.approx(0.3)
+
+
+def test_divergence_onset_flags_and_none() -> None:
+    lrs, curves = sweep()
+    healthy = [decay() for _ in lrs]
+    assert divergence_onset(lrs, healthy) is None
+    flags = [lr >= 0.01 for lr in lrs]
+    onset = divergence_onset(lrs, healthy, diverged=flags)
+    assert onset == pytest.approx(min(lr for lr in lrs if lr >= 0.01))
+    # a single exploding run among healthy ones is noise, not an onset
+    lone = [i == 4 for i in range(len(lrs))]
+    assert divergence_onset(lrs, [flat()] + healthy[1:], diverged=lone) is None
+
+
+def test_describe_lr_sweep() -> None:
+    lrs, curves = sweep()
+    chosen = lrs[5]  # 3e-2, a decaying run
+    lines = describe_lr_sweep(lrs, curves, chosen)
+    text = " ".join(lines)
+    assert f"{chosen:.1e}" in lines[0] and "decays steadily" in lines[0]
+    pct = round(100 * curve_stats(curves[5]).rel_improvement)
+    assert f"\u2212{pct}% over {EPOCHS} epochs" in lines[0]
+    onset = divergence_onset(lrs, curves)
+    assert f"from {onset:.1e} upward diverge" in text
+    assert f"up to {lrs[1]:.1e} barely learn in {EPOCHS} epochs (plateau)" in text
+    curves[7] = flat()  # a plateau above healthy runs is not part of the low-LR group
+    assert f"up to {lrs[1]:.1e} barely" in " ".join(describe_lr_sweep(lrs, curves, chosen))
+
+
+def test_describe_nearest_trial_and_exploding_choice() -> None:
+    lrs, curves = sweep()
+    lines = describe_lr_sweep(lrs, curves, chosen_lr=0.9)
+    assert "explodes" in lines[0] and f"(nearest trial: {lrs[-1]:.1e})" in lines[0]
+    assert any("diverging range" in line for line in lines)
