@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tuner.spec import SpecError, load_spec, settings_hash, spec_from_dict
+
+
+def test_quickstart_spec_reads_with_its_documented_values() -> None:
+    spec = load_spec(Path(__file__).parents[1] / "studies" / "quickstart.toml")
+    assert spec.name == "quickstart"
+    assert spec.data.name == "digits"
+    assert spec.stages.lr.lr_min == 1e-6 and spec.stages.lr.lr_max == 1.0
+    assert spec.stages.shape.schedules == ("constant", "step", "exponential", "inverse_time")
+    assert spec.stages.shape.width == (8, 128)
+
+
+def test_every_bundled_spec_is_valid() -> None:
+    specs = sorted((Path(__file__).parents[1] / "studies").glob("*.toml"))
+    assert len(specs) >= 5
+    for path in specs:
+        assert load_spec(path).name == path.stem
+
+
+def test_defaults_fill_what_the_file_leaves_out() -> None:
+    spec = spec_from_dict({"name": "x"})
+    assert spec.stages.lr.lr_min == 1e-6 and spec.stages.lr.lr_max == 1.0
+    assert spec.train.optimizer == "sgd"
+    assert spec.stages.audit.trials == 0
+
+
+def test_name_defaults_to_the_file_stem(tmp_path: Path) -> None:
+    path = tmp_path / "my-study.toml"
+    path.write_text("[train]\nepochs = 3\n")
+    assert load_spec(path).name == "my-study"
+
+
+@pytest.mark.parametrize(
+    ("table", "field", "words"),
+    [
+        ({"name": "x", "stages": {"lr": {"lr_min": 0.0}}}, "stages.lr.lr_min", "> 0"),
+        ({"name": "x", "stages": {"lr": {"lr_min": 0.1, "lr_max": 0.01}}}, "stages.lr.lr_min", "below lr_max"),
+        ({"name": "x", "train": {"epochs": 0}}, "train.epochs", "greater than 0"),
+        ({"name": "x", "stages": {"shape": {"trials": -1}}}, "stages.shape.trials", "greater than 0"),
+        ({"name": "x", "train": {"optimizer": "adamm"}}, "train.optimizer", "did you mean 'adam'"),
+        ({"name": "x", "stages": {"shape": {"schedules": ["cosin"]}}}, "stages.shape.schedules", "did you mean 'cosine'"),
+        ({"name": "x", "data": {"name": "mnist"}}, "data.name", "choose one of"),
+        ({"name": "x", "trian": {}}, "trian", "did you mean 'train'"),
+        ({"name": "x", "train": {"epochs": "10"}}, "train.epochs", "whole number"),
+        ({"name": "x", "stages": {"shape": {"width": [8]}}}, "stages.shape.width", "2 values"),
+        ({"name": "x", "data": {"name": "csv"}}, "data.path", "missing"),
+    ],
+)
+def test_bad_fields_are_named_with_a_fix(table: dict, field: str, words: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        spec_from_dict(table, source="s.toml")
+    assert caught.value.field_path == field
+    assert words in str(caught.value)
+    assert str(caught.value).startswith("s.toml: field")
+
+
+def test_malformed_toml_and_missing_file_are_spec_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = \n")
+    with pytest.raises(SpecError, match="malformed TOML"):
+        load_spec(bad)
+    with pytest.raises(SpecError, match="no such file"):
+        load_spec(tmp_path / "absent.toml")
+
+
+def test_settings_ignore_budgets_but_not_search_ranges() -> None:
+    base = spec_from_dict({"name": "x"})
+    more_trials = spec_from_dict({"name": "x", "stages": {"lr": {"trials": 99}}})
+    other_range = spec_from_dict({"name": "x", "stages": {"lr": {"lr_max": 0.5}}})
+    from tuner.stages import stage_settings
+
+    assert settings_hash(stage_settings(base, "lr")) == settings_hash(stage_settings(more_trials, "lr"))
+    assert settings_hash(stage_settings(base, "lr")) != settings_hash(stage_settings(other_range, "lr"))

@@ -1,0 +1,114 @@
+"""Progress of a running study: a live bar per stage on a terminal, plain log lines elsewhere."""
+
+from __future__ import annotations
+
+import time
+
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from tuner.runner import Reporter, StageSummary, StudyResult
+from tuner.stages import Stage
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+class ConsoleReporter(Reporter):
+    """Bars (trials done of budget, best so far, elapsed, remaining) or, off a terminal, a line a trial."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.live = console.is_terminal
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        self._waiting_since: float | None = None
+
+    def stage_started(self, stage: Stage, n_finished: int) -> None:
+        self._waiting_since = None
+        if not self.live:
+            self.console.print(f"stage {stage.name}: {n_finished}/{stage.budget} trials done, {stage.epochs} epochs each")
+            return
+        self._progress = Progress(
+            TextColumn("[bold]{task.fields[stage]}[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("best {task.fields[best]}"),
+            TimeElapsedColumn(),
+            TextColumn("left"),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("", total=stage.budget, completed=n_finished, stage=stage.name, best="-")
+
+    def trial_finished(self, stage: Stage, trial: FrozenTrial, n_finished: int, best_value: float | None) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=min(n_finished, stage.budget), best=_fmt(best_value))
+            return
+        if trial.state == TrialState.COMPLETE:
+            outcome = f"value {trial.value:.4g}"
+        elif trial.user_attrs.get("diverged"):
+            outcome = "diverged"
+        elif trial.state == TrialState.PRUNED:
+            outcome = "pruned"
+        else:
+            outcome = f"failed: {trial.user_attrs.get('error', '?')}"
+        params = ", ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in trial.params.items())
+        self.console.print(
+            f"  [{stage.name} {n_finished}/{stage.budget}] trial {trial.number} ({params}): {outcome}; best {_fmt(best_value)}",
+            highlight=False,
+        )
+
+    def waiting(self, stage: Stage, n_running: int) -> None:
+        if self._waiting_since is None:
+            self._waiting_since = time.monotonic()
+            self.message(f"stage {stage.name}: budget reached; waiting for {n_running} trial(s) of other workers")
+
+    def stage_finished(self, summary: StageSummary) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        self.console.print(
+            f"stage {summary.stage} done: {summary.n_complete} complete, {summary.n_pruned} pruned "
+            f"({summary.n_diverged} diverged), {summary.n_failed} failed; best {_fmt(summary.best_value)}",
+            highlight=False,
+        )
+
+    def message(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(text, highlight=False)
+        else:
+            self.console.print(text, highlight=False)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def summary_table(result: StudyResult, objective: str) -> Table:
+    """The end-of-study table: best setting and value per stage, trial counts, time taken."""
+    table = Table(title=f"study {result.name}  ({result.storage})")
+    table.add_column("stage")
+    table.add_column("best setting")
+    table.add_column(f"best {objective}", justify="right")
+    table.add_column("trials (ok/pruned/failed)", justify="right")
+    table.add_column("time", justify="right")
+    for summary in result.stages.values():
+        params = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in summary.best_params.items()
+            if summary.stage != "lr" or k == "lr"
+        )
+        table.add_row(
+            summary.stage,
+            params or "-",
+            _fmt(summary.best_value),
+            f"{summary.n_complete}/{summary.n_pruned}/{summary.n_failed}",
+            f"{summary.wall_seconds:.1f}s",
+        )
+    return table

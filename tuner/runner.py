@@ -1,0 +1,354 @@
+"""The staged study: run each stage to its budget, hand the best learning rate on, resume anything.
+
+Every stage is one Optuna study in one storage. A stage owes ``budget`` finished trials (complete
+or pruned); whoever runs it, one process or many, asks for trials until that many are finished or
+in flight, then waits for the ones in flight, so the hand-off to the next stage sees all of them
+and happens once. Nothing lives outside the storage, so running the same command again resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.data import Dataset, load_dataset
+from tuner.spec import StudySpec, load_spec, settings_hash
+from tuner.stages import (
+    Stage,
+    audit_stage,
+    describe_search,
+    lr_stage,
+    make_pruner,
+    make_sampler,
+    shape_stage,
+    stage_settings,
+)
+from tuner.storage import Heartbeat, fail_orphaned_trials, open_storage, redact, worker_id
+from tuner.train import resolve_device, seeded_model, train_epochs
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+POLL_INTERVAL_S = 1.0  # how often a worker with nothing to do looks at the stage again
+MAX_CONSECUTIVE_FAILURES = 5  # a trial that raises every time is a bug, not bad luck: stop
+
+
+class TunerError(RuntimeError):
+    """A study that cannot go on; the message says why and what to do."""
+
+
+class StudyMismatchError(TunerError):
+    """The stored study was made from different search settings than the spec has now."""
+
+
+@dataclass(frozen=True)
+class StageSummary:
+    stage: str
+    study_name: str
+    budget: int
+    n_complete: int
+    n_pruned: int
+    n_diverged: int
+    n_failed: int
+    best_value: float | None
+    best_params: dict[str, Any]
+    wall_seconds: float  # first trial start to last trial end, across resumed runs
+    train_seconds: float  # summed training time of the stage's trials
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    name: str
+    storage: str  # redacted: safe to print
+    best_lr: float | None
+    stages: dict[str, StageSummary] = field(default_factory=dict)
+
+    @property
+    def best_value(self) -> float | None:
+        values = [s.best_value for s in self.stages.values() if s.stage != "audit" and s.best_value is not None]
+        return values[-1] if values else None
+
+
+class Reporter:
+    """Hooks through which a study tells its progress; the default says nothing."""
+
+    def stage_started(self, stage: Stage, n_finished: int) -> None: ...
+
+    def trial_finished(self, stage: Stage, trial: FrozenTrial, n_finished: int, best_value: float | None) -> None: ...
+
+    def waiting(self, stage: Stage, n_running: int) -> None: ...
+
+    def stage_finished(self, summary: StageSummary) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+def run_study(
+    spec: StudySpec | str | Path,
+    *,
+    storage: str | None = None,
+    device: str = "auto",
+    reporter: Reporter | None = None,
+) -> StudyResult:
+    """Run (or resume) a staged study: ``lr``, then ``shape``, then the optional ``audit``.
+
+    Example:
+        >>> result = tuner.run_study("studies/quickstart.toml", storage="sqlite:///tuner.db")  # doctest: +SKIP
+        >>> result.best_lr  # doctest: +SKIP
+        0.0412
+
+    Args:
+        spec: a :class:`StudySpec` or the path of a TOML study file.
+        storage: an Optuna storage URL; default: the spec's ``storage``, else ``sqlite:///tuner.db``.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        reporter: receives progress; see :class:`Reporter`.
+    """
+    spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
+    reporter = reporter or Reporter()
+    # Everything that can be wrong with the input is checked before the storage is touched.
+    torch_device = resolve_device(device)
+    data = load_dataset(spec.data, spec.seed, spec.source).to(torch_device)
+    storage_url = storage or spec.storage
+    optuna_storage = open_storage(storage_url)
+    check_stored_settings(spec, optuna_storage)
+
+    runner = _StageRunner(spec, optuna_storage, data, torch_device, reporter)
+    summaries: dict[str, StageSummary] = {}
+    lr_summary = runner.run(lr_stage(spec))
+    summaries["lr"] = lr_summary
+    best_lr = runner.hand_off_lr()
+    summaries["shape"] = runner.run(shape_stage(spec, best_lr))
+    if spec.stages.audit.trials > 0:
+        summaries["audit"] = runner.run(audit_stage(spec))
+    return StudyResult(spec.name, redact(storage_url or "sqlite:///tuner.db"), best_lr, summaries)
+
+
+def check_stored_settings(spec: StudySpec, storage: optuna.storages.BaseStorage) -> None:
+    """Refuse a spec whose search settings differ from those its stored stages were made with."""
+    existing = set(optuna.get_all_study_names(storage))
+    for stage in ("lr", "shape", "audit"):
+        name = f"{spec.name}/{stage}"
+        if name not in existing:
+            continue
+        stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get("settings")
+        wanted = _normalise(stage_settings(spec, stage))
+        if stored is not None and _normalise(stored) != wanted:
+            changes = "; ".join(_differences(stored, wanted)) or "settings differ"
+            raise StudyMismatchError(
+                f"study '{name}' was made with other search settings ({changes}). Its trials would be "
+                f"mixed with different ones: give the study a new name (name = \"...\" in the spec, or "
+                f"--name NEW), or put the old settings back to resume it."
+            )
+
+
+def _normalise(settings: Any) -> Any:
+    return json.loads(json.dumps(settings, sort_keys=True))
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        found: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            found += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return found
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def stage_summary(study: optuna.Study, stage: Stage) -> StageSummary:
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state in FINISHED]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = min(complete, key=lambda t: t.value) if complete else None
+    starts = [t.datetime_start for t in finished if t.datetime_start]
+    ends = [t.datetime_complete for t in finished if t.datetime_complete]
+    wall = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+    best_params = {**stage.fixed, **best.params} if best else {}
+    return StageSummary(
+        stage=stage.name,
+        study_name=study.study_name,
+        budget=stage.budget,
+        n_complete=len(complete),
+        n_pruned=sum(t.state == TrialState.PRUNED for t in trials),
+        n_diverged=sum(bool(t.user_attrs.get("diverged")) for t in finished),
+        n_failed=sum(t.state == TrialState.FAIL for t in trials),
+        best_value=best.value if best else None,
+        best_params=best_params,
+        wall_seconds=wall,
+        train_seconds=sum(float(t.user_attrs.get("train_seconds", 0.0)) for t in finished),
+    )
+
+
+class _StageRunner:
+    def __init__(self, spec: StudySpec, storage: optuna.storages.BaseStorage, data: Dataset,
+                 device: torch.device, reporter: Reporter) -> None:
+        self.spec = spec
+        self.storage = storage
+        self.data = data
+        self.device = device
+        self.reporter = reporter
+
+    def open(self, stage: Stage) -> optuna.Study:
+        study = optuna.create_study(
+            study_name=stage.study_name(self.spec.name), storage=self.storage, direction="minimize", load_if_exists=True
+        )
+        if "settings" not in study.user_attrs:
+            settings = stage_settings(self.spec, stage.name)
+            study.set_user_attr("settings", settings)
+            study.set_user_attr("settings_hash", settings_hash(settings))
+            study.set_user_attr("search", describe_search(stage))
+            study.set_user_attr("objective", self.spec.train.objective)
+        return study
+
+    def run(self, stage: Stage) -> StageSummary:
+        study = self.open(stage)
+        if study.user_attrs.get("budget") != stage.budget:
+            study.set_user_attr("budget", stage.budget)
+        stage_index = ("lr", "shape", "audit").index(stage.name)
+        consecutive_failures = 0
+        announced = False
+        while True:
+            fail_orphaned_trials(study)
+            trials = study.get_trials(deepcopy=False)
+            n_finished = sum(t.state in FINISHED for t in trials)
+            n_running = sum(t.state == TrialState.RUNNING for t in trials)
+            if not announced:
+                self.reporter.stage_started(stage, n_finished)
+                announced = True
+            if n_finished >= stage.budget and n_running == 0:
+                break
+            if n_finished + n_running >= stage.budget:
+                # Others are finishing the budget: wait for them so that the hand-off sees every trial.
+                self.reporter.waiting(stage, n_running)
+                time.sleep(POLL_INTERVAL_S)
+                continue
+            # A fresh sampler per trial, seeded by the trial's position: reproducible for one
+            # process, and two workers asking at once do not draw the same point.
+            seed = (self.spec.seed * 1_000_003 + stage_index * 10_007 + len(trials)) % 2**32
+            asking = optuna.Study(
+                study_name=study.study_name,
+                storage=self.storage,
+                sampler=make_sampler(stage.sampler, seed, stage.budget),
+                pruner=make_pruner(stage.pruner, stage.epochs),
+            )
+            with warnings.catch_warnings():
+                # Optuna warns that heartbeats go with optimize(); ours are kept by Heartbeat below.
+                warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+                trial = asking.ask(fixed_distributions=stage.space)
+            frozen = self._run_trial(asking, trial, stage)
+            if frozen.state == TrialState.FAIL:
+                consecutive_failures += 1
+                if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+                    raise TunerError(
+                        f"stage '{stage.name}': {consecutive_failures} trials in a row failed; the last one with: "
+                        f"{frozen.user_attrs.get('error', '?')}"
+                    )
+            else:
+                consecutive_failures = 0
+            best = _best_value(study)
+            self.reporter.trial_finished(stage, frozen, n_finished + (frozen.state in FINISHED), best)
+        summary = stage_summary(study, stage)
+        self.reporter.stage_finished(summary)
+        return summary
+
+    def _run_trial(self, study: optuna.Study, trial: optuna.Trial, stage: Stage) -> FrozenTrial:
+        trial.set_user_attr("worker", worker_id())
+        plan = stage.plan(self.spec, trial.params)
+        for key, value in stage.fixed.items():  # e.g. the calibrated lr on every shape trial
+            trial.set_user_attr(key, value)
+        objective = self.spec.train.objective
+        curve: list[float | None] = []
+        train_curve: list[float | None] = []
+        diverged = pruned = False
+        started = time.perf_counter()
+        try:
+            with Heartbeat(study, [trial._trial_id]):  # noqa: SLF001 -- Optuna has no public trial id
+                model = seeded_model(self.spec.model.family, self.data, plan.width, plan.depth, plan.train.seed)
+                for result in train_epochs(model, self.data, plan.train):
+                    value = result.val_error if objective == "val_error" else result.val_loss
+                    curve.append(_finite_or_none(value))
+                    train_curve.append(_finite_or_none(result.train_loss))
+                    if result.diverged:
+                        diverged = True
+                        break
+                    trial.report(value, result.epoch)
+                    if trial.should_prune():
+                        pruned = True
+                        break
+        except KeyboardInterrupt:
+            trial.set_user_attr("error", "interrupted (Ctrl-C)")
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        except Exception as error:  # noqa: BLE001 -- one bad trial must not end the study
+            trial.set_user_attr("error", f"{type(error).__name__}: {error}")
+            trial.set_user_attr("traceback", traceback.format_exc(limit=8))
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            return study.tell(trial, state=TrialState.FAIL)
+        for key, value in {
+            "learning_curve": curve,
+            "train_loss_curve": train_curve,
+            "train_seconds": round(time.perf_counter() - started, 4),
+            "device": str(self.device),
+            "diverged": diverged,
+            "n_params": sum(p.numel() for p in model.parameters()),
+            "epochs_done": len(curve),
+        }.items():
+            trial.set_user_attr(key, value)
+        if diverged or pruned:
+            return study.tell(trial, state=TrialState.PRUNED)
+        return study.tell(trial, curve[-1])
+
+    def hand_off_lr(self) -> float:
+        """The calibrated learning rate, chosen once and stored on both stage studies."""
+        lr_study = optuna.load_study(study_name=f"{self.spec.name}/lr", storage=self.storage)
+        shape_name = f"{self.spec.name}/shape"
+        if shape_name in optuna.get_all_study_names(self.storage):
+            stored = optuna.load_study(study_name=shape_name, storage=self.storage).user_attrs.get("lr")
+            if stored is not None:
+                return float(stored)
+        complete = lr_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not complete:
+            n = len(lr_study.get_trials(deepcopy=False, states=FINISHED))
+            raise TunerError(
+                f"stage 'lr': none of its {n} trials completed (all diverged or were pruned); lower "
+                f"stages.lr.lr_max or check the data, then run again under a new name"
+            )
+        best = min(complete, key=lambda t: t.value)
+        best_lr = float(best.params["lr"])
+        lr_study.set_user_attr("best_lr", best_lr)
+        lr_study.set_user_attr("best_trial", best.number)
+        shape = self.open(shape_stage(self.spec, best_lr))
+        shape.set_user_attr("lr", best_lr)
+        self.reporter.message(f"stage 'lr' calibrated the learning rate: {best_lr:.3g} (trial {best.number})")
+        return best_lr
+
+
+def _best_value(study: optuna.Study) -> float | None:
+    try:
+        return study.best_value
+    except ValueError:
+        return None
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def load_results(name: str, storage: str | None = None) -> dict[str, Sequence[FrozenTrial]]:
+    """The trials of every stage of a stored study, by stage name."""
+    optuna_storage = open_storage(storage)
+    names = set(optuna.get_all_study_names(optuna_storage))
+    return {
+        stage: optuna.load_study(study_name=f"{name}/{stage}", storage=optuna_storage).get_trials()
+        for stage in ("lr", "shape", "audit")
+        if f"{name}/{stage}" in names
+    }

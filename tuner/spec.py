@@ -1,0 +1,339 @@
+"""The study file (TOML): its fields, their defaults, and validation at the edge.
+
+A spec is read and checked once, here; everything after trusts it. Every error names the file,
+the field, the bad value and the fix, so a typo costs the user seconds, not a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DATASETS = ("digits", "wine", "breast_cancer", "diabetes", "digits_rows", "adding", "csv")
+MODEL_FAMILIES = ("mlp", "lstm")
+OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad")
+SCHEDULES = ("constant", "step", "exponential", "inverse_time", "cosine")
+DEFAULT_SCHEDULES = ("constant", "step", "exponential", "inverse_time")
+OBJECTIVES = ("val_error", "val_loss")
+TASKS = ("auto", "classification", "regression")
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("none", "median")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class SpecError(ValueError):
+    """A study file that cannot be used; the message says where, what and how to fix it."""
+
+    def __init__(self, source: str, field_path: str, value: Any, fix: str) -> None:
+        self.source = source
+        self.field_path = field_path
+        self.value = value
+        self.fix = fix
+        where = f"{source}: " if source else ""
+        shown = "" if value is _MISSING else f" = {value!r}"
+        super().__init__(f"{where}field '{field_path}'{shown}: {fix}")
+
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data to train on and how to split it."""
+
+    name: str = "digits"
+    path: str | None = None  # for name = "csv"
+    target: str | None = None  # for name = "csv": the column to predict
+    task: str = "auto"  # for name = "csv": classification, regression, or auto (inferred)
+    validation_fraction: float = 0.2
+    max_rows: int | None = None  # subsample big CSV files for cheap tuning
+    sequence_length: int = 20  # for name = "adding"
+    samples: int = 2000  # for name = "adding"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model family and the small network the LR stage calibrates on."""
+
+    family: str = "mlp"
+    width: int = 16
+    depth: int = 1
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How each trial trains: optimizer, batch, epochs, objective, divergence guard."""
+
+    optimizer: str = "sgd"
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    epochs: int = 20
+    objective: str = "val_error"
+    # A training loss above this multiple of the untrained model's loss ends the trial as diverged.
+    divergence_factor: float = 10.0
+
+
+@dataclass(frozen=True)
+class LRStageSpec:
+    """Stage 1: the learning rate, log-uniform, on the small network with a constant rate."""
+
+    trials: int = 30
+    lr_min: float = 1e-6
+    lr_max: float = 1.0
+    epochs: int | None = None  # defaults to train.epochs
+    sampler: str = "tpe"
+    pruner: str = "none"
+
+
+@dataclass(frozen=True)
+class ShapeStageSpec:
+    """Stage 2: width, depth, schedule and decay, with the LR fixed at stage 1's best."""
+
+    trials: int = 30
+    width: tuple[int, int] = (8, 256)
+    depth: tuple[int, int] = (1, 3)
+    schedules: tuple[str, ...] = DEFAULT_SCHEDULES
+    decay: tuple[float, float] = (1e-3, 1.0)  # final LR / initial LR over the run
+    step_every: int | None = None  # epochs between drops of the step schedule; default epochs // 4
+    epochs: int | None = None
+    sampler: str = "tpe"
+    pruner: str = "none"
+
+
+@dataclass(frozen=True)
+class AuditStageSpec:
+    """Optional check: LR, shape, schedule and momentum sampled jointly at random (Greff et al.)."""
+
+    trials: int = 0
+    momentum: tuple[float, float] = (0.0, 0.99)  # 1 - momentum is sampled log-uniformly
+    epochs: int | None = None
+
+
+@dataclass(frozen=True)
+class StagesSpec:
+    lr: LRStageSpec = field(default_factory=LRStageSpec)
+    shape: ShapeStageSpec = field(default_factory=ShapeStageSpec)
+    audit: AuditStageSpec = field(default_factory=AuditStageSpec)
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A whole staged study, as read from a TOML file."""
+
+    name: str
+    seed: int = 0
+    storage: str | None = None
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    stages: StagesSpec = field(default_factory=StagesSpec)
+    source: str = field(default="", compare=False)  # the file it came from, for messages
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that decides what a trial computes (not the name, storage or budgets)."""
+        full = dataclasses.asdict(self)
+        for key in ("name", "storage", "source"):
+            full.pop(key)
+        return full
+
+    def with_changes(self, **changes: Any) -> StudySpec:
+        return dataclasses.replace(self, **changes)
+
+
+def settings_hash(settings: Mapping[str, Any]) -> str:
+    canonical = json.dumps(settings, sort_keys=True, default=list)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a study file.
+
+    Example:
+        >>> spec = load_spec("studies/quickstart.toml")  # doctest: +SKIP
+        >>> spec.stages.lr.trials  # doctest: +SKIP
+        24
+    """
+    path = Path(path)
+    source = str(path)
+    if not path.exists():
+        raise SpecError(source, "<file>", _MISSING, "no such file; check the path (ready specs are in studies/)")
+    if path.is_dir():
+        raise SpecError(source, "<file>", _MISSING, "is a directory; give the path of a .toml study file")
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise SpecError(source, "<file>", _MISSING, f"malformed TOML ({error}); fix the syntax") from None
+    except UnicodeDecodeError:
+        raise SpecError(source, "<file>", _MISSING, "is not UTF-8 text; save it as a UTF-8 TOML file") from None
+    if "name" not in table:
+        table = {"name": path.stem, **table}
+    return spec_from_dict(table, source=source)
+
+
+def spec_from_dict(table: Mapping[str, Any], source: str = "") -> StudySpec:
+    """Build and validate a spec from a plain dict (the parsed TOML), e.g. from Python code."""
+    spec = _build(StudySpec, dict(table), "", source)
+    spec = dataclasses.replace(spec, source=source)
+    _validate(spec, source)
+    return spec
+
+
+def _build(cls: type, table: Any, prefix: str, source: str) -> Any:
+    if not isinstance(table, Mapping):
+        raise SpecError(source, prefix.rstrip("."), table, "must be a table, e.g. [" + prefix.rstrip(".") + "]")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+    for key in table:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys here: {', '.join(known)}"
+            raise SpecError(source, prefix + key, _MISSING, f"unknown key; {hint}")
+    values = {}
+    for name in known:
+        if name in table:
+            values[name] = _coerce(hints[name], table[name], prefix + name, source)
+    if cls is StudySpec and "name" not in values:
+        raise SpecError(source, "name", _MISSING, 'missing; add e.g. name = "my-study"')
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, path: str, source: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path + ".", source)
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)][0]
+        return _coerce(inner, value, path, source)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise SpecError(source, path, value, f"must be a list, e.g. {_example(args)}")
+        if args[-1] is not Ellipsis and len(value) != len(args):
+            raise SpecError(source, path, value, f"must hold {len(args)} values [min, max], e.g. {_example(args)}")
+        item = args[0]
+        return tuple(_coerce(item, v, path, source) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise SpecError(source, path, value, "must be true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpecError(source, path, value, "must be a whole number")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpecError(source, path, value, "must be a number")
+        if not math.isfinite(value):
+            raise SpecError(source, path, value, "must be a finite number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise SpecError(source, path, value, 'must be a string in quotes, e.g. "value"')
+        return value
+    raise TypeError(f"unsupported spec field type {hint!r}")  # a bug in this module, not user input
+
+
+def _example(args: tuple[Any, ...]) -> str:
+    if args and args[0] is str:
+        return '["constant", "step"]'
+    if args and args[0] is int:
+        return "[8, 256]"
+    return "[1e-3, 1.0]"
+
+
+def _choice(source: str, path: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(value, allowed, n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise SpecError(source, path, value, f"unknown name; {hint}choose one of: {', '.join(allowed)}")
+
+
+def _positive(source: str, path: str, value: float | int | None) -> None:
+    if value is not None and value <= 0:
+        raise SpecError(source, path, value, "must be greater than 0")
+
+
+def _range(source: str, path: str, bounds: tuple[float, float], log: bool) -> None:
+    low, high = bounds
+    if log and (low <= 0 or high <= 0):
+        raise SpecError(source, path, list(bounds), "bounds of a log-scaled range must both be > 0")
+    if low > high:
+        raise SpecError(source, path, list(bounds), "min must not exceed max; write [min, max]")
+
+
+def _validate(spec: StudySpec, source: str) -> None:
+    if not spec.name.strip() or "/" in spec.name:
+        raise SpecError(source, "name", spec.name, "must be non-empty and must not contain '/'")
+    data, model, train, stages = spec.data, spec.model, spec.train, spec.stages
+    _choice(source, "data.name", data.name, DATASETS)
+    _choice(source, "data.task", data.task, TASKS)
+    if data.name == "csv":
+        if not data.path:
+            raise SpecError(source, "data.path", _MISSING, 'missing; with name = "csv" give path = "my.csv"')
+        if not data.target:
+            raise SpecError(source, "data.target", _MISSING, 'missing; name the column to predict, e.g. target = "label"')
+    if not 0 < data.validation_fraction < 1:
+        raise SpecError(source, "data.validation_fraction", data.validation_fraction, "must lie strictly between 0 and 1, e.g. 0.2")
+    _positive(source, "data.max_rows", data.max_rows)
+    _positive(source, "data.sequence_length", data.sequence_length)
+    _positive(source, "data.samples", data.samples)
+    _choice(source, "model.family", model.family, MODEL_FAMILIES)
+    _positive(source, "model.width", model.width)
+    if model.depth < 1:
+        raise SpecError(source, "model.depth", model.depth, "must be at least 1")
+    _choice(source, "train.optimizer", train.optimizer, OPTIMIZERS)
+    _choice(source, "train.objective", train.objective, OBJECTIVES)
+    if not 0 <= train.momentum < 1:
+        raise SpecError(source, "train.momentum", train.momentum, "must lie in [0, 1), e.g. 0.9")
+    if train.weight_decay < 0:
+        raise SpecError(source, "train.weight_decay", train.weight_decay, "must be >= 0")
+    _positive(source, "train.batch_size", train.batch_size)
+    _positive(source, "train.epochs", train.epochs)
+    if train.divergence_factor <= 1:
+        raise SpecError(source, "train.divergence_factor", train.divergence_factor, "must be > 1, e.g. 10")
+
+    lr = stages.lr
+    _positive(source, "stages.lr.trials", lr.trials)
+    _positive(source, "stages.lr.epochs", lr.epochs)
+    for bound in ("lr_min", "lr_max"):
+        if getattr(lr, bound) <= 0:
+            raise SpecError(source, f"stages.lr.{bound}", getattr(lr, bound), "learning rates must be > 0 (the search is log-scaled)")
+    if lr.lr_min >= lr.lr_max:
+        raise SpecError(source, "stages.lr.lr_min", lr.lr_min, f"must be below lr_max ({lr.lr_max}); e.g. lr_min = 1e-6, lr_max = 1.0")
+    _choice(source, "stages.lr.sampler", lr.sampler, SAMPLERS)
+    _choice(source, "stages.lr.pruner", lr.pruner, PRUNERS)
+
+    shape = stages.shape
+    _positive(source, "stages.shape.trials", shape.trials)
+    _positive(source, "stages.shape.epochs", shape.epochs)
+    _positive(source, "stages.shape.step_every", shape.step_every)
+    _range(source, "stages.shape.width", shape.width, log=True)
+    _range(source, "stages.shape.depth", shape.depth, log=True)
+    _range(source, "stages.shape.decay", shape.decay, log=True)
+    if shape.decay[1] > 1:
+        raise SpecError(source, "stages.shape.decay", list(shape.decay), "is final LR / initial LR, so at most 1; e.g. [1e-3, 1.0]")
+    if not shape.schedules:
+        raise SpecError(source, "stages.shape.schedules", [], f"list at least one of: {', '.join(SCHEDULES)}")
+    for name in shape.schedules:
+        _choice(source, "stages.shape.schedules", name, SCHEDULES)
+    _choice(source, "stages.shape.sampler", shape.sampler, SAMPLERS)
+    _choice(source, "stages.shape.pruner", shape.pruner, PRUNERS)
+
+    audit = stages.audit
+    if audit.trials < 0:
+        raise SpecError(source, "stages.audit.trials", audit.trials, "must be >= 0 (0 turns the audit stage off)")
+    _positive(source, "stages.audit.epochs", audit.epochs)
+    low, high = audit.momentum
+    if not (0 <= low <= high < 1):
+        raise SpecError(source, "stages.audit.momentum", list(audit.momentum), "must be [min, max] within [0, 1), e.g. [0.0, 0.99]")

@@ -1,0 +1,166 @@
+"""What each stage searches, and how a sampled point becomes a training run.
+
+A stage is one Optuna study, ``<study name>/<stage>``. Its search space is a flat dict of Optuna
+distributions (no conditional parameters, so importance analyses cover every trial), asked for
+through ``study.ask(fixed_distributions=...)``, which also lets a batch of trials be asked at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+from tuner.spec import StudySpec
+from tuner.train import TrainConfig
+
+STAGE_NAMES = ("lr", "shape", "audit")
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """The model shape and training settings one trial trains with."""
+
+    width: int
+    depth: int
+    train: TrainConfig
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a staged study."""
+
+    name: str
+    budget: int  # finished (complete or pruned) trials the stage owes
+    epochs: int
+    sampler: str  # "tpe" or "random"
+    pruner: str  # "none" or "median"
+    space: dict[str, BaseDistribution]
+    fixed: dict[str, Any]  # settings shared by every trial of the stage (e.g. the calibrated lr)
+
+    def plan(self, spec: StudySpec, params: dict[str, Any]) -> TrialPlan:
+        values = {**self.fixed, **params}
+        momentum = 1.0 - values["one_minus_momentum"] if "one_minus_momentum" in values else spec.train.momentum
+        shape = spec.stages.shape
+        config = TrainConfig(
+            lr=float(values["lr"]),
+            epochs=self.epochs,
+            batch_size=spec.train.batch_size,
+            optimizer=spec.train.optimizer,
+            momentum=momentum,
+            weight_decay=spec.train.weight_decay,
+            schedule=str(values.get("schedule", "constant")),
+            decay=float(values.get("decay", 1.0)),
+            step_every=shape.step_every,
+            divergence_factor=spec.train.divergence_factor,
+            seed=spec.seed,
+        )
+        return TrialPlan(int(values.get("width", spec.model.width)), int(values.get("depth", spec.model.depth)), config)
+
+    def study_name(self, study: str) -> str:
+        return f"{study}/{self.name}"
+
+
+def _shape_space(spec: StudySpec) -> dict[str, BaseDistribution]:
+    shape = spec.stages.shape
+    return {
+        "width": IntDistribution(shape.width[0], shape.width[1], log=True),
+        "depth": IntDistribution(shape.depth[0], shape.depth[1]),
+        "schedule": CategoricalDistribution(list(shape.schedules)),
+        "decay": FloatDistribution(shape.decay[0], shape.decay[1], log=True),
+    }
+
+
+def lr_stage(spec: StudySpec, lr_range: tuple[float, float] | None = None) -> Stage:
+    """Stage 1: ``lr`` log-uniform on the spec's small network, constant schedule."""
+    lr = spec.stages.lr
+    low, high = lr_range or (lr.lr_min, lr.lr_max)
+    return Stage(
+        name="lr",
+        budget=lr.trials,
+        epochs=lr.epochs or spec.train.epochs,
+        sampler=lr.sampler,
+        pruner=lr.pruner,
+        space={"lr": FloatDistribution(low, high, log=True)},
+        fixed={"width": spec.model.width, "depth": spec.model.depth, "schedule": "constant"},
+    )
+
+
+def shape_stage(spec: StudySpec, best_lr: float) -> Stage:
+    """Stage 2: width, depth, schedule and decay at the learning rate calibrated by stage 1."""
+    shape = spec.stages.shape
+    return Stage(
+        name="shape",
+        budget=shape.trials,
+        epochs=shape.epochs or spec.train.epochs,
+        sampler=shape.sampler,
+        pruner=shape.pruner,
+        space=_shape_space(spec),
+        fixed={"lr": best_lr},
+    )
+
+
+def audit_stage(spec: StudySpec) -> Stage:
+    """The audit: everything at once, by random search, as Greff et al. did, to check interactions."""
+    lr, audit = spec.stages.lr, spec.stages.audit
+    space: dict[str, BaseDistribution] = {"lr": FloatDistribution(lr.lr_min, lr.lr_max, log=True), **_shape_space(spec)}
+    if spec.train.optimizer == "sgd":
+        low, high = audit.momentum
+        space["one_minus_momentum"] = FloatDistribution(1.0 - high, 1.0 - low, log=True)
+    return Stage(
+        name="audit",
+        budget=audit.trials,
+        epochs=audit.epochs or spec.train.epochs,
+        sampler="random",
+        pruner="none",
+        space=space,
+        fixed={},
+    )
+
+
+def stage_settings(spec: StudySpec, stage: str) -> dict[str, Any]:
+    """The spec's settings a stage's results depend on (budgets excluded: raising one resumes)."""
+    settings = spec.settings()
+    stages = settings.pop("stages")
+    for table in stages.values():
+        table.pop("trials")
+    settings["stages"] = {"lr": stages["lr"]}
+    if stage in ("shape", "audit"):
+        settings["stages"][stage] = stages[stage]
+    return settings
+
+
+def make_sampler(kind: str, seed: int, budget: int) -> optuna.samplers.BaseSampler:
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, **tpe_settings(budget))
+
+
+def tpe_settings(budget: int) -> dict[str, Any]:
+    # Written out, not left to defaults: Optuna 5 changed TPE's defaults, and results must say
+    # what made them. A third of the budget (at most 10) is random start-up, as TPE needs.
+    return {"n_startup_trials": max(3, min(10, math.ceil(budget / 3))), "multivariate": True, "constant_liar": True}
+
+
+def median_pruner_settings(epochs: int) -> dict[str, int]:
+    return {"n_startup_trials": 5, "n_warmup_steps": max(1, epochs // 4)}
+
+
+def make_pruner(kind: str, epochs: int) -> optuna.pruners.BasePruner:
+    if kind == "median":
+        return optuna.pruners.MedianPruner(**median_pruner_settings(epochs))
+    return optuna.pruners.NopPruner()
+
+
+def describe_search(stage: Stage) -> dict[str, Any]:
+    """Sampler and pruner with their settings and the Optuna version, stored on each study."""
+    sampler: dict[str, Any] = {"name": stage.sampler}
+    if stage.sampler == "tpe":
+        sampler.update(tpe_settings(stage.budget))
+    pruner: dict[str, Any] = {"name": stage.pruner}
+    if stage.pruner == "median":
+        pruner.update(median_pruner_settings(stage.epochs))
+    return {"sampler": sampler, "pruner": pruner, "optuna_version": optuna.__version__}

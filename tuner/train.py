@@ -1,0 +1,145 @@
+"""The training loop, free of Optuna: optimizer, schedule, mini-batches, validation, divergence guard.
+
+:func:`train_epochs` is a generator that yields one :class:`EpochResult` per epoch, so the caller
+(an Optuna objective, a test, a notebook) decides what to do between epochs (report, prune, stop)
+without callbacks that change the loop's control flow from afar.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tuner.data import Dataset
+from tuner.models import build_model
+from tuner.schedules import lr_factor
+
+EVAL_CHUNK = 8192  # validation rows per forward pass, to bound memory on big CSV files
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs besides the model and the data."""
+
+    lr: float
+    epochs: int = 20
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    decay: float = 1.0
+    step_every: int | None = None
+    divergence_factor: float = 10.0
+    seed: int = 0  # model initialisation and data order
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int  # epochs done, from 1
+    lr: float  # the rate this epoch trained at
+    train_loss: float
+    val_loss: float
+    val_error: float  # 1 - accuracy, or RMSE in the target's units
+    diverged: bool
+
+
+class DeviceError(ValueError):
+    """A device that cannot be used here."""
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when there is a GPU, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("--device cuda: no CUDA GPU is visible to PyTorch; use --device auto or cpu")
+    return torch.device(device)
+
+
+def seeded_model(family: str, data: Dataset, width: int, depth: int, seed: int) -> nn.Module:
+    """Build a model whose initial weights depend only on ``seed`` (common random numbers)."""
+    torch.manual_seed(seed)
+    model = build_model(family, tuple(data.x_train.shape[1:]), data.n_outputs, width, depth)
+    return model.to(data.x_train.device)
+
+
+def make_optimizer(name: str, params: object, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def loss_function(task: str) -> nn.Module:
+    return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
+
+
+def _predict(model: nn.Module, outputs: torch.Tensor, task: str) -> torch.Tensor:
+    return outputs if task == "classification" else outputs.squeeze(-1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset) -> tuple[float, float]:
+    """Validation loss and error (1 - accuracy, or RMSE in the target's units)."""
+    model.eval()
+    criterion = loss_function(data.task)
+    loss_sum = torch.zeros((), device=data.x_val.device)
+    error_sum = torch.zeros((), device=data.x_val.device)
+    n = len(data.x_val)
+    for start in range(0, n, EVAL_CHUNK):
+        x, y = data.x_val[start:start + EVAL_CHUNK], data.y_val[start:start + EVAL_CHUNK]
+        out = _predict(model, model(x), data.task)
+        loss_sum += criterion(out, y) * len(x)
+        if data.task == "classification":
+            error_sum += (out.argmax(dim=-1) != y).sum()
+        else:
+            error_sum += ((out - y) ** 2).sum()
+    loss = (loss_sum / n).item()
+    if data.task == "classification":
+        return loss, (error_sum / n).item()
+    return loss, math.sqrt((error_sum / n).item()) * data.target_scale
+
+
+def train_epochs(model: nn.Module, data: Dataset, config: TrainConfig) -> Iterator[EpochResult]:
+    """Train ``model`` on ``data``; yield the result of each epoch; stop after one that diverged.
+
+    Example:
+        >>> for result in train_epochs(model, data, TrainConfig(lr=0.05, epochs=10)):  # doctest: +SKIP
+        ...     print(result.epoch, result.val_error)
+    """
+    criterion = loss_function(data.task)
+    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr, config.momentum, config.weight_decay)
+    order_rng = torch.Generator().manual_seed(config.seed)
+    n = len(data.x_train)
+    start_loss, _ = evaluate(model, data)
+    blow_up = config.divergence_factor * max(start_loss, 1e-8)
+    for epoch in range(config.epochs):
+        lr = config.lr * lr_factor(config.schedule, epoch, config.epochs, config.decay, config.step_every)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        order = torch.randperm(n, generator=order_rng).to(data.x_train.device)
+        loss_sum = torch.zeros((), device=data.x_train.device)
+        for start in range(0, n, config.batch_size):
+            batch = order[start:start + config.batch_size]
+            loss = criterion(_predict(model, model(data.x_train[batch]), data.task), data.y_train[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(batch)
+        train_loss = (loss_sum / n).item()  # one device sync per epoch, not per batch
+        val_loss, val_error = evaluate(model, data)
+        diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss)) or train_loss > blow_up
+        yield EpochResult(epoch + 1, lr, train_loss, val_loss, val_error, diverged)
+        if diverged:
+            return
