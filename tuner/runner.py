@@ -13,7 +13,7 @@ import math
 import time
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,9 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.data import Dataset, load_dataset
 from tuner.spec import StudySpec, load_spec, settings_hash
 from tuner.stages import (
+    STAGE_NAMES,
     Stage,
+    TrialPlan,
     audit_stage,
     describe_search,
     lr_stage,
@@ -35,7 +37,7 @@ from tuner.stages import (
     stage_settings,
 )
 from tuner.storage import Heartbeat, fail_orphaned_trials, open_storage, redact, worker_id
-from tuner.train import resolve_device, seeded_model, train_epochs
+from tuner.train import EpochResult, parameter_count, resolve_device, seeded_model, train_epochs
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 POLL_INTERVAL_S = 1.0  # how often a worker with nothing to do looks at the stage again
@@ -212,7 +214,6 @@ class _StageRunner:
         study = self.open(stage)
         if study.user_attrs.get("budget") != stage.budget:
             study.set_user_attr("budget", stage.budget)
-        stage_index = ("lr", "shape", "audit").index(stage.name)
         consecutive_failures = 0
         announced = False
         while True:
@@ -232,80 +233,117 @@ class _StageRunner:
                 continue
             # A fresh sampler per trial, seeded by the trial's position: reproducible for one
             # process, and two workers asking at once do not draw the same point.
-            seed = (self.spec.seed * 1_000_003 + stage_index * 10_007 + len(trials)) % 2**32
-            asking = optuna.Study(
-                study_name=study.study_name,
-                storage=self.storage,
-                sampler=make_sampler(stage.sampler, seed, stage.budget),
-                pruner=make_pruner(stage.pruner, stage.epochs),
-            )
-            with warnings.catch_warnings():
-                # Optuna warns that heartbeats go with optimize(); ours are kept by Heartbeat below.
-                warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
-                trial = asking.ask(fixed_distributions=stage.space)
-            frozen = self._run_trial(asking, trial, stage)
-            if frozen.state == TrialState.FAIL:
-                consecutive_failures += 1
-                if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
-                    raise TunerError(
-                        f"stage '{stage.name}': {consecutive_failures} trials in a row failed; the last one with: "
-                        f"{frozen.user_attrs.get('error', '?')}"
-                    )
-            else:
-                consecutive_failures = 0
-            best = _best_value(study)
-            self.reporter.trial_finished(stage, frozen, n_finished + (frozen.state in FINISHED), best)
+            n_ask = min(stage.budget - n_finished - n_running, stage.batch_trials)
+            asked = [self._ask(study, stage, len(trials) + i) for i in range(n_ask)]
+            for frozen in self._run_trials(stage, asked):
+                if frozen.state == TrialState.FAIL:
+                    consecutive_failures += 1
+                else:
+                    consecutive_failures = 0
+                    n_finished += 1
+                self.reporter.trial_finished(stage, frozen, n_finished, _best_value(study))
+            if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+                raise TunerError(
+                    f"stage '{stage.name}': {consecutive_failures} trials in a row failed; the last one with: "
+                    f"{frozen.user_attrs.get('error', '?')}"
+                )
         summary = stage_summary(study, stage)
         self.reporter.stage_finished(summary)
         return summary
 
-    def _run_trial(self, study: optuna.Study, trial: optuna.Trial, stage: Stage) -> FrozenTrial:
-        trial.set_user_attr("worker", worker_id())
-        plan = stage.plan(self.spec, trial.params)
-        for key, value in stage.fixed.items():  # e.g. the calibrated lr on every shape trial
-            trial.set_user_attr(key, value)
+    def _ask(self, study: optuna.Study, stage: Stage, position: int) -> tuple[optuna.Study, optuna.Trial]:
+        stage_index = STAGE_NAMES.index(stage.name)
+        seed = (self.spec.seed * 1_000_003 + stage_index * 10_007 + position) % 2**32
+        asking = optuna.Study(
+            study_name=study.study_name,
+            storage=self.storage,
+            sampler=make_sampler(stage.sampler, seed, stage.budget),
+            pruner=make_pruner(stage.pruner, stage.epochs),
+        )
+        with warnings.catch_warnings():
+            # Optuna warns that heartbeats go with optimize(); ours are kept by Heartbeat below.
+            warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+            trial = asking.ask(fixed_distributions=stage.space)
+        trial.set_user_attr("worker", worker_id())  # first thing: lets a restart find it if we die
+        return asking, trial
+
+    def _epochs(self, plans: list[TrialPlan], active: list[bool]) -> Iterator[list[EpochResult | None]]:
+        """Per epoch, each trial's result (None once it stopped); one trial alone or a batch together."""
+        if len(plans) == 1:
+            plan = plans[0]
+            model = seeded_model(self.spec.model.family, self.data, plan.width, plan.depth, plan.train.seed)
+            yield from ([result] for result in train_epochs(model, self.data, plan.train))
+            return
+        from tuner.batched import train_batched
+
+        yield from train_batched(self.spec.model.family, self.data, plans, active)
+
+    def _run_trials(self, stage: Stage, asked: list[tuple[optuna.Study, optuna.Trial]]) -> list[FrozenTrial]:
+        """Train the asked trials (together when there are several), tell each its own outcome."""
         objective = self.spec.train.objective
-        curve: list[float | None] = []
-        train_curve: list[float | None] = []
-        diverged = pruned = False
+        plans = [stage.plan(self.spec, trial.params) for _, trial in asked]
+        for _, trial in asked:
+            for key, value in stage.fixed.items():  # e.g. the calibrated lr on every shape trial
+                trial.set_user_attr(key, value)
+        curves: list[list[float | None]] = [[] for _ in asked]
+        train_curves: list[list[float | None]] = [[] for _ in asked]
+        diverged = [False] * len(asked)
+        pruned = [False] * len(asked)
+        active = [True] * len(asked)
         started = time.perf_counter()
+        trial_ids = [trial._trial_id for _, trial in asked]  # noqa: SLF001 -- Optuna has no public trial id
         try:
-            with Heartbeat(study, [trial._trial_id]):  # noqa: SLF001 -- Optuna has no public trial id
-                model = seeded_model(self.spec.model.family, self.data, plan.width, plan.depth, plan.train.seed)
-                for result in train_epochs(model, self.data, plan.train):
-                    value = result.val_error if objective == "val_error" else result.val_loss
-                    curve.append(_finite_or_none(value))
-                    train_curve.append(_finite_or_none(result.train_loss))
-                    if result.diverged:
-                        diverged = True
-                        break
-                    trial.report(value, result.epoch)
-                    if trial.should_prune():
-                        pruned = True
+            with Heartbeat(asked[0][0], trial_ids):
+                for results in self._epochs(plans, active):
+                    for i, result in enumerate(results):
+                        if result is None or not active[i]:
+                            continue
+                        value = result.val_error if objective == "val_error" else result.val_loss
+                        curves[i].append(_finite_or_none(value))
+                        train_curves[i].append(_finite_or_none(result.train_loss))
+                        trial = asked[i][1]
+                        if result.diverged:
+                            diverged[i], active[i] = True, False
+                            continue
+                        trial.report(value, result.epoch)
+                        if trial.should_prune():
+                            pruned[i], active[i] = True, False
+                    if not any(active):
                         break
         except KeyboardInterrupt:
-            trial.set_user_attr("error", "interrupted (Ctrl-C)")
-            study.tell(trial, state=TrialState.FAIL)
+            for study, trial in asked:
+                trial.set_user_attr("error", "interrupted (Ctrl-C)")
+                study.tell(trial, state=TrialState.FAIL)
             raise
         except Exception as error:  # noqa: BLE001 -- one bad trial must not end the study
-            trial.set_user_attr("error", f"{type(error).__name__}: {error}")
-            trial.set_user_attr("traceback", traceback.format_exc(limit=8))
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            return study.tell(trial, state=TrialState.FAIL)
-        for key, value in {
-            "learning_curve": curve,
-            "train_loss_curve": train_curve,
-            "train_seconds": round(time.perf_counter() - started, 4),
-            "device": str(self.device),
-            "diverged": diverged,
-            "n_params": sum(p.numel() for p in model.parameters()),
-            "epochs_done": len(curve),
-        }.items():
-            trial.set_user_attr(key, value)
-        if diverged or pruned:
-            return study.tell(trial, state=TrialState.PRUNED)
-        return study.tell(trial, curve[-1])
+            failed = []
+            for study, trial in asked:
+                trial.set_user_attr("error", f"{type(error).__name__}: {error}")
+                trial.set_user_attr("traceback", traceback.format_exc(limit=8))
+                failed.append(study.tell(trial, state=TrialState.FAIL))
+            return failed
+        seconds = (time.perf_counter() - started) / len(asked)  # a batch's time, shared evenly
+        told = []
+        for i, (study, trial) in enumerate(asked):
+            plan = plans[i]
+            for key, value in {
+                "learning_curve": curves[i],
+                "train_loss_curve": train_curves[i],
+                "train_seconds": round(seconds, 4),
+                "device": str(self.device),
+                "diverged": diverged[i],
+                "n_params": parameter_count(self.spec.model.family, self.data, plan.width, plan.depth),
+                "epochs_done": len(curves[i]),
+                "batched_with": len(asked),
+            }.items():
+                trial.set_user_attr(key, value)
+            if diverged[i] or pruned[i] or not curves[i] or curves[i][-1] is None:
+                told.append(study.tell(trial, state=TrialState.PRUNED))
+            else:
+                told.append(study.tell(trial, curves[i][-1]))
+        return told
 
     def hand_off_lr(self) -> float:
         """The calibrated learning rate, chosen once and stored on both stage studies."""

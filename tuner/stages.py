@@ -40,6 +40,7 @@ class Stage:
     pruner: str  # "none" or "median"
     space: dict[str, BaseDistribution]
     fixed: dict[str, Any]  # settings shared by every trial of the stage (e.g. the calibrated lr)
+    batch_trials: int = 1  # trials asked and trained together as one batched model
 
     def plan(self, spec: StudySpec, params: dict[str, Any]) -> TrialPlan:
         values = {**self.fixed, **params}

@@ -68,6 +68,12 @@ def seeded_model(family: str, data: Dataset, width: int, depth: int, seed: int) 
     return model.to(data.x_train.device)
 
 
+def parameter_count(family: str, data: Dataset, width: int, depth: int) -> int:
+    """Trainable parameters of a model of this shape (for counting compute: epochs x parameters)."""
+    model = build_model(family, tuple(data.x_train.shape[1:]), data.n_outputs, width, depth)
+    return sum(p.numel() for p in model.parameters())
+
+
 def make_optimizer(name: str, params: object, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
