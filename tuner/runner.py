@@ -23,6 +23,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.data import Dataset, load_dataset
+from tuner.importance import AuditVerdict, audit_verdict
 from tuner.spec import StudySpec, load_spec, settings_hash
 from tuner.stages import (
     STAGE_NAMES,
@@ -73,6 +74,7 @@ class StudyResult:
     storage: str  # redacted: safe to print
     best_lr: float | None
     stages: dict[str, StageSummary] = field(default_factory=dict)
+    audit: AuditVerdict | None = None  # set when the study has an audit stage
 
     @property
     def best_value(self) -> float | None:
@@ -131,7 +133,9 @@ def run_study(
     summaries["shape"] = runner.run(shape_stage(spec, best_lr))
     if spec.stages.audit.trials > 0:
         summaries["audit"] = runner.run(audit_stage(spec))
-    return StudyResult(spec.name, redact(storage_url or "sqlite:///tuner.db"), best_lr, summaries)
+    # The audit's point: did lr interact little with the rest here? Judged and stored on <name>/audit.
+    verdict = audit_verdict(spec.name, optuna_storage) if "audit" in summaries else None
+    return StudyResult(spec.name, redact(storage_url or "sqlite:///tuner.db"), best_lr, summaries, verdict)
 
 
 def check_stored_settings(spec: StudySpec, storage: optuna.storages.BaseStorage) -> None:
