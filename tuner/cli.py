@@ -96,6 +96,60 @@ def study(
         finally:
             reporter.close()
     console.print(summary_table(result, loaded.train.objective))
+    if result.audit is not None:
+        console.print(result.audit.message, highlight=False, markup=False)
+
+
+OutOption = Annotated[Path, typer.Option("--out", "-o", help="Folder to write the CSV file(s) into (created if missing)")]
+NameArgument = Annotated[str, typer.Argument(help="The study's name (its stages are the Optuna studies NAME/lr, NAME/shape, NAME/audit)")]
+
+
+@contextmanager
+def _analysis_errors() -> Iterator[None]:
+    from tuner.importance import UnknownStudyError
+
+    with _errors_as_exit_codes():
+        try:
+            yield
+        except UnknownStudyError as error:
+            _fail(str(error), BAD_INPUT)
+        except OSError as error:  # e.g. --out names a file, or a folder we may not write to
+            _fail(f"--out: cannot write there ({error.strerror or error}): choose a writable folder", BAD_INPUT)
+
+
+@app.command()
+def importance(name: NameArgument, storage: StorageOption = None, out: OutOption = Path(".")) -> None:
+    """Write importance.csv: fANOVA (main effects and pairwise interactions) and PED-ANOVA per stage."""
+    from rich.table import Table
+
+    from tuner.importance import headline_rows, write_importance
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with _analysis_errors():
+        path, table, skipped = write_importance(name, out, storage)
+    console = Console(soft_wrap=True)
+    shown = Table(title=f"importance of {name} (share; fanova: of the variance)")
+    for column in ("stage", "evaluator", "param", "param_b", "importance", "std"):
+        shown.add_column(column, justify="right" if column in ("importance", "std") else "left")
+    # The main effects and the largest interactions of each stage: the whole table is in the CSV.
+    for row in headline_rows(table).itertuples():
+        shown.add_row(row.stage, row.evaluator, row.param, row.param_b, f"{row.importance:.3f}", f"{row.std:.3f}")
+    if len(table):
+        console.print(shown)
+    for stage, reason in skipped:
+        console.print(f"skipped stage {stage}: {reason}", highlight=False, markup=False)
+    console.print(f"wrote {path} ({len(table)} rows)", highlight=False, markup=False)
+
+
+@app.command()
+def export(name: NameArgument, storage: StorageOption = None, out: OutOption = Path(".")) -> None:
+    """Write trials.csv (one row per trial, every stage) and curves.csv (stage, trial, epoch, value)."""
+    from tuner.export import write_export
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with _analysis_errors():
+        trials_path, curves_path = write_export(name, out, storage)
+    Console(soft_wrap=True).print(f"wrote {trials_path} and {curves_path}", highlight=False, markup=False)
 
 
 def main() -> None:  # pragma: no cover - the console script calls app directly

@@ -37,6 +37,7 @@ __all__ = [
     "COLUMNS",
     "UnknownStudyError",
     "audit_verdict",
+    "headline_rows",
     "importance_table",
     "load_stage_trials",
     "stored_study_names",
@@ -202,6 +203,15 @@ def write_importance(name: str, out_dir: str | Path = ".", storage: str | BaseSt
     path = out / "importance.csv"
     table.to_csv(path, index=False)
     return path, table, skipped
+
+
+def headline_rows(table: pd.DataFrame, n_pairs: int = 3) -> pd.DataFrame:
+    """Per stage and evaluator: the main effects, then the ``n_pairs`` largest interactions."""
+    parts = []
+    for _, rows in table.groupby(["stage", "evaluator"], sort=False):
+        parts.append(rows[rows.param_b == ""].sort_values("importance", ascending=False))
+        parts.append(rows[rows.param_b != ""].sort_values("importance", ascending=False).head(n_pairs))
+    return pd.concat(parts, ignore_index=True) if parts else table
 
 
 def audit_verdict(name: str, storage: str | BaseStorage | None = None) -> AuditVerdict:
