@@ -261,7 +261,7 @@ class _StageRunner:
         asking = optuna.Study(
             study_name=study.study_name,
             storage=self.storage,
-            sampler=make_sampler(stage.sampler, seed, stage.budget),
+            sampler=make_sampler(stage.sampler, seed, stage.budget, stage.batch_trials),
             pruner=make_pruner(stage.pruner, stage.epochs),
         )
         with warnings.catch_warnings():

@@ -28,6 +28,7 @@ OBJECTIVES = ("val_error", "val_loss")
 TASKS = ("auto", "classification", "regression")
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("none", "median")
+LR_RANGES = ("fixed", "auto")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -94,6 +95,10 @@ class LRStageSpec:
     epochs: int | None = None  # defaults to train.epochs
     sampler: str = "tpe"
     pruner: str = "none"
+    # "auto": an LR range test narrows the search to its suggested range within [lr_min, lr_max].
+    lr_range: str = "fixed"
+    batched: bool = True  # train trials together as one batched model where the family allows
+    batch_trials: int = 16  # trials per batch
 
 
 @dataclass(frozen=True)
@@ -313,6 +318,9 @@ def _validate(spec: StudySpec, source: str) -> None:
         raise SpecError(source, "stages.lr.lr_min", lr.lr_min, f"must be below lr_max ({lr.lr_max}); e.g. lr_min = 1e-6, lr_max = 1.0")
     _choice(source, "stages.lr.sampler", lr.sampler, SAMPLERS)
     _choice(source, "stages.lr.pruner", lr.pruner, PRUNERS)
+    _choice(source, "stages.lr.lr_range", lr.lr_range, LR_RANGES)
+    if lr.batch_trials < 1:
+        raise SpecError(source, "stages.lr.batch_trials", lr.batch_trials, "must be at least 1, e.g. 16 (1 trains one trial at a time)")
 
     shape = stages.shape
     _positive(source, "stages.shape.trials", shape.trials)

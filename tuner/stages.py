@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from tuner.batched import supports
 from tuner.spec import StudySpec
 from tuner.train import TrainConfig
 
@@ -79,6 +80,7 @@ def lr_stage(spec: StudySpec, lr_range: tuple[float, float] | None = None) -> St
     """Stage 1: ``lr`` log-uniform on the spec's small network, constant schedule."""
     lr = spec.stages.lr
     low, high = lr_range or (lr.lr_min, lr.lr_max)
+    batchable = lr.batched and supports(spec.model.family, spec.train.optimizer)
     return Stage(
         name="lr",
         budget=lr.trials,
@@ -87,6 +89,7 @@ def lr_stage(spec: StudySpec, lr_range: tuple[float, float] | None = None) -> St
         pruner=lr.pruner,
         space={"lr": FloatDistribution(low, high, log=True)},
         fixed={"width": spec.model.width, "depth": spec.model.depth, "schedule": "constant"},
+        batch_trials=lr.batch_trials if batchable else 1,
     )
 
 
@@ -128,22 +131,32 @@ def stage_settings(spec: StudySpec, stage: str) -> dict[str, Any]:
     stages = settings.pop("stages")
     for table in stages.values():
         table.pop("trials")
+    # How trials are scheduled (one by one or batched) does not change what each one computes; and
+    # lr_range joins the settings only when not the default, so studies made before it resume.
+    for key in ("batched", "batch_trials"):
+        stages["lr"].pop(key)
+    if stages["lr"].get("lr_range") == "fixed":
+        stages["lr"].pop("lr_range")
     settings["stages"] = {"lr": stages["lr"]}
     if stage in ("shape", "audit"):
         settings["stages"][stage] = stages[stage]
     return settings
 
 
-def make_sampler(kind: str, seed: int, budget: int) -> optuna.samplers.BaseSampler:
+def make_sampler(kind: str, seed: int, budget: int, batch_trials: int = 1) -> optuna.samplers.BaseSampler:
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, **tpe_settings(budget))
+    return optuna.samplers.TPESampler(seed=seed, **tpe_settings(budget, batch_trials))
 
 
-def tpe_settings(budget: int) -> dict[str, Any]:
+def tpe_settings(budget: int, batch_trials: int = 1) -> dict[str, Any]:
     # Written out, not left to defaults: Optuna 5 changed TPE's defaults, and results must say
     # what made them. A third of the budget (at most 10) is random start-up, as TPE needs.
-    return {"n_startup_trials": max(3, min(10, math.ceil(budget / 3))), "multivariate": True, "constant_liar": True}
+    # Batched: the whole first batch is random start-up. Its trials are asked before any has a
+    # value, so TPE would model nothing but constant-liar stand-ins; the next batch then models
+    # a full batch of real results, and constant_liar spreads its points apart.
+    n_startup = max(3, min(10, math.ceil(budget / 3)), min(batch_trials, budget))
+    return {"n_startup_trials": n_startup, "multivariate": True, "constant_liar": True}
 
 
 def median_pruner_settings(epochs: int) -> dict[str, int]:
@@ -160,7 +173,7 @@ def describe_search(stage: Stage) -> dict[str, Any]:
     """Sampler and pruner with their settings and the Optuna version, stored on each study."""
     sampler: dict[str, Any] = {"name": stage.sampler}
     if stage.sampler == "tpe":
-        sampler.update(tpe_settings(stage.budget))
+        sampler.update(tpe_settings(stage.budget, stage.batch_trials))
     pruner: dict[str, Any] = {"name": stage.pruner}
     if stage.pruner == "median":
         pruner.update(median_pruner_settings(stage.epochs))

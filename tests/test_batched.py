@@ -1,0 +1,152 @@
+"""Trials trained together as one batched model tell the same story as each trained alone."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import tuner
+from tuner.batched import supports, train_batched
+from tuner.data import Dataset, load_dataset
+from tuner.spec import DataSpec
+from tuner.stages import TrialPlan, lr_stage
+from tuner.train import EpochResult, TrainConfig, seeded_model, train_epochs
+
+TOLERANCE = 1e-4  # float32 sums in another order: a few ulps, far below any real difference
+
+
+def _alone(data: Dataset, plan: TrialPlan) -> list[EpochResult]:
+    model = seeded_model("mlp", data, plan.width, plan.depth, plan.train.seed)
+    return list(train_epochs(model, data, plan.train))
+
+
+def _together(data: Dataset, plans: list[TrialPlan], active: list[bool] | None = None) -> list[list[EpochResult | None]]:
+    active = [True] * len(plans) if active is None else active
+    return list(train_batched("mlp", data, plans, active))
+
+
+def _curve(epochs: list[list[EpochResult | None]], i: int) -> list[EpochResult]:
+    return [results[i] for results in epochs if results[i] is not None]
+
+
+def _assert_same_curve(alone: list[EpochResult], batched: list[EpochResult]) -> None:
+    assert len(alone) == len(batched)
+    for a, b in zip(alone, batched):
+        assert (a.epoch, a.diverged) == (b.epoch, b.diverged)
+        assert a.lr == pytest.approx(b.lr, rel=1e-12)
+        for field in ("train_loss", "val_loss", "val_error"):
+            assert getattr(b, field) == pytest.approx(getattr(a, field), rel=TOLERANCE, abs=TOLERANCE), field
+
+
+@pytest.mark.parametrize(("data_name", "optimizer"), [("wine", "sgd"), ("diabetes", "sgd"), ("wine", "adam"), ("digits_rows", "adam")])
+def test_each_batched_trial_matches_the_same_trial_trained_alone(data_name: str, optimizer: str) -> None:
+    data = load_dataset(DataSpec(name=data_name), seed=0)
+    # Different rates, momenta, weight decays and schedules per copy: each must keep its own.
+    configs = [
+        TrainConfig(lr=0.003, epochs=6, batch_size=32, optimizer=optimizer),
+        TrainConfig(lr=0.03, epochs=6, batch_size=32, optimizer=optimizer, momentum=0.5, weight_decay=1e-3),
+        TrainConfig(lr=0.01, epochs=6, batch_size=32, optimizer=optimizer, schedule="exponential", decay=0.1),
+        TrainConfig(lr=0.02, epochs=4, batch_size=32, optimizer=optimizer, schedule="step", decay=0.5, step_every=2),
+    ]
+    plans = [TrialPlan(12, 2, config) for config in configs]
+    epochs = _together(data, plans)
+    assert len(epochs) == 6 and all(len(results) == 4 for results in epochs)
+    assert epochs[-1][3] is None  # the 4-epoch trial stopped after its own budget
+    for i, plan in enumerate(plans):
+        _assert_same_curve(_alone(data, plan), _curve(epochs, i))
+
+
+def test_copies_with_different_seeds_each_get_their_own_weights_and_data_order() -> None:
+    data = load_dataset(DataSpec(name="wine"), seed=0)
+    plans = [TrialPlan(8, 1, TrainConfig(lr=0.05, epochs=4, batch_size=16, seed=seed)) for seed in (0, 1, 7)]
+    epochs = _together(data, plans)
+    curves = [_curve(epochs, i) for i in range(3)]
+    for plan, curve in zip(plans, curves):
+        _assert_same_curve(_alone(data, plan), curve)
+    assert curves[0][0].train_loss != curves[1][0].train_loss
+
+
+def test_a_diverging_copy_stops_and_leaves_the_others_untouched() -> None:
+    data = load_dataset(DataSpec(name="wine"), seed=0)
+    calm = [TrainConfig(lr=lr, epochs=5, batch_size=32) for lr in (0.001, 0.01, 0.1)]
+    wild = TrainConfig(lr=1e4, epochs=5, batch_size=32)
+    without = _together(data, [TrialPlan(8, 1, c) for c in calm])
+    with_wild = _together(data, [TrialPlan(8, 1, c) for c in (calm[0], wild, calm[1], calm[2])])
+
+    wild_curve = _curve(with_wild, 1)
+    assert wild_curve[-1].diverged and len(wild_curve) < 5
+    assert all(results[1] is None for results in with_wild[len(wild_curve):])
+    alone_wild = _alone(data, TrialPlan(8, 1, wild))
+    assert len(alone_wild) == len(wild_curve) and alone_wild[-1].diverged
+    for i, j in ((0, 0), (1, 2), (2, 3)):
+        calm_curve = _curve(with_wild, j)
+        assert not any(r.diverged for r in calm_curve)
+        # Bit for bit: the wild copy shares no arithmetic with the calm ones.
+        assert [r.val_loss for r in calm_curve] == [r.val_loss for r in _curve(without, i)]
+        assert [r.train_loss for r in calm_curve] == [r.train_loss for r in _curve(without, i)]
+
+
+def test_a_copy_the_caller_deactivates_is_dropped_and_the_rest_go_on_unchanged() -> None:
+    data = load_dataset(DataSpec(name="wine"), seed=0)
+    plans = [TrialPlan(8, 1, TrainConfig(lr=lr, epochs=5, batch_size=32)) for lr in (0.003, 0.03, 0.3)]
+    active = [True, True, True]
+    seen: list[list[EpochResult | None]] = []
+    for results in train_batched("mlp", data, plans, active):
+        seen.append(results)
+        if len(seen) == 2:
+            active[1] = False  # e.g. the pruner stopped trial 1 after its second epoch
+    assert len(seen) == 5
+    assert [r is None for r in (results[1] for results in seen)] == [False, False, True, True, True]
+    for i in (0, 2):
+        _assert_same_curve(_alone(data, plans[i]), _curve(seen, i))
+
+
+def test_batching_applies_to_the_mlp_with_sgd_or_adam_only() -> None:
+    assert supports("mlp", "sgd") and supports("mlp", "adam")
+    assert not supports("mlp", "rmsprop") and not supports("lstm", "sgd") and not supports("nope", "sgd")
+    data = load_dataset(DataSpec(name="wine"), seed=0)
+    with pytest.raises(ValueError, match="width, depth"):
+        _together(data, [TrialPlan(8, 1, TrainConfig(lr=0.1)), TrialPlan(16, 1, TrainConfig(lr=0.1))])
+
+
+def _lr_study(name: str, batched: bool, storage_url: str, optimizer: str = "sgd") -> list[optuna.trial.FrozenTrial]:
+    spec = tuner.spec_from_dict({
+        "name": name, "data": {"name": "wine"}, "model": {"width": 8},
+        "train": {"epochs": 4, "batch_size": 32, "optimizer": optimizer},
+        "stages": {"lr": {"trials": 6, "lr_min": 1e-3, "lr_max": 1e3, "sampler": "random", "batched": batched,
+                          "batch_trials": 4},
+                   "shape": {"trials": 1, "width": [4, 8], "depth": [1, 1]}},
+    })
+    assert lr_stage(spec).batch_trials == (4 if batched else 1)
+    tuner.run_study(spec, storage=storage_url, device="cpu")
+    return optuna.load_study(study_name=f"{name}/lr", storage=storage_url).trials
+
+
+def test_a_batched_lr_stage_stores_what_the_one_at_a_time_stage_stores(storage_url: str) -> None:
+    alone = _lr_study("alone", False, storage_url)
+    batched = _lr_study("batched", True, storage_url)
+    assert [t.params for t in alone] == [t.params for t in batched]  # same seeds, same sampled rates
+    assert [t.user_attrs["batched_with"] for t in batched] == [4, 4, 4, 4, 2, 2]
+    assert any(t.user_attrs["diverged"] for t in batched)  # rates up to 1e3: some blow up, alone
+    assert any(t.state == TrialState.COMPLETE for t in batched)
+    for a, b in zip(alone, batched):
+        assert a.state == b.state
+        assert a.user_attrs["diverged"] == b.user_attrs["diverged"]
+        assert len(a.user_attrs["learning_curve"]) == len(b.user_attrs["learning_curve"])
+        for x, y in zip(a.user_attrs["learning_curve"], b.user_attrs["learning_curve"]):
+            assert (x is None) == (y is None)
+            if x is not None:
+                assert math.isclose(x, y, rel_tol=TOLERANCE, abs_tol=TOLERANCE)
+        if a.state == TrialState.COMPLETE:
+            assert b.value == pytest.approx(a.value, rel=TOLERANCE, abs=TOLERANCE)
+            assert b.intermediate_values == pytest.approx(a.intermediate_values, rel=TOLERANCE, abs=TOLERANCE)
+
+
+def test_batching_is_skipped_where_the_model_family_cannot_batch(tmp_path: Path) -> None:
+    spec = tuner.spec_from_dict({"name": "seq", "data": {"name": "digits_rows"}, "model": {"family": "lstm"},
+                                 "stages": {"lr": {"batched": True}}})
+    assert lr_stage(spec).batch_trials == 1

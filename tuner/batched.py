@@ -1,0 +1,258 @@
+"""K copies of the MLP trained together as one batched model: the LR stage's trials at once.
+
+One small MLP leaves a CPU or GPU idle: each step is a few tiny matrix products and a lot of
+Python. Stacking K copies (weights of shape ``(K, fan_in, fan_out)``, one ``torch.baddbmm`` per
+layer) does K trials' work for little more than the price of one. Each copy keeps its own learning
+rate, schedule, momentum and weight decay, and is updated with exactly the rule of
+``torch.optim.SGD`` (or ``torch.optim.Adam``), so that with the same seed and data order a copy's
+curve matches the same trial trained alone by :func:`tuner.train.train_epochs` to float tolerance.
+
+Copies never mix: every copy's loss depends only on its own weights, so a copy whose weights blow
+up to NaN cannot disturb the others; and copies that stopped (diverged, pruned, done) are dropped
+from the stacked tensors, so they cost nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tuner import models
+from tuner.data import Dataset
+from tuner.schedules import lr_factor
+from tuner.train import EVAL_CHUNK, EpochResult, TrainConfig, seeded_model
+
+if TYPE_CHECKING:
+    from tuner.stages import TrialPlan
+
+BATCHED_OPTIMIZERS = ("sgd", "adam")
+ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, which train.make_optimizer uses
+ADAM_EPS = 1e-8
+
+
+def supports(family: str, optimizer: str) -> bool:
+    """Whether trials of this model family and optimizer can be trained as one batched model."""
+    registered = models._FAMILIES.get(family)  # noqa: SLF001 -- a user may re-register "mlp"
+    return registered is not None and registered[0] is models.mlp and optimizer in BATCHED_OPTIMIZERS
+
+
+class _StackedMLP:
+    """The weights of K MLPs of one shape in one flat tensor ``(K, n_params)``, and their forward pass.
+
+    One flat leaf tensor keeps the optimizer to a handful of whole-tensor operations per step and
+    makes dropping stopped copies a single ``index_select``.
+    """
+
+    def __init__(self, flat: torch.Tensor, shapes: list[tuple[int, int]]) -> None:
+        self.flat = flat
+        self.shapes = shapes  # (fan_in, fan_out) per linear layer
+
+    @classmethod
+    def from_modules(cls, copies: Sequence[nn.Module]) -> _StackedMLP:
+        rows = []
+        shapes: list[tuple[int, int]] = []
+        for model in copies:
+            linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+            shapes = [(m.in_features, m.out_features) for m in linears]
+            # Stored as (fan_in, fan_out): x @ W + b, the layout baddbmm wants.
+            rows.append(torch.cat([t for m in linears for t in (m.weight.detach().t().reshape(-1), m.bias.detach())]))
+        return cls(torch.stack(rows).contiguous(), shapes)
+
+    def forward(self, x: torch.Tensor, flat: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: (K, batch, features) -> (K, batch, outputs)."""
+        flat = self.flat if flat is None else flat
+        k = flat.shape[0]
+        offset = 0
+        h = x
+        for layer, (fan_in, fan_out) in enumerate(self.shapes):
+            weight = flat[:, offset:offset + fan_in * fan_out].view(k, fan_in, fan_out)
+            offset += fan_in * fan_out
+            bias = flat[:, offset:offset + fan_out].view(k, 1, fan_out)
+            offset += fan_out
+            h = torch.baddbmm(bias, h, weight)
+            if layer < len(self.shapes) - 1:
+                h = torch.relu(h)
+        return h
+
+
+def _per_copy_loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    """Mean loss of each copy over the batch, as nn.CrossEntropyLoss / nn.MSELoss compute it alone."""
+    if task == "classification":
+        k, batch, classes = out.shape
+        target = y.expand(k, batch) if y.dim() == 1 else y
+        return F.cross_entropy(out.reshape(k * batch, classes), target.reshape(-1), reduction="none").view(k, batch).mean(1)
+    target = y.expand(out.shape[0], -1) if y.dim() == 1 else y
+    return ((out.squeeze(-1) - target) ** 2).mean(1)
+
+
+@torch.no_grad()
+def _evaluate(net: _StackedMLP, data: Dataset) -> tuple[list[float], list[float]]:
+    """Each copy's validation loss and error, as :func:`tuner.train.evaluate` computes them."""
+    k = net.flat.shape[0]
+    n = len(data.x_val)
+    x_val = data.x_val.reshape(n, -1)
+    chunk = max(1, EVAL_CHUNK // k)  # bound memory: K copies of the activations per chunk
+    loss_sum = torch.zeros(k, device=x_val.device)
+    error_sum = torch.zeros(k, device=x_val.device)
+    for start in range(0, n, chunk):
+        x, y = x_val[start:start + chunk], data.y_val[start:start + chunk]
+        out = net.forward(x.expand(k, -1, -1))
+        loss_sum += _per_copy_loss(out, y, data.task) * len(x)
+        if data.task == "classification":
+            error_sum += (out.argmax(dim=-1) != y).sum(1)
+        else:
+            error_sum += ((out.squeeze(-1) - y) ** 2).sum(1)
+    losses = (loss_sum / n).tolist()
+    errors = (error_sum / n).tolist()
+    if data.task == "regression":
+        errors = [math.sqrt(e) * data.target_scale if math.isfinite(e) else e for e in errors]
+    return losses, errors
+
+
+class _Optimizer:
+    """SGD (momentum, weight decay) or Adam on the flat weights, each copy with its own settings.
+
+    The update rules are torch.optim.SGD's (dampening 0, no Nesterov) and torch.optim.Adam's
+    (L2 weight decay added to the gradient, no AMSGrad), written out on tensors of shape (K, P).
+    """
+
+    def __init__(self, name: str, flat: torch.Tensor, configs: Sequence[TrainConfig]) -> None:
+        column = lambda values: torch.tensor(values, dtype=flat.dtype, device=flat.device).unsqueeze(1)  # noqa: E731
+        self.name = name
+        self.momentum = column([c.momentum for c in configs])
+        self.weight_decay = column([c.weight_decay for c in configs])
+        self.uses_decay = any(c.weight_decay != 0 for c in configs)
+        self.lr = column([c.lr for c in configs])
+        self.state = [torch.zeros_like(flat)] if name == "sgd" else [torch.zeros_like(flat), torch.zeros_like(flat)]
+        self.steps = 0
+
+    def set_lr(self, rates: Sequence[float]) -> None:
+        self.lr = torch.tensor(rates, dtype=self.lr.dtype, device=self.lr.device).unsqueeze(1)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Drop the state of copies that stopped."""
+        self.momentum, self.weight_decay, self.lr = (t.index_select(0, rows) for t in (self.momentum, self.weight_decay, self.lr))
+        self.state = [t.index_select(0, rows) for t in self.state]
+
+    @torch.no_grad()
+    def step(self, flat: torch.Tensor, grad: torch.Tensor) -> None:
+        if self.uses_decay:
+            grad = grad + self.weight_decay * flat
+        if self.name == "sgd":
+            # buf = momentum * buf + grad (the first step's zeros make buf = grad, as torch does); p -= lr * buf
+            buf = self.state[0]
+            buf.mul_(self.momentum).add_(grad)
+            flat.sub_(self.lr * buf)
+            return
+        self.steps += 1
+        beta1, beta2 = ADAM_BETAS
+        exp_avg, exp_avg_sq = self.state
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step_size = self.lr / (1 - beta1**self.steps)
+        denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**self.steps)).add_(ADAM_EPS)
+        flat.sub_(step_size * exp_avg / denom)
+
+
+def train_batched(family: str, data: Dataset, plans: Sequence[TrialPlan], active: list[bool]) -> Iterator[list[EpochResult | None]]:
+    """Train the plans' models together; per epoch, yield each one's result (None once it stopped).
+
+    Each copy starts as ``seeded_model(family, data, width, depth, seed)`` and sees its seed's data
+    order, so its curve matches :func:`tuner.train.train_epochs` on the same plan. A copy stops
+    after the epoch it diverged in, after its own number of epochs, or once the caller sets its
+    ``active`` entry to False (e.g. pruned); stopped copies are dropped from the batch.
+
+    Example:
+        >>> for results in train_batched("mlp", data, plans, active=[True] * len(plans)):  # doctest: +SKIP
+        ...     print([r.val_error if r else None for r in results])
+
+    Args:
+        family: the model family; must be batchable (see :func:`supports`).
+        data: the data set, on the device to train on.
+        plans: the trials; all of one width, depth, batch size and optimizer.
+        active: one flag per plan, read before each epoch; the caller flips it to stop a copy.
+    """
+    configs = [plan.train for plan in plans]
+    if not plans:
+        return
+    first = plans[0]
+    if not supports(family, first.train.optimizer):
+        raise ValueError(f"cannot batch model family {family!r} with optimizer {first.train.optimizer!r}")
+    for plan in plans:
+        same = (plan.width, plan.depth, plan.train.batch_size, plan.train.optimizer)
+        if same != (first.width, first.depth, first.train.batch_size, first.train.optimizer):
+            raise ValueError("batched trials must share width, depth, batch size and optimizer")
+
+    initial: dict[int, nn.Module] = {}  # copies of one seed start from the same weights: build once
+    for config in configs:
+        if config.seed not in initial:
+            initial[config.seed] = seeded_model(family, data, first.width, first.depth, config.seed)
+    net = _StackedMLP.from_modules([initial[c.seed] for c in configs])
+    optimizer = _Optimizer(first.train.optimizer, net.flat, configs)
+
+    n = len(data.x_train)
+    device = data.x_train.device
+    x_train = data.x_train.reshape(n, -1)
+    batch_size = first.train.batch_size
+    seeds = sorted({c.seed for c in configs})
+    order_rngs = {seed: torch.Generator().manual_seed(seed) for seed in seeds}
+
+    start_losses, _ = _evaluate(net, data)
+    blow_up = [c.divergence_factor * max(loss, 1e-8) for c, loss in zip(configs, start_losses)]
+    running = list(range(len(plans)))  # plan index of each row of the stacked tensors
+    for epoch in range(max(c.epochs for c in configs)):
+        keep = [row for row, i in enumerate(running) if active[i] and epoch < configs[i].epochs]
+        if len(keep) < len(running):
+            rows = torch.tensor(keep, dtype=torch.long, device=device)
+            net.flat = net.flat.index_select(0, rows)
+            optimizer.keep(rows)
+            running = [running[row] for row in keep]
+        if not running:
+            return
+        k = len(running)
+        rates = [configs[i].lr * lr_factor(configs[i].schedule, epoch, configs[i].epochs, configs[i].decay,
+                                           configs[i].step_every) for i in running]
+        optimizer.set_lr(rates)
+        # Every seed draws its order each epoch, as it would alone, whether or not its copies still run.
+        orders = {seed: torch.randperm(n, generator=rng).to(device) for seed, rng in order_rngs.items()}
+        row_seeds = [configs[i].seed for i in running]
+        shared = len(set(row_seeds)) == 1
+        order = orders[row_seeds[0]] if shared else torch.stack([orders[s] for s in row_seeds])
+        flat = net.flat.requires_grad_(True)
+        loss_sum = torch.zeros(k, device=device)
+        for start in range(0, n, batch_size):
+            if shared:
+                batch = order[start:start + batch_size]
+                x, y = x_train[batch].expand(k, -1, -1), data.y_train[batch]
+            else:
+                batch = order[:, start:start + batch_size]
+                x, y = x_train[batch], data.y_train[batch]
+            losses = _per_copy_loss(net.forward(x, flat), y, data.task)
+            # Copies are independent, so the gradient of the sum is each copy's own gradient.
+            (grad,) = torch.autograd.grad(losses.sum(), flat)
+            optimizer.step(flat, grad)
+            loss_sum += losses.detach() * batch.shape[-1]
+        net.flat = flat.detach()
+        train_losses = (loss_sum / n).tolist()  # one device sync per epoch, not per batch
+        val_losses, val_errors = _evaluate(net, data)
+        results: list[EpochResult | None] = [None] * len(plans)
+        stopped = []
+        for row, i in enumerate(running):
+            train_loss, val_loss = train_losses[row], val_losses[row]
+            diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss)) or train_loss > blow_up[i]
+            results[i] = EpochResult(epoch + 1, rates[row], train_loss, val_loss, val_errors[row], diverged)
+            if diverged:
+                stopped.append(i)
+        if stopped:
+            # Stop after the epoch it diverged in, as train_epochs does, whatever the caller does.
+            keep = [row for row, i in enumerate(running) if i not in stopped]
+            rows = torch.tensor(keep, dtype=torch.long, device=device)
+            net.flat = net.flat.index_select(0, rows)
+            optimizer.keep(rows)
+            running = [running[row] for row in keep]
+        yield results
