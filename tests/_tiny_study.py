@@ -1,0 +1,37 @@
+"""A tiny staged study with an audit stage, built once per test session and shared by test files.
+
+Pytest shares a session fixture across files only through conftest.py; this cache does the same
+from a module of its own, so the study (about 20 trials on wine) is trained once.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import tuner
+
+AUDITED_SPEC = {
+    "name": "audited",
+    "seed": 0,
+    "data": {"name": "wine"},
+    "model": {"width": 8, "depth": 1},
+    "train": {"epochs": 2, "batch_size": 32},
+    # lr and shape stay below the importance minimum (10 complete trials): they must be reported skipped.
+    "stages": {
+        "lr": {"trials": 4, "lr_min": 1e-3, "lr_max": 0.3},
+        "shape": {"trials": 2, "width": [4, 16], "depth": [1, 2]},
+        "audit": {"trials": 12},
+    },
+}
+
+
+@functools.cache
+def audited_study(base: Path) -> tuple[str, tuner.StudyResult]:
+    """(storage URL, result) of the tiny audited study, trained on first use under ``base``
+    (pass ``tmp_path_factory.getbasetemp()``: the same folder for the whole session)."""
+    folder = base / "audited"
+    folder.mkdir(exist_ok=True)
+    storage = f"sqlite:///{folder / 'audited.db'}"
+    spec = tuner.spec_from_dict(AUDITED_SPEC)
+    return storage, tuner.run_study(spec, storage=storage, device="cpu")

@@ -1,0 +1,183 @@
+"""Importance analyses as CSV, and the audit of the low-interaction assumption, as a user meets them."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from typer.testing import CliRunner
+
+import tuner
+from _tiny_study import AUDITED_SPEC, audited_study
+from tuner.cli import app
+from tuner.importance import (
+    AUDIT_MAX_INTERACTION_RATIO,
+    COLUMNS,
+    MIN_COMPLETE_TRIALS,
+    UnknownStudyError,
+    audit_verdict,
+    importance_table,
+    write_importance,
+)
+
+AUDIT_PARAMS = {"lr", "width", "depth", "schedule", "decay", "one_minus_momentum"}
+
+
+@pytest.fixture(scope="session")
+def audited(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, tuner.StudyResult]:
+    return audited_study(tmp_path_factory.getbasetemp())
+
+
+def _synthetic_study(storage: optuna.storages.BaseStorage, name: str, objective, n: int = 80, seed: int = 0) -> None:
+    """A study ``name/audit`` of random trials scored by ``objective(params)``, no training needed."""
+    space = {
+        "lr": FloatDistribution(1e-5, 1.0, log=True),
+        "width": IntDistribution(4, 256, log=True),
+        "schedule": CategoricalDistribution(["constant", "step"]),
+        "fixed": FloatDistribution(0.5, 0.5),  # never varies: must not be analysed
+    }
+    study = optuna.create_study(study_name=f"{name}/audit", storage=storage)
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        params = {
+            "lr": float(10 ** rng.uniform(-5, 0)),
+            "width": int(round(2 ** rng.uniform(2, 8))),
+            "schedule": str(rng.choice(["constant", "step"])),
+            "fixed": 0.5,
+        }
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=space, value=objective(params)))
+
+
+def test_importance_csv_has_a_row_per_parameter_and_per_pair(audited: tuple[str, tuner.StudyResult], tmp_path: Path) -> None:
+    storage, _ = audited
+    path, _, skipped = write_importance("audited", tmp_path, storage)
+    table = pd.read_csv(path, keep_default_na=False)
+    assert list(table.columns) == COLUMNS
+
+    fanova = table[(table.stage == "audit") & (table.evaluator == "fanova")]
+    main = fanova[fanova.param_b == ""]
+    assert set(main.param) == AUDIT_PARAMS and len(main) == len(AUDIT_PARAMS)
+    pairs = {frozenset((a, b)) for a, b in fanova[fanova.param_b != ""][["param", "param_b"]].itertuples(index=False)}
+    assert pairs == {frozenset(p) for p in itertools.combinations(AUDIT_PARAMS, 2)}
+    assert len(fanova) == len(AUDIT_PARAMS) + len(pairs)
+
+    ped = table[(table.stage == "audit") & (table.evaluator == "ped_anova")]
+    assert set(ped.param) == AUDIT_PARAMS and (ped.param_b == "").all()  # PED-ANOVA: main effects only
+
+
+def test_shares_are_fractions_that_sum_to_at_most_one_per_stage(audited: tuple[str, tuner.StudyResult]) -> None:
+    storage, _ = audited
+    table, _ = importance_table("audited", storage)
+    assert table.importance.between(0, 1).all() and (table["std"] >= 0).all()
+    for (stage, evaluator), rows in table.groupby(["stage", "evaluator"]):
+        assert rows.importance.sum() <= 1 + 1e-9, (stage, evaluator)
+    ped = table[table.evaluator == "ped_anova"]
+    assert ped.importance.sum() == pytest.approx(1.0)  # normalised over the stage's parameters
+    assert (ped["std"] > 0).any()  # the bootstrap spread is real, not a placeholder
+
+
+def test_stages_with_too_few_trials_are_skipped_and_say_why(audited: tuple[str, tuner.StudyResult]) -> None:
+    storage, _ = audited
+    table, skipped = importance_table("audited", storage)
+    assert set(table.stage) == {"audit"}
+    reasons = dict(skipped)
+    assert set(reasons) == {"lr", "shape"}
+    assert f"at least {MIN_COMPLETE_TRIALS}" in reasons["lr"] and reasons["shape"].startswith("2 complete")
+
+
+def test_log_scaled_lr_dominates_and_a_constant_parameter_is_left_out() -> None:
+    storage = optuna.storages.InMemoryStorage()
+    # Error falls with log10(lr) and nothing else matters: lr must take nearly all the variance.
+    _synthetic_study(storage, "syn", lambda p: 0.1 * np.log10(p["lr"]) ** 2)
+    table, skipped = importance_table("syn", storage)
+    assert skipped == []
+    fanova = table[(table.evaluator == "fanova") & (table.param_b == "")].set_index("param")
+    assert set(fanova.index) == {"lr", "width", "schedule"}  # "fixed" never varied
+    assert fanova.loc["lr", "importance"] > 0.9
+    assert fanova.loc["width", "importance"] < 0.05
+
+
+def test_unknown_study_lists_the_names_that_exist(audited: tuple[str, tuner.StudyResult]) -> None:
+    storage, _ = audited
+    with pytest.raises(UnknownStudyError, match="studies there: audited"):
+        importance_table("nope", storage)
+
+
+def test_audit_verdict_is_stored_on_the_audit_study(audited: tuple[str, tuner.StudyResult]) -> None:
+    storage, result = audited
+    verdict = result.audit
+    assert verdict is not None and verdict.n_trials >= MIN_COMPLETE_TRIALS
+    attrs = optuna.load_study(study_name="audited/audit", storage=storage).user_attrs
+    assert attrs["low_interaction_held"] is verdict.held and isinstance(verdict.held, bool)
+    assert attrs["lr_main_effect"] == pytest.approx(verdict.lr_main_effect)
+    assert 0 <= attrs["lr_largest_interaction"] <= 1
+    assert attrs["lr_largest_interaction_with"] in AUDIT_PARAMS - {"lr"}
+    assert attrs["interaction_max_ratio"] == AUDIT_MAX_INTERACTION_RATIO
+    assert attrs["verdict"] == verdict.message
+    assert verdict.held == (verdict.largest_interaction <= AUDIT_MAX_INTERACTION_RATIO * verdict.lr_main_effect)
+
+
+def test_verdict_fails_and_advises_joint_tuning_when_lr_interacts() -> None:
+    storage = optuna.storages.InMemoryStorage()
+    def tangled(p: dict) -> float:
+        lr = (np.log10(p["lr"]) + 2.5) / 2.5  # both on [-1, 1] over their log ranges
+        width = (np.log2(p["width"]) - 5) / 3
+        # Analytically: lr's main effect has variance 1/3, the lr x width interaction 4/9 (ratio 4/3).
+        return lr + 2 * lr * width
+
+    _synthetic_study(storage, "tangled", tangled, n=150)
+    verdict = audit_verdict("tangled", storage)
+    assert verdict.held is False and verdict.largest_interaction_with == "width"
+    assert "did NOT hold" in verdict.message and "jointly" in verdict.message
+    stored = optuna.load_study(study_name="tangled/audit", storage=storage).user_attrs
+    assert stored["low_interaction_held"] is False
+
+
+def test_verdict_says_it_cannot_judge_with_too_few_trials() -> None:
+    storage = optuna.storages.InMemoryStorage()
+    _synthetic_study(storage, "short", lambda p: np.log10(p["lr"]), n=MIN_COMPLETE_TRIALS - 1)
+    verdict = audit_verdict("short", storage)
+    assert verdict.held is None and "at least" in verdict.message
+
+
+def test_cli_importance_writes_the_csv_and_reports_skipped_stages(audited: tuple[str, tuner.StudyResult], tmp_path: Path) -> None:
+    storage, _ = audited
+    result = CliRunner().invoke(app, ["importance", "audited", "--storage", storage, "--out", str(tmp_path / "imp")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "imp" / "importance.csv").exists()
+    assert "skipped stage lr" in result.output and "skipped stage shape" in result.output
+
+
+def test_cli_importance_of_an_unknown_study_exits_2_and_writes_nothing(audited: tuple[str, tuner.StudyResult], tmp_path: Path) -> None:
+    storage, _ = audited
+    result = CliRunner().invoke(app, ["importance", "nope", "--storage", storage, "--out", str(tmp_path / "imp")])
+    assert result.exit_code == 2
+    assert "study 'nope': not found" in result.output and "audited" in result.output
+    assert not (tmp_path / "imp").exists()
+
+    missing = tmp_path / "missing.db"
+    result = CliRunner().invoke(app, ["importance", "audited", "--storage", f"sqlite:///{missing}"])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    assert not missing.exists()  # looking must not create an empty database
+
+
+def test_cli_study_prints_the_audit_verdict(audited: tuple[str, tuner.StudyResult], tmp_path: Path) -> None:
+    storage, _ = audited
+    spec = tmp_path / "audited.toml"
+    spec.write_text(
+        'name = "audited"\nseed = 0\n[data]\nname = "wine"\n[model]\nwidth = 8\ndepth = 1\n'
+        "[train]\nepochs = 2\nbatch_size = 32\n"
+        "[stages.lr]\ntrials = 4\nlr_min = 1e-3\nlr_max = 0.3\n"
+        "[stages.shape]\ntrials = 2\nwidth = [4, 16]\ndepth = [1, 2]\n"
+        "[stages.audit]\ntrials = 12\n"
+    )
+    assert tuner.load_spec(spec).settings() == tuner.spec_from_dict(AUDITED_SPEC).settings()  # the same study
+    # The study is finished, so this resumes with nothing to run and only reports.
+    result = CliRunner().invoke(app, ["study", str(spec), "--storage", storage, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "low-interaction assumption" in result.output
