@@ -7,18 +7,28 @@
 - Any other SQLAlchemy URL (PostgreSQL, MySQL) goes to Optuna's ``RDBStorage``.
 - ``journal:///path/to/file``: Optuna's journal file storage, for clusters without a database.
 
-Trials of a process that died are found two ways: Optuna's heartbeats (a trial whose heartbeat is
-older than the grace period, from any machine), and at once on the same machine by the owner's
-process id, which is recorded on every trial.
+Trials of a process that died are found two ways: heartbeats (a trial whose heartbeat is older
+than the grace period, from any machine), and at once on the same machine by the owner's process
+id, which is recorded on every trial.
+
+The environment can change, for every worker alike:
+- ``TUNER_HEARTBEAT_INTERVAL`` / ``TUNER_HEARTBEAT_GRACE``: seconds between heartbeats (10) and of
+  silence after which a trial counts as dead (60);
+- ``TUNER_STORAGE_PASSWORD``: the database password, put into a URL that has none (PostgreSQL's
+  driver also reads ``PGPASSWORD`` itself), so that it never has to be on a command line;
+- ``TUNER_HOST``: the host name recorded on trials (default: the machine's); containers that share
+  a host name but not process ids must each have their own.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import sqlite3
 import threading
+import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,6 +44,12 @@ DEFAULT_STORAGE = "sqlite:///tuner.db"
 HEARTBEAT_INTERVAL_S = 10
 GRACE_PERIOD_S = 60  # several missed beats: a busy machine must not have its live trials failed
 SQLITE_BUSY_TIMEOUT_S = 120
+SCHEMA_ATTEMPTS = 6  # workers opening a brand-new database at once race to create its tables
+HEARTBEAT_INTERVAL_ENV = "TUNER_HEARTBEAT_INTERVAL"
+GRACE_PERIOD_ENV = "TUNER_HEARTBEAT_GRACE"
+PASSWORD_ENV = "TUNER_STORAGE_PASSWORD"
+HOST_ENV = "TUNER_HOST"
+BEAT_ATTR = "tuner:beat"  # trial system attribute: a beat counter, for storages without Optuna's heartbeats
 
 _log = logging.getLogger(__name__)
 
@@ -61,13 +77,71 @@ def redact(url: str) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
+def heartbeat_settings() -> tuple[int, int]:
+    """Seconds between heartbeats, and of silence before a trial counts as dead (defaults or environment)."""
+    interval = _seconds_from_env(HEARTBEAT_INTERVAL_ENV, HEARTBEAT_INTERVAL_S)
+    grace = _seconds_from_env(GRACE_PERIOD_ENV, GRACE_PERIOD_S)
+    if grace <= interval:
+        raise StorageError(
+            f"{GRACE_PERIOD_ENV}={grace} must be longer than {HEARTBEAT_INTERVAL_ENV}={interval} "
+            f"(a few beats), or live trials are failed as dead; e.g. {GRACE_PERIOD_ENV}={max(3 * interval, 2)}"
+        )
+    return interval, grace
+
+
+def _seconds_from_env(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise StorageError(f"environment variable {name}={text!r}: must be a whole number of seconds >= 1 (default {default})")
+    return int(text)
+
+
+def with_password(url: str, password_file: str | Path | None = None) -> str:
+    """``url`` with the password from ``password_file`` (else ``$TUNER_STORAGE_PASSWORD``) put in.
+
+    A URL that has a password keeps it. Keep the result out of logs: print ``redact(url)``.
+
+    Example:
+        >>> with_password("postgresql://tuner@db/tuner", "/run/secrets/db")  # doctest: +SKIP
+    """
+    if password_file is not None:
+        path = Path(password_file)
+        try:
+            password = path.read_text().rstrip("\r\n")  # a file usually ends with a newline; the password does not
+        except OSError as error:
+            raise StorageError(f"storage password file {str(path)!r}: cannot read it ({error.strerror}); give a readable file") from None
+        if not password:
+            raise StorageError(f"storage password file {str(path)!r}: it is empty; write the password into it")
+    else:
+        password = os.environ.get(PASSWORD_ENV, "")
+        if not password:
+            return url
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        if password_file is None:
+            return url  # not a database URL (journal://...); open_storage says what is wrong, if anything
+        raise StorageError(f"storage {redact(url)!r}: a password file was given, but this storage takes no password") from None
+    if parsed.get_backend_name() == "sqlite":
+        if password_file is None:
+            return url
+        raise StorageError(f"storage {redact(url)!r}: a password file was given, but SQLite takes no password")
+    if parsed.password is not None:
+        if password_file is None:
+            return url
+        raise StorageError(f"storage {redact(url)!r}: the URL has a password and a password file was given; give it once, in the file")
+    return parsed.set(password=password).render_as_string(hide_password=False)
+
+
 def open_storage(url: str | None = None) -> BaseStorage:
     """Open (creating if needed) the storage at ``url``; ``None`` means ``sqlite:///tuner.db``.
 
     Example:
         >>> storage = open_storage("sqlite:///:memory:")
     """
-    url = url or DEFAULT_STORAGE
+    url = with_password(url or DEFAULT_STORAGE)
     if url.startswith("journal://"):
         return _open_journal(url)
     if "://" not in url:
@@ -80,15 +154,21 @@ def open_storage(url: str | None = None) -> BaseStorage:
     if parsed.get_backend_name() == "sqlite":
         _check_sqlite_path(parsed.database, url)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    interval, grace = heartbeat_settings()
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" upstream; we rely on them knowingly
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                grace_period=GRACE_PERIOD_S,
-            )
+        for attempt in range(1, SCHEMA_ATTEMPTS + 1):
+            try:
+                with warnings.catch_warnings():  # heartbeats are "experimental" upstream; we rely on them knowingly
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=interval, grace_period=grace)
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                # Workers opening a brand-new database at once race to create its tables and types
+                # ("duplicate key ... pg_type_typname_nsp_index"); the loser's transaction rolls back
+                # and on the next try it finds the winner's tables.
+                if attempt == SCHEMA_ATTEMPTS:
+                    raise
+                time.sleep(random.uniform(0.1, 0.5) * attempt)
+        raise AssertionError("unreachable")
     except ImportError as error:
         raise StorageError(f"storage {redact(url)!r}: its database driver is not installed ({error})") from None
     except Exception as error:  # connection refused, bad credentials, unknown dialect...
@@ -111,12 +191,17 @@ def _open_journal(url: str) -> JournalStorage:
     path = Path(url.removeprefix("journal://"))
     if not str(path) or not path.parent.is_dir():
         raise StorageError(f"storage {url!r}: write journal:///absolute/path/file.log in an existing folder")
+    heartbeat_settings()  # checked here: the journal's heartbeats are ours (see Heartbeat)
     return JournalStorage(JournalFileBackend(str(path)))
 
 
 def worker_id() -> str:
     """This process, as ``host:pid``, recorded on each trial it runs."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{_host()}:{os.getpid()}"
+
+
+def _host() -> str:
+    return os.environ.get(HOST_ENV, "").strip() or socket.gethostname()
 
 
 def _process_is_alive(pid: int) -> bool:
@@ -135,8 +220,8 @@ def fail_orphaned_trials(study: optuna.Study) -> list[int]:
     On this host a dead owner is seen at once from its pid; on other hosts, once its heartbeat is
     older than the grace period.
     """
-    failed = [t.number for t in _stale_by_heartbeat(study)]
-    host = socket.gethostname()
+    failed = [t.number for t in _stale_by_heartbeat(study)] + _stale_by_silence(study)
+    host = _host()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = str(trial.user_attrs.get("worker", ""))
         owner_host, _, pid = owner.rpartition(":")
@@ -151,8 +236,45 @@ def _stale_by_heartbeat(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     if not running:
         return []
-    optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():  # "experimental" upstream since 2.9; printed on every poll otherwise
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in running]
+
+
+_silence: dict[int, dict[int, tuple[object, float]]] = {}  # study id -> trial id -> (beat seen, since when)
+
+
+def _stale_by_silence(study: optuna.Study) -> list[int]:
+    """Fail the RUNNING trials whose beat counter this process has seen unchanged for the grace period.
+
+    This covers what Optuna's heartbeats cannot: storages without them (the journal file), and
+    trials whose worker died after asking for them but before their first beat. Only this process's
+    clock is used, so clocks that differ between machines do not matter.
+    """
+    storage = study._storage  # noqa: SLF001
+    optuna_beats = optuna.storages._heartbeat.is_heartbeat_enabled(storage)  # noqa: SLF001
+    grace = heartbeat_settings()[1]
+    now = time.monotonic()
+    me = worker_id()
+    seen = _silence.get(study._study_id, {})  # noqa: SLF001
+    watched: dict[int, tuple[object, float]] = {}
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        beat = trial.system_attrs.get(BEAT_ATTR)
+        if trial.user_attrs.get("worker") == me or (optuna_beats and beat is not None):
+            continue  # our own, or judged by Optuna's heartbeats
+        trial_id = trial._trial_id  # noqa: SLF001
+        last = seen.get(trial_id)
+        if last is None or last[0] != beat:
+            watched[trial_id] = (beat, now)
+        elif now - last[1] > grace:
+            if _fail(study, trial_id, f"no heartbeat for over {grace} s: its worker died"):
+                failed.append(trial.number)
+        else:
+            watched[trial_id] = last
+    _silence[study._study_id] = watched  # noqa: SLF001
+    return failed
 
 
 def _fail(study: optuna.Study, trial_id: int, reason: str) -> bool:
@@ -174,19 +296,24 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> Heartbeat:
-        if isinstance(self._storage, optuna.storages._heartbeat.BaseHeartbeat) and (  # noqa: SLF001
-            self._storage.get_heartbeat_interval() is not None
-        ):
-            self._thread = threading.Thread(target=self._beat, daemon=True, name="tuner-heartbeat")
-            self._thread.start()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="tuner-heartbeat")
+        self._thread.start()
         return self
 
     def _beat(self) -> None:
-        interval = self._storage.get_heartbeat_interval()
+        # Optuna's heartbeats where the storage has them (databases); there, one beat counter marks
+        # the trial as beating. Elsewhere (the journal file) the counter itself is the heartbeat.
+        optuna_beats = optuna.storages._heartbeat.is_heartbeat_enabled(self._storage)  # noqa: SLF001
+        interval = self._storage.get_heartbeat_interval() if optuna_beats else heartbeat_settings()[0]
+        count = 0
         while True:
+            count += 1
             for trial_id in self._trial_ids:
                 try:
-                    self._storage.record_heartbeat(trial_id)
+                    if optuna_beats:
+                        self._storage.record_heartbeat(trial_id)
+                    if count == 1 or not optuna_beats:
+                        self._storage.set_trial_system_attr(trial_id, BEAT_ATTR, count)
                 except Exception as error:  # a missed beat must never kill a live trial
                     _log.debug("heartbeat for trial %s missed: %s", trial_id, error)
             if self._stop.wait(interval):
