@@ -238,7 +238,11 @@ class _StageRunner:
             # A fresh sampler per trial, seeded by the trial's position: reproducible for one
             # process, and two workers asking at once do not draw the same point.
             n_ask = min(stage.budget - n_finished - n_running, stage.batch_trials)
-            asked = [self._ask(study, stage, len(trials) + i) for i in range(n_ask)]
+            asked = [self._ask(study, stage, len(trials))]
+            # A batch is claimed one trial at a time, each after a fresh count: workers racing for
+            # a stage's last trials then overshoot its budget by at most one trial each.
+            while len(asked) < n_ask and _n_claimed(study) < stage.budget:
+                asked.append(self._ask(study, stage, len(trials) + len(asked)))
             for frozen in self._run_trials(stage, asked):
                 if frozen.state == TrialState.FAIL:
                     consecutive_failures += 1
@@ -372,6 +376,11 @@ class _StageRunner:
         shape.set_user_attr("lr", best_lr)
         self.reporter.message(f"stage 'lr' calibrated the learning rate: {best_lr:.3g} (trial {best.number})")
         return best_lr
+
+
+def _n_claimed(study: optuna.Study) -> int:
+    """Trials finished or in flight, by any worker: what counts against a stage's budget."""
+    return len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)))
 
 
 def _best_value(study: optuna.Study) -> float | None:
