@@ -18,7 +18,7 @@ from rich.console import Console
 
 from tuner.runner import StudyMismatchError, TunerError
 from tuner.spec import SpecError
-from tuner.storage import StorageError, redact
+from tuner.storage import DEFAULT_STORAGE, StorageError, redact, with_password
 from tuner.train import DeviceError
 
 app = typer.Typer(
@@ -32,7 +32,9 @@ app = typer.Typer(
 
 StorageOption = Annotated[
     str | None,
-    typer.Option("--storage", "-s", help="Optuna storage URL, e.g. sqlite:///tuner.db or postgresql://user@host/db "
+    typer.Option("--storage", "-s", envvar="TUNER_STORAGE",
+                 help="Optuna storage URL, e.g. sqlite:///tuner.db, postgresql://user@host/db or journal:///path/file.log; "
+                 "keep passwords off the command line (TUNER_STORAGE_PASSWORD, PGPASSWORD or --storage-password-file) "
                  "[default: the spec's storage, else sqlite:///tuner.db]"),
 ]
 
@@ -66,6 +68,8 @@ def study(
     storage: StorageOption = None,
     device: Annotated[str, typer.Option(help="Where to train: auto (CUDA when available), cpu or cuda")] = "auto",
     name: Annotated[str | None, typer.Option(help="Run under this study name instead of the spec's (a fresh study)")] = None,
+    storage_password_file: Annotated[Path | None, typer.Option(
+        "--storage-password-file", help="Read the storage's password from this file (e.g. a mounted secret)")] = None,
 ) -> None:
     """Run a staged study (lr, then shape, then the optional audit), or resume it where it stopped."""
     from tuner.progress import ConsoleReporter, summary_table
@@ -83,6 +87,8 @@ def study(
             if not name.strip() or "/" in name:
                 _fail(f"--name {name!r}: must be non-empty and must not contain '/'", BAD_INPUT)
             loaded = dataclasses.replace(loaded, name=name)
+        if storage_password_file is not None:
+            storage = with_password(storage or loaded.storage or DEFAULT_STORAGE, storage_password_file)
         try:
             result = run_study(loaded, storage=storage, device=device, reporter=reporter)
         except KeyboardInterrupt:
