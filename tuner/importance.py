@@ -188,8 +188,12 @@ def importance_table(
         if not distributions:
             skipped.append((stage, "no parameter varies across its complete trials"))
             continue
-        for evaluator, table in (("fanova", _fanova_rows(complete, distributions)),
-                                 ("ped_anova", _ped_anova_rows(complete, distributions))):
+        try:
+            fanova = _fanova_rows(complete, distributions)
+        except ValueError as error:  # e.g. a forest that found nothing to split on
+            skipped.append((stage, f"fANOVA could not analyse it: {error}"))
+            continue
+        for evaluator, table in (("fanova", fanova), ("ped_anova", _ped_anova_rows(complete, distributions))):
             rows.append(table.assign(stage=stage, evaluator=evaluator))
     table = pd.concat(rows, ignore_index=True)[COLUMNS] if rows else pd.DataFrame(columns=COLUMNS)
     return table, skipped
