@@ -236,15 +236,21 @@ def audit_verdict(name: str, storage: str | BaseStorage | None = None) -> AuditV
         verdict = replace(verdict, reason=f"{len(complete)} complete trials; at least {MIN_COMPLETE_TRIALS} are needed")
     elif "lr" not in distributions or len(distributions) < 2:
         verdict = replace(verdict, reason="lr and at least one other parameter must vary across its trials")
+    elif len({t.value for t in complete}) == 1:
+        verdict = replace(verdict, reason="every complete trial scored the same, so nothing explains any variance")
     else:
-        shares = _fanova_rows(complete, distributions)
-        lr_main = float(shares[(shares.param == "lr") & (shares.param_b == "")].importance.iloc[0])
-        pairs = shares[(shares.param_b != "") & ((shares.param == "lr") | (shares.param_b == "lr"))]
-        top = pairs.loc[pairs.importance.idxmax()]
-        partner = top.param_b if top.param == "lr" else top.param
-        largest = float(top.importance)
-        verdict = AuditVerdict(study_name, bool(largest <= AUDIT_MAX_INTERACTION_RATIO * lr_main), len(complete),
-                               lr_main, largest, str(partner))
+        try:
+            shares = _fanova_rows(complete, distributions)
+        except ValueError as error:
+            shares = None
+            verdict = replace(verdict, reason=f"fANOVA could not analyse it: {error}")
+        if shares is not None:
+            lr_main = float(shares[(shares.param == "lr") & (shares.param_b == "")].importance.iloc[0])
+            pairs = shares[(shares.param_b != "") & ((shares.param == "lr") | (shares.param_b == "lr"))]
+            top = pairs.loc[pairs.importance.idxmax()]
+            largest = float(top.importance)
+            verdict = AuditVerdict(study_name, bool(largest <= AUDIT_MAX_INTERACTION_RATIO * lr_main), len(complete),
+                                   lr_main, largest, str(top.param_b if top.param == "lr" else top.param))
     for key, value in verdict.user_attrs().items():
         study.set_user_attr(key, value)
     return verdict
