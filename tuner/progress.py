@@ -6,7 +6,7 @@ import time
 
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tuner.runner import Reporter, StageSummary, StudyResult
@@ -15,6 +15,39 @@ from tuner.stages import Stage
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class _StageClock:
+    """Elapsed time of a stage in this run, and the time its remaining trials should take.
+
+    The estimate uses only trials finished in this run (a resumed stage's old trials took their
+    time in another run, maybe on another machine).
+    """
+
+    def __init__(self, budget: int, n_finished: int) -> None:
+        self.budget = budget
+        self.started = time.monotonic()
+        self.n_at_start = n_finished
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def remaining(self, n_finished: int) -> float | None:
+        done_here = n_finished - self.n_at_start
+        if n_finished >= self.budget:
+            return 0.0
+        if done_here <= 0:
+            return None
+        return self.elapsed() / done_here * (self.budget - n_finished)
 
 
 class ConsoleReporter(Reporter):
@@ -26,9 +59,11 @@ class ConsoleReporter(Reporter):
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._waiting_since: float | None = None
+        self._clock: _StageClock | None = None
 
     def stage_started(self, stage: Stage, n_finished: int) -> None:
         self._waiting_since = None
+        self._clock = _StageClock(stage.budget, n_finished)
         if not self.live:
             self.console.print(f"stage {stage.name}: {n_finished}/{stage.budget} trials done, {stage.epochs} epochs each")
             return
@@ -38,16 +73,21 @@ class ConsoleReporter(Reporter):
             MofNCompleteColumn(),
             TextColumn("best {task.fields[best]}"),
             TimeElapsedColumn(),
-            TextColumn("left"),
-            TimeRemainingColumn(),
+            # Our own estimate, not rich's: rich's speed window forgets trials slower than 30 s.
+            TextColumn("~{task.fields[left]} left"),
             console=self.console,
         )
         self._progress.start()
-        self._task = self._progress.add_task("", total=stage.budget, completed=n_finished, stage=stage.name, best="-")
+        self._task = self._progress.add_task(
+            "", total=stage.budget, completed=n_finished, stage=stage.name, best="-", left="?"
+        )
 
     def trial_finished(self, stage: Stage, trial: FrozenTrial, n_finished: int, best_value: float | None) -> None:
+        left = _duration(self._clock.remaining(n_finished)) if self._clock else "?"
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, completed=min(n_finished, stage.budget), best=_fmt(best_value))
+            self._progress.update(
+                self._task, completed=min(n_finished, stage.budget), best=_fmt(best_value), left=left
+            )
             return
         if trial.state == TrialState.COMPLETE:
             outcome = f"value {trial.value:.4g}"
@@ -58,8 +98,10 @@ class ConsoleReporter(Reporter):
         else:
             outcome = f"failed: {trial.user_attrs.get('error', '?')}"
         params = ", ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in trial.params.items())
+        elapsed = _duration(self._clock.elapsed()) if self._clock else "?"
         self.console.print(
-            f"  [{stage.name} {n_finished}/{stage.budget}] trial {trial.number} ({params}): {outcome}; best {_fmt(best_value)}",
+            f"  [{stage.name} {n_finished}/{stage.budget}] trial {trial.number} ({params}): {outcome}; "
+            f"best {_fmt(best_value)}; {elapsed} elapsed, ~{left} left",
             highlight=False,
         )
 
