@@ -158,6 +158,50 @@ def export(name: NameArgument, storage: StorageOption = None, out: OutOption = P
     Console(soft_wrap=True).print(f"wrote {trials_path} and {curves_path}", highlight=False, markup=False)
 
 
+@app.command()
+def report(
+    name: NameArgument,
+    storage: StorageOption = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for index.html and the figures [default: NAME-report]")] = None,
+) -> None:
+    """Write PNG figures, Optuna's interactive figures and an index.html that explains the study."""
+    from tuner.report import ReportError, write_report
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with _analysis_errors():
+        try:
+            written = write_report(name, with_password(storage or DEFAULT_STORAGE), out)
+        except ReportError as error:
+            _fail(str(error), BAD_INPUT)
+    console = Console(soft_wrap=True)
+    for key, why in written.missing.items():
+        console.print(f"not drawn: {key}: {why}", highlight=False, markup=False)
+    console.print(f"wrote {len(written.figures)} figures and {written.index}", highlight=False, markup=False)
+
+
+@app.command()
+def dashboard(
+    storage: StorageOption = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 to serve on", min=1, max=65535)] = 8080,
+) -> None:
+    """Serve optuna-dashboard for the storage on 127.0.0.1, to browse every stage live (Ctrl-C stops it)."""
+    from tuner.dashboard import DashboardError, serve_dashboard
+    from tuner.report import ReportError
+
+    url = with_password(storage or DEFAULT_STORAGE)
+    console = Console(soft_wrap=True)
+    with _errors_as_exit_codes():
+        try:
+            serve_dashboard(url, port, on_ready=lambda address: console.print(
+                f"optuna-dashboard for {redact(url)} at {address} (Ctrl-C stops it)", highlight=False, markup=False))
+        except ReportError as error:
+            _fail(str(error), BAD_INPUT)
+        except DashboardError as error:
+            _fail(str(error), 1)
+        except KeyboardInterrupt:
+            raise typer.Exit(0) from None
+
+
 def main() -> None:  # pragma: no cover - the console script calls app directly
     app()
 
