@@ -47,7 +47,8 @@ def _trials_frame(stage_trials: dict[str, list[FrozenTrial]]) -> pd.DataFrame:
     # Fixed columns first, then params, then user attributes, each group sorted, for stable files.
     params = sorted(c for c in frame.columns if c.startswith("params_"))
     attrs = sorted(c for c in frame.columns if c.startswith("user_attrs_"))
-    return frame[TRIAL_COLUMNS + params + attrs]
+    # Nullable dtypes keep an int attribute an int in the file where other stages leave it empty.
+    return frame[TRIAL_COLUMNS + params + attrs].convert_dtypes()
 
 
 def curves_frame(name: str, storage: str | BaseStorage | None = None) -> pd.DataFrame:
