@@ -65,7 +65,8 @@ class ConsoleReporter(Reporter):
         self._waiting_since = None
         self._clock = _StageClock(stage.budget, n_finished)
         if not self.live:
-            self.console.print(f"stage {stage.name}: {n_finished}/{stage.budget} trials done, {stage.epochs} epochs each")
+            self.console.print(f"stage {stage.name}: {n_finished}/{stage.budget} trials done, {stage.epochs} epochs each",
+                               highlight=False, markup=False)
             return
         self._progress = Progress(
             TextColumn("[bold]{task.fields[stage]}[/]"),
@@ -103,6 +104,7 @@ class ConsoleReporter(Reporter):
             f"  [{stage.name} {n_finished}/{stage.budget}] trial {trial.number} ({params}): {outcome}; "
             f"best {_fmt(best_value)}; {elapsed} elapsed, ~{left} left",
             highlight=False,
+            markup=False,  # "[lr 3/30]" is text here, not a rich style tag to swallow
         )
 
     def waiting(self, stage: Stage, n_running: int) -> None:
@@ -122,9 +124,9 @@ class ConsoleReporter(Reporter):
 
     def message(self, text: str) -> None:
         if self._progress is not None:
-            self._progress.console.print(text, highlight=False)
+            self._progress.console.print(text, highlight=False, markup=False)
         else:
-            self.console.print(text, highlight=False)
+            self.console.print(text, highlight=False, markup=False)
 
     def close(self) -> None:
         if self._progress is not None:

@@ -1,0 +1,58 @@
+"""Progress while a study runs: a bar on a terminal, plain log lines in CI or a file, both with times."""
+
+from __future__ import annotations
+
+import io
+import re
+
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+from rich.console import Console
+
+import tuner
+from tuner.progress import ConsoleReporter
+from tuner.runner import StageSummary
+from tuner.stages import lr_stage
+
+SPEC = tuner.spec_from_dict({"name": "watched", "stages": {"lr": {"trials": 3}}})
+LR = {"lr": FloatDistribution(1e-6, 1.0, log=True)}
+
+
+def _run_stage(console: Console) -> None:
+    """What the runner tells a reporter during a 3-trial lr stage: one good, one diverged, one better."""
+    stage = lr_stage(SPEC)
+    reporter = ConsoleReporter(console)
+    reporter.stage_started(stage, 0)
+    good = create_trial(params={"lr": 0.01}, distributions=LR, value=0.2)
+    diverged = create_trial(params={"lr": 0.9}, distributions=LR, state=TrialState.PRUNED,
+                            user_attrs={"diverged": True})
+    better = create_trial(params={"lr": 0.05}, distributions=LR, value=0.1)
+    reporter.trial_finished(stage, good, 1, 0.2)
+    reporter.trial_finished(stage, diverged, 2, 0.2)
+    reporter.trial_finished(stage, better, 3, 0.1)
+    reporter.stage_finished(StageSummary("lr", "watched/lr", 3, 2, 1, 1, 0, 0.1, {"lr": 0.05}, 1.0, 0.5))
+    reporter.close()
+
+
+def test_off_a_terminal_each_trial_is_one_line_with_budget_best_and_times() -> None:
+    out = io.StringIO()
+    _run_stage(Console(file=out, force_terminal=False, width=200))
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("stage lr: 0/3 trials done")
+    trial_lines = [line for line in lines if line.lstrip().startswith("[lr ")]
+    assert len(trial_lines) == 3
+    time_part = r"; \d+s elapsed, ~(\d+s|\d+m\d\ds|\?) left$"
+    assert re.search(r"\[lr 1/3\] trial -?\d+ \(lr=0\.01\): value 0\.2; best 0\.2" + time_part, trial_lines[0])
+    assert re.search(r"\[lr 2/3\] .*: diverged; best 0\.2" + time_part, trial_lines[1])
+    assert trial_lines[2].endswith("~0s left")  # the budget is done: nothing left to estimate
+    assert "\x1b[" not in out.getvalue()  # no escape codes in a log file
+
+
+def test_on_a_terminal_the_bar_shows_trials_of_budget_best_and_times() -> None:
+    out = io.StringIO()
+    _run_stage(Console(file=out, force_terminal=True, width=160))
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())  # what a person sees, minus colours
+    assert "3/3" in screen and "best 0.1" in screen
+    assert re.search(r"\d+:\d\d:\d\d", screen)  # elapsed
+    assert "left" in screen
+    assert "stage lr done: 2 complete, 1 pruned (1 diverged)" in screen
