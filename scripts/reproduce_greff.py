@@ -136,18 +136,19 @@ def main() -> None:
 
     print(f"\n{n_trials} trials in {search_seconds:.0f} s; best val_error {values.min():.3f}; "
           f"{trained} trials below 0.5 error (chance is 0.9)")
-    print(f"\n{'fANOVA share of variance':<38}{'here':>16}   {'Greff et al.':<30}")
+    print(f"\n{'fANOVA share of variance':<46}{'here':>16}   {'Greff et al.':<30}")
     lr = main_effects.loc["lr"]
-    print(f"{'lr (main effect)':<38}{lr.importance:>9.3f} ±{lr['std']:.3f}   {'> 0.667 (more than two thirds)':<30}")
+    print(f"{'lr (main effect)':<46}{lr.importance:>9.3f} ±{lr['std']:.3f}   {'> 0.667 (more than two thirds)':<30}")
     for param in ("width", "one_minus_momentum"):
         row = main_effects.loc[param]
         label = {"width": "hidden size", "one_minus_momentum": "momentum (1 - m)"}[param]
-        print(f"{label + ' (main effect)':<38}{row.importance:>9.3f} ±{row['std']:.3f}   {'small next to lr':<30}")
-    print(f"{'largest interaction: ' + top.param + ' x ' + top.param_b:<38}{top.importance:>9.3f} ±{top['std']:.3f}   "
+        print(f"{label + ' (main effect)':<46}{row.importance:>9.3f} ±{row['std']:.3f}   {'small next to lr':<30}")
+    print(f"{'largest interaction: ' + top.param + ' x ' + top.param_b:<46}{top.importance:>9.3f} ±{top['std']:.3f}   "
           f"{'small (lr x hidden size the largest)':<30}")
-    print(f"{'all main effects + pairs':<38}{fanova.importance.sum():>9.3f}")
+    print(f"{'all main effects + pairs':<46}{fanova.importance.sum():>9.3f}")
     print(f"\nlr share above two thirds: {'yes' if lr.importance > PAPER_LR_SHARE else 'no'}; "
-          f"low-interaction verdict (largest lr interaction <= {AUDIT_MAX_INTERACTION_RATIO:g} x lr effect): "
+          f"largest lr interaction / lr effect = {verdict.largest_interaction / verdict.lr_main_effect:.2f} "
+          f"(with {verdict.largest_interaction_with}): low-interaction verdict (<= {AUDIT_MAX_INTERACTION_RATIO:g}) "
           f"{'held' if verdict.held else 'did not hold'}")
     print(f"wrote {path}; trials in {storage} (study {STUDY}/audit)")
 

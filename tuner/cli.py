@@ -202,6 +202,50 @@ def dashboard(
             raise typer.Exit(0) from None
 
 
+@app.command("lr-find")
+def lr_find_command(
+    spec: Annotated[Path, typer.Argument(help="The study file (TOML): its small network, data, optimizer and batch size")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for lr_find.csv and lr_find.png (created if missing)")] = Path("."),
+    device: Annotated[str, typer.Option(help="Where to train: auto (CUDA when available), cpu or cuda")] = "auto",
+    steps: Annotated[int, typer.Option(help="Mini-batch steps of the full ramp (it stops early once the loss blows up)", min=5)] = 100,
+    start_lr: Annotated[float, typer.Option("--start-lr", help="First learning rate of the exponential ramp")] = 1e-7,
+    end_lr: Annotated[float, typer.Option("--end-lr", help="Last learning rate of the exponential ramp")] = 10.0,
+) -> None:
+    """LR range test: one short run with the rate rising exponentially; prints the suggested rate and search range."""
+    from tuner.lr_find import lr_find, search_bounds, write_lr_find
+    from tuner.spec import load_spec
+
+    if device not in ("auto", "cpu", "cuda"):
+        _fail(f"--device {device!r}: choose auto, cpu or cuda", BAD_INPUT)
+    if not 0 < start_lr < end_lr:
+        _fail(f"--start-lr {start_lr:g} / --end-lr {end_lr:g}: need 0 < start-lr < end-lr, e.g. 1e-7 and 10", BAD_INPUT)
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {str(out)!r}: is a file; give a folder", BAD_INPUT)
+    console = Console(soft_wrap=True)
+    with _errors_as_exit_codes():
+        loaded = load_spec(spec)
+        result = lr_find(loaded, start_lr=start_lr, end_lr=end_lr, steps=steps, device=device)
+        try:
+            csv_path, png_path = write_lr_find(result, out, title=f"LR range test: {loaded.name}")
+        except OSError as error:
+            _fail(f"--out {str(out)!r}: cannot write there ({error.strerror or error}); choose a writable folder", BAD_INPUT)
+    say = lambda text: console.print(text, highlight=False, markup=False)  # noqa: E731
+    say(f"LR range test on '{loaded.name}': {len(result.lrs)} steps, lr {result.lrs[0]:.3g} to {result.lrs[-1]:.3g}")
+    say(f"wrote {csv_path} and {png_path}")
+    suggestion = result.suggestion
+    if suggestion is None:
+        _fail(f"no suggestion from this curve: {result.problem}", 1)
+    say(f"suggested learning rate: {suggestion.lr:.3g}")
+    for name, value in suggestion.rules.items():
+        say(f"  {name:<8} {value:.3g}" + ("   (lr at the loss minimum / 10)" if name == "minimum" else ""))
+    say(f"rules agree on: {suggestion.low:.3g} to {suggestion.high:.3g}")
+    say(f"suggested search range: {suggestion.search_min:.3g} to {suggestion.search_max:.3g}")
+    lr = loaded.stages.lr
+    bounds = search_bounds(suggestion, lr.lr_min, lr.lr_max)
+    within = f"{bounds[0]:.3g} to {bounds[1]:.3g}" if bounds else f"none of it: all of {lr.lr_min:.3g} to {lr.lr_max:.3g}"
+    say(f'with lr_range = "auto", stage \'lr\' would search (within lr_min/lr_max): {within}')
+
+
 def main() -> None:  # pragma: no cover - the console script calls app directly
     app()
 

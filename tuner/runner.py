@@ -127,7 +127,11 @@ def run_study(
 
     runner = _StageRunner(spec, optuna_storage, data, torch_device, reporter)
     summaries: dict[str, StageSummary] = {}
-    lr_summary = runner.run(lr_stage(spec))
+    from tuner.lr_find import auto_lr_range
+
+    # lr_range = "auto": the range test runs once (kept on <name>/lr, reused on resume) and sets the bounds.
+    lr_range = auto_lr_range(spec, optuna_storage, data, reporter.message)
+    lr_summary = runner.run(lr_stage(spec, lr_range=lr_range))
     summaries["lr"] = lr_summary
     best_lr = runner.hand_off_lr()
     summaries["shape"] = runner.run(shape_stage(spec, best_lr))

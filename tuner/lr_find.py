@@ -1,0 +1,219 @@
+"""The LR range test (Smith 2015; fastai's and Lightning's ``lr_find``) on a spec's small network.
+
+One short run with the learning rate rising exponentially per mini-batch, from ``start_lr`` to
+``end_lr``: the training loss per step shows where it falls fastest and where it blows up. The run
+stops once the smoothed loss is far past its minimum (or turns NaN). The rules that turn the curve
+into a learning rate and a search range live in :mod:`tuner.lr_suggest`; this module trains,
+records, writes ``lr_find.csv`` / ``lr_find.png``, and, for ``lr_range = "auto"``, runs the test
+once per study and keeps its result on the ``<name>/lr`` study so that a resume reuses it.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+
+from tuner.data import Dataset, load_dataset
+from tuner.lr_suggest import Suggestion, smooth, stop_index, suggest
+from tuner.spec import StudySpec, load_spec
+from tuner.train import _predict, loss_function, make_optimizer, resolve_device, seeded_model
+
+START_LR = 1e-7
+END_LR = 10.0
+STEPS = 100  # fastai's num_it
+STOP_FACTOR = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum so far (fastai)
+STUDY_ATTR = "lr_find"  # user attribute of the <name>/lr study holding an lr_range = "auto" test
+
+
+class LRFindError(RuntimeError):
+    """The range test ran but its curve supports no suggestion; the message says why."""
+
+
+@dataclass(frozen=True)
+class LRFindResult:
+    """What a range test recorded: one entry per mini-batch step, and what it suggests."""
+
+    lrs: list[float]
+    losses: list[float]  # training loss of each step's mini-batch (NaN where it was not finite)
+    smoothed: list[float]  # bias-corrected moving average of ``losses``
+    suggestion: Suggestion | None  # None when the curve supports none (see ``problem``)
+    problem: str | None = None  # why there is no suggestion
+
+
+def smoothing_beta(steps: int) -> float:
+    """The moving average's decay: spans the same fraction of the ramp whatever its length.
+
+    (:func:`tuner.lr_suggest.suggest` smooths with the same rule, so the curve in the CSV and the
+    plot is the one its rules see, up to its lag correction.)
+    """
+    return float(np.clip(1.0 - 10.0 / steps, 0.5, 0.99))
+
+
+def lr_find(
+    spec: StudySpec | str | Path,
+    *,
+    start_lr: float = START_LR,
+    end_lr: float = END_LR,
+    steps: int = STEPS,
+    device: str = "auto",
+    data: Dataset | None = None,
+) -> LRFindResult:
+    """Run the LR range test on the spec's small network (``[model]``), data, optimizer and batch size.
+
+    Example:
+        >>> result = lr_find("studies/quickstart.toml", steps=100)  # doctest: +SKIP
+        >>> result.suggestion.lr, result.suggestion.search_min, result.suggestion.search_max  # doctest: +SKIP
+
+    Args:
+        spec: a :class:`StudySpec` or the path of a TOML study file.
+        start_lr, end_lr: the ramp's first and last rate (exponential in between).
+        steps: mini-batch steps of the full ramp (it stops earlier once the loss blows up).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        data: the spec's data already loaded (and on the device); loaded from the spec if None.
+    """
+    spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
+    if not 0 < start_lr < end_lr or not math.isfinite(end_lr):
+        raise ValueError(f"the ramp needs 0 < start_lr < end_lr; got {start_lr} and {end_lr}")
+    if steps < 5:
+        raise ValueError(f"steps must be at least 5; got {steps}")
+    if data is None:
+        data = load_dataset(spec.data, spec.seed, spec.source).to(resolve_device(device))
+    train = spec.train
+    model = seeded_model(spec.model.family, data, spec.model.width, spec.model.depth, spec.seed)
+    optimizer = make_optimizer(train.optimizer, model.parameters(), start_lr, train.momentum, train.weight_decay)
+    criterion = loss_function(data.task)
+    order_rng = torch.Generator().manual_seed(spec.seed)  # the data order train_epochs would use
+    n = len(data.x_train)
+    beta = smoothing_beta(steps)
+    ramp = [start_lr * (end_lr / start_lr) ** (step / (steps - 1)) for step in range(steps)]
+
+    lrs: list[float] = []
+    losses: list[float] = []
+    order = torch.empty(0, dtype=torch.long)
+    position = n
+    model.train()
+    for lr in ramp:
+        if position >= n:  # a new epoch: a fresh permutation
+            order, position = torch.randperm(n, generator=order_rng).to(data.x_train.device), 0
+        batch = order[position:position + train.batch_size]
+        position += train.batch_size
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = criterion(_predict(model, model(data.x_train[batch]), data.task), data.y_train[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        value = loss.item()
+        lrs.append(lr)
+        losses.append(value if math.isfinite(value) else math.nan)
+        if stop_index(smooth(losses, beta), STOP_FACTOR) is not None:
+            break  # NaN, or far past the minimum: the rest of the ramp says nothing new
+    smoothed = smooth(losses, beta).tolist()
+    try:
+        suggestion, problem = suggest(lrs, losses, factor=STOP_FACTOR), None
+    except ValueError as error:
+        suggestion, problem = None, str(error)
+    return LRFindResult(lrs, losses, smoothed, suggestion, problem)
+
+
+def search_bounds(suggestion: Suggestion, lr_min: float, lr_max: float) -> tuple[float, float] | None:
+    """The suggested search range, kept within [lr_min, lr_max]; None if nothing of it is inside."""
+    low, high = max(suggestion.search_min, lr_min), min(suggestion.search_max, lr_max)
+    return (low, high) if low < high else None
+
+
+def write_lr_find(result: LRFindResult, out: str | Path, title: str = "LR range test") -> tuple[Path, Path]:
+    """Write ``lr_find.csv`` (lr, loss, smoothed) and ``lr_find.png`` (suggestion and band marked) into ``out``."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path = folder / "lr_find.csv", folder / "lr_find.png"
+    with csv_path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["lr", "loss", "smoothed"])
+        for row in zip(result.lrs, result.losses, result.smoothed):
+            writer.writerow([repr(v) if math.isfinite(v) else "" for v in row])  # empty: not finite
+    _plot(result, png_path, title)
+    return csv_path, png_path
+
+
+def _plot(result: LRFindResult, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
+    ax.plot(result.lrs, result.losses, color="0.75", linewidth=0.8, label="loss per step")
+    ax.plot(result.lrs, result.smoothed, color="C0", linewidth=1.8, label="smoothed")
+    s = result.suggestion
+    if s is not None:
+        ax.axvspan(s.search_min, s.search_max, color="C2", alpha=0.12, label=f"search range {s.search_min:.2g} – {s.search_max:.2g}")
+        ax.axvspan(s.low, s.high, color="C1", alpha=0.25, label=f"rules agree {s.low:.2g} – {s.high:.2g}")
+        for (name, value), style in zip(s.rules.items(), (":", "-.", "--")):
+            ax.axvline(value, color="C1", linestyle=style, linewidth=1, label=f"{name} {value:.2g}")
+        ax.axvline(s.lr, color="C3", linewidth=2, label=f"suggested {s.lr:.2g}")
+    else:
+        ax.text(0.02, 0.95, f"no suggestion: {result.problem}", transform=ax.transAxes, va="top", fontsize=8, wrap=True)
+    finite = [v for v in result.smoothed if math.isfinite(v)]
+    if finite:  # the blow-up at the end would squash the interesting part of the curve
+        low, first = min(finite), finite[0]
+        ax.set_ylim(low - 0.1 * (first - low + 1e-12), max(first, low) + 0.5 * (first - low + 1e-12))
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _as_record(result: LRFindResult, bounds: tuple[float, float]) -> dict[str, Any]:
+    finite_or_none = lambda values: [v if math.isfinite(v) else None for v in values]  # noqa: E731 -- JSON has no NaN
+    return {
+        "lrs": result.lrs,
+        "losses": finite_or_none(result.losses),
+        "suggestion": asdict(result.suggestion) if result.suggestion else None,
+        "problem": result.problem,
+        "bounds": list(bounds),
+    }
+
+
+def auto_lr_range(
+    spec: StudySpec,
+    storage: optuna.storages.BaseStorage,
+    data: Dataset,
+    message: Callable[[str], None] = lambda text: None,
+) -> tuple[float, float] | None:
+    """The LR stage's bounds for ``lr_range = "auto"``: the range test's suggestion within [lr_min, lr_max].
+
+    The test runs once per study; its record (rates, losses, suggestion, bounds) is stored as user
+    attribute ``lr_find`` of the ``<name>/lr`` study, and a resume reads the bounds from there.
+    Returns None for ``lr_range = "fixed"``. If the curve supports no suggestion, the stage
+    searches all of [lr_min, lr_max] and says so.
+    """
+    lr = spec.stages.lr
+    if lr.lr_range != "auto":
+        return None
+    study = optuna.create_study(study_name=f"{spec.name}/lr", storage=storage, direction="minimize", load_if_exists=True)
+    stored = study.user_attrs.get(STUDY_ATTR)
+    if stored is not None:
+        return float(stored["bounds"][0]), float(stored["bounds"][1])
+    # The ramp covers at least the allowed range, so that the test sees where the loss blows up.
+    result = lr_find(spec, start_lr=min(START_LR, lr.lr_min), end_lr=max(END_LR, lr.lr_max), data=data)
+    bounds = search_bounds(result.suggestion, lr.lr_min, lr.lr_max) if result.suggestion else None
+    if bounds is None:
+        why = result.problem or f"its range {result.suggestion.search_min:.3g} – {result.suggestion.search_max:.3g} lies outside"  # type: ignore[union-attr]
+        message(f"LR range test: no usable suggestion ({why}); stage 'lr' searches all of {lr.lr_min:.3g} – {lr.lr_max:.3g}")
+        bounds = (lr.lr_min, lr.lr_max)
+    else:
+        message(f"LR range test: suggested {result.suggestion.lr:.3g}; stage 'lr' searches {bounds[0]:.3g} – {bounds[1]:.3g}")  # type: ignore[union-attr]
+    study.set_user_attr(STUDY_ATTR, _as_record(result, bounds))
+    return bounds
