@@ -1,0 +1,166 @@
+"""The framework's own cost per trial: wall time minus time in training, tuner on SQLite vs plain Optuna in memory.
+
+Both sides run the same trials' kind: the quickstart's LR stage (digits, MLP 64 -> 16 -> 10, SGD
+with momentum 0.9, batch 64, 20 epochs, TPE over ``lr`` with the settings tuner writes out), one
+trial at a time. Training time is measured the same way on both sides, around model construction
+and each epoch of ``tuner.train.train_epochs``; everything else a trial costs is overhead:
+sampling, storage writes and reads, heartbeats, bookkeeping.
+
+- ``tuner (SQLite)``: ``tuner``'s stage runner on a fresh SQLite file opened by
+  ``tuner.open_storage`` (WAL, heartbeats, every trial's learning curve and attributes stored);
+- ``optuna (memory)``: a plain ``optuna.create_study()`` in memory, an objective that reports each
+  epoch and asks ``should_prune()`` (what a user would write);
+- for reference: ``optuna (SQLite)``, the same plain objective on a stock ``sqlite:///`` URL, and
+  ``tuner (memory)``, the stage runner on Optuna's in-memory storage.
+
+The sides alternate round by round, so that a busy machine slows all alike; the figures are
+medians over rounds. The ratio printed last is tuner (SQLite) / optuna (memory): the goal is <= 2.
+
+Run:  python scripts/bench_overhead.py            # ~3 min on 2 cores
+      python scripts/bench_overhead.py --quick    # about a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from tuner.data import Dataset, load_dataset
+from tuner.runner import Reporter, _StageRunner  # noqa: PLC2701 -- one stage alone, instrumented
+from tuner.spec import StudySpec, load_spec
+from tuner.stages import TrialPlan, lr_stage, tpe_settings
+from tuner.storage import open_storage
+from tuner.train import EpochResult, seeded_model, train_epochs
+
+SPEC = Path(__file__).resolve().parent.parent / "studies" / "quickstart.toml"
+
+
+class _Clock:
+    """Seconds spent in training (model construction and epochs), summed over trials."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.epochs = 0
+
+    def timed(self, epochs: Iterator[Any]) -> Iterator[Any]:
+        while True:
+            started = time.perf_counter()
+            try:
+                item = next(epochs)
+            except StopIteration:
+                self.seconds += time.perf_counter() - started
+                return
+            self.seconds += time.perf_counter() - started
+            self.epochs += 1
+            yield item
+
+
+def _train(spec: StudySpec, data: Dataset, plan: TrialPlan) -> Iterator[EpochResult]:
+    model = seeded_model(spec.model.family, data, plan.width, plan.depth, plan.train.seed)
+    yield from train_epochs(model, data, plan.train)
+
+
+def run_tuner(spec: StudySpec, data: Dataset, storage: optuna.storages.BaseStorage) -> tuple[float, _Clock]:
+    """Wall seconds of the LR stage through tuner's runner, and its training clock."""
+    clock = _Clock()
+
+    class TimedRunner(_StageRunner):
+        def _epochs(self, plans: list[TrialPlan], active: list[bool]) -> Iterator[list[EpochResult | None]]:
+            return clock.timed(super()._epochs(plans, active))
+
+    stage = lr_stage(spec)
+    started = time.perf_counter()
+    TimedRunner(spec, storage, data, torch.device("cpu"), Reporter()).run(stage)
+    return time.perf_counter() - started, clock
+
+
+def run_optuna(spec: StudySpec, data: Dataset, storage: str | None) -> tuple[float, _Clock]:
+    """Wall seconds of the same trials as a plain Optuna study, and its training clock."""
+    clock = _Clock()
+    stage = lr_stage(spec)
+    low, high = spec.stages.lr.lr_min, spec.stages.lr.lr_max
+
+    def objective(trial: optuna.Trial) -> float:
+        plan = stage.plan(spec, {"lr": trial.suggest_float("lr", low, high, log=True)})
+        value = float("nan")
+        for result in clock.timed(_train(spec, data, plan)):
+            value = result.val_error
+            if result.diverged:
+                raise optuna.TrialPruned()
+            trial.report(value, result.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return value
+
+    sampler = optuna.samplers.TPESampler(seed=spec.seed, **tpe_settings(stage.budget))
+    started = time.perf_counter()
+    study = optuna.create_study(storage=storage, sampler=sampler, study_name=spec.name)
+    study.optimize(objective, n_trials=stage.budget)
+    return time.perf_counter() - started, clock
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer trials and rounds: about a minute")
+    parser.add_argument("--trials", type=int, help="trials per side and round [default 60, quick 30]")
+    parser.add_argument("--rounds", type=int, help="alternating rounds [default 5, quick 2]")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads [default 1: steadier timings]")
+    parser.add_argument("--no-reference", action="store_true", help="skip the two reference sides")
+    args = parser.parse_args()
+    n_trials = args.trials or (30 if args.quick else 60)
+    rounds = args.rounds or (2 if args.quick else 5)
+    torch.set_num_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    spec = load_spec(SPEC)
+    # One trial at a time on both sides: plain Optuna has no batched trials.
+    lr = dataclasses.replace(spec.stages.lr, trials=n_trials, batched=False)
+    spec = spec.with_changes(stages=dataclasses.replace(spec.stages, lr=lr))
+    data = load_dataset(spec.data, spec.seed, spec.source)
+    print(f"quickstart LR stage, {n_trials} trials per side, {rounds} round(s), torch threads {torch.get_num_threads()}, "
+          f"optuna {optuna.__version__}, torch {torch.__version__}")
+    run_optuna(spec.with_changes(stages=dataclasses.replace(spec.stages, lr=dataclasses.replace(lr, trials=3))),
+               data, None)  # warm-up: first calls pay one-time costs (imports, torch kernels)
+
+    sides: dict[str, Callable[[Path, int], tuple[float, _Clock]]] = {
+        "tuner (SQLite)": lambda folder, r: run_tuner(
+            spec.with_changes(name=f"t{r}"), data, open_storage(f"sqlite:///{folder / f'tuner{r}.db'}")),
+        "optuna (memory)": lambda folder, r: run_optuna(spec.with_changes(name=f"o{r}"), data, None),
+    }
+    if not args.no_reference:
+        sides["optuna (SQLite)"] = lambda folder, r: run_optuna(
+            spec.with_changes(name=f"s{r}"), data, f"sqlite:///{folder / f'optuna{r}.db'}")
+        sides["tuner (memory)"] = lambda folder, r: run_tuner(
+            spec.with_changes(name=f"m{r}"), data, optuna.storages.InMemoryStorage())
+    overhead: dict[str, list[float]] = {name: [] for name in sides}
+    epochs: dict[str, list[float]] = {name: [] for name in sides}
+    with tempfile.TemporaryDirectory() as folder:
+        for r in range(rounds):
+            shown = []
+            for name, side in sides.items():
+                wall, clock = side(Path(folder), r)
+                overhead[name].append((wall - clock.seconds) / n_trials * 1000)
+                epochs[name].append(clock.epochs / n_trials)
+                shown.append(f"{name} {overhead[name][-1]:.1f} ms (wall {wall:.1f} s)")
+            print(f"round {r + 1}: " + " | ".join(shown))
+
+    print("overhead per trial (wall - training), median over rounds [min-max]; epochs reported per trial:")
+    for name in sides:
+        values = overhead[name]
+        print(f"  {name:<16} {statistics.median(values):7.1f} ms  [{min(values):.1f}-{max(values):.1f}]  "
+              f"{statistics.mean(epochs[name]):.1f} epochs")
+    ratio = statistics.median(overhead["tuner (SQLite)"]) / statistics.median(overhead["optuna (memory)"])
+    print(f"tuner (SQLite) / optuna (memory) overhead per trial: {ratio:.2f}x (goal: <= 2)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,415 @@
+"""Staged tuning against joint TPE, joint random search and a grid, at the same compute, on bundled tasks.
+
+For each task and seed, ``tuner``'s staged study runs first (``tuner.run_study`` on a spec dict, a
+temporary SQLite file): its compute, summed over its trials as epochs done x parameter count (the
+user attributes ``epochs_done`` and ``n_params``, batched LR trials counted one by one like any
+other), is the budget every other method then gets for that seed:
+
+- ``tpe``: one Optuna TPE study over ``lr``, ``width``, ``depth``, ``schedule`` and ``decay`` at
+  once, Optuna's default TPE (``TPESampler(seed=seed)``), in memory;
+- ``random``: the same joint space by random search (what Greff et al. did);
+- ``grid``: the textbook grid: ``lr`` on the decades of the LR range x three widths (the width
+  range's ends and its geometric middle) at the smallest depth, constant rate; once the grid is
+  done and budget is left, the same box again on a grid twice as fine in log(lr) (new points
+  only), and so on.
+
+Every method trains through the same code (``Stage.plan``, ``seeded_model``, ``train_epochs``), so
+trials of equal settings train identically; the seed fixes the data split, the initial weights
+and the data order for all methods alike, and seeds each sampler. A method asks for trials while
+its compute is below the budget; its result is the best validation error of the trials that
+finished within the budget (a trial that diverged counts its compute and has no error).
+
+Per task it writes, under ``--out``: ``curves.csv`` (one row per trial: compute, cumulative
+compute and wall seconds, value, best so far), ``<task>.png`` (best so far against cumulative
+compute, median over seeds with the min-max band), and ``summary.csv`` / ``summary.md``: the
+median and min-max over seeds of the best error, the median wall seconds, and the compute each
+method needed to reach joint TPE's final error as a ratio to what TPE needed (median over seeds;
+``inf`` where a method did not reach it within the budget; "reached" counts the seeds where it did).
+
+Run:  python scripts/bench_search.py                 # 5 seeds, digits/diabetes/digits_rows, ~1 h on 2 busy cores
+      python scripts/bench_search.py --quick         # under 5 minutes on 2 cores: one line per task
+      python scripts/bench_search.py --tasks wine adding --seeds 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime
+import math
+import statistics
+import tempfile
+import time
+import tomllib
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+import tuner
+from tuner.data import Dataset, load_dataset
+from tuner.spec import StudySpec
+from tuner.stages import Stage
+from tuner.train import parameter_count, seeded_model, train_epochs
+
+STUDIES = Path(__file__).resolve().parent.parent / "studies"
+TASKS = {  # task -> (study file, what it is)
+    "digits": ("quickstart.toml", "MLP, classification"),
+    "wine": ("wine.toml", "MLP, classification"),
+    "breast_cancer": ("breast_cancer.toml", "MLP, classification"),
+    "diabetes": ("diabetes.toml", "MLP, regression"),
+    "digits_rows": ("digits_lstm.toml", "LSTM, sequence classification"),
+    "adding": ("adding_lstm.toml", "LSTM, sequence regression"),
+}
+DEFAULT_TASKS = ("digits", "diabetes", "digits_rows")
+METHODS = ("staged", "tpe", "random", "grid")
+# --quick: smaller budgets and fewer epochs, the same for every method; the full run keeps the studies' own.
+QUICK = {
+    "digits": {"lr": 12, "shape": 6, "epochs": 6},
+    "wine": {"lr": 12, "shape": 6, "epochs": 10},
+    "breast_cancer": {"lr": 12, "shape": 6, "epochs": 8},
+    "diabetes": {"lr": 12, "shape": 6, "epochs": 8},
+    "digits_rows": {"lr": 6, "shape": 4, "epochs": 3},
+    "adding": {"lr": 6, "shape": 4, "epochs": 3},
+}
+QUICK_SEEDS = 3
+GRID_WIDTHS = 3  # the width range's ends and its geometric middle
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialRecord:
+    """One trial of one method, in the order the method ran it."""
+
+    value: float | None  # validation objective at the last epoch; None if it diverged
+    n_params: int
+    epochs: int
+    seconds: float  # wall seconds since the method started, at the end of this trial
+
+    @property
+    def compute(self) -> int:
+        return self.n_params * self.epochs
+
+
+def task_spec(task: str, seed: int, quick: bool) -> dict[str, Any]:
+    """The study file of ``task`` as a dict, with this seed (and the quick budgets)."""
+    table = tomllib.loads((STUDIES / TASKS[task][0]).read_text())
+    table["name"] = f"bench-{task}-{seed}"
+    table["seed"] = seed
+    table.pop("storage", None)
+    stages = table.setdefault("stages", {})
+    stages.pop("audit", None)  # the staged study proper: lr, then shape
+    if quick:
+        settings = QUICK[task]
+        table.setdefault("train", {})["epochs"] = settings["epochs"]
+        stages.setdefault("lr", {})["trials"] = settings["lr"]
+        stages.setdefault("shape", {})["trials"] = settings["shape"]
+        for stage in ("lr", "shape"):
+            stages[stage].pop("epochs", None)
+    return table
+
+
+def joint_space(spec: StudySpec) -> dict[str, BaseDistribution]:
+    """The staged study's parameters, all at once, over the same ranges."""
+    lr, shape = spec.stages.lr, spec.stages.shape
+    return {
+        "lr": FloatDistribution(lr.lr_min, lr.lr_max, log=True),
+        "width": IntDistribution(shape.width[0], shape.width[1], log=True),
+        "depth": IntDistribution(shape.depth[0], shape.depth[1]),
+        "schedule": CategoricalDistribution(list(shape.schedules)),
+        "decay": FloatDistribution(shape.decay[0], shape.decay[1], log=True),
+    }
+
+
+def joint_stage(spec: StudySpec) -> Stage:
+    """A stage over the joint space: its ``plan`` turns a point into the same training run as tuner's."""
+    epochs = spec.stages.shape.epochs or spec.train.epochs
+    return Stage(name="joint", budget=0, epochs=epochs, sampler="tpe", pruner="none",
+                 space=joint_space(spec), fixed={})
+
+
+def train_point(spec: StudySpec, data: Dataset, stage: Stage, params: dict[str, Any],
+                report: Callable[[float, int], None] | None = None) -> tuple[float | None, int, int]:
+    """Train one point as tuner would; (final objective or None if it diverged, parameters, epochs done)."""
+    plan = stage.plan(spec, params)
+    model = seeded_model(spec.model.family, data, plan.width, plan.depth, plan.train.seed)
+    value: float | None = None
+    epochs = 0
+    for result in train_epochs(model, data, plan.train):
+        epochs = result.epoch
+        current = result.val_error if spec.train.objective == "val_error" else result.val_loss
+        if result.diverged or not math.isfinite(current):
+            value = None
+            break
+        value = current
+        if report is not None:
+            report(current, result.epoch)
+    return value, parameter_count(spec.model.family, data, plan.width, plan.depth), epochs
+
+
+def run_staged(table: dict[str, Any], folder: Path) -> tuple[list[TrialRecord], int]:
+    """tuner's staged study on a fresh SQLite file; its trials in the order they finished, and its compute."""
+    spec = tuner.spec_from_dict(table)
+    storage = f"sqlite:///{folder / (spec.name + '.db')}"
+    started = datetime.datetime.now()
+    tuner.run_study(spec, storage=storage, device="cpu")
+    records = []
+    for stage in ("lr", "shape"):
+        study = optuna.load_study(study_name=f"{spec.name}/{stage}", storage=storage)
+        for trial in sorted(study.trials, key=lambda t: (t.datetime_complete or started, t.number)):
+            if "n_params" not in trial.user_attrs:
+                continue  # failed before training: no compute spent
+            value = trial.value if trial.state == TrialState.COMPLETE else None
+            end = (trial.datetime_complete - started).total_seconds() if trial.datetime_complete else 0.0
+            records.append(TrialRecord(value, int(trial.user_attrs["n_params"]), int(trial.user_attrs["epochs_done"]), end))
+    return records, sum(r.compute for r in records)
+
+
+def run_sampler(spec: StudySpec, data: Dataset, sampler: optuna.samplers.BaseSampler, budget: int) -> list[TrialRecord]:
+    """Ask-and-tell over the joint space (in memory) until the budget is spent."""
+    stage = joint_stage(spec)
+    study = optuna.create_study(sampler=sampler, direction="minimize")
+    records: list[TrialRecord] = []
+    spent = 0
+    started = time.perf_counter()
+    while spent < budget:
+        trial = study.ask(fixed_distributions=stage.space)
+        value, n_params, epochs = train_point(spec, data, stage, trial.params, trial.report)
+        if value is None:
+            study.tell(trial, state=TrialState.PRUNED)  # as tuner tells a diverged trial
+        else:
+            study.tell(trial, value)
+        records.append(TrialRecord(value, n_params, epochs, time.perf_counter() - started))
+        spent += n_params * epochs
+    return records
+
+
+def grid_points(spec: StudySpec) -> Iterator[dict[str, Any]]:
+    """LR decades x a few widths, then ever finer grids in log(lr) over the same box (new points only)."""
+    lr, shape = spec.stages.lr, spec.stages.shape
+    low, high = math.log10(lr.lr_min), math.log10(lr.lr_max)
+    widths = sorted({round(w) for w in np.geomspace(shape.width[0], shape.width[1], GRID_WIDTHS)})
+    seen: set[float] = set()
+    step = 1.0
+    while step > 1e-3:
+        exponents = [e for e in np.arange(math.ceil(low / step) * step, high + 1e-9, step) if round(e, 6) not in seen]
+        seen.update(round(e, 6) for e in exponents)
+        for width in widths:  # the cheap sizes first, as one would by hand
+            for exponent in exponents:
+                yield {"lr": float(10**exponent), "width": width, "depth": shape.depth[0],
+                       "schedule": "constant", "decay": 1.0}
+        step /= 2
+
+
+def run_grid(spec: StudySpec, data: Dataset, budget: int) -> list[TrialRecord]:
+    stage = joint_stage(spec)
+    records: list[TrialRecord] = []
+    spent = 0
+    started = time.perf_counter()
+    for params in grid_points(spec):
+        if spent >= budget:
+            break
+        value, n_params, epochs = train_point(spec, data, stage, params)
+        records.append(TrialRecord(value, n_params, epochs, time.perf_counter() - started))
+        spent += n_params * epochs
+    return records
+
+
+def best_so_far(records: list[TrialRecord]) -> list[tuple[int, float]]:
+    """(cumulative compute, best value so far) after each trial; inf until a trial has a value."""
+    points, spent, best = [], 0, math.inf
+    for record in records:
+        spent += record.compute
+        if record.value is not None:
+            best = min(best, record.value)
+        points.append((spent, best))
+    return points
+
+
+def best_within(records: list[TrialRecord], budget: int) -> float:
+    within = [best for spent, best in best_so_far(records) if spent <= budget]
+    return within[-1] if within else math.inf
+
+
+def compute_to_reach(records: list[TrialRecord], target: float, budget: int) -> float:
+    """Cumulative compute at which the best so far first reached ``target`` (inf: not within the budget)."""
+    for spent, best in best_so_far(records):
+        if spent > budget:
+            break
+        if best <= target:
+            return float(spent)
+    return math.inf
+
+
+def run_seed(task: str, seed: int, quick: bool, folder: Path) -> dict[str, list[TrialRecord]]:
+    table = task_spec(task, seed, quick)
+    staged, budget = run_staged(table, folder)
+    spec = tuner.spec_from_dict(table)
+    data = load_dataset(spec.data, spec.seed, spec.source)
+    return {
+        "staged": staged,
+        "tpe": run_sampler(spec, data, optuna.samplers.TPESampler(seed=seed), budget),
+        "random": run_sampler(spec, data, optuna.samplers.RandomSampler(seed=seed), budget),
+        "grid": run_grid(spec, data, budget),
+    }
+
+
+def _fmt(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:.4g}"
+
+
+def summarise(task: str, runs: dict[int, dict[str, list[TrialRecord]]]) -> list[dict[str, Any]]:
+    """Per method: the best error at the budget (median, min, max over seeds), wall, compute ratio to TPE."""
+    rows = []
+    budgets = {seed: sum(r.compute for r in methods["staged"]) for seed, methods in runs.items()}
+    targets = {seed: best_within(methods["tpe"], budgets[seed]) for seed, methods in runs.items()}
+    tpe_needs = {seed: compute_to_reach(methods["tpe"], targets[seed], budgets[seed]) for seed, methods in runs.items()}
+    for method in METHODS:
+        bests = [best_within(runs[seed][method], budgets[seed]) for seed in runs]
+        ratios = [compute_to_reach(runs[seed][method], targets[seed], budgets[seed]) / tpe_needs[seed] for seed in runs]
+        walls = [runs[seed][method][-1].seconds for seed in runs]
+        rows.append({
+            "task": task,
+            "method": method,
+            "seeds": len(runs),
+            "budget_param_epochs": int(statistics.median(budgets.values())),
+            "trials_median": statistics.median(len(runs[seed][method]) for seed in runs),
+            "best_median": statistics.median(bests),
+            "best_min": min(bests),
+            "best_max": max(bests),
+            "wall_s_median": round(statistics.median(walls), 2),
+            "compute_ratio_to_tpe": statistics.median(ratios),
+            "reached_tpe_final": sum(not math.isinf(r) for r in ratios),
+        })
+    return rows
+
+
+def write_curves(path: Path, task: str, runs: dict[int, dict[str, list[TrialRecord]]]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as file:
+        writer = csv.writer(file)
+        if new:
+            writer.writerow(["task", "method", "seed", "trial", "n_params", "epochs", "compute",
+                             "cum_compute", "cum_wall_s", "value", "best_so_far", "budget"])
+        for seed, methods in runs.items():
+            budget = sum(r.compute for r in methods["staged"])
+            for method, records in methods.items():
+                for i, (record, (spent, best)) in enumerate(zip(records, best_so_far(records))):
+                    writer.writerow([task, method, seed, i, record.n_params, record.epochs, record.compute, spent,
+                                     round(record.seconds, 3), "" if record.value is None else record.value,
+                                     "" if math.isinf(best) else best, budget])
+
+
+def plot_task(path: Path, task: str, runs: dict[int, dict[str, list[TrialRecord]]], objective: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budget = statistics.median(sum(r.compute for r in methods["staged"]) for methods in runs.values())
+    smallest = min(r.compute for methods in runs.values() for records in methods.values() for r in records)
+    grid = np.geomspace(smallest, budget, 200)
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for method in METHODS:
+        curves = []
+        for methods in runs.values():
+            points = best_so_far(methods[method])
+            spent = np.array([p[0] for p in points], dtype=float)
+            best = np.array([p[1] for p in points])
+            index = np.searchsorted(spent, grid, side="right") - 1  # best so far at each compute level
+            curves.append(np.where(index >= 0, best[np.clip(index, 0, None)], np.inf))
+        stacked = np.array(curves)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # inf before a method's first value
+            median = np.median(stacked, axis=0)
+        finite = np.isfinite(median)
+        line, = axes.plot(grid[finite], median[finite], label=method, linewidth=2 if method == "staged" else 1.4)
+        low, high = stacked.min(axis=0), stacked.max(axis=0)
+        band = np.isfinite(high)
+        axes.fill_between(grid[band], low[band], high[band], color=line.get_color(), alpha=0.12)
+    axes.set_xscale("log")
+    axes.set_xlabel("cumulative compute (epochs x parameters)")
+    axes.set_ylabel(f"best {objective} so far")
+    axes.set_title(f"{task}: median over {len(runs)} seeds, band min-max; budget = staged study's compute")
+    axes.title.set_fontsize(9)
+    finite_values = [r.value for methods in runs.values() for records in methods.values() for r in records
+                     if r.value is not None]
+    if finite_values:
+        low_y = min(finite_values)
+        axes.set_ylim(low_y - 0.05 * abs(low_y), np.percentile(finite_values, 75))
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def summary_line(task: str, rows: list[dict[str, Any]]) -> str:
+    by = {row["method"]: row for row in rows}
+    bests = " | ".join(f"{m} {_fmt(by[m]['best_median'])} [{_fmt(by[m]['best_min'])}-{_fmt(by[m]['best_max'])}]"
+                       for m in METHODS)
+    walls = " ".join(f"{m} {by[m]['wall_s_median']:.1f}" for m in METHODS)
+    others = ", ".join(f"{m} {_fmt(by[m]['compute_ratio_to_tpe'])}x ({by[m]['reached_tpe_final']}/{by[m]['seeds']})"
+                       for m in ("random", "grid"))
+    staged = by["staged"]
+    return (f"{task} ({TASKS[task][1]}, {staged['seeds']} seeds, budget {staged['budget_param_epochs']:.3g} param-epochs): "
+            f"best median [min-max] {bests}; wall s {walls}; compute to reach TPE's final error vs TPE: {others}; "
+            f"staged reached it in {staged['reached_tpe_final']}/{staged['seeds']}, ratio {_fmt(staged['compute_ratio_to_tpe'])}x")
+
+
+def write_summary(out: Path, rows: list[dict[str, Any]]) -> None:
+    with (out / "summary.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| task | method | trials (median) | best error: median [min-max] | wall s (median) | "
+             "compute to reach TPE's final error / TPE's (median) | seeds that reached it |",
+             "| --- | --- | ---: | --- | ---: | ---: | ---: |"]
+    for row in rows:
+        lines.append(f"| {row['task']} | {row['method']} | {row['trials_median']:g} | {_fmt(row['best_median'])} "
+                     f"[{_fmt(row['best_min'])}-{_fmt(row['best_max'])}] | {row['wall_s_median']:.1f} | "
+                     f"{_fmt(row['compute_ratio_to_tpe'])} | {row['reached_tpe_final']}/{row['seeds']} |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"smaller budgets, {QUICK_SEEDS} seeds: under 5 minutes on 2 cores")
+    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), help=f"default: {' '.join(DEFAULT_TASKS)}")
+    parser.add_argument("--seeds", type=int, help=f"seeds 0..N-1 per task [default 5, quick {QUICK_SEEDS}]")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_search"), help="folder for CSV, PNG, summary")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads [default 1: steadier timings]")
+    args = parser.parse_args()
+    tasks = args.tasks or list(DEFAULT_TASKS)
+    n_seeds = args.seeds or (QUICK_SEEDS if args.quick else 5)
+    torch.set_num_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "curves.csv").unlink(missing_ok=True)
+    print(f"optuna {optuna.__version__}, torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
+          f"seeds 0..{n_seeds - 1}, {'quick' if args.quick else 'full'} budgets; writing {args.out}/")
+
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        for task in tasks:
+            runs = {seed: run_seed(task, seed, args.quick, Path(folder)) for seed in range(n_seeds)}
+            task_rows = summarise(task, runs)
+            rows += task_rows
+            write_curves(args.out / "curves.csv", task, runs)
+            objective = tuner.spec_from_dict(task_spec(task, 0, args.quick)).train.objective
+            plot_task(args.out / f"{task}.png", task, runs, objective)
+            write_summary(args.out, rows)
+            print(summary_line(task, task_rows), flush=True)
+    print(f"done in {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
