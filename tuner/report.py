@@ -349,6 +349,9 @@ def plot_lr_sensitivity(runs: Sequence[_Run], chosen_lr: float | None, objective
         best = min(complete, key=lambda r: abs(math.log(r.params["lr"] / chosen_lr)))
         ax.scatter([best.params["lr"]], [best.value], marker="*", s=220, color=CHOSEN_COLOR,
                    edgecolor="black", zorder=5)
+        ax.annotate(f"chosen: lr {chosen_lr:.3g}\n{objective.split(' (')[0]} {best.value:.3g}", xy=(best.params["lr"], best.value),
+                    xytext=(-14, 34), textcoords="offset points", ha="right", fontsize=9, color="#1a6b1a",
+                    arrowprops={"arrowstyle": "-", "color": "#1a6b1a", "lw": 0.8})
     _lr_axis(ax)
     ax.set_xlim(min(lrs) / 1.5, max(lrs) * 1.5)
     ax.set_ylabel(f"final {objective}\n(lower is better)")
