@@ -1,0 +1,193 @@
+"""The report of a study: every figure a real PNG, an index.html that links them all, the CLI's exits."""
+
+from __future__ import annotations
+
+import html
+import math
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.container import BarContainer  # noqa: E402
+from PIL import Image  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+import tuner  # noqa: E402
+from tuner.cli import app  # noqa: E402
+from tuner.report import (  # noqa: E402
+    Report,
+    epochs_to_target,
+    importance_data,
+    load_stages,
+    plot_importance,
+    plot_lr_sensitivity,
+    write_report,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_FIGURES = ("lr_sensitivity", "lr_time", "lr_curves", "shape", "importance")
+
+# Wine, 3 epochs: seconds. The lr range reaches far past what SGD with momentum survives, so some
+# trials diverge; 10 shape trials are the fewest the importance analysis accepts.
+REPORTED_SPEC = {
+    "name": "reported",
+    "seed": 0,
+    "data": {"name": "wine"},
+    "model": {"width": 8, "depth": 1},
+    "train": {"epochs": 3, "batch_size": 32},
+    "stages": {
+        "lr": {"trials": 10, "lr_min": 1e-3, "lr_max": 100.0},
+        "shape": {"trials": 10, "width": [4, 32], "depth": [1, 2], "sampler": "random"},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('reported') / 'study.db'}"
+    tuner.run_study(tuner.spec_from_dict(REPORTED_SPEC), storage=url, device="cpu")
+    return url
+
+
+@pytest.fixture(scope="module")
+def report(storage: str, tmp_path_factory: pytest.TempPathFactory) -> Report:
+    return write_report("reported", storage, tmp_path_factory.mktemp("report"))
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.targets: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for key, value in attrs:
+            if key in ("href", "src") and value:
+                self.targets.add(value)
+
+
+def test_the_tiny_study_has_diverged_and_healthy_lr_trials(storage: str) -> None:
+    # The figures below are only meaningful if both kinds exist: check the fixture, not the report.
+    trials = optuna.load_study(study_name="reported/lr", storage=storage).trials
+    assert any(t.user_attrs.get("diverged") for t in trials)
+    assert any(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+
+
+@pytest.mark.parametrize("key", PNG_FIGURES)
+def test_each_figure_is_a_real_png_of_some_size(report: Report, key: str) -> None:
+    path = report.figures[key]
+    assert path.suffix == ".png" and path.parent == report.out
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    assert path.stat().st_size > 15_000  # a blank canvas of this size compresses to a few kB
+    with Image.open(path) as image:
+        image.verify()
+    pixels = plt.imread(path)
+    assert pixels.shape[0] > 300 and pixels.shape[1] > 500
+    assert pixels[..., :3].std() > 0.05  # not one flat colour
+
+
+def test_optunas_interactive_figures_are_written_with_one_local_plotly(report: Report) -> None:
+    for key in ("history_lr", "history_shape", "contour_shape"):
+        page = report.figures[key].read_text()
+        assert report.figures[key].suffix == ".html"
+        assert 'src="plotly.min.js"' in page  # one local copy beside the pages: works offline
+    assert (report.out / "plotly.min.js").stat().st_size > 1_000_000
+
+
+def test_index_links_every_figure_and_every_link_resolves(report: Report) -> None:
+    links = _Links()
+    links.feed(report.index.read_text())
+    assert {path.name for path in report.figures.values()} <= links.targets
+    local = {t for t in links.targets if "://" not in t}
+    assert all((report.out / target).is_file() for target in local)
+
+
+def test_index_summarises_each_stage_and_puts_the_diagnosis_beside_the_figures(report: Report, storage: str) -> None:
+    page = report.index.read_text()
+    lr_study = optuna.load_study(study_name="reported/lr", storage=storage)
+    n_complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in lr_study.trials)
+    n_diverged = sum(bool(t.user_attrs.get("diverged")) for t in lr_study.trials)
+    assert f"{n_complete} complete" in page and f"({n_diverged} diverged)" in page
+    assert f"lr {lr_study.user_attrs['best_lr']:.3g}" in page  # the chosen rate, best of stage lr
+    shape_best = optuna.load_study(study_name="reported/shape", storage=storage).best_trial
+    assert f"width {shape_best.params['width']}" in page
+    assert "time spent" in page
+    for sentence in report.diagnosis["lr"] + report.diagnosis["shape"]:
+        assert html.escape(sentence) in page
+    assert any("diverge" in sentence for sentence in report.diagnosis["lr"])
+
+
+def test_sensitivity_figure_keeps_diverged_runs_apart_and_marks_the_chosen_rate(storage: str) -> None:
+    stages = load_stages("reported", storage)
+    best_lr = stages["lr"].study.user_attrs["best_lr"]
+    fig = plot_lr_sensitivity(stages["lr"].runs, best_lr, "validation error")
+    try:
+        _, labels = fig.axes[0].get_legend_handles_labels()
+        assert any(label.startswith("diverged") for label in labels)
+        assert f"chosen lr = {best_lr:.3g}" in labels
+        # Diverged runs are drawn in axes coordinates (a band on top), not at their last value.
+        diverged = [c for c in fig.axes[0].collections if c.get_label().startswith("diverged")][0]
+        assert all(0.9 < y <= 1.0 for _, y in diverged.get_offsets())
+    finally:
+        plt.close(fig)
+
+
+def test_epochs_to_target_counts_from_one_and_skips_non_finite_values() -> None:
+    assert epochs_to_target([0.9, 0.5, 0.2, 0.1], 0.2) == 3
+    assert epochs_to_target([0.9, math.nan, 0.1], 0.2) == 3
+    assert epochs_to_target([0.9, 0.8], 0.2) is None
+
+
+def test_without_the_importance_module_the_report_reads_importance_csv_or_says_how_to_make_it(
+    storage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "tuner.importance", None)  # import fails as if not installed
+    table, why = importance_data("reported", storage, tmp_path)
+    assert table is None and "tuner importance reported" in why
+
+    pd.DataFrame({
+        "stage": ["shape"] * 3, "evaluator": ["fanova"] * 3, "param": ["width", "depth", "width"],
+        "param_b": ["", "", "depth"], "importance": [0.6, 0.2, 0.1], "std": [0.1, 0.05, 0.02],
+    }).to_csv(tmp_path / "importance.csv", index=False)
+    table, why = importance_data("reported", storage, tmp_path)
+    assert why == "" and list(table["param_b"]) == ["", "", "depth"]  # CSV's empty cell is a main effect again
+    fig = plot_importance(table)
+    try:
+        labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+        assert labels == ["width", "depth", "width × depth"]  # main effects by size, then the pair
+        bars = next(c for c in fig.axes[0].containers if isinstance(c, BarContainer))
+        assert [round(bar.get_width(), 3) for bar in bars] == [0.6, 0.2, 0.1]
+        whiskers = bars.errorbar.lines[2][0].get_segments()  # each from importance - std to + std
+        assert [round(seg[1][0] - seg[0][0], 3) for seg in whiskers] == [0.2, 0.1, 0.04]
+    finally:
+        plt.close(fig)
+
+
+def test_cli_report_writes_the_folder_and_exits_0(storage: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["report", "reported", "--storage", storage, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r" / "index.html").is_file()
+    assert "index.html" in result.output
+
+
+def test_cli_report_of_an_unknown_study_exits_2_naming_the_studies_that_exist(storage: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["report", "reportd", "--storage", storage, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert "'reportd'" in result.output and "studies there: reported" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()  # nothing written
+
+
+def test_cli_report_on_a_missing_sqlite_file_exits_2_and_creates_no_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.db"
+    result = CliRunner().invoke(app, ["report", "reported", "--storage", f"sqlite:///{missing}"])
+    assert result.exit_code == 2
+    assert "nope.db" in result.output
+    assert not missing.exists()
