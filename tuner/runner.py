@@ -22,6 +22,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner._records import write_trial_records
 from tuner.data import Dataset, load_dataset
 from tuner.importance import AuditVerdict, audit_verdict
 from tuner.spec import StudySpec, load_spec, settings_hash
@@ -294,9 +295,8 @@ class _StageRunner:
         """Train the asked trials (together when there are several), tell each its own outcome."""
         objective = self.spec.train.objective
         plans = [stage.plan(self.spec, trial.params) for _, trial in asked]
-        for _, trial in asked:
-            for key, value in stage.fixed.items():  # e.g. the calibrated lr on every shape trial
-                trial.set_user_attr(key, value)
+        # e.g. the calibrated lr on every shape trial; one commit for the batch, not one per key.
+        write_trial_records(asked[0][0], [(trial._trial_id, stage.fixed, {}) for _, trial in asked])  # noqa: SLF001
         curves: list[list[float | None]] = [[] for _ in asked]
         train_curves: list[list[float | None]] = [[] for _ in asked]
         diverged = [False] * len(asked)
@@ -304,6 +304,10 @@ class _StageRunner:
         active = [True] * len(asked)
         started = time.perf_counter()
         trial_ids = [trial._trial_id for _, trial in asked]  # noqa: SLF001 -- Optuna has no public trial id
+        # A batch without a pruner stores its per-epoch reports at its end, with its other records:
+        # nothing reads them sooner, and a commit per epoch and trial costs more than the training.
+        live_reports = len(asked) == 1 or stage.pruner != "none"
+        reports: list[dict[int, float]] = [{} for _ in asked]
         try:
             with Heartbeat(asked[0][0], trial_ids):
                 for results in self._epochs(plans, active):
@@ -316,6 +320,9 @@ class _StageRunner:
                         trial = asked[i][1]
                         if result.diverged:
                             diverged[i], active[i] = True, False
+                            continue
+                        if not live_reports:
+                            reports[i][result.epoch] = value
                             continue
                         trial.report(value, result.epoch)
                         if trial.should_prune():
@@ -337,20 +344,18 @@ class _StageRunner:
                 failed.append(study.tell(trial, state=TrialState.FAIL))
             return failed
         seconds = (time.perf_counter() - started) / len(asked)  # a batch's time, shared evenly
+        write_trial_records(asked[0][0], [(trial_ids[i], {
+            "learning_curve": curves[i],
+            "train_loss_curve": train_curves[i],
+            "train_seconds": round(seconds, 4),
+            "device": str(self.device),
+            "diverged": diverged[i],
+            "n_params": parameter_count(self.spec.model.family, self.data, plans[i].width, plans[i].depth),
+            "epochs_done": len(curves[i]),
+            "batched_with": len(asked),
+        }, reports[i]) for i in range(len(asked))])
         told = []
         for i, (study, trial) in enumerate(asked):
-            plan = plans[i]
-            for key, value in {
-                "learning_curve": curves[i],
-                "train_loss_curve": train_curves[i],
-                "train_seconds": round(seconds, 4),
-                "device": str(self.device),
-                "diverged": diverged[i],
-                "n_params": parameter_count(self.spec.model.family, self.data, plan.width, plan.depth),
-                "epochs_done": len(curves[i]),
-                "batched_with": len(asked),
-            }.items():
-                trial.set_user_attr(key, value)
             if diverged[i] or pruned[i] or not curves[i] or curves[i][-1] is None:
                 told.append(study.tell(trial, state=TrialState.PRUNED))
             else:
