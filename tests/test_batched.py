@@ -150,3 +150,34 @@ def test_batching_is_skipped_where_the_model_family_cannot_batch(tmp_path: Path)
     spec = tuner.spec_from_dict({"name": "seq", "data": {"name": "digits_rows"}, "model": {"family": "lstm"},
                                  "stages": {"lr": {"batched": True}}})
     assert lr_stage(spec).batch_trials == 1
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # plain ask/tell on a heartbeat storage
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_a_batchs_records_written_at_once_read_back_as_one_by_one_writes_would(kind: str, storage_url: str) -> None:
+    from tuner._records import write_trial_records
+
+    storage = tuner.open_storage(storage_url) if kind == "sqlite" else optuna.storages.InMemoryStorage()
+    study = optuna.create_study(study_name="records", storage=storage)
+    trials = [study.ask() for _ in range(3)]
+    trials[0].set_user_attr("device", "old")  # written before: overwritten, not duplicated
+    trials[0].report(9.0, 1)
+    write_trial_records(study, [
+        (trial._trial_id, {"device": "cpu", "learning_curve": [0.5, None], "diverged": i == 2},
+         {1: 0.5, 2: float("inf")} if i < 2 else {})
+        for i, trial in enumerate(trials)
+    ])
+    study.tell(trials[0], 0.25)
+    study.tell(trials[1], state=TrialState.PRUNED)
+    study.tell(trials[2], state=TrialState.PRUNED)
+    stored = optuna.load_study(study_name="records", storage=storage).trials
+    assert [t.user_attrs for t in stored] == [
+        {"device": "cpu", "learning_curve": [0.5, None], "diverged": False},
+        {"device": "cpu", "learning_curve": [0.5, None], "diverged": False},
+        {"device": "cpu", "learning_curve": [0.5, None], "diverged": True},
+    ]
+    assert stored[0].intermediate_values == {1: 0.5, 2: float("inf")}
+    assert stored[1].value == float("inf")  # a pruned trial's value is its last report, as Optuna does
+    assert stored[2].intermediate_values == {}
+    with pytest.raises(RuntimeError):  # a finished trial cannot be changed, in bulk either
+        write_trial_records(study, [(trials[0]._trial_id, {"device": "gpu"}, {})])
