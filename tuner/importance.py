@@ -93,12 +93,16 @@ class AuditVerdict:
                 f"audit ({self.study_name}): the low-interaction assumption held ({numbers}; threshold: "
                 f"{self.max_ratio:g} x the lr effect): calibrating the learning rate first is sound here."
             )
-        return (
+        advice = (
             f"audit ({self.study_name}): the low-interaction assumption did NOT hold ({numbers}, above "
             f"{self.max_ratio:g} x the lr effect): the best learning rate moves with "
-            f"{self.largest_interaction_with}; tune lr jointly with it (e.g. a shape stage that also searches lr) "
-            f"rather than calibrating it first."
+            f"{self.largest_interaction_with}; tune lr jointly with it rather than calibrating it first "
+            f"(e.g. take the audit's best trial, or give the audit more trials)."
         )
+        if self.largest_interaction_with == "one_minus_momentum":
+            # The lr and shape stages hold momentum fixed (train.momentum), so staging itself is safe.
+            advice += " The lr and shape stages keep momentum fixed, so re-calibrate lr whenever you change it."
+        return advice
 
     def user_attrs(self) -> dict[str, Any]:
         return {
