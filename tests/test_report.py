@@ -26,6 +26,7 @@ from tuner.report import (  # noqa: E402
     Report,
     epochs_to_target,
     importance_data,
+    importance_sentences,
     load_stages,
     plot_importance,
     plot_lr_sensitivity,
@@ -158,6 +159,9 @@ def test_without_the_importance_module_the_report_reads_importance_csv_or_says_h
     }).to_csv(tmp_path / "importance.csv", index=False)
     table, why = importance_data("reported", storage, tmp_path)
     assert why == "" and list(table["param_b"]) == ["", "", "depth"]  # CSV's empty cell is a main effect again
+    assert importance_sentences(table) == [
+        "Stage shape (fanova): width matters most (60%); the largest interaction is width × depth (10%)."
+    ]
     fig = plot_importance(table)
     try:
         labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]

@@ -167,8 +167,9 @@ def write_report(name: str, storage: str | None = None, out: str | Path | None =
     table, why = importance_data(name, url, out_dir)
     if table is not None and not table.empty:
         save("importance", plot_importance(table), "")
+        diagnosis["importance"] = importance_sentences(table)
         if why:  # some stages had too few trials: say so beside the figure
-            diagnosis["importance"] = [why]
+            diagnosis["importance"].append(why[0].upper() + why[1:] + ".")
     else:
         missing["importance"] = why or "the importance analysis returned no rows"
 
@@ -445,6 +446,7 @@ def plot_lr_curves(runs: Sequence[_Run], chosen_lr: float | None, objective: str
             if r.diverged and finite.size:
                 ax.scatter([epochs[finite[-1]]], [values[finite[-1]]], marker="x", s=50, color=DIVERGED_COLOR, zorder=4)
         ax.set_xlabel("epoch")
+        ax.set_xlim(0.5, max(len(r.curve) for r in runs) + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
@@ -628,6 +630,31 @@ def importance_data(name: str, url: str, out_dir: Path) -> tuple[pd.DataFrame | 
     return None, f"no importance analysis yet: {howto} (or put its importance.csv into {out_dir})"
 
 
+def importance_sentences(table: pd.DataFrame) -> list[str]:
+    """Per stage: the parameter that matters most and the largest interaction, in words."""
+    sentences = []
+    for stage in dict.fromkeys(table["stage"]):
+        rows = table[table["stage"] == stage]
+        evaluator = "fanova" if (rows["evaluator"] == "fanova").any() else str(rows["evaluator"].iloc[0])
+        rows = rows[rows["evaluator"] == evaluator]
+        mains = rows[rows["param_b"] == ""].sort_values("importance", ascending=False)
+        pairs = rows[rows["param_b"] != ""].sort_values("importance", ascending=False)
+        if len(mains) < 2:
+            continue  # one parameter searched: it explains everything, nothing to say
+        top = mains.iloc[0]
+        sentence = f"Stage {stage} ({evaluator}): {top['param']} matters most ({top['importance']:.0%})"
+        others = table[(table["stage"] == stage) & (table["evaluator"] != evaluator) & (table["param_b"] == "")]
+        for other, rows_other in others.groupby("evaluator", sort=False):
+            first = rows_other.sort_values("importance", ascending=False)["param"].iloc[0]
+            if first != top["param"]:  # evaluators disagree: say so rather than pick one silently
+                sentence += f" ({other} ranks {first} first)"
+        if len(pairs):
+            pair = pairs.iloc[0]
+            sentence += f"; the largest interaction is {pair['param']} × {pair['param_b']} ({pair['importance']:.0%})"
+        sentences.append(sentence + ".")
+    return sentences
+
+
 def _main_effects_blank(table: pd.DataFrame) -> pd.DataFrame:
     """``param_b`` as text, "" for a main effect (a CSV read back gives NaN there)."""
     return table.assign(param_b=table["param_b"].fillna("").astype(str))
@@ -667,7 +694,7 @@ def _write_interactive(
             figure = plot_contour(shape.study, params=list(pair))
             figure.update_layout(title=f"{shape.study.study_name}: final error over {pair[0]} and {pair[1]}")
             write("contour_shape", figure)
-        else:
+        elif shape is not None:
             missing["contour_shape"] = "the shape stage needs two complete trials for a contour"
     return written, missing
 
@@ -690,13 +717,18 @@ def _contour_pair(shape: _Stage, importance: pd.DataFrame | None) -> tuple[str, 
 def _lr_diagnosis(stage: _Stage, chosen_lr: float | None, objective: str) -> list[str]:
     runs = [r for r in stage.runs if r.curve]
     if not runs or chosen_lr is None:
-        return ["No learning rate was chosen: no trial of stage lr completed."]
+        n_diverged = sum(r.diverged for r in stage.runs)
+        return [f"No learning rate was chosen: none of the {len(stage.runs)} finished trials of stage lr completed "
+                f"({n_diverged} diverged). Lower stages.lr.lr_max, or check the data."]
     lrs = [r.params["lr"] for r in runs]
     sentences = [
         f"{len(runs)} rates tried from {min(lrs):.1e} to {max(lrs):.1e}; "
         f"{sum(r.diverged for r in runs)} diverged."
     ]
-    sentences += describe_lr_sweep(lrs, [r.curve for r in runs], chosen_lr, [r.diverged for r in runs])
+    # describe_lr_sweep says "validation loss" for any curve; name what the curves really hold.
+    what = objective.split(" (")[0]
+    sentences += [sentence.replace("the validation loss", f"the {what}")
+                  for sentence in describe_lr_sweep(lrs, [r.curve for r in runs], chosen_lr, [r.diverged for r in runs])]
     best = stage.best
     if best is not None:
         target = TARGET_FACTOR * best.value if best.value and best.value > 0 else None
@@ -751,8 +783,13 @@ def _audit_diagnosis(stage: _Stage, objective: str) -> list[str]:
     if best is None:
         return ["No audit trial completed."]
     setting = ", ".join(f"{k} {_fmt_value(v)}" for k, v in best.params.items())
-    return [f"Best of {len(stage.complete)} joint random trials: {setting}, final "
-            f"{objective.split(' (')[0]} {best.value:.3g}."]
+    sentences = [f"Best of {len(stage.complete)} joint random trials: {setting}, final "
+                 f"{objective.split(' (')[0]} {best.value:.3g}."]
+    verdict = stage.study.user_attrs.get("verdict")  # stored by tuner.importance.audit_verdict at the end
+    sentences.append(str(verdict) if verdict else
+                     "No verdict on the low-interaction assumption is stored yet: `tuner study` makes it when the "
+                     "audit stage ends.")
+    return sentences
 
 
 def _fmt_value(value: Any) -> str:
@@ -775,6 +812,7 @@ CAPTIONS = {
     "importance": "How much of the variation of the final error each hyperparameter explains on its own, and (hatched) "
     "pairs of them together beyond their separate effects. Error bars: ± one standard deviation.",
 }
+WIDE_FIGURES = ("lr_curves", "lr_time", "shape")  # words below them, not beside
 INTERACTIVE_TITLES = {
     "history": "optimization history of stage {stage} (best so far by trial)",
     "contour_shape": "contour of the final error over two shape parameters",
@@ -856,6 +894,8 @@ th {{ background: #f3f3f3; }}
 .fig {{ display: flex; gap: 1.5em; align-items: flex-start; margin: 1.5em 0; flex-wrap: wrap; }}
 .fig img {{ max-width: 760px; width: 100%; border: 1px solid #eee; }}
 .fig .words {{ flex: 1; min-width: 260px; }}
+.fig.wide {{ flex-direction: column; }}
+.fig.wide img {{ max-width: 100%; width: auto; }}
 .caption {{ color: #555; font-size: .92em; }}
 .missing {{ color: #8a5a00; background: #fff8e5; padding: .6em; border-left: 4px solid #e0a800; }}
 code {{ background: #f3f3f3; padding: 0 .25em; }}
@@ -874,8 +914,9 @@ code {{ background: #f3f3f3; padding: 0 .25em; }}
         if key in figures:
             words = "".join(f"<li>{e(s)}</li>" for s in diagnosis.get(stage, [])) if stage else ""
             side = f"<h3>Diagnosis</h3><ul>{words}</ul>" if words else ""
+            wide = " wide" if key in WIDE_FIGURES else ""
             parts.append(
-                f'<div class="fig"><a href="{e(figures[key].name)}"><img src="{e(figures[key].name)}" '
+                f'<div class="fig{wide}"><a href="{e(figures[key].name)}"><img src="{e(figures[key].name)}" '
                 f'alt="{e(key)}"></a><div class="words"><p class="caption">{e(CAPTIONS[key])}</p>{side}</div></div>'
             )
         elif key in missing:
