@@ -181,3 +181,17 @@ def test_a_batchs_records_written_at_once_read_back_as_one_by_one_writes_would(k
     assert stored[2].intermediate_values == {}
     with pytest.raises(RuntimeError):  # a finished trial cannot be changed, in bulk either
         write_trial_records(study, [(trials[0]._trial_id, {"device": "gpu"}, {})])
+
+
+def test_batch_settings_are_checked_and_do_not_count_as_a_changed_study() -> None:
+    from tuner.stages import stage_settings
+
+    with pytest.raises(tuner.SpecError, match=r"stages\.lr\.batch_trials.*at least 1"):
+        tuner.spec_from_dict({"name": "x", "stages": {"lr": {"batch_trials": 0}}})
+    with pytest.raises(tuner.SpecError, match=r"stages\.lr\.batched.*true or false"):
+        tuner.spec_from_dict({"name": "x", "stages": {"lr": {"batched": "yes"}}})
+    one_by_one = tuner.spec_from_dict({"name": "x", "stages": {"lr": {"batched": False}}})
+    batched = tuner.spec_from_dict({"name": "x", "stages": {"lr": {"batch_trials": 8}}})
+    # How trials are scheduled does not change what each computes: a study may resume either way.
+    assert stage_settings(one_by_one, "lr") == stage_settings(batched, "lr")
+    assert (lr_stage(one_by_one).batch_trials, lr_stage(batched).batch_trials) == (1, 8)

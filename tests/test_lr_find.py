@@ -125,3 +125,14 @@ def test_lr_range_auto_without_a_usable_suggestion_searches_the_whole_allowed_ra
     assert lr_study.user_attrs[STUDY_ATTR]["bounds"] == [1e-5, 0.2]
     assert "never decreases" in lr_study.user_attrs[STUDY_ATTR]["problem"]
     assert any("no usable suggestion" in m for m in messages)
+
+
+def test_lr_range_is_checked_and_auto_is_part_of_the_study_settings() -> None:
+    from tuner.stages import stage_settings
+
+    with pytest.raises(tuner.SpecError, match=r"stages\.lr\.lr_range.*choose one of: fixed, auto"):
+        tuner.spec_from_dict({"name": "x", "stages": {"lr": {"lr_range": "sometimes"}}})
+    fixed = tuner.spec_from_dict({"name": "x"})
+    auto = tuner.spec_from_dict({"name": "x", "stages": {"lr": {"lr_range": "auto"}}})
+    assert stage_settings(fixed, "lr") != stage_settings(auto, "lr")  # a different search: a new study
+    assert "lr_range" not in stage_settings(fixed, "lr")["stages"]["lr"]  # studies made before it resume
