@@ -79,11 +79,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="trials per batch (stages.lr.batch_trials)")
     parser.add_argument("--rounds", type=int, help="alternating rounds [default 3, quick 1]")
     parser.add_argument("--device", default="cpu", help="auto, cpu or cuda")
-    parser.add_argument("--threads", type=int, help="torch threads [default: torch's own choice]")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads [default 1: a network this small gains nothing from more, and "
+                             "on a busy machine their spinning slows both sides; 0: torch's own choice]")
     args = parser.parse_args()
     n_trials = args.trials or (16 if args.quick else 32)
     rounds = args.rounds or (1 if args.quick else 3)
-    if args.threads:
+    if args.threads > 0:
         torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
