@@ -6,13 +6,18 @@ Exit codes: 0 done; 1 the study could not go on; 2 bad input (nothing written); 
 from __future__ import annotations
 
 import dataclasses
+import os
+import shlex
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
 
+import click
 import optuna
+import sqlalchemy
 import typer
 from rich.console import Console
 
@@ -62,6 +67,26 @@ def _errors_as_exit_codes() -> Iterator[None]:
         _fail(str(error), 1)
 
 
+@contextmanager
+def _unexpected_errors() -> Iterator[None]:
+    """The storage failing under us, or a bug: one line and exit 1 (TUNER_DEBUG=1 shows the traceback)."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.exceptions.ClickException):
+        raise  # an exit already decided, e.g. by _errors_as_exit_codes
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as error:
+        if os.environ.get("TUNER_DEBUG"):
+            raise
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        _fail(f"the storage failed ({redact(reason)}); finished trials are kept: run the same command again to resume", 1)
+    except Exception as error:  # noqa: BLE001
+        if os.environ.get("TUNER_DEBUG"):
+            raise
+        reason = str(error).splitlines()[0] if str(error) else ""
+        _fail(f"unexpected {type(error).__name__}: {reason} (a bug in tuner? TUNER_DEBUG=1 shows the traceback); "
+              f"finished trials are kept: run the same command again to resume", 1)
+
+
 @app.command()
 def study(
     spec: Annotated[Path, typer.Argument(help="The study file (TOML), e.g. studies/quickstart.toml")],
@@ -79,28 +104,29 @@ def study(
     if device not in ("auto", "cpu", "cuda"):
         _fail(f"--device {device!r}: choose auto, cpu or cuda", BAD_INPUT)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress says what matters
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     console = Console(soft_wrap=True)
     reporter = ConsoleReporter(console)
-    with _errors_as_exit_codes():
-        loaded = load_spec(spec)
-        if name is not None:
-            if not name.strip() or "/" in name:
-                _fail(f"--name {name!r}: must be non-empty and must not contain '/'", BAD_INPUT)
-            loaded = dataclasses.replace(loaded, name=name)
-        if storage_password_file is not None:
-            storage = with_password(storage or loaded.storage or DEFAULT_STORAGE, storage_password_file)
-        try:
-            result = run_study(loaded, storage=storage, device=device, reporter=reporter)
-        except KeyboardInterrupt:
-            reporter.close()
-            Console(stderr=True).print(
-                f"interrupted: the running trial is marked failed; finished trials are kept. "
-                f"Resume with: tuner study {spec}" + (f" --storage '{redact(storage)}'" if storage else ""),
-                highlight=False, markup=False,
-            )
-            raise typer.Exit(INTERRUPTED) from None
-        finally:
-            reporter.close()
+    resume = ["tuner", "study", str(spec)] + (["--storage", redact(storage)] if storage else []) + (["--name", name] if name else [])
+    try:
+        with _unexpected_errors(), _errors_as_exit_codes():
+            loaded = load_spec(spec)
+            if name is not None:
+                if not name.strip() or "/" in name:
+                    _fail(f"--name {name!r}: must be non-empty and must not contain '/'", BAD_INPUT)
+                loaded = dataclasses.replace(loaded, name=name)
+            if storage_password_file is not None:
+                storage = with_password(storage or loaded.storage or DEFAULT_STORAGE, storage_password_file)
+            try:
+                result = run_study(loaded, storage=storage, device=device, reporter=reporter)
+            finally:
+                reporter.close()
+    except KeyboardInterrupt:
+        Console(stderr=True, soft_wrap=True).print(
+            f"interrupted: the trial in progress is marked failed, finished trials are kept; resume with: {shlex.join(resume)}",
+            highlight=False, markup=False,
+        )
+        raise typer.Exit(INTERRUPTED) from None
     console.print(summary_table(result, loaded.train.objective))
     if result.audit is not None:
         console.print(result.audit.message, highlight=False, markup=False)

@@ -30,6 +30,11 @@ def register_model(name: str, factory: ModelFactory, *, sequence: bool = False) 
     _FAMILIES[name] = (factory, sequence)
 
 
+def model_families() -> tuple[str, ...]:
+    """The names a spec may give as ``model.family``: the built-in ones and those registered."""
+    return tuple(_FAMILIES)
+
+
 def build_model(family: str, sample_shape: tuple[int, ...], n_outputs: int, width: int, depth: int) -> nn.Module:
     """Build a model of a registered family for samples of ``sample_shape`` (one sample, no batch)."""
     try:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 import traceback
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,12 +41,13 @@ from tuner.stages import (
     shape_stage,
     stage_settings,
 )
-from tuner.storage import Heartbeat, fail_orphaned_trials, open_storage, redact, worker_id
+from tuner.storage import Heartbeat, StorageError, fail_orphaned_trials, fail_trial, open_storage, redact, worker_attrs
 from tuner.train import EpochResult, parameter_count, resolve_device, seeded_model, train_epochs
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 POLL_INTERVAL_S = 1.0  # how often a worker with nothing to do looks at the stage again
 MAX_CONSECUTIVE_FAILURES = 5  # a trial that raises every time is a bug, not bad luck: stop
+SURPLUS_ATTR = "surplus"  # on a trial failed untrained because other workers had filled the budget
 
 
 class TunerError(RuntimeError):
@@ -123,7 +127,12 @@ def run_study(
     torch_device = resolve_device(device)
     data = load_dataset(spec.data, spec.seed, spec.source).to(torch_device)
     storage_url = storage or spec.storage
-    optuna_storage = open_storage(storage_url)
+    try:
+        optuna_storage = open_storage(storage_url)
+    except StorageError as error:
+        if storage or not spec.storage:
+            raise
+        raise StorageError(f"{spec.source or spec.name}: field 'storage': {error}") from None
     check_stored_settings(spec, optuna_storage)
 
     runner = _StageRunner(spec, optuna_storage, data, torch_device, reporter)
@@ -190,7 +199,7 @@ def stage_summary(study: optuna.Study, stage: Stage) -> StageSummary:
         n_complete=len(complete),
         n_pruned=sum(t.state == TrialState.PRUNED for t in trials),
         n_diverged=sum(bool(t.user_attrs.get("diverged")) for t in finished),
-        n_failed=sum(t.state == TrialState.FAIL for t in trials),
+        n_failed=sum(t.state == TrialState.FAIL and not t.user_attrs.get(SURPLUS_ATTR) for t in trials),
         best_value=best.value if best else None,
         best_params=best_params,
         wall_seconds=wall,
@@ -240,15 +249,20 @@ class _StageRunner:
                 self.reporter.waiting(stage, n_running)
                 time.sleep(POLL_INTERVAL_S)
                 continue
-            # A fresh sampler per trial, seeded by the trial's position: reproducible for one
-            # process, and two workers asking at once do not draw the same point.
             n_ask = min(stage.budget - n_finished - n_running, stage.batch_trials)
-            asked = [self._ask(study, stage, len(trials))]
-            # A batch is claimed one trial at a time, each after a fresh count: workers racing for
-            # a stage's last trials then overshoot its budget by at most one trial each.
-            while len(asked) < n_ask and _n_claimed(study) < stage.budget:
-                asked.append(self._ask(study, stage, len(trials) + len(asked)))
-            for frozen in self._run_trials(stage, asked):
+            asked: list[tuple[optuna.Study, optuna.Trial]] = []
+            try:
+                with _interrupts_deferred():  # a trial asked for is always claimed, never left ownerless
+                    asked = self._claim(study, stage, len(trials), n_ask)
+                told = self._run_trials(stage, asked) if asked else []
+            except BaseException as error:
+                # Ctrl-C, or the storage gone: our trials must not stay RUNNING, or every worker
+                # would wait for them. (A kill -9 cannot get here; the next run fails its trial.)
+                reason = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else f"the worker stopped: {type(error).__name__}: {error}"
+                with _interrupts_deferred():
+                    _abandon(asked, reason)
+                raise
+            for frozen in told:
                 if frozen.state == TrialState.FAIL:
                     consecutive_failures += 1
                 else:
@@ -277,8 +291,30 @@ class _StageRunner:
             # Optuna warns that heartbeats go with optimize(); ours are kept by Heartbeat below.
             warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
             trial = asking.ask(fixed_distributions=stage.space)
-        trial.set_user_attr("worker", worker_id())  # first thing: lets a restart find it if we die
+        for key, value in worker_attrs().items():  # first thing: lets a restart find it if we die
+            trial.set_user_attr(key, value)
         return asking, trial
+
+    def _claim(self, study: optuna.Study, stage: Stage, position: int, n_ask: int) -> list[tuple[optuna.Study, optuna.Trial]]:
+        """Ask for up to ``n_ask`` trials, one at a time, keeping only those within the stage's budget.
+
+        Workers that count at the same moment all see room for one more trial. Trial numbers say
+        who asked first: a trial with ``budget`` claimed trials below it is surplus and is failed
+        at once, untrained, so that the stage ends with exactly its budget however many workers share it.
+        """
+        claimed: list[tuple[optuna.Study, optuna.Trial]] = []
+        while len(claimed) < n_ask:
+            # A fresh sampler per trial, seeded by the trial's position: reproducible for one process.
+            asking, trial = self._ask(study, stage, position + len(claimed))
+            others = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+            if sum(t.number < trial.number for t in others) >= stage.budget:
+                trial.set_user_attr(SURPLUS_ATTR, True)
+                fail_trial(asking, trial._trial_id, "surplus: other workers had claimed the budget first; not trained")  # noqa: SLF001
+                break
+            claimed.append((asking, trial))
+            if len(others) >= stage.budget:
+                break
+        return claimed
 
     def _epochs(self, plans: list[TrialPlan], active: list[bool]) -> Iterator[list[EpochResult | None]]:
         """Per epoch, each trial's result (None once it stopped); one trial alone or a batch together."""
@@ -294,9 +330,6 @@ class _StageRunner:
     def _run_trials(self, stage: Stage, asked: list[tuple[optuna.Study, optuna.Trial]]) -> list[FrozenTrial]:
         """Train the asked trials (together when there are several), tell each its own outcome."""
         objective = self.spec.train.objective
-        plans = [stage.plan(self.spec, trial.params) for _, trial in asked]
-        # e.g. the calibrated lr on every shape trial; one commit for the batch, not one per key.
-        write_trial_records(asked[0][0], [(trial._trial_id, stage.fixed, {}) for _, trial in asked])  # noqa: SLF001
         curves: list[list[float | None]] = [[] for _ in asked]
         train_curves: list[list[float | None]] = [[] for _ in asked]
         diverged = [False] * len(asked)
@@ -309,6 +342,9 @@ class _StageRunner:
         live_reports = len(asked) == 1 or stage.pruner != "none"
         reports: list[dict[int, float]] = [{} for _ in asked]
         try:
+            # e.g. the calibrated lr on every shape trial; one commit for the batch, not one per key.
+            write_trial_records(asked[0][0], [(trial._trial_id, stage.fixed, {}) for _, trial in asked])  # noqa: SLF001
+            plans = [stage.plan(self.spec, trial.params) for _, trial in asked]
             with Heartbeat(asked[0][0], trial_ids):
                 for results in self._epochs(plans, active):
                     for i, result in enumerate(results):
@@ -329,12 +365,8 @@ class _StageRunner:
                             pruned[i], active[i] = True, False
                     if not any(active):
                         break
-        except KeyboardInterrupt:
-            for study, trial in asked:
-                trial.set_user_attr("error", "interrupted (Ctrl-C)")
-                study.tell(trial, state=TrialState.FAIL)
-            raise
-        except Exception as error:  # noqa: BLE001 -- one bad trial must not end the study
+            n_params = [parameter_count(self.spec.model.family, self.data, p.width, p.depth) for p in plans]
+        except Exception as error:  # noqa: BLE001 -- one bad trial must not end the study (Ctrl-C: see run)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             failed = []
@@ -350,7 +382,7 @@ class _StageRunner:
             "train_seconds": round(seconds, 4),
             "device": str(self.device),
             "diverged": diverged[i],
-            "n_params": parameter_count(self.spec.model.family, self.data, plans[i].width, plans[i].depth),
+            "n_params": n_params[i],
             "epochs_done": len(curves[i]),
             "batched_with": len(asked),
         }, reports[i]) for i in range(len(asked))])
@@ -387,9 +419,31 @@ class _StageRunner:
         return best_lr
 
 
-def _n_claimed(study: optuna.Study) -> int:
-    """Trials finished or in flight, by any worker: what counts against a stage's budget."""
-    return len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)))
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C back until the block is done, then raise it (main thread, default handler only)."""
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def _abandon(asked: Sequence[tuple[optuna.Study, optuna.Trial]], reason: str) -> None:
+    """Fail those of our trials that are still RUNNING, with ``reason`` as their ``error``."""
+    for study, trial in asked:
+        try:
+            fail_trial(study, trial._trial_id, reason)  # noqa: SLF001 -- a no-op for a trial already told
+        except Exception:  # noqa: BLE001 -- the storage may be what failed; the next run cleans up
+            pass
 
 
 def _best_value(study: optuna.Study) -> float | None:

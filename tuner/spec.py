@@ -293,7 +293,9 @@ def _validate(spec: StudySpec, source: str) -> None:
     _positive(source, "data.max_rows", data.max_rows)
     _positive(source, "data.sequence_length", data.sequence_length)
     _positive(source, "data.samples", data.samples)
-    _choice(source, "model.family", model.family, MODEL_FAMILIES)
+    from tuner.models import model_families  # here, not on top: reading a spec alone need not import torch
+
+    _choice(source, "model.family", model.family, model_families())
     _positive(source, "model.width", model.width)
     if model.depth < 1:
         raise SpecError(source, "model.depth", model.depth, "must be at least 1")

@@ -9,7 +9,7 @@
 
 Trials of a process that died are found two ways: heartbeats (a trial whose heartbeat is older
 than the grace period, from any machine), and at once on the same machine by the owner's process
-id, which is recorded on every trial.
+id and start time, which are recorded on every trial.
 
 The environment can change, for every worker alike:
 - ``TUNER_HEARTBEAT_INTERVAL`` / ``TUNER_HEARTBEAT_GRACE``: seconds between heartbeats (10) and of
@@ -27,9 +27,11 @@ import os
 import random
 import socket
 import sqlite3
+import tempfile
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
@@ -148,8 +150,15 @@ def open_storage(url: str | None = None) -> BaseStorage:
         raise StorageError(f"storage {url!r}: not a URL; write e.g. sqlite:///tuner.db, postgresql://user@host/db or journal:///path/file.log")
     try:
         parsed = sqlalchemy.engine.make_url(url)
-    except sqlalchemy.exc.ArgumentError:
+    except (sqlalchemy.exc.ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
         raise StorageError(f"storage {redact(url)!r}: malformed URL; write e.g. sqlite:///tuner.db or postgresql://user@host/db") from None
+    try:
+        parsed.get_dialect()
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise StorageError(
+            f"storage {redact(url)!r}: unknown database kind {parsed.drivername!r}; write e.g. sqlite:///tuner.db, "
+            f"postgresql://user@host/db, mysql+pymysql://user@host/db or journal:///path/file.log"
+        ) from None
     engine_kwargs: dict[str, object] = {}
     if parsed.get_backend_name() == "sqlite":
         _check_sqlite_path(parsed.database, url)
@@ -161,11 +170,13 @@ def open_storage(url: str | None = None) -> BaseStorage:
                 with warnings.catch_warnings():  # heartbeats are "experimental" upstream; we rely on them knowingly
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=interval, grace_period=grace)
-            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as error:
                 # Workers opening a brand-new database at once race to create its tables and types
-                # ("duplicate key ... pg_type_typname_nsp_index"); the loser's transaction rolls back
-                # and on the next try it finds the winner's tables.
-                if attempt == SCHEMA_ATTEMPTS:
+                # ("duplicate key ... pg_type_typname_nsp_index"; SQLite: "table studies already
+                # exists"); the loser's transaction rolls back and on the next try it finds the
+                # winner's tables.
+                lost_race = not isinstance(error, sqlalchemy.exc.OperationalError) or "already exists" in str(error)
+                if attempt == SCHEMA_ATTEMPTS or not lost_race:
                     raise
                 time.sleep(random.uniform(0.1, 0.5) * attempt)
         raise AssertionError("unreachable")
@@ -181,10 +192,28 @@ def _check_sqlite_path(database: str | None, url: str) -> None:
         return
     path = Path(database)
     folder = path.parent if str(path.parent) else Path(".")
+    if folder.exists() and not folder.is_dir():
+        raise StorageError(f"storage {url!r}: {str(folder)!r} is a file, not a folder; choose a path in a folder")
     if not folder.is_dir():
         raise StorageError(f"storage {url!r}: folder {str(folder)!r} does not exist; create it or choose another path")
-    if path.exists() and not os.access(path, os.W_OK) or not os.access(folder, os.W_OK):
+    if path.is_dir():
+        raise StorageError(f"storage {url!r}: {str(path)!r} is a folder; name a file in it, e.g. sqlite:///{path / 'tuner.db'}")
+    if not _can_write(path, folder):
         raise StorageError(f"storage {url!r}: {str(path)!r} is not writable; choose a path you can write to")
+
+
+def _can_write(path: Path, folder: Path) -> bool:
+    """Try it rather than ask ``os.access``: root passes every permission check, not a read-only disk."""
+    try:
+        if path.exists():
+            with path.open("r+b"):
+                pass
+        # SQLite also writes its -wal and -shm files beside the database.
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError:
+        return False
+    return True
 
 
 def _open_journal(url: str) -> JournalStorage:
@@ -217,32 +246,69 @@ def _process_is_alive(pid: int) -> bool:
 def fail_orphaned_trials(study: optuna.Study) -> list[int]:
     """Mark failed the RUNNING trials whose process is gone; return their numbers.
 
-    On this host a dead owner is seen at once from its pid; on other hosts, once its heartbeat is
-    older than the grace period.
+    On this host a dead owner is seen at once from its pid and start time (a pid that the system
+    gave to a new process does not keep a dead one's trial alive); on other hosts, once its
+    heartbeat is older than the grace period.
     """
-    failed = [t.number for t in _stale_by_heartbeat(study)] + _stale_by_silence(study)
+    failed = _stale_by_heartbeat(study) + _stale_by_silence(study)
     host = _host()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = str(trial.user_attrs.get("worker", ""))
         owner_host, _, pid = owner.rpartition(":")
-        if owner_host != host or not pid.isdigit() or int(pid) == os.getpid() or _process_is_alive(int(pid)):
+        if owner_host != host or not pid.isdigit():
             continue
-        if _fail(study, trial._trial_id, "its process died (found by pid on restart)"):  # noqa: SLF001
+        if _owner_is_alive(int(pid), trial.user_attrs.get("worker_started")):
+            continue
+        if fail_trial(study, trial._trial_id, "its process died (found by pid on restart)"):  # noqa: SLF001
             failed.append(trial.number)
     return failed
 
 
-def _stale_by_heartbeat(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    if not running:
+def worker_attrs() -> dict[str, str | None]:
+    """The user attributes that name this process as a trial's owner: ``worker``, ``worker_started``."""
+    return {"worker": worker_id(), "worker_started": _process_start(os.getpid())}
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started, as ``boot id:clock ticks since boot`` (Linux); None elsewhere.
+
+    A pid alone does not name a process: after a kill -9 the system may give it to a new one (even
+    to the very process that resumes the study). The start time tells them apart.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
+    return f"{boot}:{fields[19]}"  # field 22 of proc(5), counted after the name's two fields
+
+
+def _owner_is_alive(pid: int, started: object) -> bool:
+    if pid != os.getpid() and not _process_is_alive(pid):
+        return False
+    if not isinstance(started, str):
+        return True  # no start time recorded: trust the pid (another platform, or an older tuner)
+    now = _process_start(pid)
+    return now is None or now == started  # a live pid that started at another time is someone else
+
+
+def _stale_by_heartbeat(study: optuna.Study) -> list[int]:
+    storage = study._storage  # noqa: SLF001
+    if not optuna.storages._heartbeat.is_heartbeat_enabled(storage):  # noqa: SLF001
         return []
-    with warnings.catch_warnings():  # "experimental" upstream since 2.9; printed on every poll otherwise
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in running]
+    # Optuna's fail_stale_trials() would do this, but leave no reason on the trial.
+    grace = getattr(storage, "grace_period", None) or heartbeat_settings()[1]
+    failed = []
+    for trial_id in storage._get_stale_trial_ids(study._study_id):  # noqa: SLF001
+        if fail_trial(study, trial_id, f"no heartbeat for over {grace} s: its worker died or lost the storage"):
+            failed.append(storage.get_trial_number_from_id(trial_id))
+    return failed
 
 
-_silence: dict[int, dict[int, tuple[object, float]]] = {}  # study id -> trial id -> (beat seen, since when)
+# storage -> study id -> trial id -> (beat seen, since when). By storage too: two databases open in
+# one process have studies and trials with the same ids.
+_silence: weakref.WeakKeyDictionary[object, dict[int, dict[int, tuple[object, float]]]] = weakref.WeakKeyDictionary()
 
 
 def _stale_by_silence(study: optuna.Study) -> list[int]:
@@ -257,7 +323,8 @@ def _stale_by_silence(study: optuna.Study) -> list[int]:
     grace = heartbeat_settings()[1]
     now = time.monotonic()
     me = worker_id()
-    seen = _silence.get(study._study_id, {})  # noqa: SLF001
+    per_storage = _silence.setdefault(getattr(storage, "_backend", storage), {})  # under Optuna's cache, if any
+    seen = per_storage.get(study._study_id, {})  # noqa: SLF001
     watched: dict[int, tuple[object, float]] = {}
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -269,15 +336,16 @@ def _stale_by_silence(study: optuna.Study) -> list[int]:
         if last is None or last[0] != beat:
             watched[trial_id] = (beat, now)
         elif now - last[1] > grace:
-            if _fail(study, trial_id, f"no heartbeat for over {grace} s: its worker died"):
+            if fail_trial(study, trial_id, f"no heartbeat for over {grace} s: its worker died"):
                 failed.append(trial.number)
         else:
             watched[trial_id] = last
-    _silence[study._study_id] = watched  # noqa: SLF001
+    per_storage[study._study_id] = watched  # noqa: SLF001
     return failed
 
 
-def _fail(study: optuna.Study, trial_id: int, reason: str) -> bool:
+def fail_trial(study: optuna.Study, trial_id: int, reason: str) -> bool:
+    """Mark a RUNNING trial failed, with ``reason`` as its user attribute ``error``; False if it had finished."""
     storage = study._storage  # noqa: SLF001 -- Optuna exposes no public way to fail another's trial
     try:
         storage.set_trial_user_attr(trial_id, "error", reason)
