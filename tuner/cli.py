@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
 
-import click
 import optuna
 import sqlalchemy
 import typer
@@ -72,7 +71,7 @@ def _unexpected_errors() -> Iterator[None]:
     """The storage failing under us, or a bug: one line and exit 1 (TUNER_DEBUG=1 shows the traceback)."""
     try:
         yield
-    except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.exceptions.ClickException):
+    except (typer.Exit, typer.Abort, typer.TyperException):
         raise  # an exit already decided, e.g. by _errors_as_exit_codes
     except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as error:
         if os.environ.get("TUNER_DEBUG"):
