@@ -47,6 +47,8 @@ from tuner.train import EpochResult, parameter_count, resolve_device, seeded_mod
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 POLL_INTERVAL_S = 1.0  # how often a worker with nothing to do looks at the stage again
 MAX_CONSECUTIVE_FAILURES = 5  # a trial that raises every time is a bug, not bad luck: stop
+REPORT_FLUSH_S = 10.0  # without a pruner, a trial's per-epoch reports are stored at most this often
+ORPHAN_CHECK_S = 10.0  # while trials keep finishing, look for dead workers' trials at most this often
 SURPLUS_ATTR = "surplus"  # on a trial failed untrained because other workers had filled the budget
 
 
@@ -234,8 +236,13 @@ class _StageRunner:
             study.set_user_attr("budget", stage.budget)
         consecutive_failures = 0
         announced = False
+        orphans_checked = -math.inf
         while True:
-            fail_orphaned_trials(study)
+            # Dead workers' trials matter once they hold up the stage (when we wait): look for them
+            # then, and every ORPHAN_CHECK_S, not before every trial (it reads the stage's trials anew).
+            if time.monotonic() - orphans_checked >= ORPHAN_CHECK_S:
+                fail_orphaned_trials(study)
+                orphans_checked = time.monotonic()
             trials = study.get_trials(deepcopy=False)
             n_finished = sum(t.state in FINISHED for t in trials)
             n_running = sum(t.state == TrialState.RUNNING for t in trials)
@@ -248,6 +255,7 @@ class _StageRunner:
                 # Others are finishing the budget: wait for them so that the hand-off sees every trial.
                 self.reporter.waiting(stage, n_running)
                 time.sleep(POLL_INTERVAL_S)
+                orphans_checked = -math.inf
                 continue
             n_ask = min(stage.budget - n_finished - n_running, stage.batch_trials)
             asked: list[tuple[optuna.Study, optuna.Trial]] = []
@@ -262,13 +270,14 @@ class _StageRunner:
                 with _interrupts_deferred():
                     _abandon(asked, reason)
                 raise
+            best = _best_value([*trials, *told])  # from the trials at hand: no query per trial
             for frozen in told:
                 if frozen.state == TrialState.FAIL:
                     consecutive_failures += 1
                 else:
                     consecutive_failures = 0
                     n_finished += 1
-                self.reporter.trial_finished(stage, frozen, n_finished, _best_value(study))
+                self.reporter.trial_finished(stage, frozen, n_finished, best)
             if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
                 raise TunerError(
                     f"stage '{stage.name}': {consecutive_failures} trials in a row failed; the last one with: "
@@ -281,18 +290,18 @@ class _StageRunner:
     def _ask(self, study: optuna.Study, stage: Stage, position: int) -> tuple[optuna.Study, optuna.Trial]:
         stage_index = STAGE_NAMES.index(stage.name)
         seed = (self.spec.seed * 1_000_003 + stage_index * 10_007 + position) % 2**32
-        asking = optuna.Study(
-            study_name=study.study_name,
-            storage=self.storage,
-            sampler=make_sampler(stage.sampler, seed, stage.budget, stage.batch_trials),
-            pruner=make_pruner(stage.pruner, stage.epochs),
-        )
+        # The stage's own Study with a fresh sampler, not a new Study: a new one would start an
+        # empty cache and read every trial of the stage from the storage again, for each trial.
+        asking = study
+        asking.sampler = make_sampler(stage.sampler, seed, stage.budget, stage.batch_trials)
+        asking.pruner = make_pruner(stage.pruner, stage.epochs)
         with warnings.catch_warnings():
             # Optuna warns that heartbeats go with optimize(); ours are kept by Heartbeat below.
             warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
             trial = asking.ask(fixed_distributions=stage.space)
-        for key, value in worker_attrs().items():  # first thing: lets a restart find it if we die
-            trial.set_user_attr(key, value)
+        # First thing, in one commit: the owner (lets a restart find the trial if we die) and the
+        # stage's fixed settings (e.g. the calibrated lr on every shape trial).
+        write_trial_records(asking, [(trial._trial_id, {**worker_attrs(), **stage.fixed}, {})])  # noqa: SLF001
         return asking, trial
 
     def _claim(self, study: optuna.Study, stage: Stage, position: int, n_ask: int) -> list[tuple[optuna.Study, optuna.Trial]]:
@@ -306,7 +315,9 @@ class _StageRunner:
         while len(claimed) < n_ask:
             # A fresh sampler per trial, seeded by the trial's position: reproducible for one process.
             asking, trial = self._ask(study, stage, position + len(claimed))
-            others = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+            # The stage's trials as the sampler read them right after this trial was created (Optuna
+            # keeps that read until the next ask): every trial numbered below ours is in it.
+            others = study._get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING), use_cache=True)  # noqa: SLF001
             if sum(t.number < trial.number for t in others) >= stage.budget:
                 trial.set_user_attr(SURPLUS_ATTR, True)
                 fail_trial(asking, trial._trial_id, "surplus: other workers had claimed the budget first; not trained")  # noqa: SLF001
@@ -337,13 +348,13 @@ class _StageRunner:
         active = [True] * len(asked)
         started = time.perf_counter()
         trial_ids = [trial._trial_id for _, trial in asked]  # noqa: SLF001 -- Optuna has no public trial id
-        # A batch without a pruner stores its per-epoch reports at its end, with its other records:
-        # nothing reads them sooner, and a commit per epoch and trial costs more than the training.
-        live_reports = len(asked) == 1 or stage.pruner != "none"
+        # Without a pruner, per-epoch reports are stored at the trial's end with its other records
+        # (and every REPORT_FLUSH_S on a slow trial, for dashboards): nothing else reads them, and a
+        # commit per epoch costs more than a small trial's training.
+        live_reports = stage.pruner != "none"
         reports: list[dict[int, float]] = [{} for _ in asked]
+        flushed = time.perf_counter()
         try:
-            # e.g. the calibrated lr on every shape trial; one commit for the batch, not one per key.
-            write_trial_records(asked[0][0], [(trial._trial_id, stage.fixed, {}) for _, trial in asked])  # noqa: SLF001
             plans = [stage.plan(self.spec, trial.params) for _, trial in asked]
             with Heartbeat(asked[0][0], trial_ids):
                 for results in self._epochs(plans, active):
@@ -365,6 +376,9 @@ class _StageRunner:
                             pruned[i], active[i] = True, False
                     if not any(active):
                         break
+                    if not live_reports and time.perf_counter() - flushed > REPORT_FLUSH_S:
+                        write_trial_records(asked[0][0], [(trial_ids[i], {}, reports[i]) for i in range(len(asked)) if reports[i]])
+                        reports, flushed = [{} for _ in asked], time.perf_counter()
             n_params = [parameter_count(self.spec.model.family, self.data, p.width, p.depth) for p in plans]
         except Exception as error:  # noqa: BLE001 -- one bad trial must not end the study (Ctrl-C: see run)
             if self.device.type == "cuda":
@@ -446,11 +460,9 @@ def _abandon(asked: Sequence[tuple[optuna.Study, optuna.Trial]], reason: str) ->
             pass
 
 
-def _best_value(study: optuna.Study) -> float | None:
-    try:
-        return study.best_value
-    except ValueError:
-        return None
+def _best_value(trials: Sequence[FrozenTrial]) -> float | None:
+    values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return min(values) if values else None
 
 
 def _finite_or_none(value: float) -> float | None:

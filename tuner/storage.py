@@ -51,6 +51,7 @@ HEARTBEAT_INTERVAL_ENV = "TUNER_HEARTBEAT_INTERVAL"
 GRACE_PERIOD_ENV = "TUNER_HEARTBEAT_GRACE"
 PASSWORD_ENV = "TUNER_STORAGE_PASSWORD"
 HOST_ENV = "TUNER_HOST"
+FIRST_BEAT_DELAY_S = 1.0  # shorter than any grace period (those are longer than the interval, >= 1 s)
 BEAT_ATTR = "tuner:beat"  # trial system attribute: a beat counter, for storages without Optuna's heartbeats
 
 _log = logging.getLogger(__name__)
@@ -373,6 +374,10 @@ class Heartbeat:
         # the trial as beating. Elsewhere (the journal file) the counter itself is the heartbeat.
         optuna_beats = optuna.storages._heartbeat.is_heartbeat_enabled(self._storage)  # noqa: SLF001
         interval = self._storage.get_heartbeat_interval() if optuna_beats else heartbeat_settings()[0]
+        # A trial done within the first second needs no beat (two commits fewer per short trial);
+        # until its first beat, other workers time its silence against the grace period.
+        if self._stop.wait(min(FIRST_BEAT_DELAY_S, interval)):
+            return
         count = 0
         while True:
             count += 1
