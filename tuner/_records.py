@@ -18,6 +18,8 @@ from typing import Any
 import optuna
 from optuna.storages import RDBStorage
 
+from tuner._sqlite import FastSQLiteStorage
+
 Record = tuple[int, Mapping[str, Any], Mapping[int, float]]  # trial id, user attrs, step -> value
 ROWS_PER_STATEMENT = 500  # well under SQLite's limit on bound variables per statement
 
@@ -33,6 +35,9 @@ def write_trial_records(study: optuna.Study, records: Sequence[Record]) -> None:
     """
     storage = study._storage  # noqa: SLF001 -- no public bulk write
     backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a cache
+    if isinstance(backend, FastSQLiteStorage):  # a SQLite file: plain sqlite3, no SQLAlchemy
+        backend.write_trial_records(records)
+        return
     if isinstance(backend, RDBStorage):
         _write_rdb(backend, records)
         return

@@ -42,6 +42,8 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from tuner._sqlite import open_rdb_storage
+
 DEFAULT_STORAGE = "sqlite:///tuner.db"
 HEARTBEAT_INTERVAL_S = 10
 GRACE_PERIOD_S = 60  # several missed beats: a busy machine must not have its live trials failed
@@ -170,7 +172,8 @@ def open_storage(url: str | None = None) -> BaseStorage:
             try:
                 with warnings.catch_warnings():  # heartbeats are "experimental" upstream; we rely on them knowingly
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=interval, grace_period=grace)
+                    # SQLite files get the per-trial calls in plain sqlite3 (see tuner/_sqlite.py).
+                    return open_rdb_storage(url, engine_kwargs=engine_kwargs, heartbeat_interval=interval, grace_period=grace)
             except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as error:
                 # Workers opening a brand-new database at once race to create its tables and types
                 # ("duplicate key ... pg_type_typname_nsp_index"; SQLite: "table studies already

@@ -1,0 +1,140 @@
+"""The fast SQLite path stores exactly what Optuna's own RDBStorage stores, and reads it back alike."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner._sqlite import FastSQLiteStorage
+from tuner.storage import open_storage
+
+SPACE = {
+    "lr": FloatDistribution(1e-5, 1.0, log=True),
+    "width": IntDistribution(4, 64, log=True),
+    "schedule": CategoricalDistribution(["constant", "step"]),
+}
+
+
+def _a_study_story(storage: optuna.storages.BaseStorage) -> list[FrozenTrial]:
+    """Trials of every kind a tuner study leaves: complete, pruned with curves, failed, odd values."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Heartbeat of storage is supposed to be used with Study.optimize"
+        study = optuna.create_study(study_name="story", storage=storage,
+                                    sampler=optuna.samplers.RandomSampler(seed=3))
+        for number in range(6):
+            trial = study.ask(fixed_distributions=SPACE)
+            trial.set_user_attr("worker", "host:1")
+            trial.set_user_attr("learning_curve", [0.5, None, 0.25])
+            trial.storage.set_trial_system_attr(trial._trial_id, "tuner:beat", number)  # noqa: SLF001
+            for step, value in enumerate([0.9, float("nan"), float("inf"), 0.4][: number + 1]):
+                trial.report(value, step)
+            trial.report(0.3, 0)  # a step reported again: Optuna ignores it
+            if number == 1:
+                study.tell(trial, state=TrialState.PRUNED)
+            elif number == 2:
+                study.tell(trial, state=TrialState.FAIL)
+            elif number == 3:
+                study.tell(trial, float("inf"))
+            elif number == 4:
+                continue  # left running
+            else:
+                study.tell(trial, 0.125 * number)
+        study.enqueue_trial({"lr": 0.01, "width": 8, "schedule": "step"})
+        study.tell(study.ask(fixed_distributions=SPACE), 0.5)
+    return study.get_trials()
+
+
+def _same(a: FrozenTrial, b: FrozenTrial) -> None:
+    assert (a.number, a.state, a.params, a.distributions, a.user_attrs, a.system_attrs) == (
+        b.number, b.state, b.params, b.distributions, b.user_attrs, b.system_attrs)
+    assert a.values == b.values or (a.values is not None and all(
+        x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a.values, b.values)))
+    assert a.intermediate_values.keys() == b.intermediate_values.keys()
+    for step, value in a.intermediate_values.items():
+        other = b.intermediate_values[step]
+        assert value == other or (math.isnan(value) and math.isnan(other))
+    assert (a.datetime_start is None) == (b.datetime_start is None)
+    assert (a.datetime_complete is None) == (b.datetime_complete is None)
+
+
+def test_the_tuner_opens_a_sqlite_file_with_the_fast_path_and_memory_without(tmp_path: Path) -> None:
+    assert isinstance(open_storage(f"sqlite:///{tmp_path / 'a.db'}"), FastSQLiteStorage)
+    in_memory = open_storage("sqlite:///:memory:")
+    assert isinstance(in_memory, optuna.storages.RDBStorage) and not isinstance(in_memory, FastSQLiteStorage)
+
+
+def test_fast_and_stock_storages_leave_the_same_trials_and_read_each_other(tmp_path: Path) -> None:
+    stock_url, fast_url = f"sqlite:///{tmp_path / 'stock.db'}", f"sqlite:///{tmp_path / 'fast.db'}"
+    stock = _a_study_story(optuna.storages.RDBStorage(stock_url))
+    fast = _a_study_story(open_storage(fast_url))
+    assert [t.state for t in fast] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
+                                      TrialState.COMPLETE, TrialState.RUNNING, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert fast[6].params == {"lr": 0.01, "width": 8, "schedule": "step"}  # the enqueued trial, Optuna's own path
+    assert fast[3].value == math.inf and fast[5].intermediate_values[0] == 0.9  # Optuna keeps a step's first report
+    for a, b in zip(stock, fast):
+        _same(a, b)
+    # Stock Optuna reads what the fast path wrote, and the fast path reads what stock Optuna wrote.
+    for written, url in ((fast, fast_url), (stock, stock_url)):
+        for reader in (optuna.storages.RDBStorage(url), open_storage(url)):
+            read = optuna.load_study(study_name="story", storage=reader).get_trials()
+            for a, b in zip(written, read):
+                _same(a, b)
+                assert a.datetime_start == b.datetime_start and a.datetime_complete == b.datetime_complete
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # plain ask/tell on a heartbeat storage
+def test_a_finished_trial_cannot_be_changed_and_an_unknown_one_is_a_key_error(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path / 'a.db'}")
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    study.tell(trial, 1.0)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        storage.set_trial_user_attr(trial._trial_id, "late", 1)  # noqa: SLF001
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # noqa: SLF001
+    with pytest.raises(KeyError):
+        storage.get_trial(10_000)
+
+
+def test_a_told_trial_survives_a_kill_9_right_after(tmp_path: Path) -> None:
+    db = tmp_path / "killed.db"
+    script = textwrap.dedent(f"""
+        import os, signal, optuna
+        from tuner.storage import open_storage
+        study = optuna.create_study(study_name="k", storage=open_storage("sqlite:///{db}"))
+        trial = study.ask()
+        trial.set_user_attr("learning_curve", [0.5, 0.25])
+        study.tell(trial, 0.25)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=120)
+    assert done.returncode == -9
+    trial = optuna.load_study(study_name="k", storage=f"sqlite:///{db}").get_trials()[0]
+    assert (trial.state, trial.value, trial.user_attrs["learning_curve"]) == (TrialState.COMPLETE, 0.25, [0.5, 0.25])
+
+
+def test_trial_numbers_stay_unique_when_processes_ask_at_once(tmp_path: Path) -> None:
+    db = tmp_path / "race.db"
+    optuna.create_study(study_name="race", storage=open_storage(f"sqlite:///{db}"))
+    script = textwrap.dedent(f"""
+        import optuna
+        from tuner.storage import open_storage
+        study = optuna.load_study(study_name="race", storage=open_storage("sqlite:///{db}"))
+        for _ in range(25):
+            study.tell(study.ask(), 1.0)
+    """)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    workers = [subprocess.Popen([sys.executable, "-c", script], env=env) for _ in range(3)]
+    assert [w.wait(timeout=300) for w in workers] == [0, 0, 0]
+    numbers = [t.number for t in optuna.load_study(study_name="race", storage=f"sqlite:///{db}").get_trials()]
+    assert sorted(numbers) == list(range(75))

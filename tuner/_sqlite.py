@@ -1,0 +1,360 @@
+"""Optuna's RDBStorage on a SQLite file, with the calls every trial makes done in plain ``sqlite3``.
+
+Optuna's ``RDBStorage`` goes through SQLAlchemy's ORM for every call. On SQLite one trial's ask,
+records and tell cost some fifty statements of about a millisecond of Python each, while SQLite
+itself needs a few hundredths of a millisecond a statement: the framework, not the database, made
+a small trial's bookkeeping cost several times what it costs in memory.
+
+:class:`FastSQLiteStorage` is an ``RDBStorage`` (schema and migrations, studies, heartbeats and every
+call not named here are Optuna's own) whose per-trial calls — create a trial, set a parameter, a
+user or system attribute, an intermediate value, the state and values; read trials — run as plain
+SQL on the same tables with the same encodings (enum names, naive UTC datetimes, Optuna's value
+types), so stock Optuna and optuna-dashboard read and write the same file. Every write commits
+before it returns, as Optuna's do: a finished trial survives a killed process. Writes take
+SQLite's write lock first (``BEGIN IMMEDIATE``), so trial numbers stay unique across processes.
+
+It is used only for a file whose schema is the one written for (``SCHEMA_VERSIONS``); anything else
+gets the stock ``RDBStorage`` (see :func:`tuner.storage.open_storage`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Container, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna import distributions
+from optuna.storages import RDBStorage
+from optuna.storages._rdb.models import TrialIntermediateValueModel, TrialValueModel
+from optuna.trial import FrozenTrial, TrialState
+
+SCHEMA_VERSIONS = ("v3.2.0.a",)  # Optuna's RDB schema versions whose tables this module writes
+_UTC = datetime.timezone.utc
+
+
+class FastSQLiteStorage(RDBStorage):
+    """An ``RDBStorage`` on a SQLite file whose per-trial calls skip SQLAlchemy.
+
+    Example:
+        >>> storage = FastSQLiteStorage("sqlite:///tuner.db")  # doctest: +SKIP
+        >>> study = optuna.create_study(storage=storage)  # doctest: +SKIP
+    """
+
+    def __init__(self, url: str, *args: Any, busy_timeout_s: float = 120.0, **kwargs: Any) -> None:
+        super().__init__(url, *args, **kwargs)
+        self._path = str(self.engine.url.database)
+        self._busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+
+    @staticmethod
+    def applies_to(storage: RDBStorage) -> bool:
+        """Whether ``storage`` is a SQLite file with a schema this module knows."""
+        url = storage.engine.url
+        return (
+            storage.engine.name == "sqlite"
+            and bool(url.database)
+            and url.database != ":memory:"
+            and not url.query
+            and storage.get_current_version() in SCHEMA_VERSIONS
+        )
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        state.pop("_local", None)  # connections belong to the process and thread that opened them
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        self._local = threading.local()
+
+    # ---- connections and transactions ----------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection (a forked child opens its own: SQLite connections must not cross a fork)."""
+        owner, connection = getattr(self._local, "connection", (None, None))
+        if connection is None or owner != os.getpid():
+            # Autocommit mode: transactions are begun and committed explicitly below.
+            connection = sqlite3.connect(self._path, timeout=self._busy_timeout_s, isolation_level=None)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")  # a commit survives a killed process
+            connection.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
+            self._local.connection = (os.getpid(), connection)
+        return connection
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, holding SQLite's write lock from its start; committed on success."""
+        connection = self._connection()
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:
+            raise optuna.exceptions.StorageInternalError(f"SQLite: {error}") from error
+        try:
+            yield connection
+            connection.execute("COMMIT")
+        except BaseException as error:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            if isinstance(error, sqlite3.Error):  # as Optuna turns SQLAlchemy's errors into its own
+                raise optuna.exceptions.StorageInternalError(f"SQLite: {error}") from error
+            raise
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: its statements see one snapshot of the file."""
+        connection = self._connection()
+        connection.execute("BEGIN")
+        try:
+            yield connection
+        finally:
+            connection.execute("COMMIT")
+
+    def _updatable_trial(self, connection: sqlite3.Connection, trial_id: int) -> tuple[TrialState, int]:
+        row = connection.execute("SELECT state, study_id FROM trials WHERE trial_id = ?", (trial_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"No trial with trial_id {trial_id} exists.")
+        state = TrialState[row[0]]
+        if state.is_finished():
+            number = connection.execute("SELECT number FROM trials WHERE trial_id = ?", (trial_id,)).fetchone()[0]
+            raise optuna.exceptions.UpdateFinishedTrialError(
+                f"Trial#{number} has already finished and can not be updated."
+            )
+        return state, row[1]
+
+    # ---- writes --------------------------------------------------------------------------------
+
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        if template_trial is not None:  # enqueued or added trials: rare, Optuna's own path
+            return super()._create_new_trial(study_id, template_trial)
+        started = _stored_now()
+        with self._write() as connection:
+            if connection.execute("SELECT 1 FROM studies WHERE study_id = ?", (study_id,)).fetchone() is None:
+                raise KeyError(f"No study with study_id {study_id} exists.")
+            # Under the write lock, the trials already there are exactly those numbered below this one.
+            number = connection.execute("SELECT count(*) FROM trials WHERE study_id = ?", (study_id,)).fetchone()[0]
+            cursor = connection.execute(
+                "INSERT INTO trials (number, study_id, state, datetime_start, datetime_complete) VALUES (?, ?, ?, ?, NULL)",
+                (number, study_id, TrialState.RUNNING.name, started),
+            )
+            trial_id = int(cursor.lastrowid)
+        return FrozenTrial(
+            number=number, state=TrialState.RUNNING, value=None, values=None, datetime_start=_local_time(started),
+            datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
+            intermediate_values={}, trial_id=trial_id,
+        )
+
+    def _set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
+                         distribution: distributions.BaseDistribution,
+                         previous_distribution: distributions.BaseDistribution | None) -> None:
+        with self._write() as connection:
+            _, study_id = self._updatable_trial(connection, trial_id)
+            if previous_distribution is None:
+                previous = connection.execute(
+                    "SELECT p.distribution_json FROM trial_params p JOIN trials t ON p.trial_id = t.trial_id "
+                    "WHERE t.study_id = ? AND p.param_name = ? LIMIT 1",
+                    (study_id, param_name),
+                ).fetchone()
+                if previous is not None:
+                    previous_distribution = distributions.json_to_distribution(previous[0])
+            if previous_distribution is not None:
+                distributions.check_distribution_compatibility(previous_distribution, distribution)
+            # Optuna ignores a second value for the same parameter of a trial (a unique key): so do we.
+            connection.execute(
+                "INSERT OR IGNORE INTO trial_params (trial_id, param_name, param_value, distribution_json) VALUES (?, ?, ?, ?)",
+                (trial_id, param_name, param_value_internal, distributions.distribution_to_json(distribution)),
+            )
+
+    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
+                        distribution: distributions.BaseDistribution) -> None:
+        self._set_trial_param(trial_id, param_name, param_value_internal, distribution, None)
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        with self._write() as connection:
+            current, _ = self._updatable_trial(connection, trial_id)
+            for objective, value in enumerate(values or ()):
+                stored, kind = TrialValueModel.value_to_stored_repr(value)
+                connection.execute(
+                    "INSERT INTO trial_values (trial_id, objective, value, value_type) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (trial_id, objective) DO UPDATE SET value = excluded.value, value_type = excluded.value_type",
+                    (trial_id, objective, stored, kind.name),
+                )
+            if state == TrialState.RUNNING and current != TrialState.WAITING:
+                return False  # as Optuna: the values stay, the state does not change
+            now = _stored_now()
+            connection.execute(
+                "UPDATE trials SET state = ?, "
+                "datetime_start = CASE WHEN ? THEN ? ELSE datetime_start END, "
+                "datetime_complete = CASE WHEN ? THEN ? ELSE datetime_complete END WHERE trial_id = ?",
+                (state.name, state == TrialState.RUNNING, now, state.is_finished(), now, trial_id),
+            )
+        return True
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        stored, kind = TrialIntermediateValueModel.intermediate_value_to_stored_repr(intermediate_value)
+        with self._write() as connection:
+            self._updatable_trial(connection, trial_id)
+            connection.execute(
+                "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (trial_id, step) DO UPDATE SET "
+                "intermediate_value = excluded.intermediate_value, intermediate_value_type = excluded.intermediate_value_type",
+                (trial_id, step, stored, kind.name),
+            )
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.write_trial_records([(trial_id, {key: value}, {})])
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        with self._write() as connection:
+            self._updatable_trial(connection, trial_id)
+            _upsert_attr(connection, "trial_system_attributes", trial_id, key, value)
+
+    def write_trial_records(self, records: Sequence[tuple[int, Mapping[str, Any], Mapping[int, float]]]) -> None:
+        """``(trial_id, user_attrs, intermediate_values)`` of running trials, all in one commit."""
+        with self._write() as connection:
+            for trial_id, user_attrs, intermediate_values in records:
+                self._updatable_trial(connection, trial_id)
+                for key, value in user_attrs.items():
+                    _upsert_attr(connection, "trial_user_attributes", trial_id, key, value)
+                for step, value in intermediate_values.items():
+                    stored, kind = TrialIntermediateValueModel.intermediate_value_to_stored_repr(float(value))
+                    connection.execute(
+                        "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (trial_id, step) DO UPDATE SET "
+                        "intermediate_value = excluded.intermediate_value, intermediate_value_type = excluded.intermediate_value_type",
+                        (trial_id, step, stored, kind.name),
+                    )
+
+    # ---- reads ---------------------------------------------------------------------------------
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        with self._read() as connection:
+            trials = _read_trials(connection, "t.trial_id = ?", (trial_id,))
+        if not trials:
+            raise KeyError(f"No trial with trial_id {trial_id} exists.")
+        return trials[0]
+
+    def _get_trials(self, study_id: int, states: Container[TrialState] | None, included_trial_ids: set[int],
+                    trial_id_greater_than: int) -> list[FrozenTrial]:
+        included = sorted(t for t in included_trial_ids if t <= trial_id_greater_than)
+        where, args = "t.study_id = ?", [study_id]
+        if states is not None:
+            names = [state.name for state in TrialState if state in states]
+            where += f" AND t.state IN ({', '.join('?' * len(names))})" if names else " AND 0"
+            args += names
+        if trial_id_greater_than > -1:
+            if included:
+                # A temporary table, not a list of parameters: SQLite caps the parameters of a statement.
+                where += " AND (t.trial_id > ? OR t.trial_id IN (SELECT trial_id FROM temp.tuner_included))"
+            else:
+                where += " AND t.trial_id > ?"
+            args.append(trial_id_greater_than)
+        with self._read() as connection:
+            if connection.execute("SELECT 1 FROM studies WHERE study_id = ?", (study_id,)).fetchone() is None:
+                raise KeyError(f"No study with study_id {study_id} exists.")
+            if included and trial_id_greater_than > -1:
+                connection.execute("CREATE TEMP TABLE IF NOT EXISTS tuner_included (trial_id INTEGER PRIMARY KEY)")
+                connection.execute("DELETE FROM temp.tuner_included")
+                connection.executemany("INSERT INTO temp.tuner_included VALUES (?)", [(t,) for t in included])
+            return _read_trials(connection, where, tuple(args))
+
+
+def open_rdb_storage(url: str, **kwargs: Any) -> RDBStorage:
+    """``RDBStorage(url, **kwargs)``, as a :class:`FastSQLiteStorage` where that applies."""
+    parsed = sqlalchemy.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") and not parsed.query:
+        timeout = kwargs.get("engine_kwargs", {}).get("connect_args", {}).get("timeout", 120.0)
+        storage = FastSQLiteStorage(url, busy_timeout_s=timeout, **kwargs)
+        if FastSQLiteStorage.applies_to(storage):
+            return storage
+    return RDBStorage(url, **kwargs)
+
+
+def _stored_now() -> str:
+    """Now, as SQLAlchemy stores Optuna's datetimes on SQLite: naive UTC, microseconds."""
+    return datetime.datetime.now(_UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+def _local_time(stored: str | None) -> datetime.datetime | None:
+    """A stored naive-UTC datetime as the naive local time Optuna's RDBStorage hands out."""
+    if stored is None:
+        return None
+    return datetime.datetime.fromisoformat(stored).replace(tzinfo=_UTC).astimezone().replace(tzinfo=None)
+
+
+def _upsert_attr(connection: sqlite3.Connection, table: str, trial_id: int, key: str, value: Any) -> None:
+    connection.execute(
+        f"INSERT INTO {table} (trial_id, key, value_json) VALUES (?, ?, ?) "
+        "ON CONFLICT (trial_id, key) DO UPDATE SET value_json = excluded.value_json",
+        (trial_id, key, json.dumps(value)),
+    )
+
+
+_distributions: dict[str, distributions.BaseDistribution] = {}  # JSON -> distribution: a study has few
+
+
+def _distribution(text: str) -> distributions.BaseDistribution:
+    found = _distributions.get(text)
+    if found is None:
+        found = _distributions[text] = distributions.json_to_distribution(text)
+    return found
+
+
+def _read_trials(connection: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> list[FrozenTrial]:
+    """The trials matching ``where`` (on ``trials t``), with everything they hold, by trial id."""
+    rows = connection.execute(
+        f"SELECT t.trial_id, t.number, t.state, t.datetime_start, t.datetime_complete FROM trials t "
+        f"WHERE {where} ORDER BY t.trial_id", args,
+    ).fetchall()
+    if not rows:
+        return []
+    fields: dict[int, dict[str, Any]] = {
+        row[0]: {"values": {}, "params": {}, "distributions": {}, "user_attrs": {}, "system_attrs": {},
+                 "intermediate_values": {}}
+        for row in rows
+    }
+
+    def related(query: str) -> list[tuple[Any, ...]]:
+        return connection.execute(query.format(match=f"SELECT t.trial_id FROM trials t WHERE {where}"), args).fetchall()
+
+    for trial_id, objective, value, kind in related(
+        "SELECT trial_id, objective, value, value_type FROM trial_values WHERE trial_id IN ({match})"
+    ):
+        fields[trial_id]["values"][objective] = TrialValueModel.stored_repr_to_value(
+            value, TrialValueModel.TrialValueType[kind])
+    for trial_id, name, value, text in related(
+        "SELECT trial_id, param_name, param_value, distribution_json FROM trial_params "
+        "WHERE trial_id IN ({match}) ORDER BY param_id"
+    ):
+        distribution = _distribution(text)
+        fields[trial_id]["params"][name] = distribution.to_external_repr(value)
+        fields[trial_id]["distributions"][name] = distribution
+    for table, slot in (("trial_user_attributes", "user_attrs"), ("trial_system_attributes", "system_attrs")):
+        for trial_id, key, text in related(
+            f"SELECT trial_id, key, value_json FROM {table} WHERE trial_id IN ({{match}}) ORDER BY {table[:-1]}_id"
+        ):
+            fields[trial_id][slot][key] = json.loads(text)
+    for trial_id, step, value, kind in related(
+        "SELECT trial_id, step, intermediate_value, intermediate_value_type FROM trial_intermediate_values "
+        "WHERE trial_id IN ({match}) ORDER BY trial_intermediate_value_id"
+    ):
+        fields[trial_id]["intermediate_values"][step] = TrialIntermediateValueModel.stored_repr_to_intermediate_value(
+            value, TrialIntermediateValueModel.TrialIntermediateValueType[kind])
+
+    trials = []
+    for trial_id, number, state, started, completed in rows:
+        held = fields[trial_id]
+        values = [held["values"][k] for k in sorted(held["values"])] if held["values"] else None
+        trials.append(FrozenTrial(
+            number=number, state=TrialState[state], value=None, values=values,
+            datetime_start=_local_time(started), datetime_complete=_local_time(completed),
+            params=held["params"], distributions=held["distributions"], user_attrs=held["user_attrs"],
+            system_attrs=held["system_attrs"], intermediate_values=held["intermediate_values"], trial_id=trial_id,
+        ))
+    return trials
