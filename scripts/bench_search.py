@@ -29,6 +29,7 @@ method needed to reach joint TPE's final error as a ratio to what TPE needed (me
 Run:  python scripts/bench_search.py                 # 5 seeds, digits/diabetes/digits_rows, ~1 h on 2 busy cores
       python scripts/bench_search.py --quick         # under 5 minutes on 2 cores: one line per task
       python scripts/bench_search.py --tasks wine adding --seeds 7
+      python scripts/bench_search.py --from-csv runs/bench_search/curves.csv --out /tmp/again   # re-plot only
 """
 
 from __future__ import annotations
@@ -281,6 +282,8 @@ def summarise(task: str, runs: dict[int, dict[str, list[TrialRecord]]]) -> list[
             "budget_param_epochs": int(statistics.median(budgets.values())),
             "trials_median": statistics.median(len(runs[seed][method]) for seed in runs),
             "best_median": statistics.median(bests),
+            "best_at_quarter_budget": statistics.median(best_within(runs[seed][method], budgets[seed] // 4) for seed in runs),
+            "best_at_half_budget": statistics.median(best_within(runs[seed][method], budgets[seed] // 2) for seed in runs),
             "best_min": min(bests),
             "best_max": max(bests),
             "wall_s_median": round(statistics.median(walls), 2),
@@ -368,14 +371,39 @@ def write_summary(out: Path, rows: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| task | method | trials (median) | best error: median [min-max] | wall s (median) | "
-             "compute to reach TPE's final error / TPE's (median) | seeds that reached it |",
-             "| --- | --- | ---: | --- | ---: | ---: | ---: |"]
+    lines = ["| task | method | trials (median) | best error at 1/4, 1/2 of the budget (medians) | best error at the "
+             "budget: median [min-max] | wall s (median) | compute to reach TPE's final error / TPE's (median) | "
+             "seeds that reached it |",
+             "| --- | --- | ---: | --- | --- | ---: | ---: | ---: |"]
     for row in rows:
-        lines.append(f"| {row['task']} | {row['method']} | {row['trials_median']:g} | {_fmt(row['best_median'])} "
+        lines.append(f"| {row['task']} | {row['method']} | {row['trials_median']:g} | "
+                     f"{_fmt(row['best_at_quarter_budget'])}, {_fmt(row['best_at_half_budget'])} | {_fmt(row['best_median'])} "
                      f"[{_fmt(row['best_min'])}-{_fmt(row['best_max'])}] | {row['wall_s_median']:.1f} | "
                      f"{_fmt(row['compute_ratio_to_tpe'])} | {row['reached_tpe_final']}/{row['seeds']} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+def load_curves(path: Path) -> dict[str, dict[int, dict[str, list[TrialRecord]]]]:
+    """The runs of a ``curves.csv`` this script wrote: task -> seed -> method -> trials in order."""
+    tasks: dict[str, dict[int, dict[str, list[TrialRecord]]]] = {}
+    with path.open(newline="") as file:
+        for row in csv.DictReader(file):
+            methods = tasks.setdefault(row["task"], {}).setdefault(int(row["seed"]), {m: [] for m in METHODS})
+            value = float(row["value"]) if row["value"] else None
+            methods[row["method"]].append(
+                TrialRecord(value, int(row["n_params"]), int(row["epochs"]), float(row["cum_wall_s"])))
+    return tasks
+
+
+def report(out: Path, task: str, runs: dict[int, dict[str, list[TrialRecord]]], rows: list[dict[str, Any]],
+           quick: bool) -> None:
+    """Summary rows, PNG and summary files of one task; prints its line."""
+    task_rows = summarise(task, runs)
+    rows += task_rows
+    objective = tuner.spec_from_dict(task_spec(task, 0, quick)).train.objective
+    plot_task(out / f"{task}.png", task, runs, objective)
+    write_summary(out, rows)
+    print(summary_line(task, task_rows), flush=True)
 
 
 def main() -> None:
@@ -385,6 +413,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, help=f"seeds 0..N-1 per task [default 5, quick {QUICK_SEEDS}]")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_search"), help="folder for CSV, PNG, summary")
     parser.add_argument("--threads", type=int, default=1, help="torch threads [default 1: steadier timings]")
+    parser.add_argument("--from-csv", type=Path, help="no training: summaries and PNGs again from a curves.csv of a run")
     args = parser.parse_args()
     tasks = args.tasks or list(DEFAULT_TASKS)
     n_seeds = args.seeds or (QUICK_SEEDS if args.quick else 5)
@@ -392,22 +421,21 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     args.out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    if args.from_csv:
+        for task, runs in load_curves(args.from_csv).items():
+            report(args.out, task, runs, rows, args.quick)
+        return
     (args.out / "curves.csv").unlink(missing_ok=True)
     print(f"optuna {optuna.__version__}, torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
           f"seeds 0..{n_seeds - 1}, {'quick' if args.quick else 'full'} budgets; writing {args.out}/")
 
-    rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         for task in tasks:
             runs = {seed: run_seed(task, seed, args.quick, Path(folder)) for seed in range(n_seeds)}
-            task_rows = summarise(task, runs)
-            rows += task_rows
             write_curves(args.out / "curves.csv", task, runs)
-            objective = tuner.spec_from_dict(task_spec(task, 0, args.quick)).train.objective
-            plot_task(args.out / f"{task}.png", task, runs, objective)
-            write_summary(args.out, rows)
-            print(summary_line(task, task_rows), flush=True)
+            report(args.out, task, runs, rows, args.quick)
     print(f"done in {time.perf_counter() - started:.0f} s")
 
 
