@@ -1,32 +1,58 @@
 """tuner: staged hyperparameter tuning for PyTorch models on Optuna.
 
 Calibrate the learning rate first, on a small and cheap network; then tune the network's size and
-the decay schedule at that rate; optionally audit the assumption that made this cheap.
+the decay schedule at that rate; optionally audit the assumption that made this cheap. Every
+command of the ``tuner`` CLI is one call here.
 
 Example:
     >>> import tuner
     >>> result = tuner.run_study("studies/quickstart.toml")  # doctest: +SKIP
     >>> result.best_lr  # doctest: +SKIP
+    >>> tuner.write_importance("quickstart", "out")  # doctest: +SKIP
+    >>> tuner.write_report("quickstart", None, "quickstart-report")  # doctest: +SKIP
 """
 
-from tuner.models import register_model
-from tuner.runner import Reporter, StageSummary, StudyMismatchError, StudyResult, TunerError, load_results, run_study
-from tuner.spec import SpecError, StudySpec, load_spec, spec_from_dict
-from tuner.storage import StorageError, open_storage
+from __future__ import annotations
 
-__all__ = [
-    "Reporter",
-    "SpecError",
-    "StageSummary",
-    "StorageError",
-    "StudyMismatchError",
-    "StudyResult",
-    "StudySpec",
-    "TunerError",
-    "load_results",
-    "load_spec",
-    "open_storage",
-    "register_model",
-    "run_study",
-    "spec_from_dict",
-]
+import importlib
+from typing import Any
+
+# Public name -> the module that defines it. Loaded on first use, so that importing tuner (and
+# `tuner --help`) does not pay for torch, optuna and scikit-learn until they are needed.
+_EXPORTS = {
+    "run_study": "tuner.runner",
+    "load_results": "tuner.runner",
+    "Reporter": "tuner.runner",
+    "StageSummary": "tuner.runner",
+    "StudyResult": "tuner.runner",
+    "TunerError": "tuner.runner",
+    "StudyMismatchError": "tuner.runner",
+    "load_spec": "tuner.spec",
+    "spec_from_dict": "tuner.spec",
+    "StudySpec": "tuner.spec",
+    "SpecError": "tuner.spec",
+    "open_storage": "tuner.storage",
+    "StorageError": "tuner.storage",
+    "register_model": "tuner.models",
+    "importance_table": "tuner.importance",
+    "write_importance": "tuner.importance",
+    "audit_verdict": "tuner.importance",
+    "write_export": "tuner.export",
+    "write_report": "tuner.report",
+    "lr_find": "tuner.lr_find",
+    "write_lr_find": "tuner.lr_find",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tuner' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -15,15 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
 
-import optuna
-import sqlalchemy
 import typer
 from rich.console import Console
 
-from tuner.runner import StudyMismatchError, TunerError
-from tuner.spec import SpecError
-from tuner.storage import DEFAULT_STORAGE, StorageError, redact, with_password
-from tuner.train import DeviceError
+# The library (torch, optuna, scikit-learn) is imported inside the commands, not here, so that
+# `tuner --help` answers at once.
 
 app = typer.Typer(
     help="Staged hyperparameter tuning for PyTorch: calibrate the learning rate on a small network, then "
@@ -56,8 +52,20 @@ def _fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own output says what matters
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
 @contextmanager
 def _errors_as_exit_codes() -> Iterator[None]:
+    from tuner.runner import StudyMismatchError, TunerError
+    from tuner.spec import SpecError
+    from tuner.storage import StorageError
+    from tuner.train import DeviceError
+
     try:
         yield
     except (SpecError, StorageError, StudyMismatchError, DeviceError) as error:
@@ -69,6 +77,11 @@ def _errors_as_exit_codes() -> Iterator[None]:
 @contextmanager
 def _unexpected_errors() -> Iterator[None]:
     """The storage failing under us, or a bug: one line and exit 1 (TUNER_DEBUG=1 shows the traceback)."""
+    import optuna
+    import sqlalchemy
+
+    from tuner.storage import redact
+
     try:
         yield
     except (typer.Exit, typer.Abort, typer.TyperException):
@@ -99,11 +112,11 @@ def study(
     from tuner.progress import ConsoleReporter, summary_table
     from tuner.runner import run_study
     from tuner.spec import load_spec
+    from tuner.storage import DEFAULT_STORAGE, redact, with_password
 
     if device not in ("auto", "cpu", "cuda"):
         _fail(f"--device {device!r}: choose auto, cpu or cuda", BAD_INPUT)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress says what matters
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    _quiet_optuna()
     console = Console(soft_wrap=True)
     reporter = ConsoleReporter(console)
     resume = ["tuner", "study", str(spec)] + (["--storage", redact(storage)] if storage else []) + (["--name", name] if name else [])
@@ -155,7 +168,7 @@ def importance(name: NameArgument, storage: StorageOption = None, out: OutOption
 
     from tuner.importance import headline_rows, write_importance
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _quiet_optuna()
     with _analysis_errors():
         path, table, skipped = write_importance(name, out, storage)
     console = Console(soft_wrap=True)
@@ -177,7 +190,7 @@ def export(name: NameArgument, storage: StorageOption = None, out: OutOption = P
     """Write trials.csv (one row per trial, every stage) and curves.csv (stage, trial, epoch, value)."""
     from tuner.export import write_export
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _quiet_optuna()
     with _analysis_errors():
         trials_path, curves_path = write_export(name, out, storage)
     Console(soft_wrap=True).print(f"wrote {trials_path} and {curves_path}", highlight=False, markup=False)
@@ -191,8 +204,9 @@ def report(
 ) -> None:
     """Write PNG figures, Optuna's interactive figures and an index.html that explains the study."""
     from tuner.report import ReportError, write_report
+    from tuner.storage import DEFAULT_STORAGE, with_password
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _quiet_optuna()
     with _analysis_errors():
         try:
             written = write_report(name, with_password(storage or DEFAULT_STORAGE), out)
@@ -212,6 +226,7 @@ def dashboard(
     """Serve optuna-dashboard for the storage on 127.0.0.1, to browse every stage live (Ctrl-C stops it)."""
     from tuner.dashboard import DashboardError, serve_dashboard
     from tuner.report import ReportError
+    from tuner.storage import DEFAULT_STORAGE, redact, with_password
 
     url = with_password(storage or DEFAULT_STORAGE)
     console = Console(soft_wrap=True)
