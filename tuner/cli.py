@@ -117,7 +117,8 @@ def study(
     if device not in ("auto", "cpu", "cuda"):
         _fail(f"--device {device!r}: choose auto, cpu or cuda", BAD_INPUT)
     _quiet_optuna()
-    console = Console(soft_wrap=True)
+    # Off a terminal (a log file, CI) rich would assume 80 columns and fold the summary table.
+    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
     reporter = ConsoleReporter(console)
     resume = ["tuner", "study", str(spec)] + (["--storage", redact(storage)] if storage else []) + (["--name", name] if name else [])
     try:
