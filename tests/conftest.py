@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
+import torch
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    # Tiny models: a second intra-op thread only adds hand-offs, and on a busy 2-core machine its
+    # spinning slows tests tenfold. Comparisons inside a test run both sides on the same setting.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 TINY_SPEC = """
 name = "tiny"

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
-import torch
 from optuna.trial import TrialState
 
 import tuner
@@ -21,14 +19,6 @@ from tuner.train import EpochResult, TrainConfig, seeded_model, train_epochs
 TOLERANCE = 1e-4  # float32 sums in another order: a few ulps, far below any real difference
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    # Tiny models: a second intra-op thread only adds hand-offs, and on a busy 2-core machine its
-    # spinning slows these tests tenfold. Both sides of every comparison run on the same setting.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _alone(data: Dataset, plan: TrialPlan) -> list[EpochResult]:

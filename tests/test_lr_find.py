@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
-import torch
 from optuna.distributions import FloatDistribution
 from typer.testing import CliRunner
 
@@ -19,14 +17,6 @@ import tuner.lr_find
 from tuner.cli import app
 from tuner.lr_find import STUDY_ATTR, lr_find, write_lr_find
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    # Tiny models: a second intra-op thread only adds hand-offs, and on a busy 2-core machine its
-    # spinning slows these tests tenfold.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 STUDIES = sorted((Path(__file__).resolve().parent.parent / "studies").glob("*.toml"))
