@@ -262,7 +262,7 @@ def run_seed(task: str, seed: int, quick: bool, folder: Path) -> dict[str, list[
 
 
 def _fmt(value: float) -> str:
-    return "inf" if math.isinf(value) else f"{value:.4g}"
+    return "inf" if math.isinf(value) else f"{value:.4g}" if value >= 0.01 or value == 0 else f"{value:.2g}"
 
 
 def summarise(task: str, runs: dict[int, dict[str, list[TrialRecord]]]) -> list[dict[str, Any]]:
@@ -288,6 +288,7 @@ def summarise(task: str, runs: dict[int, dict[str, list[TrialRecord]]]) -> list[
             "best_max": max(bests),
             "wall_s_median": round(statistics.median(walls), 2),
             "compute_ratio_to_tpe": statistics.median(ratios),
+            "compute_ratio_per_seed": " ".join("inf" if math.isinf(r) else f"{r:.2g}" for r in ratios),
             "reached_tpe_final": sum(not math.isinf(r) for r in ratios),
         })
     return rows
@@ -372,14 +373,15 @@ def write_summary(out: Path, rows: list[dict[str, Any]]) -> None:
         writer.writeheader()
         writer.writerows(rows)
     lines = ["| task | method | trials (median) | best error at 1/4, 1/2 of the budget (medians) | best error at the "
-             "budget: median [min-max] | wall s (median) | compute to reach TPE's final error / TPE's (median) | "
+             "budget: median [min-max] | wall s (median) | compute to reach TPE's final error / TPE's: median (per seed) | "
              "seeds that reached it |",
              "| --- | --- | ---: | --- | --- | ---: | ---: | ---: |"]
     for row in rows:
         lines.append(f"| {row['task']} | {row['method']} | {row['trials_median']:g} | "
                      f"{_fmt(row['best_at_quarter_budget'])}, {_fmt(row['best_at_half_budget'])} | {_fmt(row['best_median'])} "
                      f"[{_fmt(row['best_min'])}-{_fmt(row['best_max'])}] | {row['wall_s_median']:.1f} | "
-                     f"{_fmt(row['compute_ratio_to_tpe'])} | {row['reached_tpe_final']}/{row['seeds']} |")
+                     f"{_fmt(row['compute_ratio_to_tpe'])} ({row['compute_ratio_per_seed']}) | "
+                     f"{row['reached_tpe_final']}/{row['seeds']} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
 
 
