@@ -21,7 +21,8 @@ finished within the budget (a trial that diverged counts its compute and has no 
 
 Per task it writes, under ``--out``: ``curves.csv`` (one row per trial: compute, cumulative
 compute and wall seconds, value, best so far), ``<task>.png`` (best so far against cumulative
-compute, median over seeds with the min-max band), and ``summary.csv`` / ``summary.md``: the
+compute as a fraction of the budget, median over seeds with the min-max band; whole budget on a
+log scale, and its last three quarters), and ``summary.csv`` / ``summary.md``: the
 median and min-max over seeds of the best error, the median wall seconds, and the compute each
 method needed to reach joint TPE's final error as a ratio to what TPE needed (median over seeds;
 ``inf`` where a method did not reach it within the budget; "reached" counts the seeds where it did).
@@ -311,46 +312,56 @@ def write_curves(path: Path, task: str, runs: dict[int, dict[str, list[TrialReco
 
 
 def plot_task(path: Path, task: str, runs: dict[int, dict[str, list[TrialRecord]]], objective: str) -> None:
+    """Best so far against cumulative compute: the whole budget (log scale), and its last three quarters."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    budget = statistics.median(sum(r.compute for r in methods["staged"]) for methods in runs.values())
-    smallest = min(r.compute for methods in runs.values() for records in methods.values() for r in records)
-    grid = np.geomspace(smallest, budget, 200)
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    # Compute as a fraction of each seed's budget, so that every seed's curves end where its budget does.
+    budgets = {seed: sum(r.compute for r in methods["staged"]) for seed, methods in runs.items()}
+    smallest = min(r.compute / budgets[seed] for seed, methods in runs.items() for records in methods.values() for r in records)
+    grids = (np.geomspace(smallest, 1.0, 300), np.linspace(0.25, 1.0, 300))
+    figure, panels = plt.subplots(1, 2, figsize=(11, 4.5))
+    zoom_low, zoom_high = math.inf, -math.inf
     for method in METHODS:
-        curves = []
-        for methods in runs.values():
-            points = best_so_far(methods[method])
-            spent = np.array([p[0] for p in points], dtype=float)
-            best = np.array([p[1] for p in points])
-            index = np.searchsorted(spent, grid, side="right") - 1  # best so far at each compute level
-            curves.append(np.where(index >= 0, best[np.clip(index, 0, None)], np.inf))
-        stacked = np.array(curves)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # inf before a method's first value
-            median = np.median(stacked, axis=0)
-        finite = np.isfinite(median)
-        line, = axes.plot(grid[finite], median[finite], label=method, linewidth=2 if method == "staged" else 1.4)
-        low, high = stacked.min(axis=0), stacked.max(axis=0)
-        band = np.isfinite(high)
-        axes.fill_between(grid[band], low[band], high[band], color=line.get_color(), alpha=0.12)
-    axes.set_xscale("log")
-    axes.set_xlabel("cumulative compute (epochs x parameters)")
-    axes.set_ylabel(f"best {objective} so far")
-    axes.set_title(f"{task}: median over {len(runs)} seeds, band min-max; budget = staged study's compute")
-    axes.title.set_fontsize(9)
-    finite_values = [r.value for methods in runs.values() for records in methods.values() for r in records
-                     if r.value is not None]
-    if finite_values:
-        low_y = min(finite_values)
-        axes.set_ylim(low_y - 0.05 * abs(low_y), np.percentile(finite_values, 75))
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend()
+        for panel, grid in zip(panels, grids):
+            curves = []
+            for seed, methods in runs.items():
+                points = best_so_far(methods[method])
+                spent = np.array([p[0] for p in points], dtype=float) / budgets[seed]
+                best = np.array([p[1] for p in points])
+                index = np.searchsorted(spent, grid, side="right") - 1  # best so far at each compute level
+                curves.append(np.where(index >= 0, best[np.clip(index, 0, None)], np.inf))
+            stacked = np.array(curves)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # inf before a method's first value
+                median = np.median(stacked, axis=0)
+            finite = np.isfinite(median)
+            panel.plot(grid[finite], median[finite], label=method, color=f"C{METHODS.index(method)}",
+                       linewidth=2.2 if method == "staged" else 1.4)
+            low, high = stacked.min(axis=0), stacked.max(axis=0)
+            band = np.isfinite(high)
+            panel.fill_between(grid[band], low[band], high[band], color=f"C{METHODS.index(method)}", alpha=0.1)
+            if panel is panels[1] and finite.any():
+                zoom_low = min(zoom_low, float(low[np.isfinite(low)].min()))
+                zoom_high = max(zoom_high, float(median[finite][0]))
+    values = [r.value for methods in runs.values() for records in methods.values() for r in records if r.value is not None]
+    if values:
+        panels[0].set_ylim(min(values) - 0.05 * abs(min(values)), np.percentile(values, 75))
+    if math.isfinite(zoom_low) and zoom_high > zoom_low:
+        margin = 0.05 * (zoom_high - zoom_low)
+        panels[1].set_ylim(zoom_low - margin, zoom_high + margin)
+    panels[0].set_xscale("log")
+    panels[0].set_title(f"{task}: median over {len(runs)} seeds, band min-max", fontsize=9)
+    panels[1].set_title("the last three quarters of the budget", fontsize=9)
+    for panel in panels:
+        panel.set_xlabel("cumulative compute (epochs x parameters) / budget")
+        panel.set_ylabel(f"best {objective} so far")
+        panel.grid(True, which="both", alpha=0.3)
+    panels[0].legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
