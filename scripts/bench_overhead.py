@@ -20,6 +20,7 @@ medians over rounds. The ratio printed last is tuner (SQLite) / optuna (memory):
 
 Run:  python scripts/bench_overhead.py            # 3-8 min on 2 cores, as busy as they are
       python scripts/bench_overhead.py --quick    # 1-3 min
+      python scripts/bench_overhead.py --profile  # where tuner's time per trial goes, step by step
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from tuner.data import Dataset, load_dataset
 from tuner.runner import Reporter, _StageRunner  # noqa: PLC2701 -- one stage alone, instrumented
 from tuner.spec import StudySpec, load_spec
 from tuner.stages import TrialPlan, lr_stage, tpe_settings
-from tuner.storage import SQLITE_BUSY_TIMEOUT_S, heartbeat_settings, open_storage
+from tuner.storage import open_storage
 from tuner.train import EpochResult, seeded_model, train_epochs
 
 SPEC = Path(__file__).resolve().parent.parent / "studies" / "quickstart.toml"
@@ -113,11 +114,60 @@ def run_optuna(spec: StudySpec, data: Dataset, storage: str | None) -> tuple[flo
 
 def _stock_rdb(url: str) -> optuna.storages.RDBStorage:
     """Optuna's own RDBStorage, set up as ``open_storage`` sets up a SQLite file, minus the fast path."""
+    from tuner.storage import SQLITE_BUSY_TIMEOUT_S, heartbeat_settings
+
     interval, grace = heartbeat_settings()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}},
                                           heartbeat_interval=interval, grace_period=grace)
+
+
+def profile(spec: StudySpec, data: Dataset, folder: Path) -> None:
+    """Where tuner's time per trial goes on SQLite: each step of the runner's loop, timed around."""
+    import collections
+    import functools
+
+    import tuner.runner as runner
+
+    seconds: collections.Counter[str] = collections.Counter()
+    calls: collections.Counter[str] = collections.Counter()
+
+    def timed(name: str, owner: Any, attribute: str) -> None:
+        original = getattr(owner, attribute, None)
+        if original is None:  # this version of tuner has no such step
+            return
+
+        @functools.wraps(original)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                seconds[name] += time.perf_counter() - started
+                calls[name] += 1
+
+        setattr(owner, attribute, wrapper)
+
+    for name, owner, attribute in [
+        ("Study.ask (sample, create trial)", optuna.Study, "ask"),
+        ("Study.tell", optuna.Study, "tell"),
+        ("Study.get_trials", optuna.Study, "get_trials"),
+        ("Trial.report", optuna.Trial, "report"),
+        ("Trial.should_prune", optuna.Trial, "should_prune"),
+        ("Trial.set_user_attr", optuna.Trial, "set_user_attr"),
+        ("write_trial_records", runner, "write_trial_records"),
+        ("fail_orphaned_trials", runner, "fail_orphaned_trials"),
+        ("Heartbeat start", runner.Heartbeat, "__enter__"),
+        ("Heartbeat stop", runner.Heartbeat, "__exit__"),
+    ]:
+        timed(name, owner, attribute)
+    wall, clock = run_tuner(spec.with_changes(name="profile"), data, open_storage(f"sqlite:///{folder / 'profile.db'}"))
+    n = spec.stages.lr.trials
+    print(f"tuner (SQLite), {n} trials: overhead {(wall - clock.seconds) / n * 1000:.1f} ms per trial "
+          f"(wall {wall:.1f} s, training {clock.seconds:.1f} s); the steps, per trial (nested ones overlap):")
+    for name, total in seconds.most_common():
+        print(f"  {name:<34} {total / n * 1000:7.2f} ms  {calls[name] / n:5.1f} calls")
 
 
 def main() -> None:
@@ -126,7 +176,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, help="trials per side and round [default 60, quick 30]")
     parser.add_argument("--rounds", type=int, help="alternating rounds [default 5, quick 2]")
     parser.add_argument("--threads", type=int, default=1, help="torch threads [default 1: steadier timings]")
-    parser.add_argument("--no-reference", action="store_true", help="skip the two reference sides")
+    parser.add_argument("--no-reference", action="store_true", help="skip the reference sides")
+    parser.add_argument("--profile", action="store_true", help="only tuner (SQLite), with the time of each step")
     args = parser.parse_args()
     n_trials = args.trials or (30 if args.quick else 60)
     rounds = args.rounds or (2 if args.quick else 5)
@@ -138,6 +189,12 @@ def main() -> None:
     lr = dataclasses.replace(spec.stages.lr, trials=n_trials, batched=False)
     spec = spec.with_changes(stages=dataclasses.replace(spec.stages, lr=lr))
     data = load_dataset(spec.data, spec.seed, spec.source)
+    if args.profile:
+        with tempfile.TemporaryDirectory() as folder:
+            run_tuner(spec.with_changes(name="warm-up", stages=dataclasses.replace(
+                spec.stages, lr=dataclasses.replace(lr, trials=3))), data, open_storage(f"sqlite:///{folder}/w.db"))
+            profile(spec, data, Path(folder))
+        return
     print(f"quickstart LR stage, {n_trials} trials per side, {rounds} round(s), torch threads {torch.get_num_threads()}, "
           f"optuna {optuna.__version__}, torch {torch.__version__}")
     run_optuna(spec.with_changes(stages=dataclasses.replace(spec.stages, lr=dataclasses.replace(lr, trials=3))),
