@@ -41,7 +41,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from tuner.diagnose import classify_curve, describe_lr_sweep, divergence_onset  # noqa: E402
-from tuner.storage import open_storage, redact  # noqa: E402
+from tuner.storage import DEFAULT_STORAGE, open_storage, redact  # noqa: E402
 
 STAGES = ("lr", "shape", "audit")
 DPI = 100
@@ -130,7 +130,7 @@ def write_report(name: str, storage: str | None = None, out: str | Path | None =
     Raises:
         ReportError: the storage or the study does not exist.
     """
-    url = storage or "sqlite:///tuner.db"
+    url = storage or DEFAULT_STORAGE
     stages = load_stages(name, url)
     out_dir = Path(out) if out is not None else Path(f"{name}-report")
     out_dir.mkdir(parents=True, exist_ok=True)

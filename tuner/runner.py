@@ -41,7 +41,16 @@ from tuner.stages import (
     shape_stage,
     stage_settings,
 )
-from tuner.storage import Heartbeat, StorageError, fail_orphaned_trials, fail_trial, open_storage, redact, worker_attrs
+from tuner.storage import (
+    DEFAULT_STORAGE,
+    Heartbeat,
+    StorageError,
+    fail_orphaned_trials,
+    fail_trial,
+    open_storage,
+    redact,
+    worker_attrs,
+)
 from tuner.train import EpochResult, parameter_count, resolve_device, seeded_model, train_epochs
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -151,7 +160,7 @@ def run_study(
         summaries["audit"] = runner.run(audit_stage(spec))
     # The audit's point: did lr interact little with the rest here? Judged and stored on <name>/audit.
     verdict = audit_verdict(spec.name, optuna_storage) if "audit" in summaries else None
-    return StudyResult(spec.name, redact(storage_url or "sqlite:///tuner.db"), best_lr, summaries, verdict)
+    return StudyResult(spec.name, redact(storage_url or DEFAULT_STORAGE), best_lr, summaries, verdict)
 
 
 def check_stored_settings(spec: StudySpec, storage: optuna.storages.BaseStorage) -> None:
