@@ -21,7 +21,6 @@ from typing import Any
 # `tuner --help`) does not pay for torch, optuna and scikit-learn until they are needed.
 _EXPORTS = {
     "run_study": "tuner.runner",
-    "load_results": "tuner.runner",
     "Reporter": "tuner.runner",
     "StageSummary": "tuner.runner",
     "StudyResult": "tuner.runner",
@@ -34,6 +33,8 @@ _EXPORTS = {
     "open_storage": "tuner.storage",
     "StorageError": "tuner.storage",
     "register_model": "tuner.models",
+    "load_stage_studies": "tuner.importance",
+    "load_stage_trials": "tuner.importance",
     "importance_table": "tuner.importance",
     "write_importance": "tuner.importance",
     "audit_verdict": "tuner.importance",

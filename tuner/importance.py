@@ -138,11 +138,12 @@ def _tuner_names(study_names: Sequence[str]) -> list[str]:
     return sorted({n.rsplit("/", 1)[0] for n in study_names if "/" in n and n.rsplit("/", 1)[1] in STAGES})
 
 
-def load_stage_trials(name: str, storage: str | BaseStorage | None = None) -> dict[str, list[FrozenTrial]]:
-    """Every trial of each stored stage of study ``name``, by stage, in stage order.
+def load_stage_studies(name: str, storage: str | BaseStorage | None = None) -> dict[str, optuna.Study]:
+    """The stored stage studies of study ``name``, by stage, in stage order.
 
     Raises:
-        UnknownStudyError: no stage of that name is stored; the message lists the names that are.
+        UnknownStudyError: no stage of that name is stored (or the SQLite file does not exist); the
+            message lists the names that are.
     """
     opened, where = _open(storage)
     existing = set(optuna.get_all_study_names(opened))
@@ -150,10 +151,12 @@ def load_stage_trials(name: str, storage: str | BaseStorage | None = None) -> di
     if not stages:
         known = ", ".join(_tuner_names(sorted(existing))) or "none"
         raise UnknownStudyError(f"study {name!r}: not found in {where}; studies there: {known}")
-    return {
-        stage: optuna.load_study(study_name=f"{name}/{stage}", storage=opened).get_trials(deepcopy=False)
-        for stage in stages
-    }
+    return {stage: optuna.load_study(study_name=f"{name}/{stage}", storage=opened) for stage in stages}
+
+
+def load_stage_trials(name: str, storage: str | BaseStorage | None = None) -> dict[str, list[FrozenTrial]]:
+    """Every trial of each stored stage of study ``name``, by stage (see :func:`load_stage_studies`)."""
+    return {stage: study.get_trials(deepcopy=False) for stage, study in load_stage_studies(name, storage).items()}
 
 
 def importance_table(

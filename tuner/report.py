@@ -41,6 +41,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from tuner.diagnose import classify_curve, describe_lr_sweep, divergence_onset  # noqa: E402
+from tuner.importance import load_stage_studies  # noqa: E402
 from tuner.storage import DEFAULT_STORAGE, open_storage, redact  # noqa: E402
 
 STAGES = ("lr", "shape", "audit")
@@ -197,22 +198,9 @@ def open_existing_storage(url: str) -> optuna.storages.BaseStorage:
     return open_storage(url)
 
 
-def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
-    """The tuner study names in a storage (``quickstart`` for ``quickstart/lr``...), sorted."""
-    return sorted({n.rsplit("/", 1)[0] for n in optuna.get_all_study_names(storage) if "/" in n})
-
-
 def load_stages(name: str, url: str) -> dict[str, _Stage]:
-    storage = open_existing_storage(url)
-    existing = set(optuna.get_all_study_names(storage))
-    found = [s for s in STAGES if f"{name}/{s}" in existing]
-    if not found:
-        names = study_names(storage)
-        there = f"studies there: {', '.join(names)}" if names else "it holds no tuner study yet"
-        raise ReportError(f"no study named {name!r} in {redact(url)}; {there}")
     stages = {}
-    for stage in found:
-        study = optuna.load_study(study_name=f"{name}/{stage}", storage=storage)
+    for stage, study in load_stage_studies(name, open_existing_storage(url)).items():
         trials = study.get_trials(deepcopy=False)
         runs = [_run(t) for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
         stages[stage] = _Stage(stage, study, trials, runs)

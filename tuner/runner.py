@@ -476,14 +476,3 @@ def _best_value(trials: Sequence[FrozenTrial]) -> float | None:
 
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-def load_results(name: str, storage: str | None = None) -> dict[str, Sequence[FrozenTrial]]:
-    """The trials of every stage of a stored study, by stage name."""
-    optuna_storage = open_storage(storage)
-    names = set(optuna.get_all_study_names(optuna_storage))
-    return {
-        stage: optuna.load_study(study_name=f"{name}/{stage}", storage=optuna_storage).get_trials()
-        for stage in ("lr", "shape", "audit")
-        if f"{name}/{stage}" in names
-    }
