@@ -221,6 +221,14 @@ def test_password_from_a_file_reaches_the_server_and_never_its_outputs(
     assert "lr,0," in written  # the export has the trials...
     for text in (studied.output, exported.output, written, _everything_stored(full_url)):
         assert postgres_server.password not in text  # ...and nowhere the password
+    # The reading commands take the password file too, so no command line ever holds it.
+    from_file = runner.invoke(app, ["export", "tiny", "--storage", url, "--storage-password-file", str(secret),
+                                    "--out", str(tmp_path / "from_file")])
+    assert from_file.exit_code == 0, from_file.output
+    assert (tmp_path / "from_file" / "trials.csv").read_text() == (tmp_path / "out" / "trials.csv").read_text()
+    missing = runner.invoke(app, ["importance", "tiny", "--storage", url, "--storage-password-file",
+                                  str(tmp_path / "absent"), "--out", str(tmp_path / "imp")])
+    assert missing.exit_code == 2 and "cannot read it" in missing.output and not (tmp_path / "imp").exists()
 
 
 def test_workers_opening_a_brand_new_database_at_once_all_succeed(postgres_server: PostgresServer) -> None:

@@ -43,6 +43,19 @@ def _group() -> None:
     """Keep ``tuner`` a group of subcommands even while it has only one."""
 
 
+PasswordFileOption = Annotated[
+    Path | None,
+    typer.Option("--storage-password-file", help="Read the storage's password from this file (e.g. a mounted secret)"),
+]
+
+
+def _storage_url(storage: str | None, password_file: Path | None) -> str:
+    """The storage to read (default sqlite:///tuner.db), its password put in from the file or environment."""
+    from tuner.storage import DEFAULT_STORAGE, with_password
+
+    return with_password(storage or DEFAULT_STORAGE, password_file)
+
+
 BAD_INPUT = 2
 INTERRUPTED = 130
 
@@ -105,8 +118,7 @@ def study(
     storage: StorageOption = None,
     device: Annotated[str, typer.Option(help="Where to train: auto (CUDA when available), cpu or cuda")] = "auto",
     name: Annotated[str | None, typer.Option(help="Run under this study name instead of the spec's (a fresh study)")] = None,
-    storage_password_file: Annotated[Path | None, typer.Option(
-        "--storage-password-file", help="Read the storage's password from this file (e.g. a mounted secret)")] = None,
+    storage_password_file: PasswordFileOption = None,
 ) -> None:
     """Run a staged study (lr, then shape, then the optional audit), or resume it where it stopped."""
     from tuner.progress import ConsoleReporter, summary_table
@@ -163,7 +175,9 @@ def _analysis_errors() -> Iterator[None]:
 
 
 @app.command()
-def importance(name: NameArgument, storage: StorageOption = None, out: OutOption = Path(".")) -> None:
+def importance(
+    name: NameArgument, storage: StorageOption = None, out: OutOption = Path("."), storage_password_file: PasswordFileOption = None
+) -> None:
     """Write importance.csv: fANOVA (main effects and pairwise interactions) and PED-ANOVA per stage."""
     from rich.table import Table
 
@@ -171,7 +185,7 @@ def importance(name: NameArgument, storage: StorageOption = None, out: OutOption
 
     _quiet_optuna()
     with _analysis_errors():
-        path, table, skipped = write_importance(name, out, storage)
+        path, table, skipped = write_importance(name, out, _storage_url(storage, storage_password_file))
     console = Console(soft_wrap=True)
     shown = Table(title=f"importance of {name} (share; fanova: of the variance)")
     for column in ("stage", "evaluator", "param", "param_b", "importance", "std"):
@@ -187,13 +201,15 @@ def importance(name: NameArgument, storage: StorageOption = None, out: OutOption
 
 
 @app.command()
-def export(name: NameArgument, storage: StorageOption = None, out: OutOption = Path(".")) -> None:
+def export(
+    name: NameArgument, storage: StorageOption = None, out: OutOption = Path("."), storage_password_file: PasswordFileOption = None
+) -> None:
     """Write trials.csv (one row per trial, every stage) and curves.csv (stage, trial, epoch, value)."""
     from tuner.export import write_export
 
     _quiet_optuna()
     with _analysis_errors():
-        trials_path, curves_path = write_export(name, out, storage)
+        trials_path, curves_path = write_export(name, out, _storage_url(storage, storage_password_file))
     Console(soft_wrap=True).print(f"wrote {trials_path} and {curves_path}", highlight=False, markup=False)
 
 
@@ -202,15 +218,15 @@ def report(
     name: NameArgument,
     storage: StorageOption = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for index.html and the figures [default: NAME-report]")] = None,
+    storage_password_file: PasswordFileOption = None,
 ) -> None:
     """Write PNG figures, Optuna's interactive figures and an index.html that explains the study."""
     from tuner.report import ReportError, write_report
-    from tuner.storage import DEFAULT_STORAGE, with_password
 
     _quiet_optuna()
     with _analysis_errors():
         try:
-            written = write_report(name, with_password(storage or DEFAULT_STORAGE), out)
+            written = write_report(name, _storage_url(storage, storage_password_file), out)
         except ReportError as error:
             _fail(str(error), BAD_INPUT)
     console = Console(soft_wrap=True)
@@ -223,15 +239,16 @@ def report(
 def dashboard(
     storage: StorageOption = None,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 to serve on", min=1, max=65535)] = 8080,
+    storage_password_file: PasswordFileOption = None,
 ) -> None:
     """Serve optuna-dashboard for the storage on 127.0.0.1, to browse every stage live (Ctrl-C stops it)."""
     from tuner.dashboard import DashboardError, serve_dashboard
     from tuner.report import ReportError
-    from tuner.storage import DEFAULT_STORAGE, redact, with_password
+    from tuner.storage import redact
 
-    url = with_password(storage or DEFAULT_STORAGE)
     console = Console(soft_wrap=True)
     with _errors_as_exit_codes():
+        url = _storage_url(storage, storage_password_file)
         try:
             serve_dashboard(url, port, on_ready=lambda address: console.print(
                 f"optuna-dashboard for {redact(url)} at {address} (Ctrl-C stops it)", highlight=False, markup=False))
