@@ -221,14 +221,11 @@ def report(
     storage_password_file: PasswordFileOption = None,
 ) -> None:
     """Write PNG figures, Optuna's interactive figures and an index.html that explains the study."""
-    from tuner.report import ReportError, write_report
+    from tuner.report import write_report
 
     _quiet_optuna()
     with _analysis_errors():
-        try:
-            written = write_report(name, _storage_url(storage, storage_password_file), out)
-        except ReportError as error:
-            _fail(str(error), BAD_INPUT)
+        written = write_report(name, _storage_url(storage, storage_password_file), out)
     console = Console(soft_wrap=True)
     for key, why in written.missing.items():
         console.print(f"not drawn: {key}: {why}", highlight=False, markup=False)
@@ -243,7 +240,6 @@ def dashboard(
 ) -> None:
     """Serve optuna-dashboard for the storage on 127.0.0.1, to browse every stage live (Ctrl-C stops it)."""
     from tuner.dashboard import DashboardError, serve_dashboard
-    from tuner.report import ReportError
     from tuner.storage import redact
 
     console = Console(soft_wrap=True)
@@ -252,8 +248,6 @@ def dashboard(
         try:
             serve_dashboard(url, port, on_ready=lambda address: console.print(
                 f"optuna-dashboard for {redact(url)} at {address} (Ctrl-C stops it)", highlight=False, markup=False))
-        except ReportError as error:
-            _fail(str(error), BAD_INPUT)
         except DashboardError as error:
             _fail(str(error), 1)
         except KeyboardInterrupt:

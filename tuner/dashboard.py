@@ -12,8 +12,7 @@ import socketserver
 from collections.abc import Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from tuner.report import open_existing_storage
-from tuner.storage import DEFAULT_STORAGE
+from tuner.storage import DEFAULT_STORAGE, open_existing_storage
 
 HOST = "127.0.0.1"  # loopback only: the dashboard can edit trials and has no authentication
 
@@ -41,7 +40,7 @@ def make_dashboard_server(storage: str | None = None, port: int = 8080) -> WSGIS
 
     Raises:
         DashboardError: optuna-dashboard is not installed, or the port cannot be bound.
-        tuner.report.ReportError: the storage does not exist.
+        tuner.storage.StorageError: the storage does not exist (a SQLite file is not created).
     """
     try:
         from optuna_dashboard import wsgi

@@ -30,7 +30,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner._fanova import fanova_importances
-from tuner.storage import DEFAULT_STORAGE, open_storage, redact
+from tuner.storage import DEFAULT_STORAGE, open_existing_storage, redact
 
 __all__ = [
     "AuditVerdict",
@@ -121,11 +121,7 @@ def _open(storage: str | BaseStorage | None) -> tuple[BaseStorage, str]:
     if isinstance(storage, BaseStorage):
         return storage, type(storage).__name__
     url = storage or DEFAULT_STORAGE
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.exists():
-            raise UnknownStudyError(f"storage {redact(url)!r}: the file {str(path)!r} does not exist; pass --storage with the URL the study was run with")
-    return open_storage(url), redact(url)
+    return open_existing_storage(url), redact(url)
 
 
 def stored_study_names(storage: str | BaseStorage | None = None) -> list[str]:

@@ -42,7 +42,7 @@ from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from tuner.diagnose import classify_curve, describe_lr_sweep, divergence_onset  # noqa: E402
 from tuner.importance import load_stage_studies  # noqa: E402
-from tuner.storage import DEFAULT_STORAGE, open_storage, redact  # noqa: E402
+from tuner.storage import DEFAULT_STORAGE, open_existing_storage, redact  # noqa: E402
 
 STAGES = ("lr", "shape", "audit")
 DPI = 100
@@ -63,10 +63,6 @@ EVALUATOR_LABELS = {
     "fanova": "fANOVA: share of the variance",
     "ped_anova": "PED-ANOVA: normalised to sum to 1",
 }
-
-
-class ReportError(ValueError):
-    """A report that cannot be made (unknown study, missing storage); the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +125,8 @@ def write_report(name: str, storage: str | None = None, out: str | Path | None =
         out: the folder to write into (created); default ``<name>-report``.
 
     Raises:
-        ReportError: the storage or the study does not exist.
+        tuner.storage.StorageError: the storage does not exist (a SQLite file is not created).
+        tuner.importance.UnknownStudyError: no study of that name in the storage.
     """
     url = storage or DEFAULT_STORAGE
     stages = load_stages(name, url)
@@ -184,18 +181,6 @@ def write_report(name: str, storage: str | None = None, out: str | Path | None =
 
 
 # --- reading the study ------------------------------------------------------------------------
-
-
-def open_existing_storage(url: str) -> optuna.storages.BaseStorage:
-    """Open a storage for reading; a SQLite file that does not exist is an error, not a new file."""
-    if url.startswith("sqlite:///") and not url.endswith(":memory:"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.is_file():
-            raise ReportError(
-                f"storage {url!r}: no such file {str(path)!r}; run `tuner study SPEC --storage {url}` "
-                f"first, or give the --storage the study was run with"
-            )
-    return open_storage(url)
 
 
 def load_stages(name: str, url: str) -> dict[str, _Stage]:

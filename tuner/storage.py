@@ -140,6 +140,19 @@ def with_password(url: str, password_file: str | Path | None = None) -> str:
     return parsed.set(password=password).render_as_string(hide_password=False)
 
 
+def open_existing_storage(url: str | None = None) -> BaseStorage:
+    """Open a storage to read a study from: a SQLite file that does not exist is an error, not a new file."""
+    url = url or DEFAULT_STORAGE
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise StorageError(
+                f"storage {url!r}: the file {str(path)!r} does not exist; run `tuner study SPEC --storage {url}` "
+                f"first, or pass the --storage the study was run with"
+            )
+    return open_storage(url)
+
+
 def open_storage(url: str | None = None) -> BaseStorage:
     """Open (creating if needed) the storage at ``url``; ``None`` means ``sqlite:///tuner.db``.
 
