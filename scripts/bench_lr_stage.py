@@ -30,7 +30,7 @@ import torch
 
 from tuner.batched import train_batched
 from tuner.data import load_dataset
-from tuner.runner import Reporter, _StageRunner  # noqa: PLC2701 -- one stage alone, without the shape stage
+from tuner.runner import run_stage
 from tuner.spec import StudySpec, load_spec
 from tuner.stages import TrialPlan, lr_stage
 from tuner.storage import open_storage
@@ -64,9 +64,8 @@ def _stage_round(spec: StudySpec, data: object, device: torch.device, folder: Pa
     run_spec = spec.with_changes(name=f"bench-{tag}", stages=dataclasses.replace(spec.stages, lr=lr))
     url = f"sqlite:///{folder / f'{tag}.db'}"
     storage = open_storage(url)
-    stage = lr_stage(run_spec)
     started = time.perf_counter()
-    _StageRunner(run_spec, storage, data, device, Reporter()).run(stage)
+    run_stage(run_spec, "lr", storage=storage, data=data, device=device)  # one stage alone, without shape
     seconds = time.perf_counter() - started
     trials = optuna.load_study(study_name=f"{run_spec.name}/lr", storage=storage).trials
     return seconds, [t.params["lr"] for t in trials]

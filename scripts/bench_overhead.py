@@ -78,8 +78,11 @@ def run_tuner(spec: StudySpec, data: Dataset, storage: optuna.storages.BaseStora
     clock = _Clock()
 
     class TimedRunner(_StageRunner):
-        def _epochs(self, plans: list[TrialPlan], active: list[bool]) -> Iterator[list[EpochResult | None]]:
-            return clock.timed(super()._epochs(plans, active))
+        def _trainer(self, plans: Any) -> Any:
+            trainer = super()._trainer(plans)
+            epochs = trainer.epochs
+            trainer.epochs = lambda: clock.timed(epochs())  # type: ignore[method-assign]
+            return trainer
 
     stage = lr_stage(spec)
     started = time.perf_counter()

@@ -72,12 +72,12 @@ def test_cli_lr_find_refuses_bad_input_and_writes_nothing(tiny_spec: Path, tmp_p
     assert not out.exists()
 
 
-def _auto_spec(trials: int) -> tuner.StudySpec:
+def _auto_spec(trials: int, shape_trials: int = 1) -> tuner.StudySpec:
     return tuner.spec_from_dict({
         "name": "auto", "data": {"name": "wine"}, "model": {"width": 8},
         "train": {"epochs": 3, "batch_size": 32},
         "stages": {"lr": {"trials": trials, "lr_min": 1e-5, "lr_max": 0.2, "lr_range": "auto", "batch_trials": 4},
-                   "shape": {"trials": 1, "width": [4, 8], "depth": [1, 1]}},
+                   "shape": {"trials": shape_trials, "width": [4, 8], "depth": [1, 1]}},
     })
 
 
@@ -101,11 +101,12 @@ def test_lr_range_auto_runs_the_test_once_sets_the_bounds_and_a_resume_reuses_it
         assert trial.distributions["lr"] == FloatDistribution(low, high, log=True)
         assert low <= trial.params["lr"] <= high
 
-    # Resume with a larger budget: the stored result sets the same bounds; no second range test.
-    tuner.run_study(_auto_spec(trials=6), storage=storage_url, device="cpu")
+    # Resume (a larger shape budget): the stored result sets the same bounds; no second range test.
+    tuner.run_study(_auto_spec(trials=4, shape_trials=2), storage=storage_url, device="cpu")
     assert len(calls) == 1
+    assert len(optuna.load_study(study_name="auto/shape", storage=storage_url).trials) == 2
     trials = optuna.load_study(study_name="auto/lr", storage=storage_url).trials
-    assert len(trials) == 6
+    assert len(trials) == 4
     assert all(t.distributions["lr"] == FloatDistribution(low, high, log=True) for t in trials)
 
 

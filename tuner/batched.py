@@ -15,20 +15,25 @@ from the stacked tensors, so they cost nothing.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
-
+from collections.abc import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tuner import models
 from tuner.data import Dataset
-from tuner.schedules import lr_factor
-from tuner.train import EVAL_CHUNK, EpochResult, TrainConfig, seeded_model
-
-if TYPE_CHECKING:
-    from tuner.stages import TrialPlan
+from tuner.train import (
+    EVAL_CHUNK,
+    EpochResult,
+    TrainConfig,
+    TrialPlan,
+    divergence_threshold,
+    epoch_order,
+    has_diverged,
+    lr_at,
+    order_generator,
+    seeded_model,
+)
 
 BATCHED_OPTIMIZERS = ("sgd", "adam")
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, which train.make_optimizer uses
@@ -37,8 +42,8 @@ ADAM_EPS = 1e-8
 
 def supports(family: str, optimizer: str) -> bool:
     """Whether trials of this model family and optimizer can be trained as one batched model."""
-    registered = models._FAMILIES.get(family)  # noqa: SLF001 -- a user may re-register "mlp"
-    return registered is not None and registered[0] is models.mlp and optimizer in BATCHED_OPTIMIZERS
+    # By the factory, not the name: a user may register another model under "mlp".
+    return models.factory_of(family) is models.mlp and optimizer in BATCHED_OPTIMIZERS
 
 
 class _StackedMLP:
@@ -162,97 +167,127 @@ class _Optimizer:
 def train_batched(family: str, data: Dataset, plans: Sequence[TrialPlan], active: list[bool]) -> Iterator[list[EpochResult | None]]:
     """Train the plans' models together; per epoch, yield each one's result (None once it stopped).
 
-    Each copy starts as ``seeded_model(family, data, width, depth, seed)`` and sees its seed's data
-    order, so its curve matches :func:`tuner.train.train_epochs` on the same plan. A copy stops
-    after the epoch it diverged in, after its own number of epochs, or once the caller sets its
-    ``active`` entry to False (e.g. pruned); stopped copies are dropped from the batch.
+    The same as :class:`BatchedTrainer`, with stops said through ``active``: the caller sets an
+    entry to False to stop that copy before the next epoch (e.g. pruned).
 
     Example:
         >>> for results in train_batched("mlp", data, plans, active=[True] * len(plans)):  # doctest: +SKIP
         ...     print([r.val_error if r else None for r in results])
+    """
+    trainer = BatchedTrainer(family, data, plans)
+    for results in trainer.epochs(lambda i: not active[i]):
+        yield results
+
+
+class BatchedTrainer:
+    """The plans' models trained together, as an :class:`tuner.train.EpochTrainer`.
+
+    Each copy starts as ``seeded_model(family, data, width, depth, seed)`` and sees its seed's data
+    order, so its curve matches :func:`tuner.train.train_epochs` on the same plan. A copy stops
+    after the epoch it diverged in, after its own number of epochs, or once :meth:`stop` was
+    called for it; stopped copies are dropped from the batch.
 
     Args:
         family: the model family; must be batchable (see :func:`supports`).
         data: the data set, on the device to train on.
         plans: the trials; all of one width, depth, batch size and optimizer.
-        active: one flag per plan, read before each epoch; the caller flips it to stop a copy.
     """
-    configs = [plan.train for plan in plans]
-    if not plans:
-        return
-    first = plans[0]
-    if not supports(family, first.train.optimizer):
-        raise ValueError(f"cannot batch model family {family!r} with optimizer {first.train.optimizer!r}")
-    for plan in plans:
-        same = (plan.width, plan.depth, plan.train.batch_size, plan.train.optimizer)
-        if same != (first.width, first.depth, first.train.batch_size, first.train.optimizer):
-            raise ValueError("batched trials must share width, depth, batch size and optimizer")
 
-    initial: dict[int, nn.Module] = {}  # copies of one seed start from the same weights: build once
-    for config in configs:
-        if config.seed not in initial:
-            initial[config.seed] = seeded_model(family, data, first.width, first.depth, config.seed)
-    net = _StackedMLP.from_modules([initial[c.seed] for c in configs])
-    optimizer = _Optimizer(first.train.optimizer, net.flat, configs)
+    def __init__(self, family: str, data: Dataset, plans: Sequence[TrialPlan]) -> None:
+        if plans:
+            first = plans[0]
+            if not supports(family, first.train.optimizer):
+                raise ValueError(f"cannot batch model family {family!r} with optimizer {first.train.optimizer!r}")
+            for plan in plans:
+                same = (plan.width, plan.depth, plan.train.batch_size, plan.train.optimizer)
+                if same != (first.width, first.depth, first.train.batch_size, first.train.optimizer):
+                    raise ValueError("batched trials must share width, depth, batch size and optimizer")
+        self.family = family
+        self.data = data
+        self.plans = list(plans)
+        self._stopped: set[int] = set()
+        # Per epoch, how many copies trained in it: a copy's share of an epoch's time is 1 / that.
+        self.copies_per_epoch: list[int] = []
 
-    n = len(data.x_train)
-    device = data.x_train.device
-    x_train = data.x_train.reshape(n, -1)
-    batch_size = first.train.batch_size
-    seeds = sorted({c.seed for c in configs})
-    order_rngs = {seed: torch.Generator().manual_seed(seed) for seed in seeds}
+    def stop(self, index: int) -> None:
+        self._stopped.add(index)
 
-    start_losses, _ = _evaluate(net, data)
-    blow_up = [c.divergence_factor * max(loss, 1e-8) for c, loss in zip(configs, start_losses)]
-    running = list(range(len(plans)))  # plan index of each row of the stacked tensors
-    for epoch in range(max(c.epochs for c in configs)):
-        keep = [row for row, i in enumerate(running) if active[i] and epoch < configs[i].epochs]
-        if len(keep) < len(running):
-            rows = torch.tensor(keep, dtype=torch.long, device=device)
-            net.flat = net.flat.index_select(0, rows)
-            optimizer.keep(rows)
-            running = [running[row] for row in keep]
-        if not running:
+    def epochs(self, stopped: Callable[[int], bool] | None = None) -> Iterator[list[EpochResult | None]]:
+        """Per epoch, each plan's result (None once it stopped); ``stopped(i)``: an extra stop test."""
+        is_stopped = (lambda i: i in self._stopped or stopped(i)) if stopped else (lambda i: i in self._stopped)
+        plans, data = self.plans, self.data
+        if not plans:
             return
-        k = len(running)
-        rates = [configs[i].lr * lr_factor(configs[i].schedule, epoch, configs[i].epochs, configs[i].decay,
-                                           configs[i].step_every) for i in running]
-        optimizer.set_lr(rates)
-        # Every seed draws its order each epoch, as it would alone, whether or not its copies still run.
-        orders = {seed: torch.randperm(n, generator=rng).to(device) for seed, rng in order_rngs.items()}
-        row_seeds = [configs[i].seed for i in running]
-        shared = len(set(row_seeds)) == 1
-        order = orders[row_seeds[0]] if shared else torch.stack([orders[s] for s in row_seeds])
-        flat = net.flat.requires_grad_(True)
-        loss_sum = torch.zeros(k, device=device)
-        for start in range(0, n, batch_size):
-            if shared:
-                batch = order[start:start + batch_size]
-                x, y = x_train[batch].expand(k, -1, -1), data.y_train[batch]
-            else:
-                batch = order[:, start:start + batch_size]
-                x, y = x_train[batch], data.y_train[batch]
-            losses = _per_copy_loss(net.forward(x, flat), y, data.task)
-            # Copies are independent, so the gradient of the sum is each copy's own gradient.
-            (grad,) = torch.autograd.grad(losses.sum(), flat)
-            optimizer.step(flat, grad)
-            loss_sum += losses.detach() * batch.shape[-1]
-        net.flat = flat.detach()
-        train_losses = (loss_sum / n).tolist()  # one device sync per epoch, not per batch
-        val_losses, val_errors = _evaluate(net, data)
-        results: list[EpochResult | None] = [None] * len(plans)
-        stopped = []
-        for row, i in enumerate(running):
-            train_loss, val_loss = train_losses[row], val_losses[row]
-            diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss)) or train_loss > blow_up[i]
-            results[i] = EpochResult(epoch + 1, rates[row], train_loss, val_loss, val_errors[row], diverged)
+        configs = [plan.train for plan in plans]
+        first = plans[0]
+        initial: dict[int, nn.Module] = {}  # copies of one seed start from the same weights: build once
+        for config in configs:
+            if config.seed not in initial:
+                initial[config.seed] = seeded_model(self.family, data, first.width, first.depth, config.seed)
+        net = _StackedMLP.from_modules([initial[c.seed] for c in configs])
+        optimizer = _Optimizer(first.train.optimizer, net.flat, configs)
+
+        n = len(data.x_train)
+        device = data.x_train.device
+        x_train = data.x_train.reshape(n, -1)
+        batch_size = first.train.batch_size
+        seeds = sorted({c.seed for c in configs})
+        order_rngs = {seed: order_generator(seed) for seed in seeds}
+
+        start_losses, _ = _evaluate(net, data)
+        blow_up = [divergence_threshold(c, loss) for c, loss in zip(configs, start_losses)]
+        running = list(range(len(plans)))  # plan index of each row of the stacked tensors
+        for epoch in range(max(c.epochs for c in configs)):
+            keep = [row for row, i in enumerate(running) if not is_stopped(i) and epoch < configs[i].epochs]
+            if len(keep) < len(running):
+                running = self._keep(net, optimizer, running, keep, device)
+            if not running:
+                return
+            k = len(running)
+            self.copies_per_epoch.append(k)
+            rates = [lr_at(configs[i], epoch) for i in running]
+            optimizer.set_lr(rates)
+            # Every seed draws its order each epoch, as it would alone, whether or not its copies still run.
+            orders = {seed: epoch_order(rng, n, device) for seed, rng in order_rngs.items()}
+            row_seeds = [configs[i].seed for i in running]
+            shared = len(set(row_seeds)) == 1
+            order = orders[row_seeds[0]] if shared else torch.stack([orders[s] for s in row_seeds])
+            flat = net.flat.requires_grad_(True)
+            loss_sum = torch.zeros(k, device=device)
+            for start in range(0, n, batch_size):
+                if shared:
+                    batch = order[start:start + batch_size]
+                    x, y = x_train[batch].expand(k, -1, -1), data.y_train[batch]
+                else:
+                    batch = order[:, start:start + batch_size]
+                    x, y = x_train[batch], data.y_train[batch]
+                losses = _per_copy_loss(net.forward(x, flat), y, data.task)
+                # Copies are independent, so the gradient of the sum is each copy's own gradient.
+                (grad,) = torch.autograd.grad(losses.sum(), flat)
+                optimizer.step(flat, grad)
+                loss_sum += losses.detach() * batch.shape[-1]
+            net.flat = flat.detach()
+            train_losses = (loss_sum / n).tolist()  # one device sync per epoch, not per batch
+            val_losses, val_errors = _evaluate(net, data)
+            results: list[EpochResult | None] = [None] * len(plans)
+            diverged = []
+            for row, i in enumerate(running):
+                train_loss, val_loss = train_losses[row], val_losses[row]
+                results[i] = EpochResult(epoch + 1, rates[row], train_loss, val_loss, val_errors[row],
+                                         has_diverged(train_loss, val_loss, blow_up[i]))
+                if results[i].diverged:
+                    diverged.append(i)
             if diverged:
-                stopped.append(i)
-        if stopped:
-            # Stop after the epoch it diverged in, as train_epochs does, whatever the caller does.
-            keep = [row for row, i in enumerate(running) if i not in stopped]
-            rows = torch.tensor(keep, dtype=torch.long, device=device)
-            net.flat = net.flat.index_select(0, rows)
-            optimizer.keep(rows)
-            running = [running[row] for row in keep]
-        yield results
+                # Stop after the epoch it diverged in, as train_epochs does, whatever the caller does.
+                self._stopped.update(diverged)
+                keep = [row for row, i in enumerate(running) if i not in diverged]
+                running = self._keep(net, optimizer, running, keep, device)
+            yield results
+
+    @staticmethod
+    def _keep(net: _StackedMLP, optimizer: _Optimizer, running: list[int], keep: list[int], device: torch.device) -> list[int]:
+        """Drop the rows not in ``keep`` from the weights and the optimizer state."""
+        rows = torch.tensor(keep, dtype=torch.long, device=device)
+        net.flat = net.flat.index_select(0, rows)
+        optimizer.keep(rows)
+        return [running[row] for row in keep]

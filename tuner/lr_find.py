@@ -24,7 +24,7 @@ import torch
 from tuner.data import Dataset, load_dataset
 from tuner.lr_suggest import Suggestion, smooth, stop_index, suggest
 from tuner.spec import StudySpec, load_spec
-from tuner.train import _predict, loss_function, make_optimizer, resolve_device, seeded_model
+from tuner.train import epoch_order, loss_function, make_optimizer, order_generator, resolve_device, seeded_model, task_outputs
 
 START_LR = 1e-7
 END_LR = 10.0
@@ -90,7 +90,7 @@ def lr_find(
     model = seeded_model(spec.model.family, data, spec.model.width, spec.model.depth, spec.seed)
     optimizer = make_optimizer(train.optimizer, model.parameters(), start_lr, train.momentum, train.weight_decay)
     criterion = loss_function(data.task)
-    order_rng = torch.Generator().manual_seed(spec.seed)  # the data order train_epochs would use
+    order_rng = order_generator(spec.seed)  # the data order train_epochs would use
     n = len(data.x_train)
     beta = smoothing_beta(steps)
     ramp = [start_lr * (end_lr / start_lr) ** (step / (steps - 1)) for step in range(steps)]
@@ -102,12 +102,12 @@ def lr_find(
     model.train()
     for lr in ramp:
         if position >= n:  # a new epoch: a fresh permutation
-            order, position = torch.randperm(n, generator=order_rng).to(data.x_train.device), 0
+            order, position = epoch_order(order_rng, n, data.x_train.device), 0
         batch = order[position:position + train.batch_size]
         position += train.batch_size
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = criterion(_predict(model, model(data.x_train[batch]), data.task), data.y_train[batch])
+        loss = criterion(task_outputs(model(data.x_train[batch]), data.task), data.y_train[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -188,7 +188,7 @@ def _as_record(result: LRFindResult, bounds: tuple[float, float]) -> dict[str, A
 
 def auto_lr_range(
     spec: StudySpec,
-    storage: optuna.storages.BaseStorage,
+    storage: optuna.storages.BaseStorage | optuna.Study,
     data: Dataset,
     message: Callable[[str], None] = lambda text: None,
 ) -> tuple[float, float] | None:
@@ -196,13 +196,16 @@ def auto_lr_range(
 
     The test runs once per study; its record (rates, losses, suggestion, bounds) is stored as user
     attribute ``lr_find`` of the ``<name>/lr`` study, and a resume reads the bounds from there.
-    Returns None for ``lr_range = "fixed"``. If the curve supports no suggestion, the stage
+    ``storage``: the storage, or the ``<name>/lr`` study itself. Returns None for ``lr_range = "fixed"``. If the curve supports no suggestion, the stage
     searches all of [lr_min, lr_max] and says so.
     """
     lr = spec.stages.lr
     if lr.lr_range != "auto":
         return None
-    study = optuna.create_study(study_name=f"{spec.name}/lr", storage=storage, direction="minimize", load_if_exists=True)
+    if isinstance(storage, optuna.Study):
+        study = storage  # the runner's <name>/lr, already opened with its settings
+    else:
+        study = optuna.create_study(study_name=f"{spec.name}/lr", storage=storage, direction="minimize", load_if_exists=True)
     stored = study.user_attrs.get(STUDY_ATTR)
     if stored is not None:
         return float(stored["bounds"][0]), float(stored["bounds"][1])

@@ -81,3 +81,9 @@ class LSTMRegressor(nn.Module):
 
 register_model("mlp", mlp)
 register_model("lstm", LSTMRegressor, sequence=True)
+
+
+def factory_of(family: str) -> ModelFactory | None:
+    """The factory registered under ``family``, or None."""
+    registered = _FAMILIES.get(family)
+    return registered[0] if registered else None

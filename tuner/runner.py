@@ -13,7 +13,6 @@ import math
 import signal
 import threading
 import time
-import traceback
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,14 +24,15 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner import results
 from tuner._records import write_trial_records
 from tuner.data import Dataset, load_dataset
 from tuner.importance import AuditVerdict, audit_verdict
+from tuner.results import FINISHED, SURPLUS_ATTR, StageSummary, stage_study_name
 from tuner.spec import StudySpec, load_spec, settings_hash
 from tuner.stages import (
     STAGE_NAMES,
     Stage,
-    TrialPlan,
     audit_stage,
     describe_search,
     lr_stage,
@@ -43,7 +43,6 @@ from tuner.stages import (
 )
 from tuner.storage import (
     DEFAULT_STORAGE,
-    Heartbeat,
     StorageError,
     fail_orphaned_trials,
     fail_trial,
@@ -51,14 +50,15 @@ from tuner.storage import (
     redact,
     worker_attrs,
 )
-from tuner.train import EpochResult, parameter_count, resolve_device, seeded_model, train_epochs
+from tuner.train import EpochTrainer, SingleTrainer, TrialPlan, parameter_count, resolve_device, seeded_model
+from tuner.trials import Asked, TrialBatch, run_trials, trial_id
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 POLL_INTERVAL_S = 1.0  # how often a worker with nothing to do looks at the stage again
 MAX_CONSECUTIVE_FAILURES = 5  # a trial that raises every time is a bug, not bad luck: stop
-REPORT_FLUSH_S = 10.0  # without a pruner, a trial's per-epoch reports are stored at most this often
 ORPHAN_CHECK_S = 10.0  # while trials keep finishing, look for dead workers' trials at most this often
-SURPLUS_ATTR = "surplus"  # on a trial failed untrained because other workers had filled the budget
+SETTINGS_WAIT_S = 10.0  # how long a worker that lost the race to create a stage waits for its settings
+
+__all__ = ["Reporter", "StageSummary", "StudyMismatchError", "StudyResult", "TunerError", "run_stage", "run_study"]
 
 
 class TunerError(RuntimeError):
@@ -66,22 +66,7 @@ class TunerError(RuntimeError):
 
 
 class StudyMismatchError(TunerError):
-    """The stored study was made from different search settings than the spec has now."""
-
-
-@dataclass(frozen=True)
-class StageSummary:
-    stage: str
-    study_name: str
-    budget: int
-    n_complete: int
-    n_pruned: int
-    n_diverged: int
-    n_failed: int
-    best_value: float | None
-    best_params: dict[str, Any]
-    wall_seconds: float  # first trial start to last trial end, across resumed runs
-    train_seconds: float  # summed training time of the stage's trials
+    """The stored study was made from different search settings than the spec has now, or by another tool."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +119,7 @@ def run_study(
     """
     spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
     reporter = reporter or Reporter()
+    quiet_optuna()
     # Everything that can be wrong with the input is checked before the storage is touched.
     torch_device = resolve_device(device)
     data = load_dataset(spec.data, spec.seed, spec.source).to(torch_device)
@@ -146,39 +132,109 @@ def run_study(
         raise StorageError(f"{spec.source or spec.name}: field 'storage': {error}") from None
     check_stored_settings(spec, optuna_storage)
 
-    runner = _StageRunner(spec, optuna_storage, data, torch_device, reporter)
     summaries: dict[str, StageSummary] = {}
-    from tuner.lr_find import auto_lr_range
-
-    # lr_range = "auto": the range test runs once (kept on <name>/lr, reused on resume) and sets the bounds.
-    lr_range = auto_lr_range(spec, optuna_storage, data, reporter.message)
-    lr_summary = runner.run(lr_stage(spec, lr_range=lr_range))
+    lr_summary = run_stage(spec, "lr", storage=optuna_storage, data=data, device=torch_device, reporter=reporter)
     summaries["lr"] = lr_summary
-    best_lr = runner.hand_off_lr()
-    summaries["shape"] = runner.run(shape_stage(spec, best_lr))
+    best_lr = hand_off_lr(spec, optuna_storage, reporter)
+    summaries["shape"] = run_stage(spec, "shape", storage=optuna_storage, data=data, device=torch_device,
+                                   reporter=reporter, best_lr=best_lr)
     if spec.stages.audit.trials > 0:
-        summaries["audit"] = runner.run(audit_stage(spec))
+        summaries["audit"] = run_stage(spec, "audit", storage=optuna_storage, data=data, device=torch_device, reporter=reporter)
     # The audit's point: did lr interact little with the rest here? Judged and stored on <name>/audit.
     verdict = audit_verdict(spec.name, optuna_storage) if "audit" in summaries else None
     return StudyResult(spec.name, redact(storage_url or DEFAULT_STORAGE), best_lr, summaries, verdict)
 
 
+def run_stage(
+    spec: StudySpec,
+    stage: str,
+    *,
+    storage: optuna.storages.BaseStorage,
+    data: Dataset,
+    device: torch.device,
+    reporter: Reporter | None = None,
+    best_lr: float | None = None,
+) -> StageSummary:
+    """Run (or resume) one stage of a study to its budget; ``best_lr`` is needed by ``shape``.
+
+    Example:
+        >>> summary = run_stage(spec, "lr", storage=open_storage("sqlite:///t.db"), data=data, device=torch.device("cpu"))  # doctest: +SKIP
+    """
+    runner = _StageRunner(spec, storage, data, device, reporter or Reporter())
+    if stage == "lr":
+        from tuner.lr_find import auto_lr_range
+
+        # The study first, with its settings: the range test of lr_range = "auto" is kept on it.
+        study = runner.open(lr_stage(spec))
+        # lr_range = "auto": the range test runs once (kept on <name>/lr, reused on resume) and sets the bounds.
+        lr_range = auto_lr_range(spec, study, data, runner.reporter.message)
+        return runner.run(lr_stage(spec, lr_range=lr_range))
+    if stage == "shape":
+        if best_lr is None:
+            raise ValueError("stage 'shape' trains at the calibrated rate: pass best_lr")
+        return runner.run(shape_stage(spec, best_lr))
+    if stage == "audit":
+        return runner.run(audit_stage(spec))
+    raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGE_NAMES)}")
+
+
+def quiet_optuna() -> None:
+    """Optuna's INFO line per trial drowns our progress; its warnings stay."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
 def check_stored_settings(spec: StudySpec, storage: optuna.storages.BaseStorage) -> None:
-    """Refuse a spec whose search settings differ from those its stored stages were made with."""
+    """Refuse a spec whose stored stages were made with other settings, or by another tool.
+
+    Also refuses a raised ``stages.lr.trials`` once the learning rate was handed on: the new lr
+    trials would run, but stage ``shape`` would stay at the rate the old ones calibrated.
+    """
     existing = set(optuna.get_all_study_names(storage))
-    for stage in ("lr", "shape", "audit"):
-        name = f"{spec.name}/{stage}"
-        if name not in existing:
-            continue
-        stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get("settings")
-        wanted = _normalise(stage_settings(spec, stage))
-        if stored is not None and _normalise(stored) != wanted:
-            changes = "; ".join(_differences(stored, wanted)) or "settings differ"
+    for stage in STAGE_NAMES:
+        name = stage_study_name(spec.name, stage)
+        if name in existing:
+            _check_settings(optuna.load_study(study_name=name, storage=storage), spec, stage)
+    shape_name = stage_study_name(spec.name, "shape")
+    if shape_name in existing:
+        handed_off = optuna.load_study(study_name=shape_name, storage=storage).user_attrs.get(results.LR_ATTR)
+        lr_attrs = optuna.load_study(study_name=stage_study_name(spec.name, "lr"), storage=storage).user_attrs
+        calibrated_on = lr_attrs.get(results.HANDOFF_TRIALS_ATTR, lr_attrs.get(results.BUDGET_ATTR))
+        if handed_off is not None and calibrated_on is not None and spec.stages.lr.trials > int(calibrated_on):
             raise StudyMismatchError(
-                f"study '{name}' was made with other search settings ({changes}). Its trials would be "
-                f"mixed with different ones: give the study a new name (name = \"...\" in the spec, or "
-                f"--name NEW), or put the old settings back to resume it."
+                f"stage 'lr' of '{spec.name}' handed lr = {float(handed_off):.3g} on to stage 'shape' after "
+                f"{calibrated_on} trials; with stages.lr.trials = {spec.stages.lr.trials}, the new lr trials would "
+                f"run but 'shape' would stay at the old rate. Put stages.lr.trials back to {calibrated_on} (or "
+                f"lower) to resume, or run under a new name (--name NEW) to calibrate again"
             )
+
+
+def _made_elsewhere(study: optuna.Study) -> bool:
+    """A study without tuner's settings that holds something: trials, another direction, attributes."""
+    if results.SETTINGS_ATTR in study.user_attrs:
+        return False
+    ours = {"lr_find", results.BUDGET_ATTR}  # what an interrupted start of ours may have left
+    return bool(study.get_trials(deepcopy=False)) or _directions(study) != "minimize" or not set(study.user_attrs) <= ours
+
+
+def _check_settings(study: optuna.Study, spec: StudySpec, stage: str) -> None:
+    stored = study.user_attrs.get(results.SETTINGS_ATTR)
+    name = study.study_name
+    if stored is None and not _made_elsewhere(study):
+        return  # an empty study an interrupted start of ours left: it is adopted when opened
+    if stored is None:
+        raise StudyMismatchError(
+            f"study '{name}' exists and was not made by tuner; nothing was written to it. Give the study "
+            f"a new name (name = \"...\" in the spec, or --name NEW), or use another storage"
+        )
+    wanted = _normalise(stage_settings(spec, stage))
+    if _normalise(stored) != wanted:
+        changes = "; ".join(_differences(stored, wanted)) or "settings differ"
+        raise StudyMismatchError(
+            f"study '{name}' was made with other search settings ({changes}). Its trials would be "
+            f"mixed with different ones: give the study a new name (name = \"...\" in the spec, or "
+            f"--name NEW), or put the old settings back to resume it."
+        )
 
 
 def _normalise(settings: Any) -> Any:
@@ -195,30 +251,71 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def stage_summary(study: optuna.Study, stage: Stage) -> StageSummary:
-    trials = study.get_trials(deepcopy=False)
-    finished = [t for t in trials if t.state in FINISHED]
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = min(complete, key=lambda t: t.value) if complete else None
-    starts = [t.datetime_start for t in finished if t.datetime_start]
-    ends = [t.datetime_complete for t in finished if t.datetime_complete]
-    wall = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
-    best_params = {**stage.fixed, **best.params} if best else {}
-    return StageSummary(
-        stage=stage.name,
-        study_name=study.study_name,
-        budget=stage.budget,
-        n_complete=len(complete),
-        n_pruned=sum(t.state == TrialState.PRUNED for t in trials),
-        n_diverged=sum(bool(t.user_attrs.get("diverged")) for t in finished),
-        n_failed=sum(t.state == TrialState.FAIL and not t.user_attrs.get(SURPLUS_ATTR) for t in trials),
-        best_value=best.value if best else None,
-        best_params=best_params,
-        wall_seconds=wall,
-        train_seconds=sum(float(t.user_attrs.get("train_seconds", 0.0)) for t in finished),
-    )
+    return results.stage_summary(study, stage.name, stage.budget, stage.fixed)
+
+
+def open_stage_study(spec: StudySpec, stage: Stage, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """The stage's study, created with the spec's settings if new; refused if made otherwise.
+
+    Of several workers that start a new study at once, exactly one creates it and writes its
+    settings; the others wait for those and compare, so that two different specs under one name
+    never mix their trials, whatever the timing.
+    """
+    name = stage.study_name(spec.name)
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage)
+        waited = time.monotonic()
+        while results.SETTINGS_ATTR not in study.user_attrs and not study.get_trials(deepcopy=False):
+            if time.monotonic() - waited > SETTINGS_WAIT_S:
+                break  # its creator died before writing them: take it over below
+            time.sleep(0.05)
+        if results.SETTINGS_ATTR in study.user_attrs or _made_elsewhere(study):
+            _check_settings(study, spec, stage.name)
+            return study
+    settings = stage_settings(spec, stage.name)
+    study.set_user_attr(results.SETTINGS_ATTR, settings)
+    study.set_user_attr(results.SETTINGS_HASH_ATTR, settings_hash(settings))
+    study.set_user_attr(results.SEARCH_ATTR, describe_search(stage))
+    study.set_user_attr(results.OBJECTIVE_ATTR, spec.train.objective)
+    return study
+
+
+def _directions(study: optuna.Study) -> str:
+    return ",".join(d.name.lower() for d in study.directions)
+
+
+def hand_off_lr(spec: StudySpec, storage: optuna.storages.BaseStorage, reporter: Reporter | None = None) -> float:
+    """The calibrated learning rate, chosen once and stored on both stage studies."""
+    lr_study = optuna.load_study(study_name=stage_study_name(spec.name, "lr"), storage=storage)
+    shape_name = stage_study_name(spec.name, "shape")
+    if shape_name in optuna.get_all_study_names(storage):
+        stored = optuna.load_study(study_name=shape_name, storage=storage).user_attrs.get(results.LR_ATTR)
+        if stored is not None:
+            return float(stored)
+    complete = lr_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    n_finished = len(lr_study.get_trials(deepcopy=False, states=FINISHED))
+    if not complete:
+        raise TunerError(
+            f"stage 'lr': none of its {n_finished} trials completed (all diverged or were pruned); lower "
+            f"stages.lr.lr_max or check the data, then run again under a new name"
+        )
+    best = min(complete, key=lambda t: t.value)
+    best_lr = float(best.params["lr"])
+    lr_study.set_user_attr(results.BEST_LR_ATTR, best_lr)
+    lr_study.set_user_attr(results.BEST_TRIAL_ATTR, best.number)
+    lr_study.set_user_attr(results.HANDOFF_TRIALS_ATTR, n_finished)
+    shape = open_stage_study(spec, shape_stage(spec, best_lr), storage)
+    shape.set_user_attr(results.LR_ATTR, best_lr)
+    if reporter is not None:
+        reporter.message(f"stage 'lr' calibrated the learning rate: {best_lr:.3g} (trial {best.number})")
+    return best_lr
 
 
 class _StageRunner:
+    """Runs one stage to its budget: claims trials, trains them through :mod:`tuner.trials`, waits for others."""
+
     def __init__(self, spec: StudySpec, storage: optuna.storages.BaseStorage, data: Dataset,
                  device: torch.device, reporter: Reporter) -> None:
         self.spec = spec
@@ -228,21 +325,12 @@ class _StageRunner:
         self.reporter = reporter
 
     def open(self, stage: Stage) -> optuna.Study:
-        study = optuna.create_study(
-            study_name=stage.study_name(self.spec.name), storage=self.storage, direction="minimize", load_if_exists=True
-        )
-        if "settings" not in study.user_attrs:
-            settings = stage_settings(self.spec, stage.name)
-            study.set_user_attr("settings", settings)
-            study.set_user_attr("settings_hash", settings_hash(settings))
-            study.set_user_attr("search", describe_search(stage))
-            study.set_user_attr("objective", self.spec.train.objective)
-        return study
+        return open_stage_study(self.spec, stage, self.storage)
 
     def run(self, stage: Stage) -> StageSummary:
         study = self.open(stage)
-        if study.user_attrs.get("budget") != stage.budget:
-            study.set_user_attr("budget", stage.budget)
+        if study.user_attrs.get(results.BUDGET_ATTR) != stage.budget:
+            study.set_user_attr(results.BUDGET_ATTR, stage.budget)
         consecutive_failures = 0
         announced = False
         orphans_checked = -math.inf
@@ -257,6 +345,11 @@ class _StageRunner:
             n_running = sum(t.state == TrialState.RUNNING for t in trials)
             if not announced:
                 self.reporter.stage_started(stage, n_finished)
+                if n_finished > stage.budget:
+                    self.reporter.message(
+                        f"stage '{stage.name}' has {n_finished} finished trials, more than its budget of "
+                        f"{stage.budget}: nothing to run; all {n_finished} count in its results"
+                    )
                 announced = True
             if n_finished >= stage.budget and n_running == 0:
                 break
@@ -267,14 +360,14 @@ class _StageRunner:
                 orphans_checked = -math.inf
                 continue
             n_ask = min(stage.budget - n_finished - n_running, stage.batch_trials)
-            asked: list[tuple[optuna.Study, optuna.Trial]] = []
+            asked: list[Asked] = []
             try:
                 with _interrupts_deferred():  # a trial asked for is always claimed, never left ownerless
                     asked = self._claim(study, stage, len(trials), n_ask)
-                told = self._run_trials(stage, asked) if asked else []
+                told = self._train(stage, asked) if asked else []
             except BaseException as error:
-                # Ctrl-C, or the storage gone: our trials must not stay RUNNING, or every worker
-                # would wait for them. (A kill -9 cannot get here; the next run fails its trial.)
+                # Ctrl-C, SIGTERM, or the storage gone: our trials must not stay RUNNING, or every
+                # worker would wait for them. (A kill -9 cannot get here; the next run fails its trial.)
                 reason = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else f"the worker stopped: {type(error).__name__}: {error}"
                 with _interrupts_deferred():
                     _abandon(asked, reason)
@@ -290,37 +383,36 @@ class _StageRunner:
             if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
                 raise TunerError(
                     f"stage '{stage.name}': {consecutive_failures} trials in a row failed; the last one with: "
-                    f"{frozen.user_attrs.get('error', '?')}"
+                    f"{frozen.user_attrs.get(results.ERROR_ATTR, '?')}"
                 )
         summary = stage_summary(study, stage)
         self.reporter.stage_finished(summary)
         return summary
 
-    def _ask(self, study: optuna.Study, stage: Stage, position: int) -> tuple[optuna.Study, optuna.Trial]:
+    def _ask(self, study: optuna.Study, stage: Stage, position: int) -> Asked:
         stage_index = STAGE_NAMES.index(stage.name)
         seed = (self.spec.seed * 1_000_003 + stage_index * 10_007 + position) % 2**32
         # The stage's own Study with a fresh sampler, not a new Study: a new one would start an
         # empty cache and read every trial of the stage from the storage again, for each trial.
-        asking = study
-        asking.sampler = make_sampler(stage.sampler, seed, stage.budget, stage.batch_trials)
-        asking.pruner = make_pruner(stage.pruner, stage.epochs)
+        study.sampler = make_sampler(stage.sampler, seed, stage.budget, stage.batch_trials)
+        study.pruner = make_pruner(stage.pruner, stage.epochs)
         with warnings.catch_warnings():
             # Optuna warns that heartbeats go with optimize(); ours are kept by Heartbeat below.
             warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
-            trial = asking.ask(fixed_distributions=stage.space)
+            trial = study.ask(fixed_distributions=stage.space)
         # First thing, in one commit: the owner (lets a restart find the trial if we die) and the
         # stage's fixed settings (e.g. the calibrated lr on every shape trial).
-        write_trial_records(asking, [(trial._trial_id, {**worker_attrs(), **stage.fixed}, {})])  # noqa: SLF001
-        return asking, trial
+        write_trial_records(study, [(trial_id(trial), {**worker_attrs(), **stage.fixed}, {})])
+        return study, trial
 
-    def _claim(self, study: optuna.Study, stage: Stage, position: int, n_ask: int) -> list[tuple[optuna.Study, optuna.Trial]]:
+    def _claim(self, study: optuna.Study, stage: Stage, position: int, n_ask: int) -> list[Asked]:
         """Ask for up to ``n_ask`` trials, one at a time, keeping only those within the stage's budget.
 
         Workers that count at the same moment all see room for one more trial. Trial numbers say
         who asked first: a trial with ``budget`` claimed trials below it is surplus and is failed
         at once, untrained, so that the stage ends with exactly its budget however many workers share it.
         """
-        claimed: list[tuple[optuna.Study, optuna.Trial]] = []
+        claimed: list[Asked] = []
         while len(claimed) < n_ask:
             # A fresh sampler per trial, seeded by the trial's position: reproducible for one process.
             asking, trial = self._ask(study, stage, position + len(claimed))
@@ -329,142 +421,71 @@ class _StageRunner:
             others = study._get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING), use_cache=True)  # noqa: SLF001
             if sum(t.number < trial.number for t in others) >= stage.budget:
                 trial.set_user_attr(SURPLUS_ATTR, True)
-                fail_trial(asking, trial._trial_id, "surplus: other workers had claimed the budget first; not trained")  # noqa: SLF001
+                fail_trial(asking, trial_id(trial), "surplus: other workers had claimed the budget first; not trained")
                 break
             claimed.append((asking, trial))
             if len(others) >= stage.budget:
                 break
         return claimed
 
-    def _epochs(self, plans: list[TrialPlan], active: list[bool]) -> Iterator[list[EpochResult | None]]:
-        """Per epoch, each trial's result (None once it stopped); one trial alone or a batch together."""
+    def _trainer(self, plans: Sequence[TrialPlan]) -> EpochTrainer:
+        """One trial alone, or a batch of them stacked into one model."""
+        family = self.spec.model.family
         if len(plans) == 1:
             plan = plans[0]
-            model = seeded_model(self.spec.model.family, self.data, plan.width, plan.depth, plan.train.seed)
-            yield from ([result] for result in train_epochs(model, self.data, plan.train))
-            return
-        from tuner.batched import train_batched
+            return SingleTrainer(seeded_model(family, self.data, plan.width, plan.depth, plan.train.seed), self.data, plan.train)
+        from tuner.batched import BatchedTrainer
 
-        yield from train_batched(self.spec.model.family, self.data, plans, active)
+        return BatchedTrainer(family, self.data, plans)
 
-    def _run_trials(self, stage: Stage, asked: list[tuple[optuna.Study, optuna.Trial]]) -> list[FrozenTrial]:
+    def _train(self, stage: Stage, asked: list[Asked]) -> list[FrozenTrial]:
         """Train the asked trials (together when there are several), tell each its own outcome."""
-        objective = self.spec.train.objective
-        curves: list[list[float | None]] = [[] for _ in asked]
-        train_curves: list[list[float | None]] = [[] for _ in asked]
-        diverged = [False] * len(asked)
-        pruned = [False] * len(asked)
-        active = [True] * len(asked)
-        started = time.perf_counter()
-        trial_ids = [trial._trial_id for _, trial in asked]  # noqa: SLF001 -- Optuna has no public trial id
-        # Without a pruner, per-epoch reports are stored at the trial's end with its other records
-        # (and every REPORT_FLUSH_S on a slow trial, for dashboards): nothing else reads them, and a
-        # commit per epoch costs more than a small trial's training.
-        live_reports = stage.pruner != "none"
-        reports: list[dict[int, float]] = [{} for _ in asked]
-        flushed = time.perf_counter()
+        batch = TrialBatch(stage, asked, self.spec.train.objective)
         try:
-            plans = [stage.plan(self.spec, trial.params) for _, trial in asked]
-            with Heartbeat(asked[0][0], trial_ids):
-                for results in self._epochs(plans, active):
-                    for i, result in enumerate(results):
-                        if result is None or not active[i]:
-                            continue
-                        value = result.val_error if objective == "val_error" else result.val_loss
-                        curves[i].append(_finite_or_none(value))
-                        train_curves[i].append(_finite_or_none(result.train_loss))
-                        trial = asked[i][1]
-                        if result.diverged:
-                            diverged[i], active[i] = True, False
-                            continue
-                        if not live_reports:
-                            reports[i][result.epoch] = value
-                            continue
-                        trial.report(value, result.epoch)
-                        if trial.should_prune():
-                            pruned[i], active[i] = True, False
-                    if not any(active):
-                        break
-                    if not live_reports and time.perf_counter() - flushed > REPORT_FLUSH_S:
-                        write_trial_records(asked[0][0], [(trial_ids[i], {}, reports[i]) for i in range(len(asked)) if reports[i]])
-                        reports, flushed = [{} for _ in asked], time.perf_counter()
-            n_params = [parameter_count(self.spec.model.family, self.data, p.width, p.depth) for p in plans]
-        except Exception as error:  # noqa: BLE001 -- one bad trial must not end the study (Ctrl-C: see run)
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            failed = []
-            for study, trial in asked:
-                trial.set_user_attr("error", f"{type(error).__name__}: {error}")
-                trial.set_user_attr("traceback", traceback.format_exc(limit=8))
-                failed.append(study.tell(trial, state=TrialState.FAIL))
-            return failed
-        seconds = (time.perf_counter() - started) / len(asked)  # a batch's time, shared evenly
-        write_trial_records(asked[0][0], [(trial_ids[i], {
-            "learning_curve": curves[i],
-            "train_loss_curve": train_curves[i],
-            "train_seconds": round(seconds, 4),
-            "device": str(self.device),
-            "diverged": diverged[i],
-            "n_params": n_params[i],
-            "epochs_done": len(curves[i]),
-            "batched_with": len(asked),
-        }, reports[i]) for i in range(len(asked))])
-        told = []
-        for i, (study, trial) in enumerate(asked):
-            if diverged[i] or pruned[i] or not curves[i] or curves[i][-1] is None:
-                told.append(study.tell(trial, state=TrialState.PRUNED))
-            else:
-                told.append(study.tell(trial, curves[i][-1]))
-        return told
+            plans = [stage.plan(trial.params) for _, trial in asked]
+        except Exception as error:  # noqa: BLE001 -- e.g. a stored param of another type
+            return batch.fail(error)
+        family = self.spec.model.family
+        return run_trials(
+            batch, plans, self._trainer,
+            n_params=lambda plan: parameter_count(family, self.data, plan.width, plan.depth),
+            extra_attrs={results.DEVICE_ATTR: str(self.device)},
+            device=self.device,
+        )
 
-    def hand_off_lr(self) -> float:
-        """The calibrated learning rate, chosen once and stored on both stage studies."""
-        lr_study = optuna.load_study(study_name=f"{self.spec.name}/lr", storage=self.storage)
-        shape_name = f"{self.spec.name}/shape"
-        if shape_name in optuna.get_all_study_names(self.storage):
-            stored = optuna.load_study(study_name=shape_name, storage=self.storage).user_attrs.get("lr")
-            if stored is not None:
-                return float(stored)
-        complete = lr_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not complete:
-            n = len(lr_study.get_trials(deepcopy=False, states=FINISHED))
-            raise TunerError(
-                f"stage 'lr': none of its {n} trials completed (all diverged or were pruned); lower "
-                f"stages.lr.lr_max or check the data, then run again under a new name"
-            )
-        best = min(complete, key=lambda t: t.value)
-        best_lr = float(best.params["lr"])
-        lr_study.set_user_attr("best_lr", best_lr)
-        lr_study.set_user_attr("best_trial", best.number)
-        shape = self.open(shape_stage(self.spec, best_lr))
-        shape.set_user_attr("lr", best_lr)
-        self.reporter.message(f"stage 'lr' calibrated the learning rate: {best_lr:.3g} (trial {best.number})")
-        return best_lr
+
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextmanager
 def _interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C back until the block is done, then raise it (main thread, default handler only)."""
-    if threading.current_thread() is not threading.main_thread() or (
-        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
+    """Hold Ctrl-C (and a SIGTERM that has a Python handler) back until the block is done, then deliver it.
+
+    Only in the main thread, and only for signals whose handler raises in Python (the default
+    Ctrl-C handler, or one the CLI installed for SIGTERM): those could otherwise strike between a
+    trial's creation and its owner record.
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    deferred = {sig: handler for sig in DEFERRED_SIGNALS if callable(handler := signal.getsignal(sig))}
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    for sig in deferred:
+        signal.signal(sig, lambda signum, _frame: caught.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise KeyboardInterrupt
+        for sig, handler in deferred.items():
+            signal.signal(sig, handler)
+    for sig in dict.fromkeys(caught):
+        signal.raise_signal(sig)  # now its own handler runs: KeyboardInterrupt, or the CLI's
 
 
-def _abandon(asked: Sequence[tuple[optuna.Study, optuna.Trial]], reason: str) -> None:
+def _abandon(asked: Sequence[Asked], reason: str) -> None:
     """Fail those of our trials that are still RUNNING, with ``reason`` as their ``error``."""
     for study, trial in asked:
         try:
-            fail_trial(study, trial._trial_id, reason)  # noqa: SLF001 -- a no-op for a trial already told
+            fail_trial(study, trial_id(trial), reason)  # a no-op for a trial already told
         except Exception:  # noqa: BLE001 -- the storage may be what failed; the next run cleans up
             pass
 
@@ -472,7 +493,3 @@ def _abandon(asked: Sequence[tuple[optuna.Study, optuna.Trial]], reason: str) ->
 def _best_value(trials: Sequence[FrozenTrial]) -> float | None:
     values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     return min(values) if values else None
-
-
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None

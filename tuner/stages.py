@@ -7,6 +7,7 @@ through ``study.ask(fixed_distributions=...)``, which also lets a batch of trial
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -16,23 +17,20 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from tuner.batched import supports
 from tuner.spec import StudySpec
-from tuner.train import TrainConfig
+from tuner.train import TrainConfig, TrialPlan
 
 STAGE_NAMES = ("lr", "shape", "audit")
 
-
-@dataclass(frozen=True)
-class TrialPlan:
-    """The model shape and training settings one trial trains with."""
-
-    width: int
-    depth: int
-    train: TrainConfig
+__all__ = ["STAGE_NAMES", "Stage", "TrialPlan", "audit_stage", "lr_stage", "shape_stage", "stage_settings"]
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of a staged study."""
+    """One stage of a staged study: what it searches, its budget, and what its trials train with.
+
+    ``base`` holds the training settings every trial of the stage shares; :meth:`plan` turns one
+    sampled point into a trial's :class:`TrialPlan` from it alone.
+    """
 
     name: str
     budget: int  # finished (complete or pruned) trials the stage owes
@@ -42,28 +40,47 @@ class Stage:
     space: dict[str, BaseDistribution]
     fixed: dict[str, Any]  # settings shared by every trial of the stage (e.g. the calibrated lr)
     batch_trials: int = 1  # trials asked and trained together as one batched model
+    base: TrainConfig = TrainConfig(lr=1.0)  # lr, schedule, decay (and momentum) come from the point
+    width: int = 16  # the model's shape where the point does not set it
+    depth: int = 1
 
-    def plan(self, spec: StudySpec, params: dict[str, Any]) -> TrialPlan:
+    def plan(self, *args: Any) -> TrialPlan:
+        """The trial of the sampled ``params``: ``plan(params)`` (``plan(spec, params)`` also works)."""
+        params: dict[str, Any] = args[-1]
         values = {**self.fixed, **params}
-        momentum = 1.0 - values["one_minus_momentum"] if "one_minus_momentum" in values else spec.train.momentum
-        shape = spec.stages.shape
-        config = TrainConfig(
-            lr=float(values["lr"]),
-            epochs=self.epochs,
-            batch_size=spec.train.batch_size,
-            optimizer=spec.train.optimizer,
-            momentum=momentum,
-            weight_decay=spec.train.weight_decay,
-            schedule=str(values.get("schedule", "constant")),
-            decay=float(values.get("decay", 1.0)),
-            step_every=shape.step_every,
-            divergence_factor=spec.train.divergence_factor,
-            seed=spec.seed,
-        )
-        return TrialPlan(int(values.get("width", spec.model.width)), int(values.get("depth", spec.model.depth)), config)
+        changes: dict[str, Any] = {
+            "lr": float(values["lr"]),
+            "schedule": str(values.get("schedule", "constant")),
+            "decay": float(values.get("decay", 1.0)),
+        }
+        if "one_minus_momentum" in values:
+            changes["momentum"] = 1.0 - values["one_minus_momentum"]
+        width, depth = int(values.get("width", self.width)), int(values.get("depth", self.depth))
+        return TrialPlan(width, depth, dataclasses.replace(self.base, **changes))
 
     def study_name(self, study: str) -> str:
         return f"{study}/{self.name}"
+
+
+def base_config(spec: StudySpec, epochs: int) -> TrainConfig:
+    """The training settings a stage's trials share, from the spec."""
+    train = spec.train
+    return TrainConfig(
+        lr=1.0,  # every trial sets its own
+        epochs=epochs,
+        batch_size=train.batch_size,
+        optimizer=train.optimizer,
+        momentum=train.momentum,
+        weight_decay=train.weight_decay,
+        step_every=spec.stages.shape.step_every,
+        divergence_factor=train.divergence_factor,
+        seed=spec.seed,
+    )
+
+
+def _shaped(spec: StudySpec, **fields: Any) -> Stage:
+    epochs = fields["epochs"]
+    return Stage(**fields, base=base_config(spec, epochs), width=spec.model.width, depth=spec.model.depth)
 
 
 def _shape_space(spec: StudySpec) -> dict[str, BaseDistribution]:
@@ -81,7 +98,8 @@ def lr_stage(spec: StudySpec, lr_range: tuple[float, float] | None = None) -> St
     lr = spec.stages.lr
     low, high = lr_range or (lr.lr_min, lr.lr_max)
     batchable = lr.batched and supports(spec.model.family, spec.train.optimizer)
-    return Stage(
+    return _shaped(
+        spec,
         name="lr",
         budget=lr.trials,
         epochs=lr.epochs or spec.train.epochs,
@@ -96,7 +114,8 @@ def lr_stage(spec: StudySpec, lr_range: tuple[float, float] | None = None) -> St
 def shape_stage(spec: StudySpec, best_lr: float) -> Stage:
     """Stage 2: width, depth, schedule and decay at the learning rate calibrated by stage 1."""
     shape = spec.stages.shape
-    return Stage(
+    return _shaped(
+        spec,
         name="shape",
         budget=shape.trials,
         epochs=shape.epochs or spec.train.epochs,
@@ -114,7 +133,8 @@ def audit_stage(spec: StudySpec) -> Stage:
     if spec.train.optimizer == "sgd":
         low, high = audit.momentum
         space["one_minus_momentum"] = FloatDistribution(1.0 - high, 1.0 - low, log=True)
-    return Stage(
+    return _shaped(
+        spec,
         name="audit",
         budget=audit.trials,
         epochs=audit.epochs or spec.train.epochs,

@@ -3,6 +3,13 @@
 :func:`train_epochs` is a generator that yields one :class:`EpochResult` per epoch, so the caller
 (an Optuna objective, a test, a notebook) decides what to do between epochs (report, prune, stop)
 without callbacks that change the loop's control flow from afar.
+
+The rules every trainer follows (the single one here, the batched one in :mod:`tuner.batched`,
+the range test in :mod:`tuner.lr_find`) are written once, here: the data order of a seed
+(:func:`epoch_order`), the rate of an epoch (:func:`lr_at`), and the divergence test
+(:func:`divergence_threshold`, :func:`has_diverged`). A trainer is anything with the
+:class:`EpochTrainer` shape: ``epochs()`` yields, per epoch, one result per trial (None once a
+trial stopped), and ``stop(i)`` ends trial ``i`` before the next epoch.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -39,6 +47,15 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class TrialPlan:
+    """The model shape and training settings one trial trains with."""
+
+    width: int
+    depth: int
+    train: TrainConfig
+
+
+@dataclass(frozen=True)
 class EpochResult:
     epoch: int  # epochs done, from 1
     lr: float  # the rate this epoch trained at
@@ -46,6 +63,39 @@ class EpochResult:
     val_loss: float
     val_error: float  # 1 - accuracy, or RMSE in the target's units
     diverged: bool
+
+
+class EpochTrainer(Protocol):
+    """Trains one or more trials epoch by epoch; see the module docstring."""
+
+    def epochs(self) -> Iterator[list[EpochResult | None]]: ...
+
+    def stop(self, index: int) -> None: ...
+
+
+def lr_at(config: TrainConfig, epoch: int) -> float:
+    """The learning rate of epoch ``epoch`` (from 0) under the config's schedule."""
+    return config.lr * lr_factor(config.schedule, epoch, config.epochs, config.decay, config.step_every)
+
+
+def epoch_order(rng: torch.Generator, n: int, device: torch.device) -> torch.Tensor:
+    """The order of the training rows for the next epoch; ``rng`` is seeded by the trial's seed."""
+    return torch.randperm(n, generator=rng).to(device)
+
+
+def order_generator(seed: int) -> torch.Generator:
+    """The CPU generator whose successive :func:`epoch_order` calls give a seed's data order."""
+    return torch.Generator().manual_seed(seed)
+
+
+def divergence_threshold(config: TrainConfig, start_loss: float) -> float:
+    """A training loss above this ends the trial as diverged: a multiple of the untrained loss."""
+    return config.divergence_factor * max(start_loss, 1e-8)
+
+
+def has_diverged(train_loss: float, val_loss: float, threshold: float) -> bool:
+    """NaN or inf anywhere, or a training loss blown past ``threshold``."""
+    return not (math.isfinite(train_loss) and math.isfinite(val_loss)) or train_loss > threshold
 
 
 class DeviceError(ValueError):
@@ -90,7 +140,8 @@ def loss_function(task: str) -> nn.Module:
     return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
 
 
-def _predict(model: nn.Module, outputs: torch.Tensor, task: str) -> torch.Tensor:
+def task_outputs(outputs: torch.Tensor, task: str) -> torch.Tensor:
+    """A model's outputs as the loss wants them: logits for classification, one value per row else."""
     return outputs if task == "classification" else outputs.squeeze(-1)
 
 
@@ -104,7 +155,7 @@ def evaluate(model: nn.Module, data: Dataset) -> tuple[float, float]:
     n = len(data.x_val)
     for start in range(0, n, EVAL_CHUNK):
         x, y = data.x_val[start:start + EVAL_CHUNK], data.y_val[start:start + EVAL_CHUNK]
-        out = _predict(model, model(x), data.task)
+        out = task_outputs(model(x), data.task)
         loss_sum += criterion(out, y) * len(x)
         if data.task == "classification":
             error_sum += (out.argmax(dim=-1) != y).sum()
@@ -125,27 +176,46 @@ def train_epochs(model: nn.Module, data: Dataset, config: TrainConfig) -> Iterat
     """
     criterion = loss_function(data.task)
     optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr, config.momentum, config.weight_decay)
-    order_rng = torch.Generator().manual_seed(config.seed)
+    order_rng = order_generator(config.seed)
     n = len(data.x_train)
     start_loss, _ = evaluate(model, data)
-    blow_up = config.divergence_factor * max(start_loss, 1e-8)
+    blow_up = divergence_threshold(config, start_loss)
     for epoch in range(config.epochs):
-        lr = config.lr * lr_factor(config.schedule, epoch, config.epochs, config.decay, config.step_every)
+        lr = lr_at(config, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
-        order = torch.randperm(n, generator=order_rng).to(data.x_train.device)
+        order = epoch_order(order_rng, n, data.x_train.device)
         loss_sum = torch.zeros((), device=data.x_train.device)
         for start in range(0, n, config.batch_size):
             batch = order[start:start + config.batch_size]
-            loss = criterion(_predict(model, model(data.x_train[batch]), data.task), data.y_train[batch])
+            loss = criterion(task_outputs(model(data.x_train[batch]), data.task), data.y_train[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach() * len(batch)
         train_loss = (loss_sum / n).item()  # one device sync per epoch, not per batch
         val_loss, val_error = evaluate(model, data)
-        diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss)) or train_loss > blow_up
+        diverged = has_diverged(train_loss, val_loss, blow_up)
         yield EpochResult(epoch + 1, lr, train_loss, val_loss, val_error, diverged)
         if diverged:
             return
+
+
+class SingleTrainer:
+    """One trial trained alone, as an :class:`EpochTrainer`."""
+
+    def __init__(self, model: nn.Module, data: Dataset, config: TrainConfig) -> None:
+        self._epochs = train_epochs(model, data, config)
+        self._stopped = False
+
+    def epochs(self) -> Iterator[list[EpochResult | None]]:
+        for result in self._epochs:
+            yield [result]
+            if self._stopped or result.diverged:
+                return
+
+    def stop(self, index: int) -> None:
+        if index != 0:
+            raise IndexError(f"a single trainer has one trial; got index {index}")
+        self._stopped = True

@@ -1,0 +1,86 @@
+"""The stored contract: how a study's stages are named, what each stores, and its summary.
+
+Everything ``tuner`` knows about a study lives in its storage, under these names; the runner
+writes them, and the analyses, the report, the export and ``tuner best`` read them. Renaming one
+breaks every study stored before, so they are spelled once, here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+# User attributes of a stage study.
+SETTINGS_ATTR = "settings"  # the spec's settings the stage's results depend on
+SETTINGS_HASH_ATTR = "settings_hash"
+SEARCH_ATTR = "search"  # sampler and pruner with their settings, and the Optuna version
+OBJECTIVE_ATTR = "objective"
+BUDGET_ATTR = "budget"
+BEST_LR_ATTR = "best_lr"  # on <name>/lr, at the hand-off
+BEST_TRIAL_ATTR = "best_trial"  # on <name>/lr, at the hand-off
+HANDOFF_TRIALS_ATTR = "handoff_trials"  # on <name>/lr: finished lr trials the hand-off saw
+LR_ATTR = "lr"  # on <name>/shape: the calibrated rate its trials train at
+
+# User attributes of a trial.
+LEARNING_CURVE_ATTR = "learning_curve"
+TRAIN_LOSS_CURVE_ATTR = "train_loss_curve"
+TRAIN_SECONDS_ATTR = "train_seconds"
+TIME_MEASURE_ATTR = "time_measure"  # "alone", or "batch_share": its share of each epoch of its batch
+DEVICE_ATTR = "device"
+THREADS_ATTR = "threads"
+DIVERGED_ATTR = "diverged"
+N_PARAMS_ATTR = "n_params"
+EPOCHS_DONE_ATTR = "epochs_done"
+BATCHED_WITH_ATTR = "batched_with"
+ERROR_ATTR = "error"
+TRACEBACK_ATTR = "traceback"
+SURPLUS_ATTR = "surplus"  # on a trial failed untrained because other workers had filled the budget
+
+
+def stage_study_name(study: str, stage: str) -> str:
+    """The Optuna study that holds stage ``stage`` of study ``study``: ``<study>/<stage>``."""
+    return f"{study}/{stage}"
+
+
+@dataclass(frozen=True)
+class StageSummary:
+    stage: str
+    study_name: str
+    budget: int
+    n_complete: int
+    n_pruned: int
+    n_diverged: int
+    n_failed: int
+    best_value: float | None
+    best_params: dict[str, Any]
+    wall_seconds: float  # first trial start to last trial end, across resumed runs
+    train_seconds: float  # summed training time of the stage's trials
+
+
+def stage_summary(study: optuna.Study, stage: str, budget: int, fixed: dict[str, Any] | None = None) -> StageSummary:
+    """What a stage's stored trials add up to; ``fixed``: settings shared by its trials (e.g. lr)."""
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state in FINISHED]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = min(complete, key=lambda t: t.value) if complete else None
+    starts = [t.datetime_start for t in finished if t.datetime_start]
+    ends = [t.datetime_complete for t in finished if t.datetime_complete]
+    wall = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+    return StageSummary(
+        stage=stage,
+        study_name=study.study_name,
+        budget=budget,
+        n_complete=len(complete),
+        n_pruned=sum(t.state == TrialState.PRUNED for t in trials),
+        n_diverged=sum(bool(t.user_attrs.get(DIVERGED_ATTR)) for t in finished),
+        n_failed=sum(t.state == TrialState.FAIL and not t.user_attrs.get(SURPLUS_ATTR) for t in trials),
+        best_value=best.value if best else None,
+        best_params={**(fixed or {}), **best.params} if best else {},
+        wall_seconds=wall,
+        train_seconds=sum(float(t.user_attrs.get(TRAIN_SECONDS_ATTR, 0.0)) for t in finished),
+    )

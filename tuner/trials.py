@@ -1,0 +1,187 @@
+"""Run a batch of asked trials: plans -> epochs -> report and prune -> records -> tell.
+
+Whatever trains them (one model alone, K copies stacked into one batched model, or a user's own
+loop), trials meet Optuna here and only here, through :class:`TrialBatch`: each epoch's result of
+each trial goes through :meth:`TrialBatch.record`, which keeps the learning curve, ends a trial
+that diverged, reports to the pruner and says whether the trial goes on; at the end
+:meth:`TrialBatch.finish` stores every trial's records in one commit and tells Optuna the outcome.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner import results
+from tuner._records import write_trial_records
+from tuner.stages import Stage
+from tuner.storage import Heartbeat
+from tuner.train import EpochResult, EpochTrainer, TrialPlan
+
+REPORT_FLUSH_S = 10.0  # without a pruner, a trial's per-epoch reports are stored at most this often
+
+Asked = tuple[optuna.Study, optuna.Trial]
+
+
+def trial_id(trial: optuna.Trial) -> int:
+    return trial._trial_id  # noqa: SLF001 -- Optuna has no public trial id
+
+
+@dataclass
+class _Progress:
+    """One trial's records so far."""
+
+    curve: list[float | None] = field(default_factory=list)  # the objective per epoch
+    train_curve: list[float | None] = field(default_factory=list)
+    reports: dict[int, float] = field(default_factory=dict)  # not yet stored
+    seconds: float = 0.0  # its share of the training time
+    diverged: bool = False
+    pruned: bool = False
+
+    @property
+    def active(self) -> bool:
+        return not (self.diverged or self.pruned)
+
+
+class TrialBatch:
+    """Asked trials of one stage, trained together: their records, reports, pruning and outcome.
+
+    Args:
+        stage: the stage the trials belong to (its pruner decides whether reports are stored live).
+        asked: the trials, each with the study it was asked from.
+        objective: ``val_error`` or ``val_loss``: which value of an epoch is the trial's objective.
+    """
+
+    def __init__(self, stage: Stage, asked: Sequence[Asked], objective: str) -> None:
+        self.stage = stage
+        self.asked = list(asked)
+        self.objective = objective
+        self.progress = [_Progress() for _ in self.asked]
+        self.ids = [trial_id(trial) for _, trial in self.asked]
+        # Without a pruner, per-epoch reports are stored at the trial's end with its other records
+        # (and every REPORT_FLUSH_S on a slow trial, for dashboards): nothing else reads them, and a
+        # commit per epoch costs more than a small trial's training.
+        self.live_reports = stage.pruner != "none"
+        self._flushed = time.perf_counter()
+
+    @property
+    def study(self) -> optuna.Study:
+        return self.asked[0][0]
+
+    def record(self, index: int, result: EpochResult) -> bool:
+        """Take trial ``index``'s result of an epoch; False once the trial must stop (diverged, pruned)."""
+        progress = self.progress[index]
+        value = result.val_error if self.objective == "val_error" else result.val_loss
+        progress.curve.append(_finite_or_none(value))
+        progress.train_curve.append(_finite_or_none(result.train_loss))
+        if result.diverged:
+            progress.diverged = True
+            return False
+        return self.report(index, result.epoch, value)
+
+    def report(self, index: int, epoch: int, value: float) -> bool:
+        """Report the objective of an epoch to Optuna (now, or with the trial's records); False: prune."""
+        progress = self.progress[index]
+        if not self.live_reports:
+            progress.reports[epoch] = value
+            return True
+        trial = self.asked[index][1]
+        trial.report(value, epoch)
+        if trial.should_prune():
+            progress.pruned = True
+        return progress.active
+
+    def flush_if_due(self) -> None:
+        """Store reports held back for longer than REPORT_FLUSH_S (only without a pruner)."""
+        if self.live_reports or time.perf_counter() - self._flushed <= REPORT_FLUSH_S:
+            return
+        pending = [(self.ids[i], {}, p.reports) for i, p in enumerate(self.progress) if p.reports]
+        if pending:
+            write_trial_records(self.study, pending)
+        for progress in self.progress:
+            progress.reports = {}
+        self._flushed = time.perf_counter()
+
+    def finish(self, n_params: Sequence[int], extra_attrs: dict[str, object]) -> list[FrozenTrial]:
+        """Store every trial's records in one commit, then tell Optuna each outcome."""
+        batched = len(self.asked) > 1
+        write_trial_records(self.study, [(self.ids[i], {
+            results.LEARNING_CURVE_ATTR: p.curve,
+            results.TRAIN_LOSS_CURVE_ATTR: p.train_curve,
+            results.TRAIN_SECONDS_ATTR: round(p.seconds, 4),
+            results.TIME_MEASURE_ATTR: "batch_share" if batched else "alone",
+            results.DIVERGED_ATTR: p.diverged,
+            results.N_PARAMS_ATTR: n_params[i],
+            results.EPOCHS_DONE_ATTR: len(p.curve),
+            results.BATCHED_WITH_ATTR: len(self.asked),
+            **extra_attrs,
+        }, p.reports) for i, p in enumerate(self.progress)])
+        told = []
+        for (study, trial), p in zip(self.asked, self.progress):
+            if not p.active or not p.curve or p.curve[-1] is None:
+                told.append(study.tell(trial, state=TrialState.PRUNED))
+            else:
+                told.append(study.tell(trial, p.curve[-1]))
+        return told
+
+    def fail(self, error: BaseException) -> list[FrozenTrial]:
+        """Tell Optuna every trial of the batch failed with ``error`` (kept as user attributes)."""
+        failed = []
+        for study, trial in self.asked:
+            trial.set_user_attr(results.ERROR_ATTR, f"{type(error).__name__}: {error}")
+            trial.set_user_attr(results.TRACEBACK_ATTR, traceback.format_exc(limit=8))
+            failed.append(study.tell(trial, state=TrialState.FAIL))
+        return failed
+
+
+def run_trials(
+    batch: TrialBatch,
+    plans: Sequence[TrialPlan],
+    make_trainer: Callable[[Sequence[TrialPlan]], EpochTrainer],
+    n_params: Callable[[TrialPlan], int],
+    extra_attrs: dict[str, object],
+    device: torch.device,
+) -> list[FrozenTrial]:
+    """Train ``plans`` (one per asked trial of ``batch``) with the trainer ``make_trainer`` builds.
+
+    A trial that raises fails the whole batch (its trials are told FAIL with the error) and
+    returns; Ctrl-C and other BaseExceptions go up to the runner, which fails the trials itself.
+    """
+    started = time.perf_counter()
+    try:
+        with Heartbeat(batch.study, batch.ids):
+            trainer = make_trainer(plans)
+            setup = time.perf_counter() - started
+            for p in batch.progress:
+                p.seconds += setup / len(plans)
+            epoch_started = time.perf_counter()
+            for epoch_results in trainer.epochs():
+                # Each trial that trained in this epoch pays its share of the epoch's time.
+                trained = [i for i, result in enumerate(epoch_results) if result is not None]
+                spent = time.perf_counter() - epoch_started
+                for i in trained:
+                    batch.progress[i].seconds += spent / len(trained)
+                for i in trained:
+                    if batch.progress[i].active and not batch.record(i, epoch_results[i]):  # type: ignore[arg-type]
+                        trainer.stop(i)
+                if not any(p.active for p in batch.progress):
+                    break
+                batch.flush_if_due()
+                epoch_started = time.perf_counter()
+        counts = [n_params(plan) for plan in plans]
+    except Exception as error:  # noqa: BLE001 -- one bad trial must not end the study (Ctrl-C: see the runner)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return batch.fail(error)
+    return batch.finish(counts, extra_attrs)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
