@@ -120,11 +120,17 @@ def _adding_problem(samples: int, steps: int, seed: int) -> tuple[np.ndarray, np
     return x, y, "regression"
 
 
-def _read_csv(spec: DataSpec, source: str) -> tuple[np.ndarray, np.ndarray, str]:
+def csv_path(spec: DataSpec, source: str) -> Path:
+    """The CSV file a spec names: a relative path is read beside the spec (else from the working folder)."""
     path = Path(spec.path or "")
     if not path.is_absolute() and source:
         beside_spec = Path(source).parent / path
         path = beside_spec if beside_spec.exists() or not path.exists() else path
+    return path
+
+
+def _read_csv(spec: DataSpec, source: str) -> tuple[np.ndarray, np.ndarray, str]:
+    path = csv_path(spec, source)
     if not path.is_file():
         raise SpecError(source, "data.path", spec.path, "no such file; give the path of a CSV file (relative paths are read beside the spec)")
     try:

@@ -228,6 +228,8 @@ def _check_settings(study: optuna.Study, spec: StudySpec, stage: str) -> None:
             f"a new name (name = \"...\" in the spec, or --name NEW), or use another storage"
         )
     wanted = _normalise(stage_settings(spec, stage))
+    if "identity" not in stored:
+        wanted.pop("identity", None)  # stored before tuner kept the identity of code and CSV files
     if _normalise(stored) != wanted:
         changes = "; ".join(_differences(stored, wanted)) or "settings differ"
         raise StudyMismatchError(

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DATASETS = ("digits", "wine", "breast_cancer", "diabetes", "digits_rows", "adding", "csv")
+DATASETS = ("digits", "wine", "breast_cancer", "diabetes", "digits_rows", "adding", "csv", "python")
 MODEL_FAMILIES = ("mlp", "lstm")
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad")
 SCHEDULES = ("constant", "step", "exponential", "inverse_time", "cosine")
@@ -60,6 +60,8 @@ class DataSpec:
     max_rows: int | None = None  # subsample big CSV files for cheap tuning
     sequence_length: int = 20  # for name = "adding"
     samples: int = 2000  # for name = "adding"
+    loader: str | None = None  # for name = "python": "module:function" returning the data (README)
+    workers: int = 0  # DataLoader worker processes, for data handed over as torch Datasets
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,9 @@ class TrainSpec:
     objective: str = "val_error"
     # A training loss above this multiple of the untrained model's loss ends the trial as diverged.
     divergence_factor: float = 10.0
+    loop: str | None = None  # "module:function": your own training loop (README: "Your own model")
+    loss: str | None = None  # "module:function": loss(outputs, targets) -> scalar tensor
+    metric: str | None = None  # "module:function": metric(outputs, targets) -> float, lower is better
 
 
 @dataclass(frozen=True)
@@ -283,6 +288,16 @@ def _validate(spec: StudySpec, source: str) -> None:
     data, model, train, stages = spec.data, spec.model, spec.train, spec.stages
     _choice(source, "data.name", data.name, DATASETS)
     _choice(source, "data.task", data.task, TASKS)
+    if data.name == "python" and not data.loader:
+        raise SpecError(source, "data.loader", _MISSING, 'missing; with name = "python" give loader = "module:function"')
+    if data.loader is not None and data.name != "python":
+        raise SpecError(source, "data.loader", data.loader, 'is read only with name = "python"; set name = "python" or drop loader')
+    if data.workers < 0:
+        raise SpecError(source, "data.workers", data.workers, "must be >= 0 (0 loads batches in the training process)")
+    for field_path, value in (("data.loader", data.loader), ("train.loop", train.loop), ("train.loss", train.loss),
+                              ("train.metric", train.metric)):
+        if value is not None and value.count(":") != 1:
+            raise SpecError(source, field_path, value, 'write it as "module:function", e.g. "mycode:my_function"')
     if data.name == "csv":
         if not data.path:
             raise SpecError(source, "data.path", _MISSING, 'missing; with name = "csv" give path = "my.csv"')
@@ -295,7 +310,8 @@ def _validate(spec: StudySpec, source: str) -> None:
     _positive(source, "data.samples", data.samples)
     from tuner.models import model_families  # here, not on top: reading a spec alone need not import torch
 
-    _choice(source, "model.family", model.family, model_families())
+    if ":" not in model.family:  # "module:function" is imported and checked when the study runs
+        _choice(source, "model.family", model.family, model_families())
     _positive(source, "model.width", model.width)
     if model.depth < 1:
         raise SpecError(source, "model.depth", model.depth, "must be at least 1")

@@ -20,6 +20,12 @@ from tuner.spec import StudySpec
 from tuner.train import TrainConfig, TrialPlan
 
 STAGE_NAMES = ("lr", "shape", "audit")
+# Spec fields added after studies were first stored, with their defaults: left out of the stored
+# settings while at the default, so that a study stored before them still matches its spec.
+ADDED_FIELDS: dict[str, dict[str, Any]] = {
+    "data": {"loader": None},
+    "train": {"loop": None, "loss": None, "metric": None},
+}
 
 __all__ = ["STAGE_NAMES", "Stage", "TrialPlan", "audit_stage", "lr_stage", "shape_stage", "stage_settings"]
 
@@ -157,6 +163,17 @@ def stage_settings(spec: StudySpec, stage: str) -> dict[str, Any]:
         stages["lr"].pop(key)
     if stages["lr"].get("lr_range") == "fixed":
         stages["lr"].pop("lr_range")
+    # Fields added since: only when set, so that the settings (and hash) of older studies stay the same.
+    settings["data"].pop("workers", None)  # how batches are loaded, not what they hold
+    for table, defaults in ADDED_FIELDS.items():
+        for key, default in defaults.items():
+            if settings[table].get(key, default) == default:
+                settings[table].pop(key, None)
+    from tuner.usercode import identity  # the user's own code and data files, by content
+
+    found = identity(spec)
+    if found:
+        settings["identity"] = found
     settings["stages"] = {"lr": stages["lr"]}
     if stage in ("shape", "audit"):
         settings["stages"][stage] = stages[stage]

@@ -1,0 +1,162 @@
+"""A user's own code named in a spec as ``"module:function"``, and its identity.
+
+A spec may name its model factory (``[model] family``), data loader (``[data] loader``), training
+loop (``[train] loop``), loss and metric (``[train] loss``, ``[train] metric``) as
+``"module:function"``. The module is imported from the spec's folder first, then from
+``sys.path``. From Python, :func:`tuner.run_study` takes the same things as callables.
+
+A changed function must not resume into trials its old version made: the identity of each named
+function (module, function, and a hash of its module file, or of its source when it has no file)
+and of a CSV file's content joins the stored settings, so a changed one is a changed study.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tuner.spec import SpecError, StudySpec
+
+# Spec fields that may name a function, and what the function is for (in messages).
+CODE_FIELDS = {
+    "model.family": "the model factory",
+    "data.loader": "the data loader",
+    "train.loop": "the training loop",
+    "train.loss": "the loss",
+    "train.metric": "the metric",
+}
+
+# Callables handed to run_study from Python, by the reference the spec now names them with.
+_GIVEN: dict[str, Callable[..., Any]] = {}
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def is_reference(value: object) -> bool:
+    """Whether a spec value names a function (``"module:function"``) rather than a built-in."""
+    return isinstance(value, str) and ":" in value
+
+
+def reference_of(function: Callable[..., Any]) -> str:
+    """The ``module:function`` name a callable handed over from Python is stored under."""
+    module = getattr(function, "__module__", None) or "__main__"
+    name = getattr(function, "__qualname__", None) or getattr(function, "__name__", None) or type(function).__name__
+    return f"{module}:{name}"
+
+
+def give(function: Callable[..., Any]) -> str:
+    """Make a Python callable resolvable by :func:`load_callable`; returns its reference."""
+    if not callable(function):
+        raise TypeError(f"{function!r} is not callable")
+    reference = reference_of(function)
+    _GIVEN[reference] = function
+    return reference
+
+
+def spec_folder(spec: StudySpec) -> Path | None:
+    return Path(spec.source).resolve().parent if spec.source else None
+
+
+def load_callable(reference: str, field: str, spec: StudySpec) -> Callable[..., Any]:
+    """Import ``module:function`` (from the spec's folder first, then ``sys.path``); SpecError if that fails."""
+    if reference in _GIVEN:
+        return _GIVEN[reference]
+    source = spec.source
+    module_name, _, function_name = reference.partition(":")
+    if not module_name or not function_name:
+        raise SpecError(source, field, reference, 'write it as "module:function", e.g. "mynet:make_model"')
+    module = _import(module_name, field, reference, spec)
+    target: Any = module
+    for part in function_name.split("."):
+        if not hasattr(target, part):
+            found = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+            raise SpecError(source, field, reference, f"module '{module_name}' has no '{function_name}'; "
+                            f"its functions: {', '.join(found[:10]) or 'none'}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise SpecError(source, field, reference, f"'{function_name}' in module '{module_name}' is not callable; "
+                        f"name a function that returns {CODE_FIELDS.get(field, 'the result')}")
+    return target
+
+
+def _import(module_name: str, field: str, reference: str, spec: StudySpec) -> Any:
+    folder = spec_folder(spec)
+    added = folder is not None and str(folder) not in sys.path
+    if added:
+        sys.path.insert(0, str(folder))
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name != module_name.split(".")[0] and error.name != module_name:
+            raise SpecError(spec.source, field, reference,
+                            f"importing module '{module_name}' failed: {error}; install what it needs") from None
+        where = f"beside the spec ({folder})" if folder else "in the working folder"
+        raise SpecError(spec.source, field, reference,
+                        f"no module '{module_name}' {where} or on sys.path; put {module_name}.py there, or make it importable") from None
+    except Exception as error:  # noqa: BLE001 -- the user's module raised while being imported
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise SpecError(spec.source, field, reference,
+                        f"importing module '{module_name}' raised {type(error).__name__}: {first}; fix the module") from None
+    finally:
+        if added:
+            sys.path.remove(str(folder))
+
+
+def function_identity(function: Callable[..., Any], reference: str) -> dict[str, str]:
+    """Module, function and a hash of the module's file (else of the function's source)."""
+    module_name, _, function_name = reference.partition(":")
+    identity = {"module": module_name, "function": function_name}
+    module = sys.modules.get(getattr(function, "__module__", "") or "")
+    path = getattr(module, "__file__", None)
+    if path and Path(path).is_file():
+        identity["sha256"] = file_sha256(Path(path))
+        return identity
+    try:
+        text = inspect.getsource(function)
+    except (OSError, TypeError):
+        text = reference  # no source to be had (a builtin, a REPL lambda): the name alone
+    identity["sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    return identity
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, computed once per process for a file that did not change."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _FILE_HASHES[key] = digest.hexdigest()
+    return _FILE_HASHES[key]
+
+
+def code_references(spec: StudySpec) -> dict[str, str]:
+    """The spec's fields that name a function: field -> ``module:function``."""
+    values = {
+        "model.family": spec.model.family,
+        "data.loader": getattr(spec.data, "loader", None),
+        "train.loop": getattr(spec.train, "loop", None),
+        "train.loss": getattr(spec.train, "loss", None),
+        "train.metric": getattr(spec.train, "metric", None),
+    }
+    return {field: value for field, value in values.items() if is_reference(value)}
+
+
+def identity(spec: StudySpec) -> dict[str, Any]:
+    """What the spec's own code and data files are: joins the stored settings (empty: nothing of the user's)."""
+    found: dict[str, Any] = {}
+    for field, reference in code_references(spec).items():
+        found[field] = function_identity(load_callable(reference, field, spec), reference)
+    if spec.data.name == "csv" and spec.data.path:
+        from tuner.data import csv_path
+
+        path = csv_path(spec.data, spec.source)
+        if path.is_file():
+            found["data.path"] = {"sha256": file_sha256(path)}
+    return found
