@@ -137,6 +137,8 @@ def stage_settings(spec: StudySpec, stage: str) -> dict[str, Any]:
         stages["lr"].pop(key)
     if stages["lr"].get("lr_range") == "fixed":
         stages["lr"].pop("lr_range")
+    if settings["data"].get("test_fraction") == 0.0:  # likewise: no test part, the settings of before
+        settings["data"].pop("test_fraction")
     settings["stages"] = {"lr": stages["lr"]}
     if stage in ("shape", "audit"):
         settings["stages"][stage] = stages[stage]
