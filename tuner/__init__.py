@@ -42,6 +42,9 @@ _EXPORTS = {
     "write_report": "tuner.report",
     "lr_find": "tuner.lr_find",
     "write_lr_find": "tuner.lr_find",
+    "write_best": "tuner.best",
+    "load_model": "tuner.best",
+    "TrainedModel": "tuner.best",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -298,6 +298,42 @@ def lr_find_command(
     say(f'with lr_range = "auto", stage \'lr\' would search (within lr_min/lr_max): {within}')
 
 
+@app.command()
+def best(
+    name: NameArgument,
+    storage: StorageOption = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for best.toml, model.pt and metrics.json [default: NAME-best]")] = None,
+    refit: Annotated[str, typer.Option(help="train: the trials' training rows (the validation score reproduces the stored one); "
+                                           "train+val: training and validation rows (validation is then no fair score)")] = "train",
+    device: Annotated[str, typer.Option(help="Where to train: auto (CUDA when available), cpu or cuda")] = "auto",
+    storage_password_file: PasswordFileOption = None,
+) -> None:
+    """Train the best configuration of the study's last stage again (same seed); write best.toml, model.pt, metrics.json."""
+    from tuner.best import REFITS, BestError, write_best
+
+    if refit not in REFITS:
+        _fail(f"--refit {refit!r}: choose one of {', '.join(REFITS)}", BAD_INPUT)
+    if device not in ("auto", "cpu", "cuda"):
+        _fail(f"--device {device!r}: choose auto, cpu or cuda", BAD_INPUT)
+    folder = out if out is not None else Path(f"{name}-best")
+    if folder.exists() and not folder.is_dir():
+        _fail(f"--out {str(folder)!r}: is a file; give a folder (created if missing)", BAD_INPUT)
+    _quiet_optuna()
+    with _unexpected_errors(), _analysis_errors():
+        try:
+            result = write_best(name, _storage_url(storage, storage_password_file), folder, refit=refit, device=device)
+        except BestError as error:
+            _fail(str(error), BAD_INPUT)
+    metrics = result.metrics
+    say = lambda text: Console(soft_wrap=True).print(text, highlight=False, markup=False)  # noqa: E731
+    say(f"trained trial {metrics['trial']} of {name}/{metrics['stage']} again (refit {refit}): "
+        f"validation error {metrics['validation']['error']:.4g}, loss {metrics['validation']['loss']:.4g}"
+        + (f" (stored {metrics['objective']}: {metrics['stored_value']:.4g})" if refit == "train" else " (not a fair score: trained on it)"))
+    if metrics["test"] is not None:
+        say(f"test ({metrics['test']['rows']} rows never seen by a stage): error {metrics['test']['error']:.4g}, loss {metrics['test']['loss']:.4g}")
+    say(f"wrote {result.spec_path}, {result.model_path} and {result.metrics_path}")
+
+
 def main() -> None:  # pragma: no cover - the console script calls app directly
     app()
 

@@ -1,12 +1,19 @@
 """Data sets: scikit-learn's bundled tables, generated sequence tasks, and a user's CSV file.
 
-Every data set is split once, from the seed, into a training and a validation part; features (and
-regression targets) are standardised with statistics of the training part only, so nothing about
-the validation part leaks into training. Tensors are handed over already on the device.
+Every data set is split once, from the seed, into a training and a validation part (and, with
+``test_fraction`` > 0, a test part taken out first, which no stage sees); features (and regression
+targets) are standardised with statistics of the training part only, so nothing about the validation
+or test part leaks into training. Tensors are handed over already on the device.
+
+Images (samples, channels, height, width) are standardised per channel, over samples and pixels, not
+per pixel: a convolution applies the same filter everywhere, so a pixel value must mean the same at
+every position; and per pixel, a border pixel that is almost always blank would have a tiny standard
+deviation and turn its rare ink into huge inputs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +36,11 @@ class Dataset:
     Sequence tasks have inputs of shape (samples, steps, features); tables (samples, features).
     Classification targets are class indices; regression targets are standardised floats, and
     ``target_scale`` turns an error on them back into the target's own units.
+
+    What preprocesses raw inputs the same way (see :func:`standardise_inputs`): ``x_mean`` and
+    ``x_std`` (float64, shaped to broadcast over a batch of raw samples), ``classes`` (the original
+    labels, in the order of the class indices) and ``target_mean`` (with ``target_scale``, the
+    target's standard deviation). ``x_test``/``y_test``: the test part, None without one.
     """
 
     name: str
@@ -39,6 +51,12 @@ class Dataset:
     y_val: torch.Tensor
     n_outputs: int
     target_scale: float = 1.0
+    x_mean: np.ndarray | None = None
+    x_std: np.ndarray | None = None
+    classes: tuple[str | int | float, ...] | None = None
+    target_mean: float = 0.0
+    x_test: torch.Tensor | None = None
+    y_test: torch.Tensor | None = None
 
     @property
     def n_features(self) -> int:
@@ -49,9 +67,16 @@ class Dataset:
         return self.x_train.dim() == 3
 
     def to(self, device: torch.device | str) -> Dataset:
-        move = lambda t: t.to(device)  # noqa: E731
-        return Dataset(self.name, self.task, move(self.x_train), move(self.y_train), move(self.x_val),
-                       move(self.y_val), self.n_outputs, self.target_scale)
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return dataclasses.replace(self, **{f: move(getattr(self, f)) for f in _TENSOR_FIELDS})
+
+
+_TENSOR_FIELDS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+
+
+def standardise_inputs(raw: np.ndarray, x_mean: np.ndarray, x_std: np.ndarray) -> torch.Tensor:
+    """Raw samples (a batch, shaped like the data's samples) as the model saw them in training."""
+    return torch.as_tensor((np.asarray(raw, dtype=np.float64) - x_mean) / x_std, dtype=torch.float32)
 
 
 def load_dataset(spec: DataSpec, seed: int, source: str = "") -> Dataset:
@@ -64,6 +89,7 @@ def load_dataset(spec: DataSpec, seed: int, source: str = "") -> Dataset:
         loader = {
             "digits": sk_datasets.load_digits,
             "digits_rows": sk_datasets.load_digits,
+            "digits_images": sk_datasets.load_digits,
             "wine": sk_datasets.load_wine,
             "breast_cancer": sk_datasets.load_breast_cancer,
             "diabetes": sk_datasets.load_diabetes,
@@ -72,10 +98,36 @@ def load_dataset(spec: DataSpec, seed: int, source: str = "") -> Dataset:
         task = "regression" if spec.name == "diabetes" else "classification"
         if spec.name == "digits_rows":
             x = x.reshape(-1, 8, 8)  # each image read row by row: 8 steps of 8 pixels
+        if spec.name == "digits_images":
+            x = x.reshape(-1, 1, 8, 8)  # (channels, height, width), for convolutions
     if spec.max_rows is not None and len(x) > spec.max_rows:
         keep = np.random.default_rng(seed).choice(len(x), spec.max_rows, replace=False)
         x, y = x[keep], y[keep]
-    return _split(spec.name, np.asarray(x, dtype=np.float64), y, task, spec.validation_fraction, seed)
+    x = np.asarray(x, dtype=np.float64)
+    test = None
+    if spec.test_fraction > 0:
+        x, x_test, y, y_test = _holdout(x, y, task, spec.test_fraction, seed)
+        test = (x_test, y_test)
+    data = _split(spec.name, x, y, task, spec.validation_fraction, seed)
+    return data if test is None else _with_test(data, *test)
+
+
+def _holdout(x: np.ndarray, y: np.ndarray, task: str, fraction: float, seed: int) -> list[np.ndarray]:
+    """(x_rest, x_held, y_rest, y_held): ``fraction`` of the rows, from the seed, stratified for classes."""
+    stratify = y if task == "classification" and _can_stratify(y, fraction) else None
+    return train_test_split(x, y, test_size=fraction, random_state=seed, stratify=stratify)
+
+
+def _with_test(data: Dataset, x_test: np.ndarray, y_test: np.ndarray) -> Dataset:
+    """``data`` with its test part, standardised with the training part's statistics."""
+    x = standardise_inputs(x_test, data.x_mean, data.x_std)
+    if data.task == "classification":
+        lookup = {c: i for i, c in enumerate(data.classes)}
+        codes = np.array([lookup.get(c, -1) for c in np.asarray(y_test).tolist()])
+        keep = codes >= 0  # as for validation: a class never seen in training cannot be scored
+        return dataclasses.replace(data, x_test=x[keep], y_test=torch.as_tensor(codes[keep], dtype=torch.long))
+    y = torch.as_tensor((np.asarray(y_test, dtype=np.float64) - data.target_mean) / data.target_scale, dtype=torch.float32)
+    return dataclasses.replace(data, x_test=x, y_test=y)
 
 
 def _split(name: str, x: np.ndarray, y: np.ndarray, task: str, validation_fraction: float, seed: int) -> Dataset:
@@ -83,7 +135,8 @@ def _split(name: str, x: np.ndarray, y: np.ndarray, task: str, validation_fracti
     x_train, x_val, y_train, y_val = train_test_split(
         x, y, test_size=validation_fraction, random_state=seed, stratify=stratify
     )
-    axes = tuple(range(x.ndim - 1))  # per feature, over samples (and steps)
+    # Per feature, over samples (and steps); images per channel, over samples and pixels (see above).
+    axes = (0, *range(2, x.ndim)) if x.ndim == 4 else tuple(range(x.ndim - 1))
     mean = x_train.mean(axis=axes, keepdims=True)
     std = x_train.std(axis=axes, keepdims=True)
     std[std == 0] = 1.0  # constant features (e.g. blank digit pixels) stay at 0
@@ -95,10 +148,12 @@ def _split(name: str, x: np.ndarray, y: np.ndarray, task: str, validation_fracti
         y_val_codes = np.array([lookup.get(c, -1) for c in np.asarray(y_val).tolist()])
         keep = y_val_codes >= 0  # a class seen only in validation cannot be learned; drop it
         return Dataset(name, task, as_float(x_train), torch.as_tensor(y_train_codes, dtype=torch.long),
-                       as_float(x_val[keep]), torch.as_tensor(y_val_codes[keep], dtype=torch.long), len(classes))
+                       as_float(x_val[keep]), torch.as_tensor(y_val_codes[keep], dtype=torch.long), len(classes),
+                       x_mean=mean, x_std=std, classes=tuple(classes.tolist()))
     y_mean, y_std = float(np.mean(y_train)), float(np.std(y_train)) or 1.0
     standardise = lambda a: as_float((np.asarray(a, dtype=np.float64) - y_mean) / y_std)  # noqa: E731
-    return Dataset(name, task, as_float(x_train), standardise(y_train), as_float(x_val), standardise(y_val), 1, y_std)
+    return Dataset(name, task, as_float(x_train), standardise(y_train), as_float(x_val), standardise(y_val), 1, y_std,
+                   x_mean=mean, x_std=std, target_mean=y_mean)
 
 
 def _can_stratify(y: np.ndarray, validation_fraction: float) -> bool:

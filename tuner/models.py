@@ -1,7 +1,9 @@
 """Model families built from two numbers, ``width`` and ``depth``.
 
 ``mlp``: ``depth`` hidden layers of ``width`` units with ReLU. ``lstm``: ``depth`` stacked LSTM
-layers of ``width`` hidden units, read out from the last step. Users add their own family from
+layers of ``width`` hidden units, read out from the last step. ``cnn``: ``depth`` blocks of a 3x3
+convolution and ReLU on images (channels, height, width), ``width`` channels in the first block,
+doubling per block, then a global average pool and a linear head. Users add their own family from
 Python with :func:`register_model`.
 """
 
@@ -15,19 +17,38 @@ from torch import nn
 ModelFactory = Callable[[int, int, int, int], nn.Module]  # (n_features, n_outputs, width, depth)
 
 _FAMILIES: dict[str, tuple[ModelFactory, bool]] = {}
+# Families that take whole samples and are called with keywords (input_shape=, n_outputs=, width=,
+# depth=); kept beside _FAMILIES so that its (factory, sequence) entries keep their meaning.
+_SHAPE_INPUT: set[str] = set()
+INPUT_KINDS = ("flat", "sequence", "shape")
 
 
-def register_model(name: str, factory: ModelFactory, *, sequence: bool = False) -> None:
+def register_model(name: str, factory: ModelFactory | Callable[..., nn.Module], *, sequence: bool = False,
+                   inputs: str | None = None) -> None:
     """Make a model family available to specs as ``model.family = name``.
 
-    A ``sequence`` family gets inputs (batch, steps, features) and ``n_features`` per step; any
-    other family gets each sample flattened, and ``n_features`` is its total size.
+    ``inputs`` says how the factory sees the data (``sequence=True`` is ``inputs="sequence"``):
+
+    - ``"flat"`` (default): called as ``factory(n_features, n_outputs, width, depth)``; each sample
+      is flattened and ``n_features`` is its total size;
+    - ``"sequence"``: the same call; inputs (batch, steps, features), ``n_features`` per step;
+    - ``"shape"``: called with keywords ``factory(input_shape=..., n_outputs=..., width=...,
+      depth=...)``, ``input_shape`` one sample's shape (e.g. ``(1, 8, 8)``); samples are handed
+      over as they are, not flattened.
 
     Example:
         >>> from torch import nn
         >>> register_model("linear", lambda n_in, n_out, width, depth: nn.Linear(n_in, n_out))
+        >>> register_model("my_cnn", cnn, inputs="shape")  # cnn(input_shape=(1, 8, 8), n_outputs=10, ...)
     """
-    _FAMILIES[name] = (factory, sequence)
+    kind = inputs or ("sequence" if sequence else "flat")
+    if kind not in INPUT_KINDS:
+        raise ValueError(f"register_model: inputs={inputs!r}; choose one of {', '.join(INPUT_KINDS)}")
+    _FAMILIES[name] = (factory, kind == "sequence")
+    if kind == "shape":
+        _SHAPE_INPUT.add(name)
+    else:
+        _SHAPE_INPUT.discard(name)
 
 
 def model_families() -> tuple[str, ...]:
@@ -41,6 +62,8 @@ def build_model(family: str, sample_shape: tuple[int, ...], n_outputs: int, widt
         factory, sequence = _FAMILIES[family]
     except KeyError:
         raise ValueError(f"unknown model family {family!r}; known: {', '.join(sorted(_FAMILIES))}") from None
+    if family in _SHAPE_INPUT:
+        return factory(input_shape=tuple(sample_shape), n_outputs=n_outputs, width=width, depth=depth)
     if sequence:
         return factory(sample_shape[-1], n_outputs, width, depth)
     n_inputs = 1
@@ -79,8 +102,41 @@ class LSTMRegressor(nn.Module):
         return self.head(out[:, -1])
 
 
+class ConvNet(nn.Module):
+    """Blocks of conv3x3 (padding 1) + ReLU, channels doubling, 2x2 max-pool while the map is at
+    least 2x2; then a global average pool and a linear head. No batch norm: nothing that behaves
+    differently in training and evaluation, or depends on the batch."""
+
+    def __init__(self, input_shape: tuple[int, ...], n_outputs: int, width: int, depth: int) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(
+                f"model family 'cnn' needs image samples (channels, height, width); these samples have shape "
+                f"{tuple(input_shape)}: use image data (e.g. data.name = \"digits_images\") or another family"
+            )
+        channels, rows, cols = input_shape
+        layers: list[nn.Module] = []
+        for block in range(depth):
+            out_channels = width * 2**block
+            layers += [nn.Conv2d(channels, out_channels, kernel_size=3, padding=1), nn.ReLU()]
+            if rows >= 2 and cols >= 2:
+                layers.append(nn.MaxPool2d(2))
+                rows, cols = rows // 2, cols // 2
+            channels = out_channels
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(channels, n_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(-2, -1)))
+
+
+def cnn(input_shape: tuple[int, ...], n_outputs: int, width: int, depth: int) -> ConvNet:
+    return ConvNet(input_shape, n_outputs, width, depth)
+
+
 register_model("mlp", mlp)
 register_model("lstm", LSTMRegressor, sequence=True)
+register_model("cnn", cnn, inputs="shape")
 
 
 def factory_of(family: str) -> ModelFactory | None:

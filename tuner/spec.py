@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DATASETS = ("digits", "wine", "breast_cancer", "diabetes", "digits_rows", "adding", "csv", "python")
-MODEL_FAMILIES = ("mlp", "lstm")
+DATASETS = ("digits", "wine", "breast_cancer", "diabetes", "digits_rows", "digits_images", "adding", "csv", "python")
+MODEL_FAMILIES = ("mlp", "lstm", "cnn")
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad")
 SCHEDULES = ("constant", "step", "exponential", "inverse_time", "cosine")
 DEFAULT_SCHEDULES = ("constant", "step", "exponential", "inverse_time")
@@ -62,6 +62,8 @@ class DataSpec:
     samples: int = 2000  # for name = "adding"
     loader: str | None = None  # for name = "python": "module:function" returning the data (README)
     workers: int = 0  # DataLoader worker processes, for data handed over as torch Datasets
+    # Held out first, from the seed, and never seen by any stage: only `tuner best` scores on it.
+    test_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -305,6 +307,8 @@ def _validate(spec: StudySpec, source: str) -> None:
             raise SpecError(source, "data.target", _MISSING, 'missing; name the column to predict, e.g. target = "label"')
     if not 0 < data.validation_fraction < 1:
         raise SpecError(source, "data.validation_fraction", data.validation_fraction, "must lie strictly between 0 and 1, e.g. 0.2")
+    if not 0 <= data.test_fraction < 1:
+        raise SpecError(source, "data.test_fraction", data.test_fraction, "must lie in [0, 1), e.g. 0.2 (0: no test part)")
     _positive(source, "data.max_rows", data.max_rows)
     _positive(source, "data.sequence_length", data.sequence_length)
     _positive(source, "data.samples", data.samples)

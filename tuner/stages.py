@@ -23,7 +23,7 @@ STAGE_NAMES = ("lr", "shape", "audit")
 # Spec fields added after studies were first stored, with their defaults: left out of the stored
 # settings while at the default, so that a study stored before them still matches its spec.
 ADDED_FIELDS: dict[str, dict[str, Any]] = {
-    "data": {"loader": None},
+    "data": {"loader": None, "test_fraction": 0.0},
     "train": {"loop": None, "loss": None, "metric": None},
 }
 

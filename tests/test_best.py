@@ -1,0 +1,243 @@
+"""The winner out: the cnn family on images, a test part no stage sees, `tuner best` and load_model."""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from sklearn import datasets as sk_datasets
+from sklearn.model_selection import train_test_split
+from torch import nn
+from typer.testing import CliRunner
+
+import tuner
+from tuner import models
+from tuner.best import MODEL_KEYS
+from tuner.cli import app
+from tuner.data import load_dataset
+from tuner.spec import DataSpec, load_spec, settings_hash
+from tuner.stages import stage_settings
+from tuner.train import TrainConfig, seeded_model, train_epochs
+
+TINY = {
+    "seed": 0,
+    "train": {"epochs": 3, "batch_size": 32},
+    "stages": {"lr": {"trials": 3, "lr_min": 1e-3, "lr_max": 0.5}, "shape": {"trials": 2, "depth": [1, 2]}},
+}
+WINE_WITH_TEST = {**TINY, "name": "winetest", "data": {"name": "wine", "test_fraction": 0.25},
+                  "model": {"width": 8, "depth": 1}}
+WINE_WITH_TEST["stages"] = {**TINY["stages"], "shape": {"trials": 2, "width": [4, 16], "depth": [1, 2]}}
+
+
+def _run(spec: dict, storage: str) -> tuner.StudyResult:
+    return tuner.run_study(tuner.spec_from_dict(spec), storage=storage, device="cpu")
+
+
+def _best(name: str, storage: str, out: Path, *extra: str) -> dict:
+    result = CliRunner().invoke(app, ["best", name, "--storage", storage, "--out", str(out), "--device", "cpu", *extra])
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def wine_best(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, dict]]:
+    """A tiny wine study with a test part, and what `tuner best` wrote for it: (storage, folder, metrics)."""
+    torch.set_num_threads(1)  # the autouse fixture is per test; this one trains before it
+    folder = tmp_path_factory.mktemp("winebest")
+    storage = f"sqlite:///{folder / 'study.db'}"
+    _run(WINE_WITH_TEST, storage)
+    out = folder / "winner"
+    yield storage, out, _best("winetest", storage, out)
+
+
+def _wine_splits() -> tuple[np.ndarray, ...]:
+    """The raw wine rows of each part, recomputed from the seed as documented: test first, then validation."""
+    x, y = sk_datasets.load_wine(return_X_y=True)
+    x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
+    x_train, x_val, y_train, y_val = train_test_split(x_rest, y_rest, test_size=0.2, random_state=0, stratify=y_rest)
+    return x_train, x_val, x_test, y_train, y_val, y_test
+
+
+def test_cnn_family_trains_on_digits_images_and_sees_them_unflattened() -> None:
+    data = load_dataset(DataSpec(name="digits_images"), seed=0)
+    assert tuple(data.x_train.shape[1:]) == (1, 8, 8)
+    model = seeded_model("cnn", data, width=8, depth=2, seed=0)
+    seen: list[tuple[int, ...]] = []
+    model.register_forward_pre_hook(lambda _module, args: seen.append(tuple(args[0].shape)))
+    results = list(train_epochs(model, data, TrainConfig(lr=0.1, epochs=3)))
+    assert seen and all(shape[1:] == (1, 8, 8) for shape in seen)
+    assert results[-1].val_error < 0.5  # it learns: 10 classes, chance is 0.9
+
+
+def test_a_family_registered_with_shape_inputs_gets_the_sample_shape_by_keyword() -> None:
+    calls: list[dict] = []
+
+    def factory(**kwargs: object) -> nn.Module:
+        calls.append(kwargs)
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+    tuner.register_model("shape_spy", factory, inputs="shape")
+    try:
+        models.build_model("shape_spy", (1, 8, 8), 10, 5, 2)
+    finally:
+        models._FAMILIES.pop("shape_spy")  # noqa: SLF001 -- the registry has no public removal
+        models._SHAPE_INPUT.discard("shape_spy")  # noqa: SLF001
+    assert calls == [{"input_shape": (1, 8, 8), "n_outputs": 10, "width": 5, "depth": 2}]
+
+
+# The stored settings hash of each ready study's stages before test_fraction and digits_images
+# existed: unchanged, or every stored study would be refused as changed.
+HASHES_BEFORE = {
+    "adding_lstm": ("eedc37cd828f4632", "cf49cbdc86cc62b4", "a63238b24c218f6d"),
+    "breast_cancer": ("f0d46e1f5be0b14b", "a3f7970fa0ecb0c0", "895fd208b1e55292"),
+    "diabetes": ("20928d456abafc1b", "990ca8ab4f8f721d", "ad12583c61d37813"),
+    "digits_lstm": ("1b57e411254530a5", "a05edfad7e87b954", "ad9d29295c3238e1"),
+    "quickstart": ("34bd8a240539a656", "9768dd9746091ebe", "d7e948d8e6439b14"),
+    "wine": ("ffd8d53c04eb8f4b", "0f4445b8b33403de", "6989b3613cdf04b7"),
+}
+
+
+def test_settings_hash_of_every_ready_study_is_unchanged() -> None:
+    studies = Path(__file__).parent.parent / "studies"
+    for name, hashes in HASHES_BEFORE.items():
+        spec = load_spec(studies / f"{name}.toml")
+        assert tuple(settings_hash(stage_settings(spec, stage)) for stage in ("lr", "shape", "audit")) == hashes, name
+    assert {Path(p).stem for p in glob.glob(str(studies / "*.toml"))} >= set(HASHES_BEFORE)
+
+
+def test_a_test_fraction_joins_the_settings_so_it_is_a_changed_study() -> None:
+    plain = tuner.spec_from_dict({"name": "x"})
+    held_out = tuner.spec_from_dict({"name": "x", "data": {"test_fraction": 0.2}})
+    assert "test_fraction" not in stage_settings(plain, "lr")["data"]
+    assert stage_settings(held_out, "lr")["data"]["test_fraction"] == 0.2
+
+
+def test_test_rows_never_reach_any_stage(tmp_path: Path) -> None:
+    seen: set[bytes] = set()
+
+    class Spy(nn.Module):
+        def __init__(self, n_features: int, n_outputs: int, width: int, depth: int) -> None:
+            super().__init__()
+            self.inner = models.mlp(n_features, n_outputs, width, depth)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.update(row.numpy().tobytes() for row in x.detach())
+            return self.inner(x)
+
+    tuner.register_model("row_spy", Spy)
+    try:
+        spec = {**WINE_WITH_TEST, "name": "spied", "model": {"family": "row_spy", "width": 8, "depth": 1}}
+        result = _run(spec, f"sqlite:///{tmp_path / 'spied.db'}")
+        data = load_dataset(tuner.spec_from_dict(spec).data, seed=0)
+    finally:
+        models._FAMILIES.pop("row_spy")  # noqa: SLF001
+    assert result.stages["shape"].n_complete + result.stages["shape"].n_pruned == 2
+    n_rows = len(sk_datasets.load_wine().data)  # 178
+    test_rows = {row.numpy().tobytes() for row in data.x_test}
+    assert len(test_rows) == len(data.x_test) == math.ceil(0.25 * n_rows)
+    assert len(data.x_train) + len(data.x_val) + len(data.x_test) == n_rows
+    assert len(seen) == n_rows - len(test_rows)  # every training and validation row, and nothing else
+    assert not seen & test_rows
+
+
+def test_best_writes_the_three_files_and_the_stored_score_reproduces(wine_best: tuple[str, Path, dict]) -> None:
+    storage, out, metrics = wine_best
+    assert sorted(p.name for p in out.iterdir()) == ["best.toml", "metrics.json", "model.pt"]
+    assert metrics["stage"] == "shape" and metrics["refit"] == "train"
+    shape = optuna.load_study(study_name="winetest/shape", storage=storage)
+    assert metrics["trial"] == shape.best_trial.number
+    assert metrics["stored_value"] == shape.best_value
+    assert metrics["validation"]["value"] == pytest.approx(metrics["stored_value"], abs=1e-6)
+    assert metrics["params"]["lr"] == shape.user_attrs["lr"]
+    assert metrics["validation"]["fair"] is True
+    assert metrics["test"]["rows"] == 45 and 0 <= metrics["test"]["error"] <= 1
+    record = torch.load(out / "model.pt", weights_only=True)
+    assert set(record) == set(MODEL_KEYS)
+    assert record["input_shape"] == [13] and record["classes"] == [0, 1, 2] and record["family"] == "mlp"
+
+
+def test_load_model_predicts_raw_rows_with_the_scores_of_metrics_json(wine_best: tuple[str, Path, dict]) -> None:
+    _, out, metrics = wine_best
+    _, x_val, x_test, _, y_val, y_test = _wine_splits()
+    model = tuner.load_model(out)
+    assert isinstance(model.model, nn.Module)
+    val_predictions = model.predict(x_val)
+    assert val_predictions.dtype.kind == "i"  # the original labels (wine's are 0, 1, 2)
+    assert np.mean(val_predictions != y_val) == pytest.approx(metrics["validation"]["error"], abs=1e-6)
+    assert np.mean(model.predict(torch.as_tensor(x_test)) != y_test) == pytest.approx(metrics["test"]["error"], abs=1e-6)
+    assert model.predict(x_val[0]).shape == (1,)  # one sample alone
+    with pytest.raises(ValueError, match="expected"):
+        model.predict(x_val[:, :5])
+
+
+def test_best_toml_is_a_spec_that_trains_exactly_the_winner(wine_best: tuple[str, Path, dict], tmp_path: Path) -> None:
+    _, out, metrics = wine_best
+    spec = load_spec(out / "best.toml")
+    shape = spec.stages.shape
+    assert (shape.trials, shape.width, shape.depth) == (1, (metrics["params"]["width"],) * 2, (metrics["params"]["depth"],) * 2)
+    assert shape.schedules == (metrics["params"]["schedule"],)
+    result = tuner.run_study(spec, storage=f"sqlite:///{tmp_path / 'again.db'}", device="cpu")
+    assert result.best_lr == metrics["params"]["lr"]
+    assert result.stages["shape"].best_value == metrics["stored_value"]
+
+
+def test_refit_on_train_and_val_says_validation_is_no_fair_score(wine_best: tuple[str, Path, dict], tmp_path: Path) -> None:
+    storage, _, metrics = wine_best
+    refit = _best("winetest", storage, tmp_path / "refit", "--refit", "train+val")
+    assert refit["refit"] == "train+val" and refit["validation"]["fair"] is False
+    assert "no fair estimate" in refit["note"]
+    assert refit["train_rows"] == metrics["train_rows"] + metrics["validation"]["rows"]
+    assert refit["test"]["rows"] == metrics["test"]["rows"]
+    assert "training + validation" in (tmp_path / "refit" / "best.toml").read_text()
+
+
+@pytest.mark.parametrize("data, family, raw", [
+    ("digits_images", "cnn", lambda: sk_datasets.load_digits(return_X_y=True)),  # flat (n, 64) rows of the images
+    ("diabetes", "mlp", lambda: sk_datasets.load_diabetes(return_X_y=True)),
+])
+def test_predict_on_raw_inputs_reproduces_the_validation_score(data: str, family: str, raw, tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    _run({**TINY, "name": "tinybest", "data": {"name": data}, "model": {"family": family, "width": 4, "depth": 1},
+          "stages": {**TINY["stages"], "shape": {"trials": 2, "width": [2, 8], "depth": [1, 2]}}}, storage)
+    metrics = _best("tinybest", storage, tmp_path / "out")
+    assert metrics["test"] is None  # bundled data: no test part unless asked for
+    x, y = raw()
+    classification = data != "diabetes"
+    _, x_val, _, y_val = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y if classification else None)
+    predictions = tuner.load_model(tmp_path / "out").predict(x_val)
+    if classification:
+        assert np.mean(predictions != y_val) == pytest.approx(metrics["validation"]["error"], abs=1e-6)
+    else:
+        rmse = float(np.sqrt(np.mean((predictions - y_val) ** 2)))  # in the target's units
+        assert rmse == pytest.approx(metrics["validation"]["error"], rel=1e-4)
+
+
+def test_best_refuses_bad_input_with_exit_2_and_one_line(wine_best: tuple[str, Path, dict], tmp_path: Path) -> None:
+    storage, _, _ = wine_best
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    optuna.create_study(study_name="unfinished/lr", storage=empty)  # a stage with no trial yet
+    cases = [
+        (["best", "nosuchstudy", "--storage", storage], "not found"),
+        (["best", "winetest", "--storage", storage, "--out", str(a_file)], "is a file"),
+        (["best", "unfinished", "--storage", empty, "--out", str(tmp_path / "never")], "no complete trial"),
+        (["best", "winetest", "--storage", storage, "--refit", "val"], "--refit"),
+    ]
+    for args, expected in cases:
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert expected in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "never").exists()
+
+
+def test_the_ready_cnn_study_reads_images_with_a_test_part() -> None:
+    spec = load_spec(Path(__file__).parent.parent / "studies" / "digits_cnn.toml")
+    assert (spec.model.family, spec.data.name) == ("cnn", "digits_images") and spec.data.test_fraction > 0
