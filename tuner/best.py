@@ -31,11 +31,13 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from tuner.data import Dataset, load_dataset, standardise_inputs
+from tuner.data import Dataset, StreamedData, load_dataset, sample_shape, standardise_inputs
 from tuner.importance import load_stage_studies
-from tuner.models import build_model
+from tuner.models import build_model, register_model
 from tuner.runner import TunerError
+from tuner.results import SPEC_PATH_ATTR
 from tuner.spec import StudySpec, spec_from_dict
+from tuner.usercode import identity, install, is_reference, load_callable, spec_folder
 from tuner.stages import Stage, lr_stage, shape_stage
 from tuner.train import EVAL_CHUNK, evaluate, resolve_device, seeded_model, train_epochs
 
@@ -46,7 +48,7 @@ REFITS = ("train", "train+val")
 MODEL_FORMAT = 1  # raised when the keys of model.pt change meaning
 MODEL_KEYS = (
     "format", "tuner_version", "family", "width", "depth", "input_shape", "n_outputs", "task",
-    "state_dict", "x_mean", "x_std", "classes", "target_mean", "target_std",
+    "state_dict", "x_mean", "x_std", "classes", "target_mean", "target_std", "code_folder",
 )
 
 
@@ -99,21 +101,31 @@ def write_best(
     if folder.exists() and not folder.is_dir():
         raise BestError(f"--out {str(folder)!r}: is a file; give a folder (created if missing)")
     spec, stage, trial = _best_trial(name, storage)
+    install(spec)
     plan = stage.plan(spec, trial.params)
     torch_device = resolve_device(device)
     data = load_dataset(spec.data, spec.seed, spec.source).to(torch_device)
     fit_data = data
     if refit == "train+val":
-        fit_data = dataclasses.replace(data, x_train=torch.cat([data.x_train, data.x_val]),
-                                       y_train=torch.cat([data.y_train, data.y_val]))
+        if isinstance(data, StreamedData):
+            fit_data = dataclasses.replace(data, train_set=torch.utils.data.ConcatDataset([data.train_set, data.val_set]))
+        else:
+            fit_data = dataclasses.replace(data, x_train=torch.cat([data.x_train, data.x_val]),
+                                           y_train=torch.cat([data.y_train, data.y_val]))
     model = seeded_model(spec.model.family, fit_data, plan.width, plan.depth, plan.train.seed)
-    last = None
-    for last in train_epochs(model, fit_data, plan.train):
-        pass
-    if last is None or last.diverged:
+    loop_value = None
+    if spec.train.loop:
+        loop_value = _train_with_loop(spec, model, fit_data, plan, torch_device, trial)
+        diverged = not math.isfinite(loop_value)
+    else:
+        last = None
+        for last in train_epochs(model, fit_data, plan.train):
+            pass
+        diverged = last is None or last.diverged
+    if diverged:
         raise TunerError(f"study {name!r}: trial {trial.number} of stage '{stage.name}' diverged when trained again "
                          f"(refit {refit}); try --refit train")
-    val_loss, val_error = evaluate(model, data)
+    val_loss, val_error = evaluate(model, data, plan.train)
     objective = spec.train.objective
     metrics: dict[str, Any] = {
         "study": name,
@@ -127,12 +139,13 @@ def write_best(
         "epochs": plan.train.epochs,
         "task": data.task,
         "error_is": "1 - accuracy" if data.task == "classification" else "RMSE in the target's units",
-        "train_rows": len(fit_data.x_train),
+        "train_rows": _rows(fit_data, "train"),
         "validation": {
             "error": val_error,
             "loss": val_loss,
-            "value": val_error if objective == "val_error" else val_loss,
-            "rows": len(data.x_val),
+            # A user's loop reports its own objective: the value its last report (or return) gave.
+            "value": loop_value if loop_value is not None else val_error if objective == "val_error" else val_loss,
+            "rows": _rows(data, "val"),
             "fair": refit == "train",
         },
         "test": None,
@@ -143,9 +156,9 @@ def write_best(
             "no fair estimate of its error on new data (and need not reproduce 'stored_value'); the test part is"
         ),
     }
-    if data.x_test is not None:
-        test_loss, test_error = evaluate(model, dataclasses.replace(data, x_val=data.x_test, y_val=data.y_test))
-        metrics["test"] = {"error": test_error, "loss": test_loss, "rows": len(data.x_test)}
+    if _rows(data, "test"):
+        test_loss, test_error = evaluate(model, data, plan.train, part="test")
+        metrics["test"] = {"error": test_error, "loss": test_loss, "rows": _rows(data, "test")}
 
     folder.mkdir(parents=True, exist_ok=True)
     spec_path = folder / SPEC_FILE
@@ -156,6 +169,41 @@ def write_best(
     metrics_path = folder / METRICS_FILE
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return BestResult(folder, spec_path, model_path, metrics_path, metrics)
+
+
+def _rows(data: Dataset | StreamedData, part: str) -> int:
+    if isinstance(data, StreamedData):
+        dataset = {"train": data.train_set, "val": data.val_set, "test": data.test_set}[part]
+        return 0 if dataset is None else len(dataset)
+    tensor = {"train": data.x_train, "val": data.x_val, "test": data.x_test}[part]
+    return 0 if tensor is None else len(tensor)
+
+
+def _train_with_loop(spec: StudySpec, model: nn.Module, data: Any, plan: Any, device: torch.device,
+                     trial: FrozenTrial) -> float:
+    """Train ``model`` with the spec's own loop, as its trial did; the objective it gave last (NaN: none, or diverged)."""
+    from tuner.train import lr_at, make_optimizer
+    from tuner.trials import StopTrial, call_user_loop
+
+    config = plan.train
+    loop = load_callable(spec.train.loop or "", "train.loop", spec.source)
+    optimizer = make_optimizer(config.optimizer, model.parameters(), lr_at(config, 0), config.momentum, config.weight_decay)
+    values: list[float] = []
+
+    def report(epoch: int, value: float, train_loss: float = math.nan) -> None:
+        values.append(float(value))
+        if not math.isfinite(float(value)):
+            raise StopTrial("diverged")
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(config, int(epoch))
+
+    try:
+        returned = call_user_loop(loop, model, data, config, optimizer, device, report, dict(trial.params))
+    except StopTrial:
+        return math.nan
+    if returned is not None:
+        values.append(float(returned))  # type: ignore[arg-type]
+    return values[-1] if values else math.nan
 
 
 def _best_trial(name: str, storage: str | optuna.storages.BaseStorage | None) -> tuple[StudySpec, Stage, FrozenTrial]:
@@ -174,7 +222,14 @@ def _best_trial(name: str, storage: str | optuna.storages.BaseStorage | None) ->
     settings = study.user_attrs.get("settings")
     if settings is None:
         raise BestError(f"study {name!r}: stage '{stage_name}' has no stored settings; was it made by tuner?")
-    spec = spec_from_dict({**_without_none(settings), "name": name})
+    stored = {key: value for key, value in _without_none(settings).items() if key != "identity"}
+    spec_path = study.user_attrs.get(SPEC_PATH_ATTR, "")
+    spec = spec_from_dict({**stored, "name": name}, source=spec_path)
+    if "identity" in settings:
+        install(spec)
+        if identity(spec) != settings["identity"]:
+            raise BestError(f"study {name!r}: its own code or data file changed since its trials ran (see "
+                            f"`tuner study` on it); put them back to train its winner again")
     if stage_name == "shape":
         lr = best.user_attrs.get("lr", study.user_attrs.get("lr"))
         stage = shape_stage(spec, float(lr))
@@ -253,23 +308,26 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} as TOML")  # a bug: specs hold only the types above
 
 
-def _model_record(model: nn.Module, spec: StudySpec, data: Dataset, width: int, depth: int) -> dict[str, Any]:
+def _model_record(model: nn.Module, spec: StudySpec, data: Dataset | StreamedData, width: int, depth: int) -> dict[str, Any]:
     """model.pt: only tensors and plain types, so that ``torch.load(weights_only=True)`` reads it."""
+    as_tensor = lambda a: None if a is None else torch.from_numpy(np.asarray(a, dtype=np.float64))  # noqa: E731
+    folder = spec_folder(spec.source) if is_reference(spec.model.family) else None
     return {
         "format": MODEL_FORMAT,
         "tuner_version": _tuner_version(),
         "family": spec.model.family,
         "width": width,
         "depth": depth,
-        "input_shape": [int(n) for n in data.x_train.shape[1:]],
+        "input_shape": list(sample_shape(data)),
         "n_outputs": data.n_outputs,
         "task": data.task,
         "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
-        "x_mean": torch.from_numpy(np.asarray(data.x_mean, dtype=np.float64)),
-        "x_std": torch.from_numpy(np.asarray(data.x_std, dtype=np.float64)),
+        "x_mean": as_tensor(data.x_mean),  # None: streamed data, used as the user's Dataset gives it
+        "x_std": as_tensor(data.x_std),
         "classes": list(data.classes) if data.classes is not None else None,
         "target_mean": data.target_mean,
         "target_std": data.target_scale,
+        "code_folder": None if folder is None else str(folder),  # where a "module:function" family is imported from
     }
 
 
@@ -296,11 +354,16 @@ class TrainedModel:
         self.task: str = record["task"]
         self.input_shape = tuple(record["input_shape"])
         self.classes = record["classes"]
+        family = record["family"]
+        if is_reference(family):  # the user's own factory: from sys.path, else from the study's folder
+            folder = record.get("code_folder")
+            factory = load_callable(family, "model.family", str(Path(folder) / "spec.toml") if folder else "")
+            register_model(family, factory, inputs="shape")
         self.model = build_model(record["family"], self.input_shape, record["n_outputs"], record["width"], record["depth"])
         self.model.load_state_dict(record["state_dict"])
         self.model.eval()
-        self._mean = record["x_mean"].numpy()
-        self._std = record["x_std"].numpy()
+        self._mean = None if record["x_mean"] is None else record["x_mean"].numpy()
+        self._std = None if record["x_std"] is None else record["x_std"].numpy()
 
     @torch.no_grad()
     def predict(self, raw_inputs: Any) -> np.ndarray:
@@ -312,7 +375,7 @@ class TrainedModel:
         """
         raw = raw_inputs.detach().cpu().numpy() if isinstance(raw_inputs, torch.Tensor) else np.asarray(raw_inputs)
         raw = self._batch(raw.astype(np.float64))
-        x = standardise_inputs(raw, self._mean, self._std)
+        x = torch.as_tensor(raw, dtype=torch.float32) if self._mean is None else standardise_inputs(raw, self._mean, self._std)
         device = next(self.model.parameters()).device
         outputs = torch.cat([self.model(x[i:i + EVAL_CHUNK].to(device)).cpu() for i in range(0, len(x), EVAL_CHUNK)]) \
             if len(x) else torch.zeros((0, self.record["n_outputs"]))

@@ -16,10 +16,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import DataLoader
 from sklearn import datasets as sk_datasets
 from sklearn.model_selection import train_test_split
 
@@ -74,13 +76,62 @@ class Dataset:
 _TENSOR_FIELDS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 
 
+@dataclass(frozen=True)
+class StreamedData:
+    """Data handed over as ``torch.utils.data.Dataset`` objects, read batch by batch through a ``DataLoader``.
+
+    For data that does not fit in memory: nothing is standardised (the user's Dataset prepares its
+    samples), and trials train one at a time. Each item of a part is a pair ``(input, target)``.
+    """
+
+    name: str
+    task: str
+    train_set: Any
+    val_set: Any
+    n_outputs: int
+    input_shape: tuple[int, ...]
+    test_set: Any = None
+    workers: int = 0
+    device: str = "cpu"  # where batches are moved
+    target_scale: float = 1.0
+    classes: tuple[str | int | float, ...] | None = None
+    x_mean: np.ndarray | None = None
+    x_std: np.ndarray | None = None
+    target_mean: float = 0.0
+
+    def to(self, device: torch.device | str) -> StreamedData:
+        return dataclasses.replace(self, device=str(device))
+
+    def loader(self, part: str, batch_size: int, generator: torch.Generator | None = None) -> DataLoader:
+        """A DataLoader over ``part`` (train, val, test); shuffled from ``generator`` when given."""
+        dataset = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[part]
+        return DataLoader(dataset, batch_size=batch_size, shuffle=generator is not None, generator=generator,
+                          num_workers=self.workers, pin_memory=self.device.startswith("cuda"))
+
+
+def sample_shape(data: Dataset | StreamedData) -> tuple[int, ...]:
+    """One sample's input shape (no batch axis)."""
+    if isinstance(data, StreamedData):
+        return data.input_shape
+    return tuple(int(n) for n in data.x_train.shape[1:])
+
+
+def data_device(data: Dataset | StreamedData) -> torch.device:
+    """Where the data's batches are: the device to build models on."""
+    return torch.device(data.device) if isinstance(data, StreamedData) else data.x_train.device
+
+
 def standardise_inputs(raw: np.ndarray, x_mean: np.ndarray, x_std: np.ndarray) -> torch.Tensor:
     """Raw samples (a batch, shaped like the data's samples) as the model saw them in training."""
     return torch.as_tensor((np.asarray(raw, dtype=np.float64) - x_mean) / x_std, dtype=torch.float32)
 
 
-def load_dataset(spec: DataSpec, seed: int, source: str = "") -> Dataset:
+def load_dataset(spec: DataSpec, seed: int, source: str = "") -> Dataset | StreamedData:
     """Load, split and standardise the data set a spec names (on the CPU)."""
+    if spec.name == "python":
+        from tuner.user_data import load_user_data
+
+        return load_user_data(spec, seed, source)
     if spec.name == "csv":
         x, y, task = _read_csv(spec, source)
     elif spec.name == "adding":
@@ -135,6 +186,12 @@ def _split(name: str, x: np.ndarray, y: np.ndarray, task: str, validation_fracti
     x_train, x_val, y_train, y_val = train_test_split(
         x, y, test_size=validation_fraction, random_state=seed, stratify=stratify
     )
+    return prepare(name, task, x_train, y_train, x_val, y_val)
+
+
+def prepare(name: str, task: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray) -> Dataset:
+    """Standardise (and encode the classes of) a split, with statistics of the training part only."""
+    x = x_train
     # Per feature, over samples (and steps); images per channel, over samples and pixels (see above).
     axes = (0, *range(2, x.ndim)) if x.ndim == 4 else tuple(range(x.ndim - 1))
     mean = x_train.mean(axis=axes, keepdims=True)

@@ -8,13 +8,14 @@ and happens once. Nothing lives outside the storage, so running the same command
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner import results
 from tuner._records import write_trial_records
-from tuner.data import Dataset, load_dataset
+from tuner.data import Dataset, StreamedData, load_dataset
 from tuner.importance import AuditVerdict, audit_verdict
 from tuner.results import FINISHED, SURPLUS_ATTR, StageSummary, stage_study_name
 from tuner.spec import StudySpec, load_spec, settings_hash
@@ -51,7 +52,8 @@ from tuner.storage import (
     worker_attrs,
 )
 from tuner.train import EpochTrainer, SingleTrainer, TrialPlan, parameter_count, resolve_device, seeded_model
-from tuner.trials import Asked, TrialBatch, run_trials, trial_id
+from tuner.trials import Asked, TrialBatch, run_trials, run_user_loop, trial_id
+from tuner.usercode import check_model, give, install, load_callable
 
 POLL_INTERVAL_S = 1.0  # how often a worker with nothing to do looks at the stage again
 MAX_CONSECUTIVE_FAILURES = 5  # a trial that raises every time is a bug, not bad luck: stop
@@ -103,6 +105,11 @@ def run_study(
     storage: str | None = None,
     device: str = "auto",
     reporter: Reporter | None = None,
+    model: Callable[..., Any] | None = None,
+    loader: Callable[..., Any] | None = None,
+    loop: Callable[..., Any] | None = None,
+    loss: Callable[..., Any] | None = None,
+    metric: Callable[..., Any] | None = None,
 ) -> StudyResult:
     """Run (or resume) a staged study: ``lr``, then ``shape``, then the optional ``audit``.
 
@@ -116,13 +123,19 @@ def run_study(
         storage: an Optuna storage URL; default: the spec's ``storage``, else ``sqlite:///tuner.db``.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         reporter: receives progress; see :class:`Reporter`.
+        model, loader, loop, loss, metric: your own code as callables, instead of naming it
+            ``"module:function"`` in the spec (``model.family``, ``data.loader``, ``train.loop``,
+            ``train.loss``, ``train.metric``); same contracts (README: "Your own model").
     """
     spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
+    spec = with_callables(spec, model=model, loader=loader, loop=loop, loss=loss, metric=metric)
     reporter = reporter or Reporter()
     quiet_optuna()
     # Everything that can be wrong with the input is checked before the storage is touched.
     torch_device = resolve_device(device)
+    install(spec)  # the spec's own model factory, if it names one
     data = load_dataset(spec.data, spec.seed, spec.source).to(torch_device)
+    check_model(spec, data)
     storage_url = storage or spec.storage
     try:
         optuna_storage = open_storage(storage_url)
@@ -143,6 +156,20 @@ def run_study(
     # The audit's point: did lr interact little with the rest here? Judged and stored on <name>/audit.
     verdict = audit_verdict(spec.name, optuna_storage) if "audit" in summaries else None
     return StudyResult(spec.name, redact(storage_url or DEFAULT_STORAGE), best_lr, summaries, verdict)
+
+
+def with_callables(spec: StudySpec, **functions: Callable[..., Any] | None) -> StudySpec:
+    """``spec`` naming the given callables (model, loader, loop, loss, metric) by their references."""
+    given = {name: function for name, function in functions.items() if function is not None}
+    if not given:
+        return spec
+    model_spec, data_spec, train_spec = spec.model, spec.data, spec.train
+    if "model" in given:
+        model_spec = dataclasses.replace(model_spec, family=give(given["model"]))
+    if "loader" in given:
+        data_spec = dataclasses.replace(data_spec, name="python", loader=give(given["loader"]))
+    train_spec = dataclasses.replace(train_spec, **{k: give(given[k]) for k in ("loop", "loss", "metric") if k in given})
+    return dataclasses.replace(spec, model=model_spec, data=data_spec, train=train_spec)
 
 
 def run_stage(
@@ -168,7 +195,10 @@ def run_stage(
         study = runner.open(lr_stage(spec))
         # lr_range = "auto": the range test runs once (kept on <name>/lr, reused on resume) and sets the bounds.
         lr_range = auto_lr_range(spec, study, data, runner.reporter.message)
-        return runner.run(lr_stage(spec, lr_range=lr_range))
+        stage = lr_stage(spec, lr_range=lr_range)
+        if isinstance(data, StreamedData):  # read batch by batch: trials train one at a time
+            stage = dataclasses.replace(stage, batch_trials=1)
+        return runner.run(stage)
     if stage == "shape":
         if best_lr is None:
             raise ValueError("stage 'shape' trains at the calibrated rate: pass best_lr")
@@ -281,6 +311,8 @@ def open_stage_study(spec: StudySpec, stage: Stage, storage: optuna.storages.Bas
     study.set_user_attr(results.SETTINGS_HASH_ATTR, settings_hash(settings))
     study.set_user_attr(results.SEARCH_ATTR, describe_search(stage))
     study.set_user_attr(results.OBJECTIVE_ATTR, spec.train.objective)
+    if spec.source:
+        study.set_user_attr(results.SPEC_PATH_ATTR, str(Path(spec.source).resolve()))
     return study
 
 
@@ -448,10 +480,25 @@ class _StageRunner:
         except Exception as error:  # noqa: BLE001 -- e.g. a stored param of another type
             return batch.fail(error)
         family = self.spec.model.family
+        attrs = {results.DEVICE_ATTR: str(self.device)}
+        if self.spec.train.loop:
+            loop = load_callable(self.spec.train.loop, "train.loop", self.spec.source)
+            told: list[FrozenTrial] = []
+            for one in asked:  # a user's loop trains one trial at a time
+                single = TrialBatch(stage, [one], self.spec.train.objective)
+                plan = stage.plan(one[1].params)
+                try:
+                    model = seeded_model(family, self.data, plan.width, plan.depth, plan.train.seed)
+                except Exception as error:  # noqa: BLE001
+                    told += single.fail(error)
+                    continue
+                n_params = sum(p.numel() for p in model.parameters())
+                told += run_user_loop(single, plan, loop, model, self.data, self.device, n_params, attrs)
+            return told
         return run_trials(
             batch, plans, self._trainer,
             n_params=lambda plan: parameter_count(family, self.data, plan.width, plan.depth),
-            extra_attrs={results.DEVICE_ATTR: str(self.device)},
+            extra_attrs=attrs,
             device=self.device,
         )
 

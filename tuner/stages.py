@@ -70,6 +70,8 @@ class Stage:
 
 def base_config(spec: StudySpec, epochs: int) -> TrainConfig:
     """The training settings a stage's trials share, from the spec."""
+    from tuner.usercode import train_functions  # the user's own loss and metric, if named
+
     train = spec.train
     return TrainConfig(
         lr=1.0,  # every trial sets its own
@@ -81,6 +83,7 @@ def base_config(spec: StudySpec, epochs: int) -> TrainConfig:
         step_every=spec.stages.shape.step_every,
         divergence_factor=train.divergence_factor,
         seed=spec.seed,
+        **train_functions(spec),
     )
 
 
@@ -103,7 +106,9 @@ def lr_stage(spec: StudySpec, lr_range: tuple[float, float] | None = None) -> St
     """Stage 1: ``lr`` log-uniform on the spec's small network, constant schedule."""
     lr = spec.stages.lr
     low, high = lr_range or (lr.lr_min, lr.lr_max)
-    batchable = lr.batched and supports(spec.model.family, spec.train.optimizer)
+    # Batched copies use tuner's own loss and metric and train in memory; a user's loop trains alone.
+    own_code = spec.train.loop or spec.train.loss or spec.train.metric
+    batchable = lr.batched and not own_code and supports(spec.model.family, spec.train.optimizer)
     return _shaped(
         spec,
         name="lr",

@@ -15,14 +15,14 @@ trial stopped), and ``stop(i)`` ends trial ``i`` before the next epoch.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from tuner.data import Dataset
+from tuner.data import Dataset, StreamedData, data_device, sample_shape
 from tuner.models import build_model
 from tuner.schedules import lr_factor
 
@@ -44,6 +44,8 @@ class TrainConfig:
     step_every: int | None = None
     divergence_factor: float = 10.0
     seed: int = 0  # model initialisation and data order
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # the user's; else cross-entropy / MSE
+    metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None  # the user's val_error; lower is better
 
 
 @dataclass(frozen=True)
@@ -111,16 +113,17 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def seeded_model(family: str, data: Dataset, width: int, depth: int, seed: int) -> nn.Module:
+def seeded_model(family: str, data: Dataset | StreamedData, width: int, depth: int, seed: int) -> nn.Module:
     """Build a model whose initial weights depend only on ``seed`` (common random numbers)."""
     torch.manual_seed(seed)
-    model = build_model(family, tuple(data.x_train.shape[1:]), data.n_outputs, width, depth)
-    return model.to(data.x_train.device)
+    model = build_model(family, sample_shape(data), data.n_outputs, width, depth)
+    return model.to(data_device(data))
 
 
-def parameter_count(family: str, data: Dataset, width: int, depth: int) -> int:
+def parameter_count(family: str, data: Dataset | StreamedData, width: int, depth: int) -> int:
     """Trainable parameters of a model of this shape (for counting compute: epochs x parameters)."""
-    model = build_model(family, tuple(data.x_train.shape[1:]), data.n_outputs, width, depth)
+    with torch.device("meta"):  # counted, not allocated
+        model = build_model(family, sample_shape(data), data.n_outputs, width, depth)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -136,7 +139,10 @@ def make_optimizer(name: str, params: object, lr: float, momentum: float, weight
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-def loss_function(task: str) -> nn.Module:
+def loss_function(task: str, custom: Callable[..., torch.Tensor] | None = None) -> Callable[..., torch.Tensor]:
+    """The training loss: the user's ``custom`` one, else cross-entropy or mean squared error."""
+    if custom is not None:
+        return custom
     return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
 
 
@@ -145,26 +151,74 @@ def task_outputs(outputs: torch.Tensor, task: str) -> torch.Tensor:
     return outputs if task == "classification" else outputs.squeeze(-1)
 
 
+def _val_batches(data: Dataset | StreamedData, part: str = "val") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    if isinstance(data, StreamedData):
+        device = data_device(data)
+        for x, y in data.loader(part, EVAL_CHUNK):
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        return
+    x_all, y_all = (data.x_val, data.y_val) if part == "val" else (data.x_test, data.y_test)
+    for start in range(0, len(x_all), EVAL_CHUNK):
+        yield x_all[start:start + EVAL_CHUNK], y_all[start:start + EVAL_CHUNK]
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset) -> tuple[float, float]:
-    """Validation loss and error (1 - accuracy, or RMSE in the target's units)."""
+def evaluate(model: nn.Module, data: Dataset | StreamedData, config: TrainConfig | None = None,
+             part: str = "val") -> tuple[float, float]:
+    """Validation loss and error (1 - accuracy, RMSE in the target's units, or the user's metric).
+
+    ``config`` brings the user's ``loss`` and ``metric``, if any; ``part``: ``val`` or ``test``.
+    A user's metric sees all of the part's outputs and targets at once (for regression, both in
+    the target's own units).
+    """
     model.eval()
-    criterion = loss_function(data.task)
-    loss_sum = torch.zeros((), device=data.x_val.device)
-    error_sum = torch.zeros((), device=data.x_val.device)
-    n = len(data.x_val)
-    for start in range(0, n, EVAL_CHUNK):
-        x, y = data.x_val[start:start + EVAL_CHUNK], data.y_val[start:start + EVAL_CHUNK]
+    criterion = loss_function(data.task, config.loss if config else None)
+    metric = config.metric if config else None
+    device = data_device(data)
+    loss_sum = torch.zeros((), device=device)
+    error_sum = torch.zeros((), device=device)
+    n = 0
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for x, y in _val_batches(data, part):
         out = task_outputs(model(x), data.task)
         loss_sum += criterion(out, y) * len(x)
-        if data.task == "classification":
+        n += len(x)
+        if metric is not None:
+            kept.append((out, y))
+        elif data.task == "classification":
             error_sum += (out.argmax(dim=-1) != y).sum()
         else:
             error_sum += ((out - y) ** 2).sum()
-    loss = (loss_sum / n).item()
+    loss = (loss_sum / max(n, 1)).item()
+    if metric is not None:
+        outputs, targets = torch.cat([o for o, _ in kept]), torch.cat([t for _, t in kept])
+        if data.task == "regression":
+            outputs, targets = (t * data.target_scale + data.target_mean for t in (outputs, targets))
+        return loss, float(metric(outputs, targets))
     if data.task == "classification":
-        return loss, (error_sum / n).item()
-    return loss, math.sqrt((error_sum / n).item()) * data.target_scale
+        return loss, (error_sum / max(n, 1)).item()
+    return loss, math.sqrt((error_sum / max(n, 1)).item()) * data.target_scale
+
+
+def _train_batches(data: Dataset | StreamedData, config: TrainConfig, order_rng: torch.Generator,
+                   loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch's mini-batches, in the seed's order."""
+    if isinstance(data, StreamedData):
+        device = data_device(data)
+        for x, y in loader:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        return
+    order = epoch_order(order_rng, len(data.x_train), data.x_train.device)
+    for start in range(0, len(order), config.batch_size):
+        batch = order[start:start + config.batch_size]
+        yield data.x_train[batch], data.y_train[batch]
+
+
+def training_loader(data: Dataset | StreamedData, config: TrainConfig) -> Any:
+    """For streamed data, the training DataLoader (shuffled from the trial's seed); None in memory."""
+    if isinstance(data, StreamedData):
+        return data.loader("train", config.batch_size, generator=order_generator(config.seed))
+    return None
 
 
 def train_epochs(model: nn.Module, data: Dataset, config: TrainConfig) -> Iterator[EpochResult]:
@@ -174,28 +228,29 @@ def train_epochs(model: nn.Module, data: Dataset, config: TrainConfig) -> Iterat
         >>> for result in train_epochs(model, data, TrainConfig(lr=0.05, epochs=10)):  # doctest: +SKIP
         ...     print(result.epoch, result.val_error)
     """
-    criterion = loss_function(data.task)
+    criterion = loss_function(data.task, config.loss)
     optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr, config.momentum, config.weight_decay)
     order_rng = order_generator(config.seed)
-    n = len(data.x_train)
-    start_loss, _ = evaluate(model, data)
+    loader = training_loader(data, config)
+    device = data_device(data)
+    start_loss, _ = evaluate(model, data, config)
     blow_up = divergence_threshold(config, start_loss)
     for epoch in range(config.epochs):
         lr = lr_at(config, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
-        order = epoch_order(order_rng, n, data.x_train.device)
-        loss_sum = torch.zeros((), device=data.x_train.device)
-        for start in range(0, n, config.batch_size):
-            batch = order[start:start + config.batch_size]
-            loss = criterion(task_outputs(model(data.x_train[batch]), data.task), data.y_train[batch])
+        loss_sum = torch.zeros((), device=device)
+        n = 0
+        for x, y in _train_batches(data, config, order_rng, loader):
+            loss = criterion(task_outputs(model(x), data.task), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.detach() * len(batch)
-        train_loss = (loss_sum / n).item()  # one device sync per epoch, not per batch
-        val_loss, val_error = evaluate(model, data)
+            loss_sum += loss.detach() * len(x)
+            n += len(x)
+        train_loss = (loss_sum / max(n, 1)).item()  # one device sync per epoch, not per batch
+        val_loss, val_error = evaluate(model, data, config)
         diverged = has_diverged(train_loss, val_loss, blow_up)
         yield EpochResult(epoch + 1, lr, train_loss, val_loss, val_error, diverged)
         if diverged:

@@ -23,7 +23,7 @@ from tuner import results
 from tuner._records import write_trial_records
 from tuner.stages import Stage
 from tuner.storage import Heartbeat
-from tuner.train import EpochResult, EpochTrainer, TrialPlan
+from tuner.train import EpochResult, EpochTrainer, TrainConfig, TrialPlan
 
 REPORT_FLUSH_S = 10.0  # without a pruner, a trial's per-epoch reports are stored at most this often
 
@@ -185,3 +185,111 @@ def run_trials(
 
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+class StopTrial(Exception):
+    """Raised by ``report`` inside a user's loop to end the trial (pruned or diverged); tuner catches it."""
+
+
+LOOP_ARGUMENTS = ("model", "train", "val", "optimizer", "epochs", "lr_at", "device", "report", "loss", "seed", "params")
+
+
+def run_user_loop(
+    batch: TrialBatch,
+    plan: TrialPlan,
+    loop: Callable[..., object],
+    model: torch.nn.Module,
+    data: object,
+    device: torch.device,
+    n_params: int,
+    extra_attrs: dict[str, object],
+) -> list[FrozenTrial]:
+    """Train one asked trial with the user's own loop (``[train] loop``; README: "Your own model").
+
+    The loop is called with the keyword arguments it declares among :data:`LOOP_ARGUMENTS` (all of
+    them if it takes ``**kwargs``): the model, DataLoaders over the training and validation parts,
+    the optimizer tuner built at the trial's learning rate, the number of epochs, ``lr_at(epoch)``,
+    the device, ``report(epoch, value)``, the loss, the seed and the trial's params. After each
+    epoch it calls ``report(epoch, value)`` with the objective (lower is better, epochs from 1):
+    tuner records it, ends the trial if the value is not finite or the pruner says so (``report``
+    raises :class:`StopTrial`; let it through), and sets the optimizer to the schedule's rate for
+    the next epoch. The loop may return the final objective instead of, or besides, reporting it.
+    """
+    from tuner.train import lr_at, make_optimizer
+
+    config = plan.train
+    ((_, trial),) = batch.asked
+    optimizer = make_optimizer(config.optimizer, model.parameters(), lr_at(config, 0), config.momentum, config.weight_decay)
+    reported: list[int] = []
+
+    def report(epoch: int, value: float, train_loss: float = math.nan) -> None:
+        if reported and epoch <= reported[-1]:
+            raise ValueError(f"report(epoch={epoch}, ...) after epoch {reported[-1]}: report each epoch once, counting from 1")
+        reported.append(int(epoch))
+        value = float(value)
+        result = EpochResult(int(epoch), lr_at(config, int(epoch) - 1), float(train_loss), value, value,
+                             diverged=not math.isfinite(value))
+        if not batch.record(0, result):
+            raise StopTrial(f"trial {trial.number} stopped at epoch {epoch}: {'diverged' if result.diverged else 'pruned'}")
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(config, int(epoch))
+
+    started = time.perf_counter()
+    try:
+        with Heartbeat(batch.study, batch.ids):
+            try:
+                returned = call_user_loop(loop, model, data, config, optimizer, device, report, dict(trial.params))
+            except StopTrial:
+                returned = None
+        if returned is not None and batch.progress[0].active:
+            value = float(returned)  # type: ignore[arg-type]
+            if not batch.progress[0].curve or batch.progress[0].curve[-1] != value:
+                report((reported[-1] if reported else 0) + 1, value)
+        if not batch.progress[0].curve:
+            raise ValueError("the loop neither called report(epoch, value) nor returned a value; do one of them")
+    except StopTrial:
+        pass
+    except Exception as error:  # noqa: BLE001 -- the user's loop raised: this trial fails, the study goes on
+        return batch.fail(error)
+    batch.progress[0].seconds = time.perf_counter() - started
+    return batch.finish([n_params], extra_attrs)
+
+
+def call_user_loop(
+    loop: Callable[..., object],
+    model: torch.nn.Module,
+    data: object,
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    report: Callable[..., None],
+    params: dict[str, object],
+) -> object:
+    """Call the user's loop with the keyword arguments it declares (see :func:`run_user_loop`); its return value."""
+    from tuner.data import StreamedData
+    from tuner.train import loss_function, lr_at, training_loader
+
+    if isinstance(data, StreamedData):
+        train_loader, val_loader = training_loader(data, config), data.loader("val", config.batch_size)
+    else:
+        tensors = torch.utils.data.TensorDataset
+        generator = torch.Generator().manual_seed(config.seed)  # the trial's seed orders its data
+        train_loader = torch.utils.data.DataLoader(tensors(data.x_train, data.y_train), batch_size=config.batch_size,  # type: ignore[attr-defined]
+                                                   shuffle=True, generator=generator)
+        val_loader = torch.utils.data.DataLoader(tensors(data.x_val, data.y_val), batch_size=config.batch_size)  # type: ignore[attr-defined]
+    given = {
+        "model": model, "train": train_loader, "val": val_loader, "optimizer": optimizer, "epochs": config.epochs,
+        "lr_at": lambda epoch: lr_at(config, epoch), "device": device, "report": report,
+        "loss": loss_function(data.task, config.loss), "seed": config.seed, "params": params,  # type: ignore[attr-defined]
+    }
+    return loop(**_accepted(loop, given))
+
+
+def _accepted(function: Callable[..., object], given: dict[str, object]) -> dict[str, object]:
+    """The entries of ``given`` that ``function`` declares (all of them if it takes ``**kwargs``)."""
+    import inspect
+
+    parameters = inspect.signature(function).parameters
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return given
+    return {name: value for name, value in given.items() if name in parameters}

@@ -57,19 +57,22 @@ def give(function: Callable[..., Any]) -> str:
     return reference
 
 
-def spec_folder(spec: StudySpec) -> Path | None:
-    return Path(spec.source).resolve().parent if spec.source else None
+def spec_folder(source: str) -> Path | None:
+    """The folder of the spec file ``source`` (None for a spec made in Python)."""
+    return Path(source).resolve().parent if source else None
 
 
-def load_callable(reference: str, field: str, spec: StudySpec) -> Callable[..., Any]:
-    """Import ``module:function`` (from the spec's folder first, then ``sys.path``); SpecError if that fails."""
+def load_callable(reference: str, field: str, source: str = "") -> Callable[..., Any]:
+    """Import ``module:function`` (from the folder of spec file ``source`` first, then ``sys.path``).
+
+    Raises :class:`SpecError` naming the field, the module and the fix when that fails.
+    """
     if reference in _GIVEN:
         return _GIVEN[reference]
-    source = spec.source
     module_name, _, function_name = reference.partition(":")
     if not module_name or not function_name:
         raise SpecError(source, field, reference, 'write it as "module:function", e.g. "mynet:make_model"')
-    module = _import(module_name, field, reference, spec)
+    module = _import(module_name, field, reference, source)
     target: Any = module
     for part in function_name.split("."):
         if not hasattr(target, part):
@@ -83,8 +86,8 @@ def load_callable(reference: str, field: str, spec: StudySpec) -> Callable[..., 
     return target
 
 
-def _import(module_name: str, field: str, reference: str, spec: StudySpec) -> Any:
-    folder = spec_folder(spec)
+def _import(module_name: str, field: str, reference: str, source: str) -> Any:
+    folder = spec_folder(source)
     added = folder is not None and str(folder) not in sys.path
     if added:
         sys.path.insert(0, str(folder))
@@ -92,14 +95,14 @@ def _import(module_name: str, field: str, reference: str, spec: StudySpec) -> An
         return importlib.import_module(module_name)
     except ModuleNotFoundError as error:
         if error.name != module_name.split(".")[0] and error.name != module_name:
-            raise SpecError(spec.source, field, reference,
+            raise SpecError(source, field, reference,
                             f"importing module '{module_name}' failed: {error}; install what it needs") from None
         where = f"beside the spec ({folder})" if folder else "in the working folder"
-        raise SpecError(spec.source, field, reference,
+        raise SpecError(source, field, reference,
                         f"no module '{module_name}' {where} or on sys.path; put {module_name}.py there, or make it importable") from None
     except Exception as error:  # noqa: BLE001 -- the user's module raised while being imported
         first = str(error).splitlines()[0] if str(error) else ""
-        raise SpecError(spec.source, field, reference,
+        raise SpecError(source, field, reference,
                         f"importing module '{module_name}' raised {type(error).__name__}: {first}; fix the module") from None
     finally:
         if added:
@@ -152,7 +155,7 @@ def identity(spec: StudySpec) -> dict[str, Any]:
     """What the spec's own code and data files are: joins the stored settings (empty: nothing of the user's)."""
     found: dict[str, Any] = {}
     for field, reference in code_references(spec).items():
-        found[field] = function_identity(load_callable(reference, field, spec), reference)
+        found[field] = function_identity(load_callable(reference, field, spec.source), reference)
     if spec.data.name == "csv" and spec.data.path:
         from tuner.data import csv_path
 
@@ -160,3 +163,63 @@ def identity(spec: StudySpec) -> dict[str, Any]:
         if path.is_file():
             found["data.path"] = {"sha256": file_sha256(path)}
     return found
+
+
+def install(spec: StudySpec) -> None:
+    """Make the spec's own model factory buildable as ``model.family`` (registered under its reference)."""
+    if not is_reference(spec.model.family):
+        return
+    from tuner.models import register_model
+
+    factory = load_callable(spec.model.family, "model.family", spec.source)
+    register_model(spec.model.family, factory, inputs="shape")
+
+
+def train_functions(spec: StudySpec) -> dict[str, Callable[..., Any] | None]:
+    """The spec's own ``loss`` and ``metric`` (None where it names none)."""
+    return {
+        name: load_callable(reference, f"train.{name}", spec.source) if reference else None
+        for name, reference in (("loss", spec.train.loss), ("metric", spec.train.metric))
+    }
+
+
+def check_model(spec: StudySpec, data: Any) -> None:
+    """Build the spec's small network once and run two samples through it: SpecError if that fails.
+
+    A factory that raises, returns something other than an ``nn.Module``, or a module whose
+    outputs do not have the shape the task needs, is named before anything is written.
+    """
+    if not is_reference(spec.model.family):
+        return
+    import torch
+    from torch import nn
+
+    from tuner.data import StreamedData, data_device, sample_shape
+    from tuner.train import seeded_model
+
+    field, reference = "model.family", spec.model.family
+    shape = sample_shape(data)
+    call = f"{reference.partition(':')[2]}(input_shape={shape}, n_outputs={data.n_outputs}, width={spec.model.width}, depth={spec.model.depth})"
+    try:
+        model = seeded_model(reference, data, spec.model.width, spec.model.depth, spec.seed)
+    except Exception as error:  # noqa: BLE001 -- the user's factory raised
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise SpecError(spec.source, field, reference, f"{call} raised {type(error).__name__}: {first}; fix the factory") from None
+    if not isinstance(model, nn.Module):
+        raise SpecError(spec.source, field, reference, f"{call} returned a {type(model).__name__}; return a torch.nn.Module")
+    if isinstance(data, StreamedData):
+        x = torch.stack([torch.as_tensor(data.train_set[i][0]) for i in range(min(2, len(data.train_set)))])
+    else:
+        x = data.x_train[:2]
+    try:
+        with torch.no_grad():
+            out = model.eval()(x.to(data_device(data)))
+    except Exception as error:  # noqa: BLE001
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise SpecError(spec.source, field, reference,
+                        f"the model it builds fails on a batch of inputs of shape {tuple(x.shape)}: {type(error).__name__}: {first}") from None
+    wanted = (len(x), data.n_outputs)
+    if not isinstance(out, torch.Tensor) or (tuple(out.shape) != wanted and not (data.n_outputs == 1 and tuple(out.shape) == wanted[:1])):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise SpecError(spec.source, field, reference,
+                        f"the model it builds returns {got} for a batch of {len(x)}; return (batch, n_outputs) = {wanted}")

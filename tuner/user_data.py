@@ -1,0 +1,140 @@
+"""Data from a user's loader: ``[data] name = "python"``, ``loader = "module:function"``.
+
+The loader is called as ``loader(seed=<the spec's seed>)`` and returns a dict (or a tuple
+``(train, val, task)`` / ``(train, val, test, task)``)::
+
+    {"train": TRAIN, "val": VAL, "test": TEST (optional), "task": "classification" | "regression",
+     "n_classes": N (optional, for Datasets)}
+
+where each part is either a pair ``(x, y)`` of arrays or tensors (numpy, torch, anything
+``numpy.asarray`` takes), held in memory, standardised from the training part and encoded like
+the bundled data (any labels for classification), or a ``torch.utils.data.Dataset`` whose items are
+``(input, target)`` pairs, read through a ``DataLoader`` (``[data] workers``), for data that does not
+fit in memory: used as it is (no standardisation), targets as class indices ``0..N-1`` for
+classification (give ``n_classes`` to skip a pass over the training part to count them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from tuner.data import Dataset, StreamedData, prepare, standardise_inputs
+from tuner.spec import DataSpec, SpecError
+from tuner.usercode import load_callable
+
+TASKS = ("classification", "regression")
+FIELD = "data.loader"
+
+
+def load_user_data(spec: DataSpec, seed: int, source: str = "") -> Dataset | StreamedData:
+    """Call the spec's loader and turn what it returns into tuner's data (see the module docstring)."""
+    reference = spec.loader or ""
+    loader = load_callable(reference, FIELD, source)
+    fail = lambda fix: SpecError(source, FIELD, reference, fix)  # noqa: E731
+    try:
+        returned = loader(seed=seed)
+    except Exception as error:  # noqa: BLE001 -- the user's code raised: say so, in one line
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise fail(f"calling it as loader(seed={seed}) raised {type(error).__name__}: {first}; fix the loader") from None
+    parts = _parts(returned, fail)
+    task = parts["task"]
+    if task not in TASKS:
+        raise fail(f"it returned task = {task!r}; return \"classification\" or \"regression\"")
+    kinds = {name: _is_dataset(part) for name, part in parts.items() if name in ("train", "val", "test") and part is not None}
+    if len(set(kinds.values())) > 1:
+        raise fail("return every part the same way: all (x, y) pairs, or all torch Datasets")
+    if kinds["train"]:
+        return _streamed(spec, parts, fail)
+    return _in_memory(parts, fail)
+
+
+def _parts(returned: Any, fail: Any) -> dict[str, Any]:
+    if isinstance(returned, Mapping):
+        missing = [key for key in ("train", "val", "task") if key not in returned]
+        if missing:
+            raise fail(f"the dict it returned has no {', '.join(repr(k) for k in missing)}; return "
+                       "{'train': (x, y), 'val': (x, y), 'task': 'classification'} (README: Your own model)")
+        return {"train": returned["train"], "val": returned["val"], "test": returned.get("test"),
+                "task": returned["task"], "n_classes": returned.get("n_classes")}
+    if isinstance(returned, tuple) and len(returned) in (3, 4):
+        train, val, *test, task = returned
+        return {"train": train, "val": val, "test": test[0] if test else None, "task": task, "n_classes": None}
+    raise fail(f"it returned a {type(returned).__name__}; return a dict {{'train': (x, y), 'val': (x, y), "
+               "'task': 'classification' or 'regression'}, or a tuple (train, val, task)")
+
+
+def _is_dataset(part: Any) -> bool:
+    return isinstance(part, torch.utils.data.Dataset)
+
+
+def _pair(part: Any, name: str, fail: Any) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(part, (tuple, list)) or len(part) != 2:
+        raise fail(f"its '{name}' part is a {type(part).__name__}; give a pair (x, y) of arrays, or a torch Dataset")
+    x, y = (t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t) for t in part)
+    if len(x) != len(y):
+        raise fail(f"its '{name}' part has {len(x)} inputs but {len(y)} targets; give one target per input")
+    if len(x) == 0:
+        raise fail(f"its '{name}' part is empty; give it rows")
+    try:
+        x = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise fail(f"the inputs of its '{name}' part are not numbers; encode them as numbers") from None
+    if not np.isfinite(x).all():
+        raise fail(f"the inputs of its '{name}' part hold NaN or infinite values; fill or drop them")
+    return x, y.reshape(len(y), -1)[:, 0] if y.ndim > 1 and y.shape[1:] == (1,) else y
+
+
+def _in_memory(parts: dict[str, Any], fail: Any) -> Dataset:
+    task = parts["task"]
+    x_train, y_train = _pair(parts["train"], "train", fail)
+    x_val, y_val = _pair(parts["val"], "val", fail)
+    if x_train.shape[1:] != x_val.shape[1:]:
+        raise fail(f"train inputs have shape {x_train.shape[1:]} per sample but val inputs {x_val.shape[1:]}; make them match")
+    if task == "classification":
+        if len(np.unique(y_train)) < 2:
+            raise fail("its train part has one class only; a classifier needs at least two")
+    elif not np.issubdtype(np.asarray(y_train).dtype, np.number):
+        raise fail("its targets are not numbers, so the task cannot be regression; return task = \"classification\"")
+    data = prepare("python", task, x_train, y_train, x_val, y_val)
+    if len(data.y_val) == 0:
+        raise fail("no class of its 'val' part occurs in the 'train' part; validation needs known classes")
+    if parts["test"] is None:
+        return data
+    import dataclasses
+
+    x_test, y_test = _pair(parts["test"], "test", fail)
+    x = standardise_inputs(x_test, data.x_mean, data.x_std)
+    if task == "classification":
+        lookup = {c: i for i, c in enumerate(data.classes or ())}
+        codes = np.array([lookup.get(c, -1) for c in np.asarray(y_test).tolist()])
+        keep = codes >= 0
+        return dataclasses.replace(data, x_test=x[torch.as_tensor(keep)], y_test=torch.as_tensor(codes[keep], dtype=torch.long))
+    y = torch.as_tensor((np.asarray(y_test, dtype=np.float64) - data.target_mean) / data.target_scale, dtype=torch.float32)
+    return dataclasses.replace(data, x_test=x, y_test=y)
+
+
+def _streamed(spec: DataSpec, parts: dict[str, Any], fail: Any) -> StreamedData:
+    train, val, task = parts["train"], parts["val"], parts["task"]
+    for name in ("train", "val"):
+        if len(parts[name]) == 0:
+            raise fail(f"its '{name}' Dataset is empty; give it samples")
+    try:
+        first_input, _ = train[0]
+    except Exception as error:  # noqa: BLE001
+        raise fail(f"train[0] of its Dataset must be a pair (input, target); it gave {type(error).__name__}: {error}") from None
+    input_shape = tuple(int(n) for n in torch.as_tensor(first_input).shape)
+    n_outputs = 1
+    if task == "classification":
+        n_outputs = int(parts["n_classes"] or _count_classes(train, spec.workers))
+        if n_outputs < 2:
+            raise fail("its train Dataset has one class only; a classifier needs at least two")
+    return StreamedData("python", task, train, val, n_outputs, input_shape, test_set=parts["test"], workers=spec.workers)
+
+
+def _count_classes(dataset: Any, workers: int) -> int:
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1024, num_workers=workers)
+    return int(max(int(torch.as_tensor(y).max()) for _, y in loader)) + 1
