@@ -260,6 +260,13 @@ def _check_settings(study: optuna.Study, spec: StudySpec, stage: str) -> None:
     wanted = _normalise(stage_settings(spec, stage))
     if "identity" not in stored:
         wanted.pop("identity", None)  # stored before tuner kept the identity of code and CSV files
+    code = _code_changes(stored.get("identity") or {}, wanted.get("identity") or {}, spec)
+    if code:
+        raise StudyMismatchError(
+            f"study '{name}' was made with other code or data: {'; '.join(code)}. Its trials would be mixed "
+            f"with different ones: give the study a new name (name = \"...\" in the spec, or --name NEW), or "
+            f"put the old version back to resume it."
+        )
     if _normalise(stored) != wanted:
         changes = "; ".join(_differences(stored, wanted)) or "settings differ"
         raise StudyMismatchError(
@@ -267,6 +274,24 @@ def _check_settings(study: optuna.Study, spec: StudySpec, stage: str) -> None:
             f"mixed with different ones: give the study a new name (name = \"...\" in the spec, or "
             f"--name NEW), or put the old settings back to resume it."
         )
+
+
+def _code_changes(stored: dict[str, Any], wanted: dict[str, Any], spec: StudySpec) -> list[str]:
+    """What changed of the user's own code and data files, in words (empty: nothing)."""
+    changes = []
+    for field in sorted(set(stored) | set(wanted)):
+        old, new = stored.get(field), wanted.get(field)
+        if old == new:
+            continue
+        if field == "data.path":
+            changes.append(f"the content of data.path ({spec.data.path}) changed since its trials ran")
+        elif old is None or new is None:
+            changes.append(f"{field} {'now names' if old is None else 'no longer names'} your own code")
+        elif (old.get("module"), old.get("function")) != (new.get("module"), new.get("function")):
+            changes.append(f"{field}: {old.get('module')}:{old.get('function')} -> {new.get('module')}:{new.get('function')}")
+        else:
+            changes.append(f"{field} ({new['module']}:{new['function']}): its module {new['module']} changed since its trials ran")
+    return changes
 
 
 def _normalise(settings: Any) -> Any:

@@ -195,18 +195,19 @@ def check_model(spec: StudySpec, data: Any) -> None:
     from torch import nn
 
     from tuner.data import StreamedData, data_device, sample_shape
-    from tuner.train import seeded_model
+    from tuner.models import build_model
 
     field, reference = "model.family", spec.model.family
     shape = sample_shape(data)
     call = f"{reference.partition(':')[2]}(input_shape={shape}, n_outputs={data.n_outputs}, width={spec.model.width}, depth={spec.model.depth})"
     try:
-        model = seeded_model(reference, data, spec.model.width, spec.model.depth, spec.seed)
+        model = build_model(reference, shape, data.n_outputs, spec.model.width, spec.model.depth)
     except Exception as error:  # noqa: BLE001 -- the user's factory raised
         first = str(error).splitlines()[0] if str(error) else ""
         raise SpecError(spec.source, field, reference, f"{call} raised {type(error).__name__}: {first}; fix the factory") from None
     if not isinstance(model, nn.Module):
         raise SpecError(spec.source, field, reference, f"{call} returned a {type(model).__name__}; return a torch.nn.Module")
+    model = model.to(data_device(data))
     if isinstance(data, StreamedData):
         x = torch.stack([torch.as_tensor(data.train_set[i][0]) for i in range(min(2, len(data.train_set)))])
     else:

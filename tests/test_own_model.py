@@ -1,0 +1,220 @@
+"""Your own model, data and loop from the CLI, resumed, refused when changed, and the winner out.
+
+The modules are the README's example in ``examples/``, copied to a temporary folder so that a test
+can edit them; every run goes through ``python -m tuner.cli`` as a user's would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+import tuner
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ROOT = EXAMPLES.parent
+
+SMALL = {"trials = 8": "trials = 4", "trials = 6": "trials = 3", "epochs = 6": "epochs = 2"}
+
+
+def _example(tmp_path: Path, spec_text: str | None = None) -> Path:
+    folder = tmp_path / "mine"
+    shutil.copytree(EXAMPLES, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    spec = folder / "my.toml"
+    text = spec_text or spec.read_text()
+    for old, new in SMALL.items():
+        text = text.replace(old, new)
+    spec.write_text(text)
+    return spec
+
+
+def _tuner(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TUNER_")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "tuner.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_a_custom_cnn_and_loader_run_both_stages_resume_and_an_edited_module_is_refused(tmp_path: Path) -> None:
+    spec = _example(tmp_path)
+    text = spec.read_text().replace('loop = "mytrain:fit"', "")  # tuner's own loop on the user's model
+    spec.write_text(text)
+    url = f"sqlite:///{tmp_path / 'mine.db'}"
+    first = _tuner("study", str(spec), "--storage", url, "--device", "cpu", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    counts = {stage: len(optuna.load_study(study_name=f"my-study/{stage}", storage=url).trials) for stage in ("lr", "shape")}
+    assert counts == {"lr": 4, "shape": 3}
+    shape = optuna.load_study(study_name="my-study/shape", storage=url)
+    assert all(t.state == TrialState.COMPLETE for t in shape.trials)
+    assert shape.user_attrs["settings"]["identity"]["model.family"]["module"] == "mynet"
+
+    again = _tuner("study", str(spec), "--storage", url, "--device", "cpu", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert {stage: len(optuna.load_study(study_name=f"my-study/{stage}", storage=url).trials) for stage in counts} == counts
+
+    net = spec.parent / "mynet.py"
+    net.write_text(net.read_text().replace("kernel_size=3, padding=1", "kernel_size=3, padding=1, bias=False"))
+    edited = _tuner("study", str(spec), "--storage", url, "--device", "cpu", cwd=tmp_path)
+    assert edited.returncode == 2, edited.stderr
+    assert len(edited.stderr.strip().splitlines()) == 1
+    assert "model.family" in edited.stderr and "mynet" in edited.stderr
+    assert {stage: len(optuna.load_study(study_name=f"my-study/{stage}", storage=url).trials) for stage in counts} == counts
+
+
+def test_a_custom_loop_gets_the_trials_learning_rate_and_its_reports_reach_the_storage(tmp_path: Path) -> None:
+    spec = _example(tmp_path)
+    spy = spec.parent / "mytrain.py"
+    spy.write_text(spy.read_text() + '''
+
+def spying_fit(model, train, val, optimizer, epochs, device, report, loss, params):
+    import json, os
+    with open(os.environ["SPY_FILE"], "a") as out:
+        out.write(json.dumps({"optimizer_lr": optimizer.param_groups[0]["lr"], "params": params}) + "\\n")
+    for epoch in range(1, epochs + 1):
+        report(epoch, 1.0 / (epoch + optimizer.param_groups[0]["lr"]))
+''')
+    spec.write_text(spec.read_text().replace('"mytrain:fit"', '"mytrain:spying_fit"'))
+    url = f"sqlite:///{tmp_path / 'loop.db'}"
+    os.environ["SPY_FILE"] = str(tmp_path / "spy.jsonl")
+    try:
+        run = _tuner("study", str(spec), "--storage", url, "--device", "cpu", cwd=tmp_path)
+    finally:
+        del os.environ["SPY_FILE"]
+    assert run.returncode == 0, run.stderr
+    calls = [json.loads(line) for line in (tmp_path / "spy.jsonl").read_text().splitlines()]
+    lr_trials = optuna.load_study(study_name="my-study/lr", storage=url).trials
+    assert len(calls) == 4 + 3
+    # The lr stage: each call's optimizer starts at its trial's sampled rate (constant schedule).
+    assert sorted(c["optimizer_lr"] for c in calls if "lr" in c["params"]) == pytest.approx(sorted(t.params["lr"] for t in lr_trials))
+    for trial in lr_trials:
+        lr = trial.params["lr"]
+        assert trial.intermediate_values == pytest.approx({1: 1 / (1 + lr), 2: 1 / (2 + lr)})
+        assert trial.user_attrs["learning_curve"] == pytest.approx([1 / (1 + lr), 1 / (2 + lr)])
+        assert trial.value == pytest.approx(1 / (2 + lr))
+
+
+def test_tuner_best_writes_three_files_and_load_model_predicts_raw_inputs_as_scored(tmp_path: Path) -> None:
+    spec = _example(tmp_path)
+    url = f"sqlite:///{tmp_path / 'best.db'}"
+    assert _tuner("study", str(spec), "--storage", url, "--device", "cpu", cwd=tmp_path).returncode == 0
+    out = tmp_path / "winner"
+    best = _tuner("best", "my-study", "--storage", url, "--out", str(out), "--device", "cpu", cwd=tmp_path)
+    assert best.returncode == 0, best.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["best.toml", "metrics.json", "model.pt"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["validation"]["value"] == pytest.approx(metrics["stored_value"])
+
+    sys.path.insert(0, str(spec.parent))
+    try:
+        import mydata  # the user's own loader: raw inputs, as the user has them
+
+        parts = mydata.load(seed=0)
+    finally:
+        sys.path.remove(str(spec.parent))
+        sys.modules.pop("mydata", None)
+    model = tuner.load_model(out)
+    x_val, y_val = parts["val"]
+    assert np.mean(model.predict(x_val) != y_val) == pytest.approx(metrics["validation"]["error"], abs=1e-6)
+    x_test, y_test = parts["test"]
+    assert np.mean(model.predict(torch.as_tensor(x_test)) != y_test) == pytest.approx(metrics["test"]["error"], abs=1e-6)
+
+
+def test_test_rows_of_a_loader_never_reach_a_stage(tmp_path: Path) -> None:
+    seen: set[bytes] = set()
+
+    def spy_model(input_shape: tuple[int, ...], n_outputs: int, width: int, depth: int) -> torch.nn.Module:
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(int(np.prod(input_shape)), n_outputs))
+        net.register_forward_pre_hook(lambda _m, args: seen.update(row.numpy().tobytes() for row in args[0].detach()))
+        return net
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 5))
+    y = (x[:, 0] > 0).astype(int)
+
+    def loader(seed: int) -> dict[str, object]:
+        return {"train": (x[:60], y[:60]), "val": (x[60:90], y[60:90]), "test": (x[90:], y[90:]), "task": "classification"}
+
+    spec = tuner.spec_from_dict({"name": "spy", "train": {"epochs": 2},
+                                 "stages": {"lr": {"trials": 3}, "shape": {"trials": 2, "width": [4, 8], "depth": [1, 1]}}})
+    result = tuner.run_study(spec, storage=f"sqlite:///{tmp_path / 'spy.db'}", device="cpu", model=spy_model, loader=loader)
+    assert result.stages["shape"].n_complete == 2
+    data = tuner.run_study.__globals__["load_dataset"]  # the same preprocessing the stages saw
+    standardised = data(tuner.runner.with_callables(spec, loader=loader).data, 0)
+    rows = lambda t: {r.numpy().tobytes() for r in t}  # noqa: E731
+    assert rows(standardised.x_test).isdisjoint(seen)
+    assert seen <= rows(standardised.x_train) | rows(standardised.x_val)
+    assert len(seen & rows(standardised.x_train)) == 60
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("family", '"nosuch:make"', "no module 'nosuch'"),
+    ("family", '"mynet:nosuch"', "module 'mynet' has no 'nosuch'"),
+    ("family", '"mynet:nn"', "is not callable"),
+    ("family", '"broken:make"', "returned a int"),
+    ("family", '"broken:wrong_outputs"', "return (batch, n_outputs) = (2, 10)"),
+    ("family", '"broken:raises"', "raised RuntimeError: no GPU here"),
+    ("loader", '"broken:one_class"', "one class only"),
+    ("loader", '"broken:empty"', "'train' part is empty"),
+    ("loader", '"broken:a_list"', "returned a list"),
+])
+def test_bad_user_code_is_one_line_naming_the_field_and_nothing_is_written(
+    tmp_path: Path, field: str, value: str, expected: str
+) -> None:
+    spec = _example(tmp_path)
+    (spec.parent / "broken.py").write_text('''
+import numpy as np
+from torch import nn
+
+def make(input_shape, n_outputs, width, depth):
+    return 3
+
+def wrong_outputs(input_shape, n_outputs, width, depth):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+
+def raises(input_shape, n_outputs, width, depth):
+    raise RuntimeError("no GPU here")
+
+def one_class(seed):
+    x = np.zeros((10, 1, 8, 8))
+    return {"train": (x, np.zeros(10)), "val": (x, np.zeros(10)), "task": "classification"}
+
+def empty(seed):
+    return {"train": (np.zeros((0, 1, 8, 8)), np.zeros(0)), "val": (np.zeros((2, 1, 8, 8)), [0, 1]), "task": "classification"}
+
+def a_list(seed):
+    return [1, 2]
+''')
+    key = "family" if field == "family" else "loader"
+    lines = [f"{key} = {value}" if line.split("=")[0].strip() == key else line for line in spec.read_text().splitlines()]
+    spec.write_text("\n".join(lines) + "\n")
+    db = tmp_path / "bad.db"
+    run = _tuner("study", str(spec), "--storage", f"sqlite:///{db}", "--device", "cpu", cwd=tmp_path)
+    assert run.returncode == 2, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert expected in run.stderr and f"{'model' if field == 'family' else 'data'}.{key}" in run.stderr
+    assert not db.exists()
+
+
+def test_a_csv_edited_in_place_is_a_changed_study(tmp_path: Path) -> None:
+    rows = "\n".join(["a,b,label"] + [f"{i},{(i * 7) % 11},{i % 2}" for i in range(60)])
+    (tmp_path / "table.csv").write_text(rows + "\n")
+    spec = tmp_path / "table.toml"
+    spec.write_text('name = "table"\n[data]\nname = "csv"\npath = "table.csv"\ntarget = "label"\n'
+                    '[train]\nepochs = 1\n[stages.lr]\ntrials = 2\n[stages.shape]\ntrials = 1\n')
+    url = f"sqlite:///{tmp_path / 'csv.db'}"
+    assert _tuner("study", str(spec), "--storage", url, "--device", "cpu", cwd=tmp_path).returncode == 0
+    (tmp_path / "table.csv").write_text(rows.replace(",0\n", ",1\n", 5) + "\n")  # relabelled in place
+    edited = _tuner("study", str(spec), "--storage", url, "--device", "cpu", cwd=tmp_path)
+    assert edited.returncode == 2, edited.stderr
+    assert "data.path" in edited.stderr and "table.csv" in edited.stderr
+    assert len(optuna.load_study(study_name="table/lr", storage=url).trials) == 2
