@@ -1,0 +1,227 @@
+"""The public contract that a change of the package's layout must keep (issue 16).
+
+What a user or a stored study depends on, pinned against today's code: the CLI's commands, options
+and exit codes; the columns of every CSV file; the study names ``<name>/<stage>`` and the attribute
+keys stored on studies and trials; the ``settings_hash`` of every bundled spec (a stored study must
+keep matching its spec); the names in ``tuner.__all__``; and a database made by the code of before,
+``tests/data/contract_v0.db``, which must resume without training anything.
+
+Where growth is harmless (a new option, attribute or public name) the tests ask for a superset;
+where a change would break a stored study or a user's script they ask for equality.
+
+``tests/data/contract_v0.db`` was made at commit 6f4fe42 with
+``tuner study tests/data/contract_v0.toml --storage sqlite:///tests/data/contract_v0.db --device cpu``,
+then checkpointed, switched to ``journal_mode=DELETE`` and vacuumed so that it is one small file.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tomllib
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+import typer
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+import tuner
+import tuner.cli
+from tuner.spec import load_spec, settings_hash
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+V0_SPEC = DATA / "contract_v0.toml"
+V0_DB = DATA / "contract_v0.db"
+STAGES = ("lr", "shape", "audit")
+
+
+def _stage_settings() -> Callable[[Any, str], dict[str, Any]]:
+    """``stage_settings`` wherever the layout puts it: today ``tuner.stages``, after issue 16 maybe ``tuner.results``."""
+    for module in ("tuner.stages", "tuner.results"):
+        try:
+            return getattr(importlib.import_module(module), "stage_settings")
+        except (ImportError, AttributeError):
+            continue
+    raise AssertionError("stage_settings is neither in tuner.stages nor in tuner.results")
+
+
+def _env() -> dict[str, str]:
+    # The code of this checkout, not whatever tuner is installed; one thread: a busy 2-core machine.
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def _tuner(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``tuner ARGS`` as its own process, the way a user runs it."""
+    return subprocess.run([sys.executable, "-m", "tuner.cli", *args], cwd=cwd, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+def _invoke(*args: str) -> Any:
+    """``tuner ARGS`` in this process (fast); the result's ``exit_code`` is what the process would return."""
+    # A wide terminal: help text folded at 80 columns would cut long option names apart.
+    result = CliRunner().invoke(tuner.cli.app, list(args), env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def _header(path: Path) -> list[str]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return next(csv.reader(handle))
+
+
+# --- 1. The CLI: commands, their options and arguments, exit codes -----------------------------------------
+
+STORAGE = {"--storage", "-s", "--storage-password-file"}
+# command -> (option names, positional arguments in order); None is `tuner` itself.
+CLI = {
+    None: (set(), []),
+    "study": (STORAGE | {"--device", "--name"}, ["spec"]),
+    "importance": (STORAGE | {"--out", "-o"}, ["name"]),
+    "export": (STORAGE | {"--out", "-o"}, ["name"]),
+    "report": (STORAGE | {"--out", "-o"}, ["name"]),
+    "dashboard": (STORAGE | {"--port"}, []),
+    "lr-find": ({"--out", "-o", "--device", "--steps", "--start-lr", "--end-lr"}, ["spec"]),
+}
+# (command, option) -> default, where a user relies on it without writing the option.
+DEFAULTS = {
+    ("study", "--device"): "auto",
+    ("lr-find", "--device"): "auto",
+    ("lr-find", "--steps"): 100,
+    ("lr-find", "--start-lr"): 1e-7,
+    ("lr-find", "--end-lr"): 10.0,
+    ("dashboard", "--port"): 8080,
+    ("importance", "--out"): Path("."),
+    ("export", "--out"): Path("."),
+    ("lr-find", "--out"): Path("."),
+    ("report", "--out"): None,  # NAME-report
+}
+
+
+# Typer ships its own copy of click (typer._click) in some versions: parameters are told apart by
+# click's param_type_name, not by isinstance checks against the click package.
+def _command(name: str | None) -> Any:
+    group = typer.main.get_command(tuner.cli.app)
+    return group if name is None else group.commands[name]
+
+
+def _options(command: Any) -> dict[str, Any]:
+    return {opt: p for p in command.params if p.param_type_name == "option" for opt in (*p.opts, *p.secondary_opts)}
+
+
+def test_the_console_script_is_the_typer_app_with_every_command() -> None:
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, attribute = scripts["tuner"].partition(":")
+    assert callable(getattr(importlib.import_module(module), attribute))
+    assert set(_command(None).commands) >= {name for name in CLI if name is not None}
+
+
+@pytest.mark.parametrize("name", list(CLI), ids=lambda n: n or "tuner")
+def test_each_command_keeps_its_options_and_arguments(name: str | None) -> None:
+    command = _command(name)
+    options, arguments = CLI[name]
+    missing = options - set(_options(command))
+    assert not missing, f"tuner {name or ''}: options gone: {sorted(missing)}"
+    assert [p.name for p in command.params if p.param_type_name == "argument"] == arguments
+    for (owner, option), default in DEFAULTS.items():
+        if owner == name:
+            assert _options(command)[option].default == default, (name, option)
+    if "--storage" in options:
+        # Kept from the environment, as the README tells a cluster to set it once.
+        assert _options(command)["--storage"].envvar == "TUNER_STORAGE"
+
+
+@pytest.mark.parametrize("name", list(CLI), ids=lambda n: n or "tuner")
+def test_each_command_help_exits_0_and_names_its_options(name: str | None) -> None:
+    result = _invoke(*([name] if name else []), "--help")
+    assert result.exit_code == 0, result.output
+    for option in CLI[name][0] | {"--help"}:
+        if option.startswith("--"):  # a short one is printed beside its long one
+            assert option in result.output, (name, option)
+
+
+def test_python_m_tuner_cli_is_the_command_line(tmp_path: Path) -> None:
+    # The process itself, not CliRunner: the exit code a shell sees.
+    done = _tuner("study", "no-such-spec.toml", "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "no-such-spec.toml" in done.stderr and "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def v0_copy(tmp_path: Path) -> str:
+    """A copy of the stored old study (a test must never write to the committed file)."""
+    copy = tmp_path / "v0.db"
+    shutil.copyfile(V0_DB, copy)
+    return f"sqlite:///{copy}"
+
+
+BAD_SPEC = """
+name = "bad"
+[data]
+name = "wine"
+[train]
+epochs = 1
+batchsize = 8
+"""
+
+
+@pytest.mark.parametrize("args", [
+    pytest.param(["study", "{tmp}/missing.toml", "-s", "sqlite:///{tmp}/absent.db"], id="study-missing-spec"),
+    pytest.param(["study", "{tmp}/bad.toml", "-s", "sqlite:///{tmp}/absent.db"], id="study-unknown-key"),
+    pytest.param(["study", str(V0_SPEC), "-s", "sqlite:///{tmp}/absent.db", "--device", "tpu"], id="study-bad-device"),
+    pytest.param(["study", str(V0_SPEC), "-s", "sqlite:///{tmp}/absent.db", "--name", "a/b"], id="study-bad-name"),
+    pytest.param(["study", str(V0_SPEC), "-s", "sqlite:///{tmp}/absent.db", "--no-such-option"], id="study-unknown-option"),
+    pytest.param(["no-such-command"], id="unknown-command"),
+    pytest.param(["lr-find", "{tmp}/missing.toml"], id="lr-find-missing-spec"),
+    pytest.param(["lr-find", str(V0_SPEC), "--start-lr", "1", "--end-lr", "0.1"], id="lr-find-bad-range"),
+    pytest.param(["lr-find", str(V0_SPEC), "--steps", "2"], id="lr-find-too-few-steps"),
+    pytest.param(["dashboard", "--port", "0"], id="dashboard-bad-port"),
+    pytest.param(["importance", "nobody", "--storage", "{v0}", "-o", "{tmp}/out"], id="importance-unknown-study"),
+    pytest.param(["export", "nobody", "--storage", "{v0}", "-o", "{tmp}/out"], id="export-unknown-study"),
+    pytest.param(["report", "nobody", "--storage", "{v0}", "-o", "{tmp}/out"], id="report-unknown-study"),
+    pytest.param(["importance", "contract", "--storage", "sqlite:///{tmp}/absent.db", "-o", "{tmp}/out"],
+                 id="importance-missing-database"),
+    pytest.param(["export", "contract", "--storage", "sqlite:///{tmp}/absent.db", "-o", "{tmp}/out"],
+                 id="export-missing-database"),
+    pytest.param(["report", "contract", "--storage", "sqlite:///{tmp}/absent.db", "-o", "{tmp}/out"],
+                 id="report-missing-database"),
+])
+def test_bad_input_exits_2(tmp_path: Path, v0_copy: str, args: list[str]) -> None:
+    (tmp_path / "bad.toml").write_text(BAD_SPEC)
+    result = _invoke(*(a.format(tmp=tmp_path, v0=v0_copy) for a in args), *(["--device", "cpu"] if args[0] == "study" and "--device" not in args else []))
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "absent.db").exists()  # bad input writes nothing; reading commands never create a database
+
+
+def test_ctrl_c_during_a_study_exits_130_and_names_the_command_that_resumes(tmp_path: Path) -> None:
+    # No signal needed: a model family (registered through the public API) whose builder is
+    # interrupted stands for a Ctrl-C in the middle of a trial.
+    def interrupted(n_features: int, n_outputs: int, width: int, depth: int) -> torch.nn.Module:
+        raise KeyboardInterrupt
+
+    tuner.register_model("contract_interrupted", interrupted)
+    spec = tmp_path / "ctrl_c.toml"
+    spec.write_text('name = "ctrl_c"\n[data]\nname = "wine"\n[model]\nfamily = "contract_interrupted"\n'
+                    "[train]\nepochs = 1\n[stages.lr]\ntrials = 2\n[stages.shape]\ntrials = 1\n")
+    url = f"sqlite:///{tmp_path / 'ctrl_c.db'}"
+    result = _invoke("study", str(spec), "--storage", url, "--device", "cpu")
+    assert result.exit_code == 130, result.output
+    assert "tuner study" in result.stderr
+    trials = optuna.load_study(study_name="ctrl_c/lr", storage=url).trials
+    assert trials and all(t.state == TrialState.FAIL for t in trials)  # none left RUNNING
+
