@@ -225,3 +225,149 @@ def test_ctrl_c_during_a_study_exits_130_and_names_the_command_that_resumes(tmp_
     trials = optuna.load_study(study_name="ctrl_c/lr", storage=url).trials
     assert trials and all(t.state == TrialState.FAIL for t in trials)  # none left RUNNING
 
+
+# --- 2-3. A tiny study through the CLI: exit 0, stored names and attributes, CSV columns ---------------------
+
+TINY = """
+name = "contract_tiny"
+seed = 0
+[data]
+name = "wine"
+[model]
+width = 8
+depth = 1
+[train]
+epochs = 2
+batch_size = 32
+[stages.lr]
+trials = 10          # MIN_COMPLETE_TRIALS: importance.csv gets rows, not only its header
+lr_min = 1e-3
+lr_max = 0.3
+lr_range = "auto"    # stores the range test's record on <name>/lr
+[stages.shape]
+trials = 3
+width = [4, 16]
+depth = [1, 2]
+[stages.audit]
+trials = 2
+"""
+
+
+@dataclass(frozen=True)
+class Tiny:
+    spec: Path
+    storage: str
+    exit_code: int
+    output: str
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tiny]:
+    folder = tmp_path_factory.mktemp("contract_tiny")
+    spec = folder / "tiny.toml"
+    spec.write_text(TINY)
+    storage = f"sqlite:///{folder / 'tiny.db'}"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module scope: conftest's per-test setting is not in force yet
+    try:
+        result = _invoke("study", str(spec), "--storage", storage, "--device", "cpu")
+    finally:
+        torch.set_num_threads(threads)
+    yield Tiny(spec, storage, result.exit_code, result.output)
+
+
+STUDY_ATTRS = {"settings", "settings_hash", "search", "objective", "budget"}
+LR_STUDY_ATTRS = STUDY_ATTRS | {"best_lr", "best_trial", "lr_find"}
+SHAPE_STUDY_ATTRS = STUDY_ATTRS | {"lr"}
+AUDIT_STUDY_ATTRS = STUDY_ATTRS | {
+    "low_interaction_held", "lr_main_effect", "lr_largest_interaction", "lr_largest_interaction_with",
+    "interaction_max_ratio", "verdict_n_trials", "verdict",
+}
+TRIAL_ATTRS = {
+    "learning_curve", "train_loss_curve", "train_seconds", "device", "diverged", "n_params", "epochs_done",
+    "batched_with", "worker", "worker_started",
+}
+# Each stage's fixed settings are stored on its trials too (the report reads the shape trials' lr).
+STAGE_TRIAL_ATTRS = {"lr": TRIAL_ATTRS | {"width", "depth", "schedule"}, "shape": TRIAL_ATTRS | {"lr"}, "audit": TRIAL_ATTRS}
+STAGE_PARAMS = {
+    "lr": {"lr"},
+    "shape": {"width", "depth", "schedule", "decay"},
+    "audit": {"lr", "width", "depth", "schedule", "decay", "one_minus_momentum"},  # sgd: momentum too
+}
+
+
+def test_a_tiny_study_exits_0_and_prints_its_stages(tiny: Tiny) -> None:
+    assert tiny.exit_code == 0, tiny.output
+    for stage in STAGES:
+        assert stage in tiny.output
+
+
+def test_each_stage_is_the_optuna_study_name_slash_stage(tiny: Tiny) -> None:
+    assert set(optuna.get_all_study_names(tiny.storage)) == {f"contract_tiny/{s}" for s in STAGES}
+    for stage, budget in (("lr", 10), ("shape", 3), ("audit", 2)):
+        study = optuna.load_study(study_name=f"contract_tiny/{stage}", storage=tiny.storage)
+        assert study.direction == optuna.study.StudyDirection.MINIMIZE
+        assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == budget
+
+
+@pytest.mark.parametrize(("stage", "keys"), [("lr", LR_STUDY_ATTRS), ("shape", SHAPE_STUDY_ATTRS), ("audit", AUDIT_STUDY_ATTRS)])
+def test_stage_studies_keep_their_attribute_keys(tiny: Tiny, stage: str, keys: set[str]) -> None:
+    attrs = optuna.load_study(study_name=f"contract_tiny/{stage}", storage=tiny.storage).user_attrs
+    assert keys <= set(attrs), f"gone: {sorted(keys - set(attrs))}"
+    assert attrs["settings_hash"] == settings_hash(attrs["settings"])
+    # As stored (JSON: tuples come back as lists) and as this code computes them for the same spec.
+    assert attrs["settings"] == json.loads(json.dumps(_stage_settings()(load_spec(tiny.spec), stage)))
+    assert {"sampler", "pruner", "optuna_version"} <= set(attrs["search"])
+    assert attrs["objective"] == "val_error"
+    if stage == "lr":
+        assert {"lrs", "losses", "suggestion", "problem", "bounds"} <= set(attrs["lr_find"])  # read back on resume
+    if stage == "shape":
+        lr = optuna.load_study(study_name="contract_tiny/lr", storage=tiny.storage).user_attrs["best_lr"]
+        assert attrs["lr"] == lr
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_trials_keep_their_attribute_keys_and_params(tiny: Tiny, stage: str) -> None:
+    trials = optuna.load_study(study_name=f"contract_tiny/{stage}", storage=tiny.storage).trials
+    assert trials
+    for trial in trials:
+        assert STAGE_TRIAL_ATTRS[stage] <= set(trial.user_attrs), f"trial {trial.number}: gone: {sorted(STAGE_TRIAL_ATTRS[stage] - set(trial.user_attrs))}"
+        assert set(trial.params) == STAGE_PARAMS[stage]
+        assert len(trial.user_attrs["learning_curve"]) == trial.user_attrs["epochs_done"]
+
+
+IMPORTANCE_COLUMNS = ["stage", "evaluator", "param", "param_b", "importance", "std"]
+TRIAL_COLUMNS = ["stage", "number", "state", "value", "datetime_start", "datetime_complete", "duration_s"]
+CURVE_COLUMNS = ["stage", "trial", "epoch", "value"]
+
+
+def test_importance_csv_columns(tiny: Tiny, tmp_path: Path) -> None:
+    result = _invoke("importance", "contract_tiny", "--storage", tiny.storage, "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "importance.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert _header(tmp_path / "importance.csv") == IMPORTANCE_COLUMNS
+    assert {row["stage"] for row in rows} == {"lr"}  # the only stage with enough trials
+
+
+def test_export_csv_columns(tiny: Tiny, tmp_path: Path) -> None:
+    result = _invoke("export", "contract_tiny", "-s", tiny.storage, "-o", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    header = _header(tmp_path / "trials.csv")
+    assert header[:len(TRIAL_COLUMNS)] == TRIAL_COLUMNS
+    params = [c for c in header if c.startswith("params_")]
+    attrs = [c for c in header if c.startswith("user_attrs_")]
+    assert header == TRIAL_COLUMNS + params + attrs  # fixed columns, then params, then attributes
+    assert params == sorted(f"params_{p}" for p in set().union(*STAGE_PARAMS.values()))
+    assert attrs == sorted(attrs)
+    assert {f"user_attrs_{key}" for key in TRIAL_ATTRS - {"learning_curve"}} <= set(attrs)
+    assert "user_attrs_learning_curve" not in attrs  # it is curves.csv
+    assert _header(tmp_path / "curves.csv") == CURVE_COLUMNS
+
+
+def test_lr_find_csv_columns(tiny: Tiny, tmp_path: Path) -> None:
+    result = _invoke("lr-find", str(tiny.spec), "--out", str(tmp_path), "--device", "cpu", "--steps", "60")
+    assert result.exit_code == 0, result.output
+    assert _header(tmp_path / "lr_find.csv") == ["lr", "loss", "smoothed"]
+    assert (tmp_path / "lr_find.png").exists()
+
