@@ -371,3 +371,47 @@ def test_lr_find_csv_columns(tiny: Tiny, tmp_path: Path) -> None:
     assert _header(tmp_path / "lr_find.csv") == ["lr", "loss", "smoothed"]
     assert (tmp_path / "lr_find.png").exists()
 
+
+# --- 4. settings_hash of every bundled spec: stored studies must keep matching them ------------------------
+
+SETTINGS_HASHES = {
+    "adding_lstm": {"lr": "eedc37cd828f4632", "shape": "cf49cbdc86cc62b4", "audit": "a63238b24c218f6d"},
+    "breast_cancer": {"lr": "f0d46e1f5be0b14b", "shape": "a3f7970fa0ecb0c0", "audit": "895fd208b1e55292"},
+    "diabetes": {"lr": "20928d456abafc1b", "shape": "990ca8ab4f8f721d", "audit": "ad12583c61d37813"},
+    "digits_lstm": {"lr": "1b57e411254530a5", "shape": "a05edfad7e87b954", "audit": "ad9d29295c3238e1"},
+    "quickstart": {"lr": "34bd8a240539a656", "shape": "9768dd9746091ebe", "audit": "d7e948d8e6439b14"},
+    "wine": {"lr": "ffd8d53c04eb8f4b", "shape": "0f4445b8b33403de", "audit": "6989b3613cdf04b7"},
+    "contract_v0": {"lr": "1f9870cea7685a7e", "shape": "d27b107b7162a3b9", "audit": "eeda5f41a8b9a330"},
+}
+
+
+def test_every_bundled_spec_is_pinned() -> None:
+    # A new studies/*.toml gets its hashes added here; one that disappears is a user's study gone.
+    assert {p.stem for p in (REPO / "studies").glob("*.toml")} == set(SETTINGS_HASHES) - {"contract_v0"}
+
+
+@pytest.mark.parametrize("spec_name", sorted(SETTINGS_HASHES))
+def test_settings_hash_of_each_stage_is_unchanged(spec_name: str) -> None:
+    path = V0_SPEC if spec_name == "contract_v0" else REPO / "studies" / f"{spec_name}.toml"
+    spec = load_spec(path)
+    stage_settings = _stage_settings()
+    assert {stage: settings_hash(stage_settings(spec, stage)) for stage in STAGES} == SETTINGS_HASHES[spec_name]
+
+
+# --- 5. The names tuner exports -----------------------------------------------------------------------------
+
+ALL = {
+    "Reporter", "SpecError", "StageSummary", "StorageError", "StudyMismatchError", "StudyResult", "StudySpec",
+    "TunerError", "audit_verdict", "importance_table", "load_spec", "load_stage_studies", "load_stage_trials",
+    "lr_find", "open_storage", "register_model", "run_study", "spec_from_dict", "write_export", "write_importance",
+    "write_lr_find", "write_report",
+}
+
+
+def test_every_public_name_still_imports() -> None:
+    assert ALL <= set(tuner.__all__), f"gone from tuner.__all__: {sorted(ALL - set(tuner.__all__))}"
+    for name in tuner.__all__:
+        assert getattr(tuner, name) is not None, name
+    assert issubclass(tuner.StudyMismatchError, tuner.TunerError)
+    assert issubclass(tuner.SpecError, ValueError)
+
