@@ -415,3 +415,58 @@ def test_every_public_name_still_imports() -> None:
     assert issubclass(tuner.StudyMismatchError, tuner.TunerError)
     assert issubclass(tuner.SpecError, ValueError)
 
+
+# --- 6. A study stored by the code of before resumes -------------------------------------------------------
+
+def _finished_per_stage(url: str) -> dict[str, list[tuple[int, str, float | None]]]:
+    return {
+        name: [(t.number, t.state.name, t.value) for t in optuna.load_study(study_name=name, storage=url).trials]
+        for name in optuna.get_all_study_names(url)
+    }
+
+
+def test_the_stored_v0_study_is_what_this_file_says() -> None:
+    # The fixture itself: two stages, all trials finished, one self-contained SQLite file.
+    assert V0_DB.stat().st_size < 1_000_000
+    with closing(sqlite3.connect(f"file:{V0_DB}?mode=ro", uri=True)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        names = {row[0]: row[1] for row in db.execute(
+            "SELECT study_name, COUNT(trial_id) FROM studies JOIN trials USING (study_id) "
+            "WHERE trials.state = 'COMPLETE' GROUP BY study_name")}
+    assert names == {"contract/lr": 4, "contract/shape": 3}
+
+
+def test_a_study_stored_before_resumes_without_training(v0_copy: str, tmp_path: Path) -> None:
+    before = _finished_per_stage(v0_copy)
+    spec = load_spec(V0_SPEC)
+    stage_settings = _stage_settings()
+    for stage in ("lr", "shape"):
+        stored = optuna.load_study(study_name=f"contract/{stage}", storage=v0_copy).user_attrs
+        assert stored["settings_hash"] == settings_hash(stage_settings(spec, stage))
+    # Its own process, from a folder that is not the repository's: nothing may hang on the cwd.
+    done = _tuner("study", str(V0_SPEC), "--storage", v0_copy, "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _finished_per_stage(v0_copy) == before  # not one trial more, none changed
+    for stage in ("lr", "shape"):
+        assert stage in done.stdout  # the summary table
+    assert "0.0229" in done.stdout  # the stored calibrated rate, read back, not chosen anew
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("v0.db")) == []
+
+
+def test_importance_export_and_report_read_a_study_stored_before(v0_copy: str, tmp_path: Path) -> None:
+    for command in ("importance", "export", "report"):
+        result = _invoke(command, "contract", "--storage", v0_copy, "--out", str(tmp_path / command))
+        assert result.exit_code == 0, (command, result.output)
+    assert _header(tmp_path / "importance" / "importance.csv") == IMPORTANCE_COLUMNS
+    # The old database's columns exactly: what a user's notebook reading trials.csv relies on.
+    assert _header(tmp_path / "export" / "trials.csv") == TRIAL_COLUMNS + [
+        "params_decay", "params_depth", "params_lr", "params_schedule", "params_width",
+        "user_attrs_batched_with", "user_attrs_depth", "user_attrs_device", "user_attrs_diverged",
+        "user_attrs_epochs_done", "user_attrs_lr", "user_attrs_n_params", "user_attrs_schedule",
+        "user_attrs_train_loss_curve", "user_attrs_train_seconds", "user_attrs_width", "user_attrs_worker",
+        "user_attrs_worker_started",
+    ]
+    with (tmp_path / "export" / "curves.csv").open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == CURVE_COLUMNS and len(rows) == 1 + 7 * 3  # 7 trials of 3 epochs
+    assert (tmp_path / "report" / "index.html").exists()
