@@ -1,0 +1,529 @@
+"""The public contract that a change of the package's layout must keep (issue 16).
+
+What a user or a stored study depends on, pinned against today's code: the CLI's commands, options
+and exit codes; the columns of every CSV file; the study names ``<name>/<stage>`` and the attribute
+keys stored on studies and trials; the ``settings_hash`` of every bundled spec (a stored study must
+keep matching its spec); the names in ``tuner.__all__``; and a database made by the code of before,
+``tests/data/contract_v0.db``, which must resume without training anything.
+
+Where growth is harmless (a new option, attribute or public name) the tests ask for a superset;
+where a change would break a stored study or a user's script they ask for equality.
+
+``tests/data/contract_v0.db`` was made at commit 6f4fe42 with
+``tuner study tests/data/contract_v0.toml --storage sqlite:///tests/data/contract_v0.db --device cpu``,
+then checkpointed, switched to ``journal_mode=DELETE`` and vacuumed so that it is one small file.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib
+import inspect
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tomllib
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+import typer
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+import tuner
+import tuner.cli
+from tuner.spec import load_spec, settings_hash
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+V0_SPEC = DATA / "contract_v0.toml"
+V0_DB = DATA / "contract_v0.db"
+STAGES = ("lr", "shape", "audit")
+
+
+def _stage_settings() -> Callable[[Any, str], dict[str, Any]]:
+    """``stage_settings`` wherever the layout puts it: today ``tuner.stages``, after issue 16 maybe ``tuner.results``."""
+    for module in ("tuner.stages", "tuner.results"):
+        try:
+            return getattr(importlib.import_module(module), "stage_settings")
+        except (ImportError, AttributeError):
+            continue
+    raise AssertionError("stage_settings is neither in tuner.stages nor in tuner.results")
+
+
+def _env() -> dict[str, str]:
+    # The code of this checkout, not whatever tuner is installed; one thread: a busy 2-core machine.
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def _tuner(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``tuner ARGS`` as its own process, the way a user runs it."""
+    return subprocess.run([sys.executable, "-m", "tuner.cli", *args], cwd=cwd, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+def _invoke(*args: str) -> Any:
+    """``tuner ARGS`` in this process (fast); the result's ``exit_code`` is what the process would return."""
+    # A wide terminal: help text folded at 80 columns would cut long option names apart.
+    result = CliRunner().invoke(tuner.cli.app, list(args), env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def _header(path: Path) -> list[str]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return next(csv.reader(handle))
+
+
+# --- 1. The CLI: commands, their options and arguments, exit codes -----------------------------------------
+
+STORAGE = {"--storage", "-s", "--storage-password-file"}
+# command -> (option names, positional arguments in order); None is `tuner` itself.
+CLI = {
+    None: (set(), []),
+    "study": (STORAGE | {"--device", "--name"}, ["spec"]),
+    "importance": (STORAGE | {"--out", "-o"}, ["name"]),
+    "export": (STORAGE | {"--out", "-o"}, ["name"]),
+    "report": (STORAGE | {"--out", "-o"}, ["name"]),
+    "dashboard": (STORAGE | {"--port"}, []),
+    "lr-find": ({"--out", "-o", "--device", "--steps", "--start-lr", "--end-lr"}, ["spec"]),
+}
+# (command, option) -> default, where a user relies on it without writing the option.
+DEFAULTS = {
+    ("study", "--device"): "auto",
+    ("lr-find", "--device"): "auto",
+    ("lr-find", "--steps"): 100,
+    ("lr-find", "--start-lr"): 1e-7,
+    ("lr-find", "--end-lr"): 10.0,
+    ("dashboard", "--port"): 8080,
+    ("importance", "--out"): Path("."),
+    ("export", "--out"): Path("."),
+    ("lr-find", "--out"): Path("."),
+    ("report", "--out"): None,  # NAME-report
+}
+
+
+# Typer ships its own copy of click (typer._click) in some versions: parameters are told apart by
+# click's param_type_name, not by isinstance checks against the click package.
+def _command(name: str | None) -> Any:
+    group = typer.main.get_command(tuner.cli.app)
+    return group if name is None else group.commands[name]
+
+
+def _options(command: Any) -> dict[str, Any]:
+    return {opt: p for p in command.params if p.param_type_name == "option" for opt in (*p.opts, *p.secondary_opts)}
+
+
+def test_the_console_script_is_the_typer_app_with_every_command() -> None:
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, attribute = scripts["tuner"].partition(":")
+    assert callable(getattr(importlib.import_module(module), attribute))
+    assert set(_command(None).commands) >= {name for name in CLI if name is not None}
+
+
+@pytest.mark.parametrize("name", list(CLI), ids=lambda n: n or "tuner")
+def test_each_command_keeps_its_options_and_arguments(name: str | None) -> None:
+    command = _command(name)
+    options, arguments = CLI[name]
+    missing = options - set(_options(command))
+    assert not missing, f"tuner {name or ''}: options gone: {sorted(missing)}"
+    assert [p.name for p in command.params if p.param_type_name == "argument"] == arguments
+    for (owner, option), default in DEFAULTS.items():
+        if owner == name:
+            assert _options(command)[option].default == default, (name, option)
+    if "--storage" in options:
+        # Kept from the environment, as the README tells a cluster to set it once.
+        assert _options(command)["--storage"].envvar == "TUNER_STORAGE"
+
+
+@pytest.mark.parametrize("name", list(CLI), ids=lambda n: n or "tuner")
+def test_each_command_help_exits_0_and_names_its_options(name: str | None) -> None:
+    result = _invoke(*([name] if name else []), "--help")
+    assert result.exit_code == 0, result.output
+    for option in CLI[name][0] | {"--help"}:
+        if option.startswith("--"):  # a short one is printed beside its long one
+            assert option in result.output, (name, option)
+
+
+def test_python_m_tuner_cli_is_the_command_line(tmp_path: Path) -> None:
+    # The process itself, not CliRunner: the exit code a shell sees.
+    done = _tuner("study", "no-such-spec.toml", "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "no-such-spec.toml" in done.stderr and "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def v0_copy(tmp_path: Path) -> str:
+    """A copy of the stored old study (a test must never write to the committed file)."""
+    copy = tmp_path / "v0.db"
+    shutil.copyfile(V0_DB, copy)
+    return f"sqlite:///{copy}"
+
+
+BAD_SPEC = """
+name = "bad"
+[data]
+name = "wine"
+[train]
+epochs = 1
+batchsize = 8
+"""
+
+
+@pytest.mark.parametrize("args", [
+    pytest.param(["study", "{tmp}/missing.toml", "-s", "sqlite:///{tmp}/absent.db"], id="study-missing-spec"),
+    pytest.param(["study", "{tmp}/bad.toml", "-s", "sqlite:///{tmp}/absent.db"], id="study-unknown-key"),
+    pytest.param(["study", str(V0_SPEC), "-s", "sqlite:///{tmp}/absent.db", "--device", "tpu"], id="study-bad-device"),
+    pytest.param(["study", str(V0_SPEC), "-s", "sqlite:///{tmp}/absent.db", "--name", "a/b"], id="study-bad-name"),
+    pytest.param(["study", str(V0_SPEC), "-s", "sqlite:///{tmp}/absent.db", "--no-such-option"], id="study-unknown-option"),
+    pytest.param(["no-such-command"], id="unknown-command"),
+    pytest.param(["lr-find", "{tmp}/missing.toml"], id="lr-find-missing-spec"),
+    pytest.param(["lr-find", str(V0_SPEC), "--start-lr", "1", "--end-lr", "0.1"], id="lr-find-bad-range"),
+    pytest.param(["lr-find", str(V0_SPEC), "--steps", "2"], id="lr-find-too-few-steps"),
+    pytest.param(["dashboard", "--port", "0"], id="dashboard-bad-port"),
+    pytest.param(["importance", "nobody", "--storage", "{v0}", "-o", "{tmp}/out"], id="importance-unknown-study"),
+    pytest.param(["export", "nobody", "--storage", "{v0}", "-o", "{tmp}/out"], id="export-unknown-study"),
+    pytest.param(["report", "nobody", "--storage", "{v0}", "-o", "{tmp}/out"], id="report-unknown-study"),
+    pytest.param(["importance", "contract", "--storage", "sqlite:///{tmp}/absent.db", "-o", "{tmp}/out"],
+                 id="importance-missing-database"),
+    pytest.param(["export", "contract", "--storage", "sqlite:///{tmp}/absent.db", "-o", "{tmp}/out"],
+                 id="export-missing-database"),
+    pytest.param(["report", "contract", "--storage", "sqlite:///{tmp}/absent.db", "-o", "{tmp}/out"],
+                 id="report-missing-database"),
+])
+def test_bad_input_exits_2(tmp_path: Path, v0_copy: str, args: list[str]) -> None:
+    (tmp_path / "bad.toml").write_text(BAD_SPEC)
+    result = _invoke(*(a.format(tmp=tmp_path, v0=v0_copy) for a in args), *(["--device", "cpu"] if args[0] == "study" and "--device" not in args else []))
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "absent.db").exists()  # bad input writes nothing; reading commands never create a database
+
+
+def test_ctrl_c_during_a_study_exits_130_and_names_the_command_that_resumes(tmp_path: Path) -> None:
+    # No signal needed: a model family (registered through the public API) whose builder is
+    # interrupted stands for a Ctrl-C in the middle of a trial.
+    def interrupted(n_features: int, n_outputs: int, width: int, depth: int) -> torch.nn.Module:
+        raise KeyboardInterrupt
+
+    tuner.register_model("contract_interrupted", interrupted)
+    spec = tmp_path / "ctrl_c.toml"
+    spec.write_text('name = "ctrl_c"\n[data]\nname = "wine"\n[model]\nfamily = "contract_interrupted"\n'
+                    "[train]\nepochs = 1\n[stages.lr]\ntrials = 2\n[stages.shape]\ntrials = 1\n")
+    url = f"sqlite:///{tmp_path / 'ctrl_c.db'}"
+    try:
+        result = _invoke("study", str(spec), "--storage", url, "--device", "cpu")
+    finally:
+        # The registry has no public removal; tolerate its moving, the family is harmless if left.
+        getattr(importlib.import_module("tuner.models"), "_FAMILIES", {}).pop("contract_interrupted", None)
+    assert result.exit_code == 130, result.output
+    assert "tuner study" in result.stderr
+    trials = optuna.load_study(study_name="ctrl_c/lr", storage=url).trials
+    assert trials and all(t.state == TrialState.FAIL for t in trials)  # none left RUNNING
+
+
+# --- 2-3. A tiny study through the CLI: exit 0, stored names and attributes, CSV columns ---------------------
+
+TINY = """
+name = "contract_tiny"
+seed = 0
+[data]
+name = "wine"
+[model]
+width = 8
+depth = 1
+[train]
+epochs = 2
+batch_size = 32
+[stages.lr]
+trials = 10          # MIN_COMPLETE_TRIALS: importance.csv gets rows, not only its header
+lr_min = 1e-3
+lr_max = 0.3
+lr_range = "auto"    # stores the range test's record on <name>/lr
+[stages.shape]
+trials = 3
+width = [4, 16]
+depth = [1, 2]
+[stages.audit]
+trials = 2
+"""
+
+
+@dataclass(frozen=True)
+class Tiny:
+    spec: Path
+    storage: str
+    exit_code: int
+    output: str
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tiny]:
+    folder = tmp_path_factory.mktemp("contract_tiny")
+    spec = folder / "tiny.toml"
+    spec.write_text(TINY)
+    storage = f"sqlite:///{folder / 'tiny.db'}"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module scope: conftest's per-test setting is not in force yet
+    try:
+        result = _invoke("study", str(spec), "--storage", storage, "--device", "cpu")
+    finally:
+        torch.set_num_threads(threads)
+    yield Tiny(spec, storage, result.exit_code, result.output)
+
+
+STUDY_ATTRS = {"settings", "settings_hash", "search", "objective", "budget"}
+LR_STUDY_ATTRS = STUDY_ATTRS | {"best_lr", "best_trial", "lr_find"}
+SHAPE_STUDY_ATTRS = STUDY_ATTRS | {"lr"}
+AUDIT_STUDY_ATTRS = STUDY_ATTRS | {
+    "low_interaction_held", "lr_main_effect", "lr_largest_interaction", "lr_largest_interaction_with",
+    "interaction_max_ratio", "verdict_n_trials", "verdict",
+}
+TRIAL_ATTRS = {
+    "learning_curve", "train_loss_curve", "train_seconds", "device", "diverged", "n_params", "epochs_done",
+    "batched_with", "worker", "worker_started",
+}
+# Each stage's fixed settings are stored on its trials too (the report reads the shape trials' lr).
+STAGE_TRIAL_ATTRS = {"lr": TRIAL_ATTRS | {"width", "depth", "schedule"}, "shape": TRIAL_ATTRS | {"lr"}, "audit": TRIAL_ATTRS}
+STAGE_PARAMS = {
+    "lr": {"lr"},
+    "shape": {"width", "depth", "schedule", "decay"},
+    "audit": {"lr", "width", "depth", "schedule", "decay", "one_minus_momentum"},  # sgd: momentum too
+}
+
+
+def test_a_tiny_study_exits_0_and_prints_its_stages(tiny: Tiny) -> None:
+    assert tiny.exit_code == 0, tiny.output
+    for stage in STAGES:
+        assert stage in tiny.output
+
+
+def test_each_stage_is_the_optuna_study_name_slash_stage(tiny: Tiny) -> None:
+    assert set(optuna.get_all_study_names(tiny.storage)) == {f"contract_tiny/{s}" for s in STAGES}
+    for stage, budget in (("lr", 10), ("shape", 3), ("audit", 2)):
+        study = optuna.load_study(study_name=f"contract_tiny/{stage}", storage=tiny.storage)
+        assert study.direction == optuna.study.StudyDirection.MINIMIZE
+        assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == budget
+
+
+@pytest.mark.parametrize(("stage", "keys"), [("lr", LR_STUDY_ATTRS), ("shape", SHAPE_STUDY_ATTRS), ("audit", AUDIT_STUDY_ATTRS)])
+def test_stage_studies_keep_their_attribute_keys(tiny: Tiny, stage: str, keys: set[str]) -> None:
+    attrs = optuna.load_study(study_name=f"contract_tiny/{stage}", storage=tiny.storage).user_attrs
+    assert keys <= set(attrs), f"gone: {sorted(keys - set(attrs))}"
+    assert attrs["settings_hash"] == settings_hash(attrs["settings"])
+    # As stored (JSON: tuples come back as lists) and as this code computes them for the same spec.
+    assert attrs["settings"] == json.loads(json.dumps(_stage_settings()(load_spec(tiny.spec), stage)))
+    assert {"sampler", "pruner", "optuna_version"} <= set(attrs["search"])
+    assert attrs["objective"] == "val_error"
+    if stage == "lr":
+        assert {"lrs", "losses", "suggestion", "problem", "bounds"} <= set(attrs["lr_find"])  # read back on resume
+    if stage == "shape":
+        lr = optuna.load_study(study_name="contract_tiny/lr", storage=tiny.storage).user_attrs["best_lr"]
+        assert attrs["lr"] == lr
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_trials_keep_their_attribute_keys_and_params(tiny: Tiny, stage: str) -> None:
+    trials = optuna.load_study(study_name=f"contract_tiny/{stage}", storage=tiny.storage).trials
+    assert trials
+    for trial in trials:
+        assert STAGE_TRIAL_ATTRS[stage] <= set(trial.user_attrs), f"trial {trial.number}: gone: {sorted(STAGE_TRIAL_ATTRS[stage] - set(trial.user_attrs))}"
+        assert set(trial.params) == STAGE_PARAMS[stage]
+        assert len(trial.user_attrs["learning_curve"]) == trial.user_attrs["epochs_done"]
+
+
+IMPORTANCE_COLUMNS = ["stage", "evaluator", "param", "param_b", "importance", "std"]
+TRIAL_COLUMNS = ["stage", "number", "state", "value", "datetime_start", "datetime_complete", "duration_s"]
+CURVE_COLUMNS = ["stage", "trial", "epoch", "value"]
+
+
+def test_importance_csv_columns(tiny: Tiny, tmp_path: Path) -> None:
+    result = _invoke("importance", "contract_tiny", "--storage", tiny.storage, "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "importance.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert _header(tmp_path / "importance.csv") == IMPORTANCE_COLUMNS
+    assert {row["stage"] for row in rows} == {"lr"}  # the only stage with enough trials
+
+
+def test_export_csv_columns(tiny: Tiny, tmp_path: Path) -> None:
+    result = _invoke("export", "contract_tiny", "-s", tiny.storage, "-o", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    header = _header(tmp_path / "trials.csv")
+    assert header[:len(TRIAL_COLUMNS)] == TRIAL_COLUMNS
+    params = [c for c in header if c.startswith("params_")]
+    attrs = [c for c in header if c.startswith("user_attrs_")]
+    assert header == TRIAL_COLUMNS + params + attrs  # fixed columns, then params, then attributes
+    assert params == sorted(f"params_{p}" for p in set().union(*STAGE_PARAMS.values()))
+    assert attrs == sorted(attrs)
+    assert {f"user_attrs_{key}" for key in TRIAL_ATTRS - {"learning_curve"}} <= set(attrs)
+    assert "user_attrs_learning_curve" not in attrs  # it is curves.csv
+    assert _header(tmp_path / "curves.csv") == CURVE_COLUMNS
+
+
+def test_lr_find_csv_columns(tiny: Tiny, tmp_path: Path) -> None:
+    result = _invoke("lr-find", str(tiny.spec), "--out", str(tmp_path), "--device", "cpu", "--steps", "60")
+    assert result.exit_code == 0, result.output
+    assert _header(tmp_path / "lr_find.csv") == ["lr", "loss", "smoothed"]
+    assert (tmp_path / "lr_find.png").exists()
+
+
+# --- 4. settings_hash of every bundled spec: stored studies must keep matching them ------------------------
+
+SETTINGS_HASHES = {
+    "adding_lstm": {"lr": "eedc37cd828f4632", "shape": "cf49cbdc86cc62b4", "audit": "a63238b24c218f6d"},
+    "breast_cancer": {"lr": "f0d46e1f5be0b14b", "shape": "a3f7970fa0ecb0c0", "audit": "895fd208b1e55292"},
+    "diabetes": {"lr": "20928d456abafc1b", "shape": "990ca8ab4f8f721d", "audit": "ad12583c61d37813"},
+    "digits_lstm": {"lr": "1b57e411254530a5", "shape": "a05edfad7e87b954", "audit": "ad9d29295c3238e1"},
+    "quickstart": {"lr": "34bd8a240539a656", "shape": "9768dd9746091ebe", "audit": "d7e948d8e6439b14"},
+    "wine": {"lr": "ffd8d53c04eb8f4b", "shape": "0f4445b8b33403de", "audit": "6989b3613cdf04b7"},
+    "contract_v0": {"lr": "1f9870cea7685a7e", "shape": "d27b107b7162a3b9", "audit": "eeda5f41a8b9a330"},
+}
+
+
+def test_every_bundled_spec_is_pinned() -> None:
+    # A new studies/*.toml gets its hashes added here; one that disappears is a user's study gone.
+    assert {p.stem for p in (REPO / "studies").glob("*.toml")} == set(SETTINGS_HASHES) - {"contract_v0"}
+
+
+@pytest.mark.parametrize("spec_name", sorted(SETTINGS_HASHES))
+def test_settings_hash_of_each_stage_is_unchanged(spec_name: str) -> None:
+    path = V0_SPEC if spec_name == "contract_v0" else REPO / "studies" / f"{spec_name}.toml"
+    spec = load_spec(path)
+    stage_settings = _stage_settings()
+    assert {stage: settings_hash(stage_settings(spec, stage)) for stage in STAGES} == SETTINGS_HASHES[spec_name]
+
+
+# --- 5. The names tuner exports -----------------------------------------------------------------------------
+
+ALL = {
+    "Reporter", "SpecError", "StageSummary", "StorageError", "StudyMismatchError", "StudyResult", "StudySpec",
+    "TunerError", "audit_verdict", "importance_table", "load_spec", "load_stage_studies", "load_stage_trials",
+    "lr_find", "open_storage", "register_model", "run_study", "spec_from_dict", "write_export", "write_importance",
+    "write_lr_find", "write_report",
+}
+
+
+def test_every_public_name_still_imports() -> None:
+    assert ALL <= set(tuner.__all__), f"gone from tuner.__all__: {sorted(ALL - set(tuner.__all__))}"
+    for name in tuner.__all__:
+        assert getattr(tuner, name) is not None, name
+    assert issubclass(tuner.StudyMismatchError, tuner.TunerError)
+    assert issubclass(tuner.SpecError, ValueError)
+
+
+# Parameters in today's order (a caller may pass them by position); new ones may follow.
+SIGNATURES = {
+    "audit_verdict": ["name", "storage"],
+    "importance_table": ["name", "storage"],
+    "load_spec": ["path"],
+    "load_stage_studies": ["name", "storage"],
+    "load_stage_trials": ["name", "storage"],
+    "lr_find": ["spec", "start_lr", "end_lr", "steps", "device", "data"],
+    "open_storage": ["url"],
+    "register_model": ["name", "factory", "sequence"],
+    "run_study": ["spec", "storage", "device", "reporter"],
+    "spec_from_dict": ["table", "source"],
+    "write_export": ["name", "out_dir", "storage"],
+    "write_importance": ["name", "out_dir", "storage"],
+    "write_lr_find": ["result", "out", "title"],
+    "write_report": ["name", "storage", "out"],
+}
+FIELDS = {
+    "StageSummary": {"stage", "study_name", "budget", "n_complete", "n_pruned", "n_diverged", "n_failed", "best_value",
+                     "best_params", "wall_seconds", "train_seconds"},
+    "StudyResult": {"name", "storage", "best_lr", "stages", "audit", "best_value"},
+    "StudySpec": {"name", "seed", "storage", "data", "model", "train", "stages", "source", "settings"},
+    "Reporter": {"stage_started", "trial_finished", "waiting", "stage_finished", "message"},
+}
+
+
+def _public(name: str) -> Any:
+    value = getattr(tuner, name)
+    # Today `tuner.lr_find` is the submodule, not the function, once `tuner.lr_find` (the module)
+    # was imported by name (the CLI's lr-find does): the import system overwrites the package's
+    # attribute. Not pinned either way; the function is what `__all__` promises.
+    return getattr(value, name) if inspect.ismodule(value) else value
+
+
+@pytest.mark.parametrize("name", sorted(SIGNATURES))
+def test_public_functions_keep_their_parameters(name: str) -> None:
+    parameters = list(inspect.signature(_public(name)).parameters)
+    assert parameters[:len(SIGNATURES[name])] == SIGNATURES[name]
+
+
+@pytest.mark.parametrize("name", sorted(FIELDS))
+def test_public_results_keep_their_fields(name: str) -> None:
+    cls = _public(name)
+    names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    names |= {n for n in dir(cls) if not n.startswith("_")}
+    assert FIELDS[name] <= names, f"gone: {sorted(FIELDS[name] - names)}"
+
+
+# --- 6. A study stored by the code of before resumes -------------------------------------------------------
+
+def _finished_per_stage(url: str) -> dict[str, list[tuple[int, str, float | None]]]:
+    return {
+        name: [(t.number, t.state.name, t.value) for t in optuna.load_study(study_name=name, storage=url).trials]
+        for name in optuna.get_all_study_names(url)
+    }
+
+
+def test_the_stored_v0_study_is_what_this_file_says() -> None:
+    # The fixture itself: two stages, all trials finished, one self-contained SQLite file.
+    assert V0_DB.stat().st_size < 1_000_000
+    with closing(sqlite3.connect(f"file:{V0_DB}?mode=ro", uri=True)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        names = {row[0]: row[1] for row in db.execute(
+            "SELECT study_name, COUNT(trial_id) FROM studies JOIN trials USING (study_id) "
+            "WHERE trials.state = 'COMPLETE' GROUP BY study_name")}
+    assert names == {"contract/lr": 4, "contract/shape": 3}
+
+
+def test_a_study_stored_before_resumes_without_training(v0_copy: str, tmp_path: Path) -> None:
+    before = _finished_per_stage(v0_copy)
+    spec = load_spec(V0_SPEC)
+    stage_settings = _stage_settings()
+    for stage in ("lr", "shape"):
+        stored = optuna.load_study(study_name=f"contract/{stage}", storage=v0_copy).user_attrs
+        assert stored["settings_hash"] == settings_hash(stage_settings(spec, stage))
+    # Its own process, from a folder that is not the repository's: nothing may hang on the cwd.
+    done = _tuner("study", str(V0_SPEC), "--storage", v0_copy, "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _finished_per_stage(v0_copy) == before  # not one trial more, none changed
+    for stage in ("lr", "shape"):
+        assert stage in done.stdout  # the summary table
+    # The calibrated rate stored at the hand-off, read back, not chosen anew.
+    best_lr = optuna.load_study(study_name="contract/shape", storage=v0_copy).user_attrs["lr"]
+    assert best_lr == pytest.approx(0.022881136684755242)
+    assert f"{best_lr:.3g}" in done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("v0.db")) == []
+
+
+def test_importance_export_and_report_read_a_study_stored_before(v0_copy: str, tmp_path: Path) -> None:
+    for command in ("importance", "export", "report"):
+        result = _invoke(command, "contract", "--storage", v0_copy, "--out", str(tmp_path / command))
+        assert result.exit_code == 0, (command, result.output)
+    assert _header(tmp_path / "importance" / "importance.csv") == IMPORTANCE_COLUMNS
+    # The old database's columns exactly: what a user's notebook reading trials.csv relies on.
+    assert _header(tmp_path / "export" / "trials.csv") == TRIAL_COLUMNS + [
+        "params_decay", "params_depth", "params_lr", "params_schedule", "params_width",
+        "user_attrs_batched_with", "user_attrs_depth", "user_attrs_device", "user_attrs_diverged",
+        "user_attrs_epochs_done", "user_attrs_lr", "user_attrs_n_params", "user_attrs_schedule",
+        "user_attrs_train_loss_curve", "user_attrs_train_seconds", "user_attrs_width", "user_attrs_worker",
+        "user_attrs_worker_started",
+    ]
+    with (tmp_path / "export" / "curves.csv").open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == CURVE_COLUMNS and len(rows) == 1 + 7 * 3  # 7 trials of 3 epochs
+    assert (tmp_path / "report" / "index.html").exists()
