@@ -21,6 +21,9 @@ from typing import Any
 # `tuner --help`) does not pay for torch, optuna and scikit-learn until they are needed.
 _EXPORTS = {
     "run_study": "tuner.runner",
+    "run_stage": "tuner.runner",
+    "ConsoleReporter": "tuner.progress",
+    "StopTrial": "tuner.trials",
     "Reporter": "tuner.runner",
     "StageSummary": "tuner.runner",
     "StudyResult": "tuner.runner",
