@@ -19,12 +19,22 @@ from typing import Any
 
 import numpy as np
 import optuna
-import torch
 
 from tuner.data import Dataset, load_dataset
 from tuner.lr_suggest import Suggestion, smooth, stop_index, suggest
 from tuner.spec import StudySpec, load_spec
-from tuner.train import epoch_order, loss_function, make_optimizer, order_generator, resolve_device, seeded_model, task_outputs
+from tuner.train import (
+    TrainConfig,
+    loss_function,
+    make_optimizer,
+    order_generator,
+    resolve_device,
+    seeded_model,
+    task_outputs,
+    train_batches,
+    training_loader,
+)
+from tuner.usercode import install, train_functions
 
 START_LR = 1e-7
 END_LR = 10.0
@@ -84,44 +94,46 @@ def lr_find(
         raise ValueError(f"the ramp needs 0 < start_lr < end_lr; got {start_lr} and {end_lr}")
     if steps < 5:
         raise ValueError(f"steps must be at least 5; got {steps}")
+    install(spec)  # the spec's own model factory, if it names one
     if data is None:
         data = load_dataset(spec.data, spec.seed, spec.source).to(resolve_device(device))
     train = spec.train
     model = seeded_model(spec.model.family, data, spec.model.width, spec.model.depth, spec.seed)
     optimizer = make_optimizer(train.optimizer, model.parameters(), start_lr, train.momentum, train.weight_decay)
-    criterion = loss_function(data.task)
+    config = TrainConfig(lr=start_lr, batch_size=train.batch_size, seed=spec.seed, **train_functions(spec))
+    criterion = loss_function(data.task, config.loss)
     order_rng = order_generator(spec.seed)  # the data order train_epochs would use
-    n = len(data.x_train)
+    loader = training_loader(data, config)
     beta = smoothing_beta(steps)
     ramp = [start_lr * (end_lr / start_lr) ** (step / (steps - 1)) for step in range(steps)]
 
     lrs: list[float] = []
     losses: list[float] = []
-    order = torch.empty(0, dtype=torch.long)
-    position = n
     model.train()
-    for lr in ramp:
-        if position >= n:  # a new epoch: a fresh permutation
-            order, position = epoch_order(order_rng, n, data.x_train.device), 0
-        batch = order[position:position + train.batch_size]
-        position += train.batch_size
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss = criterion(task_outputs(model(data.x_train[batch]), data.task), data.y_train[batch])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        value = loss.item()
-        lrs.append(lr)
-        losses.append(value if math.isfinite(value) else math.nan)
-        if stop_index(smooth(losses, beta), STOP_FACTOR) is not None:
-            break  # NaN, or far past the minimum: the rest of the ramp says nothing new
+    while len(lrs) < len(ramp) and not _stopped(losses, beta):
+        for x, y in train_batches(data, config, order_rng, loader):  # an epoch: a fresh order
+            lr = ramp[len(lrs)]
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = criterion(task_outputs(model(x), data.task), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            value = loss.item()
+            lrs.append(lr)
+            losses.append(value if math.isfinite(value) else math.nan)
+            if len(lrs) == len(ramp) or _stopped(losses, beta):
+                break  # NaN, or far past the minimum: the rest of the ramp says nothing new
     smoothed = smooth(losses, beta).tolist()
     try:
         suggestion, problem = suggest(lrs, losses, factor=STOP_FACTOR), None
     except ValueError as error:
         suggestion, problem = None, str(error)
     return LRFindResult(lrs, losses, smoothed, suggestion, problem)
+
+
+def _stopped(losses: list[float], beta: float) -> bool:
+    return bool(losses) and stop_index(smooth(losses, beta), STOP_FACTOR) is not None
 
 
 def search_bounds(suggestion: Suggestion, lr_min: float, lr_max: float) -> tuple[float, float] | None:

@@ -200,7 +200,7 @@ def evaluate(model: nn.Module, data: Dataset | StreamedData, config: TrainConfig
     return loss, math.sqrt((error_sum / max(n, 1)).item()) * data.target_scale
 
 
-def _train_batches(data: Dataset | StreamedData, config: TrainConfig, order_rng: torch.Generator,
+def train_batches(data: Dataset | StreamedData, config: TrainConfig, order_rng: torch.Generator,
                    loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch's mini-batches, in the seed's order."""
     if isinstance(data, StreamedData):
@@ -242,7 +242,7 @@ def train_epochs(model: nn.Module, data: Dataset, config: TrainConfig) -> Iterat
         model.train()
         loss_sum = torch.zeros((), device=device)
         n = 0
-        for x, y in _train_batches(data, config, order_rng, loader):
+        for x, y in train_batches(data, config, order_rng, loader):
             loss = criterion(task_outputs(model(x), data.task), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
