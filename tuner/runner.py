@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -67,6 +68,10 @@ class TunerError(RuntimeError):
     """A study that cannot go on; the message says why and what to do."""
 
 
+class TunerInputError(ValueError):
+    """An option or environment variable that cannot be used (bad input: exit code 2); the message says the fix."""
+
+
 class StudyMismatchError(TunerError):
     """The stored study was made from different search settings than the spec has now, or by another tool."""
 
@@ -110,6 +115,7 @@ def run_study(
     loop: Callable[..., Any] | None = None,
     loss: Callable[..., Any] | None = None,
     metric: Callable[..., Any] | None = None,
+    threads: int | None = None,
 ) -> StudyResult:
     """Run (or resume) a staged study: ``lr``, then ``shape``, then the optional ``audit``.
 
@@ -126,6 +132,8 @@ def run_study(
         model, loader, loop, loss, metric: your own code as callables, instead of naming it
             ``"module:function"`` in the spec (``model.family``, ``data.loader``, ``train.loop``,
             ``train.loss``, ``train.metric``); same contracts (README: "Your own model").
+        threads: torch's intra-op threads on the CPU; default ``$TUNER_THREADS``, else 1 (see
+            :func:`pick_threads`).
     """
     spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
     spec = with_callables(spec, model=model, loader=loader, loop=loop, loss=loss, metric=metric)
@@ -133,6 +141,7 @@ def run_study(
     quiet_optuna()
     # Everything that can be wrong with the input is checked before the storage is touched.
     torch_device = resolve_device(device)
+    n_threads = pick_threads(threads, torch_device)
     install(spec)  # the spec's own model factory, if it names one
     data = load_dataset(spec.data, spec.seed, spec.source).to(torch_device)
     check_model(spec, data)
@@ -145,6 +154,8 @@ def run_study(
         raise StorageError(f"{spec.source or spec.name}: field 'storage': {error}") from None
     check_stored_settings(spec, optuna_storage)
 
+    if n_threads is not None:
+        torch.set_num_threads(n_threads)
     summaries: dict[str, StageSummary] = {}
     lr_summary = run_stage(spec, "lr", storage=optuna_storage, data=data, device=torch_device, reporter=reporter)
     summaries["lr"] = lr_summary
@@ -206,6 +217,31 @@ def run_stage(
     if stage == "audit":
         return runner.run(audit_stage(spec))
     raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGE_NAMES)}")
+
+
+THREADS_ENV = "TUNER_THREADS"
+
+
+def pick_threads(threads: int | None, device: torch.device) -> int | None:
+    """torch's intra-op threads for a study on ``device``: ``threads``, else $TUNER_THREADS, else 1 on the CPU.
+
+    One per process by default: tuner's trials are small models, whose matrix products are too
+    small to share among threads; a second thread only adds hand-offs, and on a machine busy with
+    other work (or other workers) its spinning costs several times the training itself
+    (BENCHMARKS.md; scripts/bench_threads.py). Run more workers to use more cores. None: leave
+    torch's setting (on a GPU, threads do not train).
+    """
+    if threads is None:
+        text = os.environ.get(THREADS_ENV, "").strip()
+        if text:
+            if not text.isdigit() or int(text) < 1:
+                raise TunerInputError(f"environment variable {THREADS_ENV}={text!r}: must be a whole number >= 1, e.g. 1")
+            threads = int(text)
+    if threads is not None and threads < 1:
+        raise TunerInputError(f"threads = {threads}: must be at least 1")
+    if threads is None:
+        return 1 if device.type == "cpu" else None
+    return threads
 
 
 def quiet_optuna() -> None:
@@ -279,18 +315,18 @@ def _check_settings(study: optuna.Study, spec: StudySpec, stage: str) -> None:
 def _code_changes(stored: dict[str, Any], wanted: dict[str, Any], spec: StudySpec) -> list[str]:
     """What changed of the user's own code and data files, in words (empty: nothing)."""
     changes = []
-    for field in sorted(set(stored) | set(wanted)):
-        old, new = stored.get(field), wanted.get(field)
+    for name in sorted(set(stored) | set(wanted)):
+        old, new = stored.get(name), wanted.get(name)
         if old == new:
             continue
-        if field == "data.path":
+        if name == "data.path":
             changes.append(f"the content of data.path ({spec.data.path}) changed since its trials ran")
         elif old is None or new is None:
-            changes.append(f"{field} {'now names' if old is None else 'no longer names'} your own code")
+            changes.append(f"{name} {'now names' if old is None else 'no longer names'} your own code")
         elif (old.get("module"), old.get("function")) != (new.get("module"), new.get("function")):
-            changes.append(f"{field}: {old.get('module')}:{old.get('function')} -> {new.get('module')}:{new.get('function')}")
+            changes.append(f"{name}: {old.get('module')}:{old.get('function')} -> {new.get('module')}:{new.get('function')}")
         else:
-            changes.append(f"{field} ({new['module']}:{new['function']}): its module {new['module']} changed since its trials ran")
+            changes.append(f"{name} ({new['module']}:{new['function']}): its module {new['module']} changed since its trials ran")
     return changes
 
 
@@ -505,7 +541,7 @@ class _StageRunner:
         except Exception as error:  # noqa: BLE001 -- e.g. a stored param of another type
             return batch.fail(error)
         family = self.spec.model.family
-        attrs = {results.DEVICE_ATTR: str(self.device)}
+        attrs = {results.DEVICE_ATTR: str(self.device), results.THREADS_ATTR: torch.get_num_threads()}
         if self.spec.train.loop:
             loop = load_callable(self.spec.train.loop, "train.loop", self.spec.source)
             told: list[FrozenTrial] = []

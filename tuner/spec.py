@@ -27,7 +27,7 @@ DEFAULT_SCHEDULES = ("constant", "step", "exponential", "inverse_time")
 OBJECTIVES = ("val_error", "val_loss")
 TASKS = ("auto", "classification", "regression")
 SAMPLERS = ("tpe", "random")
-PRUNERS = ("none", "median")
+PRUNERS = ("none", "median", "hyperband", "successive_halving")
 LR_RANGES = ("fixed", "auto")
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -42,7 +42,7 @@ class Stage:
     budget: int  # finished (complete or pruned) trials the stage owes
     epochs: int
     sampler: str  # "tpe" or "random"
-    pruner: str  # "none" or "median"
+    pruner: str  # "none", "median", "hyperband" or "successive_halving"
     space: dict[str, BaseDistribution]
     fixed: dict[str, Any]  # settings shared by every trial of the stage (e.g. the calibrated lr)
     batch_trials: int = 1  # trials asked and trained together as one batched model
@@ -201,13 +201,30 @@ def tpe_settings(budget: int, batch_trials: int = 1) -> dict[str, Any]:
     return {"n_startup_trials": n_startup, "multivariate": True, "constant_liar": True}
 
 
+def pruner_settings(kind: str, epochs: int) -> dict[str, Any]:
+    """The settings of the pruner ``kind`` for trials of ``epochs`` epochs (epochs are its resource)."""
+    if kind == "median":
+        return {"n_startup_trials": 5, "n_warmup_steps": max(1, epochs // 4)}
+    if kind == "hyperband":
+        return {"min_resource": 1, "max_resource": epochs, "reduction_factor": 3}
+    if kind == "successive_halving":
+        return {"min_resource": 1, "reduction_factor": 3, "min_early_stopping_rate": 0}
+    return {}
+
+
 def median_pruner_settings(epochs: int) -> dict[str, int]:
-    return {"n_startup_trials": 5, "n_warmup_steps": max(1, epochs // 4)}
+    return pruner_settings("median", epochs)
 
 
 def make_pruner(kind: str, epochs: int) -> optuna.pruners.BasePruner:
-    if kind == "median":
-        return optuna.pruners.MedianPruner(**median_pruner_settings(epochs))
+    """Optuna's pruner of that name, epochs as the resource; ``none``: no pruning."""
+    pruners = {
+        "median": optuna.pruners.MedianPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    }
+    if kind in pruners:
+        return pruners[kind](**pruner_settings(kind, epochs))
     return optuna.pruners.NopPruner()
 
 
@@ -217,6 +234,5 @@ def describe_search(stage: Stage) -> dict[str, Any]:
     if stage.sampler == "tpe":
         sampler.update(tpe_settings(stage.budget, stage.batch_trials))
     pruner: dict[str, Any] = {"name": stage.pruner}
-    if stage.pruner == "median":
-        pruner.update(median_pruner_settings(stage.epochs))
+    pruner.update(pruner_settings(stage.pruner, stage.epochs))
     return {"sampler": sampler, "pruner": pruner, "optuna_version": optuna.__version__}
