@@ -28,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner._records import write_trial_records
 from tuner.data import Dataset, load_dataset
 from tuner.importance import AuditVerdict, audit_verdict
+from tuner.models import check_model_fits
 from tuner.spec import StudySpec, load_spec, settings_hash
 from tuner.stages import (
     STAGE_NAMES,
@@ -137,6 +138,7 @@ def run_study(
     # Everything that can be wrong with the input is checked before the storage is touched.
     torch_device = resolve_device(device)
     data = load_dataset(spec.data, spec.seed, spec.source).to(torch_device)
+    check_model_fits(spec, data, torch_device)  # before the storage: nothing written for a model that cannot train
     storage_url = storage or spec.storage
     try:
         optuna_storage = open_storage(storage_url)
