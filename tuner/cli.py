@@ -384,18 +384,17 @@ def lr_find_command(
     end_lr: Annotated[float, typer.Option("--end-lr", help="Last learning rate of the exponential ramp")] = 10.0,
 ) -> None:
     """LR range test: one short run with the rate rising exponentially; prints the suggested rate and search range."""
-    from tuner.lr_find import lr_find, search_bounds, write_lr_find
+    from tuner.lr_find import LRFindInputError, lr_find, search_bounds, write_lr_find
     from tuner.spec import load_spec
 
-    if device not in ("auto", "cpu", "cuda"):
-        _fail(f"--device {device!r}: choose auto, cpu or cuda", BAD_INPUT)
-    if not 0 < start_lr < end_lr:
-        _fail(f"--start-lr {start_lr:g} / --end-lr {end_lr:g}: need 0 < start-lr < end-lr, e.g. 1e-7 and 10", BAD_INPUT)
     if out.exists() and not out.is_dir():
         _fail(f"--out {str(out)!r}: is a file; give a folder", BAD_INPUT)
     with _errors_as_exit_codes():
-        loaded = load_spec(spec)
-        result = lr_find(loaded, start_lr=start_lr, end_lr=end_lr, steps=steps, device=device)
+        try:
+            loaded = load_spec(spec)
+            result = lr_find(loaded, start_lr=start_lr, end_lr=end_lr, steps=steps, device=device)
+        except LRFindInputError as error:
+            _fail(str(error), BAD_INPUT)
         try:
             csv_path, png_path = write_lr_find(result, out, title=f"LR range test: {loaded.name}")
         except OSError as error:
