@@ -47,7 +47,8 @@ class _PlainErrorsGroup(TyperGroup):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[no-untyped-def,override]
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
-        from_command_line = args is None
+        global _from_command_line
+        _from_command_line = args is None
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except typer.TyperException as error:  # click's exceptions, as typer ships them
@@ -61,11 +62,19 @@ class _PlainErrorsGroup(TyperGroup):
         except typer.Abort:
             _say("error: aborted", err=True)
             code = 1
-        if from_command_line and threading.current_thread() is threading.main_thread():
-            # The work is done and said: a Ctrl-C now (e.g. while torch's atexit hooks run) would
-            # only print a traceback from the interpreter's shutdown or end the process with -2.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _ignore_late_ctrl_c()
         sys.exit(code if isinstance(code, int) else 0)
+
+
+_from_command_line = False  # set by _PlainErrorsGroup.main: a real process, not a test's CliRunner
+
+
+def _ignore_late_ctrl_c() -> None:
+    """Once the work is done, a Ctrl-C (e.g. while the summary prints, or torch's atexit hooks run at
+    shutdown) has nothing left to stop: ignore it, instead of a traceback from the interpreter's exit
+    or a process killed by SIGINT (-2). Only in a real process: a test runner keeps its Ctrl-C."""
+    if _from_command_line and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _one_line(text: str) -> str:
@@ -201,6 +210,7 @@ def study(
         _say(f"{what}: the trial in progress is marked failed, finished trials are kept; "
              f"resume with: {shlex.join(resume)}{password_note}", err=True)
         raise typer.Exit(code) from None
+    _ignore_late_ctrl_c()  # the study is finished and stored: what is left is to say so
     console.print(summary_table(result, loaded.train.objective))
     if result.audit is not None:
         _say(result.audit.message)
@@ -252,11 +262,12 @@ def _without_password(url: str) -> tuple[str, bool]:
         parsed = sqlalchemy.engine.make_url(url)
     except Exception:  # noqa: BLE001 -- not a database URL (journal:///...): nothing to take out
         return url, False
-    query = {key: value for key, value in parsed.query.items() if key.lower() != "password"}
-    had_password = parsed.password is not None or len(query) != len(parsed.query)
-    if not had_password:
+    in_query = [key for key in parsed.query if key.lower() == "password"]
+    if parsed.password is None and not in_query:
         return url, False
-    return parsed.set(password=None, query=query).render_as_string(hide_password=False), True
+    # URL.set() skips None, so the password goes through namedtuple's _replace.
+    bare = parsed.difference_update_query(in_query)._replace(password=None)
+    return bare.render_as_string(hide_password=False), True
 
 
 def _refuse_in_memory(storage: str | None, spec_storage: str | None, source: str) -> None:
