@@ -369,16 +369,20 @@ def dashboard(
     storage: StorageOption = None,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 to serve on", min=1, max=65535)] = 8080,
     storage_password_file: PasswordFileOption = None,
+    read_only: Annotated[bool, typer.Option("--read-only", help="Refuse every change (deleting studies, editing trials, notes)")] = False,
 ) -> None:
-    """Serve optuna-dashboard for the storage on 127.0.0.1, to browse every stage live (Ctrl-C stops it)."""
+    """Serve optuna-dashboard for the storage on 127.0.0.1, to browse every stage live (Ctrl-C stops it).
+
+    Only pages of the dashboard itself, at http://127.0.0.1:PORT or http://localhost:PORT, may change the
+    storage; any other site's page is refused (403)."""
     from tuner.dashboard import DashboardError, serve_dashboard
     from tuner.storage import redact
 
     with _errors_as_exit_codes():
         url = _storage_url(storage, storage_password_file)
         try:
-            serve_dashboard(url, port, on_ready=lambda address: _say(
-                f"optuna-dashboard for {redact(url)} at {address} (Ctrl-C stops it)"))
+            serve_dashboard(url, port, read_only=read_only, on_ready=lambda address: _say(
+                f"optuna-dashboard for {redact(url)} at {address}{' (read-only)' if read_only else ''} (Ctrl-C stops it)"))
         except DashboardError as error:
             _fail(str(error), 1)
         except KeyboardInterrupt:
