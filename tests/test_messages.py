@@ -108,3 +108,15 @@ def test_the_library_refuses_a_ramp_that_cannot_run(start_lr: float, end_lr: flo
 def test_the_library_refuses_an_unknown_device() -> None:
     with pytest.raises(DeviceError, match="choose auto, cpu or cuda"):
         lr_find("no/such/spec.toml", device="gpu")
+
+
+def test_a_study_name_with_markup_and_emoji_codes_is_printed_as_typed(tmp_path: Path) -> None:
+    name = "[bold]x[red] :x:"
+    spec = tmp_path / "s.toml"
+    spec.write_text(f'name = "{name}"\n[data]\nname = "wine"\n[model]\nwidth = 4\n[train]\nepochs = 1\n'
+                    "[stages.lr]\ntrials = 1\n[stages.shape]\ntrials = 1\nwidth = [4, 4]\ndepth = [1, 1]\n")
+    result = _tuner("study", str(spec), "--storage", f"sqlite:///{tmp_path / 's.db'}", "--device", "cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"study {name} " in result.stdout  # the summary's title, as typed
+    assert f"stage '{name}" not in result.stdout and "\N{CROSS MARK}" not in result.stdout
+    assert optuna.get_all_study_names(f"sqlite:///{tmp_path / 's.db'}") == [f"{name}/lr", f"{name}/shape"]
