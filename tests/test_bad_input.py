@@ -4,6 +4,7 @@ the fix, exit code 2, no traceback, and nothing written to the storage."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import optuna
@@ -166,3 +167,100 @@ def test_an_existing_study_is_untouched_by_bad_input(tmp_path: Path) -> None:
     assert hashlib.sha256(db.read_bytes()).hexdigest() == digest  # not a byte written
     assert sorted(p.name for p in tmp_path.iterdir()) == files_before
     assert snapshot() == before
+
+
+@pytest.mark.parametrize(("spec_text", "words"), [
+    pytest.param(GOOD.replace('name = "typo"', 'name = "typo"\nseed = -1'), ["'seed' = -1", "0 to 4294967295"], id="seed-negative"),
+    pytest.param(GOOD.replace('name = "typo"', f'name = "typo"\nseed = {2**40}'), [f"'seed' = {2**40}", "0 to 4294967295"],
+                 id="seed-too-large"),
+    pytest.param(GOOD.replace('name = "wine"', 'name = "wine"\nvalidation_fraction = 0.999'),
+                 ["'data.validation_fraction' = 0.999", "leaves 0 training", "choose a fraction from"], id="validation-fraction-0.999"),
+    pytest.param(GOOD.replace('name = "wine"', 'name = "wine"\nmax_rows = 1'),
+                 ["'data.max_rows' = 1", "too few rows for a split", "at least 4"], id="max-rows-1"),
+    pytest.param(GOOD.replace('name = "wine"', 'name = "wine"\nmax_rows = 3'),
+                 ["'data.max_rows' = 3", "too few rows for a split"], id="max-rows-3"),
+    pytest.param(GOOD.replace('name = "wine"', 'name = "adding"\nsequence_length = 1'),
+                 ["'data.sequence_length' = 1", "at least 2"], id="adding-sequence-length-1"),
+    pytest.param(GOOD.replace('name = "wine"', 'name = "adding"\nsamples = 1'),
+                 ["'data.samples' = 1", "too few rows for a split"], id="adding-samples-1"),
+    pytest.param("", ["study.toml", "the spec is empty"], id="empty-file"),
+    pytest.param("# a study, some day\n\n# nothing yet\n", ["study.toml", "the spec is empty"], id="only-comments"),
+    pytest.param(GOOD.replace('name = "typo"', 'name = "ty\\u0000po"'), ["'name'", "must not contain", "NUL"], id="name-with-nul"),
+    pytest.param(GOOD.replace('name = "typo"', 'name = "ty\\npo"'), ["'name'", "line breaks"], id="name-with-newline"),
+    pytest.param(GOOD.replace('name = "typo"', 'name = "typo"\nstorage = "sqlite:///:memory:"'),
+                 ["study.toml: field 'storage'", "in-memory", "sqlite:///tuner.db"], id="spec-storage-in-memory"),
+    pytest.param(GOOD + "[model]\nwidth = 1000000000\n",
+                 ["'model.width' = 1000000000", "a model of 17,000,000,003 parameters", "cannot fit in", "bytes of memory"],
+                 id="model-too-large"),
+    pytest.param(GOOD.replace("trials = 1", "trials = 1\nwidth = [8, 1000000000]"),
+                 ["'stages.shape.width' = [8, 1000000000]", "parameters", "cannot fit in", "bytes of memory"],
+                 id="shape-stage-model-too-large"),
+])
+def test_an_input_that_cannot_work_is_refused_in_one_line_before_anything_is_written(
+    tmp_path: Path, spec_text: str, words: list[str],
+) -> None:
+    storage = "" if "storage =" in spec_text else None
+    _assert_refused(*_study(tmp_path, spec_text, storage=storage), *words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml"]
+
+
+ROWS = ["a,b,y"] + [f"{i},{i % 5},{i % 2}" for i in range(30)]
+
+
+@pytest.mark.parametrize(("csv", "task", "extra", "words"), [
+    pytest.param("\n".join(["a,b,y"] + [f"{i},{i % 5},1" for i in range(30)]), "auto", "",
+                 ["'data.target' = 'y'", "one class only ('1')"], id="one-class"),
+    pytest.param("\n".join(ROWS).replace("\n7,2,1", "\n7,inf,1"), "auto", "",
+                 ["'data.path' = 'table.csv'", "non-finite values in column 'b'", "line 9"], id="inf-cell"),
+    pytest.param("\n".join(ROWS).replace("\n7,2,1", "\n7,2,-inf"), "regression", "",
+                 ["'data.target' = 'y'", "non-finite values in the target", "line 9"], id="inf-target"),
+    pytest.param("\n".join(ROWS[:3]), "auto", "", ["'data.path' = 'table.csv'", "too few rows for a split: 2 rows"], id="two-rows"),
+    pytest.param("\n".join(ROWS[:2]), "auto", "", ["'data.path' = 'table.csv'", "too few rows for a split: 1 rows"], id="one-row"),
+    pytest.param("\n".join(ROWS), "auto", "max_rows = 4\n",
+                 ["'data.max_rows' = 4", "too few rows for a split", "give at least 6 rows"], id="max-rows-4"),
+    pytest.param("\n".join(["a,b,y"] + [f"{i},{i % 5},{i * 0.37}" for i in range(30)]), "classification", "",
+                 ["'data.task' = 'classification'", "fractional numbers (e.g. 0.37)", 'task = "regression"'],
+                 id="float-target-as-classes"),
+    pytest.param("a,b,y\n1,2,0\n3,4,1\n\"x\n", "auto", "", ["'data.path' = 'table.csv'", "cannot be read as CSV"],
+                 id="pandas-parse-error"),
+])
+def test_bad_data_is_refused_in_one_line_before_anything_is_written(
+    tmp_path: Path, csv: str, task: str, extra: str, words: list[str],
+) -> None:
+    spec_text = CSV_SPEC.format(target="y", task=task).replace('task = "', extra + 'task = "')
+    _assert_refused(*_study(tmp_path, spec_text, csv=csv), "study.toml", *words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml", "table.csv"]
+
+
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite://"])
+def test_an_in_memory_storage_is_refused_for_a_study_whose_results_it_would_lose(tmp_path: Path, url: str) -> None:
+    _assert_refused(*_study(tmp_path, GOOD, storage=url), f"storage '{url}'", "in-memory", "give a file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml"]
+
+
+@pytest.mark.parametrize("name", ["a\nb", "a\x00b", "a\tb", " "])
+def test_a_name_with_control_characters_is_refused(tmp_path: Path, name: str) -> None:
+    _assert_refused(*_study(tmp_path, GOOD, "--name", name), "--name", "must not contain")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml"]
+
+
+def test_a_spec_that_is_a_pipe_is_refused_instead_of_waiting_for_a_writer(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "study.toml")
+    _assert_refused(*_study(tmp_path, None), "study.toml", "is a pipe or socket, not a file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml"]
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    pytest.param(b'name = "caf\xe9"\n', ["is not UTF-8 text"], id="latin-1"),
+])
+def test_a_spec_that_is_not_text_is_refused(tmp_path: Path, content: bytes, words: list[str]) -> None:
+    (tmp_path / "study.toml").write_bytes(content)
+    _assert_refused(*_study(tmp_path, None), "study.toml", *words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml"]
+
+
+def test_a_spec_that_cannot_be_read_is_refused(tmp_path: Path) -> None:
+    # Reading /proc/self/mem from its start fails with EIO even for root, whom permissions do not stop.
+    result = CliRunner().invoke(app, ["study", "/proc/self/mem", "--storage", f"sqlite:///{tmp_path / 's.db'}"])
+    _assert_refused(result.exit_code, result.stdout, result.stderr, "/proc/self/mem", "cannot read it")
+    assert list(tmp_path.iterdir()) == []

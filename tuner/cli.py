@@ -1,6 +1,7 @@
 """The ``tuner`` command: parse, call the library, print. Errors become one line and an exit code.
 
-Exit codes: 0 done; 1 the study could not go on; 2 bad input (nothing written); 130 interrupted.
+Exit codes: 0 done; 1 the study could not go on; 2 bad input (nothing written); 130 interrupted
+(Ctrl-C); 143 terminated (SIGTERM, how Slurm, Kubernetes and systemd stop a job).
 """
 
 from __future__ import annotations
@@ -8,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,11 +20,69 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 # The library (torch, optuna, scikit-learn) is imported inside the commands, not here, so that
 # `tuner --help` answers at once.
 
+BAD_INPUT = 2
+INTERRUPTED = 130
+TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process that SIGTERM ended
+
+
+def _say(text: str, *, err: bool = False) -> None:
+    """Print a message as it is: no rich markup or emoji codes to eat ``[x]`` or ``:x:`` in names and paths."""
+    print(text, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def _console(*, stderr: bool = False, width: int | None = None) -> Console:
+    """A console for tables and progress bars, which takes text literally, as :func:`_say` does."""
+    return Console(stderr=stderr, soft_wrap=True, width=width, markup=False, emoji=False, highlight=False)
+
+
+class _PlainErrorsGroup(TyperGroup):
+    """Usage errors (a bad option value, a missing argument) as one plain line ``error: ...``, exit 2,
+    instead of click's usage block or rich's box; and a finished command is not spoiled by a late Ctrl-C."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[no-untyped-def,override]
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        global _from_command_line
+        _from_command_line = args is None
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as error:  # click's exceptions, as typer ships them
+            if type(error).__name__ == "NoArgsIsHelpError":
+                error.show()  # plain `tuner`: the help, as before
+            else:
+                context = getattr(error, "ctx", None)
+                hint = f" (see: {context.command_path} --help)" if context is not None else ""
+                _say(_one_line(f"error: {error.format_message()}{hint}"), err=True)
+            code = getattr(error, "exit_code", 1)
+        except typer.Abort:
+            _say("error: aborted", err=True)
+            code = 1
+        _ignore_late_ctrl_c()
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+_from_command_line = False  # set by _PlainErrorsGroup.main: a real process, not a test's CliRunner
+
+
+def _ignore_late_ctrl_c() -> None:
+    """Once the work is done, a Ctrl-C (e.g. while the summary prints, or torch's atexit hooks run at
+    shutdown) has nothing left to stop: ignore it, instead of a traceback from the interpreter's exit
+    or a process killed by SIGINT (-2). Only in a real process: a test runner keeps its Ctrl-C."""
+    if _from_command_line and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
 app = typer.Typer(
+    cls=_PlainErrorsGroup,
     help="Staged hyperparameter tuning for PyTorch: calibrate the learning rate on a small network, then "
     "tune size and decay schedule at that rate. Trials live in SQLite (default tuner.db) or any Optuna storage; "
     "run the same command again to resume.",
@@ -56,12 +117,8 @@ def _storage_url(storage: str | None, password_file: Path | None) -> str:
     return with_password(storage or DEFAULT_STORAGE, password_file)
 
 
-BAD_INPUT = 2
-INTERRUPTED = 130
-
-
 def _fail(message: str, code: int) -> NoReturn:
-    Console(stderr=True, soft_wrap=True).print(f"error: {message}", highlight=False, markup=False)
+    _say(_one_line(f"error: {message}"), err=True)
     raise typer.Exit(code)
 
 
@@ -74,14 +131,14 @@ def _quiet_optuna() -> None:
 
 @contextmanager
 def _errors_as_exit_codes() -> Iterator[None]:
-    from tuner.runner import StudyMismatchError, TunerError
+    from tuner.runner import StudyMismatchError, TunerError, TunerInputError
     from tuner.spec import SpecError
     from tuner.storage import StorageError
     from tuner.train import DeviceError
 
     try:
         yield
-    except (SpecError, StorageError, StudyMismatchError, DeviceError) as error:
+    except (SpecError, StorageError, StudyMismatchError, DeviceError, TunerInputError) as error:
         _fail(str(error), BAD_INPUT)
     except TunerError as error:
         _fail(str(error), 1)
@@ -119,42 +176,117 @@ def study(
     device: Annotated[str, typer.Option(help="Where to train: auto (CUDA when available), cpu or cuda")] = "auto",
     name: Annotated[str | None, typer.Option(help="Run under this study name instead of the spec's (a fresh study)")] = None,
     storage_password_file: PasswordFileOption = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads of this process on the CPU [default: $TUNER_THREADS, else 1: small models train fastest on one; run more workers to use more cores]")] = None,
 ) -> None:
     """Run a staged study (lr, then shape, then the optional audit), or resume it where it stopped."""
     from tuner.progress import ConsoleReporter, summary_table
-    from tuner.runner import run_study
-    from tuner.spec import load_spec
-    from tuner.storage import DEFAULT_STORAGE, redact, with_password
+    from tuner.runner import Terminated, run_study
+    from tuner.spec import load_spec, study_name_problem
+    from tuner.storage import DEFAULT_STORAGE, with_password
 
     if device not in ("auto", "cpu", "cuda"):
         _fail(f"--device {device!r}: choose auto, cpu or cuda", BAD_INPUT)
     _quiet_optuna()
     # Off a terminal (a log file, CI) rich would assume 80 columns and fold the summary table.
-    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
+    console = _console(width=None if sys.stdout.isatty() else 120)
     reporter = ConsoleReporter(console)
-    resume = ["tuner", "study", str(spec)] + (["--storage", redact(storage)] if storage else []) + (["--name", name] if name else [])
+    resume, password_note = _resume_command(spec, storage, name, storage_password_file)
     try:
-        with _unexpected_errors(), _errors_as_exit_codes():
+        with _unexpected_errors(), _errors_as_exit_codes(), _sigterm_as_interrupt():
             loaded = load_spec(spec)
             if name is not None:
-                if not name.strip() or "/" in name:
-                    _fail(f"--name {name!r}: must be non-empty and must not contain '/'", BAD_INPUT)
+                problem = study_name_problem(name)
+                if problem:
+                    _fail(f"--name {name!r}: {problem}", BAD_INPUT)
                 loaded = dataclasses.replace(loaded, name=name)
+            _refuse_in_memory(storage, loaded.storage, loaded.source)
             if storage_password_file is not None:
                 storage = with_password(storage or loaded.storage or DEFAULT_STORAGE, storage_password_file)
             try:
-                result = run_study(loaded, storage=storage, device=device, reporter=reporter)
+                result = run_study(loaded, storage=storage, device=device, reporter=reporter, threads=threads)
             finally:
                 reporter.close()
-    except KeyboardInterrupt:
-        Console(stderr=True, soft_wrap=True).print(
-            f"interrupted: the trial in progress is marked failed, finished trials are kept; resume with: {shlex.join(resume)}",
-            highlight=False, markup=False,
-        )
-        raise typer.Exit(INTERRUPTED) from None
+    except KeyboardInterrupt as stop:
+        what, code = ("terminated (SIGTERM)", TERMINATED) if isinstance(stop, Terminated) else ("interrupted", INTERRUPTED)
+        _say(f"{what}: the trial in progress is marked failed, finished trials are kept; "
+             f"resume with: {shlex.join(resume)}{password_note}", err=True)
+        raise typer.Exit(code) from None
+    _ignore_late_ctrl_c()  # the study is finished and stored: what is left is to say so
     console.print(summary_table(result, loaded.train.objective))
     if result.audit is not None:
-        console.print(result.audit.message, highlight=False, markup=False)
+        _say(result.audit.message)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (Slurm, Kubernetes, systemd stopping a job) raises :class:`Terminated`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    from tuner.runner import Terminated
+
+    def terminate(_signum: int, _frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _resume_command(spec: Path, storage: str | None, name: str | None, password_file: Path | None) -> tuple[list[str], str]:
+    """The command that resumes this study, one that works as printed: no password in it, nor a ``***``
+    in its place; when the URL had a password, a note says to give it through the environment instead."""
+    command = ["tuner", "study", str(spec)]
+    note = ""
+    if storage:
+        bare, had_password = _without_password(storage)
+        command += ["--storage", bare]
+        if had_password and password_file is None:
+            note = " (with the storage's password set through TUNER_STORAGE_PASSWORD or PGPASSWORD)"
+    if password_file is not None:
+        command += ["--storage-password-file", str(password_file)]
+    if name:
+        command += ["--name", name]
+    return command, note
+
+
+def _without_password(url: str) -> tuple[str, bool]:
+    """``url`` with any password (``user:pw@``, or ``?password=``) taken out, and whether it had one."""
+    import sqlalchemy
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except Exception:  # noqa: BLE001 -- not a database URL (journal:///...): nothing to take out
+        return url, False
+    in_query = [key for key in parsed.query if key.lower() == "password"]
+    if parsed.password is None and not in_query:
+        return url, False
+    # URL.set() skips None, so the password goes through namedtuple's _replace.
+    bare = parsed.difference_update_query(in_query)._replace(password=None)
+    return bare.render_as_string(hide_password=False), True
+
+
+def _refuse_in_memory(storage: str | None, spec_storage: str | None, source: str) -> None:
+    """An in-memory database ends with the process, and a study's results with it: refuse it for `tuner study`."""
+    import sqlalchemy
+
+    url = storage or spec_storage
+    if not url:
+        return
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except Exception:  # noqa: BLE001 -- not a database URL; opening it says what is wrong
+        return
+    in_memory = parsed.get_backend_name() == "sqlite" and (
+        parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
+    )
+    if in_memory:
+        where = f"{source}: field 'storage': " if not storage and source else ""
+        _fail(f"{where}storage {url!r}: an in-memory database is lost when the command ends, and the study's "
+              f"results with it; give a file, e.g. sqlite:///tuner.db", BAD_INPUT)
 
 
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Folder to write the CSV file(s) into (created if missing)")]
@@ -186,7 +318,7 @@ def importance(
     _quiet_optuna()
     with _analysis_errors():
         path, table, skipped = write_importance(name, out, _storage_url(storage, storage_password_file))
-    console = Console(soft_wrap=True)
+    console = _console()
     shown = Table(title=f"importance of {name} (share; fanova: of the variance)")
     for column in ("stage", "evaluator", "param", "param_b", "importance", "std"):
         shown.add_column(column, justify="right" if column in ("importance", "std") else "left")
@@ -196,8 +328,8 @@ def importance(
     if len(table):
         console.print(shown)
     for stage, reason in skipped:
-        console.print(f"skipped stage {stage}: {reason}", highlight=False, markup=False)
-    console.print(f"wrote {path} ({len(table)} rows)", highlight=False, markup=False)
+        _say(f"skipped stage {stage}: {reason}")
+    _say(f"wrote {path} ({len(table)} rows)")
 
 
 @app.command()
@@ -210,7 +342,7 @@ def export(
     _quiet_optuna()
     with _analysis_errors():
         trials_path, curves_path = write_export(name, out, _storage_url(storage, storage_password_file))
-    Console(soft_wrap=True).print(f"wrote {trials_path} and {curves_path}", highlight=False, markup=False)
+    _say(f"wrote {trials_path} and {curves_path}")
 
 
 @app.command()
@@ -226,10 +358,9 @@ def report(
     _quiet_optuna()
     with _analysis_errors():
         written = write_report(name, _storage_url(storage, storage_password_file), out)
-    console = Console(soft_wrap=True)
     for key, why in written.missing.items():
-        console.print(f"not drawn: {key}: {why}", highlight=False, markup=False)
-    console.print(f"wrote {len(written.figures)} figures and {written.index}", highlight=False, markup=False)
+        _say(f"not drawn: {key}: {why}")
+    _say(f"wrote {len(written.figures)} figures and {written.index}")
 
 
 @app.command()
@@ -237,17 +368,20 @@ def dashboard(
     storage: StorageOption = None,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 to serve on", min=1, max=65535)] = 8080,
     storage_password_file: PasswordFileOption = None,
+    read_only: Annotated[bool, typer.Option("--read-only", help="Refuse every change (deleting studies, editing trials, notes)")] = False,
 ) -> None:
-    """Serve optuna-dashboard for the storage on 127.0.0.1, to browse every stage live (Ctrl-C stops it)."""
+    """Serve optuna-dashboard for the storage on 127.0.0.1, to browse every stage live (Ctrl-C stops it).
+
+    Only pages of the dashboard itself, at http://127.0.0.1:PORT or http://localhost:PORT, may change the
+    storage; any other site's page is refused (403)."""
     from tuner.dashboard import DashboardError, serve_dashboard
     from tuner.storage import redact
 
-    console = Console(soft_wrap=True)
     with _errors_as_exit_codes():
         url = _storage_url(storage, storage_password_file)
         try:
-            serve_dashboard(url, port, on_ready=lambda address: console.print(
-                f"optuna-dashboard for {redact(url)} at {address} (Ctrl-C stops it)", highlight=False, markup=False))
+            serve_dashboard(url, port, read_only=read_only, on_ready=lambda address: _say(
+                f"optuna-dashboard for {redact(url)} at {address}{' (read-only)' if read_only else ''} (Ctrl-C stops it)"))
         except DashboardError as error:
             _fail(str(error), 1)
         except KeyboardInterrupt:
@@ -264,24 +398,22 @@ def lr_find_command(
     end_lr: Annotated[float, typer.Option("--end-lr", help="Last learning rate of the exponential ramp")] = 10.0,
 ) -> None:
     """LR range test: one short run with the rate rising exponentially; prints the suggested rate and search range."""
-    from tuner.lr_find import lr_find, search_bounds, write_lr_find
+    from tuner.lr_find import LRFindInputError, lr_find, search_bounds, write_lr_find
     from tuner.spec import load_spec
 
-    if device not in ("auto", "cpu", "cuda"):
-        _fail(f"--device {device!r}: choose auto, cpu or cuda", BAD_INPUT)
-    if not 0 < start_lr < end_lr:
-        _fail(f"--start-lr {start_lr:g} / --end-lr {end_lr:g}: need 0 < start-lr < end-lr, e.g. 1e-7 and 10", BAD_INPUT)
     if out.exists() and not out.is_dir():
         _fail(f"--out {str(out)!r}: is a file; give a folder", BAD_INPUT)
-    console = Console(soft_wrap=True)
     with _errors_as_exit_codes():
-        loaded = load_spec(spec)
-        result = lr_find(loaded, start_lr=start_lr, end_lr=end_lr, steps=steps, device=device)
+        try:
+            loaded = load_spec(spec)
+            result = lr_find(loaded, start_lr=start_lr, end_lr=end_lr, steps=steps, device=device)
+        except LRFindInputError as error:
+            _fail(str(error), BAD_INPUT)
         try:
             csv_path, png_path = write_lr_find(result, out, title=f"LR range test: {loaded.name}")
         except OSError as error:
             _fail(f"--out {str(out)!r}: cannot write there ({error.strerror or error}); choose a writable folder", BAD_INPUT)
-    say = lambda text: console.print(text, highlight=False, markup=False)  # noqa: E731
+    say = _say
     say(f"LR range test on '{loaded.name}': {len(result.lrs)} steps, lr {result.lrs[0]:.3g} to {result.lrs[-1]:.3g}")
     say(f"wrote {csv_path} and {png_path}")
     suggestion = result.suggestion

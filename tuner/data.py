@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import math
+
 import numpy as np
 import pandas as pd
 import torch
@@ -25,7 +27,7 @@ from torch.utils.data import DataLoader
 from sklearn import datasets as sk_datasets
 from sklearn.model_selection import train_test_split
 
-from tuner.spec import DataSpec, SpecError
+from tuner.spec import MIN_SPLIT_ROWS, DataSpec, SpecError
 
 # Integer targets with at most this many distinct values are taken as class labels.
 MAX_INFERRED_CLASSES = 20
@@ -159,8 +161,10 @@ def load_dataset(spec: DataSpec, seed: int, source: str = "") -> Dataset | Strea
     if spec.test_fraction > 0:
         x, x_test, y, y_test = _holdout(x, y, task, spec.test_fraction, seed)
         test = (x_test, y_test)
-    data = _split(spec.name, x, y, task, spec.validation_fraction, seed)
-    return data if test is None else _with_test(data, *test)
+    _check_split_sizes(spec, len(x), source)
+    dataset = _split(spec.name, x, y, task, spec.validation_fraction, seed)
+    _check_classes(spec, dataset, y, source)
+    return dataset if test is None else _with_test(dataset, *test)
 
 
 def _holdout(x: np.ndarray, y: np.ndarray, task: str, fraction: float, seed: int) -> list[np.ndarray]:
@@ -179,6 +183,59 @@ def _with_test(data: Dataset, x_test: np.ndarray, y_test: np.ndarray) -> Dataset
         return dataclasses.replace(data, x_test=x[keep], y_test=torch.as_tensor(codes[keep], dtype=torch.long))
     y = torch.as_tensor((np.asarray(y_test, dtype=np.float64) - data.target_mean) / data.target_scale, dtype=torch.float32)
     return dataclasses.replace(data, x_test=x, y_test=y)
+
+
+def _rows_field(spec: DataSpec, n_rows: int) -> tuple[str, object]:
+    """The field that decided how many rows there are, to name in a message."""
+    if spec.max_rows is not None and n_rows == spec.max_rows:
+        return "data.max_rows", spec.max_rows
+    if spec.name == "adding":
+        return "data.samples", spec.samples
+    if spec.name == "csv":
+        return "data.path", spec.path
+    return "data.validation_fraction", spec.validation_fraction
+
+
+def _check_split_sizes(spec: DataSpec, n_rows: int, source: str) -> None:
+    """Refuse a split that leaves either part with fewer than MIN_SPLIT_ROWS rows (sklearn rounds the validation part up)."""
+    fraction = spec.validation_fraction
+    n_val = math.ceil(n_rows * fraction)
+    n_train = n_rows - n_val
+    if n_train >= MIN_SPLIT_ROWS and n_val >= MIN_SPLIT_ROWS:
+        return
+    parts = f"{n_train} training and {n_val} validation rows"
+    field, value = _rows_field(spec, n_rows)
+    if field == "data.validation_fraction" or not 0.05 <= fraction <= 0.5:
+        if n_rows >= 2 * MIN_SPLIT_ROWS:
+            low, high = MIN_SPLIT_ROWS / n_rows, (n_rows - MIN_SPLIT_ROWS) / n_rows
+            raise SpecError(source, "data.validation_fraction", fraction,
+                            f"leaves {parts} of {n_rows}; each part needs at least {MIN_SPLIT_ROWS}: "
+                            f"choose a fraction from {low:.3g} to {high:.3g}, e.g. 0.2")
+    needed = next(n for n in range(2 * MIN_SPLIT_ROWS, 10**9)
+                  if math.ceil(n * fraction) >= MIN_SPLIT_ROWS and n - math.ceil(n * fraction) >= MIN_SPLIT_ROWS)
+    raise SpecError(source, field, value,
+                    f"too few rows for a split: {n_rows} rows at validation_fraction {fraction:g} leave {parts}, and each "
+                    f"part needs at least {MIN_SPLIT_ROWS}; give at least {needed} rows")
+
+
+def _check_classes(spec: DataSpec, dataset: Dataset, y: np.ndarray, source: str) -> None:
+    """A classifier needs two classes to learn from and validation rows of classes it has seen."""
+    if dataset.task != "classification":
+        return
+    target_field, target_value = ("data.target", spec.target) if spec.name == "csv" else ("data.name", spec.name)
+    classes = np.unique(np.asarray(y).astype(str))
+    if len(classes) < 2:
+        raise SpecError(source, target_field, target_value,
+                        f"the target has one class only ({str(classes[0])!r}); a classifier needs at least two: "
+                        f"check the column, or choose another target")
+    if dataset.n_outputs < 2:
+        field, value = _rows_field(spec, len(y))
+        raise SpecError(source, field, value, f"the training part holds one class only of {len(classes)}; "
+                        f"give more rows, or a smaller data.validation_fraction")
+    if len(dataset.y_val) < MIN_SPLIT_ROWS:
+        field, value = _rows_field(spec, len(y))
+        raise SpecError(source, field, value, f"the validation part holds {len(dataset.y_val)} rows of classes seen in "
+                        f"training (a class seen only in validation cannot be scored); give more rows per class")
 
 
 def _split(name: str, x: np.ndarray, y: np.ndarray, task: str, validation_fraction: float, seed: int) -> Dataset:
@@ -250,7 +307,10 @@ def _read_csv(spec: DataSpec, source: str) -> tuple[np.ndarray, np.ndarray, str]
     except pd.errors.EmptyDataError:
         raise SpecError(source, "data.path", spec.path, "the CSV file is empty; it needs a header row and data rows") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise SpecError(source, "data.path", spec.path, f"cannot be read as CSV ({error})") from None
+        reason = " ".join(str(error).split())  # pandas' messages run over several lines
+        raise SpecError(source, "data.path", spec.path, f"cannot be read as CSV ({reason})") from None
+    except OSError as error:
+        raise SpecError(source, "data.path", spec.path, f"cannot read it ({error.strerror or error}); check its permissions") from None
     if frame.empty:
         raise SpecError(source, "data.path", spec.path, "the CSV file holds no data rows")
     if spec.target not in frame.columns:
@@ -270,11 +330,26 @@ def _read_csv(spec: DataSpec, source: str) -> tuple[np.ndarray, np.ndarray, str]
     if target.isna().any():
         row = int(target.isna().to_numpy().argmax()) + 2
         raise SpecError(source, "data.target", spec.target, f"the target has a missing value (line {row}); fill or drop such rows")
+    values = features.to_numpy(dtype=np.float64)
+    finite = np.isfinite(values)
+    if not finite.all():
+        row, column = np.argwhere(~finite)[0]
+        raise SpecError(source, "data.path", spec.path, f"non-finite values in column '{features.columns[column]}' "
+                        f"({values[row, column]} on line {row + 2}); replace them with numbers or drop such rows")
     task = spec.task if spec.task != "auto" else _infer_task(target)
     if task == "regression" and not pd.api.types.is_numeric_dtype(target):
         raise SpecError(source, "data.target", spec.target, 'is not numeric, so it cannot be a regression target; set task = "classification"')
+    if pd.api.types.is_numeric_dtype(target) and not pd.api.types.is_bool_dtype(target):
+        numbers = target.to_numpy(dtype=np.float64)
+        if not np.isfinite(numbers).all():
+            row = int((~np.isfinite(numbers)).argmax()) + 2
+            raise SpecError(source, "data.target", spec.target, f"non-finite values in the target (line {row}); replace them or drop such rows")
+        if task == "classification" and not np.all(numbers == np.round(numbers)):
+            example = numbers[numbers != np.round(numbers)][0]
+            raise SpecError(source, "data.task", spec.task, f"the target '{spec.target}' holds fractional numbers (e.g. {example:g}), "
+                            f'not class labels; set task = "regression", or encode the classes as whole numbers or text')
     y = target.to_numpy() if task == "regression" else target.astype(str).to_numpy()
-    return features.to_numpy(dtype=np.float64), y, task
+    return values, y, task
 
 
 def _infer_task(target: pd.Series) -> str:

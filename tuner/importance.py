@@ -119,7 +119,8 @@ class AuditVerdict:
 def _open(storage: str | BaseStorage | None) -> tuple[BaseStorage, str]:
     """The storage, and its URL to name in messages. A missing SQLite file is not created."""
     if isinstance(storage, BaseStorage):
-        return storage, type(storage).__name__
+        url = getattr(storage, "url", None)  # RDBStorage keeps the URL it was opened with
+        return storage, redact(url) if isinstance(url, str) else type(storage).__name__
     url = storage or DEFAULT_STORAGE
     return open_existing_storage(url), redact(url)
 

@@ -22,8 +22,9 @@ import optuna
 
 from tuner.data import Dataset, load_dataset
 from tuner.lr_suggest import Suggestion, smooth, stop_index, suggest
-from tuner.spec import StudySpec, load_spec
+from tuner.spec import DEVICES, StudySpec, load_spec
 from tuner.train import (
+    DeviceError,
     TrainConfig,
     loss_function,
     make_optimizer,
@@ -41,6 +42,11 @@ END_LR = 10.0
 STEPS = 100  # fastai's num_it
 STOP_FACTOR = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum so far (fastai)
 STUDY_ATTR = "lr_find"  # user attribute of the <name>/lr study holding an lr_range = "auto" test
+MAX_LR = 1e10  # far past any rate that trains; above float32's range (3.4e38) an optimizer step cannot even be taken
+
+
+class LRFindInputError(ValueError):
+    """A ramp that cannot be run (bounds out of order, not finite, too large); the message names the option and the fix."""
 
 
 class LRFindError(RuntimeError):
@@ -89,11 +95,8 @@ def lr_find(
         device: ``auto``, ``cpu`` or ``cuda``.
         data: the spec's data already loaded (and on the device); loaded from the spec if None.
     """
+    check_ramp(start_lr, end_lr, steps, device)
     spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
-    if not 0 < start_lr < end_lr or not math.isfinite(end_lr):
-        raise ValueError(f"the ramp needs 0 < start_lr < end_lr; got {start_lr} and {end_lr}")
-    if steps < 5:
-        raise ValueError(f"steps must be at least 5; got {steps}")
     install(spec)  # the spec's own model factory, if it names one
     if data is None:
         data = load_dataset(spec.data, spec.seed, spec.source).to(resolve_device(device))
@@ -134,6 +137,24 @@ def lr_find(
 
 def _stopped(losses: list[float], beta: float) -> bool:
     return bool(losses) and stop_index(smooth(losses, beta), STOP_FACTOR) is not None
+
+
+def check_ramp(start_lr: float, end_lr: float, steps: int = STEPS, device: str = "auto") -> None:
+    """Refuse a ramp that cannot run, before any data is loaded.
+
+    Raises:
+        LRFindInputError: the rates are not 0 < start_lr < end_lr <= MAX_LR, or steps < 5.
+        tuner.train.DeviceError: ``device`` is not one of auto, cpu, cuda.
+    """
+    if device not in DEVICES:
+        raise DeviceError(f"--device {device!r}: choose auto, cpu or cuda")
+    rates_ok = all(math.isfinite(rate) for rate in (start_lr, end_lr)) and 0 < start_lr < end_lr <= MAX_LR
+    if not rates_ok or not math.isfinite(end_lr / start_lr):
+        raise LRFindInputError(
+            f"--start-lr {start_lr:g} / --end-lr {end_lr:g}: need 0 < start-lr < end-lr <= {MAX_LR:g}, finite, e.g. 1e-7 and 10"
+        )
+    if steps < 5:
+        raise LRFindInputError(f"--steps {steps}: must be at least 5, e.g. 100")
 
 
 def search_bounds(suggestion: Suggestion, lr_min: float, lr_max: float) -> tuple[float, float] | None:

@@ -31,6 +31,7 @@ from tuner._records import write_trial_records
 from tuner.data import Dataset, StreamedData, load_dataset
 from tuner.importance import AuditVerdict, audit_verdict
 from tuner.results import FINISHED, SURPLUS_ATTR, StageSummary, stage_study_name
+from tuner.models import check_model_fits
 from tuner.spec import StudySpec, load_spec, settings_hash
 from tuner.stages import (
     STAGE_NAMES,
@@ -66,6 +67,10 @@ __all__ = ["Reporter", "StageSummary", "StudyMismatchError", "StudyResult", "Tun
 
 class TunerError(RuntimeError):
     """A study that cannot go on; the message says why and what to do."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be (the CLI's handler), so that a stopped job ends its trial as Ctrl-C does."""
 
 
 class TunerInputError(ValueError):
@@ -145,6 +150,7 @@ def run_study(
     install(spec)  # the spec's own model factory, if it names one
     data = load_dataset(spec.data, spec.seed, spec.source).to(torch_device)
     check_model(spec, data)
+    check_model_fits(spec, data, torch_device)  # before the storage: nothing written for a model that cannot train
     storage_url = storage or spec.storage
     try:
         optuna_storage = open_storage(storage_url)
@@ -463,7 +469,11 @@ class _StageRunner:
             except BaseException as error:
                 # Ctrl-C, SIGTERM, or the storage gone: our trials must not stay RUNNING, or every
                 # worker would wait for them. (A kill -9 cannot get here; the next run fails its trial.)
-                reason = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else f"the worker stopped: {type(error).__name__}: {error}"
+                reason = (
+                    "terminated (SIGTERM)" if isinstance(error, Terminated)
+                    else "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt)
+                    else f"the worker stopped: {type(error).__name__}: {error}"
+                )
                 with _interrupts_deferred():
                     _abandon(asked, reason)
                 raise

@@ -30,6 +30,9 @@ SAMPLERS = ("tpe", "random")
 PRUNERS = ("none", "median", "hyperband", "successive_halving")
 LR_RANGES = ("fixed", "auto")
 DEVICES = ("auto", "cpu", "cuda")
+MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds lie in [0, 2**32 - 1]
+MIN_SEQUENCE_LENGTH = 2  # the adding problem marks two distinct steps
+MIN_SPLIT_ROWS = 2  # each of the training and validation parts needs at least this many rows
 
 
 class SpecError(ValueError):
@@ -182,12 +185,22 @@ def load_spec(path: str | Path) -> StudySpec:
         raise SpecError(source, "<file>", _MISSING, "no such file; check the path (ready specs are in studies/)")
     if path.is_dir():
         raise SpecError(source, "<file>", _MISSING, "is a directory; give the path of a .toml study file")
+    if path.is_fifo() or path.is_socket():
+        # Reading it would wait for a writer that may never come.
+        raise SpecError(source, "<file>", _MISSING, "is a pipe or socket, not a file; give the path of a .toml study file")
     try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as error:
-        raise SpecError(source, "<file>", _MISSING, f"malformed TOML ({error}); fix the syntax") from None
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise SpecError(source, "<file>", _MISSING, "is not UTF-8 text; save it as a UTF-8 TOML file") from None
+    except OSError as error:
+        raise SpecError(source, "<file>", _MISSING, f"cannot read it ({error.strerror or error}); check its permissions") from None
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise SpecError(source, "<file>", _MISSING, f"malformed TOML ({error}); fix the syntax") from None
+    if not table:
+        # An empty file (or /dev/null, or only comments) would silently run a full default study.
+        raise SpecError(source, "<file>", _MISSING, 'the spec is empty; write at least [data] name = "digits", e.g. copy studies/quickstart.toml')
     if "name" not in table:
         table = {"name": path.stem, **table}
     return spec_from_dict(table, source=source)
@@ -284,9 +297,19 @@ def _range(source: str, path: str, bounds: tuple[float, float], log: bool) -> No
         raise SpecError(source, path, list(bounds), "min must not exceed max; write [min, max]")
 
 
+def study_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a study (its stages are the Optuna studies ``name/lr`` ...), or None."""
+    if not name.strip() or "/" in name or any(not char.isprintable() for char in name):
+        return "must be non-empty and must not contain '/', NUL, line breaks or other control characters"
+    return None
+
+
 def _validate(spec: StudySpec, source: str) -> None:
-    if not spec.name.strip() or "/" in spec.name:
-        raise SpecError(source, "name", spec.name, "must be non-empty and must not contain '/'")
+    problem = study_name_problem(spec.name)
+    if problem:
+        raise SpecError(source, "name", spec.name, problem)
+    if not 0 <= spec.seed <= MAX_SEED:
+        raise SpecError(source, "seed", spec.seed, f"must be a whole number from 0 to {MAX_SEED} (numpy's seed range), e.g. 0")
     data, model, train, stages = spec.data, spec.model, spec.train, spec.stages
     _choice(source, "data.name", data.name, DATASETS)
     _choice(source, "data.task", data.task, TASKS)
@@ -309,9 +332,15 @@ def _validate(spec: StudySpec, source: str) -> None:
         raise SpecError(source, "data.validation_fraction", data.validation_fraction, "must lie strictly between 0 and 1, e.g. 0.2")
     if not 0 <= data.test_fraction < 1:
         raise SpecError(source, "data.test_fraction", data.test_fraction, "must lie in [0, 1), e.g. 0.2 (0: no test part)")
-    _positive(source, "data.max_rows", data.max_rows)
-    _positive(source, "data.sequence_length", data.sequence_length)
-    _positive(source, "data.samples", data.samples)
+    if data.max_rows is not None and data.max_rows < 2 * MIN_SPLIT_ROWS:
+        raise SpecError(source, "data.max_rows", data.max_rows,
+                        f"too few rows for a split: at least {2 * MIN_SPLIT_ROWS} ({MIN_SPLIT_ROWS} to train, {MIN_SPLIT_ROWS} to validate), e.g. 1000")
+    if data.sequence_length < MIN_SEQUENCE_LENGTH:
+        raise SpecError(source, "data.sequence_length", data.sequence_length,
+                        f"must be at least {MIN_SEQUENCE_LENGTH}: the adding problem marks two different steps; e.g. 20")
+    if data.samples < 2 * MIN_SPLIT_ROWS:
+        raise SpecError(source, "data.samples", data.samples,
+                        f"too few rows for a split: at least {2 * MIN_SPLIT_ROWS} ({MIN_SPLIT_ROWS} to train, {MIN_SPLIT_ROWS} to validate), e.g. 2000")
     from tuner.models import model_families  # here, not on top: reading a spec alone need not import torch
 
     if ":" not in model.family:  # "module:function" is imported and checked when the study runs
