@@ -1,22 +1,28 @@
-"""Diagnosis in words of learning curves, for a report that explains an LR sweep.
+"""The report's words: a diagnosis of learning curves and of each stage, in sentences for a person.
 
-A curve is a per-epoch validation loss (or error) list; a diverged run may stop
-early or end in NaN/inf.  ``classify_curve`` returns one of ``"decaying"``,
-``"plateau"`` (hardly improves from its start: rate too small, crawling),
-``"oscillating"`` or ``"exploding"``; ``curve_stats`` gives the numbers behind
-that verdict.  ``divergence_onset`` and ``describe_lr_sweep`` summarise a sweep.
+A curve is a per-epoch validation loss (or error) list; a diverged run may stop early or end in
+NaN/inf. ``classify_curve`` returns one of ``"decaying"``, ``"plateau"`` (hardly improves from its
+start: rate too small, crawling), ``"oscillating"`` or ``"exploding"``; ``curve_stats`` gives the
+numbers behind that verdict. ``divergence_onset`` and ``describe_lr_sweep`` summarise a sweep;
+``lr_diagnosis``, ``shape_diagnosis``, ``audit_diagnosis`` and ``importance_sentences`` say what
+the report's figures show.
 
-Edge cases: an empty curve, or a single finite point, is ``"plateau"`` (no
-evidence of learning, and none of divergence: flag such runs via ``diverged``).
-Any non-finite value makes the curve ``"exploding"``; values after it are ignored.
+Edge cases: an empty curve, or a single finite point, is ``"plateau"`` (no evidence of learning, and
+none of divergence: flag such runs via ``diverged``). Any non-finite value makes the curve
+``"exploding"``; values after it are ignored.
 """
+
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import pandas as pd
+
+from tuner.report.runs import TARGET_FACTOR, StageRuns, epochs_to_target
 
 # Exploding: the end level sits above the curve's minimum by at least half of the
 # starting value (e.g. 1.0 -> 0.2 -> 0.7, or anything ending >= 1.5x its start).
@@ -181,3 +187,114 @@ def describe_lr_sweep(
         who = "All rates tried" if len(low) == len(lrs) else f"Rates up to {hi:.1e}"
         out.append(f"{who} barely learn in {epochs} epochs (plateau).")
     return out
+
+
+# --- the stages, in words ----------------------------------------------------------------------
+
+
+
+def lr_diagnosis(stage: StageRuns, chosen_lr: float | None, objective: str) -> list[str]:
+    runs = [r for r in stage.runs if r.curve]
+    if not runs or chosen_lr is None:
+        n_diverged = sum(r.diverged for r in stage.runs)
+        return [f"No learning rate was chosen: none of the {len(stage.runs)} finished trials of stage lr completed "
+                f"({n_diverged} diverged). Lower stages.lr.lr_max, or check the data."]
+    lrs = [r.params["lr"] for r in runs]
+    sentences = [
+        f"{len(runs)} rates tried from {min(lrs):.1e} to {max(lrs):.1e}; "
+        f"{sum(r.diverged for r in runs)} diverged."
+    ]
+    # describe_lr_sweep says "validation loss" for any curve; name what the curves really hold.
+    what = objective.split(" (")[0]
+    sentences += [sentence.replace("the validation loss", f"the {what}")
+                  for sentence in describe_lr_sweep(lrs, [r.curve for r in runs], chosen_lr, [r.diverged for r in runs])]
+    best = stage.best
+    if best is not None:
+        target = TARGET_FACTOR * best.value if best.value and best.value > 0 else None
+        if target is not None:
+            fastest = [(epochs_to_target(r.curve, target), r) for r in runs if not r.diverged]
+            fastest = [(e, r) for e, r in fastest if e is not None]
+            if fastest:
+                e, r = min(fastest, key=lambda p: (p[0], p[1].params["lr"]))
+                sentences.append(
+                    f"The quickest run reached {objective.split(' (')[0]} ≤ {target:.3g} in {e} epoch(s), at "
+                    f"learning rate {r.params['lr']:.2g}."
+                )
+    return sentences
+
+
+def shape_diagnosis(stage: StageRuns, reference: float | None, objective: str) -> list[str]:
+    best = stage.best
+    if best is None:
+        return ["No shape trial completed."]
+    what = objective.split(" (")[0]
+    setting = ", ".join(f"{k} {fmt_value(v)}" for k, v in best.params.items() if k != "lr")
+    sentences = [f"Best of {len(stage.complete)} shapes: {setting}, final {what} {best.value:.3g}."]
+    if reference is not None and reference > 0:
+        change = (best.value - reference) / reference
+        word = "lower" if change < 0 else "higher"
+        sentences.append(
+            f"That is {abs(change):.0%} {word} than the small network of stage lr at the same rate ({reference:.3g})."
+        )
+    by_schedule: dict[str, float] = {}
+    for r in stage.complete:
+        s = str(r.params.get("schedule", "constant"))
+        by_schedule[s] = min(by_schedule.get(s, math.inf), r.value)  # type: ignore[type-var]
+    if len(by_schedule) > 1:
+        ranked = sorted(by_schedule.items(), key=lambda kv: kv[1])
+        sentences.append("Best per schedule: " + ", ".join(f"{s} {v:.3g}" for s, v in ranked) + ".")
+    verdict = classify_curve(best.curve)
+    words = {
+        "decaying": "decays steadily",
+        "plateau": "hardly improves (a plateau)",
+        "oscillating": "oscillates",
+        "exploding": "blows up",
+    }[verdict]
+    sentences.append(f"The best shape's validation curve {words}.")
+    n_div = sum(r.diverged for r in stage.runs)
+    if n_div:
+        sentences.append(f"{n_div} shape trial(s) diverged at the calibrated rate: a larger network may want a smaller rate.")
+    return sentences
+
+
+def audit_diagnosis(stage: StageRuns, objective: str) -> list[str]:
+    best = stage.best
+    if best is None:
+        return ["No audit trial completed."]
+    setting = ", ".join(f"{k} {fmt_value(v)}" for k, v in best.params.items())
+    sentences = [f"Best of {len(stage.complete)} joint random trials: {setting}, final "
+                 f"{objective.split(' (')[0]} {best.value:.3g}."]
+    verdict = stage.study.user_attrs.get("verdict")  # stored by tuner.importance.audit_verdict at the end
+    sentences.append(str(verdict) if verdict else
+                     "No verdict on the low-interaction assumption is stored yet: `tuner study` makes it when the "
+                     "audit stage ends.")
+    return sentences
+
+
+def fmt_value(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def importance_sentences(table: pd.DataFrame) -> list[str]:
+    """Per stage: the parameter that matters most and the largest interaction, in words."""
+    sentences = []
+    for stage in dict.fromkeys(table["stage"]):
+        rows = table[table["stage"] == stage]
+        evaluator = "fanova" if (rows["evaluator"] == "fanova").any() else str(rows["evaluator"].iloc[0])
+        rows = rows[rows["evaluator"] == evaluator]
+        mains = rows[rows["param_b"] == ""].sort_values("importance", ascending=False)
+        pairs = rows[rows["param_b"] != ""].sort_values("importance", ascending=False)
+        if len(mains) < 2:
+            continue  # one parameter searched: it explains everything, nothing to say
+        top = mains.iloc[0]
+        sentence = f"Stage {stage} ({evaluator}): {top['param']} matters most ({top['importance']:.0%})"
+        others = table[(table["stage"] == stage) & (table["evaluator"] != evaluator) & (table["param_b"] == "")]
+        for other, rows_other in others.groupby("evaluator", sort=False):
+            first = rows_other.sort_values("importance", ascending=False)["param"].iloc[0]
+            if first != top["param"]:  # evaluators disagree: say so rather than pick one silently
+                sentence += f" ({other} ranks {first} first)"
+        if len(pairs):
+            pair = pairs.iloc[0]
+            sentence += f"; the largest interaction is {pair['param']} × {pair['param_b']} ({pair['importance']:.0%})"
+        sentences.append(sentence + ".")
+    return sentences

@@ -1,0 +1,143 @@
+"""A stored study as plain data for the report: its stages, their finished trials, the chosen rate.
+
+Nothing here draws. Every number comes from the stage studies ``<name>/lr``, ``<name>/shape`` and
+``<name>/audit`` and their user attributes.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.importance import importance_table, load_stage_studies
+from tuner.storage import open_existing_storage
+
+STAGES = ("lr", "shape", "audit")
+# Epochs-to-target uses this multiple of the stage's best final value as the target: near enough
+# to the best to mean "trained", loose enough that more than the single best run gets there.
+TARGET_FACTOR = 2.0
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished (complete or pruned) trial, as the figures and the words need it."""
+
+    number: int
+    state: TrialState
+    params: dict[str, Any]
+    value: float | None  # final objective of a complete trial
+    curve: list[float]  # objective per epoch, NaN where it was not finite
+    train_curve: list[float]
+    seconds: float | None
+    diverged: bool
+
+    @property
+    def last(self) -> float | None:
+        finite = [v for v in self.curve if math.isfinite(v)]
+        return finite[-1] if finite else None
+
+
+@dataclass(frozen=True)
+class StageRuns:
+    """One stage study, its trials, and its finished trials as runs."""
+
+    name: str
+    study: optuna.Study
+    trials: list[FrozenTrial]
+    runs: list[Run]
+
+    @property
+    def complete(self) -> list[Run]:
+        return [r for r in self.runs if r.state == TrialState.COMPLETE and r.value is not None]
+
+    @property
+    def best(self) -> Run | None:
+        return min(self.complete, key=lambda r: r.value) if self.complete else None  # type: ignore[arg-type,return-value]
+
+
+def load_stages(name: str, url: str) -> dict[str, StageRuns]:
+    """The stages of study ``name`` in the storage at ``url``, in stage order."""
+    stages = {}
+    for stage, study in load_stage_studies(name, open_existing_storage(url)).items():
+        trials = study.get_trials(deepcopy=False)
+        runs = [run_of(t) for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        stages[stage] = StageRuns(stage, study, trials, runs)
+    return stages
+
+
+def _floats(values: Sequence[float | None] | None) -> list[float]:
+    return [float("nan") if v is None else float(v) for v in (values or [])]
+
+
+def run_of(trial: FrozenTrial) -> Run:
+    """A stored trial as a run: its curve from ``learning_curve`` (else Optuna's intermediate values)."""
+    attrs = trial.user_attrs
+    curve = _floats(attrs.get("learning_curve"))
+    if not curve and trial.intermediate_values:  # trials of another tool: Optuna's own record
+        curve = [float(trial.intermediate_values[k]) for k in sorted(trial.intermediate_values)]
+    complete = trial.state == TrialState.COMPLETE and trial.value is not None and math.isfinite(trial.value)
+    seconds = attrs.get("train_seconds")
+    return Run(
+        number=trial.number,
+        state=trial.state,
+        params={**{k: v for k, v in attrs.items() if k == "lr" and "lr" not in trial.params}, **trial.params},
+        value=float(trial.value) if complete else None,
+        curve=curve,
+        train_curve=_floats(attrs.get("train_loss_curve")),
+        seconds=float(seconds) if seconds is not None else None,
+        diverged=bool(attrs.get("diverged")),
+    )
+
+
+def chosen_lr(stages: dict[str, StageRuns]) -> float | None:
+    """The rate handed to the shape stage (stored once at hand-off), else the lr stage's best."""
+    for stage, attr in (("shape", "lr"), ("lr", "best_lr")):
+        if stage in stages and stages[stage].study.user_attrs.get(attr) is not None:
+            return float(stages[stage].study.user_attrs[attr])
+    best = stages["lr"].best if "lr" in stages else None
+    return float(best.params["lr"]) if best is not None else None
+
+
+def objective_label(stages: dict[str, StageRuns]) -> str:
+    """The y-axis label: what the objective is, in words a reader knows."""
+    first = next(iter(stages.values())).study.user_attrs
+    objective = first.get("objective", "val_error")
+    if objective == "val_loss":
+        return "validation loss"
+    data = (first.get("settings") or {}).get("data") or {}
+    task = data.get("task", "auto")
+    if data.get("name") in ("diabetes", "adding") or task == "regression":
+        return "validation error (RMSE)"
+    if data.get("name") in ("digits", "wine", "breast_cancer", "digits_rows") or task == "classification":
+        return "validation error (1 − accuracy)"
+    return "validation error"
+
+
+def epochs_to_target(curve: Sequence[float], target: float) -> int | None:
+    """First epoch (1-based) whose value is at or below ``target``; None if it never gets there."""
+    for epoch, value in enumerate(curve, start=1):
+        if math.isfinite(value) and value <= target:
+            return epoch
+    return None
+
+
+def importance_data(name: str, url: str) -> tuple[pd.DataFrame | None, str]:
+    """The importance table (stage, evaluator, param, param_b, importance, std), or why there is none.
+
+    The second item names the stages skipped (too few trials) and why; empty when none were.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            table, skipped = importance_table(name, url)
+    except Exception as error:  # noqa: BLE001 -- a report without importances is still a report
+        return None, f"the importance analysis failed ({type(error).__name__}: {error})"
+    why = "; ".join(f"stage {stage} skipped: {reason}" for stage, reason in skipped)
+    return table.assign(param_b=table["param_b"].fillna("").astype(str)), why
