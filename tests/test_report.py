@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 import tuner
 from tuner.cli import app
+from tuner.report.runs import StageRuns, objective_label
 from tuner.report import (
     Report,
     epochs_to_target,
@@ -187,3 +188,29 @@ def test_cli_report_on_a_missing_sqlite_file_exits_2_and_creates_no_file(tmp_pat
     assert result.exit_code == 2
     assert "nope.db" in result.output
     assert not missing.exists()
+
+
+def _stages_with_settings(spec: dict) -> dict:
+    study = optuna.create_study()
+    study.set_user_attr("settings", tuner.spec_from_dict({"name": "labelled", **spec}).settings())
+    study.set_user_attr("objective", spec.get("train", {}).get("objective", "val_error"))
+    return {"lr": StageRuns("lr", study, [], [])}
+
+
+def test_the_objective_is_named_by_the_task_the_data_asks_for_csv_files_included(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=60), "b": rng.normal(size=60)})
+    frame.assign(label=rng.integers(0, 3, 60)).to_csv(tmp_path / "classes.csv", index=False)
+    frame.assign(y=rng.normal(size=60)).to_csv(tmp_path / "values.csv", index=False)
+    label = lambda data, **train: objective_label(_stages_with_settings({"data": data, "train": train}))  # noqa: E731
+    assert label({"name": "diabetes"}) == "validation error (RMSE)"
+    assert label({"name": "adding"}) == "validation error (RMSE)"
+    assert label({"name": "wine"}) == "validation error (1 − accuracy)"
+    # task = "auto": the file decides (whole numbers, few of them: classes), as it did for training.
+    assert label({"name": "csv", "path": str(tmp_path / "classes.csv"), "target": "label"}) == \
+        "validation error (1 − accuracy)"
+    assert label({"name": "csv", "path": str(tmp_path / "values.csv"), "target": "y"}) == "validation error (RMSE)"
+    moved = _stages_with_settings({"data": {"name": "csv", "path": str(tmp_path / "values.csv"), "target": "y"}})
+    (tmp_path / "values.csv").unlink()  # the study outlived its file: say less rather than guess
+    assert objective_label(moved) == "validation error"
+    assert label({"name": "wine"}, objective="val_loss") == "validation loss"

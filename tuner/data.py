@@ -69,13 +69,20 @@ def load_dataset(spec: DataSpec, seed: int, source: str = "") -> Dataset:
             "diabetes": sk_datasets.load_diabetes,
         }[spec.name]
         x, y = loader(return_X_y=True)
-        task = "regression" if spec.name == "diabetes" else "classification"
+        task = task_of(spec)
         if spec.name == "digits_rows":
             x = x.reshape(-1, 8, 8)  # each image read row by row: 8 steps of 8 pixels
     if spec.max_rows is not None and len(x) > spec.max_rows:
         keep = np.random.default_rng(seed).choice(len(x), spec.max_rows, replace=False)
         x, y = x[keep], y[keep]
     return _split(spec.name, np.asarray(x, dtype=np.float64), y, task, spec.validation_fraction, seed)
+
+
+def task_of(spec: DataSpec, source: str = "") -> str:
+    """"classification" or "regression": what the data set of ``spec`` asks for (a CSV with task "auto" is read)."""
+    if spec.name == "csv":
+        return spec.task if spec.task != "auto" else _read_csv(spec, source)[2]
+    return "regression" if spec.name in ("diabetes", "adding") else "classification"
 
 
 def _split(name: str, x: np.ndarray, y: np.ndarray, task: str, validation_fraction: float, seed: int) -> Dataset:

@@ -6,6 +6,7 @@ Nothing here draws. Every number comes from the stage studies ``<name>/lr``, ``<
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Sequence
@@ -16,7 +17,9 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.data import task_of
 from tuner.importance import importance_table, load_stage_studies
+from tuner.spec import DataSpec, SpecError
 from tuner.storage import open_existing_storage
 
 STAGES = ("lr", "shape", "audit")
@@ -108,16 +111,22 @@ def chosen_lr(stages: dict[str, StageRuns]) -> float | None:
 def objective_label(stages: dict[str, StageRuns]) -> str:
     """The y-axis label: what the objective is, in words a reader knows."""
     first = next(iter(stages.values())).study.user_attrs
-    objective = first.get("objective", "val_error")
-    if objective == "val_loss":
+    if first.get("objective", "val_error") == "val_loss":
         return "validation loss"
-    data = (first.get("settings") or {}).get("data") or {}
-    task = data.get("task", "auto")
-    if data.get("name") in ("diabetes", "adding") or task == "regression":
-        return "validation error (RMSE)"
-    if data.get("name") in ("digits", "wine", "breast_cancer", "digits_rows") or task == "classification":
-        return "validation error (1 − accuracy)"
-    return "validation error"
+    return {
+        "classification": "validation error (1 − accuracy)",
+        "regression": "validation error (RMSE)",
+    }.get(stored_task(first.get("settings") or {}), "validation error")
+
+
+def stored_task(settings: dict[str, Any]) -> str | None:
+    """The task of a study's stored settings; None when it cannot be told (a CSV file no longer there)."""
+    stored = settings.get("data") or {}
+    try:
+        spec = DataSpec(**{f.name: stored[f.name] for f in dataclasses.fields(DataSpec) if f.name in stored})
+        return task_of(spec)
+    except (TypeError, SpecError):  # settings of another version, or a CSV read relative to another folder
+        return None
 
 
 def epochs_to_target(curve: Sequence[float], target: float) -> int | None:
