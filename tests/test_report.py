@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 import tuner
 from tuner.cli import app
-from tuner.report.runs import StageRuns, objective_label
+from tuner.report.runs import Run, StageRuns, objective_label
 from tuner.report import (
     Report,
     epochs_to_target,
@@ -214,3 +214,33 @@ def test_the_objective_is_named_by_the_task_the_data_asks_for_csv_files_included
     (tmp_path / "values.csv").unlink()  # the study outlived its file: say less rather than guess
     assert objective_label(moved) == "validation error"
     assert label({"name": "wine"}, objective="val_loss") == "validation loss"
+
+
+def _run(lr: float, curve: list[float], *, diverged: bool = False, **fields: object) -> Run:
+    """A finished lr trial made by hand: complete unless it diverged."""
+    state = optuna.trial.TrialState.PRUNED if diverged else optuna.trial.TrialState.COMPLETE
+    defaults = {"number": 0, "state": state, "params": {"lr": lr}, "value": None if diverged else curve[-1],
+                "curve": curve, "train_curve": [], "seconds": 1.0, "diverged": diverged}
+    return Run(**{**defaults, **fields})  # type: ignore[arg-type]
+
+
+def _tick_labels(fig: object, axis: str = "y", index: int = 0) -> list[tuple[float, str]]:
+    fig.canvas.draw()  # type: ignore[attr-defined]  # tick labels are made at draw time
+    ax = fig.axes[index]  # type: ignore[attr-defined]
+    ticks = ax.yaxis if axis == "y" else ax.xaxis
+    low, high = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    return [(t.get_loc(), t.label1.get_text()) for t in ticks.get_major_ticks() if low <= t.get_loc() <= high]
+
+
+def test_sensitivity_labels_a_linear_error_axis_when_a_run_diverged() -> None:
+    # Regression errors spanning less than 20x keep a linear axis; one run diverged (diabetes).
+    runs = [_run(lr, [150.0, err]) for lr, err in [(1e-5, 150.0), (1e-4, 90.0), (1e-3, 57.0), (1e-2, 70.0)]]
+    runs.append(_run(0.5, [150.0, math.inf], diverged=True))
+    fig = plot_lr_sensitivity(runs, 1e-3, "validation error (RMSE)")
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "linear"
+    labelled = [(y, text) for y, text in _tick_labels(fig) if text]
+    assert len(labelled) >= 3  # numbers on the axis, not bare ticks
+    assert all(float(text.replace("−", "-")) == pytest.approx(y) for y, text in labelled)
+    band_floor = max(r.value for r in runs if r.value is not None)
+    assert all(y <= band_floor + 1e-9 for y, _ in labelled)  # none in the band of diverged runs

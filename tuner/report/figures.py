@@ -21,7 +21,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
+from matplotlib.ticker import Formatter, FuncFormatter, LogLocator, MaxNLocator
 
 from tuner.report.runs import STAGES, TARGET_FACTOR, Run, epochs_to_target
 from tuner.report.words import divergence_onset
@@ -71,6 +71,31 @@ def _plain_log_y(ax: Axes) -> None:
     ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+
+
+class _LabelsUpTo(Formatter):
+    """The axis's own tick labels, blank above ``top`` (where a band of diverged runs sits).
+
+    It hands the tick positions on: a ``ScalarFormatter`` chooses its format from them, and called
+    without them (as a plain function) it labels nothing.
+    """
+
+    def __init__(self, inner: Formatter, top: float) -> None:
+        self.inner, self.top = inner, top
+
+    def set_axis(self, axis: Any) -> None:
+        super().set_axis(axis)
+        self.inner.set_axis(axis)
+
+    def format_ticks(self, values: Sequence[float]) -> list[str]:
+        labels = self.inner.format_ticks(values)
+        return [label if v <= self.top else "" for v, label in zip(values, labels)]
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return self.inner(x, pos) if x <= self.top else ""
+
+    def get_offset(self) -> str:
+        return self.inner.get_offset()
 
 
 def _outlier_cap(values: Sequence[float]) -> float | None:
@@ -123,8 +148,7 @@ def plot_lr_sensitivity(runs: Sequence[Run], chosen_lr: float | None, objective:
             ax.set_ylim(low, high + 0.18 * (high - low))
         band = ax.get_xaxis_transform()
         ax.axhline(high, color="0.75", lw=0.8)
-        label = ax.yaxis.get_major_formatter()
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, pos: label(v, pos) if v <= high else ""))
+        ax.yaxis.set_major_formatter(_LabelsUpTo(ax.yaxis.get_major_formatter(), high))
         ax.scatter([r.params["lr"] for r in diverged], [0.93] * len(diverged), marker="x", s=50,
                    color=DIVERGED_COLOR, transform=band, zorder=4, label=f"diverged: loss blew up ({len(diverged)})")
         ax.text(min(r.params["lr"] for r in diverged) / 1.4, 0.93, "diverged", transform=band, ha="right",
