@@ -18,13 +18,15 @@ from typer.testing import CliRunner
 
 import tuner
 from tuner.cli import app
-from tuner.report.runs import Run, StageRuns, objective_label
+from tuner.report.runs import Run, StageRuns, error_target, objective_label, run_of, trial_costs
+from tuner.report.words import lr_time_caption, target_sentence
 from tuner.report import (
     Report,
     epochs_to_target,
     importance_sentences,
     load_stages,
     plot_importance,
+    plot_lr_cost,
     plot_lr_sensitivity,
     write_report,
 )
@@ -244,3 +246,88 @@ def test_sensitivity_labels_a_linear_error_axis_when_a_run_diverged() -> None:
     assert all(float(text.replace("−", "-")) == pytest.approx(y) for y, text in labelled)
     band_floor = max(r.value for r in runs if r.value is not None)
     assert all(y <= band_floor + 1e-9 for y, _ in labelled)  # none in the band of diverged runs
+
+
+def test_epochs_to_target_counts_to_90_percent_of_the_way_from_untrained_to_best() -> None:
+    # Diabetes-like: twice the best (2 x 56) lies above the untrained error (~100), so the old target
+    # was "reached" after one epoch by rates that barely learn.
+    runs = [
+        _run(1e-5, [100.0, 99.0, 98.0, 97.0]),  # crawls: its first epoch stands for "untrained"
+        _run(1e-4, [90.0, 80.0, 75.0, 72.0]),
+        _run(1e-3, [70.0, 62.0, 59.0, 56.0]),  # the best
+        _run(1e-2, [60.0, 58.0, 57.0, 58.0]),  # the quickest to the target
+        _run(0.5, [100.0, math.inf], diverged=True),
+    ]
+    target = error_target(runs)
+    assert target is not None and (target.start, target.best) == (100.0, 56.0)
+    assert target.value == pytest.approx(56.0 + 0.1 * 44.0)
+    sentence = target_sentence(runs, "validation error")
+    assert "≤ 60.4: 90% of the way from 100 (the smallest rate, 1e-05, after one epoch" in sentence
+    assert sentence.endswith("The quickest run reached it in 1 epoch(s), at learning rate 0.01.")
+    fig = plot_lr_cost(runs, 1e-3, "validation error (RMSE)")
+    reached = next(c for c in fig.axes[1].collections if c.get_label().startswith("reached"))
+    assert sorted(map(tuple, reached.get_offsets())) == [(1e-3, 3.0), (1e-2, 1.0)]
+    never = next(c for c in fig.axes[1].collections if c.get_label().startswith("not within"))
+    assert sorted(x for x, _ in never.get_offsets()) == [1e-5, 1e-4]
+
+
+def test_no_target_when_no_rate_ended_below_where_the_slowest_began() -> None:
+    runs = [_run(1e-5, [0.5, 0.6]), _run(1e-3, [0.55, 0.52])]
+    assert error_target(runs) is None
+    assert "no target error" in target_sentence(runs, "validation error")
+    fig = plot_lr_cost(runs, 1e-3, "validation error")
+    assert "no target" in " ".join(t.get_text() for t in fig.axes[1].texts)
+
+
+def _stored_runs(attrs_by_lr: dict[float, dict]) -> list[Run]:
+    """Trials made by hand in an in-memory study, read back as the report reads stored ones."""
+    study = optuna.create_study()
+    lr = optuna.distributions.FloatDistribution(1e-6, 1.0, log=True)
+    for rate, attrs in attrs_by_lr.items():
+        diverged = bool(attrs.get("diverged"))
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": rate}, distributions={"lr": lr},
+            state=optuna.trial.TrialState.PRUNED if diverged else optuna.trial.TrialState.COMPLETE,
+            value=None if diverged else 0.2, user_attrs={"learning_curve": [0.5, 0.2], **attrs}))
+    return [run_of(t) for t in study.trials]
+
+
+def test_lr_time_shows_each_trials_own_time_alone_or_its_share_of_a_batch() -> None:
+    runs = _stored_runs({
+        1e-3: {"train_seconds": 2.0, "time_measure": "alone", "batched_with": 1},
+        1e-2: {"train_seconds": 0.25, "time_measure": "batch_share", "batched_with": 8, "epochs_done": 20},
+        0.5: {"train_seconds": 0.05, "time_measure": "batch_share", "batched_with": 8, "epochs_done": 3,
+              "diverged": True},
+    })
+    costs = trial_costs(runs)
+    assert costs.unit == "seconds" and costs.shares and costs.left_out == 0
+    fig = plot_lr_cost(runs, 1e-3, "validation error")
+    ax = fig.axes[0]
+    shown = sorted(tuple(p) for c in ax.collections for p in c.get_offsets())
+    assert shown == [(1e-3, 2.0), (1e-2, 0.25), (0.5, 0.05)]
+    assert ax.get_ylabel() == "training time per trial (s)\nbatched: its share of each epoch"
+    assert ax.get_ylim()[1] >= 2.0 * 1.1  # the highest dot is not cut by the frame
+    assert "share of each epoch it trained" in lr_time_caption(costs)
+
+
+def test_batched_trials_stored_before_time_measure_show_epochs_trained_never_an_even_split() -> None:
+    # Stored earlier: a batch of 4 shares its 2 s evenly, whatever each trial trained.
+    old = {rate: {"train_seconds": 0.5, "batched_with": 4, "epochs_done": epochs}
+           for rate, epochs in [(1e-4, 20), (1e-3, 20), (1e-2, 20), (0.5, 2)]}
+    old[0.5]["diverged"] = True
+    runs = _stored_runs(old)
+    costs = trial_costs(runs)
+    assert costs.unit == "epochs"
+    fig = plot_lr_cost(runs, 1e-3, "validation error")
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "epochs trained per trial"
+    assert sorted(y for c in ax.collections for _, y in c.get_offsets()) == [2.0, 20.0, 20.0, 20.0]
+    assert "Epochs trained" in ax.get_title()
+    assert "Left: epochs each trial trained" in lr_time_caption(costs)
+    # Mixed with trials that have a time of their own: the even splits are left out, and counted.
+    mixed = _stored_runs({**old, 1e-5: {"train_seconds": 3.0, "time_measure": "alone"}})
+    costs = trial_costs(mixed)
+    assert costs.unit == "seconds" and [r.params["lr"] for r, _ in costs.points] == [1e-5]
+    assert costs.left_out == 4
+    fig = plot_lr_cost(mixed, 1e-3, "validation error")
+    assert "4 batched trial(s) left out" in " ".join(t.get_text() for t in fig.axes[0].texts)

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import Formatter, FuncFormatter, LogLocator, MaxNLocator
 
-from tuner.report.runs import STAGES, TARGET_FACTOR, Run, epochs_to_target
+from tuner.report.runs import STAGES, Run, TrialCosts, epochs_to_target, error_target, trial_costs
 from tuner.report.words import divergence_onset
 
 DPI = 100
@@ -173,53 +173,73 @@ def plot_lr_sensitivity(runs: Sequence[Run], chosen_lr: float | None, objective:
 
 
 def plot_lr_cost(runs: Sequence[Run], chosen_lr: float | None, objective: str) -> Figure | None:
-    """The speed side: seconds per trial, and epochs until the error reaches a target, by rate."""
-    complete = [r for r in runs if r.value is not None]
-    if not complete:
+    """The speed side: what each trial cost, and epochs until the error reaches the target, by rate."""
+    if not any(r.value is not None for r in runs):
         return None
-    best = min(r.value for r in complete if r.value is not None)
-    target = TARGET_FACTOR * best if best > 0 else best
+    what = objective.split(" (")[0]
     n_epochs = max(len(r.curve) for r in runs)
     fig = new_figure(figsize=(10, 4.2))
     ax_t, ax_e = fig.subplots(1, 2, sharex=True)
 
-    timed = [r for r in runs if r.seconds is not None]
-    ok = [r for r in timed if not r.diverged]
-    ax_t.scatter([r.params["lr"] for r in ok], [r.seconds for r in ok], s=24, color="#1f77b4", label="trained")
-    bad = [r for r in timed if r.diverged]
-    if bad:
-        ax_t.scatter([r.params["lr"] for r in bad], [r.seconds for r in bad], marker="x", s=40,
-                     color=DIVERGED_COLOR, label="diverged (stopped early)")
-    ax_t.set_ylim(bottom=0)
-    ax_t.set_ylabel("training time per trial (s)")
-    ax_t.set_title("Training time by rate", fontsize=10)
+    costs = trial_costs(runs)
+    if costs is not None:
+        for diverged in (False, True):
+            pts = [(r.params["lr"], y) for r, y in costs.points if r.diverged == diverged]
+            if pts:
+                style = ({"marker": "x", "s": 40, "color": DIVERGED_COLOR, "label": "diverged (stopped early)"}
+                         if diverged else {"s": 24, "color": "#1f77b4", "label": "trained"})
+                ax_t.scatter(*zip(*pts), clip_on=False, zorder=3, **style)
+        top = max(y for _, y in costs.points)
+        ax_t.set_ylim(0, top * 1.12 if top > 0 else 1.0)  # room above the highest dot: none is cut
+        ax_t.set_ylabel(cost_label(costs))
+        ax_t.set_title("Training time by rate\n" if costs.unit == "seconds" else
+                       "Epochs trained by rate\n(batched trials stored without a time of their own)", fontsize=10)
+        if costs.left_out:
+            ax_t.text(0.02, 0.02, f"{costs.left_out} batched trial(s) left out: stored with their batch's time "
+                      "split evenly", transform=ax_t.transAxes, fontsize=8, color="0.35")
+    else:
+        ax_t.text(0.5, 0.5, "no training time stored", transform=ax_t.transAxes, ha="center")
 
-    reached = [(r, epochs_to_target(r.curve, target)) for r in runs]
-    hit = [(r, e) for r, e in reached if e is not None and not r.diverged]
-    ax_e.scatter([r.params["lr"] for r, _ in hit], [e for _, e in hit], s=24, color="#1f77b4",
-                 label=f"reached {objective.split(' (')[0]} ≤ {target:.3g}")
-    never = [r for r, e in reached if e is None and not r.diverged]
+    target = error_target(runs)
     never_y = n_epochs + 1.5
-    if never:
-        ax_e.scatter([r.params["lr"] for r in never], [never_y] * len(never), marker="^", s=30,
-                     facecolor="none", edgecolor="0.3", label=f"not within {n_epochs} epochs")
+    if target is not None:
+        reached = [(r, epochs_to_target(r.curve, target.value)) for r in runs if not r.diverged]
+        hit = [(r, e) for r, e in reached if e is not None]
+        ax_e.scatter([r.params["lr"] for r, _ in hit], [e for _, e in hit], s=24, color="#1f77b4",
+                     clip_on=False, zorder=3, label=f"reached {what} ≤ {target.value:.3g}")
+        never = [r for r, e in reached if e is None]
+        if never:
+            ax_e.scatter([r.params["lr"] for r in never], [never_y] * len(never), marker="^", s=30,
+                         facecolor="none", edgecolor="0.3", clip_on=False, label=f"not within {n_epochs} epochs")
+        ax_e.set_title(f"Epochs until {what} ≤ {target.value:.3g}\n({target.share:.0%} of the way from "
+                       f"{target.start:.3g}, untrained, to the best {target.best:.3g})", fontsize=10)
+    else:
+        ax_e.text(0.5, 0.5, "no target: no rate ended below the error\nof the smallest rate after one epoch",
+                  transform=ax_e.transAxes, ha="center", va="center", fontsize=9)
+        ax_e.set_title("Epochs to reach a target error", fontsize=10)
     diverged = [r for r in runs if r.diverged]
     if diverged:
         ax_e.scatter([r.params["lr"] for r in diverged], [never_y] * len(diverged), marker="x", s=40,
-                     color=DIVERGED_COLOR, label="diverged")
+                     color=DIVERGED_COLOR, clip_on=False, label="diverged")
     ax_e.axhline(n_epochs + 0.5, color="0.7", lw=0.8)
     ax_e.set_ylim(0, n_epochs + 2.5)
-    ax_e.set_yticks(sorted({1, *range(0, n_epochs + 1, max(1, n_epochs // 5))} - {0}) + [never_y])
-    ax_e.set_yticklabels([str(t) for t in ax_e.get_yticks()[:-1].astype(int)] + ["never"])
+    ticks = sorted({1, *range(0, n_epochs + 1, max(1, n_epochs // 5))} - {0})
+    ax_e.set_yticks([*ticks, never_y], [*map(str, ticks), "never"])
     ax_e.set_ylabel("epochs to reach the target")
-    ax_e.set_title(f"Epochs until {objective.split(' (')[0]} ≤ {target:.3g} ({TARGET_FACTOR:g}× the best final)",
-                   fontsize=10)
     for ax in (ax_t, ax_e):
         _mark_chosen(ax, chosen_lr)
         _lr_axis(ax)
-        ax.legend(fontsize=8, loc="best")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="best")
     fig.suptitle("What a learning rate costs (stage lr)", fontsize=11)
     return fig
+
+
+def cost_label(costs: TrialCosts) -> str:
+    """The y-axis label of the cost panel: what its numbers are."""
+    if costs.unit == "epochs":
+        return "epochs trained per trial"
+    return "training time per trial (s)" + ("\nbatched: its share of each epoch" if costs.shares else "")
 
 
 def plot_lr_curves(runs: Sequence[Run], chosen_lr: float | None, objective: str) -> Figure | None:

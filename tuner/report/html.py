@@ -8,8 +8,8 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from tuner.report.runs import StageRuns
-from tuner.report.words import fmt_value
+from tuner.report.runs import StageRuns, trial_costs
+from tuner.report.words import fmt_value, lr_time_caption
 from tuner.storage import redact
 
 CAPTIONS = {
@@ -17,8 +17,6 @@ CAPTIONS = {
     "learning rate. Too small a rate has not learned yet (left), too large a rate oscillates or diverges (right); "
     "the bottom of the “U” is where to train. Red crosses on top: runs whose loss blew up. Green: the rate handed "
     "on to stage shape.",
-    "lr_time": "Left: training time per trial. Right: how many epochs each rate needed to reach the target error; "
-    "a large enough rate gets there in few epochs, too large a one never does.",
     "lr_curves": "Every trial of stage lr, per epoch, coloured by its learning rate (log colour scale). Flat dark lines "
     "crawl; bright lines that jump or end in a red cross oscillate or explode. Black outline: the chosen rate.",
     "shape": "Each dot is one trial of stage shape, all at the calibrated learning rate, coloured by decay schedule; "
@@ -129,9 +127,10 @@ code {{ background: #f3f3f3; padding: 0 .25em; }}
             words = "".join(f"<li>{e(s)}</li>" for s in diagnosis.get(stage, [])) if stage else ""
             side = f"<h3>Diagnosis</h3><ul>{words}</ul>" if words else ""
             wide = " wide" if key in WIDE_FIGURES else ""
+            caption = lr_time_caption(trial_costs(stages["lr"].runs)) if key == "lr_time" else CAPTIONS[key]
             parts.append(
                 f'<div class="fig{wide}"><a href="{e(figures[key].name)}"><img src="{e(figures[key].name)}" '
-                f'alt="{e(key)}"></a><div class="words"><p class="caption">{e(CAPTIONS[key])}</p>{side}</div></div>'
+                f'alt="{e(key)}"></a><div class="words"><p class="caption">{e(caption)}</p>{side}</div></div>'
             )
         elif key in missing:
             parts.append(f'<p class="missing">{e(key)}: not drawn: {e(missing[key])}.</p>')

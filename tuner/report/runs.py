@@ -23,9 +23,14 @@ from tuner.spec import DataSpec, SpecError
 from tuner.storage import open_existing_storage
 
 STAGES = ("lr", "shape", "audit")
-# Epochs-to-target uses this multiple of the stage's best final value as the target: near enough
-# to the best to mean "trained", loose enough that more than the single best run gets there.
-TARGET_FACTOR = 2.0
+# The error a run must reach to count as "trained", for the epochs-to-target panel and sentence:
+# this share of the way from the untrained error down to the stage's best final error. A multiple
+# of the best (2x, earlier) says nothing when the untrained error is below it (diabetes: every
+# rate "reached" it after one epoch, even those that barely learn).
+TARGET_SHARE = 0.9
+# What a trial's `train_seconds` measures (user attribute `time_measure`): trained by itself, or
+# its share of each epoch of a batch (the epoch's wall time / copies training in that epoch).
+OWN_TIME_MEASURES = ("alone", "batch_share")
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,18 @@ class Run:
     train_curve: list[float]
     seconds: float | None
     diverged: bool
+    time_measure: str | None = None  # see OWN_TIME_MEASURES; None on studies stored before it
+    batched_with: int = 1  # trials trained together in its batch
+    epochs_done: int | None = None
+
+    @property
+    def own_seconds(self) -> float | None:
+        """Its training time, when that is its own cost (not a batch's time split evenly)."""
+        if self.seconds is None:
+            return None
+        if self.time_measure in OWN_TIME_MEASURES or (self.time_measure is None and self.batched_with <= 1):
+            return self.seconds
+        return None
 
     @property
     def last(self) -> float | None:
@@ -96,6 +113,9 @@ def run_of(trial: FrozenTrial) -> Run:
         train_curve=_floats(attrs.get("train_loss_curve")),
         seconds=float(seconds) if seconds is not None else None,
         diverged=bool(attrs.get("diverged")),
+        time_measure=attrs.get("time_measure"),
+        batched_with=int(attrs.get("batched_with") or 1),
+        epochs_done=int(attrs["epochs_done"]) if attrs.get("epochs_done") is not None else None,
     )
 
 
@@ -135,6 +155,59 @@ def epochs_to_target(curve: Sequence[float], target: float) -> int | None:
         if math.isfinite(value) and value <= target:
             return epoch
     return None
+
+
+@dataclass(frozen=True)
+class Target:
+    """The error that counts as "trained": ``share`` of the way from ``start`` down to ``best``."""
+
+    value: float
+    start: float  # the error after one epoch at the smallest rate tried: about the untrained error
+    start_lr: float
+    best: float  # the stage's best final error
+    share: float = TARGET_SHARE
+
+
+def error_target(runs: Sequence[Run]) -> Target | None:
+    """The target error of an lr stage; None when no rate ended below where the slowest one began.
+
+    The untrained error is not stored: the first epoch of the smallest rate that did not diverge
+    stands for it (a rate that small has hardly moved after one epoch).
+    """
+    complete = [r for r in runs if r.value is not None]
+    started = sorted((r for r in runs if not r.diverged and r.curve and math.isfinite(r.curve[0])),
+                     key=lambda r: r.params["lr"])
+    if not complete or not started:
+        return None
+    best = min(r.value for r in complete)  # type: ignore[type-var]
+    start = started[0].curve[0]
+    if not start > best:
+        return None
+    return Target(best + (1.0 - TARGET_SHARE) * (start - best), start, started[0].params["lr"], best)  # type: ignore[operator]
+
+
+@dataclass(frozen=True)
+class TrialCosts:
+    """What each trial of a stage cost, in the one measure that is its own."""
+
+    unit: str  # "seconds" or "epochs"
+    points: list[tuple[Run, float]]
+    shares: bool  # some seconds are a batched trial's share of each epoch
+    left_out: int  # trials whose stored time is a batch's time split evenly, not shown
+
+
+def trial_costs(runs: Sequence[Run]) -> TrialCosts | None:
+    """Seconds per trial where each trial's time is its own; else, for studies stored before batched
+    trials had a time of their own, the epochs each trained. An even split of a batch's time is never
+    a trial's cost: such trials are left out (and counted) when others have a time of their own.
+    """
+    timed = [(r, r.own_seconds) for r in runs if r.own_seconds is not None]
+    split = [r for r in runs if r.seconds is not None and r.own_seconds is None]
+    if timed:
+        shares = any(r.time_measure == "batch_share" for r, _ in timed)
+        return TrialCosts("seconds", timed, shares, len(split))  # type: ignore[arg-type]
+    epochs = [(r, float(r.epochs_done if r.epochs_done is not None else len(r.curve))) for r in split]
+    return TrialCosts("epochs", epochs, False, 0) if epochs else None
 
 
 def importance_data(name: str, url: str) -> tuple[pd.DataFrame | None, str]:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tuner.report.runs import TARGET_FACTOR, StageRuns, epochs_to_target
+from tuner.report.runs import Run, StageRuns, TrialCosts, epochs_to_target, error_target
 
 # Exploding: the end level sits above the curve's minimum by at least half of the
 # starting value (e.g. 1.0 -> 0.2 -> 0.7, or anything ending >= 1.5x its start).
@@ -208,19 +208,42 @@ def lr_diagnosis(stage: StageRuns, chosen_lr: float | None, objective: str) -> l
     what = objective.split(" (")[0]
     sentences += [sentence.replace("the validation loss", f"the {what}")
                   for sentence in describe_lr_sweep(lrs, [r.curve for r in runs], chosen_lr, [r.diverged for r in runs])]
-    best = stage.best
-    if best is not None:
-        target = TARGET_FACTOR * best.value if best.value and best.value > 0 else None
-        if target is not None:
-            fastest = [(epochs_to_target(r.curve, target), r) for r in runs if not r.diverged]
-            fastest = [(e, r) for e, r in fastest if e is not None]
-            if fastest:
-                e, r = min(fastest, key=lambda p: (p[0], p[1].params["lr"]))
-                sentences.append(
-                    f"The quickest run reached {objective.split(' (')[0]} ≤ {target:.3g} in {e} epoch(s), at "
-                    f"learning rate {r.params['lr']:.2g}."
-                )
+    sentences.append(target_sentence(stage.runs, what))
     return sentences
+
+
+def target_sentence(runs: Sequence[Run], what: str) -> str:
+    """How fast the rates learn: the quickest to reach the target error, or why there is none."""
+    target = error_target(runs)
+    if target is None:
+        return (f"No rate ended below the {what} of the smallest rate after one epoch: "
+                "no target error to count epochs to.")
+    head = (f"Target {what} ≤ {target.value:.3g}: {target.share:.0%} of the way from {target.start:.3g} "
+            f"(the smallest rate, {target.start_lr:.2g}, after one epoch: about untrained) to the best {target.best:.3g}.")
+    fastest = [(e, r) for r in runs if not r.diverged for e in [epochs_to_target(r.curve, target.value)] if e is not None]
+    if not fastest:
+        return head + " No rate reached it."
+    e, r = min(fastest, key=lambda p: (p[0], p[1].params["lr"]))
+    return head + f" The quickest run reached it in {e} epoch(s), at learning rate {r.params['lr']:.2g}."
+
+
+def lr_time_caption(costs: TrialCosts | None) -> str:
+    """The caption of lr_time.png, naming what its left panel measures."""
+    right = ("Right: how many epochs each rate needed to reach the target error; a large enough rate gets there "
+             "in few epochs, too large a one never does.")
+    if costs is None:
+        return "Left: no training time was stored. " + right
+    if costs.unit == "epochs":
+        left = ("Left: epochs each trial trained (a diverged one stops early). These batched trials were stored "
+                "before each kept a time of its own: their batch's time split evenly would say nothing about a rate.")
+    elif costs.shares:
+        left = ("Left: training time per trial; a batched trial's time is its share of each epoch it trained (the "
+                "epoch's time divided by the copies training in it), so one that stops early costs less.")
+    else:
+        left = "Left: training time per trial."
+    if costs.left_out:
+        left += (f" {costs.left_out} batched trial(s) stored with only their batch's time split evenly are left out.")
+    return f"{left} {right}"
 
 
 def shape_diagnosis(stage: StageRuns, reference: float | None, objective: str) -> list[str]:
