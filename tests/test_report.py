@@ -28,6 +28,7 @@ from tuner.report import (
     plot_importance,
     plot_lr_cost,
     plot_lr_sensitivity,
+    plot_shape,
     write_report,
 )
 
@@ -331,3 +332,39 @@ def test_batched_trials_stored_before_time_measure_show_epochs_trained_never_an_
     assert costs.left_out == 4
     fig = plot_lr_cost(mixed, 1e-3, "validation error")
     assert "4 batched trial(s) left out" in " ".join(t.get_text() for t in fig.axes[0].texts)
+
+
+def _shape_runs() -> list[Run]:
+    settings = [(8, 1, "constant", 0.5), (16, 2, "step", 0.01), (32, 1, "step", 0.1), (64, 3, "exponential", 0.3),
+                (20, 2, "constant", 0.002), (128, 2, "exponential", 0.05)]
+    return [_run(0.05, [0.5, 0.1 + 0.01 * i], number=i,
+                 params={"width": w, "depth": d, "schedule": s, "decay": decay})
+            for i, (w, d, s, decay) in enumerate(settings)]
+
+
+def test_shape_draws_constant_apart_from_decay_names_the_median_and_labels_width_plainly() -> None:
+    runs = _shape_runs()
+    fig = plot_shape(runs, "validation error", 0.09)
+    width_ax, _, schedule_ax, decay_ax = fig.axes
+    # 'constant' ignores decay: its dots sit in a column of their own, right of every decay tried.
+    constant = next(c for c in decay_ax.collections if c.get_label() == "constant")
+    largest_decay = max(r.params["decay"] for r in runs if r.params["schedule"] != "constant")
+    assert all(x > 2 * largest_decay for x, _ in constant.get_offsets())
+    assert "constant" in [text for _, text in _tick_labels(fig, "x", 3)]
+    stepped = next(c for c in decay_ax.collections if c.get_label() == "step")
+    assert sorted(x for x, _ in stepped.get_offsets()) == [0.01, 0.1]
+    # The median bars of the schedule panel have their legend entry.
+    assert "median" in [t.get_text() for t in fig.legends[0].get_texts()]
+    # Width in plain numbers (10, 20, 50), not 2x10^1.
+    labels = [text for _, text in _tick_labels(fig, "x", 0) if text]
+    assert labels and all(text.isdigit() for text in labels), labels
+
+
+def test_importance_leaves_out_a_stage_that_searched_one_parameter() -> None:
+    table = pd.DataFrame({
+        "stage": ["lr", "shape", "shape"], "evaluator": ["fanova"] * 3, "param": ["lr", "width", "decay"],
+        "param_b": ["", "", ""], "importance": [1.0, 0.7, 0.2], "std": [0.0, 0.1, 0.05],
+    })
+    fig = plot_importance(table)
+    assert [ax.get_title() for ax in fig.axes] == ["stage shape"]  # lr explains 100 % of itself: no panel
+    assert plot_importance(table[table["stage"] == "lr"]) is None

@@ -15,7 +15,7 @@ user attributes) and writes into ``out``:
   figures and the diagnosis in words (:mod:`tuner.report.words`) beside them.
 
 The pieces: :mod:`~tuner.report.runs` (stored trials as plain data), :mod:`~tuner.report.figures`
-(matplotlib), :mod:`~tuner.report.interactive` (plotly), :mod:`~tuner.report.words` and
+and :mod:`~tuner.report.lr_figures` (matplotlib), :mod:`~tuner.report.interactive` (plotly), :mod:`~tuner.report.words` and
 :mod:`~tuner.report.html`.
 """
 
@@ -26,16 +26,10 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from tuner.report.figures import (
-    plot_importance,
-    plot_lr_cost,
-    plot_lr_curves,
-    plot_lr_sensitivity,
-    plot_shape,
-    save,
-)
+from tuner.report.figures import plot_importance, plot_shape, save
 from tuner.report.html import index_html
 from tuner.report.interactive import write_interactive
+from tuner.report.lr_figures import plot_lr_cost, plot_lr_curves, plot_lr_sensitivity
 from tuner.report.runs import chosen_lr, epochs_to_target, importance_data, load_stages, objective_label
 from tuner.report.words import audit_diagnosis, importance_sentences, lr_diagnosis, shape_diagnosis
 from tuner.storage import DEFAULT_STORAGE
@@ -116,7 +110,7 @@ def write_report(name: str, storage: str | None = None, out: str | Path | None =
 
     table, why = importance_data(name, url)
     if table is not None and not table.empty:
-        draw("importance", plot_importance(table), "")
+        draw("importance", plot_importance(table), "every stage analysed searched one parameter: nothing to compare")
         diagnosis["importance"] = importance_sentences(table)
         if why:  # some stages had too few trials: say so beside the figure
             diagnosis["importance"].append(why[0].upper() + why[1:] + ".")
