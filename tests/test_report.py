@@ -59,7 +59,7 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def report(storage: str, tmp_path_factory: pytest.TempPathFactory) -> Report:
-    return write_report("reported", storage, tmp_path_factory.mktemp("report"))
+    return write_report("reported", storage=storage, out=tmp_path_factory.mktemp("report"))
 
 
 class _Links(HTMLParser):
@@ -168,6 +168,23 @@ def test_the_report_draws_without_pyplot_and_sets_no_global_backend() -> None:
             "before = raw(); import tuner.report; "
             "assert 'matplotlib.pyplot' not in sys.modules; assert raw() == before")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_write_report_in_the_old_positional_order_still_works_with_a_warning(storage: str, tmp_path: Path) -> None:
+    with pytest.warns(DeprecationWarning, match="pass storage=, out= by keyword"):
+        written = write_report("reported", storage, tmp_path / "old")
+    assert written.out == tmp_path / "old" and written.index.is_file()
+    with pytest.raises(TypeError, match="multiple values"):
+        write_report("reported", storage, storage=storage)
+
+
+def test_cli_version_and_the_report_outs_default_in_help() -> None:
+    from importlib.metadata import version
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"tuner {version('tuner')}"
+    result = CliRunner().invoke(app, ["report", "--help"], env={"COLUMNS": "200"})
+    assert "[default: (NAME-report)]" in " ".join(result.output.split())
 
 
 def test_cli_report_writes_the_folder_and_exits_0(storage: str, tmp_path: Path) -> None:

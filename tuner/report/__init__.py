@@ -1,6 +1,6 @@
 """The report of a stored study: PNG figures, Optuna's interactive figures, and an index.html.
 
-``write_report(name, storage, out)`` reads the stage studies ``<name>/lr``, ``<name>/shape`` and
+``write_report(name, storage=..., out=...)`` reads the stage studies ``<name>/lr``, ``<name>/shape`` and
 ``<name>/audit`` from the storage (nothing else: every number comes from the trials and their
 user attributes) and writes into ``out``:
 
@@ -26,6 +26,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from tuner._deprecation import keyword_only_since
 from tuner.report.figures import plot_importance, plot_shape, save
 from tuner.report.html import index_html
 from tuner.report.interactive import write_interactive
@@ -60,11 +61,12 @@ class Report:
     diagnosis: dict[str, list[str]] = field(default_factory=dict)  # stage -> sentences
 
 
-def write_report(name: str, storage: str | None = None, out: str | Path | None = None) -> Report:
+@keyword_only_since(("storage", "out"))
+def write_report(name: str, *, storage: str | None = None, out: str | Path | None = None) -> Report:
     """Write the figures and ``index.html`` of the stored study ``name`` into ``out``.
 
     Example:
-        >>> report = tuner.write_report("quickstart", "sqlite:///tuner.db", "quickstart-report")  # doctest: +SKIP
+        >>> report = tuner.write_report("quickstart", storage="sqlite:///tuner.db", out="quickstart-report")  # doctest: +SKIP
         >>> report.index  # doctest: +SKIP
         PosixPath('quickstart-report/index.html')
 
@@ -72,6 +74,9 @@ def write_report(name: str, storage: str | None = None, out: str | Path | None =
         name: the study name (as in the spec), not a stage's name.
         storage: an Optuna storage URL; default ``sqlite:///tuner.db``.
         out: the folder to write into (created); default ``<name>-report``.
+
+    The old positional order ``write_report(name, storage, out)`` still works, with a
+    ``DeprecationWarning``.
 
     Raises:
         tuner.storage.StorageError: the storage does not exist (a SQLite file is not created).
