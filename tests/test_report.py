@@ -27,6 +27,7 @@ from tuner.report import (
     load_stages,
     plot_importance,
     plot_lr_cost,
+    plot_lr_curves,
     plot_lr_sensitivity,
     plot_shape,
     write_report,
@@ -385,3 +386,25 @@ def test_importance_leaves_out_a_stage_that_searched_one_parameter() -> None:
     fig = plot_importance(table)
     assert [ax.get_title() for ax in fig.axes] == ["stage shape"]  # lr explains 100 % of itself: no panel
     assert plot_importance(table[table["stage"] == "lr"]) is None
+
+
+def test_lr_curves_keep_healthy_runs_readable_when_one_blew_up_to_1e14() -> None:
+    runs = [_run(lr, [75.0 - k * i for i in range(10)]) for lr, k in [(1e-5, 0.2), (1e-3, 1.5), (1e-2, 2.0)]]
+    runs.append(_run(0.5, [80.0, 1e5, 1.9e14], diverged=True))
+    fig = plot_lr_curves(runs, 1e-3, "validation error (RMSE)")
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    assert 40.0 < low < 57.0 and 75.0 < high < 150.0  # the healthy curves (57 to 75) fill the panel
+    assert [text for _, text in _tick_labels(fig) if text]  # and it has numbers (many decades had none)
+    cross = next(c for c in ax.collections if c.get_offsets().shape[0] == 1)
+    assert cross.get_offsets()[0][1] == pytest.approx(high) and not cross.get_clip_on()  # on the top edge
+    assert any("diverged runs leave the top" in t.get_text() for t in ax.texts)
+
+
+def test_shape_uses_a_log_error_axis_when_errors_span_orders_of_magnitude() -> None:
+    runs = [_run(0.05, [0.5, value], number=i, params={"width": 8 * (i + 1), "depth": 1, "schedule": "step",
+                                                         "decay": 0.1})
+            for i, value in enumerate([1e-5, 3e-4, 2e-3, 0.02, 0.1])]
+    fig = plot_shape(runs, "validation loss", None)
+    assert fig.axes[0].get_yscale() == "log"
+    assert [text for _, text in _tick_labels(fig) if text]

@@ -56,10 +56,21 @@ def use_log_y(values: Sequence[float]) -> bool:
     return len(finite) > 1 and max(finite) / min(finite) > 20
 
 
+class _SpanAwareLogLocator(LogLocator):
+    """Ticks at 1, 2, 5 x 10^k over up to four decades, at every decade or so beyond."""
+
+    def tick_values(self, vmin: float, vmax: float) -> Any:
+        low, high = sorted((vmin, vmax))
+        few = low > 0 and math.log10(high / low) <= 4
+        self.set_params(subs=(1.0, 2.0, 5.0) if few else (1.0,), numticks=12)
+        return super().tick_values(vmin, vmax)
+
+
 def plain_log_y(ax: Axes) -> None:
     """A log y axis labelled 0.02, 0.05, 0.1... rather than 2x10^-2: read at a glance."""
     ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    # 1-2-5 steps over a few decades; over many, LogLocator with subs finds no tick at all: decades.
+    ax.yaxis.set_major_locator(_SpanAwareLogLocator())
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
 
@@ -164,8 +175,11 @@ def plot_shape(runs: Sequence[Run], objective: str, reference: float | None) -> 
         ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
         ax.set_xlabel("decay: final lr / initial lr (log scale)")
     ax.set_title("Error by decay", fontsize=10)
+    shown = [r.value for r in complete if cap is None or r.value <= cap]  # type: ignore[operator]
+    if use_log_y(shown):  # errors over orders of magnitude (a loss near 0): the best would sit on the floor
+        plain_log_y(axes[0][0])
     if cap is not None:
-        axes[0][0].set_ylim(top=cap * 1.06)
+        axes[0][0].set_ylim(top=cap * (1.3 if axes[0][0].get_yscale() == "log" else 1.06))
     legend: dict[str, Any] = {}
     for ax in axes.flat:  # every panel's entries once: the median bars live in the schedule panel
         for handle, label in zip(*ax.get_legend_handles_labels()):

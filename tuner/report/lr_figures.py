@@ -185,6 +185,21 @@ def cost_label(costs: TrialCosts) -> str:
     return "training time per trial (s)" + ("\nbatched: its share of each epoch" if costs.shares else "")
 
 
+def _top_for_healthy(ax: Axes, healthy: list[float]) -> float | None:
+    """A y limit a little above the runs that did not diverge, when the axis reaches far above them."""
+    if not healthy:
+        return None
+    high, low = max(healthy), min(healthy)
+    log = ax.get_yscale() == "log"
+    top = high * (high / low) ** 0.08 * 1.2 if log and low > 0 else high + 0.08 * (high - low)
+    return top if ax.get_ylim()[1] > (top * 3 if log else top + 0.5 * (high - low)) else None
+
+
+def _bottom_for_healthy(ax: Axes, healthy: list[float]) -> float:
+    high, low = max(healthy), min(healthy)
+    return low / (high / low) ** 0.08 / 1.2 if ax.get_yscale() == "log" and low > 0 else low - 0.08 * (high - low)
+
+
 def plot_lr_curves(runs: Sequence[Run], chosen_lr: float | None, objective: str) -> Figure | None:
     """Validation and training curves per epoch, coloured by rate on a log scale."""
     runs = sorted((r for r in runs if r.curve), key=lambda r: r.params["lr"])
@@ -218,6 +233,15 @@ def plot_lr_curves(runs: Sequence[Run], chosen_lr: float | None, objective: str)
         ax.grid(True, alpha=0.3)
         if attr == "train_curve" or use_log_y([v for r in runs for v in getattr(r, attr)]):
             plain_log_y(ax)
+        healthy = [v for r in runs if not r.diverged for v in getattr(r, attr) if math.isfinite(v)]
+        top = _top_for_healthy(ax, healthy)
+        if top is not None:  # a blown-up run would squash every other curve against the floor
+            ax.set_ylim(_bottom_for_healthy(ax, healthy), top)
+            for marker in ax.collections:  # its cross on the top edge, not off the plot
+                marker.set_offsets([(x, min(y, top)) for x, y in marker.get_offsets()])
+                marker.set_clip_on(False)
+            ax.text(0.99, 0.98, "diverged runs leave the top", transform=ax.transAxes, ha="right", va="top",
+                    fontsize=8, color=DIVERGED_COLOR)
     axes[0][0].set_title("Validation, per epoch", fontsize=10)
     if has_train:
         axes[0][-1].set_title("Training loss, per epoch", fontsize=10)
