@@ -408,3 +408,13 @@ def test_shape_uses_a_log_error_axis_when_errors_span_orders_of_magnitude() -> N
     fig = plot_shape(runs, "validation loss", None)
     assert fig.axes[0].get_yscale() == "log"
     assert [text for _, text in _tick_labels(fig) if text]
+
+
+def test_shape_keeps_an_off_scale_trial_on_its_panel_as_a_triangle_on_the_top_edge() -> None:
+    # Five good trials and one far worse, whose decay is the smallest: its triangle must stay in view.
+    runs = [_run(0.05, [0.5, 0.1 + 0.001 * i], number=i, params={"width": 16, "depth": 1, "schedule": "step",
+                                                                  "decay": 0.1 + 0.1 * i}) for i in range(5)]
+    runs.append(_run(0.05, [0.9, 0.9], number=5, params={"width": 16, "depth": 1, "schedule": "step", "decay": 0.005}))
+    decay_ax = plot_shape(runs, "validation error", None).axes[3]
+    triangle = next(c for c in decay_ax.collections if c.get_offsets().shape[0] == 1 and c.get_offsets()[0][1] == 0.97)
+    assert decay_ax.get_xlim()[0] < triangle.get_offsets()[0][0] == 0.005

@@ -120,6 +120,7 @@ def plot_shape(runs: Sequence[Run], objective: str, reference: float | None) -> 
             if not inside.all():
                 ax.scatter(xs[~inside], [0.97] * int((~inside).sum()), marker="^", s=45, color=color,
                            transform=ax.get_xaxis_transform(), clip_on=False)
+                ax.update_datalim([(x, cap) for x in xs[~inside]], updatey=False)  # the x axis must reach them
         ax.scatter([x_of(best)], [best.value], marker="*", s=260, facecolor="none", edgecolor="black", lw=1.5,
                    zorder=5, label="best")
         if reference is not None:
