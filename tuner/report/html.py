@@ -20,9 +20,11 @@ CAPTIONS = {
     "lr_curves": "Every trial of stage lr, per epoch, coloured by its learning rate (log colour scale). Flat dark lines "
     "crawl; bright lines that jump or end in a red cross oscillate or explode. Black outline: the chosen rate.",
     "shape": "Each dot is one trial of stage shape, all at the calibrated learning rate, coloured by decay schedule; "
-    "the star is the best. The dotted line is the best of stage lr on the small network, for comparison.",
+    "the star is the best. The dotted line is the best of stage lr on the small network, for comparison. 'constant' "
+    "ignores decay: in the decay panel its trials stand in a column of their own.",
     "importance": "How much of the variation of the final error each hyperparameter explains on its own, and (hatched) "
-    "pairs of them together beyond their separate effects. Error bars: ± one standard deviation.",
+    "pairs of them together beyond their separate effects. Error bars: ± one standard deviation. A stage that "
+    "searched one parameter (stage lr: it explains everything) has no panel.",
 }
 WIDE_FIGURES = ("lr_curves", "lr_time", "shape")  # words below them, not beside
 INTERACTIVE_TITLES = {
