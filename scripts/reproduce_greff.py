@@ -123,7 +123,7 @@ def main() -> None:
           f"lr in [1e-6, {args.lr_max:g}], {args.workers} workers")
     study = run_search(storage, n_trials, epochs, args.workers, args.lr_max)
     search_seconds = time.perf_counter() - started
-    path, table, skipped = write_importance(STUDY, args.out, storage)
+    path, table, skipped = write_importance(STUDY, out=args.out, storage=storage)
     if skipped:
         raise SystemExit(f"importance skipped: {skipped}")
     verdict = audit_verdict(STUDY, storage)

@@ -27,7 +27,7 @@ def _stored_trials(storage: str) -> dict[str, list[optuna.trial.FrozenTrial]]:
 
 def test_trials_csv_has_one_row_per_trial_of_every_stage(audited: tuple[str, tuner.StudyResult], tmp_path: Path) -> None:
     storage, _ = audited
-    trials_path, _ = write_export("audited", tmp_path, storage)
+    trials_path, _ = write_export("audited", out=tmp_path, storage=storage)
     table = pd.read_csv(trials_path)
     stored = _stored_trials(storage)
 
@@ -49,7 +49,7 @@ def test_trials_csv_has_one_row_per_trial_of_every_stage(audited: tuple[str, tun
 
 def test_curves_csv_is_long_with_a_row_per_epoch(audited: tuple[str, tuner.StudyResult], tmp_path: Path) -> None:
     storage, _ = audited
-    _, curves_path = write_export("audited", tmp_path, storage)
+    _, curves_path = write_export("audited", out=tmp_path, storage=storage)
     curves = pd.read_csv(curves_path)
     stored = _stored_trials(storage)
 
@@ -75,3 +75,17 @@ def test_cli_export_of_an_unknown_study_exits_2_and_writes_nothing(audited: tupl
     assert result.exit_code == 2
     assert "study 'audit': not found" in result.output and "studies there: audited" in result.output
     assert not (tmp_path / "csv").exists()
+
+
+def test_write_export_takes_out_and_storage_by_keyword_and_the_old_order_with_a_warning(
+    audited: tuple[str, tuner.StudyResult], tmp_path: Path
+) -> None:
+    storage, _ = audited
+    new = write_export("audited", out=tmp_path / "new", storage=storage)
+    with pytest.warns(DeprecationWarning, match="pass out=, storage= by keyword"):
+        old = write_export("audited", tmp_path / "old", storage)
+    assert [p.parent for p in old] == [tmp_path / "old"] * 2
+    assert [p.read_text() for p in old] == [p.read_text() for p in new]
+    with pytest.warns(DeprecationWarning):
+        write_export("audited", out_dir=tmp_path / "renamed", storage=storage)
+    assert (tmp_path / "renamed" / "curves.csv").is_file()

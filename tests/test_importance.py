@@ -21,6 +21,7 @@ from tuner.importance import (
     MIN_COMPLETE_TRIALS,
     UnknownStudyError,
     audit_verdict,
+    headline_rows,
     importance_table,
     write_importance,
 )
@@ -55,7 +56,7 @@ def _synthetic_study(storage: optuna.storages.BaseStorage, name: str, objective,
 
 def test_importance_csv_has_a_row_per_parameter_and_per_pair(audited: tuple[str, tuner.StudyResult], tmp_path: Path) -> None:
     storage, _ = audited
-    path, _, skipped = write_importance("audited", tmp_path, storage)
+    path, _, skipped = write_importance("audited", out=tmp_path, storage=storage)
     table = pd.read_csv(path, keep_default_na=False)
     assert list(table.columns) == COLUMNS
 
@@ -151,6 +152,25 @@ def test_cli_importance_writes_the_csv_and_reports_skipped_stages(audited: tuple
     assert result.exit_code == 0, result.output
     assert (tmp_path / "imp" / "importance.csv").exists()
     assert "skipped stage lr" in result.output and "skipped stage shape" in result.output
+    written = pd.read_csv(tmp_path / "imp" / "importance.csv")
+    shown = headline_rows(written.fillna({"param_b": ""}))
+    assert len(shown) < len(written)  # the audit has more pairs than the table shows
+    assert f"{len(shown)} of {len(written)} rows shown" in " ".join(result.output.split())
+
+
+def test_write_importance_takes_out_and_storage_by_keyword_and_the_old_order_with_a_warning(
+    audited: tuple[str, tuner.StudyResult], tmp_path: Path
+) -> None:
+    storage, _ = audited
+    path, table, _ = write_importance("audited", out=tmp_path / "new", storage=storage)
+    with pytest.warns(DeprecationWarning, match="pass out=, storage= by keyword"):
+        old_path, old_table, _ = write_importance("audited", tmp_path / "old", storage)
+    with pytest.warns(DeprecationWarning, match=r"out= \(not out_dir=\)"):
+        renamed, _, _ = write_importance("audited", out_dir=tmp_path / "renamed", storage=storage)
+    assert old_path == tmp_path / "old" / "importance.csv" and renamed.parent == tmp_path / "renamed"
+    pd.testing.assert_frame_equal(old_table, table)
+    with pytest.raises(TypeError):
+        write_importance("audited", tmp_path, storage, "one too many")
 
 
 def test_cli_importance_of_an_unknown_study_exits_2_and_writes_nothing(audited: tuple[str, tuner.StudyResult], tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 import tuner
 import tuner.lr_find
 from tuner.cli import app
-from tuner.lr_find import STUDY_ATTR, lr_find, write_lr_find
+from tuner.lr_find import STUDY_ATTR, LRFindResult, lr_find, plot_lr_find, write_lr_find
+from tuner.lr_suggest import Suggestion
 
 
 
@@ -139,3 +140,24 @@ def test_lr_range_is_checked_and_auto_is_part_of_the_study_settings() -> None:
     auto = tuner.spec_from_dict({"name": "x", "stages": {"lr": {"lr_range": "auto"}}})
     assert stage_settings(fixed, "lr") != stage_settings(auto, "lr")  # a different search: a new study
     assert "lr_range" not in stage_settings(fixed, "lr")["stages"]["lr"]  # studies made before it resume
+
+
+def test_lr_find_plot_shows_each_rule_above_the_suggestion_and_every_loss_before_the_blow_up() -> None:
+    lrs = list(np.geomspace(1e-5, 10.0, 12))
+    losses = [2.4, 2.5, 2.3, 2.4, 2.0, 0.4, 1.5, 0.8, 0.9, 1.8, 9.0, 40.0]  # a noisy step dips to 0.4
+    smoothed = [2.4, 2.42, 2.4, 2.4, 2.3, 1.9, 1.8, 1.6, 1.5, 1.6, 3.0, 8.0]
+    # The suggestion is the median of the rules: here it is the steep rule itself.
+    suggestion = Suggestion(steep=lrs[5], valley=lrs[4], minimum=lrs[7], lr=lrs[5], low=lrs[4], high=lrs[7],
+                            search_min=lrs[3], search_max=lrs[8])
+    fig = plot_lr_find(LRFindResult(lrs, losses, smoothed, suggestion))
+    ax = fig.axes[0]
+    lines = {line.get_label().split()[0]: line for line in ax.get_lines()}
+    suggested = lines["suggested"]
+    for rule in ("steep", "valley", "minimum"):
+        assert lines[rule].get_zorder() > suggested.get_zorder()  # drawn on top: never hidden
+        assert lines[rule].get_linewidth() < suggested.get_linewidth()
+    assert lines["steep"].get_xdata()[0] == suggested.get_xdata()[0]
+    low, high = ax.get_ylim()
+    assert low < 0.4 and high > 2.5  # every raw loss up to the blow-up (index 10) is inside
+    assert high < 9.0  # the blow-up itself is not: it would squash the curve
+    assert any("blows up" in text.get_text() for text in ax.texts)

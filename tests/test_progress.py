@@ -56,3 +56,21 @@ def test_on_a_terminal_the_bar_shows_trials_of_budget_best_and_times() -> None:
     assert re.search(r"\d+:\d\d:\d\d", screen)  # elapsed
     assert "left" in screen
     assert "stage lr done: 2 complete, 1 pruned (1 diverged)" in screen
+
+
+def test_a_batch_finished_at_once_prints_the_best_of_the_trials_printed_so_far() -> None:
+    # A batch of three finishes together; the runner passes each trial the best of the whole batch
+    # (0.1). The first lines must not show a best that no printed trial has reached yet.
+    stage = lr_stage(SPEC)
+    out = io.StringIO()
+    reporter = ConsoleReporter(Console(file=out, force_terminal=False, width=200))
+    reporter.stage_started(stage, 0)
+    batch = [create_trial(params={"lr": lr}, distributions=LR, value=value)
+             for lr, value in [(0.01, 0.3), (0.02, 0.2), (0.05, 0.1)]]
+    for n, trial in enumerate(batch, start=1):
+        reporter.trial_finished(stage, trial, n, 0.1)
+    # The next batch (0.4) is worse: the best told before it (0.1) stays.
+    reporter.trial_finished(stage, create_trial(params={"lr": 0.9}, distributions=LR, value=0.4), 4, 0.1)
+    reporter.close()
+    bests = re.findall(r"; best ([\d.]+);", out.getvalue())
+    assert bests == ["0.3", "0.2", "0.1", "0.1"]

@@ -8,28 +8,28 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from matplotlib.container import BarContainer
+from PIL import Image
+from typer.testing import CliRunner
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.container import BarContainer  # noqa: E402
-from PIL import Image  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
-
-import tuner  # noqa: E402
-from tuner.cli import app  # noqa: E402
-from tuner.report import (  # noqa: E402
+import tuner
+from tuner.cli import app
+from tuner.report.runs import Run, StageRuns, error_target, objective_label, run_of, trial_costs
+from tuner.report.words import lr_time_caption, target_sentence
+from tuner.report import (
     Report,
     epochs_to_target,
-    importance_data,
     importance_sentences,
     load_stages,
     plot_importance,
+    plot_lr_cost,
+    plot_lr_curves,
     plot_lr_sensitivity,
+    plot_shape,
     write_report,
 )
 
@@ -60,7 +60,7 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def report(storage: str, tmp_path_factory: pytest.TempPathFactory) -> Report:
-    return write_report("reported", storage, tmp_path_factory.mktemp("report"))
+    return write_report("reported", storage=storage, out=tmp_path_factory.mktemp("report"))
 
 
 class _Links(HTMLParser):
@@ -89,9 +89,10 @@ def test_each_figure_is_a_real_png_of_some_size(report: Report, key: str) -> Non
     assert path.stat().st_size > 15_000  # a blank canvas of this size compresses to a few kB
     with Image.open(path) as image:
         image.verify()
-    pixels = plt.imread(path)
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"), dtype=float) / 255
     assert pixels.shape[0] > 300 and pixels.shape[1] > 500
-    assert pixels[..., :3].std() > 0.05  # not one flat colour
+    assert pixels.std() > 0.05  # not one flat colour
 
 
 def test_optunas_interactive_figures_are_written_with_one_local_plotly(report: Report) -> None:
@@ -129,15 +130,12 @@ def test_sensitivity_figure_keeps_diverged_runs_apart_and_marks_the_chosen_rate(
     stages = load_stages("reported", storage)
     best_lr = stages["lr"].study.user_attrs["best_lr"]
     fig = plot_lr_sensitivity(stages["lr"].runs, best_lr, "validation error")
-    try:
-        _, labels = fig.axes[0].get_legend_handles_labels()
-        assert any(label.startswith("diverged") for label in labels)
-        assert f"chosen lr = {best_lr:.3g}" in labels
-        # Diverged runs are drawn in axes coordinates (a band on top), not at their last value.
-        diverged = [c for c in fig.axes[0].collections if c.get_label().startswith("diverged")][0]
-        assert all(0.9 < y <= 1.0 for _, y in diverged.get_offsets())
-    finally:
-        plt.close(fig)
+    _, labels = fig.axes[0].get_legend_handles_labels()
+    assert any(label.startswith("diverged") for label in labels)
+    assert f"chosen lr = {best_lr:.3g}" in labels
+    # Diverged runs are drawn in axes coordinates (a band on top), not at their last value.
+    diverged = [c for c in fig.axes[0].collections if c.get_label().startswith("diverged")][0]
+    assert all(0.9 < y <= 1.0 for _, y in diverged.get_offsets())
 
 
 def test_epochs_to_target_counts_from_one_and_skips_non_finite_values() -> None:
@@ -146,32 +144,48 @@ def test_epochs_to_target_counts_from_one_and_skips_non_finite_values() -> None:
     assert epochs_to_target([0.9, 0.8], 0.2) is None
 
 
-def test_without_the_importance_module_the_report_reads_importance_csv_or_says_how_to_make_it(
-    storage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(sys.modules, "tuner.importance", None)  # import fails as if not installed
-    table, why = importance_data("reported", storage, tmp_path)
-    assert table is None and "tuner importance reported" in why
-
-    pd.DataFrame({
+def test_importances_in_words_and_bars_main_effects_first_then_the_pair() -> None:
+    table = pd.DataFrame({
         "stage": ["shape"] * 3, "evaluator": ["fanova"] * 3, "param": ["width", "depth", "width"],
         "param_b": ["", "", "depth"], "importance": [0.6, 0.2, 0.1], "std": [0.1, 0.05, 0.02],
-    }).to_csv(tmp_path / "importance.csv", index=False)
-    table, why = importance_data("reported", storage, tmp_path)
-    assert why == "" and list(table["param_b"]) == ["", "", "depth"]  # CSV's empty cell is a main effect again
+    })
     assert importance_sentences(table) == [
         "Stage shape (fanova): width matters most (60%); the largest interaction is width × depth (10%)."
     ]
     fig = plot_importance(table)
-    try:
-        labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
-        assert labels == ["width", "depth", "width × depth"]  # main effects by size, then the pair
-        bars = next(c for c in fig.axes[0].containers if isinstance(c, BarContainer))
-        assert [round(bar.get_width(), 3) for bar in bars] == [0.6, 0.2, 0.1]
-        whiskers = bars.errorbar.lines[2][0].get_segments()  # each from importance - std to + std
-        assert [round(seg[1][0] - seg[0][0], 3) for seg in whiskers] == [0.2, 0.1, 0.04]
-    finally:
-        plt.close(fig)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["width", "depth", "width × depth"]  # main effects by size, then the pair
+    bars = next(c for c in fig.axes[0].containers if isinstance(c, BarContainer))
+    assert [round(bar.get_width(), 3) for bar in bars] == [0.6, 0.2, 0.1]
+    whiskers = bars.errorbar.lines[2][0].get_segments()  # each from importance - std to + std
+    assert [round(seg[1][0] - seg[0][0], 3) for seg in whiskers] == [0.2, 0.1, 0.04]
+
+
+def test_the_report_draws_without_pyplot_and_sets_no_global_backend() -> None:
+    import subprocess
+
+    # The raw rcParams entry: reading it through get_backend() would itself import pyplot.
+    code = ("import matplotlib, sys; raw = lambda: dict.__getitem__(matplotlib.rcParams, 'backend'); "
+            "before = raw(); import tuner.report; "
+            "assert 'matplotlib.pyplot' not in sys.modules; assert raw() == before")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_write_report_in_the_old_positional_order_still_works_with_a_warning(storage: str, tmp_path: Path) -> None:
+    with pytest.warns(DeprecationWarning, match="pass storage=, out= by keyword"):
+        written = write_report("reported", storage, tmp_path / "old")
+    assert written.out == tmp_path / "old" and written.index.is_file()
+    with pytest.raises(TypeError, match="multiple values"):
+        write_report("reported", storage, storage=storage)
+
+
+def test_cli_version_and_the_report_outs_default_in_help() -> None:
+    from importlib.metadata import version
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"tuner {version('tuner')}"
+    result = CliRunner().invoke(app, ["report", "--help"], env={"COLUMNS": "200"})
+    assert "[default: (NAME-report)]" in " ".join(result.output.split())
 
 
 def test_cli_report_writes_the_folder_and_exits_0(storage: str, tmp_path: Path) -> None:
@@ -195,3 +209,212 @@ def test_cli_report_on_a_missing_sqlite_file_exits_2_and_creates_no_file(tmp_pat
     assert result.exit_code == 2
     assert "nope.db" in result.output
     assert not missing.exists()
+
+
+def _stages_with_settings(spec: dict) -> dict:
+    study = optuna.create_study()
+    study.set_user_attr("settings", tuner.spec_from_dict({"name": "labelled", **spec}).settings())
+    study.set_user_attr("objective", spec.get("train", {}).get("objective", "val_error"))
+    return {"lr": StageRuns("lr", study, [], [])}
+
+
+def test_the_objective_is_named_by_the_task_the_data_asks_for_csv_files_included(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=60), "b": rng.normal(size=60)})
+    frame.assign(label=rng.integers(0, 3, 60)).to_csv(tmp_path / "classes.csv", index=False)
+    frame.assign(y=rng.normal(size=60)).to_csv(tmp_path / "values.csv", index=False)
+    label = lambda data, **train: objective_label(_stages_with_settings({"data": data, "train": train}))  # noqa: E731
+    assert label({"name": "diabetes"}) == "validation error (RMSE)"
+    assert label({"name": "adding"}) == "validation error (RMSE)"
+    assert label({"name": "wine"}) == "validation error (1 − accuracy)"
+    # task = "auto": the file decides (whole numbers, few of them: classes), as it did for training.
+    assert label({"name": "csv", "path": str(tmp_path / "classes.csv"), "target": "label"}) == \
+        "validation error (1 − accuracy)"
+    assert label({"name": "csv", "path": str(tmp_path / "values.csv"), "target": "y"}) == "validation error (RMSE)"
+    moved = _stages_with_settings({"data": {"name": "csv", "path": str(tmp_path / "values.csv"), "target": "y"}})
+    (tmp_path / "values.csv").unlink()  # the study outlived its file: say less rather than guess
+    assert objective_label(moved) == "validation error"
+    assert label({"name": "wine"}, objective="val_loss") == "validation loss"
+
+
+def _run(lr: float, curve: list[float], *, diverged: bool = False, **fields: object) -> Run:
+    """A finished lr trial made by hand: complete unless it diverged."""
+    state = optuna.trial.TrialState.PRUNED if diverged else optuna.trial.TrialState.COMPLETE
+    defaults = {"number": 0, "state": state, "params": {"lr": lr}, "value": None if diverged else curve[-1],
+                "curve": curve, "train_curve": [], "seconds": 1.0, "diverged": diverged}
+    return Run(**{**defaults, **fields})  # type: ignore[arg-type]
+
+
+def _tick_labels(fig: object, axis: str = "y", index: int = 0) -> list[tuple[float, str]]:
+    fig.canvas.draw()  # type: ignore[attr-defined]  # tick labels are made at draw time
+    ax = fig.axes[index]  # type: ignore[attr-defined]
+    ticks = ax.yaxis if axis == "y" else ax.xaxis
+    low, high = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    return [(t.get_loc(), t.label1.get_text()) for t in ticks.get_major_ticks() if low <= t.get_loc() <= high]
+
+
+def test_sensitivity_labels_a_linear_error_axis_when_a_run_diverged() -> None:
+    # Regression errors spanning less than 20x keep a linear axis; one run diverged (diabetes).
+    runs = [_run(lr, [150.0, err]) for lr, err in [(1e-5, 150.0), (1e-4, 90.0), (1e-3, 57.0), (1e-2, 70.0)]]
+    runs.append(_run(0.5, [150.0, math.inf], diverged=True))
+    fig = plot_lr_sensitivity(runs, 1e-3, "validation error (RMSE)")
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "linear"
+    labelled = [(y, text) for y, text in _tick_labels(fig) if text]
+    assert len(labelled) >= 3  # numbers on the axis, not bare ticks
+    assert all(float(text.replace("−", "-")) == pytest.approx(y) for y, text in labelled)
+    band_floor = max(r.value for r in runs if r.value is not None)
+    assert all(y <= band_floor + 1e-9 for y, _ in labelled)  # none in the band of diverged runs
+
+
+def test_epochs_to_target_counts_to_90_percent_of_the_way_from_untrained_to_best() -> None:
+    # Diabetes-like: twice the best (2 x 56) lies above the untrained error (~100), so the old target
+    # was "reached" after one epoch by rates that barely learn.
+    runs = [
+        _run(1e-5, [100.0, 99.0, 98.0, 97.0]),  # crawls: its first epoch stands for "untrained"
+        _run(1e-4, [90.0, 80.0, 75.0, 72.0]),
+        _run(1e-3, [70.0, 62.0, 59.0, 56.0]),  # the best
+        _run(1e-2, [60.0, 58.0, 57.0, 58.0]),  # the quickest to the target
+        _run(0.5, [100.0, math.inf], diverged=True),
+    ]
+    target = error_target(runs)
+    assert target is not None and (target.start, target.best) == (100.0, 56.0)
+    assert target.value == pytest.approx(56.0 + 0.1 * 44.0)
+    sentence = target_sentence(runs, "validation error")
+    assert "≤ 60.4: 90% of the way from 100 (the smallest rate, 1e-05, after one epoch" in sentence
+    assert sentence.endswith("The quickest run reached it in 1 epoch(s), at learning rate 0.01.")
+    fig = plot_lr_cost(runs, 1e-3, "validation error (RMSE)")
+    reached = next(c for c in fig.axes[1].collections if c.get_label().startswith("reached"))
+    assert sorted(map(tuple, reached.get_offsets())) == [(1e-3, 3.0), (1e-2, 1.0)]
+    never = next(c for c in fig.axes[1].collections if c.get_label().startswith("not within"))
+    assert sorted(x for x, _ in never.get_offsets()) == [1e-5, 1e-4]
+
+
+def test_no_target_when_no_rate_ended_below_where_the_slowest_began() -> None:
+    runs = [_run(1e-5, [0.5, 0.6]), _run(1e-3, [0.55, 0.52])]
+    assert error_target(runs) is None
+    assert "no target error" in target_sentence(runs, "validation error")
+    fig = plot_lr_cost(runs, 1e-3, "validation error")
+    assert "no target" in " ".join(t.get_text() for t in fig.axes[1].texts)
+
+
+def _stored_runs(attrs_by_lr: dict[float, dict]) -> list[Run]:
+    """Trials made by hand in an in-memory study, read back as the report reads stored ones."""
+    study = optuna.create_study()
+    lr = optuna.distributions.FloatDistribution(1e-6, 1.0, log=True)
+    for rate, attrs in attrs_by_lr.items():
+        diverged = bool(attrs.get("diverged"))
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": rate}, distributions={"lr": lr},
+            state=optuna.trial.TrialState.PRUNED if diverged else optuna.trial.TrialState.COMPLETE,
+            value=None if diverged else 0.2, user_attrs={"learning_curve": [0.5, 0.2], **attrs}))
+    return [run_of(t) for t in study.trials]
+
+
+def test_lr_time_shows_each_trials_own_time_alone_or_its_share_of_a_batch() -> None:
+    runs = _stored_runs({
+        1e-3: {"train_seconds": 2.0, "time_measure": "alone", "batched_with": 1},
+        1e-2: {"train_seconds": 0.25, "time_measure": "batch_share", "batched_with": 8, "epochs_done": 20},
+        0.5: {"train_seconds": 0.05, "time_measure": "batch_share", "batched_with": 8, "epochs_done": 3,
+              "diverged": True},
+    })
+    costs = trial_costs(runs)
+    assert costs.unit == "seconds" and costs.shares and costs.left_out == 0
+    fig = plot_lr_cost(runs, 1e-3, "validation error")
+    ax = fig.axes[0]
+    shown = sorted(tuple(p) for c in ax.collections for p in c.get_offsets())
+    assert shown == [(1e-3, 2.0), (1e-2, 0.25), (0.5, 0.05)]
+    assert ax.get_ylabel() == "training time per trial (s)\nbatched: its share of each epoch"
+    assert ax.get_ylim()[1] >= 2.0 * 1.1  # the highest dot is not cut by the frame
+    assert "share of each epoch it trained" in lr_time_caption(costs)
+
+
+def test_batched_trials_stored_before_time_measure_show_epochs_trained_never_an_even_split() -> None:
+    # Stored earlier: a batch of 4 shares its 2 s evenly, whatever each trial trained.
+    old = {rate: {"train_seconds": 0.5, "batched_with": 4, "epochs_done": epochs}
+           for rate, epochs in [(1e-4, 20), (1e-3, 20), (1e-2, 20), (0.5, 2)]}
+    old[0.5]["diverged"] = True
+    runs = _stored_runs(old)
+    costs = trial_costs(runs)
+    assert costs.unit == "epochs"
+    fig = plot_lr_cost(runs, 1e-3, "validation error")
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "epochs trained per trial"
+    assert sorted(y for c in ax.collections for _, y in c.get_offsets()) == [2.0, 20.0, 20.0, 20.0]
+    assert "Epochs trained" in ax.get_title()
+    assert "Left: epochs each trial trained" in lr_time_caption(costs)
+    # Mixed with trials that have a time of their own: the even splits are left out, and counted.
+    mixed = _stored_runs({**old, 1e-5: {"train_seconds": 3.0, "time_measure": "alone"}})
+    costs = trial_costs(mixed)
+    assert costs.unit == "seconds" and [r.params["lr"] for r, _ in costs.points] == [1e-5]
+    assert costs.left_out == 4
+    fig = plot_lr_cost(mixed, 1e-3, "validation error")
+    assert "4 batched trial(s) left out" in " ".join(t.get_text() for t in fig.axes[0].texts)
+
+
+def _shape_runs() -> list[Run]:
+    settings = [(8, 1, "constant", 0.5), (16, 2, "step", 0.01), (32, 1, "step", 0.1), (64, 3, "exponential", 0.3),
+                (20, 2, "constant", 0.002), (128, 2, "exponential", 0.05)]
+    return [_run(0.05, [0.5, 0.1 + 0.01 * i], number=i,
+                 params={"width": w, "depth": d, "schedule": s, "decay": decay})
+            for i, (w, d, s, decay) in enumerate(settings)]
+
+
+def test_shape_draws_constant_apart_from_decay_names_the_median_and_labels_width_plainly() -> None:
+    runs = _shape_runs()
+    fig = plot_shape(runs, "validation error", 0.09)
+    width_ax, _, schedule_ax, decay_ax = fig.axes
+    # 'constant' ignores decay: its dots sit in a column of their own, right of every decay tried.
+    constant = next(c for c in decay_ax.collections if c.get_label() == "constant")
+    largest_decay = max(r.params["decay"] for r in runs if r.params["schedule"] != "constant")
+    assert all(x > 2 * largest_decay for x, _ in constant.get_offsets())
+    assert "constant" in [text for _, text in _tick_labels(fig, "x", 3)]
+    stepped = next(c for c in decay_ax.collections if c.get_label() == "step")
+    assert sorted(x for x, _ in stepped.get_offsets()) == [0.01, 0.1]
+    # The median bars of the schedule panel have their legend entry.
+    assert "median" in [t.get_text() for t in fig.legends[0].get_texts()]
+    # Width in plain numbers (10, 20, 50), not 2x10^1.
+    labels = [text for _, text in _tick_labels(fig, "x", 0) if text]
+    assert labels and all(text.isdigit() for text in labels), labels
+
+
+def test_importance_leaves_out_a_stage_that_searched_one_parameter() -> None:
+    table = pd.DataFrame({
+        "stage": ["lr", "shape", "shape"], "evaluator": ["fanova"] * 3, "param": ["lr", "width", "decay"],
+        "param_b": ["", "", ""], "importance": [1.0, 0.7, 0.2], "std": [0.0, 0.1, 0.05],
+    })
+    fig = plot_importance(table)
+    assert [ax.get_title() for ax in fig.axes] == ["stage shape"]  # lr explains 100 % of itself: no panel
+    assert plot_importance(table[table["stage"] == "lr"]) is None
+
+
+def test_lr_curves_keep_healthy_runs_readable_when_one_blew_up_to_1e14() -> None:
+    runs = [_run(lr, [75.0 - k * i for i in range(10)]) for lr, k in [(1e-5, 0.2), (1e-3, 1.5), (1e-2, 2.0)]]
+    runs.append(_run(0.5, [80.0, 1e5, 1.9e14], diverged=True))
+    fig = plot_lr_curves(runs, 1e-3, "validation error (RMSE)")
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    assert 40.0 < low < 57.0 and 75.0 < high < 150.0  # the healthy curves (57 to 75) fill the panel
+    assert [text for _, text in _tick_labels(fig) if text]  # and it has numbers (many decades had none)
+    cross = next(c for c in ax.collections if c.get_offsets().shape[0] == 1)
+    assert cross.get_offsets()[0][1] == pytest.approx(high) and not cross.get_clip_on()  # on the top edge
+    assert any("diverged runs leave the top" in t.get_text() for t in ax.texts)
+
+
+def test_shape_uses_a_log_error_axis_when_errors_span_orders_of_magnitude() -> None:
+    runs = [_run(0.05, [0.5, value], number=i, params={"width": 8 * (i + 1), "depth": 1, "schedule": "step",
+                                                         "decay": 0.1})
+            for i, value in enumerate([1e-5, 3e-4, 2e-3, 0.02, 0.1])]
+    fig = plot_shape(runs, "validation loss", None)
+    assert fig.axes[0].get_yscale() == "log"
+    assert [text for _, text in _tick_labels(fig) if text]
+
+
+def test_shape_keeps_an_off_scale_trial_on_its_panel_as_a_triangle_on_the_top_edge() -> None:
+    # Five good trials and one far worse, whose decay is the smallest: its triangle must stay in view.
+    runs = [_run(0.05, [0.5, 0.1 + 0.001 * i], number=i, params={"width": 16, "depth": 1, "schedule": "step",
+                                                                  "decay": 0.1 + 0.1 * i}) for i in range(5)]
+    runs.append(_run(0.05, [0.9, 0.9], number=5, params={"width": 16, "depth": 1, "schedule": "step", "decay": 0.005}))
+    decay_ax = plot_shape(runs, "validation error", None).axes[3]
+    triangle = next(c for c in decay_ax.collections if c.get_offsets().shape[0] == 1 and c.get_offsets()[0][1] == 0.97)
+    assert decay_ax.get_xlim()[0] < triangle.get_offsets()[0][0] == 0.005

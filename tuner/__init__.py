@@ -8,8 +8,8 @@ Example:
     >>> import tuner
     >>> result = tuner.run_study("studies/quickstart.toml")  # doctest: +SKIP
     >>> result.best_lr  # doctest: +SKIP
-    >>> tuner.write_importance("quickstart", "out")  # doctest: +SKIP
-    >>> tuner.write_report("quickstart", None, "quickstart-report")  # doctest: +SKIP
+    >>> tuner.write_importance("quickstart", out="out")  # doctest: +SKIP
+    >>> tuner.write_report("quickstart", out="quickstart-report")  # doctest: +SKIP
 """
 
 from __future__ import annotations

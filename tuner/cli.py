@@ -99,8 +99,19 @@ StorageOption = Annotated[
                  "[default: the spec's storage, else sqlite:///tuner.db]"),
 ]
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"tuner {version('tuner')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _group() -> None:
+def _group(
+    version: Annotated[bool, typer.Option("--version", help="Print tuner's version and exit", is_eager=True,
+                                          callback=_print_version)] = False,
+) -> None:
     """Keep ``tuner`` a group of subcommands even while it has only one."""
 
 
@@ -317,14 +328,18 @@ def importance(
 
     _quiet_optuna()
     with _analysis_errors():
-        path, table, skipped = write_importance(name, out, _storage_url(storage, storage_password_file))
+        path, table, skipped = write_importance(name, out=out, storage=_storage_url(storage, storage_password_file))
     console = _console()
     shown = Table(title=f"importance of {name} (share; fanova: of the variance)")
     for column in ("stage", "evaluator", "param", "param_b", "importance", "std"):
         shown.add_column(column, justify="right" if column in ("importance", "std") else "left")
     # The main effects and the largest interactions of each stage: the whole table is in the CSV.
-    for row in headline_rows(table).itertuples():
+    headline = headline_rows(table)
+    for row in headline.itertuples():
         shown.add_row(row.stage, row.evaluator, row.param, row.param_b, f"{row.importance:.3f}", f"{row.std:.3f}")
+    if len(headline) < len(table):
+        shown.caption = (f"{len(headline)} of {len(table)} rows shown: main effects and the largest interactions "
+                         f"of each stage; all {len(table)} are in {path}")
     if len(table):
         console.print(shown)
     for stage, reason in skipped:
@@ -341,7 +356,7 @@ def export(
 
     _quiet_optuna()
     with _analysis_errors():
-        trials_path, curves_path = write_export(name, out, _storage_url(storage, storage_password_file))
+        trials_path, curves_path = write_export(name, out=out, storage=_storage_url(storage, storage_password_file))
     _say(f"wrote {trials_path} and {curves_path}")
 
 
@@ -349,7 +364,8 @@ def export(
 def report(
     name: NameArgument,
     storage: StorageOption = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for index.html and the figures [default: NAME-report]")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for index.html and the figures",
+                                             show_default="NAME-report")] = None,
     storage_password_file: PasswordFileOption = None,
 ) -> None:
     """Write PNG figures, Optuna's interactive figures and an index.html that explains the study."""
@@ -357,7 +373,7 @@ def report(
 
     _quiet_optuna()
     with _analysis_errors():
-        written = write_report(name, _storage_url(storage, storage_password_file), out)
+        written = write_report(name, storage=_storage_url(storage, storage_password_file), out=out)
     for key, why in written.missing.items():
         _say(f"not drawn: {key}: {why}")
     _say(f"wrote {len(written.figures)} figures and {written.index}")

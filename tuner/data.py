@@ -148,7 +148,7 @@ def load_dataset(spec: DataSpec, seed: int, source: str = "") -> Dataset | Strea
             "diabetes": sk_datasets.load_diabetes,
         }[spec.name]
         x, y = loader(return_X_y=True)
-        task = "regression" if spec.name == "diabetes" else "classification"
+        task = task_of(spec)
         if spec.name == "digits_rows":
             x = x.reshape(-1, 8, 8)  # each image read row by row: 8 steps of 8 pixels
         if spec.name == "digits_images":
@@ -236,6 +236,13 @@ def _check_classes(spec: DataSpec, dataset: Dataset, y: np.ndarray, source: str)
         field, value = _rows_field(spec, len(y))
         raise SpecError(source, field, value, f"the validation part holds {len(dataset.y_val)} rows of classes seen in "
                         f"training (a class seen only in validation cannot be scored); give more rows per class")
+
+
+def task_of(spec: DataSpec, source: str = "") -> str:
+    """"classification" or "regression": what the data set of ``spec`` asks for (a CSV with task "auto" is read)."""
+    if spec.name == "csv":
+        return spec.task if spec.task != "auto" else _read_csv(spec, source)[2]
+    return "regression" if spec.name in ("diabetes", "adding") else "classification"
 
 
 def _split(name: str, x: np.ndarray, y: np.ndarray, task: str, validation_fraction: float, seed: int) -> Dataset:

@@ -12,7 +12,7 @@ cell always holds one value and nothing is lost.
 of its reported intermediate values for a trial stored without that attribute.
 
 Example:
-    >>> write_export("quickstart", "results", "sqlite:///tuner.db")  # doctest: +SKIP
+    >>> write_export("quickstart", out="results", storage="sqlite:///tuner.db")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import pandas as pd
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
+from tuner._deprecation import keyword_only_since
 from tuner.importance import load_stage_trials
 
 __all__ = ["CURVE_COLUMNS", "curves_frame", "trials_frame", "write_export"]
@@ -66,17 +67,26 @@ def _curves_frame(stage_trials: dict[str, list[FrozenTrial]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)
 
 
-def write_export(name: str, out_dir: str | Path = ".", storage: str | BaseStorage | None = None) -> tuple[Path, Path]:
-    """Write ``trials.csv`` and ``curves.csv`` of study ``name`` into ``out_dir``; return their paths.
+@keyword_only_since(("out", "storage"), renamed={"out_dir": "out"})
+def write_export(name: str, *, out: str | Path = ".", storage: str | BaseStorage | None = None) -> tuple[Path, Path]:
+    """Write ``trials.csv`` and ``curves.csv`` of study ``name`` into the folder ``out``; return their paths.
+
+    Args:
+        name: the study's name (its stages are the Optuna studies ``<name>/<stage>``).
+        out: the folder to write into (created); default the current one.
+        storage: an Optuna storage URL (default ``sqlite:///tuner.db``) or storage object.
+
+    The old positional order ``write_export(name, out_dir, storage)`` still works, with a
+    ``DeprecationWarning``.
 
     Raises:
         tuner.importance.UnknownStudyError: no study of that name in the storage (nothing written).
     """
     stage_trials = load_stage_trials(name, storage)
     trials, curves = _trials_frame(stage_trials), _curves_frame(stage_trials)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    trials_path, curves_path = out / "trials.csv", out / "curves.csv"
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    trials_path, curves_path = folder / "trials.csv", folder / "curves.csv"
     trials.to_csv(trials_path, index=False)
     curves.to_csv(curves_path, index=False)
     return trials_path, curves_path

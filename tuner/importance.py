@@ -9,7 +9,7 @@ the ``<name>/audit`` study.
 
 Example:
     >>> table, skipped = importance_table("quickstart", "sqlite:///tuner.db")  # doctest: +SKIP
-    >>> write_importance("quickstart", "results", "sqlite:///tuner.db")  # doctest: +SKIP
+    >>> write_importance("quickstart", out="results", storage="sqlite:///tuner.db")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner._deprecation import keyword_only_since
 from tuner._fanova import fanova_importances
 from tuner.storage import DEFAULT_STORAGE, open_existing_storage, redact
 
@@ -203,12 +204,27 @@ def importance_table(
     return table, skipped
 
 
-def write_importance(name: str, out_dir: str | Path = ".", storage: str | BaseStorage | None = None) -> tuple[Path, pd.DataFrame, list[tuple[str, str]]]:
-    """Write ``importance.csv`` (see :func:`importance_table`) into ``out_dir``; return its path too."""
+@keyword_only_since(("out", "storage"), renamed={"out_dir": "out"})
+def write_importance(
+    name: str, *, out: str | Path = ".", storage: str | BaseStorage | None = None
+) -> tuple[Path, pd.DataFrame, list[tuple[str, str]]]:
+    """Write ``importance.csv`` (see :func:`importance_table`) into the folder ``out``; return its path too.
+
+    Example:
+        >>> path, table, skipped = write_importance("quickstart", out="results", storage="sqlite:///tuner.db")  # doctest: +SKIP
+
+    Args:
+        name: the study's name (its stages are the Optuna studies ``<name>/<stage>``).
+        out: the folder to write into (created); default the current one.
+        storage: an Optuna storage URL (default ``sqlite:///tuner.db``) or storage object.
+
+    The old positional order ``write_importance(name, out_dir, storage)`` still works, with a
+    ``DeprecationWarning``.
+    """
     table, skipped = importance_table(name, storage)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "importance.csv"
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "importance.csv"
     table.to_csv(path, index=False)
     return path, table, skipped
 

@@ -178,34 +178,59 @@ def write_lr_find(result: LRFindResult, out: str | Path, title: str = "LR range 
 
 
 def _plot(result: LRFindResult, path: Path, title: str) -> None:
-    import matplotlib
+    plot_lr_find(result, title).savefig(path, dpi=110)
 
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
-    ax.plot(result.lrs, result.losses, color="0.75", linewidth=0.8, label="loss per step")
+def blow_up_index(smoothed: list[float]) -> int:
+    """Where the blow-up starts: the first step past the smoothed minimum above the starting loss."""
+    s = np.asarray(smoothed, dtype=float)
+    finite = np.flatnonzero(np.isfinite(s))
+    if finite.size == 0:
+        return len(s)
+    lowest = int(finite[np.argmin(s[finite])])
+    above = np.flatnonzero(~(s[lowest:] <= s[finite[0]]))  # NaN counts as above
+    return lowest + int(above[0]) if above.size else len(s)
+
+
+def plot_lr_find(result: LRFindResult, title: str = "LR range test") -> Any:
+    """The loss per step and smoothed against the rate, the rules, the band they agree on and the suggestion.
+
+    The y axis holds every loss up to where the blow-up starts (matplotlib's object API: no pyplot).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8.5, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.plot(result.lrs, result.losses, color="0.7", linewidth=0.8, label="loss per step")
     ax.plot(result.lrs, result.smoothed, color="C0", linewidth=1.8, label="smoothed")
     s = result.suggestion
     if s is not None:
         ax.axvspan(s.search_min, s.search_max, color="C2", alpha=0.12, label=f"search range {s.search_min:.2g} – {s.search_max:.2g}")
-        ax.axvspan(s.low, s.high, color="C1", alpha=0.25, label=f"rules agree {s.low:.2g} – {s.high:.2g}")
-        for (name, value), style in zip(s.rules.items(), (":", "-.", "--")):
-            ax.axvline(value, color="C1", linestyle=style, linewidth=1, label=f"{name} {value:.2g}")
-        ax.axvline(s.lr, color="C3", linewidth=2, label=f"suggested {s.lr:.2g}")
+        ax.axvspan(s.low, s.high, color="C1", alpha=0.2, label=f"rules agree {s.low:.2g} – {s.high:.2g}")
+        # The suggestion is the median of the rules, so it often equals one of them: a wide pale line
+        # underneath, and each rule a thin line of its own colour on top, so none hides another.
+        ax.axvline(s.lr, color="C3", linewidth=6, alpha=0.35, zorder=1.5, label=f"suggested {s.lr:.2g}")
+        for (name, value), (color, style) in zip(s.rules.items(), (("C3", "--"), ("C4", "-."), ("C5", ":"))):
+            ax.axvline(value, color=color, linestyle=style, linewidth=1.3, zorder=3, label=f"{name} {value:.2g}")
     else:
         ax.text(0.02, 0.95, f"no suggestion: {result.problem}", transform=ax.transAxes, va="top", fontsize=8, wrap=True)
-    finite = [v for v in result.smoothed if math.isfinite(v)]
-    if finite:  # the blow-up at the end would squash the interesting part of the curve
-        low, first = min(finite), finite[0]
-        ax.set_ylim(low - 0.1 * (first - low + 1e-12), max(first, low) + 0.5 * (first - low + 1e-12))
+    end = blow_up_index(result.smoothed)
+    shown = [v for v in [*result.losses[:end], *result.smoothed[:end]] if math.isfinite(v)]
+    if shown:  # every loss before the blow-up, and no more: the blow-up would squash the rest
+        low, high = min(shown), max(shown)
+        ax.set_ylim(low - 0.05 * (high - low + 1e-12), high + 0.05 * (high - low + 1e-12))
+        if end < len(result.lrs):
+            ax.axvline(result.lrs[end], color="0.5", linewidth=0.8, zorder=1)
+            ax.text(result.lrs[end], 0.98, "loss blows up ", transform=ax.get_xaxis_transform(), va="top",
+                    ha="right", fontsize=8, color="0.35")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
     ax.set_title(title)
-    ax.legend(fontsize=7, loc="lower left")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the curve, not over it
+    return fig
 
 
 def _as_record(result: LRFindResult, bounds: tuple[float, float]) -> dict[str, Any]:

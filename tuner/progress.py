@@ -50,6 +50,33 @@ class _StageClock:
         return self.elapsed() / done_here * (self.budget - n_finished)
 
 
+class _BestShown:
+    """The best value to print beside a trial: one that a trial printed so far (or told earlier) reached.
+
+    A batch of trials finishes at once, and the runner passes each of them the best over the whole
+    batch: printed as is, the first line of a batch would show a best that no printed trial has
+    reached yet. So: the best of the trials printed in this stage, and of the runner's best as it
+    stood before its latest change (by then, trials told earlier: other workers' too).
+    """
+
+    def __init__(self) -> None:
+        self.printed: float | None = None
+        self.told_before: float | None = None
+        self.last_passed: float | None = None
+
+    def after(self, trial: FrozenTrial, passed: float | None) -> float | None:
+        if trial.state == TrialState.COMPLETE and trial.value is not None:
+            self.printed = _lowest(self.printed, trial.value)
+        if passed != self.last_passed and self.last_passed is not None:
+            self.told_before = _lowest(self.told_before, self.last_passed)
+        self.last_passed = passed
+        return _lowest(self.printed, self.told_before)
+
+
+def _lowest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
 class ConsoleReporter(Reporter):
     """Bars (trials done of budget, best so far, elapsed, remaining) or, off a terminal, a line a trial."""
 
@@ -60,10 +87,12 @@ class ConsoleReporter(Reporter):
         self._task: TaskID | None = None
         self._waiting_since: float | None = None
         self._clock: _StageClock | None = None
+        self._best = _BestShown()
 
     def stage_started(self, stage: Stage, n_finished: int) -> None:
         self._waiting_since = None
         self._clock = _StageClock(stage.budget, n_finished)
+        self._best = _BestShown()
         if not self.live:
             self.console.print(f"stage {stage.name}: {n_finished}/{stage.budget} trials done, {stage.epochs} epochs each",
                                highlight=False, markup=False)
@@ -85,6 +114,7 @@ class ConsoleReporter(Reporter):
 
     def trial_finished(self, stage: Stage, trial: FrozenTrial, n_finished: int, best_value: float | None) -> None:
         left = _duration(self._clock.remaining(n_finished)) if self._clock else "?"
+        best_value = self._best.after(trial, best_value)
         if self._progress is not None and self._task is not None:
             self._progress.update(
                 self._task, completed=min(n_finished, stage.budget), best=_fmt(best_value), left=left

@@ -1,4 +1,4 @@
-"""Tests for tuner.diagnose on synthetic learning curves."""
+"""The diagnosis in words (tuner.report.words) on synthetic learning curves."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from tuner.diagnose import (
+from tuner.report.words import (
     EXPLODE_RISE,
     classify_curve,
     curve_stats,

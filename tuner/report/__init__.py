@@ -1,0 +1,131 @@
+"""The report of a stored study: PNG figures, Optuna's interactive figures, and an index.html.
+
+``write_report(name, storage=..., out=...)`` reads the stage studies ``<name>/lr``, ``<name>/shape`` and
+``<name>/audit`` from the storage (nothing else: every number comes from the trials and their
+user attributes) and writes into ``out``:
+
+* ``lr_sensitivity.png``: final validation error against learning rate, the "U", with the runs
+  that diverged drawn apart and the chosen rate marked;
+* ``lr_time.png``: what a rate costs: training time, and epochs to reach a target error;
+* ``lr_curves.png``: the lr stage's learning curves, coloured by rate on a log scale;
+* ``shape.png``: the shape stage's error against width, depth, schedule and decay;
+* ``importance.png``: importances with error bars and pairwise interactions;
+* ``history_<stage>.html`` and ``contour_shape.html``: Optuna's interactive plotly figures;
+* ``index.html``: a summary (best configuration per stage, trials by state, time spent) with the
+  figures and the diagnosis in words (:mod:`tuner.report.words`) beside them.
+
+The pieces: :mod:`~tuner.report.runs` (stored trials as plain data), :mod:`~tuner.report.figures`
+and :mod:`~tuner.report.lr_figures` (matplotlib), :mod:`~tuner.report.interactive` (plotly), :mod:`~tuner.report.words` and
+:mod:`~tuner.report.html`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from tuner._deprecation import keyword_only_since
+from tuner.report.figures import plot_importance, plot_shape, save
+from tuner.report.html import index_html
+from tuner.report.interactive import write_interactive
+from tuner.report.lr_figures import plot_lr_cost, plot_lr_curves, plot_lr_sensitivity
+from tuner.report.runs import chosen_lr, epochs_to_target, importance_data, load_stages, objective_label
+from tuner.report.words import audit_diagnosis, importance_sentences, lr_diagnosis, shape_diagnosis
+from tuner.storage import DEFAULT_STORAGE
+
+__all__ = [
+    "Report",
+    "epochs_to_target",
+    "importance_data",
+    "importance_sentences",
+    "load_stages",
+    "plot_importance",
+    "plot_lr_cost",
+    "plot_lr_curves",
+    "plot_lr_sensitivity",
+    "plot_shape",
+    "write_report",
+]
+
+
+@dataclass(frozen=True)
+class Report:
+    """What ``write_report`` wrote."""
+
+    out: Path
+    index: Path
+    figures: dict[str, Path]  # figure key (e.g. "lr_sensitivity") -> file written
+    missing: dict[str, str]  # figure key -> why it was not drawn and how to get it
+    diagnosis: dict[str, list[str]] = field(default_factory=dict)  # stage -> sentences
+
+
+@keyword_only_since(("storage", "out"))
+def write_report(name: str, *, storage: str | None = None, out: str | Path | None = None) -> Report:
+    """Write the figures and ``index.html`` of the stored study ``name`` into ``out``.
+
+    Example:
+        >>> report = tuner.write_report("quickstart", storage="sqlite:///tuner.db", out="quickstart-report")  # doctest: +SKIP
+        >>> report.index  # doctest: +SKIP
+        PosixPath('quickstart-report/index.html')
+
+    Args:
+        name: the study name (as in the spec), not a stage's name.
+        storage: an Optuna storage URL; default ``sqlite:///tuner.db``.
+        out: the folder to write into (created); default ``<name>-report``.
+
+    The old positional order ``write_report(name, storage, out)`` still works, with a
+    ``DeprecationWarning``.
+
+    Raises:
+        tuner.storage.StorageError: the storage does not exist (a SQLite file is not created).
+        tuner.importance.UnknownStudyError: no study of that name in the storage.
+    """
+    url = storage or DEFAULT_STORAGE
+    stages = load_stages(name, url)
+    out_dir = Path(out) if out is not None else Path(f"{name}-report")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    objective = objective_label(stages)
+
+    figures: dict[str, Path] = {}
+    missing: dict[str, str] = {}
+    diagnosis: dict[str, list[str]] = {}
+
+    def draw(key: str, fig: Figure | None, why_not: str) -> None:
+        if fig is None:
+            missing[key] = why_not
+        else:
+            figures[key] = save(fig, out_dir / f"{key}.png")
+
+    lr, shape = stages.get("lr"), stages.get("shape")
+    rate = chosen_lr(stages)
+    if lr is not None:
+        no_runs = "the lr stage has no complete trial"
+        draw("lr_sensitivity", plot_lr_sensitivity(lr.runs, rate, objective), no_runs)
+        draw("lr_time", plot_lr_cost(lr.runs, rate, objective), no_runs)
+        draw("lr_curves", plot_lr_curves(lr.runs, rate, objective), "the lr stage has no learning curve")
+        diagnosis["lr"] = lr_diagnosis(lr, rate, objective)
+    if shape is not None:
+        reference = lr.best.value if lr is not None and lr.best is not None else None
+        draw("shape", plot_shape(shape.runs, objective, reference), "the shape stage has no complete trial")
+        diagnosis["shape"] = shape_diagnosis(shape, reference, objective)
+    if "audit" in stages:
+        diagnosis["audit"] = audit_diagnosis(stages["audit"], objective)
+
+    table, why = importance_data(name, url)
+    if table is not None and not table.empty:
+        draw("importance", plot_importance(table), "every stage analysed searched one parameter: nothing to compare")
+        diagnosis["importance"] = importance_sentences(table)
+        if why:  # some stages had too few trials: say so beside the figure
+            diagnosis["importance"].append(why[0].upper() + why[1:] + ".")
+    else:
+        missing["importance"] = why or "the importance analysis returned no rows"
+
+    interactive, why_not = write_interactive(stages, table, out_dir)
+    figures.update(interactive)
+    missing.update(why_not)
+
+    index = out_dir / "index.html"
+    index.write_text(index_html(name, url, stages, rate, objective, figures, missing, diagnosis), encoding="utf-8")
+    return Report(out_dir, index, figures, missing, diagnosis)

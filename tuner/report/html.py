@@ -1,0 +1,166 @@
+"""The report's index.html: a summary table per stage, then each figure with its caption and diagnosis."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from pathlib import Path
+
+from optuna.trial import TrialState
+
+from tuner.report.runs import StageRuns, trial_costs
+from tuner.report.words import fmt_value, lr_time_caption
+from tuner.storage import redact
+
+CAPTIONS = {
+    "lr_sensitivity": "Each dot is one trial of stage lr: its validation error after the last epoch against its "
+    "learning rate. Too small a rate has not learned yet (left), too large a rate oscillates or diverges (right); "
+    "the bottom of the “U” is where to train. Red crosses on top: runs whose loss blew up. Green: the rate handed "
+    "on to stage shape.",
+    "lr_curves": "Every trial of stage lr, per epoch, coloured by its learning rate (log colour scale). Flat dark lines "
+    "crawl; bright lines that jump or end in a red cross oscillate or explode. Black outline: the chosen rate.",
+    "shape": "Each dot is one trial of stage shape, all at the calibrated learning rate, coloured by decay schedule; "
+    "the star is the best. The dotted line is the best of stage lr on the small network, for comparison. 'constant' "
+    "ignores decay: in the decay panel its trials stand in a column of their own.",
+    "importance": "How much of the variation of the final error each hyperparameter explains on its own, and (hatched) "
+    "pairs of them together beyond their separate effects. Error bars: ± one standard deviation. A stage that "
+    "searched one parameter (stage lr: it explains everything) has no panel.",
+}
+WIDE_FIGURES = ("lr_curves", "lr_time", "shape")  # words below them, not beside
+INTERACTIVE_TITLES = {
+    "history": "optimization history of stage {stage} (best so far by trial)",
+    "contour_shape": "contour of the final error over two shape parameters",
+}
+
+
+def _state_counts(stage: StageRuns) -> str:
+    counts = {s: sum(t.state == s for t in stage.trials) for s in TrialState}
+    n_div = sum(r.diverged for r in stage.runs)
+    parts = [f"{counts[TrialState.COMPLETE]} complete"]
+    parts.append(f"{counts[TrialState.PRUNED]} pruned" + (f" ({n_div} diverged)" if n_div else ""))
+    for state in (TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING):
+        if counts[state]:
+            parts.append(f"{counts[state]} {state.name.lower()}")
+    budget = stage.study.user_attrs.get("budget")
+    return ", ".join(parts) + (f" (budget {budget})" if budget is not None else "")
+
+
+def _wall_seconds(stage: StageRuns) -> float:
+    starts = [t.datetime_start for t in stage.trials if t.datetime_start]
+    ends = [t.datetime_complete for t in stage.trials if t.datetime_complete]
+    return (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min {secs:02d} s"
+
+
+def _summary_rows(stages: dict[str, StageRuns], chosen_lr: float | None) -> list[list[str]]:
+    rows = []
+    for stage in stages.values():
+        best = stage.best
+        if best is None:
+            setting, value = "–", "–"
+        elif stage.name == "lr":
+            setting, value = f"lr {chosen_lr:.3g}" if chosen_lr else f"lr {best.params['lr']:.3g}", f"{best.value:.4g}"
+        else:
+            fixed = stage.study.user_attrs.get("lr")
+            params = ({"lr": fixed} if fixed is not None else {}) | best.params
+            setting = ", ".join(f"{k} {fmt_value(v)}" for k, v in params.items())
+            value = f"{best.value:.4g}"
+        train = sum(r.seconds or 0.0 for r in stage.runs)
+        rows.append([stage.study.study_name, setting, value, _state_counts(stage),
+                     _duration(_wall_seconds(stage)), _duration(train)])
+    return rows
+
+
+def index_html(
+    name: str,
+    url: str,
+    stages: dict[str, StageRuns],
+    chosen_lr: float | None,
+    objective: str,
+    figures: dict[str, Path],
+    missing: dict[str, str],
+    diagnosis: dict[str, list[str]],
+) -> str:
+    e = html.escape
+    settings = next(iter(stages.values())).study.user_attrs.get("settings") or {}
+    data, model, train = settings.get("data", {}), settings.get("model", {}), settings.get("train", {})
+    about = []
+    if data:
+        about.append(f"data <b>{e(str(data.get('name')))}</b>")
+    if model:
+        about.append(f"model <b>{e(str(model.get('family')))}</b> (stage lr: width {model.get('width')}, depth {model.get('depth')})")
+    if train:
+        about.append(f"optimizer <b>{e(str(train.get('optimizer')))}</b>, batch {train.get('batch_size')}, "
+                     f"{train.get('epochs')} epochs; objective <b>{e(objective)}</b>, lower is better")
+    parts = [f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>tuner report: {e(name)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ border: 1px solid #ccc; padding: .35em .6em; text-align: left; vertical-align: top; }}
+th {{ background: #f3f3f3; }}
+.fig {{ display: flex; gap: 1.5em; align-items: flex-start; margin: 1.5em 0; flex-wrap: wrap; }}
+.fig img {{ max-width: 760px; width: 100%; border: 1px solid #eee; }}
+.fig .words {{ flex: 1; min-width: 260px; }}
+.fig.wide {{ flex-direction: column; }}
+.fig.wide img {{ max-width: 100%; width: auto; }}
+.caption {{ color: #555; font-size: .92em; }}
+.missing {{ color: #8a5a00; background: #fff8e5; padding: .6em; border-left: 4px solid #e0a800; }}
+code {{ background: #f3f3f3; padding: 0 .25em; }}
+</style></head><body>
+<h1>Study <code>{e(name)}</code></h1>
+<p>Storage <code>{e(redact(url))}</code>; report made {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}.<br>
+{'; '.join(about)}.</p>
+<h2>Summary</h2>
+<table><tr><th>stage</th><th>best configuration</th><th>best {e(objective)}</th><th>trials</th>
+<th>time spent (first start to last end)</th><th>training time (sum over trials)</th></tr>"""]
+    for row in _summary_rows(stages, chosen_lr):
+        parts.append("<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>")
+    parts.append("</table>")
+
+    def figure_block(key: str, stage: str | None) -> None:
+        if key in figures:
+            words = "".join(f"<li>{e(s)}</li>" for s in diagnosis.get(stage, [])) if stage else ""
+            side = f"<h3>Diagnosis</h3><ul>{words}</ul>" if words else ""
+            wide = " wide" if key in WIDE_FIGURES else ""
+            caption = lr_time_caption(trial_costs(stages["lr"].runs)) if key == "lr_time" else CAPTIONS[key]
+            parts.append(
+                f'<div class="fig{wide}"><a href="{e(figures[key].name)}"><img src="{e(figures[key].name)}" '
+                f'alt="{e(key)}"></a><div class="words"><p class="caption">{e(caption)}</p>{side}</div></div>'
+            )
+        elif key in missing:
+            parts.append(f'<p class="missing">{e(key)}: not drawn: {e(missing[key])}.</p>')
+
+    if "lr" in stages:
+        parts.append("<h2>Stage lr: calibrating the learning rate on a small network</h2>")
+        figure_block("lr_sensitivity", "lr")
+        figure_block("lr_curves", None)
+        figure_block("lr_time", None)
+    if "shape" in stages:
+        parts.append("<h2>Stage shape: network size and decay schedule at that rate</h2>")
+        figure_block("shape", "shape")
+    if "audit" in stages:
+        parts.append("<h2>Stage audit: everything sampled jointly at random</h2><ul>"
+                     + "".join(f"<li>{e(s)}</li>" for s in diagnosis.get("audit", [])) + "</ul>")
+    parts.append("<h2>Importances</h2>")
+    figure_block("importance", "importance")
+    parts.append("<h2>Interactive figures (Optuna)</h2><ul>")
+    for key, path in figures.items():
+        if path.suffix == ".html":
+            if key.startswith("history_"):
+                title = INTERACTIVE_TITLES["history"].format(stage=key.removeprefix("history_"))
+            else:
+                title = INTERACTIVE_TITLES.get(key, key)
+            parts.append(f'<li><a href="{e(path.name)}">{e(title)}</a></li>')
+    for key in ("interactive", "contour_shape"):
+        if key in missing:
+            parts.append(f"<li>{e(key)}: not drawn: {e(missing[key])}.</li>")
+    parts.append("</ul><p class=\"caption\">Browse every trial live with <code>tuner dashboard --storage "
+                 f"{e(redact(url))}</code>.</p></body></html>\n")
+    return "\n".join(parts)

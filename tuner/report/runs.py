@@ -1,0 +1,225 @@
+"""A stored study as plain data for the report: its stages, their finished trials, the chosen rate.
+
+Nothing here draws. Every number comes from the stage studies ``<name>/lr``, ``<name>/shape`` and
+``<name>/audit`` and their user attributes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.data import task_of
+from tuner.importance import importance_table, load_stage_studies
+from tuner.spec import DataSpec, SpecError
+from tuner.storage import open_existing_storage
+
+STAGES = ("lr", "shape", "audit")
+# The error a run must reach to count as "trained", for the epochs-to-target panel and sentence:
+# this share of the way from the untrained error down to the stage's best final error. A multiple
+# of the best (2x, earlier) says nothing when the untrained error is below it (diabetes: every
+# rate "reached" it after one epoch, even those that barely learn).
+TARGET_SHARE = 0.9
+# What a trial's `train_seconds` measures (user attribute `time_measure`): trained by itself, or
+# its share of each epoch of a batch (the epoch's wall time / copies training in that epoch).
+OWN_TIME_MEASURES = ("alone", "batch_share")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished (complete or pruned) trial, as the figures and the words need it."""
+
+    number: int
+    state: TrialState
+    params: dict[str, Any]
+    value: float | None  # final objective of a complete trial
+    curve: list[float]  # objective per epoch, NaN where it was not finite
+    train_curve: list[float]
+    seconds: float | None
+    diverged: bool
+    time_measure: str | None = None  # see OWN_TIME_MEASURES; None on studies stored before it
+    batched_with: int = 1  # trials trained together in its batch
+    epochs_done: int | None = None
+
+    @property
+    def own_seconds(self) -> float | None:
+        """Its training time, when that is its own cost (not a batch's time split evenly)."""
+        if self.seconds is None:
+            return None
+        if self.time_measure in OWN_TIME_MEASURES or (self.time_measure is None and self.batched_with <= 1):
+            return self.seconds
+        return None
+
+    @property
+    def last(self) -> float | None:
+        finite = [v for v in self.curve if math.isfinite(v)]
+        return finite[-1] if finite else None
+
+
+@dataclass(frozen=True)
+class StageRuns:
+    """One stage study, its trials, and its finished trials as runs."""
+
+    name: str
+    study: optuna.Study
+    trials: list[FrozenTrial]
+    runs: list[Run]
+
+    @property
+    def complete(self) -> list[Run]:
+        return [r for r in self.runs if r.state == TrialState.COMPLETE and r.value is not None]
+
+    @property
+    def best(self) -> Run | None:
+        return min(self.complete, key=lambda r: r.value) if self.complete else None  # type: ignore[arg-type,return-value]
+
+
+def load_stages(name: str, url: str) -> dict[str, StageRuns]:
+    """The stages of study ``name`` in the storage at ``url``, in stage order."""
+    stages = {}
+    for stage, study in load_stage_studies(name, open_existing_storage(url)).items():
+        trials = study.get_trials(deepcopy=False)
+        runs = [run_of(t) for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        stages[stage] = StageRuns(stage, study, trials, runs)
+    return stages
+
+
+def _floats(values: Sequence[float | None] | None) -> list[float]:
+    return [float("nan") if v is None else float(v) for v in (values or [])]
+
+
+def run_of(trial: FrozenTrial) -> Run:
+    """A stored trial as a run: its curve from ``learning_curve`` (else Optuna's intermediate values)."""
+    attrs = trial.user_attrs
+    curve = _floats(attrs.get("learning_curve"))
+    if not curve and trial.intermediate_values:  # trials of another tool: Optuna's own record
+        curve = [float(trial.intermediate_values[k]) for k in sorted(trial.intermediate_values)]
+    complete = trial.state == TrialState.COMPLETE and trial.value is not None and math.isfinite(trial.value)
+    seconds = attrs.get("train_seconds")
+    return Run(
+        number=trial.number,
+        state=trial.state,
+        params={**{k: v for k, v in attrs.items() if k == "lr" and "lr" not in trial.params}, **trial.params},
+        value=float(trial.value) if complete else None,
+        curve=curve,
+        train_curve=_floats(attrs.get("train_loss_curve")),
+        seconds=float(seconds) if seconds is not None else None,
+        diverged=bool(attrs.get("diverged")),
+        time_measure=attrs.get("time_measure"),
+        batched_with=int(attrs.get("batched_with") or 1),
+        epochs_done=int(attrs["epochs_done"]) if attrs.get("epochs_done") is not None else None,
+    )
+
+
+def chosen_lr(stages: dict[str, StageRuns]) -> float | None:
+    """The rate handed to the shape stage (stored once at hand-off), else the lr stage's best."""
+    for stage, attr in (("shape", "lr"), ("lr", "best_lr")):
+        if stage in stages and stages[stage].study.user_attrs.get(attr) is not None:
+            return float(stages[stage].study.user_attrs[attr])
+    best = stages["lr"].best if "lr" in stages else None
+    return float(best.params["lr"]) if best is not None else None
+
+
+def objective_label(stages: dict[str, StageRuns]) -> str:
+    """The y-axis label: what the objective is, in words a reader knows."""
+    first = next(iter(stages.values())).study.user_attrs
+    if first.get("objective", "val_error") == "val_loss":
+        return "validation loss"
+    return {
+        "classification": "validation error (1 − accuracy)",
+        "regression": "validation error (RMSE)",
+    }.get(stored_task(first.get("settings") or {}), "validation error")
+
+
+def stored_task(settings: dict[str, Any]) -> str | None:
+    """The task of a study's stored settings; None when it cannot be told (a CSV file no longer there)."""
+    stored = settings.get("data") or {}
+    try:
+        spec = DataSpec(**{f.name: stored[f.name] for f in dataclasses.fields(DataSpec) if f.name in stored})
+        return task_of(spec)
+    except (TypeError, SpecError):  # settings of another version, or a CSV read relative to another folder
+        return None
+
+
+def epochs_to_target(curve: Sequence[float], target: float) -> int | None:
+    """First epoch (1-based) whose value is at or below ``target``; None if it never gets there."""
+    for epoch, value in enumerate(curve, start=1):
+        if math.isfinite(value) and value <= target:
+            return epoch
+    return None
+
+
+@dataclass(frozen=True)
+class Target:
+    """The error that counts as "trained": ``share`` of the way from ``start`` down to ``best``."""
+
+    value: float
+    start: float  # the error after one epoch at the smallest rate tried: about the untrained error
+    start_lr: float
+    best: float  # the stage's best final error
+    share: float = TARGET_SHARE
+
+
+def error_target(runs: Sequence[Run]) -> Target | None:
+    """The target error of an lr stage; None when no rate ended below where the slowest one began.
+
+    The untrained error is not stored: the first epoch of the smallest rate that did not diverge
+    stands for it (a rate that small has hardly moved after one epoch).
+    """
+    complete = [r for r in runs if r.value is not None]
+    started = sorted((r for r in runs if not r.diverged and r.curve and math.isfinite(r.curve[0])),
+                     key=lambda r: r.params["lr"])
+    if not complete or not started:
+        return None
+    best = min(r.value for r in complete)  # type: ignore[type-var]
+    start = started[0].curve[0]
+    if not start > best:
+        return None
+    return Target(best + (1.0 - TARGET_SHARE) * (start - best), start, started[0].params["lr"], best)  # type: ignore[operator]
+
+
+@dataclass(frozen=True)
+class TrialCosts:
+    """What each trial of a stage cost, in the one measure that is its own."""
+
+    unit: str  # "seconds" or "epochs"
+    points: list[tuple[Run, float]]
+    shares: bool  # some seconds are a batched trial's share of each epoch
+    left_out: int  # trials whose stored time is a batch's time split evenly, not shown
+
+
+def trial_costs(runs: Sequence[Run]) -> TrialCosts | None:
+    """Seconds per trial where each trial's time is its own; else, for studies stored before batched
+    trials had a time of their own, the epochs each trained. An even split of a batch's time is never
+    a trial's cost: such trials are left out (and counted) when others have a time of their own.
+    """
+    timed = [(r, r.own_seconds) for r in runs if r.own_seconds is not None]
+    split = [r for r in runs if r.seconds is not None and r.own_seconds is None]
+    if timed:
+        shares = any(r.time_measure == "batch_share" for r, _ in timed)
+        return TrialCosts("seconds", timed, shares, len(split))  # type: ignore[arg-type]
+    epochs = [(r, float(r.epochs_done if r.epochs_done is not None else len(r.curve))) for r in split]
+    return TrialCosts("epochs", epochs, False, 0) if epochs else None
+
+
+def importance_data(name: str, url: str) -> tuple[pd.DataFrame | None, str]:
+    """The importance table (stage, evaluator, param, param_b, importance, std), or why there is none.
+
+    The second item names the stages skipped (too few trials) and why; empty when none were.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            table, skipped = importance_table(name, url)
+    except Exception as error:  # noqa: BLE001 -- a report without importances is still a report
+        return None, f"the importance analysis failed ({type(error).__name__}: {error})"
+    why = "; ".join(f"stage {stage} skipped: {reason}" for stage, reason in skipped)
+    return table.assign(param_b=table["param_b"].fillna("").astype(str)), why
