@@ -437,8 +437,10 @@ SIGNATURES = {
     "register_model": ["name", "factory", "sequence"],
     "run_study": ["spec", "storage", "device", "reporter"],
     "spec_from_dict": ["table", "source"],
-    "write_export": ["name", "out_dir", "storage"],
-    "write_importance": ["name", "out_dir", "storage"],
+    # Issue 15 gave these one keyword order (out=, storage=); the old positional calls still work,
+    # with a DeprecationWarning (tests/test_report.py pins both ways).
+    "write_export": ["name", "out", "storage"],
+    "write_importance": ["name", "out", "storage"],
     "write_lr_find": ["result", "out", "title"],
     "write_report": ["name", "storage", "out"],
 }

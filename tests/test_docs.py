@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 import tuner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,6 +24,10 @@ def test_readme_and_the_quickstart_spec_state_the_same_measured_time() -> None:
 def test_every_key_is_optional_and_the_name_is_the_files_stem(tmp_path: Path) -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "Every key is optional, `name` included: without it the study is named after the file" in readme
-    empty = tmp_path / "my-study.toml"
-    empty.write_text("", encoding="utf-8")
-    assert tuner.load_spec(empty).name == "my-study"
+    unnamed = tmp_path / "my-study.toml"
+    unnamed.write_text('[data]\nname = "digits"\n', encoding="utf-8")
+    assert tuner.load_spec(unnamed).name == "my-study"
+    assert "A file with no key at all is refused" in readme
+    unnamed.write_text("# only a comment\n", encoding="utf-8")
+    with pytest.raises(tuner.SpecError, match="the spec is empty"):
+        tuner.load_spec(unnamed)

@@ -473,7 +473,7 @@ def best(
         except BestError as error:
             _fail(str(error), BAD_INPUT)
     metrics = result.metrics
-    say = lambda text: Console(soft_wrap=True).print(text, highlight=False, markup=False)  # noqa: E731
+    say = _say
     say(f"trained trial {metrics['trial']} of {name}/{metrics['stage']} again (refit {refit}): "
         f"validation error {metrics['validation']['error']:.4g}, loss {metrics['validation']['loss']:.4g}"
         + (f" (stored {metrics['objective']}: {metrics['stored_value']:.4g})" if refit == "train" else " (not a fair score: trained on it)"))
