@@ -25,6 +25,7 @@ BEST_LR_ATTR = "best_lr"  # on <name>/lr, at the hand-off
 BEST_TRIAL_ATTR = "best_trial"  # on <name>/lr, at the hand-off
 HANDOFF_TRIALS_ATTR = "handoff_trials"  # on <name>/lr: finished lr trials the hand-off saw
 LR_ATTR = "lr"  # on <name>/shape: the calibrated rate its trials train at
+TASK_ATTR = "task"  # "classification" or "regression": what the data asked for, as loaded
 SPEC_PATH_ATTR = "spec_path"  # the spec file a study was made from: where its own code is imported from
 
 # User attributes of a trial.

@@ -432,6 +432,8 @@ class _StageRunner:
         study = self.open(stage)
         if study.user_attrs.get(results.BUDGET_ATTR) != stage.budget:
             study.set_user_attr(results.BUDGET_ATTR, stage.budget)
+        if results.TASK_ATTR not in study.user_attrs:  # the report's words and axes: no need to load the data again
+            study.set_user_attr(results.TASK_ATTR, self.data.task)
         consecutive_failures = 0
         announced = False
         orphans_checked = -math.inf
@@ -477,8 +479,10 @@ class _StageRunner:
                 with _interrupts_deferred():
                     _abandon(asked, reason)
                 raise
-            best = _best_value([*trials, *told])  # from the trials at hand: no query per trial
-            for frozen in told:
+            for i, frozen in enumerate(told):
+                # The best of the trials at hand up to this one (no query per trial): a batch told
+                # at once never shows a best that no trial printed so far has reached.
+                best = _best_value([*trials, *told[:i + 1]])
                 if frozen.state == TrialState.FAIL:
                     consecutive_failures += 1
                 else:

@@ -136,12 +136,14 @@ def objective_label(stages: dict[str, StageRuns]) -> str:
     return {
         "classification": "validation error (1 − accuracy)",
         "regression": "validation error (RMSE)",
-    }.get(stored_task(first.get("settings") or {}), "validation error")
+    }.get(first.get("task") or stored_task(first.get("settings") or {}), "validation error")
 
 
 def stored_task(settings: dict[str, Any]) -> str | None:
     """The task of a study's stored settings; None when it cannot be told (a CSV file no longer there)."""
     stored = settings.get("data") or {}
+    if stored.get("name") == "python":
+        return None  # a user's loader: only the study's stored task says (see objective_label)
     try:
         spec = DataSpec(**{f.name: stored[f.name] for f in dataclasses.fields(DataSpec) if f.name in stored})
         return task_of(spec)
