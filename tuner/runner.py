@@ -9,9 +9,7 @@ and happens once. Nothing lives outside the storage, so running the same command
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import signal
 import threading
 import time
@@ -29,21 +27,13 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner import results
 from tuner._records import write_trial_records
 from tuner.data import Dataset, StreamedData, load_dataset
+from tuner.errors import StudyMismatchError, Terminated, TunerError, TunerInputError
 from tuner.importance import AuditVerdict, audit_verdict
-from tuner.results import FINISHED, SURPLUS_ATTR, StageSummary, stage_study_name
 from tuner.models import check_model_fits
-from tuner.spec import StudySpec, load_spec, settings_hash
-from tuner.stages import (
-    STAGE_NAMES,
-    Stage,
-    audit_stage,
-    describe_search,
-    lr_stage,
-    make_pruner,
-    make_sampler,
-    shape_stage,
-    stage_settings,
-)
+from tuner.results import FINISHED, SURPLUS_ATTR, StageSummary, stage_study_name
+from tuner.spec import StudySpec, load_spec
+from tuner.stage_studies import check_stored_settings, open_stage_study
+from tuner.stages import STAGE_NAMES, Stage, audit_stage, lr_stage, make_pruner, make_sampler, shape_stage
 from tuner.storage import (
     DEFAULT_STORAGE,
     StorageError,
@@ -53,32 +43,26 @@ from tuner.storage import (
     redact,
     worker_attrs,
 )
-from tuner.train import EpochTrainer, SingleTrainer, TrialPlan, parameter_count, resolve_device, seeded_model
+from tuner.train import (
+    EpochTrainer,
+    SingleTrainer,
+    TrialPlan,
+    parameter_count,
+    pick_threads,
+    resolve_device,
+    seeded_model,
+)
 from tuner.trials import Asked, TrialBatch, run_trials, run_user_loop, trial_id
-from tuner.usercode import check_model, give, install, load_callable
+from tuner.usercode import check_model, install, load_callable, with_callables
 
 POLL_INTERVAL_S = 1.0  # how often a worker with nothing to do looks at the stage again
 MAX_CONSECUTIVE_FAILURES = 5  # a trial that raises every time is a bug, not bad luck: stop
 ORPHAN_CHECK_S = 10.0  # while trials keep finishing, look for dead workers' trials at most this often
-SETTINGS_WAIT_S = 10.0  # how long a worker that lost the race to create a stage waits for its settings
 
-__all__ = ["Reporter", "StageSummary", "StudyMismatchError", "StudyResult", "TunerError", "run_stage", "run_study"]
-
-
-class TunerError(RuntimeError):
-    """A study that cannot go on; the message says why and what to do."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C would be (the CLI's handler), so that a stopped job ends its trial as Ctrl-C does."""
-
-
-class TunerInputError(ValueError):
-    """An option or environment variable that cannot be used (bad input: exit code 2); the message says the fix."""
-
-
-class StudyMismatchError(TunerError):
-    """The stored study was made from different search settings than the spec has now, or by another tool."""
+__all__ = [
+    "Reporter", "StageSummary", "StudyMismatchError", "StudyResult", "Terminated", "TunerError", "TunerInputError",
+    "check_stored_settings", "hand_off_lr", "open_stage_study", "pick_threads", "run_stage", "run_study", "with_callables",
+]
 
 
 @dataclass(frozen=True)
@@ -175,20 +159,6 @@ def run_study(
     return StudyResult(spec.name, redact(storage_url or DEFAULT_STORAGE), best_lr, summaries, verdict)
 
 
-def with_callables(spec: StudySpec, **functions: Callable[..., Any] | None) -> StudySpec:
-    """``spec`` naming the given callables (model, loader, loop, loss, metric) by their references."""
-    given = {name: function for name, function in functions.items() if function is not None}
-    if not given:
-        return spec
-    model_spec, data_spec, train_spec = spec.model, spec.data, spec.train
-    if "model" in given:
-        model_spec = dataclasses.replace(model_spec, family=give(given["model"]))
-    if "loader" in given:
-        data_spec = dataclasses.replace(data_spec, name="python", loader=give(given["loader"]))
-    train_spec = dataclasses.replace(train_spec, **{k: give(given[k]) for k in ("loop", "loss", "metric") if k in given})
-    return dataclasses.replace(spec, model=model_spec, data=data_spec, train=train_spec)
-
-
 def run_stage(
     spec: StudySpec,
     stage: str,
@@ -225,166 +195,14 @@ def run_stage(
     raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGE_NAMES)}")
 
 
-THREADS_ENV = "TUNER_THREADS"
-
-
-def pick_threads(threads: int | None, device: torch.device) -> int | None:
-    """torch's intra-op threads for a study on ``device``: ``threads``, else $TUNER_THREADS, else 1 on the CPU.
-
-    One per process by default: tuner's trials are small models, whose matrix products are too
-    small to share among threads; a second thread only adds hand-offs, and on a machine busy with
-    other work (or other workers) its spinning costs several times the training itself
-    (BENCHMARKS.md; scripts/bench_threads.py). Run more workers to use more cores. None: leave
-    torch's setting (on a GPU, threads do not train).
-    """
-    if threads is None:
-        text = os.environ.get(THREADS_ENV, "").strip()
-        if text:
-            if not text.isdigit() or int(text) < 1:
-                raise TunerInputError(f"environment variable {THREADS_ENV}={text!r}: must be a whole number >= 1, e.g. 1")
-            threads = int(text)
-    if threads is not None and threads < 1:
-        raise TunerInputError(f"threads = {threads}: must be at least 1")
-    if threads is None:
-        return 1 if device.type == "cpu" else None
-    return threads
-
-
 def quiet_optuna() -> None:
     """Optuna's INFO line per trial drowns our progress; its warnings stay."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def check_stored_settings(spec: StudySpec, storage: optuna.storages.BaseStorage) -> None:
-    """Refuse a spec whose stored stages were made with other settings, or by another tool.
-
-    Also refuses a raised ``stages.lr.trials`` once the learning rate was handed on: the new lr
-    trials would run, but stage ``shape`` would stay at the rate the old ones calibrated.
-    """
-    existing = set(optuna.get_all_study_names(storage))
-    for stage in STAGE_NAMES:
-        name = stage_study_name(spec.name, stage)
-        if name in existing:
-            _check_settings(optuna.load_study(study_name=name, storage=storage), spec, stage)
-    shape_name = stage_study_name(spec.name, "shape")
-    if shape_name in existing:
-        handed_off = optuna.load_study(study_name=shape_name, storage=storage).user_attrs.get(results.LR_ATTR)
-        lr_attrs = optuna.load_study(study_name=stage_study_name(spec.name, "lr"), storage=storage).user_attrs
-        calibrated_on = lr_attrs.get(results.HANDOFF_TRIALS_ATTR, lr_attrs.get(results.BUDGET_ATTR))
-        if handed_off is not None and calibrated_on is not None and spec.stages.lr.trials > int(calibrated_on):
-            raise StudyMismatchError(
-                f"stage 'lr' of '{spec.name}' handed lr = {float(handed_off):.3g} on to stage 'shape' after "
-                f"{calibrated_on} trials; with stages.lr.trials = {spec.stages.lr.trials}, the new lr trials would "
-                f"run but 'shape' would stay at the old rate. Put stages.lr.trials back to {calibrated_on} (or "
-                f"lower) to resume, or run under a new name (--name NEW) to calibrate again"
-            )
-
-
-def _made_elsewhere(study: optuna.Study) -> bool:
-    """A study without tuner's settings that holds something: trials, another direction, attributes."""
-    if results.SETTINGS_ATTR in study.user_attrs:
-        return False
-    ours = {"lr_find", results.BUDGET_ATTR}  # what an interrupted start of ours may have left
-    return bool(study.get_trials(deepcopy=False)) or _directions(study) != "minimize" or not set(study.user_attrs) <= ours
-
-
-def _check_settings(study: optuna.Study, spec: StudySpec, stage: str) -> None:
-    stored = study.user_attrs.get(results.SETTINGS_ATTR)
-    name = study.study_name
-    if stored is None and not _made_elsewhere(study):
-        return  # an empty study an interrupted start of ours left: it is adopted when opened
-    if stored is None:
-        raise StudyMismatchError(
-            f"study '{name}' exists and was not made by tuner; nothing was written to it. Give the study "
-            f"a new name (name = \"...\" in the spec, or --name NEW), or use another storage"
-        )
-    wanted = _normalise(stage_settings(spec, stage))
-    if "identity" not in stored:
-        wanted.pop("identity", None)  # stored before tuner kept the identity of code and CSV files
-    code = _code_changes(stored.get("identity") or {}, wanted.get("identity") or {}, spec)
-    if code:
-        raise StudyMismatchError(
-            f"study '{name}' was made with other code or data: {'; '.join(code)}. Its trials would be mixed "
-            f"with different ones: give the study a new name (name = \"...\" in the spec, or --name NEW), or "
-            f"put the old version back to resume it."
-        )
-    if _normalise(stored) != wanted:
-        changes = "; ".join(_differences(stored, wanted)) or "settings differ"
-        raise StudyMismatchError(
-            f"study '{name}' was made with other search settings ({changes}). Its trials would be "
-            f"mixed with different ones: give the study a new name (name = \"...\" in the spec, or "
-            f"--name NEW), or put the old settings back to resume it."
-        )
-
-
-def _code_changes(stored: dict[str, Any], wanted: dict[str, Any], spec: StudySpec) -> list[str]:
-    """What changed of the user's own code and data files, in words (empty: nothing)."""
-    changes = []
-    for name in sorted(set(stored) | set(wanted)):
-        old, new = stored.get(name), wanted.get(name)
-        if old == new:
-            continue
-        if name == "data.path":
-            changes.append(f"the content of data.path ({spec.data.path}) changed since its trials ran")
-        elif old is None or new is None:
-            changes.append(f"{name} {'now names' if old is None else 'no longer names'} your own code")
-        elif (old.get("module"), old.get("function")) != (new.get("module"), new.get("function")):
-            changes.append(f"{name}: {old.get('module')}:{old.get('function')} -> {new.get('module')}:{new.get('function')}")
-        else:
-            changes.append(f"{name} ({new['module']}:{new['function']}): its module {new['module']} changed since its trials ran")
-    return changes
-
-
-def _normalise(settings: Any) -> Any:
-    return json.loads(json.dumps(settings, sort_keys=True))
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        found: list[str] = []
-        for key in sorted(set(old) | set(new)):
-            found += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
-        return found
-    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
-
-
 def stage_summary(study: optuna.Study, stage: Stage) -> StageSummary:
     return results.stage_summary(study, stage.name, stage.budget, stage.fixed)
-
-
-def open_stage_study(spec: StudySpec, stage: Stage, storage: optuna.storages.BaseStorage) -> optuna.Study:
-    """The stage's study, created with the spec's settings if new; refused if made otherwise.
-
-    Of several workers that start a new study at once, exactly one creates it and writes its
-    settings; the others wait for those and compare, so that two different specs under one name
-    never mix their trials, whatever the timing.
-    """
-    name = stage.study_name(spec.name)
-    try:
-        study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
-    except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=name, storage=storage)
-        waited = time.monotonic()
-        while results.SETTINGS_ATTR not in study.user_attrs and not study.get_trials(deepcopy=False):
-            if time.monotonic() - waited > SETTINGS_WAIT_S:
-                break  # its creator died before writing them: take it over below
-            time.sleep(0.05)
-        if results.SETTINGS_ATTR in study.user_attrs or _made_elsewhere(study):
-            _check_settings(study, spec, stage.name)
-            return study
-    settings = stage_settings(spec, stage.name)
-    study.set_user_attr(results.SETTINGS_ATTR, settings)
-    study.set_user_attr(results.SETTINGS_HASH_ATTR, settings_hash(settings))
-    study.set_user_attr(results.SEARCH_ATTR, describe_search(stage))
-    study.set_user_attr(results.OBJECTIVE_ATTR, spec.train.objective)
-    if spec.source:
-        study.set_user_attr(results.SPEC_PATH_ATTR, str(Path(spec.source).resolve()))
-    return study
-
-
-def _directions(study: optuna.Study) -> str:
-    return ",".join(d.name.lower() for d in study.directions)
 
 
 def hand_off_lr(spec: StudySpec, storage: optuna.storages.BaseStorage, reporter: Reporter | None = None) -> float:

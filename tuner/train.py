@@ -15,6 +15,7 @@ trial stopped), and ``stop(i)`` ends trial ``i`` before the next epoch.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from tuner.errors import TunerInputError
 from tuner.data import Dataset, StreamedData, data_device, sample_shape
 from tuner.models import build_model
 from tuner.schedules import lr_factor
@@ -98,6 +100,31 @@ def divergence_threshold(config: TrainConfig, start_loss: float) -> float:
 def has_diverged(train_loss: float, val_loss: float, threshold: float) -> bool:
     """NaN or inf anywhere, or a training loss blown past ``threshold``."""
     return not (math.isfinite(train_loss) and math.isfinite(val_loss)) or train_loss > threshold
+
+
+THREADS_ENV = "TUNER_THREADS"
+
+
+def pick_threads(threads: int | None, device: torch.device) -> int | None:
+    """torch's intra-op threads for a study on ``device``: ``threads``, else $TUNER_THREADS, else 1 on the CPU.
+
+    One per process by default: tuner's trials are small models, whose matrix products are too
+    small to share among threads; a second thread only adds hand-offs, and on a machine busy with
+    other work (or other workers) its spinning costs several times the training itself
+    (scripts/bench_threads.py). Run more workers to use more cores. None: leave torch's setting
+    (on a GPU, threads do not train).
+    """
+    if threads is None:
+        text = os.environ.get(THREADS_ENV, "").strip()
+        if text:
+            if not text.isdigit() or int(text) < 1:
+                raise TunerInputError(f"environment variable {THREADS_ENV}={text!r}: must be a whole number >= 1, e.g. 1")
+            threads = int(text)
+    if threads is not None and threads < 1:
+        raise TunerInputError(f"threads = {threads}: must be at least 1")
+    if threads is None:
+        return 1 if device.type == "cpu" else None
+    return threads
 
 
 class DeviceError(ValueError):

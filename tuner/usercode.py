@@ -12,6 +12,7 @@ and of a CSV file's content joins the stored settings, so a changed one is a cha
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import inspect
@@ -55,6 +56,20 @@ def give(function: Callable[..., Any]) -> str:
     reference = reference_of(function)
     _GIVEN[reference] = function
     return reference
+
+
+def with_callables(spec: StudySpec, **functions: Callable[..., Any] | None) -> StudySpec:
+    """``spec`` naming the given callables (model, loader, loop, loss, metric) by their references."""
+    given = {name: function for name, function in functions.items() if function is not None}
+    if not given:
+        return spec
+    model_spec, data_spec, train_spec = spec.model, spec.data, spec.train
+    if "model" in given:
+        model_spec = dataclasses.replace(model_spec, family=give(given["model"]))
+    if "loader" in given:
+        data_spec = dataclasses.replace(data_spec, name="python", loader=give(given["loader"]))
+    train_spec = dataclasses.replace(train_spec, **{k: give(given[k]) for k in ("loop", "loss", "metric") if k in given})
+    return dataclasses.replace(spec, model=model_spec, data=data_spec, train=train_spec)
 
 
 def spec_folder(source: str) -> Path | None:

@@ -1,0 +1,152 @@
+"""A stage's Optuna study: created once with the spec's settings, refused when made otherwise.
+
+Every stage is the Optuna study ``<name>/<stage>``, and what decides its trials' results (the spec's
+settings, the identity of the user's code and data files) is stored on it when it is created. A
+spec whose settings differ, a study of that name made by another tool, or a raised learning-rate
+budget after the hand-off is refused with the reason, before anything is written; and of several
+workers starting a new study at once exactly one creates it (see :func:`open_stage_study`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from tuner import results
+from tuner.errors import StudyMismatchError
+from tuner.results import stage_study_name
+from tuner.spec import StudySpec, settings_hash
+from tuner.stages import STAGE_NAMES, Stage, describe_search, stage_settings
+
+SETTINGS_WAIT_S = 10.0  # how long a worker that lost the race to create a stage waits for its settings
+
+
+def check_stored_settings(spec: StudySpec, storage: optuna.storages.BaseStorage) -> None:
+    """Refuse a spec whose stored stages were made with other settings, or by another tool.
+
+    Also refuses a raised ``stages.lr.trials`` once the learning rate was handed on: the new lr
+    trials would run, but stage ``shape`` would stay at the rate the old ones calibrated.
+    """
+    existing = set(optuna.get_all_study_names(storage))
+    for stage in STAGE_NAMES:
+        name = stage_study_name(spec.name, stage)
+        if name in existing:
+            _check_settings(optuna.load_study(study_name=name, storage=storage), spec, stage)
+    shape_name = stage_study_name(spec.name, "shape")
+    if shape_name in existing:
+        handed_off = optuna.load_study(study_name=shape_name, storage=storage).user_attrs.get(results.LR_ATTR)
+        lr_attrs = optuna.load_study(study_name=stage_study_name(spec.name, "lr"), storage=storage).user_attrs
+        calibrated_on = lr_attrs.get(results.HANDOFF_TRIALS_ATTR, lr_attrs.get(results.BUDGET_ATTR))
+        if handed_off is not None and calibrated_on is not None and spec.stages.lr.trials > int(calibrated_on):
+            raise StudyMismatchError(
+                f"stage 'lr' of '{spec.name}' handed lr = {float(handed_off):.3g} on to stage 'shape' after "
+                f"{calibrated_on} trials; with stages.lr.trials = {spec.stages.lr.trials}, the new lr trials would "
+                f"run but 'shape' would stay at the old rate. Put stages.lr.trials back to {calibrated_on} (or "
+                f"lower) to resume, or run under a new name (--name NEW) to calibrate again"
+            )
+
+
+def _made_elsewhere(study: optuna.Study) -> bool:
+    """A study without tuner's settings that holds something: trials, another direction, attributes."""
+    if results.SETTINGS_ATTR in study.user_attrs:
+        return False
+    ours = {"lr_find", results.BUDGET_ATTR}  # what an interrupted start of ours may have left
+    return bool(study.get_trials(deepcopy=False)) or _directions(study) != "minimize" or not set(study.user_attrs) <= ours
+
+
+def _check_settings(study: optuna.Study, spec: StudySpec, stage: str) -> None:
+    stored = study.user_attrs.get(results.SETTINGS_ATTR)
+    name = study.study_name
+    if stored is None and not _made_elsewhere(study):
+        return  # an empty study an interrupted start of ours left: it is adopted when opened
+    if stored is None:
+        raise StudyMismatchError(
+            f"study '{name}' exists and was not made by tuner; nothing was written to it. Give the study "
+            f"a new name (name = \"...\" in the spec, or --name NEW), or use another storage"
+        )
+    wanted = _normalise(stage_settings(spec, stage))
+    if "identity" not in stored:
+        wanted.pop("identity", None)  # stored before tuner kept the identity of code and CSV files
+    code = _code_changes(stored.get("identity") or {}, wanted.get("identity") or {}, spec)
+    if code:
+        raise StudyMismatchError(
+            f"study '{name}' was made with other code or data: {'; '.join(code)}. Its trials would be mixed "
+            f"with different ones: give the study a new name (name = \"...\" in the spec, or --name NEW), or "
+            f"put the old version back to resume it."
+        )
+    if _normalise(stored) != wanted:
+        changes = "; ".join(_differences(stored, wanted)) or "settings differ"
+        raise StudyMismatchError(
+            f"study '{name}' was made with other search settings ({changes}). Its trials would be "
+            f"mixed with different ones: give the study a new name (name = \"...\" in the spec, or "
+            f"--name NEW), or put the old settings back to resume it."
+        )
+
+
+def _code_changes(stored: dict[str, Any], wanted: dict[str, Any], spec: StudySpec) -> list[str]:
+    """What changed of the user's own code and data files, in words (empty: nothing)."""
+    changes = []
+    for name in sorted(set(stored) | set(wanted)):
+        old, new = stored.get(name), wanted.get(name)
+        if old == new:
+            continue
+        if name == "data.path":
+            changes.append(f"the content of data.path ({spec.data.path}) changed since its trials ran")
+        elif old is None or new is None:
+            changes.append(f"{name} {'now names' if old is None else 'no longer names'} your own code")
+        elif (old.get("module"), old.get("function")) != (new.get("module"), new.get("function")):
+            changes.append(f"{name}: {old.get('module')}:{old.get('function')} -> {new.get('module')}:{new.get('function')}")
+        else:
+            changes.append(f"{name} ({new['module']}:{new['function']}): its module {new['module']} changed since its trials ran")
+    return changes
+
+
+def _normalise(settings: Any) -> Any:
+    return json.loads(json.dumps(settings, sort_keys=True))
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        found: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            found += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return found
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def open_stage_study(spec: StudySpec, stage: Stage, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """The stage's study, created with the spec's settings if new; refused if made otherwise.
+
+    Of several workers that start a new study at once, exactly one creates it and writes its
+    settings; the others wait for those and compare, so that two different specs under one name
+    never mix their trials, whatever the timing.
+    """
+    name = stage.study_name(spec.name)
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage)
+        waited = time.monotonic()
+        while results.SETTINGS_ATTR not in study.user_attrs and not study.get_trials(deepcopy=False):
+            if time.monotonic() - waited > SETTINGS_WAIT_S:
+                break  # its creator died before writing them: take it over below
+            time.sleep(0.05)
+        if results.SETTINGS_ATTR in study.user_attrs or _made_elsewhere(study):
+            _check_settings(study, spec, stage.name)
+            return study
+    settings = stage_settings(spec, stage.name)
+    study.set_user_attr(results.SETTINGS_ATTR, settings)
+    study.set_user_attr(results.SETTINGS_HASH_ATTR, settings_hash(settings))
+    study.set_user_attr(results.SEARCH_ATTR, describe_search(stage))
+    study.set_user_attr(results.OBJECTIVE_ATTR, spec.train.objective)
+    if spec.source:
+        study.set_user_attr(results.SPEC_PATH_ATTR, str(Path(spec.source).resolve()))
+    return study
+
+
+def _directions(study: optuna.Study) -> str:
+    return ",".join(d.name.lower() for d in study.directions)
