@@ -96,7 +96,8 @@ def write_best(
         BestError: no complete trial, an unknown ``refit``, or ``out`` is a file.
     """
     if refit not in REFITS:
-        raise BestError(f"refit {refit!r}: choose one of {', '.join(REFITS)}")
+        raise BestError(f"--refit {refit!r}: choose one of {', '.join(REFITS)}")
+    resolve_device(device)  # an unknown name, or cuda without a GPU: before any work
     folder = Path(out if out is not None else f"{name}-best")
     if folder.exists() and not folder.is_dir():
         raise BestError(f"--out {str(folder)!r}: is a file; give a folder (created if missing)")

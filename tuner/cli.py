@@ -195,8 +195,6 @@ def study(
     from tuner.spec import load_spec, study_name_problem
     from tuner.storage import DEFAULT_STORAGE, with_password
 
-    if device not in ("auto", "cpu", "cuda"):
-        _fail(f"--device {device!r}: choose auto, cpu or cuda", BAD_INPUT)
     _quiet_optuna()
     # Off a terminal (a log file, CI) rich would assume 80 columns and fold the summary table.
     console = _console(width=None if sys.stdout.isatty() else 120)
@@ -457,15 +455,9 @@ def best(
     storage_password_file: PasswordFileOption = None,
 ) -> None:
     """Train the best configuration of the study's last stage again (same seed); write best.toml, model.pt, metrics.json."""
-    from tuner.best import REFITS, BestError, write_best
+    from tuner.best import BestError, write_best
 
-    if refit not in REFITS:
-        _fail(f"--refit {refit!r}: choose one of {', '.join(REFITS)}", BAD_INPUT)
-    if device not in ("auto", "cpu", "cuda"):
-        _fail(f"--device {device!r}: choose auto, cpu or cuda", BAD_INPUT)
     folder = out if out is not None else Path(f"{name}-best")
-    if folder.exists() and not folder.is_dir():
-        _fail(f"--out {str(folder)!r}: is a file; give a folder (created if missing)", BAD_INPUT)
     _quiet_optuna()
     with _unexpected_errors(), _analysis_errors():
         try:

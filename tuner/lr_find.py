@@ -22,9 +22,8 @@ import optuna
 
 from tuner.data import Dataset, load_dataset
 from tuner.lr_suggest import Suggestion, smooth, stop_index, suggest
-from tuner.spec import DEVICES, StudySpec, load_spec
+from tuner.spec import StudySpec, load_spec
 from tuner.train import (
-    DeviceError,
     TrainConfig,
     loss_function,
     make_optimizer,
@@ -146,8 +145,7 @@ def check_ramp(start_lr: float, end_lr: float, steps: int = STEPS, device: str =
         LRFindInputError: the rates are not 0 < start_lr < end_lr <= MAX_LR, or steps < 5.
         tuner.train.DeviceError: ``device`` is not one of auto, cpu, cuda.
     """
-    if device not in DEVICES:
-        raise DeviceError(f"--device {device!r}: choose auto, cpu or cuda")
+    resolve_device(device)  # an unknown name, or cuda without a GPU
     rates_ok = all(math.isfinite(rate) for rate in (start_lr, end_lr)) and 0 < start_lr < end_lr <= MAX_LR
     if not rates_ok or not math.isfinite(end_lr / start_lr):
         raise LRFindInputError(

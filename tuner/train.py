@@ -132,7 +132,9 @@ class DeviceError(ValueError):
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when there is a GPU, else the CPU."""
+    """``auto`` picks CUDA when there is a GPU, else the CPU; ``cpu`` and ``cuda`` as named."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise DeviceError(f"--device {device!r}: choose auto, cpu or cuda")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
