@@ -12,7 +12,7 @@ sampling, storage writes and reads, heartbeats, bookkeeping.
   epoch and asks ``should_prune()`` (what a user would write);
 - for reference: ``optuna (SQLite)``, the same plain objective on a stock ``sqlite:///`` URL;
   ``tuner (SQLite, stock)``, tuner's runner on Optuna's own ``RDBStorage`` (WAL and heartbeats as
-  ``open_storage`` sets them, without the plain-sqlite3 path of ``tuner/_sqlite.py``); and
+  ``open_storage`` sets them, without the plain-sqlite3 path of ``tuner/storage/_sqlite.py``); and
   ``tuner (memory)``, the stage runner on Optuna's in-memory storage.
 
 The sides alternate round by round, so that a busy machine slows all alike; the figures are
@@ -117,12 +117,13 @@ def run_optuna(spec: StudySpec, data: Dataset, storage: str | None) -> tuple[flo
 
 def _stock_rdb(url: str) -> optuna.storages.RDBStorage:
     """Optuna's own RDBStorage, set up as ``open_storage`` sets up a SQLite file, minus the fast path."""
-    from tuner.storage import SQLITE_BUSY_TIMEOUT_S, heartbeat_settings
+    from tuner.storage import heartbeat_settings
+    from tuner.storage._sqlite import sqlite_engine_kwargs  # WAL, synchronous=NORMAL, busy timeout
 
     interval, grace = heartbeat_settings()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}},
+        return optuna.storages.RDBStorage(url, engine_kwargs=sqlite_engine_kwargs(url),
                                           heartbeat_interval=interval, grace_period=grace)
 
 

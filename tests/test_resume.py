@@ -243,7 +243,7 @@ def test_a_live_process_that_reuses_a_dead_workers_pid_does_not_keep_its_trial_a
 
 
 def _start_time_of(pid: int) -> str:
-    from tuner.storage import _process_start
+    from tuner.storage.liveness import _process_start
 
     started = _process_start(pid)
     assert started is not None

@@ -15,7 +15,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner._sqlite import FastSQLiteStorage
+from tuner.storage import FastSQLiteStorage
 from tuner.storage import open_storage
 
 SPACE = {
@@ -76,7 +76,7 @@ def test_the_tuner_opens_a_sqlite_file_with_the_fast_path_and_memory_without(tmp
 def test_fast_and_stock_storages_leave_the_same_trials_and_read_each_other(tmp_path: Path) -> None:
     stock_url, fast_url = f"sqlite:///{tmp_path / 'stock.db'}", f"sqlite:///{tmp_path / 'fast.db'}"
     stock = _a_study_story(optuna.storages.RDBStorage(stock_url))
-    fast = _a_study_story(open_storage(fast_url))
+    fast = _a_study_story(FastSQLiteStorage(fast_url))  # open_storage's would add each trial's owner
     assert [t.state for t in fast] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
                                       TrialState.COMPLETE, TrialState.RUNNING, TrialState.COMPLETE, TrialState.COMPLETE]
     assert fast[6].params == {"lr": 0.01, "width": 8, "schedule": "step"}  # the enqueued trial, Optuna's own path

@@ -123,9 +123,9 @@ PasswordFileOption = Annotated[
 
 def _storage_url(storage: str | None, password_file: Path | None) -> str:
     """The storage to read (default sqlite:///tuner.db), its password put in from the file or environment."""
-    from tuner.storage import DEFAULT_STORAGE, with_password
+    from tuner.storage import resolve_url, with_password
 
-    return with_password(storage or DEFAULT_STORAGE, password_file)
+    return with_password(resolve_url(storage), password_file)
 
 
 def _fail(message: str, code: int) -> NoReturn:

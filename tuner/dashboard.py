@@ -8,10 +8,11 @@ DELETE) only from a page of the dashboard itself (its ``Origin``, else ``Referer
 other page a browser shows, another local user's included, can make it delete a study. With
 ``read_only`` every such request is refused.
 
-The dashboard reads through :func:`tuner.storage.open_storage`, so a SQLite file gets the same WAL
-journal and busy timeout as the workers that write it: readers never block the writer and a write
-lock held by a worker makes the dashboard wait, not fail (the upstream failure where a dashboard
-crashed the study it watched came from plain SQLite settings; see optuna/optuna-dashboard#545).
+The dashboard reads through :func:`tuner.storage.open_existing_storage`: a SQLite file is opened
+read-only (the dashboard changes nothing in it, and a read-only file can be shown), with the same
+busy timeout as the workers that write it: readers never block the writer and a write lock held by
+a worker makes the dashboard wait, not fail (the upstream failure where a dashboard crashed the
+study it watched came from plain SQLite settings; see optuna/optuna-dashboard#545).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from tuner.storage import DEFAULT_STORAGE, open_existing_storage
+from tuner.storage import open_existing_storage, resolve_url
 
 HOST = "127.0.0.1"  # loopback only: the dashboard can edit trials and has no authentication
 LOCAL_HOST_NAMES = ("127.0.0.1", "localhost")
@@ -116,8 +117,7 @@ def make_dashboard_server(storage: str | None = None, port: int = 8080, *, read_
         raise DashboardError(
             "optuna-dashboard is not installed: pip install optuna-dashboard (or reinstall tuner, which depends on it)"
         ) from None
-    url = storage or DEFAULT_STORAGE
-    app = wsgi(open_existing_storage(url))
+    app = wsgi(open_existing_storage(resolve_url(storage)))
     try:
         server = make_server(HOST, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
     except OSError as error:

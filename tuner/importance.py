@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner._deprecation import keyword_only_since
 from tuner._fanova import fanova_importances
-from tuner.storage import DEFAULT_STORAGE, open_existing_storage, redact
+from tuner.storage import open_existing_storage, redact, resolve_url
 
 __all__ = [
     "AuditVerdict",
@@ -122,7 +122,7 @@ def _open(storage: str | BaseStorage | None) -> tuple[BaseStorage, str]:
     if isinstance(storage, BaseStorage):
         url = getattr(storage, "url", None)  # RDBStorage keeps the URL it was opened with
         return storage, redact(url) if isinstance(url, str) else type(storage).__name__
-    url = storage or DEFAULT_STORAGE
+    url = resolve_url(storage)
     return open_existing_storage(url), redact(url)
 
 

@@ -14,44 +14,145 @@ before it returns, as Optuna's do: a finished trial survives a killed process. W
 SQLite's write lock first (``BEGIN IMMEDIATE``), so trial numbers stay unique across processes.
 
 It is used only for a file whose schema is the one written for (``SCHEMA_VERSIONS``); anything else
-gets the stock ``RDBStorage`` (see :func:`tuner.storage.open_storage`).
+gets the stock ``RDBStorage`` (see :func:`open_sqlite_storage`). Both connect through :func:`connect`,
+the one place tuner's SQLite settings (WAL, ``synchronous``, busy timeout, read-only) are written.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
+import random
 import sqlite3
 import threading
-from collections.abc import Container, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import time
+import urllib.parse
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
 from typing import Any
 
 import optuna
 import sqlalchemy
 from optuna import distributions
 from optuna.storages import RDBStorage
-from optuna.storages._rdb.models import TrialIntermediateValueModel, TrialValueModel
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.storage import _optuna
+
 SCHEMA_VERSIONS = ("v3.2.0.a",)  # Optuna's RDB schema versions whose tables this module writes
+BUSY_TIMEOUT_S = 120.0  # concurrent writers wait this long for the write lock instead of failing
+# WAL: readers never block the writer. synchronous=NORMAL: a commit survives a killed process
+# (only a power cut can lose the last ones), at half the cost of FULL.
+WRITER_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL")
+CREATE_ATTEMPTS = 5  # as Optuna's RDBStorage: a lock held longer than the busy timeout is tried again
 _UTC = datetime.timezone.utc
 
 
-class FastSQLiteStorage(RDBStorage):
+def connect(database: str, *, read_only: bool = False, timeout: float = BUSY_TIMEOUT_S, uri: bool = False,
+            **driver_kwargs: Any) -> sqlite3.Connection:
+    """A ``sqlite3`` connection to ``database`` with tuner's settings: the one place they are written.
+
+    Every connection tuner opens goes through here: SQLAlchemy's (as the ``creator`` of the engine
+    tuner makes, see :func:`sqlite_engine_kwargs`; no other engine of the process is touched) and the
+    fast path's own. Read-only connections change nothing in the file (no PRAGMA that writes); a
+    WAL file in a folder that cannot be written is opened ``immutable``, since nobody can write it.
+    """
+    if not read_only:
+        connection = sqlite3.connect(database, timeout=timeout, uri=uri, **driver_kwargs)
+        for pragma in WRITER_PRAGMAS:
+            connection.execute(pragma)
+        return connection
+    if uri:
+        target = f"{database}{'&' if '?' in database else '?'}mode=ro"
+    else:
+        target = f"file:{urllib.parse.quote(os.path.abspath(database))}?mode=ro"
+    connection = sqlite3.connect(target, timeout=timeout, uri=True, **driver_kwargs)
+    try:
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError as error:
+        connection.close()
+        if "unable to open" not in str(error):
+            raise
+        # A WAL file without its -shm, in a folder we cannot write: SQLite cannot share the WAL
+        # index, and no one can write the file either (a writer needs the -wal beside it).
+        connection = sqlite3.connect(f"{target}&immutable=1", timeout=timeout, uri=True, **driver_kwargs)
+    connection.execute("PRAGMA query_only=ON")
+    return connection
+
+
+def sqlite_engine_kwargs(url: str, *, read_only: bool = False, timeout: float = BUSY_TIMEOUT_S) -> dict[str, Any]:
+    """``create_engine`` arguments whose connections come from :func:`connect` (SQLite URLs only).
+
+    The connection arguments are SQLAlchemy's own for the URL (its query string, a relative path
+    made absolute), so only the settings are tuner's.
+    """
+    parsed = sqlalchemy.engine.make_url(url)
+    args, params = parsed.get_dialect()().create_connect_args(parsed)
+    params.setdefault("timeout", timeout)
+    return {"creator": functools.partial(connect, *args, read_only=read_only, **params)}
+
+
+def foreign_content(path: str) -> str | None:
+    """Why the SQLite file at ``path`` is not Optuna's to write to; None if it is new, empty or Optuna's.
+
+    A file whose tables are all Optuna's (with Optuna's columns) is accepted even without the
+    version table: another worker may be creating the schema at this very moment.
+    """
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return None
+    try:
+        with closing(connect(path, read_only=True, timeout=BUSY_TIMEOUT_S)) as connection:
+            names = [row[0] for row in connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+            tables = {name: {row[1] for row in connection.execute("SELECT * FROM pragma_table_info(?)", (name,))}
+                      for name in names}
+    except sqlite3.DatabaseError as error:
+        if "not a database" in str(error):
+            return "it is not a SQLite database"
+        return f"cannot read it ({error})"
+    if not tables:
+        return None
+    if {"schema_version", "library_version"} <= tables.get("version_info", set()):
+        return None  # Optuna's schema, of this or another version (Optuna checks which)
+    optuna_tables = _optuna.schema_tables()
+    foreign = sorted(name for name, columns in tables.items() if not columns <= optuna_tables.get(name, set()))
+    if not foreign:
+        return None
+    shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+    return f"it holds tables that Optuna did not make ({shown})"
+
+
+class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
     """An ``RDBStorage`` on a SQLite file whose per-trial calls skip SQLAlchemy.
+
+    Args:
+        url: ``sqlite:///path``; a relative path is made absolute here, once.
+        read_only: open the file read-only: nothing is written, not even the schema.
+        new_trial_user_attrs: called for the user attributes that every new trial gets in the
+            transaction that creates it (tuner: its owner, so that a process killed right after
+            creating a trial leaves no trial without one).
 
     Example:
         >>> storage = FastSQLiteStorage("sqlite:///tuner.db")  # doctest: +SKIP
         >>> study = optuna.create_study(storage=storage)  # doctest: +SKIP
     """
 
-    def __init__(self, url: str, *args: Any, busy_timeout_s: float = 120.0, **kwargs: Any) -> None:
-        super().__init__(url, *args, **kwargs)
-        self._path = str(self.engine.url.database)
+    def __init__(self, url: str, engine_kwargs: dict[str, Any] | None = None, skip_compatibility_check: bool = False,
+                 *, busy_timeout_s: float = BUSY_TIMEOUT_S, read_only: bool = False,
+                 new_trial_user_attrs: Callable[[], Mapping[str, Any]] | None = None, **kwargs: Any) -> None:
+        database = sqlalchemy.engine.make_url(url).database or ""
+        self._path = os.path.abspath(database)  # once: a later chdir must not move the file
         self._busy_timeout_s = busy_timeout_s
+        self._read_only = read_only
+        self._new_trial_user_attrs = new_trial_user_attrs
         self._local = threading.local()
+        if engine_kwargs is None:
+            engine_kwargs = sqlite_engine_kwargs(url, read_only=read_only, timeout=busy_timeout_s)
+        if read_only:
+            kwargs["skip_table_creation"] = True
+        super().__init__(url, engine_kwargs, skip_compatibility_check, **kwargs)
 
     @staticmethod
     def applies_to(storage: RDBStorage) -> bool:
@@ -81,10 +182,7 @@ class FastSQLiteStorage(RDBStorage):
         owner, connection = getattr(self._local, "connection", (None, None))
         if connection is None or owner != os.getpid():
             # Autocommit mode: transactions are begun and committed explicitly below.
-            connection = sqlite3.connect(self._path, timeout=self._busy_timeout_s, isolation_level=None)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")  # a commit survives a killed process
-            connection.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
+            connection = connect(self._path, read_only=self._read_only, timeout=self._busy_timeout_s, isolation_level=None)
             self._local.connection = (os.getpid(), connection)
         return connection
 
@@ -130,9 +228,21 @@ class FastSQLiteStorage(RDBStorage):
 
     # ---- writes --------------------------------------------------------------------------------
 
-    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+    def create_trial_row(self, study_id: int, template_trial: FrozenTrial | None) -> FrozenTrial:
         if template_trial is not None:  # enqueued or added trials: rare, Optuna's own path
-            return super()._create_new_trial(study_id, template_trial)
+            return super().create_trial_row(study_id, template_trial)
+        user_attrs = dict(self._new_trial_user_attrs()) if self._new_trial_user_attrs is not None else {}
+        for attempt in range(1, CREATE_ATTEMPTS + 1):
+            try:
+                return self._insert_trial(study_id, user_attrs)
+            except optuna.exceptions.StorageInternalError:
+                # As RDBStorage: the write lock was held past the busy timeout; wait and try again.
+                if attempt == CREATE_ATTEMPTS:
+                    raise
+                time.sleep(random.random() * 2.0)
+        raise AssertionError("unreachable")
+
+    def _insert_trial(self, study_id: int, user_attrs: Mapping[str, Any]) -> FrozenTrial:
         started = _stored_now()
         with self._write() as connection:
             if connection.execute("SELECT 1 FROM studies WHERE study_id = ?", (study_id,)).fetchone() is None:
@@ -144,15 +254,17 @@ class FastSQLiteStorage(RDBStorage):
                 (number, study_id, TrialState.RUNNING.name, started),
             )
             trial_id = int(cursor.lastrowid)
+            for key, value in user_attrs.items():
+                _upsert_attr(connection, "trial_user_attributes", trial_id, key, value)
         return FrozenTrial(
             number=number, state=TrialState.RUNNING, value=None, values=None, datetime_start=_local_time(started),
-            datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
+            datetime_complete=None, params={}, distributions={}, user_attrs=dict(user_attrs), system_attrs={},
             intermediate_values={}, trial_id=trial_id,
         )
 
-    def _set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
-                         distribution: distributions.BaseDistribution,
-                         previous_distribution: distributions.BaseDistribution | None) -> None:
+    def set_checked_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
+                                distribution: distributions.BaseDistribution,
+                                previous_distribution: distributions.BaseDistribution | None) -> None:
         with self._write() as connection:
             _, study_id = self._updatable_trial(connection, trial_id)
             if previous_distribution is None:
@@ -173,17 +285,17 @@ class FastSQLiteStorage(RDBStorage):
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
                         distribution: distributions.BaseDistribution) -> None:
-        self._set_trial_param(trial_id, param_name, param_value_internal, distribution, None)
+        self.set_checked_trial_param(trial_id, param_name, param_value_internal, distribution, None)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         with self._write() as connection:
             current, _ = self._updatable_trial(connection, trial_id)
             for objective, value in enumerate(values or ()):
-                stored, kind = TrialValueModel.value_to_stored_repr(value)
+                stored, kind = _optuna.stored_value(value)
                 connection.execute(
                     "INSERT INTO trial_values (trial_id, objective, value, value_type) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (trial_id, objective) DO UPDATE SET value = excluded.value, value_type = excluded.value_type",
-                    (trial_id, objective, stored, kind.name),
+                    (trial_id, objective, stored, kind),
                 )
             if state == TrialState.RUNNING and current != TrialState.WAITING:
                 return False  # as Optuna: the values stay, the state does not change
@@ -197,15 +309,9 @@ class FastSQLiteStorage(RDBStorage):
         return True
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
-        stored, kind = TrialIntermediateValueModel.intermediate_value_to_stored_repr(intermediate_value)
         with self._write() as connection:
             self._updatable_trial(connection, trial_id)
-            connection.execute(
-                "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (trial_id, step) DO UPDATE SET "
-                "intermediate_value = excluded.intermediate_value, intermediate_value_type = excluded.intermediate_value_type",
-                (trial_id, step, stored, kind.name),
-            )
+            _upsert_intermediate_value(connection, trial_id, step, intermediate_value)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         self.write_trial_records([(trial_id, {key: value}, {})])
@@ -223,13 +329,7 @@ class FastSQLiteStorage(RDBStorage):
                 for key, value in user_attrs.items():
                     _upsert_attr(connection, "trial_user_attributes", trial_id, key, value)
                 for step, value in intermediate_values.items():
-                    stored, kind = TrialIntermediateValueModel.intermediate_value_to_stored_repr(float(value))
-                    connection.execute(
-                        "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type) "
-                        "VALUES (?, ?, ?, ?) ON CONFLICT (trial_id, step) DO UPDATE SET "
-                        "intermediate_value = excluded.intermediate_value, intermediate_value_type = excluded.intermediate_value_type",
-                        (trial_id, step, stored, kind.name),
-                    )
+                    _upsert_intermediate_value(connection, trial_id, step, float(value))
 
     # ---- reads ---------------------------------------------------------------------------------
 
@@ -240,7 +340,7 @@ class FastSQLiteStorage(RDBStorage):
             raise KeyError(f"No trial with trial_id {trial_id} exists.")
         return trials[0]
 
-    def _get_trials(self, study_id: int, states: Container[TrialState] | None, included_trial_ids: set[int],
+    def read_trials(self, study_id: int, states: Container[TrialState] | None, included_trial_ids: set[int],
                     trial_id_greater_than: int) -> list[FrozenTrial]:
         included = sorted(t for t in included_trial_ids if t <= trial_id_greater_than)
         where, args = "t.study_id = ?", [study_id]
@@ -265,15 +365,21 @@ class FastSQLiteStorage(RDBStorage):
             return _read_trials(connection, where, tuple(args))
 
 
-def open_rdb_storage(url: str, **kwargs: Any) -> RDBStorage:
-    """``RDBStorage(url, **kwargs)``, as a :class:`FastSQLiteStorage` where that applies."""
+def open_sqlite_storage(url: str, *, read_only: bool = False,
+                        new_trial_user_attrs: Callable[[], Mapping[str, Any]] | None = None, **kwargs: Any) -> RDBStorage:
+    """An ``RDBStorage`` on the SQLite ``url`` with tuner's settings: a :class:`FastSQLiteStorage` where that applies.
+
+    ``kwargs`` go to ``RDBStorage`` (heartbeats). ``read_only``: nothing is written to the file.
+    """
     parsed = sqlalchemy.engine.make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") and not parsed.query:
-        timeout = kwargs.get("engine_kwargs", {}).get("connect_args", {}).get("timeout", 120.0)
-        storage = FastSQLiteStorage(url, busy_timeout_s=timeout, **kwargs)
+    if read_only:
+        kwargs["skip_table_creation"] = True
+    if parsed.database not in (None, "", ":memory:") and not parsed.query:
+        storage = FastSQLiteStorage(url, read_only=read_only, new_trial_user_attrs=new_trial_user_attrs, **kwargs)
         if FastSQLiteStorage.applies_to(storage):
             return storage
-    return RDBStorage(url, **kwargs)
+        storage.engine.dispose()
+    return RDBStorage(url, sqlite_engine_kwargs(url, read_only=read_only), **kwargs)
 
 
 def _stored_now() -> str:
@@ -286,6 +392,16 @@ def _local_time(stored: str | None) -> datetime.datetime | None:
     if stored is None:
         return None
     return datetime.datetime.fromisoformat(stored).replace(tzinfo=_UTC).astimezone().replace(tzinfo=None)
+
+
+def _upsert_intermediate_value(connection: sqlite3.Connection, trial_id: int, step: int, value: float) -> None:
+    stored, kind = _optuna.stored_intermediate_value(value)
+    connection.execute(
+        "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type) "
+        "VALUES (?, ?, ?, ?) ON CONFLICT (trial_id, step) DO UPDATE SET "
+        "intermediate_value = excluded.intermediate_value, intermediate_value_type = excluded.intermediate_value_type",
+        (trial_id, step, stored, kind),
+    )
 
 
 def _upsert_attr(connection: sqlite3.Connection, table: str, trial_id: int, key: str, value: Any) -> None:
@@ -326,8 +442,7 @@ def _read_trials(connection: sqlite3.Connection, where: str, args: tuple[Any, ..
     for trial_id, objective, value, kind in related(
         "SELECT trial_id, objective, value, value_type FROM trial_values WHERE trial_id IN ({match})"
     ):
-        fields[trial_id]["values"][objective] = TrialValueModel.stored_repr_to_value(
-            value, TrialValueModel.TrialValueType[kind])
+        fields[trial_id]["values"][objective] = _optuna.value_from_stored(value, kind)
     for trial_id, name, value, text in related(
         "SELECT trial_id, param_name, param_value, distribution_json FROM trial_params "
         "WHERE trial_id IN ({match}) ORDER BY param_id"
@@ -344,8 +459,7 @@ def _read_trials(connection: sqlite3.Connection, where: str, args: tuple[Any, ..
         "SELECT trial_id, step, intermediate_value, intermediate_value_type FROM trial_intermediate_values "
         "WHERE trial_id IN ({match}) ORDER BY trial_intermediate_value_id"
     ):
-        fields[trial_id]["intermediate_values"][step] = TrialIntermediateValueModel.stored_repr_to_intermediate_value(
-            value, TrialIntermediateValueModel.TrialIntermediateValueType[kind])
+        fields[trial_id]["intermediate_values"][step] = _optuna.intermediate_value_from_stored(value, kind)
 
     trials = []
     for trial_id, number, state, started, completed in rows:

@@ -1,0 +1,214 @@
+"""Storage URLs to Optuna storages, tuned so that many processes can share one study.
+
+- SQLite (the default, ``sqlite:///tuner.db``, a relative path taken from the working directory
+  once, when opened): WAL journal so readers never block the writer, ``synchronous=NORMAL`` (a
+  finished trial survives a killed process; only a power cut can lose the last commits), and a
+  long busy timeout so concurrent writers wait instead of failing with "database is locked".
+  Those settings go on the connections tuner opens, not on other SQLAlchemy engines of the process.
+  A non-empty file that Optuna did not make is refused, never changed. Reading commands open the
+  file read-only (:func:`open_existing_storage`), so a read-only file or folder can be read.
+- Any other SQLAlchemy URL (PostgreSQL, MySQL) goes to Optuna's ``RDBStorage``.
+- ``journal:///path/to/file``: Optuna's journal file storage, for clusters without a database.
+
+Which process owns a trial and how dead ones are failed: :mod:`tuner.storage.liveness`. The only
+module of tuner that uses Optuna's private API: ``tuner/storage/_optuna.py``.
+
+The environment can change, for every worker alike:
+- ``TUNER_STORAGE_PASSWORD``: the database password, put into a URL that has none (PostgreSQL's
+  driver also reads ``PGPASSWORD`` itself), so that it never has to be on a command line;
+- ``TUNER_HEARTBEAT_INTERVAL``, ``TUNER_HEARTBEAT_GRACE``, ``TUNER_HOST``: see :mod:`tuner.storage.liveness`.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+
+from tuner.storage._bulk import write_trial_records
+from tuner.storage._sqlite import BUSY_TIMEOUT_S, FastSQLiteStorage, foreign_content, open_sqlite_storage
+from tuner.storage._url import DEFAULT_STORAGE, PASSWORD_ENV, StorageError, redact, resolve_url, with_password
+from tuner.storage.liveness import (
+    BEAT_ATTR,
+    GRACE_PERIOD_S,
+    HEARTBEAT_INTERVAL_S,
+    Heartbeat,
+    fail_orphaned_trials,
+    fail_trial,
+    heartbeat_settings,
+    worker_attrs,
+    worker_id,
+)
+
+SQLITE_BUSY_TIMEOUT_S = BUSY_TIMEOUT_S
+SCHEMA_ATTEMPTS = 6  # workers opening a brand-new database at once race to create its tables
+
+__all__ = [
+    "BEAT_ATTR",
+    "DEFAULT_STORAGE",
+    "GRACE_PERIOD_S",
+    "HEARTBEAT_INTERVAL_S",
+    "PASSWORD_ENV",
+    "SQLITE_BUSY_TIMEOUT_S",
+    "FastSQLiteStorage",
+    "Heartbeat",
+    "StorageError",
+    "fail_orphaned_trials",
+    "fail_trial",
+    "heartbeat_settings",
+    "open_existing_storage",
+    "open_storage",
+    "redact",
+    "resolve_url",
+    "with_password",
+    "worker_attrs",
+    "worker_id",
+    "write_trial_records",
+]
+
+
+def open_storage(url: str | None = None) -> BaseStorage:
+    """Open (creating if needed) the storage at ``url``; ``None`` means ``sqlite:///tuner.db``.
+
+    A relative SQLite path is taken from the working directory now (see :func:`resolve_url`).
+    Every trial created through a SQLite storage carries its owner (:func:`worker_attrs`) from
+    the moment it exists.
+
+    Example:
+        >>> storage = open_storage("sqlite:///:memory:")
+
+    Raises:
+        StorageError: a URL that cannot be opened, or a SQLite file that another program made.
+    """
+    return _open(url, read_only=False)
+
+
+def open_existing_storage(url: str | None = None) -> BaseStorage:
+    """Open a storage to read studies from: nothing in it is created or changed.
+
+    A SQLite file is opened read-only (a read-only file, or one in a read-only folder, can be
+    read); one that does not exist is an error, not a new file.
+
+    Example:
+        >>> storage = open_existing_storage("sqlite:///tuner.db")  # doctest: +SKIP
+    """
+    return _open(url, read_only=True)
+
+
+def _open(given: str | None, read_only: bool) -> BaseStorage:
+    shown = given or DEFAULT_STORAGE  # messages name the storage as the user wrote it
+    url = with_password(resolve_url(given))
+    if url.startswith("journal://"):
+        return _open_journal(url)
+    if "://" not in url:
+        raise StorageError(f"storage {url!r}: not a URL; write e.g. sqlite:///tuner.db, postgresql://user@host/db or journal:///path/file.log")
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
+        raise StorageError(f"storage {redact(url)!r}: malformed URL; write e.g. sqlite:///tuner.db or postgresql://user@host/db") from None
+    try:
+        parsed.get_dialect()
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise StorageError(
+            f"storage {redact(url)!r}: unknown database kind {parsed.drivername!r}; write e.g. sqlite:///tuner.db, "
+            f"postgresql://user@host/db, mysql+pymysql://user@host/db or journal:///path/file.log"
+        ) from None
+    interval, grace = heartbeat_settings()
+    heartbeats = {"heartbeat_interval": interval, "grace_period": grace}
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        on_disk = database not in ("", ":memory:") and not database.startswith("file:")
+        if on_disk:
+            _check_sqlite_file(Path(database), shown, read_only)
+        read_only = read_only and on_disk
+
+        def opener() -> BaseStorage:
+            # SQLite files get the per-trial calls in plain sqlite3 (see tuner/storage/_sqlite.py).
+            return open_sqlite_storage(url, read_only=read_only, new_trial_user_attrs=None if read_only else worker_attrs, **heartbeats)
+    else:
+
+        def opener() -> BaseStorage:
+            return RDBStorage(url, **heartbeats)
+
+    try:
+        for attempt in range(1, SCHEMA_ATTEMPTS + 1):
+            try:
+                with warnings.catch_warnings():  # heartbeats are "experimental" upstream; we rely on them knowingly
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return opener()
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as error:
+                # Workers opening a brand-new database at once race to create its tables and types
+                # ("duplicate key ... pg_type_typname_nsp_index"; SQLite: "table studies already
+                # exists"); the loser's transaction rolls back and on the next try it finds the
+                # winner's tables.
+                lost_race = not isinstance(error, sqlalchemy.exc.OperationalError) or "already exists" in str(error)
+                if attempt == SCHEMA_ATTEMPTS or not lost_race:
+                    raise
+                time.sleep(random.uniform(0.1, 0.5) * attempt)
+        raise AssertionError("unreachable")
+    except ImportError as error:
+        raise StorageError(f"storage {redact(url)!r}: its database driver is not installed ({error})") from None
+    except Exception as error:  # connection refused, bad credentials, unknown dialect...
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise StorageError(f"storage {redact(url)!r}: cannot open it ({redact(reason)})") from None
+
+
+def _check_sqlite_file(path: Path, url: str, read_only: bool) -> None:
+    """Refuse a path tuner cannot use: nothing is created or changed before this passes."""
+    if read_only:
+        if not path.is_file():
+            raise StorageError(
+                f"storage {url!r}: the file {str(path)!r} does not exist; run `tuner study SPEC --storage {url}` "
+                f"first, or pass the --storage the study was run with"
+            )
+    else:
+        _check_sqlite_path(path, url)
+    reason = foreign_content(str(path))
+    if reason is not None:
+        raise StorageError(
+            f"storage {url!r}: {str(path)!r} is not an Optuna database: {reason}; tuner leaves it as it is: "
+            f"choose a new file or one made by tuner or Optuna"
+        )
+
+
+def _check_sqlite_path(path: Path, url: str) -> None:
+    folder = path.parent if str(path.parent) else Path(".")
+    if folder.exists() and not folder.is_dir():
+        raise StorageError(f"storage {url!r}: {str(folder)!r} is a file, not a folder; choose a path in a folder")
+    if not folder.is_dir():
+        raise StorageError(f"storage {url!r}: folder {str(folder)!r} does not exist; create it or choose another path")
+    if path.is_dir():
+        raise StorageError(f"storage {url!r}: {str(path)!r} is a folder; name a file in it, e.g. sqlite:///{path / 'tuner.db'}")
+    if not _can_write(path, folder):
+        raise StorageError(f"storage {url!r}: {str(path)!r} is not writable; choose a path you can write to")
+
+
+def _can_write(path: Path, folder: Path) -> bool:
+    """Try it rather than ask ``os.access``: root passes every permission check, not a read-only disk."""
+    try:
+        if path.exists():
+            with path.open("r+b"):
+                pass
+        # SQLite also writes its -wal and -shm files beside the database.
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError:
+        return False
+    return True
+
+
+def _open_journal(url: str) -> JournalStorage:
+    path = Path(url.removeprefix("journal://"))
+    if not str(path) or not path.parent.is_dir():
+        raise StorageError(f"storage {url!r}: write journal:///absolute/path/file.log in an existing folder")
+    heartbeat_settings()  # checked here: the journal's heartbeats are ours (see Heartbeat)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+

@@ -1,0 +1,113 @@
+"""Storage URLs: the default, where a relative SQLite path points, passwords in and out of them."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import sqlalchemy
+
+DEFAULT_STORAGE = "sqlite:///tuner.db"
+PASSWORD_ENV = "TUNER_STORAGE_PASSWORD"
+HIDDEN = "***"
+
+# A query key or DSN keyword that holds a secret: password, sslpassword, passwd, pwd...
+_SECRET_KEY = r"[\w.-]*(?:password|passwd|pwd)"
+_SECRET_SETTING = re.compile(rf"(?i)(\b{_SECRET_KEY}\s*=\s*)('[^']*'|\"[^\"]*\"|[^\s&;,'\"]+)")
+_URL = re.compile(r"[A-Za-z][\w+.-]*://\S*")
+
+
+class StorageError(ValueError):
+    """A storage URL that cannot be opened; the message says why and what to do."""
+
+
+def resolve_url(url: str | None, relative_to: str | Path | None = None) -> str:
+    """The storage URL to open: ``None`` is :data:`DEFAULT_STORAGE`, a relative SQLite path made absolute.
+
+    A relative path is taken from ``relative_to`` when given, else from the working directory, once:
+    a later ``os.chdir`` cannot move the file a storage writes to. Other URLs are returned as given.
+
+    Example:
+        >>> resolve_url("sqlite:///runs/tuner.db", relative_to="/home/me")
+        'sqlite:////home/me/runs/tuner.db'
+    """
+    url = url or DEFAULT_STORAGE
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        return url
+    path, question, query = url.removeprefix(prefix).partition("?")
+    if not path or path == ":memory:" or path.startswith("file:") or Path(path).is_absolute():
+        return url
+    base = Path(relative_to) if relative_to is not None else Path.cwd()
+    return f"{prefix}{os.path.abspath(base / path)}{question}{query}"
+
+
+def redact(text: str) -> str:
+    """``text`` (a URL, or a message naming URLs) with every password in it replaced by ``***``.
+
+    Covers ``scheme://user:password@host`` (also with an unencoded ``@``, ``/`` or ``:`` in the
+    password), ``?password=...`` and its kin in a query string (``sslpassword``, ``passwd``, ``pwd``),
+    and ``password=...`` in a libpq connection string. Safe to print, log or store.
+
+    Example:
+        >>> redact("postgresql://tuner:s3cret@db/tuner?sslpassword=k3y")
+        'postgresql://tuner:***@db/tuner?sslpassword=***'
+    """
+    return _SECRET_SETTING.sub(lambda m: m.group(1) + HIDDEN, _URL.sub(lambda m: _redact_url(m.group(0)), text))
+
+
+def _redact_url(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    # The user info ends at the last "@" before the query, so a password may hold "@", "/" and ":"
+    # unencoded.
+    query_at = rest.find("?")
+    if query_at == -1:
+        at = rest.rfind("@")
+    else:
+        at = rest.rfind("@", 0, query_at)
+        if at == -1 and "/" not in rest[:query_at]:  # "user:pa?ss@host/db": a "?" in the password
+            at = rest.rfind("@")
+    if at == -1:
+        return url
+    user, colon, _ = rest[:at].partition(":")
+    if not colon:
+        return url  # no password: "user@host", or an "@" in a path or query
+    return f"{scheme}://{user}:{HIDDEN}{rest[at:]}"
+
+
+def with_password(url: str, password_file: str | Path | None = None) -> str:
+    """``url`` with the password from ``password_file`` (else ``$TUNER_STORAGE_PASSWORD``) put in.
+
+    A URL that has a password keeps it. Keep the result out of logs: print ``redact(url)``.
+
+    Example:
+        >>> with_password("postgresql://tuner@db/tuner", "/run/secrets/db")  # doctest: +SKIP
+    """
+    if password_file is not None:
+        path = Path(password_file)
+        try:
+            password = path.read_text().rstrip("\r\n")  # a file usually ends with a newline; the password does not
+        except OSError as error:
+            raise StorageError(f"storage password file {str(path)!r}: cannot read it ({error.strerror}); give a readable file") from None
+        if not password:
+            raise StorageError(f"storage password file {str(path)!r}: it is empty; write the password into it")
+    else:
+        password = os.environ.get(PASSWORD_ENV, "")
+        if not password:
+            return url
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        if password_file is None:
+            return url  # not a database URL (journal://...); open_storage says what is wrong, if anything
+        raise StorageError(f"storage {redact(url)!r}: a password file was given, but this storage takes no password") from None
+    if parsed.get_backend_name() == "sqlite":
+        if password_file is None:
+            return url
+        raise StorageError(f"storage {redact(url)!r}: a password file was given, but SQLite takes no password")
+    if parsed.password is not None:
+        if password_file is None:
+            return url
+        raise StorageError(f"storage {redact(url)!r}: the URL has a password and a password file was given; give it once, in the file")
+    return parsed.set(password=password).render_as_string(hide_password=False)
