@@ -22,7 +22,6 @@ The environment can change, for every worker alike:
 from __future__ import annotations
 
 import random
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -33,7 +32,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
 from tuner.storage._bulk import write_trial_records
-from tuner.storage._sqlite import BUSY_TIMEOUT_S, FastSQLiteStorage, foreign_content, open_sqlite_storage
+from tuner.storage._sqlite import BUSY_TIMEOUT_S, FastSQLiteStorage, can_write, foreign_content, open_sqlite_storage
 from tuner.storage._url import DEFAULT_STORAGE, PASSWORD_ENV, StorageError, redact, resolve_url, with_password
 from tuner.storage.liveness import (
     BEAT_ATTR,
@@ -120,6 +119,11 @@ def _open(given: str | None, read_only: bool) -> BaseStorage:
             f"storage {redact(url)!r}: unknown database kind {parsed.drivername!r}; write e.g. sqlite:///tuner.db, "
             f"postgresql://user@host/db, mysql+pymysql://user@host/db or journal:///path/file.log"
         ) from None
+    if parsed.host and "@" in parsed.host:  # SQLAlchemy split the password at its first "@"
+        raise StorageError(
+            f"storage {redact(url)!r}: the password holds an '@': write it as %40, or give the password by "
+            f"--storage-password-file or ${PASSWORD_ENV}"
+        )
     interval, grace = heartbeat_settings()
     heartbeats = {"heartbeat_interval": interval, "grace_period": grace}
     if parsed.get_backend_name() == "sqlite":
@@ -186,22 +190,8 @@ def _check_sqlite_path(path: Path, url: str) -> None:
         raise StorageError(f"storage {url!r}: folder {str(folder)!r} does not exist; create it or choose another path")
     if path.is_dir():
         raise StorageError(f"storage {url!r}: {str(path)!r} is a folder; name a file in it, e.g. sqlite:///{path / 'tuner.db'}")
-    if not _can_write(path, folder):
+    if not can_write(str(path)):
         raise StorageError(f"storage {url!r}: {str(path)!r} is not writable; choose a path you can write to")
-
-
-def _can_write(path: Path, folder: Path) -> bool:
-    """Try it rather than ask ``os.access``: root passes every permission check, not a read-only disk."""
-    try:
-        if path.exists():
-            with path.open("r+b"):
-                pass
-        # SQLite also writes its -wal and -shm files beside the database.
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError:
-        return False
-    return True
 
 
 def _open_journal(url: str) -> JournalStorage:

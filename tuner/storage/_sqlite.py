@@ -26,6 +26,7 @@ import json
 import os
 import random
 import sqlite3
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -56,12 +57,14 @@ def connect(database: str, *, read_only: bool = False, timeout: float = BUSY_TIM
 
     Every connection tuner opens goes through here: SQLAlchemy's (as the ``creator`` of the engine
     tuner makes, see :func:`sqlite_engine_kwargs`; no other engine of the process is touched) and the
-    fast path's own. Read-only connections change nothing in the file (no PRAGMA that writes); a
-    WAL file in a folder that cannot be written is opened ``immutable``, since nobody can write it.
+    fast path's own. A ``read_only`` connection refuses every statement that writes (``query_only``)
+    and sets nothing; a file that cannot be written is opened read-only (``mode=ro``), and a WAL file
+    in a folder that cannot be written ``immutable``, since nobody can write it. A writable file is
+    opened as usual, so that SQLite removes its -wal and -shm files when the last reader closes.
     """
-    if not read_only:
+    if not read_only or (not uri and can_write(database)):
         connection = sqlite3.connect(database, timeout=timeout, uri=uri, **driver_kwargs)
-        for pragma in WRITER_PRAGMAS:
+        for pragma in ("PRAGMA query_only=ON",) if read_only else WRITER_PRAGMAS:
             connection.execute(pragma)
         return connection
     if uri:
@@ -80,6 +83,23 @@ def connect(database: str, *, read_only: bool = False, timeout: float = BUSY_TIM
         connection = sqlite3.connect(f"{target}&immutable=1", timeout=timeout, uri=True, **driver_kwargs)
     connection.execute("PRAGMA query_only=ON")
     return connection
+
+
+def can_write(database: str) -> bool:
+    """Whether the SQLite file (if it exists) and its folder (for the -wal and -shm files) can be written.
+
+    Tried rather than asked of ``os.access``: root passes every permission check, not a read-only disk.
+    """
+    path = os.path.abspath(database)
+    try:
+        if os.path.exists(path):
+            with open(path, "r+b"):
+                pass
+        with tempfile.TemporaryFile(dir=os.path.dirname(path)):
+            pass
+    except OSError:
+        return False
+    return True
 
 
 def sqlite_engine_kwargs(url: str, *, read_only: bool = False, timeout: float = BUSY_TIMEOUT_S) -> dict[str, Any]:
