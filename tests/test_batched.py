@@ -155,11 +155,12 @@ def test_batching_is_skipped_where_the_model_family_cannot_batch(tmp_path: Path)
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # plain ask/tell on a heartbeat storage
-@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+@pytest.mark.parametrize("kind", ["sqlite", "stock-rdb", "memory"])
 def test_a_batchs_records_written_at_once_read_back_as_one_by_one_writes_would(kind: str, storage_url: str) -> None:
     from tuner.storage import worker_attrs, write_trial_records
 
-    storage = tuner.open_storage(storage_url) if kind == "sqlite" else optuna.storages.InMemoryStorage()
+    storage = {"sqlite": lambda: tuner.open_storage(storage_url), "stock-rdb": lambda: optuna.storages.RDBStorage(storage_url),
+               "memory": optuna.storages.InMemoryStorage}[kind]()
     study = optuna.create_study(study_name="records", storage=storage)
     trials = [study.ask() for _ in range(3)]
     trials[0].set_user_attr("device", "old")  # written before: overwritten, not duplicated

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 from pathlib import Path
 
@@ -138,3 +139,31 @@ def test_trial_numbers_stay_unique_when_processes_ask_at_once(tmp_path: Path) ->
     assert [w.wait(timeout=300) for w in workers] == [0, 0, 0]
     numbers = [t.number for t in optuna.load_study(study_name="race", storage=f"sqlite:///{db}").get_trials()]
     assert sorted(numbers) == list(range(75))
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_the_private_optuna_pieces_tuner_relies_on_still_give_what_it_expects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuner.storage import _optuna
+
+    monkeypatch.setenv("TUNER_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("TUNER_HEARTBEAT_GRACE", "2")
+    storage = open_storage(f"sqlite:///{tmp_path / 'pinned.db'}")
+    study = optuna.create_study(study_name="pinned", storage=storage)
+    finished, running = study.ask(), study.ask()
+    study.tell(finished, 1.0)
+    assert _optuna.backend_of(_optuna.storage_of(study)) is storage  # under Optuna's cache
+    assert _optuna.study_id(study) == storage.get_study_id_from_name("pinned")
+    ids = [_optuna.trial_id(trial) for trial in (finished, running)]
+    assert ids == [storage.get_trial_id_from_study_id_trial_number(_optuna.study_id(study), n) for n in (0, 1)]
+    assert [t.number for t in _optuna.cached_trials(study, (TrialState.COMPLETE,))] == [0]
+    assert [t.number for t in _optuna.cached_trials(study)] == [0, 1]
+    assert _optuna.heartbeat_enabled(storage) and not _optuna.heartbeat_enabled(optuna.storages.InMemoryStorage())
+    storage.record_heartbeat(ids[1])
+    assert _optuna.stale_trial_ids(storage, _optuna.study_id(study)) == []
+    time.sleep(2.5)  # past the grace period
+    assert _optuna.stale_trial_ids(storage, _optuna.study_id(study)) == [ids[1]]
+    assert _optuna.value_from_stored(*_optuna.stored_value(float("-inf"))) == float("-inf")
+    assert math.isnan(_optuna.intermediate_value_from_stored(*_optuna.stored_intermediate_value(float("nan"))))
+    assert {"studies", "trials", "version_info", "alembic_version"} <= set(_optuna.schema_tables())
