@@ -118,7 +118,7 @@ def run_optuna(spec: StudySpec, data: Dataset, storage: str | None) -> tuple[flo
 def _stock_rdb(url: str) -> optuna.storages.RDBStorage:
     """Optuna's own RDBStorage, set up as ``open_storage`` sets up a SQLite file, minus the fast path."""
     from tuner.storage import heartbeat_settings
-    from tuner.storage._sqlite import sqlite_engine_kwargs  # WAL, synchronous=NORMAL, busy timeout
+    from tuner.storage._sqlite_files import sqlite_engine_kwargs  # WAL, synchronous=NORMAL, busy timeout
 
     interval, grace = heartbeat_settings()
     with warnings.catch_warnings():

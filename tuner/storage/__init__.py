@@ -11,7 +11,9 @@
 - ``journal:///path/to/file``: Optuna's journal file storage, for clusters without a database.
 
 Which process owns a trial and how dead ones are failed: :mod:`tuner.storage.liveness`. The only
-module of tuner that uses Optuna's private API: ``tuner/storage/_optuna.py``.
+module of tuner that uses Optuna's private API: ``tuner/storage/_optuna.py``. SQLite: connection
+settings and file checks in ``_sqlite_files.py``, the fast per-trial path in ``_sqlite.py``, one
+transaction for a batch's records in ``_bulk.py``; URLs and passwords in ``_url.py``.
 
 The environment can change, for every worker alike:
 - ``TUNER_STORAGE_PASSWORD``: the database password, put into a URL that has none (PostgreSQL's
@@ -32,7 +34,8 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
 from tuner.storage._bulk import write_trial_records
-from tuner.storage._sqlite import BUSY_TIMEOUT_S, FastSQLiteStorage, can_write, foreign_content, open_sqlite_storage
+from tuner.storage._sqlite import FastSQLiteStorage, open_sqlite_storage
+from tuner.storage._sqlite_files import BUSY_TIMEOUT_S, can_write, foreign_content
 from tuner.storage._url import DEFAULT_STORAGE, PASSWORD_ENV, StorageError, redact, resolve_url, with_password
 from tuner.storage.liveness import (
     BEAT_ATTR,
