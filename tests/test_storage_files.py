@@ -197,7 +197,7 @@ def test_reading_commands_read_a_study_in_a_read_only_folder(study_copy: Path, t
             import json, wsgiref.util
             from tuner.dashboard import make_dashboard_server
             server = make_dashboard_server({url!r}, port=0)
-            environ = {{"PATH_INFO": "/api/studies"}}
+            environ = {{"PATH_INFO": "/api/studies", "HTTP_HOST": f"127.0.0.1:{{server.server_port}}"}}
             wsgiref.util.setup_testing_defaults(environ)
             body = b"".join(server.get_app()(environ, lambda status, headers, exc_info=None: None))
             print(sorted(s["study_name"] for s in json.loads(body)["study_summaries"]))
@@ -227,6 +227,16 @@ def test_reading_a_writable_file_changes_nothing_in_it(study_copy: Path, tmp_pat
     with pytest.raises(optuna.exceptions.StorageInternalError, match="readonly"):  # through the fast path
         storage.set_trial_system_attr(trial_id(a_trial), "note", 1)
     assert hashlib.sha256(study_copy.read_bytes()).hexdigest() == before[0]
+
+
+def test_the_dashboard_may_edit_a_writable_file_unless_read_only(study_copy: Path) -> None:
+    url = f"sqlite:///{study_copy}"
+    editable = open_existing_storage(url, writable=True)  # what `tuner dashboard` opens without --read-only
+    editable.set_study_user_attr(editable.get_study_id_from_name("audited/lr"), "note", "edited in the dashboard")
+    assert optuna.load_study(study_name="audited/lr", storage=url).user_attrs["note"] == "edited in the dashboard"
+    with pytest.raises(StorageError, match="does not exist"):
+        open_existing_storage(f"sqlite:///{study_copy.parent / 'missing.db'}", writable=True)
+    assert not (study_copy.parent / "missing.db").exists()
 
 
 # ---- item 9: no password in anything printed -----------------------------------------------------

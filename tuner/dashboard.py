@@ -9,8 +9,8 @@ other page a browser shows, another local user's included, can make it delete a 
 ``read_only`` every such request is refused.
 
 The dashboard reads through :func:`tuner.storage.open_existing_storage`: a SQLite file is opened
-read-only (the dashboard changes nothing in it, and a read-only file can be shown), with the same
-busy timeout as the workers that write it: readers never block the writer and a write lock held by
+read-only with ``read_only`` or where it cannot be written (so a read-only file can be shown),
+with the same busy timeout as the workers that write it: readers never block the writer and a write lock held by
 a worker makes the dashboard wait, not fail (the upstream failure where a dashboard crashed the
 study it watched came from plain SQLite settings; see optuna/optuna-dashboard#545).
 """
@@ -117,7 +117,7 @@ def make_dashboard_server(storage: str | None = None, port: int = 8080, *, read_
         raise DashboardError(
             "optuna-dashboard is not installed: pip install optuna-dashboard (or reinstall tuner, which depends on it)"
         ) from None
-    app = wsgi(open_existing_storage(resolve_url(storage)))
+    app = wsgi(open_existing_storage(resolve_url(storage), writable=not read_only))
     try:
         server = make_server(HOST, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
     except OSError as error:

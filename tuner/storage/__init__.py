@@ -89,22 +89,23 @@ def open_storage(url: str | None = None) -> BaseStorage:
     Raises:
         StorageError: a URL that cannot be opened, or a SQLite file that another program made.
     """
-    return _open(url, read_only=False)
+    return _open(url, must_exist=False, read_only=False)
 
 
-def open_existing_storage(url: str | None = None) -> BaseStorage:
-    """Open a storage to read studies from: nothing in it is created or changed.
+def open_existing_storage(url: str | None = None, *, writable: bool = False) -> BaseStorage:
+    """Open a storage to read studies from: nothing in it is created, and unless ``writable``, changed.
 
-    A SQLite file is opened read-only (a read-only file, or one in a read-only folder, can be
-    read); one that does not exist is an error, not a new file.
+    A SQLite file that does not exist is an error, not a new file. It is opened read-only, so a
+    read-only file, or one in a read-only folder, can be read; with ``writable`` (the dashboard,
+    whose user may edit trials) it is opened for writing where it can be written.
 
     Example:
         >>> storage = open_existing_storage("sqlite:///tuner.db")  # doctest: +SKIP
     """
-    return _open(url, read_only=True)
+    return _open(url, must_exist=True, read_only=not writable)
 
 
-def _open(given: str | None, read_only: bool) -> BaseStorage:
+def _open(given: str | None, *, must_exist: bool, read_only: bool) -> BaseStorage:
     shown = given or DEFAULT_STORAGE  # messages name the storage as the user wrote it
     url = with_password(resolve_url(given))
     if url.startswith("journal://"):
@@ -133,7 +134,8 @@ def _open(given: str | None, read_only: bool) -> BaseStorage:
         database = parsed.database or ""
         on_disk = database not in ("", ":memory:") and not database.startswith("file:")
         if on_disk:
-            _check_sqlite_file(Path(database), shown, read_only)
+            _check_sqlite_file(Path(database), shown, must_exist)
+            read_only = read_only or (must_exist and not can_write(database))  # still readable
         read_only = read_only and on_disk
 
         def opener() -> BaseStorage:
@@ -167,9 +169,9 @@ def _open(given: str | None, read_only: bool) -> BaseStorage:
         raise StorageError(f"storage {redact(url)!r}: cannot open it ({redact(reason)})") from None
 
 
-def _check_sqlite_file(path: Path, url: str, read_only: bool) -> None:
+def _check_sqlite_file(path: Path, url: str, must_exist: bool) -> None:
     """Refuse a path tuner cannot use: nothing is created or changed before this passes."""
-    if read_only:
+    if must_exist:
         if not path.is_file():
             raise StorageError(
                 f"storage {url!r}: the file {str(path)!r} does not exist; run `tuner study SPEC --storage {url}` "
