@@ -137,3 +137,31 @@ def test_a_worker_that_loses_the_race_to_create_a_stage_waits_for_the_winners_se
         open_stage_study(loser, lr_stage(loser), storage)
     writer.join()
     assert optuna.load_study(study_name="race/lr", storage=url).user_attrs["settings"]["train"]["momentum"] == 0.9
+
+
+def test_a_specs_relative_sqlite_storage_is_read_beside_the_spec_and_the_summary_names_the_file(tmp_path: Path) -> None:
+    folder, elsewhere = tmp_path / "specs", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    spec = _write(folder, "beside")
+    spec.write_text('storage = "sqlite:///beside.db"\n' + spec.read_text())
+    command = [sys.executable, "-m", "tuner.cli", "study", str(spec), "--device", "cpu"]
+    run = subprocess.run(command, cwd=elsewhere, env=_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert (folder / "beside.db").is_file() and not (elsewhere / "beside.db").exists()
+    assert f"sqlite:///{folder / 'beside.db'}" in run.stdout  # the summary says which file
+
+
+def test_a_storage_file_an_earlier_version_put_in_the_working_folder_is_not_silently_left_behind(tmp_path: Path) -> None:
+    folder, cwd = tmp_path / "specs", tmp_path / "cwd"
+    folder.mkdir()
+    cwd.mkdir()
+    spec = _write(folder, "moved")
+    spec.write_text('storage = "sqlite:///old.db"\n' + spec.read_text())
+    optuna.create_study(study_name="race/lr", storage=f"sqlite:///{cwd / 'old.db'}")  # where tuner 0.1 put it
+    before = (cwd / "old.db").read_bytes()
+    run = subprocess.run([sys.executable, "-m", "tuner.cli", "study", str(spec), "--device", "cpu"], cwd=cwd,
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr
+    assert "move that file beside the spec" in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    assert not (folder / "old.db").exists() and (cwd / "old.db").read_bytes() == before

@@ -25,7 +25,6 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import results
-from tuner._records import write_trial_records
 from tuner.data import Dataset, StreamedData, load_dataset
 from tuner.errors import StudyMismatchError, Terminated, TunerError, TunerInputError
 from tuner.importance import AuditVerdict, audit_verdict
@@ -35,14 +34,16 @@ from tuner.spec import StudySpec, load_spec
 from tuner.stage_studies import check_stored_settings, open_stage_study
 from tuner.stages import STAGE_NAMES, Stage, audit_stage, lr_stage, make_pruner, make_sampler, shape_stage
 from tuner.storage import (
-    DEFAULT_STORAGE,
     StorageError,
     fail_orphaned_trials,
     fail_trial,
     open_storage,
     redact,
+    resolve_url,
     worker_attrs,
+    write_trial_records,
 )
+from tuner.storage._optuna import cached_trials
 from tuner.train import (
     EpochTrainer,
     SingleTrainer,
@@ -53,7 +54,7 @@ from tuner.train import (
     seeded_model,
 )
 from tuner.trials import Asked, TrialBatch, run_trials, run_user_loop, trial_id
-from tuner.usercode import check_model, install, load_callable, with_callables
+from tuner.usercode import check_model, install, load_callable, spec_folder, with_callables
 
 POLL_INTERVAL_S = 1.0  # how often a worker with nothing to do looks at the stage again
 MAX_CONSECUTIVE_FAILURES = 5  # a trial that raises every time is a bug, not bad luck: stop
@@ -135,7 +136,7 @@ def run_study(
     data = load_dataset(spec.data, spec.seed, spec.source).to(torch_device)
     check_model(spec, data)
     check_model_fits(spec, data, torch_device)  # before the storage: nothing written for a model that cannot train
-    storage_url = storage or spec.storage
+    storage_url = storage_of_study(spec, storage)
     try:
         optuna_storage = open_storage(storage_url)
     except StorageError as error:
@@ -156,7 +157,34 @@ def run_study(
         summaries["audit"] = run_stage(spec, "audit", storage=optuna_storage, data=data, device=torch_device, reporter=reporter)
     # The audit's point: did lr interact little with the rest here? Judged and stored on <name>/audit.
     verdict = audit_verdict(spec.name, optuna_storage) if "audit" in summaries else None
-    return StudyResult(spec.name, redact(storage_url or DEFAULT_STORAGE), best_lr, summaries, verdict)
+    return StudyResult(spec.name, redact(storage_url), best_lr, summaries, verdict)
+
+
+def storage_of_study(spec: StudySpec, storage: str | None = None) -> str:
+    """The storage URL a study runs on, a SQLite path made absolute once.
+
+    ``storage`` (the ``--storage`` option) wins, read from the working folder; else the spec's own
+    ``storage``, whose relative SQLite path is read beside the spec, as ``data.path`` is; else
+    ``sqlite:///tuner.db`` in the working folder.
+    """
+    if storage:
+        return resolve_url(storage)
+    if not spec.storage:
+        return resolve_url(None)
+    beside = resolve_url(spec.storage, relative_to=spec_folder(spec.source) or Path.cwd())
+    from_cwd = resolve_url(spec.storage)
+    if beside != from_cwd and _sqlite_file(from_cwd).is_file() and not _sqlite_file(beside).is_file():
+        # tuner before 0.2 read it from the working folder: never start a second study beside the first.
+        raise StorageError(
+            f"{spec.source}: field 'storage' = {spec.storage!r}: a relative SQLite path is read beside the spec, "
+            f"as {_sqlite_file(beside)}; that file does not exist, but {_sqlite_file(from_cwd)} (from the working "
+            f"folder, where earlier versions put it) does: move that file beside the spec, or give an absolute path"
+        )
+    return beside
+
+
+def _sqlite_file(url: str) -> Path:
+    return Path(url.removeprefix("sqlite:///").partition("?")[0])
 
 
 def run_stage(
@@ -345,7 +373,7 @@ class _StageRunner:
             asking, trial = self._ask(study, stage, position + len(claimed))
             # The stage's trials as the sampler read them right after this trial was created (Optuna
             # keeps that read until the next ask): every trial numbered below ours is in it.
-            others = study._get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING), use_cache=True)  # noqa: SLF001
+            others = cached_trials(study, (*FINISHED, TrialState.RUNNING))
             if sum(t.number < trial.number for t in others) >= stage.budget:
                 trial.set_user_attr(SURPLUS_ATTR, True)
                 fail_trial(asking, trial_id(trial), "surplus: other workers had claimed the budget first; not trained")

@@ -20,18 +20,14 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import results
-from tuner._records import write_trial_records
 from tuner.stages import Stage
-from tuner.storage import Heartbeat
+from tuner.storage import Heartbeat, write_trial_records
+from tuner.storage._optuna import trial_id
 from tuner.train import EpochResult, EpochTrainer, TrainConfig, TrialPlan
 
 REPORT_FLUSH_S = 10.0  # without a pruner, a trial's per-epoch reports are stored at most this often
 
 Asked = tuple[optuna.Study, optuna.Trial]
-
-
-def trial_id(trial: optuna.Trial) -> int:
-    return trial._trial_id  # noqa: SLF001 -- Optuna has no public trial id
 
 
 @dataclass

@@ -33,7 +33,7 @@ from tuner.report.interactive import write_interactive
 from tuner.report.lr_figures import plot_lr_cost, plot_lr_curves, plot_lr_sensitivity
 from tuner.report.runs import chosen_lr, epochs_to_target, importance_data, load_stages, objective_label
 from tuner.report.words import audit_diagnosis, importance_sentences, lr_diagnosis, shape_diagnosis
-from tuner.storage import DEFAULT_STORAGE
+from tuner.storage import resolve_url
 
 __all__ = [
     "Report",
@@ -82,7 +82,7 @@ def write_report(name: str, *, storage: str | None = None, out: str | Path | Non
         tuner.storage.StorageError: the storage does not exist (a SQLite file is not created).
         tuner.importance.UnknownStudyError: no study of that name in the storage.
     """
-    url = storage or DEFAULT_STORAGE
+    url = resolve_url(storage) if storage is None or isinstance(storage, str) else storage
     stages = load_stages(name, url)
     out_dir = Path(out) if out is not None else Path(f"{name}-report")
     out_dir.mkdir(parents=True, exist_ok=True)
