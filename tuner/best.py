@@ -32,7 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from tuner.data import Dataset, StreamedData, load_dataset, sample_shape, standardise_inputs
-from tuner.importance import load_stage_studies
+from tuner.results import load_stage_studies
 from tuner.models import build_model, register_model
 from tuner.runner import TunerError
 from tuner.results import SPEC_PATH_ATTR

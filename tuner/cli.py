@@ -304,7 +304,7 @@ NameArgument = Annotated[str, typer.Argument(help="The study's name (its stages 
 
 @contextmanager
 def _analysis_errors() -> Iterator[None]:
-    from tuner.importance import UnknownStudyError
+    from tuner.results import UnknownStudyError
 
     with _errors_as_exit_codes():
         try:

@@ -26,7 +26,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
 from tuner._deprecation import keyword_only_since
-from tuner.importance import load_stage_trials
+from tuner.results import load_stage_trials
 
 __all__ = ["CURVE_COLUMNS", "curves_frame", "trials_frame", "write_export"]
 

@@ -31,22 +31,31 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner._deprecation import keyword_only_since
 from tuner._fanova import fanova_importances
-from tuner.storage import open_existing_storage, redact, resolve_url
+# The loaders live with the rest of the stored contract, in tuner.results; importable from here as before.
+from tuner.results import (
+    STAGES,
+    UnknownStudyError,
+    load_stage_studies,
+    load_stage_trials,
+    open_for_reading,
+    stored_study_names,
+)
 
 __all__ = [
     "AuditVerdict",
     "COLUMNS",
+    "STAGES",
     "UnknownStudyError",
     "audit_verdict",
     "headline_rows",
     "importance_table",
+    "load_stage_studies",
     "load_stage_trials",
     "stored_study_names",
     "write_importance",
 ]
 
 COLUMNS = ["stage", "evaluator", "param", "param_b", "importance", "std"]
-STAGES = ("lr", "shape", "audit")
 
 # Below this many complete trials a forest of 64 trees (or PED-ANOVA's top 10 %, one trial) says
 # more about the noise than about the parameters: such a stage is skipped, with the reason.
@@ -61,10 +70,6 @@ PED_ANOVA_BOOTSTRAPS = 20
 AUDIT_MAX_INTERACTION_RATIO = 0.25
 
 _SEED = 0  # forest and bootstrap seed: the same trials give the same table
-
-
-class UnknownStudyError(LookupError):
-    """No stored study of that name; the message lists the names that exist."""
 
 
 @dataclass(frozen=True)
@@ -115,46 +120,6 @@ class AuditVerdict:
             "verdict_n_trials": self.n_trials,
             "verdict": self.message,
         }
-
-
-def _open(storage: str | BaseStorage | None) -> tuple[BaseStorage, str]:
-    """The storage, and its URL to name in messages. A missing SQLite file is not created."""
-    if isinstance(storage, BaseStorage):
-        url = getattr(storage, "url", None)  # RDBStorage keeps the URL it was opened with
-        return storage, redact(url) if isinstance(url, str) else type(storage).__name__
-    url = resolve_url(storage)
-    return open_existing_storage(url), redact(url)
-
-
-def stored_study_names(storage: str | BaseStorage | None = None) -> list[str]:
-    """The names of the tuner studies in a storage (``quickstart`` for ``quickstart/lr`` ...)."""
-    opened, _ = _open(storage)
-    return _tuner_names(optuna.get_all_study_names(opened))
-
-
-def _tuner_names(study_names: Sequence[str]) -> list[str]:
-    return sorted({n.rsplit("/", 1)[0] for n in study_names if "/" in n and n.rsplit("/", 1)[1] in STAGES})
-
-
-def load_stage_studies(name: str, storage: str | BaseStorage | None = None) -> dict[str, optuna.Study]:
-    """The stored stage studies of study ``name``, by stage, in stage order.
-
-    Raises:
-        UnknownStudyError: no stage of that name is stored (or the SQLite file does not exist); the
-            message lists the names that are.
-    """
-    opened, where = _open(storage)
-    existing = set(optuna.get_all_study_names(opened))
-    stages = [stage for stage in STAGES if f"{name}/{stage}" in existing]
-    if not stages:
-        known = ", ".join(_tuner_names(sorted(existing))) or "none"
-        raise UnknownStudyError(f"study {name!r}: not found in {where}; studies there: {known}")
-    return {stage: optuna.load_study(study_name=f"{name}/{stage}", storage=opened) for stage in stages}
-
-
-def load_stage_trials(name: str, storage: str | BaseStorage | None = None) -> dict[str, list[FrozenTrial]]:
-    """Every trial of each stored stage of study ``name``, by stage (see :func:`load_stage_studies`)."""
-    return {stage: study.get_trials(deepcopy=False) for stage, study in load_stage_studies(name, storage).items()}
 
 
 def importance_table(
@@ -246,7 +211,7 @@ def audit_verdict(name: str, storage: str | BaseStorage | None = None) -> AuditV
     stored as user attributes of the study ``<name>/audit`` (see :meth:`AuditVerdict.user_attrs`).
     Diverged trials are pruned, so not analysed: the verdict speaks of the rates that trained.
     """
-    opened, _ = _open(storage)
+    opened, _ = open_for_reading(storage)
     study_name = f"{name}/audit"
     study = optuna.load_study(study_name=study_name, storage=opened)
     complete = _complete(study.get_trials(deepcopy=False))

@@ -7,13 +7,18 @@ breaks every study stored before, so they are spelled once, here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.storage import open_existing_storage, redact, resolve_url
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+STAGES = ("lr", "shape", "audit")  # every stage a study may have, in order
 
 # User attributes of a stage study.
 SETTINGS_ATTR = "settings"  # the spec's settings the stage's results depend on
@@ -86,3 +91,47 @@ def stage_summary(study: optuna.Study, stage: str, budget: int, fixed: dict[str,
         wall_seconds=wall,
         train_seconds=sum(float(t.user_attrs.get(TRAIN_SECONDS_ATTR, 0.0)) for t in finished),
     )
+
+
+class UnknownStudyError(LookupError):
+    """No stored study of that name; the message lists the names that exist."""
+
+
+def open_for_reading(storage: str | BaseStorage | None) -> tuple[BaseStorage, str]:
+    """The storage, and its URL to name in messages. A missing SQLite file is not created."""
+    if isinstance(storage, BaseStorage):
+        url = getattr(storage, "url", None)  # RDBStorage keeps the URL it was opened with
+        return storage, redact(url) if isinstance(url, str) else type(storage).__name__
+    url = resolve_url(storage)
+    return open_existing_storage(url), redact(url)
+
+
+def stored_study_names(storage: str | BaseStorage | None = None) -> list[str]:
+    """The names of the tuner studies in a storage (``quickstart`` for ``quickstart/lr`` ...)."""
+    opened, _ = open_for_reading(storage)
+    return _tuner_names(optuna.get_all_study_names(opened))
+
+
+def _tuner_names(study_names: Sequence[str]) -> list[str]:
+    return sorted({n.rsplit("/", 1)[0] for n in study_names if "/" in n and n.rsplit("/", 1)[1] in STAGES})
+
+
+def load_stage_studies(name: str, storage: str | BaseStorage | None = None) -> dict[str, optuna.Study]:
+    """The stored stage studies of study ``name``, by stage, in stage order.
+
+    Raises:
+        UnknownStudyError: no stage of that name is stored (or the SQLite file does not exist); the
+            message lists the names that are.
+    """
+    opened, where = open_for_reading(storage)
+    existing = set(optuna.get_all_study_names(opened))
+    stages = [stage for stage in STAGES if f"{name}/{stage}" in existing]
+    if not stages:
+        known = ", ".join(_tuner_names(sorted(existing))) or "none"
+        raise UnknownStudyError(f"study {name!r}: not found in {where}; studies there: {known}")
+    return {stage: optuna.load_study(study_name=f"{name}/{stage}", storage=opened) for stage in stages}
+
+
+def load_stage_trials(name: str, storage: str | BaseStorage | None = None) -> dict[str, list[FrozenTrial]]:
+    """Every trial of each stored stage of study ``name``, by stage (see :func:`load_stage_studies`)."""
+    return {stage: study.get_trials(deepcopy=False) for stage, study in load_stage_studies(name, storage).items()}

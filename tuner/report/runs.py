@@ -18,7 +18,8 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.data import task_of
-from tuner.importance import importance_table, load_stage_studies
+from tuner.importance import importance_table
+from tuner.results import load_stage_studies
 from tuner.spec import DataSpec, SpecError
 from tuner.storage import open_existing_storage
 
