@@ -218,3 +218,77 @@ def test_a_csv_edited_in_place_is_a_changed_study(tmp_path: Path) -> None:
     assert edited.returncode == 2, edited.stderr
     assert "data.path" in edited.stderr and "table.csv" in edited.stderr
     assert len(optuna.load_study(study_name="table/lr", storage=url).trials) == 2
+
+
+class _Rows(torch.utils.data.Dataset):
+    """A data set read item by item, as one that does not fit in memory would be."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.x, self.y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y)
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.reads += 1
+        return self.x[index], self.y[index]
+
+
+def test_data_given_as_torch_datasets_trains_through_a_dataloader_one_trial_at_a_time(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(160, 6))
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+    parts = {"train": _Rows(x[:100], y[:100]), "val": _Rows(x[100:130], y[100:130]), "test": _Rows(x[130:], y[130:])}
+
+    def loader(seed: int) -> dict[str, object]:
+        return {**parts, "task": "classification", "n_classes": 2}
+
+    spec = tuner.spec_from_dict({"name": "streamed", "train": {"epochs": 3, "batch_size": 16},
+                                 "stages": {"lr": {"trials": 4, "lr_min": 1e-3, "lr_max": 0.5, "batch_trials": 4},
+                                            "shape": {"trials": 2, "width": [4, 8], "depth": [1, 1]}}})
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    result = tuner.run_study(spec, storage=url, device="cpu", loader=loader)
+    assert result.stages["lr"].n_complete + result.stages["lr"].n_pruned == 4
+    lr_trials = optuna.load_study(study_name="streamed/lr", storage=url).trials
+    assert {t.user_attrs["batched_with"] for t in lr_trials} == {1}  # a DataLoader: no stacked copies
+    assert all(len(t.user_attrs["learning_curve"]) == 3 for t in lr_trials if t.state == TrialState.COMPLETE)
+    assert parts["train"].reads >= 100 * 3 * 4  # every epoch of every trial read every training item
+    assert parts["test"].reads == 0  # no stage looks at the test part
+
+    best = tuner.write_best("streamed", storage=url, out=tmp_path / "best", device="cpu")
+    assert best.metrics["test"]["rows"] == 30 and parts["test"].reads >= 30
+    model = tuner.load_model(tmp_path / "best")
+    predicted = model.predict(x[130:])  # a Dataset's samples are used as given: no standardisation
+    assert np.mean(predicted != y[130:]) == pytest.approx(best.metrics["test"]["error"], abs=1e-6)
+
+
+def test_a_users_loop_on_datasets_gets_dataloaders_and_its_return_value_is_the_objective(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(90, 4))
+    y = x @ np.array([1.0, -2.0, 0.5, 0.0])
+    seen: list[tuple[str, str, int]] = []
+
+    def loader(seed: int) -> tuple[object, object, str]:
+        return _Rows(x[:60], y[:60].astype(np.float32)), _Rows(x[60:], y[60:].astype(np.float32)), "regression"
+
+    def fit(model: torch.nn.Module, train: object, val: object, optimizer: torch.optim.Optimizer, epochs: int,
+            loss: object) -> float:
+        seen.append((type(train).__name__, type(val).__name__, epochs))
+        for _ in range(epochs):
+            for xb, yb in train:  # type: ignore[attr-defined]
+                optimizer.zero_grad()
+                loss(model(xb).squeeze(-1), yb).backward()  # type: ignore[operator]
+                optimizer.step()
+        with torch.no_grad():
+            return float(sum(((model(xb).squeeze(-1) - yb) ** 2).sum() for xb, yb in val) / 30)  # type: ignore[attr-defined]
+
+    spec = tuner.spec_from_dict({"name": "looped", "train": {"epochs": 2, "batch_size": 10, "optimizer": "adam"},
+                                 "stages": {"lr": {"trials": 3, "lr_min": 1e-3, "lr_max": 0.1},
+                                            "shape": {"trials": 1, "width": [4, 4], "depth": [1, 1]}}})
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    tuner.run_study(spec, storage=url, device="cpu", loader=loader, loop=fit)
+    assert seen and all(s == ("DataLoader", "DataLoader", 2) for s in seen)
+    for trial in optuna.load_study(study_name="looped/lr", storage=url).trials:
+        assert trial.state == TrialState.COMPLETE
+        assert trial.user_attrs["learning_curve"] == [pytest.approx(trial.value)]  # returned, not reported: one value

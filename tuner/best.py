@@ -381,7 +381,8 @@ class TrainedModel:
         outputs = torch.cat([self.model(x[i:i + EVAL_CHUNK].to(device)).cpu() for i in range(0, len(x), EVAL_CHUNK)]) \
             if len(x) else torch.zeros((0, self.record["n_outputs"]))
         if self.task == "classification":
-            return np.asarray(self.classes)[outputs.argmax(dim=-1).numpy()]
+            indices = outputs.argmax(dim=-1).numpy()
+            return indices if self.classes is None else np.asarray(self.classes)[indices]  # None: a Dataset's own indices
         return outputs.squeeze(-1).double().numpy() * self.record["target_std"] + self.record["target_mean"]
 
     def _batch(self, raw: np.ndarray) -> np.ndarray:

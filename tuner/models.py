@@ -135,7 +135,9 @@ def check_model_fits(spec: StudySpec, data: Dataset, device: torch.device | str)
     shape = spec.stages.shape
     candidates = [("model.width", spec.model.width, spec.model.width, spec.model.depth),
                   ("stages.shape.width", list(shape.width), shape.width[1], shape.depth[1])]
-    sample_shape = tuple(data.x_train.shape[1:])
+    from tuner.data import sample_shape as shape_of  # here: tuner.data imports torch and scikit-learn
+
+    sample_shape = shape_of(data)
     for field_path, value, width, depth in candidates:
         n_params = planned_parameters(spec.model.family, sample_shape, data.n_outputs, width, depth)
         if n_params is not None and n_params * BYTES_PER_PARAMETER * TRAINING_COPIES > available:
