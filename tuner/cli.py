@@ -228,21 +228,33 @@ def study(
 
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM (Slurm, Kubernetes, systemd stopping a job) raises :class:`Terminated`."""
+    """Within the block, SIGTERM (Slurm, Kubernetes, systemd stopping a job) raises :class:`Terminated`,
+    and Ctrl-C ``KeyboardInterrupt``; both are also kept as a request the runner raises at its next
+    check, in case the first raise landed where Python swallows exceptions (a weakref callback)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
+    from tuner.errors import clear_stop_request, request_stop
     from tuner.runner import Terminated
 
     def terminate(_signum: int, _frame: object) -> None:
-        raise Terminated
+        request_stop(Terminated)
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        request_stop(KeyboardInterrupt)  # as Python's own handler, but kept until the runner sees it
 
     previous = signal.signal(signal.SIGTERM, terminate)
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is signal.default_int_handler:
+        signal.signal(signal.SIGINT, interrupt)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if previous_int is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous_int)
+        clear_stop_request()
 
 
 def _resume_command(spec: Path, storage: str | None, name: str | None, password_file: Path | None) -> tuple[list[str], str]:

@@ -22,3 +22,26 @@ class TunerInputError(ValueError):
 
 class StudyMismatchError(TunerError):
     """The stored study was made from different search settings than the spec has now, or by another tool."""
+
+
+# A stop asked for by a signal, kept until a check raises it: an exception a signal handler raises
+# can land inside a weakref callback or __del__, where Python prints and swallows it; the request
+# stays, and the runner raises it at its next check (after each epoch and each batch of trials).
+_stop_requested: list[type[KeyboardInterrupt]] = []
+
+
+def request_stop(kind: type[KeyboardInterrupt] = KeyboardInterrupt) -> None:
+    """Ask the running study to stop as Ctrl-C (``KeyboardInterrupt``) or SIGTERM (``Terminated``) would, and raise it."""
+    if not _stop_requested:
+        _stop_requested.append(kind)
+    raise kind
+
+
+def raise_if_stop_requested() -> None:
+    """Raise the stop a signal asked for, if its first raise was swallowed."""
+    if _stop_requested:
+        raise _stop_requested[0]
+
+
+def clear_stop_request() -> None:
+    _stop_requested.clear()

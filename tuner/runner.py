@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner import results
 from tuner.data import Dataset, StreamedData, load_dataset
-from tuner.errors import StudyMismatchError, Terminated, TunerError, TunerInputError
+from tuner.errors import StudyMismatchError, Terminated, TunerError, TunerInputError, raise_if_stop_requested
 from tuner.importance import AuditVerdict, audit_verdict
 from tuner.models import check_model_fits
 from tuner.results import FINISHED, SURPLUS_ATTR, StageSummary, stage_study_name
@@ -284,6 +284,7 @@ class _StageRunner:
         announced = False
         orphans_checked = -math.inf
         while True:
+            raise_if_stop_requested()
             # Dead workers' trials matter once they hold up the stage (when we wait): look for them
             # then, and every ORPHAN_CHECK_S, not before every trial (it reads the stage's trials anew).
             if time.monotonic() - orphans_checked >= ORPHAN_CHECK_S:
@@ -448,7 +449,7 @@ def _interrupts_deferred() -> Iterator[None]:
         for sig, handler in deferred.items():
             signal.signal(sig, handler)
     for sig in dict.fromkeys(caught):
-        signal.raise_signal(sig)  # now its own handler runs: KeyboardInterrupt, or the CLI's
+        deferred[sig](sig, None)  # its own handler, now and here: KeyboardInterrupt, or the CLI's
 
 
 def _abandon(asked: Sequence[Asked], reason: str) -> None:

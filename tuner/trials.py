@@ -20,6 +20,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import results
+from tuner.errors import raise_if_stop_requested
 from tuner.stages import Stage
 from tuner.storage import Heartbeat, write_trial_records
 from tuner.storage._optuna import trial_id
@@ -167,6 +168,7 @@ def run_trials(
                 for i in trained:
                     if batch.progress[i].active and not batch.record(i, epoch_results[i]):  # type: ignore[arg-type]
                         trainer.stop(i)
+                raise_if_stop_requested()  # a Ctrl-C whose first raise was swallowed
                 if not any(p.active for p in batch.progress):
                     break
                 batch.flush_if_due()
@@ -225,6 +227,7 @@ def run_user_loop(
         value = float(value)
         result = EpochResult(int(epoch), lr_at(config, int(epoch) - 1), float(train_loss), value, value,
                              diverged=not math.isfinite(value))
+        raise_if_stop_requested()
         if not batch.record(0, result):
             raise StopTrial(f"trial {trial.number} stopped at epoch {epoch}: {'diverged' if result.diverged else 'pruned'}")
         for group in optimizer.param_groups:
