@@ -24,7 +24,7 @@ import tuner
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 ROOT = EXAMPLES.parent
 
-SMALL = {"trials = 8": "trials = 4", "trials = 6": "trials = 3", "epochs = 6": "epochs = 2"}
+SMALL = {"trials = 12": "trials = 4", "trials = 10": "trials = 3", "epochs = 6": "epochs = 2"}
 
 
 def _example(tmp_path: Path, spec_text: str | None = None) -> Path:
@@ -166,6 +166,7 @@ def test_test_rows_of_a_loader_never_reach_a_stage(tmp_path: Path) -> None:
     ("loader", '"broken:one_class"', "one class only"),
     ("loader", '"broken:empty"', "'train' part is empty"),
     ("loader", '"broken:a_list"', "returned a list"),
+    ("loader", '"broken:fractional"', "fractional targets"),
 ])
 def test_bad_user_code_is_one_line_naming_the_field_and_nothing_is_written(
     tmp_path: Path, field: str, value: str, expected: str
@@ -193,6 +194,11 @@ def empty(seed):
 
 def a_list(seed):
     return [1, 2]
+
+def fractional(seed):
+    x = np.random.default_rng(0).normal(size=(20, 1, 8, 8))
+    y = np.linspace(0.5, 3.7, 20)
+    return {"train": (x, y), "val": (x, y), "task": "classification"}
 ''')
     key = "family" if field == "family" else "loader"
     lines = [f"{key} = {value}" if line.split("=")[0].strip() == key else line for line in spec.read_text().splitlines()]
@@ -263,6 +269,7 @@ def test_data_given_as_torch_datasets_trains_through_a_dataloader_one_trial_at_a
     assert np.mean(predicted != y[130:]) == pytest.approx(best.metrics["test"]["error"], abs=1e-6)
 
 
+@pytest.mark.filterwarnings("error:Using a target size:UserWarning")  # MSE broadcasting (batch, 1) against (batch,)
 def test_a_users_loop_on_datasets_gets_dataloaders_and_its_return_value_is_the_objective(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     x = rng.normal(size=(90, 4))
@@ -278,7 +285,7 @@ def test_a_users_loop_on_datasets_gets_dataloaders_and_its_return_value_is_the_o
         for _ in range(epochs):
             for xb, yb in train:  # type: ignore[attr-defined]
                 optimizer.zero_grad()
-                loss(model(xb).squeeze(-1), yb).backward()  # type: ignore[operator]
+                loss(model(xb), yb).backward()  # type: ignore[operator]  # (batch, 1) outputs: squeezed for it
                 optimizer.step()
         with torch.no_grad():
             return float(sum(((model(xb).squeeze(-1) - yb) ** 2).sum() for xb, yb in val) / 30)  # type: ignore[attr-defined]

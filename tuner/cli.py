@@ -187,7 +187,8 @@ def study(
     device: Annotated[str, typer.Option(help="Where to train: auto (CUDA when available), cpu or cuda")] = "auto",
     name: Annotated[str | None, typer.Option(help="Run under this study name instead of the spec's (a fresh study)")] = None,
     storage_password_file: PasswordFileOption = None,
-    threads: Annotated[int | None, typer.Option(help="torch threads of this process on the CPU [default: $TUNER_THREADS, else 1: small models train fastest on one; run more workers to use more cores]")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads of this process on the CPU (small models train fastest on one; run more workers to use more cores)",
+                                                show_default="$TUNER_THREADS, else 1")] = None,
 ) -> None:
     """Run a staged study (lr, then shape, then the optional audit), or resume it where it stopped."""
     from tuner.progress import ConsoleReporter, summary_table
@@ -221,7 +222,7 @@ def study(
              f"resume with: {shlex.join(resume)}{password_note}", err=True)
         raise typer.Exit(code) from None
     _ignore_late_ctrl_c()  # the study is finished and stored: what is left is to say so
-    console.print(summary_table(result, loaded.train.objective))
+    console.print(summary_table(result, "value (your loop's)" if loaded.train.loop else loaded.train.objective))
     if result.audit is not None:
         _say(result.audit.message)
 
@@ -441,6 +442,8 @@ def lr_find_command(
             _fail(f"--out {str(out)!r}: cannot write there ({error.strerror or error}); choose a writable folder", BAD_INPUT)
     say = _say
     say(f"LR range test on '{loaded.name}': {len(result.lrs)} steps, lr {result.lrs[0]:.3g} to {result.lrs[-1]:.3g}")
+    if loaded.train.loop:
+        say(f"note: the range test trains with tuner's own loop, not train.loop ({loaded.train.loop})")
     say(f"wrote {csv_path} and {png_path}")
     suggestion = result.suggestion
     if suggestion is None:

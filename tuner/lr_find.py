@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import torch
 
 from tuner.data import Dataset, load_dataset
 from tuner.lr_suggest import Suggestion, smooth, stop_index, suggest
@@ -28,6 +29,7 @@ from tuner.train import (
     loss_function,
     make_optimizer,
     order_generator,
+    pick_threads,
     resolve_device,
     seeded_model,
     task_outputs,
@@ -97,8 +99,12 @@ def lr_find(
     check_ramp(start_lr, end_lr, steps, device)
     spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
     install(spec)  # the spec's own model factory, if it names one
+    torch_device = resolve_device(device)
+    threads = pick_threads(None, torch_device)  # $TUNER_THREADS, else one on the CPU, as tuner study
+    if threads is not None:
+        torch.set_num_threads(threads)
     if data is None:
-        data = load_dataset(spec.data, spec.seed, spec.source).to(resolve_device(device))
+        data = load_dataset(spec.data, spec.seed, spec.source).to(torch_device)
     train = spec.train
     model = seeded_model(spec.model.family, data, spec.model.width, spec.model.depth, spec.seed)
     optimizer = make_optimizer(train.optimizer, model.parameters(), start_lr, train.momentum, train.weight_decay)

@@ -142,7 +142,8 @@ def open_stage_study(spec: StudySpec, stage: Stage, storage: optuna.storages.Bas
     study.set_user_attr(results.SETTINGS_ATTR, settings)
     study.set_user_attr(results.SETTINGS_HASH_ATTR, settings_hash(settings))
     study.set_user_attr(results.SEARCH_ATTR, describe_search(stage))
-    study.set_user_attr(results.OBJECTIVE_ATTR, spec.train.objective)
+    # A user's loop reports its own objective: say so, rather than name one it may not compute.
+    study.set_user_attr(results.OBJECTIVE_ATTR, "loop" if spec.train.loop else spec.train.objective)
     if spec.source:
         study.set_user_attr(results.SPEC_PATH_ATTR, str(Path(spec.source).resolve()))
     return study

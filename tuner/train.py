@@ -175,6 +175,12 @@ def loss_function(task: str, custom: Callable[..., torch.Tensor] | None = None) 
     return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
 
 
+def model_loss(task: str, custom: Callable[..., torch.Tensor] | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``loss(model(x), y)`` as tuner's own loop computes it (a regression model's (batch, 1) outputs squeezed)."""
+    criterion = loss_function(task, custom)
+    return lambda outputs, targets: criterion(task_outputs(outputs, task), targets)
+
+
 def task_outputs(outputs: torch.Tensor, task: str) -> torch.Tensor:
     """A model's outputs as the loss wants them: logits for classification, one value per row else."""
     return outputs if task == "classification" else outputs.squeeze(-1)

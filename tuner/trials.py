@@ -266,7 +266,7 @@ def call_user_loop(
 ) -> object:
     """Call the user's loop with the keyword arguments it declares (see :func:`run_user_loop`); its return value."""
     from tuner.data import StreamedData
-    from tuner.train import loss_function, lr_at, training_loader
+    from tuner.train import lr_at, model_loss, training_loader
 
     if isinstance(data, StreamedData):
         train_loader, val_loader = training_loader(data, config), data.loader("val", config.batch_size)
@@ -279,7 +279,7 @@ def call_user_loop(
     given = {
         "model": model, "train": train_loader, "val": val_loader, "optimizer": optimizer, "epochs": config.epochs,
         "lr_at": lambda epoch: lr_at(config, epoch), "device": device, "report": report,
-        "loss": loss_function(data.task, config.loss), "seed": config.seed, "params": params,  # type: ignore[attr-defined]
+        "loss": model_loss(data.task, config.loss), "seed": config.seed, "params": params,  # type: ignore[attr-defined]
     }
     return loop(**_accepted(loop, given))
 

@@ -97,6 +97,10 @@ def _in_memory(parts: dict[str, Any], fail: Any) -> Dataset:
     if task == "classification":
         if len(np.unique(y_train)) < 2:
             raise fail("its train part has one class only; a classifier needs at least two")
+        numeric = np.issubdtype(np.asarray(y_train).dtype, np.number)
+        if numeric and not np.all(np.asarray(y_train, dtype=np.float64) == np.round(np.asarray(y_train, dtype=np.float64))):
+            raise fail("it returned task = \"classification\" but fractional targets; return task = \"regression\", "
+                       "or class labels")
     elif not np.issubdtype(np.asarray(y_train).dtype, np.number):
         raise fail("its targets are not numbers, so the task cannot be regression; return task = \"classification\"")
     data = prepare("python", task, x_train, y_train, x_val, y_val)

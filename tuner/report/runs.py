@@ -134,6 +134,8 @@ def objective_label(stages: dict[str, StageRuns]) -> str:
     first = next(iter(stages.values())).study.user_attrs
     if first.get("objective", "val_error") == "val_loss":
         return "validation loss"
+    if first.get("objective") == "loop":
+        return "objective reported by your loop"
     return {
         "classification": "validation error (1 − accuracy)",
         "regression": "validation error (RMSE)",
