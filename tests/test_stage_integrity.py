@@ -165,3 +165,21 @@ def test_a_storage_file_an_earlier_version_put_in_the_working_folder_is_not_sile
     assert run.returncode == 2, run.stderr
     assert "move that file beside the spec" in run.stderr and len(run.stderr.strip().splitlines()) == 1
     assert not (folder / "old.db").exists() and (cwd / "old.db").read_bytes() == before
+
+
+@pytest.mark.parametrize("what", ["folder", "text file"])
+def test_a_journal_url_on_a_folder_or_a_foreign_file_is_one_line_and_changes_nothing(tmp_path: Path, what: str) -> None:
+    target = tmp_path / "journal"
+    if what == "folder":
+        target.mkdir()
+    else:
+        target.write_text("hello, not a journal\n")
+    before = None if what == "folder" else target.read_bytes()
+    result = CliRunner().invoke(app, ["study", str(_write(tmp_path, "j")), "--storage", f"journal://{target}", "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert ("is a folder" if what == "folder" else "is not an Optuna journal file") in result.output
+    if before is not None:
+        assert target.read_bytes() == before
+    else:
+        assert list(target.iterdir()) == []

@@ -23,6 +23,8 @@ The environment can change, for every worker alike:
 
 from __future__ import annotations
 
+import json
+
 import random
 import time
 import warnings
@@ -199,10 +201,31 @@ def _check_sqlite_path(path: Path, url: str) -> None:
         raise StorageError(f"storage {url!r}: {str(path)!r} is not writable; choose a path you can write to")
 
 
+def _looks_like_a_journal(path: Path) -> bool:
+    """An empty file, or one whose first line is a JSON journal record (``{"op_code": ...}``)."""
+    try:
+        with path.open("rb") as handle:
+            first = handle.readline(1 << 20)
+    except OSError:
+        return True  # let the journal backend say what is wrong with it
+    if not first.strip():
+        return True
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "op_code" in record
+
+
 def _open_journal(url: str) -> JournalStorage:
     path = Path(url.removeprefix("journal://"))
     if not str(path) or not path.parent.is_dir():
         raise StorageError(f"storage {url!r}: write journal:///absolute/path/file.log in an existing folder")
+    if path.is_dir():
+        raise StorageError(f"storage {url!r}: {str(path)!r} is a folder; name a file in it, e.g. journal://{path / 'tuner.log'}")
+    if path.is_file() and not _looks_like_a_journal(path):
+        raise StorageError(f"storage {url!r}: {str(path)!r} is not an Optuna journal file (its first line is no "
+                           f"journal record); choose a new file name, or the journal the study was run with")
     heartbeat_settings()  # checked here: the journal's heartbeats are ours (see Heartbeat)
     return JournalStorage(JournalFileBackend(str(path)))
 
