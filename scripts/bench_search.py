@@ -1,4 +1,4 @@
-"""Staged tuning against joint TPE, joint random search and a grid, at the same compute, on bundled tasks.
+"""Staged tuning against joint TPE (alone and with Optuna's HyperbandPruner), random search and a grid, at equal compute.
 
 For each task and seed, ``tuner``'s staged study runs first (``tuner.run_study`` on a spec dict, a
 temporary SQLite file): its compute, summed over its trials as epochs done x parameter count (the
@@ -58,7 +58,7 @@ from optuna.trial import TrialState
 import tuner
 from tuner.data import Dataset, load_dataset
 from tuner.spec import StudySpec
-from tuner.stages import Stage
+from tuner.stages import Stage, make_pruner
 from tuner.train import parameter_count, seeded_model, train_epochs
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
@@ -69,9 +69,10 @@ TASKS = {  # task -> (study file, what it is)
     "diabetes": ("diabetes.toml", "MLP, regression"),
     "digits_rows": ("digits_lstm.toml", "LSTM, sequence classification"),
     "adding": ("adding_lstm.toml", "LSTM, sequence regression"),
+    "digits_cnn": ("digits_cnn.toml", "CNN, image classification"),
 }
 DEFAULT_TASKS = ("digits", "diabetes", "digits_rows")
-METHODS = ("staged", "tpe", "random", "grid")
+METHODS = ("staged", "tpe", "tpe_hyperband", "random", "grid")
 # --quick: smaller budgets and fewer epochs, the same for every method; the full run keeps the studies' own.
 QUICK = {
     "digits": {"lr": 12, "shape": 6, "epochs": 6},
@@ -80,6 +81,7 @@ QUICK = {
     "diabetes": {"lr": 12, "shape": 6, "epochs": 8},
     "digits_rows": {"lr": 6, "shape": 4, "epochs": 3},
     "adding": {"lr": 6, "shape": 4, "epochs": 3},
+    "digits_cnn": {"lr": 6, "shape": 4, "epochs": 3},
 }
 QUICK_SEEDS = 3
 GRID_WIDTHS = 3  # the width range's ends and its geometric middle
@@ -137,8 +139,12 @@ def joint_stage(spec: StudySpec) -> Stage:
 
 
 def train_point(spec: StudySpec, data: Dataset, stage: Stage, params: dict[str, Any],
-                report: Callable[[float, int], None] | None = None) -> tuple[float | None, int, int]:
-    """Train one point as tuner would; (final objective or None if it diverged, parameters, epochs done)."""
+                report: Callable[[float, int], object] | None = None) -> tuple[float | None, int, int]:
+    """Train one point as tuner would; (final objective or None if it diverged, parameters, epochs done).
+
+    ``report(value, epoch)`` after each epoch; if it returns True, training stops there (pruned):
+    the value is the last epoch's and only the epochs trained count as compute.
+    """
     plan = stage.plan(spec, params)
     model = seeded_model(spec.model.family, data, plan.width, plan.depth, plan.train.seed)
     value: float | None = None
@@ -150,8 +156,8 @@ def train_point(spec: StudySpec, data: Dataset, stage: Stage, params: dict[str, 
             value = None
             break
         value = current
-        if report is not None:
-            report(current, result.epoch)
+        if report is not None and report(current, result.epoch) is True:
+            break
     return value, parameter_count(spec.model.family, data, plan.width, plan.depth), epochs
 
 
@@ -173,21 +179,32 @@ def run_staged(table: dict[str, Any], folder: Path) -> tuple[list[TrialRecord], 
     return records, sum(r.compute for r in records)
 
 
-def run_sampler(spec: StudySpec, data: Dataset, sampler: optuna.samplers.BaseSampler, budget: int) -> list[TrialRecord]:
-    """Ask-and-tell over the joint space (in memory) until the budget is spent."""
+def run_sampler(spec: StudySpec, data: Dataset, sampler: optuna.samplers.BaseSampler, budget: int,
+                pruner: optuna.pruners.BasePruner | None = None) -> list[TrialRecord]:
+    """Ask-and-tell over the joint space (in memory) until the budget is spent; with a pruner, epochs are its resource."""
     stage = joint_stage(spec)
-    study = optuna.create_study(sampler=sampler, direction="minimize")
+    study = optuna.create_study(sampler=sampler, pruner=pruner, direction="minimize")
     records: list[TrialRecord] = []
     spent = 0
     started = time.perf_counter()
     while spent < budget:
         trial = study.ask(fixed_distributions=stage.space)
-        value, n_params, epochs = train_point(spec, data, stage, trial.params, trial.report)
-        if value is None:
-            study.tell(trial, state=TrialState.PRUNED)  # as tuner tells a diverged trial
+        pruned = []
+
+        def report(value: float, epoch: int, trial: optuna.Trial = trial) -> bool:
+            trial.report(value, epoch)
+            if pruner is not None and trial.should_prune():
+                pruned.append(epoch)
+                return True
+            return False
+
+        value, n_params, epochs = train_point(spec, data, stage, trial.params, report)
+        if value is None or pruned:
+            study.tell(trial, state=TrialState.PRUNED)  # as tuner tells a diverged (or pruned) trial
         else:
             study.tell(trial, value)
-        records.append(TrialRecord(value, n_params, epochs, time.perf_counter() - started))
+        # A pruned trial's value is of fewer epochs: not a final error, as tuner's pruned trials are not.
+        records.append(TrialRecord(None if pruned else value, n_params, epochs, time.perf_counter() - started))
         spent += n_params * epochs
     return records
 
@@ -257,6 +274,9 @@ def run_seed(task: str, seed: int, quick: bool, folder: Path) -> dict[str, list[
     return {
         "staged": staged,
         "tpe": run_sampler(spec, data, optuna.samplers.TPESampler(seed=seed), budget),
+        # Optuna's advice for TPE: HyperbandPruner, epochs as the resource (tuner's own settings for it).
+        "tpe_hyperband": run_sampler(spec, data, optuna.samplers.TPESampler(seed=seed), budget,
+                                     make_pruner("hyperband", spec.stages.shape.epochs or spec.train.epochs)),
         "random": run_sampler(spec, data, optuna.samplers.RandomSampler(seed=seed), budget),
         "grid": run_grid(spec, data, budget),
     }
