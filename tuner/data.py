@@ -164,7 +164,7 @@ def load_dataset(spec: DataSpec, seed: int, source: str = "") -> Dataset | Strea
     _check_split_sizes(spec, len(x), source)
     dataset = _split(spec.name, x, y, task, spec.validation_fraction, seed)
     _check_classes(spec, dataset, y, source)
-    return dataset if test is None else _with_test(dataset, *test)
+    return dataset if test is None else with_test(dataset, *test)
 
 
 def _holdout(x: np.ndarray, y: np.ndarray, task: str, fraction: float, seed: int) -> list[np.ndarray]:
@@ -173,7 +173,7 @@ def _holdout(x: np.ndarray, y: np.ndarray, task: str, fraction: float, seed: int
     return train_test_split(x, y, test_size=fraction, random_state=seed, stratify=stratify)
 
 
-def _with_test(data: Dataset, x_test: np.ndarray, y_test: np.ndarray) -> Dataset:
+def with_test(data: Dataset, x_test: np.ndarray, y_test: np.ndarray) -> Dataset:
     """``data`` with its test part, standardised with the training part's statistics."""
     x = standardise_inputs(x_test, data.x_mean, data.x_std)
     if data.task == "classification":

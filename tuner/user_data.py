@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tuner.data import Dataset, StreamedData, prepare, standardise_inputs
+from tuner.data import Dataset, StreamedData, prepare, with_test
 from tuner.spec import DataSpec, SpecError
 from tuner.usercode import load_callable
 
@@ -108,17 +108,8 @@ def _in_memory(parts: dict[str, Any], fail: Any) -> Dataset:
         raise fail("no class of its 'val' part occurs in the 'train' part; validation needs known classes")
     if parts["test"] is None:
         return data
-    import dataclasses
-
     x_test, y_test = _pair(parts["test"], "test", fail)
-    x = standardise_inputs(x_test, data.x_mean, data.x_std)
-    if task == "classification":
-        lookup = {c: i for i, c in enumerate(data.classes or ())}
-        codes = np.array([lookup.get(c, -1) for c in np.asarray(y_test).tolist()])
-        keep = codes >= 0
-        return dataclasses.replace(data, x_test=x[torch.as_tensor(keep)], y_test=torch.as_tensor(codes[keep], dtype=torch.long))
-    y = torch.as_tensor((np.asarray(y_test, dtype=np.float64) - data.target_mean) / data.target_scale, dtype=torch.float32)
-    return dataclasses.replace(data, x_test=x, y_test=y)
+    return with_test(data, x_test, y_test)
 
 
 def _streamed(spec: DataSpec, parts: dict[str, Any], fail: Any) -> StreamedData:
