@@ -186,23 +186,18 @@ def _rows(data: Dataset | StreamedData, part: str) -> int:
 def _train_with_loop(spec: StudySpec, model: nn.Module, data: Any, plan: Any, device: torch.device,
                      trial: FrozenTrial) -> float:
     """Train ``model`` with the spec's own loop, as its trial did; the objective it gave last (NaN: none, or diverged)."""
-    from tuner.train import lr_at, make_optimizer
     from tuner.trials import StopTrial, call_user_loop
 
-    config = plan.train
     loop = load_callable(spec.train.loop or "", "train.loop", spec.source)
-    optimizer = make_optimizer(config.optimizer, model.parameters(), lr_at(config, 0), config.momentum, config.weight_decay)
     values: list[float] = []
 
-    def report(epoch: int, value: float, train_loss: float = math.nan) -> None:
-        values.append(float(value))
-        if not math.isfinite(float(value)):
+    def record(epoch: int, value: float, train_loss: float) -> None:
+        values.append(value)
+        if not math.isfinite(value):
             raise StopTrial("diverged")
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(config, int(epoch))
 
     try:
-        returned = call_user_loop(loop, model, data, config, optimizer, device, report, dict(trial.params))
+        returned = call_user_loop(loop, model, data, plan.train, device, record, dict(trial.params))
     except StopTrial:
         return math.nan
     if returned is not None:

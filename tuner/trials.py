@@ -213,37 +213,32 @@ def run_user_loop(
     raises :class:`StopTrial`; let it through), and sets the optimizer to the schedule's rate for
     the next epoch. The loop may return the final objective instead of, or besides, reporting it.
     """
-    from tuner.train import lr_at, make_optimizer
+    from tuner.train import lr_at
 
     config = plan.train
     ((_, trial),) = batch.asked
-    optimizer = make_optimizer(config.optimizer, model.parameters(), lr_at(config, 0), config.momentum, config.weight_decay)
     reported: list[int] = []
 
-    def report(epoch: int, value: float, train_loss: float = math.nan) -> None:
+    def record(epoch: int, value: float, train_loss: float) -> None:
         if reported and epoch <= reported[-1]:
             raise ValueError(f"report(epoch={epoch}, ...) after epoch {reported[-1]}: report each epoch once, counting from 1")
-        reported.append(int(epoch))
-        value = float(value)
-        result = EpochResult(int(epoch), lr_at(config, int(epoch) - 1), float(train_loss), value, value,
-                             diverged=not math.isfinite(value))
+        reported.append(epoch)
+        result = EpochResult(epoch, lr_at(config, epoch - 1), train_loss, value, value, diverged=not math.isfinite(value))
         raise_if_stop_requested()
         if not batch.record(0, result):
             raise StopTrial(f"trial {trial.number} stopped at epoch {epoch}: {'diverged' if result.diverged else 'pruned'}")
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(config, int(epoch))
 
     started = time.perf_counter()
     try:
         with Heartbeat(batch.study, batch.ids):
             try:
-                returned = call_user_loop(loop, model, data, config, optimizer, device, report, dict(trial.params))
+                returned = call_user_loop(loop, model, data, config, device, record, dict(trial.params))
             except StopTrial:
                 returned = None
         if returned is not None and batch.progress[0].active:
             value = float(returned)  # type: ignore[arg-type]
             if not batch.progress[0].curve or batch.progress[0].curve[-1] != value:
-                report((reported[-1] if reported else 0) + 1, value)
+                record((reported[-1] if reported else 0) + 1, value, math.nan)
         if not batch.progress[0].curve:
             raise ValueError("the loop neither called report(epoch, value) nor returned a value; do one of them")
     except StopTrial:
@@ -259,14 +254,25 @@ def call_user_loop(
     model: torch.nn.Module,
     data: object,
     config: TrainConfig,
-    optimizer: torch.optim.Optimizer,
     device: torch.device,
-    report: Callable[..., None],
+    on_report: Callable[[int, float, float], None],
     params: dict[str, object],
 ) -> object:
-    """Call the user's loop with the keyword arguments it declares (see :func:`run_user_loop`); its return value."""
+    """Call the user's loop with the keyword arguments it declares (see :func:`run_user_loop`); its return value.
+
+    The optimizer is built here at the schedule's first rate. The loop's ``report(epoch, value)``
+    calls ``on_report(epoch, value, train_loss)``, which may raise :class:`StopTrial`, then sets the
+    optimizer to the schedule's rate for the next epoch.
+    """
     from tuner.data import StreamedData
-    from tuner.train import lr_at, model_loss, training_loader
+    from tuner.train import lr_at, make_optimizer, model_loss, training_loader
+
+    optimizer = make_optimizer(config.optimizer, model.parameters(), lr_at(config, 0), config.momentum, config.weight_decay)
+
+    def report(epoch: int, value: float, train_loss: float = math.nan) -> None:
+        on_report(int(epoch), float(value), float(train_loss))
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(config, int(epoch))
 
     if isinstance(data, StreamedData):
         train_loader, val_loader = training_loader(data, config), data.loader("val", config.batch_size)
