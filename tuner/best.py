@@ -39,7 +39,7 @@ from tuner.results import SPEC_PATH_ATTR
 from tuner.spec import StudySpec, spec_from_dict
 from tuner.usercode import identity, install, is_reference, load_callable, spec_folder
 from tuner.stages import Stage, lr_stage, shape_stage
-from tuner.train import EVAL_CHUNK, evaluate, pick_threads, resolve_device, seeded_model, train_epochs
+from tuner.train import EVAL_CHUNK, evaluate, resolve_device, seeded_model, train_epochs, use_threads
 
 SPEC_FILE = "best.toml"
 MODEL_FILE = "model.pt"
@@ -105,9 +105,7 @@ def write_best(
     install(spec)
     plan = stage.plan(spec, trial.params)
     torch_device = resolve_device(device)
-    threads = pick_threads(None, torch_device)  # $TUNER_THREADS, else one on the CPU, as tuner study
-    if threads is not None:
-        torch.set_num_threads(threads)
+    use_threads(None, torch_device)  # $TUNER_THREADS, else one on the CPU, as tuner study
     data = load_dataset(spec.data, spec.seed, spec.source).to(torch_device)
     fit_data = data
     if refit == "train+val":

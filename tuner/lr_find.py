@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import optuna
-import torch
 
 from tuner.data import Dataset, load_dataset
 from tuner.lr_suggest import Suggestion, smooth, stop_index, suggest
@@ -29,12 +28,12 @@ from tuner.train import (
     loss_function,
     make_optimizer,
     order_generator,
-    pick_threads,
     resolve_device,
     seeded_model,
     task_outputs,
     train_batches,
     training_loader,
+    use_threads,
 )
 from tuner.usercode import install, train_functions
 
@@ -100,9 +99,7 @@ def lr_find(
     spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
     install(spec)  # the spec's own model factory, if it names one
     torch_device = resolve_device(device)
-    threads = pick_threads(None, torch_device)  # $TUNER_THREADS, else one on the CPU, as tuner study
-    if threads is not None:
-        torch.set_num_threads(threads)
+    use_threads(None, torch_device)  # $TUNER_THREADS, else one on the CPU, as tuner study
     if data is None:
         data = load_dataset(spec.data, spec.seed, spec.source).to(torch_device)
     train = spec.train

@@ -51,6 +51,7 @@ from tuner.train import (
     parameter_count,
     pick_threads,
     resolve_device,
+    use_threads,
     seeded_model,
 )
 from tuner.trials import Asked, TrialBatch, run_trials, run_user_loop, trial_id
@@ -131,7 +132,7 @@ def run_study(
     quiet_optuna()
     # Everything that can be wrong with the input is checked before the storage is touched.
     torch_device = resolve_device(device)
-    n_threads = pick_threads(threads, torch_device)
+    use_threads(threads, torch_device)
     install(spec)  # the spec's own model factory, if it names one
     data = load_dataset(spec.data, spec.seed, spec.source).to(torch_device)
     check_model(spec, data)
@@ -145,8 +146,6 @@ def run_study(
         raise StorageError(f"{spec.source or spec.name}: field 'storage': {error}") from None
     check_stored_settings(spec, optuna_storage)
 
-    if n_threads is not None:
-        torch.set_num_threads(n_threads)
     summaries: dict[str, StageSummary] = {}
     lr_summary = run_stage(spec, "lr", storage=optuna_storage, data=data, device=torch_device, reporter=reporter)
     summaries["lr"] = lr_summary

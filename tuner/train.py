@@ -127,6 +127,14 @@ def pick_threads(threads: int | None, device: torch.device) -> int | None:
     return threads
 
 
+def use_threads(threads: int | None, device: torch.device) -> int | None:
+    """Set torch's intra-op threads as :func:`pick_threads` says; the number set (None: left as it was)."""
+    chosen = pick_threads(threads, device)
+    if chosen is not None:
+        torch.set_num_threads(chosen)
+    return chosen
+
+
 class DeviceError(ValueError):
     """A device that cannot be used here."""
 
