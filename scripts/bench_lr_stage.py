@@ -42,7 +42,7 @@ SPEC = Path(__file__).resolve().parent.parent / "studies" / "quickstart.toml"
 def _training_round(spec: StudySpec, data: object, rates: list[float], batch: int) -> tuple[float, float]:
     """Seconds to train ``rates`` one at a time, then as batches."""
     stage = lr_stage(spec)
-    plans = [stage.plan(spec, {"lr": lr}) for lr in rates]
+    plans = [stage.plan({"lr": lr}) for lr in rates]
     started = time.perf_counter()
     for plan in plans:
         model = seeded_model(spec.model.family, data, plan.width, plan.depth, plan.train.seed)

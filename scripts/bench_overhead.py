@@ -97,7 +97,7 @@ def run_optuna(spec: StudySpec, data: Dataset, storage: str | None) -> tuple[flo
     low, high = spec.stages.lr.lr_min, spec.stages.lr.lr_max
 
     def objective(trial: optuna.Trial) -> float:
-        plan = stage.plan(spec, {"lr": trial.suggest_float("lr", low, high, log=True)})
+        plan = stage.plan({"lr": trial.suggest_float("lr", low, high, log=True)})
         value = float("nan")
         for result in clock.timed(_train(spec, data, plan)):
             value = result.val_error

@@ -58,7 +58,7 @@ from optuna.trial import TrialState
 import tuner
 from tuner.data import Dataset, load_dataset
 from tuner.spec import StudySpec
-from tuner.stages import Stage, make_pruner
+from tuner.stages import Stage, base_config, make_pruner
 from tuner.train import parameter_count, seeded_model, train_epochs
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
@@ -135,7 +135,8 @@ def joint_stage(spec: StudySpec) -> Stage:
     """A stage over the joint space: its ``plan`` turns a point into the same training run as tuner's."""
     epochs = spec.stages.shape.epochs or spec.train.epochs
     return Stage(name="joint", budget=0, epochs=epochs, sampler="tpe", pruner="none",
-                 space=joint_space(spec), fixed={})
+                 space=joint_space(spec), fixed={}, base=base_config(spec, epochs),
+                 width=spec.model.width, depth=spec.model.depth)
 
 
 def train_point(spec: StudySpec, data: Dataset, stage: Stage, params: dict[str, Any],
@@ -145,7 +146,7 @@ def train_point(spec: StudySpec, data: Dataset, stage: Stage, params: dict[str, 
     ``report(value, epoch)`` after each epoch; if it returns True, training stops there (pruned):
     the value is the last epoch's and only the epochs trained count as compute.
     """
-    plan = stage.plan(spec, params)
+    plan = stage.plan(params)
     model = seeded_model(spec.model.family, data, plan.width, plan.depth, plan.train.seed)
     value: float | None = None
     epochs = 0

@@ -103,7 +103,7 @@ def write_best(
         raise BestError(f"--out {str(folder)!r}: is a file; give a folder (created if missing)")
     spec, stage, trial = _best_trial(name, storage)
     install(spec)
-    plan = stage.plan(spec, trial.params)
+    plan = stage.plan(trial.params)
     torch_device = resolve_device(device)
     use_threads(None, torch_device)  # $TUNER_THREADS, else one on the CPU, as tuner study
     data = load_dataset(spec.data, spec.seed, spec.source).to(torch_device)

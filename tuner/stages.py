@@ -45,14 +45,13 @@ class Stage:
     pruner: str  # "none", "median", "hyperband" or "successive_halving"
     space: dict[str, BaseDistribution]
     fixed: dict[str, Any]  # settings shared by every trial of the stage (e.g. the calibrated lr)
+    base: TrainConfig  # what its trials share; lr, schedule, decay (and momentum) come from the point
+    width: int  # the model's shape where the point does not set it
+    depth: int
     batch_trials: int = 1  # trials asked and trained together as one batched model
-    base: TrainConfig = TrainConfig(lr=1.0)  # lr, schedule, decay (and momentum) come from the point
-    width: int = 16  # the model's shape where the point does not set it
-    depth: int = 1
 
-    def plan(self, *args: Any) -> TrialPlan:
-        """The trial of the sampled ``params``: ``plan(params)`` (``plan(spec, params)`` also works)."""
-        params: dict[str, Any] = args[-1]
+    def plan(self, params: dict[str, Any]) -> TrialPlan:
+        """The trial of the sampled ``params``, from the stage's base settings."""
         values = {**self.fixed, **params}
         changes: dict[str, Any] = {
             "lr": float(values["lr"]),
