@@ -403,19 +403,14 @@ class _StageRunner:
         family = self.spec.model.family
         attrs = {results.DEVICE_ATTR: str(self.device), results.THREADS_ATTR: torch.get_num_threads()}
         if self.spec.train.loop:
+            (plan,) = plans  # a user's loop trains one trial at a time: its stages ask one (lr_stage)
             loop = load_callable(self.spec.train.loop, "train.loop", self.spec.source)
-            told: list[FrozenTrial] = []
-            for one in asked:  # a user's loop trains one trial at a time
-                single = TrialBatch(stage, [one], self.spec.train.objective)
-                plan = stage.plan(one[1].params)
-                try:
-                    model = seeded_model(family, self.data, plan.width, plan.depth, plan.train.seed)
-                except Exception as error:  # noqa: BLE001
-                    told += single.fail(error)
-                    continue
-                n_params = sum(p.numel() for p in model.parameters())
-                told += run_user_loop(single, plan, loop, model, self.data, self.device, n_params, attrs)
-            return told
+            try:
+                model = seeded_model(family, self.data, plan.width, plan.depth, plan.train.seed)
+            except Exception as error:  # noqa: BLE001 -- one bad trial must not end the study
+                return batch.fail(error)
+            n_params = sum(p.numel() for p in model.parameters())
+            return run_user_loop(batch, plan, loop, model, self.data, self.device, n_params, attrs)
         return run_trials(
             batch, plans, self._trainer,
             n_params=lambda plan: parameter_count(family, self.data, plan.width, plan.depth),
