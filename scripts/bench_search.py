@@ -1,4 +1,4 @@
-"""Staged tuning against joint TPE (alone and with Optuna's HyperbandPruner), random search and a grid, at equal compute.
+"""Staged tuning against joint TPE (alone and with Optuna's HyperbandPruner), random search, a grid and Prodigy, at equal compute.
 
 For each task and seed, ``tuner``'s staged study runs first (``tuner.run_study`` on a spec dict, a
 temporary SQLite file): its compute, summed over its trials as epochs done x parameter count (the
@@ -11,7 +11,12 @@ other), is the budget every other method then gets for that seed:
 - ``grid``: the textbook grid: ``lr`` on the decades of the LR range x three widths (the width
   range's ends and its geometric middle) at the smallest depth, constant rate; once the grid is
   done and budget is left, the same box again on a grid twice as fine in log(lr) (new points
-  only), and so on.
+  only), and so on;
+- ``prodigy``: no tuning at all: one run of the learning-rate-free Prodigy optimizer
+  (``prodigyopt``; lr = 1 and cosine annealing, as its authors advise; the spec's weight decay) at
+  the spec's default shape; ``prodigy_staged_shape``: the same at the shape the staged study
+  found best. One run each, far below the budget: their rows say what skipping the LR search
+  altogether would give. Needs ``pip install -e ".[bench]"``.
 
 Every method trains through the same code (``Stage.plan``, ``seeded_model``, ``train_epochs``), so
 trials of equal settings train identically; the seed fixes the data split, the initial weights
@@ -54,6 +59,7 @@ import optuna
 import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
+from torch import nn
 
 import tuner
 from tuner.data import Dataset, load_dataset
@@ -72,7 +78,7 @@ TASKS = {  # task -> (study file, what it is)
     "digits_cnn": ("digits_cnn.toml", "CNN, image classification"),
 }
 DEFAULT_TASKS = ("digits", "diabetes", "digits_rows")
-METHODS = ("staged", "tpe", "tpe_hyperband", "random", "grid")
+METHODS = ("staged", "tpe", "tpe_hyperband", "random", "grid", "prodigy", "prodigy_staged_shape")
 # --quick: smaller budgets and fewer epochs, the same for every method; the full run keeps the studies' own.
 QUICK = {
     "digits": {"lr": 12, "shape": 6, "epochs": 6},
@@ -140,17 +146,19 @@ def joint_stage(spec: StudySpec) -> Stage:
 
 
 def train_point(spec: StudySpec, data: Dataset, stage: Stage, params: dict[str, Any],
-                report: Callable[[float, int], object] | None = None) -> tuple[float | None, int, int]:
+                report: Callable[[float, int], object] | None = None,
+                optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None) -> tuple[float | None, int, int]:
     """Train one point as tuner would; (final objective or None if it diverged, parameters, epochs done).
 
     ``report(value, epoch)`` after each epoch; if it returns True, training stops there (pruned):
-    the value is the last epoch's and only the epochs trained count as compute.
+    the value is the last epoch's and only the epochs trained count as compute. ``optimizer(model)``:
+    the optimizer to train with instead of the spec's.
     """
     plan = stage.plan(params)
     model = seeded_model(spec.model.family, data, plan.width, plan.depth, plan.train.seed)
     value: float | None = None
     epochs = 0
-    for result in train_epochs(model, data, plan.train):
+    for result in train_epochs(model, data, plan.train, optimizer(model) if optimizer else None):
         epochs = result.epoch
         current = result.val_error if spec.train.objective == "val_error" else result.val_loss
         if result.diverged or not math.isfinite(current):
@@ -162,8 +170,8 @@ def train_point(spec: StudySpec, data: Dataset, stage: Stage, params: dict[str, 
     return value, parameter_count(spec.model.family, data, plan.width, plan.depth), epochs
 
 
-def run_staged(table: dict[str, Any], folder: Path) -> tuple[list[TrialRecord], int]:
-    """tuner's staged study on a fresh SQLite file; its trials in the order they finished, and its compute."""
+def run_staged(table: dict[str, Any], folder: Path) -> tuple[list[TrialRecord], tuple[int, int]]:
+    """tuner's staged study on a fresh SQLite file; its trials in the order they finished, and its best (width, depth)."""
     spec = tuner.spec_from_dict(table)
     storage = f"sqlite:///{folder / (spec.name + '.db')}"
     started = datetime.datetime.now()
@@ -177,7 +185,8 @@ def run_staged(table: dict[str, Any], folder: Path) -> tuple[list[TrialRecord], 
             value = trial.value if trial.state == TrialState.COMPLETE else None
             end = (trial.datetime_complete - started).total_seconds() if trial.datetime_complete else 0.0
             records.append(TrialRecord(value, int(trial.user_attrs["n_params"]), int(trial.user_attrs["epochs_done"]), end))
-    return records, sum(r.compute for r in records)
+    best = optuna.load_study(study_name=f"{spec.name}/shape", storage=storage).best_trial.params
+    return records, (int(best.get("width", spec.model.width)), int(best.get("depth", spec.model.depth)))
 
 
 def run_sampler(spec: StudySpec, data: Dataset, sampler: optuna.samplers.BaseSampler, budget: int,
@@ -241,6 +250,21 @@ def run_grid(spec: StudySpec, data: Dataset, budget: int) -> list[TrialRecord]:
     return records
 
 
+def run_prodigy(spec: StudySpec, data: Dataset, shape: tuple[int, int]) -> list[TrialRecord]:
+    """One run of Prodigy at ``shape`` (width, depth): lr = 1 with cosine annealing, no tuning."""
+    try:
+        from prodigyopt import Prodigy
+    except ImportError:
+        raise SystemExit('the prodigy baseline needs prodigyopt: pip install -e ".[bench]"') from None
+    stage = joint_stage(spec)
+    started = time.perf_counter()
+    params = {"lr": 1.0, "width": shape[0], "depth": shape[1], "schedule": "cosine", "decay": 0.0}
+    value, n_params, epochs = train_point(
+        spec, data, stage, params,
+        optimizer=lambda model: Prodigy(model.parameters(), lr=1.0, weight_decay=spec.train.weight_decay))
+    return [TrialRecord(value, n_params, epochs, time.perf_counter() - started)]
+
+
 def best_so_far(records: list[TrialRecord]) -> list[tuple[int, float]]:
     """(cumulative compute, best value so far) after each trial; inf until a trial has a value."""
     points, spent, best = [], 0, math.inf
@@ -269,7 +293,8 @@ def compute_to_reach(records: list[TrialRecord], target: float, budget: int) -> 
 
 def run_seed(task: str, seed: int, quick: bool, folder: Path) -> dict[str, list[TrialRecord]]:
     table = task_spec(task, seed, quick)
-    staged, budget = run_staged(table, folder)
+    staged, best_shape = run_staged(table, folder)
+    budget = sum(r.compute for r in staged)
     spec = tuner.spec_from_dict(table)
     data = load_dataset(spec.data, spec.seed, spec.source)
     return {
@@ -280,6 +305,8 @@ def run_seed(task: str, seed: int, quick: bool, folder: Path) -> dict[str, list[
                                      make_pruner("hyperband", spec.stages.shape.epochs or spec.train.epochs)),
         "random": run_sampler(spec, data, optuna.samplers.RandomSampler(seed=seed), budget),
         "grid": run_grid(spec, data, budget),
+        "prodigy": run_prodigy(spec, data, (spec.model.width, spec.model.depth)),
+        "prodigy_staged_shape": run_prodigy(spec, data, best_shape),
     }
 
 
@@ -392,7 +419,7 @@ def summary_line(task: str, rows: list[dict[str, Any]]) -> str:
                        for m in METHODS)
     walls = " ".join(f"{m} {by[m]['wall_s_median']:.1f}" for m in METHODS)
     others = ", ".join(f"{m} {_fmt(by[m]['compute_ratio_to_tpe'])}x ({by[m]['reached_tpe_final']}/{by[m]['seeds']})"
-                       for m in ("random", "grid"))
+                       for m in METHODS if m not in ("staged", "tpe"))
     staged = by["staged"]
     return (f"{task} ({TASKS[task][1]}, {staged['seeds']} seeds, budget {staged['budget_param_epochs']:.3g} param-epochs): "
             f"best median [min-max] {bests}; wall s {walls}; compute to reach TPE's final error vs TPE: {others}; "

@@ -264,15 +264,21 @@ def training_loader(data: Dataset | StreamedData, config: TrainConfig) -> Any:
     return None
 
 
-def train_epochs(model: nn.Module, data: Dataset, config: TrainConfig) -> Iterator[EpochResult]:
+def train_epochs(model: nn.Module, data: Dataset, config: TrainConfig,
+                 optimizer: torch.optim.Optimizer | None = None) -> Iterator[EpochResult]:
     """Train ``model`` on ``data``; yield the result of each epoch; stop after one that diverged.
+
+    ``optimizer``: one already built on ``model``'s parameters (e.g. a learning-rate-free one to
+    compare with); else ``config.optimizer``'s. Either way each epoch sets its groups' ``lr`` to
+    :func:`lr_at` of the config.
 
     Example:
         >>> for result in train_epochs(model, data, TrainConfig(lr=0.05, epochs=10)):  # doctest: +SKIP
         ...     print(result.epoch, result.val_error)
     """
     criterion = loss_function(data.task, config.loss)
-    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr, config.momentum, config.weight_decay)
+    if optimizer is None:
+        optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr, config.momentum, config.weight_decay)
     order_rng = order_generator(config.seed)
     loader = training_loader(data, config)
     device = data_device(data)
