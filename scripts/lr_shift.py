@@ -1,0 +1,109 @@
+"""How far the best learning rate of the small network is from the best rate of bigger shapes.
+
+The staged study calibrates the rate on the spec's small network and keeps it for every shape the
+shape stage tries. That is only right if the best rate does not move with the shape (Greff et
+al.'s finding for their LSTMs). This script measures it: for each shape, a sweep of the rate over
+a log grid (quarter decades), every point trained to the end as tuner trains it (same seed, data
+order, initial weights, constant rate), the validation objective averaged over seeds; then per
+shape the best rate, its ratio to the small network's best rate, and what training at the small
+network's rate costs there (its error minus the shape's best error).
+
+Run:  python scripts/lr_shift.py                        # digits and digits_rows, 3 seeds (~10 min on 2 cores)
+      python scripts/lr_shift.py --tasks digits --seeds 5 --out runs/lr_shift
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import tuner
+from tuner.batched import supports, train_batched
+from tuner.data import load_dataset
+from tuner.stages import TrialPlan, base_config
+from tuner.train import seeded_model, train_epochs
+
+STUDIES = Path(__file__).resolve().parent.parent / "studies"
+# task -> (study file, shapes (width, depth) to sweep, lowest and highest log10(lr) of the grid)
+TASKS = {
+    "digits": ("quickstart.toml", [(8, 1), (32, 1), (64, 1), (128, 1), (64, 2), (128, 3)], -3.0, 0.0),
+    "diabetes": ("diabetes.toml", [(8, 1), (32, 1), (64, 1), (128, 1), (64, 2), (128, 3)], -4.0, 0.0),
+    "digits_rows": ("digits_lstm.toml", [(8, 1), (32, 1), (64, 1), (64, 2)], -2.0, 1.0),
+    "adding": ("adding_lstm.toml", [(8, 1), (32, 1), (64, 1), (64, 2)], -4.0, -1.0),
+}
+
+
+def sweep(spec: tuner.StudySpec, width: int, depth: int, rates: list[float]) -> list[float]:
+    """The final validation objective of each rate at this shape (inf where it diverged)."""
+    data = load_dataset(spec.data, spec.seed, spec.source)
+    config = base_config(spec, spec.train.epochs)
+    plans = [TrialPlan(width, depth, dataclasses.replace(config, lr=lr)) for lr in rates]
+    pick = (lambda r: r.val_error) if spec.train.objective == "val_error" else (lambda r: r.val_loss)
+    finals = [math.inf] * len(rates)
+    if supports(spec.model.family, spec.train.optimizer):
+        for results in train_batched(spec.model.family, data, plans, [True] * len(plans)):
+            for i, result in enumerate(results):
+                if result is not None:
+                    finals[i] = math.inf if result.diverged else pick(result)
+        return finals
+    for i, plan in enumerate(plans):
+        model = seeded_model(spec.model.family, data, width, depth, spec.seed)
+        for result in train_epochs(model, data, plan.train):
+            finals[i] = math.inf if result.diverged else pick(result)
+    return finals
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["digits", "digits_rows"])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("runs/lr_shift"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for task in args.tasks:
+        file, shapes, low, high = TASKS[task]
+        base = tuner.load_spec(STUDIES / file)
+        rates = [float(10**e) for e in np.arange(low, high + 1e-9, 0.25)]
+        small = (base.model.width, base.model.depth)
+        started = time.perf_counter()
+        curves = {}
+        for shape in [small, *shapes]:
+            per_seed = []
+            for seed in range(args.seeds):
+                spec = dataclasses.replace(base, seed=seed)
+                per_seed.append(sweep(spec, *shape, rates))
+            curves[shape] = np.mean(np.array(per_seed), axis=0)  # inf if any seed diverged there
+        small_best = int(np.argmin(curves[small]))
+        print(f"{task} ({base.model.family}, {args.seeds} seeds, {time.perf_counter() - started:.0f} s): "
+              f"small network {small} best lr {rates[small_best]:.3g}")
+        for shape, curve in curves.items():
+            best = int(np.argmin(curve))
+            row = {
+                "task": task, "width": shape[0], "depth": shape[1],
+                "best_lr": rates[best], "lr_ratio_to_small": rates[best] / rates[small_best],
+                "best_value": float(curve[best]), "value_at_small_lr": float(curve[small_best]),
+                "loss_from_small_lr": float(curve[small_best] - curve[best]),
+                "curve": " ".join(f"{v:.4g}" for v in curve),
+            }
+            rows.append(row)
+            print(f"  {shape}: best lr {row['best_lr']:.3g} ({row['lr_ratio_to_small']:.3g}x the small net's), "
+                  f"value {row['best_value']:.4g}; at the small net's lr {row['value_at_small_lr']:.4g} "
+                  f"(+{row['loss_from_small_lr']:.3g})", flush=True)
+        print(f"  lr grid: {' '.join(f'{r:.3g}' for r in rates)}")
+    with (args.out / "lr_shift.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    main()
