@@ -259,6 +259,7 @@ def best_spec_text(spec: StudySpec, name: str, stage: Stage, trial: FrozenTrial,
         schedules=[plan_values["schedule"]],
         decay=[plan_values["decay"]] * 2,
         epochs=plan_values["epochs"],
+        lr_scale=[1.0, 1.0],  # the winner's rate already holds its scale
     )
     table["stages"]["audit"]["trials"] = 0
     header = [

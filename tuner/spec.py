@@ -124,6 +124,9 @@ class ShapeStageSpec:
     epochs: int | None = None
     sampler: str = "tpe"
     pruner: str = "none"
+    # A multiplier on the calibrated rate, searched log-uniformly with the shape: the rate is refined
+    # where the shape moves its best; [1, 1] keeps the calibrated rate as it is.
+    lr_scale: tuple[float, float] = (1.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -388,6 +391,10 @@ def _validate(spec: StudySpec, source: str) -> None:
         _choice(source, "stages.shape.schedules", name, SCHEDULES)
     _choice(source, "stages.shape.sampler", shape.sampler, SAMPLERS)
     _choice(source, "stages.shape.pruner", shape.pruner, PRUNERS)
+    _range(source, "stages.shape.lr_scale", shape.lr_scale, log=True)
+    if not shape.lr_scale[0] <= 1 <= shape.lr_scale[1]:
+        raise SpecError(source, "stages.shape.lr_scale", list(shape.lr_scale),
+                        "is a multiplier on the calibrated rate, [min, max] around 1; e.g. [0.33, 3.0], or [1.0, 1.0] to keep the rate")
 
     audit = stages.audit
     if audit.trials < 0:

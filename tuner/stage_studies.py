@@ -9,8 +9,10 @@ workers starting a new study at once exactly one creates it (see :func:`open_sta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,39 @@ from tuner.spec import StudySpec, settings_hash
 from tuner.stages import STAGE_NAMES, Stage, describe_search, stage_settings
 
 SETTINGS_WAIT_S = 10.0  # how long a worker that lost the race to create a stage waits for its settings
+
+
+# Defaults changed since studies were first stored: (stage, field) -> the value that studies stored
+# before the change were made with (where the field did not exist yet, what it did then).
+CHANGED_DEFAULTS: dict[tuple[str, str], Any] = {}
+
+
+def with_stored_defaults(spec: StudySpec, storage: optuna.storages.BaseStorage,
+                         note: Callable[[str], None] | None = None) -> StudySpec:
+    """The spec, with each default changed since a stored stage was made put back to that stage's value.
+
+    A study made by an earlier version resumes as it began, rather than being refused for a setting
+    its user never wrote; a value the spec sets other than the default is compared as any other.
+    ``note`` is told of each default put back.
+    """
+    existing = set(optuna.get_all_study_names(storage))
+    for (stage, key), legacy in CHANGED_DEFAULTS.items():
+        name = stage_study_name(spec.name, stage)
+        if name not in existing:
+            continue
+        stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get(results.SETTINGS_ATTR)
+        table = getattr(spec.stages, stage)
+        default = getattr(type(table)(), key)
+        if stored is None or getattr(table, key) != default:
+            continue
+        was = stored.get("stages", {}).get(stage, {}).get(key, legacy)
+        if _normalise(was) == _normalise(legacy) != _normalise(default):
+            spec = dataclasses.replace(spec, stages=dataclasses.replace(
+                spec.stages, **{stage: dataclasses.replace(table, **{key: legacy})}))
+            if note is not None:
+                note(f"stage '{stage}' was made when stages.{stage}.{key} defaulted to {_normalise(legacy)!r} "
+                     f"(now {_normalise(default)!r}): it resumes with {_normalise(legacy)!r}")
+    return spec
 
 
 def check_stored_settings(spec: StudySpec, storage: optuna.storages.BaseStorage) -> None:

@@ -25,6 +25,7 @@ STAGE_NAMES = ("lr", "shape", "audit")
 ADDED_FIELDS: dict[str, dict[str, Any]] = {
     "data": {"loader": None, "test_fraction": 0.0},
     "train": {"loop": None, "loss": None, "metric": None},
+    "stages.shape": {"lr_scale": (1.0, 1.0)},
 }
 
 __all__ = ["STAGE_NAMES", "Stage", "TrialPlan", "audit_stage", "lr_stage", "shape_stage", "stage_settings"]
@@ -54,7 +55,7 @@ class Stage:
         """The trial of the sampled ``params``, from the stage's base settings."""
         values = {**self.fixed, **params}
         changes: dict[str, Any] = {
-            "lr": float(values["lr"]),
+            "lr": float(values["lr"]) * float(values.get("lr_scale", 1.0)),
             "schedule": str(values.get("schedule", "constant")),
             "decay": float(values.get("decay", 1.0)),
         }
@@ -101,6 +102,12 @@ def _shape_space(spec: StudySpec) -> dict[str, BaseDistribution]:
     }
 
 
+def _lr_scale_space(spec: StudySpec) -> dict[str, BaseDistribution]:
+    """The shape stage's refinement of the calibrated rate, if its range is not [1, 1]."""
+    low, high = spec.stages.shape.lr_scale
+    return {"lr_scale": FloatDistribution(low, high, log=True)} if low < high else {}
+
+
 def lr_stage(spec: StudySpec, lr_range: tuple[float, float] | None = None) -> Stage:
     """Stage 1: ``lr`` log-uniform on the spec's small network, constant schedule."""
     lr = spec.stages.lr
@@ -131,7 +138,7 @@ def shape_stage(spec: StudySpec, best_lr: float) -> Stage:
         epochs=shape.epochs or spec.train.epochs,
         sampler=shape.sampler,
         pruner=shape.pruner,
-        space=_shape_space(spec),
+        space={**_shape_space(spec), **_lr_scale_space(spec)},
         fixed={"lr": best_lr},
     )
 
@@ -170,9 +177,10 @@ def stage_settings(spec: StudySpec, stage: str) -> dict[str, Any]:
     # Fields added since: only when set, so that the settings (and hash) of older studies stay the same.
     settings["data"].pop("workers", None)  # how batches are loaded, not what they hold
     for table, defaults in ADDED_FIELDS.items():
+        fields = stages[table.split(".")[1]] if table.startswith("stages.") else settings[table]
         for key, default in defaults.items():
-            if settings[table].get(key, default) == default:
-                settings[table].pop(key, None)
+            if fields.get(key, default) == default:
+                fields.pop(key, None)
     from tuner.usercode import identity  # the user's own code and data files, by content
 
     found = identity(spec)
