@@ -32,8 +32,9 @@ median and min-max over seeds of the best error, the median wall seconds, and th
 method needed to reach joint TPE's final error as a ratio to what TPE needed (median over seeds;
 ``inf`` where a method did not reach it within the budget; "reached" counts the seeds where it did).
 
-Run:  python scripts/bench_search.py                 # 5 seeds, digits/diabetes/digits_rows, ~1 h on 2 busy cores
-      python scripts/bench_search.py --quick         # under 5 minutes on 2 cores: one line per task
+Run:  pip install -e ".[bench]"                     # prodigyopt, for the prodigy baseline
+      python scripts/bench_search.py                 # every task of studies/, 5 seeds
+      python scripts/bench_search.py --quick         # every task and method, under 5 minutes on 2 cores
       python scripts/bench_search.py --tasks wine adding --seeds 7
       python scripts/bench_search.py --from-csv runs/bench_search/curves.csv --out /tmp/again   # re-plot only
 """
@@ -77,7 +78,7 @@ TASKS = {  # task -> (study file, what it is)
     "adding": ("adding_lstm.toml", "LSTM, sequence regression"),
     "digits_cnn": ("digits_cnn.toml", "CNN, image classification"),
 }
-DEFAULT_TASKS = ("digits", "diabetes", "digits_rows")
+DEFAULT_TASKS = tuple(TASKS)  # every study of studies/
 METHODS = ("staged", "tpe", "tpe_hyperband", "random", "grid", "prodigy", "prodigy_staged_shape")
 # --quick: smaller budgets and fewer epochs, the same for every method; the full run keeps the studies' own.
 QUICK = {

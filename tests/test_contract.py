@@ -43,6 +43,8 @@ from typer.testing import CliRunner
 import tuner
 import tuner.cli
 from tuner.spec import load_spec, settings_hash
+from tuner.stage_studies import with_stored_defaults
+from _tiny_study import before_the_changed_defaults
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -299,7 +301,7 @@ TRIAL_ATTRS = {
 STAGE_TRIAL_ATTRS = {"lr": TRIAL_ATTRS | {"width", "depth", "schedule"}, "shape": TRIAL_ATTRS | {"lr"}, "audit": TRIAL_ATTRS}
 STAGE_PARAMS = {
     "lr": {"lr"},
-    "shape": {"width", "depth", "schedule", "decay"},
+    "shape": {"width", "depth", "schedule", "decay", "lr_scale"},  # lr_scale: since issue 13 (stages.shape.lr_scale)
     "audit": {"lr", "width", "depth", "schedule", "decay", "one_minus_momentum"},  # sgd: momentum too
 }
 
@@ -401,8 +403,10 @@ def test_every_bundled_spec_is_pinned() -> None:
 
 @pytest.mark.parametrize("spec_name", sorted(SETTINGS_HASHES))
 def test_settings_hash_of_each_stage_is_unchanged(spec_name: str) -> None:
+    # With the defaults changed since (issue 13) put back, as a stored study resumes with them: the
+    # settings these specs stored then are computed exactly again.
     path = V0_SPEC if spec_name == "contract_v0" else REPO / "studies" / f"{spec_name}.toml"
-    spec = load_spec(path)
+    spec = before_the_changed_defaults(load_spec(path))
     stage_settings = _stage_settings()
     assert {stage: settings_hash(stage_settings(spec, stage)) for stage in STAGES} == SETTINGS_HASHES[spec_name]
 
@@ -497,7 +501,7 @@ def test_the_stored_v0_study_is_what_this_file_says() -> None:
 
 def test_a_study_stored_before_resumes_without_training(v0_copy: str, tmp_path: Path) -> None:
     before = _finished_per_stage(v0_copy)
-    spec = load_spec(V0_SPEC)
+    spec = with_stored_defaults(load_spec(V0_SPEC), tuner.open_storage(v0_copy))
     stage_settings = _stage_settings()
     for stage in ("lr", "shape"):
         stored = optuna.load_study(study_name=f"contract/{stage}", storage=v0_copy).user_attrs

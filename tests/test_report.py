@@ -46,7 +46,8 @@ REPORTED_SPEC = {
     "train": {"epochs": 3, "batch_size": 32},
     "stages": {
         "lr": {"trials": 10, "lr_min": 1e-3, "lr_max": 100.0},
-        "shape": {"trials": 10, "width": [4, 32], "depth": [1, 2], "sampler": "random"},
+        # No pruner: every shape trial completes, as the importance figure needs.
+        "shape": {"trials": 10, "width": [4, 32], "depth": [1, 2], "sampler": "random", "pruner": "none"},
     },
 }
 

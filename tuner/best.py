@@ -32,7 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from tuner.data import Dataset, StreamedData, load_dataset, sample_shape, standardise_inputs
-from tuner.results import load_stage_studies
+from tuner.results import load_stage_studies, trained_params
 from tuner.models import build_model, register_model
 from tuner.runner import TunerError
 from tuner.results import SPEC_PATH_ATTR
@@ -133,7 +133,7 @@ def write_best(
         "study": name,
         "stage": stage.name,
         "trial": trial.number,
-        "params": {**stage.fixed, **trial.params},
+        "params": trained_params(trial.params, stage.fixed),
         "objective": objective,
         "stored_value": trial.value,
         "refit": refit,
@@ -260,6 +260,7 @@ def best_spec_text(spec: StudySpec, name: str, stage: Stage, trial: FrozenTrial,
         decay=[plan_values["decay"]] * 2,
         epochs=plan_values["epochs"],
         lr_scale=[1.0, 1.0],  # the winner's rate already holds its scale
+        pruner="none",  # one trial, trained to the end
     )
     table["stages"]["audit"]["trials"] = 0
     header = [

@@ -69,6 +69,17 @@ class StageSummary:
     train_seconds: float  # summed training time of the stage's trials
 
 
+def trained_params(params: dict[str, Any], fixed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A trial's sampled ``params`` with its stage's ``fixed`` settings, ``lr`` the rate it trained at.
+
+    In stage ``shape`` that is the calibrated rate (fixed) times the trial's ``lr_scale``.
+    """
+    values = {**(fixed or {}), **params}
+    if "lr_scale" in values and "lr" in values:
+        values["lr"] = values["lr"] * values["lr_scale"]
+    return values
+
+
 def stage_summary(study: optuna.Study, stage: str, budget: int, fixed: dict[str, Any] | None = None) -> StageSummary:
     """What a stage's stored trials add up to; ``fixed``: settings shared by its trials (e.g. lr)."""
     trials = study.get_trials(deepcopy=False)
@@ -87,7 +98,7 @@ def stage_summary(study: optuna.Study, stage: str, budget: int, fixed: dict[str,
         n_diverged=sum(bool(t.user_attrs.get(DIVERGED_ATTR)) for t in finished),
         n_failed=sum(t.state == TrialState.FAIL and not t.user_attrs.get(SURPLUS_ATTR) for t in trials),
         best_value=best.value if best else None,
-        best_params={**(fixed or {}), **best.params} if best else {},
+        best_params=trained_params(best.params, fixed) if best else {},
         wall_seconds=wall,
         train_seconds=sum(float(t.user_attrs.get(TRAIN_SECONDS_ATTR, 0.0)) for t in finished),
     )

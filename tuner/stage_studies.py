@@ -29,7 +29,10 @@ SETTINGS_WAIT_S = 10.0  # how long a worker that lost the race to create a stage
 
 # Defaults changed since studies were first stored: (stage, field) -> the value that studies stored
 # before the change were made with (where the field did not exist yet, what it did then).
-CHANGED_DEFAULTS: dict[tuple[str, str], Any] = {}
+CHANGED_DEFAULTS: dict[tuple[str, str], Any] = {
+    ("shape", "pruner"): "none",  # before 0.2 (issue 13)
+    ("shape", "lr_scale"): (1.0, 1.0),  # before 0.2: the field did not exist
+}
 
 
 def with_stored_defaults(spec: StudySpec, storage: optuna.storages.BaseStorage,

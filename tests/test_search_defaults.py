@@ -1,0 +1,112 @@
+"""The shape stage's refinement of the calibrated rate, and defaults that changed since studies were stored.
+
+``stages.shape.lr_scale`` lets the shape stage search a multiplier on the calibrated rate with the
+shape (scripts/lr_shift.py measured the best rate of wider networks 1.8-5.6x the small one's).
+Defaults that changed (see ``tuner.stage_studies.CHANGED_DEFAULTS``) must not stop a study an
+earlier version stored from resuming: it resumes with the values it was made with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+import tuner
+from tuner.spec import ShapeStageSpec, SpecError, spec_from_dict
+from tuner.stage_studies import CHANGED_DEFAULTS
+from tuner.stages import shape_stage
+from _tiny_study import before_the_changed_defaults
+
+SPEC: dict[str, Any] = {
+    "name": "scaled",
+    "data": {"name": "wine"},
+    "model": {"width": 8, "depth": 1},
+    "train": {"epochs": 3, "batch_size": 32},
+    "stages": {"lr": {"trials": 4, "lr_min": 1e-3, "lr_max": 0.3}, "shape": {"trials": 3, "width": [4, 16], "depth": [1, 2]}},
+}
+
+
+def _spec(**shape: Any) -> tuner.StudySpec:
+    table = {**SPEC, "stages": {**SPEC["stages"], "shape": {**SPEC["stages"]["shape"], **shape}}}
+    return spec_from_dict(table)
+
+
+@pytest.mark.parametrize("bounds", [[2.0, 4.0], [0.1, 0.5], [0.0, 2.0], [3.0, 1.0]])
+def test_lr_scale_must_be_a_range_around_1(bounds: list[float]) -> None:
+    with pytest.raises(SpecError, match="stages.shape.lr_scale"):
+        _spec(lr_scale=bounds)
+
+
+def test_the_shape_stage_searches_a_multiplier_on_the_calibrated_rate() -> None:
+    stage = shape_stage(_spec(lr_scale=[0.5, 4.0]), best_lr=0.01)
+    assert stage.space["lr_scale"].low == 0.5 and stage.space["lr_scale"].high == 4.0 and stage.space["lr_scale"].log
+    plan = stage.plan({"width": 8, "depth": 1, "schedule": "constant", "decay": 1.0, "lr_scale": 3.0})
+    assert plan.train.lr == pytest.approx(0.03)
+    # [1, 1]: the calibrated rate as it is, and no parameter for it.
+    fixed = shape_stage(_spec(lr_scale=[1.0, 1.0]), best_lr=0.01)
+    assert "lr_scale" not in fixed.space
+    assert fixed.plan({"width": 8, "depth": 1, "schedule": "constant", "decay": 1.0}).train.lr == pytest.approx(0.01)
+
+
+def test_changed_defaults_are_really_changed() -> None:
+    # Each entry names a real field whose default today differs from what studies were stored with.
+    assert CHANGED_DEFAULTS
+    for (stage, key), legacy in CHANGED_DEFAULTS.items():
+        assert stage == "shape"
+        assert getattr(ShapeStageSpec(), key) != legacy
+
+
+def test_a_study_stored_with_the_old_defaults_resumes_with_them(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'old.db'}"
+    old = before_the_changed_defaults(_spec())
+    tuner.run_study(old, storage=storage, device="cpu")
+    shape = optuna.load_study(study_name="scaled/shape", storage=storage)
+    stored = dict(shape.user_attrs["settings"])
+    assert "lr_scale" not in stored["stages"]["shape"]  # as an earlier version stored it
+    assert all("lr_scale" not in t.params for t in shape.trials)
+    n_before = len(shape.trials)
+
+    # The same file with today's defaults, one more shape trial: resumed, not refused.
+    notes: list[str] = []
+
+    class Notes(tuner.Reporter):
+        def message(self, text: str) -> None:
+            notes.append(text)
+
+    newer = dataclasses.replace(_spec(), stages=dataclasses.replace(
+        _spec().stages, shape=dataclasses.replace(_spec().stages.shape, trials=4)))
+    tuner.run_study(newer, storage=storage, device="cpu", reporter=Notes())
+    shape = optuna.load_study(study_name="scaled/shape", storage=storage)
+    assert len(shape.trials) == n_before + 1
+    assert shape.user_attrs["settings"] == stored  # the stored settings are untouched
+    assert all("lr_scale" not in t.params for t in shape.trials)  # the new trial searches as the old ones did
+    said = " ".join(notes)
+    for stage, key in CHANGED_DEFAULTS:
+        assert f"stages.{stage}.{key}" in said
+
+
+def test_a_new_study_searches_with_todays_defaults(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'new.db'}"
+    result = tuner.run_study(_spec(), storage=storage, device="cpu")
+    shape = optuna.load_study(study_name="scaled/shape", storage=storage)
+    # The summary names the rate the winner trained at: the calibrated one times its scale.
+    best = shape.best_trial
+    assert result.stages["shape"].best_params["lr"] == pytest.approx(result.best_lr * best.params["lr_scale"])
+    assert best.user_attrs["lr"] == pytest.approx(result.best_lr)
+    settings = shape.user_attrs["settings"]["stages"]["shape"]
+    default = ShapeStageSpec()
+    assert settings["pruner"] == default.pruner
+    assert tuple(settings["lr_scale"]) == default.lr_scale
+    low, high = default.lr_scale
+    assert all(low <= t.params["lr_scale"] <= high for t in shape.trials if t.state.is_finished())
+
+
+def test_a_value_the_spec_sets_is_compared_as_any_other(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'old.db'}"
+    tuner.run_study(before_the_changed_defaults(_spec()), storage=storage, device="cpu")
+    with pytest.raises(tuner.StudyMismatchError, match="lr_scale"):
+        tuner.run_study(_spec(lr_scale=[0.2, 5.0]), storage=storage, device="cpu")
