@@ -42,47 +42,90 @@ ADAM_EPS = 1e-8
 
 def supports(family: str, optimizer: str) -> bool:
     """Whether trials of this model family and optimizer can be trained as one batched model."""
-    # By the factory, not the name: a user may register another model under "mlp".
-    return models.factory_of(family) is models.mlp and optimizer in BATCHED_OPTIMIZERS
+    return _stacked_class(family) is not None and optimizer in BATCHED_OPTIMIZERS
 
 
-class _StackedMLP:
-    """The weights of K MLPs of one shape in one flat tensor ``(K, n_params)``, and their forward pass.
+def _stacked_class(family: str) -> type[_Stacked] | None:
+    """The stacked form of the family's models, or None if it has none."""
+    # By the factory and how it reads the data, not the name: a user may register another model
+    # under "mlp", or tuner's factory under another name.
+    found = (models.factory_of(family), models.input_kind(family))
+    return next((stacked for factory, kind, stacked in _STACKED_FAMILIES if found == (factory, kind)), None)
+
+
+class _Stacked:
+    """K models of one shape: their weights in one flat tensor ``(K, n_params)``, and their forward pass.
 
     One flat leaf tensor keeps the optimizer to a handful of whole-tensor operations per step and
-    makes dropping stopped copies a single ``index_select``.
+    makes dropping stopped copies a single ``index_select``. A family's stacked form says which
+    tensors of a model it keeps, in the layout its forward pass reads them (:meth:`tensors`), how the
+    data's rows are shaped for it (:meth:`inputs`), and the forward pass of all copies at once.
     """
 
-    def __init__(self, flat: torch.Tensor, shapes: list[tuple[int, int]]) -> None:
+    def __init__(self, flat: torch.Tensor, shapes: list[tuple[int, ...]]) -> None:
         self.flat = flat
-        self.shapes = shapes  # (fan_in, fan_out) per linear layer
+        self.shapes = shapes  # of each tensor of one copy, in the order of the flat row
 
     @classmethod
-    def from_modules(cls, copies: Sequence[nn.Module]) -> _StackedMLP:
-        rows = []
-        shapes: list[tuple[int, int]] = []
-        for model in copies:
-            linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-            shapes = [(m.in_features, m.out_features) for m in linears]
-            # Stored as (fan_in, fan_out): x @ W + b, the layout baddbmm wants.
-            rows.append(torch.cat([t for m in linears for t in (m.weight.detach().t().reshape(-1), m.bias.detach())]))
+    def from_modules(cls, copies: Sequence[nn.Module]) -> _Stacked:
+        """The copies' weights (each a model built by the family's factory) stacked row by row."""
+        rows = [torch.cat([t.reshape(-1) for t in cls.tensors(model)]) for model in copies]
+        shapes = [tuple(t.shape) for t in cls.tensors(copies[0])]
         return cls(torch.stack(rows).contiguous(), shapes)
 
+    @staticmethod
+    def tensors(model: nn.Module) -> list[torch.Tensor]:
+        """One model's weights, detached, each shaped as :meth:`forward` reads it."""
+        raise NotImplementedError
+
+    @staticmethod
+    def inputs(x: torch.Tensor) -> torch.Tensor:
+        """A part's inputs ``(rows, *sample)`` as the copies read them, one row each."""
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor, flat: torch.Tensor | None = None) -> torch.Tensor:
-        """``x``: (K, batch, features) -> (K, batch, outputs)."""
-        flat = self.flat if flat is None else flat
+        """``x``: (K, batch, *input) from :meth:`inputs` -> (K, batch, outputs)."""
+        raise NotImplementedError
+
+    def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """The flat weights cut into each tensor, shaped (K, *shape): views, so gradients reach ``flat``."""
         k = flat.shape[0]
-        offset = 0
+        cut, offset = [], 0
+        for shape in self.shapes:
+            size = math.prod(shape)
+            cut.append(flat[:, offset:offset + size].view(k, *shape))
+            offset += size
+        return cut
+
+
+class _StackedMLP(_Stacked):
+    """Copies of :func:`tuner.models.mlp`: one ``torch.baddbmm`` per layer."""
+
+    @staticmethod
+    def tensors(model: nn.Module) -> list[torch.Tensor]:
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        # Stored as (fan_in, fan_out) and (1, fan_out): x @ W + b, the layout baddbmm wants.
+        return [t for m in linears for t in (m.weight.detach().t(), m.bias.detach().view(1, -1))]
+
+    @staticmethod
+    def inputs(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(len(x), -1)  # the factory's model flattens each sample (nn.Flatten)
+
+    def forward(self, x: torch.Tensor, flat: torch.Tensor | None = None) -> torch.Tensor:
+        weights = self.views(self.flat if flat is None else flat)
         h = x
-        for layer, (fan_in, fan_out) in enumerate(self.shapes):
-            weight = flat[:, offset:offset + fan_in * fan_out].view(k, fan_in, fan_out)
-            offset += fan_in * fan_out
-            bias = flat[:, offset:offset + fan_out].view(k, 1, fan_out)
-            offset += fan_out
-            h = torch.baddbmm(bias, h, weight)
-            if layer < len(self.shapes) - 1:
+        n_layers = len(weights) // 2
+        for layer in range(n_layers):
+            h = torch.baddbmm(weights[2 * layer + 1], h, weights[2 * layer])
+            if layer < n_layers - 1:
                 h = torch.relu(h)
         return h
+
+
+# The families with a stacked form: their factory, how it is registered to read the data, the stacked form.
+_STACKED_FAMILIES: tuple[tuple[object, str, type[_Stacked]], ...] = (
+    (models.mlp, "flat", _StackedMLP),
+)
 
 
 def _per_copy_loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
@@ -96,17 +139,17 @@ def _per_copy_loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tenso
 
 
 @torch.no_grad()
-def _evaluate(net: _StackedMLP, data: Dataset) -> tuple[list[float], list[float]]:
+def _evaluate(net: _Stacked, data: Dataset) -> tuple[list[float], list[float]]:
     """Each copy's validation loss and error, as :func:`tuner.train.evaluate` computes them."""
     k = net.flat.shape[0]
     n = len(data.x_val)
-    x_val = data.x_val.reshape(n, -1)
+    x_val = net.inputs(data.x_val)
     chunk = max(1, EVAL_CHUNK // k)  # bound memory: K copies of the activations per chunk
     loss_sum = torch.zeros(k, device=x_val.device)
     error_sum = torch.zeros(k, device=x_val.device)
     for start in range(0, n, chunk):
         x, y = x_val[start:start + chunk], data.y_val[start:start + chunk]
-        out = net.forward(x.expand(k, -1, -1))
+        out = net.forward(x.expand(k, *x.shape))
         loss_sum += _per_copy_loss(out, y, data.task) * len(x)
         if data.task == "classification":
             error_sum += (out.argmax(dim=-1) != y).sum(1)
@@ -203,6 +246,7 @@ class BatchedTrainer:
                 if same != (first.width, first.depth, first.train.batch_size, first.train.optimizer):
                     raise ValueError("batched trials must share width, depth, batch size and optimizer")
         self.family = family
+        self._stacked = _stacked_class(family) or _StackedMLP  # (no plans: never used)
         self.data = data
         self.plans = list(plans)
         self._stopped: set[int] = set()
@@ -224,12 +268,12 @@ class BatchedTrainer:
         for config in configs:
             if config.seed not in initial:
                 initial[config.seed] = seeded_model(self.family, data, first.width, first.depth, config.seed)
-        net = _StackedMLP.from_modules([initial[c.seed] for c in configs])
+        net = self._stacked.from_modules([initial[c.seed] for c in configs])
         optimizer = _Optimizer(first.train.optimizer, net.flat, configs)
 
         n = len(data.x_train)
         device = data.x_train.device
-        x_train = data.x_train.reshape(n, -1)
+        x_train = net.inputs(data.x_train)
         batch_size = first.train.batch_size
         seeds = sorted({c.seed for c in configs})
         order_rngs = {seed: order_generator(seed) for seed in seeds}
@@ -257,7 +301,8 @@ class BatchedTrainer:
             for start in range(0, n, batch_size):
                 if shared:
                     batch = order[start:start + batch_size]
-                    x, y = x_train[batch].expand(k, -1, -1), data.y_train[batch]
+                    x, y = x_train[batch], data.y_train[batch]
+                    x = x.expand(k, *x.shape)
                 else:
                     batch = order[:, start:start + batch_size]
                     x, y = x_train[batch], data.y_train[batch]
@@ -285,7 +330,7 @@ class BatchedTrainer:
             yield results
 
     @staticmethod
-    def _keep(net: _StackedMLP, optimizer: _Optimizer, running: list[int], keep: list[int], device: torch.device) -> list[int]:
+    def _keep(net: _Stacked, optimizer: _Optimizer, running: list[int], keep: list[int], device: torch.device) -> list[int]:
         """Drop the rows not in ``keep`` from the weights and the optimizer state."""
         rows = torch.tensor(keep, dtype=torch.long, device=device)
         net.flat = net.flat.index_select(0, rows)
