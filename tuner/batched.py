@@ -235,7 +235,8 @@ class _LSTMLayer(torch.autograd.Function):
             d = grad_gates[:, :, step]
             d_i, d_f, d_o, d_g = d.chunk(4, dim=1)
             torch.mul(grad_h, tanh_c, out=d_o)
-            through_h = tanh_backward(grad_h * o, tanh_c, grad_input=torch.empty_like(tanh_c))
+            through_h = grad_h * o
+            tanh_backward(through_h, tanh_c, grad_input=through_h)
             grad_c = through_h if grad_c is None else grad_c.add_(through_h)
             torch.mul(grad_c, g, out=d_i)
             if step > 0:
