@@ -215,3 +215,11 @@ def factory_of(family: str) -> ModelFactory | None:
     """The factory registered under ``family``, or None."""
     registered = _FAMILIES.get(family)
     return registered[0] if registered else None
+
+
+def input_kind(family: str) -> str | None:
+    """How the factory registered under ``family`` sees the data (see :func:`register_model`), or None."""
+    registered = _FAMILIES.get(family)
+    if registered is None:
+        return None
+    return "shape" if family in _SHAPE_INPUT else "sequence" if registered[1] else "flat"
