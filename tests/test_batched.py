@@ -299,3 +299,18 @@ def test_batch_settings_are_checked_and_do_not_count_as_a_changed_study() -> Non
     # How trials are scheduled does not change what each computes: a study may resume either way.
     assert stage_settings(one_by_one, "lr") == stage_settings(batched, "lr")
     assert (lr_stage(one_by_one).batch_trials, lr_stage(batched).batch_trials) == (1, 8)
+
+
+def test_the_lr_stage_batches_lstms_only_where_it_is_faster() -> None:
+    # Wide stacked LSTMs train slower than nn.LSTM one at a time on a CPU (BATCHED_LSTM_MAX_WIDTH).
+    from tuner.batched import BATCHED_LSTM_MAX_WIDTH
+    from tuner.stages import lr_stage
+
+    def stage(width: int, family: str = "lstm") -> int:
+        data = "digits_rows" if family == "lstm" else "digits"
+        spec = tuner.spec_from_dict({"name": "w", "data": {"name": data}, "model": {"family": family, "width": width}})
+        return lr_stage(spec).batch_trials
+
+    assert stage(16) == 16 and stage(BATCHED_LSTM_MAX_WIDTH) == 16
+    assert stage(BATCHED_LSTM_MAX_WIDTH + 1) == 1
+    assert stage(128, "mlp") == 16  # the MLP gains at every width

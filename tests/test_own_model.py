@@ -55,7 +55,9 @@ def test_a_custom_cnn_and_loader_run_both_stages_resume_and_an_edited_module_is_
     counts = {stage: len(optuna.load_study(study_name=f"my-study/{stage}", storage=url).trials) for stage in ("lr", "shape")}
     assert counts == {"lr": 4, "shape": 3}
     shape = optuna.load_study(study_name="my-study/shape", storage=url)
-    assert all(t.state == TrialState.COMPLETE for t in shape.trials)
+    # Every shape trial trained to its end or was stopped by the stage's Hyperband pruner; none failed.
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in shape.trials)
+    assert any(t.state == TrialState.COMPLETE for t in shape.trials)
     assert shape.user_attrs["settings"]["identity"]["model.family"]["module"] == "mynet"
 
     again = _tuner("study", str(spec), "--storage", url, "--device", "cpu", cwd=tmp_path)

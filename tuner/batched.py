@@ -50,6 +50,19 @@ def supports(family: str, optimizer: str) -> bool:
     return _stacked_class(family) is not None and optimizer in BATCHED_OPTIMIZERS
 
 
+# On a CPU, stacked LSTMs wider than this train slower than one at a time (bench_lr_stage.py --family
+# lstm, one batch of 16: 2.0x the trials/s at width 32, 1.1x at 64, 0.71x at 128): the per-step
+# matrix products are then big enough for nn.LSTM's fused kernel to win over the Python loop.
+BATCHED_LSTM_MAX_WIDTH = 32
+
+
+def worth_batching(family: str, optimizer: str, width: int) -> bool:
+    """Whether the LR stage's trials of this small network train faster batched than one at a time."""
+    if not supports(family, optimizer):
+        return False
+    return _stacked_class(family) is not _StackedLSTM or width <= BATCHED_LSTM_MAX_WIDTH
+
+
 def _stacked_class(family: str) -> type[_Stacked] | None:
     """The stacked form of the family's models, or None if it has none."""
     # By the factory and how it reads the data, not the name: a user may register another model

@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from tuner.batched import supports
+from tuner.batched import worth_batching
 from tuner.spec import StudySpec
 from tuner.train import TrainConfig, TrialPlan
 
@@ -114,7 +114,7 @@ def lr_stage(spec: StudySpec, lr_range: tuple[float, float] | None = None) -> St
     low, high = lr_range or (lr.lr_min, lr.lr_max)
     # Batched copies use tuner's own loss and metric and train in memory; a user's loop trains alone.
     own_code = spec.train.loop or spec.train.loss or spec.train.metric
-    batchable = lr.batched and not own_code and supports(spec.model.family, spec.train.optimizer)
+    batchable = lr.batched and not own_code and worth_batching(spec.model.family, spec.train.optimizer, spec.model.width)
     return _shaped(
         spec,
         name="lr",
