@@ -40,6 +40,7 @@ batch_trials = 1
 trials = 1
 width = [8, 16]
 depth = [1, 2]
+pruner = "none"          # the tests count complete trials: none may be stopped by a pruner
 """
 
 QUICK_SPEC = """
@@ -57,6 +58,7 @@ trials = 2
 trials = 1
 width = [4, 8]
 depth = [1, 1]
+pruner = "none"
 """
 
 
