@@ -251,12 +251,18 @@ def run_grid(spec: StudySpec, data: Dataset, budget: int) -> list[TrialRecord]:
     return records
 
 
-def run_prodigy(spec: StudySpec, data: Dataset, shape: tuple[int, int]) -> list[TrialRecord]:
-    """One run of Prodigy at ``shape`` (width, depth): lr = 1 with cosine annealing, no tuning."""
+def prodigy_class() -> type[torch.optim.Optimizer]:
+    """``prodigyopt.Prodigy``; exits with the install command if it is missing."""
     try:
         from prodigyopt import Prodigy
     except ImportError:
         raise SystemExit('the prodigy baseline needs prodigyopt: pip install -e ".[bench]"') from None
+    return Prodigy
+
+
+def run_prodigy(spec: StudySpec, data: Dataset, shape: tuple[int, int]) -> list[TrialRecord]:
+    """One run of Prodigy at ``shape`` (width, depth): lr = 1 with cosine annealing, no tuning."""
+    Prodigy = prodigy_class()
     stage = joint_stage(spec)
     started = time.perf_counter()
     params = {"lr": 1.0, "width": shape[0], "depth": shape[1], "schedule": "cosine", "decay": 0.0}
@@ -488,6 +494,7 @@ def main() -> None:
         for task, runs in load_curves(args.from_csv).items():
             report(args.out, task, runs, rows, args.quick)
         return
+    prodigy_class()  # before any training, not after the first seed's other methods
     (args.out / "curves.csv").unlink(missing_ok=True)
     print(f"optuna {optuna.__version__}, torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
           f"seeds 0..{n_seeds - 1}, {'quick' if args.quick else 'full'} budgets; writing {args.out}/")
