@@ -6,12 +6,11 @@ from a module of its own, so the study (about 20 trials on wine) is trained once
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from pathlib import Path
 
 import tuner
-from tuner.stage_studies import CHANGED_DEFAULTS
+from tuner.stage_studies import CHANGED_DEFAULTS, with_stage_value
 
 AUDITED_SPEC = {
     "name": "audited",
@@ -42,6 +41,5 @@ def audited_study(base: Path) -> tuple[str, tuner.StudyResult]:
 def before_the_changed_defaults(spec: tuner.StudySpec) -> tuner.StudySpec:
     """``spec`` with every default changed since studies were first stored at the value they were made with."""
     for (stage, key), legacy in CHANGED_DEFAULTS.items():
-        table = dataclasses.replace(getattr(spec.stages, stage), **{key: legacy})
-        spec = dataclasses.replace(spec, stages=dataclasses.replace(spec.stages, **{stage: table}))
+        spec = with_stage_value(spec, stage, key, legacy)
     return spec

@@ -8,7 +8,6 @@ earlier version stored from resuming: it resumes with the values it was made wit
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 
 import tuner
 from tuner.spec import ShapeStageSpec, SpecError, spec_from_dict
-from tuner.stage_studies import CHANGED_DEFAULTS
+from tuner.stage_studies import CHANGED_DEFAULTS, with_stage_value
 from tuner.stages import shape_stage
 from _tiny_study import before_the_changed_defaults
 
@@ -77,8 +76,7 @@ def test_a_study_stored_with_the_old_defaults_resumes_with_them(tmp_path: Path) 
         def message(self, text: str) -> None:
             notes.append(text)
 
-    newer = dataclasses.replace(_spec(), stages=dataclasses.replace(
-        _spec().stages, shape=dataclasses.replace(_spec().stages.shape, trials=4)))
+    newer = with_stage_value(_spec(), "shape", "trials", 4)
     tuner.run_study(newer, storage=storage, device="cpu", reporter=Notes())
     shape = optuna.load_study(study_name="scaled/shape", storage=storage)
     assert len(shape.trials) == n_before + 1

@@ -31,7 +31,7 @@ from tuner.importance import AuditVerdict, audit_verdict
 from tuner.models import check_model_fits
 from tuner.results import FINISHED, SURPLUS_ATTR, StageSummary, stage_study_name
 from tuner.spec import StudySpec, load_spec
-from tuner.stage_studies import check_stored_settings, open_stage_study, with_stored_defaults
+from tuner.stage_studies import check_stored_settings, open_stage_study
 from tuner.stages import STAGE_NAMES, Stage, audit_stage, lr_stage, make_pruner, make_sampler, shape_stage
 from tuner.storage import (
     StorageError,
@@ -144,8 +144,7 @@ def run_study(
         if storage or not spec.storage:
             raise
         raise StorageError(f"{spec.source or spec.name}: field 'storage': {error}") from None
-    spec = with_stored_defaults(spec, optuna_storage, reporter.message)
-    check_stored_settings(spec, optuna_storage)
+    spec = check_stored_settings(spec, optuna_storage, reporter.message)  # with changed defaults put back
 
     summaries: dict[str, StageSummary] = {}
     lr_summary = run_stage(spec, "lr", storage=optuna_storage, data=data, device=torch_device, reporter=reporter)

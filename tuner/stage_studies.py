@@ -35,6 +35,12 @@ CHANGED_DEFAULTS: dict[tuple[str, str], Any] = {
 }
 
 
+def with_stage_value(spec: StudySpec, stage: str, key: str, value: Any) -> StudySpec:
+    """``spec`` with ``stages.<stage>.<key>`` set to ``value``."""
+    table = dataclasses.replace(getattr(spec.stages, stage), **{key: value})
+    return dataclasses.replace(spec, stages=dataclasses.replace(spec.stages, **{stage: table}))
+
+
 def with_stored_defaults(spec: StudySpec, storage: optuna.storages.BaseStorage,
                          note: Callable[[str], None] | None = None) -> StudySpec:
     """The spec, with each default changed since a stored stage was made put back to that stage's value.
@@ -43,41 +49,47 @@ def with_stored_defaults(spec: StudySpec, storage: optuna.storages.BaseStorage,
     its user never wrote; a value the spec sets other than the default is compared as any other.
     ``note`` is told of each default put back.
     """
+    return _put_back_defaults(spec, _stored_stages(spec, storage), note)
+
+
+def _stored_stages(spec: StudySpec, storage: optuna.storages.BaseStorage) -> dict[str, optuna.Study]:
+    """The spec's stage studies that exist in ``storage``, each loaded once."""
     existing = set(optuna.get_all_study_names(storage))
+    names = {stage: stage_study_name(spec.name, stage) for stage in STAGE_NAMES}
+    return {stage: optuna.load_study(study_name=name, storage=storage) for stage, name in names.items() if name in existing}
+
+
+def _put_back_defaults(spec: StudySpec, studies: dict[str, optuna.Study], note: Callable[[str], None] | None) -> StudySpec:
     for (stage, key), legacy in CHANGED_DEFAULTS.items():
-        name = stage_study_name(spec.name, stage)
-        if name not in existing:
-            continue
-        stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get(results.SETTINGS_ATTR)
-        table = getattr(spec.stages, stage)
-        default = getattr(type(table)(), key)
-        if stored is None or getattr(table, key) != default:
+        stored = studies[stage].user_attrs.get(results.SETTINGS_ATTR) if stage in studies else None
+        default = getattr(type(getattr(spec.stages, stage))(), key)
+        if stored is None or getattr(getattr(spec.stages, stage), key) != default:
             continue
         was = stored.get("stages", {}).get(stage, {}).get(key, legacy)
         if _normalise(was) == _normalise(legacy) != _normalise(default):
-            spec = dataclasses.replace(spec, stages=dataclasses.replace(
-                spec.stages, **{stage: dataclasses.replace(table, **{key: legacy})}))
+            spec = with_stage_value(spec, stage, key, legacy)
             if note is not None:
                 note(f"stage '{stage}' was made when stages.{stage}.{key} defaulted to {_normalise(legacy)!r} "
                      f"(now {_normalise(default)!r}): it resumes with {_normalise(legacy)!r}")
     return spec
 
 
-def check_stored_settings(spec: StudySpec, storage: optuna.storages.BaseStorage) -> None:
+def check_stored_settings(spec: StudySpec, storage: optuna.storages.BaseStorage,
+                          note: Callable[[str], None] | None = None) -> StudySpec:
     """Refuse a spec whose stored stages were made with other settings, or by another tool.
 
     Also refuses a raised ``stages.lr.trials`` once the learning rate was handed on: the new lr
-    trials would run, but stage ``shape`` would stay at the rate the old ones calibrated.
+    trials would run, but stage ``shape`` would stay at the rate the old ones calibrated. Returns
+    the spec to run: with the defaults changed since its stages were stored put back to theirs
+    (:func:`with_stored_defaults`; ``note`` is told of each), the stored stages read once for both.
     """
-    existing = set(optuna.get_all_study_names(storage))
-    for stage in STAGE_NAMES:
-        name = stage_study_name(spec.name, stage)
-        if name in existing:
-            _check_settings(optuna.load_study(study_name=name, storage=storage), spec, stage)
-    shape_name = stage_study_name(spec.name, "shape")
-    if shape_name in existing:
-        handed_off = optuna.load_study(study_name=shape_name, storage=storage).user_attrs.get(results.LR_ATTR)
-        lr_attrs = optuna.load_study(study_name=stage_study_name(spec.name, "lr"), storage=storage).user_attrs
+    studies = _stored_stages(spec, storage)
+    spec = _put_back_defaults(spec, studies, note)
+    for stage, study in studies.items():
+        _check_settings(study, spec, stage)
+    if "shape" in studies:
+        handed_off = studies["shape"].user_attrs.get(results.LR_ATTR)
+        lr_attrs = studies["lr"].user_attrs
         calibrated_on = lr_attrs.get(results.HANDOFF_TRIALS_ATTR, lr_attrs.get(results.BUDGET_ATTR))
         if handed_off is not None and calibrated_on is not None and spec.stages.lr.trials > int(calibrated_on):
             raise StudyMismatchError(
@@ -86,6 +98,7 @@ def check_stored_settings(spec: StudySpec, storage: optuna.storages.BaseStorage)
                 f"run but 'shape' would stay at the old rate. Put stages.lr.trials back to {calibrated_on} (or "
                 f"lower) to resume, or run under a new name (--name NEW) to calibrate again"
             )
+    return spec
 
 
 def _made_elsewhere(study: optuna.Study) -> bool:
