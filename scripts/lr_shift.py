@@ -26,7 +26,7 @@ import torch
 
 import tuner
 from tuner.batched import supports, train_batched
-from tuner.data import load_dataset
+from tuner.data import Dataset, load_dataset
 from tuner.stages import TrialPlan, base_config
 from tuner.train import seeded_model, train_epochs
 
@@ -40,9 +40,8 @@ TASKS = {
 }
 
 
-def sweep(spec: tuner.StudySpec, width: int, depth: int, rates: list[float]) -> list[float]:
+def sweep(spec: tuner.StudySpec, data: Dataset, width: int, depth: int, rates: list[float]) -> list[float]:
     """The final validation objective of each rate at this shape (inf where it diverged)."""
-    data = load_dataset(spec.data, spec.seed, spec.source)
     config = base_config(spec, spec.train.epochs)
     plans = [TrialPlan(width, depth, dataclasses.replace(config, lr=lr)) for lr in rates]
     pick = (lambda r: r.val_error) if spec.train.objective == "val_error" else (lambda r: r.val_loss)
@@ -75,12 +74,11 @@ def main() -> None:
         rates = [float(10**e) for e in np.arange(low, high + 1e-9, 0.25)]
         small = (base.model.width, base.model.depth)
         started = time.perf_counter()
+        seeds = [dataclasses.replace(base, seed=seed) for seed in range(args.seeds)]
+        data = [load_dataset(spec.data, spec.seed, spec.source) for spec in seeds]  # once per seed, for every shape
         curves = {}
         for shape in [small, *shapes]:
-            per_seed = []
-            for seed in range(args.seeds):
-                spec = dataclasses.replace(base, seed=seed)
-                per_seed.append(sweep(spec, *shape, rates))
+            per_seed = [sweep(spec, part, *shape, rates) for spec, part in zip(seeds, data)]
             curves[shape] = np.mean(np.array(per_seed), axis=0)  # inf if any seed diverged there
         small_best = int(np.argmin(curves[small]))
         print(f"{task} ({base.model.family}, {args.seeds} seeds, {time.perf_counter() - started:.0f} s): "

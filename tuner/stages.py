@@ -16,6 +16,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from tuner.batched import worth_batching
+from tuner.results import trained_params
 from tuner.spec import StudySpec
 from tuner.train import TrainConfig, TrialPlan
 
@@ -53,9 +54,9 @@ class Stage:
 
     def plan(self, params: dict[str, Any]) -> TrialPlan:
         """The trial of the sampled ``params``, from the stage's base settings."""
-        values = {**self.fixed, **params}
+        values = trained_params(params, self.fixed)
         changes: dict[str, Any] = {
-            "lr": float(values["lr"]) * float(values.get("lr_scale", 1.0)),
+            "lr": float(values["lr"]),
             "schedule": str(values.get("schedule", "constant")),
             "decay": float(values.get("decay", 1.0)),
         }
