@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +24,7 @@ from typer.testing import CliRunner
 import tuner
 from tuner import models
 from tuner.best import MODEL_KEYS
+from tuner.best.folder import KILL_AT_ENV, FolderError
 from tuner.cli import app
 from tuner.data import load_dataset
 from tuner.spec import DataSpec, load_spec
@@ -221,3 +227,84 @@ def test_best_refuses_bad_input_with_exit_2_and_one_line(wine_best: tuple[str, P
 def test_the_ready_cnn_study_reads_images_with_a_test_part() -> None:
     spec = load_spec(Path(__file__).parent.parent / "studies" / "digits_cnn.toml")
     assert (spec.model.family, spec.data.name) == ("cnn", "digits_images") and spec.data.test_fraction > 0
+
+
+def _best_in_process(storage: str, out: Path, *extra: str, kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`tuner best` in a process of its own, killed with SIGKILL at the write point ``kill_at`` (the test hook)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TUNER_")}
+    env.update(OMP_NUM_THREADS="1", **({KILL_AT_ENV: kill_at} if kill_at else {}))
+    return subprocess.run([sys.executable, "-m", "tuner.cli", "best", "winetest", "--storage", storage, "--out", str(out),
+                           "--device", "cpu", *extra], env=env, capture_output=True, text=True, timeout=300)
+
+
+# Each point of the write at which a killed `tuner best` stops, and what the folder then holds: the
+# old result whole, the new one whole, or a folder load_model refuses in one line.
+KILL_POINTS = {
+    "model.pt.tmp": "old", "model.pt": "mixed", "best.toml.tmp": "mixed", "best.toml": "mixed",
+    "metrics.json.tmp": "mixed", "metrics.json": "new",
+}
+
+
+def test_tuner_best_killed_while_writing_leaves_the_old_result_the_new_one_or_a_folder_load_model_refuses(
+        wine_best: tuple[str, Path, dict], tmp_path: Path) -> None:
+    storage, _, _ = wine_best
+    old = tmp_path / "old"
+    assert _best_in_process(storage, old, "--refit", "train+val").returncode == 0
+    for point, expected in KILL_POINTS.items():
+        out = tmp_path / point
+        shutil.copytree(old, out)
+        killed = _best_in_process(storage, out, "--refit", "train", kill_at=point)
+        assert killed.returncode == -signal.SIGKILL, (point, killed.stderr)
+        if expected == "mixed":
+            with pytest.raises(FolderError, match=r"mixed output of `tuner best`") as refused:
+                tuner.load_model(out)
+            assert "\n" not in str(refused.value) and str(out) in str(refused.value)
+            continue
+        model = tuner.load_model(out)  # whole: loads, and its metrics describe it
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["refit"] == ("train+val" if expected == "old" else "train"), point
+        assert metrics["manifest"]["run_id"] == model.record["run_id"]
+
+    # The next `tuner best` names what it found and writes the folder anew.
+    rerun = _best_in_process(storage, tmp_path / "best.toml")
+    assert rerun.returncode == 0, rerun.stderr
+    assert "note: " in rerun.stdout and "mixed output of `tuner best`" in rerun.stdout
+    assert sorted(p.name for p in (tmp_path / "best.toml").iterdir()) == ["best.toml", "metrics.json", "model.pt"]
+    assert json.loads((tmp_path / "best.toml" / "metrics.json").read_text())["refit"] == "train"
+    tuner.load_model(tmp_path / "best.toml")
+
+
+def test_tuner_best_killed_on_its_first_write_leaves_a_folder_named_partial(wine_best: tuple[str, Path, dict],
+                                                                           tmp_path: Path) -> None:
+    storage, _, _ = wine_best
+    out = tmp_path / "first"
+    assert _best_in_process(storage, out, kill_at="best.toml").returncode == -signal.SIGKILL
+    assert not (out / "metrics.json").exists()
+    with pytest.raises(FolderError, match=r"partial output of `tuner best` \(no metrics.json"):
+        tuner.load_model(out)
+
+
+def test_a_folder_written_before_manifests_still_loads_and_a_cut_model_is_named_in_one_line(
+        wine_best: tuple[str, Path, dict], tmp_path: Path) -> None:
+    _, out, _ = wine_best
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    record = torch.load(out / "model.pt", weights_only=True)
+    del record["run_id"]
+    torch.save(record, legacy / "model.pt")
+    metrics = json.loads((out / "metrics.json").read_text())
+    del metrics["manifest"]
+    (legacy / "metrics.json").write_text(json.dumps(metrics))
+    x_val = _wine_splits()[1]
+    assert tuner.load_model(legacy).predict(x_val).shape == (len(x_val),)
+
+    content = (legacy / "model.pt").read_bytes()
+    (legacy / "model.pt").write_bytes(content[: len(content) // 2])  # what an old, killed `tuner best` left
+    with pytest.raises(FolderError, match="cannot be read as a model file") as refused:
+        tuner.load_model(legacy)
+    assert "PytorchStreamReader" not in str(refused.value)
+
+    # A new model.pt beside an old metrics.json (no manifest) is a mix, not a legacy folder.
+    shutil.copy(out / "model.pt", legacy / "model.pt")
+    with pytest.raises(FolderError, match="mixed output"):
+        tuner.load_model(legacy)

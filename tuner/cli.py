@@ -481,6 +481,8 @@ def best(
             _fail(str(error), BAD_INPUT)
     metrics = result.metrics
     say = _say
+    if result.replaced:
+        say(f"note: {result.replaced}; wrote it anew")
     say(f"trained trial {metrics['trial']} of {name}/{metrics['stage']} again (refit {refit}): "
         f"validation error {metrics['validation']['error']:.4g}, loss {metrics['validation']['loss']:.4g}"
         + (f" (stored {metrics['objective']}: {metrics['stored_value']:.4g})" if refit == "train" else " (not a fair score: trained on it)"))

@@ -1,17 +1,14 @@
-"""The winner out: train a study's best configuration again, save it, and load it to predict.
+"""Refit: train a study's best configuration again, the same way its trial was trained.
 
 :func:`write_best` reads the best complete trial of the study's last stage before the audit
 (``shape``; ``lr`` while ``shape`` has none), rebuilds the spec from the settings stored on that
-stage's study, trains the trial's configuration again with the same seed and writes three files:
+stage's study, trains the trial's configuration again with the same seed and hands three files to
+:mod:`tuner.best.folder`, their one writer:
 
 - ``best.toml``: a spec whose ``shape`` stage trains exactly that configuration (one trial);
-- ``model.pt``: a plain dict (loadable with ``torch.load(..., weights_only=True)``): the weights
-  and what rebuilds the model and preprocesses raw inputs (see :data:`MODEL_KEYS`);
+- ``model.pt``: the weights and what rebuilds the model and preprocesses raw inputs;
 - ``metrics.json``: validation (and test, when the data has a test part) error and loss, the trial
   it came from and the value stored for it, which ``refit = "train"`` reproduces.
-
-:func:`load_model` reads ``model.pt`` back as a :class:`TrainedModel` whose ``predict`` takes raw
-inputs, standardises them as in training and returns the original class labels or target values.
 """
 
 from __future__ import annotations
@@ -21,35 +18,24 @@ import json
 import math
 import tomllib
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from tuner.data import Dataset, StreamedData, load_dataset, sample_shape, standardise_inputs
-from tuner.results import load_stage_studies, trained_params
-from tuner.models import build_model, register_model
+from tuner.best.folder import FolderError, check_folder, model_record, write_folder
+from tuner.data import Dataset, StreamedData, load_dataset
+from tuner.results import SPEC_PATH_ATTR, load_stage_studies, trained_params
 from tuner.runner import TunerError
-from tuner.results import SPEC_PATH_ATTR
 from tuner.spec import StudySpec, spec_from_dict
-from tuner.usercode import identity, install, is_reference, load_callable, spec_folder
 from tuner.stages import Stage, lr_stage, shape_stage
-from tuner.train import EVAL_CHUNK, evaluate, resolve_device, seeded_model, train_epochs, use_threads
+from tuner.train import evaluate, resolve_device, seeded_model, train_epochs, use_threads
+from tuner.usercode import identity, install, load_callable
 
-SPEC_FILE = "best.toml"
-MODEL_FILE = "model.pt"
-METRICS_FILE = "metrics.json"
 REFITS = ("train", "train+val")
-MODEL_FORMAT = 1  # raised when the keys of model.pt change meaning
-MODEL_KEYS = (
-    "format", "tuner_version", "family", "width", "depth", "input_shape", "n_outputs", "task",
-    "state_dict", "x_mean", "x_std", "classes", "target_mean", "target_std", "code_folder",
-)
 
 
 class BestError(ValueError):
@@ -65,6 +51,7 @@ class BestResult:
     model_path: Path
     metrics_path: Path
     metrics: dict[str, Any]
+    replaced: str | None = None  # why the folder's earlier content could not be trusted, if it could not
 
 
 def write_best(
@@ -101,6 +88,7 @@ def write_best(
     folder = Path(out if out is not None else f"{name}-best")
     if folder.exists() and not folder.is_dir():
         raise BestError(f"--out {str(folder)!r}: is a file; give a folder (created if missing)")
+    replaced = _earlier_output(folder)
     spec, stage, trial = _best_trial(name, storage)
     install(spec)
     plan = stage.plan(trial.params)
@@ -162,15 +150,19 @@ def write_best(
         test_loss, test_error = evaluate(model, data, plan.train, part="test")
         metrics["test"] = {"error": test_error, "loss": test_loss, "rows": _rows(data, "test")}
 
-    folder.mkdir(parents=True, exist_ok=True)
-    spec_path = folder / SPEC_FILE
-    spec_path.write_text(best_spec_text(spec, name, stage, trial, plan_values=_plan_values(plan), refit=refit),
-                         encoding="utf-8")
-    model_path = folder / MODEL_FILE
-    torch.save(_model_record(model, spec, data, plan.width, plan.depth), model_path)
-    metrics_path = folder / METRICS_FILE
-    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    return BestResult(folder, spec_path, model_path, metrics_path, metrics)
+    spec_text = best_spec_text(spec, name, stage, trial, plan_values=_plan_values(plan), refit=refit)
+    record = model_record(model, spec, data, plan.width, plan.depth)
+    spec_path, model_path, metrics_path = write_folder(folder, spec_text, record, metrics)
+    return BestResult(folder, spec_path, model_path, metrics_path, metrics, replaced)
+
+
+def _earlier_output(folder: Path) -> str | None:
+    """The one line saying that ``folder`` holds the partial or mixed output of a stopped run (None: it does not)."""
+    try:
+        check_folder(folder)
+    except FolderError as error:
+        return error.problem
+    return None
 
 
 def _rows(data: Dataset | StreamedData, part: str) -> int:
@@ -305,110 +297,3 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as TOML")  # a bug: specs hold only the types above
-
-
-def _model_record(model: nn.Module, spec: StudySpec, data: Dataset | StreamedData, width: int, depth: int) -> dict[str, Any]:
-    """model.pt: only tensors and plain types, so that ``torch.load(weights_only=True)`` reads it."""
-    as_tensor = lambda a: None if a is None else torch.from_numpy(np.asarray(a, dtype=np.float64))  # noqa: E731
-    folder = spec_folder(spec.source) if is_reference(spec.model.family) else None
-    return {
-        "format": MODEL_FORMAT,
-        "tuner_version": _tuner_version(),
-        "family": spec.model.family,
-        "width": width,
-        "depth": depth,
-        "input_shape": list(sample_shape(data)),
-        "n_outputs": data.n_outputs,
-        "task": data.task,
-        "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
-        "x_mean": as_tensor(data.x_mean),  # None: streamed data, used as the user's Dataset gives it
-        "x_std": as_tensor(data.x_std),
-        "classes": list(data.classes) if data.classes is not None else None,
-        "target_mean": data.target_mean,
-        "target_std": data.target_scale,
-        "code_folder": None if folder is None else str(folder),  # where a "module:function" family is imported from
-    }
-
-
-def _tuner_version() -> str:
-    try:
-        return metadata.version("tuner")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-class TrainedModel:
-    """A model written by ``tuner best``, with the preprocessing it was trained with.
-
-    Attributes:
-        model: the ``nn.Module`` (in evaluation mode, on the CPU).
-        task: ``classification`` or ``regression``.
-        classes: the original class labels, in the order of the model's outputs (None: regression).
-        input_shape: one raw sample's shape, e.g. ``(1, 8, 8)`` or ``(13,)``.
-        record: everything read from ``model.pt``.
-    """
-
-    def __init__(self, record: dict[str, Any]) -> None:
-        self.record = record
-        self.task: str = record["task"]
-        self.input_shape = tuple(record["input_shape"])
-        self.classes = record["classes"]
-        family = record["family"]
-        if is_reference(family):  # the user's own factory: from sys.path, else from the study's folder
-            folder = record.get("code_folder")
-            factory = load_callable(family, "model.family", str(Path(folder) / "spec.toml") if folder else "")
-            register_model(family, factory, inputs="shape")
-        self.model = build_model(record["family"], self.input_shape, record["n_outputs"], record["width"], record["depth"])
-        self.model.load_state_dict(record["state_dict"])
-        self.model.eval()
-        self._mean = None if record["x_mean"] is None else record["x_mean"].numpy()
-        self._std = None if record["x_std"] is None else record["x_std"].numpy()
-
-    @torch.no_grad()
-    def predict(self, raw_inputs: Any) -> np.ndarray:
-        """Class labels (as in the data) or values (in the target's units) for raw, unstandardised inputs.
-
-        ``raw_inputs``: a numpy array or tensor of samples shaped like the data's samples (e.g.
-        ``(n, 1, 8, 8)``), or flat rows ``(n, features)`` (e.g. scikit-learn's ``(n, 64)`` digits);
-        one sample alone gives an array of one.
-        """
-        raw = raw_inputs.detach().cpu().numpy() if isinstance(raw_inputs, torch.Tensor) else np.asarray(raw_inputs)
-        raw = self._batch(raw.astype(np.float64))
-        x = torch.as_tensor(raw, dtype=torch.float32) if self._mean is None else standardise_inputs(raw, self._mean, self._std)
-        device = next(self.model.parameters()).device
-        outputs = torch.cat([self.model(x[i:i + EVAL_CHUNK].to(device)).cpu() for i in range(0, len(x), EVAL_CHUNK)]) \
-            if len(x) else torch.zeros((0, self.record["n_outputs"]))
-        if self.task == "classification":
-            indices = outputs.argmax(dim=-1).numpy()
-            return indices if self.classes is None else np.asarray(self.classes)[indices]  # None: a Dataset's own indices
-        return outputs.squeeze(-1).double().numpy() * self.record["target_std"] + self.record["target_mean"]
-
-    def _batch(self, raw: np.ndarray) -> np.ndarray:
-        size = math.prod(self.input_shape)
-        if raw.shape == self.input_shape:
-            return raw[np.newaxis]
-        if raw.shape[1:] == self.input_shape:
-            return raw
-        if raw.ndim == 2 and raw.shape[1] == size:
-            return raw.reshape(-1, *self.input_shape)
-        raise ValueError(f"predict: inputs of shape {raw.shape}; expected (n, {', '.join(map(str, self.input_shape))})"
-                         + (f" or flat rows (n, {size})" if len(self.input_shape) > 1 else ""))
-
-
-def load_model(folder: str | Path) -> TrainedModel:
-    """Load the model ``tuner best`` wrote into ``folder`` (or the path of its ``model.pt``).
-
-    Example:
-        >>> model = tuner.load_model("quickstart-best")  # doctest: +SKIP
-        >>> model.predict(sklearn.datasets.load_digits().data[:5])  # doctest: +SKIP
-        array([0, 1, 2, 3, 4])
-    """
-    path = Path(folder)
-    if path.is_dir():
-        path = path / MODEL_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{str(path)!r}: no such file; give the folder `tuner best` wrote (it holds {MODEL_FILE})")
-    record = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(record, dict) or record.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{str(path)!r}: not a model written by this version of `tuner best`")
-    return TrainedModel(record)

@@ -1,0 +1,283 @@
+"""The folder ``tuner best`` writes, the one writer of it and the one reader.
+
+Three files, each written to a hidden temporary file beside it, flushed to disk and moved into
+place with ``os.replace`` (atomic on POSIX and Windows): ``model.pt``, then ``best.toml``, then
+``metrics.json`` last. ``metrics.json`` carries the manifest: the run's id and the sha256 of every
+other file, and ``model.pt`` carries the same run id. A run stopped at any point (SIGKILL
+included) leaves each file whole, the old one or the new one, and a folder whose manifest does not
+match its files: :func:`check_folder` names it as partial or mixed in one line, and
+:func:`load_model` refuses it rather than load a model its metrics do not describe. The folder is
+never swapped as a whole, since ``--out`` may be any folder, ``.`` included.
+
+``model.pt`` is a plain dict (loadable with ``torch.load(..., weights_only=True)``): the weights
+and what rebuilds the model and preprocesses raw inputs (see :data:`MODEL_KEYS`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import signal
+import uuid
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tuner.data import Dataset, StreamedData, sample_shape, standardise_inputs
+from tuner.models import build_model, register_model
+from tuner.spec import StudySpec
+from tuner.train import EVAL_CHUNK
+from tuner.usercode import is_reference, load_callable, spec_folder
+
+SPEC_FILE = "best.toml"
+MODEL_FILE = "model.pt"
+METRICS_FILE = "metrics.json"
+FILES = (MODEL_FILE, SPEC_FILE, METRICS_FILE)  # the order they are written in: the manifest last
+MANIFEST = "manifest"  # the key of metrics.json that holds the run id and the other files' sha256
+MODEL_FORMAT = 1  # raised when the keys of model.pt change meaning
+MODEL_KEYS = (
+    "format", "tuner_version", "family", "width", "depth", "input_shape", "n_outputs", "task",
+    "state_dict", "x_mean", "x_std", "classes", "target_mean", "target_std", "code_folder", "run_id",
+)
+# Test hook: `tuner best` kills itself with SIGKILL when it reaches this point of the write
+# ("model.pt.tmp": the temporary file written, not yet moved; "model.pt": moved into place; ...),
+# so that a test can stop it at a point of its choosing without racing a timer.
+KILL_AT_ENV = "TUNER_TEST_KILL_AT"
+
+
+class FolderError(ValueError):
+    """A folder of ``tuner best`` that is partial or mixed (a write that was stopped): bad input.
+
+    ``problem`` names the folder and what is wrong with it; the message adds the fix.
+    """
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"{problem}; run `tuner best` again to write it anew")
+
+
+def model_record(model: nn.Module, spec: StudySpec, data: Dataset | StreamedData, width: int, depth: int) -> dict[str, Any]:
+    """model.pt: only tensors and plain types, so that ``torch.load(weights_only=True)`` reads it."""
+    as_tensor = lambda a: None if a is None else torch.from_numpy(np.asarray(a, dtype=np.float64))  # noqa: E731
+    folder = spec_folder(spec.source) if is_reference(spec.model.family) else None
+    return {
+        "format": MODEL_FORMAT,
+        "tuner_version": _tuner_version(),
+        "family": spec.model.family,
+        "width": width,
+        "depth": depth,
+        "input_shape": list(sample_shape(data)),
+        "n_outputs": data.n_outputs,
+        "task": data.task,
+        "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
+        "x_mean": as_tensor(data.x_mean),  # None: streamed data, used as the user's Dataset gives it
+        "x_std": as_tensor(data.x_std),
+        "classes": list(data.classes) if data.classes is not None else None,
+        "target_mean": data.target_mean,
+        "target_std": data.target_scale,
+        "code_folder": None if folder is None else str(folder),  # where a "module:function" family is imported from
+        "run_id": None,  # set by write_folder: the run of `tuner best` that wrote it
+    }
+
+
+def _tuner_version() -> str:
+    try:
+        return metadata.version("tuner")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def write_folder(folder: Path, spec_text: str, record: dict[str, Any], metrics: dict[str, Any]) -> tuple[Path, Path, Path]:
+    """Write ``best.toml``, ``model.pt`` and ``metrics.json`` (with the manifest) into ``folder``.
+
+    Returns their paths (spec, model, metrics). Temporary files an earlier, killed write left
+    behind are removed first.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in FILES:
+        for stale in folder.glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+    run_id = uuid.uuid4().hex
+    buffer = io.BytesIO()
+    torch.save({**record, "run_id": run_id}, buffer)
+    contents = {MODEL_FILE: buffer.getvalue(), SPEC_FILE: spec_text.encode("utf-8")}
+    for name, content in contents.items():
+        _replace(folder / name, content)
+    manifest = {"run_id": run_id, "files": {name: _sha256(content) for name, content in contents.items()}}
+    _replace(folder / METRICS_FILE, (json.dumps({**metrics, MANIFEST: manifest}, indent=2) + "\n").encode("utf-8"))
+    _sync_folder(folder)
+    return folder / SPEC_FILE, folder / MODEL_FILE, folder / METRICS_FILE
+
+
+def _replace(path: Path, content: bytes) -> None:
+    """Put ``content`` at ``path`` whole or not at all: a temporary file beside it, flushed, then moved."""
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            file.write(content)
+            file.flush()
+            os.fsync(file.fileno())
+        _kill_point(f"{path.name}.tmp")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)  # an interrupted write (Ctrl-C, an error) leaves nothing behind
+    _kill_point(path.name)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the renames durable too (a power cut right after must not bring the old names back)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:  # Windows opens no folder; its rename is durable on its own
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _kill_point(point: str) -> None:
+    if os.environ.get(KILL_AT_ENV) == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def check_folder(folder: str | Path) -> None:
+    """Raise :class:`FolderError` (one line) when ``folder`` is not the whole output of one ``tuner best``.
+
+    Partial: a file the manifest names is missing, or ``metrics.json`` (the manifest, written
+    last) is missing beside a model that a manifest should describe. Mixed: a file is not the one
+    the manifest names (another run's, or changed). A folder written before manifests existed has
+    neither manifest nor run id, and passes.
+    """
+    folder = Path(folder)
+    metrics_path = folder / METRICS_FILE
+    if not metrics_path.is_file():
+        if (folder / MODEL_FILE).is_file() and _run_id_of(folder / MODEL_FILE) is not None:
+            raise FolderError(f"{str(folder)!r}: partial output of `tuner best` (no {METRICS_FILE}: it was stopped "
+                              f"while writing)")
+        return
+    try:
+        metrics = json.loads(metrics_path.read_bytes())
+    except (ValueError, UnicodeDecodeError):
+        raise FolderError(f"{str(folder)!r}: {METRICS_FILE} is not readable JSON (changed by hand?)") from None
+    manifest = metrics.get(MANIFEST) if isinstance(metrics, dict) else None
+    if manifest is None:  # written before manifests: its model must be of that time too
+        if (folder / MODEL_FILE).is_file() and _run_id_of(folder / MODEL_FILE) is not None:
+            raise FolderError(f"{str(folder)!r}: mixed output of `tuner best` ({MODEL_FILE} is from another run than "
+                              f"{METRICS_FILE})")
+        return
+    for name, digest in manifest.get("files", {}).items():
+        path = folder / name
+        if not path.is_file():
+            raise FolderError(f"{str(folder)!r}: partial output of `tuner best` ({name} is missing)")
+        if _sha256(path.read_bytes()) != digest:
+            raise FolderError(f"{str(folder)!r}: mixed output of `tuner best` ({name} is not the file "
+                              f"{METRICS_FILE} describes: another run's, or changed)")
+
+
+def _run_id_of(model_path: Path) -> str | None:
+    """The run id stored in ``model.pt`` (None: written before run ids); a file torch cannot read is partial."""
+    return _read_record(model_path).get("run_id")
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch says "PytorchStreamReader failed reading zip archive" and the like
+        raise FolderError(f"{str(path)!r}: cannot be read as a model file (cut short, or not written by `tuner best`)") from None
+    if not isinstance(record, dict) or record.get("format") != MODEL_FORMAT:
+        raise FolderError(f"{str(path)!r}: not a model written by this version of `tuner best`")
+    return record
+
+
+class TrainedModel:
+    """A model written by ``tuner best``, with the preprocessing it was trained with.
+
+    Attributes:
+        model: the ``nn.Module`` (in evaluation mode, on the CPU).
+        task: ``classification`` or ``regression``.
+        classes: the original class labels, in the order of the model's outputs (None: regression).
+        input_shape: one raw sample's shape, e.g. ``(1, 8, 8)`` or ``(13,)``.
+        record: everything read from ``model.pt``.
+    """
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.record = record
+        self.task: str = record["task"]
+        self.input_shape = tuple(record["input_shape"])
+        self.classes = record["classes"]
+        family = record["family"]
+        if is_reference(family):  # the user's own factory: from sys.path, else from the study's folder
+            folder = record.get("code_folder")
+            factory = load_callable(family, "model.family", str(Path(folder) / "spec.toml") if folder else "")
+            register_model(family, factory, inputs="shape")
+        self.model = build_model(record["family"], self.input_shape, record["n_outputs"], record["width"], record["depth"])
+        self.model.load_state_dict(record["state_dict"])
+        self.model.eval()
+        self._mean = None if record["x_mean"] is None else record["x_mean"].numpy()
+        self._std = None if record["x_std"] is None else record["x_std"].numpy()
+
+    @torch.no_grad()
+    def predict(self, raw_inputs: Any) -> np.ndarray:
+        """Class labels (as in the data) or values (in the target's units) for raw, unstandardised inputs.
+
+        ``raw_inputs``: a numpy array or tensor of samples shaped like the data's samples (e.g.
+        ``(n, 1, 8, 8)``), or flat rows ``(n, features)`` (e.g. scikit-learn's ``(n, 64)`` digits);
+        one sample alone gives an array of one.
+        """
+        raw = raw_inputs.detach().cpu().numpy() if isinstance(raw_inputs, torch.Tensor) else np.asarray(raw_inputs)
+        raw = self._batch(raw.astype(np.float64))
+        x = torch.as_tensor(raw, dtype=torch.float32) if self._mean is None else standardise_inputs(raw, self._mean, self._std)
+        device = next(self.model.parameters()).device
+        outputs = torch.cat([self.model(x[i:i + EVAL_CHUNK].to(device)).cpu() for i in range(0, len(x), EVAL_CHUNK)]) \
+            if len(x) else torch.zeros((0, self.record["n_outputs"]))
+        if self.task == "classification":
+            indices = outputs.argmax(dim=-1).numpy()
+            return indices if self.classes is None else np.asarray(self.classes)[indices]  # None: a Dataset's own indices
+        return outputs.squeeze(-1).double().numpy() * self.record["target_std"] + self.record["target_mean"]
+
+    def _batch(self, raw: np.ndarray) -> np.ndarray:
+        size = math.prod(self.input_shape)
+        if raw.shape == self.input_shape:
+            return raw[np.newaxis]
+        if raw.shape[1:] == self.input_shape:
+            return raw
+        if raw.ndim == 2 and raw.shape[1] == size:
+            return raw.reshape(-1, *self.input_shape)
+        raise ValueError(f"predict: inputs of shape {raw.shape}; expected (n, {', '.join(map(str, self.input_shape))})"
+                         + (f" or flat rows (n, {size})" if len(self.input_shape) > 1 else ""))
+
+
+def load_model(folder: str | Path) -> TrainedModel:
+    """Load the model ``tuner best`` wrote into ``folder`` (or the path of its ``model.pt``).
+
+    The folder is checked first (:func:`check_folder`): a partial or mixed one is refused with a
+    :class:`FolderError` that names it, never loaded.
+
+    Example:
+        >>> model = tuner.load_model("quickstart-best")  # doctest: +SKIP
+        >>> model.predict(sklearn.datasets.load_digits().data[:5])  # doctest: +SKIP
+        array([0, 1, 2, 3, 4])
+    """
+    path = Path(folder)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r}: no such file; give the folder `tuner best` wrote (it holds {MODEL_FILE})")
+    if path.name == MODEL_FILE:
+        check_folder(path.parent)
+    return TrainedModel(_read_record(path))
+
