@@ -38,6 +38,7 @@ from tuner.storage import (
     write_trial_records,
 )
 from tuner.storage._optuna import trial_id
+from tuner.storage._url import check_user_info, mask_user_info
 
 TINY = """
 name = "tiny"
@@ -283,6 +284,46 @@ def test_a_password_in_the_url_is_not_printed_when_the_storage_cannot_be_opened(
     line = _one_error_line(_tuner("export", "x", "--storage", url, "--out", str(tmp_path)))
     assert words in line and "***" in line
     assert "hunter" not in line and "ter2" not in line
+
+
+LEAKY = "postgresql://tuner:Pa@LEAKEDPART/rest@127.0.0.1:9/tunerdb"  # the driver would take LEAKEDPART for the host
+
+
+@pytest.mark.parametrize("url", [LEAKY, "postgresql://tuner:a@b@127.0.0.1:9/t", "mysql+pymysql://u:x@LEAKEDPART/y@db/t"])
+def test_a_url_with_two_at_signs_is_refused_before_anything_connects(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    attempts: list[object] = []
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: attempts.append(a) or [])
+    monkeypatch.setattr(sqlalchemy, "create_engine", lambda *a, **k: attempts.append(a))
+    monkeypatch.setattr(sqlalchemy.engine, "make_url", lambda *a, **k: attempts.append(a))
+    with pytest.raises(StorageError, match=r"write it as %40") as refused:
+        open_storage(url)
+    assert attempts == []
+    assert "LEAKEDPART" not in str(refused.value) and "Pa@" not in str(refused.value)
+
+
+def test_a_url_with_two_at_signs_shows_no_fragment_of_its_password_in_any_output(tmp_path: Path) -> None:
+    for command in (["export", "x", "--out", str(tmp_path)], ["best", "x", "--out", str(tmp_path / "b")]):
+        done = _tuner(*command, "--storage", LEAKY)
+        line = _one_error_line(done)
+        assert "write it as %40" in line and "***" in line
+        assert "LEAKEDPART" not in done.stdout + done.stderr and "rest@" not in done.stdout + done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("url", ["sqlite:////srv/runs/a@b.db", "postgresql://db:5432/tuner?application_name=me@laptop",
+                                 "postgresql://user@db/tuner?application_name=me@laptop"])
+def test_an_at_sign_outside_the_user_info_is_not_refused(url: str) -> None:
+    check_user_info(url)  # raises nothing
+
+
+def test_a_drivers_message_hides_every_piece_of_the_password() -> None:
+    message = "could not translate host name \"LEAKEDPART\" to address; database \"rest@127.0.0.1:9/tunerdb\""
+    shown = mask_user_info(message, "postgresql://tuner:Pa@LEAKEDPART/rest@127.0.0.1:9/tunerdb")
+    assert "LEAKEDPART" not in shown and "rest" not in shown and "***" in shown
+    assert mask_user_info("connection refused", "postgresql://tuner:hunter2@db/t") == "connection refused"
+    assert mask_user_info("password for hunter2 failed", "postgresql://tuner:hunter2@db/t") == "password for *** failed"
 
 
 # ---- item 12: a trial names its owner from the moment it exists ----------------------------------

@@ -38,7 +38,9 @@ from optuna.storages.journal import JournalFileBackend
 from tuner.storage._bulk import write_trial_records
 from tuner.storage._sqlite import FastSQLiteStorage, open_sqlite_storage
 from tuner.storage._sqlite_files import BUSY_TIMEOUT_S, can_write, foreign_content
-from tuner.storage._url import DEFAULT_STORAGE, PASSWORD_ENV, StorageError, redact, resolve_url, with_password
+from tuner.storage._url import (
+    DEFAULT_STORAGE, PASSWORD_ENV, StorageError, check_user_info, mask_user_info, redact, resolve_url, with_password,
+)
 from tuner.storage.liveness import (
     BEAT_ATTR,
     GRACE_PERIOD_S,
@@ -109,6 +111,7 @@ def open_existing_storage(url: str | None = None, *, writable: bool = False) -> 
 
 def _open(given: str | None, *, must_exist: bool, read_only: bool) -> BaseStorage:
     shown = given or DEFAULT_STORAGE  # messages name the storage as the user wrote it
+    check_user_info(shown)  # before anything parses or connects
     url = with_password(resolve_url(given))
     if url.startswith("journal://"):
         return _open_journal(url)
@@ -168,7 +171,7 @@ def _open(given: str | None, *, must_exist: bool, read_only: bool) -> BaseStorag
         raise StorageError(f"storage {redact(url)!r}: its database driver is not installed ({error})") from None
     except Exception as error:  # connection refused, bad credentials, unknown dialect...
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise StorageError(f"storage {redact(url)!r}: cannot open it ({redact(reason)})") from None
+        raise StorageError(f"storage {redact(url)!r}: cannot open it ({mask_user_info(reason, url)})") from None
 
 
 def _check_sqlite_file(path: Path, url: str, must_exist: bool) -> None:

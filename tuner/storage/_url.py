@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from pathlib import Path
 
 import sqlalchemy
@@ -74,6 +75,40 @@ def _redact_url(url: str) -> str:
     if not colon:
         return url  # no password: "user@host", or an "@" in a path or query
     return f"{scheme}://{user}:{HIDDEN}{rest[at:]}"
+
+
+def check_user_info(url: str) -> None:
+    """Refuse a database URL that its driver would read another way than a person does.
+
+    SQLAlchemy ends the user info at the *first* ``@``: in ``postgresql://u:Pa@X/y@db/t`` the
+    password is ``Pa``, the host ``X`` and the database ``y@db/t``, so a connection (and a DNS
+    lookup of a fragment of the password) would go to ``X``, while :func:`redact` shows the host a
+    person means. So more than one ``@`` before the query is refused before anything connects.
+    SQLite paths and journal files have no user info and may hold an ``@``.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme.startswith("sqlite") or scheme == "journal":
+        return
+    before_query = rest.split("?", 1)[0]
+    if before_query.count("@") > 1:
+        raise StorageError(f"storage {redact(url)!r}: the password holds an '@': write it as %40, or give the password "
+                           f"by --storage-password-file or ${PASSWORD_ENV}")
+
+
+def mask_user_info(text: str, url: str) -> str:
+    """``text`` (a driver's message about ``url``) with passwords redacted and every piece of the URL's password hidden.
+
+    A driver may quote what it took for a host or a database name; when that came out of the
+    password, :func:`redact` alone would not see it.
+    """
+    text = redact(text)
+    scheme, _, rest = url.partition("://")
+    user_info = rest.split("?", 1)[0].rpartition("@")[0]
+    password = user_info.partition(":")[2]
+    pieces = {password, urllib.parse.unquote(password), *re.split(r"[@/:?]", password)}
+    for piece in sorted((p for p in pieces if len(p) >= 3), key=len, reverse=True):
+        text = text.replace(piece, HIDDEN)
+    return text
 
 
 def with_password(url: str, password_file: str | Path | None = None) -> str:
