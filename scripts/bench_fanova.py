@@ -20,7 +20,7 @@ import optuna
 import pandas as pd
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from tuner._fanova import fanova_importances
+from tuner.analysis.fanova import fanova_importances
 
 SPACE = {
     "lr": FloatDistribution(1e-6, 1.0, log=True),
@@ -83,7 +83,7 @@ def main() -> None:
     n_pairs = len(SPACE) * (len(SPACE) - 1) // 2
     print(f"{args.trials} trials x {len(SPACE)} params, 64 trees, best of {args.repeats}")
     print(f"{'evaluator':<44}{'terms':>7}{'seconds':>10}")
-    print(f"{'tuner._fanova (main effects + all pairs)':<44}{len(SPACE) + n_pairs:>7}{ours:>10.3f}")
+    print(f"{'tuner.analysis.fanova (main effects + all pairs)':<44}{len(SPACE) + n_pairs:>7}{ours:>10.3f}")
     print(f"{'optuna FanovaImportanceEvaluator (main only)':<44}{len(SPACE):>7}{theirs:>10.3f}")
     print(f"ratio ours / optuna's: {ours / theirs:.2f}x (ours also computes {n_pairs} interactions)")
 

@@ -3,7 +3,7 @@
 Same trials on both sides (the same learning rates, seed and data order), measured side by side in
 one run, in alternating rounds so that a busy machine slows both alike. Two figures:
 
-1. training only: ``tuner.train.train_epochs`` per trial versus ``tuner.batched.train_batched`` on
+1. training only: ``tuner.training.train.train_epochs`` per trial versus ``tuner.training.batched.train_batched`` on
    batches of ``--batch`` trials;
 2. the whole LR stage through the runner, with its SQLite storage (asking, per-epoch reports, user
    attributes, telling): ``stages.lr.batched = false`` versus ``true``, random sampler so both draw
@@ -36,13 +36,13 @@ import numpy as np
 import optuna
 import torch
 
-from tuner.batched import supports, train_batched
-from tuner.data import load_dataset
-from tuner.runner import run_stage
-from tuner.spec import StudySpec, load_spec
-from tuner.stages import TrialPlan, lr_stage
+from tuner.inputs.load import load_dataset
+from tuner.inputs.spec import StudySpec, load_spec
 from tuner.storage import open_storage
-from tuner.train import resolve_device, seeded_model, train_epochs
+from tuner.study.runner import run_stage
+from tuner.study.stages import TrialPlan, lr_stage
+from tuner.training.batched import supports, train_batched
+from tuner.training.train import resolve_device, seeded_model, train_epochs
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 FAMILY_SPECS = {"mlp": ("quickstart",), "lstm": ("digits_lstm", "adding_lstm")}

@@ -3,7 +3,7 @@
 Both sides run the same trials' kind: the quickstart's LR stage (digits, MLP 64 -> 16 -> 10, SGD
 with momentum 0.9, batch 64, 20 epochs, TPE over ``lr`` with the settings tuner writes out), one
 trial at a time. Training time is measured the same way on both sides, around model construction
-and each epoch of ``tuner.train.train_epochs``; everything else a trial costs is overhead:
+and each epoch of ``tuner.training.train.train_epochs``; everything else a trial costs is overhead:
 sampling, storage writes and reads, heartbeats, bookkeeping.
 
 - ``tuner (SQLite)``: ``tuner``'s stage runner on a fresh SQLite file opened by
@@ -38,12 +38,14 @@ from typing import Any
 import optuna
 import torch
 
-from tuner.data import Dataset, load_dataset
-from tuner.runner import Reporter, _StageRunner  # noqa: PLC2701 -- one stage alone, instrumented
-from tuner.spec import StudySpec, load_spec
-from tuner.stages import TrialPlan, lr_stage, tpe_settings
+from tuner.inputs.data import Dataset
+from tuner.inputs.load import load_dataset
+from tuner.inputs.spec import StudySpec, load_spec
 from tuner.storage import open_storage
-from tuner.train import EpochResult, seeded_model, train_epochs
+from tuner.study.results import EPOCHS_DONE_ATTR, TRAIN_SECONDS_ATTR, stage_study_name
+from tuner.study.runner import run_stage
+from tuner.study.stages import TrialPlan, lr_stage, tpe_settings
+from tuner.training.train import EpochResult, seeded_model, train_epochs
 
 SPEC = Path(__file__).resolve().parent.parent / "studies" / "quickstart.toml"
 
@@ -74,20 +76,20 @@ def _train(spec: StudySpec, data: Dataset, plan: TrialPlan) -> Iterator[EpochRes
 
 
 def run_tuner(spec: StudySpec, data: Dataset, storage: optuna.storages.BaseStorage) -> tuple[float, _Clock]:
-    """Wall seconds of the LR stage through tuner's runner, and its training clock."""
-    clock = _Clock()
+    """Wall seconds of the LR stage through tuner's runner, and its training clock.
 
-    class TimedRunner(_StageRunner):
-        def _trainer(self, plans: Any) -> Any:
-            trainer = super()._trainer(plans)
-            epochs = trainer.epochs
-            trainer.epochs = lambda: clock.timed(epochs())  # type: ignore[method-assign]
-            return trainer
-
-    stage = lr_stage(spec)
+    The clock is what each trial stored: ``train_seconds`` (model construction and epochs, timed
+    by the trial path itself) and ``epochs_done``.
+    """
     started = time.perf_counter()
-    TimedRunner(spec, storage, data, torch.device("cpu"), Reporter()).run(stage)
-    return time.perf_counter() - started, clock
+    run_stage(spec, "lr", storage=storage, data=data, device=torch.device("cpu"))
+    wall = time.perf_counter() - started
+    clock = _Clock()
+    study = optuna.load_study(study_name=stage_study_name(spec.name, "lr"), storage=storage)
+    for trial in study.get_trials(deepcopy=False):
+        clock.seconds += trial.user_attrs.get(TRAIN_SECONDS_ATTR, 0.0)
+        clock.epochs += trial.user_attrs.get(EPOCHS_DONE_ATTR, 0)
+    return wall, clock
 
 
 def run_optuna(spec: StudySpec, data: Dataset, storage: str | None) -> tuple[float, _Clock]:
@@ -117,8 +119,7 @@ def run_optuna(spec: StudySpec, data: Dataset, storage: str | None) -> tuple[flo
 
 def _stock_rdb(url: str) -> optuna.storages.RDBStorage:
     """Optuna's own RDBStorage, set up as ``open_storage`` sets up a SQLite file, minus the fast path."""
-    from tuner.storage import heartbeat_settings
-    from tuner.storage._sqlite_files import sqlite_engine_kwargs  # WAL, synchronous=NORMAL, busy timeout
+    from tuner.storage import heartbeat_settings, sqlite_engine_kwargs  # WAL, synchronous=NORMAL, busy timeout
 
     interval, grace = heartbeat_settings()
     with warnings.catch_warnings():
@@ -132,7 +133,7 @@ def profile(spec: StudySpec, data: Dataset, folder: Path) -> None:
     import collections
     import functools
 
-    import tuner.runner as runner
+    import tuner.study.runner as runner
 
     seconds: collections.Counter[str] = collections.Counter()
     calls: collections.Counter[str] = collections.Counter()

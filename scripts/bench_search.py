@@ -49,7 +49,6 @@ import math
 import statistics
 import tempfile
 import time
-import tomllib
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -57,16 +56,18 @@ from typing import Any
 
 import numpy as np
 import optuna
+import tomllib
 import torch
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.trial import TrialState
 from torch import nn
 
 import tuner
-from tuner.data import Dataset, load_dataset
-from tuner.spec import StudySpec
-from tuner.stages import Stage, base_config, make_pruner
-from tuner.train import parameter_count, seeded_model, train_epochs
+from tuner.inputs.data import Dataset
+from tuner.inputs.load import load_dataset
+from tuner.inputs.spec import StudySpec
+from tuner.study.stages import Stage, base_config, make_pruner, shape_space
+from tuner.training.train import parameter_count, seeded_model, train_epochs
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 TASKS = {  # task -> (study file, what it is)
@@ -128,14 +129,8 @@ def task_spec(task: str, seed: int, quick: bool) -> dict[str, Any]:
 
 def joint_space(spec: StudySpec) -> dict[str, BaseDistribution]:
     """The staged study's parameters, all at once, over the same ranges."""
-    lr, shape = spec.stages.lr, spec.stages.shape
-    return {
-        "lr": FloatDistribution(lr.lr_min, lr.lr_max, log=True),
-        "width": IntDistribution(shape.width[0], shape.width[1], log=True),
-        "depth": IntDistribution(shape.depth[0], shape.depth[1]),
-        "schedule": CategoricalDistribution(list(shape.schedules)),
-        "decay": FloatDistribution(shape.decay[0], shape.decay[1], log=True),
-    }
+    lr = spec.stages.lr
+    return {"lr": FloatDistribution(lr.lr_min, lr.lr_max, log=True), **shape_space(spec)}
 
 
 def joint_stage(spec: StudySpec) -> Stage:

@@ -26,9 +26,9 @@ from optuna.trial import TrialState
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the throwaway PostgreSQL server lives beside the tests
 
-from pg import PostgresServer, find_bindir  # noqa: E402
-
 from tuner.storage import open_storage  # noqa: E402
+
+from pg import PostgresServer, find_bindir  # noqa: E402
 
 SPEC = """
 name = "bench"

@@ -25,10 +25,11 @@ import numpy as np
 import torch
 
 import tuner
-from tuner.batched import supports, train_batched
-from tuner.data import Dataset, load_dataset
-from tuner.stages import TrialPlan, base_config
-from tuner.train import seeded_model, train_epochs
+from tuner.inputs.data import Dataset
+from tuner.inputs.load import load_dataset
+from tuner.study.stages import TrialPlan, base_config
+from tuner.training.batched import supports, train_batched
+from tuner.training.train import seeded_model, train_epochs
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 # task -> (study file, shapes (width, depth) to sweep, lowest and highest log10(lr) of the grid)

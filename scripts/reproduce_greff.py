@@ -11,7 +11,7 @@ their manner, scaled to a laptop:
   size log-uniform on [20, 200], momentum = 1 - a log-uniform draw from [0.01, 1];
 - left out: the paper's input-noise parameter (our trainer adds no noise) and their per-epoch early
   stopping, for which the score here is the best validation error over the epochs;
-- then fANOVA over log10(lr), log10(hidden size), log10(1 - momentum) with our tuner.importance.
+- then fANOVA over log10(lr), log10(hidden size), log10(1 - momentum) with our tuner.analysis.importance.
 
 A trial that diverges keeps the error it reached (it is part of the landscape, as in the paper),
 so every trial is complete. The trials are stored as the study ``greff/audit`` (SQLite file in
@@ -37,10 +37,11 @@ import optuna
 import torch
 from optuna.distributions import FloatDistribution, IntDistribution
 
-from tuner.data import load_dataset
-from tuner.importance import AUDIT_MAX_INTERACTION_RATIO, audit_verdict, write_importance
-from tuner.spec import DataSpec
-from tuner.train import TrainConfig, seeded_model, train_epochs
+from tuner.analysis.importance import AUDIT_MAX_INTERACTION_RATIO, audit_verdict, write_importance
+from tuner.inputs.load import load_dataset
+from tuner.inputs.spec import DataSpec
+from tuner.study.results import DIVERGED_ATTR, LEARNING_CURVE_ATTR, SEARCH_ATTR, TRAIN_SECONDS_ATTR, stage_study_name
+from tuner.training.train import TrainConfig, seeded_model, train_epochs
 
 STUDY = "greff"  # trials live in the Optuna study greff/audit
 SPACE = {  # Greff et al., section 5 (their notation: learning rate, LSTM blocks, momentum)
@@ -79,11 +80,11 @@ def train_one(job: tuple[int, dict[str, Any], int]) -> tuple[int, float, list[fl
 def run_search(storage: str, n_trials: int, epochs: int, workers: int, lr_max: float) -> optuna.Study:
     """Random search: every trial drawn independently, trained in ``workers`` processes."""
     space = {**SPACE, "lr": FloatDistribution(SPACE["lr"].low, lr_max, log=True)}
-    name = f"{STUDY}/audit"
+    name = stage_study_name(STUDY, "audit")
     if name in optuna.get_all_study_names(storage):
         optuna.delete_study(study_name=name, storage=storage)  # a reproduction starts from scratch
     study = optuna.create_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(seed=SEED))
-    study.set_user_attr("search", {"sampler": {"name": "random", "seed": SEED}, "epochs": epochs,
+    study.set_user_attr(SEARCH_ATTR, {"sampler": {"name": "random", "seed": SEED}, "epochs": epochs,
                                    "batch_size": BATCH_SIZE, "lr_max": lr_max, "task": "digits_rows", "score": "min val_error over epochs"})
     asked = {trial.number: trial for trial in (study.ask(space) for _ in range(n_trials))}
     jobs = [(number, trial.params, epochs) for number, trial in asked.items()]
@@ -91,9 +92,9 @@ def run_search(storage: str, n_trials: int, epochs: int, workers: int, lr_max: f
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         for number, score, curve, diverged, seconds in pool.imap_unordered(train_one, jobs):
             trial = asked[number]
-            trial.set_user_attr("learning_curve", curve)
-            trial.set_user_attr("diverged", diverged)
-            trial.set_user_attr("train_seconds", round(seconds, 3))
+            trial.set_user_attr(LEARNING_CURVE_ATTR, curve)
+            trial.set_user_attr(DIVERGED_ATTR, diverged)
+            trial.set_user_attr(TRAIN_SECONDS_ATTR, round(seconds, 3))
             study.tell(trial, score)
             done += 1
             if done % max(1, n_trials // 10) == 0 or done == n_trials:

@@ -10,7 +10,8 @@ import functools
 from pathlib import Path
 
 import tuner
-from tuner.stage_studies import CHANGED_DEFAULTS, with_stage_value
+from tuner.study.stage_studies import with_stage_value
+from tuner.study.stored import past_defaults
 
 AUDITED_SPEC = {
     "name": "audited",
@@ -40,6 +41,6 @@ def audited_study(base: Path) -> tuple[str, tuner.StudyResult]:
 
 def before_the_changed_defaults(spec: tuner.StudySpec) -> tuner.StudySpec:
     """``spec`` with every default changed since studies were first stored at the value they were made with."""
-    for (stage, key), legacy in CHANGED_DEFAULTS.items():
-        spec = with_stage_value(spec, stage, key, legacy)
+    for (stage, key), legacies in past_defaults().items():
+        spec = with_stage_value(spec, stage, key, legacies[0])
     return spec

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import os
 import sqlite3
 from contextlib import closing
-import os
 from pathlib import Path
 
 import optuna

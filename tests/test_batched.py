@@ -10,11 +10,12 @@ import pytest
 from optuna.trial import TrialState
 
 import tuner
-from tuner.batched import supports, train_batched
-from tuner.data import Dataset, load_dataset
-from tuner.spec import DataSpec
-from tuner.stages import TrialPlan, lr_stage
-from tuner.train import EpochResult, TrainConfig, seeded_model, train_epochs
+from tuner.inputs.data import Dataset
+from tuner.inputs.load import load_dataset
+from tuner.inputs.spec import DataSpec
+from tuner.study.stages import TrialPlan, lr_stage
+from tuner.training.batched import supports, train_batched
+from tuner.training.train import EpochResult, TrainConfig, seeded_model, train_epochs
 
 TOLERANCE = 1e-4  # float32 sums in another order: a few ulps, far below any real difference
 
@@ -164,9 +165,9 @@ def test_batching_applies_to_the_mlp_and_the_lstm_with_sgd_or_adam_only() -> Non
 
 
 def test_batching_goes_by_the_registered_factory_not_the_family_name() -> None:
-    from tuner.models import _FAMILIES, _SHAPE_INPUT, LSTMRegressor, register_model
+    from tuner.inputs.families import register_model, unregister_model
+    from tuner.inputs.models import LSTMRegressor
 
-    saved = dict(_FAMILIES), set(_SHAPE_INPUT)
     try:
         register_model("my_lstm", LSTMRegressor, sequence=True)  # tuner's LSTM under another name: batched
         register_model("flat_lstm", LSTMRegressor)  # fed flattened samples: not the model the stacked form copies
@@ -174,10 +175,9 @@ def test_batching_goes_by_the_registered_factory_not_the_family_name() -> None:
         assert supports("my_lstm", "sgd")
         assert not supports("flat_lstm", "sgd") and not supports("lstm", "sgd")
     finally:
-        _FAMILIES.clear()
-        _FAMILIES.update(saved[0])
-        _SHAPE_INPUT.clear()
-        _SHAPE_INPUT.update(saved[1])
+        unregister_model("my_lstm")
+        unregister_model("flat_lstm")
+        unregister_model("lstm")  # the built-in one is back
     assert supports("lstm", "sgd")
 
 
@@ -288,7 +288,7 @@ def test_a_batchs_records_written_at_once_read_back_as_one_by_one_writes_would(k
 
 
 def test_batch_settings_are_checked_and_do_not_count_as_a_changed_study() -> None:
-    from tuner.stages import stage_settings
+    from tuner.study.stages import stage_settings
 
     with pytest.raises(tuner.SpecError, match=r"stages\.lr\.batch_trials.*at least 1"):
         tuner.spec_from_dict({"name": "x", "stages": {"lr": {"batch_trials": 0}}})
@@ -303,8 +303,8 @@ def test_batch_settings_are_checked_and_do_not_count_as_a_changed_study() -> Non
 
 def test_the_lr_stage_batches_lstms_only_where_it_is_faster() -> None:
     # Wide stacked LSTMs train slower than nn.LSTM one at a time on a CPU (BATCHED_LSTM_MAX_WIDTH).
-    from tuner.batched import BATCHED_LSTM_MAX_WIDTH
-    from tuner.stages import lr_stage
+    from tuner.study.stages import lr_stage
+    from tuner.training.batched import BATCHED_LSTM_MAX_WIDTH
 
     def stage(width: int, family: str = "lstm") -> int:
         data = "digits_rows" if family == "lstm" else "digits"

@@ -22,14 +22,15 @@ from torch import nn
 from typer.testing import CliRunner
 
 import tuner
-from tuner import models
 from tuner.best import MODEL_KEYS
 from tuner.best.folder import KILL_AT_ENV, FolderError
 from tuner.cli import app
-from tuner.data import load_dataset
-from tuner.spec import DataSpec, load_spec
-from tuner.stages import stage_settings
-from tuner.train import TrainConfig, seeded_model, train_epochs
+from tuner.inputs import models
+from tuner.inputs.families import unregister_model
+from tuner.inputs.load import load_dataset
+from tuner.inputs.spec import DataSpec, load_spec
+from tuner.study.stages import stage_settings
+from tuner.training.train import TrainConfig, seeded_model, train_epochs
 
 TINY = {
     "seed": 0,
@@ -92,8 +93,7 @@ def test_a_family_registered_with_shape_inputs_gets_the_sample_shape_by_keyword(
     try:
         models.build_model("shape_spy", (1, 8, 8), 10, 5, 2)
     finally:
-        models._FAMILIES.pop("shape_spy")  # noqa: SLF001 -- the registry has no public removal
-        models._SHAPE_INPUT.discard("shape_spy")  # noqa: SLF001
+        unregister_model("shape_spy")
     assert calls == [{"input_shape": (1, 8, 8), "n_outputs": 10, "width": 5, "depth": 2}]
 
 
@@ -122,7 +122,7 @@ def test_test_rows_never_reach_any_stage(tmp_path: Path) -> None:
         result = _run(spec, f"sqlite:///{tmp_path / 'spied.db'}")
         data = load_dataset(tuner.spec_from_dict(spec).data, seed=0)
     finally:
-        models._FAMILIES.pop("row_spy")  # noqa: SLF001
+        unregister_model("row_spy")
     assert result.stages["shape"].n_complete + result.stages["shape"].n_pruned == 2
     n_rows = len(sk_datasets.load_wine().data)  # 178
     test_rows = {row.numpy().tobytes() for row in data.x_test}

@@ -18,11 +18,12 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
-from pg import PostgresServer, postgres_server, wait_until  # noqa: F401 -- postgres_server is a fixture
 from typer.testing import CliRunner
 
 from tuner.cli import app
 from tuner.storage import Heartbeat, fail_orphaned_trials, open_storage, redact, with_password
+
+from pg import PostgresServer, postgres_server, wait_until  # noqa: F401 -- postgres_server is a fixture
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WORKERS = 4

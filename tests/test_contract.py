@@ -26,7 +26,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from typing import Any
 
 import optuna
 import pytest
+import tomllib
 import torch
 import typer
 from optuna.trial import TrialState
@@ -42,8 +42,10 @@ from typer.testing import CliRunner
 
 import tuner
 import tuner.cli
-from tuner.spec import load_spec, settings_hash
-from tuner.stage_studies import with_stored_defaults
+from tuner.inputs.families import unregister_model
+from tuner.inputs.spec import load_spec, settings_hash
+from tuner.study.stage_studies import with_stored_defaults
+
 from _tiny_study import before_the_changed_defaults
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,13 +56,13 @@ STAGES = ("lr", "shape", "audit")
 
 
 def _stage_settings() -> Callable[[Any, str], dict[str, Any]]:
-    """``stage_settings`` wherever the layout puts it: today ``tuner.stages``, after issue 16 maybe ``tuner.results``."""
-    for module in ("tuner.stages", "tuner.results"):
+    """``stage_settings`` wherever the layout puts it: today ``tuner.study.stages``, after issue 16 maybe ``tuner.study.results``."""
+    for module in ("tuner.study.stages", "tuner.study.results"):
         try:
             return getattr(importlib.import_module(module), "stage_settings")
         except (ImportError, AttributeError):
             continue
-    raise AssertionError("stage_settings is neither in tuner.stages nor in tuner.results")
+    raise AssertionError("stage_settings is neither in tuner.study.stages nor in tuner.study.results")
 
 
 def _env() -> dict[str, str]:
@@ -228,8 +230,7 @@ def test_ctrl_c_during_a_study_exits_130_and_names_the_command_that_resumes(tmp_
     try:
         result = _invoke("study", str(spec), "--storage", url, "--device", "cpu")
     finally:
-        # The registry has no public removal; tolerate its moving, the family is harmless if left.
-        getattr(importlib.import_module("tuner.models"), "_FAMILIES", {}).pop("contract_interrupted", None)
+        unregister_model("contract_interrupted")
     assert result.exit_code == 130, result.output
     assert "tuner study" in result.stderr
     trials = optuna.load_study(study_name="ctrl_c/lr", storage=url).trials
@@ -286,7 +287,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tiny]:
     yield Tiny(spec, storage, result.exit_code, result.output)
 
 
-STUDY_ATTRS = {"settings", "settings_hash", "search", "objective", "budget"}
+STUDY_ATTRS = {"settings", "settings_hash", "search", "objective", "budget", "contract_version"}
 LR_STUDY_ATTRS = STUDY_ATTRS | {"best_lr", "best_trial", "lr_find"}
 SHAPE_STUDY_ATTRS = STUDY_ATTRS | {"lr"}
 AUDIT_STUDY_ATTRS = STUDY_ATTRS | {
@@ -459,7 +460,7 @@ FIELDS = {
 
 def _public(name: str) -> Any:
     value = getattr(tuner, name)
-    # Today `tuner.lr_find` is the submodule, not the function, once `tuner.lr_find` (the module)
+    # Today `tuner.training.lr_find` is the submodule, not the function, once `tuner.training.lr_find` (the module)
     # was imported by name (the CLI's lr-find does): the import system overwrites the package's
     # attribute. Not pinned either way; the function is what `__all__` promises.
     return getattr(value, name) if inspect.ismodule(value) else value
@@ -536,3 +537,65 @@ def test_importance_export_and_report_read_a_study_stored_before(v0_copy: str, t
         rows = list(csv.reader(handle))
     assert rows[0] == CURVE_COLUMNS and len(rows) == 1 + 7 * 3  # 7 trials of 3 epochs
     assert (tmp_path / "report" / "index.html").exists()
+
+
+# ---- the second stored fixture: the release before the contract had versions ----------------------
+
+V1 = DATA / "contract_v1"
+V1_SPEC = V1 / "contract_v1.toml"
+
+
+@pytest.fixture
+def v1_copy(tmp_path: Path) -> str:
+    """A copy of contract_v1.db (stage 'shape' with Hyperband and lr_scale, the user's own model
+    factory v1net:make, an lr_range = "auto" range test), made at commit 184d0ac."""
+    copy = tmp_path / "v1.db"
+    shutil.copyfile(V1 / "contract_v1.db", copy)
+    return f"sqlite:///{copy}"
+
+
+def test_the_stored_v1_study_is_what_its_spec_says(v1_copy: str) -> None:
+    url = v1_copy
+    lr = optuna.load_study(study_name="contract1/lr", storage=url)
+    shape = optuna.load_study(study_name="contract1/shape", storage=url)
+    assert "contract_version" not in lr.user_attrs  # stored before versions
+    assert {"lrs", "losses", "bounds"} <= set(lr.user_attrs["lr_find"])
+    assert lr.user_attrs["settings"]["identity"]["model.family"]["function"] == "make"
+    assert shape.user_attrs["settings"]["stages"]["shape"]["pruner"] == "hyperband"
+    assert shape.user_attrs["settings"]["stages"]["shape"]["lr_scale"] == [0.5, 4.0]
+    assert sum(t.state == TrialState.COMPLETE for t in shape.trials) == 4
+
+
+def test_a_study_stored_by_the_release_before_versions_resumes_and_reports_unchanged(v1_copy: str, tmp_path: Path) -> None:
+    before = _finished_per_stage(v1_copy)
+    attrs_before = {name: optuna.load_study(study_name=name, storage=v1_copy).user_attrs
+                    for name in optuna.get_all_study_names(v1_copy)}
+    done = _tuner("study", str(V1_SPEC), "--storage", v1_copy, "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "LR range test" not in done.stdout  # its stored bounds are read back, not tested anew
+    assert _finished_per_stage(v1_copy) == before  # not one trial more, none changed
+    assert {name: optuna.load_study(study_name=name, storage=v1_copy).user_attrs
+            for name in optuna.get_all_study_names(v1_copy)} == attrs_before  # nothing rewritten, no version added
+    for command in ("importance", "export", "report"):
+        result = _invoke(command, "contract1", "--storage", v1_copy, "--out", str(tmp_path / command))
+        assert result.exit_code == 0, (command, result.output)
+    assert _header(tmp_path / "importance" / "importance.csv") == IMPORTANCE_COLUMNS
+    trials_csv = _header(tmp_path / "export" / "trials.csv")
+    assert trials_csv[: len(TRIAL_COLUMNS)] == TRIAL_COLUMNS and "params_lr_scale" in trials_csv
+    assert (tmp_path / "report" / "index.html").exists()
+
+
+@pytest.mark.parametrize("command", ["study", "export", "importance", "report", "best"])
+def test_a_study_stored_by_a_newer_tuner_is_refused_in_one_line(v1_copy: str, tmp_path: Path, command: str) -> None:
+    from tuner.study.stored import CONTRACT_VERSION
+
+    optuna.load_study(study_name="contract1/shape", storage=v1_copy).set_user_attr("contract_version", CONTRACT_VERSION + 1)
+    before = _finished_per_stage(v1_copy)
+    args = [str(V1_SPEC)] if command == "study" else ["contract1", "--out", str(tmp_path / "out")]
+    done = _tuner(command, *args, "--storage", v1_copy, "--device", "cpu", cwd=tmp_path) if command in ("study", "best") \
+        else _tuner(command, *args, "--storage", v1_copy, cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "stored by a newer tuner" in lines[0] and "contract1/shape" in lines[0], done.stderr
+    assert _finished_per_stage(v1_copy) == before
+    assert not (tmp_path / "out").exists()

@@ -22,7 +22,7 @@ import optuna
 import pytest
 from optuna_dashboard import wsgi
 
-from tuner.dashboard import guard_local_requests
+from tuner.report.dashboard import guard_local_requests
 from tuner.storage import open_storage
 
 PORT = 8080

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tuner.data import load_dataset
-from tuner.spec import DataSpec, SpecError
+from tuner.inputs.load import load_dataset
+from tuner.inputs.spec import DataSpec, SpecError
 
 
 @pytest.mark.parametrize(("name", "task", "n_outputs"), [

@@ -11,9 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 import tuner
-from _tiny_study import audited_study
+from tuner.analysis.export import CURVE_COLUMNS, write_export
 from tuner.cli import app
-from tuner.export import CURVE_COLUMNS, write_export
+
+from _tiny_study import audited_study
 
 
 @pytest.fixture(scope="session")

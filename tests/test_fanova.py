@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from tuner._fanova import _encode, _decompose_tree, _tree_shares, fanova_importances
+from tuner.analysis.fanova import _decompose_tree, _encode, _tree_shares, fanova_importances
 
 
 def _jittered_grid(k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -13,9 +13,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from typer.testing import CliRunner
 
 import tuner
-from _tiny_study import AUDITED_SPEC, audited_study
-from tuner.cli import app
-from tuner.importance import (
+from tuner.analysis.importance import (
     AUDIT_MAX_INTERACTION_RATIO,
     COLUMNS,
     MIN_COMPLETE_TRIALS,
@@ -25,6 +23,9 @@ from tuner.importance import (
     importance_table,
     write_importance,
 )
+from tuner.cli import app
+
+from _tiny_study import AUDITED_SPEC, audited_study
 
 AUDIT_PARAMS = {"lr", "width", "depth", "schedule", "decay", "one_minus_momentum"}
 

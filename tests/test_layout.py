@@ -5,7 +5,7 @@ tuner keeps to Optuna's public names, so that a new Optuna release breaks at mos
 a function or class (``_create_scoped_session``), a method or attribute of its objects
 (``trial._trial_id``, ``study._storage``, ``storage._get_stale_trial_ids``), and the private methods
 of an Optuna class that a tuner class overrides (``def _create_new_trial`` in a subclass of
-``RDBStorage``). ``tuner/_fanova.py`` needs no exception: it reimplements fANOVA on scikit-learn's
+``RDBStorage``). ``tuner/analysis/fanova.py`` needs no exception: it reimplements fANOVA on scikit-learn's
 forest and only names Optuna's private ``_FanovaTree`` in its docstring (the tests compare with it).
 """
 
@@ -156,3 +156,129 @@ def test_the_check_finds_each_kind_of_private_use_and_passes_public_code() -> No
 def test_the_one_place_is_the_module_that_holds_the_private_uses() -> None:
     source = (TUNER / THE_ONE_PLACE).read_text(encoding="utf-8")
     assert len(private_optuna_uses(source)) >= 5  # the check sees what it should move there
+
+
+# ---- the package layout: imports run one way, modules stay readable ------------------------------
+
+MAX_MODULE_LINES = 450
+REPO = TUNER.parent
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _runtime_imports(path: Path, modules: set[str]) -> list[tuple[str, str, int]]:
+    """(module imported, name imported or "", line) of every import in ``path`` that runs, inside
+    functions too; ``if TYPE_CHECKING:`` blocks never run and are left out."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {id(inner) for node in ast.walk(tree)
+                   if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test) for inner in ast.walk(node)}
+    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            found += [(alias.name, "", node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1], *([base] if base else [])])
+            for alias in node.names:
+                submodule = f"{base}.{alias.name}"
+                found.append((submodule, "", node.lineno) if submodule in modules else (base, alias.name, node.lineno))
+    return found
+
+
+def _tuner_modules() -> dict[str, Path]:
+    return {_module_name(path): path for path in TUNER.rglob("*.py")}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """tuner module -> the tuner modules it imports (a package's own submodules importing it aside)."""
+    modules = _tuner_modules()
+    return {name: {imported for imported, _, _ in _runtime_imports(path, set(modules))
+                   if imported in modules and imported != name and not name.startswith(imported + ".")}
+            for name, path in modules.items()}
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for other in sorted(graph[module]):
+            if other not in index:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in stack:
+                low[module] = min(low[module], index[other])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                other = stack.pop()
+                component.append(other)
+                if other == module:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return circles
+
+
+def test_no_import_circle_among_tuner_modules_counting_imports_inside_functions() -> None:
+    assert import_circles(import_graph()) == []
+
+
+def test_the_circle_check_finds_a_circle_through_a_function_level_import() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert import_circles(graph) == [["a", "b", "c"]]
+    assert import_circles({"a": {"b"}, "b": set()}) == []
+
+
+@pytest.mark.parametrize("module", sorted(_tuner_modules()))
+def test_no_module_is_longer_than_the_limit(module: str) -> None:
+    lines = len(_tuner_modules()[module].read_text(encoding="utf-8").splitlines())
+    assert lines <= MAX_MODULE_LINES, f"{module}: {lines} lines; split it where its parts have a seam of their own"
+
+
+def _package_of(module: str) -> str:
+    """``tuner.study`` for ``tuner.study.runner``; a top-level module (``tuner.cli``) is its own package."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def _private_imports(path: Path, own_package: str | None) -> list[str]:
+    """Private ``tuner`` names (or private modules) ``path`` imports from outside ``own_package``."""
+    modules = set(_tuner_modules())
+    found = []
+    for imported, name, line in _runtime_imports(path, modules):
+        if not imported.startswith("tuner"):
+            continue
+        if own_package is not None and _package_of(imported) == own_package:
+            continue
+        private_module = any(_private(part) for part in imported.split("."))
+        if private_module or _private(name):
+            found.append(f"{line}: {imported}{'.' + name if name else ''}")
+    return found
+
+
+@pytest.mark.parametrize("module", sorted(_tuner_modules()))
+def test_no_private_tuner_name_is_imported_across_packages(module: str) -> None:
+    path = _tuner_modules()[module]
+    assert _private_imports(path, _package_of(module)) == []
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "scripts").glob("*.py")))
+def test_scripts_use_public_tuner_api_only(script: str) -> None:
+    assert _private_imports(REPO / "scripts" / script, None) == []

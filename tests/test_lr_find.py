@@ -13,12 +13,12 @@ from optuna.distributions import FloatDistribution
 from typer.testing import CliRunner
 
 import tuner
-import tuner.lr_find
+import tuner.training.lr_find
 from tuner.cli import app
-from tuner.lr_find import STUDY_ATTR, LRFindResult, lr_find, plot_lr_find, write_lr_find
-from tuner.lr_suggest import Suggestion
-
-
+from tuner.study import lr_range
+from tuner.study.stored import LR_FIND_ATTR as STUDY_ATTR
+from tuner.training.lr_find import LRFindResult, lr_find, plot_lr_find, write_lr_find
+from tuner.training.lr_suggest import Suggestion
 
 STUDIES = sorted((Path(__file__).resolve().parent.parent / "studies").glob("*.toml"))
 FEW_STEPS = 40  # a coarse ramp: enough for a suggestion, cheap enough for a test
@@ -86,8 +86,7 @@ def test_lr_range_auto_runs_the_test_once_sets_the_bounds_and_a_resume_reuses_it
     storage_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = []
-    real_lr_find = tuner.lr_find.lr_find
-    monkeypatch.setattr(tuner.lr_find, "lr_find", lambda *a, **k: calls.append(k) or real_lr_find(*a, **k))
+    monkeypatch.setattr(lr_range, "lr_find", lambda *a, **k: calls.append(k) or lr_find(*a, **k))
     tuner.run_study(_auto_spec(trials=4), storage=storage_url, device="cpu")
     assert len(calls) == 1
     assert calls[0]["start_lr"] <= 1e-7 and calls[0]["end_lr"] >= 10  # the ramp reaches past the allowed range
@@ -117,7 +116,7 @@ def test_lr_range_auto_without_a_usable_suggestion_searches_the_whole_allowed_ra
     def no_suggestion(*args: object, **kwargs: object) -> None:
         raise ValueError("loss never decreases over the tested range")
 
-    monkeypatch.setattr(tuner.lr_find, "suggest", no_suggestion)
+    monkeypatch.setattr(tuner.training.lr_find, "suggest", no_suggestion)
     messages: list[str] = []
 
     class Listener(tuner.Reporter):
@@ -132,7 +131,7 @@ def test_lr_range_auto_without_a_usable_suggestion_searches_the_whole_allowed_ra
 
 
 def test_lr_range_is_checked_and_auto_is_part_of_the_study_settings() -> None:
-    from tuner.stages import stage_settings
+    from tuner.study.stages import stage_settings
 
     with pytest.raises(tuner.SpecError, match=r"stages\.lr\.lr_range.*choose one of: fixed, auto"):
         tuner.spec_from_dict({"name": "x", "stages": {"lr": {"lr_range": "sometimes"}}})

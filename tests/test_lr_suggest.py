@@ -1,4 +1,4 @@
-"""Tests for tuner.lr_suggest: smoothing, stop rule and LR suggestions on synthetic ramps."""
+"""Tests for tuner.training.lr_suggest: smoothing, stop rule and LR suggestions on synthetic ramps."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import functools
 import numpy as np
 import pytest
 
-from tuner.lr_suggest import MIN_POINTS, Suggestion, smooth, stop_index, suggest
+from tuner.training.lr_suggest import MIN_POINTS, Suggestion, smooth, stop_index, suggest
 
 X = np.linspace(-7.0, 1.0, 100)  # log10(lr) of a 100-step exponential ramp
 LRS = 10.0**X

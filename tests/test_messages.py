@@ -13,9 +13,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tuner.lr_find import LRFindInputError, lr_find
 from tuner.storage import open_storage
-from tuner.train import DeviceError
+from tuner.training.lr_find import LRFindInputError, lr_find
+from tuner.training.train import DeviceError
 
 
 def _tuner(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -1,4 +1,4 @@
-"""tuner.models.check_model_fits: a model that cannot train in memory is refused before the study
+"""tuner.inputs.models.check_model_fits: a model that cannot train in memory is refused before the study
 starts, counted on torch's meta device (no memory taken), and a family it cannot count is let through."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 import tuner
-from tuner import models
-from tuner.data import load_dataset
-from tuner.models import ModelTooLargeError, check_model_fits, planned_parameters
+from tuner.inputs import families, models
+from tuner.inputs.load import load_dataset
+from tuner.inputs.models import ModelTooLargeError, check_model_fits, planned_parameters
 
 
 def _spec(**model: object) -> tuner.StudySpec:
@@ -40,7 +40,8 @@ def test_a_family_that_cannot_be_built_on_the_meta_device_is_not_refused(monkeyp
         layer.weight.data.copy_(torch.zeros(n_outputs, n_features).numpy().__array__())  # fails on meta
         return layer
 
-    monkeypatch.setitem(models._FAMILIES, "hand_made", (hand_made, False))  # noqa: SLF001
+    monkeypatch.setattr(families, "_REGISTERED", {**families._REGISTERED})  # noqa: SLF001 -- forgotten after the test
+    families.register_model("hand_made", hand_made)
     spec = _spec(family="hand_made", width=10**9)
     assert planned_parameters("hand_made", (13,), 3, 10**9, 1) is None
     check_model_fits(spec, load_dataset(spec.data, spec.seed), "cpu")

@@ -151,7 +151,7 @@ def test_test_rows_of_a_loader_never_reach_a_stage(tmp_path: Path) -> None:
     result = tuner.run_study(spec, storage=f"sqlite:///{tmp_path / 'spy.db'}", device="cpu", model=spy_model, loader=loader)
     assert result.stages["shape"].n_complete == 2
     data = tuner.run_study.__globals__["load_dataset"]  # the same preprocessing the stages saw
-    standardised = data(tuner.runner.with_callables(spec, loader=loader).data, 0)
+    standardised = data(tuner.study.runner.with_callables(spec, loader=loader).data, 0)
     rows = lambda t: {r.numpy().tobytes() for r in t}  # noqa: E731
     assert rows(standardised.x_test).isdisjoint(seen)
     assert seen <= rows(standardised.x_train) | rows(standardised.x_val)

@@ -10,9 +10,9 @@ from optuna.trial import TrialState, create_trial
 from rich.console import Console
 
 import tuner
-from tuner.progress import ConsoleReporter
-from tuner.runner import StageSummary
-from tuner.stages import lr_stage
+from tuner.study.progress import ConsoleReporter
+from tuner.study.runner import StageSummary
+from tuner.study.stages import lr_stage
 
 SPEC = tuner.spec_from_dict({"name": "watched", "stages": {"lr": {"trials": 3}}})
 LR = {"lr": FloatDistribution(1e-6, 1.0, log=True)}

@@ -10,7 +10,7 @@ import torch
 from optuna.trial import TrialState
 
 import tuner
-from tuner.runner import TunerInputError, pick_threads
+from tuner.study.runner import TunerInputError, pick_threads
 
 
 def _spec(lr_pruner: str, shape_pruner: str) -> tuner.StudySpec:

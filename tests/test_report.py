@@ -18,8 +18,6 @@ from typer.testing import CliRunner
 
 import tuner
 from tuner.cli import app
-from tuner.report.runs import Run, StageRuns, error_target, objective_label, run_of, trial_costs
-from tuner.report.words import lr_time_caption, target_sentence
 from tuner.report import (
     Report,
     epochs_to_target,
@@ -32,6 +30,8 @@ from tuner.report import (
     plot_shape,
     write_report,
 )
+from tuner.report.runs import Run, StageRuns, error_target, objective_label, run_of, trial_costs
+from tuner.report.words import lr_time_caption, target_sentence
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_FIGURES = ("lr_sensitivity", "lr_time", "lr_curves", "shape", "importance")

@@ -6,13 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from tuner.report.words import (
-    EXPLODE_RISE,
-    classify_curve,
-    curve_stats,
-    describe_lr_sweep,
-    divergence_onset,
-)
+from tuner.report.words import EXPLODE_RISE, classify_curve, curve_stats, describe_lr_sweep, divergence_onset
 
 EPOCHS = 20
 T = np.arange(EPOCHS, dtype=float)

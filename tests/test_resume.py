@@ -21,7 +21,8 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 import tuner
-from tuner import models
+from tuner.inputs import models
+from tuner.inputs.families import unregister_model
 from tuner.storage import fail_orphaned_trials, worker_attrs
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -199,7 +200,7 @@ def test_two_processes_on_one_sqlite_file_share_the_budget_and_hand_off_once(tmp
 
 
 def test_ctrl_c_while_a_trial_is_being_claimed_leaves_no_trial_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tuner.runner import _StageRunner
+    from tuner.study.runner import _StageRunner
 
     ask = _StageRunner._ask
 
@@ -261,7 +262,7 @@ def fragile_model() -> str:
 
     tuner.register_model("fragile", build)
     yield "fragile"
-    models._FAMILIES.pop("fragile")  # noqa: SLF001 -- the registry has no public removal
+    unregister_model("fragile")
 
 
 def test_a_trial_that_raises_is_failed_with_its_reason_and_replaced(fragile_model: str, tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from tuner.schedules import lr_factor
+from tuner.training.schedules import lr_factor
 
 EPOCHS = 21  # t = 0 .. 20
 

@@ -2,7 +2,7 @@
 
 ``stages.shape.lr_scale`` lets the shape stage search a multiplier on the calibrated rate with the
 shape (scripts/lr_shift.py measured the best rate of wider networks 1.8-5.6x the small one's).
-Defaults that changed (see ``tuner.stage_studies.CHANGED_DEFAULTS``) must not stop a study an
+Defaults that changed (see ``tuner.study.stored.MIGRATIONS``) must not stop a study an
 earlier version stored from resuming: it resumes with the values it was made with.
 """
 
@@ -15,9 +15,11 @@ import optuna
 import pytest
 
 import tuner
-from tuner.spec import ShapeStageSpec, SpecError, spec_from_dict
-from tuner.stage_studies import CHANGED_DEFAULTS, with_stage_value
-from tuner.stages import shape_stage
+from tuner.inputs.spec import ShapeStageSpec, SpecError, spec_from_dict
+from tuner.study.stage_studies import with_stage_value
+from tuner.study.stored import past_defaults
+from tuner.study.stages import shape_stage
+
 from _tiny_study import before_the_changed_defaults
 
 SPEC: dict[str, Any] = {
@@ -53,10 +55,10 @@ def test_the_shape_stage_searches_a_multiplier_on_the_calibrated_rate() -> None:
 
 def test_changed_defaults_are_really_changed() -> None:
     # Each entry names a real field whose default today differs from what studies were stored with.
-    assert CHANGED_DEFAULTS
-    for (stage, key), legacy in CHANGED_DEFAULTS.items():
+    assert past_defaults()
+    for (stage, key), legacies in past_defaults().items():
         assert stage == "shape"
-        assert getattr(ShapeStageSpec(), key) != legacy
+        assert all(getattr(ShapeStageSpec(), key) != legacy for legacy in legacies)
 
 
 def test_a_study_stored_with_the_old_defaults_resumes_with_them(tmp_path: Path) -> None:
@@ -83,7 +85,7 @@ def test_a_study_stored_with_the_old_defaults_resumes_with_them(tmp_path: Path) 
     assert shape.user_attrs["settings"] == stored  # the stored settings are untouched
     assert all("lr_scale" not in t.params for t in shape.trials)  # the new trial searches as the old ones did
     said = " ".join(notes)
-    for stage, key in CHANGED_DEFAULTS:
+    for stage, key in past_defaults():
         assert f"stages.{stage}.{key}" in said
 
 
@@ -108,3 +110,31 @@ def test_a_value_the_spec_sets_is_compared_as_any_other(tmp_path: Path) -> None:
     tuner.run_study(before_the_changed_defaults(_spec()), storage=storage, device="cpu")
     with pytest.raises(tuner.StudyMismatchError, match="lr_scale"):
         tuner.run_study(_spec(lr_scale=[0.2, 5.0]), storage=storage, device="cpu")
+
+
+def test_a_field_whose_default_changed_twice_resumes_each_study_with_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuner.study import stored
+
+    # Suppose a later release changes lr_scale's default again, from [0.5, 4] to something else.
+    later = stored.Migration(stored.CONTRACT_VERSION + 1, "next", "lr_scale again", {("shape", "lr_scale"): (0.5, 4.0)})
+    monkeypatch.setattr(stored, "MIGRATIONS", (*stored.MIGRATIONS, later))
+    assert stored.past_defaults()[("shape", "lr_scale")] == [(1.0, 1.0), (0.5, 4.0)]
+    before_v1 = {"stages": {"shape": {"pruner": "none"}}}  # lr_scale left out: it did not exist
+    at_v1 = {"stages": {"shape": {"pruner": "hyperband", "lr_scale": [0.5, 4.0]}}}
+    assert stored.made_with("shape", "lr_scale", before_v1, None) == (1.0, 1.0)
+    assert stored.made_with("shape", "lr_scale", at_v1, None) == [0.5, 4.0]
+    assert stored.made_with("shape", "pruner", before_v1, None) == "none"
+    # A field never stored (none is today, but a future one may be) takes the default of its version.
+    assert stored.default_when_made("shape", "lr_scale", 1) == (0.5, 4.0)
+    assert stored.default_when_made("shape", "lr_scale", 0) == (1.0, 1.0)
+    assert stored.default_when_made("shape", "lr_scale", later.version) is None  # today's default
+
+
+def test_a_new_stage_study_stores_the_contract_version_it_was_made_under(tmp_path: Path) -> None:
+    from tuner.study.stored import CONTRACT_VERSION, MIGRATIONS
+
+    assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1)) and CONTRACT_VERSION == len(MIGRATIONS)
+    storage = f"sqlite:///{tmp_path / 'new.db'}"
+    tuner.run_study(_spec(), storage=storage, device="cpu")
+    for stage in ("lr", "shape"):
+        assert optuna.load_study(study_name=f"scaled/{stage}", storage=storage).user_attrs["contract_version"] == CONTRACT_VERSION

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tuner.spec import SpecError, load_spec, settings_hash, spec_from_dict
+from tuner.inputs.spec import SpecError, load_spec, settings_hash, spec_from_dict
 
 
 def test_quickstart_spec_reads_with_its_documented_values() -> None:
@@ -73,7 +73,7 @@ def test_settings_ignore_budgets_but_not_search_ranges() -> None:
     base = spec_from_dict({"name": "x"})
     more_trials = spec_from_dict({"name": "x", "stages": {"lr": {"trials": 99}}})
     other_range = spec_from_dict({"name": "x", "stages": {"lr": {"lr_max": 0.5}}})
-    from tuner.stages import stage_settings
+    from tuner.study.stages import stage_settings
 
     assert settings_hash(stage_settings(base, "lr")) == settings_hash(stage_settings(more_trials, "lr"))
     assert settings_hash(stage_settings(base, "lr")) != settings_hash(stage_settings(other_range, "lr"))

@@ -16,8 +16,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.storage import FastSQLiteStorage
-from tuner.storage import open_storage
+from tuner.storage import FastSQLiteStorage, open_storage
 
 SPACE = {
     "lr": FloatDistribution(1e-5, 1.0, log=True),

@@ -117,8 +117,8 @@ def test_a_worker_that_loses_the_race_to_create_a_stage_waits_for_the_winners_se
     """The race made deterministic: the winner has created ``race/lr`` but not yet written its settings."""
     import threading
 
-    from tuner.runner import StudyMismatchError, open_stage_study
-    from tuner.stages import lr_stage
+    from tuner.study.runner import StudyMismatchError, open_stage_study
+    from tuner.study.stages import lr_stage
 
     url = f"sqlite:///{tmp_path / 'slow.db'}"
     storage = tuner.open_storage(url)
@@ -127,7 +127,7 @@ def test_a_worker_that_loses_the_race_to_create_a_stage_waits_for_the_winners_se
 
     def winner_writes_its_settings_late() -> None:
         threading.Event().wait(0.5)
-        from tuner.stages import stage_settings
+        from tuner.study.stages import stage_settings
 
         created.set_user_attr("settings", stage_settings(winner, "lr"))
 

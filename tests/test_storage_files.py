@@ -23,22 +23,24 @@ import sqlalchemy
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from _tiny_study import audited_study
 from tuner.cli import app
 from tuner.storage import (
     DEFAULT_STORAGE,
     FastSQLiteStorage,
     StorageError,
+    check_user_info,
     fail_orphaned_trials,
+    mask_user_info,
     open_existing_storage,
     open_storage,
     redact,
     resolve_url,
+    trial_id,
     worker_attrs,
     write_trial_records,
 )
-from tuner.storage._optuna import trial_id
-from tuner.storage._url import check_user_info, mask_user_info
+
+from _tiny_study import audited_study
 
 TINY = """
 name = "tiny"
@@ -196,7 +198,7 @@ def test_reading_commands_read_a_study_in_a_read_only_folder(study_copy: Path, t
         assert (out / "report" / "index.html").is_file()
         dashboard = subprocess.run([*prefix, sys.executable, "-c", textwrap.dedent(f"""
             import json, wsgiref.util
-            from tuner.dashboard import make_dashboard_server
+            from tuner.report.dashboard import make_dashboard_server
             server = make_dashboard_server({url!r}, port=0)
             environ = {{"PATH_INFO": "/api/studies", "HTTP_HOST": f"127.0.0.1:{{server.server_port}}"}}
             wsgiref.util.setup_testing_defaults(environ)

@@ -4,9 +4,10 @@ import math
 
 import torch
 
-from tuner.data import Dataset, load_dataset
-from tuner.spec import DataSpec
-from tuner.train import TrainConfig, evaluate, seeded_model, train_epochs
+from tuner.inputs.data import Dataset
+from tuner.inputs.load import load_dataset
+from tuner.inputs.spec import DataSpec
+from tuner.training.train import TrainConfig, evaluate, seeded_model, train_epochs
 
 
 def _separable(n: int = 400) -> Dataset:

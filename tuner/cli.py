@@ -7,82 +7,34 @@ Exit codes: 0 done; 1 the study could not go on; 2 bad input (nothing written); 
 from __future__ import annotations
 
 import dataclasses
-import os
 import shlex
-import signal
 import sys
-import threading
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from typer.core import TyperGroup
+
+from tuner.exits import (
+    BAD_INPUT,
+    INTERRUPTED,
+    TERMINATED,
+    PlainErrorsGroup,
+    analysis_errors,
+    errors_as_exit_codes,
+    fail,
+    ignore_late_ctrl_c,
+    new_console,
+    quiet_optuna,
+    say,
+    sigterm_as_interrupt,
+    unexpected_errors,
+)
 
 # The library (torch, optuna, scikit-learn) is imported inside the commands, not here, so that
 # `tuner --help` answers at once.
 
-BAD_INPUT = 2
-INTERRUPTED = 130
-TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process that SIGTERM ended
-
-
-def _say(text: str, *, err: bool = False) -> None:
-    """Print a message as it is: no rich markup or emoji codes to eat ``[x]`` or ``:x:`` in names and paths."""
-    print(text, file=sys.stderr if err else sys.stdout, flush=True)
-
-
-def _console(*, stderr: bool = False, width: int | None = None) -> Console:
-    """A console for tables and progress bars, which takes text literally, as :func:`_say` does."""
-    return Console(stderr=stderr, soft_wrap=True, width=width, markup=False, emoji=False, highlight=False)
-
-
-class _PlainErrorsGroup(TyperGroup):
-    """Usage errors (a bad option value, a missing argument) as one plain line ``error: ...``, exit 2,
-    instead of click's usage block or rich's box; and a finished command is not spoiled by a late Ctrl-C."""
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[no-untyped-def,override]
-        if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
-        global _from_command_line
-        _from_command_line = args is None
-        try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except typer.TyperException as error:  # click's exceptions, as typer ships them
-            if type(error).__name__ == "NoArgsIsHelpError":
-                error.show()  # plain `tuner`: the help, as before
-            else:
-                context = getattr(error, "ctx", None)
-                hint = f" (see: {context.command_path} --help)" if context is not None else ""
-                _say(_one_line(f"error: {error.format_message()}{hint}"), err=True)
-            code = getattr(error, "exit_code", 1)
-        except typer.Abort:
-            _say("error: aborted", err=True)
-            code = 1
-        _ignore_late_ctrl_c()
-        sys.exit(code if isinstance(code, int) else 0)
-
-
-_from_command_line = False  # set by _PlainErrorsGroup.main: a real process, not a test's CliRunner
-
-
-def _ignore_late_ctrl_c() -> None:
-    """Once the work is done, a Ctrl-C (e.g. while the summary prints, or torch's atexit hooks run at
-    shutdown) has nothing left to stop: ignore it, instead of a traceback from the interpreter's exit
-    or a process killed by SIGINT (-2). Only in a real process: a test runner keeps its Ctrl-C."""
-    if _from_command_line and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(part.strip() for part in text.splitlines() if part.strip())
-
-
 app = typer.Typer(
-    cls=_PlainErrorsGroup,
+    cls=PlainErrorsGroup,
     help="Staged hyperparameter tuning for PyTorch: calibrate the learning rate on a small network, then "
     "tune size and decay schedule at that rate. Trials live in SQLite (default tuner.db) or any Optuna storage; "
     "run the same command again to resume.",
@@ -128,58 +80,6 @@ def _storage_url(storage: str | None, password_file: Path | None) -> str:
     return with_password(resolve_url(storage), password_file)
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    _say(_one_line(f"error: {message}"), err=True)
-    raise typer.Exit(code)
-
-
-def _quiet_optuna() -> None:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own output says what matters
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-
-@contextmanager
-def _errors_as_exit_codes() -> Iterator[None]:
-    from tuner.runner import StudyMismatchError, TunerError, TunerInputError
-    from tuner.spec import SpecError
-    from tuner.storage import StorageError
-    from tuner.train import DeviceError
-
-    try:
-        yield
-    except (SpecError, StorageError, StudyMismatchError, DeviceError, TunerInputError) as error:
-        _fail(str(error), BAD_INPUT)
-    except TunerError as error:
-        _fail(str(error), 1)
-
-
-@contextmanager
-def _unexpected_errors() -> Iterator[None]:
-    """The storage failing under us, or a bug: one line and exit 1 (TUNER_DEBUG=1 shows the traceback)."""
-    import optuna
-    import sqlalchemy
-
-    from tuner.storage import redact
-
-    try:
-        yield
-    except (typer.Exit, typer.Abort, typer.TyperException):
-        raise  # an exit already decided, e.g. by _errors_as_exit_codes
-    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as error:
-        if os.environ.get("TUNER_DEBUG"):
-            raise
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        _fail(f"the storage failed ({redact(reason)}); finished trials are kept: run the same command again to resume", 1)
-    except Exception as error:  # noqa: BLE001
-        if os.environ.get("TUNER_DEBUG"):
-            raise
-        reason = str(error).splitlines()[0] if str(error) else ""
-        _fail(f"unexpected {type(error).__name__}: {reason} (a bug in tuner? TUNER_DEBUG=1 shows the traceback); "
-              f"finished trials are kept: run the same command again to resume", 1)
-
-
 @app.command()
 def study(
     spec: Annotated[Path, typer.Argument(help="The study file (TOML), e.g. studies/quickstart.toml")],
@@ -191,23 +91,23 @@ def study(
                                                 show_default="$TUNER_THREADS, else 1")] = None,
 ) -> None:
     """Run a staged study (lr, then shape, then the optional audit), or resume it where it stopped."""
-    from tuner.progress import ConsoleReporter, summary_table
-    from tuner.runner import Terminated, run_study
-    from tuner.spec import load_spec, study_name_problem
+    from tuner.inputs.spec import load_spec, study_name_problem
     from tuner.storage import DEFAULT_STORAGE, with_password
+    from tuner.study.progress import ConsoleReporter, summary_table
+    from tuner.study.runner import Terminated, run_study
 
-    _quiet_optuna()
+    quiet_optuna()
     # Off a terminal (a log file, CI) rich would assume 80 columns and fold the summary table.
-    console = _console(width=None if sys.stdout.isatty() else 120)
+    console = new_console(width=None if sys.stdout.isatty() else 120)
     reporter = ConsoleReporter(console)
     resume, password_note = _resume_command(spec, storage, name, storage_password_file)
     try:
-        with _unexpected_errors(), _errors_as_exit_codes(), _sigterm_as_interrupt():
+        with unexpected_errors(), errors_as_exit_codes(), sigterm_as_interrupt():
             loaded = load_spec(spec)
             if name is not None:
                 problem = study_name_problem(name)
                 if problem:
-                    _fail(f"--name {name!r}: {problem}", BAD_INPUT)
+                    fail(f"--name {name!r}: {problem}", BAD_INPUT)
                 loaded = dataclasses.replace(loaded, name=name)
             _refuse_in_memory(storage, loaded.storage, loaded.source)
             if storage_password_file is not None:
@@ -218,44 +118,13 @@ def study(
                 reporter.close()
     except KeyboardInterrupt as stop:
         what, code = ("terminated (SIGTERM)", TERMINATED) if isinstance(stop, Terminated) else ("interrupted", INTERRUPTED)
-        _say(f"{what}: the trial in progress is marked failed, finished trials are kept; "
+        say(f"{what}: the trial in progress is marked failed, finished trials are kept; "
              f"resume with: {shlex.join(resume)}{password_note}", err=True)
         raise typer.Exit(code) from None
-    _ignore_late_ctrl_c()  # the study is finished and stored: what is left is to say so
+    ignore_late_ctrl_c()  # the study is finished and stored: what is left is to say so
     console.print(summary_table(result, "value (your loop's)" if loaded.train.loop else loaded.train.objective))
     if result.audit is not None:
-        _say(result.audit.message)
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM (Slurm, Kubernetes, systemd stopping a job) raises :class:`Terminated`,
-    and Ctrl-C ``KeyboardInterrupt``; both are also kept as a request the runner raises at its next
-    check, in case the first raise landed where Python swallows exceptions (a weakref callback)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    from tuner.errors import clear_stop_request, request_stop
-    from tuner.runner import Terminated
-
-    def terminate(_signum: int, _frame: object) -> None:
-        request_stop(Terminated)
-
-    def interrupt(_signum: int, _frame: object) -> None:
-        request_stop(KeyboardInterrupt)  # as Python's own handler, but kept until the runner sees it
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    previous_int = signal.getsignal(signal.SIGINT)
-    if previous_int is signal.default_int_handler:
-        signal.signal(signal.SIGINT, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if previous_int is signal.default_int_handler:
-            signal.signal(signal.SIGINT, previous_int)
-        clear_stop_request()
+        say(result.audit.message)
 
 
 def _resume_command(spec: Path, storage: str | None, name: str | None, password_file: Path | None) -> tuple[list[str], str]:
@@ -307,25 +176,12 @@ def _refuse_in_memory(storage: str | None, spec_storage: str | None, source: str
     )
     if in_memory:
         where = f"{source}: field 'storage': " if not storage and source else ""
-        _fail(f"{where}storage {url!r}: an in-memory database is lost when the command ends, and the study's "
+        fail(f"{where}storage {url!r}: an in-memory database is lost when the command ends, and the study's "
               f"results with it; give a file, e.g. sqlite:///tuner.db", BAD_INPUT)
 
 
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Folder to write the CSV file(s) into (created if missing)")]
 NameArgument = Annotated[str, typer.Argument(help="The study's name (its stages are the Optuna studies NAME/lr, NAME/shape, NAME/audit)")]
-
-
-@contextmanager
-def _analysis_errors() -> Iterator[None]:
-    from tuner.results import UnknownStudyError
-
-    with _errors_as_exit_codes():
-        try:
-            yield
-        except UnknownStudyError as error:
-            _fail(str(error), BAD_INPUT)
-        except OSError as error:  # e.g. --out names a file, or a folder we may not write to
-            _fail(f"--out: cannot write there ({error.strerror or error}): choose a writable folder", BAD_INPUT)
 
 
 @app.command()
@@ -335,12 +191,12 @@ def importance(
     """Write importance.csv: fANOVA (main effects and pairwise interactions) and PED-ANOVA per stage."""
     from rich.table import Table
 
-    from tuner.importance import headline_rows, write_importance
+    from tuner.analysis.importance import headline_rows, write_importance
 
-    _quiet_optuna()
-    with _analysis_errors():
+    quiet_optuna()
+    with analysis_errors():
         path, table, skipped = write_importance(name, out=out, storage=_storage_url(storage, storage_password_file))
-    console = _console()
+    console = new_console()
     shown = Table(title=f"importance of {name} (share; fanova: of the variance)")
     for column in ("stage", "evaluator", "param", "param_b", "importance", "std"):
         shown.add_column(column, justify="right" if column in ("importance", "std") else "left")
@@ -354,8 +210,8 @@ def importance(
     if len(table):
         console.print(shown)
     for stage, reason in skipped:
-        _say(f"skipped stage {stage}: {reason}")
-    _say(f"wrote {path} ({len(table)} rows)")
+        say(f"skipped stage {stage}: {reason}")
+    say(f"wrote {path} ({len(table)} rows)")
 
 
 @app.command()
@@ -363,12 +219,12 @@ def export(
     name: NameArgument, storage: StorageOption = None, out: OutOption = Path("."), storage_password_file: PasswordFileOption = None
 ) -> None:
     """Write trials.csv (one row per trial, every stage) and curves.csv (stage, trial, epoch, value)."""
-    from tuner.export import write_export
+    from tuner.analysis.export import write_export
 
-    _quiet_optuna()
-    with _analysis_errors():
+    quiet_optuna()
+    with analysis_errors():
         trials_path, curves_path = write_export(name, out=out, storage=_storage_url(storage, storage_password_file))
-    _say(f"wrote {trials_path} and {curves_path}")
+    say(f"wrote {trials_path} and {curves_path}")
 
 
 @app.command()
@@ -382,12 +238,12 @@ def report(
     """Write PNG figures, Optuna's interactive figures and an index.html that explains the study."""
     from tuner.report import write_report
 
-    _quiet_optuna()
-    with _analysis_errors():
+    quiet_optuna()
+    with analysis_errors():
         written = write_report(name, storage=_storage_url(storage, storage_password_file), out=out)
     for key, why in written.missing.items():
-        _say(f"not drawn: {key}: {why}")
-    _say(f"wrote {len(written.figures)} figures and {written.index}")
+        say(f"not drawn: {key}: {why}")
+    say(f"wrote {len(written.figures)} figures and {written.index}")
 
 
 @app.command()
@@ -401,16 +257,16 @@ def dashboard(
 
     Only pages of the dashboard itself, at http://127.0.0.1:PORT or http://localhost:PORT, may change the
     storage; any other site's page is refused (403)."""
-    from tuner.dashboard import DashboardError, serve_dashboard
+    from tuner.report.dashboard import DashboardError, serve_dashboard
     from tuner.storage import redact
 
-    with _errors_as_exit_codes():
+    with errors_as_exit_codes():
         url = _storage_url(storage, storage_password_file)
         try:
-            serve_dashboard(url, port, read_only=read_only, on_ready=lambda address: _say(
+            serve_dashboard(url, port, read_only=read_only, on_ready=lambda address: say(
                 f"optuna-dashboard for {redact(url)} at {address}{' (read-only)' if read_only else ''} (Ctrl-C stops it)"))
         except DashboardError as error:
-            _fail(str(error), 1)
+            fail(str(error), 1)
         except KeyboardInterrupt:
             raise typer.Exit(0) from None
 
@@ -425,29 +281,28 @@ def lr_find_command(
     end_lr: Annotated[float, typer.Option("--end-lr", help="Last learning rate of the exponential ramp")] = 10.0,
 ) -> None:
     """LR range test: one short run with the rate rising exponentially; prints the suggested rate and search range."""
-    from tuner.lr_find import LRFindInputError, lr_find, search_bounds, write_lr_find
-    from tuner.spec import load_spec
+    from tuner.inputs.spec import load_spec
+    from tuner.training.lr_find import LRFindInputError, lr_find, search_bounds, write_lr_find
 
     if out.exists() and not out.is_dir():
-        _fail(f"--out {str(out)!r}: is a file; give a folder", BAD_INPUT)
-    with _errors_as_exit_codes():
+        fail(f"--out {str(out)!r}: is a file; give a folder", BAD_INPUT)
+    with errors_as_exit_codes():
         try:
             loaded = load_spec(spec)
             result = lr_find(loaded, start_lr=start_lr, end_lr=end_lr, steps=steps, device=device)
         except LRFindInputError as error:
-            _fail(str(error), BAD_INPUT)
+            fail(str(error), BAD_INPUT)
         try:
             csv_path, png_path = write_lr_find(result, out, title=f"LR range test: {loaded.name}")
         except OSError as error:
-            _fail(f"--out {str(out)!r}: cannot write there ({error.strerror or error}); choose a writable folder", BAD_INPUT)
-    say = _say
+            fail(f"--out {str(out)!r}: cannot write there ({error.strerror or error}); choose a writable folder", BAD_INPUT)
     say(f"LR range test on '{loaded.name}': {len(result.lrs)} steps, lr {result.lrs[0]:.3g} to {result.lrs[-1]:.3g}")
     if loaded.train.loop:
         say(f"note: the range test trains with tuner's own loop, not train.loop ({loaded.train.loop})")
     say(f"wrote {csv_path} and {png_path}")
     suggestion = result.suggestion
     if suggestion is None:
-        _fail(f"no suggestion from this curve: {result.problem}", 1)
+        fail(f"no suggestion from this curve: {result.problem}", 1)
     say(f"suggested learning rate: {suggestion.lr:.3g}")
     for name, value in suggestion.rules.items():
         say(f"  {name:<8} {value:.3g}" + ("   (lr at the loss minimum / 10)" if name == "minimum" else ""))
@@ -473,14 +328,13 @@ def best(
     from tuner.best import BestError, write_best
 
     folder = out if out is not None else Path(f"{name}-best")
-    _quiet_optuna()
-    with _unexpected_errors(), _analysis_errors():
+    quiet_optuna()
+    with unexpected_errors(), analysis_errors():
         try:
             result = write_best(name, _storage_url(storage, storage_password_file), folder, refit=refit, device=device)
         except BestError as error:
-            _fail(str(error), BAD_INPUT)
+            fail(str(error), BAD_INPUT)
     metrics = result.metrics
-    say = _say
     if result.replaced:
         say(f"note: {result.replaced}; wrote it anew")
     say(f"trained trial {metrics['trial']} of {name}/{metrics['stage']} again (refit {refit}): "

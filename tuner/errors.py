@@ -1,11 +1,20 @@
 """The errors a study can end with, and what each means for the command line's exit code.
 
 :class:`TunerError`: the study cannot go on (exit 1). :class:`StudyMismatchError` and
-:class:`TunerInputError`: bad input, nothing written (exit 2). :class:`Terminated`: SIGTERM, raised
+:class:`TunerInputError`: bad input, nothing written (exit 2). :class:`SpecError`: a study file
+that cannot be used (exit 2). :class:`Terminated`: SIGTERM, raised
 where Ctrl-C would be (exit 143).
 """
 
 from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+MISSING: Any = object()  # SpecError's value when the field is missing altogether
 
 
 class TunerError(RuntimeError):
@@ -14,6 +23,19 @@ class TunerError(RuntimeError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C would be (the CLI's handler), so that a stopped job ends its trial as Ctrl-C does."""
+
+
+class SpecError(ValueError):
+    """A study file that cannot be used; the message says where, what and how to fix it."""
+
+    def __init__(self, source: str, field_path: str, value: Any, fix: str) -> None:
+        self.source = source
+        self.field_path = field_path
+        self.value = value
+        self.fix = fix
+        where = f"{source}: " if source else ""
+        shown = "" if value is MISSING else f" = {value!r}"
+        super().__init__(f"{where}field '{field_path}'{shown}: {fix}")
 
 
 class TunerInputError(ValueError):
@@ -45,3 +67,30 @@ def raise_if_stop_requested() -> None:
 
 def clear_stop_request() -> None:
     _stop_requested.clear()
+
+
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (and a SIGTERM that has a Python handler) back until the block is done, then deliver it.
+
+    Only in the main thread, and only for signals whose handler raises in Python (the default
+    Ctrl-C handler, or one the CLI installed for SIGTERM): those could otherwise strike between a
+    trial's creation and its owner record.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    deferred = {sig: handler for sig in DEFERRED_SIGNALS if callable(handler := signal.getsignal(sig))}
+    caught: list[int] = []
+    for sig in deferred:
+        signal.signal(sig, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in deferred.items():
+            signal.signal(sig, handler)
+    for sig in dict.fromkeys(caught):
+        deferred[sig](sig, None)  # its own handler, now and here: KeyboardInterrupt, or the CLI's

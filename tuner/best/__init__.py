@@ -4,14 +4,22 @@
 - :mod:`tuner.best.folder`: the folder it writes (``best.toml``, ``model.pt``, ``metrics.json``
   with a manifest), written atomically file by file, and :func:`load_model`, which checks it.
 
-May import: ``tuner.data``, ``tuner.models``, ``tuner.spec``, ``tuner.train``, ``tuner.usercode``,
-``tuner.results``, ``tuner.stages``, ``tuner.runner``; nothing imports it but the CLI and ``tuner``.
+May import: ``tuner.inputs``, ``tuner.training`` and ``tuner.study``; nothing imports it but the CLI
+and ``tuner``.
 """
 
 from __future__ import annotations
 
 from tuner.best.folder import (
-    FILES, METRICS_FILE, MODEL_FILE, MODEL_FORMAT, MODEL_KEYS, SPEC_FILE, FolderError, TrainedModel, check_folder,
+    FILES,
+    METRICS_FILE,
+    MODEL_FILE,
+    MODEL_FORMAT,
+    MODEL_KEYS,
+    SPEC_FILE,
+    FolderError,
+    TrainedModel,
+    check_folder,
     load_model,
 )
 from tuner.best.refit import REFITS, BestError, BestResult, best_spec_text, write_best

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from tuner.data import Dataset, StreamedData, sample_shape, standardise_inputs
-from tuner.models import build_model, register_model
-from tuner.spec import StudySpec
-from tuner.train import EVAL_CHUNK
-from tuner.usercode import is_reference, load_callable, spec_folder
+from tuner.inputs.data import Dataset, StreamedData, sample_shape, standardise_inputs
+from tuner.inputs.models import build_model, register_model
+from tuner.inputs.spec import StudySpec
+from tuner.inputs.usercode import is_reference, load_callable, spec_folder
+from tuner.training.train import EVAL_CHUNK
 
 SPEC_FILE = "best.toml"
 MODEL_FILE = "model.pt"

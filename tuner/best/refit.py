@@ -16,24 +16,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
+import tomllib
 import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from tuner.best.folder import FolderError, check_folder, model_record, write_folder
-from tuner.data import Dataset, StreamedData, load_dataset
-from tuner.results import SPEC_PATH_ATTR, load_stage_studies, trained_params
-from tuner.runner import TunerError
-from tuner.spec import StudySpec, spec_from_dict
-from tuner.stages import Stage, lr_stage, shape_stage
-from tuner.train import evaluate, resolve_device, seeded_model, train_epochs, use_threads
-from tuner.usercode import identity, install, load_callable
+from tuner.inputs.data import Dataset, StreamedData
+from tuner.inputs.load import load_dataset
+from tuner.inputs.spec import StudySpec, spec_from_dict
+from tuner.inputs.usercode import identity, install, load_callable
+from tuner.study.results import LR_ATTR, SETTINGS_ATTR, SPEC_PATH_ATTR, load_stage_studies, trained_params
+from tuner.study.runner import TunerError
+from tuner.study.stages import Stage, lr_stage, shape_stage
+from tuner.training.train import evaluate, resolve_device, seeded_model, train_epochs, use_threads
 
 REFITS = ("train", "train+val")
 
@@ -79,7 +80,7 @@ def write_best(
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
 
     Raises:
-        tuner.importance.UnknownStudyError: no study of that name in the storage.
+        tuner.analysis.importance.UnknownStudyError: no study of that name in the storage.
         BestError: no complete trial, an unknown ``refit``, or ``out`` is a file.
     """
     if refit not in REFITS:
@@ -176,7 +177,7 @@ def _rows(data: Dataset | StreamedData, part: str) -> int:
 def _train_with_loop(spec: StudySpec, model: nn.Module, data: Any, plan: Any, device: torch.device,
                      trial: FrozenTrial) -> float:
     """Train ``model`` with the spec's own loop, as its trial did; the objective it gave last (NaN: none, or diverged)."""
-    from tuner.trials import StopTrial, call_user_loop
+    from tuner.study.trials import StopTrial, call_user_loop
 
     loop = load_callable(spec.train.loop or "", "train.loop", spec.source)
     values: list[float] = []
@@ -208,7 +209,7 @@ def _best_trial(name: str, storage: str | optuna.storages.BaseStorage | None) ->
         raise BestError(f"study {name!r}: no complete trial in stage 'lr' or 'shape' yet; run "
                         f"`tuner study` to the end (or until a trial completes), then again `tuner best`")
     best = min(complete, key=lambda t: (t.value, t.number))
-    settings = study.user_attrs.get("settings")
+    settings = study.user_attrs.get(SETTINGS_ATTR)
     if settings is None:
         raise BestError(f"study {name!r}: stage '{stage_name}' has no stored settings; was it made by tuner?")
     stored = {key: value for key, value in _without_none(settings).items() if key != "identity"}
@@ -220,7 +221,7 @@ def _best_trial(name: str, storage: str | optuna.storages.BaseStorage | None) ->
             raise BestError(f"study {name!r}: its own code or data file changed since its trials ran (see "
                             f"`tuner study` on it); put them back to train its winner again")
     if stage_name == "shape":
-        lr = best.user_attrs.get("lr", study.user_attrs.get("lr"))
+        lr = best.user_attrs.get(LR_ATTR, study.user_attrs.get(LR_ATTR))
         stage = shape_stage(spec, float(lr))
     else:
         stage = lr_stage(spec)

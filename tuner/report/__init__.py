@@ -26,7 +26,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from tuner._deprecation import keyword_only_since
+from tuner.deprecation import keyword_only_since
 from tuner.report.figures import plot_importance, plot_shape, save
 from tuner.report.html import index_html
 from tuner.report.interactive import write_interactive
@@ -80,7 +80,7 @@ def write_report(name: str, *, storage: str | None = None, out: str | Path | Non
 
     Raises:
         tuner.storage.StorageError: the storage does not exist (a SQLite file is not created).
-        tuner.importance.UnknownStudyError: no study of that name in the storage.
+        tuner.analysis.importance.UnknownStudyError: no study of that name in the storage.
     """
     url = resolve_url(storage) if storage is None or isinstance(storage, str) else storage
     stages = load_stages(name, url)

@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 from tuner.report.runs import StageRuns, trial_costs
 from tuner.report.words import fmt_value, lr_time_caption
 from tuner.storage import redact
+from tuner.study.stored import BUDGET_ATTR, LR_ATTR, SETTINGS_ATTR
 
 CAPTIONS = {
     "lr_sensitivity": "Each dot is one trial of stage lr: its validation error after the last epoch against its "
@@ -41,7 +42,7 @@ def _state_counts(stage: StageRuns) -> str:
     for state in (TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING):
         if counts[state]:
             parts.append(f"{counts[state]} {state.name.lower()}")
-    budget = stage.study.user_attrs.get("budget")
+    budget = stage.study.user_attrs.get(BUDGET_ATTR)
     return ", ".join(parts) + (f" (budget {budget})" if budget is not None else "")
 
 
@@ -67,7 +68,7 @@ def _summary_rows(stages: dict[str, StageRuns], chosen_lr: float | None) -> list
         elif stage.name == "lr":
             setting, value = f"lr {chosen_lr:.3g}" if chosen_lr else f"lr {best.params['lr']:.3g}", f"{best.value:.4g}"
         else:
-            fixed = stage.study.user_attrs.get("lr")
+            fixed = stage.study.user_attrs.get(LR_ATTR)
             params = ({"lr": fixed} if fixed is not None else {}) | best.params
             setting = ", ".join(f"{k} {fmt_value(v)}" for k, v in params.items())
             value = f"{best.value:.4g}"
@@ -88,7 +89,7 @@ def index_html(
     diagnosis: dict[str, list[str]],
 ) -> str:
     e = html.escape
-    settings = next(iter(stages.values())).study.user_attrs.get("settings") or {}
+    settings = next(iter(stages.values())).study.user_attrs.get(SETTINGS_ATTR) or {}
     data, model, train = settings.get("data", {}), settings.get("model", {}), settings.get("train", {})
     about = []
     if data:

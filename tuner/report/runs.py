@@ -17,13 +17,15 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.data import task_of
-from tuner.importance import importance_table
-from tuner.results import load_stage_studies
-from tuner.spec import DataSpec, SpecError
+from tuner.analysis.importance import importance_table
+from tuner.inputs.data import task_of
+from tuner.inputs.spec import DataSpec, SpecError
 from tuner.storage import open_existing_storage
+from tuner.study.results import load_stage_studies
+from tuner.study.stored import (  # noqa: F401 -- STAGES: figures reads it from here
+    BEST_LR_ATTR, DIVERGED_ATTR, LEARNING_CURVE_ATTR, LR_ATTR, SETTINGS_ATTR, STAGES, TASK_ATTR,
+)
 
-STAGES = ("lr", "shape", "audit")
 # The error a run must reach to count as "trained", for the epochs-to-target panel and sentence:
 # this share of the way from the untrained error down to the stage's best final error. A multiple
 # of the best (2x, earlier) says nothing when the untrained error is below it (diabetes: every
@@ -100,7 +102,7 @@ def _floats(values: Sequence[float | None] | None) -> list[float]:
 def run_of(trial: FrozenTrial) -> Run:
     """A stored trial as a run: its curve from ``learning_curve`` (else Optuna's intermediate values)."""
     attrs = trial.user_attrs
-    curve = _floats(attrs.get("learning_curve"))
+    curve = _floats(attrs.get(LEARNING_CURVE_ATTR))
     if not curve and trial.intermediate_values:  # trials of another tool: Optuna's own record
         curve = [float(trial.intermediate_values[k]) for k in sorted(trial.intermediate_values)]
     complete = trial.state == TrialState.COMPLETE and trial.value is not None and math.isfinite(trial.value)
@@ -108,12 +110,12 @@ def run_of(trial: FrozenTrial) -> Run:
     return Run(
         number=trial.number,
         state=trial.state,
-        params={**{k: v for k, v in attrs.items() if k == "lr" and "lr" not in trial.params}, **trial.params},
+        params={**{k: v for k, v in attrs.items() if k == LR_ATTR and "lr" not in trial.params}, **trial.params},
         value=float(trial.value) if complete else None,
         curve=curve,
         train_curve=_floats(attrs.get("train_loss_curve")),
         seconds=float(seconds) if seconds is not None else None,
-        diverged=bool(attrs.get("diverged")),
+        diverged=bool(attrs.get(DIVERGED_ATTR)),
         time_measure=attrs.get("time_measure"),
         batched_with=int(attrs.get("batched_with") or 1),
         epochs_done=int(attrs["epochs_done"]) if attrs.get("epochs_done") is not None else None,
@@ -122,7 +124,7 @@ def run_of(trial: FrozenTrial) -> Run:
 
 def chosen_lr(stages: dict[str, StageRuns]) -> float | None:
     """The rate handed to the shape stage (stored once at hand-off), else the lr stage's best."""
-    for stage, attr in (("shape", "lr"), ("lr", "best_lr")):
+    for stage, attr in (("shape", LR_ATTR), ("lr", BEST_LR_ATTR)):
         if stage in stages and stages[stage].study.user_attrs.get(attr) is not None:
             return float(stages[stage].study.user_attrs[attr])
     best = stages["lr"].best if "lr" in stages else None
@@ -139,7 +141,7 @@ def objective_label(stages: dict[str, StageRuns]) -> str:
     return {
         "classification": "validation error (1 − accuracy)",
         "regression": "validation error (RMSE)",
-    }.get(first.get("task") or stored_task(first.get("settings") or {}), "validation error")
+    }.get(first.get(TASK_ATTR) or stored_task(first.get(SETTINGS_ATTR) or {}), "validation error")
 
 
 def stored_task(settings: dict[str, Any]) -> str | None:

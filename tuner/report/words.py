@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from tuner.report.runs import Run, StageRuns, TrialCosts, epochs_to_target, error_target
+from tuner.study.stored import VERDICT_ATTR
 
 # Exploding: the end level sits above the curve's minimum by at least half of the
 # starting value (e.g. 1.0 -> 0.2 -> 0.7, or anything ending >= 1.5x its start).
@@ -287,7 +288,7 @@ def audit_diagnosis(stage: StageRuns, objective: str) -> list[str]:
     setting = ", ".join(f"{k} {fmt_value(v)}" for k, v in best.params.items())
     sentences = [f"Best of {len(stage.complete)} joint random trials: {setting}, final "
                  f"{objective.split(' (')[0]} {best.value:.3g}."]
-    verdict = stage.study.user_attrs.get("verdict")  # stored by tuner.importance.audit_verdict at the end
+    verdict = stage.study.user_attrs.get(VERDICT_ATTR)  # stored by tuner.analysis.importance.audit_verdict at the end
     sentences.append(str(verdict) if verdict else
                      "No verdict on the low-interaction assumption is stored yet: `tuner study` makes it when the "
                      "audit stage ends.")

@@ -24,7 +24,6 @@ The environment can change, for every worker alike:
 from __future__ import annotations
 
 import json
-
 import random
 import time
 import warnings
@@ -36,10 +35,18 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
 from tuner.storage._bulk import write_trial_records
+from tuner.storage._optuna import cached_trials, trial_id
 from tuner.storage._sqlite import FastSQLiteStorage, open_sqlite_storage
-from tuner.storage._sqlite_files import BUSY_TIMEOUT_S, can_write, foreign_content
+from tuner.storage._sqlite_files import BUSY_TIMEOUT_S, can_write, foreign_content, sqlite_engine_kwargs
 from tuner.storage._url import (
-    DEFAULT_STORAGE, PASSWORD_ENV, StorageError, check_user_info, mask_user_info, redact, resolve_url, with_password,
+    DEFAULT_STORAGE,
+    PASSWORD_ENV,
+    StorageError,
+    check_user_info,
+    mask_user_info,
+    redact,
+    resolve_url,
+    with_password,
 )
 from tuner.storage.liveness import (
     BEAT_ATTR,
@@ -66,13 +73,18 @@ __all__ = [
     "FastSQLiteStorage",
     "Heartbeat",
     "StorageError",
+    "cached_trials",
+    "check_user_info",
     "fail_orphaned_trials",
     "fail_trial",
     "heartbeat_settings",
+    "mask_user_info",
     "open_existing_storage",
     "open_storage",
     "redact",
     "resolve_url",
+    "sqlite_engine_kwargs",
+    "trial_id",
     "with_password",
     "worker_attrs",
     "worker_id",

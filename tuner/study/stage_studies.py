@@ -18,21 +18,13 @@ from typing import Any
 
 import optuna
 
-from tuner import results
 from tuner.errors import StudyMismatchError
-from tuner.results import stage_study_name
-from tuner.spec import StudySpec, settings_hash
-from tuner.stages import STAGE_NAMES, Stage, describe_search, stage_settings
+from tuner.inputs.spec import StudySpec, settings_hash
+from tuner.study import stored as contract
+from tuner.study.stored import stage_study_name
+from tuner.study.stages import Stage, describe_search, stage_settings
 
 SETTINGS_WAIT_S = 10.0  # how long a worker that lost the race to create a stage waits for its settings
-
-
-# Defaults changed since studies were first stored: (stage, field) -> the value that studies stored
-# before the change were made with (where the field did not exist yet, what it did then).
-CHANGED_DEFAULTS: dict[tuple[str, str], Any] = {
-    ("shape", "pruner"): "none",  # before 0.2 (issue 13)
-    ("shape", "lr_scale"): (1.0, 1.0),  # before 0.2: the field did not exist
-}
 
 
 def with_stage_value(spec: StudySpec, stage: str, key: str, value: Any) -> StudySpec:
@@ -55,22 +47,25 @@ def with_stored_defaults(spec: StudySpec, storage: optuna.storages.BaseStorage,
 def _stored_stages(spec: StudySpec, storage: optuna.storages.BaseStorage) -> dict[str, optuna.Study]:
     """The spec's stage studies that exist in ``storage``, each loaded once."""
     existing = set(optuna.get_all_study_names(storage))
-    names = {stage: stage_study_name(spec.name, stage) for stage in STAGE_NAMES}
+    names = {stage: stage_study_name(spec.name, stage) for stage in contract.STAGES}
     return {stage: optuna.load_study(study_name=name, storage=storage) for stage, name in names.items() if name in existing}
 
 
 def _put_back_defaults(spec: StudySpec, studies: dict[str, optuna.Study], note: Callable[[str], None] | None) -> StudySpec:
-    for (stage, key), legacy in CHANGED_DEFAULTS.items():
-        stored = studies[stage].user_attrs.get(results.SETTINGS_ATTR) if stage in studies else None
+    """``spec`` with each field left at today's default put back to the past default its stored stage was made with."""
+    for (stage, key), legacies in contract.past_defaults().items():
+        study = studies.get(stage)
+        settings = study.user_attrs.get(contract.SETTINGS_ATTR) if study is not None else None
         default = getattr(type(getattr(spec.stages, stage))(), key)
-        if stored is None or getattr(getattr(spec.stages, stage), key) != default:
+        if settings is None or getattr(getattr(spec.stages, stage), key) != default:
             continue
-        was = stored.get("stages", {}).get(stage, {}).get(key, legacy)
-        if _normalise(was) == _normalise(legacy) != _normalise(default):
+        was = _normalise(contract.made_with(stage, key, settings, contract.stored_version(study.user_attrs)))
+        legacy = next((value for value in legacies if _normalise(value) == was), None)
+        if legacy is not None and was != _normalise(default):
             spec = with_stage_value(spec, stage, key, legacy)
             if note is not None:
-                note(f"stage '{stage}' was made when stages.{stage}.{key} defaulted to {_normalise(legacy)!r} "
-                     f"(now {_normalise(default)!r}): it resumes with {_normalise(legacy)!r}")
+                note(f"stage '{stage}' was made when stages.{stage}.{key} defaulted to {was!r} "
+                     f"(now {_normalise(default)!r}): it resumes with {was!r}")
     return spec
 
 
@@ -84,13 +79,15 @@ def check_stored_settings(spec: StudySpec, storage: optuna.storages.BaseStorage,
     (:func:`with_stored_defaults`; ``note`` is told of each), the stored stages read once for both.
     """
     studies = _stored_stages(spec, storage)
+    for study in studies.values():
+        contract.check_version(study.study_name, study.user_attrs)
     spec = _put_back_defaults(spec, studies, note)
     for stage, study in studies.items():
         _check_settings(study, spec, stage)
     if "shape" in studies:
-        handed_off = studies["shape"].user_attrs.get(results.LR_ATTR)
+        handed_off = studies["shape"].user_attrs.get(contract.LR_ATTR)
         lr_attrs = studies["lr"].user_attrs
-        calibrated_on = lr_attrs.get(results.HANDOFF_TRIALS_ATTR, lr_attrs.get(results.BUDGET_ATTR))
+        calibrated_on = lr_attrs.get(contract.HANDOFF_TRIALS_ATTR, lr_attrs.get(contract.BUDGET_ATTR))
         if handed_off is not None and calibrated_on is not None and spec.stages.lr.trials > int(calibrated_on):
             raise StudyMismatchError(
                 f"stage 'lr' of '{spec.name}' handed lr = {float(handed_off):.3g} on to stage 'shape' after "
@@ -103,14 +100,15 @@ def check_stored_settings(spec: StudySpec, storage: optuna.storages.BaseStorage,
 
 def _made_elsewhere(study: optuna.Study) -> bool:
     """A study without tuner's settings that holds something: trials, another direction, attributes."""
-    if results.SETTINGS_ATTR in study.user_attrs:
+    if contract.SETTINGS_ATTR in study.user_attrs:
         return False
-    ours = {"lr_find", results.BUDGET_ATTR}  # what an interrupted start of ours may have left
+    # What an interrupted start of ours may have left.
+    ours = {contract.LR_FIND_ATTR, contract.BUDGET_ATTR, contract.CONTRACT_VERSION_ATTR}
     return bool(study.get_trials(deepcopy=False)) or _directions(study) != "minimize" or not set(study.user_attrs) <= ours
 
 
 def _check_settings(study: optuna.Study, spec: StudySpec, stage: str) -> None:
-    stored = study.user_attrs.get(results.SETTINGS_ATTR)
+    stored = study.user_attrs.get(contract.SETTINGS_ATTR)
     name = study.study_name
     if stored is None and not _made_elsewhere(study):
         return  # an empty study an interrupted start of ours left: it is adopted when opened
@@ -182,21 +180,22 @@ def open_stage_study(spec: StudySpec, stage: Stage, storage: optuna.storages.Bas
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage)
         waited = time.monotonic()
-        while results.SETTINGS_ATTR not in study.user_attrs and not study.get_trials(deepcopy=False):
+        while contract.SETTINGS_ATTR not in study.user_attrs and not study.get_trials(deepcopy=False):
             if time.monotonic() - waited > SETTINGS_WAIT_S:
                 break  # its creator died before writing them: take it over below
             time.sleep(0.05)
-        if results.SETTINGS_ATTR in study.user_attrs or _made_elsewhere(study):
+        if contract.SETTINGS_ATTR in study.user_attrs or _made_elsewhere(study):
             _check_settings(study, spec, stage.name)
             return study
     settings = stage_settings(spec, stage.name)
-    study.set_user_attr(results.SETTINGS_ATTR, settings)
-    study.set_user_attr(results.SETTINGS_HASH_ATTR, settings_hash(settings))
-    study.set_user_attr(results.SEARCH_ATTR, describe_search(stage))
+    study.set_user_attr(contract.SETTINGS_ATTR, settings)
+    study.set_user_attr(contract.SETTINGS_HASH_ATTR, settings_hash(settings))
+    study.set_user_attr(contract.SEARCH_ATTR, describe_search(stage))
+    study.set_user_attr(contract.CONTRACT_VERSION_ATTR, contract.CONTRACT_VERSION)
     # A user's loop reports its own objective: say so, rather than name one it may not compute.
-    study.set_user_attr(results.OBJECTIVE_ATTR, "loop" if spec.train.loop else spec.train.objective)
+    study.set_user_attr(contract.OBJECTIVE_ATTR, "loop" if spec.train.loop else spec.train.objective)
     if spec.source:
-        study.set_user_attr(results.SPEC_PATH_ATTR, str(Path(spec.source).resolve()))
+        study.set_user_attr(contract.SPEC_PATH_ATTR, str(Path(spec.source).resolve()))
     return study
 
 

@@ -14,20 +14,19 @@ deviation and turn its rare ink into huge inputs.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import math
-
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 from sklearn import datasets as sk_datasets
 from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader
 
-from tuner.spec import MIN_SPLIT_ROWS, DataSpec, SpecError
+from tuner.inputs.spec import MIN_SPLIT_ROWS, DataSpec, SpecError
 
 # Integer targets with at most this many distinct values are taken as class labels.
 MAX_INFERRED_CLASSES = 20
@@ -128,12 +127,11 @@ def standardise_inputs(raw: np.ndarray, x_mean: np.ndarray, x_std: np.ndarray) -
     return torch.as_tensor((np.asarray(raw, dtype=np.float64) - x_mean) / x_std, dtype=torch.float32)
 
 
-def load_dataset(spec: DataSpec, seed: int, source: str = "") -> Dataset | StreamedData:
-    """Load, split and standardise the data set a spec names (on the CPU)."""
-    if spec.name == "python":
-        from tuner.user_data import load_user_data
+def load_bundled_or_csv(spec: DataSpec, seed: int, source: str = "") -> Dataset:
+    """Load, split and standardise a bundled data set, the adding problem or a CSV file (on the CPU).
 
-        return load_user_data(spec, seed, source)
+    :func:`tuner.inputs.load.load_dataset` is the entry for every kind of data, a user's loader too.
+    """
     if spec.name == "csv":
         x, y, task = _read_csv(spec, source)
     elif spec.name == "adding":

@@ -1,8 +1,7 @@
-"""The stored contract: how a study's stages are named, what each stores, and its summary.
+"""A stored study read back: its stage studies, their trials, and each stage's summary.
 
-Everything ``tuner`` knows about a study lives in its storage, under these names; the runner
-writes them, and the analyses, the report, the export and ``tuner best`` read them. Renaming one
-breaks every study stored before, so they are spelled once, here.
+The names it is stored under (the contract) are spelled in :mod:`tuner.study.stored`; they are
+importable from here too, as before.
 """
 
 from __future__ import annotations
@@ -16,42 +15,15 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.storage import open_existing_storage, redact, resolve_url
+from tuner.study.stored import (  # noqa: F401 -- the contract's names, read from here by many modules
+    BATCHED_WITH_ATTR, BEST_LR_ATTR, BEST_TRIAL_ATTR, BUDGET_ATTR, CONTRACT_VERSION_ATTR, DEVICE_ATTR, DIVERGED_ATTR,
+    EPOCHS_DONE_ATTR, ERROR_ATTR, HANDOFF_TRIALS_ATTR, LEARNING_CURVE_ATTR, LR_ATTR, LR_FIND_ATTR, N_PARAMS_ATTR,
+    OBJECTIVE_ATTR, SEARCH_ATTR, SETTINGS_ATTR, SETTINGS_HASH_ATTR, SPEC_PATH_ATTR, STAGES, SURPLUS_ATTR, TASK_ATTR,
+    THREADS_ATTR, TIME_MEASURE_ATTR, TRACEBACK_ATTR, TRAIN_LOSS_CURVE_ATTR, TRAIN_SECONDS_ATTR, VERDICT_ATTR,
+    check_version, split_stage_study_name, stage_study_name,
+)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-STAGES = ("lr", "shape", "audit")  # every stage a study may have, in order
-
-# User attributes of a stage study.
-SETTINGS_ATTR = "settings"  # the spec's settings the stage's results depend on
-SETTINGS_HASH_ATTR = "settings_hash"
-SEARCH_ATTR = "search"  # sampler and pruner with their settings, and the Optuna version
-OBJECTIVE_ATTR = "objective"
-BUDGET_ATTR = "budget"
-BEST_LR_ATTR = "best_lr"  # on <name>/lr, at the hand-off
-BEST_TRIAL_ATTR = "best_trial"  # on <name>/lr, at the hand-off
-HANDOFF_TRIALS_ATTR = "handoff_trials"  # on <name>/lr: finished lr trials the hand-off saw
-LR_ATTR = "lr"  # on <name>/shape: the calibrated rate its trials train at
-TASK_ATTR = "task"  # "classification" or "regression": what the data asked for, as loaded
-SPEC_PATH_ATTR = "spec_path"  # the spec file a study was made from: where its own code is imported from
-
-# User attributes of a trial.
-LEARNING_CURVE_ATTR = "learning_curve"
-TRAIN_LOSS_CURVE_ATTR = "train_loss_curve"
-TRAIN_SECONDS_ATTR = "train_seconds"
-TIME_MEASURE_ATTR = "time_measure"  # "alone", or "batch_share": its share of each epoch of its batch
-DEVICE_ATTR = "device"
-THREADS_ATTR = "threads"
-DIVERGED_ATTR = "diverged"
-N_PARAMS_ATTR = "n_params"
-EPOCHS_DONE_ATTR = "epochs_done"
-BATCHED_WITH_ATTR = "batched_with"
-ERROR_ATTR = "error"
-TRACEBACK_ATTR = "traceback"
-SURPLUS_ATTR = "surplus"  # on a trial failed untrained because other workers had filled the budget
-
-
-def stage_study_name(study: str, stage: str) -> str:
-    """The Optuna study that holds stage ``stage`` of study ``study``: ``<study>/<stage>``."""
-    return f"{study}/{stage}"
 
 
 @dataclass(frozen=True)
@@ -124,7 +96,7 @@ def stored_study_names(storage: str | BaseStorage | None = None) -> list[str]:
 
 
 def _tuner_names(study_names: Sequence[str]) -> list[str]:
-    return sorted({n.rsplit("/", 1)[0] for n in study_names if "/" in n and n.rsplit("/", 1)[1] in STAGES})
+    return sorted({split[0] for n in study_names if (split := split_stage_study_name(n))})
 
 
 def load_stage_studies(name: str, storage: str | BaseStorage | None = None) -> dict[str, optuna.Study]:
@@ -136,11 +108,14 @@ def load_stage_studies(name: str, storage: str | BaseStorage | None = None) -> d
     """
     opened, where = open_for_reading(storage)
     existing = set(optuna.get_all_study_names(opened))
-    stages = [stage for stage in STAGES if f"{name}/{stage}" in existing]
+    stages = [stage for stage in STAGES if stage_study_name(name, stage) in existing]
     if not stages:
         known = ", ".join(_tuner_names(sorted(existing))) or "none"
         raise UnknownStudyError(f"study {name!r}: not found in {where}; studies there: {known}")
-    return {stage: optuna.load_study(study_name=f"{name}/{stage}", storage=opened) for stage in stages}
+    studies = {stage: optuna.load_study(study_name=stage_study_name(name, stage), storage=opened) for stage in stages}
+    for study in studies.values():
+        check_version(study.study_name, study.user_attrs)
+    return studies
 
 
 def load_stage_trials(name: str, storage: str | BaseStorage | None = None) -> dict[str, list[FrozenTrial]]:

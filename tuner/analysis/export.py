@@ -25,14 +25,15 @@ import pandas as pd
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
-from tuner._deprecation import keyword_only_since
-from tuner.results import load_stage_trials
+from tuner.deprecation import keyword_only_since
+from tuner.study.results import load_stage_trials
+from tuner.study.stored import LEARNING_CURVE_ATTR
 
 __all__ = ["CURVE_COLUMNS", "curves_frame", "trials_frame", "write_export"]
 
 CURVE_COLUMNS = ["stage", "trial", "epoch", "value"]
 TRIAL_COLUMNS = ["stage", "number", "state", "value", "datetime_start", "datetime_complete", "duration_s"]
-CURVE_ATTR = "learning_curve"
+CURVE_ATTR = LEARNING_CURVE_ATTR
 
 
 def trials_frame(name: str, storage: str | BaseStorage | None = None) -> pd.DataFrame:
@@ -80,7 +81,7 @@ def write_export(name: str, *, out: str | Path = ".", storage: str | BaseStorage
     ``DeprecationWarning``.
 
     Raises:
-        tuner.importance.UnknownStudyError: no study of that name in the storage (nothing written).
+        tuner.analysis.importance.UnknownStudyError: no study of that name in the storage (nothing written).
     """
     stage_trials = load_stage_trials(name, storage)
     trials, curves = _trials_frame(stage_trials), _curves_frame(stage_trials)

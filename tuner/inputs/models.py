@@ -16,63 +16,25 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from tuner.spec import SpecError
+from tuner.errors import SpecError
+from tuner.inputs.families import model_families, register_model, registered_family  # noqa: F401 -- register_model re-exported
 
 if TYPE_CHECKING:
-    from tuner.data import Dataset
-    from tuner.spec import StudySpec
+    from tuner.inputs.data import Dataset
+    from tuner.inputs.spec import StudySpec
 
 ModelFactory = Callable[[int, int, int, int], nn.Module]  # (n_features, n_outputs, width, depth)
-
-_FAMILIES: dict[str, tuple[ModelFactory, bool]] = {}
-# Families that take whole samples and are called with keywords (input_shape=, n_outputs=, width=,
-# depth=); kept beside _FAMILIES so that its (factory, sequence) entries keep their meaning.
-_SHAPE_INPUT: set[str] = set()
-INPUT_KINDS = ("flat", "sequence", "shape")
-
-
-def register_model(name: str, factory: ModelFactory | Callable[..., nn.Module], *, sequence: bool = False,
-                   inputs: str | None = None) -> None:
-    """Make a model family available to specs as ``model.family = name``.
-
-    ``inputs`` says how the factory sees the data (``sequence=True`` is ``inputs="sequence"``):
-
-    - ``"flat"`` (default): called as ``factory(n_features, n_outputs, width, depth)``; each sample
-      is flattened and ``n_features`` is its total size;
-    - ``"sequence"``: the same call; inputs (batch, steps, features), ``n_features`` per step;
-    - ``"shape"``: called with keywords ``factory(input_shape=..., n_outputs=..., width=...,
-      depth=...)``, ``input_shape`` one sample's shape (e.g. ``(1, 8, 8)``); samples are handed
-      over as they are, not flattened.
-
-    Example:
-        >>> from torch import nn
-        >>> register_model("linear", lambda n_in, n_out, width, depth: nn.Linear(n_in, n_out))
-        >>> register_model("my_cnn", cnn, inputs="shape")  # cnn(input_shape=(1, 8, 8), n_outputs=10, ...)
-    """
-    kind = inputs or ("sequence" if sequence else "flat")
-    if kind not in INPUT_KINDS:
-        raise ValueError(f"register_model: inputs={inputs!r}; choose one of {', '.join(INPUT_KINDS)}")
-    _FAMILIES[name] = (factory, kind == "sequence")
-    if kind == "shape":
-        _SHAPE_INPUT.add(name)
-    else:
-        _SHAPE_INPUT.discard(name)
-
-
-def model_families() -> tuple[str, ...]:
-    """The names a spec may give as ``model.family``: the built-in ones and those registered."""
-    return tuple(_FAMILIES)
 
 
 def build_model(family: str, sample_shape: tuple[int, ...], n_outputs: int, width: int, depth: int) -> nn.Module:
     """Build a model of a registered family for samples of ``sample_shape`` (one sample, no batch)."""
-    try:
-        factory, sequence = _FAMILIES[family]
-    except KeyError:
-        raise ValueError(f"unknown model family {family!r}; known: {', '.join(sorted(_FAMILIES))}") from None
-    if family in _SHAPE_INPUT:
+    entry = _family(family)
+    if entry is None:
+        raise ValueError(f"unknown model family {family!r}; known: {', '.join(sorted(model_families()))}")
+    factory, kind = entry
+    if kind == "shape":
         return factory(input_shape=tuple(sample_shape), n_outputs=n_outputs, width=width, depth=depth)
-    if sequence:
+    if kind == "sequence":
         return factory(sample_shape[-1], n_outputs, width, depth)
     n_inputs = 1
     for size in sample_shape:
@@ -135,7 +97,7 @@ def check_model_fits(spec: StudySpec, data: Dataset, device: torch.device | str)
     shape = spec.stages.shape
     candidates = [("model.width", spec.model.width, spec.model.width, spec.model.depth),
                   ("stages.shape.width", list(shape.width), shape.width[1], shape.depth[1])]
-    from tuner.data import sample_shape as shape_of  # here: tuner.data imports torch and scikit-learn
+    from tuner.inputs.data import sample_shape as shape_of  # here: tuner.inputs.data imports torch and scikit-learn
 
     sample_shape = shape_of(data)
     for field_path, value, width, depth in candidates:
@@ -206,20 +168,25 @@ def cnn(input_shape: tuple[int, ...], n_outputs: int, width: int, depth: int) ->
     return ConvNet(input_shape, n_outputs, width, depth)
 
 
-register_model("mlp", mlp)
-register_model("lstm", LSTMRegressor, sequence=True)
-register_model("cnn", cnn, inputs="shape")
+_BUILT_IN: dict[str, tuple[Callable[..., nn.Module], str]] = {
+    "mlp": (mlp, "flat"),
+    "lstm": (LSTMRegressor, "sequence"),
+    "cnn": (cnn, "shape"),
+}
+
+
+def _family(family: str) -> tuple[Callable[..., nn.Module], str] | None:
+    """(factory, input kind) of ``family``: one registered from Python first, else a built-in one."""
+    return registered_family(family) or _BUILT_IN.get(family)
 
 
 def factory_of(family: str) -> ModelFactory | None:
     """The factory registered under ``family``, or None."""
-    registered = _FAMILIES.get(family)
-    return registered[0] if registered else None
+    entry = _family(family)
+    return entry[0] if entry else None
 
 
 def input_kind(family: str) -> str | None:
     """How the factory registered under ``family`` sees the data (see :func:`register_model`), or None."""
-    registered = _FAMILIES.get(family)
-    if registered is None:
-        return None
-    return "shape" if family in _SHAPE_INPUT else "sequence" if registered[1] else "flat"
+    entry = _family(family)
+    return entry[1] if entry else None

@@ -15,19 +15,13 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from tuner.batched import worth_batching
-from tuner.results import trained_params
-from tuner.spec import StudySpec
-from tuner.train import TrainConfig, TrialPlan
+from tuner.inputs.spec import StudySpec
+from tuner.study.results import trained_params
+from tuner.study.stored import ADDED_FIELDS, STAGES
+from tuner.training.batched import worth_batching
+from tuner.training.train import TrainConfig, TrialPlan
 
-STAGE_NAMES = ("lr", "shape", "audit")
-# Spec fields added after studies were first stored, with their defaults: left out of the stored
-# settings while at the default, so that a study stored before them still matches its spec.
-ADDED_FIELDS: dict[str, dict[str, Any]] = {
-    "data": {"loader": None, "test_fraction": 0.0},
-    "train": {"loop": None, "loss": None, "metric": None},
-    "stages.shape": {"lr_scale": (1.0, 1.0)},
-}
+STAGE_NAMES = STAGES  # the name it has always had here
 
 __all__ = ["STAGE_NAMES", "Stage", "TrialPlan", "audit_stage", "lr_stage", "shape_stage", "stage_settings"]
 
@@ -71,7 +65,7 @@ class Stage:
 
 def base_config(spec: StudySpec, epochs: int) -> TrainConfig:
     """The training settings a stage's trials share, from the spec."""
-    from tuner.usercode import train_functions  # the user's own loss and metric, if named
+    from tuner.inputs.usercode import train_functions  # the user's own loss and metric, if named
 
     train = spec.train
     return TrainConfig(
@@ -93,7 +87,8 @@ def _shaped(spec: StudySpec, **fields: Any) -> Stage:
     return Stage(**fields, base=base_config(spec, epochs), width=spec.model.width, depth=spec.model.depth)
 
 
-def _shape_space(spec: StudySpec) -> dict[str, BaseDistribution]:
+def shape_space(spec: StudySpec) -> dict[str, BaseDistribution]:
+    """What stage ``shape`` searches besides ``lr_scale`` (and the audit with the rest): width, depth, schedule, decay."""
     shape = spec.stages.shape
     return {
         "width": IntDistribution(shape.width[0], shape.width[1], log=True),
@@ -139,7 +134,7 @@ def shape_stage(spec: StudySpec, best_lr: float) -> Stage:
         epochs=shape.epochs or spec.train.epochs,
         sampler=shape.sampler,
         pruner=shape.pruner,
-        space={**_shape_space(spec), **_lr_scale_space(spec)},
+        space={**shape_space(spec), **_lr_scale_space(spec)},
         fixed={"lr": best_lr},
     )
 
@@ -147,7 +142,7 @@ def shape_stage(spec: StudySpec, best_lr: float) -> Stage:
 def audit_stage(spec: StudySpec) -> Stage:
     """The audit: everything at once, by random search, as Greff et al. did, to check interactions."""
     lr, audit = spec.stages.lr, spec.stages.audit
-    space: dict[str, BaseDistribution] = {"lr": FloatDistribution(lr.lr_min, lr.lr_max, log=True), **_shape_space(spec)}
+    space: dict[str, BaseDistribution] = {"lr": FloatDistribution(lr.lr_min, lr.lr_max, log=True), **shape_space(spec)}
     if spec.train.optimizer == "sgd":
         low, high = audit.momentum
         space["one_minus_momentum"] = FloatDistribution(1.0 - high, 1.0 - low, log=True)
@@ -182,7 +177,7 @@ def stage_settings(spec: StudySpec, stage: str) -> dict[str, Any]:
         for key, default in defaults.items():
             if fields.get(key, default) == default:
                 fields.pop(key, None)
-    from tuner.usercode import identity  # the user's own code and data files, by content
+    from tuner.inputs.usercode import identity  # the user's own code and data files, by content
 
     found = identity(spec)
     if found:
@@ -218,10 +213,6 @@ def pruner_settings(kind: str, epochs: int) -> dict[str, Any]:
     if kind == "successive_halving":
         return {"min_resource": 1, "reduction_factor": 3, "min_early_stopping_rate": 0}
     return {}
-
-
-def median_pruner_settings(epochs: int) -> dict[str, int]:
-    return pruner_settings("median", epochs)
 
 
 def make_pruner(kind: str, epochs: int) -> optuna.pruners.BasePruner:

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from tuner.data import Dataset, StreamedData, prepare, with_test
-from tuner.spec import DataSpec, SpecError
-from tuner.usercode import load_callable
+from tuner.inputs.data import Dataset, StreamedData, prepare, with_test
+from tuner.inputs.spec import DataSpec, SpecError
+from tuner.inputs.usercode import load_callable
 
 TASKS = ("classification", "regression")
 FIELD = "data.loader"

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tuner.spec import SpecError, StudySpec
+from tuner.inputs.spec import SpecError, StudySpec
 
 # Spec fields that may name a function, and what the function is for (in messages).
 CODE_FIELDS = {
@@ -172,7 +172,7 @@ def identity(spec: StudySpec) -> dict[str, Any]:
     for field, reference in code_references(spec).items():
         found[field] = function_identity(load_callable(reference, field, spec.source), reference)
     if spec.data.name == "csv" and spec.data.path:
-        from tuner.data import csv_path
+        from tuner.inputs.data import csv_path
 
         path = csv_path(spec.data, spec.source)
         if path.is_file():
@@ -184,7 +184,7 @@ def install(spec: StudySpec) -> None:
     """Make the spec's own model factory buildable as ``model.family`` (registered under its reference)."""
     if not is_reference(spec.model.family):
         return
-    from tuner.models import register_model
+    from tuner.inputs.models import register_model
 
     factory = load_callable(spec.model.family, "model.family", spec.source)
     register_model(spec.model.family, factory, inputs="shape")
@@ -209,8 +209,8 @@ def check_model(spec: StudySpec, data: Any) -> None:
     import torch
     from torch import nn
 
-    from tuner.data import StreamedData, data_device, sample_shape
-    from tuner.models import build_model
+    from tuner.inputs.data import StreamedData, data_device, sample_shape
+    from tuner.inputs.models import build_model
 
     field, reference = "model.family", spec.model.family
     shape = sample_shape(data)

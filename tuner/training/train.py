@@ -4,8 +4,8 @@
 (an Optuna objective, a test, a notebook) decides what to do between epochs (report, prune, stop)
 without callbacks that change the loop's control flow from afar.
 
-The rules every trainer follows (the single one here, the batched one in :mod:`tuner.batched`,
-the range test in :mod:`tuner.lr_find`) are written once, here: the data order of a seed
+The rules every trainer follows (the single one here, the batched one in :mod:`tuner.training.batched`,
+the range test in :mod:`tuner.training.lr_find`) are written once, here: the data order of a seed
 (:func:`epoch_order`), the rate of an epoch (:func:`lr_at`), and the divergence test
 (:func:`divergence_threshold`, :func:`has_diverged`). A trainer is anything with the
 :class:`EpochTrainer` shape: ``epochs()`` yields, per epoch, one result per trial (None once a
@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from tuner.errors import TunerInputError
-from tuner.data import Dataset, StreamedData, data_device, sample_shape
-from tuner.models import build_model
-from tuner.schedules import lr_factor
+from tuner.inputs.data import Dataset, StreamedData, data_device, sample_shape
+from tuner.inputs.models import build_model
+from tuner.training.schedules import lr_factor
 
 EVAL_CHUNK = 8192  # validation rows per forward pass, to bound memory on big CSV files
 

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import signal
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,38 +21,47 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import results
-from tuner.data import Dataset, StreamedData, load_dataset
-from tuner.errors import StudyMismatchError, Terminated, TunerError, TunerInputError, raise_if_stop_requested
-from tuner.importance import AuditVerdict, audit_verdict
-from tuner.models import check_model_fits
-from tuner.results import FINISHED, SURPLUS_ATTR, StageSummary, stage_study_name
-from tuner.spec import StudySpec, load_spec
-from tuner.stage_studies import check_stored_settings, open_stage_study
-from tuner.stages import STAGE_NAMES, Stage, audit_stage, lr_stage, make_pruner, make_sampler, shape_stage
+from tuner.analysis.importance import AuditVerdict, audit_verdict
+from tuner.errors import (
+    StudyMismatchError,
+    Terminated,
+    TunerError,
+    TunerInputError,
+    interrupts_deferred,
+    raise_if_stop_requested,
+)
+from tuner.inputs.data import Dataset, StreamedData
+from tuner.inputs.load import load_dataset
+from tuner.inputs.models import check_model_fits
+from tuner.inputs.spec import StudySpec, load_spec
+from tuner.inputs.usercode import check_model, install, load_callable, spec_folder, with_callables
 from tuner.storage import (
     StorageError,
+    cached_trials,
     fail_orphaned_trials,
     fail_trial,
     open_storage,
     redact,
     resolve_url,
+    trial_id,
     worker_attrs,
     write_trial_records,
 )
-from tuner.storage._optuna import cached_trials
-from tuner.train import (
+from tuner.study import results
+from tuner.study.results import FINISHED, SURPLUS_ATTR, StageSummary, stage_study_name
+from tuner.study.stage_studies import check_stored_settings, open_stage_study
+from tuner.study.stages import STAGE_NAMES, Stage, audit_stage, lr_stage, make_pruner, make_sampler, shape_stage
+from tuner.study.trials import Asked, TrialBatch, run_trials, run_user_loop
+from tuner.training.train import (
     EpochTrainer,
     SingleTrainer,
     TrialPlan,
     parameter_count,
     pick_threads,
     resolve_device,
-    use_threads,
     seeded_model,
+    use_threads,
 )
-from tuner.trials import Asked, TrialBatch, run_trials, run_user_loop, trial_id
-from tuner.usercode import check_model, install, load_callable, spec_folder, with_callables
 
 POLL_INTERVAL_S = 1.0  # how often a worker with nothing to do looks at the stage again
 MAX_CONSECUTIVE_FAILURES = 5  # a trial that raises every time is a bug, not bad luck: stop
@@ -203,7 +209,7 @@ def run_stage(
     """
     runner = _StageRunner(spec, storage, data, device, reporter or Reporter())
     if stage == "lr":
-        from tuner.lr_find import auto_lr_range
+        from tuner.study.lr_range import auto_lr_range
 
         # The study first, with its settings: the range test of lr_range = "auto" is kept on it.
         study = runner.open(lr_stage(spec))
@@ -260,7 +266,7 @@ def hand_off_lr(spec: StudySpec, storage: optuna.storages.BaseStorage, reporter:
 
 
 class _StageRunner:
-    """Runs one stage to its budget: claims trials, trains them through :mod:`tuner.trials`, waits for others."""
+    """Runs one stage to its budget: claims trials, trains them through :mod:`tuner.study.trials`, waits for others."""
 
     def __init__(self, spec: StudySpec, storage: optuna.storages.BaseStorage, data: Dataset,
                  device: torch.device, reporter: Reporter) -> None:
@@ -311,7 +317,7 @@ class _StageRunner:
             n_ask = min(stage.budget - n_finished - n_running, stage.batch_trials)
             asked: list[Asked] = []
             try:
-                with _interrupts_deferred():  # a trial asked for is always claimed, never left ownerless
+                with interrupts_deferred():  # a trial asked for is always claimed, never left ownerless
                     asked = self._claim(study, stage, len(trials), n_ask)
                 told = self._train(stage, asked) if asked else []
             except BaseException as error:
@@ -322,7 +328,7 @@ class _StageRunner:
                     else "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt)
                     else f"the worker stopped: {type(error).__name__}: {error}"
                 )
-                with _interrupts_deferred():
+                with interrupts_deferred():
                     _abandon(asked, reason)
                 raise
             for i, frozen in enumerate(told):
@@ -389,7 +395,7 @@ class _StageRunner:
         if len(plans) == 1:
             plan = plans[0]
             return SingleTrainer(seeded_model(family, self.data, plan.width, plan.depth, plan.train.seed), self.data, plan.train)
-        from tuner.batched import BatchedTrainer
+        from tuner.training.batched import BatchedTrainer
 
         return BatchedTrainer(family, self.data, plans)
 
@@ -417,33 +423,6 @@ class _StageRunner:
             extra_attrs=attrs,
             device=self.device,
         )
-
-
-DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-@contextmanager
-def _interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C (and a SIGTERM that has a Python handler) back until the block is done, then deliver it.
-
-    Only in the main thread, and only for signals whose handler raises in Python (the default
-    Ctrl-C handler, or one the CLI installed for SIGTERM): those could otherwise strike between a
-    trial's creation and its owner record.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    deferred = {sig: handler for sig in DEFERRED_SIGNALS if callable(handler := signal.getsignal(sig))}
-    caught: list[int] = []
-    for sig in deferred:
-        signal.signal(sig, lambda signum, _frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        for sig, handler in deferred.items():
-            signal.signal(sig, handler)
-    for sig in dict.fromkeys(caught):
-        deferred[sig](sig, None)  # its own handler, now and here: KeyboardInterrupt, or the CLI's
 
 
 def _abandon(asked: Sequence[Asked], reason: str) -> None:

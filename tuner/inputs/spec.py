@@ -11,7 +11,6 @@ import difflib
 import hashlib
 import json
 import math
-import tomllib
 import types
 import typing
 from collections.abc import Mapping
@@ -19,8 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
+from tuner.errors import MISSING as _MISSING
+from tuner.errors import SpecError
+from tuner.inputs.families import model_families
+
 DATASETS = ("digits", "wine", "breast_cancer", "diabetes", "digits_rows", "digits_images", "adding", "csv", "python")
-MODEL_FAMILIES = ("mlp", "lstm", "cnn")
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad")
 SCHEDULES = ("constant", "step", "exponential", "inverse_time", "cosine")
 DEFAULT_SCHEDULES = ("constant", "step", "exponential", "inverse_time")
@@ -29,26 +33,11 @@ TASKS = ("auto", "classification", "regression")
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("none", "median", "hyperband", "successive_halving")
 LR_RANGES = ("fixed", "auto")
-DEVICES = ("auto", "cpu", "cuda")
 MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds lie in [0, 2**32 - 1]
 MIN_SEQUENCE_LENGTH = 2  # the adding problem marks two distinct steps
 MIN_SPLIT_ROWS = 2  # each of the training and validation parts needs at least this many rows
 
 
-class SpecError(ValueError):
-    """A study file that cannot be used; the message says where, what and how to fix it."""
-
-    def __init__(self, source: str, field_path: str, value: Any, fix: str) -> None:
-        self.source = source
-        self.field_path = field_path
-        self.value = value
-        self.fix = fix
-        where = f"{source}: " if source else ""
-        shown = "" if value is _MISSING else f" = {value!r}"
-        super().__init__(f"{where}field '{field_path}'{shown}: {fix}")
-
-
-_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -346,8 +335,6 @@ def _validate(spec: StudySpec, source: str) -> None:
     if data.samples < 2 * MIN_SPLIT_ROWS:
         raise SpecError(source, "data.samples", data.samples,
                         f"too few rows for a split: at least {2 * MIN_SPLIT_ROWS} ({MIN_SPLIT_ROWS} to train, {MIN_SPLIT_ROWS} to validate), e.g. 2000")
-    from tuner.models import model_families  # here, not on top: reading a spec alone need not import torch
-
     if ":" not in model.family:  # "module:function" is imported and checked when the study runs
         _choice(source, "model.family", model.family, model_families())
     _positive(source, "model.width", model.width)

@@ -19,12 +19,11 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import results
 from tuner.errors import raise_if_stop_requested
-from tuner.stages import Stage
-from tuner.storage import Heartbeat, write_trial_records
-from tuner.storage._optuna import trial_id
-from tuner.train import EpochResult, EpochTrainer, TrainConfig, TrialPlan
+from tuner.storage import Heartbeat, trial_id, write_trial_records
+from tuner.study import results
+from tuner.study.stages import Stage
+from tuner.training.train import EpochResult, EpochTrainer, TrainConfig, TrialPlan
 
 REPORT_FLUSH_S = 10.0  # without a pruner, a trial's per-epoch reports are stored at most this often
 
@@ -213,7 +212,7 @@ def run_user_loop(
     raises :class:`StopTrial`; let it through), and sets the optimizer to the schedule's rate for
     the next epoch. The loop may return the final objective instead of, or besides, reporting it.
     """
-    from tuner.train import lr_at
+    from tuner.training.train import lr_at
 
     config = plan.train
     ((_, trial),) = batch.asked
@@ -264,8 +263,8 @@ def call_user_loop(
     calls ``on_report(epoch, value, train_loss)``, which may raise :class:`StopTrial`, then sets the
     optimizer to the schedule's rate for the next epoch.
     """
-    from tuner.data import StreamedData
-    from tuner.train import lr_at, make_optimizer, model_loss, training_loader
+    from tuner.inputs.data import StreamedData
+    from tuner.training.train import lr_at, make_optimizer, model_loss, training_loader
 
     optimizer = make_optimizer(config.optimizer, model.parameters(), lr_at(config, 0), config.momentum, config.weight_decay)
 

@@ -9,8 +9,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tuner.runner import Reporter, StageSummary, StudyResult
-from tuner.stages import Stage
+from tuner.study.runner import Reporter, StageSummary, StudyResult
+from tuner.study.stages import Stage
+from tuner.study.stored import DIVERGED_ATTR
 
 
 def _fmt(value: float | None) -> str:
@@ -122,7 +123,7 @@ class ConsoleReporter(Reporter):
             return
         if trial.state == TrialState.COMPLETE:
             outcome = f"value {trial.value:.4g}"
-        elif trial.user_attrs.get("diverged"):
+        elif trial.user_attrs.get(DIVERGED_ATTR):
             outcome = "diverged"
         elif trial.state == TrialState.PRUNED:
             outcome = "pruned"

@@ -3,27 +3,27 @@
 One short run with the learning rate rising exponentially per mini-batch, from ``start_lr`` to
 ``end_lr``: the training loss per step shows where it falls fastest and where it blows up. The run
 stops once the smoothed loss is far past its minimum (or turns NaN). The rules that turn the curve
-into a learning rate and a search range live in :mod:`tuner.lr_suggest`; this module trains,
-records, writes ``lr_find.csv`` / ``lr_find.png``, and, for ``lr_range = "auto"``, runs the test
-once per study and keeps its result on the ``<name>/lr`` study so that a resume reuses it.
+into a learning rate and a search range live in :mod:`tuner.training.lr_suggest`; this module trains,
+records and writes ``lr_find.csv`` / ``lr_find.png``; :mod:`tuner.study.lr_range` runs it once per
+study for ``lr_range = "auto"``.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import optuna
 
-from tuner.data import Dataset, load_dataset
-from tuner.lr_suggest import Suggestion, smooth, stop_index, suggest
-from tuner.spec import StudySpec, load_spec
-from tuner.train import (
+from tuner.inputs.data import Dataset
+from tuner.inputs.load import load_dataset
+from tuner.inputs.spec import StudySpec, load_spec
+from tuner.inputs.usercode import install, train_functions
+from tuner.training.lr_suggest import Suggestion, smooth, stop_index, suggest
+from tuner.training.train import (
     TrainConfig,
     loss_function,
     make_optimizer,
@@ -35,22 +35,16 @@ from tuner.train import (
     training_loader,
     use_threads,
 )
-from tuner.usercode import install, train_functions
 
 START_LR = 1e-7
 END_LR = 10.0
 STEPS = 100  # fastai's num_it
 STOP_FACTOR = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum so far (fastai)
-STUDY_ATTR = "lr_find"  # user attribute of the <name>/lr study holding an lr_range = "auto" test
 MAX_LR = 1e10  # far past any rate that trains; above float32's range (3.4e38) an optimizer step cannot even be taken
 
 
 class LRFindInputError(ValueError):
     """A ramp that cannot be run (bounds out of order, not finite, too large); the message names the option and the fix."""
-
-
-class LRFindError(RuntimeError):
-    """The range test ran but its curve supports no suggestion; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +61,7 @@ class LRFindResult:
 def smoothing_beta(steps: int) -> float:
     """The moving average's decay: spans the same fraction of the ramp whatever its length.
 
-    (:func:`tuner.lr_suggest.suggest` smooths with the same rule, so the curve in the CSV and the
+    (:func:`tuner.training.lr_suggest.suggest` smooths with the same rule, so the curve in the CSV and the
     plot is the one its rules see, up to its lag correction.)
     """
     return float(np.clip(1.0 - 10.0 / steps, 0.5, 0.99))
@@ -146,7 +140,7 @@ def check_ramp(start_lr: float, end_lr: float, steps: int = STEPS, device: str =
 
     Raises:
         LRFindInputError: the rates are not 0 < start_lr < end_lr <= MAX_LR, or steps < 5.
-        tuner.train.DeviceError: ``device`` is not one of auto, cpu, cuda.
+        tuner.training.train.DeviceError: ``device`` is not one of auto, cpu, cuda.
     """
     resolve_device(device)  # an unknown name, or cuda without a GPU
     rates_ok = all(math.isfinite(rate) for rate in (start_lr, end_lr)) and 0 < start_lr < end_lr <= MAX_LR
@@ -232,50 +226,3 @@ def plot_lr_find(result: LRFindResult, title: str = "LR range test") -> Any:
     ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the curve, not over it
     return fig
-
-
-def _as_record(result: LRFindResult, bounds: tuple[float, float]) -> dict[str, Any]:
-    finite_or_none = lambda values: [v if math.isfinite(v) else None for v in values]  # noqa: E731 -- JSON has no NaN
-    return {
-        "lrs": result.lrs,
-        "losses": finite_or_none(result.losses),
-        "suggestion": asdict(result.suggestion) if result.suggestion else None,
-        "problem": result.problem,
-        "bounds": list(bounds),
-    }
-
-
-def auto_lr_range(
-    spec: StudySpec,
-    storage: optuna.storages.BaseStorage | optuna.Study,
-    data: Dataset,
-    message: Callable[[str], None] = lambda text: None,
-) -> tuple[float, float] | None:
-    """The LR stage's bounds for ``lr_range = "auto"``: the range test's suggestion within [lr_min, lr_max].
-
-    The test runs once per study; its record (rates, losses, suggestion, bounds) is stored as user
-    attribute ``lr_find`` of the ``<name>/lr`` study, and a resume reads the bounds from there.
-    ``storage``: the storage, or the ``<name>/lr`` study itself. Returns None for ``lr_range = "fixed"``. If the curve supports no suggestion, the stage
-    searches all of [lr_min, lr_max] and says so.
-    """
-    lr = spec.stages.lr
-    if lr.lr_range != "auto":
-        return None
-    if isinstance(storage, optuna.Study):
-        study = storage  # the runner's <name>/lr, already opened with its settings
-    else:
-        study = optuna.create_study(study_name=f"{spec.name}/lr", storage=storage, direction="minimize", load_if_exists=True)
-    stored = study.user_attrs.get(STUDY_ATTR)
-    if stored is not None:
-        return float(stored["bounds"][0]), float(stored["bounds"][1])
-    # The ramp covers at least the allowed range, so that the test sees where the loss blows up.
-    result = lr_find(spec, start_lr=min(START_LR, lr.lr_min), end_lr=max(END_LR, lr.lr_max), data=data)
-    bounds = search_bounds(result.suggestion, lr.lr_min, lr.lr_max) if result.suggestion else None
-    if bounds is None:
-        why = result.problem or f"its range {result.suggestion.search_min:.3g} – {result.suggestion.search_max:.3g} lies outside"  # type: ignore[union-attr]
-        message(f"LR range test: no usable suggestion ({why}); stage 'lr' searches all of {lr.lr_min:.3g} – {lr.lr_max:.3g}")
-        bounds = (lr.lr_min, lr.lr_max)
-    else:
-        message(f"LR range test: suggested {result.suggestion.lr:.3g}; stage 'lr' searches {bounds[0]:.3g} – {bounds[1]:.3g}")  # type: ignore[union-attr]
-    study.set_user_attr(STUDY_ATTR, _as_record(result, bounds))
-    return bounds

@@ -1,0 +1,318 @@
+"""Importance analyses of a stored study, as one table, and the audit of the low-interaction assumption.
+
+:func:`importance_table` analyses every stage of ``<name>/<stage>`` that has enough complete trials
+with two evaluators: fANOVA (our :mod:`tuner.analysis.fanova`: main effects and every pairwise interaction, as
+fractions of the total variance) and Optuna's PED-ANOVA (main effects only). :func:`audit_verdict`
+reads the ``audit`` stage's fANOVA and says whether the learning rate's interactions were small next to
+its main effect (Greff et al.'s finding that the staged approach rests on), and stores the verdict on
+the ``<name>/audit`` study.
+
+Example:
+    >>> table, skipped = importance_table("quickstart", "sqlite:///tuner.db")  # doctest: +SKIP
+    >>> write_importance("quickstart", out="results", storage="sqlite:///tuner.db")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.analysis.fanova import fanova_importances
+from tuner.deprecation import keyword_only_since
+
+# The loaders live with the rest of the stored contract, in tuner.study.results; importable from here as before.
+from tuner.study.results import (
+    STAGES,
+    UnknownStudyError,
+    load_stage_studies,
+    load_stage_trials,
+    open_for_reading,
+    stored_study_names,
+)
+from tuner.study.stored import VERDICT_ATTR, stage_study_name
+
+__all__ = [
+    "AuditVerdict",
+    "COLUMNS",
+    "STAGES",
+    "UnknownStudyError",
+    "audit_verdict",
+    "headline_rows",
+    "importance_table",
+    "load_stage_studies",
+    "load_stage_trials",
+    "stored_study_names",
+    "write_importance",
+]
+
+COLUMNS = ["stage", "evaluator", "param", "param_b", "importance", "std"]
+
+# Below this many complete trials a forest of 64 trees (or PED-ANOVA's top 10 %, one trial) says
+# more about the noise than about the parameters: such a stage is skipped, with the reason.
+MIN_COMPLETE_TRIALS = 10
+# PED-ANOVA gives no spread of its own, so `std` is taken over this many bootstrap resamples of the
+# stage's complete trials (it takes milliseconds per resample).
+PED_ANOVA_BOOTSTRAPS = 20
+# The low-interaction assumption holds when the largest pairwise fANOVA interaction involving `lr`
+# is at most this fraction of the `lr` main effect. A quarter: an interaction that large would move
+# the best learning rate visibly with the other parameters, which is what staging must not do;
+# Greff et al. saw lr take > 2/3 of the variance and its largest interaction a few per cent.
+AUDIT_MAX_INTERACTION_RATIO = 0.25
+
+_SEED = 0  # forest and bootstrap seed: the same trials give the same table
+
+
+@dataclass(frozen=True)
+class AuditVerdict:
+    """Whether the learning rate's interactions were small on this problem (None: could not judge)."""
+
+    study_name: str  # the audit stage's Optuna study, ``<name>/audit``
+    held: bool | None
+    n_trials: int  # complete trials analysed
+    lr_main_effect: float | None  # fraction of the total variance
+    largest_interaction: float | None  # largest pure pairwise share involving lr
+    largest_interaction_with: str | None  # the other parameter of that pair
+    max_ratio: float = AUDIT_MAX_INTERACTION_RATIO
+    reason: str = ""  # why it could not judge, when held is None
+
+    @property
+    def message(self) -> str:
+        """A sentence or two for the end of ``tuner study``."""
+        if self.held is None:
+            return f"audit ({self.study_name}): could not judge the low-interaction assumption: {self.reason}"
+        numbers = (
+            f"lr explains {self.lr_main_effect:.1%} of the variance; its largest interaction "
+            f"(with {self.largest_interaction_with}) {self.largest_interaction:.1%}, over {self.n_trials} trials"
+        )
+        if self.held:
+            return (
+                f"audit ({self.study_name}): the low-interaction assumption held ({numbers}; threshold: "
+                f"{self.max_ratio:g} x the lr effect): calibrating the learning rate first is sound here."
+            )
+        advice = (
+            f"audit ({self.study_name}): the low-interaction assumption did NOT hold ({numbers}, above "
+            f"{self.max_ratio:g} x the lr effect): the best learning rate moves with "
+            f"{self.largest_interaction_with}; tune lr jointly with it rather than calibrating it first "
+            f"(e.g. take the audit's best trial, or give the audit more trials)."
+        )
+        if self.largest_interaction_with == "one_minus_momentum":
+            # The lr and shape stages hold momentum fixed (train.momentum), so staging itself is safe.
+            advice += " The lr and shape stages keep momentum fixed, so re-calibrate lr whenever you change it."
+        return advice
+
+    def user_attrs(self) -> dict[str, Any]:
+        return {
+            "low_interaction_held": self.held,
+            "lr_main_effect": self.lr_main_effect,
+            "lr_largest_interaction": self.largest_interaction,
+            "lr_largest_interaction_with": self.largest_interaction_with,
+            "interaction_max_ratio": self.max_ratio,
+            "verdict_n_trials": self.n_trials,
+            VERDICT_ATTR: self.message,
+        }
+
+
+def importance_table(
+    name: str, storage: str | BaseStorage | None = None
+) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """fANOVA (main effects and pairs) and PED-ANOVA (main effects) of every stage of study ``name``.
+
+    Example:
+        >>> table, skipped = importance_table("quickstart", "sqlite:///tuner.db")  # doctest: +SKIP
+        >>> table[table.evaluator == "fanova"].head()  # doctest: +SKIP
+
+    Args:
+        name: the study's name (its stages are the Optuna studies ``<name>/<stage>``).
+        storage: an Optuna storage URL (default ``sqlite:///tuner.db``) or storage object.
+
+    Returns:
+        The table, columns ``stage, evaluator, param, param_b, importance, std``, and the stages
+        skipped as ``(stage, reason)``. ``fanova`` rows are fractions of the total variance (main
+        effects with ``param_b == ""``, then the pure interaction of each pair); within a stage they sum
+        to at most 1, the rest being higher-order interaction; ``std`` is their spread over the trees.
+        ``ped_anova`` rows are Optuna's PED-ANOVA importances normalised to sum to 1 over the stage's
+        parameters (they are not variance fractions); ``std`` is their spread over bootstrap resamples.
+        Only complete trials with a finite value count (diverged trials end pruned: not analysed).
+
+    Raises:
+        UnknownStudyError: no study of that name in the storage.
+    """
+    rows: list[pd.DataFrame] = []
+    skipped: list[tuple[str, str]] = []
+    for stage, trials in load_stage_trials(name, storage).items():
+        complete = _complete(trials)
+        if len(complete) < MIN_COMPLETE_TRIALS:
+            skipped.append((stage, f"{len(complete)} complete trials; at least {MIN_COMPLETE_TRIALS} are needed"))
+            continue
+        distributions = _varying_distributions(complete)
+        if not distributions:
+            skipped.append((stage, "no parameter varies across its complete trials"))
+            continue
+        try:
+            fanova = _fanova_rows(complete, distributions)
+        except ValueError as error:  # e.g. a forest that found nothing to split on
+            skipped.append((stage, f"fANOVA could not analyse it: {error}"))
+            continue
+        for evaluator, table in (("fanova", fanova), ("ped_anova", _ped_anova_rows(complete, distributions))):
+            rows.append(table.assign(stage=stage, evaluator=evaluator))
+    table = pd.concat(rows, ignore_index=True)[COLUMNS] if rows else pd.DataFrame(columns=COLUMNS)
+    return table, skipped
+
+
+@keyword_only_since(("out", "storage"), renamed={"out_dir": "out"})
+def write_importance(
+    name: str, *, out: str | Path = ".", storage: str | BaseStorage | None = None
+) -> tuple[Path, pd.DataFrame, list[tuple[str, str]]]:
+    """Write ``importance.csv`` (see :func:`importance_table`) into the folder ``out``; return its path too.
+
+    Example:
+        >>> path, table, skipped = write_importance("quickstart", out="results", storage="sqlite:///tuner.db")  # doctest: +SKIP
+
+    Args:
+        name: the study's name (its stages are the Optuna studies ``<name>/<stage>``).
+        out: the folder to write into (created); default the current one.
+        storage: an Optuna storage URL (default ``sqlite:///tuner.db``) or storage object.
+
+    The old positional order ``write_importance(name, out_dir, storage)`` still works, with a
+    ``DeprecationWarning``.
+    """
+    table, skipped = importance_table(name, storage)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "importance.csv"
+    table.to_csv(path, index=False)
+    return path, table, skipped
+
+
+def headline_rows(table: pd.DataFrame, n_pairs: int = 3) -> pd.DataFrame:
+    """Per stage and evaluator: the main effects, then the ``n_pairs`` largest interactions."""
+    parts = []
+    for _, rows in table.groupby(["stage", "evaluator"], sort=False):
+        parts.append(rows[rows.param_b == ""].sort_values("importance", ascending=False))
+        parts.append(rows[rows.param_b != ""].sort_values("importance", ascending=False).head(n_pairs))
+    return pd.concat(parts, ignore_index=True) if parts else table
+
+
+def audit_verdict(name: str, storage: str | BaseStorage | None = None) -> AuditVerdict:
+    """Judge the low-interaction assumption on the ``audit`` stage and store the verdict on it.
+
+    Held when the largest fANOVA pairwise interaction involving ``lr`` is at most
+    :data:`AUDIT_MAX_INTERACTION_RATIO` times the ``lr`` main effect. The verdict and its numbers are
+    stored as user attributes of the study ``<name>/audit`` (see :meth:`AuditVerdict.user_attrs`).
+    Diverged trials are pruned, so not analysed: the verdict speaks of the rates that trained.
+    """
+    opened, _ = open_for_reading(storage)
+    study_name = stage_study_name(name, "audit")
+    study = optuna.load_study(study_name=study_name, storage=opened)
+    complete = _complete(study.get_trials(deepcopy=False))
+    distributions = _varying_distributions(complete)
+    verdict = AuditVerdict(study_name, None, len(complete), None, None, None)
+    if len(complete) < MIN_COMPLETE_TRIALS:
+        verdict = replace(verdict, reason=f"{len(complete)} complete trials; at least {MIN_COMPLETE_TRIALS} are needed")
+    elif "lr" not in distributions or len(distributions) < 2:
+        verdict = replace(verdict, reason="lr and at least one other parameter must vary across its trials")
+    elif len({t.value for t in complete}) == 1:
+        verdict = replace(verdict, reason="every complete trial scored the same, so nothing explains any variance")
+    else:
+        try:
+            shares = _fanova_rows(complete, distributions)
+        except ValueError as error:
+            shares = None
+            verdict = replace(verdict, reason=f"fANOVA could not analyse it: {error}")
+        if shares is not None:
+            lr_main = float(shares[(shares.param == "lr") & (shares.param_b == "")].importance.iloc[0])
+            pairs = shares[(shares.param_b != "") & ((shares.param == "lr") | (shares.param_b == "lr"))]
+            top = pairs.loc[pairs.importance.idxmax()]
+            largest = float(top.importance)
+            verdict = AuditVerdict(study_name, bool(largest <= AUDIT_MAX_INTERACTION_RATIO * lr_main), len(complete),
+                                   lr_main, largest, str(top.param_b if top.param == "lr" else top.param))
+    for key, value in verdict.user_attrs().items():
+        study.set_user_attr(key, value)
+    return verdict
+
+
+def _complete(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    return [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+
+
+def _varying_distributions(trials: Sequence[FrozenTrial]) -> dict[str, BaseDistribution]:
+    """Parameters set in every trial and taking more than one value (fANOVA cannot use the rest)."""
+    if not trials:
+        return {}
+    common = set.intersection(*(set(t.params) for t in trials))
+    ordered = [p for p in trials[0].distributions if p in common]
+    return {
+        p: trials[0].distributions[p]
+        for p in ordered
+        if len({repr(t.params[p]) for t in trials}) > 1
+    }
+
+
+def _design(trials: Sequence[FrozenTrial], distributions: dict[str, BaseDistribution]) -> pd.DataFrame:
+    """One column per parameter on the scale it was sampled on: log10 for log-scaled ones, so that
+    fANOVA marginalises a log-uniform lr uniformly in log space (as Greff et al. did)."""
+    columns: dict[str, Any] = {}
+    for param, distribution in distributions.items():
+        values = [t.params[param] for t in trials]
+        if isinstance(distribution, CategoricalDistribution):
+            columns[param] = pd.Series([str(v) for v in values], dtype=object)
+        elif isinstance(distribution, (FloatDistribution, IntDistribution)) and distribution.log:
+            columns[param] = np.log10(np.asarray(values, dtype=np.float64))
+        else:
+            columns[param] = np.asarray(values, dtype=np.float64)
+    return pd.DataFrame(columns)
+
+
+def _fanova_rows(trials: Sequence[FrozenTrial], distributions: dict[str, BaseDistribution]) -> pd.DataFrame:
+    X = _design(trials, distributions)
+    y = np.array([t.value for t in trials], dtype=np.float64)
+    if np.ptp(y) == 0.0:  # every trial scored the same: nothing explains anything
+        return _zero_rows(list(distributions), interactions=True)
+    return fanova_importances(X, y, seed=_SEED)
+
+
+def _zero_rows(params: list[str], interactions: bool) -> pd.DataFrame:
+    pairs = list(itertools.combinations(params, 2)) if interactions else []
+    return pd.DataFrame({
+        "param": params + [a for a, _ in pairs],
+        "param_b": [""] * len(params) + [b for _, b in pairs],
+        "importance": 0.0,
+        "std": 0.0,
+    })
+
+
+def _ped_anova_rows(trials: Sequence[FrozenTrial], distributions: dict[str, BaseDistribution]) -> pd.DataFrame:
+    params = list(distributions)
+    full = _ped_anova_shares(trials, params)
+    rng = np.random.default_rng(_SEED)
+    resampled = [
+        _ped_anova_shares([trials[i] for i in rng.integers(0, len(trials), len(trials))], params)
+        for _ in range(PED_ANOVA_BOOTSTRAPS)
+    ]
+    spread = np.array([[shares[p] for p in params] for shares in resampled]).std(axis=0)
+    return pd.DataFrame({"param": params, "param_b": "", "importance": [full[p] for p in params], "std": spread})
+
+
+def _ped_anova_shares(trials: Sequence[FrozenTrial], params: list[str]) -> dict[str, float]:
+    """PED-ANOVA importances normalised to sum to 1 (all 0 when they are all 0, e.g. constant values)."""
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction="minimize")
+    study.add_trials([
+        optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=t.value) for t in trials
+    ])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its small-sample advice: our minimum trial count is the answer
+        raw = optuna.importance.PedAnovaImportanceEvaluator().evaluate(study, params=params)
+    total = sum(raw.values())
+    return {p: (raw.get(p, 0.0) / total if total > 0 else 0.0) for p in params}

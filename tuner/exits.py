@@ -1,0 +1,174 @@
+"""How a ``tuner`` command ends: one plain line and an exit code, whatever went wrong.
+
+Exit codes: 0 done; 1 the study could not go on; 2 bad input (nothing written); 130 interrupted
+(Ctrl-C); 143 terminated (SIGTERM, how Slurm, Kubernetes and systemd stop a job). Signals become
+exceptions here (:func:`sigterm_as_interrupt`), and errors become lines (:func:`fail`). The
+library (torch, optuna, scikit-learn) is imported inside the functions, so that ``tuner --help``
+answers at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+BAD_INPUT = 2
+INTERRUPTED = 130
+TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process that SIGTERM ended
+
+
+def say(text: str, *, err: bool = False) -> None:
+    """Print a message as it is: no rich markup or emoji codes to eat ``[x]`` or ``:x:`` in names and paths."""
+    print(text, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def new_console(*, stderr: bool = False, width: int | None = None) -> Console:
+    """A console for tables and progress bars, which takes text literally, as :func:`say` does."""
+    return Console(stderr=stderr, soft_wrap=True, width=width, markup=False, emoji=False, highlight=False)
+
+
+class PlainErrorsGroup(TyperGroup):
+    """Usage errors (a bad option value, a missing argument) as one plain line ``error: ...``, exit 2,
+    instead of click's usage block or rich's box; and a finished command is not spoiled by a late Ctrl-C."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[no-untyped-def,override]
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        global _from_command_line
+        _from_command_line = args is None
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as error:  # click's exceptions, as typer ships them
+            if type(error).__name__ == "NoArgsIsHelpError":
+                error.show()  # plain `tuner`: the help, as before
+            else:
+                context = getattr(error, "ctx", None)
+                hint = f" (see: {context.command_path} --help)" if context is not None else ""
+                say(one_line(f"error: {error.format_message()}{hint}"), err=True)
+            code = getattr(error, "exit_code", 1)
+        except typer.Abort:
+            say("error: aborted", err=True)
+            code = 1
+        ignore_late_ctrl_c()
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+_from_command_line = False  # set by PlainErrorsGroup.main: a real process, not a test's CliRunner
+
+
+def ignore_late_ctrl_c() -> None:
+    """Once the work is done, a Ctrl-C (e.g. while the summary prints, or torch's atexit hooks run at
+    shutdown) has nothing left to stop: ignore it, instead of a traceback from the interpreter's exit
+    or a process killed by SIGINT (-2). Only in a real process: a test runner keeps its Ctrl-C."""
+    if _from_command_line and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def fail(message: str, code: int) -> NoReturn:
+    say(one_line(f"error: {message}"), err=True)
+    raise typer.Exit(code)
+
+
+def quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own output says what matters
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+@contextmanager
+def errors_as_exit_codes() -> Iterator[None]:
+    from tuner.inputs.spec import SpecError
+    from tuner.storage import StorageError
+    from tuner.study.runner import StudyMismatchError, TunerError, TunerInputError
+    from tuner.training.train import DeviceError
+
+    try:
+        yield
+    except (SpecError, StorageError, StudyMismatchError, DeviceError, TunerInputError) as error:
+        fail(str(error), BAD_INPUT)
+    except TunerError as error:
+        fail(str(error), 1)
+
+
+@contextmanager
+def unexpected_errors() -> Iterator[None]:
+    """The storage failing under us, or a bug: one line and exit 1 (TUNER_DEBUG=1 shows the traceback)."""
+    import optuna
+    import sqlalchemy
+
+    from tuner.storage import redact
+
+    try:
+        yield
+    except (typer.Exit, typer.Abort, typer.TyperException):
+        raise  # an exit already decided, e.g. by errors_as_exit_codes
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as error:
+        if os.environ.get("TUNER_DEBUG"):
+            raise
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        fail(f"the storage failed ({redact(reason)}); finished trials are kept: run the same command again to resume", 1)
+    except Exception as error:  # noqa: BLE001
+        if os.environ.get("TUNER_DEBUG"):
+            raise
+        reason = str(error).splitlines()[0] if str(error) else ""
+        fail(f"unexpected {type(error).__name__}: {reason} (a bug in tuner? TUNER_DEBUG=1 shows the traceback); "
+              f"finished trials are kept: run the same command again to resume", 1)
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (Slurm, Kubernetes, systemd stopping a job) raises :class:`Terminated`,
+    and Ctrl-C ``KeyboardInterrupt``; both are also kept as a request the runner raises at its next
+    check, in case the first raise landed where Python swallows exceptions (a weakref callback)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    from tuner.errors import clear_stop_request, request_stop
+    from tuner.study.runner import Terminated
+
+    def terminate(_signum: int, _frame: object) -> None:
+        request_stop(Terminated)
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        request_stop(KeyboardInterrupt)  # as Python's own handler, but kept until the runner sees it
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is signal.default_int_handler:
+        signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if previous_int is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous_int)
+        clear_stop_request()
+
+
+@contextmanager
+def analysis_errors() -> Iterator[None]:
+    from tuner.study.results import UnknownStudyError
+
+    with errors_as_exit_codes():
+        try:
+            yield
+        except UnknownStudyError as error:
+            fail(str(error), BAD_INPUT)
+        except OSError as error:  # e.g. --out names a file, or a folder we may not write to
+            fail(f"--out: cannot write there ({error.strerror or error}): choose a writable folder", BAD_INPUT)

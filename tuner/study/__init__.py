@@ -1,0 +1,12 @@
+"""A staged study: what each stage searches, its Optuna study, the trials, the runner.
+
+In the order a study flows: :mod:`~tuner.study.results` (the stored contract: study names,
+attribute names, and reading a study back), :mod:`~tuner.study.stages` (what each stage searches
+and the hand-off), :mod:`~tuner.study.stage_studies` (the stage studies, created and checked
+once), :mod:`~tuner.study.trials` (asking, training and telling trials),
+:mod:`~tuner.study.runner` (the stages in order, budgets, resume) and
+:mod:`~tuner.study.progress` (what the console shows).
+
+May import: ``tuner.errors``, ``tuner.inputs``, ``tuner.training``, ``tuner.storage``, and
+``tuner.analysis`` for the audit's verdict (``tuner.analysis`` reads ``results`` only).
+"""

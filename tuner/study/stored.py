@@ -1,0 +1,150 @@
+"""The stored contract: what ``tuner`` writes into a storage, spelled once, and how it changed.
+
+Everything ``tuner`` knows about a study lives in its storage: each stage is the Optuna study
+``<name>/<stage>`` (:func:`stage_study_name`), and what it stores sits under the user attribute
+names below. The runner writes them; the analyses, the report, the export and ``tuner best`` read
+them. Renaming one breaks every study stored before, so every module takes them from here.
+
+The rates, one schema: stage ``lr`` stores the rate it hands on (``best_lr``) and the trial that
+gave it (``best_trial``); stage ``shape`` and each of its trials store the rate they train at
+before their own ``lr_scale`` (``lr``); a trial's own rate is its ``lr`` param (stage ``lr``) or
+``lr`` times ``lr_scale`` (stage ``shape``: :func:`tuner.study.results.trained_params`).
+
+**Versions.** Each change to what a study is made with (a default that changed, a field that
+appeared) is a :class:`Migration` in :data:`MIGRATIONS`, in order, with the values studies stored
+before it were made with. Every stage study made from now on stores the contract version it was
+made under (:data:`CONTRACT_VERSION_ATTR`); one stored by a newer ``tuner`` than this one is
+refused in one line (:func:`check_version`) instead of being misread. A study stored before
+versions existed has none and is read as it always was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tuner.errors import StudyMismatchError
+
+STAGES = ("lr", "shape", "audit")  # every stage a study may have, in order
+
+# User attributes of a stage study.
+SETTINGS_ATTR = "settings"  # the spec's settings the stage's results depend on
+SETTINGS_HASH_ATTR = "settings_hash"
+SEARCH_ATTR = "search"  # sampler and pruner with their settings, and the Optuna version
+OBJECTIVE_ATTR = "objective"
+BUDGET_ATTR = "budget"
+BEST_LR_ATTR = "best_lr"  # on <name>/lr, at the hand-off: the rate handed on
+BEST_TRIAL_ATTR = "best_trial"  # on <name>/lr, at the hand-off: the trial whose rate it is
+HANDOFF_TRIALS_ATTR = "handoff_trials"  # on <name>/lr: finished lr trials the hand-off saw
+LR_ATTR = "lr"  # on <name>/shape and its trials: the calibrated rate they train at (before lr_scale)
+TASK_ATTR = "task"  # "classification" or "regression": what the data asked for, as loaded
+SPEC_PATH_ATTR = "spec_path"  # the spec file a study was made from: where its own code is imported from
+LR_FIND_ATTR = "lr_find"  # on <name>/lr: the range test of lr_range = "auto", kept for resume
+VERDICT_ATTR = "verdict"  # on <name>/audit: the audit's verdict, in words
+CONTRACT_VERSION_ATTR = "contract_version"  # the version of this contract a stage study was made under
+
+# User attributes of a trial.
+LEARNING_CURVE_ATTR = "learning_curve"
+TRAIN_LOSS_CURVE_ATTR = "train_loss_curve"
+TRAIN_SECONDS_ATTR = "train_seconds"
+TIME_MEASURE_ATTR = "time_measure"  # "alone", or "batch_share": its share of each epoch of its batch
+DEVICE_ATTR = "device"
+THREADS_ATTR = "threads"
+DIVERGED_ATTR = "diverged"
+N_PARAMS_ATTR = "n_params"
+EPOCHS_DONE_ATTR = "epochs_done"
+BATCHED_WITH_ATTR = "batched_with"
+ERROR_ATTR = "error"
+TRACEBACK_ATTR = "traceback"
+SURPLUS_ATTR = "surplus"  # on a trial failed untrained because other workers had filled the budget
+
+
+def stage_study_name(study: str, stage: str) -> str:
+    """The Optuna study that holds stage ``stage`` of study ``study``: ``<study>/<stage>``."""
+    return f"{study}/{stage}"
+
+
+def split_stage_study_name(name: str) -> tuple[str, str] | None:
+    """(study, stage) of a stage study's name, or None for a study ``tuner`` did not name."""
+    study, slash, stage = name.rpartition("/")
+    return (study, stage) if slash and study and stage in STAGES else None
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One change to what stage studies are made with, and how studies stored before it were made.
+
+    ``legacy``: ``(stage, field)`` -> the value of ``stages.<stage>.<field>`` that a study stored
+    before this change was made with while its spec left the field at its default (for a field
+    that did not exist yet, what the code did then).
+    """
+
+    version: int  # the contract version this change brought
+    release: str
+    change: str
+    legacy: Mapping[tuple[str, str], Any]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "0.2", "stage 'shape' prunes with Hyperband and refines the calibrated rate by lr_scale (issue 13)",
+              {("shape", "pruner"): "none", ("shape", "lr_scale"): (1.0, 1.0)}),
+)
+CONTRACT_VERSION = MIGRATIONS[-1].version  # what this tuner writes, and the newest it reads
+
+# Spec fields added after studies were first stored, with the value they had implicitly before:
+# left out of the stored settings while at that value, so that a study stored before them still
+# matches its spec (and its settings hash stays the same).
+ADDED_FIELDS: dict[str, dict[str, Any]] = {
+    "data": {"loader": None, "test_fraction": 0.0},
+    "train": {"loop": None, "loss": None, "metric": None},
+    "stages.shape": {"lr_scale": (1.0, 1.0)},
+}
+
+
+def past_defaults() -> dict[tuple[str, str], list[Any]]:
+    """``(stage, field)`` -> every default it had before the current one, oldest first."""
+    found: dict[tuple[str, str], list[Any]] = {}
+    for migration in MIGRATIONS:
+        for key, value in migration.legacy.items():
+            found.setdefault(key, []).append(value)
+    return found
+
+
+def default_when_made(stage: str, field: str, version: int | None) -> Any | None:
+    """The default of ``stages.<stage>.<field>`` that a study made under contract ``version`` had.
+
+    None when it has the current default. A study with no stored version (made before versions
+    were stored) is taken as made before every migration: its stored settings say the rest.
+    """
+    for migration in MIGRATIONS:
+        if (version is None or version < migration.version) and (stage, field) in migration.legacy:
+            return migration.legacy[(stage, field)]
+    return None
+
+
+def made_with(stage: str, field: str, settings: Mapping[str, Any], version: int | None) -> Any:
+    """The value of ``stages.<stage>.<field>`` a stage study with these stored ``settings`` was made with."""
+    table = settings.get("stages", {}).get(stage, {})
+    if field in table:
+        return table[field]
+    added = ADDED_FIELDS.get(f"stages.{stage}", {})
+    if field in added:
+        return added[field]  # left out of the stored settings at the value it had before it existed
+    return default_when_made(stage, field, version)
+
+
+def stored_version(user_attrs: Mapping[str, Any]) -> int | None:
+    """The contract version a stage study was made under (None: made before versions were stored)."""
+    version = user_attrs.get(CONTRACT_VERSION_ATTR)
+    return int(version) if version is not None else None
+
+
+def check_version(study_name: str, user_attrs: Mapping[str, Any]) -> None:
+    """Refuse a stage study stored by a newer ``tuner``, whose contract this one cannot know."""
+    version = stored_version(user_attrs)
+    if version is not None and version > CONTRACT_VERSION:
+        raise StudyMismatchError(
+            f"study '{study_name}' was stored by a newer tuner (stored contract version {version}; this "
+            f"tuner reads up to {CONTRACT_VERSION}); upgrade tuner (pip install -U tuner) to resume or read it"
+        )

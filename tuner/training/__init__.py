@@ -1,0 +1,11 @@
+"""Training, free of Optuna: the loop, learning-rate schedules, batched copies and the range test.
+
+- :mod:`~tuner.training.train`: one trial's training loop (optimizer, schedule, per-epoch
+  validation, divergence guard);
+- :mod:`~tuner.training.schedules`: the decay schedules;
+- :mod:`~tuner.training.batched`: several trials of a small network trained as one batched model;
+- :mod:`~tuner.training.lr_find`, :mod:`~tuner.training.lr_suggest`: the learning-rate range test
+  and the search range it suggests.
+
+May import: ``tuner.errors`` and ``tuner.inputs``.
+"""
