@@ -202,7 +202,7 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
             # Optuna ignores a second value for the same parameter of a trial (a unique key): so do we.
             connection.execute(
                 "INSERT OR IGNORE INTO trial_params (trial_id, param_name, param_value, distribution_json) VALUES (?, ?, ?, ?)",
-                (trial_id, param_name, param_value_internal, distributions.distribution_to_json(distribution)),
+                (trial_id, param_name, float(param_value_internal), distributions.distribution_to_json(distribution)),
             )
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
@@ -213,7 +213,7 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
         with self._write() as connection:
             current, _ = self._updatable_trial(connection, trial_id)
             for objective, value in enumerate(values or ()):
-                stored, kind = _optuna.stored_value(value)
+                stored, kind = _optuna.stored_value(float(value))
                 connection.execute(
                     "INSERT INTO trial_values (trial_id, objective, value, value_type) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (trial_id, objective) DO UPDATE SET value = excluded.value, value_type = excluded.value_type",
@@ -317,7 +317,7 @@ def _local_time(stored: str | None) -> datetime.datetime | None:
 
 
 def _upsert_intermediate_value(connection: sqlite3.Connection, trial_id: int, step: int, value: float) -> None:
-    stored, kind = _optuna.stored_intermediate_value(value)
+    stored, kind = _optuna.stored_intermediate_value(float(value))
     connection.execute(
         "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type) "
         "VALUES (?, ?, ?, ?) ON CONFLICT (trial_id, step) DO UPDATE SET "
