@@ -230,6 +230,24 @@ def test_reading_a_writable_file_changes_nothing_in_it(study_copy: Path, tmp_pat
     assert hashlib.sha256(study_copy.read_bytes()).hexdigest() == before[0]
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_read_only_reader_follows_a_running_study_read_after_read(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'live.db'}"
+    writer = optuna.create_study(study_name="live", storage=open_storage(url))
+    writer.tell(writer.ask(), 1.0)
+    running = writer.ask()  # a trial still running: each later read asks for it again, by id
+    reader = optuna.load_study(study_name="live", storage=open_existing_storage(url))  # as a report opens it
+    seen = []
+    for value in (2.0, 3.0, 4.0):
+        writer.tell(writer.ask(), value)
+        seen.append([t.state.name for t in reader.trials])  # Optuna's cache reads only what is new
+    writer.tell(running, 0.5)
+    seen.append([t.state.name for t in reader.trials])
+    assert seen == [["COMPLETE", "RUNNING", "COMPLETE"], ["COMPLETE", "RUNNING", "COMPLETE", "COMPLETE"],
+                    ["COMPLETE", "RUNNING", "COMPLETE", "COMPLETE", "COMPLETE"], ["COMPLETE"] * 5]
+    assert reader.best_trial.number == 1
+
+
 def test_the_dashboard_may_edit_a_writable_file_unless_read_only(study_copy: Path) -> None:
     url = f"sqlite:///{study_copy}"
     editable = open_existing_storage(url, writable=True)  # what `tuner dashboard` opens without --read-only

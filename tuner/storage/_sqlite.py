@@ -272,18 +272,16 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
             args += names
         if trial_id_greater_than > -1:
             if included:
-                # A temporary table, not a list of parameters: SQLite caps the parameters of a statement.
-                where += " AND (t.trial_id > ? OR t.trial_id IN (SELECT trial_id FROM temp.tuner_included))"
+                # One JSON array, not a parameter per id (SQLite caps a statement's parameters), and
+                # no temporary table either: a read-only connection may not create one.
+                where += " AND (t.trial_id > ? OR t.trial_id IN (SELECT value FROM json_each(?)))"
+                args += [trial_id_greater_than, json.dumps(included)]
             else:
                 where += " AND t.trial_id > ?"
-            args.append(trial_id_greater_than)
+                args.append(trial_id_greater_than)
         with self._read() as connection:
             if connection.execute("SELECT 1 FROM studies WHERE study_id = ?", (study_id,)).fetchone() is None:
                 raise KeyError(f"No study with study_id {study_id} exists.")
-            if included and trial_id_greater_than > -1:
-                connection.execute("CREATE TEMP TABLE IF NOT EXISTS tuner_included (trial_id INTEGER PRIMARY KEY)")
-                connection.execute("DELETE FROM temp.tuner_included")
-                connection.executemany("INSERT INTO temp.tuner_included VALUES (?)", [(t,) for t in included])
             return _read_trials(connection, where, tuple(args))
 
 
