@@ -187,3 +187,16 @@ def test_numpy_numbers_given_to_the_storage_are_stored_as_numbers_as_stock_optun
         read[kind] = (trial.params, trial.intermediate_values, trial.values, storage.get_best_trial(study_id).number)
     assert read["fast"] == read["stock"] == ({"x": 1.0}, {0: 3.0}, [2.0], 1)
     assert all(type(value) is float for value in (*read["fast"][0].values(), *read["fast"][1].values(), *read["fast"][2]))
+
+
+def test_a_caller_changing_a_trials_distribution_changes_no_later_read(tmp_path: Path) -> None:
+    storage = FastSQLiteStorage(f"sqlite:///{tmp_path / 'a.db'}")
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "shared")
+    for _ in range(2):
+        trial_id = storage.create_new_trial(study_id)
+        storage.set_trial_param(trial_id, "lr", 0.5, FloatDistribution(1e-5, 1.0, log=True))
+    first, second = storage.get_all_trials(study_id)
+    first.distributions["lr"].low = 0.25  # a caller's own change to what it was handed
+    assert second.distributions["lr"] == FloatDistribution(1e-5, 1.0, log=True)
+    assert storage.get_trial(first._trial_id).distributions["lr"] == FloatDistribution(1e-5, 1.0, log=True)  # noqa: SLF001
+    assert storage.get_all_trials(study_id)[0].distributions["lr"] == FloatDistribution(1e-5, 1.0, log=True)

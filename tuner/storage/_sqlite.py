@@ -21,6 +21,7 @@ read-only) are written.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import os
@@ -336,10 +337,12 @@ _distributions: dict[str, distributions.BaseDistribution] = {}  # JSON -> distri
 
 
 def _distribution(text: str) -> distributions.BaseDistribution:
+    """A new distribution object for ``text``, parsed once per process."""
     found = _distributions.get(text)
     if found is None:
         found = _distributions[text] = distributions.json_to_distribution(text)
-    return found
+    # A copy: Optuna's distributions can be changed, and one a caller changes must not change later reads.
+    return copy.copy(found)
 
 
 def _read_trials(connection: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> list[FrozenTrial]:
