@@ -27,6 +27,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from tuner._deprecation import keyword_only_since
+from tuner.folders import default_folder
 from tuner.report.figures import plot_importance, plot_shape, save
 from tuner.report.html import index_html
 from tuner.report.interactive import write_interactive
@@ -73,7 +74,8 @@ def write_report(name: str, *, storage: str | None = None, out: str | Path | Non
     Args:
         name: the study name (as in the spec), not a stage's name.
         storage: an Optuna storage URL; default ``sqlite:///tuner.db``.
-        out: the folder to write into (created); default ``<name>-report``.
+        out: the folder to write into (created); default ``<name>-report`` in the working folder
+            (made a safe folder name: see :func:`tuner.folders.default_folder`).
 
     The old positional order ``write_report(name, storage, out)`` still works, with a
     ``DeprecationWarning``.
@@ -84,7 +86,7 @@ def write_report(name: str, *, storage: str | None = None, out: str | Path | Non
     """
     url = resolve_url(storage) if storage is None or isinstance(storage, str) else storage
     stages = load_stages(name, url)
-    out_dir = Path(out) if out is not None else Path(f"{name}-report")
+    out_dir = Path(out) if out is not None else Path(default_folder(name, "-report"))
     out_dir.mkdir(parents=True, exist_ok=True)
     objective = objective_label(stages)
 
