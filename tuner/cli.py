@@ -317,12 +317,12 @@ NameArgument = Annotated[str, typer.Argument(help="The study's name (its stages 
 
 @contextmanager
 def _analysis_errors() -> Iterator[None]:
-    from tuner.results import UnknownStudyError
+    from tuner.results import NotMadeByTunerError, UnknownStudyError
 
     with _errors_as_exit_codes():
         try:
             yield
-        except UnknownStudyError as error:
+        except (UnknownStudyError, NotMadeByTunerError) as error:
             _fail(str(error), BAD_INPUT)
         except OSError as error:  # e.g. --out names a file, or a folder we may not write to
             _fail(f"--out: cannot write there ({error.strerror or error}): choose a writable folder", BAD_INPUT)
