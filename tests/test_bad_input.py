@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tuner.cli import app
+from tuner.folders import default_folder
 
 GOOD = """
 name = "typo"
@@ -273,3 +274,59 @@ def test_a_spec_that_cannot_be_read_is_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["study", "/proc/self/mem", "--storage", f"sqlite:///{tmp_path / 's.db'}"])
     _assert_refused(result.exit_code, result.stdout, result.stderr, "/proc/self/mem", "cannot read it")
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- issue 24, item 3: default output folders from any study name ---------------------------------
+
+
+@pytest.mark.parametrize("name", ["quickstart", "my study (v2)", "café", "a..b", "..", ".hidden", "n" * 200])
+def test_a_name_that_makes_a_safe_folder_keeps_the_folder_it_always_had(name: str) -> None:
+    assert default_folder(name, "-best") == f"{name}-best"
+    assert default_folder(name, "-report") == f"{name}-report"
+
+
+@pytest.mark.parametrize("name", ["../../esc", "/etc/cron.d/x", "a\\..\\b", "a\nb", "a\x00b", "tab\there", "n" * 300,
+                                  "é" * 200, "bad\udcffbytes"])
+def test_any_other_name_gets_one_folder_in_the_working_folder_that_no_other_name_shares(name: str) -> None:
+    folder = default_folder(name, "-report")
+    assert Path(folder).name == folder and folder not in (".", "..")  # one component: it stays where it is made
+    assert "/" not in folder and "\\" not in folder and folder.isprintable()
+    assert len(folder.encode("utf-8")) <= 255 and folder.endswith("-report")
+    assert default_folder(name + "x", "-report") != folder  # a hash of the whole name: cut or replaced parts still count
+
+
+def test_report_and_best_of_a_study_with_a_300_character_name_write_their_default_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = "n" * 300  # `tuner study` takes it; a file name may have 255 bytes
+    code, stdout, stderr = _study(tmp_path, GOOD, "--name", name)
+    assert code == 0, stdout + stderr
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    for command, extra, folder, written in (("report", [], default_folder(name, "-report"), "index.html"),
+                                            ("best", ["--device", "cpu"], default_folder(name, "-best"), "model.pt")):
+        result = CliRunner().invoke(app, [command, name, "--storage", storage, *extra])
+        assert result.exit_code == 0, result.stdout + result.stderr
+        assert (tmp_path / folder / written).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("study.db")) == sorted(
+        ["study.toml", default_folder(name, "-report"), default_folder(name, "-best")])
+
+
+def test_a_study_named_to_climb_out_of_the_working_folder_is_reported_inside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, stdout, stderr = _study(tmp_path, GOOD)
+    assert code == 0, stdout + stderr
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    for stage in ("lr", "shape"):  # the same study under a name with separators, as another tool may store it
+        optuna.copy_study(from_study_name=f"typo/{stage}", from_storage=storage, to_storage=storage,
+                          to_study_name=f"../../esc/{stage}")
+    here = tmp_path / "a" / "b"
+    here.mkdir(parents=True)
+    monkeypatch.chdir(here)
+    result = CliRunner().invoke(app, ["report", "../../esc", "--storage", storage])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert [p.name for p in here.iterdir()] == [default_folder("../../esc", "-report")]
+    assert (here / default_folder("../../esc", "-report") / "index.html").is_file()
+    # Nothing climbed out (the database keeps its -wal and -shm files beside it while open).
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("study.db")) == ["a", "study.toml"]

@@ -204,6 +204,25 @@ def test_cli_report_of_an_unknown_study_exits_2_naming_the_studies_that_exist(st
     assert not (tmp_path / "r").exists()  # nothing written
 
 
+@pytest.mark.parametrize("stages", [("shape",), ("lr", "shape")], ids=["shape", "lr-shape"])
+def test_cli_report_of_a_study_tuner_did_not_make_exits_2_in_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stages: tuple[str, ...]
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'plain.db'}"
+    for stage in stages:  # plain Optuna studies under a tuner study's stage names
+        study = optuna.create_study(study_name=f"plain/{stage}", storage=storage)
+        study.optimize(lambda trial: trial.suggest_float("x", 0.0, 1.0) ** 2, n_trials=3)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for out in ([], ["--out", str(tmp_path / "r")]):
+        result = CliRunner().invoke(app, ["report", "plain", "--storage", storage, *out])
+        assert result.exit_code == 2, result.output
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: study 'plain': stage "), result.stderr
+        assert "was it made by tuner?" in result.stderr and "tuner dashboard" in result.stderr
+        assert list(here.iterdir()) == [] and not (tmp_path / "r").exists()  # refused before writing anything
+
+
 def test_cli_report_on_a_missing_sqlite_file_exits_2_and_creates_no_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.db"
     result = CliRunner().invoke(app, ["report", "reported", "--storage", f"sqlite:///{missing}"])

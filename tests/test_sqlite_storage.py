@@ -11,6 +11,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -166,3 +167,35 @@ def test_the_private_optuna_pieces_tuner_relies_on_still_give_what_it_expects(
     assert _optuna.value_from_stored(*_optuna.stored_value(float("-inf"))) == float("-inf")
     assert math.isnan(_optuna.intermediate_value_from_stored(*_optuna.stored_intermediate_value(float("nan"))))
     assert {"studies", "trials", "version_info", "alembic_version"} <= set(_optuna.schema_tables())
+
+
+@pytest.mark.parametrize("number", [np.float32, np.float64, np.int64], ids=lambda kind: kind.__name__)
+def test_numpy_numbers_given_to_the_storage_are_stored_as_numbers_as_stock_optuna_stores_them(
+    tmp_path: Path, number: type
+) -> None:
+    read: dict[str, tuple] = {}
+    for kind, storage in (("stock", optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'stock.db'}")),
+                          ("fast", FastSQLiteStorage(f"sqlite:///{tmp_path / 'fast.db'}"))):
+        study_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "numpy")
+        worse, better = storage.create_new_trial(study_id), storage.create_new_trial(study_id)
+        storage.set_trial_param(worse, "x", number(1), FloatDistribution(0.0, 2.0))
+        storage.set_trial_intermediate_value(worse, 0, number(3))
+        storage.set_trial_state_values(worse, TrialState.COMPLETE, [number(2)])
+        storage.set_trial_state_values(better, TrialState.COMPLETE, [number(1)])
+        trial = storage.get_trial(worse)
+        read[kind] = (trial.params, trial.intermediate_values, trial.values, storage.get_best_trial(study_id).number)
+    assert read["fast"] == read["stock"] == ({"x": 1.0}, {0: 3.0}, [2.0], 1)
+    assert all(type(value) is float for value in (*read["fast"][0].values(), *read["fast"][1].values(), *read["fast"][2]))
+
+
+def test_a_caller_changing_a_trials_distribution_changes_no_later_read(tmp_path: Path) -> None:
+    storage = FastSQLiteStorage(f"sqlite:///{tmp_path / 'a.db'}")
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "shared")
+    for _ in range(2):
+        trial_id = storage.create_new_trial(study_id)
+        storage.set_trial_param(trial_id, "lr", 0.5, FloatDistribution(1e-5, 1.0, log=True))
+    first, second = storage.get_all_trials(study_id)
+    first.distributions["lr"].low = 0.25  # a caller's own change to what it was handed
+    assert second.distributions["lr"] == FloatDistribution(1e-5, 1.0, log=True)
+    assert storage.get_trial(first._trial_id).distributions["lr"] == FloatDistribution(1e-5, 1.0, log=True)  # noqa: SLF001
+    assert storage.get_all_trials(study_id)[0].distributions["lr"] == FloatDistribution(1e-5, 1.0, log=True)

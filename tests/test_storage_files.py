@@ -232,6 +232,24 @@ def test_reading_a_writable_file_changes_nothing_in_it(study_copy: Path, tmp_pat
     assert hashlib.sha256(study_copy.read_bytes()).hexdigest() == before[0]
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_read_only_reader_follows_a_running_study_read_after_read(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'live.db'}"
+    writer = optuna.create_study(study_name="live", storage=open_storage(url))
+    writer.tell(writer.ask(), 1.0)
+    running = writer.ask()  # a trial still running: each later read asks for it again, by id
+    reader = optuna.load_study(study_name="live", storage=open_existing_storage(url))  # as a report opens it
+    seen = []
+    for value in (2.0, 3.0, 4.0):
+        writer.tell(writer.ask(), value)
+        seen.append([t.state.name for t in reader.trials])  # Optuna's cache reads only what is new
+    writer.tell(running, 0.5)
+    seen.append([t.state.name for t in reader.trials])
+    assert seen == [["COMPLETE", "RUNNING", "COMPLETE"], ["COMPLETE", "RUNNING", "COMPLETE", "COMPLETE"],
+                    ["COMPLETE", "RUNNING", "COMPLETE", "COMPLETE", "COMPLETE"], ["COMPLETE"] * 5]
+    assert reader.best_trial.number == 1
+
+
 def test_the_dashboard_may_edit_a_writable_file_unless_read_only(study_copy: Path) -> None:
     url = f"sqlite:///{study_copy}"
     editable = open_existing_storage(url, writable=True)  # what `tuner dashboard` opens without --read-only
@@ -366,23 +384,42 @@ def test_a_process_killed_right_after_creating_a_trial_leaves_it_failed_at_once_
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
-def test_creating_a_trial_is_retried_while_another_process_holds_the_lock_past_the_busy_timeout(tmp_path: Path) -> None:
+def test_creating_a_trial_is_retried_while_another_process_holds_the_lock_past_the_busy_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tuner.storage._sqlite as fast_path
+
     database = tmp_path / "locked.db"
     open_storage(f"sqlite:///{database}")  # the schema
     storage = FastSQLiteStorage(f"sqlite:///{database}", busy_timeout_s=0.05)
     study = optuna.create_study(study_name="locked", storage=storage)
     locker = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
-    locker.execute("BEGIN IMMEDIATE")  # another writer holds the write lock for 0.5 s
-    releaser = threading.Timer(0.5, lambda: locker.execute("COMMIT"))
+    locker.execute("BEGIN IMMEDIATE")  # another writer holds the write lock, until the first try has failed
+    pauses: list[float] = []
+    first_try_failed, released = threading.Event(), threading.Event()
+
+    def release() -> None:
+        first_try_failed.wait()
+        locker.execute("COMMIT")
+        released.set()
+
+    def pause(seconds: float) -> None:  # the back-off between tries: the other writer lets go, no time passes
+        pauses.append(seconds)
+        first_try_failed.set()
+        released.wait()
+
+    monkeypatch.setattr(fast_path.time, "sleep", pause)
+    releaser = threading.Thread(target=release)
     releaser.start()
-    started = time.monotonic()
     try:
         trial = study.ask()
     finally:
+        first_try_failed.set()  # let the releaser end even if the ask never retried
         releaser.join()
-    assert time.monotonic() - started >= 0.45  # it waited for the lock, over several tries
+    assert len(pauses) == 1 and 0 <= pauses[0] <= 2.0  # one failed try, then Optuna's back-off, then success
     study.tell(trial, 1.0)
-    assert optuna.load_study(study_name="locked", storage=f"sqlite:///{database}").trials[0].value == 1.0
+    trials = optuna.load_study(study_name="locked", storage=f"sqlite:///{database}").trials
+    assert [(t.number, t.value) for t in trials] == [(0, 1.0)]  # the failed try left no row behind
 
 
 def test_creating_a_trial_gives_up_after_five_tries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

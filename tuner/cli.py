@@ -327,11 +327,10 @@ def best(
     """Train the best configuration of the study's last stage again (same seed); write best.toml, model.pt, metrics.json."""
     from tuner.best import BestError, write_best
 
-    folder = out if out is not None else Path(f"{name}-best")
     quiet_optuna()
     with unexpected_errors(), analysis_errors():
         try:
-            result = write_best(name, _storage_url(storage, storage_password_file), folder, refit=refit, device=device)
+            result = write_best(name, _storage_url(storage, storage_password_file), out, refit=refit, device=device)
         except BestError as error:
             fail(str(error), BAD_INPUT)
     metrics = result.metrics

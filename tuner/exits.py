@@ -163,12 +163,12 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 @contextmanager
 def analysis_errors() -> Iterator[None]:
-    from tuner.study.results import UnknownStudyError
+    from tuner.study.results import NotMadeByTunerError, UnknownStudyError
 
     with errors_as_exit_codes():
         try:
             yield
-        except UnknownStudyError as error:
+        except (UnknownStudyError, NotMadeByTunerError) as error:
             fail(str(error), BAD_INPUT)
         except OSError as error:  # e.g. --out names a file, or a folder we may not write to
             fail(f"--out: cannot write there ({error.strerror or error}): choose a writable folder", BAD_INPUT)

@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from tuner.best.folder import FolderError, check_folder, model_record, write_folder
+from tuner.folders import default_folder
 from tuner.inputs.data import Dataset, StreamedData
 from tuner.inputs.load import load_dataset
 from tuner.inputs.spec import StudySpec, spec_from_dict
@@ -73,7 +74,8 @@ def write_best(
     Args:
         name: the study's name (its stages are the Optuna studies ``<name>/<stage>``).
         storage: an Optuna storage URL (default ``sqlite:///tuner.db``) or storage object.
-        out: the folder to write into (created if missing); default ``<name>-best``.
+        out: the folder to write into (created if missing); default ``<name>-best`` in the working
+            folder (made a safe folder name: see :func:`tuner.folders.default_folder`).
         refit: ``train``: the trial's own training part, so the validation score reproduces the
             stored one; ``train+val``: training and validation parts together (the validation score
             is then no fair estimate; the test part, if any, still is).
@@ -86,7 +88,7 @@ def write_best(
     if refit not in REFITS:
         raise BestError(f"--refit {refit!r}: choose one of {', '.join(REFITS)}")
     resolve_device(device)  # an unknown name, or cuda without a GPU: before any work
-    folder = Path(out if out is not None else f"{name}-best")
+    folder = Path(out) if out is not None else Path(default_folder(name, "-best"))
     if folder.exists() and not folder.is_dir():
         raise BestError(f"--out {str(folder)!r}: is a file; give a folder (created if missing)")
     replaced = _earlier_output(folder)

@@ -27,11 +27,13 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from tuner.deprecation import keyword_only_since
+from tuner.folders import default_folder
 from tuner.report.figures import plot_importance, plot_shape, save
 from tuner.report.html import index_html
 from tuner.report.interactive import write_interactive
 from tuner.report.lr_figures import plot_lr_cost, plot_lr_curves, plot_lr_sensitivity
 from tuner.report.runs import chosen_lr, epochs_to_target, importance_data, load_stages, objective_label
+from tuner.study.results import check_made_by_tuner
 from tuner.report.words import audit_diagnosis, importance_sentences, lr_diagnosis, shape_diagnosis
 from tuner.storage import resolve_url
 
@@ -73,7 +75,8 @@ def write_report(name: str, *, storage: str | None = None, out: str | Path | Non
     Args:
         name: the study name (as in the spec), not a stage's name.
         storage: an Optuna storage URL; default ``sqlite:///tuner.db``.
-        out: the folder to write into (created); default ``<name>-report``.
+        out: the folder to write into (created); default ``<name>-report`` in the working folder
+            (made a safe folder name: see :func:`tuner.folders.default_folder`).
 
     The old positional order ``write_report(name, storage, out)`` still works, with a
     ``DeprecationWarning``.
@@ -81,10 +84,14 @@ def write_report(name: str, *, storage: str | None = None, out: str | Path | Non
     Raises:
         tuner.storage.StorageError: the storage does not exist (a SQLite file is not created).
         tuner.analysis.importance.UnknownStudyError: no study of that name in the storage.
+        tuner.study.results.NotMadeByTunerError: a stage holds trials that ``tuner study`` did not run
+            (nothing written).
     """
     url = resolve_url(storage) if storage is None or isinstance(storage, str) else storage
     stages = load_stages(name, url)
-    out_dir = Path(out) if out is not None else Path(f"{name}-report")
+    # Before the folder: the figures read what tuner stores, and another tool's trials lack it.
+    check_made_by_tuner(name, {stage: runs.study for stage, runs in stages.items()})
+    out_dir = Path(out) if out is not None else Path(default_folder(name, "-report"))
     out_dir.mkdir(parents=True, exist_ok=True)
     objective = objective_label(stages)
 

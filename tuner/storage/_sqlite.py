@@ -21,6 +21,7 @@ read-only) are written.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import os
@@ -202,7 +203,7 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
             # Optuna ignores a second value for the same parameter of a trial (a unique key): so do we.
             connection.execute(
                 "INSERT OR IGNORE INTO trial_params (trial_id, param_name, param_value, distribution_json) VALUES (?, ?, ?, ?)",
-                (trial_id, param_name, param_value_internal, distributions.distribution_to_json(distribution)),
+                (trial_id, param_name, float(param_value_internal), distributions.distribution_to_json(distribution)),
             )
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
@@ -213,7 +214,7 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
         with self._write() as connection:
             current, _ = self._updatable_trial(connection, trial_id)
             for objective, value in enumerate(values or ()):
-                stored, kind = _optuna.stored_value(value)
+                stored, kind = _optuna.stored_value(float(value))
                 connection.execute(
                     "INSERT INTO trial_values (trial_id, objective, value, value_type) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (trial_id, objective) DO UPDATE SET value = excluded.value, value_type = excluded.value_type",
@@ -272,18 +273,16 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
             args += names
         if trial_id_greater_than > -1:
             if included:
-                # A temporary table, not a list of parameters: SQLite caps the parameters of a statement.
-                where += " AND (t.trial_id > ? OR t.trial_id IN (SELECT trial_id FROM temp.tuner_included))"
+                # One JSON array, not a parameter per id (SQLite caps a statement's parameters), and
+                # no temporary table either: a read-only connection may not create one.
+                where += " AND (t.trial_id > ? OR t.trial_id IN (SELECT value FROM json_each(?)))"
+                args += [trial_id_greater_than, json.dumps(included)]
             else:
                 where += " AND t.trial_id > ?"
-            args.append(trial_id_greater_than)
+                args.append(trial_id_greater_than)
         with self._read() as connection:
             if connection.execute("SELECT 1 FROM studies WHERE study_id = ?", (study_id,)).fetchone() is None:
                 raise KeyError(f"No study with study_id {study_id} exists.")
-            if included and trial_id_greater_than > -1:
-                connection.execute("CREATE TEMP TABLE IF NOT EXISTS tuner_included (trial_id INTEGER PRIMARY KEY)")
-                connection.execute("DELETE FROM temp.tuner_included")
-                connection.executemany("INSERT INTO temp.tuner_included VALUES (?)", [(t,) for t in included])
             return _read_trials(connection, where, tuple(args))
 
 
@@ -317,7 +316,7 @@ def _local_time(stored: str | None) -> datetime.datetime | None:
 
 
 def _upsert_intermediate_value(connection: sqlite3.Connection, trial_id: int, step: int, value: float) -> None:
-    stored, kind = _optuna.stored_intermediate_value(value)
+    stored, kind = _optuna.stored_intermediate_value(float(value))
     connection.execute(
         "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type) "
         "VALUES (?, ?, ?, ?) ON CONFLICT (trial_id, step) DO UPDATE SET "
@@ -338,10 +337,12 @@ _distributions: dict[str, distributions.BaseDistribution] = {}  # JSON -> distri
 
 
 def _distribution(text: str) -> distributions.BaseDistribution:
+    """A new distribution object for ``text``, parsed once per process."""
     found = _distributions.get(text)
     if found is None:
         found = _distributions[text] = distributions.json_to_distribution(text)
-    return found
+    # A copy: Optuna's distributions can be changed, and one a caller changes must not change later reads.
+    return copy.copy(found)
 
 
 def _read_trials(connection: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> list[FrozenTrial]:

@@ -6,7 +6,7 @@ importable from here too, as before.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +78,26 @@ def stage_summary(study: optuna.Study, stage: str, budget: int, fixed: dict[str,
 
 class UnknownStudyError(LookupError):
     """No stored study of that name; the message lists the names that exist."""
+
+
+class NotMadeByTunerError(ValueError):
+    """Stage studies that hold trials but no settings of tuner's: another tool made them."""
+
+
+def check_made_by_tuner(name: str, studies: Mapping[str, optuna.Study]) -> None:
+    """Refuse study ``name`` if a stage holds trials without the settings ``tuner study`` stores first.
+
+    A stage without settings and without trials is what an interrupted start of tuner leaves: it passes.
+
+    Raises:
+        NotMadeByTunerError: naming the first such stage, and what can show that study instead.
+    """
+    for stage, study in studies.items():
+        if SETTINGS_ATTR not in study.user_attrs and study.get_trials(deepcopy=False):
+            raise NotMadeByTunerError(
+                f"study {name!r}: stage '{stage}' has trials but no stored settings; was it made by tuner? "
+                f"tuner reads the studies `tuner study` ran; browse this one with `tuner dashboard`"
+            )
 
 
 def open_for_reading(storage: str | BaseStorage | None) -> tuple[BaseStorage, str]:
