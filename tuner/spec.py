@@ -88,7 +88,7 @@ class TrainSpec:
     batch_size: int = 64
     epochs: int = 20
     objective: str = "val_error"
-    # A training loss above this multiple of the untrained model's loss ends the trial as diverged.
+    # A training loss above this multiple of the untrained model's training loss ends the trial as diverged.
     divergence_factor: float = 10.0
     loop: str | None = None  # "module:function": your own training loop (README: "Your own model")
     loss: str | None = None  # "module:function": loss(outputs, targets) -> scalar tensor

@@ -7,9 +7,9 @@ without callbacks that change the loop's control flow from afar.
 The rules every trainer follows (the single one here, the batched one in :mod:`tuner.batched`,
 the range test in :mod:`tuner.lr_find`) are written once, here: the data order of a seed
 (:func:`epoch_order`), the rate of an epoch (:func:`lr_at`), and the divergence test
-(:func:`divergence_threshold`, :func:`has_diverged`). A trainer is anything with the
-:class:`EpochTrainer` shape: ``epochs()`` yields, per epoch, one result per trial (None once a
-trial stopped), and ``stop(i)`` ends trial ``i`` before the next epoch.
+(:func:`divergence_threshold` of :func:`untrained_train_loss`, :func:`has_diverged`). A trainer is
+anything with the :class:`EpochTrainer` shape: ``epochs()`` yields, per epoch, one result per trial
+(None once a trial stopped), and ``stop(i)`` ends trial ``i`` before the next epoch.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 from tuner.errors import TunerInputError
 from tuner.data import Dataset, StreamedData, data_device, sample_shape
@@ -93,13 +94,55 @@ def order_generator(seed: int) -> torch.Generator:
 
 
 def divergence_threshold(config: TrainConfig, start_loss: float) -> float:
-    """A training loss above this ends the trial as diverged: a multiple of the untrained loss."""
+    """A training loss above this ends the trial as diverged: a multiple of the untrained training loss.
+
+    ``start_loss``: the untrained model's loss on the training part (:func:`untrained_train_loss`),
+    like the epochs' training losses it is compared with.
+    """
     return config.divergence_factor * max(start_loss, 1e-8)
 
 
 def has_diverged(train_loss: float, val_loss: float, threshold: float) -> bool:
     """NaN or inf anywhere, or a training loss blown past ``threshold``."""
     return not (math.isfinite(train_loss) and math.isfinite(val_loss)) or train_loss > threshold
+
+
+def start_rows(n_rows: int) -> torch.Tensor:
+    """The rows of a training part of ``n_rows`` the untrained loss is measured on: all, or EVAL_CHUNK evenly spread.
+
+    Evenly spread rather than drawn, so that no random generator moves (a trial's draws stay those of
+    its seed), and a part sorted by target is still covered end to end; one chunk bounds the cost.
+    """
+    if n_rows <= EVAL_CHUNK:
+        return torch.arange(n_rows)
+    return torch.arange(EVAL_CHUNK) * n_rows // EVAL_CHUNK
+
+
+@torch.no_grad()
+def untrained_train_loss(model: nn.Module, data: Dataset | StreamedData, config: TrainConfig) -> float:
+    """The loss of ``model`` (untrained) on the training part's :func:`start_rows`: the divergence bar's base.
+
+    The training part, not the validation part: the bar is compared with training losses, and a tiny
+    validation part the untrained model happens to fit well set it near 0, calling sound trials diverged.
+    """
+    model.eval()
+    criterion = loss_function(data.task, config.loss)
+    device = data_device(data)
+    if isinstance(data, StreamedData):
+        rows = start_rows(len(data.train_set)).tolist()
+        # A generator of its own: a DataLoader without one draws its seed from torch's global one.
+        loader = DataLoader(Subset(data.train_set, rows), batch_size=EVAL_CHUNK, num_workers=data.workers,
+                            generator=torch.Generator())
+        batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = ((x.to(device), y.to(device)) for x, y in loader)
+    else:
+        rows = start_rows(len(data.x_train)).to(data.x_train.device)
+        batches = iter([(data.x_train[rows], data.y_train[rows])])
+    loss_sum = torch.zeros((), device=device)
+    n = 0
+    for x, y in batches:
+        loss_sum += criterion(task_outputs(model(x), data.task), y) * len(x)
+        n += len(x)
+    return (loss_sum / max(n, 1)).item()
 
 
 THREADS_ENV = "TUNER_THREADS"
@@ -282,8 +325,7 @@ def train_epochs(model: nn.Module, data: Dataset, config: TrainConfig,
     order_rng = order_generator(config.seed)
     loader = training_loader(data, config)
     device = data_device(data)
-    start_loss, _ = evaluate(model, data, config)
-    blow_up = divergence_threshold(config, start_loss)
+    blow_up = divergence_threshold(config, untrained_train_loss(model, data, config))
     for epoch in range(config.epochs):
         lr = lr_at(config, epoch)
         for group in optimizer.param_groups:
