@@ -8,6 +8,7 @@ import hashlib
 import sqlite3
 from contextlib import closing
 import os
+import warnings
 from pathlib import Path
 
 import optuna
@@ -144,12 +145,42 @@ def test_the_same_csv_without_the_typo_is_accepted(tmp_path: Path) -> None:
     pytest.param("sqlite:///{tmp}", ["is a folder", "name a file in it"], id="path-is-a-folder"),
     # Creating files in /proc fails even for root, who passes every permission check.
     pytest.param("sqlite:////proc/tuner-test.db", ["'/proc/tuner-test.db' is not writable", "choose a path"], id="unwritable"),
+    # Query keys SQLite does not know were dropped with two raw SQLAlchemy warnings, and the file written.
+    pytest.param("sqlite:///{tmp}/t.db?mode=ro&foo=bar", ["unknown query key 'foo'", "remove it"], id="query-junk"),
+    pytest.param("sqlite:///{tmp}/t.db?timeout=5&Timeout=9", ["unknown query key 'Timeout'"], id="query-key-case"),
+    pytest.param("sqlite:///file:{tmp}/t.db?uri=true&foo=bar", ["unknown query key 'foo'"], id="uri-query-junk"),
+    # SQLite reads 'mode' from a file: URI only: without uri=true it was ignored (and the study written
+    # into a file the user asked to be read-only); without file: it became part of the file's name.
+    pytest.param("sqlite:///{tmp}/t.db?mode=ro", ["'mode' is a SQLite URI parameter", "ignored",
+                                                 "sqlite:///file:{tmp}/t.db?mode=ro&uri=true"], id="uri-key-without-uri"),
+    pytest.param("sqlite:///{tmp}/t.db?uri=true&mode=ro", ["'mode' is a SQLite URI parameter", "part of the file's name",
+                                                          "sqlite:///file:{tmp}/t.db?mode=ro&uri=true"], id="uri-key-without-file"),
 ])
 def test_a_bad_storage_url_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, storage: str, words: list[str]) -> None:
     url = storage.format(tmp=tmp_path)
-    _assert_refused(*_study(tmp_path, GOOD, storage=url), "storage", *words)
+    _assert_refused(*_study(tmp_path, GOOD, storage=url), "storage", *(word.format(tmp=tmp_path) for word in words))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml"]
     assert not Path("/proc/tuner-test.db").exists()
+
+
+@pytest.mark.parametrize("url", [
+    "sqlite:///{tmp}/t.db?timeout=30", "sqlite:///{tmp}/t.db?check_same_thread=false",
+    "sqlite:///{tmp}/t.db?cached_statements=50", "sqlite:///{tmp}/t.db?detect_types=0",
+    "sqlite:///{tmp}/t.db?isolation_level=DEFERRED", "sqlite:///{tmp}/t.db?uri=true",
+    "sqlite:///file:{tmp}/t.db?uri=true", "sqlite:///file:{tmp}/t.db?mode=rwc&uri=true",
+    "sqlite:///file:{tmp}/t.db?cache=private&uri=true&timeout=10", "sqlite:///file:{tmp}/t.db?psow=1&uri=true",
+    "sqlite:///file:{tmp}/t.db?vfs=unix&uri=true",
+])
+def test_the_sqlite_query_keys_that_sqlite_reads_are_still_accepted(tmp_path: Path, url: str) -> None:
+    from tuner.storage import open_existing_storage, open_storage
+
+    url = url.format(tmp=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # SQLAlchemy's "are being ignored" warning would be a key dropped
+        study = optuna.create_study(study_name="q", storage=open_storage(url))
+        study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+        assert len(optuna.load_study(study_name="q", storage=open_existing_storage(url)).trials) == 1
+    assert (tmp_path / "t.db").is_file()
 
 
 def test_an_existing_study_is_untouched_by_bad_input(tmp_path: Path) -> None:
