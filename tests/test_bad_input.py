@@ -263,6 +263,18 @@ ROWS = ["a,b,y"] + [f"{i},{i % 5},{i % 2}" for i in range(30)]
                  id="float-target-as-classes"),
     pytest.param("a,b,y\n1,2,0\n3,4,1\n\"x\n", "auto", "", ["'data.path' = 'table.csv'", "cannot be read as CSV"],
                  id="pandas-parse-error"),
+    # Its square overflows: standardising gave an overflow warning, inputs of 0 and every trial 0.5.
+    pytest.param("\n".join(ROWS).replace("\n7,2,1", "\n7,1e308,1"), "auto", "",
+                 ["'data.path' = 'table.csv'", "column 'b'", "1e+308 on line 9", "too large to standardise", "rescale"],
+                 id="huge-feature"),
+    pytest.param("\n".join(ROWS).replace("\n7,2,1", "\n7,-1e200,1"), "auto", "",
+                 ["'data.path' = 'table.csv'", "column 'b'", "-1e+200 on line 9"], id="huge-negative-feature"),
+    pytest.param("\n".join(["a,b,y"] + [f"{i},{i % 5},{i * 0.37}" for i in range(30)]).replace("\n7,2,2.59", "\n7,2,1e308"),
+                 "regression", "", ["'data.target' = 'y'", "1e+308 on line 9", "too large to standardise"], id="huge-target"),
+    pytest.param("\n".join(["a,b,y"] + [f"{i},{i % 5},3.5" for i in range(30)]), "regression", "",
+                 ["'data.target' = 'y'", "one value only (3.5)", "nothing to learn"], id="constant-target"),
+    pytest.param("\n".join(["a,b,y"] + [f"1,2,{i % 2}" for i in range(30)]), "auto", "",
+                 ["'data.path' = 'table.csv'", "every feature column holds one value only (a, b)"], id="constant-features"),
 ])
 def test_bad_data_is_refused_in_one_line_before_anything_is_written(
     tmp_path: Path, csv: str, task: str, extra: str, words: list[str],
@@ -304,3 +316,15 @@ def test_a_spec_that_cannot_be_read_is_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["study", "/proc/self/mem", "--storage", f"sqlite:///{tmp_path / 's.db'}"])
     _assert_refused(result.exit_code, result.stdout, result.stderr, "/proc/self/mem", "cannot read it")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_constant_feature_columns_are_dropped_with_one_warning_line(tmp_path: Path) -> None:
+    rows = "\n".join(["a,c,b,d,y"] + [f"{i},7,{i % 5},0,{i % 2}" for i in range(30)])
+    code, stdout, stderr = _study(tmp_path, CSV_SPEC.format(target="y", task="auto") + "[stages.lr]\ntrials = 1\n"
+                                  "[stages.shape]\ntrials = 1\n", csv=rows)
+    assert code == 0, stdout + stderr
+    warned = [line for line in (stdout + stderr).splitlines() if "warning" in line.lower()]
+    assert len(warned) == 1, stdout + stderr
+    assert warned[0].startswith("warning: ") and "'data.path' = 'table.csv'" in warned[0], warned[0]
+    assert "columns 'c', 'd' hold one value only" in warned[0] and "dropped" in warned[0], warned[0]
+    assert "Traceback" not in stdout + stderr

@@ -148,11 +148,34 @@ def _errors_as_exit_codes() -> Iterator[None]:
     from tuner.train import DeviceError
 
     try:
-        yield
+        with _data_warnings_as_lines():
+            yield
     except (SpecError, StorageError, StudyMismatchError, DeviceError, TunerInputError) as error:
         _fail(str(error), BAD_INPUT)
     except TunerError as error:
         _fail(str(error), 1)
+
+
+@contextmanager
+def _data_warnings_as_lines() -> Iterator[None]:
+    """Within the block, what tuner changed in the data (a :class:`tuner.data.DataWarning`) is one line ``warning: ...`` on stderr.
+
+    Python's own format is two lines naming tuner's source file, which says nothing to the user.
+    """
+    from tuner.data import DataWarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: object = None,
+             line: str | None = None) -> None:
+        if issubclass(category, DataWarning):
+            _say(_one_line(f"warning: {message}"), err=True)
+        else:
+            shown_before(message, category, filename, lineno, file, line)  # type: ignore[arg-type]
+
+    with warnings.catch_warnings():  # puts showwarning and the filters back afterwards
+        shown_before = warnings.showwarning
+        warnings.simplefilter("always", DataWarning)  # every study told, not only a process's first
+        warnings.showwarning = show
+        yield
 
 
 @contextmanager
