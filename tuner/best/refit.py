@@ -33,6 +33,7 @@ from tuner.runner import TunerError
 from tuner.spec import StudySpec, spec_from_dict
 from tuner.stages import Stage, lr_stage, shape_stage
 from tuner.train import evaluate, resolve_device, seeded_model, train_epochs, use_threads
+from tuner.user_data import check_test_part
 from tuner.usercode import identity, install, load_callable
 
 REFITS = ("train", "train+val")
@@ -95,6 +96,7 @@ def write_best(
     torch_device = resolve_device(device)
     use_threads(None, torch_device)  # $TUNER_THREADS, else one on the CPU, as tuner study
     data = load_dataset(spec.data, spec.seed, spec.source).to(torch_device)
+    check_test_part(spec.data, data, spec.source)  # a loader's test Dataset, unread by the stages: before training
     fit_data = data
     if refit == "train+val":
         if isinstance(data, StreamedData):
