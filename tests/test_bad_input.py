@@ -437,3 +437,36 @@ def load(seed):
     _assert_refused(result.exit_code, result.stdout, result.stderr, "'data.loader' = 'loader_test_narrower:load'",
                     "train inputs have shape (4,) per sample but test inputs (3,)", "make them match")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("code", "words"), [
+    # Today: five failed trials, and a message that does not name train.loss.
+    pytest.param("""
+import torch.nn.functional as F
+
+def loss(outputs, targets):
+    return F.cross_entropy(outputs, targets, reduction="none")
+""", ["returns a tensor of shape (64,) for a batch of 64", "one number", ".mean()"], id="vector"),
+    pytest.param("""
+def loss(outputs, targets):
+    return 0.5
+""", ["returns a float", "a 0-dim tensor"], id="float"),
+    pytest.param("""
+def loss(outputs, targets):
+    raise KeyError("labels")
+""", ["calling it on the first batch raised KeyError: 'labels'", "fix the loss"], id="raises"),
+    pytest.param("""
+import torch
+
+def loss(outputs, targets):
+    return torch.tensor(float((outputs.argmax(-1) != targets).float().mean()))
+""", ["does not depend on the outputs", "no gradient"], id="detached"),
+])
+def test_a_loss_that_cannot_train_is_named_in_one_line_before_anything_is_written(
+    tmp_path: Path, request: pytest.FixtureRequest, code: str, words: list[str],
+) -> None:
+    module = "loss_" + request.node.callspec.id
+    (tmp_path / f"{module}.py").write_text(code)
+    spec_text = GOOD.replace("epochs = 1", f'epochs = 1\nloss = "{module}:loss"')
+    _assert_refused(*_study(tmp_path, spec_text), "study.toml", f"'train.loss' = '{module}:loss'", *words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{module}.py", "study.toml"]

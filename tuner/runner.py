@@ -55,7 +55,7 @@ from tuner.train import (
     seeded_model,
 )
 from tuner.trials import Asked, TrialBatch, run_trials, run_user_loop, trial_id
-from tuner.usercode import check_model, install, load_callable, spec_folder, with_callables
+from tuner.usercode import check_loss, check_model, install, load_callable, spec_folder, with_callables
 
 POLL_INTERVAL_S = 1.0  # how often a worker with nothing to do looks at the stage again
 MAX_CONSECUTIVE_FAILURES = 5  # a trial that raises every time is a bug, not bad luck: stop
@@ -136,6 +136,7 @@ def run_study(
     install(spec)  # the spec's own model factory, if it names one
     data = load_dataset(spec.data, spec.seed, spec.source).to(torch_device)
     check_model(spec, data)
+    check_loss(spec, data)  # a loss that cannot train would fail every trial, without naming train.loss
     check_model_fits(spec, data, torch_device)  # before the storage: nothing written for a model that cannot train
     storage_url = storage_of_study(spec, storage)
     try:

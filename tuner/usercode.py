@@ -239,3 +239,48 @@ def check_model(spec: StudySpec, data: Any) -> None:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise SpecError(spec.source, field, reference,
                         f"the model it builds returns {got} for a batch of {len(x)}; return (batch, n_outputs) = {wanted}")
+
+
+def check_loss(spec: StudySpec, data: Any) -> None:
+    """Call the spec's own loss once, on the small network's outputs for the first training batch: SpecError unless it can train.
+
+    A loss that raises, returns something other than a tensor, more than one number (e.g. one per
+    row, ``reduction="none"``), or a number that does not depend on the outputs (no gradient) is
+    named before anything is written, instead of failing every trial with a message that does not
+    name it.
+    """
+    if not spec.train.loss:
+        return
+    import torch
+    from torch.utils.data import DataLoader
+
+    from tuner.data import StreamedData, data_device, sample_shape
+    from tuner.models import build_model
+    from tuner.train import model_loss
+
+    field, reference = "train.loss", spec.train.loss
+    loss = model_loss(data.task, load_callable(reference, field, spec.source))
+    device = data_device(data)
+    if isinstance(data, StreamedData):
+        # A generator of its own: a DataLoader without one draws its seed from torch's global one.
+        x, y = next(iter(DataLoader(data.train_set, batch_size=spec.train.batch_size, generator=torch.Generator())))
+    else:
+        x, y = data.x_train[:spec.train.batch_size], data.y_train[:spec.train.batch_size]
+    with torch.random.fork_rng(devices=[]):  # the check leaves torch's global generator as it found it
+        model = build_model(spec.model.family, sample_shape(data), data.n_outputs, spec.model.width, spec.model.depth)
+    model = model.to(device).eval()  # eval: no dropout draws; gradients still flow
+    try:
+        value = loss(model(x.to(device)), y.to(device))
+    except Exception as error:  # noqa: BLE001 -- the user's loss raised
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise SpecError(spec.source, field, reference,
+                        f"calling it on the first batch raised {type(error).__name__}: {first}; fix the loss") from None
+    if not isinstance(value, torch.Tensor):
+        raise SpecError(spec.source, field, reference, f"it returns a {type(value).__name__}; return a 0-dim tensor computed "
+                        f"from the outputs with torch operations, e.g. F.mse_loss(outputs, targets)")
+    if value.dim() != 0:
+        raise SpecError(spec.source, field, reference, f"it returns a tensor of shape {tuple(value.shape)} for a batch of "
+                        f"{len(x)}; return one number (a 0-dim tensor) for the batch, e.g. end with .mean()")
+    if not value.requires_grad:
+        raise SpecError(spec.source, field, reference, "it returns a number that does not depend on the outputs (no gradient "
+                        "to train with); compute it from the outputs with torch operations, not .item() or numpy")
