@@ -10,7 +10,7 @@ import functools
 from pathlib import Path
 
 import tuner
-from tuner.study.stage_studies import with_stage_value
+from tuner.study.stage_studies import with_value
 from tuner.study.stored import past_defaults
 
 AUDITED_SPEC = {
@@ -41,6 +41,6 @@ def audited_study(base: Path) -> tuple[str, tuner.StudyResult]:
 
 def before_the_changed_defaults(spec: tuner.StudySpec) -> tuner.StudySpec:
     """``spec`` with every default changed since studies were first stored at the value they were made with."""
-    for (stage, key), legacies in past_defaults().items():
-        spec = with_stage_value(spec, stage, key, legacies[0])
+    for (table, key), legacies in past_defaults().items():
+        spec = with_value(spec, table, key, legacies[0])
     return spec

@@ -8,6 +8,7 @@ import hashlib
 import os
 import sqlite3
 from contextlib import closing
+import warnings
 from pathlib import Path
 
 import optuna
@@ -145,12 +146,42 @@ def test_the_same_csv_without_the_typo_is_accepted(tmp_path: Path) -> None:
     pytest.param("sqlite:///{tmp}", ["is a folder", "name a file in it"], id="path-is-a-folder"),
     # Creating files in /proc fails even for root, who passes every permission check.
     pytest.param("sqlite:////proc/tuner-test.db", ["'/proc/tuner-test.db' is not writable", "choose a path"], id="unwritable"),
+    # Query keys SQLite does not know were dropped with two raw SQLAlchemy warnings, and the file written.
+    pytest.param("sqlite:///{tmp}/t.db?mode=ro&foo=bar", ["unknown query key 'foo'", "remove it"], id="query-junk"),
+    pytest.param("sqlite:///{tmp}/t.db?timeout=5&Timeout=9", ["unknown query key 'Timeout'"], id="query-key-case"),
+    pytest.param("sqlite:///file:{tmp}/t.db?uri=true&foo=bar", ["unknown query key 'foo'"], id="uri-query-junk"),
+    # SQLite reads 'mode' from a file: URI only: without uri=true it was ignored (and the study written
+    # into a file the user asked to be read-only); without file: it became part of the file's name.
+    pytest.param("sqlite:///{tmp}/t.db?mode=ro", ["'mode' is a SQLite URI parameter", "ignored",
+                                                 "sqlite:///file:{tmp}/t.db?mode=ro&uri=true"], id="uri-key-without-uri"),
+    pytest.param("sqlite:///{tmp}/t.db?uri=true&mode=ro", ["'mode' is a SQLite URI parameter", "part of the file's name",
+                                                          "sqlite:///file:{tmp}/t.db?mode=ro&uri=true"], id="uri-key-without-file"),
 ])
 def test_a_bad_storage_url_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, storage: str, words: list[str]) -> None:
     url = storage.format(tmp=tmp_path)
-    _assert_refused(*_study(tmp_path, GOOD, storage=url), "storage", *words)
+    _assert_refused(*_study(tmp_path, GOOD, storage=url), "storage", *(word.format(tmp=tmp_path) for word in words))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml"]
     assert not Path("/proc/tuner-test.db").exists()
+
+
+@pytest.mark.parametrize("url", [
+    "sqlite:///{tmp}/t.db?timeout=30", "sqlite:///{tmp}/t.db?check_same_thread=false",
+    "sqlite:///{tmp}/t.db?cached_statements=50", "sqlite:///{tmp}/t.db?detect_types=0",
+    "sqlite:///{tmp}/t.db?isolation_level=DEFERRED", "sqlite:///{tmp}/t.db?uri=true",
+    "sqlite:///file:{tmp}/t.db?uri=true", "sqlite:///file:{tmp}/t.db?mode=rwc&uri=true",
+    "sqlite:///file:{tmp}/t.db?cache=private&uri=true&timeout=10", "sqlite:///file:{tmp}/t.db?psow=1&uri=true",
+    "sqlite:///file:{tmp}/t.db?vfs=unix&uri=true",
+])
+def test_the_sqlite_query_keys_that_sqlite_reads_are_still_accepted(tmp_path: Path, url: str) -> None:
+    from tuner.storage import open_existing_storage, open_storage
+
+    url = url.format(tmp=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # SQLAlchemy's "are being ignored" warning would be a key dropped
+        study = optuna.create_study(study_name="q", storage=open_storage(url))
+        study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+        assert len(optuna.load_study(study_name="q", storage=open_existing_storage(url)).trials) == 1
+    assert (tmp_path / "t.db").is_file()
 
 
 def test_an_existing_study_is_untouched_by_bad_input(tmp_path: Path) -> None:
@@ -233,6 +264,18 @@ ROWS = ["a,b,y"] + [f"{i},{i % 5},{i % 2}" for i in range(30)]
                  id="float-target-as-classes"),
     pytest.param("a,b,y\n1,2,0\n3,4,1\n\"x\n", "auto", "", ["'data.path' = 'table.csv'", "cannot be read as CSV"],
                  id="pandas-parse-error"),
+    # Its square overflows: standardising gave an overflow warning, inputs of 0 and every trial 0.5.
+    pytest.param("\n".join(ROWS).replace("\n7,2,1", "\n7,1e308,1"), "auto", "",
+                 ["'data.path' = 'table.csv'", "column 'b'", "1e+308 on line 9", "too large to standardise", "rescale"],
+                 id="huge-feature"),
+    pytest.param("\n".join(ROWS).replace("\n7,2,1", "\n7,-1e200,1"), "auto", "",
+                 ["'data.path' = 'table.csv'", "column 'b'", "-1e+200 on line 9"], id="huge-negative-feature"),
+    pytest.param("\n".join(["a,b,y"] + [f"{i},{i % 5},{i * 0.37}" for i in range(30)]).replace("\n7,2,2.59", "\n7,2,1e308"),
+                 "regression", "", ["'data.target' = 'y'", "1e+308 on line 9", "too large to standardise"], id="huge-target"),
+    pytest.param("\n".join(["a,b,y"] + [f"{i},{i % 5},3.5" for i in range(30)]), "regression", "",
+                 ["'data.target' = 'y'", "one value only (3.5)", "nothing to learn"], id="constant-target"),
+    pytest.param("\n".join(["a,b,y"] + [f"1,2,{i % 2}" for i in range(30)]), "auto", "",
+                 ["'data.path' = 'table.csv'", "every feature column holds one value only (a, b)"], id="constant-features"),
 ])
 def test_bad_data_is_refused_in_one_line_before_anything_is_written(
     tmp_path: Path, csv: str, task: str, extra: str, words: list[str],
@@ -330,3 +373,157 @@ def test_a_study_named_to_climb_out_of_the_working_folder_is_reported_inside_it(
     assert (here / default_folder("../../esc", "-report") / "index.html").is_file()
     # Nothing climbed out (the database keeps its -wal and -shm files beside it while open).
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("study.db")) == ["a", "study.toml"]
+
+
+def test_constant_feature_columns_are_dropped_with_one_warning_line(tmp_path: Path) -> None:
+    rows = "\n".join(["a,c,b,d,y"] + [f"{i},7,{i % 5},0,{i % 2}" for i in range(30)])
+    code, stdout, stderr = _study(tmp_path, CSV_SPEC.format(target="y", task="auto") + "[stages.lr]\ntrials = 1\n"
+                                  "[stages.shape]\ntrials = 1\n", csv=rows)
+    assert code == 0, stdout + stderr
+    warned = [line for line in (stdout + stderr).splitlines() if "warning" in line.lower()]
+    assert len(warned) == 1, stdout + stderr
+    assert warned[0].startswith("warning: ") and "'data.path' = 'table.csv'" in warned[0], warned[0]
+    assert "columns 'c', 'd' hold one value only" in warned[0] and "dropped" in warned[0], warned[0]
+    assert "Traceback" not in stdout + stderr
+
+
+LOADER_SPEC = """
+name = "mine"
+[data]
+name = "python"
+loader = "{module}:load"
+[train]
+epochs = 1
+[stages.lr]
+trials = 2
+[stages.shape]
+trials = 1
+"""
+
+_PAIRS = """
+import numpy as np
+
+def _xy(n, width=4, task="classification", seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, width))
+    return x, (np.arange(n) % 2 if task == "classification" else x.sum(axis=1))
+"""
+
+_DATASETS = """
+import torch
+
+class Rows(torch.utils.data.Dataset):
+    def __init__(self, n, width=4):
+        self.x, self.y = torch.randn(n, width, generator=torch.Generator().manual_seed(0)), torch.arange(n) % 2
+    def __len__(self):
+        return len(self.x)
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+"""
+
+
+@pytest.mark.parametrize(("code", "words"), [
+    # Today: "unexpected ValueError: operands could not be broadcast ... (a bug in tuner?)".
+    pytest.param(_PAIRS + """
+def load(seed):
+    return {"train": _xy(30), "val": _xy(10), "test": _xy(10, width=5), "task": "classification"}
+""", ["train inputs have shape (4,) per sample but test inputs (5,)", "make them match"], id="test-wider"),
+    pytest.param(_DATASETS + """
+def load(seed):
+    return {"train": Rows(30), "val": Rows(10, width=5), "task": "classification"}
+""", ["train inputs have shape (4,) per sample but val inputs (5,)", "make them match"], id="dataset-val-wider"),
+    # Inputs were checked for NaN and inf, targets were not.
+    pytest.param(_PAIRS + """
+def load(seed):
+    x, y = _xy(30, task="regression")
+    y[3] = np.nan
+    return {"train": (x, y), "val": _xy(10, task="regression", seed=1), "task": "regression"}
+""", ["the targets of its 'train' part hold NaN or infinite values", "fill or drop"], id="nan-target"),
+    pytest.param(_PAIRS + """
+def load(seed):
+    x, y = _xy(10, task="regression", seed=1)
+    y[0] = -np.inf
+    return {"train": _xy(30, task="regression"), "val": (x, y), "task": "regression"}
+""", ["the targets of its 'val' part hold NaN or infinite values"], id="inf-target-val"),
+    pytest.param(_PAIRS + """
+def load(seed):
+    x, y = _xy(10, task="regression", seed=2)
+    y[9] = np.inf
+    return {"train": _xy(30, task="regression"), "val": _xy(10, task="regression", seed=1), "test": (x, y),
+            "task": "regression"}
+""", ["the targets of its 'test' part hold NaN or infinite values"], id="inf-target-test"),
+    # Fewer rows than the CSV path allows: with one validation row both trials were called diverged.
+    pytest.param(_PAIRS + """
+def load(seed):
+    return {"train": _xy(30, task="regression"), "val": _xy(1, task="regression", seed=1), "task": "regression"}
+""", ["its 'val' part has 1 row", "at least 2"], id="one-val-row"),
+    pytest.param(_PAIRS + """
+def load(seed):
+    return (_xy(1, task="regression"), _xy(10, task="regression", seed=1), "regression")
+""", ["its 'train' part has 1 row", "at least 2"], id="one-train-row"),
+    pytest.param(_PAIRS + """
+def load(seed):
+    x, _ = _xy(2, seed=1)
+    return {"train": _xy(30), "val": (x, [0, 7]), "task": "classification"}
+""", ["its 'val' part holds 1 row of classes seen in training", "at least 2"], id="one-known-val-row"),
+    pytest.param(_DATASETS + """
+def load(seed):
+    return {"train": Rows(30), "val": Rows(1), "task": "classification"}
+""", ["its 'val' part has 1 row", "at least 2"], id="dataset-one-val-row"),
+])
+def test_a_users_loader_whose_parts_cannot_train_is_refused_in_one_line_before_anything_is_written(
+    tmp_path: Path, request: pytest.FixtureRequest, code: str, words: list[str],
+) -> None:
+    module = "loader_" + request.node.callspec.id.replace("-", "_")  # one module per case: imports are cached
+    (tmp_path / f"{module}.py").write_text(code)
+    _assert_refused(*_study(tmp_path, LOADER_SPEC.format(module=module)), "study.toml", f"'data.loader' = '{module}:load'",
+                    *words)
+    assert not (tmp_path / "study.db").exists()
+
+
+def test_a_loaders_test_dataset_of_another_shape_is_refused_by_tuner_best_before_anything_is_written(tmp_path: Path) -> None:
+    # The stages never read a test Dataset, not even its first sample: `tuner best`, its one reader, checks it.
+    (tmp_path / "loader_test_narrower.py").write_text(_DATASETS + """
+def load(seed):
+    return {"train": Rows(30), "val": Rows(10), "test": Rows(10, width=3), "task": "classification"}
+""")
+    code, stdout, stderr = _study(tmp_path, LOADER_SPEC.format(module="loader_test_narrower"))
+    assert code == 0, stdout + stderr
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    result = CliRunner().invoke(app, ["best", "mine", "--storage", url, "--out", str(tmp_path / "out"), "--device", "cpu"])
+    _assert_refused(result.exit_code, result.stdout, result.stderr, "'data.loader' = 'loader_test_narrower:load'",
+                    "train inputs have shape (4,) per sample but test inputs (3,)", "make them match")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("code", "words"), [
+    # Today: five failed trials, and a message that does not name train.loss.
+    pytest.param("""
+import torch.nn.functional as F
+
+def loss(outputs, targets):
+    return F.cross_entropy(outputs, targets, reduction="none")
+""", ["returns a tensor of shape (64,) for a batch of 64", "one number", ".mean()"], id="vector"),
+    pytest.param("""
+def loss(outputs, targets):
+    return 0.5
+""", ["returns a float", "a 0-dim tensor"], id="float"),
+    pytest.param("""
+def loss(outputs, targets):
+    raise KeyError("labels")
+""", ["calling it on the first batch raised KeyError: 'labels'", "fix the loss"], id="raises"),
+    pytest.param("""
+import torch
+
+def loss(outputs, targets):
+    return torch.tensor(float((outputs.argmax(-1) != targets).float().mean()))
+""", ["does not depend on the outputs", "no gradient"], id="detached"),
+])
+def test_a_loss_that_cannot_train_is_named_in_one_line_before_anything_is_written(
+    tmp_path: Path, request: pytest.FixtureRequest, code: str, words: list[str],
+) -> None:
+    module = "loss_" + request.node.callspec.id
+    (tmp_path / f"{module}.py").write_text(code)
+    spec_text = GOOD.replace("epochs = 1", f'epochs = 1\nloss = "{module}:loss"')
+    _assert_refused(*_study(tmp_path, spec_text), "study.toml", f"'train.loss' = '{module}:loss'", *words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{module}.py", "study.toml"]

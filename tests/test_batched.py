@@ -314,3 +314,25 @@ def test_the_lr_stage_batches_lstms_only_where_it_is_faster() -> None:
     assert stage(16) == 16 and stage(BATCHED_LSTM_MAX_WIDTH) == 16
     assert stage(BATCHED_LSTM_MAX_WIDTH + 1) == 1
     assert stage(128, "mlp") == 16  # the MLP gains at every width
+
+
+def test_batched_copies_judge_divergence_against_the_untrained_training_loss_as_alone() -> None:
+    # Two validation rows the untrained model predicts exactly: a bar set from their loss (0) would
+    # call every copy diverged in its first epoch; the bar is the untrained *training* loss, alone and batched.
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(202, 4, generator=generator)
+    y = x @ torch.tensor([1.0, -0.5, 0.25, 0.0])
+    y = (y - y.mean()) / y.std()
+    placeholder = Dataset("toy", "regression", x[:200], y[:200], x[200:], y[200:], 1)
+    with torch.no_grad():
+        fitted = seeded_model("mlp", placeholder, 8, 1, seed=0)(x[200:]).squeeze(-1)
+    data = Dataset("toy", "regression", x[:200], y[:200], x[200:], fitted, 1)
+    plans = [TrialPlan(8, 1, TrainConfig(lr=lr, epochs=3, batch_size=32)) for lr in (0.003, 0.01, 1e3)]
+    epochs = _together(data, plans)
+    for i, plan in enumerate(plans[:2]):
+        curve = _curve(epochs, i)
+        assert len(curve) == 3 and not any(r.diverged for r in curve)
+        _assert_same_curve(_alone(data, plan), curve)
+    assert _curve(epochs, 2)[-1].diverged  # the wild rate still blows up

@@ -205,6 +205,28 @@ def test_predict_on_raw_inputs_reproduces_the_validation_score(data: str, family
         assert rmse == pytest.approx(metrics["validation"]["error"], rel=1e-4)
 
 
+def test_a_csvs_constant_columns_are_dropped_and_predict_takes_its_rows_with_or_without_them(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 3))
+    y = x @ [1.0, -2.0, 0.5]
+    # Columns a, b, c vary; k (second) and z (last) hold one value each.
+    rows = ["a,k,b,c,z,y"] + [f"{a},7,{b},{c},0,{t}" for (a, b, c), t in zip(x, y)]
+    (tmp_path / "t.csv").write_text("\n".join(rows))
+    spec = {**TINY, "name": "tablebest", "data": {"name": "csv", "path": str(tmp_path / "t.csv"), "target": "y",
+                                                   "task": "regression"}, "model": {"width": 8, "depth": 1}}
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    with pytest.warns(tuner.inputs.data.DataWarning, match="feature columns 'k', 'z' hold one value only: dropped"):
+        _run(spec, storage)
+    _best("tablebest", storage, tmp_path / "out")
+    model = tuner.load_model(tmp_path / "out")
+    assert model.input_shape == (3,) and model.record["dropped_columns"] == [1, 4]
+    full = np.array([[float(v) for v in row.split(",")[:5]] for row in rows[1:6]])
+    assert np.array_equal(model.predict(full), model.predict(full[:, [0, 2, 3]]))
+    assert model.predict(full[0]).shape == (1,)  # one raw row alone, constant columns and all
+    with pytest.raises(ValueError, match="expected"):
+        model.predict(full[:, :4])
+
+
 def test_best_refuses_bad_input_with_exit_2_and_one_line(wine_best: tuple[str, Path, dict], tmp_path: Path) -> None:
     storage, _, _ = wine_best
     a_file = tmp_path / "a_file"

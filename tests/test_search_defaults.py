@@ -11,11 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pytest
 
 import tuner
-from tuner.inputs.spec import ShapeStageSpec, SpecError, spec_from_dict
+import tuner.inputs.data
+from tuner.inputs.spec import DataSpec, ShapeStageSpec, SpecError, spec_from_dict
 from tuner.study.stage_studies import with_stage_value
 from tuner.study.stored import past_defaults
 from tuner.study.stages import shape_stage
@@ -56,9 +58,9 @@ def test_the_shape_stage_searches_a_multiplier_on_the_calibrated_rate() -> None:
 def test_changed_defaults_are_really_changed() -> None:
     # Each entry names a real field whose default today differs from what studies were stored with.
     assert past_defaults()
-    for (stage, key), legacies in past_defaults().items():
-        assert stage == "shape"
-        assert all(getattr(ShapeStageSpec(), key) != legacy for legacy in legacies)
+    for (table, key), legacies in past_defaults().items():
+        today = {"stages.shape": ShapeStageSpec(), "data": DataSpec()}[table]
+        assert all(getattr(today, key) != legacy for legacy in legacies)
 
 
 def test_a_study_stored_with_the_old_defaults_resumes_with_them(tmp_path: Path) -> None:
@@ -85,8 +87,8 @@ def test_a_study_stored_with_the_old_defaults_resumes_with_them(tmp_path: Path) 
     assert shape.user_attrs["settings"] == stored  # the stored settings are untouched
     assert all("lr_scale" not in t.params for t in shape.trials)  # the new trial searches as the old ones did
     said = " ".join(notes)
-    for stage, key in past_defaults():
-        assert f"stages.{stage}.{key}" in said
+    for table, key in past_defaults():
+        assert f"{table}.{key}" in said
 
 
 def test_a_new_study_searches_with_todays_defaults(tmp_path: Path) -> None:
@@ -116,18 +118,18 @@ def test_a_field_whose_default_changed_twice_resumes_each_study_with_its_own(mon
     from tuner.study import stored
 
     # Suppose a later release changes lr_scale's default again, from [0.5, 4] to something else.
-    later = stored.Migration(stored.CONTRACT_VERSION + 1, "next", "lr_scale again", {("shape", "lr_scale"): (0.5, 4.0)})
+    later = stored.Migration(stored.CONTRACT_VERSION + 1, "next", "lr_scale again", {("stages.shape", "lr_scale"): (0.5, 4.0)})
     monkeypatch.setattr(stored, "MIGRATIONS", (*stored.MIGRATIONS, later))
-    assert stored.past_defaults()[("shape", "lr_scale")] == [(1.0, 1.0), (0.5, 4.0)]
+    assert stored.past_defaults()[("stages.shape", "lr_scale")] == [(1.0, 1.0), (0.5, 4.0)]
     before_v1 = {"stages": {"shape": {"pruner": "none"}}}  # lr_scale left out: it did not exist
     at_v1 = {"stages": {"shape": {"pruner": "hyperband", "lr_scale": [0.5, 4.0]}}}
-    assert stored.made_with("shape", "lr_scale", before_v1, None) == (1.0, 1.0)
-    assert stored.made_with("shape", "lr_scale", at_v1, None) == [0.5, 4.0]
-    assert stored.made_with("shape", "pruner", before_v1, None) == "none"
+    assert stored.made_with("stages.shape", "lr_scale", before_v1, None) == (1.0, 1.0)
+    assert stored.made_with("stages.shape", "lr_scale", at_v1, None) == [0.5, 4.0]
+    assert stored.made_with("stages.shape", "pruner", before_v1, None) == "none"
     # A field never stored (none is today, but a future one may be) takes the default of its version.
-    assert stored.default_when_made("shape", "lr_scale", 1) == (0.5, 4.0)
-    assert stored.default_when_made("shape", "lr_scale", 0) == (1.0, 1.0)
-    assert stored.default_when_made("shape", "lr_scale", later.version) is None  # today's default
+    assert stored.default_when_made("stages.shape", "lr_scale", 1) == (0.5, 4.0)
+    assert stored.default_when_made("stages.shape", "lr_scale", 0) == (1.0, 1.0)
+    assert stored.default_when_made("stages.shape", "lr_scale", later.version) is None  # today's default
 
 
 def test_a_new_stage_study_stores_the_contract_version_it_was_made_under(tmp_path: Path) -> None:
@@ -138,3 +140,41 @@ def test_a_new_stage_study_stores_the_contract_version_it_was_made_under(tmp_pat
     tuner.run_study(_spec(), storage=storage, device="cpu")
     for stage in ("lr", "shape"):
         assert optuna.load_study(study_name=f"scaled/{stage}", storage=storage).user_attrs["contract_version"] == CONTRACT_VERSION
+
+
+def test_a_csv_study_stored_before_constant_columns_were_dropped_resumes_keeping_them(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 3))
+    rows = ["a,b,c,flat,label"] + [f"{r[0]:.4f},{r[1]:.4f},{r[2]:.4f},7,{int(r[0] + r[1] > 0)}" for r in x]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    table = {**SPEC, "name": "flatcsv", "data": {"name": "csv", "path": str(tmp_path / "t.csv"), "target": "label"}}
+    storage = f"sqlite:///{tmp_path / 'old.db'}"
+    old = before_the_changed_defaults(spec_from_dict(table))
+    assert old.data.drop_constant_columns is False
+    tuner.run_study(old, storage=storage, device="cpu")  # as the release before stored it: 4 inputs
+    lr = optuna.load_study(study_name="flatcsv/lr", storage=storage)
+    n_params = {t.user_attrs["n_params"] for t in lr.trials}
+    assert n_params == {(4 + 1) * 8 + (8 + 1) * 2}
+
+    notes: list[str] = []
+
+    class Notes(tuner.Reporter):
+        def message(self, text: str) -> None:
+            notes.append(text)
+
+    today = spec_from_dict({**table, "stages": {**table["stages"], "shape": {**table["stages"]["shape"], "trials": 4}}})
+    assert today.data.drop_constant_columns is True
+    tuner.run_study(today, storage=storage, device="cpu", reporter=Notes())
+    assert any("data.drop_constant_columns" in note for note in notes)
+    shape = optuna.load_study(study_name="flatcsv/shape", storage=storage)
+    assert len(shape.trials) == 4
+    # The new trial trained on the same 4 inputs as the stored ones: its input layer has 4 columns.
+    newest = max(shape.trials, key=lambda t: t.number)
+    width, depth = newest.params["width"], newest.params["depth"]
+    assert newest.user_attrs["n_params"] == (4 + 1) * width + (depth - 1) * (width + 1) * width + (width + 1) * 2
+
+    fresh = f"sqlite:///{tmp_path / 'new.db'}"
+    with pytest.warns(tuner.inputs.data.DataWarning, match="'flat' holds one value only: dropped"):
+        tuner.run_study(today, storage=fresh, device="cpu")
+    assert {t.user_attrs["n_params"] for t in optuna.load_study(study_name="flatcsv/lr", storage=fresh).trials} == {
+        (3 + 1) * 8 + (8 + 1) * 2}

@@ -68,3 +68,35 @@ def test_lstm_learns_digits_read_row_by_row() -> None:
     model = seeded_model("lstm", data, width=16, depth=1, seed=0)
     last = list(train_epochs(model, data, TrainConfig(lr=0.01, epochs=4, optimizer="adam")))[-1]
     assert last.val_error < 0.5
+
+
+def _validation_the_untrained_model_fits(seed: int = 0) -> Dataset:
+    """Regression data whose two validation rows the untrained model (of ``seed``) predicts exactly.
+
+    Its untrained validation loss is 0, while its training loss is about 1: a divergence bar set
+    from the validation loss would sit at 0 and call every trial diverged in its first epoch.
+    """
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(202, 4, generator=generator)
+    y = x @ torch.tensor([1.0, -0.5, 0.25, 0.0])
+    y = (y - y.mean()) / y.std()
+    placeholder = Dataset("toy", "regression", x[:200], y[:200], x[200:], y[200:], 1)
+    with torch.no_grad():
+        fitted = seeded_model("mlp", placeholder, width=8, depth=1, seed=seed)(x[200:]).squeeze(-1)
+    return Dataset("toy", "regression", x[:200], y[:200], x[200:], fitted, 1)
+
+
+def test_a_tiny_validation_part_the_untrained_model_happens_to_fit_does_not_make_training_look_diverged() -> None:
+    data = _validation_the_untrained_model_fits()
+    model = seeded_model("mlp", data, width=8, depth=1, seed=0)
+    assert evaluate(model, data)[0] < 1e-10  # the bar the old rule set: 10 x 0
+    results = list(train_epochs(model, data, TrainConfig(lr=0.01, epochs=3, batch_size=32)))
+    assert len(results) == 3 and not any(r.diverged for r in results)
+    assert 0.1 < results[0].train_loss < 10  # an ordinary training loss, compared with the untrained training loss
+
+
+def test_training_that_blows_up_is_still_called_diverged_against_the_untrained_training_loss() -> None:
+    data = _validation_the_untrained_model_fits()
+    model = seeded_model("mlp", data, width=8, depth=2, seed=0)
+    results = list(train_epochs(model, data, TrainConfig(lr=1e3, epochs=10, batch_size=32)))
+    assert results[-1].diverged and len(results) < 10

@@ -98,11 +98,34 @@ def errors_as_exit_codes() -> Iterator[None]:
     from tuner.training.train import DeviceError
 
     try:
-        yield
+        with data_warnings_as_lines():
+            yield
     except (SpecError, StorageError, StudyMismatchError, DeviceError, TunerInputError) as error:
         fail(str(error), BAD_INPUT)
     except TunerError as error:
         fail(str(error), 1)
+
+
+@contextmanager
+def data_warnings_as_lines() -> Iterator[None]:
+    """Within the block, what tuner changed in the data (a :class:`tuner.inputs.data.DataWarning`) is one line ``warning: ...`` on stderr.
+
+    Python's own format is two lines naming tuner's source file, which says nothing to the user.
+    """
+    from tuner.inputs.data import DataWarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: object = None,
+             line: str | None = None) -> None:
+        if issubclass(category, DataWarning):
+            say(one_line(f"warning: {message}"), err=True)
+        else:
+            shown_before(message, category, filename, lineno, file, line)  # type: ignore[arg-type]
+
+    with warnings.catch_warnings():  # puts showwarning and the filters back afterwards
+        shown_before = warnings.showwarning
+        warnings.simplefilter("always", DataWarning)  # every study told, not only a process's first
+        warnings.showwarning = show
+        yield
 
 
 @contextmanager

@@ -44,7 +44,7 @@ MANIFEST = "manifest"  # the key of metrics.json that holds the run id and the o
 MODEL_FORMAT = 1  # raised when the keys of model.pt change meaning
 MODEL_KEYS = (
     "format", "tuner_version", "family", "width", "depth", "input_shape", "n_outputs", "task",
-    "state_dict", "x_mean", "x_std", "classes", "target_mean", "target_std", "code_folder", "run_id",
+    "state_dict", "x_mean", "x_std", "classes", "target_mean", "target_std", "code_folder", "run_id", "dropped_columns",
 )
 # Test hook: `tuner best` kills itself with SIGKILL when it reaches this point of the write
 # ("model.pt.tmp": the temporary file written, not yet moved; "model.pt": moved into place; ...),
@@ -84,6 +84,8 @@ def model_record(model: nn.Module, spec: StudySpec, data: Dataset | StreamedData
         "target_std": data.target_scale,
         "code_folder": None if folder is None else str(folder),  # where a "module:function" family is imported from
         "run_id": None,  # set by write_folder: the run of `tuner best` that wrote it
+        # Where, in a raw row, the columns are that the model does not read (a CSV's constant ones).
+        "dropped_columns": list(getattr(data, "dropped_columns", ())),
     }
 
 
@@ -235,11 +237,12 @@ class TrainedModel:
         """Class labels (as in the data) or values (in the target's units) for raw, unstandardised inputs.
 
         ``raw_inputs``: a numpy array or tensor of samples shaped like the data's samples (e.g.
-        ``(n, 1, 8, 8)``), or flat rows ``(n, features)`` (e.g. scikit-learn's ``(n, 64)`` digits);
-        one sample alone gives an array of one.
+        ``(n, 1, 8, 8)``), or flat rows ``(n, features)`` (e.g. scikit-learn's ``(n, 64)`` digits; a
+        CSV's rows with or without the constant columns training dropped); one sample alone gives an
+        array of one.
         """
         raw = raw_inputs.detach().cpu().numpy() if isinstance(raw_inputs, torch.Tensor) else np.asarray(raw_inputs)
-        raw = self._batch(raw.astype(np.float64))
+        raw = self._batch(self._without_dropped_columns(raw.astype(np.float64)))
         x = torch.as_tensor(raw, dtype=torch.float32) if self._mean is None else standardise_inputs(raw, self._mean, self._std)
         device = next(self.model.parameters()).device
         outputs = torch.cat([self.model(x[i:i + EVAL_CHUNK].to(device)).cpu() for i in range(0, len(x), EVAL_CHUNK)]) \
@@ -248,6 +251,13 @@ class TrainedModel:
             indices = outputs.argmax(dim=-1).numpy()
             return indices if self.classes is None else np.asarray(self.classes)[indices]  # None: a Dataset's own indices
         return outputs.squeeze(-1).double().numpy() * self.record["target_std"] + self.record["target_mean"]
+
+    def _without_dropped_columns(self, raw: np.ndarray) -> np.ndarray:
+        """Raw rows as wide as the CSV's features without the columns training left out (constant ones)."""
+        dropped = self.record.get("dropped_columns") or []  # absent from model.pt files written before
+        if dropped and len(self.input_shape) == 1 and raw.ndim in (1, 2) and raw.shape[-1] == self.input_shape[0] + len(dropped):
+            return np.delete(raw, dropped, axis=-1)
+        return raw
 
     def _batch(self, raw: np.ndarray) -> np.ndarray:
         size = math.prod(self.input_shape)

@@ -31,6 +31,7 @@ from tuner.folders import default_folder
 from tuner.inputs.data import Dataset, StreamedData
 from tuner.inputs.load import load_dataset
 from tuner.inputs.spec import StudySpec, spec_from_dict
+from tuner.inputs.user_data import check_test_part
 from tuner.inputs.usercode import identity, install, load_callable
 from tuner.study.results import LR_ATTR, SETTINGS_ATTR, SPEC_PATH_ATTR, load_stage_studies, trained_params
 from tuner.study.runner import TunerError
@@ -98,6 +99,7 @@ def write_best(
     torch_device = resolve_device(device)
     use_threads(None, torch_device)  # $TUNER_THREADS, else one on the CPU, as tuner study
     data = load_dataset(spec.data, spec.seed, spec.source).to(torch_device)
+    check_test_part(spec.data, data, spec.source)  # a loader's test Dataset, unread by the stages: before training
     fit_data = data
     if refit == "train+val":
         if isinstance(data, StreamedData):

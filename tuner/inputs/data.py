@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ from tuner.inputs.spec import MIN_SPLIT_ROWS, DataSpec, SpecError
 
 # Integer targets with at most this many distinct values are taken as class labels.
 MAX_INFERRED_CLASSES = 20
+
+
+class DataWarning(UserWarning):
+    """Data tuner changed in order to train on it (e.g. a CSV's constant columns dropped); the message says what."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class Dataset:
     target_mean: float = 0.0
     x_test: torch.Tensor | None = None
     y_test: torch.Tensor | None = None
+    dropped_columns: tuple[int, ...] = ()
 
     @property
     def n_features(self) -> int:
@@ -132,8 +138,10 @@ def load_bundled_or_csv(spec: DataSpec, seed: int, source: str = "") -> Dataset:
 
     :func:`tuner.inputs.load.load_dataset` is the entry for every kind of data, a user's loader too.
     """
+    dropped: tuple[int, ...] = ()
     if spec.name == "csv":
-        x, y, task = _read_csv(spec, source)
+        x, y, task, columns = _read_csv(spec, source)
+        x, dropped = _informative_columns(spec, x, y, task, columns, source)
     elif spec.name == "adding":
         x, y, task = _adding_problem(spec.samples, spec.sequence_length, seed)
     else:
@@ -160,7 +168,7 @@ def load_bundled_or_csv(spec: DataSpec, seed: int, source: str = "") -> Dataset:
         x, x_test, y, y_test = _holdout(x, y, task, spec.test_fraction, seed)
         test = (x_test, y_test)
     _check_split_sizes(spec, len(x), source)
-    dataset = _split(spec.name, x, y, task, spec.validation_fraction, seed)
+    dataset = dataclasses.replace(_split(spec.name, x, y, task, spec.validation_fraction, seed), dropped_columns=dropped)
     _check_classes(spec, dataset, y, source)
     return dataset if test is None else with_test(dataset, *test)
 
@@ -236,6 +244,46 @@ def _check_classes(spec: DataSpec, dataset: Dataset, y: np.ndarray, source: str)
                         f"training (a class seen only in validation cannot be scored); give more rows per class")
 
 
+def _informative_columns(spec: DataSpec, x: np.ndarray, y: np.ndarray, task: str, columns: list[str],
+                         source: str) -> tuple[np.ndarray, tuple[int, ...]]:
+    """A CSV's features without its constant columns, and where those were; refuse what cannot be standardised.
+
+    Refused: a value whose square, summed over the rows, overflows (standardising it gave inputs of
+    0 and a warning from numpy), in a feature or a regression target, and a regression target of
+    one value. A constant feature column is dropped with a :class:`DataWarning`: it cannot inform
+    the model; every feature column constant is refused (both only with ``drop_constant_columns``). One row says nothing about constancy: the
+    split's size check names that problem.
+    """
+    limit = math.sqrt(np.finfo(np.float64).max / (4 * max(len(x), 1)))  # deviations up to 2x, summed over the rows
+    too_large = np.abs(x) > limit
+    if too_large.any():
+        row, column = np.argwhere(too_large)[0]
+        raise SpecError(source, "data.path", spec.path, f"column '{columns[column]}' holds {x[row, column]:g} on line {row + 2}: "
+                        f"too large to standardise (its square overflows); rescale the column (e.g. to other units) or drop such rows")
+    if task == "regression":
+        target = np.asarray(y, dtype=np.float64)
+        if (np.abs(target) > limit).any():
+            row = int((np.abs(target) > limit).argmax())
+            raise SpecError(source, "data.target", spec.target, f"the target holds {target[row]:g} on line {row + 2}: too large "
+                            f"to standardise (its square overflows); rescale the target (e.g. to other units) or drop such rows")
+        if len(target) > 1 and np.all(target == target[0]):
+            raise SpecError(source, "data.target", spec.target, f"the target holds one value only ({target[0]:g}): there is "
+                            f"nothing to learn; check the column, or choose another target")
+    if len(x) < 2 or not spec.drop_constant_columns:  # false: a study stored before columns were dropped
+        return x, ()
+    constant = tuple(int(i) for i in np.flatnonzero(np.all(x == x[0], axis=0)))
+    if len(constant) == x.shape[1]:
+        raise SpecError(source, "data.path", spec.path, f"every feature column holds one value only ({', '.join(columns)}): "
+                        f"there is nothing to learn from; check the file")
+    if constant:
+        names = ", ".join(f"'{columns[i]}'" for i in constant)
+        what = f"feature columns {names} hold" if len(constant) > 1 else f"feature column {names} holds"
+        where = f"{source}: " if source else ""
+        warnings.warn(f"{where}field 'data.path' = {spec.path!r}: {what} one value only: dropped, since a constant input "
+                      f"cannot inform the model", DataWarning, stacklevel=3)
+    return np.delete(x, constant, axis=1), constant
+
+
 def task_of(spec: DataSpec, source: str = "") -> str:
     """"classification" or "regression": what the data set of ``spec`` asks for (a CSV with task "auto" is read)."""
     if spec.name == "csv":
@@ -303,7 +351,8 @@ def csv_path(spec: DataSpec, source: str) -> Path:
     return path
 
 
-def _read_csv(spec: DataSpec, source: str) -> tuple[np.ndarray, np.ndarray, str]:
+def _read_csv(spec: DataSpec, source: str) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
+    """Features, target, task and the feature columns' names of the spec's CSV file, refused where unusable."""
     path = csv_path(spec, source)
     if not path.is_file():
         raise SpecError(source, "data.path", spec.path, "no such file; give the path of a CSV file (relative paths are read beside the spec)")
@@ -354,7 +403,7 @@ def _read_csv(spec: DataSpec, source: str) -> tuple[np.ndarray, np.ndarray, str]
             raise SpecError(source, "data.task", spec.task, f"the target '{spec.target}' holds fractional numbers (e.g. {example:g}), "
                             f'not class labels; set task = "regression", or encode the classes as whole numbers or text')
     y = target.to_numpy() if task == "regression" else target.astype(str).to_numpy()
-    return values, y, task
+    return values, y, task, [str(c) for c in features.columns]
 
 
 def _infer_task(target: pd.Series) -> str:

@@ -56,6 +56,9 @@ class DataSpec:
     workers: int = 0  # DataLoader worker processes, for data handed over as torch Datasets
     # Held out first, from the seed, and never seen by any stage: only `tuner best` scores on it.
     test_fraction: float = 0.0
+    # A CSV's feature columns of one value only are dropped (with a warning): they cannot inform the
+    # model. Studies stored before this existed resume with false, as they were made.
+    drop_constant_columns: bool = True
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ class TrainSpec:
     batch_size: int = 64
     epochs: int = 20
     objective: str = "val_error"
-    # A training loss above this multiple of the untrained model's loss ends the trial as diverged.
+    # A training loss above this multiple of the untrained model's training loss ends the trial as diverged.
     divergence_factor: float = 10.0
     loop: str | None = None  # "module:function": your own training loop (README: "Your own model")
     loss: str | None = None  # "module:function": loss(outputs, targets) -> scalar tensor

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from tuner.inputs.data import Dataset, StreamedData, prepare, with_test
-from tuner.inputs.spec import DataSpec, SpecError
+from tuner.inputs.spec import MIN_SPLIT_ROWS, DataSpec, SpecError
 from tuner.inputs.usercode import load_callable
 
 TASKS = ("classification", "regression")
@@ -85,15 +85,33 @@ def _pair(part: Any, name: str, fail: Any) -> tuple[np.ndarray, np.ndarray]:
         raise fail(f"the inputs of its '{name}' part are not numbers; encode them as numbers") from None
     if not np.isfinite(x).all():
         raise fail(f"the inputs of its '{name}' part hold NaN or infinite values; fill or drop them")
+    if np.issubdtype(y.dtype, np.number) and not np.isfinite(y.astype(np.float64)).all():
+        raise fail(f"the targets of its '{name}' part hold NaN or infinite values; fill or drop them")
     return x, y.reshape(len(y), -1)[:, 0] if y.ndim > 1 and y.shape[1:] == (1,) else y
+
+
+def _check_rows(part: Any, name: str, fail: Any) -> None:
+    """As a CSV's split: training and validation parts of fewer rows make a verdict of noise (e.g. "diverged")."""
+    if len(part) < MIN_SPLIT_ROWS:
+        raise fail(f"its '{name}' part has {len(part)} row{'' if len(part) == 1 else 's'}; the train and val parts need "
+                   f"at least {MIN_SPLIT_ROWS} each, as a CSV's split does: give it more rows")
+
+
+def _check_shape(train_shape: tuple[int, ...], shape: tuple[int, ...], name: str, fail: Any) -> None:
+    if shape != train_shape:
+        raise fail(f"train inputs have shape {train_shape} per sample but {name} inputs {shape}; make them match")
 
 
 def _in_memory(parts: dict[str, Any], fail: Any) -> Dataset:
     task = parts["task"]
     x_train, y_train = _pair(parts["train"], "train", fail)
     x_val, y_val = _pair(parts["val"], "val", fail)
-    if x_train.shape[1:] != x_val.shape[1:]:
-        raise fail(f"train inputs have shape {x_train.shape[1:]} per sample but val inputs {x_val.shape[1:]}; make them match")
+    x_test, y_test = _pair(parts["test"], "test", fail) if parts["test"] is not None else (None, None)
+    for name, x in (("val", x_val), ("test", x_test)):
+        if x is not None:
+            _check_shape(x_train.shape[1:], x.shape[1:], name, fail)
+    _check_rows(x_train, "train", fail)
+    _check_rows(x_val, "val", fail)
     if task == "classification":
         if len(np.unique(y_train)) < 2:
             raise fail("its train part has one class only; a classifier needs at least two")
@@ -106,10 +124,10 @@ def _in_memory(parts: dict[str, Any], fail: Any) -> Dataset:
     data = prepare("python", task, x_train, y_train, x_val, y_val)
     if len(data.y_val) == 0:
         raise fail("no class of its 'val' part occurs in the 'train' part; validation needs known classes")
-    if parts["test"] is None:
-        return data
-    x_test, y_test = _pair(parts["test"], "test", fail)
-    return with_test(data, x_test, y_test)
+    if len(data.y_val) < MIN_SPLIT_ROWS:
+        raise fail(f"its 'val' part holds {len(data.y_val)} row of classes seen in training (a class seen only in "
+                   f"validation cannot be scored); give it at least {MIN_SPLIT_ROWS}")
+    return data if x_test is None else with_test(data, x_test, y_test)
 
 
 def _streamed(spec: DataSpec, parts: dict[str, Any], fail: Any) -> StreamedData:
@@ -117,17 +135,37 @@ def _streamed(spec: DataSpec, parts: dict[str, Any], fail: Any) -> StreamedData:
     for name in ("train", "val"):
         if len(parts[name]) == 0:
             raise fail(f"its '{name}' Dataset is empty; give it samples")
-    try:
-        first_input, _ = train[0]
-    except Exception as error:  # noqa: BLE001
-        raise fail(f"train[0] of its Dataset must be a pair (input, target); it gave {type(error).__name__}: {error}") from None
-    input_shape = tuple(int(n) for n in torch.as_tensor(first_input).shape)
+        _check_rows(parts[name], name, fail)
+    input_shape = _first_input_shape(train, "train", fail)
+    # The test Dataset is not read here, not even its first sample: no stage may look at it (check_test_part).
+    _check_shape(input_shape, _first_input_shape(val, "val", fail), "val", fail)
     n_outputs = 1
     if task == "classification":
         n_outputs = int(parts["n_classes"] or _count_classes(train, spec.workers))
         if n_outputs < 2:
             raise fail("its train Dataset has one class only; a classifier needs at least two")
     return StreamedData("python", task, train, val, n_outputs, input_shape, test_set=parts["test"], workers=spec.workers)
+
+
+def check_test_part(spec: DataSpec, data: Dataset | StreamedData, source: str = "") -> None:
+    """Refuse a loader's test Dataset whose samples are shaped otherwise than the training ones.
+
+    For ``tuner best``, the one reader of the test part: the stages never read it, not even a sample.
+    (A test part given as arrays is checked with the rest, by :func:`load_user_data`.)
+    """
+    if not isinstance(data, StreamedData) or data.test_set is None:
+        return
+    fail = lambda fix: SpecError(source, FIELD, spec.loader or "", fix)  # noqa: E731
+    _check_shape(data.input_shape, _first_input_shape(data.test_set, "test", fail), "test", fail)
+
+
+def _first_input_shape(dataset: Any, name: str, fail: Any) -> tuple[int, ...]:
+    """The shape of the input of ``dataset[0]`` (a part's first sample stands for all of them)."""
+    try:
+        first_input, _ = dataset[0]
+    except Exception as error:  # noqa: BLE001 -- the user's Dataset raised, or gave no pair
+        raise fail(f"{name}[0] of its Dataset must be a pair (input, target); it gave {type(error).__name__}: {error}") from None
+    return tuple(int(n) for n in torch.as_tensor(first_input).shape)
 
 
 def _count_classes(dataset: Any, workers: int) -> int:

@@ -42,6 +42,7 @@ from tuner.storage._url import (
     DEFAULT_STORAGE,
     PASSWORD_ENV,
     StorageError,
+    check_sqlite_query,
     check_user_info,
     mask_user_info,
     redact,
@@ -148,6 +149,7 @@ def _open(given: str | None, *, must_exist: bool, read_only: bool) -> BaseStorag
     interval, grace = heartbeat_settings()
     heartbeats = {"heartbeat_interval": interval, "grace_period": grace}
     if parsed.get_backend_name() == "sqlite":
+        check_sqlite_query(url, shown)  # before the file is checked or opened: a key dropped unread is a typo
         database = parsed.database or ""
         on_disk = database not in ("", ":memory:") and not database.startswith("file:")
         if on_disk:

@@ -35,6 +35,7 @@ def connect(database: str, *, read_only: bool = False, timeout: float = BUSY_TIM
     in a folder that cannot be written ``immutable``, since nobody can write it. A writable file is
     opened as usual, so that SQLite removes its -wal and -shm files when the last reader closes.
     """
+    uri = uri and database.startswith("file:")  # SQLite opens any other name as a plain path, with uri=true or not
     if not read_only or (not uri and can_write(database)):
         connection = sqlite3.connect(database, timeout=timeout, uri=uri, **driver_kwargs)
         for pragma in ("PRAGMA query_only=ON",) if read_only else WRITER_PRAGMAS:

@@ -18,6 +18,13 @@ _SECRET_KEY = r"[\w.-]*(?:password|passwd|pwd)"
 _SECRET_SETTING = re.compile(rf"(?i)(\b{_SECRET_KEY}\s*=\s*)('[^']*'|\"[^\"]*\"|[^\s&;,'\"]+)")
 _URL = re.compile(r"[A-Za-z][\w+.-]*://\S*")
 
+# The query keys of a SQLite URL that something reads: SQLAlchemy's pysqlite dialect hands these to
+# sqlite3.connect (its create_connect_args) ...
+SQLITE_DRIVER_KEYS = ("timeout", "check_same_thread", "isolation_level", "detect_types", "cached_statements", "uri")
+# ... and SQLite reads these itself, from a "file:" URI opened with uri=true (sqlite.org/uri.html; modeof:
+# its unix VFS). Any other key SQLAlchemy drops with a warning, or SQLite ignores.
+SQLITE_URI_KEYS = ("mode", "cache", "vfs", "psow", "nolock", "immutable", "modeof")
+
 
 class StorageError(ValueError):
     """A storage URL that cannot be opened; the message says why and what to do."""
@@ -93,6 +100,45 @@ def check_user_info(url: str) -> None:
     if before_query.count("@") > 1:
         raise StorageError(f"storage {redact(url)!r}: the password holds an '@': write it as %40, or give the password "
                            f"by --storage-password-file or ${PASSWORD_ENV}")
+
+
+def check_sqlite_query(url: str, shown: str) -> None:
+    """Refuse a key of the SQLite ``url``'s query that no one would read, or that would end up in the file's name.
+
+    SQLAlchemy drops a key it does not know with a warning (and SQLite a URI parameter it does not
+    know, silently); and SQLite reads ``mode=ro`` and its kin only from a ``file:`` URI with
+    ``uri=true``: without ``uri=true`` they were dropped, and the study written into a file the
+    user asked to open read-only; without ``file:`` they became part of the file's name.
+    ``shown``: the URL as the user wrote it, for the message.
+    """
+    parsed = sqlalchemy.engine.make_url(url)
+    for key in parsed.query:
+        if key not in SQLITE_DRIVER_KEYS + SQLITE_URI_KEYS:
+            raise StorageError(
+                f"storage {redact(shown)!r}: unknown query key {key!r}; SQLite reads {', '.join(SQLITE_DRIVER_KEYS)}, "
+                f"and from a file: URI with uri=true {', '.join(SQLITE_URI_KEYS)}: remove it or correct its spelling"
+            )
+    read_by_sqlite = [key for key in parsed.query if key in SQLITE_URI_KEYS]
+    if not read_by_sqlite:
+        return
+    try:
+        uri = sqlalchemy.util.asbool(parsed.query.get("uri", False))
+    except ValueError:
+        uri = False
+    if uri and (parsed.database or "").startswith("file:"):
+        return
+    fate = "part of the file's name" if uri else "ignored"
+    raise StorageError(
+        f"storage {redact(shown)!r}: {read_by_sqlite[0]!r} is a SQLite URI parameter, read from a file: URI with "
+        f"uri=true only (here it would be {fate}); write {_as_sqlite_uri(shown)}"
+    )
+
+
+def _as_sqlite_uri(url: str) -> str:
+    """The SQLite ``url`` as a ``file:`` URI with ``uri=true``: what SQLite reads URI parameters from."""
+    path, _, query = url.removeprefix("sqlite:///").partition("?")
+    pairs = [pair for pair in query.split("&") if pair and pair.partition("=")[0] != "uri"]
+    return f"sqlite:///file:{path.removeprefix('file:')}?{'&'.join([*pairs, 'uri=true'])}"
 
 
 def mask_user_info(text: str, url: str) -> str:

@@ -30,7 +30,7 @@ from tuner.errors import (
     interrupts_deferred,
     raise_if_stop_requested,
 )
-from tuner.inputs.data import Dataset, StreamedData
+from tuner.inputs.data import Dataset, DataWarning, StreamedData
 from tuner.inputs.load import load_dataset
 from tuner.inputs.models import check_model_fits
 from tuner.inputs.spec import StudySpec, load_spec
@@ -54,6 +54,7 @@ from tuner.study.stages import STAGE_NAMES, Stage, audit_stage, lr_stage, make_p
 from tuner.study.trials import Asked, TrialBatch, run_trials, run_user_loop
 from tuner.training.train import (
     EpochTrainer,
+    check_loss,
     SingleTrainer,
     TrialPlan,
     parameter_count,
@@ -140,8 +141,11 @@ def run_study(
     torch_device = resolve_device(device)
     use_threads(threads, torch_device)
     install(spec)  # the spec's own model factory, if it names one
-    data = load_dataset(spec.data, spec.seed, spec.source).to(torch_device)
+    with warnings.catch_warnings(record=True) as said:  # told below, once the stored settings are known
+        warnings.simplefilter("always", DataWarning)
+        data = load_dataset(spec.data, spec.seed, spec.source).to(torch_device)
     check_model(spec, data)
+    check_loss(spec, data)  # a loss that cannot train would fail every trial, without naming train.loss
     check_model_fits(spec, data, torch_device)  # before the storage: nothing written for a model that cannot train
     storage_url = storage_of_study(spec, storage)
     try:
@@ -150,7 +154,13 @@ def run_study(
         if storage or not spec.storage:
             raise
         raise StorageError(f"{spec.source or spec.name}: field 'storage': {error}") from None
-    spec = check_stored_settings(spec, optuna_storage, reporter.message)  # with changed defaults put back
+    stored_spec = check_stored_settings(spec, optuna_storage, reporter.message)  # with changed defaults put back
+    if stored_spec.data != spec.data:  # a data default put back: the data as the stored study was made with
+        data = load_dataset(stored_spec.data, spec.seed, spec.source).to(torch_device)
+    else:
+        for warning in said:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    spec = stored_spec
 
     summaries: dict[str, StageSummary] = {}
     lr_summary = run_stage(spec, "lr", storage=optuna_storage, data=data, device=torch_device, reporter=reporter)

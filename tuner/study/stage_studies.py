@@ -27,10 +27,27 @@ from tuner.study.stages import Stage, describe_search, stage_settings
 SETTINGS_WAIT_S = 10.0  # how long a worker that lost the race to create a stage waits for its settings
 
 
+def with_value(spec: StudySpec, table: str, key: str, value: Any) -> StudySpec:
+    """``spec`` with ``<table>.<key>`` set to ``value`` (``table``: ``data``, ``train``, ``stages.shape``...)."""
+    head, _, rest = table.partition(".")
+    part = getattr(spec, head)
+    if rest:
+        inner = dataclasses.replace(getattr(part, rest), **{key: value})
+        return dataclasses.replace(spec, **{head: dataclasses.replace(part, **{rest: inner})})
+    return dataclasses.replace(spec, **{head: dataclasses.replace(part, **{key: value})})
+
+
 def with_stage_value(spec: StudySpec, stage: str, key: str, value: Any) -> StudySpec:
     """``spec`` with ``stages.<stage>.<key>`` set to ``value``."""
-    table = dataclasses.replace(getattr(spec.stages, stage), **{key: value})
-    return dataclasses.replace(spec, stages=dataclasses.replace(spec.stages, **{stage: table}))
+    return with_value(spec, f"stages.{stage}", key, value)
+
+
+def _field(spec: StudySpec, table: str) -> Any:
+    """The part of ``spec`` that ``table`` names (``spec.stages.shape`` for ``stages.shape``)."""
+    part: Any = spec
+    for name in table.split("."):
+        part = getattr(part, name)
+    return part
 
 
 def with_stored_defaults(spec: StudySpec, storage: optuna.storages.BaseStorage,
@@ -53,18 +70,20 @@ def _stored_stages(spec: StudySpec, storage: optuna.storages.BaseStorage) -> dic
 
 def _put_back_defaults(spec: StudySpec, studies: dict[str, optuna.Study], note: Callable[[str], None] | None) -> StudySpec:
     """``spec`` with each field left at today's default put back to the past default its stored stage was made with."""
-    for (stage, key), legacies in contract.past_defaults().items():
-        study = studies.get(stage)
+    for (table, key), legacies in contract.past_defaults().items():
+        # A stage's own table is stored on that stage's study; data, model and train on every stage's.
+        stage = table.removeprefix("stages.") if table.startswith("stages.") else next(iter(studies), None)
+        study = studies.get(stage) if stage is not None else None
         settings = study.user_attrs.get(contract.SETTINGS_ATTR) if study is not None else None
-        default = getattr(type(getattr(spec.stages, stage))(), key)
-        if settings is None or getattr(getattr(spec.stages, stage), key) != default:
+        default = getattr(type(_field(spec, table))(), key)
+        if settings is None or getattr(_field(spec, table), key) != default:
             continue
-        was = _normalise(contract.made_with(stage, key, settings, contract.stored_version(study.user_attrs)))
+        was = _normalise(contract.made_with(table, key, settings, contract.stored_version(study.user_attrs)))
         legacy = next((value for value in legacies if _normalise(value) == was), None)
         if legacy is not None and was != _normalise(default):
-            spec = with_stage_value(spec, stage, key, legacy)
+            spec = with_value(spec, table, key, legacy)
             if note is not None:
-                note(f"stage '{stage}' was made when stages.{stage}.{key} defaulted to {was!r} "
+                note(f"stage '{stage}' was made when {table}.{key} defaulted to {was!r} "
                      f"(now {_normalise(default)!r}): it resumes with {was!r}")
     return spec
 

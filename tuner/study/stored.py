@@ -75,9 +75,9 @@ def split_stage_study_name(name: str) -> tuple[str, str] | None:
 class Migration:
     """One change to what stage studies are made with, and how studies stored before it were made.
 
-    ``legacy``: ``(stage, field)`` -> the value of ``stages.<stage>.<field>`` that a study stored
-    before this change was made with while its spec left the field at its default (for a field
-    that did not exist yet, what the code did then).
+    ``legacy``: ``(table, field)`` -> the value of ``<table>.<field>`` (``stages.shape.pruner``,
+    ``data.drop_constant_columns``) that a study stored before this change was made with while its
+    spec left the field at its default (for a field that did not exist yet, what the code did then).
     """
 
     version: int  # the contract version this change brought
@@ -88,7 +88,9 @@ class Migration:
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "0.2", "stage 'shape' prunes with Hyperband and refines the calibrated rate by lr_scale (issue 13)",
-              {("shape", "pruner"): "none", ("shape", "lr_scale"): (1.0, 1.0)}),
+              {("stages.shape", "pruner"): "none", ("stages.shape", "lr_scale"): (1.0, 1.0)}),
+    Migration(2, "0.3", "a CSV's constant feature columns are dropped, with a warning (issue 24)",
+              {("data", "drop_constant_columns"): False}),
 )
 CONTRACT_VERSION = MIGRATIONS[-1].version  # what this tuner writes, and the newest it reads
 
@@ -96,14 +98,14 @@ CONTRACT_VERSION = MIGRATIONS[-1].version  # what this tuner writes, and the new
 # left out of the stored settings while at that value, so that a study stored before them still
 # matches its spec (and its settings hash stays the same).
 ADDED_FIELDS: dict[str, dict[str, Any]] = {
-    "data": {"loader": None, "test_fraction": 0.0},
+    "data": {"loader": None, "test_fraction": 0.0, "drop_constant_columns": False},
     "train": {"loop": None, "loss": None, "metric": None},
     "stages.shape": {"lr_scale": (1.0, 1.0)},
 }
 
 
 def past_defaults() -> dict[tuple[str, str], list[Any]]:
-    """``(stage, field)`` -> every default it had before the current one, oldest first."""
+    """``(table, field)`` -> every default it had before the current one, oldest first."""
     found: dict[tuple[str, str], list[Any]] = {}
     for migration in MIGRATIONS:
         for key, value in migration.legacy.items():
@@ -111,27 +113,29 @@ def past_defaults() -> dict[tuple[str, str], list[Any]]:
     return found
 
 
-def default_when_made(stage: str, field: str, version: int | None) -> Any | None:
-    """The default of ``stages.<stage>.<field>`` that a study made under contract ``version`` had.
+def default_when_made(table: str, field: str, version: int | None) -> Any | None:
+    """The default of ``<table>.<field>`` that a study made under contract ``version`` had.
 
     None when it has the current default. A study with no stored version (made before versions
     were stored) is taken as made before every migration: its stored settings say the rest.
     """
     for migration in MIGRATIONS:
-        if (version is None or version < migration.version) and (stage, field) in migration.legacy:
-            return migration.legacy[(stage, field)]
+        if (version is None or version < migration.version) and (table, field) in migration.legacy:
+            return migration.legacy[(table, field)]
     return None
 
 
-def made_with(stage: str, field: str, settings: Mapping[str, Any], version: int | None) -> Any:
-    """The value of ``stages.<stage>.<field>`` a stage study with these stored ``settings`` was made with."""
-    table = settings.get("stages", {}).get(stage, {})
-    if field in table:
-        return table[field]
-    added = ADDED_FIELDS.get(f"stages.{stage}", {})
+def made_with(table: str, field: str, settings: Mapping[str, Any], version: int | None) -> Any:
+    """The value of ``<table>.<field>`` a stage study with these stored ``settings`` was made with."""
+    values: Mapping[str, Any] = settings
+    for part in table.split("."):
+        values = values.get(part, {})
+    if field in values:
+        return values[field]
+    added = ADDED_FIELDS.get(table, {})
     if field in added:
         return added[field]  # left out of the stored settings at the value it had before it existed
-    return default_when_made(stage, field, version)
+    return default_when_made(table, field, version)
 
 
 def stored_version(user_attrs: Mapping[str, Any]) -> int | None:

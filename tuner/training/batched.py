@@ -39,6 +39,7 @@ from tuner.training.train import (
     lr_at,
     order_generator,
     seeded_model,
+    start_rows,
 )
 
 BATCHED_OPTIMIZERS = ("sgd", "adam")
@@ -75,16 +76,24 @@ def _per_copy_loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tenso
 
 
 @torch.no_grad()
-def _evaluate(net: Stacked, data: Dataset) -> tuple[list[float], list[float]]:
-    """Each copy's validation loss and error, as :func:`tuner.training.train.evaluate` computes them."""
+def _evaluate(net: Stacked, data: Dataset, part: str = "val") -> tuple[list[float], list[float]]:
+    """Each copy's validation loss and error, as :func:`tuner.training.train.evaluate` computes them.
+
+    ``part = "start"``: on the training rows :func:`tuner.training.train.untrained_train_loss` reads instead.
+    """
     k = net.flat.shape[0]
-    n = len(data.x_val)
-    x_val = net.inputs(data.x_val)
+    if part == "start":
+        rows = start_rows(len(data.x_train)).to(data.x_train.device)
+        x_part, y_part = data.x_train[rows], data.y_train[rows]
+    else:
+        x_part, y_part = data.x_val, data.y_val
+    n = len(x_part)
+    x_val = net.inputs(x_part)
     chunk = max(1, EVAL_CHUNK // k)  # bound memory: K copies of the activations per chunk
     loss_sum = torch.zeros(k, device=x_val.device)
     error_sum = torch.zeros(k, device=x_val.device)
     for start in range(0, n, chunk):
-        x, y = x_val[start:start + chunk], data.y_val[start:start + chunk]
+        x, y = x_val[start:start + chunk], y_part[start:start + chunk]
         out = net.forward(x.expand(k, *x.shape))
         loss_sum += _per_copy_loss(out, y, data.task) * len(x)
         if data.task == "classification":
@@ -213,7 +222,7 @@ class BatchedTrainer:
         seeds = sorted({c.seed for c in configs})
         order_rngs = {seed: order_generator(seed) for seed in seeds}
 
-        start_losses, _ = _evaluate(net, data)
+        start_losses, _ = _evaluate(net, data, "start")  # the untrained training loss, as train_epochs
         blow_up = [divergence_threshold(c, loss) for c, loss in zip(configs, start_losses)]
         running = list(range(len(plans)))  # plan index of each row of the stacked tensors
         for epoch in range(max(c.epochs for c in configs)):

@@ -7,9 +7,9 @@ without callbacks that change the loop's control flow from afar.
 The rules every trainer follows (the single one here, the batched one in :mod:`tuner.training.batched`,
 the range test in :mod:`tuner.training.lr_find`) are written once, here: the data order of a seed
 (:func:`epoch_order`), the rate of an epoch (:func:`lr_at`), and the divergence test
-(:func:`divergence_threshold`, :func:`has_diverged`). A trainer is anything with the
-:class:`EpochTrainer` shape: ``epochs()`` yields, per epoch, one result per trial (None once a
-trial stopped), and ``stop(i)`` ends trial ``i`` before the next epoch.
+(:func:`divergence_threshold` of :func:`untrained_train_loss`, :func:`has_diverged`). A trainer is
+anything with the :class:`EpochTrainer` shape: ``epochs()`` yields, per epoch, one result per trial
+(None once a trial stopped), and ``stop(i)`` ends trial ``i`` before the next epoch.
 """
 
 from __future__ import annotations
@@ -22,10 +22,13 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
-from tuner.errors import TunerInputError
+from tuner.errors import SpecError, TunerInputError
 from tuner.inputs.data import Dataset, StreamedData, data_device, sample_shape
 from tuner.inputs.models import build_model
+from tuner.inputs.spec import StudySpec
+from tuner.inputs.usercode import load_callable
 from tuner.training.schedules import lr_factor
 
 EVAL_CHUNK = 8192  # validation rows per forward pass, to bound memory on big CSV files
@@ -93,13 +96,55 @@ def order_generator(seed: int) -> torch.Generator:
 
 
 def divergence_threshold(config: TrainConfig, start_loss: float) -> float:
-    """A training loss above this ends the trial as diverged: a multiple of the untrained loss."""
+    """A training loss above this ends the trial as diverged: a multiple of the untrained training loss.
+
+    ``start_loss``: the untrained model's loss on the training part (:func:`untrained_train_loss`),
+    like the epochs' training losses it is compared with.
+    """
     return config.divergence_factor * max(start_loss, 1e-8)
 
 
 def has_diverged(train_loss: float, val_loss: float, threshold: float) -> bool:
     """NaN or inf anywhere, or a training loss blown past ``threshold``."""
     return not (math.isfinite(train_loss) and math.isfinite(val_loss)) or train_loss > threshold
+
+
+def start_rows(n_rows: int) -> torch.Tensor:
+    """The rows of a training part of ``n_rows`` the untrained loss is measured on: all, or EVAL_CHUNK evenly spread.
+
+    Evenly spread rather than drawn, so that no random generator moves (a trial's draws stay those of
+    its seed), and a part sorted by target is still covered end to end; one chunk bounds the cost.
+    """
+    if n_rows <= EVAL_CHUNK:
+        return torch.arange(n_rows)
+    return torch.arange(EVAL_CHUNK) * n_rows // EVAL_CHUNK
+
+
+@torch.no_grad()
+def untrained_train_loss(model: nn.Module, data: Dataset | StreamedData, config: TrainConfig) -> float:
+    """The loss of ``model`` (untrained) on the training part's :func:`start_rows`: the divergence bar's base.
+
+    The training part, not the validation part: the bar is compared with training losses, and a tiny
+    validation part the untrained model happens to fit well set it near 0, calling sound trials diverged.
+    """
+    model.eval()
+    criterion = loss_function(data.task, config.loss)
+    device = data_device(data)
+    if isinstance(data, StreamedData):
+        rows = start_rows(len(data.train_set)).tolist()
+        # A generator of its own: a DataLoader without one draws its seed from torch's global one.
+        loader = DataLoader(Subset(data.train_set, rows), batch_size=EVAL_CHUNK, num_workers=data.workers,
+                            generator=torch.Generator())
+        batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = ((x.to(device), y.to(device)) for x, y in loader)
+    else:
+        rows = start_rows(len(data.x_train)).to(data.x_train.device)
+        batches = iter([(data.x_train[rows], data.y_train[rows])])
+    loss_sum = torch.zeros((), device=device)
+    n = 0
+    for x, y in batches:
+        loss_sum += criterion(task_outputs(model(x), data.task), y) * len(x)
+        n += len(x)
+    return (loss_sum / max(n, 1)).item()
 
 
 THREADS_ENV = "TUNER_THREADS"
@@ -282,8 +327,7 @@ def train_epochs(model: nn.Module, data: Dataset, config: TrainConfig,
     order_rng = order_generator(config.seed)
     loader = training_loader(data, config)
     device = data_device(data)
-    start_loss, _ = evaluate(model, data, config)
-    blow_up = divergence_threshold(config, start_loss)
+    blow_up = divergence_threshold(config, untrained_train_loss(model, data, config))
     for epoch in range(config.epochs):
         lr = lr_at(config, epoch)
         for group in optimizer.param_groups:
@@ -323,3 +367,41 @@ class SingleTrainer:
         if index != 0:
             raise IndexError(f"a single trainer has one trial; got index {index}")
         self._stopped = True
+
+
+def check_loss(spec: StudySpec, data: Any) -> None:
+    """Call the spec's own loss once, on the small network's outputs for the first training batch: SpecError unless it can train.
+
+    A loss that raises, returns something other than a tensor, more than one number (e.g. one per
+    row, ``reduction="none"``), or a number that does not depend on the outputs (no gradient) is
+    named before anything is written, instead of failing every trial with a message that does not
+    name it.
+    """
+    if not spec.train.loss:
+        return
+    field, reference = "train.loss", spec.train.loss
+    loss = model_loss(data.task, load_callable(reference, field, spec.source))
+    device = data_device(data)
+    if isinstance(data, StreamedData):
+        # A generator of its own: a DataLoader without one draws its seed from torch's global one.
+        x, y = next(iter(DataLoader(data.train_set, batch_size=spec.train.batch_size, generator=torch.Generator())))
+    else:
+        x, y = data.x_train[:spec.train.batch_size], data.y_train[:spec.train.batch_size]
+    with torch.random.fork_rng(devices=[]):  # the check leaves torch's global generator as it found it
+        model = build_model(spec.model.family, sample_shape(data), data.n_outputs, spec.model.width, spec.model.depth)
+    model = model.to(device).eval()  # eval: no dropout draws; gradients still flow
+    try:
+        value = loss(model(x.to(device)), y.to(device))
+    except Exception as error:  # noqa: BLE001 -- the user's loss raised
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise SpecError(spec.source, field, reference,
+                        f"calling it on the first batch raised {type(error).__name__}: {first}; fix the loss") from None
+    if not isinstance(value, torch.Tensor):
+        raise SpecError(spec.source, field, reference, f"it returns a {type(value).__name__}; return a 0-dim tensor computed "
+                        f"from the outputs with torch operations, e.g. F.mse_loss(outputs, targets)")
+    if value.dim() != 0:
+        raise SpecError(spec.source, field, reference, f"it returns a tensor of shape {tuple(value.shape)} for a batch of "
+                        f"{len(x)}; return one number (a 0-dim tensor) for the batch, e.g. end with .mean()")
+    if not value.requires_grad:
+        raise SpecError(spec.source, field, reference, "it returns a number that does not depend on the outputs (no gradient "
+                        "to train with); compute it from the outputs with torch operations, not .item() or numpy")
