@@ -171,3 +171,44 @@ def test_the_resume_line_works_as_printed_and_shows_no_password(
                              env=_env(TUNER_STORAGE_PASSWORD=PASSWORD), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert sum(t.state == TrialState.COMPLETE for t in _trials(url, "stopped")) == 4
+
+
+# ---- issue 24, item 7: no noise, and no silent death, on a stop where no command catches it -------
+
+
+def test_sigterm_before_the_study_catches_its_own_is_one_line_exit_143_and_nothing_written(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    worker, _ = _start(tmp_path, QUICK_SPEC, "early", url, TUNER_TEST_SIGNAL_AT="study-start:TERM")
+    stdout, stderr = worker.communicate(timeout=120)
+    assert worker.returncode == 143, stdout + stderr  # not -15: killed with no word
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: terminated (SIGTERM)"), stderr
+    assert not (tmp_path / "study.db").exists()
+
+
+@pytest.mark.parametrize("signum", ["TERM", "INT"])
+def test_a_stop_after_the_summary_changes_nothing(tmp_path: Path, signum: str) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    worker, _ = _start(tmp_path, QUICK_SPEC, "late", url, TUNER_TEST_SIGNAL_AT=f"after-summary:{signum}")
+    stdout, stderr = worker.communicate(timeout=300)
+    assert worker.returncode == 0, stdout + stderr  # not -15 or -2
+    assert stderr == "" and "└" in stdout
+
+
+def test_a_stop_that_lands_in_a_weakref_callback_is_not_printed_but_other_errors_there_are() -> None:
+    script = (
+        "import gc, weakref\n"
+        "from tuner.exits import stops_as_exceptions\n"
+        "stops_as_exceptions()\n"
+        "class A: pass\n"
+        "def stop(_): raise KeyboardInterrupt\n"
+        "def bug(_): raise ValueError('a real bug')\n"
+        "a, b = A(), A()\n"
+        "refs = [weakref.ref(a, stop), weakref.ref(b, bug)]\n"
+        "del a, b\n"
+        "gc.collect()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "KeyboardInterrupt" not in done.stderr
+    assert "ValueError: a real bug" in done.stderr

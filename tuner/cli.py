@@ -22,11 +22,13 @@ from tuner.exits import (
     analysis_errors,
     errors_as_exit_codes,
     fail,
-    ignore_late_ctrl_c,
+    ignore_late_stops,
     new_console,
     quiet_optuna,
     say,
     sigterm_as_interrupt,
+    signal_point,
+    stopped,
     unexpected_errors,
 )
 
@@ -101,6 +103,7 @@ def study(
     console = new_console(width=None if sys.stdout.isatty() else 120)
     reporter = ConsoleReporter(console)
     resume, password_note = _resume_command(spec, storage, name, storage_password_file)
+    signal_point("study-start")  # (a test hook: a signal before the study catches its own)
     try:
         with unexpected_errors(), errors_as_exit_codes(), sigterm_as_interrupt():
             loaded = load_spec(spec)
@@ -118,13 +121,14 @@ def study(
                 reporter.close()
     except KeyboardInterrupt as stop:
         what, code = ("terminated (SIGTERM)", TERMINATED) if isinstance(stop, Terminated) else ("interrupted", INTERRUPTED)
-        say(f"{what}: the trial in progress is marked failed, finished trials are kept; "
-             f"resume with: {shlex.join(resume)}{password_note}", err=True)
+        stopped(f"{what}: the trial in progress is marked failed, finished trials are kept; "
+                f"resume with: {shlex.join(resume)}{password_note}")
         raise typer.Exit(code) from None
-    ignore_late_ctrl_c()  # the study is finished and stored: what is left is to say so
+    ignore_late_stops()  # the study is finished and stored: what is left is to say so
     console.print(summary_table(result, "value (your loop's)" if loaded.train.loop else loaded.train.objective))
     if result.audit is not None:
         say(result.audit.message)
+    signal_point("after-summary")
 
 
 def _resume_command(spec: Path, storage: str | None, name: str | None, password_file: Path | None) -> tuple[list[str], str]:

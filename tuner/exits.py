@@ -16,7 +16,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -39,13 +39,16 @@ def new_console(*, stderr: bool = False, width: int | None = None) -> Console:
 
 class PlainErrorsGroup(TyperGroup):
     """Usage errors (a bad option value, a missing argument) as one plain line ``error: ...``, exit 2,
-    instead of click's usage block or rich's box; and a finished command is not spoiled by a late Ctrl-C."""
+    instead of click's usage block or rich's box; a Ctrl-C or SIGTERM that lands where no command
+    catches it as one line and exit 130 or 143; and a finished command is not spoiled by a late one."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[no-untyped-def,override]
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         global _from_command_line
         _from_command_line = args is None
+        if _from_command_line:
+            stops_as_exceptions()
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except typer.TyperException as error:  # click's exceptions, as typer ships them
@@ -59,19 +62,85 @@ class PlainErrorsGroup(TyperGroup):
         except typer.Abort:
             say("error: aborted", err=True)
             code = 1
-        ignore_late_ctrl_c()
+        except KeyboardInterrupt as stop:  # landed outside click's handling, e.g. after a command told its own
+            code = _stop_code(type(stop))
+        if code == INTERRUPTED and _stop_seen is not None:  # typer turns every KeyboardInterrupt into exit 130
+            code = _stop_code(_stop_seen)
+        ignore_late_stops()
         sys.exit(code if isinstance(code, int) else 0)
+
+
+_stop_told = False  # set by stopped(): a command said how it stopped; a later stop adds no line
+_stop_seen: type[KeyboardInterrupt] | None = None  # the stop stops_as_exceptions's handlers raised, if any
+
+
+def stopped(line: str) -> None:
+    """Say how a command was stopped (Ctrl-C, SIGTERM), once: a stop landing after this says nothing more."""
+    global _stop_told
+    say(line, err=True)
+    _stop_told = True
+
+
+def _stop_code(stop: type[KeyboardInterrupt]) -> int:
+    """The exit code of a command that ``stop`` ended, said in one line unless the command said it."""
+    from tuner.errors import Terminated
+
+    terminated = issubclass(stop, Terminated)
+    if not _stop_told:
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
+        say(f"error: {what}; finished work is kept: run the same command again", err=True)
+    return TERMINATED if terminated else INTERRUPTED
+
+
+def stops_as_exceptions() -> None:
+    """From the start of a real process: SIGTERM raises :class:`tuner.errors.Terminated` as Ctrl-C raises
+    ``KeyboardInterrupt`` (instead of ending the process with no word, status -15), and a stop that
+    lands inside a weakref callback or ``__del__`` is not printed as "Exception ignored in ...": the
+    runner keeps it as a request and raises it at its next check (:func:`tuner.errors.request_stop`)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    from tuner.errors import Terminated
+
+    def stop(kind: type[KeyboardInterrupt]) -> Any:
+        def handler(_signum: int, _frame: object) -> None:
+            global _stop_seen
+            _stop_seen = kind
+            raise kind
+        return handler
+
+    signal.signal(signal.SIGTERM, stop(Terminated))
+    signal.signal(signal.SIGINT, stop(KeyboardInterrupt))
+    shown = sys.unraisablehook
+
+    def quiet_stops(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            shown(unraisable)
+
+    sys.unraisablehook = quiet_stops
+
+
+# Test hook: the process sends itself a signal at a named point ("study-start:TERM",
+# "after-summary:INT"), so that a test stops it exactly there without racing a timer.
+SIGNAL_AT_ENV = "TUNER_TEST_SIGNAL_AT"
+
+
+def signal_point(point: str) -> None:
+    wanted, _, name = os.environ.get(SIGNAL_AT_ENV, "").partition(":")
+    if wanted == point:
+        os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
 
 
 _from_command_line = False  # set by PlainErrorsGroup.main: a real process, not a test's CliRunner
 
 
-def ignore_late_ctrl_c() -> None:
-    """Once the work is done, a Ctrl-C (e.g. while the summary prints, or torch's atexit hooks run at
-    shutdown) has nothing left to stop: ignore it, instead of a traceback from the interpreter's exit
-    or a process killed by SIGINT (-2). Only in a real process: a test runner keeps its Ctrl-C."""
+def ignore_late_stops() -> None:
+    """Once the work is done, a Ctrl-C or SIGTERM (e.g. while the summary prints, or torch's atexit
+    hooks run at shutdown) has nothing left to stop: ignore it, instead of a traceback from the
+    interpreter's exit or a process killed by the signal (-2, -15) with no word. Only in a real
+    process: a test runner keeps its Ctrl-C."""
     if _from_command_line and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def one_line(text: str) -> str:
@@ -173,13 +242,14 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
     previous = signal.signal(signal.SIGTERM, terminate)
     previous_int = signal.getsignal(signal.SIGINT)
-    if previous_int is signal.default_int_handler:
+    takes_ctrl_c = callable(previous_int)  # Python's own handler or stops_as_exceptions': not an ignored Ctrl-C
+    if takes_ctrl_c:
         signal.signal(signal.SIGINT, interrupt)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if previous_int is signal.default_int_handler:
+        if takes_ctrl_c:
             signal.signal(signal.SIGINT, previous_int)
         clear_stop_request()
 
