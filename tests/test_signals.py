@@ -197,18 +197,53 @@ def test_a_stop_after_the_summary_changes_nothing(tmp_path: Path, signum: str) -
 
 def test_a_stop_that_lands_in_a_weakref_callback_is_not_printed_but_other_errors_there_are() -> None:
     script = (
-        "import gc, weakref\n"
+        "import gc, os, signal, weakref\n"
+        "from tuner.errors import stop_requested\n"
         "from tuner.exits import stops_as_exceptions\n"
         "stops_as_exceptions()\n"
         "class A: pass\n"
-        "def stop(_): raise KeyboardInterrupt\n"
+        "def stop(_):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, its handler run inside the callback\n"
+        "    sum(range(1000))\n"
         "def bug(_): raise ValueError('a real bug')\n"
         "a, b = A(), A()\n"
         "refs = [weakref.ref(a, stop), weakref.ref(b, bug)]\n"
         "del a, b\n"
         "gc.collect()\n"
+        "print('kept' if stop_requested() else 'lost')\n"
     )
     done = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "kept"  # the stop is kept for the runner's next check
     assert "KeyboardInterrupt" not in done.stderr
     assert "ValueError: a real bug" in done.stderr
+
+
+def test_a_worker_started_with_ctrl_c_ignored_keeps_ignoring_it(tmp_path: Path) -> None:
+    # As `tuner study s.toml &` from a script: the shell starts background jobs with SIGINT ignored.
+    spec = tmp_path / "bg.toml"
+    spec.write_text(QUICK_SPEC.format(name="bg"))
+    done = subprocess.run(
+        [sys.executable, "-m", "tuner.cli", "study", str(spec), "--storage", f"sqlite:///{tmp_path / 'bg.db'}", "--device", "cpu"],
+        env=_env(TUNER_TEST_SIGNAL_AT="study-start:INT"), capture_output=True, text=True, timeout=300,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "└" in done.stdout
+
+
+def test_the_app_called_from_python_leaves_the_callers_signal_handlers_alone() -> None:
+    script = (
+        "import signal, sys\n"
+        "sys.argv = ['tuner', '--version']\n"
+        "from tuner.cli import app\n"
+        "try:\n"
+        "    app()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler, signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,\n"
+        "      sys.unraisablehook is sys.__unraisablehook__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "True True True"

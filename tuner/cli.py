@@ -25,6 +25,7 @@ from tuner.exits import (
     ignore_late_stops,
     new_console,
     quiet_optuna,
+    real_process,
     say,
     sigterm_as_interrupt,
     signal_point,
@@ -348,7 +349,8 @@ def best(
     say(f"wrote {result.spec_path}, {result.model_path} and {result.metrics_path}")
 
 
-def main() -> None:  # pragma: no cover - the console script calls app directly
+def main() -> None:  # pragma: no cover - the console script and `python -m tuner.cli` (tests run them as processes)
+    real_process()
     app()
 
 

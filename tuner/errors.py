@@ -65,6 +65,11 @@ def raise_if_stop_requested() -> None:
         raise _stop_requested[0]
 
 
+def stop_requested() -> bool:
+    """Whether a signal asked for a stop that no check has raised yet."""
+    return bool(_stop_requested)
+
+
 def clear_stop_request() -> None:
     _stop_requested.clear()
 

@@ -45,8 +45,8 @@ class PlainErrorsGroup(TyperGroup):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[no-untyped-def,override]
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
-        global _from_command_line
-        _from_command_line = args is None
+        global _stop_told, _stop_seen
+        _stop_told, _stop_seen = False, None
         if _from_command_line:
             stops_as_exceptions()
         try:
@@ -63,9 +63,10 @@ class PlainErrorsGroup(TyperGroup):
             say("error: aborted", err=True)
             code = 1
         except KeyboardInterrupt as stop:  # landed outside click's handling, e.g. after a command told its own
-            code = _stop_code(type(stop))
-        if code == INTERRUPTED and _stop_seen is not None:  # typer turns every KeyboardInterrupt into exit 130
-            code = _stop_code(_stop_seen)
+            code = _stop_code(_stop_seen or type(stop))
+        else:
+            if code == INTERRUPTED and _stop_seen is not None:  # typer turns every KeyboardInterrupt into exit 130
+                code = _stop_code(_stop_seen)
         ignore_late_stops()
         sys.exit(code if isinstance(code, int) else 0)
 
@@ -96,26 +97,35 @@ def stops_as_exceptions() -> None:
     """From the start of a real process: SIGTERM raises :class:`tuner.errors.Terminated` as Ctrl-C raises
     ``KeyboardInterrupt`` (instead of ending the process with no word, status -15), and a stop that
     lands inside a weakref callback or ``__del__`` is not printed as "Exception ignored in ...": the
-    runner keeps it as a request and raises it at its next check (:func:`tuner.errors.request_stop`)."""
+    runner keeps it as a request and raises it at its next check (:func:`tuner.errors.request_stop`).
+    Only in a real process (:func:`real_process`): a Python caller's handlers are left alone."""
     if threading.current_thread() is not threading.main_thread():
         return
-    from tuner.errors import Terminated
+    from tuner.errors import Terminated, request_stop, stop_requested
 
     def stop(kind: type[KeyboardInterrupt]) -> Any:
         def handler(_signum: int, _frame: object) -> None:
             global _stop_seen
             _stop_seen = kind
-            raise kind
+            request_stop(kind)  # kept, and raised
+        handler.tuner_stop = True  # type: ignore[attr-defined] -- sigterm_as_interrupt may take over from it
         return handler
 
-    signal.signal(signal.SIGTERM, stop(Terminated))
-    signal.signal(signal.SIGINT, stop(KeyboardInterrupt))
+    # Only where nothing chose otherwise: a worker started by a script with Ctrl-C ignored (`cmd &`)
+    # keeps ignoring it.
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, stop(Terminated))
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, stop(KeyboardInterrupt))
     shown = sys.unraisablehook
+    if getattr(shown, "tuner_stop", False):
+        return
 
     def quiet_stops(unraisable: Any) -> None:
-        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and stop_requested()):
             shown(unraisable)
 
+    quiet_stops.tuner_stop = True  # type: ignore[attr-defined]
     sys.unraisablehook = quiet_stops
 
 
@@ -130,7 +140,14 @@ def signal_point(point: str) -> None:
         os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
 
 
-_from_command_line = False  # set by PlainErrorsGroup.main: a real process, not a test's CliRunner
+_from_command_line = False  # set by real_process(): the console script or python -m tuner.cli, not app() from Python
+
+
+def real_process() -> None:
+    """Say that ``tuner`` runs as its own process (the console script, ``python -m tuner.cli``): only
+    then does it take over signal handlers (:func:`stops_as_exceptions`, :func:`ignore_late_stops`)."""
+    global _from_command_line
+    _from_command_line = True
 
 
 def ignore_late_stops() -> None:
@@ -242,7 +259,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
     previous = signal.signal(signal.SIGTERM, terminate)
     previous_int = signal.getsignal(signal.SIGINT)
-    takes_ctrl_c = callable(previous_int)  # Python's own handler or stops_as_exceptions': not an ignored Ctrl-C
+    # Python's own handler or stops_as_exceptions': not an ignored Ctrl-C, nor a caller's own handler.
+    takes_ctrl_c = previous_int is signal.default_int_handler or getattr(previous_int, "tuner_stop", False)
     if takes_ctrl_c:
         signal.signal(signal.SIGINT, interrupt)
     try:
