@@ -96,9 +96,14 @@ def check_user_info(url: str) -> None:
     scheme, separator, rest = url.partition("://")
     if not separator or scheme.startswith("sqlite") or scheme == "journal":
         return
-    before_query = rest.split("?", 1)[0]
-    if before_query.count("@") > 1:
-        raise StorageError(f"storage {redact(url)!r}: the password holds an '@': write it as %40, or give the password "
+    before_query, _, query = rest.partition("?")
+    # A "?" in the password moves the rest of it into the query: an "@" there that is not inside a
+    # key=value pair's value, or that a "/" follows (host/database), is the password's "@" too.
+    query_at = any("@" in pair.partition("=")[0] or "/" in pair.partition("@")[2] for pair in query.split("&") if "@" in pair)
+    if before_query.count("@") > 1 or (query_at and "@" in before_query):
+        # Shown up to the last "@" hidden: every piece of the password lies before it.
+        shown = f"{scheme}://{rest.partition(':')[0]}:{HIDDEN}@{rest.rpartition('@')[2]}"
+        raise StorageError(f"storage {shown!r}: the password holds an '@': write it as %40, or give the password "
                            f"by --storage-password-file or ${PASSWORD_ENV}")
 
 
@@ -165,6 +170,7 @@ def with_password(url: str, password_file: str | Path | None = None) -> str:
     Example:
         >>> with_password("postgresql://tuner@db/tuner", "/run/secrets/db")  # doctest: +SKIP
     """
+    check_user_info(url)  # before anything parses it: SQLAlchemy would read another host than a person does
     if password_file is not None:
         path = Path(password_file)
         try:
