@@ -156,18 +156,31 @@ def _sha256(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
-def check_folder(folder: str | Path) -> None:
+def check_folder(folder: str | Path, model_content: bytes | None = None) -> None:
     """Raise :class:`FolderError` (one line) when ``folder`` is not the whole output of one ``tuner best``.
 
     Partial: a file the manifest names is missing, or ``metrics.json`` (the manifest, written
     last) is missing beside a model that a manifest should describe. Mixed: a file is not the one
     the manifest names (another run's, or changed). A folder written before manifests existed has
-    neither manifest nor run id, and passes.
+    neither manifest nor run id, and passes. ``model_content``: ``model.pt`` as the caller read it,
+    checked instead of the file, so that what is checked is what is loaded.
     """
     folder = Path(folder)
+    model_path = folder / MODEL_FILE
+
+    def content(name: str) -> bytes | None:
+        if name == MODEL_FILE and model_content is not None:
+            return model_content
+        path = folder / name
+        return path.read_bytes() if path.is_file() else None
+
+    def run_id() -> str | None:
+        model = content(MODEL_FILE)
+        return None if model is None else _read_record(model, model_path).get("run_id")
+
     metrics_path = folder / METRICS_FILE
     if not metrics_path.is_file():
-        if (folder / MODEL_FILE).is_file() and _run_id_of(folder / MODEL_FILE) is not None:
+        if run_id() is not None:
             raise FolderError(f"{str(folder)!r}: partial output of `tuner best` (no {METRICS_FILE}: it was stopped "
                               f"while writing)")
         return
@@ -177,27 +190,23 @@ def check_folder(folder: str | Path) -> None:
         raise FolderError(f"{str(folder)!r}: {METRICS_FILE} is not readable JSON (changed by hand?)") from None
     manifest = metrics.get(MANIFEST) if isinstance(metrics, dict) else None
     if manifest is None:  # written before manifests: its model must be of that time too
-        if (folder / MODEL_FILE).is_file() and _run_id_of(folder / MODEL_FILE) is not None:
+        if run_id() is not None:
             raise FolderError(f"{str(folder)!r}: mixed output of `tuner best` ({MODEL_FILE} is from another run than "
                               f"{METRICS_FILE})")
         return
     for name, digest in manifest.get("files", {}).items():
-        path = folder / name
-        if not path.is_file():
+        found = content(name)
+        if found is None:
             raise FolderError(f"{str(folder)!r}: partial output of `tuner best` ({name} is missing)")
-        if _sha256(path.read_bytes()) != digest:
+        if _sha256(found) != digest:
             raise FolderError(f"{str(folder)!r}: mixed output of `tuner best` ({name} is not the file "
                               f"{METRICS_FILE} describes: another run's, or changed)")
 
 
-def _run_id_of(model_path: Path) -> str | None:
-    """The run id stored in ``model.pt`` (None: written before run ids); a file torch cannot read is partial."""
-    return _read_record(model_path).get("run_id")
-
-
-def _read_record(path: Path) -> dict[str, Any]:
+def _read_record(content: bytes, path: Path) -> dict[str, Any]:
+    """``model.pt``'s record from its bytes (``path``: to name it); a file torch cannot read is named in one line."""
     try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
+        record = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
     except Exception:  # torch says "PytorchStreamReader failed reading zip archive" and the like
         raise FolderError(f"{str(path)!r}: cannot be read as a model file (cut short, or not written by `tuner best`)") from None
     if not isinstance(record, dict) or record.get("format") != MODEL_FORMAT:
@@ -287,7 +296,8 @@ def load_model(folder: str | Path) -> TrainedModel:
         path = path / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{str(path)!r}: no such file; give the folder `tuner best` wrote (it holds {MODEL_FILE})")
+    content = path.read_bytes()  # read once: what is checked is what is loaded
     if path.name == MODEL_FILE:
-        check_folder(path.parent)
-    return TrainedModel(_read_record(path))
+        check_folder(path.parent, content)
+    return TrainedModel(_read_record(content, path))
 
