@@ -39,6 +39,15 @@ def audited_study(base: Path) -> tuple[str, tuner.StudyResult]:
     return storage, tuner.run_study(spec, storage=storage, device="cpu")
 
 
+def as_stored_before_versions(storage: str, name: str) -> None:
+    """Make the stage studies of ``name`` look as a release before contract versions stored them."""
+    import optuna
+
+    for study_name in optuna.get_all_study_names(storage):
+        if study_name.startswith(f"{name}/"):
+            optuna.load_study(study_name=study_name, storage=storage).set_user_attr("contract_version", None)
+
+
 def before_the_changed_defaults(spec: tuner.StudySpec) -> tuner.StudySpec:
     """``spec`` with every default changed since studies were first stored at the value they were made with."""
     for (table, key), legacies in past_defaults().items():

@@ -284,3 +284,49 @@ def test_a_trial_that_raises_is_failed_with_its_reason_and_replaced(fragile_mode
     assert len(finished) == 4 and all(t.params["width"] < 12 for t in finished)  # replaced, not counted
     assert result.stages["shape"].n_failed == len(failed)
     assert result.stages["shape"].n_complete + result.stages["shape"].n_pruned == 4
+
+
+def test_a_stage_killed_mid_trial_and_resumed_asks_what_an_uninterrupted_one_asks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from tuner.inputs.load import load_dataset
+    from tuner.study import runner
+    from tuner.training.train import SingleTrainer
+
+    spec = tuner.spec_from_dict({
+        "name": "asks", "seed": 3, "data": {"name": "wine"}, "model": {"width": 8},
+        "train": {"epochs": 3, "batch_size": 32},
+        "stages": {"lr": {"trials": 7, "lr_min": 1e-3, "lr_max": 0.5, "batched": False}},
+    })
+    data = load_dataset(spec.data, spec.seed)
+    device = torch.device("cpu")
+
+    def complete_lrs(url: str) -> list[float]:
+        trials = optuna.load_study(study_name="asks/lr", storage=url).trials
+        return [t.params["lr"] for t in sorted(trials, key=lambda t: t.number) if t.state == TrialState.COMPLETE]
+
+    through = f"sqlite:///{tmp_path / 'through.db'}"
+    tuner.run_stage(spec, "lr", storage=tuner.open_storage(through), data=data, device=device)
+
+    started = []
+
+    class KilledOnTheFourth(SingleTrainer):
+        def epochs(self):  # type: ignore[no-untyped-def]
+            started.append(1)
+            for epochs in super().epochs():
+                if len(started) == 4:
+                    raise KeyboardInterrupt  # in the middle of the fourth trial, as Ctrl-C would
+                yield epochs
+
+    killed = f"sqlite:///{tmp_path / 'killed.db'}"
+    monkeypatch.setattr(runner, "SingleTrainer", KilledOnTheFourth)
+    with pytest.raises(KeyboardInterrupt):
+        tuner.run_stage(spec, "lr", storage=tuner.open_storage(killed), data=data, device=device)
+    monkeypatch.undo()
+    states = [t.state for t in optuna.load_study(study_name="asks/lr", storage=killed).trials]
+    assert states == [TrialState.COMPLETE] * 3 + [TrialState.FAIL]
+    tuner.run_stage(spec, "lr", storage=tuner.open_storage(killed), data=data, device=device)
+
+    assert len(complete_lrs(killed)) == 7
+    assert complete_lrs(killed) == pytest.approx(complete_lrs(through), rel=1e-12)

@@ -22,7 +22,7 @@ from tuner.study.stage_studies import with_stage_value
 from tuner.study.stored import past_defaults
 from tuner.study.stages import shape_stage
 
-from _tiny_study import before_the_changed_defaults
+from _tiny_study import as_stored_before_versions, before_the_changed_defaults
 
 SPEC: dict[str, Any] = {
     "name": "scaled",
@@ -67,6 +67,7 @@ def test_a_study_stored_with_the_old_defaults_resumes_with_them(tmp_path: Path) 
     storage = f"sqlite:///{tmp_path / 'old.db'}"
     old = before_the_changed_defaults(_spec())
     tuner.run_study(old, storage=storage, device="cpu")
+    as_stored_before_versions(storage, "scaled")
     shape = optuna.load_study(study_name="scaled/shape", storage=storage)
     stored = dict(shape.user_attrs["settings"])
     assert "lr_scale" not in stored["stages"]["shape"]  # as an earlier version stored it
@@ -110,6 +111,7 @@ def test_a_new_study_searches_with_todays_defaults(tmp_path: Path) -> None:
 def test_a_value_the_spec_sets_is_compared_as_any_other(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'old.db'}"
     tuner.run_study(before_the_changed_defaults(_spec()), storage=storage, device="cpu")
+    as_stored_before_versions(storage, "scaled")
     with pytest.raises(tuner.StudyMismatchError, match="lr_scale"):
         tuner.run_study(_spec(lr_scale=[0.2, 5.0]), storage=storage, device="cpu")
 
@@ -118,7 +120,7 @@ def test_a_field_whose_default_changed_twice_resumes_each_study_with_its_own(mon
     from tuner.study import stored
 
     # Suppose a later release changes lr_scale's default again, from [0.5, 4] to something else.
-    later = stored.Migration(stored.CONTRACT_VERSION + 1, "next", "lr_scale again", {("stages.shape", "lr_scale"): (0.5, 4.0)})
+    later = stored.Migration(stored.CONTRACT_VERSION + 1, "lr_scale again", {("stages.shape", "lr_scale"): (0.5, 4.0)})
     monkeypatch.setattr(stored, "MIGRATIONS", (*stored.MIGRATIONS, later))
     assert stored.past_defaults()[("stages.shape", "lr_scale")] == [(1.0, 1.0), (0.5, 4.0)]
     before_v1 = {"stages": {"shape": {"pruner": "none"}}}  # lr_scale left out: it did not exist
@@ -152,6 +154,7 @@ def test_a_csv_study_stored_before_constant_columns_were_dropped_resumes_keeping
     old = before_the_changed_defaults(spec_from_dict(table))
     assert old.data.drop_constant_columns is False
     tuner.run_study(old, storage=storage, device="cpu")  # as the release before stored it: 4 inputs
+    as_stored_before_versions(storage, "flatcsv")
     lr = optuna.load_study(study_name="flatcsv/lr", storage=storage)
     n_params = {t.user_attrs["n_params"] for t in lr.trials}
     assert n_params == {(4 + 1) * 8 + (8 + 1) * 2}
@@ -173,8 +176,22 @@ def test_a_csv_study_stored_before_constant_columns_were_dropped_resumes_keeping
     width, depth = newest.params["width"], newest.params["depth"]
     assert newest.user_attrs["n_params"] == (4 + 1) * width + (depth - 1) * (width + 1) * width + (width + 1) * 2
 
+    # tuner best rebuilds the spec from the stored settings: the columns stay, the stored value is reproduced.
+    best = tuner.write_best("flatcsv", storage, tmp_path / "best", device="cpu")
+    assert best.metrics["validation"]["value"] == pytest.approx(best.metrics["stored_value"], abs=1e-6)
+    assert "drop_constant_columns = false" in (tmp_path / "best" / "best.toml").read_text()
+
     fresh = f"sqlite:///{tmp_path / 'new.db'}"
     with pytest.warns(tuner.inputs.data.DataWarning, match="'flat' holds one value only: dropped"):
         tuner.run_study(today, storage=fresh, device="cpu")
     assert {t.user_attrs["n_params"] for t in optuna.load_study(study_name="flatcsv/lr", storage=fresh).trials} == {
         (3 + 1) * 8 + (8 + 1) * 2}
+
+
+def test_a_value_written_out_in_a_versioned_study_is_not_taken_for_a_past_default(tmp_path: Path) -> None:
+    from tuner.errors import StudyMismatchError
+
+    storage = f"sqlite:///{tmp_path / 'explicit.db'}"
+    tuner.run_study(_spec(pruner="none"), storage=storage, device="cpu")  # written out, today: not a default
+    with pytest.raises(StudyMismatchError, match="pruner"):
+        tuner.run_study(_spec(), storage=storage, device="cpu")  # the line removed: hyperband, a real change

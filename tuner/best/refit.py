@@ -36,6 +36,7 @@ from tuner.inputs.usercode import identity, install, load_callable
 from tuner.study.results import LR_ATTR, SETTINGS_ATTR, SPEC_PATH_ATTR, load_stage_studies, trained_params
 from tuner.study.runner import TunerError
 from tuner.study.stages import Stage, lr_stage, shape_stage
+from tuner.study.stored import with_added_fields
 from tuner.training.train import evaluate, resolve_device, seeded_model, train_epochs, use_threads
 
 REFITS = ("train", "train+val")
@@ -216,7 +217,8 @@ def _best_trial(name: str, storage: str | optuna.storages.BaseStorage | None) ->
     settings = study.user_attrs.get(SETTINGS_ATTR)
     if settings is None:
         raise BestError(f"study {name!r}: stage '{stage_name}' has no stored settings; was it made by tuner?")
-    stored = {key: value for key, value in _without_none(settings).items() if key != "identity"}
+    # Fields stored before they existed come back at the value they had then, not today's default.
+    stored = {key: value for key, value in _without_none(with_added_fields(settings)).items() if key != "identity"}
     spec_path = study.user_attrs.get(SPEC_PATH_ATTR, "")
     spec = spec_from_dict({**stored, "name": name}, source=spec_path)
     if "identity" in settings:

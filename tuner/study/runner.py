@@ -34,7 +34,7 @@ from tuner.inputs.data import Dataset, DataWarning, StreamedData
 from tuner.inputs.load import load_dataset
 from tuner.inputs.models import check_model_fits
 from tuner.inputs.spec import StudySpec, load_spec
-from tuner.inputs.usercode import check_model, install, load_callable, spec_folder, with_callables
+from tuner.inputs.usercode import check_model, install, load_callable, with_callables
 from tuner.storage import (
     StorageError,
     cached_trials,
@@ -42,15 +42,14 @@ from tuner.storage import (
     fail_trial,
     open_storage,
     redact,
-    resolve_url,
     trial_id,
     worker_attrs,
     write_trial_records,
 )
 from tuner.study import results
 from tuner.study.results import FINISHED, SURPLUS_ATTR, StageSummary, stage_study_name
-from tuner.study.stage_studies import check_stored_settings, open_stage_study
-from tuner.study.stages import STAGE_NAMES, Stage, audit_stage, lr_stage, make_pruner, make_sampler, shape_stage
+from tuner.study.stage_studies import check_stored_settings, open_stage_study, storage_of_study
+from tuner.study.stages import STAGE_NAMES, Stage, audit_stage, lr_stage, sampler_for, shape_stage
 from tuner.study.trials import Asked, TrialBatch, run_trials, run_user_loop
 from tuner.training.train import (
     EpochTrainer,
@@ -157,6 +156,9 @@ def run_study(
     stored_spec = check_stored_settings(spec, optuna_storage, reporter.message)  # with changed defaults put back
     if stored_spec.data != spec.data:  # a data default put back: the data as the stored study was made with
         data = load_dataset(stored_spec.data, spec.seed, spec.source).to(torch_device)
+        check_model(stored_spec, data)
+        check_loss(stored_spec, data)
+        check_model_fits(stored_spec, data, torch_device)
     else:
         for warning in said:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
@@ -173,33 +175,6 @@ def run_study(
     # The audit's point: did lr interact little with the rest here? Judged and stored on <name>/audit.
     verdict = audit_verdict(spec.name, optuna_storage) if "audit" in summaries else None
     return StudyResult(spec.name, redact(storage_url), best_lr, summaries, verdict)
-
-
-def storage_of_study(spec: StudySpec, storage: str | None = None) -> str:
-    """The storage URL a study runs on, a SQLite path made absolute once.
-
-    ``storage`` (the ``--storage`` option) wins, read from the working folder; else the spec's own
-    ``storage``, whose relative SQLite path is read beside the spec, as ``data.path`` is; else
-    ``sqlite:///tuner.db`` in the working folder.
-    """
-    if storage:
-        return resolve_url(storage)
-    if not spec.storage:
-        return resolve_url(None)
-    beside = resolve_url(spec.storage, relative_to=spec_folder(spec.source) or Path.cwd())
-    from_cwd = resolve_url(spec.storage)
-    if beside != from_cwd and _sqlite_file(from_cwd).is_file() and not _sqlite_file(beside).is_file():
-        # tuner before 0.2 read it from the working folder: never start a second study beside the first.
-        raise StorageError(
-            f"{spec.source}: field 'storage' = {spec.storage!r}: a relative SQLite path is read beside the spec, "
-            f"as {_sqlite_file(beside)}; that file does not exist, but {_sqlite_file(from_cwd)} (from the working "
-            f"folder, where earlier versions put it) does: move that file beside the spec, or give an absolute path"
-        )
-    return beside
-
-
-def _sqlite_file(url: str) -> Path:
-    return Path(url.removeprefix("sqlite:///").partition("?")[0])
 
 
 def run_stage(
@@ -325,10 +300,11 @@ class _StageRunner:
                 orphans_checked = -math.inf
                 continue
             n_ask = min(stage.budget - n_finished - n_running, stage.batch_trials)
+            position = sum(_holds_position(t) for t in trials)
             asked: list[Asked] = []
             try:
                 with interrupts_deferred():  # a trial asked for is always claimed, never left ownerless
-                    asked = self._claim(study, stage, len(trials), n_ask)
+                    asked = self._claim(study, stage, position, n_ask)
                 told = self._train(stage, asked) if asked else []
             except BaseException as error:
                 # Ctrl-C, SIGTERM, or the storage gone: our trials must not stay RUNNING, or every
@@ -361,12 +337,9 @@ class _StageRunner:
         return summary
 
     def _ask(self, study: optuna.Study, stage: Stage, position: int) -> Asked:
-        stage_index = STAGE_NAMES.index(stage.name)
-        seed = (self.spec.seed * 1_000_003 + stage_index * 10_007 + position) % 2**32
         # The stage's own Study with a fresh sampler, not a new Study: a new one would start an
         # empty cache and read every trial of the stage from the storage again, for each trial.
-        study.sampler = make_sampler(stage.sampler, seed, stage.budget, stage.batch_trials)
-        study.pruner = make_pruner(stage.pruner, stage.epochs)
+        study.sampler, study.pruner = sampler_for(stage, self.spec.seed, position)
         with warnings.catch_warnings():
             # Optuna warns that heartbeats go with optimize(); ours are kept by Heartbeat below.
             warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
@@ -442,6 +415,17 @@ def _abandon(asked: Sequence[Asked], reason: str) -> None:
             fail_trial(study, trial_id(trial), reason)  # a no-op for a trial already told
         except Exception:  # noqa: BLE001 -- the storage may be what failed; the next run cleans up
             pass
+
+
+def _holds_position(trial: FrozenTrial) -> bool:
+    """Whether a trial keeps its place in the stage's sequence of asks (each place its own seed).
+
+    A trial that failed without raising (its worker was stopped or died, or it was surplus) gives
+    its place up: the trial asked in its place draws what it would have drawn, so a stage resumed
+    after a kill asks what an uninterrupted one would have. A trial that raised keeps its place,
+    so the next one draws anew rather than the same failing parameters.
+    """
+    return trial.state != TrialState.FAIL or results.TRACEBACK_ATTR in trial.user_attrs
 
 
 def _best_value(trials: Sequence[FrozenTrial]) -> float | None:

@@ -20,6 +20,8 @@ import optuna
 
 from tuner.errors import StudyMismatchError
 from tuner.inputs.spec import StudySpec, settings_hash
+from tuner.inputs.usercode import spec_folder
+from tuner.storage import StorageError, resolve_url
 from tuner.study import stored as contract
 from tuner.study.stored import stage_study_name
 from tuner.study.stages import Stage, describe_search, stage_settings
@@ -78,8 +80,13 @@ def _put_back_defaults(spec: StudySpec, studies: dict[str, optuna.Study], note: 
         default = getattr(type(_field(spec, table))(), key)
         if settings is None or getattr(_field(spec, table), key) != default:
             continue
-        was = _normalise(contract.made_with(table, key, settings, contract.stored_version(study.user_attrs)))
-        legacy = next((value for value in legacies if _normalise(value) == was), None)
+        version = contract.stored_version(study.user_attrs)
+        was = _normalise(contract.made_with(table, key, settings, version))
+        if version is None:  # stored before versions: any past default may be the one it was made with
+            legacy = next((value for value in legacies if _normalise(value) == was), None)
+        else:  # only the default in force when it was made; a value written out stays a change
+            legacy = contract.default_when_made(table, key, version)
+            legacy = legacy if legacy is not None and _normalise(legacy) == was else None
         if legacy is not None and was != _normalise(default):
             spec = with_value(spec, table, key, legacy)
             if note is not None:
@@ -184,6 +191,33 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
             found += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
         return found
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def storage_of_study(spec: StudySpec, storage: str | None = None) -> str:
+    """The storage URL a study runs on, a SQLite path made absolute once.
+
+    ``storage`` (the ``--storage`` option) wins, read from the working folder; else the spec's own
+    ``storage``, whose relative SQLite path is read beside the spec, as ``data.path`` is; else
+    ``sqlite:///tuner.db`` in the working folder.
+    """
+    if storage:
+        return resolve_url(storage)
+    if not spec.storage:
+        return resolve_url(None)
+    beside = resolve_url(spec.storage, relative_to=spec_folder(spec.source) or Path.cwd())
+    from_cwd = resolve_url(spec.storage)
+    if beside != from_cwd and _sqlite_file(from_cwd).is_file() and not _sqlite_file(beside).is_file():
+        # tuner before 0.2 read it from the working folder: never start a second study beside the first.
+        raise StorageError(
+            f"{spec.source}: field 'storage' = {spec.storage!r}: a relative SQLite path is read beside the spec, "
+            f"as {_sqlite_file(beside)}; that file does not exist, but {_sqlite_file(from_cwd)} (from the working "
+            f"folder, where earlier versions put it) does: move that file beside the spec, or give an absolute path"
+        )
+    return beside
+
+
+def _sqlite_file(url: str) -> Path:
+    return Path(url.removeprefix("sqlite:///").partition("?")[0])
 
 
 def open_stage_study(spec: StudySpec, stage: Stage, storage: optuna.storages.BaseStorage) -> optuna.Study:

@@ -188,6 +188,16 @@ def stage_settings(spec: StudySpec, stage: str) -> dict[str, Any]:
     return settings
 
 
+def sampler_for(stage: Stage, study_seed: int, position: int) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
+    """The sampler and pruner that ask the trial at ``position`` (trials the stage held before it) of ``stage``.
+
+    Built anew for each trial and seeded by its position, on purpose: a stage resumed after a kill,
+    or shared by several workers, asks at each position what an uninterrupted stage would have.
+    """
+    seed = (study_seed * 1_000_003 + STAGES.index(stage.name) * 10_007 + position) % 2**32
+    return make_sampler(stage.sampler, seed, stage.budget, stage.batch_trials), make_pruner(stage.pruner, stage.epochs)
+
+
 def make_sampler(kind: str, seed: int, budget: int, batch_trials: int = 1) -> optuna.samplers.BaseSampler:
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)

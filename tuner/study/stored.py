@@ -20,6 +20,7 @@ versions existed has none and is read as it always was.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -81,15 +82,14 @@ class Migration:
     """
 
     version: int  # the contract version this change brought
-    release: str
     change: str
     legacy: Mapping[tuple[str, str], Any]
 
 
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "0.2", "stage 'shape' prunes with Hyperband and refines the calibrated rate by lr_scale (issue 13)",
+    Migration(1, "stage 'shape' prunes with Hyperband and refines the calibrated rate by lr_scale (issue 13)",
               {("stages.shape", "pruner"): "none", ("stages.shape", "lr_scale"): (1.0, 1.0)}),
-    Migration(2, "0.3", "a CSV's constant feature columns are dropped, with a warning (issue 24)",
+    Migration(2, "a CSV's constant feature columns are dropped, with a warning (issue 24)",
               {("data", "drop_constant_columns"): False}),
 )
 CONTRACT_VERSION = MIGRATIONS[-1].version  # what this tuner writes, and the newest it reads
@@ -136,6 +136,22 @@ def made_with(table: str, field: str, settings: Mapping[str, Any], version: int 
     if field in added:
         return added[field]  # left out of the stored settings at the value it had before it existed
     return default_when_made(table, field, version)
+
+
+def with_added_fields(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Stored ``settings`` with each field left out at its added value (:data:`ADDED_FIELDS`) written in.
+
+    A spec rebuilt from stored settings must get those values, not today's defaults.
+    """
+    filled = json.loads(json.dumps(settings))
+    for table, fields in ADDED_FIELDS.items():
+        values = filled
+        for part in table.split("."):
+            values = values.setdefault(part, {})
+        for key, value in fields.items():
+            if values.get(key) is None:
+                values[key] = list(value) if isinstance(value, tuple) else value
+    return filled
 
 
 def stored_version(user_attrs: Mapping[str, Any]) -> int | None:
