@@ -1,5 +1,6 @@
 """What a finished study says: importance (fANOVA main effects and interactions), the audit's
 verdict, and the export of trials to CSV.
 
-May import: ``tuner.storage`` and ``tuner.study.results`` (the stored contract) only.
+May import: ``tuner.storage``, ``tuner.study.stored`` (the stored contract) and ``tuner.study.results``
+(reading a study back) only.
 """

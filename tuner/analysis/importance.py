@@ -32,7 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.analysis.fanova import fanova_importances
 from tuner.deprecation import keyword_only_since
 
-# The loaders live with the rest of the stored contract, in tuner.study.results; importable from here as before.
+# The loaders of a stored study live in tuner.study.results; importable from here as before.
 from tuner.study.results import (
     STAGES,
     UnknownStudyError,

@@ -1,9 +1,11 @@
 """A staged study: what each stage searches, its Optuna study, the trials, the runner.
 
-In the order a study flows: :mod:`~tuner.study.results` (the stored contract: study names,
-attribute names, and reading a study back), :mod:`~tuner.study.stages` (what each stage searches
-and the hand-off), :mod:`~tuner.study.stage_studies` (the stage studies, created and checked
-once), :mod:`~tuner.study.trials` (asking, training and telling trials),
+In the order a study flows: :mod:`~tuner.study.stored` (the stored contract: study names,
+attribute names, versioned migrations), :mod:`~tuner.study.results` (reading a study back),
+:mod:`~tuner.study.stages` (what each stage searches and the hand-off),
+:mod:`~tuner.study.stage_studies` (the stage studies, created and checked once),
+:mod:`~tuner.study.lr_range` (the range test of ``lr_range = "auto"``, kept on the study),
+:mod:`~tuner.study.trials` (asking, training and telling trials),
 :mod:`~tuner.study.runner` (the stages in order, budgets, resume) and
 :mod:`~tuner.study.progress` (what the console shows).
 
