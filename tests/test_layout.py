@@ -15,6 +15,9 @@ import ast
 import functools
 import importlib
 import inspect
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -282,3 +285,14 @@ def test_no_private_tuner_name_is_imported_across_packages(module: str) -> None:
 @pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "scripts").glob("*.py")))
 def test_scripts_use_public_tuner_api_only(script: str) -> None:
     assert _private_imports(REPO / "scripts" / script, None) == []
+
+
+@pytest.mark.parametrize("module", ["tuner.inputs.spec", "tuner.analysis.export", "tuner.analysis.importance", "tuner.cli"])
+def test_reading_a_spec_and_the_analyses_import_no_torch(module: str) -> None:
+    script = (f"import sys, {module}\n"
+              f"from tuner.inputs.spec import load_spec\n"
+              f"load_spec({str(REPO / 'studies' / 'quickstart.toml')!r})\n"
+              f"print('torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.stdout.strip() == "False", done.stderr
