@@ -319,16 +319,9 @@ def test_the_lr_stage_batches_lstms_only_where_it_is_faster() -> None:
 def test_batched_copies_judge_divergence_against_the_untrained_training_loss_as_alone() -> None:
     # Two validation rows the untrained model predicts exactly: a bar set from their loss (0) would
     # call every copy diverged in its first epoch; the bar is the untrained *training* loss, alone and batched.
-    import torch
+    from test_train import _validation_the_untrained_model_fits
 
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(202, 4, generator=generator)
-    y = x @ torch.tensor([1.0, -0.5, 0.25, 0.0])
-    y = (y - y.mean()) / y.std()
-    placeholder = Dataset("toy", "regression", x[:200], y[:200], x[200:], y[200:], 1)
-    with torch.no_grad():
-        fitted = seeded_model("mlp", placeholder, 8, 1, seed=0)(x[200:]).squeeze(-1)
-    data = Dataset("toy", "regression", x[:200], y[:200], x[200:], fitted, 1)
+    data = _validation_the_untrained_model_fits(seed=0)
     plans = [TrialPlan(8, 1, TrainConfig(lr=lr, epochs=3, batch_size=32)) for lr in (0.003, 0.01, 1e3)]
     epochs = _together(data, plans)
     for i, plan in enumerate(plans[:2]):
