@@ -175,8 +175,10 @@ def _open(given: str | None, *, must_exist: bool, read_only: bool) -> BaseStorag
                 # Workers opening a brand-new database at once race to create its tables and types
                 # ("duplicate key ... pg_type_typname_nsp_index"; SQLite: "table studies already
                 # exists"); the loser's transaction rolls back and on the next try it finds the
-                # winner's tables.
-                lost_race = not isinstance(error, sqlalchemy.exc.OperationalError) or "already exists" in str(error)
+                # winner's tables. SQLite may also answer "database is locked" to the loser while the
+                # winner switches a brand-new file to WAL (seen once in 12 two-worker starts under load).
+                lost_race = not isinstance(error, sqlalchemy.exc.OperationalError) or any(
+                    words in str(error) for words in ("already exists", "database is locked"))
                 if attempt == SCHEMA_ATTEMPTS or not lost_race:
                     raise
                 time.sleep(random.uniform(0.1, 0.5) * attempt)
