@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from tuner.errors import quiet_optuna
 from tuner.exits import (
     BAD_INPUT,
     INTERRUPTED,
@@ -24,7 +25,6 @@ from tuner.exits import (
     fail,
     ignore_late_stops,
     new_console,
-    quiet_optuna,
     real_process,
     say,
     sigterm_as_interrupt,

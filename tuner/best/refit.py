@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,6 @@ import optuna
 import tomllib
 import torch
 from optuna.trial import FrozenTrial, TrialState
-from torch import nn
 
 from tuner.best.folder import FolderError, check_folder, model_record, write_folder
 from tuner.folders import default_folder
@@ -32,12 +32,13 @@ from tuner.inputs.data import Dataset, StreamedData
 from tuner.inputs.load import load_dataset
 from tuner.inputs.spec import StudySpec, spec_from_dict
 from tuner.inputs.user_data import check_test_part
-from tuner.inputs.usercode import identity, install, load_callable
+from tuner.inputs.usercode import identity, resolve_code
 from tuner.study.results import LR_ATTR, SETTINGS_ATTR, SPEC_PATH_ATTR, load_stage_studies, trained_params
 from tuner.study.runner import TunerError
 from tuner.study.stages import Stage, lr_stage, shape_stage
 from tuner.study.stored import with_added_fields
-from tuner.training.train import evaluate, resolve_device, seeded_model, train_epochs, use_threads
+from tuner.training.train import EpochResult, evaluate, resolve_device, use_threads
+from tuner.training.trainers import LoopTrainer, make_trainer, with_code
 
 REFITS = ("train", "train+val")
 
@@ -65,6 +66,11 @@ def write_best(
     *,
     refit: str = "train",
     device: str = "auto",
+    model: Callable[..., Any] | None = None,
+    loader: Callable[..., Any] | None = None,
+    loop: Callable[..., Any] | None = None,
+    loss: Callable[..., Any] | None = None,
+    metric: Callable[..., Any] | None = None,
 ) -> BestResult:
     """Train the best configuration of study ``name`` again (same seed) and write it into ``out``.
 
@@ -82,6 +88,8 @@ def write_best(
             stored one; ``train+val``: training and validation parts together (the validation score
             is then no fair estimate; the test part, if any, still is).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        model, loader, loop, loss, metric: the callables handed to :func:`tuner.run_study` from
+            Python, if the study was run that way (a spec's ``"module:function"`` is imported anew).
 
     Raises:
         tuner.analysis.importance.UnknownStudyError: no study of that name in the storage.
@@ -95,11 +103,12 @@ def write_best(
         raise BestError(f"--out {str(folder)!r}: is a file; give a folder (created if missing)")
     replaced = _earlier_output(folder)
     spec, stage, trial = _best_trial(name, storage)
-    install(spec)
-    plan = stage.plan(trial.params)
+    given = {"model": model, "loader": loader, "loop": loop, "loss": loss, "metric": metric}
+    code = resolve_code(spec, given)  # the study's own code, imported once, here
+    plan = with_code(stage.plan(trial.params), code)
     torch_device = resolve_device(device)
     use_threads(None, torch_device)  # $TUNER_THREADS, else one on the CPU, as tuner study
-    data = load_dataset(spec.data, spec.seed, spec.source).to(torch_device)
+    data = load_dataset(spec.data, spec.seed, spec.source, code.loader).to(torch_device)
     check_test_part(spec.data, data, spec.source)  # a loader's test Dataset, unread by the stages: before training
     fit_data = data
     if refit == "train+val":
@@ -108,17 +117,18 @@ def write_best(
         else:
             fit_data = dataclasses.replace(data, x_train=torch.cat([data.x_train, data.x_val]),
                                            y_train=torch.cat([data.y_train, data.y_val]))
-    model = seeded_model(spec.model.family, fit_data, plan.width, plan.depth, plan.train.seed)
-    loop_value = None
-    if spec.train.loop:
-        loop_value = _train_with_loop(spec, model, fit_data, plan, torch_device, trial)
-        diverged = not math.isfinite(loop_value)
-    else:
-        last = None
-        for last in train_epochs(model, fit_data, plan.train):
-            pass
-        diverged = last is None or last.diverged
-    if diverged:
+    # The trial's own trainer (tuner's loop, or the user's), as the stage trained it: plan -> trainer.
+    trainer = make_trainer([plan], fit_data, code, torch_device)
+    results: list[EpochResult] = []
+
+    def keep(epoch: list[EpochResult | None]) -> list[int]:
+        results.extend(result for result in epoch if result is not None)
+        return []  # no pruning here: it trains to the end (or until it diverges)
+
+    trainer.run(keep)
+    model = trainer.model  # type: ignore[attr-defined]
+    loop_value = trainer.values[-1] if isinstance(trainer, LoopTrainer) else None
+    if not results or results[-1].diverged:
         raise TunerError(f"study {name!r}: trial {trial.number} of stage '{stage.name}' diverged when trained again "
                          f"(refit {refit}); try --refit train")
     val_loss, val_error = evaluate(model, data, plan.train)
@@ -179,28 +189,6 @@ def _rows(data: Dataset | StreamedData, part: str) -> int:
     return 0 if tensor is None else len(tensor)
 
 
-def _train_with_loop(spec: StudySpec, model: nn.Module, data: Any, plan: Any, device: torch.device,
-                     trial: FrozenTrial) -> float:
-    """Train ``model`` with the spec's own loop, as its trial did; the objective it gave last (NaN: none, or diverged)."""
-    from tuner.study.trials import StopTrial, call_user_loop
-
-    loop = load_callable(spec.train.loop or "", "train.loop", spec.source)
-    values: list[float] = []
-
-    def record(epoch: int, value: float, train_loss: float) -> None:
-        values.append(value)
-        if not math.isfinite(value):
-            raise StopTrial("diverged")
-
-    try:
-        returned = call_user_loop(loop, model, data, plan.train, device, record, dict(trial.params))
-    except StopTrial:
-        return math.nan
-    if returned is not None:
-        values.append(float(returned))  # type: ignore[arg-type]
-    return values[-1] if values else math.nan
-
-
 def _best_trial(name: str, storage: str | optuna.storages.BaseStorage | None) -> tuple[StudySpec, Stage, FrozenTrial]:
     """The spec (from the stored settings), the stage and the best complete trial to train again."""
     studies = load_stage_studies(name, storage)
@@ -222,7 +210,6 @@ def _best_trial(name: str, storage: str | optuna.storages.BaseStorage | None) ->
     spec_path = study.user_attrs.get(SPEC_PATH_ATTR, "")
     spec = spec_from_dict({**stored, "name": name}, source=spec_path)
     if "identity" in settings:
-        install(spec)
         if identity(spec) != settings["identity"]:
             raise BestError(f"study {name!r}: its own code or data file changed since its trials ran (see "
                             f"`tuner study` on it); put them back to train its winner again")

@@ -28,13 +28,14 @@ from tuner.errors import (
     TunerError,
     TunerInputError,
     interrupts_deferred,
+    quiet_optuna,
     raise_if_stop_requested,
 )
 from tuner.inputs.data import Dataset, DataWarning, StreamedData
 from tuner.inputs.load import load_dataset
 from tuner.inputs.models import check_model_fits
 from tuner.inputs.spec import StudySpec, load_spec
-from tuner.inputs.usercode import check_model, install, load_callable, with_callables
+from tuner.inputs.usercode import UserCode, check_model, resolve_code, with_callables
 from tuner.storage import (
     StorageError,
     cached_trials,
@@ -50,18 +51,9 @@ from tuner.study import results
 from tuner.study.results import FINISHED, SURPLUS_ATTR, StageSummary, stage_study_name
 from tuner.study.stage_studies import check_stored_settings, open_stage_study, storage_of_study
 from tuner.study.stages import STAGE_NAMES, Stage, audit_stage, lr_stage, sampler_for, shape_stage
-from tuner.study.trials import Asked, TrialBatch, run_trials, run_user_loop
-from tuner.training.train import (
-    EpochTrainer,
-    check_loss,
-    SingleTrainer,
-    TrialPlan,
-    parameter_count,
-    pick_threads,
-    resolve_device,
-    seeded_model,
-    use_threads,
-)
+from tuner.study.trials import Asked, TrialBatch, run_trials
+from tuner.training.train import check_loss, pick_threads, resolve_device, use_threads
+from tuner.training.trainers import make_trainer
 
 POLL_INTERVAL_S = 1.0  # how often a worker with nothing to do looks at the stage again
 MAX_CONSECUTIVE_FAILURES = 5  # a trial that raises every time is a bug, not bad luck: stop
@@ -133,19 +125,20 @@ def run_study(
             :func:`pick_threads`).
     """
     spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
-    spec = with_callables(spec, model=model, loader=loader, loop=loop, loss=loss, metric=metric)
+    given = {"model": model, "loader": loader, "loop": loop, "loss": loss, "metric": metric}
+    spec = with_callables(spec, **given)
     reporter = reporter or Reporter()
     quiet_optuna()
     # Everything that can be wrong with the input is checked before the storage is touched.
     torch_device = resolve_device(device)
     use_threads(threads, torch_device)
-    install(spec)  # the spec's own model factory, if it names one
+    code = resolve_code(spec, given)  # the user's own code, imported once, here, and handed down
     with warnings.catch_warnings(record=True) as said:  # told below, once the stored settings are known
         warnings.simplefilter("always", DataWarning)
-        data = load_dataset(spec.data, spec.seed, spec.source).to(torch_device)
-    check_model(spec, data)
-    check_loss(spec, data)  # a loss that cannot train would fail every trial, without naming train.loss
-    check_model_fits(spec, data, torch_device)  # before the storage: nothing written for a model that cannot train
+        data = load_dataset(spec.data, spec.seed, spec.source, code.loader).to(torch_device)
+    check_model(spec, data, code)
+    check_loss(spec, data, code)  # a loss that cannot train would fail every trial, without naming train.loss
+    check_model_fits(spec, data, torch_device, code.family)  # before the storage: nothing written for a model that cannot train
     storage_url = storage_of_study(spec, storage)
     try:
         optuna_storage = open_storage(storage_url)
@@ -153,25 +146,26 @@ def run_study(
         if storage or not spec.storage:
             raise
         raise StorageError(f"{spec.source or spec.name}: field 'storage': {error}") from None
-    stored_spec = check_stored_settings(spec, optuna_storage, reporter.message)  # with changed defaults put back
+    stored_spec = check_stored_settings(spec, optuna_storage, reporter.message, code)  # with changed defaults put back
     if stored_spec.data != spec.data:  # a data default put back: the data as the stored study was made with
-        data = load_dataset(stored_spec.data, spec.seed, spec.source).to(torch_device)
-        check_model(stored_spec, data)
-        check_loss(stored_spec, data)
-        check_model_fits(stored_spec, data, torch_device)
+        data = load_dataset(stored_spec.data, spec.seed, spec.source, code.loader).to(torch_device)
+        check_model(stored_spec, data, code)
+        check_loss(stored_spec, data, code)
+        check_model_fits(stored_spec, data, torch_device, code.family)
     else:
         for warning in said:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     spec = stored_spec
 
     summaries: dict[str, StageSummary] = {}
-    lr_summary = run_stage(spec, "lr", storage=optuna_storage, data=data, device=torch_device, reporter=reporter)
+    lr_summary = run_stage(spec, "lr", storage=optuna_storage, data=data, device=torch_device, reporter=reporter, code=code)
     summaries["lr"] = lr_summary
     best_lr = hand_off_lr(spec, optuna_storage, reporter)
     summaries["shape"] = run_stage(spec, "shape", storage=optuna_storage, data=data, device=torch_device,
-                                   reporter=reporter, best_lr=best_lr)
+                                   reporter=reporter, best_lr=best_lr, code=code)
     if spec.stages.audit.trials > 0:
-        summaries["audit"] = run_stage(spec, "audit", storage=optuna_storage, data=data, device=torch_device, reporter=reporter)
+        summaries["audit"] = run_stage(spec, "audit", storage=optuna_storage, data=data, device=torch_device,
+                                       reporter=reporter, code=code)
     # The audit's point: did lr interact little with the rest here? Judged and stored on <name>/audit.
     verdict = audit_verdict(spec.name, optuna_storage) if "audit" in summaries else None
     return StudyResult(spec.name, redact(storage_url), best_lr, summaries, verdict)
@@ -186,20 +180,23 @@ def run_stage(
     device: torch.device,
     reporter: Reporter | None = None,
     best_lr: float | None = None,
+    code: UserCode | None = None,
 ) -> StageSummary:
     """Run (or resume) one stage of a study to its budget; ``best_lr`` is needed by ``shape``.
+
+    ``code``: the spec's own code as resolved once by the caller (default: resolved here).
 
     Example:
         >>> summary = run_stage(spec, "lr", storage=open_storage("sqlite:///t.db"), data=data, device=torch.device("cpu"))  # doctest: +SKIP
     """
-    runner = _StageRunner(spec, storage, data, device, reporter or Reporter())
+    runner = _StageRunner(spec, storage, data, device, reporter or Reporter(), code or resolve_code(spec))
     if stage == "lr":
         from tuner.study.lr_range import auto_lr_range
 
         # The study first, with its settings: the range test of lr_range = "auto" is kept on it.
         study = runner.open(lr_stage(spec))
         # lr_range = "auto": the range test runs once (kept on <name>/lr, reused on resume) and sets the bounds.
-        lr_range = auto_lr_range(spec, study, data, runner.reporter.message)
+        lr_range = auto_lr_range(spec, study, data, runner.reporter.message, runner.code)
         stage = lr_stage(spec, lr_range=lr_range)
         if isinstance(data, StreamedData):  # read batch by batch: trials train one at a time
             stage = dataclasses.replace(stage, batch_trials=1)
@@ -211,12 +208,6 @@ def run_stage(
     if stage == "audit":
         return runner.run(audit_stage(spec))
     raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGE_NAMES)}")
-
-
-def quiet_optuna() -> None:
-    """Optuna's INFO line per trial drowns our progress; its warnings stay."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def stage_summary(study: optuna.Study, stage: Stage) -> StageSummary:
@@ -254,15 +245,16 @@ class _StageRunner:
     """Runs one stage to its budget: claims trials, trains them through :mod:`tuner.study.trials`, waits for others."""
 
     def __init__(self, spec: StudySpec, storage: optuna.storages.BaseStorage, data: Dataset,
-                 device: torch.device, reporter: Reporter) -> None:
+                 device: torch.device, reporter: Reporter, code: UserCode) -> None:
         self.spec = spec
+        self.code = code
         self.storage = storage
         self.data = data
         self.device = device
         self.reporter = reporter
 
     def open(self, stage: Stage) -> optuna.Study:
-        return open_stage_study(self.spec, stage, self.storage)
+        return open_stage_study(self.spec, stage, self.storage, self.code)
 
     def run(self, stage: Stage) -> StageSummary:
         study = self.open(stage)
@@ -372,40 +364,15 @@ class _StageRunner:
                 break
         return claimed
 
-    def _trainer(self, plans: Sequence[TrialPlan]) -> EpochTrainer:
-        """One trial alone, or a batch of them stacked into one model."""
-        family = self.spec.model.family
-        if len(plans) == 1:
-            plan = plans[0]
-            return SingleTrainer(seeded_model(family, self.data, plan.width, plan.depth, plan.train.seed), self.data, plan.train)
-        from tuner.training.batched import BatchedTrainer
-
-        return BatchedTrainer(family, self.data, plans)
-
     def _train(self, stage: Stage, asked: list[Asked]) -> list[FrozenTrial]:
-        """Train the asked trials (together when there are several), tell each its own outcome."""
+        """Plan the asked trials, train them (together when there are several), tell each its own outcome."""
         batch = TrialBatch(stage, asked, self.spec.train.objective)
         try:
             plans = [stage.plan(trial.params) for _, trial in asked]
         except Exception as error:  # noqa: BLE001 -- e.g. a stored param of another type
             return batch.fail(error)
-        family = self.spec.model.family
         attrs = {results.DEVICE_ATTR: str(self.device), results.THREADS_ATTR: torch.get_num_threads()}
-        if self.spec.train.loop:
-            (plan,) = plans  # a user's loop trains one trial at a time: its stages ask one (lr_stage)
-            loop = load_callable(self.spec.train.loop, "train.loop", self.spec.source)
-            try:
-                model = seeded_model(family, self.data, plan.width, plan.depth, plan.train.seed)
-            except Exception as error:  # noqa: BLE001 -- one bad trial must not end the study
-                return batch.fail(error)
-            n_params = sum(p.numel() for p in model.parameters())
-            return run_user_loop(batch, plan, loop, model, self.data, self.device, n_params, attrs)
-        return run_trials(
-            batch, plans, self._trainer,
-            n_params=lambda plan: parameter_count(family, self.data, plan.width, plan.depth),
-            extra_attrs=attrs,
-            device=self.device,
-        )
+        return run_trials(batch, lambda: make_trainer(plans, self.data, self.code, self.device), attrs, self.device)
 
 
 def _abandon(asked: Sequence[Asked], reason: str) -> None:

@@ -16,6 +16,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from tuner.inputs.spec import StudySpec
+from tuner.inputs.usercode import UserCode, identity
 from tuner.study.results import trained_params
 from tuner.study.stored import ADDED_FIELDS, STAGES
 from tuner.training.batched import worth_batching
@@ -57,7 +58,7 @@ class Stage:
         if "one_minus_momentum" in values:
             changes["momentum"] = 1.0 - values["one_minus_momentum"]
         width, depth = int(values.get("width", self.width)), int(values.get("depth", self.depth))
-        return TrialPlan(width, depth, dataclasses.replace(self.base, **changes))
+        return TrialPlan(width, depth, dataclasses.replace(self.base, **changes), dict(params))
 
     def study_name(self, study: str) -> str:
         return f"{study}/{self.name}"
@@ -65,8 +66,6 @@ class Stage:
 
 def base_config(spec: StudySpec, epochs: int) -> TrainConfig:
     """The training settings a stage's trials share, from the spec."""
-    from tuner.inputs.usercode import train_functions  # the user's own loss and metric, if named
-
     train = spec.train
     return TrainConfig(
         lr=1.0,  # every trial sets its own
@@ -77,8 +76,7 @@ def base_config(spec: StudySpec, epochs: int) -> TrainConfig:
         weight_decay=train.weight_decay,
         step_every=spec.stages.shape.step_every,
         divergence_factor=train.divergence_factor,
-        seed=spec.seed,
-        **train_functions(spec),
+        seed=spec.seed,  # the user's own loss and metric join at the trainer (tuner.training.trainers.with_code)
     )
 
 
@@ -158,7 +156,7 @@ def audit_stage(spec: StudySpec) -> Stage:
     )
 
 
-def stage_settings(spec: StudySpec, stage: str) -> dict[str, Any]:
+def stage_settings(spec: StudySpec, stage: str, code: UserCode | None = None) -> dict[str, Any]:
     """The spec's settings a stage's results depend on (budgets excluded: raising one resumes)."""
     settings = spec.settings()
     stages = settings.pop("stages")
@@ -177,9 +175,7 @@ def stage_settings(spec: StudySpec, stage: str) -> dict[str, Any]:
         for key, default in defaults.items():
             if fields.get(key, default) == default:
                 fields.pop(key, None)
-    from tuner.inputs.usercode import identity  # the user's own code and data files, by content
-
-    found = identity(spec)
+    found = identity(spec, code)  # the user's own code and data files, by content
     if found:
         settings["identity"] = found
     settings["stages"] = {"lr": stages["lr"]}

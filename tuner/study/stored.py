@@ -59,6 +59,7 @@ BATCHED_WITH_ATTR = "batched_with"
 ERROR_ATTR = "error"
 TRACEBACK_ATTR = "traceback"
 SURPLUS_ATTR = "surplus"  # on a trial failed untrained because other workers had filled the budget
+FALLBACK_ATTR = "fallback"  # on a trial that trained alone though it could have been batched: why
 
 
 def stage_study_name(study: str, stage: str) -> str:

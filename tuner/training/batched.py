@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tuner.inputs.data import Dataset
+from tuner.inputs.models import Family
 from tuner.training.stacked import Stacked, StackedLSTM, StackedMLP, stacked_class
 from tuner.training.train import (
     EVAL_CHUNK,
@@ -47,7 +48,7 @@ ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, which train.make_optim
 ADAM_EPS = 1e-8
 
 
-def supports(family: str, optimizer: str) -> bool:
+def supports(family: Family, optimizer: str) -> bool:
     """Whether trials of this model family and optimizer can be trained as one batched model."""
     return stacked_class(family) is not None and optimizer in BATCHED_OPTIMIZERS
 
@@ -58,7 +59,7 @@ def supports(family: str, optimizer: str) -> bool:
 BATCHED_LSTM_MAX_WIDTH = 32
 
 
-def worth_batching(family: str, optimizer: str, width: int) -> bool:
+def worth_batching(family: Family, optimizer: str, width: int) -> bool:
     """Whether the LR stage's trials of this small network train faster batched than one at a time."""
     if not supports(family, optimizer):
         return False
