@@ -347,7 +347,13 @@ def test_trials_keep_their_attribute_keys_and_params(tiny: Tiny, stage: str) -> 
         assert len(trial.user_attrs["learning_curve"]) == trial.user_attrs["epochs_done"]
 
 
-IMPORTANCE_COLUMNS = ["stage", "evaluator", "param", "param_b", "importance", "std"]
+IMPORTANCE_COLUMNS = ["stage", "evaluator", "param", "param_b", "importance", "std"]  # its first six, in this order
+IMPORTANCE_APPENDED = ["basis", "trials"]  # appended after them (issue 21): "complete" or "epoch N", and a count
+
+
+def _importance_header_holds(header: list[str]) -> bool:
+    """importance.csv keeps its first six columns in order; later columns are appended after them."""
+    return header[:6] == IMPORTANCE_COLUMNS and header[6:8] == IMPORTANCE_APPENDED
 TRIAL_COLUMNS = ["stage", "number", "state", "value", "datetime_start", "datetime_complete", "duration_s"]
 CURVE_COLUMNS = ["stage", "trial", "epoch", "value"]
 
@@ -357,7 +363,7 @@ def test_importance_csv_columns(tiny: Tiny, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     with (tmp_path / "importance.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert _header(tmp_path / "importance.csv") == IMPORTANCE_COLUMNS
+    assert _importance_header_holds(_header(tmp_path / "importance.csv"))
     assert {row["stage"] for row in rows} == {"lr"}  # the only stage with enough trials
 
 
@@ -524,7 +530,7 @@ def test_importance_export_and_report_read_a_study_stored_before(v0_copy: str, t
     for command in ("importance", "export", "report"):
         result = _invoke(command, "contract", "--storage", v0_copy, "--out", str(tmp_path / command))
         assert result.exit_code == 0, (command, result.output)
-    assert _header(tmp_path / "importance" / "importance.csv") == IMPORTANCE_COLUMNS
+    assert _importance_header_holds(_header(tmp_path / "importance" / "importance.csv"))
     # The old database's columns exactly: what a user's notebook reading trials.csv relies on.
     assert _header(tmp_path / "export" / "trials.csv") == TRIAL_COLUMNS + [
         "params_decay", "params_depth", "params_lr", "params_schedule", "params_width",
@@ -579,7 +585,7 @@ def test_a_study_stored_by_the_release_before_versions_resumes_and_reports_uncha
     for command in ("importance", "export", "report"):
         result = _invoke(command, "contract1", "--storage", v1_copy, "--out", str(tmp_path / command))
         assert result.exit_code == 0, (command, result.output)
-    assert _header(tmp_path / "importance" / "importance.csv") == IMPORTANCE_COLUMNS
+    assert _importance_header_holds(_header(tmp_path / "importance" / "importance.csv"))
     trials_csv = _header(tmp_path / "export" / "trials.csv")
     assert trials_csv[: len(TRIAL_COLUMNS)] == TRIAL_COLUMNS and "params_lr_scale" in trials_csv
     assert (tmp_path / "report" / "index.html").exists()

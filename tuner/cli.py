@@ -193,27 +193,34 @@ NameArgument = Annotated[str, typer.Argument(help="The study's name (its stages 
 def importance(
     name: NameArgument, storage: StorageOption = None, out: OutOption = Path("."), storage_password_file: PasswordFileOption = None
 ) -> None:
-    """Write importance.csv: fANOVA (main effects and pairwise interactions) and PED-ANOVA per stage."""
+    """Write importance.csv: fANOVA (main effects and pairwise interactions) and PED-ANOVA per stage,
+    from its complete trials and, where trials were pruned, from the deepest epoch enough trials reached."""
     from rich.table import Table
 
-    from tuner.analysis.importance import headline_rows, write_importance
+    from tuner.analysis.importance import basis_notes, headline_rows, write_importance
 
     quiet_optuna()
     with analysis_errors():
         path, table, skipped = write_importance(name, out=out, storage=_storage_url(storage, storage_password_file))
     console = new_console()
     shown = Table(title=f"importance of {name} (share; fanova: of the variance)")
-    for column in ("stage", "evaluator", "param", "param_b", "importance", "std"):
+    for column in ("stage", "basis", "evaluator", "param", "param_b", "importance", "std"):
         shown.add_column(column, justify="right" if column in ("importance", "std") else "left")
     # The main effects and the largest interactions of each stage: the whole table is in the CSV.
     headline = headline_rows(table)
     for row in headline.itertuples():
-        shown.add_row(row.stage, row.evaluator, row.param, row.param_b, f"{row.importance:.3f}", f"{row.std:.3f}")
+        shown.add_row(row.stage, row.basis, row.evaluator, row.param, row.param_b, f"{row.importance:.3f}", f"{row.std:.3f}")
+    # The trial counts go below the table rather than in a column of their own: it stays 80 characters wide.
+    counts = table.drop_duplicates(["stage", "basis"])
+    caption = ["trials analysed: " + ", ".join(f"{r.stage} ({r.basis}) {r.trials}" for r in counts.itertuples())]
     if len(headline) < len(table):
-        shown.caption = (f"{len(headline)} of {len(table)} rows shown: main effects and the largest interactions "
-                         f"of each stage; all {len(table)} are in {path}")
+        caption.append(f"{len(headline)} of {len(table)} rows shown: main effects and the largest interactions "
+                       f"of each stage; all {len(table)} are in {path}")
+    shown.caption = "\n".join(caption)
     if len(table):
         console.print(shown)
+    for note in basis_notes(table):
+        say(note)
     for stage, reason in skipped:
         say(f"skipped stage {stage}: {reason}")
     say(f"wrote {path} ({len(table)} rows)")

@@ -223,7 +223,7 @@ def trial_costs(runs: Sequence[Run]) -> TrialCosts | None:
 
 
 def importance_data(name: str, url: str) -> tuple[pd.DataFrame | None, str]:
-    """The importance table (stage, evaluator, param, param_b, importance, std), or why there is none.
+    """The importance table (stage, evaluator, param, param_b, importance, std, basis, trials), or why there is none.
 
     The second item names the stages skipped (too few trials) and why; empty when none were.
     """

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tuner.analysis.importance import COMPLETE_BASIS, RUNG_CAVEAT
 from tuner.report.runs import Run, StageRuns, TrialCosts, epochs_to_target, error_target
 from tuner.study.stored import VERDICT_ATTR
 
@@ -300,19 +301,23 @@ def fmt_value(value: Any) -> str:
 
 
 def importance_sentences(table: pd.DataFrame) -> list[str]:
-    """Per stage: the parameter that matters most and the largest interaction, in words."""
+    """Per stage and basis: the parameter that matters most and the largest interaction, in words.
+
+    Where a stage was analysed at an epoch (its pruned trials included), a last sentence says what
+    such importances lean against (:data:`tuner.analysis.importance.RUNG_CAVEAT`).
+    """
+    table = table if "basis" in table else table.assign(basis=COMPLETE_BASIS)
     sentences = []
-    for stage in dict.fromkeys(table["stage"]):
-        rows = table[table["stage"] == stage]
+    for (stage, basis), rows in table.groupby(["stage", "basis"], sort=False):
         evaluator = "fanova" if (rows["evaluator"] == "fanova").any() else str(rows["evaluator"].iloc[0])
+        others = rows[(rows["evaluator"] != evaluator) & (rows["param_b"] == "")]
         rows = rows[rows["evaluator"] == evaluator]
         mains = rows[rows["param_b"] == ""].sort_values("importance", ascending=False)
         pairs = rows[rows["param_b"] != ""].sort_values("importance", ascending=False)
         if len(mains) < 2:
             continue  # one parameter searched: it explains everything, nothing to say
         top = mains.iloc[0]
-        sentence = f"Stage {stage} ({evaluator}): {top['param']} matters most ({top['importance']:.0%})"
-        others = table[(table["stage"] == stage) & (table["evaluator"] != evaluator) & (table["param_b"] == "")]
+        sentence = f"Stage {stage} ({evaluator}{_basis_words(basis, rows)}): {top['param']} matters most ({top['importance']:.0%})"
         for other, rows_other in others.groupby("evaluator", sort=False):
             first = rows_other.sort_values("importance", ascending=False)["param"].iloc[0]
             if first != top["param"]:  # evaluators disagree: say so rather than pick one silently
@@ -321,4 +326,14 @@ def importance_sentences(table: pd.DataFrame) -> list[str]:
             pair = pairs.iloc[0]
             sentence += f"; the largest interaction is {pair['param']} × {pair['param_b']} ({pair['importance']:.0%})"
         sentences.append(sentence + ".")
+    if (table["basis"] != COMPLETE_BASIS).any():
+        sentences.append(RUNG_CAVEAT[0].upper() + RUNG_CAVEAT[1:] + ".")
     return sentences
+
+
+def _basis_words(basis: str, rows: pd.DataFrame) -> str:
+    """``, 12 complete trials`` or ``, at epoch 3, 16 trials`` (nothing for a table without counts)."""
+    if "trials" not in rows or rows["trials"].isna().all():
+        return "" if basis == COMPLETE_BASIS else f", at {basis}"
+    n = int(rows["trials"].iloc[0])
+    return f", {n} complete trials" if basis == COMPLETE_BASIS else f", at {basis}, {n} trials"
