@@ -127,6 +127,8 @@ def study(
         raise typer.Exit(code) from None
     ignore_late_stops()  # the study is finished and stored: what is left is to say so
     console.print(summary_table(result, "value (your loop's)" if loaded.train.loop else loaded.train.objective))
+    if result.worse_than_lr:
+        say(result.worse_than_lr)
     if result.audit is not None:
         say(result.audit.message)
     signal_point("after-summary")
@@ -334,20 +336,24 @@ def best(
     refit: Annotated[str, typer.Option(help="train: the trials' training rows (the validation score reproduces the stored one); "
                                            "train+val: training and validation rows (validation is then no fair score)")] = "train",
     device: Annotated[str, typer.Option(help="Where to train: auto (CUDA when available), cpu or cuda")] = "auto",
+    stage: Annotated[str | None, typer.Option(help="Train this stage's best trial (lr, shape or audit) [default: the "
+                                                   "best of stages lr and shape: shape, unless lr's small network did better]")] = None,
     storage_password_file: PasswordFileOption = None,
 ) -> None:
-    """Train the best configuration of the study's last stage again (same seed); write best.toml, model.pt, metrics.json."""
+    """Train the study's best configuration again (same seed); write best.toml, model.pt, metrics.json."""
     from tuner.best import BestError, write_best
 
     quiet_optuna()
     with unexpected_errors(), analysis_errors():
         try:
-            result = write_best(name, _storage_url(storage, storage_password_file), out, refit=refit, device=device)
+            result = write_best(name, _storage_url(storage, storage_password_file), out, refit=refit, device=device,
+                                stage=stage)
         except BestError as error:
             fail(str(error), BAD_INPUT)
     metrics = result.metrics
     if result.replaced:
         say(f"note: {result.replaced}; wrote it anew")
+    say(f"chose {metrics['chosen']}")
     say(f"trained trial {metrics['trial']} of {name}/{metrics['stage']} again (refit {refit}): "
         f"validation error {metrics['validation']['error']:.4g}, loss {metrics['validation']['loss']:.4g}"
         + (f" (stored {metrics['objective']}: {metrics['stored_value']:.4g})" if refit == "train" else " (not a fair score: trained on it)"))

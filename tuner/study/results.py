@@ -39,6 +39,7 @@ class StageSummary:
     best_params: dict[str, Any]
     wall_seconds: float  # first trial start to last trial end, across resumed runs
     train_seconds: float  # summed training time of the stage's trials
+    best_trial: int | None = None  # the number of the trial that gave best_value
 
 
 def trained_params(params: dict[str, Any], fixed: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -73,6 +74,7 @@ def stage_summary(study: optuna.Study, stage: str, budget: int, fixed: dict[str,
         best_params=trained_params(best.params, fixed) if best else {},
         wall_seconds=wall,
         train_seconds=sum(float(t.user_attrs.get(TRAIN_SECONDS_ATTR, 0.0)) for t in finished),
+        best_trial=best.number if best else None,
     )
 
 

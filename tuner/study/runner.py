@@ -74,9 +74,31 @@ class StudyResult:
     audit: AuditVerdict | None = None  # set when the study has an audit stage
 
     @property
+    def best_stage(self) -> str | None:
+        """The stage whose best trial is the study's best: ``shape``, unless ``lr``'s small network did better.
+
+        The audit is a check, not a stage to pick from. On a tie the later stage wins.
+        """
+        tuned = [s for s in self.stages.values() if s.stage != "audit" and s.best_value is not None]
+        return min(reversed(tuned), key=lambda s: s.best_value).stage if tuned else None  # type: ignore[arg-type, return-value]
+
+    @property
     def best_value(self) -> float | None:
-        values = [s.best_value for s in self.stages.values() if s.stage != "audit" and s.best_value is not None]
-        return values[-1] if values else None
+        """The best value across stages ``lr`` and ``shape`` (see :attr:`best_stage`)."""
+        stage = self.best_stage
+        return self.stages[stage].best_value if stage is not None else None
+
+    @property
+    def worse_than_lr(self) -> str | None:
+        """One line when stage ``shape`` ended worse than stage ``lr``'s small network (None otherwise)."""
+        lr, shape = self.stages.get("lr"), self.stages.get("shape")
+        if lr is None or shape is None or lr.best_value is None or shape.best_value is None:
+            return None
+        if shape.best_value <= lr.best_value:
+            return None
+        return (f"stage 'shape' ended worse than stage 'lr': its best is {shape.best_value:.4g} against {lr.best_value:.4g} "
+                f"for the small network of stage 'lr'; the study's best is stage 'lr''s trial {lr.best_trial}, and "
+                f"`tuner best {self.name}` trains it (`--stage shape` for shape's own best)")
 
 
 class Reporter:
