@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -94,7 +93,7 @@ def sweep_choice(trials: list[FrozenTrial], *, counts_rows: bool = False) -> Rat
             seen += [float(v) for v in trial.user_attrs.get(results.LEARNING_CURVE_ATTR) or []
                      if v is not None and math.isfinite(v)]
     return choose_rate(
-        np.log10([float(t.params["lr"]) for t in [*points, *walls]]),
+        [float(t.params["lr"]) for t in [*points, *walls]],
         [*(float(t.value) for t in points), *(math.nan for _ in walls)],  # type: ignore[arg-type]
         [False] * len(points) + [True] * len(walls),
         wall=max(seen),

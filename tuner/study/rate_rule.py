@@ -1,14 +1,20 @@
 """The rate rule: which learning rate a noisy sweep points at, read from its whole "U".
 
-Pure numerics (numpy only, no Optuna, no torch): the points of stage ``lr`` go in as log10 of the
-rate and the final value of each trial, diverged trials as the U's right wall, and one
+Pure numerics (numpy only, no Optuna, no torch): the points of stage ``lr`` go in as the rate
+and the final value of each trial, diverged trials as the U's right wall, the rule works in log10
+of the rate, and one
 :class:`RateChoice` comes out. The best single trial is a poor estimate of where to train: one
 lucky seed sets it (issue 21). Instead (REFERENCES.md, "a robust hand-off"):
 
 1. fit value against log10(lr) with LOWESS (Cleveland 1979): local linear fits with tricube
    weights over a span of at least :data:`MIN_SPAN_POINTS` points and :data:`MIN_SPAN_DECADES`,
-   then :data:`ROBUSTNESS_PASSES` bisquare passes that shrink the weight of points far off the
-   curve (a lucky spike);
+   then :data:`ROBUSTNESS_PASSES` bisquare passes that shrink the weight of points far below the
+   curve of the others (a lucky spike). Two changes to Cleveland's passes, both measured on the
+   sweeps of tests/test_handoff.py: a point is judged by the fit of the *other* points (a lone lucky
+   trial among few neighbours otherwise vouches for itself and its neighbours lose their weight),
+   and only points *below* that fit lose weight (one above can only push the choice away from it;
+   rejecting those also stripped a steep wall of its points); and a local fit never leaves the
+   range of the values it fits (a tight cluster's slope must not dive into a gap);
 2. evaluate the fit on a fine grid inside the sampled range only;
 3. pick the grid rate whose *worst* fitted value within ±:data:`WINDOW_DECADES` is lowest, among
    windows holding at least :data:`MIN_WINDOW_POINTS` observed trials (a broad basin beats a
@@ -23,7 +29,7 @@ With one trial, its rate is handed on exactly; with fewer than :data:`MIN_POINTS
 Example:
     >>> import numpy as np
     >>> x = np.linspace(-4, 0, 41)
-    >>> choice = choose_rate(x, (x + 2) ** 2 / 4, [False] * 41)
+    >>> choice = choose_rate(10 ** x, (x + 2) ** 2 / 4, [False] * 41)
     >>> round(float(np.log10(choice.rate)), 1), choice.rule
     (-2.0, 'robust')
 """
@@ -106,11 +112,12 @@ def lowess(x: ArrayLike, y: ArrayLike, at: ArrayLike, *, fixed: ArrayLike | None
     """LOWESS of ``y`` on ``x``, evaluated at ``at`` and at ``x``: (fit at ``at``, fit at ``x``).
 
     Local linear fits with tricube weights, each spanning the nearest ``max(5, n/4)`` points and
-    at least half a decade; then ``passes`` bisquare robustness passes (Cleveland 1979), in which
-    points flagged in ``fixed`` (the divergence wall: not noise) keep their full weight.
+    at least half a decade; then ``passes`` bisquare robustness passes (Cleveland 1979) on each
+    point's residual from the fit of the others, down-weighting only points below it; points
+    flagged in ``fixed`` (the divergence wall: not noise) keep their full weight.
 
     Example:
-        >>> fit, _ = lowess([0, 1, 2, 3, 4, 5], [0, 1, 2, 30, 4, 5], [3.0])
+        >>> fit, _ = lowess([0, 1, 2, 3, 4, 5], [0, 1, 2, -30, 4, 5], [3.0])  # one lucky point
         >>> abs(float(fit[0]) - 3) < 1
         True
     """
@@ -121,13 +128,24 @@ def lowess(x: ArrayLike, y: ArrayLike, at: ArrayLike, *, fixed: ArrayLike | None
         fitted_x = _local_fit(x, y, x, robustness)
         if i == passes:
             break
-        residuals = y - fitted_x
+        # Each point judged by the fit of the others: a lone point (a lucky trial among few
+        # neighbours) must not vouch for itself, or it keeps its weight and its neighbours lose theirs.
+        residuals = y - _left_out_fit(x, y, robustness)
         scale = 6.0 * float(np.median(np.abs(residuals[~keep]))) if (~keep).any() else 0.0
         if scale <= 1e-12 * max(1.0, float(np.max(np.abs(y)))):
             break  # the fit goes through the points: nothing to down-weight
         robustness = np.clip(1.0 - (residuals / scale) ** 2, 0.0, None) ** 2
-        robustness[keep] = 1.0
+        # Only a point below the others' curve is suspect: luck that pulls the rate to itself. One
+        # above it (a seed that trained badly, or a steep wall fitted too smoothly) can only push
+        # the choice away from it, to rates other trials back.
+        robustness[keep | (residuals > 0)] = 1.0
     return _local_fit(x, y, at, robustness), fitted_x
+
+
+def _left_out_fit(x: np.ndarray, y: np.ndarray, robustness: np.ndarray) -> np.ndarray:
+    """The fit at each point from all the other points."""
+    others = ~np.eye(len(x), dtype=bool)
+    return np.array([_local_fit(x[o], y[o], x[i:i + 1], robustness[o])[0] for i, o in enumerate(others)])
 
 
 def _local_fit(x: np.ndarray, y: np.ndarray, at: np.ndarray, robustness: np.ndarray) -> np.ndarray:
@@ -146,7 +164,9 @@ def _local_fit(x: np.ndarray, y: np.ndarray, at: np.ndarray, robustness: np.ndar
         mean_x, mean_y = (w @ x) / total, (w @ y) / total
         spread = w @ (x - mean_x) ** 2
         slope = (w @ ((x - mean_x) * (y - mean_y))) / spread if spread > 1e-12 * total else 0.0
-        out[j] = mean_y + slope * (x0 - mean_x)
+        # Never beyond the values it fits: a tight cluster's slope must not dive into a gap.
+        near = y[w > 0] if (w > 0).any() else y
+        out[j] = min(max(mean_y + slope * (x0 - mean_x), near.min()), near.max())
     return out
 
 
@@ -179,12 +199,12 @@ def rows_behind(error_rates: ArrayLike, max_rows: int = MAX_ROWS, min_distinct: 
     return int(fits[0]) + 1 if len(fits) else None
 
 
-def choose_rate(log_lrs: ArrayLike, values: ArrayLike, diverged: ArrayLike, *, wall: float | None = None,
+def choose_rate(lrs: ArrayLike, values: ArrayLike, diverged: ArrayLike, *, wall: float | None = None,
                 error_rows: int | None = None) -> RateChoice:
     """The rate to hand on from a sweep's points, and how it was chosen (see the module's docstring).
 
     Args:
-        log_lrs: log10 of each finished trial's rate.
+        lrs: each finished trial's rate (> 0); the rule reads them as log10(lr).
         values: each trial's final value (lower is better); ignored (may be NaN) where diverged.
         diverged: which trials diverged: they stand at ``wall``, the U's right wall.
         wall: the value a diverged trial counts as (the untrained value); default: the worst value.
@@ -193,23 +213,26 @@ def choose_rate(log_lrs: ArrayLike, values: ArrayLike, diverged: ArrayLike, *, w
     Raises:
         ValueError: no trial that did not diverge.
     """
-    x = np.asarray(log_lrs, dtype=float)
+    rates = np.asarray(lrs, dtype=float)
+    if not (np.isfinite(rates) & (rates > 0)).all():
+        raise ValueError("choose_rate needs learning rates > 0")
+    x = np.log10(rates)
     walls = np.asarray(diverged, dtype=bool)
     y = np.asarray(values, dtype=float).copy()
     usable = ~walls & np.isfinite(y)
     if not usable.any():
         raise ValueError("choose_rate needs at least one trial that did not diverge")
     keep = usable | walls
-    x, y, walls = x[keep], y[keep], walls[keep]
+    rates, x, y, walls = rates[keep], x[keep], y[keep], walls[keep]
     y[walls] = float(np.max(y[~walls])) if wall is None else wall
     n_points, n_complete = len(x), int((~walls).sum())
     best = int(np.argmin(np.where(walls, np.inf, y)))
     if n_points == 1 or n_complete == 1:
         rule = "only trial" if n_points == 1 else "best trial"
         why = "" if n_points == 1 else f"only one of {n_points} trials did not diverge"
-        return _at_trial(x[best], rule, why, n_points)
+        return _at_trial(rates[best], rule, why, n_points)
     if n_points < MIN_POINTS or n_complete < MIN_COMPLETE:
-        return _at_trial(x[best], "best trial", f"{n_points} trials ({n_complete} that did not diverge) are too few "
+        return _at_trial(rates[best], "best trial", f"{n_points} trials ({n_complete} that did not diverge) are too few "
                          f"for a smoothed curve: it needs {MIN_POINTS} ({MIN_COMPLETE})", n_points)
 
     grid = np.linspace(x.min(), x.max(), GRID_POINTS)
@@ -250,8 +273,8 @@ def choose_rate(log_lrs: ArrayLike, values: ArrayLike, diverged: ArrayLike, *, w
     )
 
 
-def _at_trial(log_lr: float, rule: str, why: str, n_points: int) -> RateChoice:
-    rate = float(10 ** log_lr)
+def _at_trial(lr: float, rule: str, why: str, n_points: int) -> RateChoice:
+    rate = float(lr)  # exactly the trial's rate, not 10 ** log10 of it
     return RateChoice(rate, rule, (rate, rate), None, "", why=why, n_points=n_points)
 
 
