@@ -13,6 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 import tuner
+from tuner.errors import SpecError
 from tuner.inputs.spec import load_spec
 from tuner.report.runs import load_stages
 from tuner.report.words import lr_diagnosis
@@ -20,7 +21,6 @@ from tuner.study.handoff import hand_off_lr
 from tuner.study.rate_rule import RULES, binomial_noise, choose_rate, rows_behind
 from tuner.study.stage_studies import check_stored_settings
 from tuner.study.stored import CONTRACT_VERSION_ATTR, HANDOFF_ATTR
-from tuner.errors import SpecError
 
 V1_SPEC = Path(__file__).resolve().parent / "data" / "contract_v1" / "contract_v1.toml"
 
