@@ -98,6 +98,16 @@ def test_few_trials_hand_on_the_best_one_and_say_why() -> None:
         choose_rate([0.3, 0.6], [math.nan, math.nan], [True, True])
 
 
+def test_a_sparse_sweep_hands_on_the_minimum_of_its_smoothed_curve_and_says_why() -> None:
+    x = np.arange(-5.0, 0.5, 1.0)  # a decade apart: no ±0.25-decade window holds 3 trials
+    choice = choose_rate(10 ** x, (x + 2) ** 2 / 4 + 0.1, [False] * len(x))
+    assert choice.rule == "fitted minimum" and "window" in choice.why
+    assert abs(math.log10(choice.rate) + 2) <= 0.5
+    narrow = np.linspace(-2.2, -1.9, 6)  # all within less than half a decade
+    choice = choose_rate(10 ** narrow, (narrow + 2) ** 2, [False] * 6)
+    assert choice.rule == "fitted minimum" and "less than 0.5 decade" in choice.why
+
+
 def test_diverged_trials_stand_as_the_us_right_wall() -> None:
     # Falling all the way to where the rates diverge: without the wall the edge next to divergence
     # would look best; with the wall the rule keeps a safe distance from it.

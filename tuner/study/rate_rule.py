@@ -63,7 +63,7 @@ MAX_ROWS = 2500  # rows_behind looks no further: beyond, float32 rounding hides 
 # The rules a choice may be made by, and what each means in words.
 RULES = {
     "robust": "the rate whose worst smoothed value within ±0.25 decade is lowest",
-    "fitted minimum": "the minimum of the smoothed curve (no ±0.25-decade window holds 3 trials)",
+    "fitted minimum": "the minimum of the smoothed curve",
     "best trial": "the rate of the best trial",
     "only trial": "the rate of the stage's only trial",
 }
@@ -249,7 +249,9 @@ def choose_rate(lrs: ArrayLike, values: ArrayLike, diverged: ArrayLike, *, wall:
         rule, why = "robust", ""
         score = np.where(eligible, worst, np.inf)
     else:
-        rule, why = "fitted minimum", f"no ±{WINDOW_DECADES} decade window holds {MIN_WINDOW_POINTS} of the {n_points} trials"
+        rule = "fitted minimum"
+        why = (f"the trials span less than {2 * WINDOW_DECADES} decade" if not inside.any() else
+               f"no ±{WINDOW_DECADES} decade window holds {MIN_WINDOW_POINTS} of the {n_points} trials")
         score = fit
     chosen = int(np.lexsort((fit, score))[0])  # the lowest score; of equals, the lowest fitted value
 
