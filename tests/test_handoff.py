@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 import tuner
 from tuner.errors import SpecError
 from tuner.inputs.spec import load_spec
+from tuner.report.lr_figures import plot_lr_sensitivity
 from tuner.report.runs import load_stages
 from tuner.report.words import lr_diagnosis
 from tuner.study.handoff import hand_off_lr
@@ -193,8 +194,12 @@ def test_a_study_stores_how_its_rate_was_chosen_and_says_it(tmp_path: Path) -> N
     message = next(m for m in said.messages if m.startswith("stage 'lr' calibrated the learning rate"))
     assert f"rule '{record['rule']}'" in message and f"basin {low:.3g} to {high:.3g}" in message
     # The report says the same, where it describes the rate handed on.
-    sentences = " ".join(lr_diagnosis(load_stages("sweep", storage)["lr"], result.best_lr, "validation error"))
+    stages = load_stages("sweep", storage)
+    sentences = " ".join(lr_diagnosis(stages["lr"], result.best_lr, "validation error"))
     assert f"rule '{record['rule']}'" in sentences and f"spans {low:.2g} to {high:.2g}" in sentences
+    fig = plot_lr_sensitivity(stages["lr"].runs, result.best_lr, "validation error", record)
+    _, labels = fig.axes[0].get_legend_handles_labels()
+    assert f"basin {low:.2g} to {high:.2g} (within noise)" in labels and any(label.startswith("smoothed") for label in labels)
 
 
 def test_a_study_made_before_the_rule_hands_on_its_best_trial(tmp_path: Path) -> None:
