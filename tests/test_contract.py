@@ -288,7 +288,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tiny]:
 
 
 STUDY_ATTRS = {"settings", "settings_hash", "search", "objective", "budget", "contract_version"}
-LR_STUDY_ATTRS = STUDY_ATTRS | {"best_lr", "best_trial", "lr_find"}
+LR_STUDY_ATTRS = STUDY_ATTRS | {"best_lr", "best_trial", "lr_find", "handoff"}  # handoff: since contract 3
 SHAPE_STUDY_ATTRS = STUDY_ATTRS | {"lr"}
 AUDIT_STUDY_ATTRS = STUDY_ATTRS | {
     "low_interaction_held", "lr_main_effect", "lr_largest_interaction", "lr_largest_interaction_with",

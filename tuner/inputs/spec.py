@@ -33,6 +33,7 @@ TASKS = ("auto", "classification", "regression")
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("none", "median", "hyperband", "successive_halving")
 LR_RANGES = ("fixed", "auto")
+HANDOFFS = ("robust", "best")
 MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds lie in [0, 2**32 - 1]
 MIN_SEQUENCE_LENGTH = 2  # the adding problem marks two distinct steps
 MIN_SPLIT_ROWS = 2  # each of the training and validation parts needs at least this many rows
@@ -101,6 +102,10 @@ class LRStageSpec:
     lr_range: str = "fixed"
     batched: bool = True  # train trials together as one batched model where the family allows
     batch_trials: int = 16  # trials per batch
+    # The rate handed on to stage shape: "robust" reads it from the smoothed U of all the stage's
+    # trials (the broadest low basin, tuner.study.rate_rule); "best" takes the best trial's rate.
+    # Studies stored before it existed resume with "best", as they were made.
+    handoff: str = "robust"
 
 
 @dataclass(frozen=True)
@@ -365,6 +370,7 @@ def _validate(spec: StudySpec, source: str) -> None:
     _choice(source, "stages.lr.sampler", lr.sampler, SAMPLERS)
     _choice(source, "stages.lr.pruner", lr.pruner, PRUNERS)
     _choice(source, "stages.lr.lr_range", lr.lr_range, LR_RANGES)
+    _choice(source, "stages.lr.handoff", lr.handoff, HANDOFFS)
     if lr.batch_trials < 1:
         raise SpecError(source, "stages.lr.batch_trials", lr.batch_trials, "must be at least 1, e.g. 16 (1 trains one trial at a time)")
 

@@ -24,7 +24,7 @@ import pandas as pd
 
 from tuner.analysis.importance import COMPLETE_BASIS, RUNG_CAVEAT
 from tuner.report.runs import Run, StageRuns, TrialCosts, epochs_to_target, error_target
-from tuner.study.stored import VERDICT_ATTR
+from tuner.study.stored import BEST_TRIAL_ATTR, HANDOFF_ATTR, VERDICT_ATTR
 
 # Exploding: the end level sits above the curve's minimum by at least half of the
 # starting value (e.g. 1.0 -> 0.2 -> 0.7, or anything ending >= 1.5x its start).
@@ -211,7 +211,38 @@ def lr_diagnosis(stage: StageRuns, chosen_lr: float | None, objective: str) -> l
     sentences += [sentence.replace("the validation loss", f"the {what}")
                   for sentence in describe_lr_sweep(lrs, [r.curve for r in runs], chosen_lr, [r.diverged for r in runs])]
     sentences.append(target_sentence(stage.runs, what))
+    said = handoff_sentence(stage, chosen_lr)
+    if said:
+        sentences.append(said)
     return sentences
+
+
+def handoff_sentence(stage: StageRuns, chosen_lr: float) -> str | None:
+    """How the rate handed on was chosen (rule, basin, noise), from the record stored at the hand-off.
+
+    None for a study stored before the record was kept (it handed on its best trial's rate).
+    """
+    record = stage.study.user_attrs.get(HANDOFF_ATTR)
+    if not isinstance(record, dict) or "rule" not in record:
+        return None
+    rule = record["rule"]
+    n = record.get("n_points")
+    if rule not in ("robust", "fitted minimum"):
+        why = f": {record['why']}" if record.get("why") else ""
+        return f"The rate handed on, {chosen_lr:.2g}, is the rate of the {'only' if rule == 'only trial' else 'best'} trial (rule '{rule}'{why})."
+    low, high = record["basin"]
+    said = (f"The rate handed on, {chosen_lr:.2g}, was read from the smoothed U of {n} trials (diverged ones as "
+            f"its wall), not from the best single trial: rule '{rule}', "
+            + ("the rate whose worst smoothed value within ±0.25 decade is lowest" if rule == "robust"
+               else f"the minimum of the smoothed curve ({record.get('why')})")
+            + f". Its basin, the rates whose smoothed value is within one noise unit ({record['noise']:.2g}; "
+            f"{record.get('noise_basis')}) of the best, spans {low:.2g} to {high:.2g}.")
+    best_number = stage.study.user_attrs.get(BEST_TRIAL_ATTR)
+    best = next((r for r in stage.runs if r.number == best_number), None)
+    if best is not None and best.value is not None and not low <= best.params["lr"] <= high:
+        said += (f" The best single trial ({best_number}, lr {best.params['lr']:.2g}, {best.value:.3g}) lies outside "
+                 f"it: its neighbours did not bear its value out.")
+    return said
 
 
 def target_sentence(runs: Sequence[Run], what: str) -> str:

@@ -48,7 +48,8 @@ from tuner.storage import (
     write_trial_records,
 )
 from tuner.study import results
-from tuner.study.results import FINISHED, SURPLUS_ATTR, StageSummary, stage_study_name
+from tuner.study.handoff import hand_off_lr
+from tuner.study.results import FINISHED, SURPLUS_ATTR, StageSummary
 from tuner.study.stage_studies import check_stored_settings, open_stage_study, storage_of_study
 from tuner.study.stages import STAGE_NAMES, Stage, audit_stage, lr_stage, sampler_for, shape_stage
 from tuner.study.trials import Asked, TrialBatch, run_trials
@@ -234,33 +235,6 @@ def run_stage(
 
 def stage_summary(study: optuna.Study, stage: Stage) -> StageSummary:
     return results.stage_summary(study, stage.name, stage.budget, stage.fixed)
-
-
-def hand_off_lr(spec: StudySpec, storage: optuna.storages.BaseStorage, reporter: Reporter | None = None) -> float:
-    """The calibrated learning rate, chosen once and stored on both stage studies."""
-    lr_study = optuna.load_study(study_name=stage_study_name(spec.name, "lr"), storage=storage)
-    shape_name = stage_study_name(spec.name, "shape")
-    if shape_name in optuna.get_all_study_names(storage):
-        stored = optuna.load_study(study_name=shape_name, storage=storage).user_attrs.get(results.LR_ATTR)
-        if stored is not None:
-            return float(stored)
-    complete = lr_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    n_finished = len(lr_study.get_trials(deepcopy=False, states=FINISHED))
-    if not complete:
-        raise TunerError(
-            f"stage 'lr': none of its {n_finished} trials completed (all diverged or were pruned); lower "
-            f"stages.lr.lr_max or check the data, then run again under a new name"
-        )
-    best = min(complete, key=lambda t: t.value)
-    best_lr = float(best.params["lr"])
-    lr_study.set_user_attr(results.BEST_LR_ATTR, best_lr)
-    lr_study.set_user_attr(results.BEST_TRIAL_ATTR, best.number)
-    lr_study.set_user_attr(results.HANDOFF_TRIALS_ATTR, n_finished)
-    shape = open_stage_study(spec, shape_stage(spec, best_lr), storage)
-    shape.set_user_attr(results.LR_ATTR, best_lr)
-    if reporter is not None:
-        reporter.message(f"stage 'lr' calibrated the learning rate: {best_lr:.3g} (trial {best.number})")
-    return best_lr
 
 
 class _StageRunner:
