@@ -132,16 +132,21 @@ def test_test_rows_never_reach_any_stage(tmp_path: Path) -> None:
     assert not seen & test_rows
 
 
-def test_best_writes_the_three_files_and_the_stored_score_reproduces(wine_best: tuple[str, Path, dict]) -> None:
+def test_best_writes_the_three_files_and_the_stored_score_reproduces(wine_best: tuple[str, Path, dict],
+                                                                    tmp_path: Path) -> None:
     storage, out, metrics = wine_best
     assert sorted(p.name for p in out.iterdir()) == ["best.toml", "metrics.json", "model.pt"]
-    assert metrics["stage"] == "shape" and metrics["refit"] == "train"
-    shape = optuna.load_study(study_name="winetest/shape", storage=storage)
-    assert metrics["trial"] == shape.best_trial.number
-    assert metrics["stored_value"] == shape.best_value
+    assert metrics["refit"] == "train"
+    chosen = optuna.load_study(study_name=f"winetest/{metrics['stage']}", storage=storage)
+    assert metrics["trial"] == chosen.best_trial.number
+    assert metrics["stored_value"] == chosen.best_value
     assert metrics["validation"]["value"] == pytest.approx(metrics["stored_value"], abs=1e-6)
-    # The rate the winner trained at: the calibrated one times its lr_scale.
-    assert metrics["params"]["lr"] == pytest.approx(shape.user_attrs["lr"] * shape.best_trial.params["lr_scale"])
+    # Stage shape's winner trains at the calibrated rate times its lr_scale, and reproduces too.
+    shape = optuna.load_study(study_name="winetest/shape", storage=storage)
+    shaped = _best("winetest", storage, tmp_path / "shaped", "--stage", "shape")
+    assert (shaped["stage"], shaped["trial"], shaped["stored_value"]) == ("shape", shape.best_trial.number, shape.best_value)
+    assert shaped["validation"]["value"] == pytest.approx(shape.best_value, abs=1e-6)
+    assert shaped["params"]["lr"] == pytest.approx(shape.user_attrs["lr"] * shape.best_trial.params["lr_scale"])
     assert metrics["validation"]["fair"] is True
     assert metrics["test"]["rows"] == 45 and 0 <= metrics["test"]["error"] <= 1
     record = torch.load(out / "model.pt", weights_only=True)
