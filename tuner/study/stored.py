@@ -59,6 +59,8 @@ BATCHED_WITH_ATTR = "batched_with"
 ERROR_ATTR = "error"
 TRACEBACK_ATTR = "traceback"
 SURPLUS_ATTR = "surplus"  # on a trial failed untrained because other workers had filled the budget
+# The objective of the trial's model before any step (epoch 0); absent for a user's own loop (it has no epoch 0).
+UNTRAINED_VALUE_ATTR = "untrained_value"
 
 
 def stage_study_name(study: str, stage: str) -> str:
