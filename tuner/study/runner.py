@@ -49,7 +49,8 @@ from tuner.storage import (
 from tuner.study import results
 from tuner.study.results import FINISHED, SURPLUS_ATTR, StageSummary, stage_study_name
 from tuner.study.stage_studies import check_stored_settings, open_stage_study, storage_of_study
-from tuner.study.stages import STAGE_NAMES, Stage, audit_stage, lr_stage, sampler_for, shape_stage
+from tuner.study.pruning import error_rate_rows, shape_first_rung
+from tuner.study.stages import STAGE_NAMES, Stage, audit_stage, describe_search, lr_stage, sampler_for, shape_stage
 from tuner.study.trials import Asked, TrialBatch, run_trials, run_user_loop
 from tuner.training.train import (
     EpochTrainer,
@@ -207,7 +208,13 @@ def run_stage(
     if stage == "shape":
         if best_lr is None:
             raise ValueError("stage 'shape' trains at the calibrated rate: pass best_lr")
-        return runner.run(shape_stage(spec, best_lr))
+        rung, shape = None, spec.stages.shape
+        if shape.first_rung == "auto" and shape.pruner != "none":  # chosen once from stage lr, stored on <name>/shape
+            rows = error_rate_rows(spec.train.objective, data.task, bool(spec.train.loop or spec.train.metric), data)
+            rung = shape_first_rung(spec.name, storage, runner.open(shape_stage(spec, best_lr)), rows,
+                                    shape_stage(spec, best_lr).epochs, lambda r: describe_search(shape_stage(spec, best_lr, r)))
+            runner.reporter.message(rung.sentence())
+        return runner.run(shape_stage(spec, best_lr, rung))
     if stage == "audit":
         return runner.run(audit_stage(spec))
     raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGE_NAMES)}")
