@@ -167,7 +167,7 @@ SPEC: dict[str, Any] = {
 }
 
 
-@pytest.mark.parametrize(("value", "says"), [(0, ">= 1"), ("soon", '"auto"'), (1.5, "whole number"), (6, "below the stage's epochs")])
+@pytest.mark.parametrize(("value", "says"), [(0, ">= 1"), ("soon", '"auto"'), (1.5, "whole number"), (7, "must not exceed the stage's epochs (6)")])
 def test_first_rung_is_an_epoch_or_auto(value: Any, says: str) -> None:
     table = {**SPEC, "stages": {**SPEC["stages"], "shape": {**SPEC["stages"]["shape"], "first_rung": value}}}
     with pytest.raises(SpecError, match="stages.shape.first_rung") as error:

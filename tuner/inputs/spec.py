@@ -309,8 +309,8 @@ def _first_rung(source: str, first_rung: int | str, epochs: int, pruner: str) ->
             raise SpecError(source, path, first_rung, 'must be "auto" (read from stage lr\'s curves) or an epoch, e.g. 3')
     elif first_rung < 1:
         raise SpecError(source, path, first_rung, 'must be an epoch >= 1, e.g. 3, or "auto"')
-    elif first_rung >= epochs and pruner in ("hyperband", "successive_halving"):
-        raise SpecError(source, path, first_rung, f'must be below the stage\'s epochs ({epochs}) to prune at all; e.g. '
+    elif first_rung > epochs and pruner in ("hyperband", "successive_halving"):
+        raise SpecError(source, path, first_rung, f'must not exceed the stage\'s epochs ({epochs}); e.g. '
                         f'{max(1, epochs // 4)}, "auto", or pruner = "none"')
 
 

@@ -138,7 +138,9 @@ def shape_stage(spec: StudySpec, best_lr: float, rung: FirstRung | None = None) 
     """
     shape = spec.stages.shape
     pruning: dict[str, Any] = {"pruner": shape.pruner, "first_rung": shape.first_rung}
-    if shape.first_rung == "auto":
+    if shape.pruner == "none":
+        pruning["first_rung"] = None
+    elif shape.first_rung == "auto":
         epoch = rung.epoch if rung is not None else None
         pruning = {"pruner": shape.pruner if epoch is not None else "none", "first_rung": epoch, "rung_rule": "auto",
                    "untrained_noise": rung.noise if rung is not None and epoch is not None else None}
