@@ -45,7 +45,7 @@ def test_curves_at_chance_for_five_epochs_get_a_first_rung_after_the_plateau() -
     curves = _plateau_curves(plateau=5)
     rung = first_rung(curves, [CHANCE] * len(curves), error_rows=ROWS, max_epochs=20)
     assert rung.epoch is not None and rung.epoch > 5, rung
-    assert "begun to learn by epoch" in rung.reason and "Spearman" in rung.reason
+    assert "left their untrained value by epoch" in rung.reason and "Spearman" in rung.reason
     assert rung.noise == pytest.approx(math.sqrt(CHANCE * (1 - CHANCE) / ROWS))
     # Hyperband's rungs from there on lie past the plateau too: the epoch-1 rung is gone.
     assert first_rung(_plateau_curves(plateau=8), [CHANCE] * 12, error_rows=ROWS).epoch > 8

@@ -148,8 +148,9 @@ def first_rung(curves: Sequence[Sequence[float | None]], untrained: Sequence[flo
     correlations = [spearman([c[e - 1] for c, _ in runs], finals) for e in range(1, length + 1)]
     rung = next((e for e in range(earliest, length)
                  if all(rho >= MIN_RANK_CORRELATION for rho in correlations[e - 1:])), None)
-    learned = (f"stage lr's best trials had clearly begun to learn by epoch {begun} "
-               f"({len(began_at)} of {len(basin)}; beyond {NOISE_UNITS:g} noise units, {bar:.3g}){stand_in}")
+    never = f", {len(basin) - len(began_at)} of them never did" if len(began_at) < len(basin) else ""
+    learned = (f"stage lr's {len(basin)} best trials had left their untrained value by epoch {begun} (by more "
+               f"than {NOISE_UNITS:g} noise units, {bar:.3g}{never}){stand_in}")
     if rung is None:
         worst = min(correlations[earliest - 1:length - 1], default=float("nan"))
         return FirstRung(None, f"{learned}, but from epoch {earliest} (x{MARGIN:g} for larger shapes) to its last "
@@ -158,8 +159,9 @@ def first_rung(curves: Sequence[Sequence[float | None]], untrained: Sequence[flo
     if max_epochs is not None and rung >= max_epochs:
         return FirstRung(None, f"{learned}; the first rung that ranks as the last epoch does, epoch {rung}, "
                                f"is not below stage shape's {max_epochs} epochs", unit)
-    return FirstRung(rung, f"{learned}; x{MARGIN:g} for larger shapes, and from epoch {rung} on, stage lr's "
-                           f"{len(runs)} trials rank as at their last epoch (Spearman >= {MIN_RANK_CORRELATION:g})", unit)
+    return FirstRung(rung, f"{learned}; with room for larger shapes to start later (x{MARGIN:g}), and from epoch "
+                           f"{rung} on stage lr's {len(runs)} trials rank as at their last epoch "
+                           f"(Spearman >= {MIN_RANK_CORRELATION:g})", unit)
 
 
 def _learning_began(curve: Sequence[float], untrained: float, bar: float) -> int | None:

@@ -210,9 +210,10 @@ def run_stage(
             raise ValueError("stage 'shape' trains at the calibrated rate: pass best_lr")
         rung, shape = None, spec.stages.shape
         if shape.first_rung == "auto" and shape.pruner != "none":  # chosen once from stage lr, stored on <name>/shape
+            unresolved = shape_stage(spec, best_lr)
             rows = error_rate_rows(spec.train.objective, data.task, bool(spec.train.loop or spec.train.metric), data)
-            rung = shape_first_rung(spec.name, storage, runner.open(shape_stage(spec, best_lr)), rows,
-                                    shape_stage(spec, best_lr).epochs, lambda r: describe_search(shape_stage(spec, best_lr, r)))
+            rung = shape_first_rung(spec.name, storage, runner.open(unresolved), rows, unresolved.epochs,
+                                    lambda chosen: describe_search(shape_stage(spec, best_lr, chosen)))
             runner.reporter.message(rung.sentence())
         return runner.run(shape_stage(spec, best_lr, rung))
     if stage == "audit":
