@@ -126,6 +126,10 @@ class ShapeStageSpec:
     # A multiplier on the calibrated rate, searched log-uniformly with the shape: the best rate of
     # wider networks lies up to 5x the small one's (docs/lr_shift.csv); [1, 1] keeps it as it is.
     lr_scale: tuple[float, float] = (0.5, 4.0)
+    # The epoch from which the pruner may stop a trial. "auto": read once from stage lr's curves (no
+    # earlier than learning had clearly begun there, and only where the ranking already holds), and
+    # no decision while every value at a rung sits within noise of its untrained one.
+    first_rung: int | str = "auto"
 
 
 @dataclass(frozen=True)
@@ -241,8 +245,12 @@ def _coerce(hint: Any, value: Any, path: str, source: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)][0]
-        return _coerce(inner, value, path, source)
+        inner = [a for a in args if a is not type(None)]
+        if inner == [int, str]:  # a number or a word, e.g. first_rung = 3 or "auto"
+            if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+                return value
+            raise SpecError(source, path, value, 'must be a whole number or a word in quotes, e.g. 3 or "auto"')
+        return _coerce(inner[0], value, path, source)
     if origin is tuple:
         if not isinstance(value, list):
             raise SpecError(source, path, value, f"must be a list, e.g. {_example(args)}")
@@ -297,6 +305,18 @@ def _range(source: str, path: str, bounds: tuple[float, float], log: bool) -> No
         raise SpecError(source, path, list(bounds), "bounds of a log-scaled range must both be > 0")
     if low > high:
         raise SpecError(source, path, list(bounds), "min must not exceed max; write [min, max]")
+
+
+def _first_rung(source: str, first_rung: int | str, epochs: int, pruner: str) -> None:
+    path = "stages.shape.first_rung"
+    if isinstance(first_rung, str):
+        if first_rung != "auto":
+            raise SpecError(source, path, first_rung, 'must be "auto" (read from stage lr\'s curves) or an epoch, e.g. 3')
+    elif first_rung < 1:
+        raise SpecError(source, path, first_rung, 'must be an epoch >= 1, e.g. 3, or "auto"')
+    elif first_rung > epochs and pruner in ("hyperband", "successive_halving"):
+        raise SpecError(source, path, first_rung, f'must not exceed the stage\'s epochs ({epochs}); e.g. '
+                        f'{max(1, epochs // 4)}, "auto", or pruner = "none"')
 
 
 def study_name_problem(name: str) -> str | None:
@@ -393,6 +413,7 @@ def _validate(spec: StudySpec, source: str) -> None:
     if not shape.lr_scale[0] <= 1 <= shape.lr_scale[1]:
         raise SpecError(source, "stages.shape.lr_scale", list(shape.lr_scale),
                         "is a multiplier on the calibrated rate, [min, max] around 1; e.g. [0.33, 3.0], or [1.0, 1.0] to keep the rate")
+    _first_rung(source, shape.first_rung, shape.epochs or train.epochs, shape.pruner)
 
     audit = stages.audit
     if audit.trials < 0:

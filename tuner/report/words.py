@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from optuna.trial import TrialState
 
 from tuner.analysis.importance import COMPLETE_BASIS, RUNG_CAVEAT
 from tuner.report.runs import Run, StageRuns, TrialCosts, epochs_to_target, error_target
-from tuner.study.stored import BEST_TRIAL_ATTR, HANDOFF_ATTR, VERDICT_ATTR
+from tuner.study.stored import BEST_TRIAL_ATTR, FIRST_RUNG_ATTR, HANDOFF_ATTR, VERDICT_ATTR
 
 # Exploding: the end level sits above the curve's minimum by at least half of the
 # starting value (e.g. 1.0 -> 0.2 -> 0.7, or anything ending >= 1.5x its start).
@@ -310,6 +311,11 @@ def shape_diagnosis(stage: StageRuns, reference: float | None, objective: str) -
     n_div = sum(r.diverged for r in stage.runs)
     if n_div:
         sentences.append(f"{n_div} shape trial(s) diverged at the calibrated rate: a larger network may want a smaller rate.")
+    rung = stage.study.user_attrs.get(FIRST_RUNG_ATTR)  # first_rung = "auto": chosen from stage lr's curves
+    if isinstance(rung, dict):
+        n_pruned = sum(r.state == TrialState.PRUNED and not r.diverged for r in stage.runs)
+        sentences.append(f"Its pruner acted from epoch {rung['epoch']} ({n_pruned} trial(s) pruned): {rung['reason']}."
+                         if rung.get("epoch") else f"It pruned no trial: {rung.get('reason')}.")
     return sentences
 
 

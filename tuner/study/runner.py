@@ -51,7 +51,8 @@ from tuner.study import results
 from tuner.study.handoff import hand_off_lr
 from tuner.study.results import FINISHED, SURPLUS_ATTR, StageSummary
 from tuner.study.stage_studies import check_stored_settings, open_stage_study, storage_of_study
-from tuner.study.stages import STAGE_NAMES, Stage, audit_stage, lr_stage, sampler_for, shape_stage
+from tuner.study.pruning import error_rate_rows, shape_first_rung
+from tuner.study.stages import STAGE_NAMES, Stage, audit_stage, describe_search, lr_stage, sampler_for, shape_stage
 from tuner.study.trials import Asked, TrialBatch, run_trials
 from tuner.training.train import check_loss, pick_threads, resolve_device, use_threads
 from tuner.training.trainers import make_trainer
@@ -227,7 +228,14 @@ def run_stage(
     if stage == "shape":
         if best_lr is None:
             raise ValueError("stage 'shape' trains at the calibrated rate: pass best_lr")
-        return runner.run(shape_stage(spec, best_lr))
+        rung, shape = None, spec.stages.shape
+        if shape.first_rung == "auto" and shape.pruner != "none":  # chosen once from stage lr, stored on <name>/shape
+            unresolved = shape_stage(spec, best_lr)
+            rows = error_rate_rows(spec.train.objective, data.task, bool(spec.train.loop or spec.train.metric), data)
+            rung = shape_first_rung(spec.name, storage, runner.open(unresolved), rows, unresolved.epochs,
+                                    lambda chosen: describe_search(shape_stage(spec, best_lr, chosen)))
+            runner.reporter.message(rung.sentence())
+        return runner.run(shape_stage(spec, best_lr, rung))
     if stage == "audit":
         return runner.run(audit_stage(spec))
     raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGE_NAMES)}")

@@ -17,6 +17,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from tuner.inputs.spec import StudySpec
 from tuner.inputs.usercode import UserCode, identity
+from tuner.study.pruning import FirstRung, UntilLearningPruner
 from tuner.study.results import trained_params
 from tuner.study.stored import ADDED_FIELDS, STAGES
 from tuner.training.batched import worth_batching
@@ -46,6 +47,11 @@ class Stage:
     width: int  # the model's shape where the point does not set it
     depth: int
     batch_trials: int = 1  # trials asked and trained together as one batched model
+    first_rung: int | None = 1  # the epoch from which the pruner may act (None: it never does)
+    # Set (stages.shape.first_rung = "auto"): the noise unit below which a rung's values count as untrained,
+    # and the pruner decides nothing at a step where all of them are (pruning.UntilLearningPruner).
+    untrained_noise: float | None = None
+    rung_rule: str = "fixed"  # "auto": first_rung was read from stage lr's curves
 
     def plan(self, params: dict[str, Any]) -> TrialPlan:
         """The trial of the sampled ``params``, from the stage's base settings."""
@@ -122,18 +128,29 @@ def lr_stage(spec: StudySpec, lr_range: tuple[float, float] | None = None) -> St
     )
 
 
-def shape_stage(spec: StudySpec, best_lr: float) -> Stage:
-    """Stage 2: width, depth, schedule and decay at the learning rate calibrated by stage 1."""
+def shape_stage(spec: StudySpec, best_lr: float, rung: FirstRung | None = None) -> Stage:
+    """Stage 2: width, depth, schedule and decay at the learning rate calibrated by stage 1.
+
+    ``rung``: with ``first_rung = "auto"``, the first rung chosen from stage lr (:mod:`tuner.study.pruning`);
+    until it is known (the study's creation at the hand-off) the stage prunes nothing.
+    """
     shape = spec.stages.shape
+    pruning: dict[str, Any] = {"pruner": shape.pruner, "first_rung": shape.first_rung}
+    if shape.pruner == "none":
+        pruning["first_rung"] = None
+    elif shape.first_rung == "auto":
+        epoch = rung.epoch if rung is not None else None
+        pruning = {"pruner": shape.pruner if epoch is not None else "none", "first_rung": epoch, "rung_rule": "auto",
+                   "untrained_noise": rung.noise if rung is not None and epoch is not None else None}
     return _shaped(
         spec,
         name="shape",
         budget=shape.trials,
         epochs=shape.epochs or spec.train.epochs,
         sampler=shape.sampler,
-        pruner=shape.pruner,
         space={**shape_space(spec), **_lr_scale_space(spec)},
         fixed={"lr": best_lr},
+        **pruning,
     )
 
 
@@ -191,7 +208,8 @@ def sampler_for(stage: Stage, study_seed: int, position: int) -> tuple[optuna.sa
     or shared by several workers, asks at each position what an uninterrupted stage would have.
     """
     seed = (study_seed * 1_000_003 + STAGES.index(stage.name) * 10_007 + position) % 2**32
-    return make_sampler(stage.sampler, seed, stage.budget, stage.batch_trials), make_pruner(stage.pruner, stage.epochs)
+    pruner = make_pruner(stage.pruner, stage.epochs, stage.first_rung, stage.untrained_noise)
+    return make_sampler(stage.sampler, seed, stage.budget, stage.batch_trials), pruner
 
 
 def make_sampler(kind: str, seed: int, budget: int, batch_trials: int = 1) -> optuna.samplers.BaseSampler:
@@ -210,27 +228,38 @@ def tpe_settings(budget: int, batch_trials: int = 1) -> dict[str, Any]:
     return {"n_startup_trials": n_startup, "multivariate": True, "constant_liar": True}
 
 
-def pruner_settings(kind: str, epochs: int) -> dict[str, Any]:
-    """The settings of the pruner ``kind`` for trials of ``epochs`` epochs (epochs are its resource)."""
+def pruner_settings(kind: str, epochs: int, first_rung: int | None = 1) -> dict[str, Any]:
+    """The settings of the pruner ``kind`` for trials of ``epochs`` epochs (epochs are its resource).
+
+    ``first_rung``: the first epoch at which it may stop a trial (None: never; no settings).
+    """
+    if first_rung is None:
+        return {}
     if kind == "median":
-        return {"n_startup_trials": 5, "n_warmup_steps": max(1, epochs // 4)}
+        return {"n_startup_trials": 5, "n_warmup_steps": max(first_rung, epochs // 4)}
     if kind == "hyperband":
-        return {"min_resource": 1, "max_resource": epochs, "reduction_factor": 3}
+        return {"min_resource": first_rung, "max_resource": epochs, "reduction_factor": 3}
     if kind == "successive_halving":
-        return {"min_resource": 1, "reduction_factor": 3, "min_early_stopping_rate": 0}
+        return {"min_resource": first_rung, "reduction_factor": 3, "min_early_stopping_rate": 0}
     return {}
 
 
-def make_pruner(kind: str, epochs: int) -> optuna.pruners.BasePruner:
-    """Optuna's pruner of that name, epochs as the resource; ``none``: no pruning."""
+def make_pruner(kind: str, epochs: int, first_rung: int | None = 1,
+                untrained_noise: float | None = None) -> optuna.pruners.BasePruner:
+    """Optuna's pruner of that name, epochs as the resource; ``none`` (or no first rung): no pruning.
+
+    ``untrained_noise``: wrap it so that it decides nothing while every value at a step sits within
+    noise of its trial's untrained value (:class:`tuner.study.pruning.UntilLearningPruner`).
+    """
     pruners = {
         "median": optuna.pruners.MedianPruner,
         "hyperband": optuna.pruners.HyperbandPruner,
         "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
     }
-    if kind in pruners:
-        return pruners[kind](**pruner_settings(kind, epochs))
-    return optuna.pruners.NopPruner()
+    if kind not in pruners or first_rung is None:
+        return optuna.pruners.NopPruner()
+    pruner = pruners[kind](**pruner_settings(kind, epochs, first_rung))
+    return pruner if untrained_noise is None else UntilLearningPruner(pruner, first_rung, untrained_noise)
 
 
 def describe_search(stage: Stage) -> dict[str, Any]:
@@ -239,5 +268,7 @@ def describe_search(stage: Stage) -> dict[str, Any]:
     if stage.sampler == "tpe":
         sampler.update(tpe_settings(stage.budget, stage.batch_trials))
     pruner: dict[str, Any] = {"name": stage.pruner}
-    pruner.update(pruner_settings(stage.pruner, stage.epochs))
+    pruner.update(pruner_settings(stage.pruner, stage.epochs, stage.first_rung))
+    if stage.rung_rule == "auto":  # the rung read from stage lr (None: not pruning), and the guard's noise unit
+        pruner.update({"first_rung": "auto", "prunes_from": stage.first_rung, "untrained_noise": stage.untrained_noise})
     return {"sampler": sampler, "pruner": pruner, "optuna_version": optuna.__version__}

@@ -48,6 +48,9 @@ TASK_ATTR = "task"  # "classification" or "regression": what the data asked for,
 SPEC_PATH_ATTR = "spec_path"  # the spec file a study was made from: where its own code is imported from
 LR_FIND_ATTR = "lr_find"  # on <name>/lr: the range test of lr_range = "auto", kept for resume
 VERDICT_ATTR = "verdict"  # on <name>/audit: the audit's verdict, in words
+# On <name>/shape with stages.shape.first_rung = "auto": {"epoch": N or None, "reason": words, "noise": the
+# noise unit its pruner's "no decision while nothing has learned" guard uses}, chosen once from stage lr's curves.
+FIRST_RUNG_ATTR = "first_rung"
 CONTRACT_VERSION_ATTR = "contract_version"  # the version of this contract a stage study was made under
 
 # User attributes of a trial.
@@ -65,6 +68,8 @@ ERROR_ATTR = "error"
 TRACEBACK_ATTR = "traceback"
 SURPLUS_ATTR = "surplus"  # on a trial failed untrained because other workers had filled the budget
 FALLBACK_ATTR = "fallback"  # on a trial that trained alone though it could have been batched: why
+# The objective of the trial's model before any step (epoch 0); absent for a user's own loop (it has no epoch 0).
+UNTRAINED_VALUE_ATTR = "untrained_value"
 
 
 def stage_study_name(study: str, stage: str) -> str:
@@ -97,8 +102,9 @@ MIGRATIONS: tuple[Migration, ...] = (
               {("stages.shape", "pruner"): "none", ("stages.shape", "lr_scale"): (1.0, 1.0)}),
     Migration(2, "a CSV's constant feature columns are dropped, with a warning (issue 24)",
               {("data", "drop_constant_columns"): False}),
-    Migration(3, "stage 'lr' hands on the rate of its smoothed U's broadest low basin, not its best trial's (issue 21)",
-              {("stages.lr", "handoff"): "best"}),
+    Migration(3, "stage 'lr' hands on the rate of its smoothed U's broadest low basin, not its best trial's; stage "
+                 "'shape' prunes from a first rung read from stage lr's curves, never while nothing has learned (issue 21)",
+              {("stages.lr", "handoff"): "best", ("stages.shape", "first_rung"): 1}),
 )
 CONTRACT_VERSION = MIGRATIONS[-1].version  # what this tuner writes, and the newest it reads
 
@@ -108,7 +114,7 @@ CONTRACT_VERSION = MIGRATIONS[-1].version  # what this tuner writes, and the new
 ADDED_FIELDS: dict[str, dict[str, Any]] = {
     "data": {"loader": None, "test_fraction": 0.0, "drop_constant_columns": False},
     "train": {"loop": None, "loss": None, "metric": None},
-    "stages.shape": {"lr_scale": (1.0, 1.0)},
+    "stages.shape": {"lr_scale": (1.0, 1.0), "first_rung": 1},
     "stages.lr": {"handoff": "best"},
 }
 

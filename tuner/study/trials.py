@@ -43,6 +43,7 @@ class _Progress:
     seconds: float = 0.0  # its share of the training time
     diverged: bool = False
     pruned: bool = False
+    untrained: float | None = None  # the objective before any step (None: a user's loop has no epoch 0)
 
     @property
     def active(self) -> bool:
@@ -85,6 +86,13 @@ class TrialBatch:
             return False
         return self.report(index, result.epoch, value)
 
+    def begin(self, untrained: Sequence[EpochResult]) -> None:
+        """Take each trial's untrained (epoch-0) result; stored at once where a pruner may read it."""
+        for (_, trial), progress, result in zip(self.asked, self.progress, untrained):
+            progress.untrained = _finite_or_none(result.val_error if self.objective == "val_error" else result.val_loss)
+            if self.live_reports and progress.untrained is not None:
+                trial.set_user_attr(results.UNTRAINED_VALUE_ATTR, progress.untrained)
+
     def report(self, index: int, epoch: int, value: float) -> bool:
         """Report the objective of an epoch to Optuna (now, or with the trial's records); False: prune."""
         progress = self.progress[index]
@@ -120,6 +128,7 @@ class TrialBatch:
             results.N_PARAMS_ATTR: n_params[i],
             results.EPOCHS_DONE_ATTR: len(p.curve),
             results.BATCHED_WITH_ATTR: len(self.asked),
+            **({results.UNTRAINED_VALUE_ATTR: p.untrained} if p.untrained is not None else {}),
             **extra_attrs,
         }, p.reports) for i, p in enumerate(self.progress)])
         told = []
@@ -156,6 +165,7 @@ def run_trials(
     """
     started = time.perf_counter()
     epoch_started = started
+    trainer: Trainer
 
     def on_epoch(results: list[EpochResult | None]) -> list[int]:
         nonlocal epoch_started
@@ -164,6 +174,8 @@ def run_trials(
         spent = time.perf_counter() - epoch_started
         for i in trained:
             batch.progress[i].seconds += spent / len(trained)
+        if not any(p.curve for p in batch.progress):  # the first epoch: the trainer has its untrained values
+            batch.begin(trainer.untrained)
         stop = [i for i in trained if not batch.progress[i].active or not batch.record(i, results[i])]  # type: ignore[arg-type]
         raise_if_stop_requested()  # a Ctrl-C whose first raise was swallowed
         batch.flush_if_due()

@@ -197,6 +197,8 @@ class BatchedTrainer:
         self.plans = list(plans)
         self._stopped: set[int] = set()
         # Per epoch, how many copies trained in it: a copy's share of an epoch's time is 1 / that.
+        # Each plan's untrained validation values, as an epoch-0 result (training loss NaN), once epochs() starts.
+        self.untrained: list[EpochResult] = []
 
     def stop(self, index: int) -> None:
         self._stopped.add(index)
@@ -224,6 +226,8 @@ class BatchedTrainer:
         order_rngs = {seed: order_generator(seed) for seed in seeds}
 
         start_losses, _ = _evaluate(net, data, "start")  # the untrained training loss, as train_epochs
+        self.untrained = [EpochResult(0, lr_at(c, 0), math.nan, loss, error, diverged=False)
+                          for c, loss, error in zip(configs, *_evaluate(net, data))]
         blow_up = [divergence_threshold(c, loss) for c, loss in zip(configs, start_losses)]
         running = list(range(len(plans)))  # plan index of each row of the stacked tensors
         for epoch in range(max(c.epochs for c in configs)):

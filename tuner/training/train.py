@@ -353,13 +353,23 @@ def train_epochs(model: nn.Module, data: Dataset, config: TrainConfig,
 
 
 class SingleTrainer:
-    """One trial trained alone, as an :class:`EpochTrainer`."""
+    """One trial trained alone, as an :class:`EpochTrainer`.
+
+    ``untrained``: the untrained model's validation values, as an epoch-0 result (training loss
+    NaN), filled when :meth:`epochs` starts.
+    """
 
     def __init__(self, model: nn.Module, data: Dataset, config: TrainConfig) -> None:
         self._epochs = train_epochs(model, data, config)
         self._stopped = False
+        self._start = (model, data, config)
+        self.untrained: list[EpochResult] = []
 
     def epochs(self) -> Iterator[list[EpochResult | None]]:
+        model, data, config = self._start
+        with torch.random.fork_rng(devices=[]):  # a streamed part's DataLoader draws its seed: leave the trial's draws be
+            val_loss, val_error = evaluate(model, data, config)
+        self.untrained = [EpochResult(0, lr_at(config, 0), math.nan, val_loss, val_error, diverged=False)]
         for result in self._epochs:
             yield [result]
             if self._stopped or result.diverged:

@@ -11,7 +11,7 @@ Every trial, in every stage and in ``tuner best``, is trained by a :class:`Train
 A trainer's :meth:`Trainer.run` calls ``on_epoch(results)`` after each epoch with one
 :class:`~tuner.training.train.EpochResult` per trial (None for a trial that did not train in it);
 ``on_epoch`` returns the trials that must stop (pruned, diverged), and the trainer stops them
-before the next epoch. ``fallback`` says why trials that could have been batched train alone (None:
+before the next epoch; ``untrained`` holds each trial's epoch-0 result once the first epoch ran. ``fallback`` says why trials that could have been batched train alone (None:
 nothing to say). Extra keyword arguments for the model factory and the loop travel in the plan.
 """
 
@@ -50,6 +50,11 @@ class Trainer(Protocol):
     """Trains the plans it was made for; see the module docstring."""
 
     fallback: str | None
+
+    @property
+    def untrained(self) -> Sequence[EpochResult]:
+        """Each trial's epoch-0 result (its model before any step), once the first epoch has run; empty if unknown."""
+        ...
 
     def run(self, on_epoch: OnEpoch) -> None: ...
 
@@ -107,6 +112,10 @@ class EpochsTrainer:
     def n_params(self) -> list[int]:
         return self._n_params()
 
+    @property
+    def untrained(self) -> Sequence[EpochResult]:
+        return self._epochs.untrained  # type: ignore[attr-defined, no-any-return]
+
 
 class StopTrial(Exception):
     """Raised by ``report`` inside a user's loop to end the trial (pruned or diverged); tuner catches it."""
@@ -129,6 +138,7 @@ class LoopTrainer:
     """
 
     fallback: str | None = None
+    untrained: Sequence[EpochResult] = ()  # a user's loop has no epoch 0
 
     def __init__(self, loop: Callable[..., object], model: nn.Module, data: Dataset | StreamedData,
                  config: TrainConfig, device: torch.device, params: dict[str, object] | None = None) -> None:
