@@ -80,8 +80,8 @@ def rate_choice(spec: StudySpec, trials: list[FrozenTrial], task: str | None) ->
 def sweep_choice(trials: list[FrozenTrial], *, counts_rows: bool = False) -> RateChoice:
     """The robust rule on stage ``lr``'s trials: complete ones at their value, diverged ones as the wall.
 
-    The wall stands at the worst value any trial that did not diverge reached (the untrained value
-    is not stored; a rate too small to learn stays near it). Pruned trials that did not diverge
+    The wall stands at the worst value seen: any untrained (epoch-0) value stored, or any value a
+    trial that did not diverge reached (a rate too small to learn stays near the untrained one). Pruned trials that did not diverge
     have no final value and are left out. ``counts_rows``: the values are error rates of whole
     validation rows, whose number is read from them for the binomial noise.
     """
@@ -92,6 +92,9 @@ def sweep_choice(trials: list[FrozenTrial], *, counts_rows: bool = False) -> Rat
         if trial.state in results.FINISHED and not trial.user_attrs.get(results.DIVERGED_ATTR):
             seen += [float(v) for v in trial.user_attrs.get(results.LEARNING_CURVE_ATTR) or []
                      if v is not None and math.isfinite(v)]
+        untrained = trial.user_attrs.get(results.UNTRAINED_VALUE_ATTR)  # stored since the pruner waits for learning
+        if untrained is not None and math.isfinite(untrained):
+            seen.append(float(untrained))
     return choose_rate(
         [float(t.params["lr"]) for t in [*points, *walls]],
         [*(float(t.value) for t in points), *(math.nan for _ in walls)],  # type: ignore[arg-type]
