@@ -23,6 +23,7 @@ import tomllib
 from tuner.errors import MISSING as _MISSING
 from tuner.errors import SpecError
 from tuner.inputs.families import model_families
+from tuner.inputs.params import DeclaredParam, parse_params
 
 DATASETS = ("digits", "wine", "breast_cancer", "diabetes", "digits_rows", "digits_images", "adding", "csv", "python")
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad")
@@ -121,6 +122,9 @@ class ShapeStageSpec:
     # A multiplier on the calibrated rate, searched log-uniformly with the shape: the best rate of
     # wider networks lies up to 5x the small one's (docs/lr_shift.csv); [1, 1] keeps it as it is.
     lr_scale: tuple[float, float] = (0.5, 4.0)
+    # The user's own hyperparameters, searched with the shape; stage lr trains at their defaults
+    # (tuner.inputs.params). Stored as a table name -> {low, high, log, int, choices, default}.
+    params: tuple[DeclaredParam, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,7 @@ class StudySpec:
         full = dataclasses.asdict(self)
         for key in ("name", "storage", "source"):
             full.pop(key)
+        full["stages"]["shape"]["params"] = {p.name: p.as_table() for p in self.stages.shape.params}
         return full
 
     def with_changes(self, **changes: Any) -> StudySpec:
@@ -220,6 +225,8 @@ def _build(cls: type, table: Any, prefix: str, source: str) -> Any:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
             hint = f"did you mean '{close[0]}'?" if close else f"known keys here: {', '.join(known)}"
+            if cls is ShapeStageSpec and not close:
+                hint = f"to search a parameter of your own, declare it in [stages.shape.params], e.g. {key} = {{ low = 0.0, high = 0.5, default = 0.0 }}"
             raise SpecError(source, prefix + key, _MISSING, f"unknown key; {hint}")
     values = {}
     for name in known:
@@ -231,6 +238,8 @@ def _build(cls: type, table: Any, prefix: str, source: str) -> Any:
 
 
 def _coerce(hint: Any, value: Any, path: str, source: str) -> Any:
+    if hint == tuple[DeclaredParam, ...]:
+        return parse_params(value, path, source)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, path + ".", source)
     origin = typing.get_origin(hint)
