@@ -21,7 +21,7 @@ from tuner.inputs.spec import SpecError, load_spec, spec_from_dict
 from tuner.report.runs import load_stages
 from tuner.report.words import shape_diagnosis
 from tuner.study.stage_studies import with_stage_value, with_value
-from tuner.study.stages import lr_stage, shape_stage, stage_settings
+from tuner.study.stages import audit_stage, lr_stage, shape_stage, stage_settings
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_STUDY = REPO / "studies" / "digits_params.toml"
@@ -52,6 +52,7 @@ def test_a_range_a_log_range_a_whole_number_range_and_a_choice_are_read() -> Non
     assert space["layers"] == tuner_int(1, 4)
     assert list(space["activation"].choices) == ["relu", "gelu", "tanh"]
     assert lr_stage(spec).space.keys() == {"lr"}  # stage lr stays one-dimensional
+    assert {"layers", "activation"} <= audit_stage(spec).space.keys()  # the audit samples them with the rest
 
 
 def tuner_int(low: int, high: int) -> Any:

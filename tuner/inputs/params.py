@@ -47,20 +47,20 @@ class DeclaredParam:
     low: float | int | None = None
     high: float | int | None = None
     log: bool = False
-    int: bool = False
+    integer: bool = False  # the spec's `int = true`
     choices: tuple[Any, ...] | None = None
 
     def as_table(self) -> dict[str, Any]:
         """The spec's table of it, as stored in the settings (None where unused: a choice has no range)."""
         choices = list(self.choices) if self.choices is not None else None
-        return {"low": self.low, "high": self.high, "log": self.log, "int": self.int, "choices": choices,
+        return {"low": self.low, "high": self.high, "log": self.log, "int": self.integer, "choices": choices,
                 "default": self.default}
 
     def pinned(self, value: Any) -> dict[str, Any]:
         """The table that searches ``value`` alone, with ``value`` as the default (``best.toml``)."""
         if self.choices is not None:
             return {"choices": [value], "default": value}
-        return {"low": value, "high": value, "int": self.int, "default": value}
+        return {"low": value, "high": value, "int": self.integer, "default": value}
 
 
 def parse_params(table: Any, path: str, source: str) -> tuple[DeclaredParam, ...]:

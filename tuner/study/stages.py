@@ -111,7 +111,7 @@ def declared_distribution(param: DeclaredParam) -> BaseDistribution:
     """The Optuna distribution a declared parameter is searched on."""
     if param.choices is not None:
         return CategoricalDistribution(list(param.choices))
-    if param.int:
+    if param.integer:
         return IntDistribution(int(param.low), int(param.high), log=param.log)  # type: ignore[arg-type]
     return FloatDistribution(float(param.low), float(param.high), log=param.log)  # type: ignore[arg-type]
 
