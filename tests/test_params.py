@@ -89,6 +89,13 @@ def test_a_parameter_written_straight_under_stages_shape_points_to_the_params_ta
         load_spec(path)
 
 
+def test_stage_lr_takes_no_declared_parameters_and_says_where_they_go(tmp_path: Path) -> None:
+    path = tmp_path / "study.toml"
+    path.write_text('name = "mine"\n[stages.lr.params]\ndropout = { low = 0.0, high = 0.5, default = 0.0 }\n', encoding="utf-8")
+    with pytest.raises(SpecError, match=r"field 'stages\.lr\.params'.*\[stages\.shape\.params\]"):
+        load_spec(path)
+
+
 def test_a_log_range_may_default_to_zero_off_which_it_cannot_hold() -> None:
     spec = load_spec(PARAMS_STUDY)
     assert {p.name: p.default for p in spec.stages.shape.params} == {"dropout": 0.0, "weight_decay": 0.0}
@@ -259,10 +266,12 @@ def test_trials_csv_and_importance_csv_hold_the_declared_parameters(params_study
     assert {"dropout", "weight_decay"} <= set(table[table.stage == "shape"].param)
 
 
-def test_the_reports_best_shape_line_names_the_declared_parameters(params_study: tuple[str, Any]) -> None:
+def test_the_reports_best_shape_line_names_the_declared_parameters(params_study: tuple[str, Any], tmp_path: Path) -> None:
     storage, _ = params_study
     line = shape_diagnosis(load_stages("digits_params", storage)["shape"], None, "val_error")[0]
     assert "dropout" in line and "weight_decay" in line
+    report = tuner.write_report("digits_params", storage=storage, out=tmp_path / "report")
+    assert "dropout" in report.index.read_text(encoding="utf-8")
 
 
 def test_tuner_best_pins_the_declared_parameters_and_reproduces_the_stored_value(

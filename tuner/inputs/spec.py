@@ -225,7 +225,9 @@ def _build(cls: type, table: Any, prefix: str, source: str) -> Any:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
             hint = f"did you mean '{close[0]}'?" if close else f"known keys here: {', '.join(known)}"
-            if cls is ShapeStageSpec:  # perhaps a parameter of the user's own, e.g. dropout = [0.2, 0.5]
+            if key == "params" and cls is not ShapeStageSpec:
+                hint = "declare your own parameters in [stages.shape.params]; their default is what stage lr trains with"
+            elif cls is ShapeStageSpec:  # perhaps a parameter of the user's own, e.g. dropout = [0.2, 0.5]
                 hint = (f"{hint + ' Or, ' if close else ''}to search a parameter of your own, declare it in "
                         f"[stages.shape.params], e.g. {key} = {{ low = 0.0, high = 0.5, default = 0.0 }}")
             raise SpecError(source, prefix + key, _MISSING, f"unknown key; {hint}")
