@@ -44,7 +44,8 @@ MANIFEST = "manifest"  # the key of metrics.json that holds the run id and the o
 MODEL_FORMAT = 1  # raised when the keys of model.pt change meaning
 MODEL_KEYS = (
     "format", "tuner_version", "family", "width", "depth", "input_shape", "n_outputs", "task",
-    "state_dict", "x_mean", "x_std", "classes", "target_mean", "target_std", "code_folder", "run_id", "dropped_columns", "params",
+    "state_dict", "x_mean", "x_std", "classes", "target_mean", "target_std", "code_folder", "run_id", "dropped_columns",
+    "params",
 )
 # Test hook: `tuner best` kills itself with SIGKILL when it reaches this point of the write
 # ("model.pt.tmp": the temporary file written, not yet moved; "model.pt": moved into place; ...),

@@ -278,9 +278,10 @@ def best_spec_text(spec: StudySpec, name: str, stage: Stage, trial: FrozenTrial,
         "#",
         "#   tuner study best.toml      # trains it again as the one trial of stage 'shape'",
         "#",
-        "# Every searched value is pinned: width, depth, schedule, decay and declared parameters to one value each, and the",
-        "# learning rate to [lr, the next float above lr] (the spec format needs lr_min < lr_max), so stage",
-        "# 'lr' hands on that rate and stage 'shape' trains exactly the winner, with the same seed and data.",
+        "# Every searched value is pinned: width, depth, schedule, decay and your declared parameters to",
+        "# one value each, and the learning rate to [lr, the next float above lr] (the spec format needs",
+        "# lr_min < lr_max), so stage 'lr' hands on that rate and stage 'shape' trains exactly the winner,",
+        "# with the same seed and data.",
     ]
     if refit == "train+val":
         header.append("# (model.pt was refit on training + validation rows: a spec always holds validation out.)")

@@ -72,13 +72,15 @@ def parse_params(table: Any, path: str, source: str) -> tuple[DeclaredParam, ...
 
 def _parse_one(name: str, table: Any, path: str, source: str) -> DeclaredParam:
     if not name.isidentifier():
-        raise SpecError(source, path, MISSING, "a parameter's name is passed as a keyword argument: use letters, digits and _, e.g. dropout")
+        raise SpecError(source, path, MISSING,
+                        "a parameter's name is passed as a keyword argument: use letters, digits and _, e.g. dropout")
     if name in RESERVED:
         raise SpecError(source, path, MISSING, f"'{name}' is tuner's own (searched or handed over by tuner already); "
                         "give your parameter another name")
     if not isinstance(table, Mapping):
         example = CHOICE_EXAMPLE if isinstance(table, list) and any(isinstance(v, str) for v in table) else EXAMPLE
         raise SpecError(source, path, table, f"must be a table: a range or a choice, e.g. {name} = {example}")
+    table = {key: value for key, value in table.items() if value is not None}  # a stored setting's unused keys
     for key in table:
         if key not in KEYS:
             close = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.5)
@@ -112,7 +114,7 @@ def _choice(name: str, table: Mapping[str, Any], path: str, source: str) -> Decl
     choices = table["choices"]
     if "low" in table or "high" in table or table.get("log") or table.get("int"):
         raise SpecError(source, path, dict(table), "give either choices or a range (low, high), not both")
-    if not isinstance(choices, list) or not choices:
+    if not isinstance(choices, (list, tuple)) or not choices:
         raise SpecError(source, f"{path}.choices", choices, 'must be a non-empty list, e.g. choices = ["relu", "gelu"]')
     for choice in choices:
         if not isinstance(choice, (str, int, float, bool)):

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuner.errors import MISSING
 from tuner.inputs.families import ModelFamily
 from tuner.inputs.params import accepted_arguments, accepts, defaults
-from tuner.errors import MISSING
 from tuner.inputs.spec import SpecError, StudySpec
 
 # Spec fields that may name a function, and what the function is for (in messages).
@@ -310,6 +310,9 @@ def check_params(spec: StudySpec, code: UserCode) -> None:
     factory = code.family.factory if isinstance(code.family, ModelFamily) else factory_of(code.family)
     built_in = factory is not None and is_built_in(factory)
     own = [function for function in (None if built_in else factory, code.loop, code.loss, code.metric) if function is not None]
+    references = code_references(spec)
+    yours = ", ".join(f"{field} ({references[field]})" for field in CODE_FIELDS
+                      if field != "data.loader" and field in references) or "none in this spec"
     for param in spec.stages.shape.params:
         name = param.name
         if (name == "weight_decay" or (name == "momentum" and spec.train.optimizer == "sgd")
@@ -317,9 +320,6 @@ def check_params(spec: StudySpec, code: UserCode) -> None:
             continue
         why = {"momentum": f"momentum acts with train.optimizer = \"sgd\" only (here {spec.train.optimizer!r})",
                "dropout": f"dropout acts on the built-in families (mlp, lstm, cnn) only, not {spec.model.family!r}"}
-        where = ", ".join(f"{field} ({code_references(spec)[field]})" for field in CODE_FIELDS
-                          if field != "data.loader" and field in code_references(spec)) or "none in this spec"
         raise SpecError(spec.source, f"stages.shape.params.{name}", MISSING,
                         f"nothing takes it{': ' + why[name] if name in why else ''}; declare a keyword argument '{name}' "
-                        f"in your model factory, loop, loss or metric (yours: {where}), or remove it")
-
+                        f"in your model factory, loop, loss or metric (yours: {yours}), or remove it")

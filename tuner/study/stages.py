@@ -138,7 +138,8 @@ def lr_stage(spec: StudySpec, lr_range: tuple[float, float] | None = None) -> St
     low, high = lr_range or (lr.lr_min, lr.lr_max)
     # Batched copies use tuner's own loss and metric and train in memory; a user's loop trains alone.
     own_code = spec.train.loop or spec.train.loss or spec.train.metric
-    batchable = lr.batched and not own_code and batchable_params(spec) and worth_batching(spec.model.family, spec.train.optimizer, spec.model.width)
+    batchable = (lr.batched and not own_code and batchable_params(spec)
+                 and worth_batching(spec.model.family, spec.train.optimizer, spec.model.width))
     return _shaped(
         spec,
         name="lr",
