@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import math
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 import tomllib
 import torch
+from optuna.distributions import IntDistribution
 from torch import nn
 from typer.testing import CliRunner
 
@@ -29,13 +29,7 @@ PARAMS_STUDY = REPO / "studies" / "digits_params.toml"
 
 def _spec_file(tmp_path: Path, params: str, extra: str = "") -> Path:
     path = tmp_path / "study.toml"
-    path.write_text(textwrap.dedent(f"""\
-        name = "mine"
-        [data]
-        name = "wine"
-        {extra}
-        [stages.shape.params]
-        """) + textwrap.dedent(params), encoding="utf-8")
+    path.write_text(f'name = "mine"\n[data]\nname = "wine"\n{extra}[stages.shape.params]\n{params}', encoding="utf-8")
     return path
 
 
@@ -49,16 +43,10 @@ def test_a_range_a_log_range_a_whole_number_range_and_a_choice_are_read() -> Non
         "activation": {"choices": ["relu", "gelu", "tanh"], "default": "relu"},
     }}}})
     space = shape_stage(spec, 0.1).space
-    assert space["layers"] == tuner_int(1, 4)
+    assert space["layers"] == IntDistribution(1, 4)
     assert list(space["activation"].choices) == ["relu", "gelu", "tanh"]
     assert lr_stage(spec).space.keys() == {"lr"}  # stage lr stays one-dimensional
     assert {"layers", "activation"} <= audit_stage(spec).space.keys()  # the audit samples them with the rest
-
-
-def tuner_int(low: int, high: int) -> Any:
-    from optuna.distributions import IntDistribution
-
-    return IntDistribution(low, high)
 
 
 @pytest.mark.parametrize(("params", "field", "words"), [
