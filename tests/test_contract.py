@@ -397,6 +397,7 @@ SETTINGS_HASHES = {
     "diabetes": {"lr": "20928d456abafc1b", "shape": "990ca8ab4f8f721d", "audit": "ad12583c61d37813"},
     "digits_lstm": {"lr": "1b57e411254530a5", "shape": "a05edfad7e87b954", "audit": "ad9d29295c3238e1"},
     "digits_cnn": {"lr": "011ba054c688ab08", "shape": "6c3eda5e7d626dcb", "audit": "1e3b25f7437e43d0"},
+    "digits_params": {"lr": "d7624ccf1564856f", "shape": "af05ff0c3a8e995d", "audit": "67d9657b747f62c9"},
     "quickstart": {"lr": "34bd8a240539a656", "shape": "9768dd9746091ebe", "audit": "d7e948d8e6439b14"},
     "wine": {"lr": "ffd8d53c04eb8f4b", "shape": "0f4445b8b33403de", "audit": "6989b3613cdf04b7"},
     "contract_v0": {"lr": "1f9870cea7685a7e", "shape": "d27b107b7162a3b9", "audit": "eeda5f41a8b9a330"},

@@ -45,6 +45,7 @@ MODEL_FORMAT = 1  # raised when the keys of model.pt change meaning
 MODEL_KEYS = (
     "format", "tuner_version", "family", "width", "depth", "input_shape", "n_outputs", "task",
     "state_dict", "x_mean", "x_std", "classes", "target_mean", "target_std", "code_folder", "run_id", "dropped_columns",
+    "params",
 )
 # Test hook: `tuner best` kills itself with SIGKILL when it reaches this point of the write
 # ("model.pt.tmp": the temporary file written, not yet moved; "model.pt": moved into place; ...),
@@ -63,7 +64,8 @@ class FolderError(ValueError):
         super().__init__(f"{problem}; run `tuner best` again to write it anew")
 
 
-def model_record(model: nn.Module, spec: StudySpec, data: Dataset | StreamedData, width: int, depth: int) -> dict[str, Any]:
+def model_record(model: nn.Module, spec: StudySpec, data: Dataset | StreamedData, width: int, depth: int,
+                 declared: dict[str, Any] | None = None) -> dict[str, Any]:
     """model.pt: only tensors and plain types, so that ``torch.load(weights_only=True)`` reads it."""
     as_tensor = lambda a: None if a is None else torch.from_numpy(np.asarray(a, dtype=np.float64))  # noqa: E731
     folder = spec_folder(spec.source) if is_reference(spec.model.family) else None
@@ -86,6 +88,8 @@ def model_record(model: nn.Module, spec: StudySpec, data: Dataset | StreamedData
         "run_id": None,  # set by write_folder: the run of `tuner best` that wrote it
         # Where, in a raw row, the columns are that the model does not read (a CSV's constant ones).
         "dropped_columns": list(getattr(data, "dropped_columns", ())),
+        # The declared parameters it was trained with: the factory rebuilds it with them (dropout's layers).
+        "params": dict(declared or {}),
     }
 
 
@@ -235,7 +239,8 @@ class TrainedModel:
             folder = record.get("code_folder")
             factory = load_callable(family, "model.family", str(Path(folder) / "spec.toml") if folder else "")
             family = ModelFamily(family, factory)  # resolved once, here: nothing registered globally
-        self.model = build_model(family, self.input_shape, record["n_outputs"], record["width"], record["depth"])
+        self.model = build_model(family, self.input_shape, record["n_outputs"], record["width"], record["depth"],
+                                 record.get("params"))  # absent from model.pt files written before
         self.model.load_state_dict(record["state_dict"])
         self.model.eval()
         self._mean = None if record["x_mean"] is None else record["x_mean"].numpy()

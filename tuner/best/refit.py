@@ -171,7 +171,7 @@ def write_best(
         metrics["test"] = {"error": test_error, "loss": test_loss, "rows": _rows(data, "test")}
 
     spec_text = best_spec_text(spec, name, stage, trial, plan_values=_plan_values(plan), refit=refit)
-    record = model_record(model, spec, data, plan.width, plan.depth)
+    record = model_record(model, spec, data, plan.width, plan.depth, plan.declared)
     spec_path, model_path, metrics_path = write_folder(folder, spec_text, record, metrics)
     return BestResult(folder, spec_path, model_path, metrics_path, metrics, replaced)
 
@@ -245,7 +245,8 @@ def _without_none(table: dict[str, Any]) -> dict[str, Any]:
 
 def _plan_values(plan: Any) -> dict[str, Any]:
     return {"lr": plan.train.lr, "width": plan.width, "depth": plan.depth, "schedule": plan.train.schedule,
-            "decay": plan.train.decay, "epochs": plan.train.epochs, "momentum": plan.train.momentum}
+            "decay": plan.train.decay, "epochs": plan.train.epochs, "momentum": plan.train.momentum,
+            "declared": plan.declared}
 
 
 def best_spec_text(spec: StudySpec, name: str, stage: Stage, trial: FrozenTrial, *, plan_values: dict[str, Any],
@@ -265,6 +266,10 @@ def best_spec_text(spec: StudySpec, name: str, stage: Stage, trial: FrozenTrial,
         lr_scale=[1.0, 1.0],  # the winner's rate already holds its scale
         pruner="none",  # one trial, trained to the end
     )
+    # Declared parameters: the winner's value, as the one value searched and as the default stage lr trains with.
+    declared = {param.name: param for param in spec.stages.shape.params}
+    table["stages"]["shape"]["params"] = {name: declared[name].pinned(value)
+                                          for name, value in plan_values.get("declared", {}).items()}
     table["stages"]["audit"]["trials"] = 0
     table["train"]["momentum"] = plan_values.get("momentum", table["train"]["momentum"])  # the audit samples it
     header = [
@@ -273,9 +278,10 @@ def best_spec_text(spec: StudySpec, name: str, stage: Stage, trial: FrozenTrial,
         "#",
         "#   tuner study best.toml      # trains it again as the one trial of stage 'shape'",
         "#",
-        "# Every searched value is pinned: width, depth, schedule and decay to one value each, and the",
-        "# learning rate to [lr, the next float above lr] (the spec format needs lr_min < lr_max), so stage",
-        "# 'lr' hands on that rate and stage 'shape' trains exactly the winner, with the same seed and data.",
+        "# Every searched value is pinned: width, depth, schedule, decay and your declared parameters to",
+        "# one value each, and the learning rate to [lr, the next float above lr] (the spec format needs",
+        "# lr_min < lr_max), so stage 'lr' hands on that rate and stage 'shape' trains exactly the winner,",
+        "# with the same seed and data.",
     ]
     if refit == "train+val":
         header.append("# (model.pt was refit on training + validation rows: a spec always holds validation out.)")

@@ -10,14 +10,15 @@ Python with :func:`register_model`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from tuner.errors import SpecError
 from tuner.inputs.families import ModelFamily, model_families, register_model, registered_family  # noqa: F401 -- register_model re-exported
+from tuner.inputs.params import accepted_arguments
 
 if TYPE_CHECKING:
     from tuner.inputs.data import Dataset
@@ -27,20 +28,29 @@ ModelFactory = Callable[[int, int, int, int], nn.Module]  # (n_features, n_outpu
 Family = str | ModelFamily  # a family's name (built-in or registered), or a user's resolved factory
 
 
-def build_model(family: Family, sample_shape: tuple[int, ...], n_outputs: int, width: int, depth: int) -> nn.Module:
-    """Build a model of a registered family for samples of ``sample_shape`` (one sample, no batch)."""
+def build_model(family: Family, sample_shape: tuple[int, ...], n_outputs: int, width: int, depth: int,
+                declared: Mapping[str, Any] | None = None) -> nn.Module:
+    """Build a model of a registered family for samples of ``sample_shape`` (one sample, no batch).
+
+    ``declared``: the trial's declared parameters; a built-in family takes ``dropout`` (none: as
+    before dropout existed, to the last random draw), a user's factory each name its signature declares.
+    """
     entry = _family(family)
     if entry is None:
         raise ValueError(f"unknown model family {family!r}; known: {', '.join(sorted(model_families()))}")
     factory, kind = entry
+    if is_built_in(factory):
+        extra = {"dropout": float(declared["dropout"])} if declared and declared.get("dropout") else {}
+    else:
+        extra = accepted_arguments(factory, declared or {})
     if kind == "shape":
-        return factory(input_shape=tuple(sample_shape), n_outputs=n_outputs, width=width, depth=depth)
+        return factory(input_shape=tuple(sample_shape), n_outputs=n_outputs, width=width, depth=depth, **extra)
     if kind == "sequence":
-        return factory(sample_shape[-1], n_outputs, width, depth)
+        return factory(sample_shape[-1], n_outputs, width, depth, **extra)
     n_inputs = 1
     for size in sample_shape:
         n_inputs *= size
-    model = factory(n_inputs, n_outputs, width, depth)
+    model = factory(n_inputs, n_outputs, width, depth, **extra)
     return nn.Sequential(nn.Flatten(), model) if len(sample_shape) > 1 else model
 
 
@@ -57,14 +67,15 @@ class ModelTooLargeError(SpecError):
     """A model the study would build cannot fit in the device's memory; the message names the field."""
 
 
-def planned_parameters(family: Family, sample_shape: tuple[int, ...], n_outputs: int, width: int, depth: int) -> int | None:
+def planned_parameters(family: Family, sample_shape: tuple[int, ...], n_outputs: int, width: int, depth: int,
+                       declared: Mapping[str, Any] | None = None) -> int | None:
     """Parameters of a model, counted without allocating its weights (built on torch's "meta" device).
 
     None when the family cannot be built there (a user's factory that allocates by hand): then nothing is known.
     """
     try:
         with torch.device("meta"):
-            return count_parameters(build_model(family, sample_shape, n_outputs, width, depth))
+            return count_parameters(build_model(family, sample_shape, n_outputs, width, depth, declared))
     except Exception:  # noqa: BLE001 -- a check that cannot run must not stop a study that might
         return None
 
@@ -101,10 +112,12 @@ def check_model_fits(spec: StudySpec, data: Dataset, device: torch.device | str,
     candidates = [("model.width", spec.model.width, spec.model.width, spec.model.depth),
                   ("stages.shape.width", list(shape.width), shape.width[1], shape.depth[1])]
     from tuner.inputs.data import sample_shape as shape_of  # here: tuner.inputs.data imports torch and scikit-learn
+    from tuner.inputs.params import defaults
 
     sample_shape = shape_of(data)
     for field_path, value, width, depth in candidates:
-        n_params = planned_parameters(family or spec.model.family, sample_shape, data.n_outputs, width, depth)
+        n_params = planned_parameters(family or spec.model.family, sample_shape, data.n_outputs, width, depth,
+                                      defaults(spec.stages.shape.params))
         if n_params is not None and n_params * BYTES_PER_PARAMETER * TRAINING_COPIES > available:
             raise ModelTooLargeError(
                 spec.source, field_path, value,
@@ -114,11 +127,13 @@ def check_model_fits(spec: StudySpec, data: Dataset, device: torch.device | str,
             )
 
 
-def mlp(n_features: int, n_outputs: int, width: int, depth: int) -> nn.Sequential:
+def mlp(n_features: int, n_outputs: int, width: int, depth: int, dropout: float = 0.0) -> nn.Sequential:
     layers: list[nn.Module] = []
     fan_in = n_features
     for _ in range(depth):
         layers += [nn.Linear(fan_in, width), nn.ReLU()]
+        if dropout > 0:  # none at 0: the same layers (and state_dict keys) as before dropout existed
+            layers.append(nn.Dropout(dropout))
         fan_in = width
     layers.append(nn.Linear(fan_in, n_outputs))
     return nn.Sequential(*layers)
@@ -127,16 +142,19 @@ def mlp(n_features: int, n_outputs: int, width: int, depth: int) -> nn.Sequentia
 class LSTMRegressor(nn.Module):
     """Stacked LSTM over a sequence (batch, steps, features); a linear read-out of the last step."""
 
-    def __init__(self, n_features: int, n_outputs: int, width: int, depth: int) -> None:
+    def __init__(self, n_features: int, n_outputs: int, width: int, depth: int, dropout: float = 0.0) -> None:
         super().__init__()
-        self.lstm = nn.LSTM(n_features, width, num_layers=depth, batch_first=True)
+        # Dropout between stacked layers and on the read-out; at 0 no dropout module exists at all.
+        self.lstm = nn.LSTM(n_features, width, num_layers=depth, batch_first=True, dropout=dropout if depth > 1 else 0.0)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
         self.head = nn.Linear(width, n_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:  # a table: one step of all features
             x = x.unsqueeze(1)
         out, _ = self.lstm(x)
-        return self.head(out[:, -1])
+        last = out[:, -1]
+        return self.head(self.dropout(last) if self.dropout is not None else last)
 
 
 class ConvNet(nn.Module):
@@ -144,7 +162,7 @@ class ConvNet(nn.Module):
     least 2x2; then a global average pool and a linear head. No batch norm: nothing that behaves
     differently in training and evaluation, or depends on the batch."""
 
-    def __init__(self, input_shape: tuple[int, ...], n_outputs: int, width: int, depth: int) -> None:
+    def __init__(self, input_shape: tuple[int, ...], n_outputs: int, width: int, depth: int, dropout: float = 0.0) -> None:
         super().__init__()
         if len(input_shape) != 3:
             raise ValueError(
@@ -161,14 +179,16 @@ class ConvNet(nn.Module):
                 rows, cols = rows // 2, cols // 2
             channels = out_channels
         self.features = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None  # on the pooled features; none at 0
         self.head = nn.Linear(channels, n_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean(dim=(-2, -1)))
+        pooled = self.features(x).mean(dim=(-2, -1))
+        return self.head(self.dropout(pooled) if self.dropout is not None else pooled)
 
 
-def cnn(input_shape: tuple[int, ...], n_outputs: int, width: int, depth: int) -> ConvNet:
-    return ConvNet(input_shape, n_outputs, width, depth)
+def cnn(input_shape: tuple[int, ...], n_outputs: int, width: int, depth: int, dropout: float = 0.0) -> ConvNet:
+    return ConvNet(input_shape, n_outputs, width, depth, dropout)
 
 
 _BUILT_IN: dict[str, tuple[Callable[..., nn.Module], str]] = {
@@ -178,9 +198,17 @@ _BUILT_IN: dict[str, tuple[Callable[..., nn.Module], str]] = {
 }
 
 
+_BUILT_IN_FACTORIES = tuple(factory for factory, _ in _BUILT_IN.values())  # they take dropout only
+
+
 def _family(family: Family) -> tuple[Callable[..., nn.Module], str] | None:
     """(factory, input kind) of ``family``: one registered from Python first, else a built-in one."""
     return registered_family(family) or _BUILT_IN.get(family)
+
+
+def is_built_in(factory: Callable[..., object]) -> bool:
+    """Whether ``factory`` is one of tuner's own families (which take ``dropout`` and nothing else declared)."""
+    return factory in _BUILT_IN_FACTORIES
 
 
 def factory_of(family: Family) -> ModelFactory | None:

@@ -23,6 +23,7 @@ import tomllib
 from tuner.errors import MISSING as _MISSING
 from tuner.errors import SpecError
 from tuner.inputs.families import model_families
+from tuner.inputs.params import DeclaredParam, parse_params
 
 DATASETS = ("digits", "wine", "breast_cancer", "diabetes", "digits_rows", "digits_images", "adding", "csv", "python")
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad")
@@ -130,6 +131,9 @@ class ShapeStageSpec:
     # earlier than learning had clearly begun there, and only where the ranking already holds), and
     # no decision while every value at a rung sits within noise of its untrained one.
     first_rung: int | str = "auto"
+    # The user's own hyperparameters, searched with the shape; stage lr trains at their defaults
+    # (tuner.inputs.params). Stored as a table name -> {low, high, log, int, choices, default}.
+    params: tuple[DeclaredParam, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,7 @@ class StudySpec:
         full = dataclasses.asdict(self)
         for key in ("name", "storage", "source"):
             full.pop(key)
+        full["stages"]["shape"]["params"] = {p.name: p.as_table() for p in self.stages.shape.params}
         return full
 
     def with_changes(self, **changes: Any) -> StudySpec:
@@ -229,6 +234,11 @@ def _build(cls: type, table: Any, prefix: str, source: str) -> Any:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
             hint = f"did you mean '{close[0]}'?" if close else f"known keys here: {', '.join(known)}"
+            if key == "params" and cls is not ShapeStageSpec:
+                hint = "declare your own parameters in [stages.shape.params]; their default is what stage lr trains with"
+            elif cls is ShapeStageSpec:  # perhaps a parameter of the user's own, e.g. dropout = [0.2, 0.5]
+                hint = (f"{hint + ' Or, ' if close else ''}to search a parameter of your own, declare it in "
+                        f"[stages.shape.params], e.g. {key} = {{ low = 0.0, high = 0.5, default = 0.0 }}")
             raise SpecError(source, prefix + key, _MISSING, f"unknown key; {hint}")
     values = {}
     for name in known:
@@ -240,6 +250,8 @@ def _build(cls: type, table: Any, prefix: str, source: str) -> Any:
 
 
 def _coerce(hint: Any, value: Any, path: str, source: str) -> Any:
+    if hint == tuple[DeclaredParam, ...]:
+        return parse_params(value, path, source)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, path + ".", source)
     origin = typing.get_origin(hint)

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuner.errors import MISSING
 from tuner.inputs.families import ModelFamily
+from tuner.inputs.params import accepted_arguments, accepts, defaults
 from tuner.inputs.spec import SpecError, StudySpec
 
 # Spec fields that may name a function, and what the function is for (in messages).
@@ -265,9 +267,13 @@ def check_model(spec: StudySpec, data: Any, code: UserCode) -> None:
 
     field, reference = "model.family", spec.model.family
     shape = sample_shape(data)
-    call = f"{reference.partition(':')[2]}(input_shape={shape}, n_outputs={data.n_outputs}, width={spec.model.width}, depth={spec.model.depth})"
+    declared = defaults(spec.stages.shape.params)  # what stage lr builds it with
+    given = "".join(f", {name}={value!r}" for name, value in accepted_arguments(code.family.factory, declared).items()) \
+        if isinstance(code.family, ModelFamily) else ""
+    call = (f"{reference.partition(':')[2]}(input_shape={shape}, n_outputs={data.n_outputs}, width={spec.model.width}, "
+            f"depth={spec.model.depth}{given})")
     try:
-        model = build_model(code.family, shape, data.n_outputs, spec.model.width, spec.model.depth)
+        model = build_model(code.family, shape, data.n_outputs, spec.model.width, spec.model.depth, declared)
     except Exception as error:  # noqa: BLE001 -- the user's factory raised
         first = str(error).splitlines()[0] if str(error) else ""
         raise SpecError(spec.source, field, reference, f"{call} raised {type(error).__name__}: {first}; fix the factory") from None
@@ -290,3 +296,30 @@ def check_model(spec: StudySpec, data: Any, code: UserCode) -> None:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise SpecError(spec.source, field, reference,
                         f"the model it builds returns {got} for a batch of {len(x)}; return (batch, n_outputs) = {wanted}")
+
+
+def check_params(spec: StudySpec, code: UserCode) -> None:
+    """Refuse a declared parameter (``[stages.shape.params]``) that nothing takes: SpecError naming it.
+
+    ``weight_decay`` sets the optimizer's, ``momentum`` SGD's, ``dropout`` the built-in families'; any
+    name is taken by the user's model factory, loop, loss or metric that declares it (or ``**kwargs``).
+    Checked when the code is resolved, before anything is written.
+    """
+    from tuner.inputs.models import factory_of, is_built_in  # here: tuner.inputs.models imports torch
+
+    factory = code.family.factory if isinstance(code.family, ModelFamily) else factory_of(code.family)
+    built_in = factory is not None and is_built_in(factory)
+    own = [function for function in (None if built_in else factory, code.loop, code.loss, code.metric) if function is not None]
+    references = code_references(spec)
+    yours = ", ".join(f"{field} ({references[field]})" for field in CODE_FIELDS
+                      if field != "data.loader" and field in references) or "none in this spec"
+    for param in spec.stages.shape.params:
+        name = param.name
+        if (name == "weight_decay" or (name == "momentum" and spec.train.optimizer == "sgd")
+                or (name == "dropout" and built_in) or any(accepts(function, name) for function in own)):
+            continue
+        why = {"momentum": f"momentum acts with train.optimizer = \"sgd\" only (here {spec.train.optimizer!r})",
+               "dropout": f"dropout acts on the built-in families (mlp, lstm, cnn) only, not {spec.model.family!r}"}
+        raise SpecError(spec.source, f"stages.shape.params.{name}", MISSING,
+                        f"nothing takes it{': ' + why[name] if name in why else ''}; declare a keyword argument '{name}' "
+                        f"in your model factory, loop, loss or metric (yours: {yours}), or remove it")

@@ -35,7 +35,7 @@ from tuner.inputs.data import Dataset, DataWarning, StreamedData
 from tuner.inputs.load import load_dataset
 from tuner.inputs.models import check_model_fits
 from tuner.inputs.spec import StudySpec, load_spec
-from tuner.inputs.usercode import UserCode, check_model, resolve_code, with_callables
+from tuner.inputs.usercode import UserCode, check_model, check_params, resolve_code, with_callables
 from tuner.storage import (
     StorageError,
     cached_trials,
@@ -157,6 +157,7 @@ def run_study(
     torch_device = resolve_device(device)
     use_threads(threads, torch_device)
     code = resolve_code(spec, given)  # the user's own code, imported once, here, and handed down
+    check_params(spec, code)  # a declared parameter nothing takes: refused before any data is loaded
     with warnings.catch_warnings(record=True) as said:  # told below, once the stored settings are known
         warnings.simplefilter("always", DataWarning)
         data = load_dataset(spec.data, spec.seed, spec.source, code.loader).to(torch_device)

@@ -15,6 +15,8 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from tuner.inputs.params import OPTIMIZER_NAMES, DeclaredParam
+from tuner.inputs.params import defaults as declared_defaults
 from tuner.inputs.spec import StudySpec
 from tuner.inputs.usercode import UserCode, identity
 from tuner.study.pruning import FirstRung, UntilLearningPruner
@@ -52,6 +54,9 @@ class Stage:
     # and the pruner decides nothing at a step where all of them are (pruning.UntilLearningPruner).
     untrained_noise: float | None = None
     rung_rule: str = "fixed"  # "auto": first_rung was read from stage lr's curves
+    # The user's declared parameters, each with the value a trial takes where the point does not
+    # set it (its default: stage lr searches none of them).
+    declared: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def plan(self, params: dict[str, Any]) -> TrialPlan:
         """The trial of the sampled ``params``, from the stage's base settings."""
@@ -63,8 +68,11 @@ class Stage:
         }
         if "one_minus_momentum" in values:
             changes["momentum"] = 1.0 - values["one_minus_momentum"]
+        declared = {name: values.get(name, default) for name, default in self.declared.items()}
+        # The names tuner knows set the optimizer's own; every declared value also travels to the user's code.
+        changes.update({name: float(declared[name]) for name in OPTIMIZER_NAMES if name in declared})
         width, depth = int(values.get("width", self.width)), int(values.get("depth", self.depth))
-        return TrialPlan(width, depth, dataclasses.replace(self.base, **changes), dict(params))
+        return TrialPlan(width, depth, dataclasses.replace(self.base, **changes), dict(params), declared)
 
     def study_name(self, study: str) -> str:
         return f"{study}/{self.name}"
@@ -88,18 +96,40 @@ def base_config(spec: StudySpec, epochs: int) -> TrainConfig:
 
 def _shaped(spec: StudySpec, **fields: Any) -> Stage:
     epochs = fields["epochs"]
-    return Stage(**fields, base=base_config(spec, epochs), width=spec.model.width, depth=spec.model.depth)
+    return Stage(**fields, base=base_config(spec, epochs), width=spec.model.width, depth=spec.model.depth,
+                 declared=declared_defaults(spec.stages.shape.params))
 
 
 def shape_space(spec: StudySpec) -> dict[str, BaseDistribution]:
-    """What stage ``shape`` searches besides ``lr_scale`` (and the audit with the rest): width, depth, schedule, decay."""
+    """What stage ``shape`` searches besides ``lr_scale`` (and the audit with the rest): width, depth, schedule,
+    decay, and the user's declared parameters."""
     shape = spec.stages.shape
     return {
         "width": IntDistribution(shape.width[0], shape.width[1], log=True),
         "depth": IntDistribution(shape.depth[0], shape.depth[1]),
         "schedule": CategoricalDistribution(list(shape.schedules)),
         "decay": FloatDistribution(shape.decay[0], shape.decay[1], log=True),
+        **{param.name: declared_distribution(param) for param in shape.params},
     }
+
+
+def declared_distribution(param: DeclaredParam) -> BaseDistribution:
+    """The Optuna distribution a declared parameter is searched on."""
+    if param.choices is not None:
+        return CategoricalDistribution(list(param.choices))
+    if param.integer:
+        return IntDistribution(int(param.low), int(param.high), log=param.log)  # type: ignore[arg-type]
+    return FloatDistribution(float(param.low), float(param.high), log=param.log)  # type: ignore[arg-type]
+
+
+def batchable_params(spec: StudySpec) -> bool:
+    """Whether stage lr's trials, at the declared defaults, can train as batched copies.
+
+    The stacked copies keep each copy's momentum and weight decay, but have no dropout, and hand
+    nothing to a user's code: with dropout above 0, or any other name, trials train one at a time.
+    """
+    return all(param.name in OPTIMIZER_NAMES or (param.name == "dropout" and param.default == 0)
+               for param in spec.stages.shape.params)
 
 
 def _lr_scale_space(spec: StudySpec) -> dict[str, BaseDistribution]:
@@ -114,7 +144,8 @@ def lr_stage(spec: StudySpec, lr_range: tuple[float, float] | None = None) -> St
     low, high = lr_range or (lr.lr_min, lr.lr_max)
     # Batched copies use tuner's own loss and metric and train in memory; a user's loop trains alone.
     own_code = spec.train.loop or spec.train.loss or spec.train.metric
-    batchable = lr.batched and not own_code and worth_batching(spec.model.family, spec.train.optimizer, spec.model.width)
+    batchable = (lr.batched and not own_code and batchable_params(spec)
+                 and worth_batching(spec.model.family, spec.train.optimizer, spec.model.width))
     return _shaped(
         spec,
         name="lr",
@@ -158,7 +189,7 @@ def audit_stage(spec: StudySpec) -> Stage:
     """The audit: everything at once, by random search, as Greff et al. did, to check interactions."""
     lr, audit = spec.stages.lr, spec.stages.audit
     space: dict[str, BaseDistribution] = {"lr": FloatDistribution(lr.lr_min, lr.lr_max, log=True), **shape_space(spec)}
-    if spec.train.optimizer == "sgd":
+    if spec.train.optimizer == "sgd" and "momentum" not in space:  # a declared momentum is sampled as declared
         low, high = audit.momentum
         space["one_minus_momentum"] = FloatDistribution(1.0 - high, 1.0 - low, log=True)
     return _shaped(
@@ -198,6 +229,9 @@ def stage_settings(spec: StudySpec, stage: str, code: UserCode | None = None) ->
     settings["stages"] = {"lr": stages["lr"]}
     if stage in ("shape", "audit"):
         settings["stages"][stage] = stages[stage]
+    if stage != "shape" and "params" in stages["shape"]:
+        # Stage lr trains at the declared defaults, the audit samples the declared ranges: theirs too.
+        settings["stages"]["shape"] = {"params": stages["shape"]["params"]}
     return settings
 
 

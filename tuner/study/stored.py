@@ -114,7 +114,7 @@ CONTRACT_VERSION = MIGRATIONS[-1].version  # what this tuner writes, and the new
 ADDED_FIELDS: dict[str, dict[str, Any]] = {
     "data": {"loader": None, "test_fraction": 0.0, "drop_constant_columns": False},
     "train": {"loop": None, "loss": None, "metric": None},
-    "stages.shape": {"lr_scale": (1.0, 1.0), "first_rung": 1},
+    "stages.shape": {"lr_scale": (1.0, 1.0), "first_rung": 1, "params": {}},  # params: the user's declared ones (issue 25)
     "stages.lr": {"handoff": "best"},
 }
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from tuner.inputs.data import Dataset
 from tuner.inputs.load import load_dataset
+from tuner.inputs.params import defaults
 from tuner.inputs.spec import StudySpec, load_spec
 from tuner.inputs.usercode import UserCode, resolve_code
 from tuner.training.lr_suggest import Suggestion, smooth, stop_index, suggest
@@ -34,6 +35,7 @@ from tuner.training.train import (
     train_batches,
     training_loader,
     use_threads,
+    with_declared,
 )
 
 START_LR = 1e-7
@@ -99,9 +101,12 @@ def lr_find(
     if data is None:
         data = load_dataset(spec.data, spec.seed, spec.source, code.loader).to(torch_device)
     train = spec.train
-    model = seeded_model(code.family, data, spec.model.width, spec.model.depth, spec.seed)
-    optimizer = make_optimizer(train.optimizer, model.parameters(), start_lr, train.momentum, train.weight_decay)
-    config = TrainConfig(lr=start_lr, batch_size=train.batch_size, seed=spec.seed, loss=code.loss, metric=code.metric)
+    declared = defaults(spec.stages.shape.params)  # the small network at the values stage lr trains with
+    model = seeded_model(code.family, data, spec.model.width, spec.model.depth, spec.seed, declared)
+    optimizer = make_optimizer(train.optimizer, model.parameters(), start_lr, declared.get("momentum", train.momentum),
+                               declared.get("weight_decay", train.weight_decay))
+    config = TrainConfig(lr=start_lr, batch_size=train.batch_size, seed=spec.seed,
+                         loss=with_declared(code.loss, declared), metric=with_declared(code.metric, declared))
     criterion = loss_function(data.task, config.loss)
     order_rng = order_generator(spec.seed)  # the data order train_epochs would use
     loader = training_loader(data, config)

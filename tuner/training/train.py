@@ -15,9 +15,10 @@ anything with the :class:`EpochTrainer` shape: ``epochs()`` yields, per epoch, o
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader, Subset
 from tuner.errors import SpecError, TunerInputError
 from tuner.inputs.data import Dataset, StreamedData, data_device, sample_shape
 from tuner.inputs.models import Family, build_model
+from tuner.inputs.params import accepted_arguments, defaults
 from tuner.inputs.spec import StudySpec
 from tuner.inputs.usercode import UserCode
 from tuner.training.schedules import lr_factor
@@ -62,6 +64,9 @@ class TrialPlan:
     depth: int
     train: TrainConfig
     params: dict[str, Any] = dataclasses.field(default_factory=dict)  # the trial's sampled params: a user's loop gets them
+    # The user's declared parameters ([stages.shape.params]) this trial trains with: the built-in
+    # families take dropout, the user's factory, loop, loss and metric the names they declare.
+    declared: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -197,17 +202,22 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def seeded_model(family: Family, data: Dataset | StreamedData, width: int, depth: int, seed: int) -> nn.Module:
-    """Build a model whose initial weights depend only on ``seed`` (common random numbers)."""
+def seeded_model(family: Family, data: Dataset | StreamedData, width: int, depth: int, seed: int,
+                 declared: Mapping[str, Any] | None = None) -> nn.Module:
+    """Build a model whose initial weights depend only on ``seed`` (common random numbers).
+
+    ``declared``: the trial's declared parameters (:attr:`TrialPlan.declared`) for the factory.
+    """
     torch.manual_seed(seed)
-    model = build_model(family, sample_shape(data), data.n_outputs, width, depth)
+    model = build_model(family, sample_shape(data), data.n_outputs, width, depth, declared)
     return model.to(data_device(data))
 
 
-def parameter_count(family: Family, data: Dataset | StreamedData, width: int, depth: int) -> int:
+def parameter_count(family: Family, data: Dataset | StreamedData, width: int, depth: int,
+                    declared: Mapping[str, Any] | None = None) -> int:
     """Trainable parameters of a model of this shape (for counting compute: epochs x parameters)."""
     with torch.device("meta"):  # counted, not allocated
-        model = build_model(family, sample_shape(data), data.n_outputs, width, depth)
+        model = build_model(family, sample_shape(data), data.n_outputs, width, depth, declared)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -221,6 +231,12 @@ def make_optimizer(name: str, params: object, lr: float, momentum: float, weight
     if name == "adagrad":
         return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}")
+
+
+def with_declared(function: Callable[..., Any] | None, declared: Mapping[str, Any]) -> Any:
+    """The user's ``function`` (a loss or metric) called with the declared parameters its signature declares."""
+    given = accepted_arguments(function, declared) if function is not None else {}
+    return functools.partial(function, **given) if given else function
 
 
 def loss_function(task: str, custom: Callable[..., torch.Tensor] | None = None) -> Callable[..., torch.Tensor]:
@@ -392,7 +408,8 @@ def check_loss(spec: StudySpec, data: Any, code: UserCode) -> None:
     if not spec.train.loss:
         return
     field, reference = "train.loss", spec.train.loss
-    loss = model_loss(data.task, code.loss)
+    declared = defaults(spec.stages.shape.params)  # what stage lr calls it with
+    loss = model_loss(data.task, with_declared(code.loss, declared))
     device = data_device(data)
     if isinstance(data, StreamedData):
         # A generator of its own: a DataLoader without one draws its seed from torch's global one.
@@ -400,7 +417,7 @@ def check_loss(spec: StudySpec, data: Any, code: UserCode) -> None:
     else:
         x, y = data.x_train[:spec.train.batch_size], data.y_train[:spec.train.batch_size]
     with torch.random.fork_rng(devices=[]):  # the check leaves torch's global generator as it found it
-        model = build_model(code.family, sample_shape(data), data.n_outputs, spec.model.width, spec.model.depth)
+        model = build_model(code.family, sample_shape(data), data.n_outputs, spec.model.width, spec.model.depth, declared)
     model = model.to(device).eval()  # eval: no dropout draws; gradients still flow
     try:
         value = loss(model(x.to(device)), y.to(device))

@@ -18,7 +18,6 @@ nothing to say). Extra keyword arguments for the model factory and the loop trav
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
@@ -28,6 +27,7 @@ from torch import nn
 
 from tuner.errors import raise_if_stop_requested
 from tuner.inputs.data import Dataset, StreamedData
+from tuner.inputs.params import accepted_arguments
 from tuner.inputs.usercode import UserCode
 from tuner.training.train import (
     EpochResult,
@@ -41,6 +41,7 @@ from tuner.training.train import (
     parameter_count,
     seeded_model,
     training_loader,
+    with_declared,
 )
 
 OnEpoch = Callable[[list[EpochResult | None]], Collection[int]]  # one epoch's results -> the trials to stop
@@ -71,11 +72,11 @@ def make_trainer(plans: Sequence[TrialPlan], data: Dataset | StreamedData, code:
     plans = [with_code(plan, code) for plan in plans]
     if code.loop is not None:
         (plan,) = plans  # a user's loop trains one trial at a time: its stages ask one (lr_stage)
-        return LoopTrainer(code.loop, seeded_model(code.family, data, plan.width, plan.depth, plan.train.seed),
-                           data, plan.train, device, plan.params)
+        return LoopTrainer(code.loop, seeded_model(code.family, data, plan.width, plan.depth, plan.train.seed, plan.declared),
+                           data, plan.train, device, plan.params, plan.declared)
     if len(plans) == 1:
         (plan,) = plans
-        model = seeded_model(code.family, data, plan.width, plan.depth, plan.train.seed)
+        model = seeded_model(code.family, data, plan.width, plan.depth, plan.train.seed, plan.declared)
         return EpochsTrainer(SingleTrainer(model, data, plan.train),  # type: ignore[arg-type]
                              lambda: [sum(p.numel() for p in model.parameters())], model=model)
     from tuner.training.batched import BatchedTrainer
@@ -85,10 +86,12 @@ def make_trainer(plans: Sequence[TrialPlan], data: Dataset | StreamedData, code:
 
 
 def with_code(plan: TrialPlan, code: UserCode) -> TrialPlan:
-    """``plan`` training with the user's own loss and metric, where the spec names them."""
+    """``plan`` training with the user's own loss and metric, where the spec names them (with the declared
+    parameters each declares)."""
     if code.loss is None and code.metric is None:
         return plan
-    return dataclasses.replace(plan, train=dataclasses.replace(plan.train, loss=code.loss, metric=code.metric))
+    loss, metric = (with_declared(function, plan.declared) for function in (code.loss, code.metric))
+    return dataclasses.replace(plan, train=dataclasses.replace(plan.train, loss=loss, metric=metric))
 
 
 class EpochsTrainer:
@@ -141,9 +144,11 @@ class LoopTrainer:
     untrained: Sequence[EpochResult] = ()  # a user's loop has no epoch 0
 
     def __init__(self, loop: Callable[..., object], model: nn.Module, data: Dataset | StreamedData,
-                 config: TrainConfig, device: torch.device, params: dict[str, object] | None = None) -> None:
+                 config: TrainConfig, device: torch.device, params: dict[str, object] | None = None,
+                 declared: dict[str, object] | None = None) -> None:
         self.loop, self.model, self.data, self.config, self.device = loop, model, data, config, device
         self.params = dict(params or {})
+        self.declared = dict(declared or {})  # the declared parameters: each one the loop declares is passed
         self.values: list[float] = []  # the objective of each epoch it reported (or returned)
 
     def n_params(self) -> list[int]:
@@ -166,7 +171,8 @@ class LoopTrainer:
                 raise StopTrial(f"stopped at epoch {epoch}: {'diverged' if result.diverged else 'pruned'}")
 
         try:
-            returned = call_user_loop(self.loop, self.model, self.data, self.config, self.device, record, self.params)
+            returned = call_user_loop(self.loop, self.model, self.data, self.config, self.device, record, self.params,
+                                      self.declared)
         except StopTrial:
             return
         if returned is not None and not stopped:
@@ -188,6 +194,7 @@ def call_user_loop(
     device: torch.device,
     on_report: Callable[[int, float, float], None],
     params: dict[str, object],
+    declared: dict[str, object] | None = None,
 ) -> object:
     """Call the user's loop with the keyword arguments it declares (see :class:`LoopTrainer`); its return value.
 
@@ -214,13 +221,6 @@ def call_user_loop(
         "model": model, "train": train_loader, "val": val_loader, "optimizer": optimizer, "epochs": config.epochs,
         "lr_at": lambda epoch: lr_at(config, epoch), "device": device, "report": report,
         "loss": model_loss(data.task, config.loss), "seed": config.seed, "params": params,  # type: ignore[attr-defined]
+        **(declared or {}),  # names tuner's own arguments already use are refused when the spec is read
     }
     return loop(**accepted_arguments(loop, given))
-
-
-def accepted_arguments(function: Callable[..., object], given: dict[str, object]) -> dict[str, object]:
-    """The entries of ``given`` that ``function`` declares (all of them if it takes ``**kwargs``)."""
-    parameters = inspect.signature(function).parameters
-    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return given
-    return {name: value for name, value in given.items() if name in parameters}
