@@ -49,7 +49,7 @@ from tuner.storage import (
 from tuner.study import results
 from tuner.study.results import FINISHED, SURPLUS_ATTR, StageSummary, stage_study_name
 from tuner.study.stage_studies import check_stored_settings, open_stage_study, storage_of_study
-from tuner.study.stages import STAGE_NAMES, Stage, audit_stage, lr_stage, sampler_for, shape_stage
+from tuner.study.stages import STAGE_NAMES, Stage, audit_stage, lr_stage, sampler_for, settle_lr_scale, shape_stage
 from tuner.study.trials import Asked, TrialBatch, run_trials, run_user_loop
 from tuner.training.train import (
     EpochTrainer,
@@ -207,7 +207,8 @@ def run_stage(
     if stage == "shape":
         if best_lr is None:
             raise ValueError("stage 'shape' trains at the calibrated rate: pass best_lr")
-        return runner.run(shape_stage(spec, best_lr))
+        # lr_scale = "auto": the range resolved at the hand-off, read back from <name>/shape.
+        return runner.run(shape_stage(spec, best_lr, settle_lr_scale(spec, runner.open(shape_stage(spec, best_lr)))))
     if stage == "audit":
         return runner.run(audit_stage(spec))
     raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGE_NAMES)}")
@@ -244,9 +245,11 @@ def hand_off_lr(spec: StudySpec, storage: optuna.storages.BaseStorage, reporter:
     lr_study.set_user_attr(results.BEST_TRIAL_ATTR, best.number)
     lr_study.set_user_attr(results.HANDOFF_TRIALS_ATTR, n_finished)
     shape = open_stage_study(spec, shape_stage(spec, best_lr), storage)
+    low, high = settle_lr_scale(spec, shape)  # lr_scale = "auto" resolved once, before the rate counts as handed on
     shape.set_user_attr(results.LR_ATTR, best_lr)
     if reporter is not None:
-        reporter.message(f"stage 'lr' calibrated the learning rate: {best_lr:.3g} (trial {best.number})")
+        scaled = f"; stage 'shape' scales it by lr_scale in [{low:.3g}, {high:.3g}]" if low < high else ""
+        reporter.message(f"stage 'lr' calibrated the learning rate: {best_lr:.3g} (trial {best.number}){scaled}")
     return best_lr
 
 

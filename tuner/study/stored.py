@@ -39,6 +39,7 @@ BEST_LR_ATTR = "best_lr"  # on <name>/lr, at the hand-off: the rate handed on
 BEST_TRIAL_ATTR = "best_trial"  # on <name>/lr, at the hand-off: the trial whose rate it is
 HANDOFF_TRIALS_ATTR = "handoff_trials"  # on <name>/lr: finished lr trials the hand-off saw
 LR_ATTR = "lr"  # on <name>/shape and its trials: the calibrated rate they train at (before lr_scale)
+LR_SCALE_RANGE_ATTR = "lr_scale_range"  # on <name>/shape: [low, high] that lr_scale = "auto" resolved to, once
 TASK_ATTR = "task"  # "classification" or "regression": what the data asked for, as loaded
 SPEC_PATH_ATTR = "spec_path"  # the spec file a study was made from: where its own code is imported from
 LR_FIND_ATTR = "lr_find"  # on <name>/lr: the range test of lr_range = "auto", kept for resume
@@ -91,6 +92,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               {("stages.shape", "pruner"): "none", ("stages.shape", "lr_scale"): (1.0, 1.0)}),
     Migration(2, "a CSV's constant feature columns are dropped, with a warning (issue 24)",
               {("data", "drop_constant_columns"): False}),
+    Migration(3, "stage 'shape' searches lr_scale over a range from the optimizer and the shapes, \"auto\" (issue 21)",
+              {("stages.shape", "lr_scale"): (0.5, 4.0)}),
 )
 CONTRACT_VERSION = MIGRATIONS[-1].version  # what this tuner writes, and the newest it reads
 
