@@ -115,7 +115,7 @@ def measure(task: str, optimizer: str, args: argparse.Namespace) -> list[dict[st
             "loss_from_small_lr": float(curve[small_best] - curve[best]),
             "curve": " ".join(f"{v:.4g}" for v in curve),
             "smoothed_ratio_to_small": rates[smooth] / rates[small_smooth],
-            "seeds": args.seeds, "epochs": base.train.epochs,
+            "seeds": args.seeds, "epochs": base.train.epochs, "validation_rows": len(data[0].y_val),
             "lr_grid": " ".join(f"{r:.4g}" for r in rates),
         }
         rows.append(row)

@@ -8,6 +8,8 @@ was made with.
 
 from __future__ import annotations
 
+import csv
+import math
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from tuner.study.lr_scale import HIGHEST, LOWEST, MARGIN, auto_lr_scale, resolve
 from tuner.study.stage_studies import with_stage_value
 from tuner.study.stages import settle_lr_scale, shape_stage
 
+MEASURED = Path(__file__).resolve().parent.parent / "docs" / "lr_shift.csv"
 SPEC: dict[str, Any] = {
     "name": "auto_scaled",
     "data": {"name": "wine"},
@@ -177,3 +180,26 @@ def test_a_one_trial_spec_keeps_its_written_range() -> None:
     assert "lr_scale" not in stage.space
     auto = shape_stage(_spec(), best_lr=0.01, lr_scale=(0.2, 3.0))
     assert (auto.space["lr_scale"].low, auto.space["lr_scale"].high) == (0.2, 3.0)
+
+
+def test_the_auto_range_holds_a_near_best_rate_of_every_measured_shape() -> None:
+    # docs/lr_shift.csv (scripts/lr_shift.py): for every shape measured, with SGD and Adam on the mlp,
+    # lstm and cnn families, the range "auto" gives that shape holds a rate within one standard error
+    # (binomial, of the seeds' mean validation error) of the shape's best on the grid.
+    with MEASURED.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["task"], r["optimizer"]) for r in rows} >= {
+        (task, optimizer) for task in ("digits", "digits_rows", "digits_images") for optimizer in ("sgd", "adam")}
+    small: dict[tuple[str, str], dict[str, str]] = {}
+    for row in rows:
+        small.setdefault((row["task"], row["optimizer"]), row)  # each group opens with the small network
+    for row in rows:
+        base = small[(row["task"], row["optimizer"])]
+        low, high = auto_lr_scale(row["optimizer"], int(row["width"]) / int(base["width"]),
+                                  int(row["depth"]) / int(base["depth"]))
+        scale = [float(rate) / float(base["best_lr"]) for rate in row["lr_grid"].split()]
+        curve = [float(value) for value in row["curve"].split()]
+        best = min(curve)
+        within = min(v for v, s in zip(curve, scale) if low * 0.999 <= s <= high * 1.001)
+        noise = math.sqrt(best * (1 - best) / (int(row["validation_rows"]) * int(row["seeds"])))
+        assert within - best <= noise, (row["task"], row["optimizer"], row["width"], row["depth"], low, high)
