@@ -24,7 +24,7 @@ Example:
     >>> auto_lr_scale("adam", width_ratio=8, depth_ratio=1)
     (0.0625, 2.0)
     >>> auto_lr_scale("sgd", width_ratio=8, depth_ratio=1, basin=(0.3, 3.0))
-    (0.3, 6.0)
+    (0.3, 8.0)
 """
 
 from __future__ import annotations
