@@ -128,7 +128,7 @@ def main() -> None:
     if skipped:
         raise SystemExit(f"importance skipped: {skipped}")
     verdict = audit_verdict(STUDY, storage)
-    fanova = table[table.evaluator == "fanova"]
+    fanova = table[(table.evaluator == "fanova") & (table.basis == "complete")]  # final values, as Greff et al.
     main_effects = fanova[fanova.param_b == ""].set_index("param")
     pairs = fanova[fanova.param_b != ""].sort_values("importance", ascending=False)
     top = pairs.iloc[0]

@@ -132,16 +132,21 @@ def test_test_rows_never_reach_any_stage(tmp_path: Path) -> None:
     assert not seen & test_rows
 
 
-def test_best_writes_the_three_files_and_the_stored_score_reproduces(wine_best: tuple[str, Path, dict]) -> None:
+def test_best_writes_the_three_files_and_the_stored_score_reproduces(wine_best: tuple[str, Path, dict],
+                                                                    tmp_path: Path) -> None:
     storage, out, metrics = wine_best
     assert sorted(p.name for p in out.iterdir()) == ["best.toml", "metrics.json", "model.pt"]
-    assert metrics["stage"] == "shape" and metrics["refit"] == "train"
-    shape = optuna.load_study(study_name="winetest/shape", storage=storage)
-    assert metrics["trial"] == shape.best_trial.number
-    assert metrics["stored_value"] == shape.best_value
+    assert metrics["refit"] == "train"
+    chosen = optuna.load_study(study_name=f"winetest/{metrics['stage']}", storage=storage)
+    assert metrics["trial"] == chosen.best_trial.number
+    assert metrics["stored_value"] == chosen.best_value
     assert metrics["validation"]["value"] == pytest.approx(metrics["stored_value"], abs=1e-6)
-    # The rate the winner trained at: the calibrated one times its lr_scale.
-    assert metrics["params"]["lr"] == pytest.approx(shape.user_attrs["lr"] * shape.best_trial.params["lr_scale"])
+    # Stage shape's winner trains at the calibrated rate times its lr_scale, and reproduces too.
+    shape = optuna.load_study(study_name="winetest/shape", storage=storage)
+    shaped = _best("winetest", storage, tmp_path / "shaped", "--stage", "shape")
+    assert (shaped["stage"], shaped["trial"], shaped["stored_value"]) == ("shape", shape.best_trial.number, shape.best_value)
+    assert shaped["validation"]["value"] == pytest.approx(shape.best_value, abs=1e-6)
+    assert shaped["params"]["lr"] == pytest.approx(shape.user_attrs["lr"] * shape.best_trial.params["lr_scale"])
     assert metrics["validation"]["fair"] is True
     assert metrics["test"]["rows"] == 45 and 0 <= metrics["test"]["error"] <= 1
     record = torch.load(out / "model.pt", weights_only=True)
@@ -330,3 +335,36 @@ def test_a_folder_written_before_manifests_still_loads_and_a_cut_model_is_named_
     shutil.copy(out / "model.pt", legacy / "model.pt")
     with pytest.raises(FolderError, match="mixed output"):
         tuner.load_model(legacy)
+
+
+def test_when_shape_ends_worse_than_the_small_network_best_and_best_value_take_stage_lr(tmp_path: Path) -> None:
+    # Stage shape gets one epoch where stage lr trains eight: its shapes cannot catch up with lr's small network.
+    spec = {"name": "lrwins", "seed": 0, "data": {"name": "wine"}, "model": {"width": 8, "depth": 1},
+            "train": {"epochs": 8, "batch_size": 32},
+            "stages": {"lr": {"trials": 4, "lr_min": 1e-3, "lr_max": 1e-2, "batched": False},
+                       "shape": {"trials": 2, "width": [4, 8], "depth": [1, 1], "epochs": 1, "pruner": "none",
+                                 "lr_scale": [1.0, 1.0]}}}
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    result = _run(spec, storage)
+    lr, shape = result.stages["lr"], result.stages["shape"]
+    assert shape.best_value > lr.best_value  # the set-up: stage shape did worse
+    assert result.best_stage == "lr" and result.best_value == lr.best_value
+    assert result.worse_than_lr is not None and f"{lr.best_value:.4g}" in result.worse_than_lr
+    assert f"{shape.best_value:.4g}" in result.worse_than_lr
+
+    picked = _best("lrwins", storage, tmp_path / "picked")
+    assert (picked["stage"], picked["trial"], picked["stored_value"]) == ("lr", lr.best_trial, lr.best_value)
+    assert "stage 'lr'" in picked["chosen"] and f"{shape.best_value:.4g}" in picked["chosen"]
+    assert picked["validation"]["value"] == pytest.approx(lr.best_value, abs=1e-6)  # its own trainer, reproduced
+    shaped = _best("lrwins", storage, tmp_path / "shaped", "--stage", "shape")
+    assert (shaped["stage"], shaped["trial"], shaped["stored_value"]) == ("shape", shape.best_trial, shape.best_value)
+    refused = CliRunner().invoke(app, ["best", "lrwins", "--storage", storage, "--stage", "nosuch", "--device", "cpu"])
+    assert refused.exit_code == 2 and "--stage 'nosuch': choose one of lr, shape, audit" in refused.output
+
+
+def test_a_study_whose_shape_stage_did_better_keeps_shape_as_its_best(wine_best: tuple[str, Path, dict]) -> None:
+    storage, _, metrics = wine_best
+    studies = {s: optuna.load_study(study_name=f"winetest/{s}", storage=storage) for s in ("lr", "shape")}
+    best = {s: study.best_value for s, study in studies.items()}
+    assert metrics["stage"] == ("shape" if best["shape"] <= best["lr"] else "lr")
+    assert metrics["stored_value"] == min(best.values())

@@ -85,9 +85,11 @@ def _assert_budgets_and_single_hand_off(storage: optuna.storages.BaseStorage, wo
         assert len({t._trial_id for t in finished}) == len(finished)  # noqa: SLF001
     complete_lr = lr_study.get_trials(states=(TrialState.COMPLETE,))
     best = min(complete_lr, key=lambda t: t.value)  # over every finished lr trial, whoever ran it
-    assert shape_study.user_attrs["lr"] == best.params["lr"]
-    assert lr_study.user_attrs["best_lr"] == best.params["lr"]
-    assert {t.user_attrs["lr"] for t in shape_study.get_trials()} == {best.params["lr"]}  # one hand-off
+    handed_on = lr_study.user_attrs["best_lr"]
+    assert lr_study.user_attrs["best_trial"] == best.number
+    assert lr_study.user_attrs["handoff"]["n_points"] == len(lr_study.get_trials(states=FINISHED))  # every trial
+    assert shape_study.user_attrs["lr"] == handed_on
+    assert {t.user_attrs["lr"] for t in shape_study.get_trials()} == {handed_on}  # one hand-off
 
 
 def _everything_stored(url: str) -> str:

@@ -288,7 +288,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tiny]:
 
 
 STUDY_ATTRS = {"settings", "settings_hash", "search", "objective", "budget", "contract_version"}
-LR_STUDY_ATTRS = STUDY_ATTRS | {"best_lr", "best_trial", "lr_find"}
+LR_STUDY_ATTRS = STUDY_ATTRS | {"best_lr", "best_trial", "lr_find", "handoff"}  # handoff: since contract 3
 SHAPE_STUDY_ATTRS = STUDY_ATTRS | {"lr"}
 AUDIT_STUDY_ATTRS = STUDY_ATTRS | {
     "low_interaction_held", "lr_main_effect", "lr_largest_interaction", "lr_largest_interaction_with",
@@ -347,7 +347,13 @@ def test_trials_keep_their_attribute_keys_and_params(tiny: Tiny, stage: str) -> 
         assert len(trial.user_attrs["learning_curve"]) == trial.user_attrs["epochs_done"]
 
 
-IMPORTANCE_COLUMNS = ["stage", "evaluator", "param", "param_b", "importance", "std"]
+IMPORTANCE_COLUMNS = ["stage", "evaluator", "param", "param_b", "importance", "std"]  # its first six, in this order
+IMPORTANCE_APPENDED = ["basis", "trials"]  # appended after them (issue 21): "complete" or "epoch N", and a count
+
+
+def _importance_header_holds(header: list[str]) -> bool:
+    """importance.csv keeps its first six columns in order; later columns are appended after them."""
+    return header[:6] == IMPORTANCE_COLUMNS and header[6:8] == IMPORTANCE_APPENDED
 TRIAL_COLUMNS = ["stage", "number", "state", "value", "datetime_start", "datetime_complete", "duration_s"]
 CURVE_COLUMNS = ["stage", "trial", "epoch", "value"]
 
@@ -357,7 +363,7 @@ def test_importance_csv_columns(tiny: Tiny, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     with (tmp_path / "importance.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert _header(tmp_path / "importance.csv") == IMPORTANCE_COLUMNS
+    assert _importance_header_holds(_header(tmp_path / "importance.csv"))
     assert {row["stage"] for row in rows} == {"lr"}  # the only stage with enough trials
 
 
@@ -524,7 +530,7 @@ def test_importance_export_and_report_read_a_study_stored_before(v0_copy: str, t
     for command in ("importance", "export", "report"):
         result = _invoke(command, "contract", "--storage", v0_copy, "--out", str(tmp_path / command))
         assert result.exit_code == 0, (command, result.output)
-    assert _header(tmp_path / "importance" / "importance.csv") == IMPORTANCE_COLUMNS
+    assert _importance_header_holds(_header(tmp_path / "importance" / "importance.csv"))
     # The old database's columns exactly: what a user's notebook reading trials.csv relies on.
     assert _header(tmp_path / "export" / "trials.csv") == TRIAL_COLUMNS + [
         "params_decay", "params_depth", "params_lr", "params_schedule", "params_width",
@@ -579,7 +585,7 @@ def test_a_study_stored_by_the_release_before_versions_resumes_and_reports_uncha
     for command in ("importance", "export", "report"):
         result = _invoke(command, "contract1", "--storage", v1_copy, "--out", str(tmp_path / command))
         assert result.exit_code == 0, (command, result.output)
-    assert _header(tmp_path / "importance" / "importance.csv") == IMPORTANCE_COLUMNS
+    assert _importance_header_holds(_header(tmp_path / "importance" / "importance.csv"))
     trials_csv = _header(tmp_path / "export" / "trials.csv")
     assert trials_csv[: len(TRIAL_COLUMNS)] == TRIAL_COLUMNS and "params_lr_scale" in trials_csv
     assert (tmp_path / "report" / "index.html").exists()
@@ -599,3 +605,62 @@ def test_a_study_stored_by_a_newer_tuner_is_refused_in_one_line(v1_copy: str, tm
     assert len(lines) == 1 and "stored by a newer tuner" in lines[0] and "contract1/shape" in lines[0], done.stderr
     assert _finished_per_stage(v1_copy) == before
     assert not (tmp_path / "out").exists()
+
+
+# ---- the third stored fixture: the release before the robust hand-off (contract version 2) ----------
+
+V2 = DATA / "contract_v2"
+V2_SPEC = V2 / "contract_v2.toml"
+
+
+@pytest.fixture
+def v2_copy(tmp_path: Path) -> str:
+    """A copy of contract_v2.db: made at commit 0ce3b07 (contract version 2), its stage 'lr' handed on
+    its best trial's rate, its stage 'shape' pruned by Hyperband from epoch 1 within lr_scale [0.5, 4]."""
+    copy = tmp_path / "v2.db"
+    shutil.copyfile(V2 / "contract_v2.db", copy)
+    return f"sqlite:///{copy}"
+
+
+def test_the_stored_v2_study_is_what_its_spec_says(v2_copy: str) -> None:
+    lr = optuna.load_study(study_name="contract2/lr", storage=v2_copy)
+    shape = optuna.load_study(study_name="contract2/shape", storage=v2_copy)
+    assert lr.user_attrs["contract_version"] == shape.user_attrs["contract_version"] == 2
+    assert "handoff" not in lr.user_attrs and "first_rung" not in shape.user_attrs
+    assert shape.user_attrs["search"]["pruner"] == {"name": "hyperband", "min_resource": 1, "max_resource": 4,
+                                                    "reduction_factor": 3}
+    assert shape.user_attrs["settings"]["stages"]["shape"]["lr_scale"] == [0.5, 4.0]
+
+
+def test_a_study_stored_by_the_release_before_the_robust_hand_off_resumes_and_reports_unchanged(
+        v2_copy: str, tmp_path: Path) -> None:
+    before = _finished_per_stage(v2_copy)
+    attrs_before = {name: optuna.load_study(study_name=name, storage=v2_copy).user_attrs
+                    for name in optuna.get_all_study_names(v2_copy)}
+    done = _tuner("study", str(V2_SPEC), "--storage", v2_copy, "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _finished_per_stage(v2_copy) == before  # not one trial more, none changed
+    assert {name: optuna.load_study(study_name=name, storage=v2_copy).user_attrs
+            for name in optuna.get_all_study_names(v2_copy)} == attrs_before  # nothing rewritten
+    for command in ("importance", "export", "report"):
+        result = _invoke(command, "contract2", "--storage", v2_copy, "--out", str(tmp_path / command))
+        assert result.exit_code == 0, (command, result.output)
+    assert (tmp_path / "report" / "index.html").exists()
+
+
+def test_a_v2_study_given_more_shape_trials_trains_them_by_the_rules_it_was_made_with(v2_copy: str, tmp_path: Path) -> None:
+    spec = V2_SPEC.read_text().replace("[stages.shape]\ntrials = 4", "[stages.shape]\ntrials = 7")
+    (tmp_path / "more.toml").write_text(spec)
+    lr_attrs = optuna.load_study(study_name="contract2/lr", storage=v2_copy).user_attrs
+    calibrated = optuna.load_study(study_name="contract2/shape", storage=v2_copy).user_attrs["lr"]
+    done = _tuner("study", str(tmp_path / "more.toml"), "--storage", v2_copy, "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lr = optuna.load_study(study_name="contract2/lr", storage=v2_copy)
+    shape = optuna.load_study(study_name="contract2/shape", storage=v2_copy)
+    assert lr.user_attrs == lr_attrs  # no new hand-off, no 'handoff' record
+    assert shape.user_attrs["lr"] == calibrated and "first_rung" not in shape.user_attrs
+    assert shape.user_attrs["search"]["pruner"]["min_resource"] == 1  # Hyperband from epoch 1, as made
+    finished = [t for t in shape.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 7
+    assert all(0.5 <= t.params["lr_scale"] <= 4.0 for t in finished)  # the lr_scale range it was made with
+    assert all(t.distributions["lr_scale"].low == 0.5 and t.distributions["lr_scale"].high == 4.0 for t in finished)

@@ -287,7 +287,7 @@ def test_scripts_use_public_tuner_api_only(script: str) -> None:
     assert _private_imports(REPO / "scripts" / script, None) == []
 
 
-@pytest.mark.parametrize("module", ["tuner.inputs.spec", "tuner.analysis.export", "tuner.analysis.importance", "tuner.cli"])
+@pytest.mark.parametrize("module", ["tuner.inputs.spec", "tuner.analysis.export", "tuner.analysis.importance", "tuner.cli", "tuner.report"])
 def test_reading_a_spec_and_the_analyses_import_no_torch(module: str) -> None:
     script = (f"import sys, {module}\n"
               f"from tuner.inputs.spec import load_spec\n"

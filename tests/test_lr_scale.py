@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import optuna
@@ -119,7 +120,10 @@ def test_a_new_study_stores_the_resolved_range_and_its_shape_trials_search_insid
     shape = optuna.load_study(study_name="auto_scaled/shape", storage=storage)
     assert shape.user_attrs["settings"]["stages"]["shape"]["lr_scale"] == "auto"  # what the user wrote
     low, high = shape.user_attrs["lr_scale_range"]
-    assert [low, high] == list(resolve_lr_scale(_spec()))
+    unwidened = resolve_lr_scale(_spec())  # the hand-off's basin may only widen it
+    assert low <= unwidened[0] and high >= unwidened[1]
+    basin = optuna.load_study(study_name="auto_scaled/lr", storage=storage).user_attrs["handoff"]["basin"]
+    assert (low, high) == resolve_lr_scale(_spec(), (basin[0] / result.best_lr, basin[1] / result.best_lr))
     assert low <= 1 / 4 < 1 < high  # Adam, shapes up to 4x the small network's width
     finished = [t for t in shape.trials if t.state.is_finished()]
     assert finished and all(low <= t.params["lr_scale"] <= high for t in finished)
@@ -168,7 +172,7 @@ def test_the_report_compares_a_scaled_winner_at_the_calibrated_rate() -> None:
     def stage(scale: float) -> StageRuns:
         params = {"lr": 0.01, "width": 32, "depth": 1, "schedule": "constant", "decay": 1.0, "lr_scale": scale}
         run = Run(0, TrialState.COMPLETE, params, 0.2, [0.9, 0.5, 0.2], [], 1.0, False)
-        return StageRuns("shape", None, [], [run])  # type: ignore[arg-type]
+        return StageRuns("shape", SimpleNamespace(user_attrs={}), [], [run])  # type: ignore[arg-type]
 
     scaled = " ".join(shape_diagnosis(stage(0.13), 0.25, "val_error"))
     assert "at the same rate" not in scaled and "at the calibrated rate (0.25)" in scaled and "0.13x" in scaled

@@ -151,7 +151,7 @@ def test_test_rows_of_a_loader_never_reach_a_stage(tmp_path: Path) -> None:
     result = tuner.run_study(spec, storage=f"sqlite:///{tmp_path / 'spy.db'}", device="cpu", model=spy_model, loader=loader)
     assert result.stages["shape"].n_complete == 2
     data = tuner.run_study.__globals__["load_dataset"]  # the same preprocessing the stages saw
-    standardised = data(tuner.study.runner.with_callables(spec, loader=loader).data, 0)
+    standardised = data(tuner.study.runner.with_callables(spec, loader=loader).data, 0, "", loader)
     rows = lambda t: {r.numpy().tobytes() for r in t}  # noqa: E731
     assert rows(standardised.x_test).isdisjoint(seen)
     assert seen <= rows(standardised.x_train) | rows(standardised.x_val)
@@ -264,7 +264,7 @@ def test_data_given_as_torch_datasets_trains_through_a_dataloader_one_trial_at_a
     assert parts["train"].reads >= 100 * 3 * 4  # every epoch of every trial read every training item
     assert parts["test"].reads == 0  # no stage looks at the test part
 
-    best = tuner.write_best("streamed", storage=url, out=tmp_path / "best", device="cpu")
+    best = tuner.write_best("streamed", storage=url, out=tmp_path / "best", device="cpu", loader=loader)
     assert best.metrics["test"]["rows"] == 30 and parts["test"].reads >= 30
     model = tuner.load_model(tmp_path / "best")
     predicted = model.predict(x[130:])  # a Dataset's samples are used as given: no standardisation

@@ -17,7 +17,8 @@ def _spec(lr_pruner: str, shape_pruner: str) -> tuner.StudySpec:
     return tuner.spec_from_dict({
         "name": "pruned", "data": {"name": "wine"}, "model": {"width": 8}, "train": {"epochs": 9, "batch_size": 32},
         "stages": {"lr": {"trials": 12, "lr_min": 1e-5, "lr_max": 1.0, "pruner": lr_pruner, "batch_trials": 6},
-                   "shape": {"trials": 9, "width": [4, 16], "depth": [1, 2], "pruner": shape_pruner}},
+                   # first_rung = 1: Optuna's pruner as it is, from epoch 1 (tests/test_pruning.py: "auto")
+                   "shape": {"trials": 9, "width": [4, 16], "depth": [1, 2], "pruner": shape_pruner, "first_rung": 1}},
     })
 
 

@@ -194,8 +194,10 @@ def test_two_processes_on_one_sqlite_file_share_the_budget_and_hand_off_once(tmp
 
     lr_study = optuna.load_study(study_name="shared/lr", storage=url)
     shape_study = optuna.load_study(study_name="shared/shape", storage=url)
-    best_lr = lr_study.best_trial.params["lr"]
-    assert shape_study.user_attrs["lr"] == lr_study.user_attrs["best_lr"] == best_lr
+    best_lr = lr_study.user_attrs["best_lr"]
+    assert lr_study.user_attrs["best_trial"] == lr_study.best_trial.number
+    assert lr_study.user_attrs["handoff"]["n_points"] == 6  # chosen once, from every lr trial of both workers
+    assert shape_study.user_attrs["lr"] == best_lr
     assert {t.user_attrs["lr"] for t in trials["shape"]} == {best_lr}  # every shape trial at the one rate
 
 

@@ -17,7 +17,7 @@ import pytest
 
 import tuner
 import tuner.inputs.data
-from tuner.inputs.spec import DataSpec, ShapeStageSpec, SpecError, spec_from_dict
+from tuner.inputs.spec import DataSpec, LRStageSpec, ShapeStageSpec, SpecError, spec_from_dict
 from tuner.study.stage_studies import with_stage_value
 from tuner.study.stored import past_defaults
 from tuner.study.stages import shape_stage
@@ -59,7 +59,7 @@ def test_changed_defaults_are_really_changed() -> None:
     # Each entry names a real field whose default today differs from what studies were stored with.
     assert past_defaults()
     for (table, key), legacies in past_defaults().items():
-        today = {"stages.shape": ShapeStageSpec(), "data": DataSpec()}[table]
+        today = {"stages.lr": LRStageSpec(), "stages.shape": ShapeStageSpec(), "data": DataSpec()}[table]
         assert all(getattr(today, key) != legacy for legacy in legacies)
 
 

@@ -23,7 +23,7 @@ _EXPORTS = {
     "run_study": "tuner.study.runner",
     "run_stage": "tuner.study.runner",
     "ConsoleReporter": "tuner.study.progress",
-    "StopTrial": "tuner.study.trials",
+    "StopTrial": "tuner.training.trainers",
     "Reporter": "tuner.study.runner",
     "StageSummary": "tuner.study.runner",
     "StudyResult": "tuner.study.runner",

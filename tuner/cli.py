@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from tuner.errors import quiet_optuna
 from tuner.exits import (
     BAD_INPUT,
     INTERRUPTED,
@@ -24,7 +25,6 @@ from tuner.exits import (
     fail,
     ignore_late_stops,
     new_console,
-    quiet_optuna,
     real_process,
     say,
     sigterm_as_interrupt,
@@ -127,6 +127,8 @@ def study(
         raise typer.Exit(code) from None
     ignore_late_stops()  # the study is finished and stored: what is left is to say so
     console.print(summary_table(result, "value (your loop's)" if loaded.train.loop else loaded.train.objective))
+    if result.worse_than_lr:
+        say(result.worse_than_lr)
     if result.audit is not None:
         say(result.audit.message)
     signal_point("after-summary")
@@ -193,27 +195,34 @@ NameArgument = Annotated[str, typer.Argument(help="The study's name (its stages 
 def importance(
     name: NameArgument, storage: StorageOption = None, out: OutOption = Path("."), storage_password_file: PasswordFileOption = None
 ) -> None:
-    """Write importance.csv: fANOVA (main effects and pairwise interactions) and PED-ANOVA per stage."""
+    """Write importance.csv: fANOVA (main effects and pairwise interactions) and PED-ANOVA per stage,
+    from its complete trials and, where trials were pruned, from the deepest epoch enough trials reached."""
     from rich.table import Table
 
-    from tuner.analysis.importance import headline_rows, write_importance
+    from tuner.analysis.importance import basis_notes, headline_rows, write_importance
 
     quiet_optuna()
     with analysis_errors():
         path, table, skipped = write_importance(name, out=out, storage=_storage_url(storage, storage_password_file))
     console = new_console()
     shown = Table(title=f"importance of {name} (share; fanova: of the variance)")
-    for column in ("stage", "evaluator", "param", "param_b", "importance", "std"):
+    for column in ("stage", "basis", "evaluator", "param", "param_b", "importance", "std"):
         shown.add_column(column, justify="right" if column in ("importance", "std") else "left")
     # The main effects and the largest interactions of each stage: the whole table is in the CSV.
     headline = headline_rows(table)
     for row in headline.itertuples():
-        shown.add_row(row.stage, row.evaluator, row.param, row.param_b, f"{row.importance:.3f}", f"{row.std:.3f}")
+        shown.add_row(row.stage, row.basis, row.evaluator, row.param, row.param_b, f"{row.importance:.3f}", f"{row.std:.3f}")
+    # The trial counts go below the table rather than in a column of their own: it stays 80 characters wide.
+    counts = table.drop_duplicates(["stage", "basis"])
+    caption = ["trials analysed: " + ", ".join(f"{r.stage} ({r.basis}) {r.trials}" for r in counts.itertuples())]
     if len(headline) < len(table):
-        shown.caption = (f"{len(headline)} of {len(table)} rows shown: main effects and the largest interactions "
-                         f"of each stage; all {len(table)} are in {path}")
+        caption.append(f"{len(headline)} of {len(table)} rows shown: main effects and the largest interactions "
+                       f"of each stage; all {len(table)} are in {path}")
+    shown.caption = "\n".join(caption)
     if len(table):
         console.print(shown)
+    for note in basis_notes(table):
+        say(note)
     for stage, reason in skipped:
         say(f"skipped stage {stage}: {reason}")
     say(f"wrote {path} ({len(table)} rows)")
@@ -327,20 +336,24 @@ def best(
     refit: Annotated[str, typer.Option(help="train: the trials' training rows (the validation score reproduces the stored one); "
                                            "train+val: training and validation rows (validation is then no fair score)")] = "train",
     device: Annotated[str, typer.Option(help="Where to train: auto (CUDA when available), cpu or cuda")] = "auto",
+    stage: Annotated[str | None, typer.Option(help="Train this stage's best trial (lr, shape or audit) [default: the "
+                                                   "best of stages lr and shape: shape, unless lr's small network did better]")] = None,
     storage_password_file: PasswordFileOption = None,
 ) -> None:
-    """Train the best configuration of the study's last stage again (same seed); write best.toml, model.pt, metrics.json."""
+    """Train the study's best configuration again (same seed); write best.toml, model.pt, metrics.json."""
     from tuner.best import BestError, write_best
 
     quiet_optuna()
     with unexpected_errors(), analysis_errors():
         try:
-            result = write_best(name, _storage_url(storage, storage_password_file), out, refit=refit, device=device)
+            result = write_best(name, _storage_url(storage, storage_password_file), out, refit=refit, device=device,
+                                stage=stage)
         except BestError as error:
             fail(str(error), BAD_INPUT)
     metrics = result.metrics
     if result.replaced:
         say(f"note: {result.replaced}; wrote it anew")
+    say(f"chose {metrics['chosen']}")
     say(f"trained trial {metrics['trial']} of {name}/{metrics['stage']} again (refit {refit}): "
         f"validation error {metrics['validation']['error']:.4g}, loss {metrics['validation']['loss']:.4g}"
         + (f" (stored {metrics['objective']}: {metrics['stored_value']:.4g})" if refit == "train" else " (not a fair score: trained on it)"))

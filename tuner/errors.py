@@ -99,3 +99,13 @@ def interrupts_deferred() -> Iterator[None]:
             signal.signal(sig, handler)
     for sig in dict.fromkeys(caught):
         deferred[sig](sig, None)  # its own handler, now and here: KeyboardInterrupt, or the CLI's
+
+
+def quiet_optuna() -> None:
+    """Optuna's INFO line per trial drowns tuner's own progress; its warnings stay (one home for every command)."""
+    import warnings
+
+    import optuna  # here, not at the top: reading a spec or an error needs no Optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -169,13 +169,6 @@ def fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def quiet_optuna() -> None:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own output says what matters
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-
 @contextmanager
 def errors_as_exit_codes() -> Iterator[None]:
     from tuner.inputs.spec import SpecError

@@ -1,8 +1,11 @@
 """Importance analyses of a stored study, as one table, and the audit of the low-interaction assumption.
 
-:func:`importance_table` analyses every stage of ``<name>/<stage>`` that has enough complete trials
-with two evaluators: fANOVA (our :mod:`tuner.analysis.fanova`: main effects and every pairwise interaction, as
-fractions of the total variance) and Optuna's PED-ANOVA (main effects only). :func:`audit_verdict`
+:func:`importance_table` analyses every stage of ``<name>/<stage>`` with two evaluators: fANOVA (our
+:mod:`tuner.analysis.fanova`: main effects and every pairwise interaction, as fractions of the total
+variance) and Optuna's PED-ANOVA (main effects only), on up to two bases: the final values of its
+complete trials, and, where a pruner stopped some trials, the values at the deepest epoch that enough
+trials reached, pruned and complete ones alike (a rung: Optuna's own evaluators read complete trials
+only, so a Hyperband stage would otherwise rest on its few survivors). :func:`audit_verdict`
 reads the ``audit`` stage's fANOVA and says whether the learning rate's interactions were small next to
 its main effect (Greff et al.'s finding that the staged approach rests on), and stores the verdict on
 the ``<name>/audit`` study.
@@ -30,6 +33,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.analysis.fanova import fanova_importances
+from tuner.analysis.rungs import deepest_rung
 from tuner.deprecation import keyword_only_since
 
 # The loaders of a stored study live in tuner.study.results; importable from here as before.
@@ -46,9 +50,13 @@ from tuner.study.stored import VERDICT_ATTR, stage_study_name
 __all__ = [
     "AuditVerdict",
     "COLUMNS",
+    "COMPLETE_BASIS",
+    "MIN_TRIALS",
+    "RUNG_CAVEAT",
     "STAGES",
     "UnknownStudyError",
     "audit_verdict",
+    "basis_notes",
     "headline_rows",
     "importance_table",
     "load_stage_studies",
@@ -57,11 +65,20 @@ __all__ = [
     "write_importance",
 ]
 
-COLUMNS = ["stage", "evaluator", "param", "param_b", "importance", "std"]
+# The first six are the columns importance.csv always had, in their order; later ones are appended.
+# basis: "complete" (final values of complete trials) or "epoch N" (values at epoch N of every trial
+# that reached it); trials: how many trials the row rests on.
+COLUMNS = ["stage", "evaluator", "param", "param_b", "importance", "std", "basis", "trials"]
+COMPLETE_BASIS = "complete"
 
-# Below this many complete trials a forest of 64 trees (or PED-ANOVA's top 10 %, one trial) says
-# more about the noise than about the parameters: such a stage is skipped, with the reason.
+# Below this many trials a forest of 64 trees (or PED-ANOVA's top 10 %, one trial) says more about
+# the noise than about the parameters: a basis with fewer is not analysed, and a stage with no basis
+# left is skipped, with the reason.
 MIN_COMPLETE_TRIALS = 10
+MIN_TRIALS = MIN_COMPLETE_TRIALS  # the same floor for a rung's trials
+# Said wherever importances at an epoch are shown (Wu et al. 2018, short-horizon bias).
+RUNG_CAVEAT = ("importances at an epoch before the last lean against slow starters: schedules that decay "
+               "look worse early than they end (short-horizon bias, Wu et al. 2018)")
 # PED-ANOVA gives no spread of its own, so `std` is taken over this many bootstrap resamples of the
 # stage's complete trials (it takes milliseconds per resample).
 PED_ANOVA_BOOTSTRAPS = 20
@@ -138,13 +155,22 @@ def importance_table(
         storage: an Optuna storage URL (default ``sqlite:///tuner.db``) or storage object.
 
     Returns:
-        The table, columns ``stage, evaluator, param, param_b, importance, std``, and the stages
-        skipped as ``(stage, reason)``. ``fanova`` rows are fractions of the total variance (main
-        effects with ``param_b == ""``, then the pure interaction of each pair); within a stage they sum
-        to at most 1, the rest being higher-order interaction; ``std`` is their spread over the trees.
-        ``ped_anova`` rows are Optuna's PED-ANOVA importances normalised to sum to 1 over the stage's
-        parameters (they are not variance fractions); ``std`` is their spread over bootstrap resamples.
-        Only complete trials with a finite value count (diverged trials end pruned: not analysed).
+        The table, columns :data:`COLUMNS` (``stage, evaluator, param, param_b, importance, std, basis,
+        trials``), and what was not analysed as ``(stage, reason)``: every stage with no rows, and a
+        basis of a stage that could not be analysed. ``fanova`` rows are fractions of the total variance
+        (main effects with ``param_b == ""``, then the pure interaction of each pair); within a stage and
+        basis they sum to at most 1, the rest being higher-order interaction; ``std`` is their spread
+        over the trees. ``ped_anova`` rows are Optuna's PED-ANOVA importances normalised to sum to 1 over
+        the stage's parameters (they are not variance fractions); ``std`` is their spread over bootstrap
+        resamples.
+
+        Each stage is analysed on up to two bases (``basis``; ``trials``: how many trials the rows rest
+        on), each with at least :data:`MIN_TRIALS` trials: ``complete``, the final values of its complete
+        trials with a finite value (diverged trials end pruned: not analysed); and, when the pruner
+        stopped some of its trials, ``epoch N``: every trial's reported value at epoch N, the deepest
+        epoch reached by at least :data:`MIN_TRIALS` trials and by a pruned one (complete trials
+        included, with their value at that epoch). Both are written when both have enough trials. A rung's
+        importances lean against slow starters (:data:`RUNG_CAVEAT`).
 
     Raises:
         UnknownStudyError: no study of that name in the storage.
@@ -152,21 +178,17 @@ def importance_table(
     rows: list[pd.DataFrame] = []
     skipped: list[tuple[str, str]] = []
     for stage, trials in load_stage_trials(name, storage).items():
-        complete = _complete(trials)
-        if len(complete) < MIN_COMPLETE_TRIALS:
-            skipped.append((stage, f"{len(complete)} complete trials; at least {MIN_COMPLETE_TRIALS} are needed"))
+        bases, too_few = _bases(trials)
+        if not bases:
+            skipped.append((stage, too_few))
             continue
-        distributions = _varying_distributions(complete)
-        if not distributions:
-            skipped.append((stage, "no parameter varies across its complete trials"))
-            continue
-        try:
-            fanova = _fanova_rows(complete, distributions)
-        except ValueError as error:  # e.g. a forest that found nothing to split on
-            skipped.append((stage, f"fANOVA could not analyse it: {error}"))
-            continue
-        for evaluator, table in (("fanova", fanova), ("ped_anova", _ped_anova_rows(complete, distributions))):
-            rows.append(table.assign(stage=stage, evaluator=evaluator))
+        for basis, analysed, values in bases:
+            found = _analyse(analysed, values)
+            if isinstance(found, str):
+                skipped.append((stage, found if len(bases) == 1 else f"{basis}: {found}"))
+                continue
+            for evaluator, table in found:
+                rows.append(table.assign(stage=stage, evaluator=evaluator, basis=basis, trials=len(analysed)))
     table = pd.concat(rows, ignore_index=True)[COLUMNS] if rows else pd.DataFrame(columns=COLUMNS)
     return table, skipped
 
@@ -197,12 +219,33 @@ def write_importance(
 
 
 def headline_rows(table: pd.DataFrame, n_pairs: int = 3) -> pd.DataFrame:
-    """Per stage and evaluator: the main effects, then the ``n_pairs`` largest interactions."""
+    """Per stage, basis and evaluator: the main effects, then the ``n_pairs`` largest interactions."""
     parts = []
-    for _, rows in table.groupby(["stage", "evaluator"], sort=False):
+    keys = ["stage", "basis", "evaluator"] if "basis" in table else ["stage", "evaluator"]
+    for _, rows in table.groupby(keys, sort=False):
         parts.append(rows[rows.param_b == ""].sort_values("importance", ascending=False))
         parts.append(rows[rows.param_b != ""].sort_values("importance", ascending=False).head(n_pairs))
     return pd.concat(parts, ignore_index=True) if parts else table
+
+
+def basis_notes(table: pd.DataFrame) -> list[str]:
+    """One line per stage analysed at an epoch: on how many trials, and why to read it with care.
+
+    Example:
+        >>> basis_notes(table)  # doctest: +SKIP
+        ['stage shape at epoch 9: 14 trials reached it, pruned ones included (too few complete trials alone); ...']
+    """
+    if "basis" not in table or table.empty:
+        return []
+    lines = []
+    for (stage, basis), rows in table.groupby(["stage", "basis"], sort=False):
+        if basis == COMPLETE_BASIS:
+            continue
+        alone = ((table["stage"] == stage) & (table["basis"] == COMPLETE_BASIS)).any()
+        complete = "its complete trials are also analysed alone" if alone else "too few complete trials alone"
+        lines.append(f"stage {stage} at {basis}: {int(rows['trials'].iloc[0])} trials reached it, pruned ones "
+                     f"included ({complete}); {RUNG_CAVEAT}")
+    return lines
 
 
 def audit_verdict(name: str, storage: str | BaseStorage | None = None) -> AuditVerdict:
@@ -227,7 +270,7 @@ def audit_verdict(name: str, storage: str | BaseStorage | None = None) -> AuditV
         verdict = replace(verdict, reason="every complete trial scored the same, so nothing explains any variance")
     else:
         try:
-            shares = _fanova_rows(complete, distributions)
+            shares = _fanova_rows(complete, [t.value for t in complete], distributions)  # type: ignore[misc]
         except ValueError as error:
             shares = None
             verdict = replace(verdict, reason=f"fANOVA could not analyse it: {error}")
@@ -245,6 +288,35 @@ def audit_verdict(name: str, storage: str | BaseStorage | None = None) -> AuditV
 
 def _complete(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+
+
+def _bases(trials: Sequence[FrozenTrial]) -> tuple[list[tuple[str, list[FrozenTrial], list[float]]], str]:
+    """The bases with enough trials, as ``(basis, trials, values)``, and why there is none when so."""
+    complete = _complete(trials)
+    bases = []
+    if len(complete) >= MIN_TRIALS:
+        bases.append((COMPLETE_BASIS, complete, [float(t.value) for t in complete]))  # type: ignore[arg-type]
+    rung, most = deepest_rung(trials, MIN_TRIALS)
+    if rung is not None:
+        bases.append((f"epoch {rung.epoch}", rung.trials, rung.values))
+    too_few = f"{len(complete)} complete trials"
+    if most is not None:
+        too_few += f", and at most {most} at any epoch a pruned trial reached"
+    return bases, f"{too_few}; at least {MIN_TRIALS} are needed"
+
+
+def _analyse(
+    trials: list[FrozenTrial], values: list[float]
+) -> list[tuple[str, pd.DataFrame]] | str:
+    """fANOVA and PED-ANOVA rows of one basis, or why it cannot be analysed."""
+    distributions = _varying_distributions(trials)
+    if not distributions:
+        return "no parameter varies across its trials"
+    try:
+        fanova = _fanova_rows(trials, values, distributions)
+    except ValueError as error:  # e.g. a forest that found nothing to split on
+        return f"fANOVA could not analyse it: {error}"
+    return [("fanova", fanova), ("ped_anova", _ped_anova_rows(trials, values, distributions))]
 
 
 def _varying_distributions(trials: Sequence[FrozenTrial]) -> dict[str, BaseDistribution]:
@@ -275,9 +347,11 @@ def _design(trials: Sequence[FrozenTrial], distributions: dict[str, BaseDistribu
     return pd.DataFrame(columns)
 
 
-def _fanova_rows(trials: Sequence[FrozenTrial], distributions: dict[str, BaseDistribution]) -> pd.DataFrame:
+def _fanova_rows(
+    trials: Sequence[FrozenTrial], values: Sequence[float], distributions: dict[str, BaseDistribution]
+) -> pd.DataFrame:
     X = _design(trials, distributions)
-    y = np.array([t.value for t in trials], dtype=np.float64)
+    y = np.array(values, dtype=np.float64)
     if np.ptp(y) == 0.0:  # every trial scored the same: nothing explains anything
         return _zero_rows(list(distributions), interactions=True)
     return fanova_importances(X, y, seed=_SEED)
@@ -293,23 +367,24 @@ def _zero_rows(params: list[str], interactions: bool) -> pd.DataFrame:
     })
 
 
-def _ped_anova_rows(trials: Sequence[FrozenTrial], distributions: dict[str, BaseDistribution]) -> pd.DataFrame:
+def _ped_anova_rows(
+    trials: Sequence[FrozenTrial], values: Sequence[float], distributions: dict[str, BaseDistribution]
+) -> pd.DataFrame:
     params = list(distributions)
-    full = _ped_anova_shares(trials, params)
+    full = _ped_anova_shares(trials, values, params)
     rng = np.random.default_rng(_SEED)
-    resampled = [
-        _ped_anova_shares([trials[i] for i in rng.integers(0, len(trials), len(trials))], params)
-        for _ in range(PED_ANOVA_BOOTSTRAPS)
-    ]
+    draws = [rng.integers(0, len(trials), len(trials)) for _ in range(PED_ANOVA_BOOTSTRAPS)]
+    resampled = [_ped_anova_shares([trials[i] for i in draw], [values[i] for i in draw], params) for draw in draws]
     spread = np.array([[shares[p] for p in params] for shares in resampled]).std(axis=0)
     return pd.DataFrame({"param": params, "param_b": "", "importance": [full[p] for p in params], "std": spread})
 
 
-def _ped_anova_shares(trials: Sequence[FrozenTrial], params: list[str]) -> dict[str, float]:
+def _ped_anova_shares(trials: Sequence[FrozenTrial], values: Sequence[float], params: list[str]) -> dict[str, float]:
     """PED-ANOVA importances normalised to sum to 1 (all 0 when they are all 0, e.g. constant values)."""
     study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction="minimize")
     study.add_trials([
-        optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=t.value) for t in trials
+        optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=value)
+        for t, value in zip(trials, values)
     ])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its small-sample advice: our minimum trial count is the answer

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from tuner.inputs.data import Dataset, StreamedData, sample_shape, standardise_inputs
-from tuner.inputs.models import build_model, register_model
+from tuner.inputs.models import ModelFamily, build_model
 from tuner.inputs.spec import StudySpec
 from tuner.inputs.usercode import is_reference, load_callable, spec_folder
 from tuner.training.train import EVAL_CHUNK
@@ -234,8 +234,8 @@ class TrainedModel:
         if is_reference(family):  # the user's own factory: from sys.path, else from the study's folder
             folder = record.get("code_folder")
             factory = load_callable(family, "model.family", str(Path(folder) / "spec.toml") if folder else "")
-            register_model(family, factory, inputs="shape")
-        self.model = build_model(record["family"], self.input_shape, record["n_outputs"], record["width"], record["depth"])
+            family = ModelFamily(family, factory)  # resolved once, here: nothing registered globally
+        self.model = build_model(family, self.input_shape, record["n_outputs"], record["width"], record["depth"])
         self.model.load_state_dict(record["state_dict"])
         self.model.eval()
         self._mean = None if record["x_mean"] is None else record["x_mean"].numpy()

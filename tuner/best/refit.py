@@ -1,7 +1,7 @@
 """Refit: train a study's best configuration again, the same way its trial was trained.
 
-:func:`write_best` reads the best complete trial of the study's last stage before the audit
-(``shape``; ``lr`` while ``shape`` has none), rebuilds the spec from the settings stored on that
+:func:`write_best` reads the best complete trial of stages ``lr`` and ``shape`` (stage ``lr``'s small
+network may beat every shape; ``--stage`` picks one stage's best), rebuilds the spec from the settings stored on that
 stage's study, trains the trial's configuration again with the same seed and hands three files to
 :mod:`tuner.best.folder`, their one writer:
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,6 @@ import optuna
 import tomllib
 import torch
 from optuna.trial import FrozenTrial, TrialState
-from torch import nn
 
 from tuner.best.folder import FolderError, check_folder, model_record, write_folder
 from tuner.folders import default_folder
@@ -32,12 +32,13 @@ from tuner.inputs.data import Dataset, StreamedData
 from tuner.inputs.load import load_dataset
 from tuner.inputs.spec import StudySpec, spec_from_dict
 from tuner.inputs.user_data import check_test_part
-from tuner.inputs.usercode import identity, install, load_callable
+from tuner.inputs.usercode import identity, resolve_code
 from tuner.study.results import LR_ATTR, SETTINGS_ATTR, SPEC_PATH_ATTR, load_stage_studies, trained_params
 from tuner.study.runner import TunerError
-from tuner.study.stages import Stage, lr_stage, shape_stage
-from tuner.study.stored import with_added_fields
-from tuner.training.train import evaluate, resolve_device, seeded_model, train_epochs, use_threads
+from tuner.study.stages import Stage, audit_stage, lr_stage, shape_stage
+from tuner.study.stored import STAGES, with_added_fields
+from tuner.training.train import EpochResult, evaluate, resolve_device, use_threads
+from tuner.training.trainers import LoopTrainer, make_trainer, with_code
 
 REFITS = ("train", "train+val")
 
@@ -65,6 +66,12 @@ def write_best(
     *,
     refit: str = "train",
     device: str = "auto",
+    model: Callable[..., Any] | None = None,
+    loader: Callable[..., Any] | None = None,
+    loop: Callable[..., Any] | None = None,
+    loss: Callable[..., Any] | None = None,
+    metric: Callable[..., Any] | None = None,
+    stage: str | None = None,
 ) -> BestResult:
     """Train the best configuration of study ``name`` again (same seed) and write it into ``out``.
 
@@ -82,6 +89,10 @@ def write_best(
             stored one; ``train+val``: training and validation parts together (the validation score
             is then no fair estimate; the test part, if any, still is).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        stage: train this stage's best trial (``lr``, ``shape`` or ``audit``); default the best
+            of stages ``lr`` and ``shape`` (stage ``shape`` on a tie), with the reason in ``metrics["chosen"]``.
+        model, loader, loop, loss, metric: the callables handed to :func:`tuner.run_study` from
+            Python, if the study was run that way (a spec's ``"module:function"`` is imported anew).
 
     Raises:
         tuner.analysis.importance.UnknownStudyError: no study of that name in the storage.
@@ -94,12 +105,13 @@ def write_best(
     if folder.exists() and not folder.is_dir():
         raise BestError(f"--out {str(folder)!r}: is a file; give a folder (created if missing)")
     replaced = _earlier_output(folder)
-    spec, stage, trial = _best_trial(name, storage)
-    install(spec)
-    plan = stage.plan(trial.params)
+    spec, stage, trial, chosen = _best_trial(name, storage, stage)
+    given = {"model": model, "loader": loader, "loop": loop, "loss": loss, "metric": metric}
+    code = resolve_code(spec, given)  # the study's own code, imported once, here
+    plan = with_code(stage.plan(trial.params), code)
     torch_device = resolve_device(device)
     use_threads(None, torch_device)  # $TUNER_THREADS, else one on the CPU, as tuner study
-    data = load_dataset(spec.data, spec.seed, spec.source).to(torch_device)
+    data = load_dataset(spec.data, spec.seed, spec.source, code.loader).to(torch_device)
     check_test_part(spec.data, data, spec.source)  # a loader's test Dataset, unread by the stages: before training
     fit_data = data
     if refit == "train+val":
@@ -108,17 +120,18 @@ def write_best(
         else:
             fit_data = dataclasses.replace(data, x_train=torch.cat([data.x_train, data.x_val]),
                                            y_train=torch.cat([data.y_train, data.y_val]))
-    model = seeded_model(spec.model.family, fit_data, plan.width, plan.depth, plan.train.seed)
-    loop_value = None
-    if spec.train.loop:
-        loop_value = _train_with_loop(spec, model, fit_data, plan, torch_device, trial)
-        diverged = not math.isfinite(loop_value)
-    else:
-        last = None
-        for last in train_epochs(model, fit_data, plan.train):
-            pass
-        diverged = last is None or last.diverged
-    if diverged:
+    # The trial's own trainer (tuner's loop, or the user's), as the stage trained it: plan -> trainer.
+    trainer = make_trainer([plan], fit_data, code, torch_device)
+    results: list[EpochResult] = []
+
+    def keep(epoch: list[EpochResult | None]) -> list[int]:
+        results.extend(result for result in epoch if result is not None)
+        return []  # no pruning here: it trains to the end (or until it diverges)
+
+    trainer.run(keep)
+    model = trainer.model  # type: ignore[attr-defined]
+    loop_value = trainer.values[-1] if isinstance(trainer, LoopTrainer) else None
+    if not results or results[-1].diverged:
         raise TunerError(f"study {name!r}: trial {trial.number} of stage '{stage.name}' diverged when trained again "
                          f"(refit {refit}); try --refit train")
     val_loss, val_error = evaluate(model, data, plan.train)
@@ -127,6 +140,7 @@ def write_best(
         "study": name,
         "stage": stage.name,
         "trial": trial.number,
+        "chosen": chosen,
         "params": trained_params(trial.params, stage.fixed),
         "objective": objective,
         "stored_value": trial.value,
@@ -179,41 +193,32 @@ def _rows(data: Dataset | StreamedData, part: str) -> int:
     return 0 if tensor is None else len(tensor)
 
 
-def _train_with_loop(spec: StudySpec, model: nn.Module, data: Any, plan: Any, device: torch.device,
-                     trial: FrozenTrial) -> float:
-    """Train ``model`` with the spec's own loop, as its trial did; the objective it gave last (NaN: none, or diverged)."""
-    from tuner.study.trials import StopTrial, call_user_loop
+def _best_trial(name: str, storage: str | optuna.storages.BaseStorage | None,
+                stage: str | None = None) -> tuple[StudySpec, Stage, FrozenTrial, str]:
+    """The spec (from the stored settings), the stage, the best complete trial to train again, and why that one.
 
-    loop = load_callable(spec.train.loop or "", "train.loop", spec.source)
-    values: list[float] = []
-
-    def record(epoch: int, value: float, train_loss: float) -> None:
-        values.append(value)
-        if not math.isfinite(value):
-            raise StopTrial("diverged")
-
-    try:
-        returned = call_user_loop(loop, model, data, plan.train, device, record, dict(trial.params))
-    except StopTrial:
-        return math.nan
-    if returned is not None:
-        values.append(float(returned))  # type: ignore[arg-type]
-    return values[-1] if values else math.nan
-
-
-def _best_trial(name: str, storage: str | optuna.storages.BaseStorage | None) -> tuple[StudySpec, Stage, FrozenTrial]:
-    """The spec (from the stored settings), the stage and the best complete trial to train again."""
+    ``stage`` None: the best of stages ``lr`` and ``shape`` (``shape`` on a tie): the small network of
+    stage ``lr`` is a configuration too, and stage ``shape`` may end worse than it.
+    """
     studies = load_stage_studies(name, storage)
-    for stage_name in ("shape", "lr"):  # the last stage before the audit that has a complete trial
+    if stage is not None and stage not in STAGES:
+        raise BestError(f"--stage {stage!r}: choose one of {', '.join(STAGES)}")
+    bests: dict[str, FrozenTrial] = {}
+    for stage_name in (stage,) if stage else ("shape", "lr"):
         study = studies.get(stage_name)
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if study else []
         complete = [t for t in complete if t.value is not None and math.isfinite(t.value)]
         if complete:
-            break
-    else:
-        raise BestError(f"study {name!r}: no complete trial in stage 'lr' or 'shape' yet; run "
+            bests[stage_name] = min(complete, key=lambda t: (t.value, t.number))
+    if not bests:
+        where = f"stage '{stage}'" if stage else "stage 'lr' or 'shape'"
+        raise BestError(f"study {name!r}: no complete trial in {where} yet; run "
                         f"`tuner study` to the end (or until a trial completes), then again `tuner best`")
-    best = min(complete, key=lambda t: (t.value, t.number))
+    stage_name = min(bests, key=lambda s: bests[s].value)  # type: ignore[arg-type, return-value]  # shape first: wins a tie
+    best, study = bests[stage_name], studies[stage_name]
+    values = ", ".join(f"stage '{s}' {bests[s].value:.4g} (trial {bests[s].number})" for s in ("lr", "shape") if s in bests)
+    chosen = (f"stage '{stage_name}', as asked (--stage): its best trial {best.number} ({best.value:.4g})" if stage else
+              f"stage '{stage_name}''s trial {best.number}, the best of stages lr and shape: {values}")
     settings = study.user_attrs.get(SETTINGS_ATTR)
     if settings is None:
         raise BestError(f"study {name!r}: stage '{stage_name}' has no stored settings; was it made by tuner?")
@@ -222,16 +227,15 @@ def _best_trial(name: str, storage: str | optuna.storages.BaseStorage | None) ->
     spec_path = study.user_attrs.get(SPEC_PATH_ATTR, "")
     spec = spec_from_dict({**stored, "name": name}, source=spec_path)
     if "identity" in settings:
-        install(spec)
         if identity(spec) != settings["identity"]:
             raise BestError(f"study {name!r}: its own code or data file changed since its trials ran (see "
                             f"`tuner study` on it); put them back to train its winner again")
     if stage_name == "shape":
         lr = best.user_attrs.get(LR_ATTR, study.user_attrs.get(LR_ATTR))
-        stage = shape_stage(spec, float(lr))
-    else:
-        stage = lr_stage(spec)
-    return spec, stage, best
+        return spec, shape_stage(spec, float(lr)), best, chosen
+    if stage_name == "audit":
+        return spec, audit_stage(spec), best, chosen
+    return spec, lr_stage(spec), best, chosen
 
 
 def _without_none(table: dict[str, Any]) -> dict[str, Any]:
@@ -241,7 +245,7 @@ def _without_none(table: dict[str, Any]) -> dict[str, Any]:
 
 def _plan_values(plan: Any) -> dict[str, Any]:
     return {"lr": plan.train.lr, "width": plan.width, "depth": plan.depth, "schedule": plan.train.schedule,
-            "decay": plan.train.decay, "epochs": plan.train.epochs}
+            "decay": plan.train.decay, "epochs": plan.train.epochs, "momentum": plan.train.momentum}
 
 
 def best_spec_text(spec: StudySpec, name: str, stage: Stage, trial: FrozenTrial, *, plan_values: dict[str, Any],
@@ -262,6 +266,7 @@ def best_spec_text(spec: StudySpec, name: str, stage: Stage, trial: FrozenTrial,
         pruner="none",  # one trial, trained to the end
     )
     table["stages"]["audit"]["trials"] = 0
+    table["train"]["momentum"] = plan_values.get("momentum", table["train"]["momentum"])  # the audit samples it
     header = [
         f"# The best configuration of study '{name}': trial {trial.number} of stage '{stage.name}'"
         f" ({spec.train.objective} {trial.value:.6g}), written by `tuner best`.",

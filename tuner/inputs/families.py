@@ -9,14 +9,28 @@ built-in name.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 BUILT_IN_FAMILIES = ("mlp", "lstm", "cnn")
 INPUT_KINDS = ("flat", "sequence", "shape")
 
-# name -> (factory, input kind). Filled by register_model calls only (the user's, and the install
-# of a spec's "module:function" family), never as a side effect of importing a module.
+# name -> (factory, input kind). Filled by the user's register_model calls only, never as a side
+# effect of importing a module; a spec's "module:function" family is a ModelFamily passed down instead.
 _REGISTERED: dict[str, tuple[Callable[..., Any], str]] = {}
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """A model factory resolved from a spec's ``model.family = "module:function"``, passed where a family name goes.
+
+    Built where the user's code is resolved (:func:`tuner.inputs.usercode.resolve_code`) and handed
+    down, instead of being registered in a global table under its reference.
+    """
+
+    name: str  # the reference the spec names it by
+    factory: Callable[..., Any]
+    inputs: str = "shape"  # called with keywords (see register_model)
 
 
 def register_model(name: str, factory: Callable[..., Any], *, sequence: bool = False, inputs: str | None = None) -> None:
@@ -47,8 +61,10 @@ def unregister_model(name: str) -> None:
     _REGISTERED.pop(name, None)
 
 
-def registered_family(name: str) -> tuple[Callable[..., Any], str] | None:
-    """(factory, input kind) registered under ``name`` from Python, or None."""
+def registered_family(name: str | ModelFamily) -> tuple[Callable[..., Any], str] | None:
+    """(factory, input kind) registered under ``name`` from Python (or of a resolved family), or None."""
+    if isinstance(name, ModelFamily):
+        return name.factory, name.inputs
     return _REGISTERED.get(name)
 
 

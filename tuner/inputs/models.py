@@ -17,16 +17,17 @@ import torch
 from torch import nn
 
 from tuner.errors import SpecError
-from tuner.inputs.families import model_families, register_model, registered_family  # noqa: F401 -- register_model re-exported
+from tuner.inputs.families import ModelFamily, model_families, register_model, registered_family  # noqa: F401 -- register_model re-exported
 
 if TYPE_CHECKING:
     from tuner.inputs.data import Dataset
     from tuner.inputs.spec import StudySpec
 
 ModelFactory = Callable[[int, int, int, int], nn.Module]  # (n_features, n_outputs, width, depth)
+Family = str | ModelFamily  # a family's name (built-in or registered), or a user's resolved factory
 
 
-def build_model(family: str, sample_shape: tuple[int, ...], n_outputs: int, width: int, depth: int) -> nn.Module:
+def build_model(family: Family, sample_shape: tuple[int, ...], n_outputs: int, width: int, depth: int) -> nn.Module:
     """Build a model of a registered family for samples of ``sample_shape`` (one sample, no batch)."""
     entry = _family(family)
     if entry is None:
@@ -56,7 +57,7 @@ class ModelTooLargeError(SpecError):
     """A model the study would build cannot fit in the device's memory; the message names the field."""
 
 
-def planned_parameters(family: str, sample_shape: tuple[int, ...], n_outputs: int, width: int, depth: int) -> int | None:
+def planned_parameters(family: Family, sample_shape: tuple[int, ...], n_outputs: int, width: int, depth: int) -> int | None:
     """Parameters of a model, counted without allocating its weights (built on torch's "meta" device).
 
     None when the family cannot be built there (a user's factory that allocates by hand): then nothing is known.
@@ -79,7 +80,7 @@ def memory_bytes(device: torch.device | str) -> int | None:
         return None
 
 
-def check_model_fits(spec: StudySpec, data: Dataset, device: torch.device | str) -> None:
+def check_model_fits(spec: StudySpec, data: Dataset, device: torch.device | str, family: Family | None = None) -> None:
     """Refuse a study whose largest model cannot train in the device's memory, before anything is written.
 
     The largest models are the LR stage's (``[model]``) and the shape stage's widest and deepest.
@@ -90,6 +91,8 @@ def check_model_fits(spec: StudySpec, data: Dataset, device: torch.device | str)
 
     Raises:
         ModelTooLargeError: naming the field, the parameter count and the memory.
+
+    ``family``: the family as resolved (:class:`tuner.inputs.usercode.UserCode`); default the spec's name.
     """
     available = memory_bytes(device)
     if available is None:
@@ -101,7 +104,7 @@ def check_model_fits(spec: StudySpec, data: Dataset, device: torch.device | str)
 
     sample_shape = shape_of(data)
     for field_path, value, width, depth in candidates:
-        n_params = planned_parameters(spec.model.family, sample_shape, data.n_outputs, width, depth)
+        n_params = planned_parameters(family or spec.model.family, sample_shape, data.n_outputs, width, depth)
         if n_params is not None and n_params * BYTES_PER_PARAMETER * TRAINING_COPIES > available:
             raise ModelTooLargeError(
                 spec.source, field_path, value,
@@ -175,18 +178,18 @@ _BUILT_IN: dict[str, tuple[Callable[..., nn.Module], str]] = {
 }
 
 
-def _family(family: str) -> tuple[Callable[..., nn.Module], str] | None:
+def _family(family: Family) -> tuple[Callable[..., nn.Module], str] | None:
     """(factory, input kind) of ``family``: one registered from Python first, else a built-in one."""
     return registered_family(family) or _BUILT_IN.get(family)
 
 
-def factory_of(family: str) -> ModelFactory | None:
+def factory_of(family: Family) -> ModelFactory | None:
     """The factory registered under ``family``, or None."""
     entry = _family(family)
     return entry[0] if entry else None
 
 
-def input_kind(family: str) -> str | None:
+def input_kind(family: Family) -> str | None:
     """How the factory registered under ``family`` sees the data (see :func:`register_model`), or None."""
     entry = _family(family)
     return entry[1] if entry else None

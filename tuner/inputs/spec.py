@@ -33,6 +33,7 @@ TASKS = ("auto", "classification", "regression")
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("none", "median", "hyperband", "successive_halving")
 LR_RANGES = ("fixed", "auto")
+HANDOFFS = ("robust", "best")
 LR_SCALE_AUTO = "auto"  # stages.shape.lr_scale: resolved from the optimizer and the shapes (tuner.study.lr_scale)
 MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds lie in [0, 2**32 - 1]
 MIN_SEQUENCE_LENGTH = 2  # the adding problem marks two distinct steps
@@ -102,6 +103,10 @@ class LRStageSpec:
     lr_range: str = "fixed"
     batched: bool = True  # train trials together as one batched model where the family allows
     batch_trials: int = 16  # trials per batch
+    # The rate handed on to stage shape: "robust" reads it from the smoothed U of all the stage's
+    # trials (the broadest low basin, tuner.study.rate_rule); "best" takes the best trial's rate.
+    # Studies stored before it existed resume with "best", as they were made.
+    handoff: str = "robust"
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,10 @@ class ShapeStageSpec:
     # from the optimizer and the shapes searched (tuner.study.lr_scale), resolved once at the
     # hand-off and stored; [min, max] around 1 as written; [1, 1] keeps the rate as it is.
     lr_scale: tuple[float, float] | str = "auto"
+    # The epoch from which the pruner may stop a trial. "auto": read once from stage lr's curves (no
+    # earlier than learning had clearly begun there, and only where the ranking already holds), and
+    # no decision while every value at a rung sits within noise of its untrained one.
+    first_rung: int | str = "auto"
 
 
 @dataclass(frozen=True)
@@ -239,13 +248,18 @@ def _coerce(hint: Any, value: Any, path: str, source: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if str in args:  # a name instead of a value: "auto"
+        inner = [a for a in args if a is not type(None)]
+        if inner == [int, str]:  # a number or a word, e.g. first_rung = 3 or "auto"
+            if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+                return value
+            raise SpecError(source, path, value, 'must be a whole number or a word in quotes, e.g. 3 or "auto"')
+        if str in inner:  # a range or a word, e.g. lr_scale = [0.5, 2.0] or "auto"
             if isinstance(value, str):
                 return value
             if not isinstance(value, list):
                 raise SpecError(source, path, value, 'must be "auto" or a list [min, max], e.g. [0.5, 2.0]')
-        inner = [a for a in args if a is not type(None) and a is not str][0]
-        return _coerce(inner, value, path, source)
+            inner.remove(str)
+        return _coerce(inner[0], value, path, source)
     if origin is tuple:
         if not isinstance(value, list):
             raise SpecError(source, path, value, f"must be a list, e.g. {_example(args)}")
@@ -300,6 +314,18 @@ def _range(source: str, path: str, bounds: tuple[float, float], log: bool) -> No
         raise SpecError(source, path, list(bounds), "bounds of a log-scaled range must both be > 0")
     if low > high:
         raise SpecError(source, path, list(bounds), "min must not exceed max; write [min, max]")
+
+
+def _first_rung(source: str, first_rung: int | str, epochs: int, pruner: str) -> None:
+    path = "stages.shape.first_rung"
+    if isinstance(first_rung, str):
+        if first_rung != "auto":
+            raise SpecError(source, path, first_rung, 'must be "auto" (read from stage lr\'s curves) or an epoch, e.g. 3')
+    elif first_rung < 1:
+        raise SpecError(source, path, first_rung, 'must be an epoch >= 1, e.g. 3, or "auto"')
+    elif first_rung > epochs and pruner in ("hyperband", "successive_halving"):
+        raise SpecError(source, path, first_rung, f'must not exceed the stage\'s epochs ({epochs}); e.g. '
+                        f'{max(1, epochs // 4)}, "auto", or pruner = "none"')
 
 
 def study_name_problem(name: str) -> str | None:
@@ -373,6 +399,7 @@ def _validate(spec: StudySpec, source: str) -> None:
     _choice(source, "stages.lr.sampler", lr.sampler, SAMPLERS)
     _choice(source, "stages.lr.pruner", lr.pruner, PRUNERS)
     _choice(source, "stages.lr.lr_range", lr.lr_range, LR_RANGES)
+    _choice(source, "stages.lr.handoff", lr.handoff, HANDOFFS)
     if lr.batch_trials < 1:
         raise SpecError(source, "stages.lr.batch_trials", lr.batch_trials, "must be at least 1, e.g. 16 (1 trains one trial at a time)")
 
@@ -399,6 +426,7 @@ def _validate(spec: StudySpec, source: str) -> None:
         _range(source, "stages.shape.lr_scale", shape.lr_scale, log=True)
         if not shape.lr_scale[0] <= 1 <= shape.lr_scale[1]:
             raise SpecError(source, "stages.shape.lr_scale", list(shape.lr_scale), scale_fix)
+    _first_rung(source, shape.first_rung, shape.epochs or train.epochs, shape.pruner)
 
     audit = stages.audit
     if audit.trials < 0:

@@ -16,7 +16,7 @@ classification (give ``n_classes`` to skip a pass over the training part to coun
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -30,10 +30,14 @@ TASKS = ("classification", "regression")
 FIELD = "data.loader"
 
 
-def load_user_data(spec: DataSpec, seed: int, source: str = "") -> Dataset | StreamedData:
-    """Call the spec's loader and turn what it returns into tuner's data (see the module docstring)."""
+def load_user_data(spec: DataSpec, seed: int, source: str = "",
+                   loader: Callable[..., Any] | None = None) -> Dataset | StreamedData:
+    """Call the spec's loader and turn what it returns into tuner's data (see the module docstring).
+
+    ``loader``: the loader as already resolved (:class:`tuner.inputs.usercode.UserCode`); else imported here.
+    """
     reference = spec.loader or ""
-    loader = load_callable(reference, FIELD, source)
+    loader = loader or load_callable(reference, FIELD, source)
     fail = lambda fix: SpecError(source, FIELD, reference, fix)  # noqa: E731
     try:
         returned = loader(seed=seed)

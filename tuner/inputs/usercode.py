@@ -15,12 +15,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuner.inputs.families import ModelFamily
 from tuner.inputs.spec import SpecError, StudySpec
 
 # Spec fields that may name a function, and what the function is for (in messages).
@@ -32,9 +35,7 @@ CODE_FIELDS = {
     "train.metric": "the metric",
 }
 
-# Callables handed to run_study from Python, by the reference the spec now names them with.
-_GIVEN: dict[str, Callable[..., Any]] = {}
-_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}  # a cache of file hashes, not a registry
 
 
 def is_reference(value: object) -> bool:
@@ -49,27 +50,64 @@ def reference_of(function: Callable[..., Any]) -> str:
     return f"{module}:{name}"
 
 
-def give(function: Callable[..., Any]) -> str:
-    """Make a Python callable resolvable by :func:`load_callable`; returns its reference."""
-    if not callable(function):
-        raise TypeError(f"{function!r} is not callable")
-    reference = reference_of(function)
-    _GIVEN[reference] = function
-    return reference
-
-
 def with_callables(spec: StudySpec, **functions: Callable[..., Any] | None) -> StudySpec:
-    """``spec`` naming the given callables (model, loader, loop, loss, metric) by their references."""
+    """``spec`` naming the given callables (model, loader, loop, loss, metric) by their references.
+
+    The callables themselves go to :func:`resolve_code` (``given``): the spec only names them.
+    """
     given = {name: function for name, function in functions.items() if function is not None}
+    for function in given.values():
+        if not callable(function):
+            raise TypeError(f"{function!r} is not callable")
     if not given:
         return spec
     model_spec, data_spec, train_spec = spec.model, spec.data, spec.train
     if "model" in given:
-        model_spec = dataclasses.replace(model_spec, family=give(given["model"]))
+        model_spec = dataclasses.replace(model_spec, family=reference_of(given["model"]))
     if "loader" in given:
-        data_spec = dataclasses.replace(data_spec, name="python", loader=give(given["loader"]))
-    train_spec = dataclasses.replace(train_spec, **{k: give(given[k]) for k in ("loop", "loss", "metric") if k in given})
+        data_spec = dataclasses.replace(data_spec, name="python", loader=reference_of(given["loader"]))
+    train_spec = dataclasses.replace(train_spec, **{k: reference_of(given[k]) for k in ("loop", "loss", "metric") if k in given})
     return dataclasses.replace(spec, model=model_spec, data=data_spec, train=train_spec)
+
+
+@dataclass(frozen=True)
+class UserCode:
+    """The spec's own code, resolved once per command that trains, and handed down from there.
+
+    ``family`` is what :func:`tuner.inputs.models.build_model` gets: the spec's built-in (or
+    registered) family name, or the user's factory as a :class:`ModelFamily`. The rest are the
+    user's callables, None where the spec names none. Kept out of :class:`StudySpec`, whose fields
+    are the stored settings.
+    """
+
+    family: str | ModelFamily
+    loader: Callable[..., Any] | None = None
+    loop: Callable[..., Any] | None = None
+    loss: Callable[..., Any] | None = None
+    metric: Callable[..., Any] | None = None
+
+    def callable_of(self, field: str) -> Callable[..., Any] | None:
+        """The callable the spec's ``field`` (e.g. ``"train.loop"``) names, or None."""
+        if field == "model.family":
+            return self.family.factory if isinstance(self.family, ModelFamily) else None
+        return getattr(self, field.partition(".")[2])
+
+
+def resolve_code(spec: StudySpec, given: Mapping[str, Callable[..., Any] | None] | None = None) -> UserCode:
+    """Turn the spec's ``module:function`` names into callables, once (SpecError naming a field that fails).
+
+    ``given``: callables handed over from Python by field name (``model``, ``loader``, ``loop``,
+    ``loss``, ``metric``), used as they are; the spec names them by :func:`reference_of`
+    (:func:`with_callables`).
+    """
+    given = {name: function for name, function in (given or {}).items() if function is not None}
+    found: dict[str, Callable[..., Any] | None] = {}
+    for field, reference in code_references(spec).items():
+        short = "model" if field == "model.family" else field.partition(".")[2]
+        found[short] = given[short] if short in given else load_callable(reference, field, spec.source)
+    model = found.pop("model", None)
+    family: str | ModelFamily = ModelFamily(spec.model.family, model) if model is not None else spec.model.family
+    return UserCode(family=family, **found)
 
 
 def spec_folder(source: str) -> Path | None:
@@ -82,8 +120,6 @@ def load_callable(reference: str, field: str, source: str = "") -> Callable[...,
 
     Raises :class:`SpecError` naming the field, the module and the fix when that fails.
     """
-    if reference in _GIVEN:
-        return _GIVEN[reference]
     module_name, _, function_name = reference.partition(":")
     if not module_name or not function_name:
         raise SpecError(source, field, reference, 'write it as "module:function", e.g. "mynet:make_model"')
@@ -124,21 +160,49 @@ def _import(module_name: str, field: str, reference: str, source: str) -> Any:
             sys.path.remove(str(folder))
 
 
-def function_identity(function: Callable[..., Any], reference: str) -> dict[str, str]:
-    """Module, function and a hash of the module's file (else of the function's source)."""
+def function_identity(reference: str, source: str = "", function: Callable[..., Any] | None = None,
+                      field: str = "") -> dict[str, str]:
+    """Module, function and a hash of the module's file, found without running it (else of the function's source).
+
+    The module's file is the one already imported, else the one the import would find (from the
+    spec's folder first, as :func:`load_callable`); a module with no file (a notebook's) is known
+    by ``function``'s source.
+    """
     module_name, _, function_name = reference.partition(":")
     identity = {"module": module_name, "function": function_name}
-    module = sys.modules.get(getattr(function, "__module__", "") or "")
-    path = getattr(module, "__file__", None)
-    if path and Path(path).is_file():
-        identity["sha256"] = file_sha256(Path(path))
+    path = _module_file(module_name, source)
+    if path is not None:
+        identity["sha256"] = file_sha256(path)
         return identity
+    if function is None:
+        function = load_callable(reference, field, source)
     try:
         text = inspect.getsource(function)
     except (OSError, TypeError):
         text = reference  # no source to be had (a builtin, a REPL lambda): the name alone
     identity["sha256"] = hashlib.sha256(text.encode()).hexdigest()
     return identity
+
+
+def _module_file(module_name: str, source: str) -> Path | None:
+    """The file module ``module_name`` is (or would be) imported from, without importing it; None if none."""
+    module = sys.modules.get(module_name)
+    if module is not None:
+        path = getattr(module, "__file__", None)
+        return Path(path) if path and Path(path).is_file() else None
+    folder = spec_folder(source)
+    added = folder is not None and str(folder) not in sys.path
+    if added:
+        sys.path.insert(0, str(folder))
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        found = None
+    finally:
+        if added:
+            sys.path.remove(str(folder))
+    origin = found.origin if found is not None else None
+    return Path(origin) if origin and Path(origin).is_file() else None
 
 
 def file_sha256(path: Path) -> str:
@@ -166,11 +230,16 @@ def code_references(spec: StudySpec) -> dict[str, str]:
     return {field: value for field, value in values.items() if is_reference(value)}
 
 
-def identity(spec: StudySpec) -> dict[str, Any]:
-    """What the spec's own code and data files are: joins the stored settings (empty: nothing of the user's)."""
+def identity(spec: StudySpec, code: UserCode | None = None) -> dict[str, Any]:
+    """What the spec's own code and data files are: joins the stored settings (empty: nothing of the user's).
+
+    Read from the files, without running the user's modules; ``code``, where at hand, knows the
+    source of a function whose module has no file.
+    """
     found: dict[str, Any] = {}
     for field, reference in code_references(spec).items():
-        found[field] = function_identity(load_callable(reference, field, spec.source), reference)
+        function = code.callable_of(field) if code is not None else None
+        found[field] = function_identity(reference, spec.source, function, field)
     if spec.data.name == "csv" and spec.data.path:
         from tuner.inputs.data import csv_path
 
@@ -180,25 +249,7 @@ def identity(spec: StudySpec) -> dict[str, Any]:
     return found
 
 
-def install(spec: StudySpec) -> None:
-    """Make the spec's own model factory buildable as ``model.family`` (registered under its reference)."""
-    if not is_reference(spec.model.family):
-        return
-    from tuner.inputs.models import register_model
-
-    factory = load_callable(spec.model.family, "model.family", spec.source)
-    register_model(spec.model.family, factory, inputs="shape")
-
-
-def train_functions(spec: StudySpec) -> dict[str, Callable[..., Any] | None]:
-    """The spec's own ``loss`` and ``metric`` (None where it names none)."""
-    return {
-        name: load_callable(reference, f"train.{name}", spec.source) if reference else None
-        for name, reference in (("loss", spec.train.loss), ("metric", spec.train.metric))
-    }
-
-
-def check_model(spec: StudySpec, data: Any) -> None:
+def check_model(spec: StudySpec, data: Any, code: UserCode) -> None:
     """Build the spec's small network once and run two samples through it: SpecError if that fails.
 
     A factory that raises, returns something other than an ``nn.Module``, or a module whose
@@ -216,7 +267,7 @@ def check_model(spec: StudySpec, data: Any) -> None:
     shape = sample_shape(data)
     call = f"{reference.partition(':')[2]}(input_shape={shape}, n_outputs={data.n_outputs}, width={spec.model.width}, depth={spec.model.depth})"
     try:
-        model = build_model(reference, shape, data.n_outputs, spec.model.width, spec.model.depth)
+        model = build_model(code.family, shape, data.n_outputs, spec.model.width, spec.model.depth)
     except Exception as error:  # noqa: BLE001 -- the user's factory raised
         first = str(error).splitlines()[0] if str(error) else ""
         raise SpecError(spec.source, field, reference, f"{call} raised {type(error).__name__}: {first}; fix the factory") from None

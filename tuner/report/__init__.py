@@ -33,7 +33,7 @@ from tuner.report.html import index_html
 from tuner.report.interactive import write_interactive
 from tuner.report.lr_figures import plot_lr_cost, plot_lr_curves, plot_lr_sensitivity
 from tuner.report.runs import chosen_lr, epochs_to_target, importance_data, load_stages, objective_label
-from tuner.study.results import check_made_by_tuner
+from tuner.study.results import HANDOFF_ATTR, check_made_by_tuner
 from tuner.report.words import audit_diagnosis, importance_sentences, lr_diagnosis, shape_diagnosis
 from tuner.storage import resolve_url
 
@@ -109,7 +109,8 @@ def write_report(name: str, *, storage: str | None = None, out: str | Path | Non
     rate = chosen_lr(stages)
     if lr is not None:
         no_runs = "the lr stage has no complete trial"
-        draw("lr_sensitivity", plot_lr_sensitivity(lr.runs, rate, objective), no_runs)
+        handoff = lr.study.user_attrs.get(HANDOFF_ATTR)
+        draw("lr_sensitivity", plot_lr_sensitivity(lr.runs, rate, objective, handoff), no_runs)
         draw("lr_time", plot_lr_cost(lr.runs, rate, objective), no_runs)
         draw("lr_curves", plot_lr_curves(lr.runs, rate, objective), "the lr stage has no learning curve")
         diagnosis["lr"] = lr_diagnosis(lr, rate, objective)

@@ -202,25 +202,30 @@ def plot_shape(runs: Sequence[Run], objective: str, reference: float | None) -> 
 
 
 def plot_importance(table: pd.DataFrame) -> Figure | None:
-    """Horizontal bars per stage: main effects, then pairwise interactions, with std as error bars.
+    """Horizontal bars per stage and basis: main effects, then pairwise interactions, std as error bars.
 
     A stage that searched one parameter (stage lr: lr explains everything, 1.0) is left out; None
-    when no stage is left.
+    when no stage is left. A stage analysed both on its complete trials and at an epoch (its pruned
+    trials included) gets a panel for each, titled with the basis and its number of trials.
     """
     table = table.copy()
     table["param_b"] = table["param_b"].fillna("").astype(str)
     table["std"] = pd.to_numeric(table.get("std", 0.0), errors="coerce").fillna(0.0)
+    if "basis" not in table:
+        table["basis"] = "complete"
     table = table[table.groupby("stage")["param"].transform("nunique") > 1]
     if table.empty:
         return None
     stages = [s for s in STAGES if s in set(table["stage"])] + sorted(set(table["stage"]) - set(STAGES))
+    panels = [(s, b) for s in stages for b in dict.fromkeys(table.loc[table["stage"] == s, "basis"])]
     evaluators = list(dict.fromkeys(table["evaluator"]))
-    heights = [max(2, table[table["stage"] == s][["param", "param_b"]].drop_duplicates().shape[0]) for s in stages]
+    groups = {key: rows for key, rows in table.groupby(["stage", "basis"], sort=False)}
+    heights = [max(2, groups[key][["param", "param_b"]].drop_duplicates().shape[0]) for key in panels]
     fig = new_figure(figsize=(8.5, 1.8 + 0.42 * sum(heights)))
-    axes = fig.subplots(len(stages), 1, squeeze=False, gridspec_kw={"height_ratios": heights})
+    axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})
     colors = matplotlib.colormaps["tab10"]
-    for ax, stage in zip(axes[:, 0], stages):
-        rows = table[table["stage"] == stage]
+    for ax, key in zip(axes[:, 0], panels):
+        rows = groups[key]
         keys = list(dict.fromkeys(zip(rows["param"], rows["param_b"])))
         # Main effects first, largest on top; interactions below them.
         mean = rows.groupby(["param", "param_b"])["importance"].mean()
@@ -229,14 +234,14 @@ def plot_importance(table: pd.DataFrame) -> Figure | None:
         for j, evaluator in enumerate(evaluators):
             sub = rows[rows["evaluator"] == evaluator].set_index(["param", "param_b"])
             ys, xs, errs, hatches = [], [], [], []
-            for i, key in enumerate(keys):
-                if key in sub.index:
-                    row = sub.loc[key]
+            for i, k in enumerate(keys):
+                if k in sub.index:
+                    row = sub.loc[k]
                     row = row.iloc[0] if isinstance(row, pd.DataFrame) else row
                     ys.append(i + (j - (len(evaluators) - 1) / 2) * bar_h)
                     xs.append(float(row["importance"]))
                     errs.append(float(row["std"]))
-                    hatches.append("//" if key[1] else "")
+                    hatches.append("//" if k[1] else "")
             bars = ax.barh(ys, xs, height=bar_h, xerr=errs, color=colors(j), alpha=0.85, capsize=3,
                            label=EVALUATOR_LABELS.get(evaluator, evaluator), error_kw={"lw": 1})
             for bar, hatch in zip(bars, hatches):
@@ -245,11 +250,19 @@ def plot_importance(table: pd.DataFrame) -> Figure | None:
         ax.invert_yaxis()
         ax.set_xlim(left=0)
         ax.grid(True, axis="x", alpha=0.3)
-        ax.set_title(f"stage {stage}", fontsize=10)
+        ax.set_title(_panel_title(*key, rows), fontsize=10)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=9, frameon=False)
     axes[-1][0].set_xlabel("importance (whiskers: ± one standard deviation)\nhatched: the interaction of two "
                            "parameters, beyond their separate effects", fontsize=9)
-    fig.suptitle("Which hyperparameters matter: how much of the final error's variation each explains",
+    fig.suptitle("Which hyperparameters matter: how much of the error's variation each explains",
                  fontsize=11)
     return fig
+
+
+def _panel_title(stage: str, basis: str, rows: pd.DataFrame) -> str:
+    """``stage shape (12 complete trials)``, ``stage shape at epoch 3 (16 trials)``, or ``stage shape``."""
+    counted = "trials" in rows and not rows["trials"].isna().all()
+    if basis == "complete":
+        return f"stage {stage} ({int(rows['trials'].iloc[0])} complete trials)" if counted else f"stage {stage}"
+    return f"stage {stage} at {basis}" + (f" ({int(rows['trials'].iloc[0])} trials)" if counted else "")

@@ -25,7 +25,9 @@ CAPTIONS = {
     "ignores decay: in the decay panel its trials stand in a column of their own.",
     "importance": "How much of the variation of the final error each hyperparameter explains on its own, and (hatched) "
     "pairs of them together beyond their separate effects. Error bars: ± one standard deviation. A stage that "
-    "searched one parameter (stage lr: it explains everything) has no panel.",
+    "searched one parameter (stage lr: it explains everything) has no panel. A panel “at epoch N” reads every "
+    "trial that reached epoch N, pruned ones included, at that epoch: it leans against slow starters, as "
+    "schedules that decay look worse early than they end (short-horizon bias, Wu et al. 2018).",
 }
 WIDE_FIGURES = ("lr_curves", "lr_time", "shape")  # words below them, not beside
 INTERACTIVE_TITLES = {

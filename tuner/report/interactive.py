@@ -52,6 +52,8 @@ def _contour_pair(shape: StageRuns, importance: pd.DataFrame | None) -> tuple[st
     numeric = [p for p in ("width", "decay", "depth") if all(p in r.params for r in shape.complete)]
     if importance is not None and not importance.empty:
         mains = importance[(importance["stage"] == "shape") & (importance["param_b"] == "")]
+        if "basis" in mains and (mains["basis"] == "complete").any():
+            mains = mains[mains["basis"] == "complete"]  # the contour shows final values: rank by them
         ranked = mains.groupby("param")["importance"].mean().sort_values(ascending=False).index
         ranked = [p for p in ranked if p in numeric]
         numeric = ranked + [p for p in numeric if p not in ranked]

@@ -62,8 +62,13 @@ def _mark_divergence(ax: Axes, onset: float | None, lr_max: float) -> None:
                    label=f"runs diverge from lr ≈ {onset:.2g}")
 
 
-def plot_lr_sensitivity(runs: Sequence[Run], chosen_lr: float | None, objective: str) -> Figure | None:
-    """Final error against learning rate: the "U". Diverged runs sit in a band of their own on top."""
+def plot_lr_sensitivity(runs: Sequence[Run], chosen_lr: float | None, objective: str,
+                        handoff: dict[str, Any] | None = None) -> Figure | None:
+    """Final error against learning rate: the "U". Diverged runs sit in a band of their own on top.
+
+    ``handoff``: the record the hand-off stored (user attribute ``handoff`` of ``<name>/lr``): its
+    smoothed curve and basin are drawn when the rate was read from the curve.
+    """
     complete = sorted((r for r in runs if r.value is not None), key=lambda r: r.params["lr"])
     if not complete:
         return None
@@ -79,6 +84,12 @@ def plot_lr_sensitivity(runs: Sequence[Run], chosen_lr: float | None, objective:
     if pruned:
         ax.scatter([r.params["lr"] for r in pruned], [r.last for r in pruned], facecolor="none",
                    edgecolor="0.35", s=28, zorder=3, label=f"stopped early by the pruner ({len(pruned)}), last value")
+    if handoff and handoff.get("curve") and handoff.get("rule") in ("robust", "fitted minimum"):
+        curve = handoff["curve"]
+        ax.plot([10 ** x for x, _ in curve], [v for _, v in curve], color=CHOSEN_COLOR, lw=1.2, alpha=0.7,
+                zorder=2, label="smoothed (LOWESS; diverged as the wall)")
+        low, high = handoff["basin"]
+        ax.axvspan(low, high, color=CHOSEN_COLOR, alpha=0.10, lw=0, label=f"basin {low:.2g} to {high:.2g} (within noise)")
     if use_log_y(y):
         plain_log_y(ax)
     if diverged:

@@ -18,7 +18,6 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.analysis.importance import importance_table
-from tuner.inputs.data import task_of
 from tuner.inputs.spec import DataSpec, SpecError
 from tuner.storage import open_existing_storage
 from tuner.study.results import load_stage_studies
@@ -149,6 +148,12 @@ def stored_task(settings: dict[str, Any]) -> str | None:
     stored = settings.get("data") or {}
     if stored.get("name") == "python":
         return None  # a user's loader: only the study's stored task says (see objective_label)
+    if stored.get("name") != "csv":
+        return "regression" if stored.get("name") in ("diabetes", "adding") else "classification"
+    if stored.get("task", "auto") != "auto":
+        return str(stored["task"])
+    from tuner.inputs.data import task_of  # only a CSV of task "auto", stored before the task was: reads the file (and torch)
+
     try:
         spec = DataSpec(**{f.name: stored[f.name] for f in dataclasses.fields(DataSpec) if f.name in stored})
         return task_of(spec)
@@ -218,7 +223,7 @@ def trial_costs(runs: Sequence[Run]) -> TrialCosts | None:
 
 
 def importance_data(name: str, url: str) -> tuple[pd.DataFrame | None, str]:
-    """The importance table (stage, evaluator, param, param_b, importance, std), or why there is none.
+    """The importance table (stage, evaluator, param, param_b, importance, std, basis, trials), or why there is none.
 
     The second item names the stages skipped (too few trials) and why; empty when none were.
     """

@@ -21,9 +21,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from optuna.trial import TrialState
 
+from tuner.analysis.importance import COMPLETE_BASIS, RUNG_CAVEAT
 from tuner.report.runs import Run, StageRuns, TrialCosts, epochs_to_target, error_target
-from tuner.study.stored import VERDICT_ATTR
+from tuner.study.stored import BEST_TRIAL_ATTR, FIRST_RUNG_ATTR, HANDOFF_ATTR, VERDICT_ATTR
 
 # Exploding: the end level sits above the curve's minimum by at least half of the
 # starting value (e.g. 1.0 -> 0.2 -> 0.7, or anything ending >= 1.5x its start).
@@ -210,7 +212,38 @@ def lr_diagnosis(stage: StageRuns, chosen_lr: float | None, objective: str) -> l
     sentences += [sentence.replace("the validation loss", f"the {what}")
                   for sentence in describe_lr_sweep(lrs, [r.curve for r in runs], chosen_lr, [r.diverged for r in runs])]
     sentences.append(target_sentence(stage.runs, what))
+    said = handoff_sentence(stage, chosen_lr)
+    if said:
+        sentences.append(said)
     return sentences
+
+
+def handoff_sentence(stage: StageRuns, chosen_lr: float) -> str | None:
+    """How the rate handed on was chosen (rule, basin, noise), from the record stored at the hand-off.
+
+    None for a study stored before the record was kept (it handed on its best trial's rate).
+    """
+    record = stage.study.user_attrs.get(HANDOFF_ATTR)
+    if not isinstance(record, dict) or "rule" not in record:
+        return None
+    rule = record["rule"]
+    n = record.get("n_points")
+    if rule not in ("robust", "fitted minimum"):
+        why = f": {record['why']}" if record.get("why") else ""
+        return f"The rate handed on, {chosen_lr:.2g}, is the rate of the {'only' if rule == 'only trial' else 'best'} trial (rule '{rule}'{why})."
+    low, high = record["basin"]
+    said = (f"The rate handed on, {chosen_lr:.2g}, was read from the smoothed U of {n} trials (diverged ones as "
+            f"its wall), not from the best single trial: rule '{rule}', "
+            + ("the rate whose worst smoothed value within ±0.25 decade is lowest" if rule == "robust"
+               else f"the minimum of the smoothed curve ({record.get('why')})")
+            + f". Its basin, the rates whose smoothed value is within one noise unit ({record['noise']:.2g}; "
+            f"{record.get('noise_basis')}) of the best, spans {low:.2g} to {high:.2g}.")
+    best_number = stage.study.user_attrs.get(BEST_TRIAL_ATTR)
+    best = next((r for r in stage.runs if r.number == best_number), None)
+    if best is not None and best.value is not None and not low <= best.params["lr"] <= high:
+        said += (f" The best single trial ({best_number}, lr {best.params['lr']:.2g}, {best.value:.3g}) lies outside "
+                 f"it: its neighbours did not bear its value out.")
+    return said
 
 
 def target_sentence(runs: Sequence[Run], what: str) -> str:
@@ -280,6 +313,11 @@ def shape_diagnosis(stage: StageRuns, reference: float | None, objective: str) -
     n_div = sum(r.diverged for r in stage.runs)
     if n_div:
         sentences.append(f"{n_div} shape trial(s) diverged at the calibrated rate: a larger network may want a smaller rate.")
+    rung = stage.study.user_attrs.get(FIRST_RUNG_ATTR)  # first_rung = "auto": chosen from stage lr's curves
+    if isinstance(rung, dict):
+        n_pruned = sum(r.state == TrialState.PRUNED and not r.diverged for r in stage.runs)
+        sentences.append(f"Its pruner acted from epoch {rung['epoch']} ({n_pruned} trial(s) pruned): {rung['reason']}."
+                         if rung.get("epoch") else f"It pruned no trial: {rung.get('reason')}.")
     return sentences
 
 
@@ -302,19 +340,23 @@ def fmt_value(value: Any) -> str:
 
 
 def importance_sentences(table: pd.DataFrame) -> list[str]:
-    """Per stage: the parameter that matters most and the largest interaction, in words."""
+    """Per stage and basis: the parameter that matters most and the largest interaction, in words.
+
+    Where a stage was analysed at an epoch (its pruned trials included), a last sentence says what
+    such importances lean against (:data:`tuner.analysis.importance.RUNG_CAVEAT`).
+    """
+    table = table if "basis" in table else table.assign(basis=COMPLETE_BASIS)
     sentences = []
-    for stage in dict.fromkeys(table["stage"]):
-        rows = table[table["stage"] == stage]
+    for (stage, basis), rows in table.groupby(["stage", "basis"], sort=False):
         evaluator = "fanova" if (rows["evaluator"] == "fanova").any() else str(rows["evaluator"].iloc[0])
+        others = rows[(rows["evaluator"] != evaluator) & (rows["param_b"] == "")]
         rows = rows[rows["evaluator"] == evaluator]
         mains = rows[rows["param_b"] == ""].sort_values("importance", ascending=False)
         pairs = rows[rows["param_b"] != ""].sort_values("importance", ascending=False)
         if len(mains) < 2:
             continue  # one parameter searched: it explains everything, nothing to say
         top = mains.iloc[0]
-        sentence = f"Stage {stage} ({evaluator}): {top['param']} matters most ({top['importance']:.0%})"
-        others = table[(table["stage"] == stage) & (table["evaluator"] != evaluator) & (table["param_b"] == "")]
+        sentence = f"Stage {stage} ({evaluator}{_basis_words(basis, rows)}): {top['param']} matters most ({top['importance']:.0%})"
         for other, rows_other in others.groupby("evaluator", sort=False):
             first = rows_other.sort_values("importance", ascending=False)["param"].iloc[0]
             if first != top["param"]:  # evaluators disagree: say so rather than pick one silently
@@ -323,4 +365,14 @@ def importance_sentences(table: pd.DataFrame) -> list[str]:
             pair = pairs.iloc[0]
             sentence += f"; the largest interaction is {pair['param']} × {pair['param_b']} ({pair['importance']:.0%})"
         sentences.append(sentence + ".")
+    if (table["basis"] != COMPLETE_BASIS).any():
+        sentences.append(RUNG_CAVEAT[0].upper() + RUNG_CAVEAT[1:] + ".")
     return sentences
+
+
+def _basis_words(basis: str, rows: pd.DataFrame) -> str:
+    """``, 12 complete trials`` or ``, at epoch 3, 16 trials`` (nothing for a table without counts)."""
+    if "trials" not in rows or rows["trials"].isna().all():
+        return "" if basis == COMPLETE_BASIS else f", at {basis}"
+    n = int(rows["trials"].iloc[0])
+    return f", {n} complete trials" if basis == COMPLETE_BASIS else f", at {basis}, {n} trials"

@@ -15,6 +15,7 @@ import optuna
 
 from tuner.inputs.data import Dataset
 from tuner.inputs.spec import StudySpec
+from tuner.inputs.usercode import UserCode
 from tuner.study.stored import LR_FIND_ATTR, stage_study_name
 from tuner.training.lr_find import END_LR, START_LR, LRFindResult, lr_find, search_bounds
 
@@ -35,6 +36,7 @@ def auto_lr_range(
     storage: optuna.storages.BaseStorage | optuna.Study,
     data: Dataset,
     message: Callable[[str], None] = lambda text: None,
+    code: UserCode | None = None,
 ) -> tuple[float, float] | None:
     """The LR stage's bounds for ``lr_range = "auto"``: the range test's suggestion within [lr_min, lr_max].
 
@@ -56,7 +58,7 @@ def auto_lr_range(
     if stored is not None:
         return float(stored["bounds"][0]), float(stored["bounds"][1])
     # The ramp covers at least the allowed range, so that the test sees where the loss blows up.
-    result = lr_find(spec, start_lr=min(START_LR, lr.lr_min), end_lr=max(END_LR, lr.lr_max), data=data)
+    result = lr_find(spec, start_lr=min(START_LR, lr.lr_min), end_lr=max(END_LR, lr.lr_max), data=data, code=code)
     bounds = search_bounds(result.suggestion, lr.lr_min, lr.lr_max) if result.suggestion else None
     if bounds is None:
         why = result.problem or f"its range {result.suggestion.search_min:.3g} – {result.suggestion.search_max:.3g} lies outside"  # type: ignore[union-attr]

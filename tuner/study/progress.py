@@ -179,6 +179,8 @@ def summary_table(result: StudyResult, objective: str) -> Table:
             for k, v in summary.best_params.items()
             if summary.stage != "lr" or k == "lr"
         )
+        if summary.stage == "lr" and result.best_lr is not None and params != f"lr={result.best_lr:.3g}":
+            params += f" (handed on: {result.best_lr:.3g})"  # the robust hand-off reads the whole U, not one trial
         table.add_row(
             summary.stage,
             params or "-",

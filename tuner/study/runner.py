@@ -28,13 +28,14 @@ from tuner.errors import (
     TunerError,
     TunerInputError,
     interrupts_deferred,
+    quiet_optuna,
     raise_if_stop_requested,
 )
 from tuner.inputs.data import Dataset, DataWarning, StreamedData
 from tuner.inputs.load import load_dataset
 from tuner.inputs.models import check_model_fits
 from tuner.inputs.spec import StudySpec, load_spec
-from tuner.inputs.usercode import check_model, install, load_callable, with_callables
+from tuner.inputs.usercode import UserCode, check_model, resolve_code, with_callables
 from tuner.storage import (
     StorageError,
     cached_trials,
@@ -47,21 +48,16 @@ from tuner.storage import (
     write_trial_records,
 )
 from tuner.study import results
-from tuner.study.results import FINISHED, SURPLUS_ATTR, StageSummary, stage_study_name
+from tuner.study.handoff import hand_off_lr
+from tuner.study.results import FINISHED, SURPLUS_ATTR, StageSummary
 from tuner.study.stage_studies import check_stored_settings, open_stage_study, storage_of_study
-from tuner.study.stages import STAGE_NAMES, Stage, audit_stage, lr_stage, sampler_for, settle_lr_scale, shape_stage
-from tuner.study.trials import Asked, TrialBatch, run_trials, run_user_loop
-from tuner.training.train import (
-    EpochTrainer,
-    check_loss,
-    SingleTrainer,
-    TrialPlan,
-    parameter_count,
-    pick_threads,
-    resolve_device,
-    seeded_model,
-    use_threads,
+from tuner.study.pruning import error_rate_rows, shape_first_rung
+from tuner.study.stages import (
+    STAGE_NAMES, Stage, audit_stage, describe_search, lr_stage, sampler_for, settle_lr_scale, shape_stage,
 )
+from tuner.study.trials import Asked, TrialBatch, run_trials
+from tuner.training.train import check_loss, pick_threads, resolve_device, use_threads
+from tuner.training.trainers import make_trainer
 
 POLL_INTERVAL_S = 1.0  # how often a worker with nothing to do looks at the stage again
 MAX_CONSECUTIVE_FAILURES = 5  # a trial that raises every time is a bug, not bad luck: stop
@@ -82,9 +78,31 @@ class StudyResult:
     audit: AuditVerdict | None = None  # set when the study has an audit stage
 
     @property
+    def best_stage(self) -> str | None:
+        """The stage whose best trial is the study's best: ``shape``, unless ``lr``'s small network did better.
+
+        The audit is a check, not a stage to pick from. On a tie the later stage wins.
+        """
+        tuned = [s for s in self.stages.values() if s.stage != "audit" and s.best_value is not None]
+        return min(reversed(tuned), key=lambda s: s.best_value).stage if tuned else None  # type: ignore[arg-type, return-value]
+
+    @property
     def best_value(self) -> float | None:
-        values = [s.best_value for s in self.stages.values() if s.stage != "audit" and s.best_value is not None]
-        return values[-1] if values else None
+        """The best value across stages ``lr`` and ``shape`` (see :attr:`best_stage`)."""
+        stage = self.best_stage
+        return self.stages[stage].best_value if stage is not None else None
+
+    @property
+    def worse_than_lr(self) -> str | None:
+        """One line when stage ``shape`` ended worse than stage ``lr``'s small network (None otherwise)."""
+        lr, shape = self.stages.get("lr"), self.stages.get("shape")
+        if lr is None or shape is None or lr.best_value is None or shape.best_value is None:
+            return None
+        if shape.best_value <= lr.best_value:
+            return None
+        return (f"stage 'shape' ended worse than stage 'lr': its best is {shape.best_value:.4g} against {lr.best_value:.4g} "
+                f"for the small network of stage 'lr'; the study's best is stage 'lr''s trial {lr.best_trial}, and "
+                f"`tuner best {self.name}` trains it (`--stage shape` for shape's own best)")
 
 
 class Reporter:
@@ -133,19 +151,20 @@ def run_study(
             :func:`pick_threads`).
     """
     spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
-    spec = with_callables(spec, model=model, loader=loader, loop=loop, loss=loss, metric=metric)
+    given = {"model": model, "loader": loader, "loop": loop, "loss": loss, "metric": metric}
+    spec = with_callables(spec, **given)
     reporter = reporter or Reporter()
     quiet_optuna()
     # Everything that can be wrong with the input is checked before the storage is touched.
     torch_device = resolve_device(device)
     use_threads(threads, torch_device)
-    install(spec)  # the spec's own model factory, if it names one
+    code = resolve_code(spec, given)  # the user's own code, imported once, here, and handed down
     with warnings.catch_warnings(record=True) as said:  # told below, once the stored settings are known
         warnings.simplefilter("always", DataWarning)
-        data = load_dataset(spec.data, spec.seed, spec.source).to(torch_device)
-    check_model(spec, data)
-    check_loss(spec, data)  # a loss that cannot train would fail every trial, without naming train.loss
-    check_model_fits(spec, data, torch_device)  # before the storage: nothing written for a model that cannot train
+        data = load_dataset(spec.data, spec.seed, spec.source, code.loader).to(torch_device)
+    check_model(spec, data, code)
+    check_loss(spec, data, code)  # a loss that cannot train would fail every trial, without naming train.loss
+    check_model_fits(spec, data, torch_device, code.family)  # before the storage: nothing written for a model that cannot train
     storage_url = storage_of_study(spec, storage)
     try:
         optuna_storage = open_storage(storage_url)
@@ -153,25 +172,26 @@ def run_study(
         if storage or not spec.storage:
             raise
         raise StorageError(f"{spec.source or spec.name}: field 'storage': {error}") from None
-    stored_spec = check_stored_settings(spec, optuna_storage, reporter.message)  # with changed defaults put back
+    stored_spec = check_stored_settings(spec, optuna_storage, reporter.message, code)  # with changed defaults put back
     if stored_spec.data != spec.data:  # a data default put back: the data as the stored study was made with
-        data = load_dataset(stored_spec.data, spec.seed, spec.source).to(torch_device)
-        check_model(stored_spec, data)
-        check_loss(stored_spec, data)
-        check_model_fits(stored_spec, data, torch_device)
+        data = load_dataset(stored_spec.data, spec.seed, spec.source, code.loader).to(torch_device)
+        check_model(stored_spec, data, code)
+        check_loss(stored_spec, data, code)
+        check_model_fits(stored_spec, data, torch_device, code.family)
     else:
         for warning in said:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     spec = stored_spec
 
     summaries: dict[str, StageSummary] = {}
-    lr_summary = run_stage(spec, "lr", storage=optuna_storage, data=data, device=torch_device, reporter=reporter)
+    lr_summary = run_stage(spec, "lr", storage=optuna_storage, data=data, device=torch_device, reporter=reporter, code=code)
     summaries["lr"] = lr_summary
     best_lr = hand_off_lr(spec, optuna_storage, reporter)
     summaries["shape"] = run_stage(spec, "shape", storage=optuna_storage, data=data, device=torch_device,
-                                   reporter=reporter, best_lr=best_lr)
+                                   reporter=reporter, best_lr=best_lr, code=code)
     if spec.stages.audit.trials > 0:
-        summaries["audit"] = run_stage(spec, "audit", storage=optuna_storage, data=data, device=torch_device, reporter=reporter)
+        summaries["audit"] = run_stage(spec, "audit", storage=optuna_storage, data=data, device=torch_device,
+                                       reporter=reporter, code=code)
     # The audit's point: did lr interact little with the rest here? Judged and stored on <name>/audit.
     verdict = audit_verdict(spec.name, optuna_storage) if "audit" in summaries else None
     return StudyResult(spec.name, redact(storage_url), best_lr, summaries, verdict)
@@ -186,20 +206,23 @@ def run_stage(
     device: torch.device,
     reporter: Reporter | None = None,
     best_lr: float | None = None,
+    code: UserCode | None = None,
 ) -> StageSummary:
     """Run (or resume) one stage of a study to its budget; ``best_lr`` is needed by ``shape``.
+
+    ``code``: the spec's own code as resolved once by the caller (default: resolved here).
 
     Example:
         >>> summary = run_stage(spec, "lr", storage=open_storage("sqlite:///t.db"), data=data, device=torch.device("cpu"))  # doctest: +SKIP
     """
-    runner = _StageRunner(spec, storage, data, device, reporter or Reporter())
+    runner = _StageRunner(spec, storage, data, device, reporter or Reporter(), code or resolve_code(spec))
     if stage == "lr":
         from tuner.study.lr_range import auto_lr_range
 
         # The study first, with its settings: the range test of lr_range = "auto" is kept on it.
         study = runner.open(lr_stage(spec))
         # lr_range = "auto": the range test runs once (kept on <name>/lr, reused on resume) and sets the bounds.
-        lr_range = auto_lr_range(spec, study, data, runner.reporter.message)
+        lr_range = auto_lr_range(spec, study, data, runner.reporter.message, runner.code)
         stage = lr_stage(spec, lr_range=lr_range)
         if isinstance(data, StreamedData):  # read batch by batch: trials train one at a time
             stage = dataclasses.replace(stage, batch_trials=1)
@@ -207,65 +230,39 @@ def run_stage(
     if stage == "shape":
         if best_lr is None:
             raise ValueError("stage 'shape' trains at the calibrated rate: pass best_lr")
+        rung, shape = None, spec.stages.shape
+        if shape.first_rung == "auto" and shape.pruner != "none":  # chosen once from stage lr, stored on <name>/shape
+            unresolved = shape_stage(spec, best_lr)
+            rows = error_rate_rows(spec.train.objective, data.task, bool(spec.train.loop or spec.train.metric), data)
+            rung = shape_first_rung(spec.name, storage, runner.open(unresolved), rows, unresolved.epochs,
+                                    lambda chosen: describe_search(shape_stage(spec, best_lr, chosen)))
+            runner.reporter.message(rung.sentence())
         # lr_scale = "auto": the range resolved at the hand-off, read back from <name>/shape.
-        return runner.run(shape_stage(spec, best_lr, settle_lr_scale(spec, runner.open(shape_stage(spec, best_lr)))))
+        lr_scale = settle_lr_scale(spec, runner.open(shape_stage(spec, best_lr)))
+        return runner.run(shape_stage(spec, best_lr, rung, lr_scale=lr_scale))
     if stage == "audit":
         return runner.run(audit_stage(spec))
     raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGE_NAMES)}")
-
-
-def quiet_optuna() -> None:
-    """Optuna's INFO line per trial drowns our progress; its warnings stay."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def stage_summary(study: optuna.Study, stage: Stage) -> StageSummary:
     return results.stage_summary(study, stage.name, stage.budget, stage.fixed)
 
 
-def hand_off_lr(spec: StudySpec, storage: optuna.storages.BaseStorage, reporter: Reporter | None = None) -> float:
-    """The calibrated learning rate, chosen once and stored on both stage studies."""
-    lr_study = optuna.load_study(study_name=stage_study_name(spec.name, "lr"), storage=storage)
-    shape_name = stage_study_name(spec.name, "shape")
-    if shape_name in optuna.get_all_study_names(storage):
-        stored = optuna.load_study(study_name=shape_name, storage=storage).user_attrs.get(results.LR_ATTR)
-        if stored is not None:
-            return float(stored)
-    complete = lr_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    n_finished = len(lr_study.get_trials(deepcopy=False, states=FINISHED))
-    if not complete:
-        raise TunerError(
-            f"stage 'lr': none of its {n_finished} trials completed (all diverged or were pruned); lower "
-            f"stages.lr.lr_max or check the data, then run again under a new name"
-        )
-    best = min(complete, key=lambda t: t.value)
-    best_lr = float(best.params["lr"])
-    lr_study.set_user_attr(results.BEST_LR_ATTR, best_lr)
-    lr_study.set_user_attr(results.BEST_TRIAL_ATTR, best.number)
-    lr_study.set_user_attr(results.HANDOFF_TRIALS_ATTR, n_finished)
-    shape = open_stage_study(spec, shape_stage(spec, best_lr), storage)
-    low, high = settle_lr_scale(spec, shape)  # lr_scale = "auto" resolved once, before the rate counts as handed on
-    shape.set_user_attr(results.LR_ATTR, best_lr)
-    if reporter is not None:
-        scaled = f"; stage 'shape' scales it by lr_scale in [{low:.3g}, {high:.3g}]" if low < high else ""
-        reporter.message(f"stage 'lr' calibrated the learning rate: {best_lr:.3g} (trial {best.number}){scaled}")
-    return best_lr
-
-
 class _StageRunner:
     """Runs one stage to its budget: claims trials, trains them through :mod:`tuner.study.trials`, waits for others."""
 
     def __init__(self, spec: StudySpec, storage: optuna.storages.BaseStorage, data: Dataset,
-                 device: torch.device, reporter: Reporter) -> None:
+                 device: torch.device, reporter: Reporter, code: UserCode) -> None:
         self.spec = spec
+        self.code = code
         self.storage = storage
         self.data = data
         self.device = device
         self.reporter = reporter
 
     def open(self, stage: Stage) -> optuna.Study:
-        return open_stage_study(self.spec, stage, self.storage)
+        return open_stage_study(self.spec, stage, self.storage, self.code)
 
     def run(self, stage: Stage) -> StageSummary:
         study = self.open(stage)
@@ -375,40 +372,15 @@ class _StageRunner:
                 break
         return claimed
 
-    def _trainer(self, plans: Sequence[TrialPlan]) -> EpochTrainer:
-        """One trial alone, or a batch of them stacked into one model."""
-        family = self.spec.model.family
-        if len(plans) == 1:
-            plan = plans[0]
-            return SingleTrainer(seeded_model(family, self.data, plan.width, plan.depth, plan.train.seed), self.data, plan.train)
-        from tuner.training.batched import BatchedTrainer
-
-        return BatchedTrainer(family, self.data, plans)
-
     def _train(self, stage: Stage, asked: list[Asked]) -> list[FrozenTrial]:
-        """Train the asked trials (together when there are several), tell each its own outcome."""
+        """Plan the asked trials, train them (together when there are several), tell each its own outcome."""
         batch = TrialBatch(stage, asked, self.spec.train.objective)
         try:
             plans = [stage.plan(trial.params) for _, trial in asked]
         except Exception as error:  # noqa: BLE001 -- e.g. a stored param of another type
             return batch.fail(error)
-        family = self.spec.model.family
         attrs = {results.DEVICE_ATTR: str(self.device), results.THREADS_ATTR: torch.get_num_threads()}
-        if self.spec.train.loop:
-            (plan,) = plans  # a user's loop trains one trial at a time: its stages ask one (lr_stage)
-            loop = load_callable(self.spec.train.loop, "train.loop", self.spec.source)
-            try:
-                model = seeded_model(family, self.data, plan.width, plan.depth, plan.train.seed)
-            except Exception as error:  # noqa: BLE001 -- one bad trial must not end the study
-                return batch.fail(error)
-            n_params = sum(p.numel() for p in model.parameters())
-            return run_user_loop(batch, plan, loop, model, self.data, self.device, n_params, attrs)
-        return run_trials(
-            batch, plans, self._trainer,
-            n_params=lambda plan: parameter_count(family, self.data, plan.width, plan.depth),
-            extra_attrs=attrs,
-            device=self.device,
-        )
+        return run_trials(batch, lambda: make_trainer(plans, self.data, self.code, self.device), attrs, self.device)
 
 
 def _abandon(asked: Sequence[Asked], reason: str) -> None:

@@ -20,7 +20,7 @@ import optuna
 
 from tuner.errors import StudyMismatchError
 from tuner.inputs.spec import StudySpec, settings_hash
-from tuner.inputs.usercode import spec_folder
+from tuner.inputs.usercode import UserCode, spec_folder
 from tuner.storage import StorageError, resolve_url
 from tuner.study import stored as contract
 from tuner.study.stored import stage_study_name
@@ -96,7 +96,7 @@ def _put_back_defaults(spec: StudySpec, studies: dict[str, optuna.Study], note: 
 
 
 def check_stored_settings(spec: StudySpec, storage: optuna.storages.BaseStorage,
-                          note: Callable[[str], None] | None = None) -> StudySpec:
+                          note: Callable[[str], None] | None = None, code: UserCode | None = None) -> StudySpec:
     """Refuse a spec whose stored stages were made with other settings, or by another tool.
 
     Also refuses a raised ``stages.lr.trials`` once the learning rate was handed on: the new lr
@@ -109,7 +109,7 @@ def check_stored_settings(spec: StudySpec, storage: optuna.storages.BaseStorage,
         contract.check_version(study.study_name, study.user_attrs)
     spec = _put_back_defaults(spec, studies, note)
     for stage, study in studies.items():
-        _check_settings(study, spec, stage)
+        _check_settings(study, spec, stage, code)
     if "shape" in studies:
         handed_off = studies["shape"].user_attrs.get(contract.LR_ATTR)
         lr_attrs = studies["lr"].user_attrs
@@ -133,7 +133,7 @@ def _made_elsewhere(study: optuna.Study) -> bool:
     return bool(study.get_trials(deepcopy=False)) or _directions(study) != "minimize" or not set(study.user_attrs) <= ours
 
 
-def _check_settings(study: optuna.Study, spec: StudySpec, stage: str) -> None:
+def _check_settings(study: optuna.Study, spec: StudySpec, stage: str, code: UserCode | None = None) -> None:
     stored = study.user_attrs.get(contract.SETTINGS_ATTR)
     name = study.study_name
     if stored is None and not _made_elsewhere(study):
@@ -143,7 +143,7 @@ def _check_settings(study: optuna.Study, spec: StudySpec, stage: str) -> None:
             f"study '{name}' exists and was not made by tuner; nothing was written to it. Give the study "
             f"a new name (name = \"...\" in the spec, or --name NEW), or use another storage"
         )
-    wanted = _normalise(stage_settings(spec, stage))
+    wanted = _normalise(stage_settings(spec, stage, code))
     if "identity" not in stored:
         wanted.pop("identity", None)  # stored before tuner kept the identity of code and CSV files
     code = _code_changes(stored.get("identity") or {}, wanted.get("identity") or {}, spec)
@@ -220,12 +220,14 @@ def _sqlite_file(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///").partition("?")[0])
 
 
-def open_stage_study(spec: StudySpec, stage: Stage, storage: optuna.storages.BaseStorage) -> optuna.Study:
+def open_stage_study(spec: StudySpec, stage: Stage, storage: optuna.storages.BaseStorage,
+                     code: UserCode | None = None) -> optuna.Study:
     """The stage's study, created with the spec's settings if new; refused if made otherwise.
 
     Of several workers that start a new study at once, exactly one creates it and writes its
     settings; the others wait for those and compare, so that two different specs under one name
-    never mix their trials, whatever the timing.
+    never mix their trials, whatever the timing. ``code``: the spec's own code as resolved, whose
+    identity joins the settings (default: read from the spec's files).
     """
     name = stage.study_name(spec.name)
     try:
@@ -238,9 +240,9 @@ def open_stage_study(spec: StudySpec, stage: Stage, storage: optuna.storages.Bas
                 break  # its creator died before writing them: take it over below
             time.sleep(0.05)
         if contract.SETTINGS_ATTR in study.user_attrs or _made_elsewhere(study):
-            _check_settings(study, spec, stage.name)
+            _check_settings(study, spec, stage.name, code)
             return study
-    settings = stage_settings(spec, stage.name)
+    settings = stage_settings(spec, stage.name, code)
     study.set_user_attr(contract.SETTINGS_ATTR, settings)
     study.set_user_attr(contract.SETTINGS_HASH_ATTR, settings_hash(settings))
     study.set_user_attr(contract.SEARCH_ATTR, describe_search(stage))

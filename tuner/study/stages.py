@@ -16,7 +16,9 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from tuner.inputs.spec import LR_SCALE_AUTO, StudySpec
+from tuner.inputs.usercode import UserCode, identity
 from tuner.study.lr_scale import resolve_lr_scale
+from tuner.study.pruning import FirstRung, UntilLearningPruner
 from tuner.study.results import trained_params
 from tuner.study.stored import ADDED_FIELDS, LR_SCALE_RANGE_ATTR, STAGES
 from tuner.training.batched import worth_batching
@@ -46,6 +48,11 @@ class Stage:
     width: int  # the model's shape where the point does not set it
     depth: int
     batch_trials: int = 1  # trials asked and trained together as one batched model
+    first_rung: int | None = 1  # the epoch from which the pruner may act (None: it never does)
+    # Set (stages.shape.first_rung = "auto"): the noise unit below which a rung's values count as untrained,
+    # and the pruner decides nothing at a step where all of them are (pruning.UntilLearningPruner).
+    untrained_noise: float | None = None
+    rung_rule: str = "fixed"  # "auto": first_rung was read from stage lr's curves
 
     def plan(self, params: dict[str, Any]) -> TrialPlan:
         """The trial of the sampled ``params``, from the stage's base settings."""
@@ -58,7 +65,7 @@ class Stage:
         if "one_minus_momentum" in values:
             changes["momentum"] = 1.0 - values["one_minus_momentum"]
         width, depth = int(values.get("width", self.width)), int(values.get("depth", self.depth))
-        return TrialPlan(width, depth, dataclasses.replace(self.base, **changes))
+        return TrialPlan(width, depth, dataclasses.replace(self.base, **changes), dict(params))
 
     def study_name(self, study: str) -> str:
         return f"{study}/{self.name}"
@@ -66,8 +73,6 @@ class Stage:
 
 def base_config(spec: StudySpec, epochs: int) -> TrainConfig:
     """The training settings a stage's trials share, from the spec."""
-    from tuner.inputs.usercode import train_functions  # the user's own loss and metric, if named
-
     train = spec.train
     return TrainConfig(
         lr=1.0,  # every trial sets its own
@@ -78,8 +83,7 @@ def base_config(spec: StudySpec, epochs: int) -> TrainConfig:
         weight_decay=train.weight_decay,
         step_every=spec.stages.shape.step_every,
         divergence_factor=train.divergence_factor,
-        seed=spec.seed,
-        **train_functions(spec),
+        seed=spec.seed,  # the user's own loss and metric join at the trainer (tuner.training.trainers.with_code)
     )
 
 
@@ -142,22 +146,32 @@ def lr_stage(spec: StudySpec, lr_range: tuple[float, float] | None = None) -> St
     )
 
 
-def shape_stage(spec: StudySpec, best_lr: float, lr_scale: tuple[float, float] | None = None) -> Stage:
+def shape_stage(spec: StudySpec, best_lr: float, rung: FirstRung | None = None, *,
+                lr_scale: tuple[float, float] | None = None) -> Stage:
     """Stage 2: width, depth, schedule and decay at the learning rate calibrated by stage 1.
 
+    ``rung``: with ``first_rung = "auto"``, the first rung chosen from stage lr (:mod:`tuner.study.pruning`);
+    until it is known (the study's creation at the hand-off) the stage prunes nothing.
     ``lr_scale``: the range its multiplier on that rate is searched over, as :func:`settle_lr_scale`
     stored it; None: resolved from the spec alone (enough to plan a trial from its params).
     """
     shape = spec.stages.shape
+    pruning: dict[str, Any] = {"pruner": shape.pruner, "first_rung": shape.first_rung}
+    if shape.pruner == "none":
+        pruning["first_rung"] = None
+    elif shape.first_rung == "auto":
+        epoch = rung.epoch if rung is not None else None
+        pruning = {"pruner": shape.pruner if epoch is not None else "none", "first_rung": epoch, "rung_rule": "auto",
+                   "untrained_noise": rung.noise if rung is not None and epoch is not None else None}
     return _shaped(
         spec,
         name="shape",
         budget=shape.trials,
         epochs=shape.epochs or spec.train.epochs,
         sampler=shape.sampler,
-        pruner=shape.pruner,
         space={**shape_space(spec), **_lr_scale_space(spec, lr_scale)},
         fixed={"lr": best_lr},
+        **pruning,
     )
 
 
@@ -180,7 +194,7 @@ def audit_stage(spec: StudySpec) -> Stage:
     )
 
 
-def stage_settings(spec: StudySpec, stage: str) -> dict[str, Any]:
+def stage_settings(spec: StudySpec, stage: str, code: UserCode | None = None) -> dict[str, Any]:
     """The spec's settings a stage's results depend on (budgets excluded: raising one resumes)."""
     settings = spec.settings()
     stages = settings.pop("stages")
@@ -199,9 +213,7 @@ def stage_settings(spec: StudySpec, stage: str) -> dict[str, Any]:
         for key, default in defaults.items():
             if fields.get(key, default) == default:
                 fields.pop(key, None)
-    from tuner.inputs.usercode import identity  # the user's own code and data files, by content
-
-    found = identity(spec)
+    found = identity(spec, code)  # the user's own code and data files, by content
     if found:
         settings["identity"] = found
     settings["stages"] = {"lr": stages["lr"]}
@@ -217,7 +229,8 @@ def sampler_for(stage: Stage, study_seed: int, position: int) -> tuple[optuna.sa
     or shared by several workers, asks at each position what an uninterrupted stage would have.
     """
     seed = (study_seed * 1_000_003 + STAGES.index(stage.name) * 10_007 + position) % 2**32
-    return make_sampler(stage.sampler, seed, stage.budget, stage.batch_trials), make_pruner(stage.pruner, stage.epochs)
+    pruner = make_pruner(stage.pruner, stage.epochs, stage.first_rung, stage.untrained_noise)
+    return make_sampler(stage.sampler, seed, stage.budget, stage.batch_trials), pruner
 
 
 def make_sampler(kind: str, seed: int, budget: int, batch_trials: int = 1) -> optuna.samplers.BaseSampler:
@@ -236,27 +249,38 @@ def tpe_settings(budget: int, batch_trials: int = 1) -> dict[str, Any]:
     return {"n_startup_trials": n_startup, "multivariate": True, "constant_liar": True}
 
 
-def pruner_settings(kind: str, epochs: int) -> dict[str, Any]:
-    """The settings of the pruner ``kind`` for trials of ``epochs`` epochs (epochs are its resource)."""
+def pruner_settings(kind: str, epochs: int, first_rung: int | None = 1) -> dict[str, Any]:
+    """The settings of the pruner ``kind`` for trials of ``epochs`` epochs (epochs are its resource).
+
+    ``first_rung``: the first epoch at which it may stop a trial (None: never; no settings).
+    """
+    if first_rung is None:
+        return {}
     if kind == "median":
-        return {"n_startup_trials": 5, "n_warmup_steps": max(1, epochs // 4)}
+        return {"n_startup_trials": 5, "n_warmup_steps": max(first_rung, epochs // 4)}
     if kind == "hyperband":
-        return {"min_resource": 1, "max_resource": epochs, "reduction_factor": 3}
+        return {"min_resource": first_rung, "max_resource": epochs, "reduction_factor": 3}
     if kind == "successive_halving":
-        return {"min_resource": 1, "reduction_factor": 3, "min_early_stopping_rate": 0}
+        return {"min_resource": first_rung, "reduction_factor": 3, "min_early_stopping_rate": 0}
     return {}
 
 
-def make_pruner(kind: str, epochs: int) -> optuna.pruners.BasePruner:
-    """Optuna's pruner of that name, epochs as the resource; ``none``: no pruning."""
+def make_pruner(kind: str, epochs: int, first_rung: int | None = 1,
+                untrained_noise: float | None = None) -> optuna.pruners.BasePruner:
+    """Optuna's pruner of that name, epochs as the resource; ``none`` (or no first rung): no pruning.
+
+    ``untrained_noise``: wrap it so that it decides nothing while every value at a step sits within
+    noise of its trial's untrained value (:class:`tuner.study.pruning.UntilLearningPruner`).
+    """
     pruners = {
         "median": optuna.pruners.MedianPruner,
         "hyperband": optuna.pruners.HyperbandPruner,
         "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
     }
-    if kind in pruners:
-        return pruners[kind](**pruner_settings(kind, epochs))
-    return optuna.pruners.NopPruner()
+    if kind not in pruners or first_rung is None:
+        return optuna.pruners.NopPruner()
+    pruner = pruners[kind](**pruner_settings(kind, epochs, first_rung))
+    return pruner if untrained_noise is None else UntilLearningPruner(pruner, first_rung, untrained_noise)
 
 
 def describe_search(stage: Stage) -> dict[str, Any]:
@@ -265,5 +289,7 @@ def describe_search(stage: Stage) -> dict[str, Any]:
     if stage.sampler == "tpe":
         sampler.update(tpe_settings(stage.budget, stage.batch_trials))
     pruner: dict[str, Any] = {"name": stage.pruner}
-    pruner.update(pruner_settings(stage.pruner, stage.epochs))
+    pruner.update(pruner_settings(stage.pruner, stage.epochs, stage.first_rung))
+    if stage.rung_rule == "auto":  # the rung read from stage lr (None: not pruning), and the guard's noise unit
+        pruner.update({"first_rung": "auto", "prunes_from": stage.first_rung, "untrained_noise": stage.untrained_noise})
     return {"sampler": sampler, "pruner": pruner, "optuna_version": optuna.__version__}

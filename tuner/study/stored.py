@@ -5,8 +5,9 @@ Everything ``tuner`` knows about a study lives in its storage: each stage is the
 names below. The runner writes them; the analyses, the report, the export and ``tuner best`` read
 them. Renaming one breaks every study stored before, so every module takes them from here.
 
-The rates, one schema: stage ``lr`` stores the rate it hands on (``best_lr``) and the trial that
-gave it (``best_trial``); stage ``shape`` and each of its trials store the rate they train at
+The rates, one schema: stage ``lr`` stores the rate it hands on (``best_lr``), its best trial
+(``best_trial``; the rate handed on is that trial's under ``stages.lr.handoff = "best"``, else read
+from the smoothed U of all its trials) and how the rate was chosen (``handoff``); stage ``shape`` and each of its trials store the rate they train at
 before their own ``lr_scale`` (``lr``); a trial's own rate is its ``lr`` param (stage ``lr``) or
 ``lr`` times ``lr_scale`` (stage ``shape``: :func:`tuner.study.results.trained_params`).
 
@@ -36,7 +37,11 @@ SEARCH_ATTR = "search"  # sampler and pruner with their settings, and the Optuna
 OBJECTIVE_ATTR = "objective"
 BUDGET_ATTR = "budget"
 BEST_LR_ATTR = "best_lr"  # on <name>/lr, at the hand-off: the rate handed on
-BEST_TRIAL_ATTR = "best_trial"  # on <name>/lr, at the hand-off: the trial whose rate it is
+BEST_TRIAL_ATTR = "best_trial"  # on <name>/lr, at the hand-off: its best trial (whose rate it is, by rule "best")
+# On <name>/lr, at the hand-off (since contract 3): how the rate was chosen, a small JSON record:
+# rule, lr, basin [low, high], noise, noise_basis, curve [[log10 lr, smoothed value]...],
+# candidates [[lr, worst smoothed value within ±0.25 decade]...], why, n_points (rate_rule.RateChoice).
+HANDOFF_ATTR = "handoff"
 HANDOFF_TRIALS_ATTR = "handoff_trials"  # on <name>/lr: finished lr trials the hand-off saw
 LR_ATTR = "lr"  # on <name>/shape and its trials: the calibrated rate they train at (before lr_scale)
 LR_SCALE_RANGE_ATTR = "lr_scale_range"  # on <name>/shape: [low, high] that lr_scale = "auto" resolved to, once
@@ -44,6 +49,9 @@ TASK_ATTR = "task"  # "classification" or "regression": what the data asked for,
 SPEC_PATH_ATTR = "spec_path"  # the spec file a study was made from: where its own code is imported from
 LR_FIND_ATTR = "lr_find"  # on <name>/lr: the range test of lr_range = "auto", kept for resume
 VERDICT_ATTR = "verdict"  # on <name>/audit: the audit's verdict, in words
+# On <name>/shape with stages.shape.first_rung = "auto": {"epoch": N or None, "reason": words, "noise": the
+# noise unit its pruner's "no decision while nothing has learned" guard uses}, chosen once from stage lr's curves.
+FIRST_RUNG_ATTR = "first_rung"
 CONTRACT_VERSION_ATTR = "contract_version"  # the version of this contract a stage study was made under
 
 # User attributes of a trial.
@@ -60,6 +68,9 @@ BATCHED_WITH_ATTR = "batched_with"
 ERROR_ATTR = "error"
 TRACEBACK_ATTR = "traceback"
 SURPLUS_ATTR = "surplus"  # on a trial failed untrained because other workers had filled the budget
+FALLBACK_ATTR = "fallback"  # on a trial that trained alone though it could have been batched: why
+# The objective of the trial's model before any step (epoch 0); absent for a user's own loop (it has no epoch 0).
+UNTRAINED_VALUE_ATTR = "untrained_value"
 
 
 def stage_study_name(study: str, stage: str) -> str:
@@ -92,8 +103,11 @@ MIGRATIONS: tuple[Migration, ...] = (
               {("stages.shape", "pruner"): "none", ("stages.shape", "lr_scale"): (1.0, 1.0)}),
     Migration(2, "a CSV's constant feature columns are dropped, with a warning (issue 24)",
               {("data", "drop_constant_columns"): False}),
-    Migration(3, "stage 'shape' searches lr_scale over a range from the optimizer and the shapes, \"auto\" (issue 21)",
-              {("stages.shape", "lr_scale"): (0.5, 4.0)}),
+    Migration(3, "stage 'lr' hands on the rate of its smoothed U's broadest low basin, not its best trial's; stage "
+                 "'shape' prunes from a first rung read from stage lr's curves, never while nothing has learned, and "
+                 "searches lr_scale over a range from the optimizer and the shapes, \"auto\" (issue 21)",
+              {("stages.lr", "handoff"): "best", ("stages.shape", "first_rung"): 1,
+               ("stages.shape", "lr_scale"): (0.5, 4.0)}),
 )
 CONTRACT_VERSION = MIGRATIONS[-1].version  # what this tuner writes, and the newest it reads
 
@@ -103,7 +117,8 @@ CONTRACT_VERSION = MIGRATIONS[-1].version  # what this tuner writes, and the new
 ADDED_FIELDS: dict[str, dict[str, Any]] = {
     "data": {"loader": None, "test_fraction": 0.0, "drop_constant_columns": False},
     "train": {"loop": None, "loss": None, "metric": None},
-    "stages.shape": {"lr_scale": (1.0, 1.0)},
+    "stages.shape": {"lr_scale": (1.0, 1.0), "first_rung": 1},
+    "stages.lr": {"handoff": "best"},
 }
 
 

@@ -1,7 +1,8 @@
-"""Run a batch of asked trials: plans -> epochs -> report and prune -> records -> tell.
+"""Run a batch of asked trials: trainer -> epochs -> report and prune -> records -> tell.
 
 Whatever trains them (one model alone, K copies stacked into one batched model, or a user's own
-loop), trials meet Optuna here and only here, through :class:`TrialBatch`: each epoch's result of
+loop: :mod:`tuner.training.trainers`), trials meet Optuna here and only here, in
+:func:`run_trials`, through :class:`TrialBatch`: each epoch's result of
 each trial goes through :meth:`TrialBatch.record`, which keeps the learning curve, ends a trial
 that diverged, reports to the pruner and says whether the trial goes on; at the end
 :meth:`TrialBatch.finish` stores every trial's records in one commit and tells Optuna the outcome.
@@ -23,7 +24,9 @@ from tuner.errors import raise_if_stop_requested
 from tuner.storage import Heartbeat, trial_id, write_trial_records
 from tuner.study import results
 from tuner.study.stages import Stage
-from tuner.training.train import EpochResult, EpochTrainer, TrainConfig, TrialPlan
+from tuner.study.stored import FALLBACK_ATTR
+from tuner.training.train import EpochResult
+from tuner.training.trainers import Trainer
 
 REPORT_FLUSH_S = 10.0  # without a pruner, a trial's per-epoch reports are stored at most this often
 
@@ -40,6 +43,7 @@ class _Progress:
     seconds: float = 0.0  # its share of the training time
     diverged: bool = False
     pruned: bool = False
+    untrained: float | None = None  # the objective before any step (None: a user's loop has no epoch 0)
 
     @property
     def active(self) -> bool:
@@ -82,6 +86,13 @@ class TrialBatch:
             return False
         return self.report(index, result.epoch, value)
 
+    def begin(self, untrained: Sequence[EpochResult]) -> None:
+        """Take each trial's untrained (epoch-0) result; stored at once where a pruner may read it."""
+        for (_, trial), progress, result in zip(self.asked, self.progress, untrained):
+            progress.untrained = _finite_or_none(result.val_error if self.objective == "val_error" else result.val_loss)
+            if self.live_reports and progress.untrained is not None:
+                trial.set_user_attr(results.UNTRAINED_VALUE_ATTR, progress.untrained)
+
     def report(self, index: int, epoch: int, value: float) -> bool:
         """Report the objective of an epoch to Optuna (now, or with the trial's records); False: prune."""
         progress = self.progress[index]
@@ -117,6 +128,7 @@ class TrialBatch:
             results.N_PARAMS_ATTR: n_params[i],
             results.EPOCHS_DONE_ATTR: len(p.curve),
             results.BATCHED_WITH_ATTR: len(self.asked),
+            **({results.UNTRAINED_VALUE_ATTR: p.untrained} if p.untrained is not None else {}),
             **extra_attrs,
         }, p.reports) for i, p in enumerate(self.progress)])
         told = []
@@ -139,161 +151,54 @@ class TrialBatch:
 
 def run_trials(
     batch: TrialBatch,
-    plans: Sequence[TrialPlan],
-    make_trainer: Callable[[Sequence[TrialPlan]], EpochTrainer],
-    n_params: Callable[[TrialPlan], int],
+    build: Callable[[], Trainer],
     extra_attrs: dict[str, object],
     device: torch.device,
 ) -> list[FrozenTrial]:
-    """Train ``plans`` (one per asked trial of ``batch``) with the trainer ``make_trainer`` builds.
+    """Train the asked trials of ``batch`` with the trainer ``build`` makes; store and tell each outcome.
 
-    A trial that raises fails the whole batch (its trials are told FAIL with the error) and
-    returns; Ctrl-C and other BaseExceptions go up to the runner, which fails the trials itself.
+    The one trial path, for every stage and every trainer (:func:`tuner.training.trainers.make_trainer`):
+    each epoch's results are recorded (learning curve, divergence), reported to the pruner and
+    turned into stops; then every trial's records are stored and its state told. A trial that
+    raises fails the whole batch (its trials are told FAIL with the error); Ctrl-C and other
+    BaseExceptions go up to the runner, which fails the trials itself.
     """
     started = time.perf_counter()
+    epoch_started = started
+    trainer: Trainer
+
+    def on_epoch(results: list[EpochResult | None]) -> list[int]:
+        nonlocal epoch_started
+        # Each trial that trained in this epoch pays its share of the epoch's time.
+        trained = [i for i, result in enumerate(results) if result is not None]
+        spent = time.perf_counter() - epoch_started
+        for i in trained:
+            batch.progress[i].seconds += spent / len(trained)
+        if not any(p.curve for p in batch.progress):  # the first epoch: the trainer has its untrained values
+            batch.begin(trainer.untrained)
+        stop = [i for i in trained if not batch.progress[i].active or not batch.record(i, results[i])]  # type: ignore[arg-type]
+        raise_if_stop_requested()  # a Ctrl-C whose first raise was swallowed
+        batch.flush_if_due()
+        epoch_started = time.perf_counter()
+        return stop
+
     try:
         with Heartbeat(batch.study, batch.ids):
-            trainer = make_trainer(plans)
+            trainer = build()
             setup = time.perf_counter() - started
             for p in batch.progress:
-                p.seconds += setup / len(plans)
+                p.seconds += setup / len(batch.progress)
             epoch_started = time.perf_counter()
-            for epoch_results in trainer.epochs():
-                # Each trial that trained in this epoch pays its share of the epoch's time.
-                trained = [i for i, result in enumerate(epoch_results) if result is not None]
-                spent = time.perf_counter() - epoch_started
-                for i in trained:
-                    batch.progress[i].seconds += spent / len(trained)
-                for i in trained:
-                    if batch.progress[i].active and not batch.record(i, epoch_results[i]):  # type: ignore[arg-type]
-                        trainer.stop(i)
-                raise_if_stop_requested()  # a Ctrl-C whose first raise was swallowed
-                if not any(p.active for p in batch.progress):
-                    break
-                batch.flush_if_due()
-                epoch_started = time.perf_counter()
-        counts = [n_params(plan) for plan in plans]
+            trainer.run(on_epoch)
+        counts = trainer.n_params()
     except Exception as error:  # noqa: BLE001 -- one bad trial must not end the study (Ctrl-C: see the runner)
         if device.type == "cuda":
             torch.cuda.empty_cache()
         return batch.fail(error)
+    if trainer.fallback:
+        extra_attrs = {**extra_attrs, FALLBACK_ATTR: trainer.fallback}
     return batch.finish(counts, extra_attrs)
 
 
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-class StopTrial(Exception):
-    """Raised by ``report`` inside a user's loop to end the trial (pruned or diverged); tuner catches it."""
-
-
-LOOP_ARGUMENTS = ("model", "train", "val", "optimizer", "epochs", "lr_at", "device", "report", "loss", "seed", "params")
-
-
-def run_user_loop(
-    batch: TrialBatch,
-    plan: TrialPlan,
-    loop: Callable[..., object],
-    model: torch.nn.Module,
-    data: object,
-    device: torch.device,
-    n_params: int,
-    extra_attrs: dict[str, object],
-) -> list[FrozenTrial]:
-    """Train one asked trial with the user's own loop (``[train] loop``; README: "Your own model").
-
-    The loop is called with the keyword arguments it declares among :data:`LOOP_ARGUMENTS` (all of
-    them if it takes ``**kwargs``): the model, DataLoaders over the training and validation parts,
-    the optimizer tuner built at the trial's learning rate, the number of epochs, ``lr_at(epoch)``,
-    the device, ``report(epoch, value)``, the loss, the seed and the trial's params. After each
-    epoch it calls ``report(epoch, value)`` with the objective (lower is better, epochs from 1):
-    tuner records it, ends the trial if the value is not finite or the pruner says so (``report``
-    raises :class:`StopTrial`; let it through), and sets the optimizer to the schedule's rate for
-    the next epoch. The loop may return the final objective instead of, or besides, reporting it.
-    """
-    from tuner.training.train import lr_at
-
-    config = plan.train
-    ((_, trial),) = batch.asked
-    reported: list[int] = []
-
-    def record(epoch: int, value: float, train_loss: float) -> None:
-        if reported and epoch <= reported[-1]:
-            raise ValueError(f"report(epoch={epoch}, ...) after epoch {reported[-1]}: report each epoch once, counting from 1")
-        reported.append(epoch)
-        result = EpochResult(epoch, lr_at(config, epoch - 1), train_loss, value, value, diverged=not math.isfinite(value))
-        raise_if_stop_requested()
-        if not batch.record(0, result):
-            raise StopTrial(f"trial {trial.number} stopped at epoch {epoch}: {'diverged' if result.diverged else 'pruned'}")
-
-    started = time.perf_counter()
-    try:
-        with Heartbeat(batch.study, batch.ids):
-            try:
-                returned = call_user_loop(loop, model, data, config, device, record, dict(trial.params))
-            except StopTrial:
-                returned = None
-        if returned is not None and batch.progress[0].active:
-            value = float(returned)  # type: ignore[arg-type]
-            if not batch.progress[0].curve or batch.progress[0].curve[-1] != value:
-                record((reported[-1] if reported else 0) + 1, value, math.nan)
-        if not batch.progress[0].curve:
-            raise ValueError("the loop neither called report(epoch, value) nor returned a value; do one of them")
-    except StopTrial:
-        pass
-    except Exception as error:  # noqa: BLE001 -- the user's loop raised: this trial fails, the study goes on
-        return batch.fail(error)
-    batch.progress[0].seconds = time.perf_counter() - started
-    return batch.finish([n_params], extra_attrs)
-
-
-def call_user_loop(
-    loop: Callable[..., object],
-    model: torch.nn.Module,
-    data: object,
-    config: TrainConfig,
-    device: torch.device,
-    on_report: Callable[[int, float, float], None],
-    params: dict[str, object],
-) -> object:
-    """Call the user's loop with the keyword arguments it declares (see :func:`run_user_loop`); its return value.
-
-    The optimizer is built here at the schedule's first rate. The loop's ``report(epoch, value)``
-    calls ``on_report(epoch, value, train_loss)``, which may raise :class:`StopTrial`, then sets the
-    optimizer to the schedule's rate for the next epoch.
-    """
-    from tuner.inputs.data import StreamedData
-    from tuner.training.train import lr_at, make_optimizer, model_loss, training_loader
-
-    optimizer = make_optimizer(config.optimizer, model.parameters(), lr_at(config, 0), config.momentum, config.weight_decay)
-
-    def report(epoch: int, value: float, train_loss: float = math.nan) -> None:
-        on_report(int(epoch), float(value), float(train_loss))
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(config, int(epoch))
-
-    if isinstance(data, StreamedData):
-        train_loader, val_loader = training_loader(data, config), data.loader("val", config.batch_size)
-    else:
-        tensors = torch.utils.data.TensorDataset
-        generator = torch.Generator().manual_seed(config.seed)  # the trial's seed orders its data
-        train_loader = torch.utils.data.DataLoader(tensors(data.x_train, data.y_train), batch_size=config.batch_size,  # type: ignore[attr-defined]
-                                                   shuffle=True, generator=generator)
-        val_loader = torch.utils.data.DataLoader(tensors(data.x_val, data.y_val), batch_size=config.batch_size)  # type: ignore[attr-defined]
-    given = {
-        "model": model, "train": train_loader, "val": val_loader, "optimizer": optimizer, "epochs": config.epochs,
-        "lr_at": lambda epoch: lr_at(config, epoch), "device": device, "report": report,
-        "loss": model_loss(data.task, config.loss), "seed": config.seed, "params": params,  # type: ignore[attr-defined]
-    }
-    return loop(**_accepted(loop, given))
-
-
-def _accepted(function: Callable[..., object], given: dict[str, object]) -> dict[str, object]:
-    """The entries of ``given`` that ``function`` declares (all of them if it takes ``**kwargs``)."""
-    import inspect
-
-    parameters = inspect.signature(function).parameters
-    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return given
-    return {name: value for name, value in given.items() if name in parameters}

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tuner.inputs.data import Dataset
+from tuner.inputs.models import Family
 from tuner.training.stacked import Stacked, StackedLSTM, StackedMLP, stacked_class
 from tuner.training.train import (
     EVAL_CHUNK,
@@ -47,7 +48,7 @@ ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, which train.make_optim
 ADAM_EPS = 1e-8
 
 
-def supports(family: str, optimizer: str) -> bool:
+def supports(family: Family, optimizer: str) -> bool:
     """Whether trials of this model family and optimizer can be trained as one batched model."""
     return stacked_class(family) is not None and optimizer in BATCHED_OPTIMIZERS
 
@@ -58,7 +59,7 @@ def supports(family: str, optimizer: str) -> bool:
 BATCHED_LSTM_MAX_WIDTH = 32
 
 
-def worth_batching(family: str, optimizer: str, width: int) -> bool:
+def worth_batching(family: Family, optimizer: str, width: int) -> bool:
     """Whether the LR stage's trials of this small network train faster batched than one at a time."""
     if not supports(family, optimizer):
         return False
@@ -196,6 +197,8 @@ class BatchedTrainer:
         self.plans = list(plans)
         self._stopped: set[int] = set()
         # Per epoch, how many copies trained in it: a copy's share of an epoch's time is 1 / that.
+        # Each plan's untrained validation values, as an epoch-0 result (training loss NaN), once epochs() starts.
+        self.untrained: list[EpochResult] = []
 
     def stop(self, index: int) -> None:
         self._stopped.add(index)
@@ -223,6 +226,8 @@ class BatchedTrainer:
         order_rngs = {seed: order_generator(seed) for seed in seeds}
 
         start_losses, _ = _evaluate(net, data, "start")  # the untrained training loss, as train_epochs
+        self.untrained = [EpochResult(0, lr_at(c, 0), math.nan, loss, error, diverged=False)
+                          for c, loss, error in zip(configs, *_evaluate(net, data))]
         blow_up = [divergence_threshold(c, loss) for c, loss in zip(configs, start_losses)]
         running = list(range(len(plans)))  # plan index of each row of the stacked tensors
         for epoch in range(max(c.epochs for c in configs)):

@@ -21,7 +21,7 @@ import numpy as np
 from tuner.inputs.data import Dataset
 from tuner.inputs.load import load_dataset
 from tuner.inputs.spec import StudySpec, load_spec
-from tuner.inputs.usercode import install, train_functions
+from tuner.inputs.usercode import UserCode, resolve_code
 from tuner.training.lr_suggest import Suggestion, smooth, stop_index, suggest
 from tuner.training.train import (
     TrainConfig,
@@ -75,6 +75,7 @@ def lr_find(
     steps: int = STEPS,
     device: str = "auto",
     data: Dataset | None = None,
+    code: UserCode | None = None,
 ) -> LRFindResult:
     """Run the LR range test on the spec's small network (``[model]``), data, optimizer and batch size.
 
@@ -88,18 +89,19 @@ def lr_find(
         steps: mini-batch steps of the full ramp (it stops earlier once the loss blows up).
         device: ``auto``, ``cpu`` or ``cuda``.
         data: the spec's data already loaded (and on the device); loaded from the spec if None.
+        code: the spec's own code, already resolved; resolved from the spec if None.
     """
     check_ramp(start_lr, end_lr, steps, device)
     spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
-    install(spec)  # the spec's own model factory, if it names one
+    code = code or resolve_code(spec)  # the spec's own model factory, loss and metric, if it names them
     torch_device = resolve_device(device)
     use_threads(None, torch_device)  # $TUNER_THREADS, else one on the CPU, as tuner study
     if data is None:
-        data = load_dataset(spec.data, spec.seed, spec.source).to(torch_device)
+        data = load_dataset(spec.data, spec.seed, spec.source, code.loader).to(torch_device)
     train = spec.train
-    model = seeded_model(spec.model.family, data, spec.model.width, spec.model.depth, spec.seed)
+    model = seeded_model(code.family, data, spec.model.width, spec.model.depth, spec.seed)
     optimizer = make_optimizer(train.optimizer, model.parameters(), start_lr, train.momentum, train.weight_decay)
-    config = TrainConfig(lr=start_lr, batch_size=train.batch_size, seed=spec.seed, **train_functions(spec))
+    config = TrainConfig(lr=start_lr, batch_size=train.batch_size, seed=spec.seed, loss=code.loss, metric=code.metric)
     criterion = loss_function(data.task, config.loss)
     order_rng = order_generator(spec.seed)  # the data order train_epochs would use
     loader = training_loader(data, config)

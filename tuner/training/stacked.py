@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from tuner.inputs import models
+from tuner.inputs.models import Family
 
 
-def stacked_class(family: str) -> type[Stacked] | None:
+def stacked_class(family: Family) -> type[Stacked] | None:
     """The stacked form of the family's models, or None if it has none."""
     # By the factory and how it reads the data, not the name: a user may register another model
     # under "mlp" or "lstm", or tuner's factory under another name.

@@ -14,6 +14,7 @@ anything with the :class:`EpochTrainer` shape: ``epochs()`` yields, per epoch, o
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -26,9 +27,9 @@ from torch.utils.data import DataLoader, Subset
 
 from tuner.errors import SpecError, TunerInputError
 from tuner.inputs.data import Dataset, StreamedData, data_device, sample_shape
-from tuner.inputs.models import build_model
+from tuner.inputs.models import Family, build_model
 from tuner.inputs.spec import StudySpec
-from tuner.inputs.usercode import load_callable
+from tuner.inputs.usercode import UserCode
 from tuner.training.schedules import lr_factor
 
 EVAL_CHUNK = 8192  # validation rows per forward pass, to bound memory on big CSV files
@@ -60,6 +61,7 @@ class TrialPlan:
     width: int
     depth: int
     train: TrainConfig
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)  # the trial's sampled params: a user's loop gets them
 
 
 @dataclass(frozen=True)
@@ -195,14 +197,14 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def seeded_model(family: str, data: Dataset | StreamedData, width: int, depth: int, seed: int) -> nn.Module:
+def seeded_model(family: Family, data: Dataset | StreamedData, width: int, depth: int, seed: int) -> nn.Module:
     """Build a model whose initial weights depend only on ``seed`` (common random numbers)."""
     torch.manual_seed(seed)
     model = build_model(family, sample_shape(data), data.n_outputs, width, depth)
     return model.to(data_device(data))
 
 
-def parameter_count(family: str, data: Dataset | StreamedData, width: int, depth: int) -> int:
+def parameter_count(family: Family, data: Dataset | StreamedData, width: int, depth: int) -> int:
     """Trainable parameters of a model of this shape (for counting compute: epochs x parameters)."""
     with torch.device("meta"):  # counted, not allocated
         model = build_model(family, sample_shape(data), data.n_outputs, width, depth)
@@ -351,13 +353,23 @@ def train_epochs(model: nn.Module, data: Dataset, config: TrainConfig,
 
 
 class SingleTrainer:
-    """One trial trained alone, as an :class:`EpochTrainer`."""
+    """One trial trained alone, as an :class:`EpochTrainer`.
+
+    ``untrained``: the untrained model's validation values, as an epoch-0 result (training loss
+    NaN), filled when :meth:`epochs` starts.
+    """
 
     def __init__(self, model: nn.Module, data: Dataset, config: TrainConfig) -> None:
         self._epochs = train_epochs(model, data, config)
         self._stopped = False
+        self._start = (model, data, config)
+        self.untrained: list[EpochResult] = []
 
     def epochs(self) -> Iterator[list[EpochResult | None]]:
+        model, data, config = self._start
+        with torch.random.fork_rng(devices=[]):  # a streamed part's DataLoader draws its seed: leave the trial's draws be
+            val_loss, val_error = evaluate(model, data, config)
+        self.untrained = [EpochResult(0, lr_at(config, 0), math.nan, val_loss, val_error, diverged=False)]
         for result in self._epochs:
             yield [result]
             if self._stopped or result.diverged:
@@ -369,7 +381,7 @@ class SingleTrainer:
         self._stopped = True
 
 
-def check_loss(spec: StudySpec, data: Any) -> None:
+def check_loss(spec: StudySpec, data: Any, code: UserCode) -> None:
     """Call the spec's own loss once, on the small network's outputs for the first training batch: SpecError unless it can train.
 
     A loss that raises, returns something other than a tensor, more than one number (e.g. one per
@@ -380,7 +392,7 @@ def check_loss(spec: StudySpec, data: Any) -> None:
     if not spec.train.loss:
         return
     field, reference = "train.loss", spec.train.loss
-    loss = model_loss(data.task, load_callable(reference, field, spec.source))
+    loss = model_loss(data.task, code.loss)
     device = data_device(data)
     if isinstance(data, StreamedData):
         # A generator of its own: a DataLoader without one draws its seed from torch's global one.
@@ -388,7 +400,7 @@ def check_loss(spec: StudySpec, data: Any) -> None:
     else:
         x, y = data.x_train[:spec.train.batch_size], data.y_train[:spec.train.batch_size]
     with torch.random.fork_rng(devices=[]):  # the check leaves torch's global generator as it found it
-        model = build_model(spec.model.family, sample_shape(data), data.n_outputs, spec.model.width, spec.model.depth)
+        model = build_model(code.family, sample_shape(data), data.n_outputs, spec.model.width, spec.model.depth)
     model = model.to(device).eval()  # eval: no dropout draws; gradients still flow
     try:
         value = loss(model(x.to(device)), y.to(device))

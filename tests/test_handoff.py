@@ -1,0 +1,238 @@
+"""The hand-off: a calibrated rate that one lucky trial cannot set (issue 21), and studies stored before keep theirs."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import tuner
+from tuner.errors import SpecError
+from tuner.inputs.spec import load_spec
+from tuner.report.lr_figures import plot_lr_sensitivity
+from tuner.report.runs import load_stages
+from tuner.report.words import lr_diagnosis
+from tuner.study.handoff import hand_off_lr
+from tuner.study.rate_rule import RULES, binomial_noise, choose_rate, rows_behind
+from tuner.study.stage_studies import check_stored_settings
+from tuner.study.stored import CONTRACT_VERSION_ATTR, HANDOFF_ATTR
+
+V1_SPEC = Path(__file__).resolve().parent / "data" / "contract_v1" / "contract_v1.toml"
+
+
+def _sweep(rng: np.random.Generator, n: int, centre: float, low: float = -5.0, high: float = 0.0) -> np.ndarray:
+    """log10 rates as TPE samples them: half spread over the range, half gathered near the best."""
+    return np.concatenate([rng.uniform(low, high, n // 2), np.clip(rng.normal(centre, 0.6, n - n // 2), low, high)])
+
+
+# --- the rule on synthetic sweeps --------------------------------------------------------------------------
+
+def test_a_clean_u_hands_on_a_rate_within_a_quarter_decade_of_its_minimum() -> None:
+    x = np.linspace(-5, 0, 31)  # evenly spread, no noise
+    choice = choose_rate(10 ** x, (x + 2.3) ** 2 / 4 + 0.1, [False] * len(x))
+    assert choice.rule == "robust"
+    assert abs(math.log10(choice.rate) + 2.3) <= 0.25
+    for seed in range(20):  # as a sampler spreads them, with noise
+        rng = np.random.default_rng(seed)
+        x = _sweep(rng, 30, -2.3)
+        choice = choose_rate(10 ** x, (x + 2.3) ** 2 / 4 + 0.1 + rng.normal(0, 0.02, len(x)), [False] * len(x))
+        assert abs(math.log10(choice.rate) + 2.3) <= 0.25, seed
+        low, high = choice.basin
+        assert low <= choice.rate <= high
+
+
+def test_an_asymmetric_basin_hands_on_a_rate_on_its_shallow_side() -> None:
+    # Shallow towards small rates, a steep rise towards large ones: a rate just below the minimum
+    # is safe; one just above it is not. The rule leans to the shallow side, not past the minimum.
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        x = _sweep(rng, 30, -1.7)
+        y = np.where(x < -1.5, 0.2 + 0.05 * (-1.5 - x), 0.2 + 1.5 * (x + 1.5)) + rng.normal(0, 0.01, len(x))
+        choice = choose_rate(10 ** x, y, [False] * len(x))
+        assert -2.3 <= math.log10(choice.rate) <= -1.5, seed
+        true_value = 0.2 + 0.05 * (-1.5 - math.log10(choice.rate))
+        assert true_value <= 0.2 + 0.05  # within the basin's depth of the true minimum
+
+
+def _true_jagged(log_lr: np.ndarray | float) -> np.ndarray:
+    """A broad floor of 0.3 from 10**-2.5 to 10**-1.5, rising to chance (0.9) on both sides."""
+    away = np.abs(np.asarray(log_lr) + 2)
+    return np.clip(0.3 + 0.25 * away ** 2 * (away > 0.5), 0, 0.9)
+
+
+def test_a_jagged_u_with_one_lucky_spike_hands_on_the_broad_basin() -> None:
+    floors = []
+    for n in (16, 24):
+        for seed in range(20):
+            rng = np.random.default_rng(seed)
+            x = np.sort(_sweep(rng, n, -2.0, low=-4.0))
+            y = _true_jagged(x) + rng.normal(0, 0.04, n)
+            lucky = int(np.argmin(np.abs(x + 0.7)))
+            y[lucky] = 0.1  # one trial far better than its neighbours (0.6 .. 0.9), close to the wall
+            choice = choose_rate(10 ** x, y, x > -0.3)
+            assert abs(math.log10(choice.rate) - x[lucky]) > 0.25, (n, seed)  # not the lucky trial's rate
+            assert not choice.basin[0] <= 10 ** x[lucky] <= choice.basin[1], (n, seed)
+            floors.append(float(_true_jagged(math.log10(choice.rate))))
+    # On the broad floor, or at its rim when the lucky trial's neighbours are too few to outvote it.
+    assert max(floors) < 0.45 and np.mean(np.array(floors) <= 0.31) >= 0.9
+
+
+def test_a_one_trial_stage_hands_on_exactly_that_trials_rate() -> None:
+    choice = choose_rate([0.0123], [0.31], [False])
+    assert choice.rate == 0.0123 and choice.rule == "only trial"
+    assert choice.basin == (0.0123, 0.0123) and choice.curve == ()
+
+
+def test_few_trials_hand_on_the_best_one_and_say_why() -> None:
+    choice = choose_rate([1e-3, 1e-2, 1e-1, 0.5], [0.5, 0.2, 0.3, math.nan], [False, False, False, True])
+    assert choice.rate == 1e-2 and choice.rule == "best trial"
+    assert "too few" in choice.why
+    only = choose_rate([1e-3, 0.3, 0.6], [0.4, math.nan, math.nan], [False, True, True])
+    assert only.rate == 1e-3 and only.rule == "best trial" and "only one" in only.why
+    with pytest.raises(ValueError, match="did not diverge"):
+        choose_rate([0.3, 0.6], [math.nan, math.nan], [True, True])
+
+
+def test_a_sparse_sweep_hands_on_the_minimum_of_its_smoothed_curve_and_says_why() -> None:
+    x = np.arange(-5.0, 0.5, 1.0)  # a decade apart: no ±0.25-decade window holds 3 trials
+    choice = choose_rate(10 ** x, (x + 2) ** 2 / 4 + 0.1, [False] * len(x))
+    assert choice.rule == "fitted minimum" and "window" in choice.why
+    assert abs(math.log10(choice.rate) + 2) <= 0.5
+    narrow = np.linspace(-2.2, -1.9, 6)  # all within less than half a decade
+    choice = choose_rate(10 ** narrow, (narrow + 2) ** 2, [False] * 6)
+    assert choice.rule == "fitted minimum" and "less than 0.5 decade" in choice.why
+
+
+def test_diverged_trials_stand_as_the_us_right_wall() -> None:
+    # Falling all the way to where the rates diverge: without the wall the edge next to divergence
+    # would look best; with the wall the rule keeps a safe distance from it.
+    x = np.linspace(-4, -1, 19)
+    y = 0.9 - 0.2 * (x + 4)  # 0.9 .. 0.3, still falling at 0.1
+    walls = np.linspace(-0.9, 0, 6)
+    lrs = np.concatenate([10 ** x, 10 ** walls])
+    values = np.concatenate([y, np.full(len(walls), np.nan)])
+    diverged = np.concatenate([np.zeros(len(x), bool), np.ones(len(walls), bool)])
+    with_wall = choose_rate(lrs, values, diverged)
+    without = choose_rate(10 ** x, y, [False] * len(x))
+    assert math.log10(without.rate) >= -1.3  # at the edge: nothing says the ground ends there
+    assert math.log10(with_wall.rate) < math.log10(without.rate)
+    assert math.log10(with_wall.basin[1]) < -0.9  # the basin stops short of the diverged rates
+    curve = dict(with_wall.curve)
+    assert max(v for x0, v in curve.items() if x0 >= -0.5) == pytest.approx(0.9, abs=0.05)  # the worst value seen
+
+
+def test_the_noise_is_binomial_for_an_error_rate_on_known_rows_else_the_residuals_mad() -> None:
+    assert rows_behind([3 / 36, 5 / 36, 11 / 36, 0.5, 1 / 36, 7 / 36]) == 36
+    assert rows_behind(np.float32([k / 360 for k in (7, 19, 40, 101, 3)]).tolist()) == 360
+    assert rows_behind([0.31415, 0.2718, 0.577, 0.1414]) is None  # an RMSE, not wrong rows / rows
+    x = np.linspace(-4, 0, 31)
+    y = (x + 2) ** 2 / 8 + 0.1
+    binomial = choose_rate(10 ** x, y, [False] * 31, error_rows=360)
+    assert binomial.noise == pytest.approx(binomial_noise(min(v for _, v in binomial.curve), 360), rel=0.05)
+    assert "360 validation rows" in binomial.noise_basis
+    mad = choose_rate(10 ** x, y + np.random.default_rng(0).normal(0, 0.02, 31), [False] * 31)
+    assert "MAD" in mad.noise_basis and 0.005 < mad.noise < 0.05
+
+
+def test_the_record_is_small_json() -> None:
+    x = np.linspace(-5, 0, 40)
+    record = choose_rate(10 ** x, (x + 2) ** 2, [False] * 40).as_record()
+    text = json.dumps(record)
+    assert len(text) < 3000
+    assert set(record) >= {"rule", "lr", "basin", "noise", "curve", "candidates"}
+    assert record["rule"] in RULES and len(record["curve"]) <= 41 and 1 <= len(record["candidates"]) <= 3
+
+
+def test_an_unknown_handoff_is_refused_naming_the_field() -> None:
+    with pytest.raises(SpecError, match=r"stages\.lr\.handoff.*robust, best"):
+        tuner.spec_from_dict({"name": "x", "stages": {"lr": {"handoff": "lucky"}}})
+
+
+# --- a study, end to end ---------------------------------------------------------------------------------
+
+SWEEP_SPEC = {
+    "name": "sweep",
+    "seed": 0,
+    "data": {"name": "wine"},
+    "model": {"width": 8, "depth": 1},
+    "train": {"epochs": 2, "batch_size": 32},
+    "stages": {"lr": {"trials": 8, "lr_min": 1e-3, "lr_max": 1.0}, "shape": {"trials": 1, "width": [4, 8], "depth": [1, 1]}},
+}
+
+
+class _Said(tuner.Reporter):
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+
+
+def test_a_study_stores_how_its_rate_was_chosen_and_says_it(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'sweep.db'}"
+    said = _Said()
+    result = tuner.run_study(tuner.spec_from_dict(SWEEP_SPEC), storage=storage, device="cpu", reporter=said)
+    lr = optuna.load_study(study_name="sweep/lr", storage=storage)
+    shape = optuna.load_study(study_name="sweep/shape", storage=storage)
+    attrs = lr.user_attrs
+    record = attrs[HANDOFF_ATTR]
+    complete = [t for t in lr.trials if t.state == TrialState.COMPLETE]
+    assert attrs["best_trial"] == min(complete, key=lambda t: t.value).number  # still the best observed trial
+    assert attrs["best_lr"] == record["lr"] == shape.user_attrs["lr"] == result.best_lr
+    assert attrs["handoff_trials"] == 8 and record["n_points"] == 8
+    assert record["rule"] in ("robust", "fitted minimum")  # 8 trials: the curve decides
+    low, high = record["basin"]
+    assert low <= result.best_lr <= high and 1e-3 <= low <= high <= 1.0
+    assert len(json.dumps(record)) < 3000 and len(record["curve"]) <= 41
+    assert all(t.user_attrs["lr"] == result.best_lr for t in shape.trials)
+    message = next(m for m in said.messages if m.startswith("stage 'lr' calibrated the learning rate"))
+    assert f"rule '{record['rule']}'" in message and f"basin {low:.3g} to {high:.3g}" in message
+    # The report says the same, where it describes the rate handed on.
+    stages = load_stages("sweep", storage)
+    sentences = " ".join(lr_diagnosis(stages["lr"], result.best_lr, "validation error"))
+    assert f"rule '{record['rule']}'" in sentences and f"spans {low:.2g} to {high:.2g}" in sentences
+    fig = plot_lr_sensitivity(stages["lr"].runs, result.best_lr, "validation error", record)
+    _, labels = fig.axes[0].get_legend_handles_labels()
+    assert f"basin {low:.2g} to {high:.2g} (within noise)" in labels and any(label.startswith("smoothed") for label in labels)
+
+
+def test_a_study_made_before_the_rule_hands_on_its_best_trial(tmp_path: Path) -> None:
+    # Made under contract 2: stage lr done, no hand-off yet; this tuner's default is "robust".
+    storage = f"sqlite:///{tmp_path / 'before.db'}"
+    spec = tuner.spec_from_dict({**SWEEP_SPEC, "stages": {**SWEEP_SPEC["stages"], "lr": {
+        **SWEEP_SPEC["stages"]["lr"], "handoff": "best"}}})  # as contract 2 made it: "best", not stored
+    tuner.run_study(spec, storage=storage, device="cpu")
+    optuna.delete_study(study_name="sweep/shape", storage=storage)
+    lr = optuna.load_study(study_name="sweep/lr", storage=storage)
+    lr.set_user_attr(CONTRACT_VERSION_ATTR, 2)
+    assert "handoff" not in lr.user_attrs["settings"]["stages"]["lr"]
+
+    notes: list[str] = []
+    resumed = check_stored_settings(tuner.spec_from_dict(SWEEP_SPEC), optuna.storages.RDBStorage(storage), notes.append)
+    assert resumed.stages.lr.handoff == "best"
+    assert any("stages.lr.handoff" in note for note in notes)
+    rate = hand_off_lr(resumed, optuna.storages.RDBStorage(storage))
+    best = min((t for t in lr.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert rate == best.params["lr"]
+    assert optuna.load_study(study_name="sweep/lr", storage=storage).user_attrs[HANDOFF_ATTR]["rule"] == "best trial"
+
+
+def test_the_stored_v1_study_hands_on_as_it_was_made_with_best(tmp_path: Path) -> None:
+    copy = tmp_path / "v1.db"
+    shutil.copyfile(V1_SPEC.parent / "contract_v1.db", copy)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{copy}")
+    stored_rate = optuna.load_study(study_name="contract1/shape", storage=storage).user_attrs["lr"]
+    spec = check_stored_settings(load_spec(V1_SPEC), storage)
+    assert spec.stages.lr.handoff == "best"
+    assert hand_off_lr(spec, storage) == stored_rate  # handed on before: read back, never chosen anew
+    # Its hand-off undone, it chooses again as it was made: the best trial's rate, the same one.
+    optuna.delete_study(study_name="contract1/shape", storage=storage)
+    assert hand_off_lr(spec, storage) == stored_rate
+    lr = optuna.load_study(study_name="contract1/lr", storage=storage)
+    assert lr.user_attrs[HANDOFF_ATTR]["why"] == 'stages.lr.handoff = "best"'

@@ -1,0 +1,119 @@
+"""The hand-off: the learning rate stage ``lr`` hands on to stage ``shape``, chosen once, with its record.
+
+Once every trial of stage ``lr`` has finished, the rate is chosen by the spec's
+``stages.lr.handoff``: ``"robust"`` (the default) reads it from the smoothed U of all the stage's
+trials, diverged ones as its right wall (:func:`tuner.study.rate_rule.choose_rate`); ``"best"`` (how
+studies stored before contract 3 were made) takes the best trial's rate. The rate, the best trial
+and how the rate was chosen are stored on ``<name>/lr``, the rate on ``<name>/shape``; a resumed
+study reads the stored rate back and never chooses again.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.errors import TunerError
+from tuner.inputs.spec import StudySpec
+from tuner.study import results
+from tuner.study.rate_rule import RULES, RateChoice, choose_rate, rows_behind
+from tuner.study.stage_studies import open_stage_study
+from tuner.study.stages import settle_lr_scale, shape_stage
+
+if TYPE_CHECKING:
+    from tuner.study.runner import Reporter
+
+__all__ = ["hand_off_lr", "rate_choice", "sweep_choice"]
+
+
+def hand_off_lr(spec: StudySpec, storage: optuna.storages.BaseStorage, reporter: Reporter | None = None) -> float:
+    """The calibrated learning rate, chosen once and stored on both stage studies.
+
+    Example:
+        >>> rate = hand_off_lr(spec, open_storage("sqlite:///tuner.db"))  # doctest: +SKIP
+    """
+    lr_study = optuna.load_study(study_name=results.stage_study_name(spec.name, "lr"), storage=storage)
+    shape_name = results.stage_study_name(spec.name, "shape")
+    if shape_name in optuna.get_all_study_names(storage):
+        stored = optuna.load_study(study_name=shape_name, storage=storage).user_attrs.get(results.LR_ATTR)
+        if stored is not None:
+            return float(stored)
+    trials = lr_study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    n_finished = sum(t.state in results.FINISHED for t in trials)
+    if not complete:
+        raise TunerError(
+            f"stage 'lr': none of its {n_finished} trials completed (all diverged or were pruned); lower "
+            f"stages.lr.lr_max or check the data, then run again under a new name"
+        )
+    best = min(complete, key=lambda t: t.value)
+    choice = rate_choice(spec, trials, lr_study.user_attrs.get(results.TASK_ATTR))
+    lr_study.set_user_attr(results.BEST_LR_ATTR, choice.rate)
+    lr_study.set_user_attr(results.BEST_TRIAL_ATTR, best.number)
+    lr_study.set_user_attr(results.HANDOFF_TRIALS_ATTR, n_finished)
+    lr_study.set_user_attr(results.HANDOFF_ATTR, choice.as_record())
+    shape = open_stage_study(spec, shape_stage(spec, choice.rate), storage)
+    # lr_scale = "auto": resolved once, widened by the basin (as multiples of the rate), before the rate counts as handed on.
+    basin = (choice.basin[0] / choice.rate, choice.basin[1] / choice.rate)
+    low, high = settle_lr_scale(spec, shape, basin)
+    shape.set_user_attr(results.LR_ATTR, choice.rate)
+    if reporter is not None:
+        scaled = f"; stage 'shape' scales it by lr_scale in [{low:.3g}, {high:.3g}]" if low < high else ""
+        reporter.message(f"stage 'lr' calibrated the learning rate: {choice.rate:.3g} "
+                         f"({_in_words(choice, best)}){scaled}")
+    return choice.rate
+
+
+def rate_choice(spec: StudySpec, trials: list[FrozenTrial], task: str | None) -> RateChoice:
+    """The rate stage ``lr``'s finished ``trials`` hand on, by the spec's ``stages.lr.handoff``."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = min(complete, key=lambda t: t.value)
+    if spec.stages.lr.handoff == "best":
+        rate = float(best.params["lr"])
+        return RateChoice(rate, "best trial", (rate, rate), None, "", why='stages.lr.handoff = "best"',
+                          n_points=len(complete))
+    # An error rate counts wrong rows: binomial noise, for tuner's own classification error only.
+    counts_rows = (spec.train.objective == "val_error" and task == "classification"
+                   and not (spec.train.metric or spec.train.loop))
+    return sweep_choice(trials, counts_rows=counts_rows)
+
+
+def sweep_choice(trials: list[FrozenTrial], *, counts_rows: bool = False) -> RateChoice:
+    """The robust rule on stage ``lr``'s trials: complete ones at their value, diverged ones as the wall.
+
+    The wall stands at the worst value seen: any untrained (epoch-0) value stored, or any value a
+    trial that did not diverge reached (a rate too small to learn stays near the untrained one). Pruned trials that did not diverge
+    have no final value and are left out. ``counts_rows``: the values are error rates of whole
+    validation rows, whose number is read from them for the binomial noise.
+    """
+    points = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+    walls = [t for t in trials if t.state in results.FINISHED and t.user_attrs.get(results.DIVERGED_ATTR)]
+    seen = [float(t.value) for t in points]
+    for trial in trials:
+        if trial.state in results.FINISHED and not trial.user_attrs.get(results.DIVERGED_ATTR):
+            seen += [float(v) for v in trial.user_attrs.get(results.LEARNING_CURVE_ATTR) or []
+                     if v is not None and math.isfinite(v)]
+        untrained = trial.user_attrs.get(results.UNTRAINED_VALUE_ATTR)  # stored since the pruner waits for learning
+        if untrained is not None and math.isfinite(untrained):
+            seen.append(float(untrained))
+    return choose_rate(
+        [float(t.params["lr"]) for t in [*points, *walls]],
+        [*(float(t.value) for t in points), *(math.nan for _ in walls)],  # type: ignore[arg-type]
+        [False] * len(points) + [True] * len(walls),
+        wall=max(seen),
+        error_rows=rows_behind(seen) if counts_rows else None,
+    )
+
+
+def _in_words(choice: RateChoice, best: FrozenTrial) -> str:
+    """How the rate was chosen, in a few words for the console."""
+    said = f"rule '{choice.rule}': {RULES[choice.rule]}"
+    if choice.rule in ("robust", "fitted minimum"):
+        low, high = choice.basin
+        said += f"; basin {low:.3g} to {high:.3g}, within one noise unit ({choice.noise:.2g}) of the best smoothed value"
+    if choice.why:
+        said += f"; {choice.why}"
+    return f"{said}; best trial {best.number}: lr {float(best.params['lr']):.3g}, value {best.value:.4g}"

@@ -1,0 +1,226 @@
+"""What trains a trial: one small interface, and the one function that picks the trainer.
+
+Every trial, in every stage and in ``tuner best``, is trained by a :class:`Trainer` that
+:func:`make_trainer` chooses from the plans and the user's code:
+
+- :class:`EpochsTrainer` around tuner's own loop: one trial alone
+  (:class:`~tuner.training.train.SingleTrainer`) or several as one batched model
+  (:class:`~tuner.training.batched.BatchedTrainer`);
+- :class:`LoopTrainer`: the user's own training loop (``[train] loop``), one trial at a time.
+
+A trainer's :meth:`Trainer.run` calls ``on_epoch(results)`` after each epoch with one
+:class:`~tuner.training.train.EpochResult` per trial (None for a trial that did not train in it);
+``on_epoch`` returns the trials that must stop (pruned, diverged), and the trainer stops them
+before the next epoch; ``untrained`` holds each trial's epoch-0 result once the first epoch ran. ``fallback`` says why trials that could have been batched train alone (None:
+nothing to say). Extra keyword arguments for the model factory and the loop travel in the plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from collections.abc import Callable, Collection, Sequence
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from tuner.errors import raise_if_stop_requested
+from tuner.inputs.data import Dataset, StreamedData
+from tuner.inputs.usercode import UserCode
+from tuner.training.train import (
+    EpochResult,
+    EpochTrainer,
+    SingleTrainer,
+    TrainConfig,
+    TrialPlan,
+    lr_at,
+    make_optimizer,
+    model_loss,
+    parameter_count,
+    seeded_model,
+    training_loader,
+)
+
+OnEpoch = Callable[[list[EpochResult | None]], Collection[int]]  # one epoch's results -> the trials to stop
+
+
+class Trainer(Protocol):
+    """Trains the plans it was made for; see the module docstring."""
+
+    fallback: str | None
+
+    @property
+    def untrained(self) -> Sequence[EpochResult]:
+        """Each trial's epoch-0 result (its model before any step), once the first epoch has run; empty if unknown."""
+        ...
+
+    def run(self, on_epoch: OnEpoch) -> None: ...
+
+    def n_params(self) -> list[int]: ...
+
+
+def make_trainer(plans: Sequence[TrialPlan], data: Dataset | StreamedData, code: UserCode,
+                 device: torch.device) -> Trainer:
+    """The trainer of ``plans``: the user's loop, K copies batched, or tuner's loop for one trial.
+
+    How many plans come together was decided when they were asked (the stage's ``batch_trials``:
+    batchable family, optimizer and width, data in memory); here only how they train.
+    """
+    plans = [with_code(plan, code) for plan in plans]
+    if code.loop is not None:
+        (plan,) = plans  # a user's loop trains one trial at a time: its stages ask one (lr_stage)
+        return LoopTrainer(code.loop, seeded_model(code.family, data, plan.width, plan.depth, plan.train.seed),
+                           data, plan.train, device, plan.params)
+    if len(plans) == 1:
+        (plan,) = plans
+        model = seeded_model(code.family, data, plan.width, plan.depth, plan.train.seed)
+        return EpochsTrainer(SingleTrainer(model, data, plan.train),  # type: ignore[arg-type]
+                             lambda: [sum(p.numel() for p in model.parameters())], model=model)
+    from tuner.training.batched import BatchedTrainer
+
+    return EpochsTrainer(BatchedTrainer(code.family, data, plans),  # type: ignore[arg-type]
+                         lambda: [parameter_count(code.family, data, p.width, p.depth) for p in plans])
+
+
+def with_code(plan: TrialPlan, code: UserCode) -> TrialPlan:
+    """``plan`` training with the user's own loss and metric, where the spec names them."""
+    if code.loss is None and code.metric is None:
+        return plan
+    return dataclasses.replace(plan, train=dataclasses.replace(plan.train, loss=code.loss, metric=code.metric))
+
+
+class EpochsTrainer:
+    """Tuner's own loop (one trial, or K batched), as a :class:`Trainer`."""
+
+    def __init__(self, epochs: EpochTrainer, n_params: Callable[[], list[int]], model: nn.Module | None = None) -> None:
+        self._epochs = epochs
+        self._n_params = n_params
+        self.model = model  # the one trial's model (None when batched)
+        self.fallback: str | None = None
+
+    def run(self, on_epoch: OnEpoch) -> None:
+        stopped: set[int] = set()
+        for results in self._epochs.epochs():
+            for index in on_epoch(results):
+                self._epochs.stop(index)
+                stopped.add(index)
+            if len(stopped) == len(results):
+                return
+
+    def n_params(self) -> list[int]:
+        return self._n_params()
+
+    @property
+    def untrained(self) -> Sequence[EpochResult]:
+        return self._epochs.untrained  # type: ignore[attr-defined, no-any-return]
+
+
+class StopTrial(Exception):
+    """Raised by ``report`` inside a user's loop to end the trial (pruned or diverged); tuner catches it."""
+
+
+LOOP_ARGUMENTS = ("model", "train", "val", "optimizer", "epochs", "lr_at", "device", "report", "loss", "seed", "params")
+
+
+class LoopTrainer:
+    """One trial trained by the user's own loop (``[train] loop``; README: "Your own model").
+
+    The loop is called with the keyword arguments it declares among :data:`LOOP_ARGUMENTS` (all of
+    them if it takes ``**kwargs``): the model, DataLoaders over the training and validation parts,
+    the optimizer tuner built at the trial's learning rate, the number of epochs, ``lr_at(epoch)``,
+    the device, ``report(epoch, value)``, the loss, the seed and the trial's params. After each
+    epoch it calls ``report(epoch, value)`` with the objective (lower is better, epochs from 1):
+    tuner records it, ends the trial if the value is not finite or the pruner says so (``report``
+    raises :class:`StopTrial`; let it through), and sets the optimizer to the schedule's rate for
+    the next epoch. The loop may return the final objective instead of, or besides, reporting it.
+    """
+
+    fallback: str | None = None
+    untrained: Sequence[EpochResult] = ()  # a user's loop has no epoch 0
+
+    def __init__(self, loop: Callable[..., object], model: nn.Module, data: Dataset | StreamedData,
+                 config: TrainConfig, device: torch.device, params: dict[str, object] | None = None) -> None:
+        self.loop, self.model, self.data, self.config, self.device = loop, model, data, config, device
+        self.params = dict(params or {})
+        self.values: list[float] = []  # the objective of each epoch it reported (or returned)
+
+    def n_params(self) -> list[int]:
+        return [sum(p.numel() for p in self.model.parameters())]
+
+    def run(self, on_epoch: OnEpoch) -> None:
+        reported: list[int] = []
+        stopped = False
+
+        def record(epoch: int, value: float, train_loss: float) -> None:
+            nonlocal stopped
+            if reported and epoch <= reported[-1]:
+                raise ValueError(f"report(epoch={epoch}, ...) after epoch {reported[-1]}: report each epoch once, counting from 1")
+            reported.append(epoch)
+            self.values.append(value)
+            result = EpochResult(epoch, lr_at(self.config, epoch - 1), train_loss, value, value, diverged=not math.isfinite(value))
+            raise_if_stop_requested()
+            if on_epoch([result]) or result.diverged:
+                stopped = True
+                raise StopTrial(f"stopped at epoch {epoch}: {'diverged' if result.diverged else 'pruned'}")
+
+        try:
+            returned = call_user_loop(self.loop, self.model, self.data, self.config, self.device, record, self.params)
+        except StopTrial:
+            return
+        if returned is not None and not stopped:
+            value = float(returned)  # type: ignore[arg-type]
+            if not self.values or self.values[-1] != value:
+                try:
+                    record((reported[-1] if reported else 0) + 1, value, math.nan)
+                except StopTrial:
+                    return
+        if not self.values:
+            raise ValueError("the loop neither called report(epoch, value) nor returned a value; do one of them")
+
+
+def call_user_loop(
+    loop: Callable[..., object],
+    model: nn.Module,
+    data: object,
+    config: TrainConfig,
+    device: torch.device,
+    on_report: Callable[[int, float, float], None],
+    params: dict[str, object],
+) -> object:
+    """Call the user's loop with the keyword arguments it declares (see :class:`LoopTrainer`); its return value.
+
+    The optimizer is built here at the schedule's first rate. The loop's ``report(epoch, value)``
+    calls ``on_report(epoch, value, train_loss)``, which may raise :class:`StopTrial`, then sets the
+    optimizer to the schedule's rate for the next epoch.
+    """
+    optimizer = make_optimizer(config.optimizer, model.parameters(), lr_at(config, 0), config.momentum, config.weight_decay)
+
+    def report(epoch: int, value: float, train_loss: float = math.nan) -> None:
+        on_report(int(epoch), float(value), float(train_loss))
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(config, int(epoch))
+
+    if isinstance(data, StreamedData):
+        train_loader, val_loader = training_loader(data, config), data.loader("val", config.batch_size)
+    else:
+        tensors = torch.utils.data.TensorDataset
+        generator = torch.Generator().manual_seed(config.seed)  # the trial's seed orders its data
+        train_loader = torch.utils.data.DataLoader(tensors(data.x_train, data.y_train), batch_size=config.batch_size,  # type: ignore[attr-defined]
+                                                   shuffle=True, generator=generator)
+        val_loader = torch.utils.data.DataLoader(tensors(data.x_val, data.y_val), batch_size=config.batch_size)  # type: ignore[attr-defined]
+    given = {
+        "model": model, "train": train_loader, "val": val_loader, "optimizer": optimizer, "epochs": config.epochs,
+        "lr_at": lambda epoch: lr_at(config, epoch), "device": device, "report": report,
+        "loss": model_loss(data.task, config.loss), "seed": config.seed, "params": params,  # type: ignore[attr-defined]
+    }
+    return loop(**accepted_arguments(loop, given))
+
+
+def accepted_arguments(function: Callable[..., object], given: dict[str, object]) -> dict[str, object]:
+    """The entries of ``given`` that ``function`` declares (all of them if it takes ``**kwargs``)."""
+    parameters = inspect.signature(function).parameters
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return given
+    return {name: value for name, value in given.items() if name in parameters}
