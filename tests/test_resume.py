@@ -293,7 +293,7 @@ def test_a_stage_killed_mid_trial_and_resumed_asks_what_an_uninterrupted_one_ask
     import torch
 
     from tuner.inputs.load import load_dataset
-    from tuner.study import runner
+    from tuner.training import trainers
     from tuner.training.train import SingleTrainer
 
     spec = tuner.spec_from_dict({
@@ -322,7 +322,7 @@ def test_a_stage_killed_mid_trial_and_resumed_asks_what_an_uninterrupted_one_ask
                 yield epochs
 
     killed = f"sqlite:///{tmp_path / 'killed.db'}"
-    monkeypatch.setattr(runner, "SingleTrainer", KilledOnTheFourth)
+    monkeypatch.setattr(trainers, "SingleTrainer", KilledOnTheFourth)  # what make_trainer builds for one trial
     with pytest.raises(KeyboardInterrupt):
         tuner.run_stage(spec, "lr", storage=tuner.open_storage(killed), data=data, device=device)
     monkeypatch.undo()
