@@ -1,7 +1,7 @@
 """The shape stage's refinement of the calibrated rate, and defaults that changed since studies were stored.
 
 ``stages.shape.lr_scale`` lets the shape stage search a multiplier on the calibrated rate with the
-shape (scripts/lr_shift.py measured the best rate of wider networks 1.8-5.6x the small one's).
+shape (scripts/lr_shift.py: the best rate moves with the shape, by how much depends on the optimizer).
 Defaults that changed (see ``tuner.study.stored.MIGRATIONS``) must not stop a study an
 earlier version stored from resuming: it resumes with the values it was made with.
 """
@@ -103,8 +103,9 @@ def test_a_new_study_searches_with_todays_defaults(tmp_path: Path) -> None:
     settings = shape.user_attrs["settings"]["stages"]["shape"]
     default = ShapeStageSpec()
     assert settings["pruner"] == default.pruner
-    assert tuple(settings["lr_scale"]) == default.lr_scale
-    low, high = default.lr_scale
+    assert settings["lr_scale"] == default.lr_scale == "auto"  # what the user wrote; the range it resolved to:
+    low, high = shape.user_attrs["lr_scale_range"]
+    assert low < 1 < high
     assert all(low <= t.params["lr_scale"] <= high for t in shape.trials if t.state.is_finished())
 
 
@@ -116,12 +117,11 @@ def test_a_value_the_spec_sets_is_compared_as_any_other(tmp_path: Path) -> None:
         tuner.run_study(_spec(lr_scale=[0.2, 5.0]), storage=storage, device="cpu")
 
 
-def test_a_field_whose_default_changed_twice_resumes_each_study_with_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_field_whose_default_changed_twice_resumes_each_study_with_its_own() -> None:
     from tuner.study import stored
 
-    # Suppose a later release changes lr_scale's default again, from [0.5, 4] to something else.
-    later = stored.Migration(stored.CONTRACT_VERSION + 1, "lr_scale again", {("stages.shape", "lr_scale"): (0.5, 4.0)})
-    monkeypatch.setattr(stored, "MIGRATIONS", (*stored.MIGRATIONS, later))
+    # lr_scale's default changed twice: [1, 1] (before it existed), [0.5, 4] (version 1), "auto" (version 3).
+    later = next(m for m in stored.MIGRATIONS if m.version > 1 and ("stages.shape", "lr_scale") in m.legacy)
     assert stored.past_defaults()[("stages.shape", "lr_scale")] == [(1.0, 1.0), (0.5, 4.0)]
     before_v1 = {"stages": {"shape": {"pruner": "none"}}}  # lr_scale left out: it did not exist
     at_v1 = {"stages": {"shape": {"pruner": "hyperband", "lr_scale": [0.5, 4.0]}}}
@@ -130,6 +130,7 @@ def test_a_field_whose_default_changed_twice_resumes_each_study_with_its_own(mon
     assert stored.made_with("stages.shape", "pruner", before_v1, None) == "none"
     # A field never stored (none is today, but a future one may be) takes the default of its version.
     assert stored.default_when_made("stages.shape", "lr_scale", 1) == (0.5, 4.0)
+    assert stored.default_when_made("stages.shape", "lr_scale", 2) == (0.5, 4.0)
     assert stored.default_when_made("stages.shape", "lr_scale", 0) == (1.0, 1.0)
     assert stored.default_when_made("stages.shape", "lr_scale", later.version) is None  # today's default
 

@@ -35,6 +35,7 @@ SAMPLERS = ("tpe", "random")
 PRUNERS = ("none", "median", "hyperband", "successive_halving")
 LR_RANGES = ("fixed", "auto")
 HANDOFFS = ("robust", "best")
+LR_SCALE_AUTO = "auto"  # stages.shape.lr_scale: resolved from the optimizer and the shapes (tuner.study.lr_scale)
 MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds lie in [0, 2**32 - 1]
 MIN_SEQUENCE_LENGTH = 2  # the adding problem marks two distinct steps
 MIN_SPLIT_ROWS = 2  # each of the training and validation parts needs at least this many rows
@@ -124,9 +125,11 @@ class ShapeStageSpec:
     # Optuna's HyperbandPruner, epochs as the resource: shapes that trail at a rung stop early, so
     # the stage reaches the same error for about a third of the compute (BENCHMARKS.md).
     pruner: str = "hyperband"
-    # A multiplier on the calibrated rate, searched log-uniformly with the shape: the best rate of
-    # wider networks lies up to 5x the small one's (docs/lr_shift.csv); [1, 1] keeps it as it is.
-    lr_scale: tuple[float, float] = (0.5, 4.0)
+    # A multiplier on the calibrated rate, searched log-uniformly with the shape: the best rate moves
+    # with the shape, by how much depends on the optimizer (docs/lr_shift.csv). "auto": a range
+    # from the optimizer and the shapes searched (tuner.study.lr_scale), resolved once at the
+    # hand-off and stored; [min, max] around 1 as written; [1, 1] keeps the rate as it is.
+    lr_scale: tuple[float, float] | str = "auto"
     # The epoch from which the pruner may stop a trial. "auto": read once from stage lr's curves (no
     # earlier than learning had clearly begun there, and only where the ranking already holds), and
     # no decision while every value at a rung sits within noise of its untrained one.
@@ -262,6 +265,12 @@ def _coerce(hint: Any, value: Any, path: str, source: str) -> Any:
             if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
                 return value
             raise SpecError(source, path, value, 'must be a whole number or a word in quotes, e.g. 3 or "auto"')
+        if str in inner:  # a range or a word, e.g. lr_scale = [0.5, 2.0] or "auto"
+            if isinstance(value, str):
+                return value
+            if not isinstance(value, list):
+                raise SpecError(source, path, value, 'must be "auto" or a list [min, max], e.g. [0.5, 2.0]')
+            inner.remove(str)
         return _coerce(inner[0], value, path, source)
     if origin is tuple:
         if not isinstance(value, list):
@@ -421,10 +430,14 @@ def _validate(spec: StudySpec, source: str) -> None:
         _choice(source, "stages.shape.schedules", name, SCHEDULES)
     _choice(source, "stages.shape.sampler", shape.sampler, SAMPLERS)
     _choice(source, "stages.shape.pruner", shape.pruner, PRUNERS)
-    _range(source, "stages.shape.lr_scale", shape.lr_scale, log=True)
-    if not shape.lr_scale[0] <= 1 <= shape.lr_scale[1]:
-        raise SpecError(source, "stages.shape.lr_scale", list(shape.lr_scale),
-                        "is a multiplier on the calibrated rate, [min, max] around 1; e.g. [0.33, 3.0], or [1.0, 1.0] to keep the rate")
+    scale_fix = 'is a multiplier on the calibrated rate: "auto", or [min, max] around 1, e.g. [0.33, 3.0] ([1.0, 1.0] keeps the rate)'
+    if isinstance(shape.lr_scale, str):
+        if shape.lr_scale != LR_SCALE_AUTO:
+            raise SpecError(source, "stages.shape.lr_scale", shape.lr_scale, scale_fix)
+    else:
+        _range(source, "stages.shape.lr_scale", shape.lr_scale, log=True)
+        if not shape.lr_scale[0] <= 1 <= shape.lr_scale[1]:
+            raise SpecError(source, "stages.shape.lr_scale", list(shape.lr_scale), scale_fix)
     _first_rung(source, shape.first_rung, shape.epochs or train.epochs, shape.pruner)
 
     audit = stages.audit

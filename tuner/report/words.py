@@ -290,9 +290,11 @@ def shape_diagnosis(stage: StageRuns, reference: float | None, objective: str) -
     if reference is not None and reference > 0:
         change = (best.value - reference) / reference
         word = "lower" if change < 0 else "higher"
-        sentences.append(
-            f"That is {abs(change):.0%} {word} than the small network of stage lr at the same rate ({reference:.3g})."
-        )
+        scale = float(best.params.get("lr_scale", 1.0))
+        # The reference trained at the calibrated rate; the shape at that rate times its own lr_scale.
+        than = f"That is {abs(change):.0%} {word} than the small network of stage lr"
+        sentences.append(f"{than} at the same rate ({reference:.3g})." if scale == 1 else
+                         f"{than} at the calibrated rate ({reference:.3g}); this shape trained at {scale:.2g}x that rate.")
     by_schedule: dict[str, float] = {}
     for r in stage.complete:
         s = str(r.params.get("schedule", "constant"))

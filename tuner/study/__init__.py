@@ -3,6 +3,7 @@
 In the order a study flows: :mod:`~tuner.study.stored` (the stored contract: study names,
 attribute names, versioned migrations), :mod:`~tuner.study.results` (reading a study back),
 :mod:`~tuner.study.stages` (what each stage searches),
+:mod:`~tuner.study.lr_scale` (the range ``lr_scale = "auto"`` resolves to, by optimizer and shape),
 :mod:`~tuner.study.rate_rule` (which rate a noisy lr sweep points at: numpy only) and
 :mod:`~tuner.study.handoff` (the rate handed on to stage ``shape``, chosen once, with its record),
 :mod:`~tuner.study.stage_studies` (the stage studies, created and checked once),

@@ -21,7 +21,7 @@ from tuner.inputs.spec import StudySpec
 from tuner.study import results
 from tuner.study.rate_rule import RULES, RateChoice, choose_rate, rows_behind
 from tuner.study.stage_studies import open_stage_study
-from tuner.study.stages import shape_stage
+from tuner.study.stages import settle_lr_scale, shape_stage
 
 if TYPE_CHECKING:
     from tuner.study.runner import Reporter
@@ -56,10 +56,14 @@ def hand_off_lr(spec: StudySpec, storage: optuna.storages.BaseStorage, reporter:
     lr_study.set_user_attr(results.HANDOFF_TRIALS_ATTR, n_finished)
     lr_study.set_user_attr(results.HANDOFF_ATTR, choice.as_record())
     shape = open_stage_study(spec, shape_stage(spec, choice.rate), storage)
+    # lr_scale = "auto": resolved once, widened by the basin (as multiples of the rate), before the rate counts as handed on.
+    basin = (choice.basin[0] / choice.rate, choice.basin[1] / choice.rate)
+    low, high = settle_lr_scale(spec, shape, basin)
     shape.set_user_attr(results.LR_ATTR, choice.rate)
     if reporter is not None:
+        scaled = f"; stage 'shape' scales it by lr_scale in [{low:.3g}, {high:.3g}]" if low < high else ""
         reporter.message(f"stage 'lr' calibrated the learning rate: {choice.rate:.3g} "
-                         f"({_in_words(choice, best)})")
+                         f"({_in_words(choice, best)}){scaled}")
     return choice.rate
 
 

@@ -52,7 +52,9 @@ from tuner.study.handoff import hand_off_lr
 from tuner.study.results import FINISHED, SURPLUS_ATTR, StageSummary
 from tuner.study.stage_studies import check_stored_settings, open_stage_study, storage_of_study
 from tuner.study.pruning import error_rate_rows, shape_first_rung
-from tuner.study.stages import STAGE_NAMES, Stage, audit_stage, describe_search, lr_stage, sampler_for, shape_stage
+from tuner.study.stages import (
+    STAGE_NAMES, Stage, audit_stage, describe_search, lr_stage, sampler_for, settle_lr_scale, shape_stage,
+)
 from tuner.study.trials import Asked, TrialBatch, run_trials
 from tuner.training.train import check_loss, pick_threads, resolve_device, use_threads
 from tuner.training.trainers import make_trainer
@@ -236,7 +238,9 @@ def run_stage(
             rung = shape_first_rung(spec.name, storage, runner.open(unresolved), rows, unresolved.epochs,
                                     lambda chosen: describe_search(shape_stage(spec, best_lr, chosen)))
             runner.reporter.message(rung.sentence())
-        return runner.run(shape_stage(spec, best_lr, rung))
+        # lr_scale = "auto": the range resolved at the hand-off, read back from <name>/shape.
+        lr_scale = settle_lr_scale(spec, runner.open(shape_stage(spec, best_lr)))
+        return runner.run(shape_stage(spec, best_lr, rung, lr_scale=lr_scale))
     if stage == "audit":
         return runner.run(audit_stage(spec))
     raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGE_NAMES)}")

@@ -17,17 +17,18 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from tuner.inputs.params import OPTIMIZER_NAMES, DeclaredParam
 from tuner.inputs.params import defaults as declared_defaults
-from tuner.inputs.spec import StudySpec
+from tuner.inputs.spec import LR_SCALE_AUTO, StudySpec
 from tuner.inputs.usercode import UserCode, identity
+from tuner.study.lr_scale import resolve_lr_scale
 from tuner.study.pruning import FirstRung, UntilLearningPruner
 from tuner.study.results import trained_params
-from tuner.study.stored import ADDED_FIELDS, STAGES
+from tuner.study.stored import ADDED_FIELDS, LR_SCALE_RANGE_ATTR, STAGES
 from tuner.training.batched import worth_batching
 from tuner.training.train import TrainConfig, TrialPlan
 
 STAGE_NAMES = STAGES  # the name it has always had here
 
-__all__ = ["STAGE_NAMES", "Stage", "TrialPlan", "audit_stage", "lr_stage", "shape_stage", "stage_settings"]
+__all__ = ["STAGE_NAMES", "Stage", "TrialPlan", "audit_stage", "lr_stage", "settle_lr_scale", "shape_stage", "stage_settings"]
 
 
 @dataclass(frozen=True)
@@ -132,10 +133,27 @@ def batchable_params(spec: StudySpec) -> bool:
                for param in spec.stages.shape.params)
 
 
-def _lr_scale_space(spec: StudySpec) -> dict[str, BaseDistribution]:
+def _lr_scale_space(spec: StudySpec, lr_scale: tuple[float, float] | None) -> dict[str, BaseDistribution]:
     """The shape stage's refinement of the calibrated rate, if its range is not [1, 1]."""
-    low, high = spec.stages.shape.lr_scale
+    low, high = lr_scale or resolve_lr_scale(spec)
     return {"lr_scale": FloatDistribution(low, high, log=True)} if low < high else {}
+
+
+def settle_lr_scale(spec: StudySpec, study: optuna.Study, basin: tuple[float, float] | None = None) -> tuple[float, float]:
+    """The ``lr_scale`` range of stage ``shape``: as stored on its ``study``, else resolved (and stored if "auto").
+
+    ``lr_scale = "auto"`` is resolved once, from the optimizer, the shapes and ``basin`` (see
+    :mod:`tuner.study.lr_scale`), and kept on ``<name>/shape`` (:data:`LR_SCALE_RANGE_ATTR`): every
+    worker, and every resume, then searches the same distribution. A [min, max] the spec writes is
+    its own record.
+    """
+    stored = study.user_attrs.get(LR_SCALE_RANGE_ATTR)
+    if stored is not None:
+        return float(stored[0]), float(stored[1])
+    low, high = resolve_lr_scale(spec, basin)
+    if spec.stages.shape.lr_scale == LR_SCALE_AUTO:
+        study.set_user_attr(LR_SCALE_RANGE_ATTR, [low, high])
+    return low, high
 
 
 def lr_stage(spec: StudySpec, lr_range: tuple[float, float] | None = None) -> Stage:
@@ -159,11 +177,14 @@ def lr_stage(spec: StudySpec, lr_range: tuple[float, float] | None = None) -> St
     )
 
 
-def shape_stage(spec: StudySpec, best_lr: float, rung: FirstRung | None = None) -> Stage:
+def shape_stage(spec: StudySpec, best_lr: float, rung: FirstRung | None = None, *,
+                lr_scale: tuple[float, float] | None = None) -> Stage:
     """Stage 2: width, depth, schedule and decay at the learning rate calibrated by stage 1.
 
     ``rung``: with ``first_rung = "auto"``, the first rung chosen from stage lr (:mod:`tuner.study.pruning`);
     until it is known (the study's creation at the hand-off) the stage prunes nothing.
+    ``lr_scale``: the range its multiplier on that rate is searched over, as :func:`settle_lr_scale`
+    stored it; None: resolved from the spec alone (enough to plan a trial from its params).
     """
     shape = spec.stages.shape
     pruning: dict[str, Any] = {"pruner": shape.pruner, "first_rung": shape.first_rung}
@@ -179,7 +200,7 @@ def shape_stage(spec: StudySpec, best_lr: float, rung: FirstRung | None = None) 
         budget=shape.trials,
         epochs=shape.epochs or spec.train.epochs,
         sampler=shape.sampler,
-        space={**shape_space(spec), **_lr_scale_space(spec)},
+        space={**shape_space(spec), **_lr_scale_space(spec, lr_scale)},
         fixed={"lr": best_lr},
         **pruning,
     )

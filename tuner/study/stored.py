@@ -44,6 +44,7 @@ BEST_TRIAL_ATTR = "best_trial"  # on <name>/lr, at the hand-off: its best trial 
 HANDOFF_ATTR = "handoff"
 HANDOFF_TRIALS_ATTR = "handoff_trials"  # on <name>/lr: finished lr trials the hand-off saw
 LR_ATTR = "lr"  # on <name>/shape and its trials: the calibrated rate they train at (before lr_scale)
+LR_SCALE_RANGE_ATTR = "lr_scale_range"  # on <name>/shape: [low, high] that lr_scale = "auto" resolved to, once
 TASK_ATTR = "task"  # "classification" or "regression": what the data asked for, as loaded
 SPEC_PATH_ATTR = "spec_path"  # the spec file a study was made from: where its own code is imported from
 LR_FIND_ATTR = "lr_find"  # on <name>/lr: the range test of lr_range = "auto", kept for resume
@@ -103,8 +104,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "a CSV's constant feature columns are dropped, with a warning (issue 24)",
               {("data", "drop_constant_columns"): False}),
     Migration(3, "stage 'lr' hands on the rate of its smoothed U's broadest low basin, not its best trial's; stage "
-                 "'shape' prunes from a first rung read from stage lr's curves, never while nothing has learned (issue 21)",
-              {("stages.lr", "handoff"): "best", ("stages.shape", "first_rung"): 1}),
+                 "'shape' prunes from a first rung read from stage lr's curves, never while nothing has learned, and "
+                 "searches lr_scale over a range from the optimizer and the shapes, \"auto\" (issue 21)",
+              {("stages.lr", "handoff"): "best", ("stages.shape", "first_rung"): 1,
+               ("stages.shape", "lr_scale"): (0.5, 4.0)}),
 )
 CONTRACT_VERSION = MIGRATIONS[-1].version  # what this tuner writes, and the newest it reads
 

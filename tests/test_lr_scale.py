@@ -1,0 +1,209 @@
+"""``stages.shape.lr_scale = "auto"``: the range of the multiplier on the calibrated rate follows the optimizer.
+
+With Adam the best rate of a wider network lies below the small network's (about 1/width, muP;
+docs/lr_shift.csv), with SGD near or above it. A new study resolves "auto" once, at the hand-off,
+and keeps the range on ``<name>/shape``; a study stored before "auto" resumes with the range it
+was made with.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import tuner
+from tuner.inputs.spec import SpecError, spec_from_dict
+from tuner.report.runs import Run, StageRuns
+from tuner.report.words import shape_diagnosis
+from tuner.study.lr_scale import HIGHEST, LOWEST, MARGIN, auto_lr_scale, resolve_lr_scale
+from tuner.study.stage_studies import with_stage_value
+from tuner.study.stages import settle_lr_scale, shape_stage
+
+MEASURED = Path(__file__).resolve().parent.parent / "docs" / "lr_shift.csv"
+SPEC: dict[str, Any] = {
+    "name": "auto_scaled",
+    "data": {"name": "wine"},
+    "model": {"width": 8, "depth": 1},
+    "train": {"epochs": 3, "batch_size": 32, "optimizer": "adam"},
+    "stages": {"lr": {"trials": 4, "lr_min": 1e-3, "lr_max": 0.3}, "shape": {"trials": 3, "width": [8, 32], "depth": [1, 2]}},
+}
+
+
+def _spec(**shape: Any) -> tuner.StudySpec:
+    return spec_from_dict({**SPEC, "stages": {**SPEC["stages"], "shape": {**SPEC["stages"]["shape"], **shape}}})
+
+
+def test_adam_reaches_down_about_as_one_over_the_width_ratio_and_sgd_does_not() -> None:
+    adam_low, adam_high = auto_lr_scale("adam", width_ratio=8, depth_ratio=1)
+    sgd_low, sgd_high = auto_lr_scale("sgd", width_ratio=8, depth_ratio=1)
+    assert adam_low <= 1 / 8 and adam_low < sgd_low
+    assert sgd_high >= 2 and sgd_low >= 0.25
+    for optimizer in ("sgd", "adam", "rmsprop", "adagrad"):
+        for width_ratio in (1 / 8, 0.5, 1, 2, 8, 64):
+            for depth_ratio in (1 / 3, 1, 3):
+                low, high = auto_lr_scale(optimizer, width_ratio, depth_ratio)
+                assert LOWEST <= low <= 1 <= high <= HIGHEST
+
+
+def test_a_narrower_network_with_adam_may_take_a_higher_rate() -> None:
+    low, high = auto_lr_scale("adam", width_ratio=0.5, depth_ratio=1)
+    assert high >= 2 * MARGIN * 0.99 and low <= 1 / MARGIN
+
+
+def test_a_broad_basin_widens_the_range_and_a_narrow_one_does_not_narrow_it() -> None:
+    plain = auto_lr_scale("sgd", 4, 1)
+    assert auto_lr_scale("sgd", 4, 1, basin=(0.9, 1.1)) == plain
+    low, high = auto_lr_scale("sgd", 4, 1, basin=(0.1, 3.0))
+    assert low == pytest.approx(0.1) and high >= plain[1]
+    assert auto_lr_scale("adam", 1, 1, basin=(0.5, 6.0))[1] == pytest.approx(6.0)
+
+
+def test_the_range_is_clipped_to_a_sane_span() -> None:
+    assert auto_lr_scale("adam", width_ratio=1000, depth_ratio=1)[0] == LOWEST
+    assert auto_lr_scale("sgd", width_ratio=1, depth_ratio=1, basin=(1e-3, 1e3)) == (LOWEST, HIGHEST)
+    with pytest.raises(ValueError):
+        auto_lr_scale("adam", width_ratio=0, depth_ratio=1)
+
+
+def test_auto_covers_every_shape_the_stage_searches() -> None:
+    spec = _spec(width=[4, 64], depth=[1, 3])  # the small network: width 8, depth 1
+    low, high = resolve_lr_scale(spec)
+    assert low == min(auto_lr_scale("adam", 8, d)[0] for d in (1, 3))  # widest: 64 / 8
+    assert high == max(auto_lr_scale("adam", 0.5, d)[1] for d in (1, 3))  # narrowest: 4 / 8
+    assert resolve_lr_scale(_spec(lr_scale=[0.5, 4.0])) == (0.5, 4.0)  # a pair is taken as written
+    assert resolve_lr_scale(_spec(lr_scale=[1.0, 1.0]), basin=(0.1, 10.0)) == (1.0, 1.0)
+
+
+def test_the_spec_takes_auto_or_a_pair_and_is_auto_by_default() -> None:
+    assert spec_from_dict({"name": "x", "data": {"name": "wine"}}).stages.shape.lr_scale == "auto"
+    assert _spec(lr_scale="auto").stages.shape.lr_scale == "auto"
+    assert _spec(lr_scale=[0.5, 2]).stages.shape.lr_scale == (0.5, 2.0)
+
+
+@pytest.mark.parametrize("value", ["aut", "fixed", 2.0, True, [0.1, 0.5], [2.0, 1.0], [0.0, 2.0], [0.5, 1.0, 2.0]])
+def test_a_bad_lr_scale_is_refused_in_one_line_naming_the_field(value: Any) -> None:
+    with pytest.raises(SpecError, match="stages.shape.lr_scale") as refused:
+        _spec(lr_scale=value)
+    assert "\n" not in str(refused.value)
+
+
+def test_the_stored_range_wins_over_a_new_resolution(tmp_path: Path) -> None:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(study_name="x/shape", storage=storage)
+    spec = _spec()
+    first = settle_lr_scale(spec, study)
+    assert study.user_attrs["lr_scale_range"] == list(first)
+    # Resolved with a basin later (another worker, a resume): the stored range is kept.
+    assert settle_lr_scale(spec, study, basin=(0.01, 100.0)) == first
+    # A pair written in the spec is its own record: nothing stored.
+    other = optuna.create_study(study_name="y/shape", storage=storage)
+    assert settle_lr_scale(_spec(lr_scale=[0.5, 4.0]), other) == (0.5, 4.0)
+    assert "lr_scale_range" not in other.user_attrs
+
+
+def test_a_new_study_stores_the_resolved_range_and_its_shape_trials_search_inside_it(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'auto.db'}"
+    notes: list[str] = []
+
+    class Notes(tuner.Reporter):
+        def message(self, text: str) -> None:
+            notes.append(text)
+
+    result = tuner.run_study(_spec(), storage=storage, device="cpu", reporter=Notes())
+    shape = optuna.load_study(study_name="auto_scaled/shape", storage=storage)
+    assert shape.user_attrs["settings"]["stages"]["shape"]["lr_scale"] == "auto"  # what the user wrote
+    low, high = shape.user_attrs["lr_scale_range"]
+    unwidened = resolve_lr_scale(_spec())  # the hand-off's basin may only widen it
+    assert low <= unwidened[0] and high >= unwidened[1]
+    basin = optuna.load_study(study_name="auto_scaled/lr", storage=storage).user_attrs["handoff"]["basin"]
+    assert (low, high) == resolve_lr_scale(_spec(), (basin[0] / result.best_lr, basin[1] / result.best_lr))
+    assert low <= 1 / 4 < 1 < high  # Adam, shapes up to 4x the small network's width
+    finished = [t for t in shape.trials if t.state.is_finished()]
+    assert finished and all(low <= t.params["lr_scale"] <= high for t in finished)
+    assert {(t.distributions["lr_scale"].low, t.distributions["lr_scale"].high) for t in finished} == {(low, high)}
+    assert any(f"lr_scale in [{low:.3g}, {high:.3g}]" in note for note in notes)
+    best = shape.best_trial
+    assert result.stages["shape"].best_params["lr"] == pytest.approx(result.best_lr * best.params["lr_scale"])
+
+    # Resumed with one more shape trial: the same distribution, the range untouched.
+    tuner.run_study(with_stage_value(_spec(), "shape", "trials", 4), storage=storage, device="cpu")
+    shape = optuna.load_study(study_name="auto_scaled/shape", storage=storage)
+    assert shape.user_attrs["lr_scale_range"] == [low, high]
+    newest = max(shape.trials, key=lambda t: t.number)
+    assert (newest.distributions["lr_scale"].low, newest.distributions["lr_scale"].high) == (low, high)
+
+
+def test_a_study_stored_with_the_range_of_before_auto_resumes_with_it(tmp_path: Path) -> None:
+    # Made by the release before "auto" (contract version 2): lr_scale [0.5, 4] was the default.
+    storage = f"sqlite:///{tmp_path / 'v2.db'}"
+    made = _spec(lr_scale=[0.5, 4.0])  # every other default as today's (Hyperband, constant columns dropped)
+    tuner.run_study(made, storage=storage, device="cpu")
+    for stage in ("lr", "shape"):
+        optuna.load_study(study_name=f"auto_scaled/{stage}", storage=storage).set_user_attr("contract_version", 2)
+    shape = optuna.load_study(study_name="auto_scaled/shape", storage=storage)
+    n_before, settings = len(shape.trials), shape.user_attrs["settings"]
+    assert settings["stages"]["shape"]["lr_scale"] == [0.5, 4.0]
+
+    notes: list[str] = []
+
+    class Notes(tuner.Reporter):
+        def message(self, text: str) -> None:
+            notes.append(text)
+
+    today = with_stage_value(_spec(), "shape", "trials", 4)
+    assert today.stages.shape.lr_scale == "auto"
+    tuner.run_study(today, storage=storage, device="cpu", reporter=Notes())
+    shape = optuna.load_study(study_name="auto_scaled/shape", storage=storage)
+    assert len(shape.trials) == n_before + 1 and shape.user_attrs["settings"] == settings
+    assert "lr_scale_range" not in shape.user_attrs
+    newest = max(shape.trials, key=lambda t: t.number)
+    assert (newest.distributions["lr_scale"].low, newest.distributions["lr_scale"].high) == (0.5, 4.0)
+    assert any("stages.shape.lr_scale" in note and "[0.5, 4.0]" in note for note in notes)
+
+
+def test_the_report_compares_a_scaled_winner_at_the_calibrated_rate() -> None:
+    def stage(scale: float) -> StageRuns:
+        params = {"lr": 0.01, "width": 32, "depth": 1, "schedule": "constant", "decay": 1.0, "lr_scale": scale}
+        run = Run(0, TrialState.COMPLETE, params, 0.2, [0.9, 0.5, 0.2], [], 1.0, False)
+        return StageRuns("shape", SimpleNamespace(user_attrs={}), [], [run])  # type: ignore[arg-type]
+
+    scaled = " ".join(shape_diagnosis(stage(0.13), 0.25, "val_error"))
+    assert "at the same rate" not in scaled and "at the calibrated rate (0.25)" in scaled and "0.13x" in scaled
+    assert "at the same rate (0.25)" in " ".join(shape_diagnosis(stage(1.0), 0.25, "val_error"))
+
+
+def test_a_one_trial_spec_keeps_its_written_range() -> None:
+    stage = shape_stage(_spec(lr_scale=[1.0, 1.0]), best_lr=0.01)
+    assert "lr_scale" not in stage.space
+    auto = shape_stage(_spec(), best_lr=0.01, lr_scale=(0.2, 3.0))
+    assert (auto.space["lr_scale"].low, auto.space["lr_scale"].high) == (0.2, 3.0)
+
+
+def test_the_auto_range_holds_a_near_best_rate_of_every_measured_shape() -> None:
+    # docs/lr_shift.csv (scripts/lr_shift.py): for every shape measured, with SGD and Adam on the mlp,
+    # lstm and cnn families, the range "auto" gives that shape holds a rate within one standard error
+    # (binomial, of the seeds' mean validation error) of the shape's best on the grid.
+    with MEASURED.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["task"], r["optimizer"]) for r in rows} >= {
+        (task, optimizer) for task in ("digits", "digits_rows", "digits_images") for optimizer in ("sgd", "adam")}
+    small: dict[tuple[str, str], dict[str, str]] = {}
+    for row in rows:
+        small.setdefault((row["task"], row["optimizer"]), row)  # each group opens with the small network
+    for row in rows:
+        base = small[(row["task"], row["optimizer"])]
+        low, high = auto_lr_scale(row["optimizer"], int(row["width"]) / int(base["width"]),
+                                  int(row["depth"]) / int(base["depth"]))
+        scale = [float(rate) / float(base["best_lr"]) for rate in row["lr_grid"].split()]
+        curve = [float(value) for value in row["curve"].split()]
+        best = min(curve)
+        within = min(v for v, s in zip(curve, scale) if low * 0.999 <= s <= high * 1.001)
+        noise = math.sqrt(best * (1 - best) / (int(row["validation_rows"]) * int(row["seeds"])))
+        assert within - best <= noise, (row["task"], row["optimizer"], row["width"], row["depth"], low, high)

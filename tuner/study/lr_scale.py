@@ -1,0 +1,98 @@
+"""The range ``stages.shape.lr_scale = "auto"`` resolves to: how far the best rate moves with the shape.
+
+Stage ``shape`` trains every shape at the rate calibrated on the small network times its own
+``lr_scale``. Where the best rate of a larger shape lies depends on the optimizer. With Adam (and
+the other per-coordinate methods) it falls with width, at most about as 1/width (muP, Yang et al.
+2022: a hidden layer's Adam rate scales as 1/fan_in). With SGD it stays near or rises a little
+with width. With both, it falls with depth. ``scripts/lr_shift.py`` measured this on the built-in
+mlp (digits), lstm (digits_rows) and cnn (digits_images) families (``docs/lr_shift.csv``):
+
+- Adam, best rate of the widest shapes over the small network's: mlp 8x wider 0.1-0.56 (smoothed
+  0.056), lstm 4x 0.56, cnn 4x 0.56 and 4x wider and 1.5x deeper 0.32;
+- SGD: mlp 8x wider 1.8-5.6, lstm 4x 3.2, cnn 4x 0.56-1.8; the cnn 1.5x deeper 0.32 (training the
+  deeper cnn at the small network's rate diverged).
+
+:data:`RATE_MOVES` is the rule read from that, each of width and depth a power of its ratio; as
+the two may pull apart (SGD: wider up, deeper down), the range covers each move alone and both
+together, :data:`MARGIN` further on both sides (how far the measured best rates lay from the
+rule), and the basin of the calibrated rate (the rates within noise of the best on the small
+network, as multiples of the handed-on rate) where that is wider than the margin. It always
+contains 1 and never reaches past :data:`LOWEST` or :data:`HIGHEST`. With it, every shape measured
+has a rate within one standard error of its best inside its range (tests/test_lr_scale.py).
+
+Example:
+    >>> auto_lr_scale("adam", width_ratio=8, depth_ratio=1)
+    (0.0625, 2.0)
+    >>> auto_lr_scale("sgd", width_ratio=8, depth_ratio=1, basin=(0.3, 3.0))
+    (0.3, 8.0)
+"""
+
+from __future__ import annotations
+
+import math
+
+from tuner.inputs.spec import LR_SCALE_AUTO, StudySpec
+
+# optimizer -> (width exponent, depth exponent): the best rate of a shape width_ratio times as
+# wide and depth_ratio times as deep as the small network lies near width_ratio**w (wider alone),
+# depth_ratio**d (deeper alone) or their product, times the small network's best rate.
+RATE_MOVES: dict[str, tuple[float, float]] = {
+    "sgd": (0.5, -1.5),
+    "adam": (-1.0, -0.5),  # width: muP's 1/fan_in; depth: weaker than SGD's in the measurement
+}
+ADAPTIVE = ("adam", "rmsprop", "adagrad")  # per-coordinate step sizes: moved as Adam's rate (muP treats them alike)
+MARGIN = 2.0  # the measured best rates lay within this factor of the rule; the range reaches that far past it
+# Never wider: past these, the shape stage's few trials would go to searching the rate rather than
+# the shape, and the small network is too far from the shapes searched to calibrate them.
+LOWEST = 1 / 32
+HIGHEST = 8.0
+
+
+def auto_lr_scale(optimizer: str, width_ratio: float, depth_ratio: float,
+                  basin: tuple[float, float] | None = None) -> tuple[float, float]:
+    """The ``lr_scale`` range for a shape ``width_ratio`` times as wide, ``depth_ratio`` as deep as the small net.
+
+    Args:
+        optimizer: ``train.optimizer``: ``sgd``, or an adaptive one (``adam``, ``rmsprop``, ``adagrad``).
+        width_ratio: the shape's width over the small network's (below 1 for a narrower one).
+        depth_ratio: the shape's depth over the small network's.
+        basin: (low, high) rates within noise of the best on the small network, as multiples of the
+            handed-on rate (e.g. ``(0.5, 2.0)``); None where it is not known.
+
+    Returns:
+        (low, high) with ``LOWEST <= low <= 1 <= high <= HIGHEST``.
+    """
+    if width_ratio <= 0 or depth_ratio <= 0:
+        raise ValueError(f"width_ratio and depth_ratio must be > 0, not {width_ratio}, {depth_ratio}")
+    width_exponent, depth_exponent = RATE_MOVES["adam" if optimizer in ADAPTIVE else "sgd"]
+    wider, deeper = width_ratio**width_exponent, depth_ratio**depth_exponent
+    moves = (1.0, wider, deeper, wider * deeper)
+    below, above = 1 / MARGIN, MARGIN
+    if basin is not None:
+        below, above = min(below, basin[0]), max(above, basin[1])
+    low = min(moves) * below
+    high = max(moves) * above
+    return max(LOWEST, min(1.0, _tidy(low))), min(HIGHEST, max(1.0, _tidy(high)))
+
+
+def resolve_lr_scale(spec: StudySpec, basin: tuple[float, float] | None = None) -> tuple[float, float]:
+    """The ``lr_scale`` range stage ``shape`` searches: the spec's pair, or ``"auto"`` resolved.
+
+    ``"auto"`` covers every shape the stage may try: the union of :func:`auto_lr_scale` over the
+    corners of its width and depth ranges, relative to the small network of ``[model]``.
+    """
+    shape = spec.stages.shape
+    if shape.lr_scale != LR_SCALE_AUTO:
+        low, high = shape.lr_scale
+        return float(low), float(high)
+    ranges = [
+        auto_lr_scale(spec.train.optimizer, width / spec.model.width, depth / spec.model.depth, basin)
+        for width in shape.width
+        for depth in shape.depth
+    ]
+    return min(low for low, _ in ranges), max(high for _, high in ranges)
+
+
+def _tidy(value: float) -> float:
+    """Three significant digits: a range a person reads in the stored study and the summary."""
+    return float(f"{value:.3g}") if value > 0 and math.isfinite(value) else value
