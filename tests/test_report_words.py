@@ -125,3 +125,21 @@ def test_describe_nearest_trial_and_exploding_choice() -> None:
     lines = describe_lr_sweep(lrs, curves, chosen_lr=0.9)
     assert "explodes" in lines[0] and f"(nearest trial: {lrs[-1]:.1e})" in lines[0]
     assert any("diverging range" in line for line in lines)
+
+
+def test_a_shape_stage_worse_than_its_first_stage_is_explained_and_points_to_stage_lrs_winner() -> None:
+    from types import SimpleNamespace
+
+    from optuna.trial import TrialState
+
+    from tuner.report.runs import Run, StageRuns
+    from tuner.report.words import shape_diagnosis
+
+    params = {"lr": 0.01, "width": 64, "depth": 1, "schedule": "constant", "decay": 1.0}
+    stage = StageRuns("shape", SimpleNamespace(user_attrs={}), [],  # type: ignore[arg-type]
+                      [Run(0, TrialState.COMPLETE, params, 0.79, [0.9, 0.85, 0.79], [], 1.0, False)])
+    worse = " ".join(shape_diagnosis(stage, 0.27, "val_error"))
+    assert "higher than the small network of stage lr" in worse
+    assert "stage lr's small network: `tuner best` trains it" in worse and "--stage shape" in worse
+    better = " ".join(shape_diagnosis(stage, 0.95, "val_error"))
+    assert "lower than the small network" in better and "tuner best" not in better

@@ -295,6 +295,13 @@ def shape_diagnosis(stage: StageRuns, reference: float | None, objective: str) -
         than = f"That is {abs(change):.0%} {word} than the small network of stage lr"
         sentences.append(f"{than} at the same rate ({reference:.3g})." if scale == 1 else
                          f"{than} at the calibrated rate ({reference:.3g}); this shape trained at {scale:.2g}x that rate.")
+        if change > 0:
+            sentences.append(
+                "So the study's best configuration is stage lr's small network: `tuner best` trains it (`--stage shape` "
+                "trains this stage's best). A shape stage ends worse than its first stage when its larger networks "
+                "wanted another rate than the lr_scale range allowed, when its pruner stopped slow starters, or when "
+                "its trials were too few for the space."
+            )
     by_schedule: dict[str, float] = {}
     for r in stage.complete:
         s = str(r.params.get("schedule", "constant"))
