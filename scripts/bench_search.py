@@ -52,6 +52,7 @@ Run:  pip install -e ".[bench]"                     # prodigyopt, for the prodig
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import copy
 import csv
 import dataclasses
@@ -594,6 +595,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         help="methods to run [default: all]; staged always runs (it sets the budget)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads [default 1: steadier timings]")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="(task, seed) runs at once, in processes of their own [default 1: steadier wall seconds]")
     parser.add_argument("--from-csv", type=Path, help="no training: summaries and PNGs again from a curves.csv of a run")
     args = parser.parse_args()
     tasks = args.tasks or list(DEFAULT_TASKS)
@@ -617,11 +620,15 @@ def main() -> None:
 
     started = time.perf_counter()
     outcomes: dict[str, dict[int, StagedOutcome]] = {}
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, concurrent.futures.ProcessPoolExecutor(
+            args.jobs, initializer=torch.set_num_threads, initargs=(args.threads,)) as pool:
+        # Every (task, seed) is a job of its own: its trials train alike in any process, only wall seconds differ.
+        jobs = {(task, seed): pool.submit(run_seed, task, seed, args.quick, Path(folder), methods)
+                for task in tasks for seed in range(n_seeds)}
         for task in tasks:
             runs = {}
             for seed in range(n_seeds):
-                runs[seed], outcomes.setdefault(task, {})[seed] = run_seed(task, seed, args.quick, Path(folder), methods)
+                runs[seed], outcomes.setdefault(task, {})[seed] = jobs[task, seed].result()
                 print(f"  {task} seed {seed} done at {time.perf_counter() - started:.0f} s", flush=True)
             write_curves(args.out / "curves.csv", task, runs)
             write_stages(args.out, outcomes)
