@@ -32,16 +32,28 @@ median and min-max over seeds of the best error, the median wall seconds, and th
 method needed to reach joint TPE's final error as a ratio to what TPE needed (median over seeds;
 ``inf`` where a method did not reach it within the budget; "reached" counts the seeds where it did).
 
+Tasks: every study of ``studies/`` by default; besides them, three tasks the project generates
+(issue 21; specs and loaders in ``scripts/bench_tasks.py``, run only when named with ``--tasks``):
+``seq_slow`` (an LSTM with Adam at chance for its first epochs), ``reg_table`` (an MLP with SGD on a
+regression table), ``adding_long`` (the adding problem at 50 steps). For every task it also writes
+``stages.csv`` / ``stages.md``: per seed, the staged study's stage ``lr`` best against stage
+``shape``'s own best (trials enqueued from stage ``lr`` left out), "shape no worse than lr in k of
+N seeds", and the staged compute in param-epochs.
+
 Run:  pip install -e ".[bench]"                     # prodigyopt, for the prodigy baseline
       python scripts/bench_search.py                 # every task of studies/, 5 seeds
       python scripts/bench_search.py --quick         # every task and method, under 5 minutes on 2 cores
       python scripts/bench_search.py --tasks wine adding --seeds 7
+      python scripts/bench_search.py --tasks seq_slow reg_table adding_long --methods staged tpe tpe_hyperband \
+          --out docs/bench_search_issue21/baseline     # issue 21's tasks, staged against TPE only
       python scripts/bench_search.py --from-csv runs/bench_search/curves.csv --out /tmp/again   # re-plot only
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import copy
 import csv
 import dataclasses
 import datetime
@@ -54,6 +66,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import bench_tasks  # scripts/: the generated tasks (run as a script, its folder is on sys.path)
 import numpy as np
 import optuna
 import tomllib
@@ -70,7 +83,7 @@ from tuner.study.stages import Stage, base_config, make_pruner, shape_space
 from tuner.training.train import parameter_count, seeded_model, train_epochs
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
-TASKS = {  # task -> (study file, what it is)
+TASKS = {  # task -> (study file or "generated", what it is)
     "digits": ("quickstart.toml", "MLP, classification"),
     "wine": ("wine.toml", "MLP, classification"),
     "breast_cancer": ("breast_cancer.toml", "MLP, classification"),
@@ -78,8 +91,10 @@ TASKS = {  # task -> (study file, what it is)
     "digits_rows": ("digits_lstm.toml", "LSTM, sequence classification"),
     "adding": ("adding_lstm.toml", "LSTM, sequence regression"),
     "digits_cnn": ("digits_cnn.toml", "CNN, image classification"),
+    # issue 21: tasks the project generates, specs and loaders in scripts/bench_tasks.py
+    **{task: ("generated", about) for task, (_, _, about) in bench_tasks.TASKS.items()},
 }
-DEFAULT_TASKS = tuple(TASKS)  # every study of studies/
+DEFAULT_TASKS = tuple(task for task, (file, _) in TASKS.items() if file != "generated")  # every study of studies/
 METHODS = ("staged", "tpe", "tpe_hyperband", "random", "grid", "prodigy", "prodigy_staged_shape")
 # --quick: smaller budgets and fewer epochs, the same for every method; the full run keeps the studies' own.
 QUICK = {
@@ -90,6 +105,9 @@ QUICK = {
     "digits_rows": {"lr": 6, "shape": 4, "epochs": 3},
     "adding": {"lr": 6, "shape": 4, "epochs": 3},
     "digits_cnn": {"lr": 6, "shape": 4, "epochs": 3},
+    "seq_slow": {"lr": 6, "shape": 4, "epochs": 8},  # past the epochs at chance, or nothing learns
+    "reg_table": {"lr": 12, "shape": 6, "epochs": 8},
+    "adding_long": {"lr": 6, "shape": 4, "epochs": 3},
 }
 QUICK_SEEDS = 3
 GRID_WIDTHS = 3  # the width range's ends and its geometric middle
@@ -110,8 +128,11 @@ class TrialRecord:
 
 
 def task_spec(task: str, seed: int, quick: bool) -> dict[str, Any]:
-    """The study file of ``task`` as a dict, with this seed (and the quick budgets)."""
-    table = tomllib.loads((STUDIES / TASKS[task][0]).read_text())
+    """The study file of ``task`` (or its generated spec) as a dict, with this seed (and the quick budgets)."""
+    if TASKS[task][0] == "generated":
+        table = copy.deepcopy(bench_tasks.TASKS[task][0])
+    else:
+        table = tomllib.loads((STUDIES / TASKS[task][0]).read_text())
     table["name"] = f"bench-{task}-{seed}"
     table["seed"] = seed
     table.pop("storage", None)
@@ -166,12 +187,34 @@ def train_point(spec: StudySpec, data: Dataset, stage: Stage, params: dict[str, 
     return value, parameter_count(spec.model.family, data, plan.width, plan.depth), epochs
 
 
-def run_staged(table: dict[str, Any], folder: Path) -> tuple[list[TrialRecord], tuple[int, int]]:
-    """tuner's staged study on a fresh SQLite file; its trials in the order they finished, and its best (width, depth)."""
+@dataclasses.dataclass(frozen=True)
+class StagedOutcome:
+    """What the staged study's own stages ended with, for issue 21's reading: is stage shape no worse than stage lr?"""
+
+    lr_best: float | None  # result.stages["lr"].best_value
+    shape_best: float | None  # result.stages["shape"].best_value (a trial enqueued from stage lr included)
+    shape_own_best: float | None  # stage shape's best over the trials it sampled itself (no enqueued trial)
+    shape_complete: int
+    shape_pruned: int
+    best_lr: float | None  # the rate stage lr handed on
+    best_stage: str | None  # the stage the study's best comes from
+    compute: int  # param-epochs of both stages
+
+    @property
+    def shape_no_worse(self) -> bool | None:
+        """Stage shape's own best <= stage lr's best (lower is better); None if either stage has no value."""
+        if self.lr_best is None or self.shape_own_best is None:
+            return None
+        return self.shape_own_best <= self.lr_best
+
+
+def run_staged(table: dict[str, Any], folder: Path, loader: Callable[..., Any] | None = None
+               ) -> tuple[list[TrialRecord], tuple[int, int], StagedOutcome]:
+    """tuner's staged study on a fresh SQLite file: its trials in the order they finished, its best (width, depth), its stages."""
     spec = tuner.spec_from_dict(table)
     storage = f"sqlite:///{folder / (spec.name + '.db')}"
     started = datetime.datetime.now()
-    tuner.run_study(spec, storage=storage, device="cpu")
+    result = tuner.run_study(spec, storage=storage, device="cpu", loader=loader)
     records = []
     for stage in ("lr", "shape"):
         study = optuna.load_study(study_name=f"{spec.name}/{stage}", storage=storage)
@@ -181,8 +224,18 @@ def run_staged(table: dict[str, Any], folder: Path) -> tuple[list[TrialRecord], 
             value = trial.value if trial.state == TrialState.COMPLETE else None
             end = (trial.datetime_complete - started).total_seconds() if trial.datetime_complete else 0.0
             records.append(TrialRecord(value, int(trial.user_attrs["n_params"]), int(trial.user_attrs["epochs_done"]), end))
-    best = optuna.load_study(study_name=f"{spec.name}/shape", storage=storage).best_trial.params
-    return records, (int(best.get("width", spec.model.width)), int(best.get("depth", spec.model.depth)))
+    shape_study = optuna.load_study(study_name=f"{spec.name}/shape", storage=storage)
+    complete = [t for t in shape_study.trials if t.state == TrialState.COMPLETE and t.value is not None]
+    # Optuna marks an enqueued trial with the system attribute "fixed_params": stage lr's winner, not shape's own find.
+    own = [t.value for t in complete if "fixed_params" not in t.system_attrs]
+    best = min(complete, key=lambda t: t.value).params if complete else {}
+    lr, shape = result.stages.get("lr"), result.stages.get("shape")
+    outcome = StagedOutcome(
+        lr_best=lr.best_value if lr else None, shape_best=shape.best_value if shape else None,
+        shape_own_best=min(own) if own else None, shape_complete=shape.n_complete if shape else 0,
+        shape_pruned=shape.n_pruned if shape else 0, best_lr=result.best_lr, best_stage=result.best_stage,
+        compute=sum(r.compute for r in records))
+    return records, (int(best.get("width", spec.model.width)), int(best.get("depth", spec.model.depth))), outcome
 
 
 def run_sampler(spec: StudySpec, data: Dataset, sampler: optuna.samplers.BaseSampler, budget: int,
@@ -293,36 +346,51 @@ def compute_to_reach(records: list[TrialRecord], target: float, budget: int) -> 
     return math.inf
 
 
-def run_seed(task: str, seed: int, quick: bool, folder: Path) -> dict[str, list[TrialRecord]]:
+def task_loader(task: str) -> Callable[..., Any] | None:
+    """The generated task's data loader (tuner's user-loader contract); None for a study file's own data."""
+    return bench_tasks.TASKS[task][1] if TASKS[task][0] == "generated" else None
+
+
+def run_seed(task: str, seed: int, quick: bool, folder: Path, methods: tuple[str, ...] = METHODS
+             ) -> tuple[dict[str, list[TrialRecord]], StagedOutcome]:
+    """Every method of ``methods`` on one seed (staged always: it sets the budget); their trials, and staged's stages."""
     table = task_spec(task, seed, quick)
-    staged, best_shape = run_staged(table, folder)
+    loader = task_loader(task)
+    staged, best_shape, outcome = run_staged(table, folder, loader)
     budget = sum(r.compute for r in staged)
     spec = tuner.spec_from_dict(table)
-    data = load_dataset(spec.data, spec.seed, spec.source)
-    return {
-        "staged": staged,
-        "tpe": run_sampler(spec, data, optuna.samplers.TPESampler(seed=seed), budget),
+    data = load_dataset(spec.data, spec.seed, spec.source, loader)
+    others: dict[str, Callable[[], list[TrialRecord]]] = {
+        "tpe": lambda: run_sampler(spec, data, optuna.samplers.TPESampler(seed=seed), budget),
         # Optuna's advice for TPE: HyperbandPruner, epochs as the resource (tuner's own settings for it).
-        "tpe_hyperband": run_sampler(spec, data, optuna.samplers.TPESampler(seed=seed), budget,
-                                     make_pruner("hyperband", spec.stages.shape.epochs or spec.train.epochs)),
-        "random": run_sampler(spec, data, optuna.samplers.RandomSampler(seed=seed), budget),
-        "grid": run_grid(spec, data, budget),
-        "prodigy": run_prodigy(spec, data, (spec.model.width, spec.model.depth)),
-        "prodigy_staged_shape": run_prodigy(spec, data, best_shape),
+        "tpe_hyperband": lambda: run_sampler(spec, data, optuna.samplers.TPESampler(seed=seed), budget,
+                                             make_pruner("hyperband", spec.stages.shape.epochs or spec.train.epochs)),
+        "random": lambda: run_sampler(spec, data, optuna.samplers.RandomSampler(seed=seed), budget),
+        "grid": lambda: run_grid(spec, data, budget),
+        "prodigy": lambda: run_prodigy(spec, data, (spec.model.width, spec.model.depth)),
+        "prodigy_staged_shape": lambda: run_prodigy(spec, data, best_shape),
     }
+    return {"staged": staged, **{m: others[m]() for m in methods if m != "staged"}}, outcome
 
 
 def _fmt(value: float) -> str:
     return "inf" if math.isinf(value) else f"{value:.4g}" if value >= 0.01 or value == 0 else f"{value:.2g}"
 
 
+def methods_of(runs: dict[int, dict[str, list[TrialRecord]]]) -> list[str]:
+    """The methods every seed of ``runs`` ran, in METHODS' order."""
+    return [m for m in METHODS if all(methods.get(m) for methods in runs.values())]
+
+
 def summarise(task: str, runs: dict[int, dict[str, list[TrialRecord]]]) -> list[dict[str, Any]]:
     """Per method: the best error at the budget (median, min, max over seeds), wall, compute ratio to TPE."""
     rows = []
     budgets = {seed: sum(r.compute for r in methods["staged"]) for seed, methods in runs.items()}
-    targets = {seed: best_within(methods["tpe"], budgets[seed]) for seed, methods in runs.items()}
-    tpe_needs = {seed: compute_to_reach(methods["tpe"], targets[seed], budgets[seed]) for seed, methods in runs.items()}
-    for method in METHODS:
+    # Without tpe (--methods) no method has a target: every ratio is nan.
+    targets = {seed: best_within(methods.get("tpe", []), budgets[seed]) for seed, methods in runs.items()}
+    tpe_needs = {seed: compute_to_reach(methods.get("tpe", []), targets[seed], budgets[seed]) or math.nan
+                 for seed, methods in runs.items()}
+    for method in methods_of(runs):
         bests = [best_within(runs[seed][method], budgets[seed]) for seed in runs]
         ratios = [compute_to_reach(runs[seed][method], targets[seed], budgets[seed]) / tpe_needs[seed] for seed in runs]
         walls = [runs[seed][method][-1].seconds for seed in runs]
@@ -374,7 +442,7 @@ def plot_task(path: Path, task: str, runs: dict[int, dict[str, list[TrialRecord]
     grids = (np.geomspace(smallest, 1.0, 300), np.linspace(0.25, 1.0, 300))
     figure, panels = plt.subplots(1, 2, figsize=(11, 4.5))
     zoom_low, zoom_high = math.inf, -math.inf
-    for method in METHODS:
+    for method in methods_of(runs):
         for panel, grid in zip(panels, grids):
             curves = []
             for seed, methods in runs.items():
@@ -417,11 +485,12 @@ def plot_task(path: Path, task: str, runs: dict[int, dict[str, list[TrialRecord]
 
 def summary_line(task: str, rows: list[dict[str, Any]]) -> str:
     by = {row["method"]: row for row in rows}
+    methods = [m for m in METHODS if m in by]
     bests = " | ".join(f"{m} {_fmt(by[m]['best_median'])} [{_fmt(by[m]['best_min'])}-{_fmt(by[m]['best_max'])}]"
-                       for m in METHODS)
-    walls = " ".join(f"{m} {by[m]['wall_s_median']:.1f}" for m in METHODS)
+                       for m in methods)
+    walls = " ".join(f"{m} {by[m]['wall_s_median']:.1f}" for m in methods)
     others = ", ".join(f"{m} {_fmt(by[m]['compute_ratio_to_tpe'])}x ({by[m]['reached_tpe_final']}/{by[m]['seeds']})"
-                       for m in METHODS if m not in ("staged", "tpe"))
+                       for m in methods if m not in ("staged", "tpe"))
     staged = by["staged"]
     return (f"{task} ({TASKS[task][1]}, {staged['seeds']} seeds, budget {staged['budget_param_epochs']:.3g} param-epochs): "
             f"best median [min-max] {bests}; wall s {walls}; compute to reach TPE's final error vs TPE: {others}; "
@@ -446,14 +515,62 @@ def write_summary(out: Path, rows: list[dict[str, Any]]) -> None:
     (out / "summary.md").write_text("\n".join(lines) + "\n")
 
 
+STAGE_COLUMNS = ("task", "seed", "lr_best", "shape_best", "shape_own_best", "shape_no_worse", "shape_complete",
+                 "shape_pruned", "best_lr", "best_stage", "staged_param_epochs")
+
+
+def write_stages(out: Path, outcomes: dict[str, dict[int, StagedOutcome]]) -> None:
+    """``stages.csv`` / ``stages.md``: per task and seed, stage shape's own best against stage lr's, and the staged compute.
+
+    Issue 21's first criterion reads off the count: stage shape's own best (trials it sampled itself;
+    a stage lr winner enqueued into it does not count) no worse than stage lr's in k of N seeds.
+    """
+    rows = []
+    for task, seeds in outcomes.items():
+        for seed, o in seeds.items():
+            rows.append({"task": task, "seed": seed, "lr_best": o.lr_best, "shape_best": o.shape_best,
+                         "shape_own_best": o.shape_own_best, "shape_no_worse": o.shape_no_worse,
+                         "shape_complete": o.shape_complete, "shape_pruned": o.shape_pruned, "best_lr": o.best_lr,
+                         "best_stage": o.best_stage, "staged_param_epochs": o.compute})
+    with (out / "stages.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(STAGE_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    show = lambda v: "-" if v is None else _fmt(v)
+    lines = [("| task | seed | stage lr best | stage shape best | shape's own best | shape no worse than lr | "
+              "shape complete / pruned | rate handed on | study's best from | staged compute (param-epochs) |"),
+             "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- | ---: |"]
+    for row in rows:
+        lines.append(f"| {row['task']} | {row['seed']} | {show(row['lr_best'])} | {show(row['shape_best'])} | "
+                     f"{show(row['shape_own_best'])} | {'-' if row['shape_no_worse'] is None else 'yes' if row['shape_no_worse'] else 'no'} | "
+                     f"{row['shape_complete']} / {row['shape_pruned']} | {show(row['best_lr'])} | {row['best_stage']} | "
+                     f"{row['staged_param_epochs']:,} |")
+    lines += ["", "| task | shape's own best no worse than stage lr's | staged compute, median (min-max) param-epochs |",
+              "| --- | --- | --- |"]
+    for task, seeds in outcomes.items():
+        counted = [o.shape_no_worse for o in seeds.values()]
+        computes = [o.compute for o in seeds.values()]
+        lines.append(f"| {task} | {sum(bool(c) for c in counted)} of {len(counted)} seeds | "
+                     f"{statistics.median(computes):,.0f} ({min(computes):,}-{max(computes):,}) |")
+    (out / "stages.md").write_text("\n".join(lines) + "\n")
+
+
+def stages_line(task: str, seeds: dict[int, StagedOutcome]) -> str:
+    counted = [o.shape_no_worse for o in seeds.values()]
+    pairs = ", ".join(f"seed {seed}: shape {'-' if o.shape_own_best is None else _fmt(o.shape_own_best)} vs lr "
+                      f"{'-' if o.lr_best is None else _fmt(o.lr_best)}" for seed, o in seeds.items())
+    return (f"{task}: stage shape's own best no worse than stage lr's in {sum(bool(c) for c in counted)} of "
+            f"{len(counted)} seeds ({pairs}); staged compute median {statistics.median(o.compute for o in seeds.values()):,.0f} param-epochs")
+
+
 def load_curves(path: Path) -> dict[str, dict[int, dict[str, list[TrialRecord]]]]:
     """The runs of a ``curves.csv`` this script wrote: task -> seed -> method -> trials in order."""
     tasks: dict[str, dict[int, dict[str, list[TrialRecord]]]] = {}
     with path.open(newline="") as file:
         for row in csv.DictReader(file):
-            methods = tasks.setdefault(row["task"], {}).setdefault(int(row["seed"]), {m: [] for m in METHODS})
+            methods = tasks.setdefault(row["task"], {}).setdefault(int(row["seed"]), {})
             value = float(row["value"]) if row["value"] else None
-            methods[row["method"]].append(
+            methods.setdefault(row["method"], []).append(
                 TrialRecord(value, int(row["n_params"]), int(row["epochs"]), float(row["cum_wall_s"])))
     return tasks
 
@@ -475,10 +592,15 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), help=f"default: {' '.join(DEFAULT_TASKS)}")
     parser.add_argument("--seeds", type=int, help=f"seeds 0..N-1 per task [default 5, quick {QUICK_SEEDS}]")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_search"), help="folder for CSV, PNG, summary")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        help="methods to run [default: all]; staged always runs (it sets the budget)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads [default 1: steadier timings]")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="(task, seed) runs at once, in processes of their own [default 1: steadier wall seconds]")
     parser.add_argument("--from-csv", type=Path, help="no training: summaries and PNGs again from a curves.csv of a run")
     args = parser.parse_args()
     tasks = args.tasks or list(DEFAULT_TASKS)
+    methods = tuple(m for m in METHODS if m in args.methods or m == "staged")
     n_seeds = args.seeds or (QUICK_SEEDS if args.quick else 5)
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -489,17 +611,29 @@ def main() -> None:
         for task, runs in load_curves(args.from_csv).items():
             report(args.out, task, runs, rows, args.quick)
         return
-    prodigy_class()  # before any training, not after the first seed's other methods
+    if any(m.startswith("prodigy") for m in methods):
+        prodigy_class()  # before any training, not after the first seed's other methods
     (args.out / "curves.csv").unlink(missing_ok=True)
     print(f"optuna {optuna.__version__}, torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
-          f"seeds 0..{n_seeds - 1}, {'quick' if args.quick else 'full'} budgets; writing {args.out}/")
+          f"seeds 0..{n_seeds - 1}, {'quick' if args.quick else 'full'} budgets, methods {' '.join(methods)}; "
+          f"writing {args.out}/", flush=True)
 
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as folder:
+    outcomes: dict[str, dict[int, StagedOutcome]] = {}
+    with tempfile.TemporaryDirectory() as folder, concurrent.futures.ProcessPoolExecutor(
+            args.jobs, initializer=torch.set_num_threads, initargs=(args.threads,)) as pool:
+        # Every (task, seed) is a job of its own: its trials train alike in any process, only wall seconds differ.
+        jobs = {(task, seed): pool.submit(run_seed, task, seed, args.quick, Path(folder), methods)
+                for task in tasks for seed in range(n_seeds)}
         for task in tasks:
-            runs = {seed: run_seed(task, seed, args.quick, Path(folder)) for seed in range(n_seeds)}
+            runs = {}
+            for seed in range(n_seeds):
+                runs[seed], outcomes.setdefault(task, {})[seed] = jobs[task, seed].result()
+                print(f"  {task} seed {seed} done at {time.perf_counter() - started:.0f} s", flush=True)
             write_curves(args.out / "curves.csv", task, runs)
+            write_stages(args.out, outcomes)
             report(args.out, task, runs, rows, args.quick)
+            print(stages_line(task, outcomes[task]), flush=True)
     print(f"done in {time.perf_counter() - started:.0f} s")
 
 
