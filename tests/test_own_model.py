@@ -301,3 +301,46 @@ def test_a_users_loop_on_datasets_gets_dataloaders_and_its_return_value_is_the_o
     for trial in optuna.load_study(study_name="looped/lr", storage=url).trials:
         assert trial.state == TrialState.COMPLETE
         assert trial.user_attrs["learning_curve"] == [pytest.approx(trial.value)]  # returned, not reported: one value
+
+
+def test_a_factory_a_package_re_exports_is_known_by_the_file_it_is_written_in(tmp_path: Path) -> None:
+    package = tmp_path / "reexported"
+    package.mkdir()
+    (package / "__init__.py").write_text("from .nets import make  # re-exported\n")
+    (package / "nets.py").write_text(
+        "from torch import nn\n\n\n"
+        "def make(input_shape, n_outputs, width, depth):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(input_shape[-1], width), nn.ReLU(), nn.Linear(width, n_outputs))\n")
+    spec_path = tmp_path / "spec.toml"
+    spec_path.write_text('name = "reexp"\n[data]\nname = "wine"\n[model]\nfamily = "reexported:make"\nwidth = 4\n'
+                         '[train]\nepochs = 1\n[stages.lr]\ntrials = 2\n[stages.shape]\ntrials = 1\nwidth = [4, 8]\n')
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    tuner.run_study(spec_path, storage=storage, device="cpu")
+    stored = optuna.load_study(study_name="reexp/lr", storage=storage).user_attrs["settings"]["identity"]["model.family"]
+    from tuner.inputs.usercode import file_sha256
+
+    assert stored["sha256"] == file_sha256(package / "nets.py")  # not the __init__ that re-exports it
+    (package / "nets.py").write_text((package / "nets.py").read_text() + "# edited\n")
+    with pytest.raises(tuner.StudyMismatchError):
+        tuner.run_study(spec_path, storage=storage, device="cpu")
+
+
+def test_callables_without_a_source_file_run_resume_and_train_the_winner_from_python(tmp_path: Path) -> None:
+    # Run as `python -` (stdin): its functions have no file, as in a notebook; the hand-off and
+    # tuner best must know them from the code handed over, not import them by name.
+    script = (
+        "import tuner, torch\n"
+        "from torch import nn\n"
+        "factory = lambda input_shape, n_outputs, width, depth: nn.Sequential(nn.Linear(input_shape[-1], width), nn.ReLU(), nn.Linear(width, n_outputs))\n"
+        "spec = tuner.spec_from_dict({'name': 'stdin', 'data': {'name': 'wine'}, 'model': {'width': 4}, 'train': {'epochs': 1},\n"
+        "                             'stages': {'lr': {'trials': 2}, 'shape': {'trials': 1, 'width': [4, 8]}}})\n"
+        "url = 'sqlite:///stdin.db'\n"
+        "first = tuner.run_study(spec, storage=url, device='cpu', model=factory)\n"
+        "again = tuner.run_study(spec, storage=url, device='cpu', model=factory)\n"
+        "best = tuner.write_best('stdin', url, 'best', device='cpu', model=factory)\n"
+        "print(first.best_value == again.best_value, best.metrics['stored_value'] == first.best_value)\n"
+    )
+    done = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"]

@@ -105,9 +105,12 @@ def write_best(
     if folder.exists() and not folder.is_dir():
         raise BestError(f"--out {str(folder)!r}: is a file; give a folder (created if missing)")
     replaced = _earlier_output(folder)
-    spec, stage, trial, chosen = _best_trial(name, storage, stage)
+    spec, stage, trial, chosen, stored_identity = _best_trial(name, storage, stage)
     given = {"model": model, "loader": loader, "loop": loop, "loss": loss, "metric": metric}
     code = resolve_code(spec, given)  # the study's own code, imported once, here
+    if stored_identity is not None and identity(spec, code) != stored_identity:
+        raise BestError(f"study {name!r}: its own code or data file changed since its trials ran (see "
+                        f"`tuner study` on it); put them back to train its winner again")
     plan = with_code(stage.plan(trial.params), code)
     torch_device = resolve_device(device)
     use_threads(None, torch_device)  # $TUNER_THREADS, else one on the CPU, as tuner study
@@ -194,8 +197,9 @@ def _rows(data: Dataset | StreamedData, part: str) -> int:
 
 
 def _best_trial(name: str, storage: str | optuna.storages.BaseStorage | None,
-                stage: str | None = None) -> tuple[StudySpec, Stage, FrozenTrial, str]:
-    """The spec (from the stored settings), the stage, the best complete trial to train again, and why that one.
+                stage: str | None = None) -> tuple[StudySpec, Stage, FrozenTrial, str, dict[str, Any] | None]:
+    """The spec (from the stored settings), the stage, the best complete trial to train again, why that one,
+    and the stored identity of the study's own code (None: it names none).
 
     ``stage`` None: the best of stages ``lr`` and ``shape`` (``shape`` on a tie): the small network of
     stage ``lr`` is a configuration too, and stage ``shape`` may end worse than it.
@@ -226,16 +230,12 @@ def _best_trial(name: str, storage: str | optuna.storages.BaseStorage | None,
     stored = {key: value for key, value in _without_none(with_added_fields(settings)).items() if key != "identity"}
     spec_path = study.user_attrs.get(SPEC_PATH_ATTR, "")
     spec = spec_from_dict({**stored, "name": name}, source=spec_path)
-    if "identity" in settings:
-        if identity(spec) != settings["identity"]:
-            raise BestError(f"study {name!r}: its own code or data file changed since its trials ran (see "
-                            f"`tuner study` on it); put them back to train its winner again")
     if stage_name == "shape":
         lr = best.user_attrs.get(LR_ATTR, study.user_attrs.get(LR_ATTR))
-        return spec, shape_stage(spec, float(lr)), best, chosen
+        return spec, shape_stage(spec, float(lr)), best, chosen, settings.get("identity")
     if stage_name == "audit":
-        return spec, audit_stage(spec), best, chosen
-    return spec, lr_stage(spec), best, chosen
+        return spec, audit_stage(spec), best, chosen, settings.get("identity")
+    return spec, lr_stage(spec), best, chosen, settings.get("identity")
 
 
 def _without_none(table: dict[str, Any]) -> dict[str, Any]:

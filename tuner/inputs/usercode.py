@@ -164,15 +164,18 @@ def _import(module_name: str, field: str, reference: str, source: str) -> Any:
 
 def function_identity(reference: str, source: str = "", function: Callable[..., Any] | None = None,
                       field: str = "") -> dict[str, str]:
-    """Module, function and a hash of the module's file, found without running it (else of the function's source).
+    """Module, function and a hash of the file that defines it (else of the function's source).
 
-    The module's file is the one already imported, else the one the import would find (from the
-    spec's folder first, as :func:`load_callable`); a module with no file (a notebook's) is known
-    by ``function``'s source.
+    With ``function`` at hand (the code as resolved), the file of the module that defines it
+    (``function.__module__``: for a function a package re-exports, the module it was written in);
+    without, the file of the named module, found without running it (already imported, else where
+    the import would find it: the spec's folder first, as :func:`load_callable`). A function whose
+    module has no file (a notebook's) is known by its source.
     """
     module_name, _, function_name = reference.partition(":")
     identity = {"module": module_name, "function": function_name}
-    path = _module_file(module_name, source)
+    defined_in = getattr(function, "__module__", None) if function is not None else None
+    path = _module_file(defined_in or module_name, source)
     if path is not None:
         identity["sha256"] = file_sha256(path)
         return identity

@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import TunerError
 from tuner.inputs.spec import StudySpec
+from tuner.inputs.usercode import UserCode
 from tuner.study import results
 from tuner.study.rate_rule import RULES, RateChoice, choose_rate, rows_behind
 from tuner.study.stage_studies import open_stage_study
@@ -29,8 +30,12 @@ if TYPE_CHECKING:
 __all__ = ["hand_off_lr", "rate_choice", "sweep_choice"]
 
 
-def hand_off_lr(spec: StudySpec, storage: optuna.storages.BaseStorage, reporter: Reporter | None = None) -> float:
+def hand_off_lr(spec: StudySpec, storage: optuna.storages.BaseStorage, reporter: Reporter | None = None,
+                code: UserCode | None = None) -> float:
     """The calibrated learning rate, chosen once and stored on both stage studies.
+
+    ``code``: the spec's own code as resolved by the caller (its identity joins the shape study's
+    settings; default: read from the spec's files).
 
     Example:
         >>> rate = hand_off_lr(spec, open_storage("sqlite:///tuner.db"))  # doctest: +SKIP
@@ -55,7 +60,9 @@ def hand_off_lr(spec: StudySpec, storage: optuna.storages.BaseStorage, reporter:
     lr_study.set_user_attr(results.BEST_TRIAL_ATTR, best.number)
     lr_study.set_user_attr(results.HANDOFF_TRIALS_ATTR, n_finished)
     lr_study.set_user_attr(results.HANDOFF_ATTR, choice.as_record())
-    shape = open_stage_study(spec, shape_stage(spec, choice.rate), storage)
+    shape = open_stage_study(spec, shape_stage(spec, choice.rate), storage, code)
+    if shape.user_attrs.get(results.LR_ATTR) is not None:  # another worker handed on meanwhile: its rate holds
+        return float(shape.user_attrs[results.LR_ATTR])
     # lr_scale = "auto": resolved once, widened by the basin (as multiples of the rate), before the rate counts as handed on.
     basin = (choice.basin[0] / choice.rate, choice.basin[1] / choice.rate)
     low, high = settle_lr_scale(spec, shape, basin)

@@ -187,7 +187,7 @@ def run_study(
     summaries: dict[str, StageSummary] = {}
     lr_summary = run_stage(spec, "lr", storage=optuna_storage, data=data, device=torch_device, reporter=reporter, code=code)
     summaries["lr"] = lr_summary
-    best_lr = hand_off_lr(spec, optuna_storage, reporter)
+    best_lr = hand_off_lr(spec, optuna_storage, reporter, code)
     summaries["shape"] = run_stage(spec, "shape", storage=optuna_storage, data=data, device=torch_device,
                                    reporter=reporter, best_lr=best_lr, code=code)
     if spec.stages.audit.trials > 0:
