@@ -665,3 +665,22 @@ def test_a_v2_study_given_more_shape_trials_trains_them_by_the_rules_it_was_made
     assert len(finished) == 7
     assert all(0.5 <= t.params["lr_scale"] <= 4.0 for t in finished)  # the lr_scale range it was made with
     assert all(t.distributions["lr_scale"].low == 0.5 and t.distributions["lr_scale"].high == 4.0 for t in finished)
+
+
+def test_a_v2_study_stopped_in_stage_lr_starts_its_shape_stage_by_the_rules_it_was_made_with(v2_copy: str,
+                                                                                              tmp_path: Path) -> None:
+    optuna.delete_study(study_name="contract2/shape", storage=v2_copy)  # as if stopped before the hand-off
+    lr = optuna.load_study(study_name="contract2/lr", storage=v2_copy)
+    for key in ("best_lr", "best_trial", "handoff_trials"):
+        lr.set_user_attr(key, None)
+    for run in range(2):  # made, then resumed: the same rules both times
+        done = _tuner("study", str(V2_SPEC), "--storage", v2_copy, "--device", "cpu", cwd=tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+    shape = optuna.load_study(study_name="contract2/shape", storage=v2_copy)
+    assert shape.user_attrs["contract_version"] == 2
+    assert shape.user_attrs["settings"]["stages"]["shape"]["lr_scale"] == [0.5, 4.0]
+    assert "first_rung" not in shape.user_attrs and "lr_scale_range" not in shape.user_attrs
+    assert shape.user_attrs["search"]["pruner"]["min_resource"] == 1
+    lr = optuna.load_study(study_name="contract2/lr", storage=v2_copy)
+    assert lr.user_attrs["handoff"]["rule"] == "best trial"  # handed on as version 2 did: the best trial's rate
+    assert lr.user_attrs["best_lr"] == lr.best_trial.params["lr"]

@@ -78,7 +78,10 @@ def _put_back_defaults(spec: StudySpec, studies: dict[str, optuna.Study], note: 
         study = studies.get(stage) if stage is not None else None
         settings = study.user_attrs.get(contract.SETTINGS_ATTR) if study is not None else None
         default = getattr(type(_field(spec, table))(), key)
-        if settings is None or getattr(_field(spec, table), key) != default:
+        if getattr(_field(spec, table), key) != default:
+            continue
+        if settings is None:
+            spec = _as_made_by_the_others(spec, table, key, default, studies, note)
             continue
         version = contract.stored_version(study.user_attrs)
         was = _normalise(contract.made_with(table, key, settings, version))
@@ -93,6 +96,26 @@ def _put_back_defaults(spec: StudySpec, studies: dict[str, optuna.Study], note: 
                 note(f"stage '{stage}' was made when {table}.{key} defaulted to {was!r} "
                      f"(now {_normalise(default)!r}): it resumes with {was!r}")
     return spec
+
+
+def _as_made_by_the_others(spec: StudySpec, table: str, key: str, default: Any, studies: dict[str, optuna.Study],
+                           note: Callable[[str], None] | None) -> StudySpec:
+    """A stage not started yet in a study whose other stages a known older contract made: that contract's default.
+
+    A study interrupted in stage ``lr`` under contract 2 goes on as contract 2 made it, not as a
+    mix of two contracts. (Studies from before versions were stored: today's defaults, as always.)
+    """
+    versions = {contract.stored_version(s.user_attrs) for s in studies.values() if contract.SETTINGS_ATTR in s.user_attrs}
+    if len(versions) != 1 or None in versions:
+        return spec
+    (version,) = versions
+    legacy = contract.default_when_made(table, key, version)
+    if legacy is None or _normalise(legacy) == _normalise(default):
+        return spec
+    if note is not None:
+        note(f"stage '{table.removeprefix('stages.')}' starts in a study made when {table}.{key} defaulted to "
+             f"{_normalise(legacy)!r} (now {_normalise(default)!r}): it starts with {_normalise(legacy)!r}")
+    return with_value(spec, table, key, legacy)
 
 
 def check_stored_settings(spec: StudySpec, storage: optuna.storages.BaseStorage,
@@ -246,12 +269,25 @@ def open_stage_study(spec: StudySpec, stage: Stage, storage: optuna.storages.Bas
     study.set_user_attr(contract.SETTINGS_ATTR, settings)
     study.set_user_attr(contract.SETTINGS_HASH_ATTR, settings_hash(settings))
     study.set_user_attr(contract.SEARCH_ATTR, describe_search(stage))
-    study.set_user_attr(contract.CONTRACT_VERSION_ATTR, contract.CONTRACT_VERSION)
+    study.set_user_attr(contract.CONTRACT_VERSION_ATTR, _contract_of(spec, stage.name, storage))
     # A user's loop reports its own objective: say so, rather than name one it may not compute.
     study.set_user_attr(contract.OBJECTIVE_ATTR, "loop" if spec.train.loop else spec.train.objective)
     if spec.source:
         study.set_user_attr(contract.SPEC_PATH_ATTR, str(Path(spec.source).resolve()))
     return study
+
+
+def _contract_of(spec: StudySpec, stage: str, storage: optuna.storages.BaseStorage) -> int:
+    """The contract version a new stage study is made under: its study's, where stage lr was made under an older one.
+
+    A later stage started after an upgrade takes the defaults its study was made with
+    (:func:`_as_made_by_the_others`), and says so, so that its resume reads them back the same way.
+    """
+    first = stage_study_name(spec.name, "lr")
+    if stage == "lr" or first not in optuna.get_all_study_names(storage):
+        return contract.CONTRACT_VERSION
+    version = contract.stored_version(optuna.load_study(study_name=first, storage=storage).user_attrs)
+    return contract.CONTRACT_VERSION if version is None else min(version, contract.CONTRACT_VERSION)
 
 
 def _directions(study: optuna.Study) -> str:
