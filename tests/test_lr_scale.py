@@ -175,8 +175,9 @@ def test_the_report_compares_a_scaled_winner_at_the_calibrated_rate() -> None:
         return StageRuns("shape", SimpleNamespace(user_attrs={}), [], [run])  # type: ignore[arg-type]
 
     scaled = " ".join(shape_diagnosis(stage(0.13), 0.25, "val_error"))
-    assert "at the same rate" not in scaled and "at the calibrated rate (0.25)" in scaled and "0.13x" in scaled
-    assert "at the same rate (0.25)" in " ".join(shape_diagnosis(stage(1.0), 0.25, "val_error"))
+    assert "than the best small network of stage lr (0.25)" in scaled and "0.13x the calibrated rate" in scaled
+    assert "0.25)." in " ".join(shape_diagnosis(stage(1.0), 0.25, "val_error"))
+    assert "calibrated rate" not in " ".join(shape_diagnosis(stage(1.0), 0.25, "val_error"))
 
 
 def test_a_one_trial_spec_keeps_its_written_range() -> None:

@@ -272,6 +272,8 @@ def test_tuner_best_pins_the_declared_parameters_and_reproduces_the_stored_value
     assert pinned["dropout"] == {"low": won["dropout"], "high": won["dropout"], "int": False, "default": won["dropout"]}
     assert pinned["weight_decay"]["default"] == won["weight_decay"]
     model = tuner.load_model(tmp_path / "best")  # rebuilt with its dropout: the state dict's keys match
+    # A tuner from before declared parameters reads format 1 only: it refuses this file in one line.
+    assert torch.load(tmp_path / "best" / "model.pt", weights_only=True)["format"] == 2
     assert any(isinstance(m, nn.Dropout) for m in model.model.modules()) == (won["dropout"] > 0)
     # best.toml trains the winner again as the one trial of stage shape, to the same value.
     again = tuner.run_study(best.spec_path, storage=f"sqlite:///{tmp_path / 'again.db'}", device="cpu")

@@ -261,3 +261,10 @@ def test_a_study_stored_before_first_rung_existed_resumes_pruning_from_epoch_1(t
     pruner = sampler_for(shape_stage(resumed, 0.01), 0, 0)[1]
     assert isinstance(pruner, optuna.pruners.HyperbandPruner)  # Optuna's own, from epoch 1, as it was made
     assert shape.user_attrs["search"]["pruner"]["min_resource"] == 1
+
+
+def test_a_stage_lr_too_short_for_the_margin_gets_no_rung_and_says_why() -> None:
+    curves = _plateau_curves(plateau=4, epochs=6)  # learning begins at epoch 5: x1.5 is past epoch 6
+    rung = first_rung(curves, [CHANCE] * len(curves), error_rows=ROWS, max_epochs=20)
+    assert rung.epoch is None
+    assert "past stage lr's last epoch (6)" in rung.reason and "Spearman" not in rung.reason

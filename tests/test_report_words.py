@@ -139,7 +139,7 @@ def test_a_shape_stage_worse_than_its_first_stage_is_explained_and_points_to_sta
     stage = StageRuns("shape", SimpleNamespace(user_attrs={}), [],  # type: ignore[arg-type]
                       [Run(0, TrialState.COMPLETE, params, 0.79, [0.9, 0.85, 0.79], [], 1.0, False)])
     worse = " ".join(shape_diagnosis(stage, 0.27, "val_error"))
-    assert "higher than the small network of stage lr" in worse
+    assert "higher than the best small network of stage lr (0.27)" in worse
     assert "stage lr's small network: `tuner best` trains it" in worse and "--stage shape" in worse
     better = " ".join(shape_diagnosis(stage, 0.95, "val_error"))
-    assert "lower than the small network" in better and "tuner best" not in better
+    assert "lower than the best small network" in better and "tuner best" not in better

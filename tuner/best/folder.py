@@ -42,6 +42,10 @@ METRICS_FILE = "metrics.json"
 FILES = (MODEL_FILE, SPEC_FILE, METRICS_FILE)  # the order they are written in: the manifest last
 MANIFEST = "manifest"  # the key of metrics.json that holds the run id and the other files' sha256
 MODEL_FORMAT = 1  # raised when the keys of model.pt change meaning
+# A model built with declared parameters (e.g. dropout layers) only loads where they are known:
+# its format is 2, which a tuner from before declared parameters refuses in one line.
+MODEL_FORMAT_DECLARED = 2
+READ_FORMATS = (MODEL_FORMAT, MODEL_FORMAT_DECLARED)
 MODEL_KEYS = (
     "format", "tuner_version", "family", "width", "depth", "input_shape", "n_outputs", "task",
     "state_dict", "x_mean", "x_std", "classes", "target_mean", "target_std", "code_folder", "run_id", "dropped_columns",
@@ -70,7 +74,7 @@ def model_record(model: nn.Module, spec: StudySpec, data: Dataset | StreamedData
     as_tensor = lambda a: None if a is None else torch.from_numpy(np.asarray(a, dtype=np.float64))  # noqa: E731
     folder = spec_folder(spec.source) if is_reference(spec.model.family) else None
     return {
-        "format": MODEL_FORMAT,
+        "format": MODEL_FORMAT_DECLARED if declared else MODEL_FORMAT,
         "tuner_version": _tuner_version(),
         "family": spec.model.family,
         "width": width,
@@ -213,7 +217,7 @@ def _read_record(content: bytes, path: Path) -> dict[str, Any]:
         record = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
     except Exception:  # torch says "PytorchStreamReader failed reading zip archive" and the like
         raise FolderError(f"{str(path)!r}: cannot be read as a model file (cut short, or not written by `tuner best`)") from None
-    if not isinstance(record, dict) or record.get("format") != MODEL_FORMAT:
+    if not isinstance(record, dict) or record.get("format") not in READ_FORMATS:
         raise FolderError(f"{str(path)!r}: not a model written by this version of `tuner best`")
     return record
 

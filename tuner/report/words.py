@@ -291,10 +291,10 @@ def shape_diagnosis(stage: StageRuns, reference: float | None, objective: str) -
         change = (best.value - reference) / reference
         word = "lower" if change < 0 else "higher"
         scale = float(best.params.get("lr_scale", 1.0))
-        # The reference trained at the calibrated rate; the shape at that rate times its own lr_scale.
-        than = f"That is {abs(change):.0%} {word} than the small network of stage lr"
-        sentences.append(f"{than} at the same rate ({reference:.3g})." if scale == 1 else
-                         f"{than} at the calibrated rate ({reference:.3g}); this shape trained at {scale:.2g}x that rate.")
+        # The reference is stage lr's best trial, at its own rate (the robust hand-off may calibrate
+        # another); the shape trained at the calibrated rate times its own lr_scale.
+        than = f"That is {abs(change):.0%} {word} than the best small network of stage lr ({reference:.3g})"
+        sentences.append(f"{than}." if scale == 1 else f"{than}; this shape trained at {scale:.2g}x the calibrated rate.")
         if change > 0:
             sentences.append(
                 "So the study's best configuration is stage lr's small network: `tuner best` trains it (`--stage shape` "

@@ -151,6 +151,10 @@ def first_rung(curves: Sequence[Sequence[float | None]], untrained: Sequence[flo
     never = f", {len(basin) - len(began_at)} of them never did" if len(began_at) < len(basin) else ""
     learned = (f"stage lr's {len(basin)} best trials had left their untrained value by epoch {begun} (by more "
                f"than {NOISE_UNITS:g} noise units, {bar:.3g}{never}){stand_in}")
+    if rung is None and earliest >= length:
+        return FirstRung(None, f"{learned}; with room for larger shapes to start later (x{MARGIN:g}) that is "
+                               f"epoch {earliest}, at or past stage lr's last epoch ({length}): no earlier epoch "
+                               f"is known to rank as the last does", unit)
     if rung is None:
         worst = min(correlations[earliest - 1:length - 1], default=float("nan"))
         return FirstRung(None, f"{learned}, but from epoch {earliest} (x{MARGIN:g} for larger shapes) to its last "

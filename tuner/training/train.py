@@ -383,9 +383,12 @@ class SingleTrainer:
 
     def epochs(self) -> Iterator[list[EpochResult | None]]:
         model, data, config = self._start
-        with torch.random.fork_rng(devices=[]):  # a streamed part's DataLoader draws its seed: leave the trial's draws be
-            val_loss, val_error = evaluate(model, data, config)
-        self.untrained = [EpochResult(0, lr_at(config, 0), math.nan, val_loss, val_error, diverged=False)]
+        try:
+            with torch.random.fork_rng(devices=[]):  # a streamed part's DataLoader draws its seed: leave the trial's draws be
+                val_loss, val_error = evaluate(model, data, config)
+            self.untrained = [EpochResult(0, lr_at(config, 0), math.nan, val_loss, val_error, diverged=False)]
+        except Exception:  # noqa: BLE001 -- a user's metric may not take an untrained model's outputs: then it is unknown
+            self.untrained = []
         for result in self._epochs:
             yield [result]
             if self._stopped or result.diverged:
