@@ -38,6 +38,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.study.rate_rule import MAD_TO_SD, binomial_noise
 from tuner.study.stored import FIRST_RUNG_ATTR, LEARNING_CURVE_ATTR, SEARCH_ATTR, UNTRAINED_VALUE_ATTR, stage_study_name
 
 NOISE_UNITS = 3.0  # "clearly": further than this many noise units
@@ -45,7 +46,6 @@ GAIN_SHARE = 0.1  # and this share of the trial's eventual gain (learning the cl
 MARGIN = 1.5  # larger shapes may start later than the small network
 MIN_RANK_CORRELATION = 0.7  # Spearman, between a rung's values and the last epoch's
 MIN_TRIALS = 5  # fewer complete stage-lr trials cannot tell a ranking
-MAD_TO_SD = 1.4826
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,7 @@ class FirstRung:
 def noise_unit(curves: Sequence[Sequence[float]], untrained: float, error_rows: int | None) -> float:
     """One noise unit of an epoch's value: binomial at the untrained error on ``error_rows`` rows, else robust."""
     if error_rows:
-        p = min(max(untrained, 1.0 / error_rows), 1.0 - 1.0 / error_rows)
-        return math.sqrt(p * (1.0 - p) / error_rows)
+        return binomial_noise(untrained, error_rows)  # one formula with the hand-off's
     residuals = [(c[i] - (c[i - 1] + c[i + 1]) / 2) / math.sqrt(1.5) for c in curves for i in range(1, len(c) - 1)]
     if not residuals:
         return 0.0
