@@ -74,3 +74,23 @@ def test_a_batch_finished_at_once_prints_the_best_of_the_trials_printed_so_far()
     reporter.close()
     bests = re.findall(r"; best ([\d.]+);", out.getvalue())
     assert bests == ["0.3", "0.2", "0.1", "0.1"]
+
+
+def test_the_summary_says_the_rate_handed_on_and_when_shape_ended_worse_than_lr() -> None:
+    from tuner.study.progress import summary_table
+    from tuner.study.runner import StudyResult
+
+    def summary(stage: str, value: float, params: dict, trial: int) -> StageSummary:
+        return StageSummary(stage, f"s/{stage}", 4, 4, 0, 0, 0, value, params, 1.0, 1.0, best_trial=trial)
+
+    result = StudyResult("s", "sqlite:///s.db", 0.0432, {
+        "lr": summary("lr", 0.27, {"lr": 0.065, "width": 16}, 3),
+        "shape": summary("shape", 0.79, {"lr": 0.03, "width": 64, "lr_scale": 0.7}, 5),
+    })
+    console = Console(file=io.StringIO(), width=200)
+    console.print(summary_table(result, "val_error"))
+    assert "lr=0.065 (handed on: 0.0432)" in console.file.getvalue()  # type: ignore[attr-defined]
+    assert result.best_stage == "lr" and result.best_value == 0.27
+    assert result.worse_than_lr is not None and "0.79 against 0.27" in result.worse_than_lr and "trial 3" in result.worse_than_lr
+    result.stages["shape"] = summary("shape", 0.2, {"lr": 0.03, "width": 64}, 5)
+    assert result.best_stage == "shape" and result.worse_than_lr is None
