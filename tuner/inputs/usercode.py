@@ -4,6 +4,9 @@ A spec may name its model factory (``[model] family``), data loader (``[data] lo
 loop (``[train] loop``), loss and metric (``[train] loss``, ``[train] metric``) as
 ``"module:function"``. The module is imported from the spec's folder first, then from
 ``sys.path``. From Python, :func:`tuner.run_study` takes the same things as callables.
+Each command that trains resolves them once (:func:`resolve_code`) into one :class:`UserCode`
+that it hands down; nothing is registered in a module-level table, and reading a spec imports
+none of them.
 
 A changed function must not resume into trials its old version made: the identity of each named
 function (module, function, and a hash of its module file, or of its source when it has no file)
