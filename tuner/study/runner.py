@@ -232,14 +232,15 @@ def run_stage(
         if best_lr is None:
             raise ValueError("stage 'shape' trains at the calibrated rate: pass best_lr")
         rung, shape = None, spec.stages.shape
+        unresolved = shape_stage(spec, best_lr)
+        shape_study = runner.open(unresolved)  # opened (and its settings checked) once for both records below
         if shape.first_rung == "auto" and shape.pruner != "none":  # chosen once from stage lr, stored on <name>/shape
-            unresolved = shape_stage(spec, best_lr)
             rows = error_rate_rows(spec.train.objective, data.task, bool(spec.train.loop or spec.train.metric), data)
-            rung = shape_first_rung(spec.name, storage, runner.open(unresolved), rows, unresolved.epochs,
+            rung = shape_first_rung(spec.name, storage, shape_study, rows, unresolved.epochs,
                                     lambda chosen: describe_search(shape_stage(spec, best_lr, chosen)))
             runner.reporter.message(rung.sentence())
         # lr_scale = "auto": the range resolved at the hand-off, read back from <name>/shape.
-        lr_scale = settle_lr_scale(spec, runner.open(shape_stage(spec, best_lr)))
+        lr_scale = settle_lr_scale(spec, shape_study)
         return runner.run(shape_stage(spec, best_lr, rung, lr_scale=lr_scale))
     if stage == "audit":
         return runner.run(audit_stage(spec))
