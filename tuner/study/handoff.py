@@ -20,6 +20,7 @@ from tuner.errors import TunerError
 from tuner.inputs.spec import StudySpec
 from tuner.inputs.usercode import UserCode
 from tuner.study import results
+from tuner.study.pruning import counts_rows
 from tuner.study.rate_rule import RULES, RateChoice, choose_rate, rows_behind
 from tuner.study.stage_studies import open_stage_study
 from tuner.study.stages import settle_lr_scale, shape_stage
@@ -83,9 +84,7 @@ def rate_choice(spec: StudySpec, trials: list[FrozenTrial], task: str | None) ->
         return RateChoice(rate, "best trial", (rate, rate), None, "", why='stages.lr.handoff = "best"',
                           n_points=len(complete))
     # An error rate counts wrong rows: binomial noise, for tuner's own classification error only.
-    counts_rows = (spec.train.objective == "val_error" and task == "classification"
-                   and not (spec.train.metric or spec.train.loop))
-    return sweep_choice(trials, counts_rows=counts_rows)
+    return sweep_choice(trials, counts_rows=counts_rows(spec.train.objective, task, bool(spec.train.metric or spec.train.loop)))
 
 
 def sweep_choice(trials: list[FrozenTrial], *, counts_rows: bool = False) -> RateChoice:

@@ -221,12 +221,15 @@ class UntilLearningPruner(optuna.pruners.BasePruner):
         return judged > 0
 
 
-def error_rate_rows(objective: str, task: str, own_code: bool, data: Any) -> int | None:
-    """The validation rows of ``data`` where the objective is an error rate (binomial noise), else None.
+def counts_rows(objective: str, task: str | None, own_code: bool) -> bool:
+    """Whether the objective is an error rate of whole validation rows: binomial noise (tuner's own
+    classification error only; ``own_code``: a user's loop or metric computes it, its noise unknown)."""
+    return objective == "val_error" and task == "classification" and not own_code
 
-    ``own_code``: a user's loop or metric computes the value: its noise is not known to be binomial.
-    """
-    if objective != "val_error" or task != "classification" or own_code:
+
+def error_rate_rows(objective: str, task: str, own_code: bool, data: Any) -> int | None:
+    """The validation rows of ``data`` where the objective is an error rate (binomial noise), else None."""
+    if not counts_rows(objective, task, own_code):
         return None
     rows = getattr(data, "x_val", None)
     try:
