@@ -57,13 +57,13 @@ def hand_off_lr(spec: StudySpec, storage: optuna.storages.BaseStorage, reporter:
         )
     best = min(complete, key=lambda t: t.value)
     choice = rate_choice(spec, trials, lr_study.user_attrs.get(results.TASK_ATTR))
+    shape = open_stage_study(spec, shape_stage(spec, choice.rate), storage, code)
+    if shape.user_attrs.get(results.LR_ATTR) is not None:  # another worker handed on meanwhile: its records hold
+        return float(shape.user_attrs[results.LR_ATTR])
     lr_study.set_user_attr(results.BEST_LR_ATTR, choice.rate)
     lr_study.set_user_attr(results.BEST_TRIAL_ATTR, best.number)
     lr_study.set_user_attr(results.HANDOFF_TRIALS_ATTR, n_finished)
     lr_study.set_user_attr(results.HANDOFF_ATTR, choice.as_record())
-    shape = open_stage_study(spec, shape_stage(spec, choice.rate), storage, code)
-    if shape.user_attrs.get(results.LR_ATTR) is not None:  # another worker handed on meanwhile: its rate holds
-        return float(shape.user_attrs[results.LR_ATTR])
     # lr_scale = "auto": resolved once, widened by the basin (as multiples of the rate), before the rate counts as handed on.
     basin = (choice.basin[0] / choice.rate, choice.basin[1] / choice.rate)
     low, high = settle_lr_scale(spec, shape, basin)
