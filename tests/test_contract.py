@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pandas as pd
 import pytest
 import tomllib
 import torch
@@ -647,6 +648,13 @@ def test_a_study_stored_by_the_release_before_the_robust_hand_off_resumes_and_re
         result = _invoke(command, "contract2", "--storage", v2_copy, "--out", str(tmp_path / command))
         assert result.exit_code == 0, (command, result.output)
     assert (tmp_path / "report" / "index.html").exists()
+    # Its trials were stored before they kept the rate they trained at: the export works it out.
+    shape = optuna.load_study(study_name="contract2/shape", storage=v2_copy)
+    assert all("trained_lr" not in t.user_attrs for t in shape.trials)
+    table = pd.read_csv(tmp_path / "export" / "trials.csv")
+    rows = table[table.stage == "shape"].set_index("number")
+    for trial in shape.trials:
+        assert rows.loc[trial.number, "user_attrs_trained_lr"] == pytest.approx(trial.user_attrs["lr"] * trial.params["lr_scale"])
 
 
 def test_a_v2_study_given_more_shape_trials_trains_them_by_the_rules_it_was_made_with(v2_copy: str, tmp_path: Path) -> None:

@@ -48,6 +48,18 @@ def test_trials_csv_has_one_row_per_trial_of_every_stage(audited: tuple[str, tun
     assert (shape.user_attrs_lr == stored["shape"][0].user_attrs["lr"]).all()  # ...but fixed, as an attribute
 
 
+def test_trials_csv_has_the_rate_each_trial_trained_at(audited: tuple[str, tuner.StudyResult], tmp_path: Path) -> None:
+    storage, _ = audited
+    table = pd.read_csv(write_export("audited", out=tmp_path, storage=storage)[0])
+    stored = _stored_trials(storage)
+    searched = table[table.stage != "shape"]
+    assert searched.user_attrs_trained_lr.to_numpy() == pytest.approx(searched.params_lr.to_numpy())
+    shape = table[table.stage == "shape"]
+    assert "lr_scale" in stored["shape"][0].params  # the multiplier was searched: the two rates differ
+    assert shape.user_attrs_trained_lr.to_numpy() == pytest.approx((shape.user_attrs_lr * shape.params_lr_scale).to_numpy())
+    assert all(t.user_attrs["trained_lr"] == pytest.approx(t.user_attrs["lr"] * t.params["lr_scale"]) for t in stored["shape"])
+
+
 def test_curves_csv_is_long_with_a_row_per_epoch(audited: tuple[str, tuner.StudyResult], tmp_path: Path) -> None:
     storage, _ = audited
     _, curves_path = write_export("audited", out=tmp_path, storage=storage)

@@ -127,6 +127,18 @@ def test_index_summarises_each_stage_and_puts_the_diagnosis_beside_the_figures(r
     assert any("diverge" in sentence for sentence in report.diagnosis["lr"])
 
 
+def test_the_page_says_the_rate_the_shape_winner_trained_at(report: Report, storage: str) -> None:
+    page = report.index.read_text()
+    shape = optuna.load_study(study_name="reported/shape", storage=storage)
+    best = shape.best_trial
+    trained = best.user_attrs["trained_lr"]
+    assert trained == pytest.approx(best.user_attrs["lr"] * best.params["lr_scale"])  # the calibrated rate x its scale
+    said = f"lr {trained:.3g} (calibrated {best.user_attrs['lr']:.3g} × lr_scale {best.params['lr_scale']:.3g})"
+    assert html.escape(said) in page  # in the summary table and in the diagnosis
+    assert page.count(html.escape(said)) >= 2
+    assert "all at the calibrated learning rate" not in page
+
+
 def test_sensitivity_figure_keeps_diverged_runs_apart_and_marks_the_chosen_rate(storage: str) -> None:
     stages = load_stages("reported", storage)
     best_lr = stages["lr"].study.user_attrs["best_lr"]
@@ -438,3 +450,15 @@ def test_shape_keeps_an_off_scale_trial_on_its_panel_as_a_triangle_on_the_top_ed
     decay_ax = plot_shape(runs, "validation error", None).axes[3]
     triangle = next(c for c in decay_ax.collections if c.get_offsets().shape[0] == 1 and c.get_offsets()[0][1] == 0.97)
     assert decay_ax.get_xlim()[0] < triangle.get_offsets()[0][0] == 0.005
+
+
+def test_an_importance_figure_not_drawn_says_which_stages_were_skipped_and_why(tmp_path: Path) -> None:
+    spec = {**REPORTED_SPEC, "name": "few_shapes", "train": {"epochs": 1, "batch_size": 32},
+            "stages": {"lr": {"trials": 10, "lr_min": 1e-3, "lr_max": 1.0},
+                       "shape": {"trials": 3, "width": [4, 32], "sampler": "random", "pruner": "none"}}}
+    url = f"sqlite:///{tmp_path / 'few.db'}"
+    tuner.run_study(tuner.spec_from_dict(spec), storage=url, device="cpu")
+    written = write_report("few_shapes", storage=url, out=tmp_path / "report")
+    why = written.missing["importance"]
+    assert why.startswith("every stage analysed searched one parameter")
+    assert "stage shape skipped: 3 complete trials" in why  # the real reason there is nothing to compare

@@ -143,3 +143,24 @@ def test_a_shape_stage_worse_than_its_first_stage_is_explained_and_points_to_sta
     assert "stage lr's small network: `tuner best` trains it" in worse and "--stage shape" in worse
     better = " ".join(shape_diagnosis(stage, 0.95, "val_error"))
     assert "lower than the best small network" in better and "tuner best" not in better
+
+
+def test_the_shape_words_count_pruned_trials_and_keep_a_schedule_whose_trials_were_all_pruned() -> None:
+    from types import SimpleNamespace
+
+    from optuna.trial import TrialState
+
+    from tuner.report.runs import Run, StageRuns
+    from tuner.report.words import shape_diagnosis
+
+    def run(number: int, schedule: str, value: float | None) -> Run:
+        params = {"lr": 0.01, "width": 64, "depth": 1, "schedule": schedule, "decay": 0.5}
+        state = TrialState.COMPLETE if value is not None else TrialState.PRUNED
+        return Run(number, state, params, value, [0.9, 0.5], [], 1.0, False, trained_lr=0.01)
+
+    stage = StageRuns("shape", SimpleNamespace(user_attrs={}), [],  # type: ignore[arg-type]
+                      [run(0, "constant", 0.3), run(1, "exponential", 0.2), run(2, "step", None), run(3, "constant", None)])
+    words = " ".join(shape_diagnosis(stage, None, "val_error"))
+    assert "Best of 2 complete shapes (2 more were pruned)" in words
+    assert "trained at lr 0.01;" in words  # no lr_scale searched: the calibrated rate itself
+    assert "Best per schedule: exponential 0.2, constant 0.3, step none complete (only pruned trials)." in words

@@ -3,7 +3,9 @@
 ``trials.csv``: one row per trial of every stage (``lr``, ``shape``, ``audit``, in that order), with
 columns ``stage, number, state, value, datetime_start, datetime_complete, duration_s``, then
 ``params_<name>`` for every parameter seen in any stage (empty where a stage does not search it) and
-``user_attrs_<key>`` for every user attribute. The per-epoch ``learning_curve`` is left out there: it
+``user_attrs_<key>`` for every user attribute; ``user_attrs_trained_lr`` is the learning rate the
+trial trained at (in stage ``shape``: ``user_attrs_lr``, the calibrated rate, times ``params_lr_scale``),
+filled in for trials stored before it was kept. The per-epoch ``learning_curve`` is left out there: it
 is ``curves.csv``. Other list or dict attributes (``train_loss_curve``, ...) are JSON-encoded, so a
 cell always holds one value and nothing is lost.
 
@@ -26,8 +28,8 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
 from tuner.deprecation import keyword_only_since
-from tuner.study.results import load_stage_trials
-from tuner.study.stored import LEARNING_CURVE_ATTR
+from tuner.study.results import load_stage_trials, trial_trained_lr
+from tuner.study.stored import LEARNING_CURVE_ATTR, TRAINED_LR_ATTR
 
 __all__ = ["CURVE_COLUMNS", "curves_frame", "trials_frame", "write_export"]
 
@@ -109,6 +111,8 @@ def _trial_row(stage: str, trial: FrozenTrial) -> dict[str, Any]:
         if key == CURVE_ATTR:
             continue
         row[f"user_attrs_{key}"] = json.dumps(value) if isinstance(value, (list, dict, tuple)) else value
+    # The rate the trial trained at, also for trials stored before they kept it (worked out as it was).
+    row[f"user_attrs_{TRAINED_LR_ATTR}"] = trial_trained_lr(trial)
     return row
 
 

@@ -188,7 +188,9 @@ def plot_shape(runs: Sequence[Run], objective: str, reference: float | None) -> 
     fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncol=len(legend), fontsize=8,
                frameon=False)
     n_div = sum(r.diverged for r in runs)
-    title = "Stage shape: final error by network size and learning-rate schedule, at the calibrated rate"
+    scaled = any("lr_scale" in r.params for r in runs)
+    title = ("Stage shape: final error by network size and learning-rate schedule, "
+             + ("each at the calibrated rate × its lr_scale" if scaled else "at the calibrated rate"))
     notes = []
     if cap is not None:
         n_out = sum(r.value > cap for r in complete)  # type: ignore[operator]

@@ -9,9 +9,9 @@ from pathlib import Path
 from optuna.trial import TrialState
 
 from tuner.report.runs import StageRuns, trial_costs
-from tuner.report.words import fmt_value, lr_time_caption
+from tuner.report.words import fmt_value, lr_time_caption, rate_words
 from tuner.storage import redact
-from tuner.study.stored import BUDGET_ATTR, LR_ATTR, SETTINGS_ATTR
+from tuner.study.stored import BUDGET_ATTR, SETTINGS_ATTR
 
 CAPTIONS = {
     "lr_sensitivity": "Each dot is one trial of stage lr: its validation error after the last epoch against its "
@@ -20,7 +20,8 @@ CAPTIONS = {
     "on to stage shape.",
     "lr_curves": "Every trial of stage lr, per epoch, coloured by its learning rate (log colour scale). Flat dark lines "
     "crawl; bright lines that jump or end in a red cross oscillate or explode. Black outline: the chosen rate.",
-    "shape": "Each dot is one trial of stage shape, all at the calibrated learning rate, coloured by decay schedule; "
+    "shape": "Each dot is one trial of stage shape, trained at the calibrated learning rate times its own lr_scale "
+    "(where lr_scale was searched), coloured by decay schedule; "
     "the star is the best. The dotted line is the best of stage lr on the small network, for comparison. 'constant' "
     "ignores decay: in the decay panel its trials stand in a column of their own.",
     "importance": "How much of the variation of the final error each hyperparameter explains on its own, and (hatched) "
@@ -69,10 +70,9 @@ def _summary_rows(stages: dict[str, StageRuns], chosen_lr: float | None) -> list
             setting, value = "–", "–"
         elif stage.name == "lr":
             setting, value = f"lr {chosen_lr:.3g}" if chosen_lr else f"lr {best.params['lr']:.3g}", f"{best.value:.4g}"
-        else:
-            fixed = stage.study.user_attrs.get(LR_ATTR)
-            params = ({"lr": fixed} if fixed is not None else {}) | best.params
-            setting = ", ".join(f"{k} {fmt_value(v)}" for k, v in params.items())
+        else:  # the rate it trained at first (in stage shape: the calibrated lr times its lr_scale), then the rest
+            rest = ", ".join(f"{k} {fmt_value(v)}" for k, v in best.params.items() if k not in ("lr", "lr_scale"))
+            setting = rate_words(best) + (f", {rest}" if rest else "")
             value = f"{best.value:.4g}"
         train = sum(r.seconds or 0.0 for r in stage.runs)
         rows.append([stage.study.study_name, setting, value, _state_counts(stage),

@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.analysis.importance import importance_table
 from tuner.inputs.spec import DataSpec, SpecError
 from tuner.storage import open_existing_storage
-from tuner.study.results import load_stage_studies
+from tuner.study.results import load_stage_studies, trial_trained_lr
 from tuner.study.stored import (  # noqa: F401 -- STAGES: figures reads it from here
     BEST_LR_ATTR, DIVERGED_ATTR, LEARNING_CURVE_ATTR, LR_ATTR, SETTINGS_ATTR, STAGES, TASK_ATTR,
 )
@@ -50,6 +50,7 @@ class Run:
     time_measure: str | None = None  # see OWN_TIME_MEASURES; None on studies stored before it
     batched_with: int = 1  # trials trained together in its batch
     epochs_done: int | None = None
+    trained_lr: float | None = None  # the rate it trained at (stage shape: the calibrated lr times its lr_scale)
 
     @property
     def own_seconds(self) -> float | None:
@@ -118,6 +119,7 @@ def run_of(trial: FrozenTrial) -> Run:
         time_measure=attrs.get("time_measure"),
         batched_with=int(attrs.get("batched_with") or 1),
         epochs_done=int(attrs["epochs_done"]) if attrs.get("epochs_done") is not None else None,
+        trained_lr=trial_trained_lr(trial),
     )
 
 

@@ -285,16 +285,16 @@ def shape_diagnosis(stage: StageRuns, reference: float | None, objective: str) -
     if best is None:
         return ["No shape trial completed."]
     what = objective.split(" (")[0]
-    setting = ", ".join(f"{k} {fmt_value(v)}" for k, v in best.params.items() if k != "lr")
-    sentences = [f"Best of {len(stage.complete)} shapes: {setting}, final {what} {best.value:.3g}."]
+    setting = ", ".join(f"{k} {fmt_value(v)}" for k, v in best.params.items() if k not in ("lr", "lr_scale"))
+    pruned = sum(r.state == TrialState.PRUNED for r in stage.runs)
+    of = f"{len(stage.complete)} complete shapes" + (f" ({pruned} more were pruned)" if pruned else "")
+    sentences = [f"Best of {of}: {setting}, trained at {rate_words(best)}; final {what} {best.value:.3g}."]
     if reference is not None and reference > 0:
         change = (best.value - reference) / reference
         word = "lower" if change < 0 else "higher"
-        scale = float(best.params.get("lr_scale", 1.0))
         # The reference is stage lr's best trial, at its own rate (the robust hand-off may calibrate
-        # another); the shape trained at the calibrated rate times its own lr_scale.
-        than = f"That is {abs(change):.0%} {word} than the best small network of stage lr ({reference:.3g})"
-        sentences.append(f"{than}." if scale == 1 else f"{than}; this shape trained at {scale:.2g}x the calibrated rate.")
+        # another); the shape trained at the calibrated rate times its own lr_scale (said above).
+        sentences.append(f"That is {abs(change):.0%} {word} than the best small network of stage lr ({reference:.3g}).")
         if change > 0:
             sentences.append(
                 "So the study's best configuration is stage lr's small network: `tuner best` trains it (`--stage shape` "
@@ -303,12 +303,13 @@ def shape_diagnosis(stage: StageRuns, reference: float | None, objective: str) -
                 "its trials were too few for the space."
             )
     by_schedule: dict[str, float] = {}
-    for r in stage.complete:
+    for r in stage.runs:  # every schedule tried, also one whose trials were all pruned (its best: none)
         s = str(r.params.get("schedule", "constant"))
-        by_schedule[s] = min(by_schedule.get(s, math.inf), r.value)  # type: ignore[type-var]
+        by_schedule[s] = min(by_schedule.get(s, math.inf), r.value if r.value is not None else math.inf)
     if len(by_schedule) > 1:
         ranked = sorted(by_schedule.items(), key=lambda kv: kv[1])
-        sentences.append("Best per schedule: " + ", ".join(f"{s} {v:.3g}" for s, v in ranked) + ".")
+        sentences.append("Best per schedule: " + ", ".join(
+            f"{s} {v:.3g}" if math.isfinite(v) else f"{s} none complete (only pruned trials)" for s, v in ranked) + ".")
     verdict = classify_curve(best.curve)
     words = {
         "decaying": "decays steadily",
@@ -326,6 +327,18 @@ def shape_diagnosis(stage: StageRuns, reference: float | None, objective: str) -
         sentences.append(f"Its pruner acted from epoch {rung['epoch']} ({n_pruned} trial(s) pruned): {rung['reason']}."
                          if rung.get("epoch") else f"It pruned no trial: {rung.get('reason')}.")
     return sentences
+
+
+def rate_words(run: Run) -> str:
+    """The learning rate ``run`` trained at, in words: ``lr 0.0326 (calibrated 0.0122 × lr_scale 2.67)``."""
+    rate = run.trained_lr
+    if rate is None:
+        return "an unknown rate"
+    if "lr_scale" not in run.params:
+        return f"lr {rate:.3g}"
+    calibrated = run.params.get("lr")
+    return (f"lr {rate:.3g} (calibrated {float(calibrated):.3g} × lr_scale {float(run.params['lr_scale']):.3g})"
+            if calibrated is not None else f"lr {rate:.3g} (lr_scale {float(run.params['lr_scale']):.3g})")
 
 
 def audit_diagnosis(stage: StageRuns, objective: str) -> list[str]:

@@ -19,8 +19,8 @@ from tuner.study.stored import (  # noqa: F401 -- the contract's names, read fro
     BATCHED_WITH_ATTR, BEST_LR_ATTR, BEST_TRIAL_ATTR, BUDGET_ATTR, CONTRACT_VERSION_ATTR, DEVICE_ATTR, DIVERGED_ATTR,
     EPOCHS_DONE_ATTR, ERROR_ATTR, HANDOFF_ATTR, HANDOFF_TRIALS_ATTR, LEARNING_CURVE_ATTR, LR_ATTR, LR_FIND_ATTR, N_PARAMS_ATTR,
     OBJECTIVE_ATTR, SEARCH_ATTR, SETTINGS_ATTR, SETTINGS_HASH_ATTR, SPEC_PATH_ATTR, STAGES, SURPLUS_ATTR, TASK_ATTR,
-    THREADS_ATTR, TIME_MEASURE_ATTR, TRACEBACK_ATTR, TRAIN_LOSS_CURVE_ATTR, TRAIN_SECONDS_ATTR, UNTRAINED_VALUE_ATTR,
-    VERDICT_ATTR,
+    THREADS_ATTR, TIME_MEASURE_ATTR, TRACEBACK_ATTR, TRAIN_LOSS_CURVE_ATTR, TRAIN_SECONDS_ATTR, TRAINED_LR_ATTR,
+    UNTRAINED_VALUE_ATTR, VERDICT_ATTR,
     check_version, split_stage_study_name, stage_study_name,
 )
 
@@ -52,6 +52,20 @@ def trained_params(params: dict[str, Any], fixed: dict[str, Any] | None = None) 
     if "lr_scale" in values and "lr" in values:
         values["lr"] = values["lr"] * values["lr_scale"]
     return values
+
+
+def trial_trained_lr(trial: FrozenTrial) -> float | None:
+    """The learning rate ``trial`` trained at: its stored ``trained_lr``, else worked out as it was then.
+
+    Trials stored before ``trained_lr`` existed have their ``lr`` param (stages lr and audit) or the
+    calibrated ``lr`` user attribute times their ``lr_scale`` (stage shape). None for a trial without a rate.
+    """
+    stored = trial.user_attrs.get(TRAINED_LR_ATTR)
+    if stored is not None:
+        return float(stored)
+    fixed = {LR_ATTR: trial.user_attrs[LR_ATTR]} if LR_ATTR in trial.user_attrs else {}
+    rate = trained_params(trial.params, fixed).get("lr")
+    return float(rate) if rate is not None else None
 
 
 def stage_summary(study: optuna.Study, stage: str, budget: int, fixed: dict[str, Any] | None = None) -> StageSummary:

@@ -348,7 +348,10 @@ class _StageRunner:
             trial = study.ask(fixed_distributions=stage.space)
         # First thing, in one commit: the owner (lets a restart find the trial if we die) and the
         # stage's fixed settings (e.g. the calibrated lr on every shape trial).
-        write_trial_records(study, [(trial_id(trial), {**worker_attrs(), **stage.fixed}, {})])
+        # And the rate it trains at (trained_lr: in stage shape the calibrated lr times its lr_scale).
+        trained_lr = results.trained_params(trial.params, stage.fixed).get("lr")
+        write_trial_records(study, [(trial_id(trial), {**worker_attrs(), **stage.fixed,
+                                                       results.TRAINED_LR_ATTR: trained_lr}, {})])
         return study, trial
 
     def _claim(self, study: optuna.Study, stage: Stage, position: int, n_ask: int) -> list[Asked]:

@@ -9,7 +9,8 @@ The rates, one schema: stage ``lr`` stores the rate it hands on (``best_lr``), i
 (``best_trial``; the rate handed on is that trial's under ``stages.lr.handoff = "best"``, else read
 from the smoothed U of all its trials) and how the rate was chosen (``handoff``); stage ``shape`` and each of its trials store the rate they train at
 before their own ``lr_scale`` (``lr``); a trial's own rate is its ``lr`` param (stage ``lr``) or
-``lr`` times ``lr_scale`` (stage ``shape``: :func:`tuner.study.results.trained_params`).
+``lr`` times ``lr_scale`` (stage ``shape``: :func:`tuner.study.results.trained_params`), stored on
+each trial as ``trained_lr`` since it was asked.
 
 **Versions.** Each change to what a study is made with (a default that changed, a field that
 appeared) is a :class:`Migration` in :data:`MIGRATIONS`, in order, with the values studies stored
@@ -71,6 +72,10 @@ SURPLUS_ATTR = "surplus"  # on a trial failed untrained because other workers ha
 FALLBACK_ATTR = "fallback"  # on a trial that trained alone though it could have been batched: why
 # The objective of the trial's model before any step (epoch 0); absent for a user's own loop (it has no epoch 0).
 UNTRAINED_VALUE_ATTR = "untrained_value"
+# The learning rate the trial trained at, written when it is asked: its ``lr`` param (stages lr and audit) or the
+# calibrated ``lr`` times its ``lr_scale`` (stage shape). Absent on trials stored before it: read
+# :func:`tuner.study.results.trial_trained_lr`, which works it out for those.
+TRAINED_LR_ATTR = "trained_lr"
 
 
 def stage_study_name(study: str, stage: str) -> str:
