@@ -7,6 +7,7 @@ Exit codes: 0 done; 1 the study could not go on; 2 bad input (nothing written); 
 from __future__ import annotations
 
 import dataclasses
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -92,6 +93,9 @@ def study(
     storage_password_file: PasswordFileOption = None,
     threads: Annotated[int | None, typer.Option(help="torch threads of this process on the CPU (small models train fastest on one; run more workers to use more cores)",
                                                 show_default="$TUNER_THREADS, else 1")] = None,
+    timeout: Annotated[str | None, typer.Option(
+        help="A wall-clock limit, e.g. 2h, 90m, 1h30m or 45s: after it no new trial starts, the trials in progress "
+             "finish and are stored, and running the same command again resumes", show_default="none")] = None,
 ) -> None:
     """Run a staged study (lr, then shape, then the optional audit), or resume it where it stopped."""
     from tuner.inputs.spec import load_spec, study_name_problem
@@ -107,6 +111,7 @@ def study(
     signal_point("study-start")  # (a test hook: a signal before the study catches its own)
     try:
         with unexpected_errors(), errors_as_exit_codes(), sigterm_as_interrupt():
+            limit = parse_duration(timeout, "--timeout") if timeout is not None else None
             loaded = load_spec(spec)
             if name is not None:
                 problem = study_name_problem(name)
@@ -117,7 +122,7 @@ def study(
             if storage_password_file is not None:
                 storage = with_password(storage or loaded.storage or DEFAULT_STORAGE, storage_password_file)
             try:
-                result = run_study(loaded, storage=storage, device=device, reporter=reporter, threads=threads)
+                result = run_study(loaded, storage=storage, device=device, reporter=reporter, threads=threads, timeout=limit)
             finally:
                 reporter.close()
     except KeyboardInterrupt as stop:
@@ -127,11 +132,29 @@ def study(
         raise typer.Exit(code) from None
     ignore_late_stops()  # the study is finished and stored: what is left is to say so
     console.print(summary_table(result, "value (your loop's)" if loaded.train.loop else loaded.train.objective))
+    if result.timed_out is not None:
+        done = sum(s.n_complete + s.n_pruned for s in result.stages.values())
+        say(f"stopped at the time limit (--timeout {timeout}) once the trials in progress had finished; "
+            f"{done} finished trials are stored; resume with: {shlex.join(resume)}{password_note}")
+        signal_point("after-summary")
+        return
     if result.worse_than_lr:
         say(result.worse_than_lr)
     if result.audit is not None:
         say(result.audit.message)
     signal_point("after-summary")
+
+
+def parse_duration(text: str, option: str) -> float:
+    """Seconds in a duration such as ``2h``, ``90m``, ``1h30m``, ``45s`` or ``600`` (seconds); a bad one exits 2 in one line."""
+    found = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text.lower())
+    if found is None or not any(found.groups()):
+        fail(f"{option} {text!r}: not a duration; write e.g. 2h, 90m, 1h30m, 45s (or a number of seconds)", BAD_INPUT)
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in found.groups())  # type: ignore[union-attr]
+    total = 3600 * hours + 60 * minutes + seconds
+    if total <= 0:
+        fail(f"{option} {text!r}: the limit must be longer than 0, e.g. 2h", BAD_INPUT)
+    return total
 
 
 def _resume_command(spec: Path, storage: str | None, name: str | None, password_file: Path | None) -> tuple[list[str], str]:

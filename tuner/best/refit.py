@@ -33,7 +33,9 @@ from tuner.inputs.load import load_dataset
 from tuner.inputs.spec import StudySpec, spec_from_dict
 from tuner.inputs.user_data import check_test_part
 from tuner.inputs.usercode import identity, resolve_code
-from tuner.study.results import LR_ATTR, SETTINGS_ATTR, SPEC_PATH_ATTR, load_stage_studies, trained_params
+from tuner.study.results import (
+    LR_ATTR, SETTINGS_ATTR, SPEC_PATH_ATTR, best_complete, direction_of, load_stage_studies, loss_like, trained_params,
+)
 from tuner.study.runner import TunerError
 from tuner.study.stages import Stage, audit_stage, lr_stage, shape_stage
 from tuner.study.stored import STAGES, with_added_fields
@@ -212,13 +214,15 @@ def _best_trial(name: str, storage: str | optuna.storages.BaseStorage | None,
         study = studies.get(stage_name)
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if study else []
         complete = [t for t in complete if t.value is not None and math.isfinite(t.value)]
-        if complete:
-            bests[stage_name] = min(complete, key=lambda t: (t.value, t.number))
+        best_here = best_complete(complete, direction_of(study)) if study else None
+        if best_here is not None:
+            bests[stage_name] = best_here
     if not bests:
         where = f"stage '{stage}'" if stage else "stage 'lr' or 'shape'"
         raise BestError(f"study {name!r}: no complete trial in {where} yet; run "
                         f"`tuner study` to the end (or until a trial completes), then again `tuner best`")
-    stage_name = min(bests, key=lambda s: bests[s].value)  # type: ignore[arg-type, return-value]  # shape first: wins a tie
+    # Shape first: it wins a tie. Scores of a study that maximizes count the highest best.
+    stage_name = min(bests, key=lambda s: loss_like(bests[s].value, direction_of(studies[s])))  # type: ignore[arg-type]
     best, study = bests[stage_name], studies[stage_name]
     values = ", ".join(f"stage '{s}' {bests[s].value:.4g} (trial {bests[s].number})" for s in ("lr", "shape") if s in bests)
     chosen = (f"stage '{stage_name}', as asked (--stage): its best trial {best.number} ({best.value:.4g})" if stage else

@@ -83,11 +83,14 @@ class TrainSpec:
     batch_size: int = 64
     epochs: int = 20
     objective: str = "val_error"
+    # "maximize": the objective is a score (your own metric or loop: accuracy, F1); tuner's own objectives are
+    # errors and losses, minimized.
+    direction: str = "minimize"
     # A training loss above this multiple of the untrained model's training loss ends the trial as diverged.
     divergence_factor: float = 10.0
     loop: str | None = None  # "module:function": your own training loop (README: "Your own model")
     loss: str | None = None  # "module:function": loss(outputs, targets) -> scalar tensor
-    metric: str | None = None  # "module:function": metric(outputs, targets) -> float, lower is better
+    metric: str | None = None  # "module:function": metric(outputs, targets) -> float, lower is better (or see direction)
 
 
 @dataclass(frozen=True)
@@ -308,6 +311,19 @@ def _example(args: tuple[Any, ...]) -> str:
     return "[1e-3, 1.0]"
 
 
+def check_direction(spec: StudySpec) -> None:
+    """Refuse ``train.direction = "maximize"`` without a metric or loop of the user's own to compute the score.
+
+    Checked once the callables given in Python have joined the spec (``run_study(metric=...)``).
+    """
+    train = spec.train
+    if train.direction == "maximize" and not (train.metric or train.loop):
+        raise SpecError(spec.source, "train.direction", train.direction,
+                        f"tuner's own objective ({train.objective}) is an error or a loss, always minimized; \"maximize\" "
+                        "is for a score your own metric or loop computes: set train.metric = \"module:function\" "
+                        "(e.g. accuracy), or leave direction out")
+
+
 def _choice(source: str, path: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         close = difflib.get_close_matches(value, allowed, n=1, cutoff=0.5)
@@ -391,6 +407,7 @@ def _validate(spec: StudySpec, source: str) -> None:
         raise SpecError(source, "model.depth", model.depth, "must be at least 1")
     _choice(source, "train.optimizer", train.optimizer, OPTIMIZERS)
     _choice(source, "train.objective", train.objective, OBJECTIVES)
+    _choice(source, "train.direction", train.direction, ("minimize", "maximize"))
     if not 0 <= train.momentum < 1:
         raise SpecError(source, "train.momentum", train.momentum, "must lie in [0, 1), e.g. 0.9")
     if train.weight_decay < 0:

@@ -116,7 +116,7 @@ def write_report(name: str, *, storage: str | None = None, out: str | Path | Non
         diagnosis["lr"] = lr_diagnosis(lr, rate, objective)
     if shape is not None:
         reference = lr.best.value if lr is not None and lr.best is not None else None
-        draw("shape", plot_shape(shape.runs, objective, reference), "the shape stage has no complete trial")
+        draw("shape", plot_shape(shape.runs, objective, reference, shape.maximizes), "the shape stage has no complete trial")
         diagnosis["shape"] = shape_diagnosis(shape, reference, objective)
     if "audit" in stages:
         diagnosis["audit"] = audit_diagnosis(stages["audit"], objective)

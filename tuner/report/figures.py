@@ -92,19 +92,20 @@ def _outlier_cap(values: Sequence[float]) -> float | None:
     return float(cap) if (v > cap).any() else None
 
 
-def plot_shape(runs: Sequence[Run], objective: str, reference: float | None) -> Figure | None:
-    """Final error against width, depth, schedule and decay, coloured by schedule."""
+def plot_shape(runs: Sequence[Run], objective: str, reference: float | None, maximize: bool = False) -> Figure | None:
+    """Final error against width, depth, schedule and decay, coloured by schedule (a score where ``maximize``)."""
     complete = [r for r in runs if r.value is not None]
     if not complete:
         return None
     fig = new_figure(figsize=(10, 7.5))
     axes = fig.subplots(2, 2, sharey=True)
-    best = min(complete, key=lambda r: r.value)  # type: ignore[arg-type,return-value]
+    best = (max if maximize else min)(complete, key=lambda r: r.value)  # type: ignore[arg-type,return-value]
     schedules = sorted({str(r.params.get("schedule", "constant")) for r in complete})
     rng = np.random.default_rng(0)  # jitter for depth and schedule; fixed, so reruns draw the same
     # A few very bad trials would squash the rest against the floor: cut the axis above the bulk
     # and draw those few as triangles on the top edge.
-    cap = _outlier_cap([r.value for r in complete] + ([reference] if reference is not None else []))
+    # A score's bad trials sit at the bottom, its best at the top: no cap from above.
+    cap = None if maximize else _outlier_cap([r.value for r in complete] + ([reference] if reference is not None else []))
 
     def schedule_of(run: Run) -> str:
         return str(run.params.get("schedule", "constant"))

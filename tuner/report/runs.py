@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.analysis.importance import importance_table
 from tuner.inputs.spec import DataSpec, SpecError
 from tuner.storage import open_existing_storage
-from tuner.study.results import load_stage_studies, trial_trained_lr
+from tuner.study.results import MAXIMIZE, direction_of, load_stage_studies, loss_like, trial_trained_lr
 from tuner.study.stored import (  # noqa: F401 -- STAGES: figures reads it from here
     BEST_LR_ATTR, DIVERGED_ATTR, LEARNING_CURVE_ATTR, LR_ATTR, SETTINGS_ATTR, STAGES, TASK_ATTR,
 )
@@ -81,8 +81,21 @@ class StageRuns:
         return [r for r in self.runs if r.state == TrialState.COMPLETE and r.value is not None]
 
     @property
+    def direction(self) -> str:
+        """``"maximize"`` where the stage's objective is a score (``train.direction``), else ``"minimize"``."""
+        return direction_of(self.study)
+
+    @property
+    def maximizes(self) -> bool:
+        return self.direction == MAXIMIZE
+
+    def better(self, value: float, than: float) -> bool:
+        """Whether ``value`` is better than ``than`` in this stage's direction."""
+        return loss_like(value, self.direction) < loss_like(than, self.direction)
+
+    @property
     def best(self) -> Run | None:
-        return min(self.complete, key=lambda r: r.value) if self.complete else None  # type: ignore[arg-type,return-value]
+        return min(self.complete, key=lambda r: loss_like(r.value, self.direction)) if self.complete else None  # type: ignore[arg-type]
 
 
 def load_stages(name: str, url: str) -> dict[str, StageRuns]:

@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 
 from tuner.analysis.importance import COMPLETE_BASIS, RUNG_CAVEAT
 from tuner.report.runs import Run, StageRuns, TrialCosts, epochs_to_target, error_target
+from tuner.study.results import loss_like
 from tuner.study.stored import BEST_TRIAL_ATTR, FIRST_RUNG_ATTR, HANDOFF_ATTR, VERDICT_ATTR
 
 # Exploding: the end level sits above the curve's minimum by at least half of the
@@ -209,9 +210,12 @@ def lr_diagnosis(stage: StageRuns, chosen_lr: float | None, objective: str) -> l
     ]
     # describe_lr_sweep says "validation loss" for any curve; name what the curves really hold.
     what = objective.split(" (")[0]
+    # A score (train.direction = "maximize") is read turned, lower is better, as the curve rules are written.
+    curves = [[-v for v in r.curve] if stage.maximizes else r.curve for r in runs]
     sentences += [sentence.replace("the validation loss", f"the {what}")
-                  for sentence in describe_lr_sweep(lrs, [r.curve for r in runs], chosen_lr, [r.diverged for r in runs])]
-    sentences.append(target_sentence(stage.runs, what))
+                  for sentence in describe_lr_sweep(lrs, curves, chosen_lr, [r.diverged for r in runs])]
+    if not stage.maximizes:  # the target is an error to get below
+        sentences.append(target_sentence(stage.runs, what))
     said = handoff_sentence(stage, chosen_lr)
     if said:
         sentences.append(said)
@@ -292,24 +296,27 @@ def shape_diagnosis(stage: StageRuns, reference: float | None, objective: str) -
     if reference is not None and reference > 0:
         change = (best.value - reference) / reference
         word = "lower" if change < 0 else "higher"
+        worse = stage.better(reference, best.value)
         # The reference is stage lr's best trial, at its own rate (the robust hand-off may calibrate
         # another); the shape trained at the calibrated rate times its own lr_scale (said above).
         sentences.append(f"That is {abs(change):.0%} {word} than the best small network of stage lr ({reference:.3g}).")
-        if change > 0:
+        if worse:
             sentences.append(
                 "So the study's best configuration is stage lr's small network: `tuner best` trains it (`--stage shape` "
                 "trains this stage's best). A shape stage ends worse than its first stage when its larger networks "
                 "wanted another rate than the lr_scale range allowed, when its pruner stopped slow starters, or when "
                 "its trials were too few for the space."
             )
-    by_schedule: dict[str, float] = {}
+    by_schedule: dict[str, float] = {}  # lower is better: a score is turned (stage.direction)
     for r in stage.runs:  # every schedule tried, also one whose trials were all pruned (its best: none)
         s = str(r.params.get("schedule", "constant"))
-        by_schedule[s] = min(by_schedule.get(s, math.inf), r.value if r.value is not None else math.inf)
+        turned = loss_like(r.value, stage.direction) if r.value is not None else math.inf
+        by_schedule[s] = min(by_schedule.get(s, math.inf), turned)
     if len(by_schedule) > 1:
         ranked = sorted(by_schedule.items(), key=lambda kv: kv[1])
         sentences.append("Best per schedule: " + ", ".join(
-            f"{s} {v:.3g}" if math.isfinite(v) else f"{s} none complete (only pruned trials)" for s, v in ranked) + ".")
+            f"{s} {loss_like(v, stage.direction):.3g}" if math.isfinite(v) else f"{s} none complete (only pruned trials)"
+            for s, v in ranked) + ".")
     verdict = classify_curve(best.curve)
     words = {
         "decaying": "decays steadily",

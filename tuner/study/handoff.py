@@ -10,6 +10,7 @@ study reads the stored rate back and never chooses again.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING
 
@@ -55,7 +56,7 @@ def hand_off_lr(spec: StudySpec, storage: optuna.storages.BaseStorage, reporter:
             f"stage 'lr': none of its {n_finished} trials completed (all diverged or were pruned); lower "
             f"stages.lr.lr_max or check the data, then run again under a new name"
         )
-    best = min(complete, key=lambda t: t.value)
+    best = results.best_complete(complete, results.direction_of(lr_study))
     choice = rate_choice(spec, trials, lr_study.user_attrs.get(results.TASK_ATTR))
     shape = open_stage_study(spec, shape_stage(spec, choice.rate), storage, code)
     if shape.user_attrs.get(results.LR_ATTR) is not None:  # another worker handed on meanwhile: its records hold
@@ -77,41 +78,52 @@ def hand_off_lr(spec: StudySpec, storage: optuna.storages.BaseStorage, reporter:
 
 def rate_choice(spec: StudySpec, trials: list[FrozenTrial], task: str | None) -> RateChoice:
     """The rate stage ``lr``'s finished ``trials`` hand on, by the spec's ``stages.lr.handoff``."""
+    best = results.best_complete(trials, spec.train.direction)
+    assert best is not None, "rate_choice needs a complete trial"
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = min(complete, key=lambda t: t.value)
     if spec.stages.lr.handoff == "best":
         rate = float(best.params["lr"])
         return RateChoice(rate, "best trial", (rate, rate), None, "", why='stages.lr.handoff = "best"',
                           n_points=len(complete))
     # An error rate counts wrong rows: binomial noise, for tuner's own classification error only.
-    return sweep_choice(trials, counts_rows=counts_rows(spec.train.objective, task, bool(spec.train.metric or spec.train.loop)))
+    return sweep_choice(trials, counts_rows=counts_rows(spec.train.objective, task, bool(spec.train.metric or spec.train.loop)),
+                        direction=spec.train.direction)
 
 
-def sweep_choice(trials: list[FrozenTrial], *, counts_rows: bool = False) -> RateChoice:
+def sweep_choice(trials: list[FrozenTrial], *, counts_rows: bool = False, direction: str = results.MINIMIZE) -> RateChoice:
     """The robust rule on stage ``lr``'s trials: complete ones at their value, diverged ones as the wall.
 
     The wall stands at the worst value seen: any untrained (epoch-0) value stored, or any value a
     trial that did not diverge reached (a rate too small to learn stays near the untrained one). Pruned trials that did not diverge
     have no final value and are left out. ``counts_rows``: the values are error rates of whole
-    validation rows, whose number is read from them for the binomial noise.
+    validation rows, whose number is read from them for the binomial noise. ``direction``
+    "maximize": the values are scores, turned (:func:`tuner.study.results.loss_like`) into a U whose
+    bottom is the best; the stored curve and candidates are in the score's own units.
     """
     points = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
     walls = [t for t in trials if t.state in results.FINISHED and t.user_attrs.get(results.DIVERGED_ATTR)]
-    seen = [float(t.value) for t in points]
+    def turned(value: float) -> float:
+        return results.loss_like(float(value), direction)
+
+    seen = [turned(t.value) for t in points]  # type: ignore[arg-type]
     for trial in trials:
         if trial.state in results.FINISHED and not trial.user_attrs.get(results.DIVERGED_ATTR):
-            seen += [float(v) for v in trial.user_attrs.get(results.LEARNING_CURVE_ATTR) or []
+            seen += [turned(v) for v in trial.user_attrs.get(results.LEARNING_CURVE_ATTR) or []
                      if v is not None and math.isfinite(v)]
         untrained = trial.user_attrs.get(results.UNTRAINED_VALUE_ATTR)  # stored since the pruner waits for learning
         if untrained is not None and math.isfinite(untrained):
-            seen.append(float(untrained))
-    return choose_rate(
+            seen.append(turned(untrained))
+    choice = choose_rate(
         [float(t.params["lr"]) for t in [*points, *walls]],
-        [*(float(t.value) for t in points), *(math.nan for _ in walls)],  # type: ignore[arg-type]
+        [*(turned(t.value) for t in points), *(math.nan for _ in walls)],  # type: ignore[arg-type]
         [False] * len(points) + [True] * len(walls),
         wall=max(seen),
         error_rows=rows_behind(seen) if counts_rows else None,
     )
+    if direction == results.MAXIMIZE:  # back to the score's own units for the record and the figures
+        choice = dataclasses.replace(choice, curve=tuple((x, turned(y)) for x, y in choice.curve),
+                                     candidates=tuple((lr, turned(y)) for lr, y in choice.candidates))
+    return choice
 
 
 def _in_words(choice: RateChoice, best: FrozenTrial) -> str:

@@ -52,7 +52,7 @@ def auto_lr_range(
     if isinstance(storage, optuna.Study):
         study = storage  # the runner's <name>/lr, already opened with its settings
     else:
-        study = optuna.create_study(study_name=stage_study_name(spec.name, "lr"), storage=storage, direction="minimize",
+        study = optuna.create_study(study_name=stage_study_name(spec.name, "lr"), storage=storage, direction=spec.train.direction,
                                     load_if_exists=True)
     stored = study.user_attrs.get(LR_FIND_ATTR)
     if stored is not None:

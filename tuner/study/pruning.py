@@ -39,6 +39,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.study.rate_rule import MAD_TO_SD, binomial_noise
+from tuner.study.results import direction_of, loss_like
 from tuner.study.stored import FIRST_RUNG_ATTR, LEARNING_CURVE_ATTR, SEARCH_ATTR, UNTRAINED_VALUE_ATTR, stage_study_name
 
 NOISE_UNITS = 3.0  # "clearly": further than this many noise units
@@ -239,10 +240,18 @@ def error_rate_rows(objective: str, task: str, own_code: bool, data: Any) -> int
 
 
 def stage_lr_runs(lr_study: optuna.Study) -> tuple[list[list[float | None]], list[float | None]]:
-    """The learning curves and untrained values of stage ``lr``'s complete trials."""
+    """The learning curves and untrained values of stage ``lr``'s complete trials, lower is better.
+
+    Scores of a study that maximizes are turned (negated) so that learning goes down, as the rung's rules read it.
+    """
+    direction = direction_of(lr_study)
+
+    def turned(value: float | None) -> float | None:
+        return None if value is None else loss_like(value, direction)
+
     complete = lr_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    curves = [list(t.user_attrs.get(LEARNING_CURVE_ATTR) or []) for t in complete]
-    return curves, [t.user_attrs.get(UNTRAINED_VALUE_ATTR) for t in complete]
+    curves = [[turned(v) for v in t.user_attrs.get(LEARNING_CURVE_ATTR) or []] for t in complete]
+    return curves, [turned(t.user_attrs.get(UNTRAINED_VALUE_ATTR)) for t in complete]
 
 
 def shape_first_rung(study_name: str, storage: optuna.storages.BaseStorage, shape_study: optuna.Study,

@@ -25,6 +25,27 @@ from tuner.study.stored import (  # noqa: F401 -- the contract's names, read fro
 )
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+MINIMIZE, MAXIMIZE = "minimize", "maximize"  # train.direction; each stage study is made with it
+
+
+def direction_of(study: optuna.Study) -> str:
+    """``"maximize"`` for a study that maximizes its objective (``train.direction``), else ``"minimize"``."""
+    return MAXIMIZE if getattr(study, "direction", None) == optuna.study.StudyDirection.MAXIMIZE else MINIMIZE
+
+
+def loss_like(value: float, direction: str) -> float:
+    """``value`` turned so that lower is better: itself when minimizing, its negative when maximizing.
+
+    The rules that read values (best trial, the hand-off's U, the first rung, the stage to pick)
+    are written for lower-is-better values and read scores through this.
+    """
+    return -value if direction == MAXIMIZE else value
+
+
+def best_complete(trials: Sequence[FrozenTrial], direction: str = MINIMIZE) -> FrozenTrial | None:
+    """The best complete trial (the lowest value, or the highest when maximizing); the first on a tie."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return min(complete, key=lambda t: (loss_like(t.value, direction), t.number)) if complete else None  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -41,6 +62,7 @@ class StageSummary:
     wall_seconds: float  # first trial start to last trial end, across resumed runs
     train_seconds: float  # summed training time of the stage's trials
     best_trial: int | None = None  # the number of the trial that gave best_value
+    direction: str = MINIMIZE  # "maximize": best_value is the highest
 
 
 def trained_params(params: dict[str, Any], fixed: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -73,7 +95,8 @@ def stage_summary(study: optuna.Study, stage: str, budget: int, fixed: dict[str,
     trials = study.get_trials(deepcopy=False)
     finished = [t for t in trials if t.state in FINISHED]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = min(complete, key=lambda t: t.value) if complete else None
+    direction = direction_of(study)
+    best = best_complete(complete, direction)
     starts = [t.datetime_start for t in finished if t.datetime_start]
     ends = [t.datetime_complete for t in finished if t.datetime_complete]
     wall = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
@@ -90,6 +113,7 @@ def stage_summary(study: optuna.Study, stage: str, budget: int, fixed: dict[str,
         wall_seconds=wall,
         train_seconds=sum(float(t.user_attrs.get(TRAIN_SECONDS_ATTR, 0.0)) for t in finished),
         best_trial=best.number if best else None,
+        direction=direction,
     )
 
 

@@ -34,7 +34,7 @@ from tuner.errors import (
 from tuner.inputs.data import Dataset, DataWarning, StreamedData
 from tuner.inputs.load import load_dataset
 from tuner.inputs.models import check_model_fits
-from tuner.inputs.spec import StudySpec, load_spec
+from tuner.inputs.spec import StudySpec, check_direction, load_spec
 from tuner.inputs.usercode import UserCode, check_model, check_params, resolve_code, with_callables
 from tuner.storage import (
     StorageError,
@@ -76,6 +76,9 @@ class StudyResult:
     best_lr: float | None
     stages: dict[str, StageSummary] = field(default_factory=dict)
     audit: AuditVerdict | None = None  # set when the study has an audit stage
+    # Set when run_study(timeout=) stopped it: the time limit in seconds. The stages hold what was done
+    # (the last one unfinished); running it again resumes there.
+    timed_out: float | None = None
 
     @property
     def best_stage(self) -> str | None:
@@ -84,7 +87,8 @@ class StudyResult:
         The audit is a check, not a stage to pick from. On a tie the later stage wins.
         """
         tuned = [s for s in self.stages.values() if s.stage != "audit" and s.best_value is not None]
-        return min(reversed(tuned), key=lambda s: s.best_value).stage if tuned else None  # type: ignore[arg-type, return-value]
+        return min(reversed(tuned), key=lambda s: results.loss_like(s.best_value, s.direction)).stage \
+            if tuned else None  # type: ignore[arg-type]
 
     @property
     def best_value(self) -> float | None:
@@ -98,7 +102,7 @@ class StudyResult:
         lr, shape = self.stages.get("lr"), self.stages.get("shape")
         if lr is None or shape is None or lr.best_value is None or shape.best_value is None:
             return None
-        if shape.best_value <= lr.best_value:
+        if results.loss_like(shape.best_value, shape.direction) <= results.loss_like(lr.best_value, lr.direction):
             return None
         return (f"stage 'shape' ended worse than stage 'lr': its best is {shape.best_value:.4g} against {lr.best_value:.4g} "
                 f"for the small network of stage 'lr'; the study's best is stage 'lr''s trial {lr.best_trial}, and "
@@ -131,6 +135,7 @@ def run_study(
     loss: Callable[..., Any] | None = None,
     metric: Callable[..., Any] | None = None,
     threads: int | None = None,
+    timeout: float | None = None,
 ) -> StudyResult:
     """Run (or resume) a staged study: ``lr``, then ``shape``, then the optional ``audit``.
 
@@ -149,10 +154,17 @@ def run_study(
             ``train.loss``, ``train.metric``); same contracts (README: "Your own model").
         threads: torch's intra-op threads on the CPU; default ``$TUNER_THREADS``, else 1 (see
             :func:`pick_threads`).
+        timeout: a wall-clock limit in seconds: once it has passed, no new trial starts; the trials
+            in progress finish and are stored, and the result has ``timed_out`` set (the last stage
+            unfinished). Running the study again resumes it, as after any stop.
     """
     spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
     given = {"model": model, "loader": loader, "loop": loop, "loss": loss, "metric": metric}
     spec = with_callables(spec, **given)
+    check_direction(spec)  # "maximize" needs a score of the user's own: refused before anything is written
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be a number of seconds > 0, not {timeout!r}")
+    deadline = time.monotonic() + timeout if timeout is not None else None
     reporter = reporter or Reporter()
     quiet_optuna()
     # Everything that can be wrong with the input is checked before the storage is touched.
@@ -185,17 +197,29 @@ def run_study(
     spec = stored_spec
 
     summaries: dict[str, StageSummary] = {}
-    lr_summary = run_stage(spec, "lr", storage=optuna_storage, data=data, device=torch_device, reporter=reporter, code=code)
-    summaries["lr"] = lr_summary
-    best_lr = hand_off_lr(spec, optuna_storage, reporter, code)
-    summaries["shape"] = run_stage(spec, "shape", storage=optuna_storage, data=data, device=torch_device,
-                                   reporter=reporter, best_lr=best_lr, code=code)
-    if spec.stages.audit.trials > 0:
-        summaries["audit"] = run_stage(spec, "audit", storage=optuna_storage, data=data, device=torch_device,
-                                       reporter=reporter, code=code)
+    best_lr: float | None = None
+    common = {"storage": optuna_storage, "data": data, "device": torch_device, "reporter": reporter, "code": code,
+              "deadline": deadline}
+    try:
+        summaries["lr"] = run_stage(spec, "lr", **common)  # type: ignore[arg-type]
+        best_lr = hand_off_lr(spec, optuna_storage, reporter, code)
+        summaries["shape"] = run_stage(spec, "shape", best_lr=best_lr, **common)  # type: ignore[arg-type]
+        if spec.stages.audit.trials > 0:
+            summaries["audit"] = run_stage(spec, "audit", **common)  # type: ignore[arg-type]
+    except TimeLimitReached as reached:  # no new trial after the limit; what finished is stored
+        summaries[reached.summary.stage] = reached.summary
+        return StudyResult(spec.name, redact(storage_url), best_lr, summaries, None, timed_out=timeout)
     # The audit's point: did lr interact little with the rest here? Judged and stored on <name>/audit.
     verdict = audit_verdict(spec.name, optuna_storage) if "audit" in summaries else None
     return StudyResult(spec.name, redact(storage_url), best_lr, summaries, verdict)
+
+
+class TimeLimitReached(Exception):
+    """``run_study(timeout=)``'s limit passed: the stage asks no new trial; ``summary`` is what it holds."""
+
+    def __init__(self, summary: StageSummary) -> None:
+        super().__init__(f"time limit reached in stage '{summary.stage}'")
+        self.summary = summary
 
 
 def run_stage(
@@ -208,6 +232,7 @@ def run_stage(
     reporter: Reporter | None = None,
     best_lr: float | None = None,
     code: UserCode | None = None,
+    deadline: float | None = None,
 ) -> StageSummary:
     """Run (or resume) one stage of a study to its budget; ``best_lr`` is needed by ``shape``.
 
@@ -216,7 +241,7 @@ def run_stage(
     Example:
         >>> summary = run_stage(spec, "lr", storage=open_storage("sqlite:///t.db"), data=data, device=torch.device("cpu"))  # doctest: +SKIP
     """
-    runner = _StageRunner(spec, storage, data, device, reporter or Reporter(), code or resolve_code(spec))
+    runner = _StageRunner(spec, storage, data, device, reporter or Reporter(), code or resolve_code(spec), deadline)
     if stage == "lr":
         from tuner.study.lr_range import auto_lr_range
 
@@ -255,8 +280,9 @@ class _StageRunner:
     """Runs one stage to its budget: claims trials, trains them through :mod:`tuner.study.trials`, waits for others."""
 
     def __init__(self, spec: StudySpec, storage: optuna.storages.BaseStorage, data: Dataset,
-                 device: torch.device, reporter: Reporter, code: UserCode) -> None:
+                 device: torch.device, reporter: Reporter, code: UserCode, deadline: float | None = None) -> None:
         self.spec = spec
+        self.deadline = deadline  # time.monotonic() after which no trial starts (run_study's timeout)
         self.code = code
         self.storage = storage
         self.data = data
@@ -295,6 +321,9 @@ class _StageRunner:
                 announced = True
             if n_finished >= stage.budget and n_running == 0:
                 break
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                # The time limit: ask nothing more (our trials have finished); other workers' go on.
+                raise TimeLimitReached(stage_summary(study, stage))
             if n_finished + n_running >= stage.budget:
                 # Others are finishing the budget: wait for them so that the hand-off sees every trial.
                 self.reporter.waiting(stage, n_running)
@@ -322,7 +351,7 @@ class _StageRunner:
             for i, frozen in enumerate(told):
                 # The best of the trials at hand up to this one (no query per trial): a batch told
                 # at once never shows a best that no trial printed so far has reached.
-                best = _best_value([*trials, *told[:i + 1]])
+                best = _best_value([*trials, *told[:i + 1]], results.direction_of(study))
                 if frozen.state == TrialState.FAIL:
                     consecutive_failures += 1
                 else:
@@ -408,6 +437,6 @@ def _holds_position(trial: FrozenTrial) -> bool:
     return trial.state != TrialState.FAIL or results.TRACEBACK_ATTR in trial.user_attrs
 
 
-def _best_value(trials: Sequence[FrozenTrial]) -> float | None:
-    values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    return min(values) if values else None
+def _best_value(trials: Sequence[FrozenTrial], direction: str) -> float | None:
+    best = results.best_complete(trials, direction)
+    return best.value if best is not None else None

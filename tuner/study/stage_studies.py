@@ -147,19 +147,19 @@ def check_stored_settings(spec: StudySpec, storage: optuna.storages.BaseStorage,
     return spec
 
 
-def _made_elsewhere(study: optuna.Study) -> bool:
-    """A study without tuner's settings that holds something: trials, another direction, attributes."""
+def _made_elsewhere(study: optuna.Study, direction: str) -> bool:
+    """A study without tuner's settings that holds something: trials, another direction than ``direction``, attributes."""
     if contract.SETTINGS_ATTR in study.user_attrs:
         return False
     # What an interrupted start of ours may have left.
     ours = {contract.LR_FIND_ATTR, contract.BUDGET_ATTR, contract.CONTRACT_VERSION_ATTR}
-    return bool(study.get_trials(deepcopy=False)) or _directions(study) != "minimize" or not set(study.user_attrs) <= ours
+    return bool(study.get_trials(deepcopy=False)) or _directions(study) != direction or not set(study.user_attrs) <= ours
 
 
 def _check_settings(study: optuna.Study, spec: StudySpec, stage: str, code: UserCode | None = None) -> None:
     stored = study.user_attrs.get(contract.SETTINGS_ATTR)
     name = study.study_name
-    if stored is None and not _made_elsewhere(study):
+    if stored is None and not _made_elsewhere(study, spec.train.direction):
         return  # an empty study an interrupted start of ours left: it is adopted when opened
     if stored is None:
         raise StudyMismatchError(
@@ -254,7 +254,7 @@ def open_stage_study(spec: StudySpec, stage: Stage, storage: optuna.storages.Bas
     """
     name = stage.study_name(spec.name)
     try:
-        study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
+        study = optuna.create_study(study_name=name, storage=storage, direction=spec.train.direction)
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage)
         waited = time.monotonic()
@@ -262,7 +262,7 @@ def open_stage_study(spec: StudySpec, stage: Stage, storage: optuna.storages.Bas
             if time.monotonic() - waited > SETTINGS_WAIT_S:
                 break  # its creator died before writing them: take it over below
             time.sleep(0.05)
-        if contract.SETTINGS_ATTR in study.user_attrs or _made_elsewhere(study):
+        if contract.SETTINGS_ATTR in study.user_attrs or _made_elsewhere(study, spec.train.direction):
             _check_settings(study, spec, stage.name, code)
             return study
     settings = stage_settings(spec, stage.name, code)

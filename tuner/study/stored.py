@@ -121,7 +121,7 @@ CONTRACT_VERSION = MIGRATIONS[-1].version  # what this tuner writes, and the new
 # matches its spec (and its settings hash stays the same).
 ADDED_FIELDS: dict[str, dict[str, Any]] = {
     "data": {"loader": None, "test_fraction": 0.0, "drop_constant_columns": False},
-    "train": {"loop": None, "loss": None, "metric": None},
+    "train": {"loop": None, "loss": None, "metric": None, "direction": "minimize"},
     "stages.shape": {"lr_scale": (1.0, 1.0), "first_rung": 1, "params": {}},  # params: the user's declared ones (issue 25)
     "stages.lr": {"handoff": "best"},
 }
