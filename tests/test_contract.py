@@ -344,7 +344,9 @@ def test_trials_keep_their_attribute_keys_and_params(tiny: Tiny, stage: str) -> 
     assert trials
     for trial in trials:
         assert STAGE_TRIAL_ATTRS[stage] <= set(trial.user_attrs), f"trial {trial.number}: gone: {sorted(STAGE_TRIAL_ATTRS[stage] - set(trial.user_attrs))}"
-        assert set(trial.params) == STAGE_PARAMS[stage]
+        # decay only where the schedule decays (stages.shape.conditional, since contract version 4)
+        expected = STAGE_PARAMS[stage] - ({"decay"} if trial.params.get("schedule") == "constant" else set())
+        assert set(trial.params) == expected
         assert len(trial.user_attrs["learning_curve"]) == trial.user_attrs["epochs_done"]
 
 
@@ -533,12 +535,13 @@ def test_importance_export_and_report_read_a_study_stored_before(v0_copy: str, t
         result = _invoke(command, "contract", "--storage", v0_copy, "--out", str(tmp_path / command))
         assert result.exit_code == 0, (command, result.output)
     assert _importance_header_holds(_header(tmp_path / "importance" / "importance.csv"))
-    # The old database's columns exactly: what a user's notebook reading trials.csv relies on.
+    # The old database's columns exactly: what a user's notebook reading trials.csv relies on; and
+    # trained_lr (issue 25), the rate each trial trained at, worked out for trials stored before it.
     assert _header(tmp_path / "export" / "trials.csv") == TRIAL_COLUMNS + [
         "params_decay", "params_depth", "params_lr", "params_schedule", "params_width",
         "user_attrs_batched_with", "user_attrs_depth", "user_attrs_device", "user_attrs_diverged",
         "user_attrs_epochs_done", "user_attrs_lr", "user_attrs_n_params", "user_attrs_schedule",
-        "user_attrs_train_loss_curve", "user_attrs_train_seconds", "user_attrs_width", "user_attrs_worker",
+        "user_attrs_train_loss_curve", "user_attrs_train_seconds", "user_attrs_trained_lr", "user_attrs_width", "user_attrs_worker",
         "user_attrs_worker_started",
     ]
     with (tmp_path / "export" / "curves.csv").open(newline="") as handle:
@@ -673,6 +676,9 @@ def test_a_v2_study_given_more_shape_trials_trains_them_by_the_rules_it_was_made
     assert len(finished) == 7
     assert all(0.5 <= t.params["lr_scale"] <= 4.0 for t in finished)  # the lr_scale range it was made with
     assert all(t.distributions["lr_scale"].low == 0.5 and t.distributions["lr_scale"].high == 4.0 for t in finished)
+    # Made before parameters were sampled only where they act (version 4): decay in every trial, as made.
+    assert all("decay" in t.params for t in finished)
+    assert "group" not in shape.user_attrs["search"]["sampler"]
 
 
 def test_a_v2_study_stopped_in_stage_lr_starts_its_shape_stage_by_the_rules_it_was_made_with(v2_copy: str,

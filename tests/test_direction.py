@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 import tuner
 from tuner.cli import app
-from tuner.inputs.spec import SpecError, check_direction
+from tuner.inputs.checks import check_direction
+from tuner.inputs.spec import SpecError
 from tuner.study.handoff import sweep_choice
 from tuner.study.stored import DIVERGED_ATTR
 

@@ -61,15 +61,23 @@ def test_importance_csv_has_a_row_per_parameter_and_per_pair(audited: tuple[str,
     table = pd.read_csv(path, keep_default_na=False)
     assert list(table.columns) == COLUMNS
 
-    fanova = table[(table.stage == "audit") & (table.evaluator == "fanova")]
+    # decay is set only where the schedule decays: the rows of all trials leave it out, and it is
+    # analysed on the trials that have it (or skipped, with the reason, when they are too few).
+    everywhere = AUDIT_PARAMS - {"decay"}
+    audit = table[(table.stage == "audit") & (table.basis == "complete")]
+    fanova = audit[audit.evaluator == "fanova"]
     main = fanova[fanova.param_b == ""]
-    assert set(main.param) == AUDIT_PARAMS and len(main) == len(AUDIT_PARAMS)
+    assert set(main.param) == everywhere and len(main) == len(everywhere)
     pairs = {frozenset((a, b)) for a, b in fanova[fanova.param_b != ""][["param", "param_b"]].itertuples(index=False)}
-    assert pairs == {frozenset(p) for p in itertools.combinations(AUDIT_PARAMS, 2)}
-    assert len(fanova) == len(AUDIT_PARAMS) + len(pairs)
+    assert pairs == {frozenset(p) for p in itertools.combinations(everywhere, 2)}
+    assert len(fanova) == len(everywhere) + len(pairs)
 
-    ped = table[(table.stage == "audit") & (table.evaluator == "ped_anova")]
-    assert set(ped.param) == AUDIT_PARAMS and (ped.param_b == "").all()  # PED-ANOVA: main effects only
+    ped = audit[audit.evaluator == "ped_anova"]
+    assert set(ped.param) == everywhere and (ped.param_b == "").all()  # PED-ANOVA: main effects only
+    with_decay = table[(table.stage == "audit") & (table.basis == "complete, where decay is set")]
+    said = [reason for stage, reason in skipped if stage == "audit"]
+    assert ("decay" in set(with_decay.param)) != bool(said)  # analysed on its own trials, or said why not
+    assert all(reason.startswith("complete, where decay is set: decay is set in ") for reason in said)
 
 
 def test_shares_are_fractions_that_sum_to_at_most_one_per_stage(audited: tuple[str, tuner.StudyResult]) -> None:
@@ -88,7 +96,7 @@ def test_stages_with_too_few_trials_are_skipped_and_say_why(audited: tuple[str, 
     table, skipped = importance_table("audited", storage)
     assert set(table.stage) == {"audit"}
     reasons = dict(skipped)
-    assert set(reasons) == {"lr", "shape"}
+    assert set(reasons) - {"audit"} == {"lr", "shape"}  # the audit's: decay on its own trials (see above)
     assert f"at least {MIN_COMPLETE_TRIALS}" in reasons["lr"] and reasons["shape"].startswith("2 complete")
 
 
@@ -202,3 +210,32 @@ def test_cli_study_prints_the_audit_verdict(audited: tuple[str, tuner.StudyResul
     result = CliRunner().invoke(app, ["study", str(spec), "--storage", storage, "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "low-interaction assumption" in result.output
+
+
+def test_a_parameter_set_only_where_it_acts_is_analysed_on_those_trials_and_said() -> None:
+    # decay acts only for the schedules that decay; 'constant' trials do not have it (issue 25 item 3).
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(study_name="cond/shape", storage=storage)
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        schedule = str(rng.choice(["constant", "step", "exponential"]))
+        params = {"width": int(round(2 ** rng.uniform(2, 8))), "schedule": schedule}
+        space = {"width": IntDistribution(4, 256, log=True),
+                 "schedule": CategoricalDistribution(["constant", "step", "exponential"])}
+        if schedule != "constant":
+            params["decay"] = float(10 ** rng.uniform(-3, 0))
+            space["decay"] = FloatDistribution(1e-3, 1.0, log=True)
+        value = 0.5 + (0.3 * np.log10(params["decay"]) ** 2 / 9 if "decay" in params else 0.1) + 0.01 * rng.normal()
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=space, value=value))
+    table, skipped = importance_table("cond", storage)
+    assert skipped == []
+    everywhere = table[(table.basis == "complete") & (table.param_b == "")]
+    assert set(everywhere.param) == {"width", "schedule"}  # decay is not in every trial: left out here...
+    where = table[table.basis == "complete, where decay is set"]
+    n_decay = sum("decay" in t.params for t in study.trials)
+    assert set(where[where.param_b == ""].param) == {"width", "schedule", "decay"} and (where.trials == n_decay).all()
+    main = where[(where.evaluator == "fanova") & (where.param_b == "")].set_index("param")
+    assert main.loc["decay", "importance"] > 0.8  # ...and found to matter on the trials that have it
+    from tuner.analysis.importance import basis_notes
+    assert any(f"where decay is set: {n_decay} trials" in line and "acts only in some trials" in line
+               for line in basis_notes(table))

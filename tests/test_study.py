@@ -32,9 +32,12 @@ def test_cli_study_leaves_both_stages_with_their_attributes(tiny_spec: Path, sto
     low, high = shape_study.user_attrs["lr_scale_range"]  # lr_scale = "auto", resolved at the hand-off
     for trial in shape_study.trials:
         assert trial.user_attrs["lr"] == best_lr  # every shape trial trained near the calibrated rate
-        assert set(trial.params) == {"width", "depth", "schedule", "decay", "lr_scale"}
+        # decay only where the schedule decays: 'constant' ignores it (stages.shape.conditional)
+        assert set(trial.params) == {"width", "depth", "schedule", "lr_scale"} | (
+            set() if trial.params["schedule"] == "constant" else {"decay"})
         assert low <= trial.params["lr_scale"] <= high
         assert trial.params["schedule"] in ("constant", "step", "exponential", "inverse_time")
+    assert shape_study.user_attrs["search"]["sampler"]["group"] is True  # TPE models the conditional space in groups
     for trial in lr_finished:
         assert set(trial.params) == {"lr"}
         assert 1e-4 <= trial.params["lr"] <= 1.0

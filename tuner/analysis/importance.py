@@ -67,7 +67,8 @@ __all__ = [
 
 # The first six are the columns importance.csv always had, in their order; later ones are appended.
 # basis: "complete" (final values of complete trials) or "epoch N" (values at epoch N of every trial
-# that reached it); trials: how many trials the row rests on.
+# that reached it), either followed by ", where P is set" for a parameter P set only in some trials
+# (decay, for the schedules that decay), analysed on those; trials: how many trials the row rests on.
 COLUMNS = ["stage", "evaluator", "param", "param_b", "importance", "std", "basis", "trials"]
 COMPLETE_BASIS = "complete"
 
@@ -189,6 +190,21 @@ def importance_table(
                 continue
             for evaluator, table in found:
                 rows.append(table.assign(stage=stage, evaluator=evaluator, basis=basis, trials=len(analysed)))
+            # A parameter set in some trials only (it acts only there, e.g. decay for a schedule that
+            # decays) is not in the rows above: it is analysed on the trials that have it.
+            for param, having in _set_in_some(analysed).items():
+                where = f"{basis}, where {param} is set"
+                if len(having) < MIN_TRIALS:
+                    skipped.append((stage, f"{where}: {param} is set in {len(having)} of {len(analysed)} trials (it "
+                                           f"acts only there) and left out of the '{basis}' rows; at least {MIN_TRIALS} "
+                                           f"are needed to analyse it on its own trials"))
+                    continue
+                found = _analyse([analysed[i] for i in having], [values[i] for i in having])
+                if isinstance(found, str):
+                    skipped.append((stage, f"{where}: {found}"))
+                    continue
+                for evaluator, table in found:
+                    rows.append(table.assign(stage=stage, evaluator=evaluator, basis=where, trials=len(having)))
     table = pd.concat(rows, ignore_index=True)[COLUMNS] if rows else pd.DataFrame(columns=COLUMNS)
     return table, skipped
 
@@ -228,6 +244,15 @@ def headline_rows(table: pd.DataFrame, n_pairs: int = 3) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else table
 
 
+def describe_basis(basis: str, n: int | None) -> str:
+    """A basis in words: ``12 complete trials``, ``at epoch 3, 16 trials``, ``12 complete trials where decay is set``."""
+    head, _, where = basis.partition(", where ")
+    where = f" where {where}" if where else ""
+    if head == COMPLETE_BASIS:
+        return f"{n} complete trials{where}" if n is not None else f"complete trials{where}"
+    return f"at {head}, {n} trials{where}" if n is not None else f"at {head}{', trials' + where if where else ''}"
+
+
 def basis_notes(table: pd.DataFrame) -> list[str]:
     """One line per stage analysed at an epoch: on how many trials, and why to read it with care.
 
@@ -239,6 +264,11 @@ def basis_notes(table: pd.DataFrame) -> list[str]:
         return []
     lines = []
     for (stage, basis), rows in table.groupby(["stage", "basis"], sort=False):
+        if ", where " in basis:  # a parameter set only where it acts, analysed on those trials
+            param = basis.split(", where ")[1].removesuffix(" is set")
+            lines.append(f"stage {stage}, {basis}: {int(rows['trials'].iloc[0])} trials; {param} acts only in some "
+                         f"trials (it is left out of the rows of all trials), so it is analysed on those alone")
+            continue
         if basis == COMPLETE_BASIS:
             continue
         alone = ((table["stage"] == stage) & (table["basis"] == COMPLETE_BASIS)).any()
@@ -317,6 +347,13 @@ def _analyse(
     except ValueError as error:  # e.g. a forest that found nothing to split on
         return f"fANOVA could not analyse it: {error}"
     return [("fanova", fanova), ("ped_anova", _ped_anova_rows(trials, values, distributions))]
+
+
+def _set_in_some(trials: Sequence[FrozenTrial]) -> dict[str, list[int]]:
+    """Parameters set in some of ``trials`` but not all, each with the indices of the trials that have it."""
+    names = dict.fromkeys(name for t in trials for name in t.params)
+    return {name: having for name in names
+            if 0 < len(having := [i for i, t in enumerate(trials) if name in t.params]) < len(trials)}
 
 
 def _varying_distributions(trials: Sequence[FrozenTrial]) -> dict[str, BaseDistribution]:

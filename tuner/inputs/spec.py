@@ -22,25 +22,27 @@ import tomllib
 
 from tuner.errors import MISSING as _MISSING
 from tuner.errors import SpecError
-from tuner.inputs.families import model_families
+from tuner.inputs.checks import validate
+
+# The names a spec may use and the limits it is checked against, importable from here as before.
+from tuner.inputs.names import (  # noqa: F401
+    DATASETS,
+    DEFAULT_SCHEDULES,
+    HANDOFFS,
+    LR_RANGES,
+    LR_SCALE_AUTO,
+    MAX_SEED,
+    MIN_SEQUENCE_LENGTH,
+    MIN_SPLIT_ROWS,
+    OBJECTIVES,
+    OPTIMIZERS,
+    PRUNERS,
+    SAMPLERS,
+    SCHEDULES,
+    TASKS,
+    study_name_problem,
+)
 from tuner.inputs.params import DeclaredParam, parse_params
-
-DATASETS = ("digits", "wine", "breast_cancer", "diabetes", "digits_rows", "digits_images", "adding", "csv", "python")
-OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad")
-SCHEDULES = ("constant", "step", "exponential", "inverse_time", "cosine")
-DEFAULT_SCHEDULES = ("constant", "step", "exponential", "inverse_time")
-OBJECTIVES = ("val_error", "val_loss")
-TASKS = ("auto", "classification", "regression")
-SAMPLERS = ("tpe", "random")
-PRUNERS = ("none", "median", "hyperband", "successive_halving")
-LR_RANGES = ("fixed", "auto")
-HANDOFFS = ("robust", "best")
-LR_SCALE_AUTO = "auto"  # stages.shape.lr_scale: resolved from the optimizer and the shapes (tuner.study.lr_scale)
-MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds lie in [0, 2**32 - 1]
-MIN_SEQUENCE_LENGTH = 2  # the adding problem marks two distinct steps
-MIN_SPLIT_ROWS = 2  # each of the training and validation parts needs at least this many rows
-
-
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,10 @@ class ShapeStageSpec:
     # earlier than learning had clearly begun there, and only where the ranking already holds), and
     # no decision while every value at a rung sits within noise of its untrained one.
     first_rung: int | str = "auto"
+    # Parameters only where they act: decay only for schedules that decay (not "constant"), momentum
+    # only for SGD; TPE models them in groups (multivariate, group=True). Studies stored before it
+    # resume with false: every parameter in every trial, as they were made.
+    conditional: bool = True
     # The user's own hyperparameters, searched with the shape; stage lr trains at their defaults
     # (tuner.inputs.params). Stored as a table name -> {low, high, log, int, choices, default}.
     params: tuple[DeclaredParam, ...] = ()
@@ -227,7 +233,7 @@ def spec_from_dict(table: Mapping[str, Any], source: str = "") -> StudySpec:
     """Build and validate a spec from a plain dict (the parsed TOML), e.g. from Python code."""
     spec = _build(StudySpec, dict(table), "", source)
     spec = dataclasses.replace(spec, source=source)
-    _validate(spec, source)
+    validate(spec, source)
     return spec
 
 
@@ -309,158 +315,3 @@ def _example(args: tuple[Any, ...]) -> str:
     if args and args[0] is int:
         return "[8, 256]"
     return "[1e-3, 1.0]"
-
-
-def check_direction(spec: StudySpec) -> None:
-    """Refuse ``train.direction = "maximize"`` without a metric or loop of the user's own to compute the score.
-
-    Checked once the callables given in Python have joined the spec (``run_study(metric=...)``).
-    """
-    train = spec.train
-    if train.direction == "maximize" and not (train.metric or train.loop):
-        raise SpecError(spec.source, "train.direction", train.direction,
-                        f"tuner's own objective ({train.objective}) is an error or a loss, always minimized; \"maximize\" "
-                        "is for a score your own metric or loop computes: set train.metric = \"module:function\" "
-                        "(e.g. accuracy), or leave direction out")
-
-
-def _choice(source: str, path: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        close = difflib.get_close_matches(value, allowed, n=1, cutoff=0.5)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise SpecError(source, path, value, f"unknown name; {hint}choose one of: {', '.join(allowed)}")
-
-
-def _positive(source: str, path: str, value: float | int | None) -> None:
-    if value is not None and value <= 0:
-        raise SpecError(source, path, value, "must be greater than 0")
-
-
-def _range(source: str, path: str, bounds: tuple[float, float], log: bool) -> None:
-    low, high = bounds
-    if log and (low <= 0 or high <= 0):
-        raise SpecError(source, path, list(bounds), "bounds of a log-scaled range must both be > 0")
-    if low > high:
-        raise SpecError(source, path, list(bounds), "min must not exceed max; write [min, max]")
-
-
-def _first_rung(source: str, first_rung: int | str, epochs: int, pruner: str) -> None:
-    path = "stages.shape.first_rung"
-    if isinstance(first_rung, str):
-        if first_rung != "auto":
-            raise SpecError(source, path, first_rung, 'must be "auto" (read from stage lr\'s curves) or an epoch, e.g. 3')
-    elif first_rung < 1:
-        raise SpecError(source, path, first_rung, 'must be an epoch >= 1, e.g. 3, or "auto"')
-    elif first_rung > epochs and pruner in ("hyperband", "successive_halving"):
-        raise SpecError(source, path, first_rung, f'must not exceed the stage\'s epochs ({epochs}); e.g. '
-                        f'{max(1, epochs // 4)}, "auto", or pruner = "none"')
-
-
-def study_name_problem(name: str) -> str | None:
-    """Why ``name`` cannot name a study (its stages are the Optuna studies ``name/lr`` ...), or None."""
-    if not name.strip() or "/" in name or any(not char.isprintable() for char in name):
-        return "must be non-empty and must not contain '/', NUL, line breaks or other control characters"
-    return None
-
-
-def _validate(spec: StudySpec, source: str) -> None:
-    problem = study_name_problem(spec.name)
-    if problem:
-        raise SpecError(source, "name", spec.name, problem)
-    if not 0 <= spec.seed <= MAX_SEED:
-        raise SpecError(source, "seed", spec.seed, f"must be a whole number from 0 to {MAX_SEED} (numpy's seed range), e.g. 0")
-    data, model, train, stages = spec.data, spec.model, spec.train, spec.stages
-    _choice(source, "data.name", data.name, DATASETS)
-    _choice(source, "data.task", data.task, TASKS)
-    if data.name == "python" and not data.loader:
-        raise SpecError(source, "data.loader", _MISSING, 'missing; with name = "python" give loader = "module:function"')
-    if data.loader is not None and data.name != "python":
-        raise SpecError(source, "data.loader", data.loader, 'is read only with name = "python"; set name = "python" or drop loader')
-    if data.workers < 0:
-        raise SpecError(source, "data.workers", data.workers, "must be >= 0 (0 loads batches in the training process)")
-    for field_path, value in (("data.loader", data.loader), ("train.loop", train.loop), ("train.loss", train.loss),
-                              ("train.metric", train.metric)):
-        if value is not None and value.count(":") != 1:
-            raise SpecError(source, field_path, value, 'write it as "module:function", e.g. "mycode:my_function"')
-    if data.name == "csv":
-        if not data.path:
-            raise SpecError(source, "data.path", _MISSING, 'missing; with name = "csv" give path = "my.csv"')
-        if not data.target:
-            raise SpecError(source, "data.target", _MISSING, 'missing; name the column to predict, e.g. target = "label"')
-    if not 0 < data.validation_fraction < 1:
-        raise SpecError(source, "data.validation_fraction", data.validation_fraction, "must lie strictly between 0 and 1, e.g. 0.2")
-    if not 0 <= data.test_fraction < 1:
-        raise SpecError(source, "data.test_fraction", data.test_fraction, "must lie in [0, 1), e.g. 0.2 (0: no test part)")
-    if data.max_rows is not None and data.max_rows < 2 * MIN_SPLIT_ROWS:
-        raise SpecError(source, "data.max_rows", data.max_rows,
-                        f"too few rows for a split: at least {2 * MIN_SPLIT_ROWS} ({MIN_SPLIT_ROWS} to train, {MIN_SPLIT_ROWS} to validate), e.g. 1000")
-    if data.sequence_length < MIN_SEQUENCE_LENGTH:
-        raise SpecError(source, "data.sequence_length", data.sequence_length,
-                        f"must be at least {MIN_SEQUENCE_LENGTH}: the adding problem marks two different steps; e.g. 20")
-    if data.samples < 2 * MIN_SPLIT_ROWS:
-        raise SpecError(source, "data.samples", data.samples,
-                        f"too few rows for a split: at least {2 * MIN_SPLIT_ROWS} ({MIN_SPLIT_ROWS} to train, {MIN_SPLIT_ROWS} to validate), e.g. 2000")
-    if ":" not in model.family:  # "module:function" is imported and checked when the study runs
-        _choice(source, "model.family", model.family, model_families())
-    _positive(source, "model.width", model.width)
-    if model.depth < 1:
-        raise SpecError(source, "model.depth", model.depth, "must be at least 1")
-    _choice(source, "train.optimizer", train.optimizer, OPTIMIZERS)
-    _choice(source, "train.objective", train.objective, OBJECTIVES)
-    _choice(source, "train.direction", train.direction, ("minimize", "maximize"))
-    if not 0 <= train.momentum < 1:
-        raise SpecError(source, "train.momentum", train.momentum, "must lie in [0, 1), e.g. 0.9")
-    if train.weight_decay < 0:
-        raise SpecError(source, "train.weight_decay", train.weight_decay, "must be >= 0")
-    _positive(source, "train.batch_size", train.batch_size)
-    _positive(source, "train.epochs", train.epochs)
-    if train.divergence_factor <= 1:
-        raise SpecError(source, "train.divergence_factor", train.divergence_factor, "must be > 1, e.g. 10")
-
-    lr = stages.lr
-    _positive(source, "stages.lr.trials", lr.trials)
-    _positive(source, "stages.lr.epochs", lr.epochs)
-    for bound in ("lr_min", "lr_max"):
-        if getattr(lr, bound) <= 0:
-            raise SpecError(source, f"stages.lr.{bound}", getattr(lr, bound), "learning rates must be > 0 (the search is log-scaled)")
-    if lr.lr_min >= lr.lr_max:
-        raise SpecError(source, "stages.lr.lr_min", lr.lr_min, f"must be below lr_max ({lr.lr_max}); e.g. lr_min = 1e-6, lr_max = 1.0")
-    _choice(source, "stages.lr.sampler", lr.sampler, SAMPLERS)
-    _choice(source, "stages.lr.pruner", lr.pruner, PRUNERS)
-    _choice(source, "stages.lr.lr_range", lr.lr_range, LR_RANGES)
-    _choice(source, "stages.lr.handoff", lr.handoff, HANDOFFS)
-    if lr.batch_trials < 1:
-        raise SpecError(source, "stages.lr.batch_trials", lr.batch_trials, "must be at least 1, e.g. 16 (1 trains one trial at a time)")
-
-    shape = stages.shape
-    _positive(source, "stages.shape.trials", shape.trials)
-    _positive(source, "stages.shape.epochs", shape.epochs)
-    _positive(source, "stages.shape.step_every", shape.step_every)
-    _range(source, "stages.shape.width", shape.width, log=True)
-    _range(source, "stages.shape.depth", shape.depth, log=True)
-    _range(source, "stages.shape.decay", shape.decay, log=True)
-    if shape.decay[1] > 1:
-        raise SpecError(source, "stages.shape.decay", list(shape.decay), "is final LR / initial LR, so at most 1; e.g. [1e-3, 1.0]")
-    if not shape.schedules:
-        raise SpecError(source, "stages.shape.schedules", [], f"list at least one of: {', '.join(SCHEDULES)}")
-    for name in shape.schedules:
-        _choice(source, "stages.shape.schedules", name, SCHEDULES)
-    _choice(source, "stages.shape.sampler", shape.sampler, SAMPLERS)
-    _choice(source, "stages.shape.pruner", shape.pruner, PRUNERS)
-    scale_fix = 'is a multiplier on the calibrated rate: "auto", or [min, max] around 1, e.g. [0.33, 3.0] ([1.0, 1.0] keeps the rate)'
-    if isinstance(shape.lr_scale, str):
-        if shape.lr_scale != LR_SCALE_AUTO:
-            raise SpecError(source, "stages.shape.lr_scale", shape.lr_scale, scale_fix)
-    else:
-        _range(source, "stages.shape.lr_scale", shape.lr_scale, log=True)
-        if not shape.lr_scale[0] <= 1 <= shape.lr_scale[1]:
-            raise SpecError(source, "stages.shape.lr_scale", list(shape.lr_scale), scale_fix)
-    _first_rung(source, shape.first_rung, shape.epochs or train.epochs, shape.pruner)
-
-    audit = stages.audit
-    if audit.trials < 0:
-        raise SpecError(source, "stages.audit.trials", audit.trials, "must be >= 0 (0 turns the audit stage off)")
-    _positive(source, "stages.audit.epochs", audit.epochs)
-    low, high = audit.momentum
-    if not (0 <= low <= high < 1):
-        raise SpecError(source, "stages.audit.momentum", list(audit.momentum), "must be [min, max] within [0, 1), e.g. [0.0, 0.99]")

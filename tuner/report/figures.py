@@ -159,7 +159,7 @@ def plot_shape(runs: Sequence[Run], objective: str, reference: float | None, max
     ax.set_title("Error by schedule", fontsize=10)
 
     ax = axes[1][1]
-    if "decay" in best.params:
+    if any("decay" in r.params for r in complete):  # sampled only where the schedule decays (conditional)
         # 'constant' ignores decay: its trials get a column of their own right of the decay axis.
         decays = [r.params["decay"] for r in complete if schedule_of(r) != "constant"] or [1.0]
         apart = max(decays) * 4.0
@@ -266,6 +266,9 @@ def plot_importance(table: pd.DataFrame) -> Figure | None:
 def _panel_title(stage: str, basis: str, rows: pd.DataFrame) -> str:
     """``stage shape (12 complete trials)``, ``stage shape at epoch 3 (16 trials)``, or ``stage shape``."""
     counted = "trials" in rows and not rows["trials"].isna().all()
-    if basis == "complete":
-        return f"stage {stage} ({int(rows['trials'].iloc[0])} complete trials)" if counted else f"stage {stage}"
-    return f"stage {stage} at {basis}" + (f" ({int(rows['trials'].iloc[0])} trials)" if counted else "")
+    head, _, where = basis.partition(", where ")
+    n = f"{int(rows['trials'].iloc[0])} " if counted else ""
+    where = f" where {where}" if where else ""
+    if head == "complete":
+        return f"stage {stage} ({n}complete trials{where})" if counted or where else f"stage {stage}"
+    return f"stage {stage} at {head}" + (f" ({n}trials{where})" if counted or where else "")

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from optuna.trial import TrialState
 
-from tuner.analysis.importance import COMPLETE_BASIS, RUNG_CAVEAT
+from tuner.analysis.importance import COMPLETE_BASIS, RUNG_CAVEAT, describe_basis
 from tuner.report.runs import Run, StageRuns, TrialCosts, epochs_to_target, error_target
 from tuner.study.results import loss_like
 from tuner.study.stored import BEST_TRIAL_ATTR, FIRST_RUNG_ATTR, HANDOFF_ATTR, VERDICT_ATTR
@@ -392,7 +392,7 @@ def importance_sentences(table: pd.DataFrame) -> list[str]:
             pair = pairs.iloc[0]
             sentence += f"; the largest interaction is {pair['param']} × {pair['param_b']} ({pair['importance']:.0%})"
         sentences.append(sentence + ".")
-    if (table["basis"] != COMPLETE_BASIS).any():
+    if table["basis"].str.startswith("epoch").any():
         sentences.append(RUNG_CAVEAT[0].upper() + RUNG_CAVEAT[1:] + ".")
     return sentences
 
@@ -400,6 +400,5 @@ def importance_sentences(table: pd.DataFrame) -> list[str]:
 def _basis_words(basis: str, rows: pd.DataFrame) -> str:
     """``, 12 complete trials`` or ``, at epoch 3, 16 trials`` (nothing for a table without counts)."""
     if "trials" not in rows or rows["trials"].isna().all():
-        return "" if basis == COMPLETE_BASIS else f", at {basis}"
-    n = int(rows["trials"].iloc[0])
-    return f", {n} complete trials" if basis == COMPLETE_BASIS else f", at {basis}, {n} trials"
+        return "" if basis == COMPLETE_BASIS else f", {describe_basis(basis, None)}"
+    return f", {describe_basis(basis, int(rows['trials'].iloc[0]))}"

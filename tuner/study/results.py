@@ -7,8 +7,8 @@ importable from here too, as before.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.storages import BaseStorage
@@ -16,13 +16,44 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.storage import open_existing_storage, redact, resolve_url
 from tuner.study.stored import (  # noqa: F401 -- the contract's names, read from here by many modules
-    BATCHED_WITH_ATTR, BEST_LR_ATTR, BEST_TRIAL_ATTR, BUDGET_ATTR, CONTRACT_VERSION_ATTR, DEVICE_ATTR, DIVERGED_ATTR,
-    EPOCHS_DONE_ATTR, ERROR_ATTR, HANDOFF_ATTR, HANDOFF_TRIALS_ATTR, LEARNING_CURVE_ATTR, LR_ATTR, LR_FIND_ATTR, N_PARAMS_ATTR,
-    OBJECTIVE_ATTR, SEARCH_ATTR, SETTINGS_ATTR, SETTINGS_HASH_ATTR, SPEC_PATH_ATTR, STAGES, SURPLUS_ATTR, TASK_ATTR,
-    THREADS_ATTR, TIME_MEASURE_ATTR, TRACEBACK_ATTR, TRAIN_LOSS_CURVE_ATTR, TRAIN_SECONDS_ATTR, TRAINED_LR_ATTR,
-    UNTRAINED_VALUE_ATTR, VERDICT_ATTR,
-    check_version, split_stage_study_name, stage_study_name,
+    BATCHED_WITH_ATTR,
+    BEST_LR_ATTR,
+    BEST_TRIAL_ATTR,
+    BUDGET_ATTR,
+    CONTRACT_VERSION_ATTR,
+    DEVICE_ATTR,
+    DIVERGED_ATTR,
+    EPOCHS_DONE_ATTR,
+    ERROR_ATTR,
+    HANDOFF_ATTR,
+    HANDOFF_TRIALS_ATTR,
+    LEARNING_CURVE_ATTR,
+    LR_ATTR,
+    LR_FIND_ATTR,
+    N_PARAMS_ATTR,
+    OBJECTIVE_ATTR,
+    SEARCH_ATTR,
+    SETTINGS_ATTR,
+    SETTINGS_HASH_ATTR,
+    SPEC_PATH_ATTR,
+    STAGES,
+    SURPLUS_ATTR,
+    TASK_ATTR,
+    THREADS_ATTR,
+    TIME_MEASURE_ATTR,
+    TRACEBACK_ATTR,
+    TRAIN_LOSS_CURVE_ATTR,
+    TRAIN_SECONDS_ATTR,
+    TRAINED_LR_ATTR,
+    UNTRAINED_VALUE_ATTR,
+    VERDICT_ATTR,
+    check_version,
+    split_stage_study_name,
+    stage_study_name,
 )
+
+if TYPE_CHECKING:
+    from tuner.analysis.importance import AuditVerdict
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MINIMIZE, MAXIMIZE = "minimize", "maximize"  # train.direction; each stage study is made with it
@@ -182,3 +213,43 @@ def load_stage_studies(name: str, storage: str | BaseStorage | None = None) -> d
 def load_stage_trials(name: str, storage: str | BaseStorage | None = None) -> dict[str, list[FrozenTrial]]:
     """Every trial of each stored stage of study ``name``, by stage (see :func:`load_stage_studies`)."""
     return {stage: study.get_trials(deepcopy=False) for stage, study in load_stage_studies(name, storage).items()}
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    name: str
+    storage: str  # redacted: safe to print
+    best_lr: float | None
+    stages: dict[str, StageSummary] = field(default_factory=dict)
+    audit: AuditVerdict | None = None  # set when the study has an audit stage
+    # Set when run_study(timeout=) stopped it: the time limit in seconds. The stages hold what was done
+    # (the last one unfinished); running it again resumes there.
+    timed_out: float | None = None
+
+    @property
+    def best_stage(self) -> str | None:
+        """The stage whose best trial is the study's best: ``shape``, unless ``lr``'s small network did better.
+
+        The audit is a check, not a stage to pick from. On a tie the later stage wins.
+        """
+        tuned = [s for s in self.stages.values() if s.stage != "audit" and s.best_value is not None]
+        return min(reversed(tuned), key=lambda s: loss_like(s.best_value, s.direction)).stage \
+            if tuned else None  # type: ignore[arg-type]
+
+    @property
+    def best_value(self) -> float | None:
+        """The best value across stages ``lr`` and ``shape`` (see :attr:`best_stage`)."""
+        stage = self.best_stage
+        return self.stages[stage].best_value if stage is not None else None
+
+    @property
+    def worse_than_lr(self) -> str | None:
+        """One line when stage ``shape`` ended worse than stage ``lr``'s small network (None otherwise)."""
+        lr, shape = self.stages.get("lr"), self.stages.get("shape")
+        if lr is None or shape is None or lr.best_value is None or shape.best_value is None:
+            return None
+        if loss_like(shape.best_value, shape.direction) <= loss_like(lr.best_value, lr.direction):
+            return None
+        return (f"stage 'shape' ended worse than stage 'lr': its best is {shape.best_value:.4g} against {lr.best_value:.4g} "
+                f"for the small network of stage 'lr'; the study's best is stage 'lr''s trial {lr.best_trial}, and "
+                f"`tuner best {self.name}` trains it (`--stage shape` for shape's own best)")

@@ -13,7 +13,6 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.analysis.importance import AuditVerdict, audit_verdict
+from tuner.analysis.importance import audit_verdict
 from tuner.errors import (
     StudyMismatchError,
     Terminated,
@@ -31,11 +30,18 @@ from tuner.errors import (
     quiet_optuna,
     raise_if_stop_requested,
 )
+from tuner.inputs.checks import check_direction
 from tuner.inputs.data import Dataset, DataWarning, StreamedData
 from tuner.inputs.load import load_dataset
 from tuner.inputs.models import check_model_fits
-from tuner.inputs.spec import StudySpec, check_direction, load_spec
-from tuner.inputs.usercode import UserCode, check_model, check_params, resolve_code, with_callables
+from tuner.inputs.spec import StudySpec, load_spec
+from tuner.inputs.usercode import (
+    UserCode,
+    check_model,
+    check_params,
+    resolve_code,
+    with_callables,
+)
 from tuner.storage import (
     StorageError,
     cached_trials,
@@ -49,11 +55,23 @@ from tuner.storage import (
 )
 from tuner.study import results
 from tuner.study.handoff import hand_off_lr
-from tuner.study.results import FINISHED, SURPLUS_ATTR, StageSummary
-from tuner.study.stage_studies import check_stored_settings, open_stage_study, storage_of_study
 from tuner.study.pruning import error_rate_rows, shape_first_rung
+from tuner.study.results import FINISHED, SURPLUS_ATTR, StageSummary, StudyResult
+from tuner.study.stage_studies import (
+    check_stored_settings,
+    open_stage_study,
+    storage_of_study,
+)
 from tuner.study.stages import (
-    STAGE_NAMES, Stage, audit_stage, describe_search, lr_stage, sampler_for, settle_lr_scale, shape_stage,
+    STAGE_NAMES,
+    Stage,
+    ask_conditional,
+    audit_stage,
+    describe_search,
+    lr_stage,
+    sampler_for,
+    settle_lr_scale,
+    shape_stage,
 )
 from tuner.study.trials import Asked, TrialBatch, run_trials
 from tuner.training.train import check_loss, pick_threads, resolve_device, use_threads
@@ -67,46 +85,6 @@ __all__ = [
     "Reporter", "StageSummary", "StudyMismatchError", "StudyResult", "Terminated", "TunerError", "TunerInputError",
     "check_stored_settings", "hand_off_lr", "open_stage_study", "pick_threads", "run_stage", "run_study", "with_callables",
 ]
-
-
-@dataclass(frozen=True)
-class StudyResult:
-    name: str
-    storage: str  # redacted: safe to print
-    best_lr: float | None
-    stages: dict[str, StageSummary] = field(default_factory=dict)
-    audit: AuditVerdict | None = None  # set when the study has an audit stage
-    # Set when run_study(timeout=) stopped it: the time limit in seconds. The stages hold what was done
-    # (the last one unfinished); running it again resumes there.
-    timed_out: float | None = None
-
-    @property
-    def best_stage(self) -> str | None:
-        """The stage whose best trial is the study's best: ``shape``, unless ``lr``'s small network did better.
-
-        The audit is a check, not a stage to pick from. On a tie the later stage wins.
-        """
-        tuned = [s for s in self.stages.values() if s.stage != "audit" and s.best_value is not None]
-        return min(reversed(tuned), key=lambda s: results.loss_like(s.best_value, s.direction)).stage \
-            if tuned else None  # type: ignore[arg-type]
-
-    @property
-    def best_value(self) -> float | None:
-        """The best value across stages ``lr`` and ``shape`` (see :attr:`best_stage`)."""
-        stage = self.best_stage
-        return self.stages[stage].best_value if stage is not None else None
-
-    @property
-    def worse_than_lr(self) -> str | None:
-        """One line when stage ``shape`` ended worse than stage ``lr``'s small network (None otherwise)."""
-        lr, shape = self.stages.get("lr"), self.stages.get("shape")
-        if lr is None or shape is None or lr.best_value is None or shape.best_value is None:
-            return None
-        if results.loss_like(shape.best_value, shape.direction) <= results.loss_like(lr.best_value, lr.direction):
-            return None
-        return (f"stage 'shape' ended worse than stage 'lr': its best is {shape.best_value:.4g} against {lr.best_value:.4g} "
-                f"for the small network of stage 'lr'; the study's best is stage 'lr''s trial {lr.best_trial}, and "
-                f"`tuner best {self.name}` trains it (`--stage shape` for shape's own best)")
 
 
 class Reporter:
@@ -374,7 +352,7 @@ class _StageRunner:
         with warnings.catch_warnings():
             # Optuna warns that heartbeats go with optimize(); ours are kept by Heartbeat below.
             warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
-            trial = study.ask(fixed_distributions=stage.space)
+            trial = study.ask(fixed_distributions=stage.space) if not stage.conditions else ask_conditional(study, stage)
         # First thing, in one commit: the owner (lets a restart find the trial if we die) and the
         # stage's fixed settings (e.g. the calibrated lr on every shape trial).
         # And the rate it trains at (trained_lr: in stage shape the calibrated lr times its lr_scale).

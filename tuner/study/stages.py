@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 
 from tuner.inputs.params import OPTIMIZER_NAMES, DeclaredParam
 from tuner.inputs.params import defaults as declared_defaults
@@ -58,6 +63,17 @@ class Stage:
     # The user's declared parameters, each with the value a trial takes where the point does not
     # set it (its default: stage lr searches none of them).
     declared: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Parameters sampled only where they act: name -> (the parameter it depends on, the values of that
+    # one where it does), e.g. decay -> (schedule, the schedules that decay). Empty: every parameter in
+    # every trial (studies made before stages.shape.conditional). Set, TPE models them in groups.
+    conditions: dict[str, tuple[str, tuple[Any, ...]]] = dataclasses.field(default_factory=dict)
+
+    def active(self, name: str, params: dict[str, Any]) -> bool:
+        """Whether parameter ``name`` is sampled for a trial whose parameters so far are ``params``."""
+        if name not in self.conditions:
+            return True
+        parent, values = self.conditions[name]
+        return parent in params and params[parent] in values
 
     def plan(self, params: dict[str, Any]) -> TrialPlan:
         """The trial of the sampled ``params``, from the stage's base settings."""
@@ -99,6 +115,17 @@ def _shaped(spec: StudySpec, **fields: Any) -> Stage:
     epochs = fields["epochs"]
     return Stage(**fields, base=base_config(spec, epochs), width=spec.model.width, depth=spec.model.depth,
                  declared=declared_defaults(spec.stages.shape.params))
+
+
+def conditions(spec: StudySpec, space: dict[str, BaseDistribution]) -> dict[str, tuple[str, tuple[Any, ...]]]:
+    """Which parameters of ``space`` act only for some values of another (``stages.shape.conditional``)."""
+    if not spec.stages.shape.conditional:
+        return {}
+    found: dict[str, tuple[str, tuple[Any, ...]]] = {}
+    decaying = tuple(s for s in spec.stages.shape.schedules if s != "constant")
+    if "decay" in space and "schedule" in space and len(decaying) < len(spec.stages.shape.schedules):
+        found["decay"] = ("schedule", decaying)  # 'constant' ignores decay
+    return found
 
 
 def shape_space(spec: StudySpec) -> dict[str, BaseDistribution]:
@@ -194,14 +221,16 @@ def shape_stage(spec: StudySpec, best_lr: float, rung: FirstRung | None = None, 
         epoch = rung.epoch if rung is not None else None
         pruning = {"pruner": shape.pruner if epoch is not None else "none", "first_rung": epoch, "rung_rule": "auto",
                    "untrained_noise": rung.noise if rung is not None and epoch is not None else None}
+    space = {**shape_space(spec), **_lr_scale_space(spec, lr_scale)}
     return _shaped(
         spec,
         name="shape",
         budget=shape.trials,
         epochs=shape.epochs or spec.train.epochs,
         sampler=shape.sampler,
-        space={**shape_space(spec), **_lr_scale_space(spec, lr_scale)},
+        space=space,
         fixed={"lr": best_lr},
+        conditions=conditions(spec, space),
         **pruning,
     )
 
@@ -222,6 +251,7 @@ def audit_stage(spec: StudySpec) -> Stage:
         pruner="none",
         space=space,
         fixed={},
+        conditions=conditions(spec, space),
     )
 
 
@@ -264,23 +294,25 @@ def sampler_for(stage: Stage, study_seed: int, position: int) -> tuple[optuna.sa
     """
     seed = (study_seed * 1_000_003 + STAGES.index(stage.name) * 10_007 + position) % 2**32
     pruner = make_pruner(stage.pruner, stage.epochs, stage.first_rung, stage.untrained_noise)
-    return make_sampler(stage.sampler, seed, stage.budget, stage.batch_trials), pruner
+    return make_sampler(stage.sampler, seed, stage.budget, stage.batch_trials, bool(stage.conditions)), pruner
 
 
-def make_sampler(kind: str, seed: int, budget: int, batch_trials: int = 1) -> optuna.samplers.BaseSampler:
+def make_sampler(kind: str, seed: int, budget: int, batch_trials: int = 1, group: bool = False) -> optuna.samplers.BaseSampler:
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, **tpe_settings(budget, batch_trials))
+    return optuna.samplers.TPESampler(seed=seed, **tpe_settings(budget, batch_trials, group))
 
 
-def tpe_settings(budget: int, batch_trials: int = 1) -> dict[str, Any]:
+def tpe_settings(budget: int, batch_trials: int = 1, group: bool = False) -> dict[str, Any]:
     # Written out, not left to defaults: Optuna 5 changed TPE's defaults, and results must say
     # what made them. A third of the budget (at most 10) is random start-up, as TPE needs.
     # Batched: the whole first batch is random start-up. Its trials are asked before any has a
     # value, so TPE would model nothing but constant-liar stand-ins; the next batch then models
     # a full batch of real results, and constant_liar spreads its points apart.
+    # group: parameters sampled only in some trials (conditional) are modelled in groups of those
+    # that occur together, as multivariate TPE needs for them (else it samples them independently).
     n_startup = max(3, min(10, math.ceil(budget / 3)), min(batch_trials, budget))
-    return {"n_startup_trials": n_startup, "multivariate": True, "constant_liar": True}
+    return {"n_startup_trials": n_startup, "multivariate": True, "constant_liar": True, **({"group": True} if group else {})}
 
 
 def pruner_settings(kind: str, epochs: int, first_rung: int | None = 1) -> dict[str, Any]:
@@ -321,9 +353,29 @@ def describe_search(stage: Stage) -> dict[str, Any]:
     """Sampler and pruner with their settings and the Optuna version, stored on each study."""
     sampler: dict[str, Any] = {"name": stage.sampler}
     if stage.sampler == "tpe":
-        sampler.update(tpe_settings(stage.budget, stage.batch_trials))
+        sampler.update(tpe_settings(stage.budget, stage.batch_trials, bool(stage.conditions)))
     pruner: dict[str, Any] = {"name": stage.pruner}
     pruner.update(pruner_settings(stage.pruner, stage.epochs, stage.first_rung))
     if stage.rung_rule == "auto":  # the rung read from stage lr (None: not pruning), and the guard's noise unit
         pruner.update({"first_rung": "auto", "prunes_from": stage.first_rung, "untrained_noise": stage.untrained_noise})
     return {"sampler": sampler, "pruner": pruner, "optuna_version": optuna.__version__}
+
+
+def ask_conditional(study: optuna.Study, stage: Stage) -> optuna.Trial:
+    """A trial whose parameters are sampled in the space's order, each only where it acts (``stage.conditions``)."""
+    trial = study.ask()
+    for name, distribution in stage.space.items():
+        if stage.active(name, trial.params):
+            suggest(trial, name, distribution)
+    return trial
+
+
+def suggest(trial: optuna.Trial, name: str, distribution: BaseDistribution) -> Any:
+    """``trial``'s value of ``name`` on ``distribution``, through Optuna's public ``suggest_*``."""
+    if isinstance(distribution, CategoricalDistribution):
+        return trial.suggest_categorical(name, distribution.choices)
+    if isinstance(distribution, IntDistribution):
+        return trial.suggest_int(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+    if isinstance(distribution, FloatDistribution):
+        return trial.suggest_float(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+    raise TypeError(f"parameter {name!r}: no suggest_* for {type(distribution).__name__}")

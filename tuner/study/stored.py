@@ -113,6 +113,9 @@ MIGRATIONS: tuple[Migration, ...] = (
                  "searches lr_scale over a range from the optimizer and the shapes, \"auto\" (issue 21)",
               {("stages.lr", "handoff"): "best", ("stages.shape", "first_rung"): 1,
                ("stages.shape", "lr_scale"): (0.5, 4.0)}),
+    Migration(4, "a parameter is sampled only where it acts (decay for schedules that decay, momentum for SGD) and "
+                 "TPE models the stage's parameters in groups (issue 25)",
+              {("stages.shape", "conditional"): False}),
 )
 CONTRACT_VERSION = MIGRATIONS[-1].version  # what this tuner writes, and the newest it reads
 
@@ -122,7 +125,7 @@ CONTRACT_VERSION = MIGRATIONS[-1].version  # what this tuner writes, and the new
 ADDED_FIELDS: dict[str, dict[str, Any]] = {
     "data": {"loader": None, "test_fraction": 0.0, "drop_constant_columns": False},
     "train": {"loop": None, "loss": None, "metric": None, "direction": "minimize"},
-    "stages.shape": {"lr_scale": (1.0, 1.0), "first_rung": 1, "params": {}},  # params: the user's declared ones (issue 25)
+    "stages.shape": {"lr_scale": (1.0, 1.0), "first_rung": 1, "params": {}, "conditional": False},  # params: the user's declared ones (issue 25)
     "stages.lr": {"handoff": "best"},
 }
 
