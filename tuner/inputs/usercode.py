@@ -226,6 +226,29 @@ def file_sha256(path: Path) -> str:
     return _FILE_HASHES[key]
 
 
+def files_beside_spec(spec: StudySpec) -> dict[str, Path]:
+    """The files of the spec's own modules that are imported from beside the spec: path there -> file.
+
+    What :func:`load_callable` imports from the spec's folder (``mynet.py``, or a package
+    ``mynet/`` with every ``.py`` file in it), so that a copy of these files beside a copy of the
+    spec imports the same code. A module found elsewhere on ``sys.path`` (installed) is left out:
+    it imports as well from anywhere; so is a function with no file (a notebook's).
+    """
+    folder = spec_folder(spec.source)
+    found: dict[str, Path] = {}
+    if folder is None:
+        return found
+    for reference in code_references(spec).values():
+        top = reference.partition(":")[0].split(".")[0]
+        if (folder / top / "__init__.py").is_file():
+            for path in sorted((folder / top).rglob("*.py")):
+                if "__pycache__" not in path.parts:
+                    found[path.relative_to(folder).as_posix()] = path
+        elif (folder / f"{top}.py").is_file():
+            found[f"{top}.py"] = folder / f"{top}.py"
+    return found
+
+
 def code_references(spec: StudySpec) -> dict[str, str]:
     """The spec's fields that name a function: field -> ``module:function``."""
     values = {
