@@ -32,7 +32,7 @@ from tuner.inputs.data import Dataset, StreamedData
 from tuner.inputs.load import load_dataset
 from tuner.inputs.spec import StudySpec, spec_from_dict
 from tuner.inputs.user_data import check_test_part
-from tuner.inputs.usercode import files_beside_spec, identity, resolve_code
+from tuner.inputs.usercode import code_changes, files_beside_spec, identity, resolve_code
 from tuner.study.results import LR_ATTR, SETTINGS_ATTR, SPEC_PATH_ATTR, load_stage_studies, trained_params
 from tuner.study.runner import TunerError
 from tuner.study.stages import Stage, audit_stage, lr_stage, shape_stage
@@ -109,9 +109,10 @@ def write_best(
     spec, stage, trial, chosen, stored_identity = _best_trial(name, storage, stage)
     given = {"model": model, "loader": loader, "loop": loop, "loss": loss, "metric": metric}
     code = resolve_code(spec, given)  # the study's own code, imported once, here
-    if stored_identity is not None and identity(spec, code) != stored_identity:
-        raise BestError(f"study {name!r}: its own code or data file changed since its trials ran (see "
-                        f"`tuner study` on it); put them back to train its winner again")
+    changed = [] if stored_identity is None else code_changes(stored_identity, identity(spec, code, stored_identity), spec, code)
+    if changed:
+        raise BestError(f"study {name!r}: its own code or data changed since its trials ran ({'; '.join(changed)}); "
+                        f"put the old version back to train its winner again")
     # The modules beside the study's spec, read once, as checked: best.toml imports its copy of them.
     code_files = {name: path.read_bytes() for name, path in files_beside_spec(spec).items()}
     plan = with_code(stage.plan(trial.params), code)

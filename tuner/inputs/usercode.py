@@ -166,14 +166,20 @@ def _import(module_name: str, field: str, reference: str, source: str) -> Any:
 
 
 def function_identity(reference: str, source: str = "", function: Callable[..., Any] | None = None,
-                      field: str = "") -> dict[str, str]:
-    """Module, function and a hash of the file that defines it (else of the function's source).
+                      field: str = "", stored: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Module, function and a hash of the file that defines it (else of the function's compiled code).
 
     With ``function`` at hand (the code as resolved), the file of the module that defines it
     (``function.__module__``: for a function a package re-exports, the module it was written in);
     without, the file of the named module, found without running it (already imported, else where
-    the import would find it: the spec's folder first, as :func:`load_callable`). A function whose
-    module has no file (a notebook's) is known by its source.
+    the import would find it: the spec's folder first, as :func:`load_callable`). The whole file,
+    on purpose: a helper or a constant edited beside the function changes its results too.
+
+    A function whose module has no file (a notebook's, ``python -``) is known by its code
+    (:func:`code_sha256`), marked ``scheme`` (with the Python version, whose compiler made that
+    code). ``stored``: the identity stored for it, if any; one stored before schemes existed (no
+    ``scheme``) is computed as it was then, from the function's source, else its name, so that
+    the study resumes as before.
     """
     module_name, _, function_name = reference.partition(":")
     identity = {"module": module_name, "function": function_name}
@@ -184,12 +190,108 @@ def function_identity(reference: str, source: str = "", function: Callable[..., 
         return identity
     if function is None:
         function = load_callable(reference, field, source)
-    try:
-        text = inspect.getsource(function)
-    except (OSError, TypeError):
-        text = reference  # no source to be had (a builtin, a REPL lambda): the name alone
-    identity["sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    if stored is not None and "sha256" in stored and "scheme" not in stored:
+        try:
+            text = inspect.getsource(function)
+        except (OSError, TypeError):
+            text = reference  # no source to be had (a builtin, a REPL lambda): the name alone
+        identity["sha256"] = hashlib.sha256(text.encode()).hexdigest()
+        return identity
+    identity.update(sha256=code_sha256(function), scheme=CODE_SCHEME, python=PYTHON)
     return identity
+
+
+# How a function without a source file is identified (its compiled code, defaults, closure values and
+# the globals it reads); stored beside its hash, so that a study is compared the way it was stored.
+CODE_SCHEME = "code/1"
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"  # its bytecode differs between versions
+_PLAIN = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis))
+
+
+def code_sha256(function: Any) -> str:
+    """A hash of what a function without a source file computes with, the same in every process.
+
+    Its code object, recursively (``co_code``, ``co_consts`` with nested code objects such as a
+    lambda or comprehension inside it, the names it reads, its argument counts and flags; not its
+    file name or line numbers, which change when a notebook cell is run again), its defaults, the
+    values of its closure, and the globals it reads by name: plain values (and containers of them)
+    by value, functions and classes written beside it recursively, modules and functions or
+    classes written elsewhere by name, any other object (an array, a tensor) by its type only.
+    """
+    home = getattr(function, "__module__", None)
+    return hashlib.sha256(_describe(function, home, set()).encode()).hexdigest()
+
+
+def _describe(value: Any, home: str | None, seen: set[int]) -> str:
+    """A canonical text of ``value`` for :func:`code_sha256` (no memory addresses, sets sorted)."""
+    import functools
+    import types
+
+    def inner(item: Any) -> str:
+        return _describe(item, home, seen)
+
+    if isinstance(value, _PLAIN):
+        return f"{type(value).__name__}:{value!r}"
+    if isinstance(value, (tuple, list)):
+        return f"{type(value).__name__}(" + ",".join(map(inner, value)) + ")"
+    if isinstance(value, (set, frozenset)):
+        return f"{type(value).__name__}{{" + ",".join(sorted(map(inner, value))) + "}"
+    if isinstance(value, dict):
+        return "dict{" + ",".join(sorted(f"{inner(k)}:{inner(v)}" for k, v in value.items())) + "}"
+    if isinstance(value, types.CodeType):
+        return "code(" + ",".join([
+            value.co_code.hex(), inner(value.co_consts), inner(value.co_names), inner(value.co_varnames),
+            inner(value.co_freevars), inner(value.co_cellvars), inner((value.co_argcount, value.co_posonlyargcount,
+                                                                       value.co_kwonlyargcount, value.co_flags)),
+        ]) + ")"
+    if isinstance(value, types.ModuleType):
+        return f"module:{value.__name__}"
+    if isinstance(value, functools.partial):
+        return "partial(" + ",".join([inner(value.func), inner(value.args), inner(value.keywords)]) + ")"
+    if isinstance(value, types.MethodType):
+        return "method(" + inner(value.__func__) + "," + inner(type(value.__self__)) + ")"
+    if isinstance(value, (staticmethod, classmethod)):
+        return f"{type(value).__name__}(" + inner(value.__func__) + ")"
+    if isinstance(value, property):
+        return "property(" + ",".join(map(inner, (value.fget, value.fset, value.fdel))) + ")"
+    module, qualname = getattr(value, "__module__", None), getattr(value, "__qualname__", None)
+    if isinstance(value, (types.FunctionType, type)) and module == home:
+        if id(value) in seen:
+            return f"again:{qualname}"  # a recursive function, a class whose methods name it
+        seen.add(id(value))
+        if isinstance(value, type):
+            own = {key: item for key, item in vars(value).items() if not key.startswith("__") or key in ("__init__", "__call__")}
+            return f"class:{qualname}(" + inner(value.__bases__) + "," + inner(own) + ")"
+        read = {global_name: value.__globals__[global_name] for global_name in sorted(_names_read(value.__code__))
+                if global_name in value.__globals__}
+        cells = [cell.cell_contents if _filled(cell) else "<empty cell>" for cell in value.__closure__ or ()]
+        return "function(" + ",".join([inner(value.__code__), inner(value.__defaults__), inner(value.__kwdefaults__),
+                                        inner(cells), inner(read)]) + ")"
+    if isinstance(qualname, str) and isinstance(module, str):
+        return f"name:{module}.{qualname}"  # a function or class written elsewhere (torch's, a file's): by name
+    if callable(value) and type(value).__module__ == home:
+        # A callable object written beside it: its class's code and its attributes.
+        return "instance(" + inner(type(value)) + "," + inner(dict(getattr(value, "__dict__", {}))) + ")"
+    return f"object:{type(value).__module__}.{type(value).__qualname__}"
+
+
+def _names_read(code: Any) -> set[str]:
+    """The global (and attribute) names a code object and the code objects nested in it read."""
+    import types
+
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names_read(const)
+    return names
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 -- an empty cell raises
+    except ValueError:
+        return False
+    return True
 
 
 def _module_file(module_name: str, source: str) -> Path | None:
@@ -261,16 +363,17 @@ def code_references(spec: StudySpec) -> dict[str, str]:
     return {field: value for field, value in values.items() if is_reference(value)}
 
 
-def identity(spec: StudySpec, code: UserCode | None = None) -> dict[str, Any]:
+def identity(spec: StudySpec, code: UserCode | None = None, stored: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What the spec's own code and data files are: joins the stored settings (empty: nothing of the user's).
 
     Read from the files, without running the user's modules; ``code``, where at hand, knows the
-    source of a function whose module has no file.
+    code of a function whose module has no file. ``stored``: the identity a study stored, to be
+    compared with this one: each function is identified by the scheme it was stored with.
     """
     found: dict[str, Any] = {}
     for field, reference in code_references(spec).items():
         function = code.callable_of(field) if code is not None else None
-        found[field] = function_identity(reference, spec.source, function, field)
+        found[field] = function_identity(reference, spec.source, function, field, (stored or {}).get(field))
     if spec.data.name == "csv" and spec.data.path:
         from tuner.inputs.data import csv_path
 
@@ -278,6 +381,50 @@ def identity(spec: StudySpec, code: UserCode | None = None) -> dict[str, Any]:
         if path.is_file():
             found["data.path"] = {"sha256": file_sha256(path)}
     return found
+
+
+def code_changes(stored: Mapping[str, Any], found: Mapping[str, Any], spec: StudySpec,
+                 code: UserCode | None = None) -> list[str]:
+    """What changed of the user's own code and data files since ``stored`` (:func:`identity`), in words.
+
+    One clause per changed file, naming the spec fields whose functions it holds (a module that
+    holds the factory and the loader changed: both, in one); one per changed function without a
+    file. Empty: nothing changed.
+    """
+    changes: list[str] = []
+    files: dict[str, list[str]] = {}  # a changed module file -> the fields it holds, in CODE_FIELDS' order
+    fields = [*CODE_FIELDS, *sorted((set(stored) | set(found)) - set(CODE_FIELDS))]
+    for field in fields:
+        old, new = stored.get(field), found.get(field)
+        if old == new:
+            continue
+        if field == "data.path":
+            changes.append(f"the content of data.path ({spec.data.path}) changed since its trials ran")
+        elif old is None or new is None:
+            changes.append(f"{field} {'now names' if old is None else 'no longer names'} your own code")
+        elif (old.get("module"), old.get("function")) != (new.get("module"), new.get("function")):
+            changes.append(f"{field}: {old.get('module')}:{old.get('function')} -> {new.get('module')}:{new.get('function')}")
+        elif new.get("scheme") is not None or old.get("scheme") is not None:
+            named = f"{field} ({new['module']}:{new['function']}, which has no source file)"
+            if old.get("python") not in (None, new.get("python")):
+                changes.append(f"{named} was stored by Python {old['python']}, whose compiled code this Python "
+                               f"({new.get('python')}) cannot compare with its own")
+            else:
+                changes.append(f"{named}: its code, defaults, closure or the globals it reads changed since its trials ran")
+        else:
+            files.setdefault(_file_shown(field, new["module"], spec, code), []).append(f"{field} ({new['module']}:{new['function']})")
+    return [f"{shown} changed since its trials ran; it holds {' and '.join(held)}" for shown, held in files.items()] + changes
+
+
+def _file_shown(field: str, module_name: str, spec: StudySpec, code: UserCode | None) -> str:
+    """The file a field's function is hashed from, as the user knows it (beside the spec: its name there)."""
+    function = code.callable_of(field) if code is not None else None
+    path = _module_file(getattr(function, "__module__", None) or module_name, spec.source)
+    if path is None:
+        return f"module {module_name}"
+    folder = spec_folder(spec.source)
+    resolved = path.resolve()
+    return str(resolved.relative_to(folder)) if folder is not None and resolved.is_relative_to(folder) else str(path)
 
 
 def check_model(spec: StudySpec, data: Any, code: UserCode) -> None:
