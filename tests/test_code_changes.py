@@ -130,6 +130,8 @@ def test_a_function_without_a_source_file_is_known_by_its_code_edited_refused_un
     assert _python_stdin(0.0, tmp_path) == ["ran 2", "best written"]
     stored = optuna.load_study(study_name="fileless/lr", storage=f"sqlite:///{tmp_path / 'fileless.db'}")
     assert stored.user_attrs["settings"]["identity"]["model.family"]["scheme"] == "code/1"
+    # best.toml cannot hold a copy of such a function: its header says how to run it all the same.
+    assert "Not copied (not a file beside the study's spec): model.family = '__main__:factory'" in (tmp_path / "best" / "best.toml").read_text()
     assert _python_stdin(0.0, tmp_path) == ["ran 2", "best written"]  # the same code in a new process: it resumes
     refused, best = _python_stdin(0.5, tmp_path)  # only a default changed: once, it resumed silently
     assert refused.startswith("refused") and "model.family (__main__:factory, which has no source file)" in refused

@@ -32,7 +32,7 @@ from tuner.inputs.data import Dataset, StreamedData
 from tuner.inputs.load import load_dataset
 from tuner.inputs.spec import StudySpec, spec_from_dict
 from tuner.inputs.user_data import check_test_part
-from tuner.inputs.usercode import code_changes, files_beside_spec, identity, resolve_code
+from tuner.inputs.usercode import code_changes, code_references, files_beside_spec, identity, resolve_code
 from tuner.study.results import LR_ATTR, SETTINGS_ATTR, SPEC_PATH_ATTR, load_stage_studies, trained_params
 from tuner.study.runner import TunerError
 from tuner.study.stages import Stage, audit_stage, lr_stage, shape_stage
@@ -311,6 +311,9 @@ def best_spec_text(spec: StudySpec, name: str, stage: Stage, trial: FrozenTrial,
     table["train"]["momentum"] = plan_values.get("momentum", table["train"]["momentum"])  # the audit samples it
     table = _applying(table, spec, plan_values["schedule"])
     copied = ", ".join(code_files or ())
+    tops = {Path(file).parts[0].removesuffix(".py") for file in code_files or ()}
+    elsewhere = [f"{field} = {reference!r}" for field, reference in code_references(spec).items()
+                 if reference.partition(":")[0].split(".")[0] not in tops]
     header = [
         f"# The best configuration of study '{name}': trial {trial.number} of stage '{stage.name}'"
         f" ({spec.train.objective} {trial.value:.6g}), written by `tuner best`.",
@@ -319,6 +322,9 @@ def best_spec_text(spec: StudySpec, name: str, stage: Stage, trial: FrozenTrial,
         "#",
         *([f"# Your modules ({copied}) are copied beside it, as they were when the study ran: it imports those.",
            "#"] if copied else []),
+        *([f"# Not copied (not a file beside the study's spec): {', '.join(elsewhere)}; it must import where",
+           "# this runs, or be handed over from Python: tuner.run_study(path, model=..., loader=...).",
+           "#"] if elsewhere else []),
         "# Every searched value is pinned: width, depth, schedule, decay and your declared parameters to",
         "# one value each, and the learning rate to [lr, the next float above lr] (the spec format needs",
         "# lr_min < lr_max), so stage 'lr' hands on that rate and stage 'shape' trains exactly the winner,",
