@@ -206,6 +206,7 @@ def function_identity(reference: str, source: str = "", function: Callable[..., 
 CODE_SCHEME = "code/1"
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"  # its bytecode differs between versions
 _PLAIN = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis))
+_MAX_ITEMS = 1000  # a longer list, dict or set a function reads is data: known by its size only
 
 
 def code_sha256(function: Any) -> str:
@@ -214,8 +215,8 @@ def code_sha256(function: Any) -> str:
     Its code object, recursively (``co_code``, ``co_consts`` with nested code objects such as a
     lambda or comprehension inside it, the names it reads, its argument counts and flags; not its
     file name or line numbers, which change when a notebook cell is run again), its defaults, the
-    values of its closure, and the globals it reads by name: plain values (and containers of them)
-    by value, functions and classes written beside it recursively, modules and functions or
+    values of its closure, and the globals it reads by name: plain values (and containers of them,
+    up to a thousand items; a longer one by its size) by value, functions and classes written beside it recursively, modules and functions or
     classes written elsewhere by name, any other object (an array, a tensor) by its type only.
     """
     home = getattr(function, "__module__", None)
@@ -232,6 +233,13 @@ def _describe(value: Any, home: str | None, seen: set[int]) -> str:
 
     if isinstance(value, _PLAIN):
         return f"{type(value).__name__}:{value!r}"
+    if isinstance(value, (tuple, list, set, frozenset, dict)):
+        if len(value) > _MAX_ITEMS:
+            return f"{type(value).__name__}[{len(value)}]"  # data, not code: by its size (as an array by its type)
+        if not isinstance(value, (tuple, frozenset)):
+            if id(value) in seen:
+                return f"again:{type(value).__name__}"  # a container that holds itself
+            seen.add(id(value))
     if isinstance(value, (tuple, list)):
         return f"{type(value).__name__}(" + ",".join(map(inner, value)) + ")"
     if isinstance(value, (set, frozenset)):
