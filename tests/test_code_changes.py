@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tuner.inputs.usercode import code_sha256
+from tuner.inputs.code_hash import code_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 
