@@ -174,6 +174,8 @@ def test_best_toml_is_a_spec_that_trains_exactly_the_winner(wine_best: tuple[str
     shape = spec.stages.shape
     assert (shape.trials, shape.width, shape.depth) == (1, (metrics["params"]["width"],) * 2, (metrics["params"]["depth"],) * 2)
     assert shape.schedules == (metrics["params"]["schedule"],)
+    written = (out / "best.toml").read_text()
+    assert "momentum = 0.9" in written and "sequence_length" not in written  # SGD's momentum acts; the adding data's length not
     result = tuner.run_study(spec, storage=f"sqlite:///{tmp_path / 'again.db'}", device="cpu")
     assert result.best_lr == metrics["params"]["lr"]
     assert result.stages["shape"].best_value == metrics["stored_value"]

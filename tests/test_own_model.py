@@ -112,7 +112,8 @@ def test_tuner_best_writes_three_files_and_load_model_predicts_raw_inputs_as_sco
     out = tmp_path / "winner"
     best = _tuner("best", "my-study", "--storage", url, "--out", str(out), "--device", "cpu", cwd=tmp_path)
     assert best.returncode == 0, best.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["best.toml", "metrics.json", "model.pt"]
+    # The three files, and the modules the spec names, copied for best.toml to import from beside it.
+    assert sorted(p.name for p in out.iterdir()) == ["best.toml", "metrics.json", "model.pt", "mydata.py", "mynet.py", "mytrain.py"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["validation"]["value"] == pytest.approx(metrics["stored_value"])
 

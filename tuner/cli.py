@@ -382,7 +382,8 @@ def best(
         + (f" (stored {metrics['objective']}: {metrics['stored_value']:.4g})" if refit == "train" else " (not a fair score: trained on it)"))
     if metrics["test"] is not None:
         say(f"test ({metrics['test']['rows']} rows never seen by a stage): error {metrics['test']['error']:.4g}, loss {metrics['test']['loss']:.4g}")
-    say(f"wrote {result.spec_path}, {result.model_path} and {result.metrics_path}")
+    modules = f" (with your modules beside it: {', '.join(map(str, result.code_paths))})" if result.code_paths else ""
+    say(f"wrote {result.spec_path}{modules}, {result.model_path} and {result.metrics_path}")
 
 
 def main() -> None:  # pragma: no cover - the console script and `python -m tuner.cli` (tests run them as processes)

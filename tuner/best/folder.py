@@ -1,7 +1,8 @@
 """The folder ``tuner best`` writes, the one writer of it and the one reader.
 
-Three files, each written to a hidden temporary file beside it, flushed to disk and moved into
-place with ``os.replace`` (atomic on POSIX and Windows): ``model.pt``, then ``best.toml``, then
+Three files, and a copy of the study's own modules (``best.toml`` imports them from beside
+itself), each written to a hidden temporary file beside it, flushed to disk and moved into place
+with ``os.replace`` (atomic on POSIX and Windows): ``model.pt``, the modules, ``best.toml``, then
 ``metrics.json`` last. ``metrics.json`` carries the manifest: the run's id and the sha256 of every
 other file, and ``model.pt`` carries the same run id. A run stopped at any point (SIGKILL
 included) leaves each file whole, the old one or the new one, and a folder whose manifest does not
@@ -23,6 +24,7 @@ import os
 import signal
 import uuid
 from importlib import metadata
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,20 +106,25 @@ def _tuner_version() -> str:
         return "unknown"
 
 
-def write_folder(folder: Path, spec_text: str, record: dict[str, Any], metrics: dict[str, Any]) -> tuple[Path, Path, Path]:
+def write_folder(folder: Path, spec_text: str, record: dict[str, Any], metrics: dict[str, Any],
+                 code_files: Mapping[str, bytes] | None = None) -> tuple[Path, Path, Path]:
     """Write ``best.toml``, ``model.pt`` and ``metrics.json`` (with the manifest) into ``folder``.
 
-    Returns their paths (spec, model, metrics). Temporary files an earlier, killed write left
-    behind are removed first.
+    ``code_files``: the study's own modules (path in the folder -> content), written between
+    ``model.pt`` and ``best.toml`` the same way and named in the manifest, so that ``best.toml``
+    imports them from beside itself, and a folder with a stale or missing one is named as mixed
+    or partial. Returns the paths (spec, model, metrics). Temporary files an earlier, killed write
+    left behind are removed first.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    for name in FILES:
-        for stale in folder.glob(f".{name}.*.tmp"):
+    code_files = dict(code_files or {})
+    for name in (*FILES, *code_files):
+        for stale in (folder / name).parent.glob(f".{Path(name).name}.*.tmp"):
             stale.unlink(missing_ok=True)
     run_id = uuid.uuid4().hex
     buffer = io.BytesIO()
     torch.save({**record, "run_id": run_id}, buffer)
-    contents = {MODEL_FILE: buffer.getvalue(), SPEC_FILE: spec_text.encode("utf-8")}
+    contents = {MODEL_FILE: buffer.getvalue(), **code_files, SPEC_FILE: spec_text.encode("utf-8")}
     for name, content in contents.items():
         _replace(folder / name, content)
     manifest = {"run_id": run_id, "files": {name: _sha256(content) for name, content in contents.items()}}
@@ -128,6 +135,7 @@ def write_folder(folder: Path, spec_text: str, record: dict[str, Any], metrics: 
 
 def _replace(path: Path, content: bytes) -> None:
     """Put ``content`` at ``path`` whole or not at all: a temporary file beside it, flushed, then moved."""
+    path.parent.mkdir(parents=True, exist_ok=True)  # a module of a package: its folder
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(temporary, "wb") as file:
@@ -233,14 +241,16 @@ class TrainedModel:
         record: everything read from ``model.pt``.
     """
 
-    def __init__(self, record: dict[str, Any]) -> None:
+    def __init__(self, record: dict[str, Any], beside: Path | None = None) -> None:
         self.record = record
         self.task: str = record["task"]
         self.input_shape = tuple(record["input_shape"])
         self.classes = record["classes"]
         family = record["family"]
-        if is_reference(family):  # the user's own factory: from sys.path, else from the study's folder
-            folder = record.get("code_folder")
+        if is_reference(family):  # the user's own factory: its copy beside model.pt, else the study's folder
+            top = family.partition(":")[0].split(".")[0]
+            copied = beside is not None and ((beside / f"{top}.py").is_file() or (beside / top / "__init__.py").is_file())
+            folder = str(beside) if copied else record.get("code_folder")
             factory = load_callable(family, "model.family", str(Path(folder) / "spec.toml") if folder else "")
             family = ModelFamily(family, factory)  # resolved once, here: nothing registered globally
         self.model = build_model(family, self.input_shape, record["n_outputs"], record["width"], record["depth"],
@@ -308,5 +318,5 @@ def load_model(folder: str | Path) -> TrainedModel:
     content = path.read_bytes()  # read once: what is checked is what is loaded
     if path.name == MODEL_FILE:
         check_folder(path.parent, content)
-    return TrainedModel(_read_record(content, path))
+    return TrainedModel(_read_record(content, path), path.parent)
 

@@ -32,7 +32,7 @@ from tuner.inputs.data import Dataset, StreamedData
 from tuner.inputs.load import load_dataset
 from tuner.inputs.spec import StudySpec, spec_from_dict
 from tuner.inputs.user_data import check_test_part
-from tuner.inputs.usercode import identity, resolve_code
+from tuner.inputs.usercode import code_changes, code_references, files_beside_spec, identity, resolve_code
 from tuner.study.results import (
     LR_ATTR, SETTINGS_ATTR, SPEC_PATH_ATTR, best_complete, direction_of, load_stage_studies, loss_like, trained_params,
 )
@@ -59,6 +59,7 @@ class BestResult:
     metrics_path: Path
     metrics: dict[str, Any]
     replaced: str | None = None  # why the folder's earlier content could not be trusted, if it could not
+    code_paths: tuple[Path, ...] = ()  # the study's own modules, copied beside best.toml
 
 
 def write_best(
@@ -110,9 +111,12 @@ def write_best(
     spec, stage, trial, chosen, stored_identity = _best_trial(name, storage, stage)
     given = {"model": model, "loader": loader, "loop": loop, "loss": loss, "metric": metric}
     code = resolve_code(spec, given)  # the study's own code, imported once, here
-    if stored_identity is not None and identity(spec, code) != stored_identity:
-        raise BestError(f"study {name!r}: its own code or data file changed since its trials ran (see "
-                        f"`tuner study` on it); put them back to train its winner again")
+    changed = [] if stored_identity is None else code_changes(stored_identity, identity(spec, code, stored_identity), spec, code)
+    if changed:
+        raise BestError(f"study {name!r}: its own code or data changed since its trials ran ({'; '.join(changed)}); "
+                        f"put the old version back to train its winner again")
+    # The modules beside the study's spec, read once, as checked: best.toml imports its copy of them.
+    code_files = {name: path.read_bytes() for name, path in files_beside_spec(spec).items()}
     plan = with_code(stage.plan(trial.params), code)
     torch_device = resolve_device(device)
     use_threads(None, torch_device)  # $TUNER_THREADS, else one on the CPU, as tuner study
@@ -175,10 +179,12 @@ def write_best(
         test_loss, test_error = evaluate(model, data, plan.train, part="test")
         metrics["test"] = {"error": test_error, "loss": test_loss, "rows": _rows(data, "test")}
 
-    spec_text = best_spec_text(spec, name, stage, trial, plan_values=_plan_values(plan), refit=refit)
+    spec_text = best_spec_text(spec, name, stage, trial, plan_values=_plan_values(plan), refit=refit,
+                               code_files=sorted(code_files))
     record = model_record(model, spec, data, plan.width, plan.depth, plan.declared)
-    spec_path, model_path, metrics_path = write_folder(folder, spec_text, record, metrics)
-    return BestResult(folder, spec_path, model_path, metrics_path, metrics, replaced)
+    spec_path, model_path, metrics_path = write_folder(folder, spec_text, record, metrics, code_files)
+    return BestResult(folder, spec_path, model_path, metrics_path, metrics, replaced,
+                      tuple(folder / name for name in sorted(code_files)))
 
 
 def _earlier_output(folder: Path) -> str | None:
@@ -253,9 +259,41 @@ def _plan_values(plan: Any) -> dict[str, Any]:
             "declared": plan.declared}
 
 
+# Settings that act only for some data sets, optimizers or schedules: best.toml leaves them out
+# elsewhere, so that it says what trained the winner and nothing that did not.
+_DATA_ONLY_FOR = {
+    "csv": ("path", "target", "task", "max_rows", "drop_constant_columns"),
+    "adding": ("sequence_length", "samples"),
+    "python": ("loader", "workers"),
+}
+
+
+def _applying(table: dict[str, Any], spec: StudySpec, schedule: str) -> dict[str, Any]:
+    """The settings ``table`` without those that do nothing for this spec's data, optimizer and ``schedule``."""
+    for data_name, keys in _DATA_ONLY_FOR.items():
+        if spec.data.name != data_name:
+            for key in keys:
+                table["data"].pop(key, None)
+    if spec.data.name == "csv" and spec.data.path:  # read beside best.toml otherwise: the study's own file, wherever run
+        from tuner.inputs.data import csv_path
+
+        table["data"]["path"] = str(csv_path(spec.data, spec.source).resolve())
+    if spec.train.optimizer != "sgd":
+        table["train"].pop("momentum", None)
+    if schedule != "step":
+        table["stages"]["shape"].pop("step_every", None)
+    table["stages"]["shape"].pop("first_rung", None)  # pruner "none": no rung
+    table["stages"]["audit"] = {"trials": 0}  # off: nothing else of it acts
+    return table
+
+
 def best_spec_text(spec: StudySpec, name: str, stage: Stage, trial: FrozenTrial, *, plan_values: dict[str, Any],
-                   refit: str) -> str:
-    """``best.toml``: the stored settings with every searched value pinned to the winner's."""
+                   refit: str, code_files: list[str] | None = None) -> str:
+    """``best.toml``: the stored settings with every searched value pinned to the winner's.
+
+    Settings that do not act for its data, optimizer or schedule are left out; ``code_files``: the
+    study's own modules copied beside it (named in its header).
+    """
     table = spec.settings()
     table = {"name": f"{name}-best", **table}
     lr = plan_values["lr"]
@@ -274,14 +312,23 @@ def best_spec_text(spec: StudySpec, name: str, stage: Stage, trial: FrozenTrial,
     declared = {param.name: param for param in spec.stages.shape.params}
     table["stages"]["shape"]["params"] = {name: declared[name].pinned(value)
                                           for name, value in plan_values.get("declared", {}).items()}
-    table["stages"]["audit"]["trials"] = 0
     table["train"]["momentum"] = plan_values.get("momentum", table["train"]["momentum"])  # the audit samples it
+    table = _applying(table, spec, plan_values["schedule"])
+    copied = ", ".join(code_files or ())
+    tops = {Path(file).parts[0].removesuffix(".py") for file in code_files or ()}
+    elsewhere = [f"{field} = {reference!r}" for field, reference in code_references(spec).items()
+                 if reference.partition(":")[0].split(".")[0] not in tops]
     header = [
         f"# The best configuration of study '{name}': trial {trial.number} of stage '{stage.name}'"
         f" ({spec.train.objective} {trial.value:.6g}), written by `tuner best`.",
         "#",
-        "#   tuner study best.toml      # trains it again as the one trial of stage 'shape'",
+        "#   tuner study best/best.toml   # (its path, from any folder) trains it again as the one trial of stage 'shape'",
         "#",
+        *([f"# Your modules ({copied}) are copied beside it, as they were when the study ran: it imports those.",
+           "#"] if copied else []),
+        *([f"# Not copied (not a file beside the study's spec): {', '.join(elsewhere)}; it must import where",
+           "# this runs, or be handed over from Python: tuner.run_study(path, model=..., loader=...).",
+           "#"] if elsewhere else []),
         "# Every searched value is pinned: width, depth, schedule, decay and your declared parameters to",
         "# one value each, and the learning rate to [lr, the next float above lr] (the spec format needs",
         "# lr_min < lr_max), so stage 'lr' hands on that rate and stage 'shape' trains exactly the winner,",

@@ -4,6 +4,7 @@
 - :mod:`~tuner.inputs.families`: the names a spec may give as ``model.family`` (no torch);
 - :mod:`~tuner.inputs.models`: the built-in families (``mlp``, ``lstm``, ``cnn``) and building one;
 - :mod:`~tuner.inputs.usercode`: ``"module:function"`` names made callables, and their identity;
+  :mod:`~tuner.inputs.code_hash`: the identity of a function without a source file (its code);
 - :mod:`~tuner.inputs.data`, :mod:`~tuner.inputs.user_data`: bundled data, a CSV file, a user's
   loader; :mod:`~tuner.inputs.load`: :func:`~tuner.inputs.load.load_dataset`, the one entry.
 

@@ -9,8 +9,9 @@ that it hands down; nothing is registered in a module-level table, and reading a
 none of them.
 
 A changed function must not resume into trials its old version made: the identity of each named
-function (module, function, and a hash of its module file, or of its source when it has no file)
-and of a CSV file's content joins the stored settings, so a changed one is a changed study.
+function (module, function, and a hash of its module file, or of its compiled code when it has no
+file: :mod:`tuner.inputs.code_hash`) and of a CSV file's content joins the stored settings, so a
+changed one is a changed study, named by the file that changed (:func:`code_changes`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import MISSING
+from tuner.inputs.code_hash import CODE_SCHEME, PYTHON, code_sha256
 from tuner.inputs.families import ModelFamily
 from tuner.inputs.params import accepted_arguments, accepts, defaults
 from tuner.inputs.spec import SpecError, StudySpec
@@ -166,14 +168,20 @@ def _import(module_name: str, field: str, reference: str, source: str) -> Any:
 
 
 def function_identity(reference: str, source: str = "", function: Callable[..., Any] | None = None,
-                      field: str = "") -> dict[str, str]:
-    """Module, function and a hash of the file that defines it (else of the function's source).
+                      field: str = "", stored: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Module, function and a hash of the file that defines it (else of the function's compiled code).
 
     With ``function`` at hand (the code as resolved), the file of the module that defines it
     (``function.__module__``: for a function a package re-exports, the module it was written in);
     without, the file of the named module, found without running it (already imported, else where
-    the import would find it: the spec's folder first, as :func:`load_callable`). A function whose
-    module has no file (a notebook's) is known by its source.
+    the import would find it: the spec's folder first, as :func:`load_callable`). The whole file,
+    on purpose: a helper or a constant edited beside the function changes its results too.
+
+    A function whose module has no file (a notebook's, ``python -``) is known by its code
+    (:func:`code_sha256`), marked ``scheme`` (with the Python version, whose compiler made that
+    code). ``stored``: the identity stored for it, if any; one stored before schemes existed (no
+    ``scheme``) is computed as it was then, from the function's source, else its name, so that
+    the study resumes as before.
     """
     module_name, _, function_name = reference.partition(":")
     identity = {"module": module_name, "function": function_name}
@@ -184,11 +192,14 @@ def function_identity(reference: str, source: str = "", function: Callable[..., 
         return identity
     if function is None:
         function = load_callable(reference, field, source)
-    try:
-        text = inspect.getsource(function)
-    except (OSError, TypeError):
-        text = reference  # no source to be had (a builtin, a REPL lambda): the name alone
-    identity["sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    if stored is not None and "sha256" in stored and "scheme" not in stored:
+        try:
+            text = inspect.getsource(function)
+        except (OSError, TypeError):
+            text = reference  # no source to be had (a builtin, a REPL lambda): the name alone
+        identity["sha256"] = hashlib.sha256(text.encode()).hexdigest()
+        return identity
+    identity.update(sha256=code_sha256(function), scheme=CODE_SCHEME, python=PYTHON)
     return identity
 
 
@@ -226,6 +237,29 @@ def file_sha256(path: Path) -> str:
     return _FILE_HASHES[key]
 
 
+def files_beside_spec(spec: StudySpec) -> dict[str, Path]:
+    """The files of the spec's own modules that are imported from beside the spec: path there -> file.
+
+    What :func:`load_callable` imports from the spec's folder (``mynet.py``, or a package
+    ``mynet/`` with every ``.py`` file in it), so that a copy of these files beside a copy of the
+    spec imports the same code. A module found elsewhere on ``sys.path`` (installed) is left out:
+    it imports as well from anywhere; so is a function with no file (a notebook's).
+    """
+    folder = spec_folder(spec.source)
+    found: dict[str, Path] = {}
+    if folder is None:
+        return found
+    for reference in code_references(spec).values():
+        top = reference.partition(":")[0].split(".")[0]
+        if (folder / top / "__init__.py").is_file():
+            for path in sorted((folder / top).rglob("*.py")):
+                if "__pycache__" not in path.parts:
+                    found[path.relative_to(folder).as_posix()] = path
+        elif (folder / f"{top}.py").is_file():
+            found[f"{top}.py"] = folder / f"{top}.py"
+    return found
+
+
 def code_references(spec: StudySpec) -> dict[str, str]:
     """The spec's fields that name a function: field -> ``module:function``."""
     values = {
@@ -238,16 +272,17 @@ def code_references(spec: StudySpec) -> dict[str, str]:
     return {field: value for field, value in values.items() if is_reference(value)}
 
 
-def identity(spec: StudySpec, code: UserCode | None = None) -> dict[str, Any]:
+def identity(spec: StudySpec, code: UserCode | None = None, stored: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What the spec's own code and data files are: joins the stored settings (empty: nothing of the user's).
 
     Read from the files, without running the user's modules; ``code``, where at hand, knows the
-    source of a function whose module has no file.
+    code of a function whose module has no file. ``stored``: the identity a study stored, to be
+    compared with this one: each function is identified by the scheme it was stored with.
     """
     found: dict[str, Any] = {}
     for field, reference in code_references(spec).items():
         function = code.callable_of(field) if code is not None else None
-        found[field] = function_identity(reference, spec.source, function, field)
+        found[field] = function_identity(reference, spec.source, function, field, (stored or {}).get(field))
     if spec.data.name == "csv" and spec.data.path:
         from tuner.inputs.data import csv_path
 
@@ -255,6 +290,50 @@ def identity(spec: StudySpec, code: UserCode | None = None) -> dict[str, Any]:
         if path.is_file():
             found["data.path"] = {"sha256": file_sha256(path)}
     return found
+
+
+def code_changes(stored: Mapping[str, Any], found: Mapping[str, Any], spec: StudySpec,
+                 code: UserCode | None = None) -> list[str]:
+    """What changed of the user's own code and data files since ``stored`` (:func:`identity`), in words.
+
+    One clause per changed file, naming the spec fields whose functions it holds (a module that
+    holds the factory and the loader changed: both, in one); one per changed function without a
+    file. Empty: nothing changed.
+    """
+    changes: list[str] = []
+    files: dict[str, list[str]] = {}  # a changed module file -> the fields it holds, in CODE_FIELDS' order
+    fields = [*CODE_FIELDS, *sorted((set(stored) | set(found)) - set(CODE_FIELDS))]
+    for field in fields:
+        old, new = stored.get(field), found.get(field)
+        if old == new:
+            continue
+        if field == "data.path":
+            changes.append(f"the content of data.path ({spec.data.path}) changed since its trials ran")
+        elif old is None or new is None:
+            changes.append(f"{field} {'now names' if old is None else 'no longer names'} your own code")
+        elif (old.get("module"), old.get("function")) != (new.get("module"), new.get("function")):
+            changes.append(f"{field}: {old.get('module')}:{old.get('function')} -> {new.get('module')}:{new.get('function')}")
+        elif new.get("scheme") is not None or old.get("scheme") is not None:
+            named = f"{field} ({new['module']}:{new['function']}, which has no source file)"
+            if old.get("python") not in (None, new.get("python")):
+                changes.append(f"{named} was stored by Python {old['python']}, whose compiled code this Python "
+                               f"({new.get('python')}) cannot compare with its own")
+            else:
+                changes.append(f"{named}: its code, defaults, closure or the globals it reads changed since its trials ran")
+        else:
+            files.setdefault(_file_shown(field, new["module"], spec, code), []).append(f"{field} ({new['module']}:{new['function']})")
+    return [f"{shown} changed since its trials ran; it holds {' and '.join(held)}" for shown, held in files.items()] + changes
+
+
+def _file_shown(field: str, module_name: str, spec: StudySpec, code: UserCode | None) -> str:
+    """The file a field's function is hashed from, as the user knows it (beside the spec: its name there)."""
+    function = code.callable_of(field) if code is not None else None
+    path = _module_file(getattr(function, "__module__", None) or module_name, spec.source)
+    if path is None:
+        return f"module {module_name}"
+    folder = spec_folder(spec.source)
+    resolved = path.resolve()
+    return str(resolved.relative_to(folder)) if folder is not None and resolved.is_relative_to(folder) else str(path)
 
 
 def check_model(spec: StudySpec, data: Any, code: UserCode) -> None:

@@ -20,7 +20,7 @@ import optuna
 
 from tuner.errors import StudyMismatchError
 from tuner.inputs.spec import StudySpec, settings_hash
-from tuner.inputs.usercode import UserCode, spec_folder
+from tuner.inputs.usercode import UserCode, code_changes, spec_folder
 from tuner.storage import StorageError, resolve_url
 from tuner.study import stored as contract
 from tuner.study.stored import stage_study_name
@@ -166,13 +166,14 @@ def _check_settings(study: optuna.Study, spec: StudySpec, stage: str, code: User
             f"study '{name}' exists and was not made by tuner; nothing was written to it. Give the study "
             f"a new name (name = \"...\" in the spec, or --name NEW), or use another storage"
         )
-    wanted = _normalise(stage_settings(spec, stage, code))
+    # Each function identified the way its identity was stored (a study from before code-object hashes as then).
+    wanted = _normalise(stage_settings(spec, stage, code, stored_identity=stored.get("identity")))
     if "identity" not in stored:
         wanted.pop("identity", None)  # stored before tuner kept the identity of code and CSV files
-    code = _code_changes(stored.get("identity") or {}, wanted.get("identity") or {}, spec)
-    if code:
+    changed = code_changes(stored.get("identity") or {}, wanted.get("identity") or {}, spec, code)
+    if changed:
         raise StudyMismatchError(
-            f"study '{name}' was made with other code or data: {'; '.join(code)}. Its trials would be mixed "
+            f"study '{name}' was made with other code or data: {'; '.join(changed)}. Its trials would be mixed "
             f"with different ones: give the study a new name (name = \"...\" in the spec, or --name NEW), or "
             f"put the old version back to resume it."
         )
@@ -183,24 +184,6 @@ def _check_settings(study: optuna.Study, spec: StudySpec, stage: str, code: User
             f"mixed with different ones: give the study a new name (name = \"...\" in the spec, or "
             f"--name NEW), or put the old settings back to resume it."
         )
-
-
-def _code_changes(stored: dict[str, Any], wanted: dict[str, Any], spec: StudySpec) -> list[str]:
-    """What changed of the user's own code and data files, in words (empty: nothing)."""
-    changes = []
-    for name in sorted(set(stored) | set(wanted)):
-        old, new = stored.get(name), wanted.get(name)
-        if old == new:
-            continue
-        if name == "data.path":
-            changes.append(f"the content of data.path ({spec.data.path}) changed since its trials ran")
-        elif old is None or new is None:
-            changes.append(f"{name} {'now names' if old is None else 'no longer names'} your own code")
-        elif (old.get("module"), old.get("function")) != (new.get("module"), new.get("function")):
-            changes.append(f"{name}: {old.get('module')}:{old.get('function')} -> {new.get('module')}:{new.get('function')}")
-        else:
-            changes.append(f"{name} ({new['module']}:{new['function']}): its module {new['module']} changed since its trials ran")
-    return changes
 
 
 def _normalise(settings: Any) -> Any:

@@ -255,8 +255,13 @@ def audit_stage(spec: StudySpec) -> Stage:
     )
 
 
-def stage_settings(spec: StudySpec, stage: str, code: UserCode | None = None) -> dict[str, Any]:
-    """The spec's settings a stage's results depend on (budgets excluded: raising one resumes)."""
+def stage_settings(spec: StudySpec, stage: str, code: UserCode | None = None, *,
+                   stored_identity: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The spec's settings a stage's results depend on (budgets excluded: raising one resumes).
+
+    ``stored_identity``: the identity of the user's code a stored stage holds, to compare with:
+    each function is identified by the scheme it was stored with (:func:`tuner.inputs.usercode.identity`).
+    """
     settings = spec.settings()
     stages = settings.pop("stages")
     for table in stages.values():
@@ -274,7 +279,7 @@ def stage_settings(spec: StudySpec, stage: str, code: UserCode | None = None) ->
         for key, default in defaults.items():
             if fields.get(key, default) == default:
                 fields.pop(key, None)
-    found = identity(spec, code)  # the user's own code and data files, by content
+    found = identity(spec, code, stored_identity)  # the user's own code and data files, by content
     if found:
         settings["identity"] = found
     settings["stages"] = {"lr": stages["lr"]}
