@@ -59,6 +59,13 @@ def test_a_maximized_accuracy_is_best_where_highest_in_every_stage_and_in_tuner_
     lower = tuner.write_best("scored", storage=url, out=tmp_path / "lr_best", device="cpu", metric=accuracy, stage="lr")
     assert lower.metrics["stored_value"] == max(lr_values)
 
+    from tuner.report import write_report
+    from tuner.report.runs import load_stages
+    stages = load_stages("scored", url)
+    assert stages["shape"].best.value == max(shape_values) and stages["lr"].best.value == max(lr_values)  # type: ignore[union-attr]
+    page = write_report("scored", storage=url, out=tmp_path / "report").index.read_text()
+    assert "your metric on the validation part (higher is better)" in page  # never "validation error"
+
 
 def test_the_hand_off_reads_a_score_as_a_u_upside_down() -> None:
     # The jagged U of tests/test_handoff.py with its lucky spike, given once as an error and once as

@@ -131,7 +131,9 @@ def study(
                 f"resume with: {shlex.join(resume)}{password_note}")
         raise typer.Exit(code) from None
     ignore_late_stops()  # the study is finished and stored: what is left is to say so
-    console.print(summary_table(result, "value (your loop's)" if loaded.train.loop else loaded.train.objective))
+    train = loaded.train
+    objective = "value (your loop's)" if train.loop else "value (your metric's)" if train.metric else train.objective
+    console.print(summary_table(result, objective + (", highest" if train.direction == "maximize" else "")))
     if result.timed_out is not None:
         done = sum(s.n_complete + s.n_pruned for s in result.stages.values())
         say(f"stopped at the time limit (--timeout {timeout}) once the trials in progress had finished; "

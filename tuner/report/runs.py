@@ -148,10 +148,13 @@ def chosen_lr(stages: dict[str, StageRuns]) -> float | None:
 def objective_label(stages: dict[str, StageRuns]) -> str:
     """The y-axis label: what the objective is, in words a reader knows."""
     first = next(iter(stages.values())).study.user_attrs
+    higher = " (higher is better)" if next(iter(stages.values())).maximizes else ""
+    if first.get("objective") == "loop":
+        return "objective reported by your loop" + higher
+    if ((first.get(SETTINGS_ATTR) or {}).get("train") or {}).get("metric"):
+        return "your metric on the validation part" + higher  # it replaces tuner's objective
     if first.get("objective", "val_error") == "val_loss":
         return "validation loss"
-    if first.get("objective") == "loop":
-        return "objective reported by your loop"
     return {
         "classification": "validation error (1 − accuracy)",
         "regression": "validation error (RMSE)",
