@@ -96,8 +96,9 @@ def study(
     """Run a staged study (lr, then shape, then the optional audit), or resume it where it stopped."""
     from tuner.inputs.spec import load_spec, study_name_problem
     from tuner.storage import DEFAULT_STORAGE, with_password
+    from tuner.errors import Terminated
+    from tuner.study.finished import finished_result
     from tuner.study.progress import ConsoleReporter, summary_table
-    from tuner.study.runner import Terminated, run_study
 
     quiet_optuna()
     # Off a terminal (a log file, CI) rich would assume 80 columns and fold the summary table.
@@ -117,7 +118,11 @@ def study(
             if storage_password_file is not None:
                 storage = with_password(storage or loaded.storage or DEFAULT_STORAGE, storage_password_file)
             try:
-                result = run_study(loaded, storage=storage, device=device, reporter=reporter, threads=threads)
+                result = finished_result(loaded, storage, reporter=reporter, device=device, threads=threads)
+                if result is None:  # something to run: only now torch, the data and the user's code
+                    from tuner.study.runner import run_study
+
+                    result = run_study(loaded, storage=storage, device=device, reporter=reporter, threads=threads)
             finally:
                 reporter.close()
     except KeyboardInterrupt as stop:

@@ -171,10 +171,8 @@ def fail(message: str, code: int) -> NoReturn:
 
 @contextmanager
 def errors_as_exit_codes() -> Iterator[None]:
-    from tuner.inputs.spec import SpecError
+    from tuner.errors import DeviceError, SpecError, StudyMismatchError, TunerError, TunerInputError
     from tuner.storage import StorageError
-    from tuner.study.runner import StudyMismatchError, TunerError, TunerInputError
-    from tuner.training.train import DeviceError
 
     try:
         with data_warnings_as_lines():
@@ -191,7 +189,7 @@ def data_warnings_as_lines() -> Iterator[None]:
 
     Python's own format is two lines naming tuner's source file, which says nothing to the user.
     """
-    from tuner.inputs.data import DataWarning
+    from tuner.errors import DataWarning
 
     def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: object = None,
              line: str | None = None) -> None:
@@ -241,8 +239,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
         return
 
-    from tuner.errors import clear_stop_request, request_stop
-    from tuner.study.runner import Terminated
+    from tuner.errors import Terminated, clear_stop_request, request_stop
 
     def terminate(_signum: int, _frame: object) -> None:
         request_stop(Terminated)

@@ -1,17 +1,38 @@
-"""Progress of a running study: a live bar per stage on a terminal, plain log lines elsewhere."""
+"""Progress of a running study: the hooks a study reports through (:class:`Reporter`), a live bar per stage on a
+terminal and plain log lines elsewhere (:class:`ConsoleReporter`).
+
+No torch here: the CLI prints a finished study's summary without importing it.
+"""
 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tuner.study.runner import Reporter, StageSummary, StudyResult
-from tuner.study.stages import Stage
+from tuner.study.results import StageSummary, StudyResult
 from tuner.study.stored import DIVERGED_ATTR
+
+if TYPE_CHECKING:
+    from tuner.study.stages import Stage
+
+
+class Reporter:
+    """Hooks through which a study tells its progress; the default says nothing."""
+
+    def stage_started(self, stage: Stage, n_finished: int) -> None: ...
+
+    def trial_finished(self, stage: Stage, trial: FrozenTrial, n_finished: int, best_value: float | None) -> None: ...
+
+    def waiting(self, stage: Stage, n_running: int) -> None: ...
+
+    def stage_finished(self, summary: StageSummary) -> None: ...
+
+    def message(self, text: str) -> None: ...
 
 
 def _fmt(value: float | None) -> str:

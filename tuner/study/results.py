@@ -1,4 +1,4 @@
-"""A stored study read back: its stage studies, their trials, and each stage's summary.
+"""A stored study read back: its stage studies, their trials, each stage's summary and the study's result.
 
 The names it is stored under (the contract) are spelled in :mod:`tuner.study.stored`; they are
 importable from here too, as before.
@@ -7,8 +7,8 @@ importable from here too, as before.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.storages import BaseStorage
@@ -23,6 +23,9 @@ from tuner.study.stored import (  # noqa: F401 -- the contract's names, read fro
     VERDICT_ATTR,
     check_version, split_stage_study_name, stage_study_name,
 )
+
+if TYPE_CHECKING:
+    from tuner.analysis.importance import AuditVerdict
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -41,6 +44,42 @@ class StageSummary:
     wall_seconds: float  # first trial start to last trial end, across resumed runs
     train_seconds: float  # summed training time of the stage's trials
     best_trial: int | None = None  # the number of the trial that gave best_value
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    name: str
+    storage: str  # redacted: safe to print
+    best_lr: float | None
+    stages: dict[str, StageSummary] = field(default_factory=dict)
+    audit: AuditVerdict | None = None  # set when the study has an audit stage
+
+    @property
+    def best_stage(self) -> str | None:
+        """The stage whose best trial is the study's best: ``shape``, unless ``lr``'s small network did better.
+
+        The audit is a check, not a stage to pick from. On a tie the later stage wins.
+        """
+        tuned = [s for s in self.stages.values() if s.stage != "audit" and s.best_value is not None]
+        return min(reversed(tuned), key=lambda s: s.best_value).stage if tuned else None  # type: ignore[arg-type, return-value]
+
+    @property
+    def best_value(self) -> float | None:
+        """The best value across stages ``lr`` and ``shape`` (see :attr:`best_stage`)."""
+        stage = self.best_stage
+        return self.stages[stage].best_value if stage is not None else None
+
+    @property
+    def worse_than_lr(self) -> str | None:
+        """One line when stage ``shape`` ended worse than stage ``lr``'s small network (None otherwise)."""
+        lr, shape = self.stages.get("lr"), self.stages.get("shape")
+        if lr is None or shape is None or lr.best_value is None or shape.best_value is None:
+            return None
+        if shape.best_value <= lr.best_value:
+            return None
+        return (f"stage 'shape' ended worse than stage 'lr': its best is {shape.best_value:.4g} against {lr.best_value:.4g} "
+                f"for the small network of stage 'lr'; the study's best is stage 'lr''s trial {lr.best_trial}, and "
+                f"`tuner best {self.name}` trains it (`--stage shape` for shape's own best)")
 
 
 def trained_params(params: dict[str, Any], fixed: dict[str, Any] | None = None) -> dict[str, Any]:

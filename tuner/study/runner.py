@@ -13,7 +13,6 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.analysis.importance import AuditVerdict, audit_verdict
+from tuner.analysis.importance import audit_verdict
 from tuner.errors import (
     StudyMismatchError,
     Terminated,
@@ -48,8 +47,10 @@ from tuner.storage import (
     write_trial_records,
 )
 from tuner.study import results
+from tuner.study.finished import finished_result
 from tuner.study.handoff import hand_off_lr
-from tuner.study.results import FINISHED, SURPLUS_ATTR, StageSummary
+from tuner.study.progress import Reporter
+from tuner.study.results import FINISHED, SURPLUS_ATTR, StageSummary, StudyResult
 from tuner.study.stage_studies import check_stored_settings, open_stage_study, storage_of_study
 from tuner.study.pruning import error_rate_rows, shape_first_rung
 from tuner.study.stages import (
@@ -67,56 +68,6 @@ __all__ = [
     "Reporter", "StageSummary", "StudyMismatchError", "StudyResult", "Terminated", "TunerError", "TunerInputError",
     "check_stored_settings", "hand_off_lr", "open_stage_study", "pick_threads", "run_stage", "run_study", "with_callables",
 ]
-
-
-@dataclass(frozen=True)
-class StudyResult:
-    name: str
-    storage: str  # redacted: safe to print
-    best_lr: float | None
-    stages: dict[str, StageSummary] = field(default_factory=dict)
-    audit: AuditVerdict | None = None  # set when the study has an audit stage
-
-    @property
-    def best_stage(self) -> str | None:
-        """The stage whose best trial is the study's best: ``shape``, unless ``lr``'s small network did better.
-
-        The audit is a check, not a stage to pick from. On a tie the later stage wins.
-        """
-        tuned = [s for s in self.stages.values() if s.stage != "audit" and s.best_value is not None]
-        return min(reversed(tuned), key=lambda s: s.best_value).stage if tuned else None  # type: ignore[arg-type, return-value]
-
-    @property
-    def best_value(self) -> float | None:
-        """The best value across stages ``lr`` and ``shape`` (see :attr:`best_stage`)."""
-        stage = self.best_stage
-        return self.stages[stage].best_value if stage is not None else None
-
-    @property
-    def worse_than_lr(self) -> str | None:
-        """One line when stage ``shape`` ended worse than stage ``lr``'s small network (None otherwise)."""
-        lr, shape = self.stages.get("lr"), self.stages.get("shape")
-        if lr is None or shape is None or lr.best_value is None or shape.best_value is None:
-            return None
-        if shape.best_value <= lr.best_value:
-            return None
-        return (f"stage 'shape' ended worse than stage 'lr': its best is {shape.best_value:.4g} against {lr.best_value:.4g} "
-                f"for the small network of stage 'lr'; the study's best is stage 'lr''s trial {lr.best_trial}, and "
-                f"`tuner best {self.name}` trains it (`--stage shape` for shape's own best)")
-
-
-class Reporter:
-    """Hooks through which a study tells its progress; the default says nothing."""
-
-    def stage_started(self, stage: Stage, n_finished: int) -> None: ...
-
-    def trial_finished(self, stage: Stage, trial: FrozenTrial, n_finished: int, best_value: float | None) -> None: ...
-
-    def waiting(self, stage: Stage, n_running: int) -> None: ...
-
-    def stage_finished(self, summary: StageSummary) -> None: ...
-
-    def message(self, text: str) -> None: ...
 
 
 def run_study(
@@ -155,6 +106,10 @@ def run_study(
     spec = with_callables(spec, **given)
     reporter = reporter or Reporter()
     quiet_optuna()
+    # Nothing left to run: the result is read from the storage, before torch, the data or the user's code.
+    done = finished_result(spec, storage, reporter=reporter, given=given, device=device, threads=threads)
+    if done is not None:
+        return done
     # Everything that can be wrong with the input is checked before the storage is touched.
     torch_device = resolve_device(device)
     use_threads(threads, torch_device)
