@@ -23,6 +23,7 @@ _EXPORTS = {
     "run_study": "tuner.study.runner",
     "run_stage": "tuner.study.runner",
     "ConsoleReporter": "tuner.study.progress",
+    "ProgressBar": "tuner.study.progress",
     "StopTrial": "tuner.training.trainers",
     "Reporter": "tuner.study.progress",
     "StageSummary": "tuner.study.results",

@@ -29,7 +29,7 @@ from typing import Any
 from tuner.errors import MISSING
 from tuner.inputs.families import ModelFamily
 from tuner.inputs.params import accepted_arguments, accepts, defaults
-from tuner.inputs.spec import SpecError, StudySpec
+from tuner.inputs.spec import SpecError, StudySpec, load_spec, spec_from_dict
 
 # Spec fields that may name a function, and what the function is for (in messages).
 CODE_FIELDS = {
@@ -73,6 +73,40 @@ def with_callables(spec: StudySpec, **functions: Callable[..., Any] | None) -> S
         data_spec = dataclasses.replace(data_spec, name="python", loader=reference_of(given["loader"]))
     train_spec = dataclasses.replace(train_spec, **{k: reference_of(given[k]) for k in ("loop", "loss", "metric") if k in given})
     return dataclasses.replace(spec, model=model_spec, data=data_spec, train=train_spec)
+
+
+def spec_with_callables(spec: StudySpec | Mapping[str, Any] | str | Path,
+                        **functions: Callable[..., Any] | None) -> StudySpec:
+    """The spec to run with the given callables: a :class:`StudySpec`, a study file, or a dict (the parsed TOML).
+
+    A dict needs nothing for what a callable gives: with ``loader=``, ``[data]`` is your loader's
+    (``name = "python"``, written or not); with ``model=``, ``[model] family`` is your factory. A dict
+    that names something else there is refused (:class:`SpecError` naming the field).
+
+    Example:
+        >>> spec = spec_with_callables({"name": "mine", "model": {"width": 8}}, loader=load, model=make_net)  # doctest: +SKIP
+    """
+    if isinstance(spec, Mapping):
+        table = {key: dict(value) if isinstance(value, Mapping) else value for key, value in spec.items()}
+        for section, key, function, own in (("data", "name", functions.get("loader"), "python"),
+                                             ("model", "family", functions.get("model"), None)):
+            if function is None:
+                continue
+            part = table.setdefault(section, {})
+            if not isinstance(part, dict):
+                continue  # not a table: validation names it
+            written = part.get(key, own)
+            if written not in (own, reference_of(function)):
+                kind = "loader" if section == "data" else "model"
+                raise SpecError("", f"{section}.{key}", written, f"{kind}= gives it ({reference_of(function)}); "
+                                f"leave {section}.{key} out of the dict, or drop {kind}=")
+            part[key] = own if own is not None else reference_of(function)
+            if section == "data":
+                part["loader"] = reference_of(function)
+        spec = spec_from_dict(table)
+    elif not isinstance(spec, StudySpec):
+        spec = load_spec(spec)
+    return with_callables(spec, **functions)
 
 
 @dataclass(frozen=True)
@@ -128,6 +162,8 @@ def load_callable(reference: str, field: str, source: str = "") -> Callable[...,
     module_name, _, function_name = reference.partition(":")
     if not module_name or not function_name:
         raise SpecError(source, field, reference, 'write it as "module:function", e.g. "mynet:make_model"')
+    if module_name == "__main__":
+        return _from_main(function_name, field, reference, source)
     module = _import(module_name, field, reference, source)
     target: Any = module
     for part in function_name.split("."):
@@ -139,6 +175,32 @@ def load_callable(reference: str, field: str, source: str = "") -> Callable[...,
     if not callable(target):
         raise SpecError(source, field, reference, f"'{function_name}' in module '{module_name}' is not callable; "
                         f"name a function that returns {CODE_FIELDS.get(field, 'the result')}")
+    return target
+
+
+def from_main_fix(field: str, reference: str) -> str:
+    """Why a function of a script's or notebook's ``__main__`` cannot be found again, and what to do instead."""
+    function = reference.partition(":")[2]
+    keyword = "model" if field == "model.family" else field.partition(".")[2]
+    return (f"{function} was defined in the script or notebook that ran the study from Python (its __main__), "
+            f"which the command line cannot import; resume it from that script or notebook, passing the function "
+            f"again (tuner.run_study(..., {keyword}={function}); tuner.write_best(..., {keyword}={function}) for "
+            f"`tuner best`), or move {function} into a module (e.g. mycode.py beside the spec), name it "
+            f"\"mycode:{function}\" and run under a new study name")
+
+
+def _from_main(function_name: str, field: str, reference: str, source: str) -> Callable[..., Any]:
+    """A function the running ``__main__`` defines (a notebook's, a script's), else SpecError saying what to do.
+
+    tuner's own command line is ``__main__`` when it runs: nothing of it is the user's, whatever the name.
+    """
+    main = sys.modules.get("__main__")
+    ours = (getattr(getattr(main, "__spec__", None), "name", None) or "").startswith("tuner")
+    target: Any = None if ours or main is None else main
+    for part in function_name.split("."):
+        target = getattr(target, part, None)
+    if target is None or not callable(target) or getattr(target, "__module__", None) != "__main__":
+        raise SpecError(source, field, reference, from_main_fix(field, reference))
     return target
 
 

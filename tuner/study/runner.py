@@ -12,7 +12,7 @@ import dataclasses
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,8 @@ from tuner.errors import (
 from tuner.inputs.data import Dataset, DataWarning, StreamedData
 from tuner.inputs.load import load_dataset
 from tuner.inputs.models import check_model_fits
-from tuner.inputs.spec import StudySpec, load_spec
-from tuner.inputs.usercode import UserCode, check_model, check_params, resolve_code, with_callables
+from tuner.inputs.spec import StudySpec
+from tuner.inputs.usercode import UserCode, check_model, check_params, resolve_code, spec_with_callables, with_callables
 from tuner.storage import (
     StorageError,
     cached_trials,
@@ -49,7 +49,7 @@ from tuner.storage import (
 from tuner.study import results
 from tuner.study.finished import finished_result
 from tuner.study.handoff import hand_off_lr
-from tuner.study.progress import Reporter
+from tuner.study.progress import ProgressBar, Reporter
 from tuner.study.results import FINISHED, SURPLUS_ATTR, StageSummary, StudyResult
 from tuner.study.stage_studies import check_stored_settings, open_stage_study, storage_of_study
 from tuner.study.pruning import error_rate_rows, shape_first_rung
@@ -71,11 +71,12 @@ __all__ = [
 
 
 def run_study(
-    spec: StudySpec | str | Path,
+    spec: StudySpec | Mapping[str, Any] | str | Path,
     *,
     storage: str | None = None,
     device: str = "auto",
     reporter: Reporter | None = None,
+    progress: bool = True,
     model: Callable[..., Any] | None = None,
     loader: Callable[..., Any] | None = None,
     loop: Callable[..., Any] | None = None,
@@ -91,20 +92,22 @@ def run_study(
         0.0412
 
     Args:
-        spec: a :class:`StudySpec` or the path of a TOML study file.
+        spec: a :class:`StudySpec`, the path of a TOML study file, or a dict as the TOML would parse
+            (with ``loader=`` it needs no ``[data]``, with ``model=`` no ``[model] family``).
         storage: an Optuna storage URL; default: the spec's ``storage``, else ``sqlite:///tuner.db``.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        reporter: receives progress; see :class:`Reporter`.
+        reporter: receives progress; see :class:`Reporter`. Given, it replaces the progress bar.
+        progress: without ``reporter``, a bar per stage (tqdm's: a widget in a notebook, text in a
+            terminal) and the study's messages; False: silent.
         model, loader, loop, loss, metric: your own code as callables, instead of naming it
             ``"module:function"`` in the spec (``model.family``, ``data.loader``, ``train.loop``,
             ``train.loss``, ``train.metric``); same contracts (README: "Your own model").
         threads: torch's intra-op threads on the CPU; default ``$TUNER_THREADS``, else 1 (see
             :func:`pick_threads`).
     """
-    spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
     given = {"model": model, "loader": loader, "loop": loop, "loss": loss, "metric": metric}
-    spec = with_callables(spec, **given)
-    reporter = reporter or Reporter()
+    spec = spec_with_callables(spec, **given)  # a StudySpec, a study file or a dict, naming the callables
+    reporter = reporter or (ProgressBar() if progress else Reporter())
     quiet_optuna()
     # Nothing left to run: the result is read from the storage, before torch, the data or the user's code.
     done = finished_result(spec, storage, reporter=reporter, given=given, device=device, threads=threads)
