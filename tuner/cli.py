@@ -324,7 +324,8 @@ def lr_find_command(
         fail(f"no suggestion from this curve: {result.problem}", 1)
     say(f"suggested learning rate: {suggestion.lr:.3g}")
     for name, value in suggestion.rules.items():
-        say(f"  {name:<8} {value:.3g}" + ("   (lr at the loss minimum / 10)" if name == "minimum" else ""))
+        say(f"  {name:<8} {value:.3g}" + (f"   (the smoothed loss, as drawn, is lowest at lr {10 * value:.3g}; / 10)"
+                                          if name == "minimum" else ""))
     say(f"rules agree on: {suggestion.low:.3g} to {suggestion.high:.3g}")
     say(f"suggested search range: {suggestion.search_min:.3g} to {suggestion.search_max:.3g}")
     lr = loaded.stages.lr
