@@ -94,9 +94,9 @@ def study(
                                                 show_default="$TUNER_THREADS, else 1")] = None,
 ) -> None:
     """Run a staged study (lr, then shape, then the optional audit), or resume it where it stopped."""
+    from tuner.errors import Terminated
     from tuner.inputs.spec import load_spec, study_name_problem
     from tuner.storage import DEFAULT_STORAGE, with_password
-    from tuner.errors import Terminated
     from tuner.study.finished import finished_result
     from tuner.study.progress import ConsoleReporter, summary_table
 
