@@ -40,7 +40,8 @@ def test_run_study_shows_a_bar_per_stage_by_default_and_a_reporter_or_progress_f
     shown = capsys.readouterr()
     assert "stage lr: 100%" in shown.err and "3/3" in shown.err and "stage shape: 100%" in shown.err  # tqdm's bars
     assert f"best {result.stages['lr'].best_value:.4g}" in shown.err
-    assert "stage lr done: " in shown.out and "stage shape done: " in shown.out  # the messages, above the bars
+    assert "stage lr done: " in shown.err and "stage shape done: " in shown.err  # the messages, above the bars
+    assert shown.out == ""  # standard output stays the caller's own
 
     tuner.run_study({"name": "bar2", "data": {"name": "wine"}, **TINY}, storage=storage, device="cpu", progress=False)
     assert capsys.readouterr() == ("", "")

@@ -6,6 +6,7 @@ No torch here: the CLI prints a finished study's summary without importing it.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -196,7 +197,7 @@ class ProgressBar(Reporter):
     terminal as text: tqdm's ``auto`` bar, as Optuna's ``show_progress_bar``; messages print above it.
 
     What :func:`tuner.run_study` reports through unless given another ``reporter`` (``progress=False``:
-    nothing). ``file``: where a text bar goes (default standard error, as tqdm's).
+    nothing). ``file``: where a text bar and the messages go (default standard error, as tqdm's bar).
     """
 
     def __init__(self, file: Any = None) -> None:
@@ -232,7 +233,8 @@ class ProgressBar(Reporter):
     def message(self, text: str) -> None:
         from tqdm.auto import tqdm
 
-        tqdm.write(text, file=self.file)  # above a running bar, not through it
+        # Above a running bar, not through it; beside it on standard error, so that a script's own output stays its own.
+        tqdm.write(text, file=self.file if self.file is not None else sys.stderr)
 
     def close(self) -> None:
         if self._bar is not None:
