@@ -65,8 +65,9 @@ def finished_result(spec: StudySpec, storage: str | None = None, *, reporter: Re
         return None  # the runner opens it and says what is wrong, or creates it
     existing = set(optuna.get_all_study_names(opened))
     names = {stage: stage_study_name(spec.name, stage) for stage in ("lr", "shape")}
-    if not set(names.values()) <= existing:
-        return None
+    ours = {name for name in existing if name.startswith(f"{spec.name}/")}
+    if ours != set(names.values()):
+        return None  # a stage missing, or one this shortcut does not read (the audit, another layout): the runner's
     studies = {stage: optuna.load_study(study_name=name, storage=opened) for stage, name in names.items()}
     if not _nothing_to_run(with_stored_defaults(spec, opened), studies):
         return None
