@@ -214,7 +214,7 @@ def run_staged(table: dict[str, Any], folder: Path, loader: Callable[..., Any] |
     spec = tuner.spec_from_dict(table)
     storage = f"sqlite:///{folder / (spec.name + '.db')}"
     started = datetime.datetime.now()
-    result = tuner.run_study(spec, storage=storage, device="cpu", loader=loader)
+    result = tuner.run_study(spec, storage=storage, device="cpu", loader=loader, progress=False)
     records = []
     for stage in ("lr", "shape"):
         study = optuna.load_study(study_name=f"{spec.name}/{stage}", storage=storage)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -31,3 +33,31 @@ def test_every_key_is_optional_and_the_name_is_the_files_stem(tmp_path: Path) ->
     unnamed.write_text("# only a comment\n", encoding="utf-8")
     with pytest.raises(tuner.SpecError, match="the spec is empty"):
         tuner.load_spec(unnamed)
+
+
+def test_the_folders_the_readme_commands_write_are_git_ignored() -> None:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: nothing to ignore")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = [line for line in readme.splitlines() if line.startswith("tuner ")]
+    folders = {match.rstrip("/") for line in commands for match in re.findall(r"--out ([\w./-]+)", line) if match != "DIR"}
+    # Without --out, `tuner report` and `tuner best` write NAME-report and NAME-best.
+    folders |= {"quickstart-report", "digits_cnn-best"}
+    assert {"quickstart-report", "lr_find", "my-analysis", "best"} <= folders
+    for folder in sorted(folders):
+        checked = subprocess.run(["git", "check-ignore", "-q", f"{folder}/index.html"], cwd=ROOT)
+        assert checked.returncode == 0, f"{folder}/ is not git-ignored"
+    assert subprocess.run(["git", "check-ignore", "-q", "tuner/best/refit.py"], cwd=ROOT).returncode == 1  # sources are not
+
+
+def test_the_readme_set_up_matches_ci_and_says_what_it_assumes() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    set_up = re.search(r"```bash\n(pip install torch==(\S+) && pip install -e \"\.\[dev\]\") && tuner study", readme)
+    assert set_up is not None
+    assert f"pip install --quiet --disable-pip-version-check torch=={set_up.group(2)}" in ci
+    assert 'pip install --quiet --disable-pip-version-check -e ".[dev]"' in ci
+    assert "```bash\npython -m pytest\n```" in readme and ci.rstrip().endswith("python -m pytest")
+    assert "a clone of this repository, a shell in its folder, and a virtual environment" in readme
+    assert "whose name is not `tuner`" in readme
+    assert f"pip install torch=={set_up.group(2)} --index-url https://download.pytorch.org/whl/cpu" in readme

@@ -160,3 +160,16 @@ def test_lr_find_plot_shows_each_rule_above_the_suggestion_and_every_loss_before
     assert low < 0.4 and high > 2.5  # every raw loss up to the blow-up (index 10) is inside
     assert high < 9.0  # the blow-up itself is not: it would squash the curve
     assert any("blows up" in text.get_text() for text in ax.texts)
+
+
+def test_the_minimum_printed_is_a_tenth_of_the_rate_where_the_written_curve_is_lowest(tiny_spec: Path, tmp_path: Path) -> None:
+    out = tmp_path / "lr"
+    shown = CliRunner().invoke(app, ["lr-find", str(tiny_spec), "--out", str(out), "--device", "cpu", "--steps", "60"])
+    assert shown.exit_code == 0, shown.output
+    with (out / "lr_find.csv").open() as handle:
+        rows = [(float(row["lr"]), float(row["smoothed"])) for row in csv.DictReader(handle) if row["smoothed"]]
+    lowest_at = min(rows, key=lambda row: row[1])[0]
+    printed = next(line for line in shown.output.splitlines() if line.strip().startswith("minimum"))
+    minimum = float(printed.split()[1])
+    assert minimum == pytest.approx(lowest_at / 10, rel=0.01)  # one smoothing: the one written is the one read
+    assert f"lowest at lr {lowest_at:.3g}" in printed

@@ -8,7 +8,7 @@ import functools
 import numpy as np
 import pytest
 
-from tuner.training.lr_suggest import MIN_POINTS, Suggestion, smooth, stop_index, suggest
+from tuner.training.lr_suggest import MIN_POINTS, Suggestion, smooth, smoothed_curve, stop_index, suggest
 
 X = np.linspace(-7.0, 1.0, 100)  # log10(lr) of a 100-step exponential ramp
 LRS = 10.0**X
@@ -235,3 +235,17 @@ def test_immediate_divergence_raises() -> None:
     loss = np.exp(np.linspace(0.0, 12.0, X.size))  # diverges from the first step
     with pytest.raises(ValueError, match="diverges|never decreases"):
         suggest(LRS, loss)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_smoothed_curve_shown_is_the_one_the_rules_read(seed: int) -> None:
+    noisy = ideal_loss(X) + np.random.default_rng(seed).normal(0.0, 0.15, X.size)
+    s = suggest(LRS, noisy)
+    curve = smoothed_curve(LRS, noisy)
+    assert curve.shape == LRS.shape
+    assert LRS[int(np.nanargmin(curve))] == pytest.approx(10 * s.minimum)  # "lr at the minimum / 10", as drawn
+    slope = np.gradient(curve[np.isfinite(curve)], X[np.isfinite(curve)])
+    assert LRS[np.isfinite(curve)][int(np.argmin(slope))] == pytest.approx(s.steep)
+    assert np.isnan(curve[: LRS.size // 10]).all()  # the warm-up the rules drop is not drawn as if read
+    # fastai's forward average, which lr-find drew before, lags: its minimum lies elsewhere.
+    assert LRS[int(np.nanargmin(smooth(noisy)))] > 2 * LRS[int(np.nanargmin(curve))]

@@ -98,10 +98,11 @@ def study(
              "finish and are stored, and running the same command again resumes", show_default="none")] = None,
 ) -> None:
     """Run a staged study (lr, then shape, then the optional audit), or resume it where it stopped."""
+    from tuner.errors import Terminated
     from tuner.inputs.spec import load_spec, study_name_problem
     from tuner.storage import DEFAULT_STORAGE, with_password
+    from tuner.study.finished import finished_result
     from tuner.study.progress import ConsoleReporter, summary_table
-    from tuner.study.runner import Terminated, run_study
 
     quiet_optuna()
     # Off a terminal (a log file, CI) rich would assume 80 columns and fold the summary table.
@@ -122,7 +123,12 @@ def study(
             if storage_password_file is not None:
                 storage = with_password(storage or loaded.storage or DEFAULT_STORAGE, storage_password_file)
             try:
-                result = run_study(loaded, storage=storage, device=device, reporter=reporter, threads=threads, timeout=limit)
+                result = finished_result(loaded, storage, reporter=reporter, device=device, threads=threads)
+                if result is None:  # something to run: only now torch, the data and the user's code
+                    from tuner.study.runner import run_study
+
+                    result = run_study(loaded, storage=storage, device=device, reporter=reporter, threads=threads,
+                                       timeout=limit)
             finally:
                 reporter.close()
     except KeyboardInterrupt as stop:
@@ -344,7 +350,8 @@ def lr_find_command(
         fail(f"no suggestion from this curve: {result.problem}", 1)
     say(f"suggested learning rate: {suggestion.lr:.3g}")
     for name, value in suggestion.rules.items():
-        say(f"  {name:<8} {value:.3g}" + ("   (lr at the loss minimum / 10)" if name == "minimum" else ""))
+        say(f"  {name:<8} {value:.3g}" + (f"   (the smoothed loss, as drawn, is lowest at lr {10 * value:.3g}; / 10)"
+                                          if name == "minimum" else ""))
     say(f"rules agree on: {suggestion.low:.3g} to {suggestion.high:.3g}")
     say(f"suggested search range: {suggestion.search_min:.3g} to {suggestion.search_max:.3g}")
     lr = loaded.stages.lr

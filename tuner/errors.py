@@ -42,6 +42,14 @@ class TunerInputError(ValueError):
     """An option or environment variable that cannot be used (bad input: exit code 2); the message says the fix."""
 
 
+class DataWarning(UserWarning):
+    """Data tuner changed in order to train on it (e.g. a CSV's constant columns dropped); the message says what."""
+
+
+class DeviceError(ValueError):
+    """A device that cannot be used here (``--device``)."""
+
+
 class StudyMismatchError(TunerError):
     """The stored study was made from different search settings than the spec has now, or by another tool."""
 

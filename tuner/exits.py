@@ -42,6 +42,15 @@ class PlainErrorsGroup(TyperGroup):
     instead of click's usage block or rich's box; a Ctrl-C or SIGTERM that lands where no command
     catches it as one line and exit 130 or 143; and a finished command is not spoiled by a late one."""
 
+    def get_params(self, ctx):  # type: ignore[no-untyped-def,override]
+        return _untyped_flags(super().get_params(ctx))
+
+    def get_command(self, ctx, name):  # type: ignore[no-untyped-def,override]
+        command = super().get_command(ctx, name)
+        if command is not None:
+            _untyped_flags(command.get_params(ctx))
+        return command
+
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[no-untyped-def,override]
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
@@ -69,6 +78,15 @@ class PlainErrorsGroup(TyperGroup):
                 code = _stop_code(_stop_seen)
         ignore_late_stops()
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _untyped_flags(params: list[Any]) -> list[Any]:
+    """``params`` with no type shown beside a flag (``--help``, ``--read-only``): Typer's help writes
+    ``<bool>`` there, as if the flag took a value."""
+    for param in params:
+        if getattr(param, "is_flag", False) and getattr(param, "metavar", "") is None:
+            param.metavar = ""
+    return params
 
 
 _stop_told = False  # set by stopped(): a command said how it stopped; a later stop adds no line
@@ -171,10 +189,8 @@ def fail(message: str, code: int) -> NoReturn:
 
 @contextmanager
 def errors_as_exit_codes() -> Iterator[None]:
-    from tuner.inputs.spec import SpecError
+    from tuner.errors import DeviceError, SpecError, StudyMismatchError, TunerError, TunerInputError
     from tuner.storage import StorageError
-    from tuner.study.runner import StudyMismatchError, TunerError, TunerInputError
-    from tuner.training.train import DeviceError
 
     try:
         with data_warnings_as_lines():
@@ -191,7 +207,7 @@ def data_warnings_as_lines() -> Iterator[None]:
 
     Python's own format is two lines naming tuner's source file, which says nothing to the user.
     """
-    from tuner.inputs.data import DataWarning
+    from tuner.errors import DataWarning
 
     def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: object = None,
              line: str | None = None) -> None:
@@ -241,8 +257,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
         return
 
-    from tuner.errors import clear_stop_request, request_stop
-    from tuner.study.runner import Terminated
+    from tuner.errors import Terminated, clear_stop_request, request_stop
 
     def terminate(_signum: int, _frame: object) -> None:
         request_stop(Terminated)

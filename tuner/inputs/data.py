@@ -27,14 +27,11 @@ from sklearn import datasets as sk_datasets
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader
 
+from tuner.errors import DataWarning  # defined with the error types (the CLI catches it without torch); importable from here as before
 from tuner.inputs.spec import MIN_SPLIT_ROWS, DataSpec, SpecError
 
 # Integer targets with at most this many distinct values are taken as class labels.
 MAX_INFERRED_CLASSES = 20
-
-
-class DataWarning(UserWarning):
-    """Data tuner changed in order to train on it (e.g. a CSV's constant columns dropped); the message says what."""
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuner.errors import MISSING
 from tuner.inputs.code_hash import CODE_SCHEME, PYTHON, code_sha256
 from tuner.inputs.families import ModelFamily
-from tuner.inputs.params import accepted_arguments, accepts, defaults
-from tuner.inputs.spec import SpecError, StudySpec
+from tuner.inputs.spec import SpecError, StudySpec, load_spec, spec_from_dict
 
 # Spec fields that may name a function, and what the function is for (in messages).
 CODE_FIELDS = {
@@ -75,6 +73,40 @@ def with_callables(spec: StudySpec, **functions: Callable[..., Any] | None) -> S
         data_spec = dataclasses.replace(data_spec, name="python", loader=reference_of(given["loader"]))
     train_spec = dataclasses.replace(train_spec, **{k: reference_of(given[k]) for k in ("loop", "loss", "metric") if k in given})
     return dataclasses.replace(spec, model=model_spec, data=data_spec, train=train_spec)
+
+
+def spec_with_callables(spec: StudySpec | Mapping[str, Any] | str | Path,
+                        **functions: Callable[..., Any] | None) -> StudySpec:
+    """The spec to run with the given callables: a :class:`StudySpec`, a study file, or a dict (the parsed TOML).
+
+    A dict needs nothing for what a callable gives: with ``loader=``, ``[data]`` is your loader's
+    (``name = "python"``, written or not); with ``model=``, ``[model] family`` is your factory. A dict
+    that names something else there is refused (:class:`SpecError` naming the field).
+
+    Example:
+        >>> spec = spec_with_callables({"name": "mine", "model": {"width": 8}}, loader=load, model=make_net)  # doctest: +SKIP
+    """
+    if isinstance(spec, Mapping):
+        table = {key: dict(value) if isinstance(value, Mapping) else value for key, value in spec.items()}
+        for section, key, function, own in (("data", "name", functions.get("loader"), "python"),
+                                             ("model", "family", functions.get("model"), None)):
+            if function is None:
+                continue
+            part = table.setdefault(section, {})
+            if not isinstance(part, dict):
+                continue  # not a table: validation names it
+            written = part.get(key, own)
+            if written not in (own, reference_of(function)):
+                kind = "loader" if section == "data" else "model"
+                raise SpecError("", f"{section}.{key}", written, f"{kind}= gives it ({reference_of(function)}); "
+                                f"leave {section}.{key} out of the dict, or drop {kind}=")
+            part[key] = own if own is not None else reference_of(function)
+            if section == "data":
+                part["loader"] = reference_of(function)
+        spec = spec_from_dict(table)
+    elif not isinstance(spec, StudySpec):
+        spec = load_spec(spec)
+    return with_callables(spec, **functions)
 
 
 @dataclass(frozen=True)
@@ -130,6 +162,8 @@ def load_callable(reference: str, field: str, source: str = "") -> Callable[...,
     module_name, _, function_name = reference.partition(":")
     if not module_name or not function_name:
         raise SpecError(source, field, reference, 'write it as "module:function", e.g. "mynet:make_model"')
+    if module_name == "__main__":
+        return _from_main(function_name, field, reference, source)
     module = _import(module_name, field, reference, source)
     target: Any = module
     for part in function_name.split("."):
@@ -141,6 +175,32 @@ def load_callable(reference: str, field: str, source: str = "") -> Callable[...,
     if not callable(target):
         raise SpecError(source, field, reference, f"'{function_name}' in module '{module_name}' is not callable; "
                         f"name a function that returns {CODE_FIELDS.get(field, 'the result')}")
+    return target
+
+
+def from_main_fix(field: str, reference: str) -> str:
+    """Why a function of a script's or notebook's ``__main__`` cannot be found again, and what to do instead."""
+    function = reference.partition(":")[2]
+    keyword = "model" if field == "model.family" else field.partition(".")[2]
+    return (f"{function} was defined in the script or notebook that ran the study from Python (its __main__), "
+            f"which the command line cannot import; resume it from that script or notebook, passing the function "
+            f"again (tuner.run_study(..., {keyword}={function}); tuner.write_best(..., {keyword}={function}) for "
+            f"`tuner best`), or move {function} into a module (e.g. mycode.py beside the spec), name it "
+            f"\"mycode:{function}\" and run under a new study name")
+
+
+def _from_main(function_name: str, field: str, reference: str, source: str) -> Callable[..., Any]:
+    """A function the running ``__main__`` defines (a notebook's, a script's), else SpecError saying what to do.
+
+    tuner's own command line is ``__main__`` when it runs: nothing of it is the user's, whatever the name.
+    """
+    main = sys.modules.get("__main__")
+    ours = (getattr(getattr(main, "__spec__", None), "name", None) or "").startswith("tuner")
+    target: Any = None if ours or main is None else main
+    for part in function_name.split("."):
+        target = getattr(target, part, None)
+    if target is None or not callable(target) or getattr(target, "__module__", None) != "__main__":
+        raise SpecError(source, field, reference, from_main_fix(field, reference))
     return target
 
 
@@ -334,77 +394,3 @@ def _file_shown(field: str, module_name: str, spec: StudySpec, code: UserCode | 
     folder = spec_folder(spec.source)
     resolved = path.resolve()
     return str(resolved.relative_to(folder)) if folder is not None and resolved.is_relative_to(folder) else str(path)
-
-
-def check_model(spec: StudySpec, data: Any, code: UserCode) -> None:
-    """Build the spec's small network once and run two samples through it: SpecError if that fails.
-
-    A factory that raises, returns something other than an ``nn.Module``, or a module whose
-    outputs do not have the shape the task needs, is named before anything is written.
-    """
-    if not is_reference(spec.model.family):
-        return
-    import torch
-    from torch import nn
-
-    from tuner.inputs.data import StreamedData, data_device, sample_shape
-    from tuner.inputs.models import build_model
-
-    field, reference = "model.family", spec.model.family
-    shape = sample_shape(data)
-    declared = defaults(spec.stages.shape.params)  # what stage lr builds it with
-    given = "".join(f", {name}={value!r}" for name, value in accepted_arguments(code.family.factory, declared).items()) \
-        if isinstance(code.family, ModelFamily) else ""
-    call = (f"{reference.partition(':')[2]}(input_shape={shape}, n_outputs={data.n_outputs}, width={spec.model.width}, "
-            f"depth={spec.model.depth}{given})")
-    try:
-        model = build_model(code.family, shape, data.n_outputs, spec.model.width, spec.model.depth, declared)
-    except Exception as error:  # noqa: BLE001 -- the user's factory raised
-        first = str(error).splitlines()[0] if str(error) else ""
-        raise SpecError(spec.source, field, reference, f"{call} raised {type(error).__name__}: {first}; fix the factory") from None
-    if not isinstance(model, nn.Module):
-        raise SpecError(spec.source, field, reference, f"{call} returned a {type(model).__name__}; return a torch.nn.Module")
-    model = model.to(data_device(data))
-    if isinstance(data, StreamedData):
-        x = torch.stack([torch.as_tensor(data.train_set[i][0]) for i in range(min(2, len(data.train_set)))])
-    else:
-        x = data.x_train[:2]
-    try:
-        with torch.no_grad():
-            out = model.eval()(x.to(data_device(data)))
-    except Exception as error:  # noqa: BLE001
-        first = str(error).splitlines()[0] if str(error) else ""
-        raise SpecError(spec.source, field, reference,
-                        f"the model it builds fails on a batch of inputs of shape {tuple(x.shape)}: {type(error).__name__}: {first}") from None
-    wanted = (len(x), data.n_outputs)
-    if not isinstance(out, torch.Tensor) or (tuple(out.shape) != wanted and not (data.n_outputs == 1 and tuple(out.shape) == wanted[:1])):
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise SpecError(spec.source, field, reference,
-                        f"the model it builds returns {got} for a batch of {len(x)}; return (batch, n_outputs) = {wanted}")
-
-
-def check_params(spec: StudySpec, code: UserCode) -> None:
-    """Refuse a declared parameter (``[stages.shape.params]``) that nothing takes: SpecError naming it.
-
-    ``weight_decay`` sets the optimizer's, ``momentum`` SGD's, ``dropout`` the built-in families'; any
-    name is taken by the user's model factory, loop, loss or metric that declares it (or ``**kwargs``).
-    Checked when the code is resolved, before anything is written.
-    """
-    from tuner.inputs.models import factory_of, is_built_in  # here: tuner.inputs.models imports torch
-
-    factory = code.family.factory if isinstance(code.family, ModelFamily) else factory_of(code.family)
-    built_in = factory is not None and is_built_in(factory)
-    own = [function for function in (None if built_in else factory, code.loop, code.loss, code.metric) if function is not None]
-    references = code_references(spec)
-    yours = ", ".join(f"{field} ({references[field]})" for field in CODE_FIELDS
-                      if field != "data.loader" and field in references) or "none in this spec"
-    for param in spec.stages.shape.params:
-        name = param.name
-        if (name == "weight_decay" or (name == "momentum" and spec.train.optimizer == "sgd")
-                or (name == "dropout" and built_in) or any(accepts(function, name) for function in own)):
-            continue
-        why = {"momentum": f"momentum acts with train.optimizer = \"sgd\" only (here {spec.train.optimizer!r})",
-               "dropout": f"dropout acts on the built-in families (mlp, lstm, cnn) only, not {spec.model.family!r}"}
-        raise SpecError(spec.source, f"stages.shape.params.{name}", MISSING,
-                        f"nothing takes it{': ' + why[name] if name in why else ''}; declare a keyword argument '{name}' "
-                        f"in your model factory, loop, loss or metric (yours: {yours}), or remove it")

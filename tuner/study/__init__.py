@@ -9,8 +9,9 @@ attribute names, versioned migrations), :mod:`~tuner.study.results` (reading a s
 :mod:`~tuner.study.stage_studies` (the stage studies, created and checked once),
 :mod:`~tuner.study.lr_range` (the range test of ``lr_range = "auto"``, kept on the study),
 :mod:`~tuner.study.trials` (asking, training and telling trials),
+:mod:`~tuner.study.finished` (a study with nothing left to run, read back without torch),
 :mod:`~tuner.study.runner` (the stages in order, budgets, resume) and
-:mod:`~tuner.study.progress` (what the console shows).
+:mod:`~tuner.study.progress` (the hooks a study reports through; what the console and a notebook show).
 
 May import: ``tuner.errors``, ``tuner.inputs``, ``tuner.training``, ``tuner.storage``, and
 ``tuner.analysis`` for the audit's verdict (``tuner.analysis`` reads ``results`` only).

@@ -27,7 +27,7 @@ from tuner.study.stage_studies import open_stage_study
 from tuner.study.stages import settle_lr_scale, shape_stage
 
 if TYPE_CHECKING:
-    from tuner.study.runner import Reporter
+    from tuner.study.progress import Reporter
 
 __all__ = ["hand_off_lr", "rate_choice", "sweep_choice"]
 

@@ -1,17 +1,39 @@
-"""Progress of a running study: a live bar per stage on a terminal, plain log lines elsewhere."""
+"""Progress of a running study: the hooks a study reports through (:class:`Reporter`), a live bar per stage on a
+terminal and plain log lines elsewhere (:class:`ConsoleReporter`).
+
+No torch here: the CLI prints a finished study's summary without importing it.
+"""
 
 from __future__ import annotations
 
+import sys
 import time
+from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tuner.study.runner import Reporter, StageSummary, StudyResult
-from tuner.study.stages import Stage
+from tuner.study.results import StageSummary, StudyResult
 from tuner.study.stored import DIVERGED_ATTR
+
+if TYPE_CHECKING:
+    from tuner.study.stages import Stage
+
+
+class Reporter:
+    """Hooks through which a study tells its progress; the default says nothing."""
+
+    def stage_started(self, stage: Stage, n_finished: int) -> None: ...
+
+    def trial_finished(self, stage: Stage, trial: FrozenTrial, n_finished: int, best_value: float | None) -> None: ...
+
+    def waiting(self, stage: Stage, n_running: int) -> None: ...
+
+    def stage_finished(self, summary: StageSummary) -> None: ...
+
+    def message(self, text: str) -> None: ...
 
 
 def _fmt(value: float | None) -> str:
@@ -79,9 +101,13 @@ def _lowest(a: float | None, b: float | None) -> float | None:
 
 
 class ConsoleReporter(Reporter):
-    """Bars (trials done of budget, best so far, elapsed, remaining) or, off a terminal, a line a trial."""
+    """Bars (trials done of budget, best so far, elapsed, remaining) or, off a terminal, a line a trial.
 
-    def __init__(self, console: Console) -> None:
+    ``console``: rich's console to print on (default: a new one on standard output), as the CLI does.
+    """
+
+    def __init__(self, console: Console | None = None) -> None:
+        console = console if console is not None else Console()
         self.console = console
         self.live = console.is_terminal
         self._progress: Progress | None = None
@@ -147,11 +173,7 @@ class ConsoleReporter(Reporter):
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-        self.console.print(
-            f"stage {summary.stage} done: {summary.n_complete} complete, {summary.n_pruned} pruned "
-            f"({summary.n_diverged} diverged), {summary.n_failed} failed; best {_fmt(summary.best_value)}",
-            highlight=False,
-        )
+        self.console.print(_stage_done(summary), highlight=False)
 
     def message(self, text: str) -> None:
         if self._progress is not None:
@@ -163,6 +185,61 @@ class ConsoleReporter(Reporter):
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+def _stage_done(summary: StageSummary) -> str:
+    return (f"stage {summary.stage} done: {summary.n_complete} complete, {summary.n_pruned} pruned "
+            f"({summary.n_diverged} diverged), {summary.n_failed} failed; best {_fmt(summary.best_value)}")
+
+
+class ProgressBar(Reporter):
+    """A bar per stage (trials done of its budget, best so far) that a notebook shows as a widget and a
+    terminal as text: tqdm's ``auto`` bar, as Optuna's ``show_progress_bar``; messages print above it.
+
+    What :func:`tuner.run_study` reports through unless given another ``reporter`` (``progress=False``:
+    nothing). ``file``: where a text bar and the messages go (default standard error, as tqdm's bar).
+    """
+
+    def __init__(self, file: Any = None) -> None:
+        self.file = file
+        self._bar: Any = None
+        self._best = _BestShown()
+        self._waiting = False
+
+    def stage_started(self, stage: Stage, n_finished: int) -> None:
+        from tqdm.auto import tqdm  # the notebook's widget where ipywidgets is installed, else text
+
+        self.close()
+        self._best, self._waiting = _BestShown(), False
+        self._bar = tqdm(total=stage.budget, initial=min(n_finished, stage.budget), desc=f"stage {stage.name}",
+                         unit="trial", file=self.file, dynamic_ncols=True, leave=True)
+        self._bar.set_postfix_str("best -", refresh=True)
+
+    def trial_finished(self, stage: Stage, trial: FrozenTrial, n_finished: int, best_value: float | None) -> None:
+        best = self._best.after(trial, best_value)
+        if self._bar is not None:
+            self._bar.n = min(n_finished, stage.budget)
+            self._bar.set_postfix_str(f"best {_fmt(best)}", refresh=True)
+
+    def waiting(self, stage: Stage, n_running: int) -> None:
+        if not self._waiting:
+            self._waiting = True
+            self.message(f"stage {stage.name}: budget reached; waiting for {n_running} trial(s) of other workers")
+
+    def stage_finished(self, summary: StageSummary) -> None:
+        self.close()
+        self.message(_stage_done(summary))
+
+    def message(self, text: str) -> None:
+        from tqdm.auto import tqdm
+
+        # Above a running bar, not through it; beside it on standard error, so that a script's own output stays its own.
+        tqdm.write(text, file=self.file if self.file is not None else sys.stderr)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def summary_table(result: StudyResult, objective: str) -> Table:

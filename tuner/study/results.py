@@ -1,4 +1,4 @@
-"""A stored study read back: its stage studies, their trials, and each stage's summary.
+"""A stored study read back: its stage studies, their trials, each stage's summary and the study's result.
 
 The names it is stored under (the contract) are spelled in :mod:`tuner.study.stored`; they are
 importable from here too, as before.

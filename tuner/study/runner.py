@@ -12,7 +12,7 @@ import dataclasses
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +34,9 @@ from tuner.inputs.checks import check_direction
 from tuner.inputs.data import Dataset, DataWarning, StreamedData
 from tuner.inputs.load import load_dataset
 from tuner.inputs.models import check_model_fits
-from tuner.inputs.spec import StudySpec, load_spec
-from tuner.inputs.usercode import (
-    UserCode,
-    check_model,
-    check_params,
-    resolve_code,
-    with_callables,
-)
+from tuner.inputs.spec import StudySpec
+from tuner.inputs.code_checks import check_model, check_params
+from tuner.inputs.usercode import UserCode, resolve_code, spec_with_callables, with_callables
 from tuner.storage import (
     StorageError,
     cached_trials,
@@ -54,7 +49,9 @@ from tuner.storage import (
     write_trial_records,
 )
 from tuner.study import results
+from tuner.study.finished import finished_result
 from tuner.study.handoff import hand_off_lr
+from tuner.study.progress import ProgressBar, Reporter
 from tuner.study.pruning import error_rate_rows, shape_first_rung
 from tuner.study.results import FINISHED, SURPLUS_ATTR, StageSummary, StudyResult
 from tuner.study.stage_studies import (
@@ -87,26 +84,13 @@ __all__ = [
 ]
 
 
-class Reporter:
-    """Hooks through which a study tells its progress; the default says nothing."""
-
-    def stage_started(self, stage: Stage, n_finished: int) -> None: ...
-
-    def trial_finished(self, stage: Stage, trial: FrozenTrial, n_finished: int, best_value: float | None) -> None: ...
-
-    def waiting(self, stage: Stage, n_running: int) -> None: ...
-
-    def stage_finished(self, summary: StageSummary) -> None: ...
-
-    def message(self, text: str) -> None: ...
-
-
 def run_study(
-    spec: StudySpec | str | Path,
+    spec: StudySpec | Mapping[str, Any] | str | Path,
     *,
     storage: str | None = None,
     device: str = "auto",
     reporter: Reporter | None = None,
+    progress: bool = True,
     model: Callable[..., Any] | None = None,
     loader: Callable[..., Any] | None = None,
     loop: Callable[..., Any] | None = None,
@@ -123,10 +107,13 @@ def run_study(
         0.0412
 
     Args:
-        spec: a :class:`StudySpec` or the path of a TOML study file.
+        spec: a :class:`StudySpec`, the path of a TOML study file, or a dict as the TOML would parse
+            (with ``loader=`` it needs no ``[data]``, with ``model=`` no ``[model] family``).
         storage: an Optuna storage URL; default: the spec's ``storage``, else ``sqlite:///tuner.db``.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        reporter: receives progress; see :class:`Reporter`.
+        reporter: receives progress; see :class:`Reporter`. Given, it replaces the progress bar.
+        progress: without ``reporter``, a bar per stage (tqdm's: a widget in a notebook, text in a
+            terminal) and the study's messages; False: silent.
         model, loader, loop, loss, metric: your own code as callables, instead of naming it
             ``"module:function"`` in the spec (``model.family``, ``data.loader``, ``train.loop``,
             ``train.loss``, ``train.metric``); same contracts (README: "Your own model").
@@ -136,15 +123,18 @@ def run_study(
             in progress finish and are stored, and the result has ``timed_out`` set (the last stage
             unfinished). Running the study again resumes it, as after any stop.
     """
-    spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
     given = {"model": model, "loader": loader, "loop": loop, "loss": loss, "metric": metric}
-    spec = with_callables(spec, **given)
+    spec = spec_with_callables(spec, **given)  # a StudySpec, a study file or a dict, naming the callables
     check_direction(spec)  # "maximize" needs a score of the user's own: refused before anything is written
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be a number of seconds > 0, not {timeout!r}")
     deadline = time.monotonic() + timeout if timeout is not None else None
-    reporter = reporter or Reporter()
+    reporter = reporter or (ProgressBar() if progress else Reporter())
     quiet_optuna()
+    # Nothing left to run: the result is read from the storage, before torch, the data or the user's code.
+    done = finished_result(spec, storage, reporter=reporter, given=given, device=device, threads=threads)
+    if done is not None:
+        return done
     # Everything that can be wrong with the input is checked before the storage is touched.
     torch_device = resolve_device(device)
     use_threads(threads, torch_device)

@@ -20,7 +20,7 @@ import optuna
 
 from tuner.errors import StudyMismatchError
 from tuner.inputs.spec import StudySpec, settings_hash
-from tuner.inputs.usercode import UserCode, code_changes, spec_folder
+from tuner.inputs.usercode import UserCode, code_changes, from_main_fix, spec_folder
 from tuner.storage import StorageError, resolve_url
 from tuner.study import stored as contract
 from tuner.study.stored import stage_study_name
@@ -170,6 +170,9 @@ def _check_settings(study: optuna.Study, spec: StudySpec, stage: str, code: User
     wanted = _normalise(stage_settings(spec, stage, code, stored_identity=stored.get("identity")))
     if "identity" not in stored:
         wanted.pop("identity", None)  # stored before tuner kept the identity of code and CSV files
+    from_main = _left_main(stored.get("identity") or {}, wanted.get("identity") or {})
+    if from_main:
+        raise StudyMismatchError(f"study '{name}' was run with {from_main}")
     changed = code_changes(stored.get("identity") or {}, wanted.get("identity") or {}, spec, code)
     if changed:
         raise StudyMismatchError(
@@ -184,6 +187,17 @@ def _check_settings(study: optuna.Study, spec: StudySpec, stage: str, code: User
             f"mixed with different ones: give the study a new name (name = \"...\" in the spec, or "
             f"--name NEW), or put the old settings back to resume it."
         )
+
+
+def _left_main(stored: dict[str, Any], wanted: dict[str, Any]) -> str:
+    """Where a field stored as a function of a script's or notebook's ``__main__`` now names other code
+    (or none), e.g. the study resumed from the command line: that field and what to do (empty: none such)."""
+    for field in sorted(stored):
+        old, new = stored[field] or {}, wanted.get(field) or {}
+        if old.get("module") == "__main__" and new.get("module") != "__main__":
+            reference = f"__main__:{old.get('function')}"
+            return f"{field} = {reference!r}: {from_main_fix(field, reference)}"
+    return ""
 
 
 def _normalise(settings: Any) -> Any:

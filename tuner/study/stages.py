@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.distributions import (
@@ -28,8 +28,9 @@ from tuner.study.lr_scale import resolve_lr_scale
 from tuner.study.pruning import FirstRung, UntilLearningPruner
 from tuner.study.results import trained_params
 from tuner.study.stored import ADDED_FIELDS, LR_SCALE_RANGE_ATTR, STAGES
-from tuner.training.batched import worth_batching
-from tuner.training.train import TrainConfig, TrialPlan
+
+if TYPE_CHECKING:  # torch comes with them: imported where a stage is built, not to read a stored one's settings
+    from tuner.training.train import TrainConfig, TrialPlan
 
 STAGE_NAMES = STAGES  # the name it has always had here
 
@@ -77,6 +78,7 @@ class Stage:
 
     def plan(self, params: dict[str, Any]) -> TrialPlan:
         """The trial of the sampled ``params``, from the stage's base settings."""
+        from tuner.training.train import TrialPlan
         values = trained_params(params, self.fixed)
         changes: dict[str, Any] = {
             "lr": float(values["lr"]),
@@ -95,8 +97,19 @@ class Stage:
         return f"{study}/{self.name}"
 
 
+def __getattr__(name: str) -> Any:
+    # TrialPlan is importable from here as before, without torch coming with this module.
+    if name == "TrialPlan":
+        from tuner.training.train import TrialPlan
+
+        return TrialPlan
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def base_config(spec: StudySpec, epochs: int) -> TrainConfig:
     """The training settings a stage's trials share, from the spec."""
+    from tuner.training.train import TrainConfig
+
     train = spec.train
     return TrainConfig(
         lr=1.0,  # every trial sets its own
@@ -183,8 +196,20 @@ def settle_lr_scale(spec: StudySpec, study: optuna.Study, basin: tuple[float, fl
     return low, high
 
 
+def fixed_settings(spec: StudySpec, stage: str, best_lr: float | None = None) -> dict[str, Any]:
+    """What every trial of ``stage`` trains with and does not sample: stage lr's small network at a
+    constant rate, stage shape's calibrated rate ``best_lr``; the audit samples everything."""
+    if stage == "lr":
+        return {"width": spec.model.width, "depth": spec.model.depth, "schedule": "constant"}
+    if stage == "shape":
+        return {"lr": best_lr}
+    return {}
+
+
 def lr_stage(spec: StudySpec, lr_range: tuple[float, float] | None = None) -> Stage:
     """Stage 1: ``lr`` log-uniform on the spec's small network, constant schedule."""
+    from tuner.training.batched import worth_batching
+
     lr = spec.stages.lr
     low, high = lr_range or (lr.lr_min, lr.lr_max)
     # Batched copies use tuner's own loss and metric and train in memory; a user's loop trains alone.
@@ -199,7 +224,7 @@ def lr_stage(spec: StudySpec, lr_range: tuple[float, float] | None = None) -> St
         sampler=lr.sampler,
         pruner=lr.pruner,
         space={"lr": FloatDistribution(low, high, log=True)},
-        fixed={"width": spec.model.width, "depth": spec.model.depth, "schedule": "constant"},
+        fixed=fixed_settings(spec, "lr"),
         batch_trials=lr.batch_trials if batchable else 1,
     )
 
@@ -229,7 +254,7 @@ def shape_stage(spec: StudySpec, best_lr: float, rung: FirstRung | None = None, 
         epochs=shape.epochs or spec.train.epochs,
         sampler=shape.sampler,
         space=space,
-        fixed={"lr": best_lr},
+        fixed=fixed_settings(spec, "shape", best_lr),
         conditions=conditions(spec, space),
         **pruning,
     )
@@ -250,7 +275,7 @@ def audit_stage(spec: StudySpec) -> Stage:
         sampler="random",
         pruner="none",
         space=space,
-        fixed={},
+        fixed=fixed_settings(spec, "audit"),
         conditions=conditions(spec, space),
     )
 

@@ -23,7 +23,7 @@ from tuner.inputs.load import load_dataset
 from tuner.inputs.params import defaults
 from tuner.inputs.spec import StudySpec, load_spec
 from tuner.inputs.usercode import UserCode, resolve_code
-from tuner.training.lr_suggest import Suggestion, smooth, stop_index, suggest
+from tuner.training.lr_suggest import Suggestion, smooth, smoothed_curve, stop_index, suggest
 from tuner.training.train import (
     TrainConfig,
     loss_function,
@@ -55,17 +55,17 @@ class LRFindResult:
 
     lrs: list[float]
     losses: list[float]  # training loss of each step's mini-batch (NaN where it was not finite)
-    smoothed: list[float]  # bias-corrected moving average of ``losses``
+    # The smoothed loss the suggestion's rules read (lr_suggest.smoothed_curve: median, then a zero-phase
+    # moving average); NaN where they read none (warm-up, past the blow-up). Its minimum is at 10 x ``minimum``.
+    smoothed: list[float]
     suggestion: Suggestion | None  # None when the curve supports none (see ``problem``)
     problem: str | None = None  # why there is no suggestion
 
 
 def smoothing_beta(steps: int) -> float:
-    """The moving average's decay: spans the same fraction of the ramp whatever its length.
-
-    (:func:`tuner.training.lr_suggest.suggest` smooths with the same rule, so the curve in the CSV and the
-    plot is the one its rules see, up to its lag correction.)
-    """
+    """The decay of the moving average that stops the ramp (fastai's rule): spans the same fraction of
+    the ramp whatever its length. Only the stop reads it; the curve shown is the one the rules read
+    (:func:`tuner.training.lr_suggest.smoothed_curve`), whose average does not lag."""
     return float(np.clip(1.0 - 10.0 / steps, 0.5, 0.99))
 
 
@@ -130,11 +130,14 @@ def lr_find(
             losses.append(value if math.isfinite(value) else math.nan)
             if len(lrs) == len(ramp) or _stopped(losses, beta):
                 break  # NaN, or far past the minimum: the rest of the ramp says nothing new
-    smoothed = smooth(losses, beta).tolist()
     try:
         suggestion, problem = suggest(lrs, losses, factor=STOP_FACTOR), None
     except ValueError as error:
         suggestion, problem = None, str(error)
+    try:  # the curve the rules read, as they read it: what the CSV and the figure show
+        smoothed = smoothed_curve(lrs, losses, factor=STOP_FACTOR).tolist()
+    except ValueError:  # too few points to read one
+        smoothed = [math.nan] * len(lrs)
     return LRFindResult(lrs, losses, smoothed, suggestion, problem)
 
 
@@ -206,7 +209,7 @@ def plot_lr_find(result: LRFindResult, title: str = "LR range test") -> Any:
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     ax.plot(result.lrs, result.losses, color="0.7", linewidth=0.8, label="loss per step")
-    ax.plot(result.lrs, result.smoothed, color="C0", linewidth=1.8, label="smoothed")
+    ax.plot(result.lrs, result.smoothed, color="C0", linewidth=1.8, label="smoothed, as the rules read it")
     s = result.suggestion
     if s is not None:
         ax.axvspan(s.search_min, s.search_max, color="C2", alpha=0.12, label=f"search range {s.search_min:.2g} – {s.search_max:.2g}")

@@ -7,6 +7,8 @@ per-step training ``losses``. No training code lives here.
 * :func:`stop_index` -- where the ramp should stop (the smoothed loss diverged).
 * :func:`suggest` -- several classic rules computed on a robustly smoothed curve, the band where
   they agree, one learning rate and a range for a later LR sweep.
+* :func:`smoothed_curve` -- that smoothed curve, one value per step: what ``lr_find.csv`` and
+  ``lr_find.png`` show, so that the minimum drawn is the one the ``minimum`` rule reads.
 
 Each single rule has a known failure mode (early spikes, minibatch noise, NaN losses once the ramp
 diverges, slopes taken per *index* instead of per decade of LR). :func:`suggest` guards against all
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["MIN_POINTS", "Suggestion", "smooth", "stop_index", "suggest"]
+__all__ = ["MIN_POINTS", "Suggestion", "smooth", "smoothed_curve", "stop_index", "suggest"]
 
 #: Fewest usable (finite) points :func:`suggest` needs to say anything.
 MIN_POINTS = 5
@@ -117,6 +119,71 @@ def _running_median(y: np.ndarray, half: int) -> np.ndarray:
     return np.nanmedian(windows, axis=1)
 
 
+def _read_curve(lrs: ArrayLike, losses: ArrayLike, beta: float | None, factor: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Steps 1-4 of :func:`suggest`: ``(log10(lr), smoothed loss)`` over the points the rules read, and the smallest LR tested."""
+    lr = np.asarray(lrs, dtype=float)
+    loss = np.asarray(losses, dtype=float)
+    if lr.ndim != 1 or lr.shape != loss.shape:
+        raise ValueError(f"lrs and losses must be 1-D, equal length; got {lr.shape}, {loss.shape}")
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(lr) & (lr > 0) & np.isfinite(loss)
+    n_ok = int(ok.sum())
+    if n_ok < MIN_POINTS:
+        raise ValueError(
+            f"LR range test has {n_ok} usable (finite) points out of {lr.size}; "
+            f"need at least {MIN_POINTS} to suggest a learning rate"
+        )
+    lr, inverse = np.unique(lr[ok], return_inverse=True)
+    y = np.bincount(inverse, weights=loss[ok]) / np.bincount(inverse)
+    n = lr.size
+    if n < MIN_POINTS:
+        raise ValueError(f"LR range test has only {n} distinct learning rates; need {MIN_POINTS}")
+    if beta is None:
+        beta = float(np.clip(1.0 - 10.0 / n, 0.5, 0.99))
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"beta must be in [0, 1), got {beta}")
+
+    y = _running_median(y, 3 if n >= 75 else 2 if n >= 50 else 1)
+    start, skip_end = n // 10, min(5, n // 10)  # nothing is skipped for n < 10: short curves
+    x = np.log10(lr)
+    dx = np.diff(x)
+    decay = np.concatenate(([beta], beta ** (dx / np.median(dx))))  # per step, scaled by spacing
+    stop = stop_index(_ema(y[start:], decay[start:]), factor)
+    end = n if stop is None else start + stop
+    end = max(end - skip_end, min(end, start + MIN_POINTS))
+    if end - start < MIN_POINTS:
+        raise ValueError(
+            f"loss diverges after only {end - start} usable points; start the ramp at a lower LR"
+        )
+    x, y, decay = x[start:end], y[start:end], decay[start:end]
+    s = _ema(_ema(y, decay)[::-1], np.concatenate(([beta], decay[:0:-1])))[::-1]
+    return x, s, float(lr[0])
+
+
+def smoothed_curve(lrs: ArrayLike, losses: ArrayLike, *, beta: float | None = None, factor: float = 4.0) -> np.ndarray:
+    """The smoothed loss :func:`suggest`'s rules read, one value per step of ``lrs``: NaN where they read
+    none (the warm-up, past the cut, a non-finite loss).
+
+    The curve to show beside the suggestion: its minimum is at 10 x ``minimum``, its steepest descent
+    at ``steep``. Raises ValueError where :func:`suggest` does for too few points.
+
+    Example:
+        >>> curve = smoothed_curve(lrs, losses)  # doctest: +SKIP
+        >>> lrs[np.nanargmin(curve)] == 10 * suggest(lrs, losses).minimum  # doctest: +SKIP
+        True
+    """
+    lr = np.asarray(lrs, dtype=float)
+    loss = np.asarray(losses, dtype=float)
+    x, s, _ = _read_curve(lr, loss, beta, factor)
+    read = dict(zip(x.tolist(), s.tolist()))
+    out = np.full(lr.shape, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for i, (rate, value) in enumerate(zip(lr, loss)):
+            if np.isfinite(value) and np.isfinite(rate) and rate > 0:
+                out[i] = read.get(float(np.log10(rate)), np.nan)
+    return out
+
+
 def suggest(
     lrs: ArrayLike, losses: ArrayLike, *, beta: float | None = None, factor: float = 4.0
 ) -> Suggestion:
@@ -160,43 +227,7 @@ def suggest(
     Raises ValueError when there are too few usable points, when the loss diverges almost at once,
     or when it never decreases (start the ramp at a lower LR).
     """
-    lr = np.asarray(lrs, dtype=float)
-    loss = np.asarray(losses, dtype=float)
-    if lr.ndim != 1 or lr.shape != loss.shape:
-        raise ValueError(f"lrs and losses must be 1-D, equal length; got {lr.shape}, {loss.shape}")
-    with np.errstate(invalid="ignore"):
-        ok = np.isfinite(lr) & (lr > 0) & np.isfinite(loss)
-    n_ok = int(ok.sum())
-    if n_ok < MIN_POINTS:
-        raise ValueError(
-            f"LR range test has {n_ok} usable (finite) points out of {lr.size}; "
-            f"need at least {MIN_POINTS} to suggest a learning rate"
-        )
-    lr, inverse = np.unique(lr[ok], return_inverse=True)
-    y = np.bincount(inverse, weights=loss[ok]) / np.bincount(inverse)
-    n = lr.size
-    if n < MIN_POINTS:
-        raise ValueError(f"LR range test has only {n} distinct learning rates; need {MIN_POINTS}")
-    if beta is None:
-        beta = float(np.clip(1.0 - 10.0 / n, 0.5, 0.99))
-    if not 0.0 <= beta < 1.0:
-        raise ValueError(f"beta must be in [0, 1), got {beta}")
-
-    y = _running_median(y, 3 if n >= 75 else 2 if n >= 50 else 1)
-    start, skip_end = n // 10, min(5, n // 10)  # nothing is skipped for n < 10: short curves
-    x = np.log10(lr)
-    dx = np.diff(x)
-    decay = np.concatenate(([beta], beta ** (dx / np.median(dx))))  # per step, scaled by spacing
-    stop = stop_index(_ema(y[start:], decay[start:]), factor)
-    end = n if stop is None else start + stop
-    end = max(end - skip_end, min(end, start + MIN_POINTS))
-    if end - start < MIN_POINTS:
-        raise ValueError(
-            f"loss diverges after only {end - start} usable points; start the ramp at a lower LR"
-        )
-    x, y, decay = x[start:end], y[start:end], decay[start:end]
-    s = _ema(_ema(y, decay)[::-1], np.concatenate(([beta], decay[:0:-1])))[::-1]
-
+    x, s, smallest_lr = _read_curve(lrs, losses, beta, factor)
     slope = np.gradient(s, x)
     i_steep = int(np.argmin(slope))
     if not slope[i_steep] < 0:
@@ -217,7 +248,7 @@ def suggest(
     # low <= minimum = lr_at_min / 10 and high >= steep >= lr[0], so
     # lr[0] <= search_min <= search_max <= lr_at_min <= lr[-1]: inside the tested range.
     search_max = min(3.0 * high, lr_at_min)
-    search_min = max(low / 3.0, float(lr[0]))
+    search_min = max(low / 3.0, smallest_lr)
     return Suggestion(
         steep=steep,
         valley=valley,

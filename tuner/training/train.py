@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from tuner.errors import SpecError, TunerInputError
+from tuner.errors import DeviceError, SpecError, TunerInputError  # noqa: F401 -- DeviceError: importable from here as before
 from tuner.inputs.data import Dataset, StreamedData, data_device, sample_shape
 from tuner.inputs.models import Family, build_model
 from tuner.inputs.params import accepted_arguments, defaults
@@ -185,10 +185,6 @@ def use_threads(threads: int | None, device: torch.device) -> int | None:
     if chosen is not None:
         torch.set_num_threads(chosen)
     return chosen
-
-
-class DeviceError(ValueError):
-    """A device that cannot be used here."""
 
 
 def resolve_device(device: str) -> torch.device:

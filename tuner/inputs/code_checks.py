@@ -1,0 +1,92 @@
+"""The user's own code checked once it is resolved, before anything is written: the model it builds, the names it takes.
+
+:func:`check_model` builds the spec's small network from the user's factory and runs two samples through
+it; :func:`check_params` refuses a declared parameter that nothing takes. Both answer with a
+:class:`~tuner.errors.SpecError` naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tuner.errors import MISSING, SpecError
+from tuner.inputs.families import ModelFamily
+from tuner.inputs.params import accepted_arguments, accepts, defaults
+from tuner.inputs.spec import StudySpec
+from tuner.inputs.usercode import CODE_FIELDS, UserCode, code_references, is_reference
+
+__all__ = ["check_model", "check_params"]
+
+
+def check_model(spec: StudySpec, data: Any, code: UserCode) -> None:
+    """Build the spec's small network once and run two samples through it: SpecError if that fails.
+
+    A factory that raises, returns something other than an ``nn.Module``, or a module whose
+    outputs do not have the shape the task needs, is named before anything is written.
+    """
+    if not is_reference(spec.model.family):
+        return
+    import torch
+    from torch import nn
+
+    from tuner.inputs.data import StreamedData, data_device, sample_shape
+    from tuner.inputs.models import build_model
+
+    field, reference = "model.family", spec.model.family
+    shape = sample_shape(data)
+    declared = defaults(spec.stages.shape.params)  # what stage lr builds it with
+    given = "".join(f", {name}={value!r}" for name, value in accepted_arguments(code.family.factory, declared).items()) \
+        if isinstance(code.family, ModelFamily) else ""
+    call = (f"{reference.partition(':')[2]}(input_shape={shape}, n_outputs={data.n_outputs}, width={spec.model.width}, "
+            f"depth={spec.model.depth}{given})")
+    try:
+        model = build_model(code.family, shape, data.n_outputs, spec.model.width, spec.model.depth, declared)
+    except Exception as error:  # noqa: BLE001 -- the user's factory raised
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise SpecError(spec.source, field, reference, f"{call} raised {type(error).__name__}: {first}; fix the factory") from None
+    if not isinstance(model, nn.Module):
+        raise SpecError(spec.source, field, reference, f"{call} returned a {type(model).__name__}; return a torch.nn.Module")
+    model = model.to(data_device(data))
+    if isinstance(data, StreamedData):
+        x = torch.stack([torch.as_tensor(data.train_set[i][0]) for i in range(min(2, len(data.train_set)))])
+    else:
+        x = data.x_train[:2]
+    try:
+        with torch.no_grad():
+            out = model.eval()(x.to(data_device(data)))
+    except Exception as error:  # noqa: BLE001
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise SpecError(spec.source, field, reference,
+                        f"the model it builds fails on a batch of inputs of shape {tuple(x.shape)}: {type(error).__name__}: {first}") from None
+    wanted = (len(x), data.n_outputs)
+    if not isinstance(out, torch.Tensor) or (tuple(out.shape) != wanted and not (data.n_outputs == 1 and tuple(out.shape) == wanted[:1])):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise SpecError(spec.source, field, reference,
+                        f"the model it builds returns {got} for a batch of {len(x)}; return (batch, n_outputs) = {wanted}")
+
+
+def check_params(spec: StudySpec, code: UserCode) -> None:
+    """Refuse a declared parameter (``[stages.shape.params]``) that nothing takes: SpecError naming it.
+
+    ``weight_decay`` sets the optimizer's, ``momentum`` SGD's, ``dropout`` the built-in families'; any
+    name is taken by the user's model factory, loop, loss or metric that declares it (or ``**kwargs``).
+    Checked when the code is resolved, before anything is written.
+    """
+    from tuner.inputs.models import factory_of, is_built_in  # here: tuner.inputs.models imports torch
+
+    factory = code.family.factory if isinstance(code.family, ModelFamily) else factory_of(code.family)
+    built_in = factory is not None and is_built_in(factory)
+    own = [function for function in (None if built_in else factory, code.loop, code.loss, code.metric) if function is not None]
+    references = code_references(spec)
+    yours = ", ".join(f"{field} ({references[field]})" for field in CODE_FIELDS
+                      if field != "data.loader" and field in references) or "none in this spec"
+    for param in spec.stages.shape.params:
+        name = param.name
+        if (name == "weight_decay" or (name == "momentum" and spec.train.optimizer == "sgd")
+                or (name == "dropout" and built_in) or any(accepts(function, name) for function in own)):
+            continue
+        why = {"momentum": f"momentum acts with train.optimizer = \"sgd\" only (here {spec.train.optimizer!r})",
+               "dropout": f"dropout acts on the built-in families (mlp, lstm, cnn) only, not {spec.model.family!r}"}
+        raise SpecError(spec.source, f"stages.shape.params.{name}", MISSING,
+                        f"nothing takes it{': ' + why[name] if name in why else ''}; declare a keyword argument '{name}' "
+                        f"in your model factory, loop, loss or metric (yours: {yours}), or remove it")
