@@ -168,7 +168,7 @@ def test_a_time_limit_stops_after_the_trials_in_progress_and_a_rerun_finishes_th
 def test_a_bad_timeout_is_refused_in_one_line(tmp_path: Path) -> None:
     toml = tmp_path / "t.toml"
     toml.write_text('name = "t"\n[data]\nname = "wine"\n')
-    for bad in ("2x", "0m", "soon"):
+    for bad in ("2x", "0m", "soon", "1h30"):  # 1h30: a number without its unit, not 1 h 30 s
         result = CliRunner().invoke(app, ["study", str(toml), "--storage", f"sqlite:///{tmp_path / 't.db'}", "--timeout", bad])
         assert result.exit_code == 2 and "--timeout" in result.output and "e.g. 2h" in result.output, bad
     assert not (tmp_path / "t.db").exists()
@@ -178,3 +178,21 @@ def test_a_bad_timeout_is_refused_in_one_line(tmp_path: Path) -> None:
 def test_durations(text: str, seconds: float) -> None:
     from tuner.cli import parse_duration
     assert parse_duration(text, "--timeout") == seconds
+
+
+def test_maximize_with_the_validation_loss_is_refused_even_with_a_metric() -> None:
+    spec = tuner.spec_from_dict({**SPEC, "name": "lossy", "train": {**SPEC["train"], "objective": "val_loss",
+                                                                      "metric": "net:accuracy"}})
+    with pytest.raises(SpecError, match=r"train\.direction.*validation loss, always minimized.*objective = \"val_error\""):
+        check_direction(spec)
+
+
+def test_the_progress_shows_the_highest_score_as_the_best_when_maximizing() -> None:
+    from tuner.study.progress import _BestShown
+
+    def told(value: float) -> optuna.trial.FrozenTrial:
+        return optuna.trial.create_trial(value=value, state=TrialState.COMPLETE)
+
+    highest, lowest = _BestShown("maximize"), _BestShown()
+    shown = [(highest.after(told(v), None), lowest.after(told(v), None)) for v in (0.5, 0.9, 0.7)]
+    assert shown == [(0.5, 0.5), (0.9, 0.5), (0.9, 0.5)]

@@ -33,6 +33,7 @@ def test_the_tuner_port_maximizes_accuracy_and_its_winner_is_trained_again(tmp_p
     assert "highest" in done.stdout  # the summary says the score is maximized
     best = _run("-m", "tuner.cli", "best", "optuna_port", "--storage", "sqlite:///port.db", "--out", "winner", cwd=tmp_path)
     assert best.returncode == 0, best.stdout + best.stderr
+    assert "validation your metric" in best.stdout and "(stored your metric:" in best.stdout  # never "val_error"
     metrics = json.loads((tmp_path / "winner" / "metrics.json").read_text())
     assert 0.5 < metrics["stored_value"] <= 1.0  # an accuracy, well above chance (0.1), as the highest stored
     assert (tmp_path / "winner" / "net.py").exists()  # the model's module travels with it

@@ -239,3 +239,18 @@ def test_a_parameter_set_only_where_it_acts_is_analysed_on_those_trials_and_said
     from tuner.analysis.importance import basis_notes
     assert any(f"where decay is set: {n_decay} trials" in line and "acts only in some trials" in line
                for line in basis_notes(table))
+
+
+def test_ped_anova_reads_the_highest_scores_as_the_best_of_a_study_that_maximizes() -> None:
+    # A score is high where a > 0.85 and low where b < 0.15: what reaches the top is a, not b.
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(study_name="scored/shape", storage=storage, direction="maximize")
+    rng = np.random.default_rng(0)
+    space = {"a": FloatDistribution(0, 1), "b": FloatDistribution(0, 1)}
+    for _ in range(200):
+        a, b = float(rng.uniform()), float(rng.uniform())
+        value = 0.5 + 0.4 * (a > 0.85) - 0.4 * (b < 0.15) + 0.01 * rng.normal()
+        study.add_trial(optuna.trial.create_trial(params={"a": a, "b": b}, distributions=space, value=value))
+    table, _ = importance_table("scored", storage)
+    ped = table[table.evaluator == "ped_anova"].set_index("param")["importance"]
+    assert ped["a"] > 0.8 > ped["b"]

@@ -92,7 +92,7 @@ def test_the_index_loads_every_image_logs_no_error_and_says_each_stages_rate(bro
     text = browser.find_element("tag name", "body").text
     # The rate each stage trained at, as the page shows it to a reader.
     lr = optuna.load_study(study_name="audited/lr", storage=storage)
-    assert f"lr {lr.user_attrs['best_lr']:.3g}" in text
+    assert f"{lr.user_attrs['best_lr']:.3g}" in text  # the rate handed on
     shape = load_stages("audited", storage)["shape"]
     assert shape.best is not None and html.unescape(rate_words(shape.best)) in text
 

@@ -138,7 +138,8 @@ def study(
         raise typer.Exit(code) from None
     ignore_late_stops()  # the study is finished and stored: what is left is to say so
     train = loaded.train
-    objective = "value (your loop's)" if train.loop else "value (your metric's)" if train.metric else train.objective
+    own_metric = train.metric and train.objective == "val_error"  # a metric replaces val_error only
+    objective = "value (your loop's)" if train.loop else "value (your metric's)" if own_metric else train.objective
     console.print(summary_table(result, objective + (", highest" if train.direction == "maximize" else "")))
     if result.timed_out is not None:
         done = sum(s.n_complete + s.n_pruned for s in result.stages.values())
@@ -155,10 +156,13 @@ def study(
 
 def parse_duration(text: str, option: str) -> float:
     """Seconds in a duration such as ``2h``, ``90m``, ``1h30m``, ``45s`` or ``600`` (seconds); a bad one exits 2 in one line."""
-    found = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text.lower())
+    plain = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*", text)  # a bare number: seconds
+    # Otherwise every number has its unit: "1h30" is refused, not read as 1 h 30 s.
+    found = plain or re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*", text.lower())
     if found is None or not any(found.groups()):
         fail(f"{option} {text!r}: not a duration; write e.g. 2h, 90m, 1h30m, 45s (or a number of seconds)", BAD_INPUT)
-    hours, minutes, seconds = (float(g) if g else 0.0 for g in found.groups())  # type: ignore[union-attr]
+    hours, minutes, seconds = (0.0, 0.0, float(plain.group(1))) if plain else (
+        float(g) if g else 0.0 for g in found.groups())  # type: ignore[union-attr]
     total = 3600 * hours + 60 * minutes + seconds
     if total <= 0:
         fail(f"{option} {text!r}: the limit must be longer than 0, e.g. 2h", BAD_INPUT)
@@ -386,9 +390,12 @@ def best(
     if result.replaced:
         say(f"note: {result.replaced}; wrote it anew")
     say(f"chose {metrics['chosen']}")
+    own = str(metrics.get("error_is", "")).startswith("your metric")  # it replaced tuner's val_error
+    what = "your metric" if own else "error"
+    stored = "your metric" if own and metrics["objective"] == "val_error" else metrics["objective"]
     say(f"trained trial {metrics['trial']} of {name}/{metrics['stage']} again (refit {refit}): "
-        f"validation error {metrics['validation']['error']:.4g}, loss {metrics['validation']['loss']:.4g}"
-        + (f" (stored {metrics['objective']}: {metrics['stored_value']:.4g})" if refit == "train" else " (not a fair score: trained on it)"))
+        f"validation {what} {metrics['validation']['error']:.4g}, loss {metrics['validation']['loss']:.4g}"
+        + (f" (stored {stored}: {metrics['stored_value']:.4g})" if refit == "train" else " (not a fair score: trained on it)"))
     if metrics["test"] is not None:
         say(f"test ({metrics['test']['rows']} rows never seen by a stage): error {metrics['test']['error']:.4g}, loss {metrics['test']['loss']:.4g}")
     modules = f" (with your modules beside it: {', '.join(map(str, result.code_paths))})" if result.code_paths else ""

@@ -40,7 +40,9 @@ from tuner.deprecation import keyword_only_since
 from tuner.study.results import (
     STAGES,
     UnknownStudyError,
+    direction_of,
     load_stage_studies,
+    loss_like,
     load_stage_trials,
     open_for_reading,
     stored_study_names,
@@ -178,8 +180,12 @@ def importance_table(
     """
     rows: list[pd.DataFrame] = []
     skipped: list[tuple[str, str]] = []
-    for stage, trials in load_stage_trials(name, storage).items():
+    for stage, study in load_stage_studies(name, storage).items():
+        trials = study.get_trials(deepcopy=False)
         bases, too_few = _bases(trials)
+        # PED-ANOVA reads the best quantile as the lowest values: a score (direction "maximize") is turned.
+        direction = direction_of(study)
+        bases = [(basis, analysed, [loss_like(v, direction) for v in values]) for basis, analysed, values in bases]
         if not bases:
             skipped.append((stage, too_few))
             continue

@@ -157,7 +157,9 @@ def write_best(
         "seed": spec.seed,
         "epochs": plan.train.epochs,
         "task": data.task,
-        "error_is": "1 - accuracy" if data.task == "classification" else "RMSE in the target's units",
+        # A metric of the user's own replaces val_error: "error" is then its value.
+        "error_is": (f"your metric ({spec.train.metric}, {spec.train.direction}d)" if spec.train.metric
+                     else "1 - accuracy" if data.task == "classification" else "RMSE in the target's units"),
         "train_rows": _rows(fit_data, "train"),
         "validation": {
             "error": val_error,
@@ -320,7 +322,8 @@ def best_spec_text(spec: StudySpec, name: str, stage: Stage, trial: FrozenTrial,
                  if reference.partition(":")[0].split(".")[0] not in tops]
     header = [
         f"# The best configuration of study '{name}': trial {trial.number} of stage '{stage.name}'"
-        f" ({spec.train.objective} {trial.value:.6g}), written by `tuner best`.",
+        f" ({'your metric' if spec.train.metric and spec.train.objective == 'val_error' else spec.train.objective}"
+        f" {trial.value:.6g}), written by `tuner best`.",
         "#",
         "#   tuner study best/best.toml   # (its path, from any folder) trains it again as the one trial of stage 'shape'",
         "#",

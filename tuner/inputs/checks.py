@@ -41,11 +41,18 @@ def check_direction(spec: StudySpec) -> None:
     Checked once the callables given in Python have joined the spec (``run_study(metric=...)``).
     """
     train = spec.train
-    if train.direction == "maximize" and not (train.metric or train.loop):
+    if train.direction != "maximize" or train.loop:
+        return
+    if not train.metric:
         raise SpecError(spec.source, "train.direction", train.direction,
                         f"tuner's own objective ({train.objective}) is an error or a loss, always minimized; \"maximize\" "
                         "is for a score your own metric or loop computes: set train.metric = \"module:function\" "
                         "(e.g. accuracy), or leave direction out")
+    if train.objective != "val_error":  # a metric replaces val_error only: val_loss stays the loss
+        raise SpecError(spec.source, "train.direction", train.direction,
+                        f"with objective = {train.objective!r} the value is the validation loss, always minimized (your "
+                        "metric replaces val_error only); set objective = \"val_error\" to maximize your metric, or leave "
+                        "direction out")
 
 
 def _choice(source: str, path: str, value: str, allowed: tuple[str, ...]) -> None:

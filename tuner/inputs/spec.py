@@ -139,9 +139,9 @@ class ShapeStageSpec:
     # earlier than learning had clearly begun there, and only where the ranking already holds), and
     # no decision while every value at a rung sits within noise of its untrained one.
     first_rung: int | str = "auto"
-    # Parameters only where they act: decay only for schedules that decay (not "constant"), momentum
-    # only for SGD; TPE models them in groups (multivariate, group=True). Studies stored before it
-    # resume with false: every parameter in every trial, as they were made.
+    # Parameters only where they act: decay only for schedules that decay (not "constant"); TPE
+    # models them in groups (multivariate, group=True). Studies stored before it resume with false:
+    # every parameter in every trial, as they were made.
     conditional: bool = True
     # The user's own hyperparameters, searched with the shape; stage lr trains at their defaults
     # (tuner.inputs.params). Stored as a table name -> {low, high, log, int, choices, default}.

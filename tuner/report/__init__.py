@@ -110,8 +110,8 @@ def write_report(name: str, *, storage: str | None = None, out: str | Path | Non
     if lr is not None:
         no_runs = "the lr stage has no complete trial"
         handoff = lr.study.user_attrs.get(HANDOFF_ATTR)
-        draw("lr_sensitivity", plot_lr_sensitivity(lr.runs, rate, objective, handoff), no_runs)
-        draw("lr_time", plot_lr_cost(lr.runs, rate, objective), no_runs)
+        draw("lr_sensitivity", plot_lr_sensitivity(lr.runs, rate, objective, handoff, lr.maximizes), no_runs)
+        draw("lr_time", plot_lr_cost(lr.runs, rate, objective, lr.maximizes), no_runs)
         draw("lr_curves", plot_lr_curves(lr.runs, rate, objective), "the lr stage has no learning curve")
         diagnosis["lr"] = lr_diagnosis(lr, rate, objective)
     if shape is not None:

@@ -69,7 +69,10 @@ def _summary_rows(stages: dict[str, StageRuns], chosen_lr: float | None) -> list
         if best is None:
             setting, value = "–", "–"
         elif stage.name == "lr":
-            setting, value = f"lr {chosen_lr:.3g}" if chosen_lr else f"lr {best.params['lr']:.3g}", f"{best.value:.4g}"
+            # The best trial's rate beside its value, and the rate handed on where the hand-off read another.
+            setting, value = f"lr {best.params['lr']:.3g}", f"{best.value:.4g}"
+            if chosen_lr and f"{chosen_lr:.3g}" != f"{best.params['lr']:.3g}":
+                setting += f" (handed on: {chosen_lr:.3g})"
         else:  # the rate it trained at first (in stage shape: the calibrated lr times its lr_scale), then the rest
             rest = ", ".join(f"{k} {fmt_value(v)}" for k, v in best.params.items() if k not in ("lr", "lr_scale"))
             setting = rate_words(best) + (f", {rest}" if rest else "")
@@ -100,7 +103,8 @@ def index_html(
         about.append(f"model <b>{e(str(model.get('family')))}</b> (stage lr: width {model.get('width')}, depth {model.get('depth')})")
     if train:
         about.append(f"optimizer <b>{e(str(train.get('optimizer')))}</b>, batch {train.get('batch_size')}, "
-                     f"{train.get('epochs')} epochs; objective <b>{e(objective)}</b>, lower is better")
+                     f"{train.get('epochs')} epochs; objective <b>{e(objective)}</b>"
+                     + ("" if "higher is better" in objective else ", lower is better"))
     parts = [f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tuner report: {e(name)}</title>
 <style>

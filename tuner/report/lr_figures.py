@@ -16,7 +16,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import Formatter, MaxNLocator
 
 from tuner.report.figures import CHOSEN_COLOR, DIVERGED_COLOR, new_figure, plain_log_y, use_log_y
-from tuner.report.runs import Run, TrialCosts, epochs_to_target, error_target, trial_costs
+from tuner.report.runs import Run, TrialCosts, as_errors, epochs_to_target, error_target, trial_costs
 from tuner.report.words import divergence_onset
 
 
@@ -63,7 +63,7 @@ def _mark_divergence(ax: Axes, onset: float | None, lr_max: float) -> None:
 
 
 def plot_lr_sensitivity(runs: Sequence[Run], chosen_lr: float | None, objective: str,
-                        handoff: dict[str, Any] | None = None) -> Figure | None:
+                        handoff: dict[str, Any] | None = None, maximize: bool = False) -> Figure | None:
     """Final error against learning rate: the "U". Diverged runs sit in a band of their own on top.
 
     ``handoff``: the record the hand-off stored (user attribute ``handoff`` of ``<name>/lr``): its
@@ -107,7 +107,7 @@ def plot_lr_sensitivity(runs: Sequence[Run], chosen_lr: float | None, objective:
                    color=DIVERGED_COLOR, transform=band, zorder=4, label=f"diverged: loss blew up ({len(diverged)})")
         ax.text(min(r.params["lr"] for r in diverged) / 1.4, 0.93, "diverged", transform=band, ha="right",
                 va="center", color=DIVERGED_COLOR, fontsize=9)
-    onset = divergence_onset(lrs, [r.curve for r in runs], [r.diverged for r in runs])
+    onset = divergence_onset(lrs, as_errors([r.curve for r in runs], maximize), [r.diverged for r in runs])
     _mark_divergence(ax, onset, max(lrs))
     if chosen_lr is not None:
         _mark_chosen(ax, chosen_lr)
@@ -119,14 +119,14 @@ def plot_lr_sensitivity(runs: Sequence[Run], chosen_lr: float | None, objective:
                     arrowprops={"arrowstyle": "-", "color": "#1a6b1a", "lw": 0.8})
     _lr_axis(ax)
     ax.set_xlim(min(lrs) / 1.5, max(lrs) * 1.5)
-    ax.set_ylabel(f"final {objective}\n(lower is better)")
-    ax.set_title("Learning-rate sensitivity (stage lr): error after the last epoch, by rate\n"
+    ax.set_ylabel(f"final {objective}" + ("" if maximize else "\n(lower is better)"))
+    ax.set_title(f"Learning-rate sensitivity (stage lr): {'score' if maximize else 'error'} after the last epoch, by rate\n"
                  "too small crawls (left), too large oscillates or diverges (right)", fontsize=10)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
     return fig
 
 
-def plot_lr_cost(runs: Sequence[Run], chosen_lr: float | None, objective: str) -> Figure | None:
+def plot_lr_cost(runs: Sequence[Run], chosen_lr: float | None, objective: str, maximize: bool = False) -> Figure | None:
     """The speed side: what each trial cost, and epochs until the error reaches the target, by rate."""
     if not any(r.value is not None for r in runs):
         return None
@@ -154,7 +154,7 @@ def plot_lr_cost(runs: Sequence[Run], chosen_lr: float | None, objective: str) -
     else:
         ax_t.text(0.5, 0.5, "no training time stored", transform=ax_t.transAxes, ha="center")
 
-    target = error_target(runs)
+    target = None if maximize else error_target(runs)  # a target error to get below: none for a score
     never_y = n_epochs + 1.5
     if target is not None:
         reached = [(r, epochs_to_target(r.curve, target.value)) for r in runs if not r.diverged]

@@ -136,6 +136,19 @@ def run_of(trial: FrozenTrial) -> Run:
     )
 
 
+def as_errors(curves: Sequence[Sequence[float]], maximize: bool) -> list[list[float]]:
+    """Curves as the curve rules read them, lower is better: a score's as its gap to the best score seen.
+
+    The rules (decaying, oscillating, exploding, divergence onset) are written for errors; a score
+    (``train.direction = "maximize"``) is read as ``best - value``, which falls as the score rises.
+    """
+    if not maximize:
+        return [list(c) for c in curves]
+    finite = [v for c in curves for v in c if math.isfinite(v)]
+    top = max(finite) if finite else 0.0
+    return [[top - v for v in c] for c in curves]
+
+
 def chosen_lr(stages: dict[str, StageRuns]) -> float | None:
     """The rate handed to the shape stage (stored once at hand-off), else the lr stage's best."""
     for stage, attr in (("shape", LR_ATTR), ("lr", BEST_LR_ATTR)):
@@ -151,8 +164,9 @@ def objective_label(stages: dict[str, StageRuns]) -> str:
     higher = " (higher is better)" if next(iter(stages.values())).maximizes else ""
     if first.get("objective") == "loop":
         return "objective reported by your loop" + higher
-    if ((first.get(SETTINGS_ATTR) or {}).get("train") or {}).get("metric"):
-        return "your metric on the validation part" + higher  # it replaces tuner's objective
+    train = (first.get(SETTINGS_ATTR) or {}).get("train") or {}
+    if train.get("metric") and first.get("objective", "val_error") == "val_error":
+        return "your metric on the validation part" + higher  # it replaces tuner's val_error (not val_loss)
     if first.get("objective", "val_error") == "val_loss":
         return "validation loss"
     return {

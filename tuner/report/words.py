@@ -24,7 +24,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from tuner.analysis.importance import COMPLETE_BASIS, RUNG_CAVEAT, describe_basis
-from tuner.report.runs import Run, StageRuns, TrialCosts, epochs_to_target, error_target
+from tuner.report.runs import Run, StageRuns, TrialCosts, as_errors, epochs_to_target, error_target
 from tuner.study.results import loss_like
 from tuner.study.stored import BEST_TRIAL_ATTR, FIRST_RUNG_ATTR, HANDOFF_ATTR, VERDICT_ATTR
 
@@ -210,9 +210,11 @@ def lr_diagnosis(stage: StageRuns, chosen_lr: float | None, objective: str) -> l
     ]
     # describe_lr_sweep says "validation loss" for any curve; name what the curves really hold.
     what = objective.split(" (")[0]
-    # A score (train.direction = "maximize") is read turned, lower is better, as the curve rules are written.
-    curves = [[-v for v in r.curve] if stage.maximizes else r.curve for r in runs]
-    sentences += [sentence.replace("the validation loss", f"the {what}")
+    # A score (train.direction = "maximize") is read as its gap to the best score, lower is better, as the
+    # curve rules are written; the sentences then speak of that gap.
+    curves = as_errors([r.curve for r in runs], stage.maximizes)
+    said_as = "the gap to the best score" if stage.maximizes else f"the {what}"
+    sentences += [sentence.replace("the validation loss", said_as)
                   for sentence in describe_lr_sweep(lrs, curves, chosen_lr, [r.diverged for r in runs])]
     if not stage.maximizes:  # the target is an error to get below
         sentences.append(target_sentence(stage.runs, what))
@@ -317,9 +319,9 @@ def shape_diagnosis(stage: StageRuns, reference: float | None, objective: str) -
         sentences.append("Best per schedule: " + ", ".join(
             f"{s} {loss_like(v, stage.direction):.3g}" if math.isfinite(v) else f"{s} none complete (only pruned trials)"
             for s, v in ranked) + ".")
-    verdict = classify_curve(best.curve)
+    verdict = classify_curve(as_errors([best.curve], stage.maximizes)[0])  # a score: its gap to the best
     words = {
-        "decaying": "decays steadily",
+        "decaying": "rises steadily" if stage.maximizes else "decays steadily",
         "plateau": "hardly improves (a plateau)",
         "oscillating": "oscillates",
         "exploding": "blows up",

@@ -82,22 +82,24 @@ class _BestShown:
     stood before its latest change (by then, trials told earlier: other workers' too).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, direction: str = "minimize") -> None:
+        self.direction = direction  # "maximize": the highest is the best
         self.printed: float | None = None
         self.told_before: float | None = None
         self.last_passed: float | None = None
 
     def after(self, trial: FrozenTrial, passed: float | None) -> float | None:
         if trial.state == TrialState.COMPLETE and trial.value is not None:
-            self.printed = _lowest(self.printed, trial.value)
+            self.printed = self._better(self.printed, trial.value)
         if passed != self.last_passed and self.last_passed is not None:
-            self.told_before = _lowest(self.told_before, self.last_passed)
+            self.told_before = self._better(self.told_before, self.last_passed)
         self.last_passed = passed
-        return _lowest(self.printed, self.told_before)
+        return self._better(self.printed, self.told_before)
 
-
-def _lowest(a: float | None, b: float | None) -> float | None:
-    return b if a is None else a if b is None else min(a, b)
+    def _better(self, a: float | None, b: float | None) -> float | None:
+        if a is None or b is None:
+            return b if a is None else a
+        return max(a, b) if self.direction == "maximize" else min(a, b)
 
 
 class ConsoleReporter(Reporter):
@@ -119,7 +121,7 @@ class ConsoleReporter(Reporter):
     def stage_started(self, stage: Stage, n_finished: int) -> None:
         self._waiting_since = None
         self._clock = _StageClock(stage.budget, n_finished)
-        self._best = _BestShown()
+        self._best = _BestShown(stage.direction)
         if not self.live:
             self.console.print(f"stage {stage.name}: {n_finished}/{stage.budget} trials done, {stage.epochs} epochs each",
                                highlight=False, markup=False)
@@ -210,7 +212,7 @@ class ProgressBar(Reporter):
         from tqdm.auto import tqdm  # the notebook's widget where ipywidgets is installed, else text
 
         self.close()
-        self._best, self._waiting = _BestShown(), False
+        self._best, self._waiting = _BestShown(stage.direction), False
         self._bar = tqdm(total=stage.budget, initial=min(n_finished, stage.budget), desc=f"stage {stage.name}",
                          unit="trial", file=self.file, dynamic_ncols=True, leave=True)
         self._bar.set_postfix_str("best -", refresh=True)

@@ -68,6 +68,7 @@ class Stage:
     # one where it does), e.g. decay -> (schedule, the schedules that decay). Empty: every parameter in
     # every trial (studies made before stages.shape.conditional). Set, TPE models them in groups.
     conditions: dict[str, tuple[str, tuple[Any, ...]]] = dataclasses.field(default_factory=dict)
+    direction: str = "minimize"  # train.direction: "maximize" for a score (the progress shows the highest as best)
 
     def active(self, name: str, params: dict[str, Any]) -> bool:
         """Whether parameter ``name`` is sampled for a trial whose parameters so far are ``params``."""
@@ -127,6 +128,7 @@ def base_config(spec: StudySpec, epochs: int) -> TrainConfig:
 def _shaped(spec: StudySpec, **fields: Any) -> Stage:
     epochs = fields["epochs"]
     return Stage(**fields, base=base_config(spec, epochs), width=spec.model.width, depth=spec.model.depth,
+                 direction=spec.train.direction,
                  declared=declared_defaults(spec.stages.shape.params))
 
 

@@ -113,7 +113,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                  "searches lr_scale over a range from the optimizer and the shapes, \"auto\" (issue 21)",
               {("stages.lr", "handoff"): "best", ("stages.shape", "first_rung"): 1,
                ("stages.shape", "lr_scale"): (0.5, 4.0)}),
-    Migration(4, "a parameter is sampled only where it acts (decay for schedules that decay, momentum for SGD) and "
+    Migration(4, "a parameter is sampled only where it acts (decay for schedules that decay) and "
                  "TPE models the stage's parameters in groups (issue 25)",
               {("stages.shape", "conditional"): False}),
 )
