@@ -158,8 +158,8 @@ def start_proxy(storage: BaseStorage, host: str = "127.0.0.1", port: int = DEFAU
     bracketed = f"[{host}]" if ":" in host else host
     try:
         server, bound = _optuna.grpc_proxy_server(optuna.storages.get_storage(storage), f"{bracketed}:{port}", threads)
-    except RuntimeError as error:  # grpcio: "Failed to bind to address ..."
-        raise StorageError(f"--host {host} --port {port}: cannot listen there ({error}); choose another port, "
-                           f"or a host address of this machine") from None
+    except RuntimeError:  # grpcio: "Failed to bind to address ...", and no reason
+        raise StorageError(f"--host {host} --port {port}: cannot listen there (the port is taken, or the host is no "
+                           f"address of this machine); choose another port, or 0.0.0.0 for every address") from None
     server.start()
     return ProxyServer(server, host, bound)

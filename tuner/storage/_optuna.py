@@ -223,7 +223,9 @@ def grpc_proxy_server(storage: BaseStorage, address: str, threads: int) -> tuple
     from optuna.storages._grpc.auto_generated import api_pb2_grpc
     from optuna.storages._grpc.servicer import OptunaStorageProxyService
 
-    server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tuner-proxy"))
+    # Without so_reuseport=0, gRPC lets a second proxy bind the same port and share its calls.
+    server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tuner-proxy"),
+                         options=[("grpc.so_reuseport", 0)])
     api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(storage), server)
     port = server.add_insecure_port(address)
     if not port:  # older grpcio answers 0 instead of raising
