@@ -349,3 +349,7 @@ def test_a_bad_proxy_url_or_proxy_command_is_one_line_and_exit_2(
     assert result.exit_code == 2
     assert result.output == "error: storage 'grpc://127.0.0.1:13000': needs grpcio and protobuf (grpc is not installed): " \
                             "pip install 'tuner[grpc]'\n"
+    result = CliRunner().invoke(app, ["storage-proxy", "--storage", f"sqlite:///{tmp_path / 'never.db'}"])
+    assert result.exit_code == 2
+    assert result.output == "error: tuner storage-proxy: needs grpcio and protobuf (grpc is not installed): pip install 'tuner[grpc]'\n"
+    assert not (tmp_path / "never.db").exists()

@@ -294,10 +294,10 @@ def storage_proxy(
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port, printed)", min=0, max=65535)] = 13000,
     storage_password_file: PasswordFileOption = None,
 ) -> None:
-    """Serve the storage to many workers through Optuna's gRPC proxy: run workers with --storage grpc://HOST:PORT.
+    r"""Serve the storage to many workers through Optuna's gRPC proxy: run workers with --storage grpc://HOST:PORT.
 
     One proxy holds the database's connections, so hundreds of workers do not each open their own.
-    Ctrl-C or SIGTERM stops it (calls in flight finish first); needs pip install 'tuner[grpc]'."""
+    Ctrl-C or SIGTERM stops it (calls in flight finish first). Needs grpcio: pip install 'tuner\[grpc]'."""
     import socket
 
     from tuner.storage import redact, serve_storage

@@ -134,6 +134,7 @@ def serve_storage(url: str | None, host: str = "127.0.0.1", port: int = _grpc.DE
     if given.startswith("journal://"):
         raise StorageError(f"--storage {given!r}: Optuna's storage proxy does not serve a journal file (optuna issue 6084); "
                            f"let the workers share the journal file itself, or give a database, e.g. postgresql://user@host/db")
+    _grpc.require_grpc("tuner storage-proxy")  # before the database is opened, or a SQLite file created
     storage = open_storage(given, mark_owners=False)
     return start_proxy(storage, host, port), redact(resolve_url(shown))
 

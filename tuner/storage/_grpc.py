@@ -60,7 +60,7 @@ def proxy_address(url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
-def _import_grpc(what: str) -> None:
+def require_grpc(what: str) -> None:
     """Import grpcio (and protobuf, which Optuna's proxy messages need), or say which extra installs them."""
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # gRPC's C core would print its own lines on stderr
     try:
@@ -86,7 +86,7 @@ def open_proxy(url: str) -> BaseStorage:
         >>> storage = open_proxy("grpc://127.0.0.1:13000")  # doctest: +SKIP
     """
     proxy_address(url)  # a malformed URL is refused before grpcio is looked for
-    _import_grpc(f"storage {url!r}")
+    require_grpc(f"storage {url!r}")
     with warnings.catch_warnings():  # "experimental" upstream since Optuna 4.2; we rely on it knowingly
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = ProxyStorage(url)
@@ -154,7 +154,7 @@ def start_proxy(storage: BaseStorage, host: str = "127.0.0.1", port: int = DEFAU
     Raises:
         StorageError: grpcio is missing, or the address cannot be listened on.
     """
-    _import_grpc("tuner storage-proxy")
+    require_grpc("tuner storage-proxy")
     bracketed = f"[{host}]" if ":" in host else host
     try:
         server, bound = _optuna.grpc_proxy_server(optuna.storages.get_storage(storage), f"{bracketed}:{port}", threads)
