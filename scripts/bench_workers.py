@@ -10,7 +10,7 @@ server behind ``tuner storage-proxy`` (a process of its own on this machine, as 
 cluster's), the workers on ``grpc://127.0.0.1:PORT``; its rows also show the ratio to PostgreSQL
 directly with as many workers. The proxy needs ``pip install 'tuner[grpc]'``.
 
-    python scripts/bench_workers.py [--trials 24] [--workers 1 2 4] [--storage sqlite postgresql grpc]
+    python scripts/bench_workers.py [--trials 24] [--workers 1 2 4] [--epochs 10] [--storage sqlite postgresql grpc]
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ width = 16
 depth = 1
 
 [train]
-epochs = 10
+epochs = {epochs}
 batch_size = 32
 
 [stages.lr]
@@ -112,6 +112,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=24, help="budget of each stage (lr and shape)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--epochs", type=int, default=10, help="epochs per trial: fewer, and the storage's share of a trial grows")
     parser.add_argument("--storage", nargs="+", choices=KINDS, default=list(KINDS),
                         help="what to measure: sqlite, postgresql (directly), grpc (PostgreSQL through the proxy)")
     args = parser.parse_args()
@@ -119,7 +120,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-workers-"))
     spec = work / "bench.toml"
-    spec.write_text(SPEC.format(trials=args.trials))
+    spec.write_text(SPEC.format(trials=args.trials, epochs=args.epochs))
     env = {key: value for key, value in os.environ.items() if not key.startswith(("TUNER_", "PG"))}
     env["OMP_NUM_THREADS"] = "1"  # one core per worker: the ratio then says how well workers share a study
 
@@ -143,7 +144,7 @@ def main() -> None:
             return run_workers(spec, proxied, n_workers, env)
 
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} before (others' work skews the ratios); "
-          f"2 stages x {args.trials} trials (digits MLP, 10 epochs), one thread per worker")
+          f"2 stages x {args.trials} trials (digits MLP, {args.epochs} epochs), one thread per worker")
     print(f"{'storage':<11} {'workers':>7} {'trials':>6} {'seconds':>8} {'trials/min':>10} {'ratio':>6} "
           f"{'wall s':>7} {'train s/trial':>13} {'vs postgresql':>13}")
     # The storages take turns at each number of workers, so that a change in the machine's load
