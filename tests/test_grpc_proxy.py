@@ -150,6 +150,11 @@ def test_four_workers_through_the_proxy_keep_exact_budgets_and_the_proxy_stops_c
         workers_seen = {t.user_attrs["worker"] for t in _trials(direct, "cluster") if t.state in FINISHED}
         assert len(workers_seen) >= 2  # the work was shared
 
+        # The stored settings are checked through the proxy as on the database: a changed spec is refused.
+        (tmp_path / "changed.toml").write_text(CLUSTER_SPEC.replace("width = [4, 16]", "width = [4, 32]"))
+        refused = CliRunner().invoke(app, ["study", str(tmp_path / "changed.toml"), "--storage", proxied, "--device", "cpu"])
+        assert refused.exit_code == 2 and "was made with other search settings" in refused.output, refused.output
+
         # The reading commands take the proxy's URL too.
         exported = CliRunner().invoke(app, ["export", "cluster", "--storage", proxied, "--out", str(tmp_path / "out")])
         assert exported.exit_code == 0, exported.output
