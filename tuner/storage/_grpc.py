@@ -108,9 +108,9 @@ def proxy_failure(error: BaseException) -> str | None:
         >>> proxy_failure(ValueError("no")) is None
         True
     """
-    if "grpc" not in sys.modules:
+    grpc = sys.modules.get("grpc")  # an error of a proxy's call can only come once grpcio is imported
+    if grpc is None:
         return None
-    import grpc
 
     if not isinstance(error, grpc.RpcError):
         return None
