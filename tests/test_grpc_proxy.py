@@ -288,6 +288,7 @@ def test_a_worker_whose_proxy_goes_away_says_so_in_one_line_exits_1_and_the_reru
     assert {key: kept[key] for key in finished_before} == finished_before
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")  # ours: Heartbeat
 def test_beats_travel_through_the_proxy_both_ways_and_a_silent_trial_elsewhere_is_failed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
