@@ -10,6 +10,7 @@ import dataclasses
 import re
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -50,7 +51,7 @@ app = typer.Typer(
 StorageOption = Annotated[
     str | None,
     typer.Option("--storage", "-s", envvar="TUNER_STORAGE",
-                 help="Optuna storage URL, e.g. sqlite:///tuner.db, postgresql://user@host/db or journal:///path/file.log; "
+                 help="Optuna storage URL, e.g. sqlite:///tuner.db, postgresql://user@host/db, journal:///path/file.log or grpc://host:port (a storage proxy); "
                  "keep passwords off the command line (TUNER_STORAGE_PASSWORD, PGPASSWORD or --storage-password-file) "
                  "[default: the spec's storage, else sqlite:///tuner.db]"),
 ]
@@ -318,6 +319,39 @@ def dashboard(
             fail(str(error), 1)
         except KeyboardInterrupt:
             raise typer.Exit(0) from None
+
+
+@app.command("storage-proxy")
+def storage_proxy(
+    storage: StorageOption = None,
+    host: Annotated[str, typer.Option(help="Address to listen on: 127.0.0.1 for this machine only, 0.0.0.0 for every "
+                                           "interface (workers on other machines)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port, printed)", min=0, max=65535)] = 13000,
+    storage_password_file: PasswordFileOption = None,
+) -> None:
+    r"""Serve the storage to many workers through Optuna's gRPC proxy: run workers with --storage grpc://HOST:PORT.
+
+    One proxy holds the database's connections, so hundreds of workers do not each open their own.
+    Ctrl-C or SIGTERM stops it (calls in flight finish first). Needs grpcio: pip install 'tuner\[grpc]'."""
+    import socket
+
+    from tuner.storage import redact, serve_storage
+
+    quiet_optuna()
+    with errors_as_exit_codes():
+        proxy, shown = serve_storage(_storage_url(storage, storage_password_file), host, port)
+    reach = socket.gethostname() if host in ("0.0.0.0", "::", "") else proxy.address.rpartition(":")[0]
+    say(f"storage proxy for {redact(shown)} listening on {proxy.address}; workers: --storage grpc://{reach}:{proxy.port} "
+        f"(Ctrl-C or SIGTERM stops it)")
+    try:
+        while True:
+            time.sleep(3600)  # the server answers from its own threads; a signal ends the sleep
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM as Terminated (see tuner.exits)
+        from tuner.errors import Terminated
+
+        ignore_late_stops()
+        proxy.stop()
+        say(f"storage proxy stopped ({'SIGTERM' if isinstance(stop, Terminated) else 'Ctrl-C'})")
 
 
 @app.command("lr-find")

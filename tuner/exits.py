@@ -225,27 +225,28 @@ def data_warnings_as_lines() -> Iterator[None]:
 
 @contextmanager
 def unexpected_errors() -> Iterator[None]:
-    """The storage failing under us, or a bug: one line and exit 1 (TUNER_DEBUG=1 shows the traceback)."""
+    """The storage (or its proxy) failing under us, or a bug: one line and exit 1 (TUNER_DEBUG=1 shows the traceback)."""
     import optuna
     import sqlalchemy
 
-    from tuner.storage import redact
+    from tuner.storage import proxy_failure, redact
 
     try:
         yield
     except (typer.Exit, typer.Abort, typer.TyperException):
         raise  # an exit already decided, e.g. by errors_as_exit_codes
-    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as error:
-        if os.environ.get("TUNER_DEBUG"):
-            raise
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        fail(f"the storage failed ({redact(reason)}); finished trials are kept: run the same command again to resume", 1)
     except Exception as error:  # noqa: BLE001
         if os.environ.get("TUNER_DEBUG"):
             raise
-        reason = str(error).splitlines()[0] if str(error) else ""
-        fail(f"unexpected {type(error).__name__}: {reason} (a bug in tuner? TUNER_DEBUG=1 shows the traceback); "
-              f"finished trials are kept: run the same command again to resume", 1)
+        resume = "finished trials are kept: run the same command again to resume"
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        lost = proxy_failure(error)
+        if lost is not None:
+            fail(f"{lost}; finished trials are kept: once it answers again, run the same command to resume", 1)
+        if isinstance(error, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)):
+            fail(f"the storage failed ({redact(first_line or type(error).__name__)}); {resume}", 1)
+        fail(f"unexpected {type(error).__name__}: {first_line} (a bug in tuner? TUNER_DEBUG=1 shows the traceback); "
+             f"{resume}", 1)
 
 
 @contextmanager

@@ -9,6 +9,8 @@
   file read-only (:func:`open_existing_storage`), so a read-only file or folder can be read.
 - Any other SQLAlchemy URL (PostgreSQL, MySQL) goes to Optuna's ``RDBStorage``.
 - ``journal:///path/to/file``: Optuna's journal file storage, for clusters without a database.
+- ``grpc://host:port``: Optuna's gRPC storage proxy (``tuner storage-proxy``) in front of a
+  database, for many workers; grpcio is the optional extra ``tuner[grpc]`` (see ``_grpc.py``).
 
 Which process owns a trial and how dead ones are failed: :mod:`tuner.storage.liveness`. The only
 module of tuner that uses Optuna's private API: ``tuner/storage/_optuna.py``. SQLite: connection
@@ -34,7 +36,9 @@ import sqlalchemy
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
+from tuner.storage import _grpc
 from tuner.storage._bulk import write_trial_records
+from tuner.storage._grpc import ProxyServer, is_proxy_url, open_proxy, proxy_failure, start_proxy
 from tuner.storage._optuna import cached_trials, trial_id
 from tuner.storage._sqlite import FastSQLiteStorage, open_sqlite_storage
 from tuner.storage._sqlite_files import BUSY_TIMEOUT_S, can_write, foreign_content, sqlite_engine_kwargs
@@ -73,18 +77,23 @@ __all__ = [
     "SQLITE_BUSY_TIMEOUT_S",
     "FastSQLiteStorage",
     "Heartbeat",
+    "ProxyServer",
     "StorageError",
     "cached_trials",
     "check_user_info",
     "fail_orphaned_trials",
     "fail_trial",
     "heartbeat_settings",
+    "is_proxy_url",
     "mask_user_info",
     "open_existing_storage",
     "open_storage",
+    "proxy_failure",
     "redact",
     "resolve_url",
+    "serve_storage",
     "sqlite_engine_kwargs",
+    "start_proxy",
     "trial_id",
     "with_password",
     "worker_attrs",
@@ -93,12 +102,12 @@ __all__ = [
 ]
 
 
-def open_storage(url: str | None = None) -> BaseStorage:
+def open_storage(url: str | None = None, *, mark_owners: bool = True) -> BaseStorage:
     """Open (creating if needed) the storage at ``url``; ``None`` means ``sqlite:///tuner.db``.
 
     A relative SQLite path is taken from the working directory now (see :func:`resolve_url`).
     Every trial created through a SQLite storage carries its owner (:func:`worker_attrs`) from
-    the moment it exists.
+    the moment it exists, unless not ``mark_owners`` (a proxy serving workers owns none of their trials).
 
     Example:
         >>> storage = open_storage("sqlite:///:memory:")
@@ -106,7 +115,28 @@ def open_storage(url: str | None = None) -> BaseStorage:
     Raises:
         StorageError: a URL that cannot be opened, or a SQLite file that another program made.
     """
-    return _open(url, must_exist=False, read_only=False)
+    return _open(url, must_exist=False, read_only=False, mark_owners=mark_owners)
+
+
+def serve_storage(url: str | None, host: str = "127.0.0.1", port: int = _grpc.DEFAULT_PORT) -> tuple[ProxyServer, str]:
+    """Open the database at ``url`` and serve it to ``grpc://`` workers on ``host:port``: the proxy, and the URL shown.
+
+    The database must be one Optuna's proxy serves: not a proxy itself, nor a journal file.
+
+    Example:
+        >>> proxy, shown = serve_storage("postgresql://tuner@db/tuner", "0.0.0.0", 13000)  # doctest: +SKIP
+        >>> proxy.stop()  # doctest: +SKIP
+    """
+    shown = given = url or DEFAULT_STORAGE
+    if is_proxy_url(given):
+        raise StorageError(f"--storage {given!r}: that is a storage proxy's address; give the database it should serve, "
+                           f"e.g. --storage postgresql://user@host/db")
+    if given.startswith("journal://"):
+        raise StorageError(f"--storage {given!r}: Optuna's storage proxy does not serve a journal file (optuna issue 6084); "
+                           f"let the workers share the journal file itself, or give a database, e.g. postgresql://user@host/db")
+    _grpc.require_grpc("tuner storage-proxy")  # before the database is opened, or a SQLite file created
+    storage = open_storage(given, mark_owners=False)
+    return start_proxy(storage, host, port), redact(resolve_url(shown))
 
 
 def open_existing_storage(url: str | None = None, *, writable: bool = False) -> BaseStorage:
@@ -122,8 +152,11 @@ def open_existing_storage(url: str | None = None, *, writable: bool = False) -> 
     return _open(url, must_exist=True, read_only=not writable)
 
 
-def _open(given: str | None, *, must_exist: bool, read_only: bool) -> BaseStorage:
+def _open(given: str | None, *, must_exist: bool, read_only: bool, mark_owners: bool = True) -> BaseStorage:
     shown = given or DEFAULT_STORAGE  # messages name the storage as the user wrote it
+    if is_proxy_url(shown):
+        heartbeat_settings()  # checked here: through a proxy, the heartbeats are ours (see Heartbeat)
+        return open_proxy(shown)
     check_user_info(shown)  # before anything parses or connects
     url = with_password(resolve_url(given))
     if url.startswith("journal://"):
@@ -139,7 +172,7 @@ def _open(given: str | None, *, must_exist: bool, read_only: bool) -> BaseStorag
     except sqlalchemy.exc.NoSuchModuleError:
         raise StorageError(
             f"storage {redact(url)!r}: unknown database kind {parsed.drivername!r}; write e.g. sqlite:///tuner.db, "
-            f"postgresql://user@host/db, mysql+pymysql://user@host/db or journal:///path/file.log"
+            f"postgresql://user@host/db, mysql+pymysql://user@host/db, journal:///path/file.log or grpc://host:port"
         ) from None
     if parsed.host and "@" in parsed.host:  # SQLAlchemy split the password at its first "@"
         raise StorageError(
@@ -159,7 +192,8 @@ def _open(given: str | None, *, must_exist: bool, read_only: bool) -> BaseStorag
 
         def opener() -> BaseStorage:
             # SQLite files get the per-trial calls in plain sqlite3 (see tuner/storage/_sqlite.py).
-            return open_sqlite_storage(url, read_only=read_only, new_trial_user_attrs=None if read_only else worker_attrs, **heartbeats)
+            marks = worker_attrs if mark_owners and not read_only else None
+            return open_sqlite_storage(url, read_only=read_only, new_trial_user_attrs=marks, **heartbeats)
     else:
 
         def opener() -> BaseStorage:

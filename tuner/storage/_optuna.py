@@ -1,7 +1,7 @@
 """Every use of Optuna's private API in tuner, as small named functions.
 
 Optuna has no public way to get a trial's storage id, a study's storage, the trials a sampler read
-last, the heartbeat-stale trials, or to write many rows in one transaction. Tuner needs each of
+last, the heartbeat-stale trials, to write many rows in one transaction, or to stop its gRPC proxy. Tuner needs each of
 them; here, and nowhere else (``tests/test_layout.py`` fails if another module of ``tuner`` touches a
 private Optuna name), each gets a name that says what it gives. When Optuna changes one, this is
 the file to fix; ``tests/test_sqlite_storage.py`` pins what these functions return.
@@ -205,6 +205,32 @@ def _bulk_upsert(dialect: str) -> Any:
 
         return upsert_mysql
     return None
+
+
+# ---- the gRPC storage proxy -------------------------------------------------------------------
+
+
+def grpc_proxy_server(storage: BaseStorage, address: str, threads: int) -> tuple[Any, int]:
+    """Optuna's gRPC storage proxy for ``storage``, bound to ``address`` but not started; and the port bound.
+
+    What ``optuna.storages.run_grpc_proxy_server`` builds, without its endless wait: the caller
+    gets the server, to stop it cleanly on Ctrl-C or SIGTERM, and the port (``address`` may ask for
+    port 0, any free one). Raises ``RuntimeError`` when the address cannot be bound.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    from optuna.storages._grpc.auto_generated import api_pb2_grpc
+    from optuna.storages._grpc.servicer import OptunaStorageProxyService
+
+    # Without so_reuseport=0, gRPC lets a second proxy bind the same port and share its calls.
+    server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tuner-proxy"),
+                         options=[("grpc.so_reuseport", 0)])
+    api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(storage), server)
+    port = server.add_insecure_port(address)
+    if not port:  # older grpcio answers 0 instead of raising
+        raise RuntimeError(f"Failed to bind to address {address}")
+    return server, port
 
 
 # ---- the schema --------------------------------------------------------------------------------

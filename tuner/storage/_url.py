@@ -170,6 +170,11 @@ def with_password(url: str, password_file: str | Path | None = None) -> str:
     Example:
         >>> with_password("postgresql://tuner@db/tuner", "/run/secrets/db")  # doctest: +SKIP
     """
+    if url.startswith("grpc://"):  # the proxy holds the database's password; its workers give none
+        if password_file is None:
+            return url
+        raise StorageError(f"storage {redact(url)!r}: a password file was given, but a storage proxy takes no password; "
+                           f"give it to `tuner storage-proxy`, which opens the database")
     check_user_info(url)  # before anything parses it: SQLAlchemy would read another host than a person does
     if password_file is not None:
         path = Path(password_file)

@@ -5,6 +5,12 @@ than the grace period, from any machine), and at once on the same machine by the
 id and start time, which are recorded on every trial (by the storage, in the transaction that
 creates the trial: see :func:`worker_attrs`).
 
+Heartbeats are Optuna's where the storage keeps them (a database opened directly) and, on every
+storage, tuner's beat counter (a trial system attribute, :data:`BEAT_ATTR`), which each beat
+raises: it is all a storage without Optuna's heartbeats has (the journal file, and a database
+through the gRPC proxy, which carries attributes but not Optuna's heartbeats). Workers of one
+study may mix direct and proxied connections: each sees the others' counters.
+
 The environment can change, for every worker alike:
 - ``TUNER_HEARTBEAT_INTERVAL`` / ``TUNER_HEARTBEAT_GRACE``: seconds between heartbeats (10) and of
   silence after which a trial counts as dead (60);
@@ -167,7 +173,10 @@ def _stale_by_silence(study: optuna.Study) -> list[int]:
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         beat = trial.system_attrs.get(BEAT_ATTR)
-        if trial.user_attrs.get("worker") == me or (optuna_beats and beat is not None):
+        # A counter stuck at 1 may be a worker that beats through Optuna's heartbeats only (before
+        # the counter was raised on every storage): Optuna's heartbeats judge it. One past 1 is
+        # raised by its worker on every beat, through a proxy too, so its silence can be timed.
+        if trial.user_attrs.get("worker") == me or (optuna_beats and beat == 1):
             continue  # our own, or judged by Optuna's heartbeats
         trial_id = _optuna.trial_id(trial)
         last = seen.get(trial_id)
@@ -207,8 +216,9 @@ class Heartbeat:
         return self
 
     def _beat(self) -> None:
-        # Optuna's heartbeats where the storage has them (databases); there, one beat counter marks
-        # the trial as beating. Elsewhere (the journal file) the counter itself is the heartbeat.
+        # Optuna's heartbeats where the storage has them (a database opened directly), and on
+        # every storage the beat counter: the only heartbeat a journal file or a proxied database
+        # has, and what proxied workers see of a direct one's trials (one commit per interval).
         optuna_beats = _optuna.heartbeat_enabled(self._storage)
         interval = self._storage.get_heartbeat_interval() if optuna_beats else heartbeat_settings()[0]
         # A trial done within the first second needs no beat (two commits fewer per short trial);
@@ -222,8 +232,7 @@ class Heartbeat:
                 try:
                     if optuna_beats:
                         self._storage.record_heartbeat(trial_id)
-                    if count == 1 or not optuna_beats:
-                        self._storage.set_trial_system_attr(trial_id, BEAT_ATTR, count)
+                    self._storage.set_trial_system_attr(trial_id, BEAT_ATTR, count)
                 except Exception as error:  # a missed beat must never kill a live trial
                     _log.debug("heartbeat for trial %s missed: %s", trial_id, error)
             if self._stop.wait(interval):
