@@ -698,3 +698,49 @@ def test_a_v2_study_stopped_in_stage_lr_starts_its_shape_stage_by_the_rules_it_w
     lr = optuna.load_study(study_name="contract2/lr", storage=v2_copy)
     assert lr.user_attrs["handoff"]["rule"] == "best trial"  # handed on as version 2 did: the best trial's rate
     assert lr.user_attrs["best_lr"] == lr.best_trial.params["lr"]
+
+
+# ---- the fourth stored fixture: the release before parameters were sampled only where they act (v3) ---------
+
+V3 = DATA / "contract_v3"
+V3_SPEC = V3 / "contract_v3.toml"
+
+
+@pytest.fixture
+def v3_copy(tmp_path: Path) -> str:
+    """A copy of contract_v3.db: made at commit 2eec79a (contract version 3), every shape trial with a
+    decay (the 'constant' ones too), TPE without groups."""
+    copy = tmp_path / "v3.db"
+    shutil.copyfile(V3 / "contract_v3.db", copy)
+    return f"sqlite:///{copy}"
+
+
+def test_a_study_stored_by_the_release_before_conditional_parameters_resumes_and_reports_unchanged(
+        v3_copy: str, tmp_path: Path) -> None:
+    shape = optuna.load_study(study_name="contract3/shape", storage=v3_copy)
+    assert shape.user_attrs["contract_version"] == 3 and "group" not in shape.user_attrs["search"]["sampler"]
+    assert any(t.params["schedule"] == "constant" and "decay" in t.params for t in shape.trials)  # as v3 made them
+    before = _finished_per_stage(v3_copy)
+    attrs_before = {name: optuna.load_study(study_name=name, storage=v3_copy).user_attrs
+                    for name in optuna.get_all_study_names(v3_copy)}
+    done = _tuner("study", str(V3_SPEC), "--storage", v3_copy, "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _finished_per_stage(v3_copy) == before
+    assert {name: optuna.load_study(study_name=name, storage=v3_copy).user_attrs
+            for name in optuna.get_all_study_names(v3_copy)} == attrs_before
+    for command in ("importance", "export", "report"):
+        result = _invoke(command, "contract3", "--storage", v3_copy, "--out", str(tmp_path / command))
+        assert result.exit_code == 0, (command, result.output)
+
+
+def test_a_v3_study_given_more_shape_trials_samples_every_parameter_in_every_trial_as_it_was_made(
+        v3_copy: str, tmp_path: Path) -> None:
+    spec = V3_SPEC.read_text().replace("[stages.shape]\ntrials = 6", "[stages.shape]\ntrials = 10")
+    (tmp_path / "more.toml").write_text(spec)
+    done = _tuner("study", str(tmp_path / "more.toml"), "--storage", v3_copy, "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    shape = optuna.load_study(study_name="contract3/shape", storage=v3_copy)
+    finished = [t for t in shape.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 10
+    assert all("decay" in t.params for t in finished)  # flat, as made: not conditional on the schedule
+    assert "group" not in shape.user_attrs["search"]["sampler"] and shape.user_attrs["contract_version"] == 3
