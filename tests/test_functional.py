@@ -1,0 +1,201 @@
+"""K copies of any network trained as one through torch.func tell the story each copy tells alone."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from tuner.inputs.data import Dataset
+from tuner.inputs.families import ModelFamily
+from tuner.inputs.load import load_dataset
+from tuner.inputs.spec import DataSpec
+from tuner.inputs.usercode import UserCode
+from tuner.training.functional import FuncBatchedTrainer, batch_plans, built_copy
+from tuner.training.train import EpochResult, TrainConfig, TrialPlan, train_epochs
+from tuner.training.trainers import LOOP_FALLBACK, EpochsTrainer, PartsTrainer, make_trainer
+
+TOLERANCE = 1e-4  # float32 sums in another order: a few ulps, far below any real difference
+
+
+def small_cnn(input_shape: tuple[int, ...], n_outputs: int, width: int, depth: int, slope: float = 0.0) -> nn.Module:
+    """A 1-D CNN over a row's features, with BatchNorm (buffers per copy) and a lazy read-out.
+
+    No bias before BatchNorm (it cancels it): Adam would turn that bias's round-off gradient into steps of
+    the full rate, batched or alone, and the running means after it into noise.
+    """
+    layers: list[nn.Module] = [nn.Unflatten(1, (1, input_shape[-1]))]
+    channels = 1
+    for _ in range(depth):
+        layers += [nn.Conv1d(channels, width, 3, padding=1, bias=False), nn.BatchNorm1d(width), nn.LeakyReLU(slope)]
+        channels = width
+    return nn.Sequential(*layers, nn.Flatten(), nn.LazyLinear(n_outputs))
+
+
+def dropout_mlp(input_shape: tuple[int, ...], n_outputs: int, width: int, depth: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(input_shape[-1], width), nn.ReLU(), nn.Dropout(0.5), nn.Linear(width, n_outputs))
+
+
+def lstm_model(input_shape: tuple[int, ...], n_outputs: int, width: int, depth: int) -> nn.Module:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(input_shape[-1], width, batch_first=True)
+            self.out = nn.Linear(width, n_outputs)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.lstm(x)[0][:, -1])
+    return Net()
+
+
+CNN = ModelFamily("test_functional:small_cnn", small_cnn)
+
+
+@pytest.fixture(scope="module")
+def wine() -> Dataset:
+    return load_dataset(DataSpec(name="wine"), seed=0)
+
+
+def _plans(configs: list[TrainConfig], width: int = 4, depth: int = 1, declared: dict | None = None) -> list[TrialPlan]:
+    return [TrialPlan(width, depth, config, {"lr": config.lr}, dict(declared or {})) for config in configs]
+
+
+def _alone(family: object, data: Dataset, plan: TrialPlan) -> tuple[list[EpochResult], nn.Module]:
+    # Lazy layers made first, as SingleTrainer's untrained evaluation makes them (Adagrad's state needs their shapes).
+    model = built_copy(family, data, plan)  # type: ignore[arg-type]
+    return list(train_epochs(model, data, plan.train)), model
+
+
+def _together(family: object, data: Dataset, plans: list[TrialPlan]) -> tuple[FuncBatchedTrainer, list[list[EpochResult | None]]]:
+    parts, reason = batch_plans(family, data, plans, timed=False)  # type: ignore[arg-type]
+    assert reason is None and len(parts) == 1
+    trainer = parts[0].trainer
+    assert trainer is not None
+    return trainer, list(trainer.epochs())
+
+
+def _curve(epochs: list[list[EpochResult | None]], i: int) -> list[EpochResult]:
+    return [results[i] for results in epochs if results[i] is not None]
+
+
+def _assert_close(alone: list[EpochResult], batched: list[EpochResult]) -> None:
+    assert [(a.epoch, a.diverged) for a in alone] == [(b.epoch, b.diverged) for b in batched]
+    for a, b in zip(alone, batched):
+        assert b.lr == pytest.approx(a.lr, rel=1e-12)
+        for field in ("train_loss", "val_loss", "val_error"):
+            assert getattr(b, field) == pytest.approx(getattr(a, field), rel=TOLERANCE, abs=TOLERANCE), field
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "rmsprop", "adagrad"])
+def test_each_optimizer_trains_k_copies_as_torch_optim_trains_each_alone(wine: Dataset, optimizer: str) -> None:
+    # Each copy with its own rate, momentum, weight decay and schedule; BatchNorm and a lazy layer in the network.
+    configs = [
+        TrainConfig(lr=0.003, epochs=4, batch_size=32, optimizer=optimizer),
+        TrainConfig(lr=0.02, epochs=4, batch_size=32, optimizer=optimizer, momentum=0.5, weight_decay=1e-3),
+        TrainConfig(lr=0.01, epochs=4, batch_size=32, optimizer=optimizer, schedule="exponential", decay=0.1),
+    ]
+    plans = _plans(configs)
+    trainer, epochs = _together(CNN, wine, plans)
+    for i, plan in enumerate(plans):
+        alone, model = _alone(CNN, wine, plan)
+        _assert_close(alone, _curve(epochs, i))
+        batched = trainer.state(i)
+        for name, parameter in model.named_parameters():
+            assert torch.allclose(batched[name], parameter.detach(), rtol=1e-4, atol=1e-5), (optimizer, i, name)
+
+
+def test_batchnorm_keeps_running_statistics_per_copy(wine: Dataset) -> None:
+    plans = _plans([TrainConfig(lr=lr, epochs=2, batch_size=32) for lr in (0.001, 0.1)])
+    trainer, _ = _together(CNN, wine, plans)
+    first, second = trainer.state(0), trainer.state(1)
+    assert not torch.allclose(first["2.running_mean"], second["2.running_mean"])  # each copy's statistics of its own activations
+    _, model = _alone(CNN, wine, plans[1])
+    for name, buffer in model.named_buffers():
+        assert torch.allclose(second[name].to(buffer.dtype), buffer, rtol=1e-4, atol=1e-5), name
+
+
+def test_copies_with_the_same_seed_draw_different_dropout_masks(wine: Dataset) -> None:
+    family = ModelFamily("test_functional:dropout_mlp", dropout_mlp)
+    plans = _plans([TrainConfig(lr=0.05, epochs=1, batch_size=64) for _ in range(8)], width=64)
+    (part,), _ = batch_plans(family, wine, plans, timed=False)
+    trainer = part.trainer
+    assert trainer is not None
+    # The same weights in every copy (one seed) on one batch: only their dropout masks can tell them apart.
+    same = {name: view[:1].expand_as(view).contiguous() for name, view in trainer.layout.views(trainer.flat).items()}
+    x, y = wine.x_train[:64], wine.y_train[:64]
+    step = trainer._step_function(True)
+    trainer.base.train()
+    _, losses = step(same, trainer.buffers, x, y)
+    assert len(set(losses.tolist())) == len(plans)  # eight masks, eight losses
+    # Each copy drops about half of the hidden units: its mean loss over many masks is stable, the spread is not zero.
+    draws = torch.stack([step(same, trainer.buffers, x, y)[1] for _ in range(50)])
+    assert draws.std(dim=0).min() > 0
+    trainer.base.eval()
+    _, evaluated = step(same, trainer.buffers, x, y)
+    assert len(set(evaluated.tolist())) == 1  # no dropout in eval mode: the copies agree
+
+
+def test_lazy_modules_are_made_before_stacking(wine: Dataset) -> None:
+    model = built_copy(CNN, wine, _plans([TrainConfig(lr=0.01)])[0])
+    assert not any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters())
+    assert type(model[-1]) is nn.Linear
+
+
+def test_a_diverged_copy_stops_and_the_others_go_on(wine: Dataset) -> None:
+    plans = _plans([TrainConfig(lr=lr, epochs=4, batch_size=32) for lr in (0.01, 1e4, 0.03)])
+    _, epochs = _together(CNN, wine, plans)
+    blown = _curve(epochs, 1)
+    assert blown[-1].diverged and len(blown) < 4
+    for i in (0, 2):
+        curve = _curve(epochs, i)
+        assert len(curve) == 4 and not any(r.diverged for r in curve)
+        _assert_close(_alone(CNN, wine, plans[i])[0], curve)
+
+
+def test_other_factory_arguments_train_apart(wine: Dataset) -> None:
+    configs = [TrainConfig(lr=0.01, epochs=1, batch_size=32) for _ in range(3)]
+    plans = [*_plans(configs[:2], declared={"slope": 0.1}), *_plans(configs[2:], declared={"slope": 0.2})]
+    parts, reason = batch_plans(CNN, wine, plans, timed=False)
+    assert sorted(part.indices for part in parts) == [[0, 1], [2]]
+    assert reason is not None and "different networks" in reason
+
+
+def test_an_lstm_trains_one_at_a_time_and_says_why() -> None:
+    data = load_dataset(DataSpec(name="digits_rows", max_rows=200), seed=0)
+    family = ModelFamily("test_functional:lstm_model", lstm_model, inputs="sequence")
+    family = ModelFamily("test_functional:lstm_model", lambda n_in, n_out, width, depth: lstm_model((n_in,), n_out, width, depth),
+                         inputs="sequence")
+    plans = _plans([TrainConfig(lr=lr, epochs=1, batch_size=32) for lr in (0.01, 0.1)], width=40)
+    trainer = make_trainer(plans, data, UserCode(family=family), torch.device("cpu"))
+    assert isinstance(trainer, PartsTrainer)
+    assert trainer.fallback is not None and "LSTM" in trainer.fallback
+    assert trainer.trained_together == [1, 1]
+    seen: list[int] = []
+    trainer.run(lambda results: seen.extend(i for i, r in enumerate(results) if r is not None) or [])
+    assert seen == [0, 1]
+
+
+def test_a_users_loop_trains_one_at_a_time_and_says_why(wine: Dataset) -> None:
+    def loop(model: nn.Module, report: object, epochs: int) -> None:
+        for epoch in range(1, epochs + 1):
+            report(epoch, 0.5)  # type: ignore[operator]
+
+    plans = _plans([TrainConfig(lr=lr, epochs=2, batch_size=32) for lr in (0.01, 0.1)])
+    trainer = make_trainer(plans, wine, UserCode(family="mlp", loop=loop), torch.device("cpu"))
+    assert trainer.fallback == LOOP_FALLBACK
+    counts: list[int] = []
+    trainer.run(lambda results: counts.append(sum(r is not None for r in results)) or [])
+    assert counts == [1, 1, 1, 1]
+
+
+def test_make_trainer_batches_a_cnn_through_torch_func(wine: Dataset) -> None:
+    plans = _plans([TrainConfig(lr=lr, epochs=1, batch_size=32) for lr in (0.01, 0.1, 0.3)])
+    trainer = make_trainer(plans, wine, UserCode(family=CNN), torch.device("cpu"))
+    assert isinstance(trainer, EpochsTrainer) and trainer.fallback is None
+    assert trainer.trained_together == [3, 3, 3]
+    assert isinstance(trainer._epochs, FuncBatchedTrainer)
+    finals: list[list[EpochResult | None]] = []
+    trainer.run(lambda results: finals.append(results) or [])
+    assert all(r is not None and math.isfinite(r.val_loss) for r in finals[-1])

@@ -1,0 +1,463 @@
+"""K copies of any ``nn.Module`` trained as one through ``torch.func``: stage lr's trials of a user's model at once.
+
+The hand-written stacked MLP and LSTM (:mod:`tuner.training.batched`) serve tuner's own families;
+this serves every other network that runs under ``torch.func.vmap``: a user's model given as
+``module:function``, the ``cnn`` family, a user's loss and metric. The K copies' parameters lie in
+one flat tensor (block by block, each block ``(K, *shape)``), their buffers (BatchNorm's running
+statistics) stacked per copy; each step is one ``vmap(grad_and_value(loss))`` over the copies, on a
+shared mini-batch when they share a seed, and one optimizer update on the flat tensor in which each
+copy has its own rate, momentum and weight decay, written out as ``torch.optim``'s SGD, Adam,
+RMSprop and Adagrad compute it (:class:`FunctionalOptimizer`). Dropout draws a different mask per
+copy (``randomness="different"``), so a copy with dropout is a sound trial but not the same draws
+as the trial trained alone; without randomness a copy's curve is its curve alone, to float tolerance.
+
+Copies are grouped only when they are the same network (:func:`network_key`): ``functional_call``
+shares the module's Python attributes (a dropout probability, an activation slope) across copies, so
+copies built from other factory arguments, or whose modules differ in anything but the values of
+their parameters and buffers, would be computed wrongly; they train apart. What cannot run batched
+(recurrent modules of ``torch.nn``, ``.item()`` or data-dependent control flow in ``forward``, a loss
+vmap cannot run, vmap's slow per-sample fallback, outputs that differ from one copy's alone, or a
+first step slower than one copy's) is found once, by :func:`batch_plans`, and trains one trial at a
+time with one line saying why: never a wrong result instead of a fallback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from tuner.inputs.data import Dataset
+from tuner.inputs.models import Family
+from tuner.training.train import (
+    EVAL_CHUNK,
+    EpochResult,
+    TrainConfig,
+    TrialPlan,
+    divergence_threshold,
+    epoch_order,
+    has_diverged,
+    loss_function,
+    lr_at,
+    order_generator,
+    score_outputs,
+    seeded_model,
+    start_rows,
+    task_outputs,
+)
+
+FUNCTIONAL_OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad")
+# torch.optim's defaults, which train.make_optimizer leaves as they are.
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
+RMSPROP_ALPHA, RMSPROP_EPS = 0.99, 1e-8
+ADAGRAD_EPS = 1e-10
+SLOW_FALLBACK_WARNING = "There is a performance drop"  # what vmap warns when it loops over the copies instead
+
+
+class _Layout:
+    """Where each parameter of K copies lies in one flat tensor: block by block, a block ``(K, *shape)`` contiguous."""
+
+    def __init__(self, names: Sequence[str], shapes: Sequence[torch.Size], k: int) -> None:
+        self.names, self.shapes, self.k = list(names), list(shapes), k
+        self.sizes = [math.prod(shape) for shape in shapes]
+
+    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each parameter of the copies, ``(K, *shape)``, as a view of ``flat``."""
+        views, start = {}, 0
+        for name, shape, size in zip(self.names, self.shapes, self.sizes):
+            views[name] = flat[start:start + self.k * size].view(self.k, *shape)
+            start += self.k * size
+        return views
+
+    def flatten(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([tensors[name].reshape(-1) for name in self.names])
+
+    def spread(self, values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+        """One value per copy, spread over every element of that copy in the flat layout."""
+        column = torch.tensor(list(values), dtype=like.dtype, device=like.device)
+        return torch.cat([column.repeat_interleave(size) for size in self.sizes])
+
+    def select(self, flat: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The flat tensor of the copies ``rows`` only (the layout of ``len(rows)`` copies)."""
+        return self.flatten({name: view.index_select(0, rows) for name, view in self.views(flat).items()})
+
+
+class FunctionalOptimizer:
+    """SGD (momentum, weight decay), Adam, RMSprop or Adagrad on K copies' flat parameters, each copy its own settings.
+
+    The update rules are ``torch.optim``'s with the settings :func:`tuner.training.train.make_optimizer`
+    gives them (SGD: dampening 0, no Nesterov; Adam: no AMSGrad; RMSprop: alpha 0.99, no momentum, not
+    centred; Adagrad: no rate decay, accumulator from 0), L2 weight decay added to the gradient.
+
+    Example:
+        >>> opt = FunctionalOptimizer("adam", layout, flat, [TrainConfig(lr=1e-3), TrainConfig(lr=3e-3)])  # doctest: +SKIP
+        >>> opt.step(flat, grad)  # doctest: +SKIP
+    """
+
+    def __init__(self, name: str, layout: _Layout, flat: torch.Tensor, configs: Sequence[TrainConfig]) -> None:
+        if name not in FUNCTIONAL_OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {name!r}; one of {', '.join(FUNCTIONAL_OPTIMIZERS)}")
+        self.name, self.layout = name, layout
+        self.lr = layout.spread([c.lr for c in configs], flat)
+        self.momentum = layout.spread([c.momentum for c in configs], flat) if name == "sgd" else None
+        decays = [c.weight_decay for c in configs]
+        self.weight_decay = layout.spread(decays, flat) if any(decays) else None
+        self.state = [torch.zeros_like(flat) for _ in range(2 if name == "adam" else 1)]
+        self.steps = 0
+
+    def set_lr(self, rates: Sequence[float]) -> None:
+        self.lr = self.layout.spread(rates, self.lr)
+
+    def keep(self, rows: torch.Tensor, layout: _Layout) -> None:
+        """Keep the copies ``rows`` only; ``layout``: theirs."""
+        select = self.layout.select
+        self.lr = select(self.lr, rows)
+        self.momentum = select(self.momentum, rows) if self.momentum is not None else None
+        self.weight_decay = select(self.weight_decay, rows) if self.weight_decay is not None else None
+        self.state = [select(t, rows) for t in self.state]
+        self.layout = layout
+
+    @torch.no_grad()
+    def step(self, flat: torch.Tensor, grad: torch.Tensor) -> None:
+        """One update of ``flat`` (in place) from the copies' gradient ``grad`` (same layout)."""
+        if self.weight_decay is not None:
+            grad = grad + self.weight_decay * flat
+        self.steps += 1
+        if self.name == "sgd":
+            # buf = momentum * buf + grad (the first step's zeros make buf = grad, as torch does); p -= lr * buf
+            (buf,) = self.state
+            buf.mul_(self.momentum).add_(grad)
+            flat.sub_(self.lr * buf)
+        elif self.name == "adam":
+            beta1, beta2 = ADAM_BETAS
+            exp_avg, exp_avg_sq = self.state
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            step_size = self.lr / (1 - beta1**self.steps)
+            denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**self.steps)).add_(ADAM_EPS)
+            flat.sub_(step_size * exp_avg / denom)
+        elif self.name == "rmsprop":
+            (square_avg,) = self.state
+            square_avg.mul_(RMSPROP_ALPHA).addcmul_(grad, grad, value=1 - RMSPROP_ALPHA)
+            flat.sub_(self.lr * grad / square_avg.sqrt().add_(RMSPROP_EPS))
+        else:  # adagrad
+            (state_sum,) = self.state
+            state_sum.addcmul_(grad, grad, value=1)
+            flat.sub_(self.lr * grad / state_sum.sqrt().add_(ADAGRAD_EPS))
+
+
+def network_key(model: nn.Module, plan: TrialPlan) -> str:
+    """What must be equal for two copies to be trained as one network; copies of equal keys batch.
+
+    The factory's arguments (width, depth and the declared parameters), the batch size and
+    optimizer, and each module's type, Python attributes, and its parameters' and buffers' names,
+    shapes and dtypes. A tensor held as a plain attribute (not a parameter or buffer) is shared by
+    ``functional_call`` as it is, so its value is part of the key.
+    """
+    parts = [f"width={plan.width}", f"depth={plan.depth}", f"batch={plan.train.batch_size}",
+             f"optimizer={plan.train.optimizer}", f"declared={sorted(plan.declared.items())!r}"]
+    for name, module in model.named_modules():
+        attributes = []
+        for attribute, value in sorted(vars(module).items()):
+            if attribute.startswith("_") and attribute not in ("_forward_hooks", "_forward_pre_hooks"):
+                continue
+            if isinstance(value, torch.Tensor):
+                value = hashlib.sha256(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+            elif attribute in ("_forward_hooks", "_forward_pre_hooks"):
+                value = len(value)
+            attributes.append(f"{attribute}={value!r}")
+        parts.append(f"{name}:{type(module).__qualname__}({', '.join(attributes)})")
+    for kind, tensors in (("param", model.named_parameters()), ("buffer", model.named_buffers())):
+        parts.extend(f"{kind} {name} {tuple(t.shape)} {t.dtype}" for name, t in tensors)
+    return "\n".join(parts)
+
+
+def not_vmappable(model: nn.Module) -> str | None:
+    """Why ``model`` is known not to run under vmap before trying (None: not known)."""
+    for module in model.modules():
+        if isinstance(module, nn.RNNBase):
+            return (f"its nn.{type(module).__name__} does not run under torch.func.vmap (pytorch/pytorch#105982): "
+                    f"trials train one at a time")
+    return None
+
+
+def materialised(model: nn.Module, data: Dataset) -> nn.Module:
+    """``model`` with its lazy modules' parameters made, by one forward pass on two rows (as its first evaluation would)."""
+    if any(isinstance(module, nn.modules.lazy.LazyModuleMixin) for module in model.modules()):
+        was_training = model.training
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            model.eval()(data.x_train[:2])
+        model.train(was_training)
+    return model
+
+
+def built_copy(family: Family, data: Dataset, plan: TrialPlan) -> nn.Module:
+    """The trial's model as the one-at-a-time path builds it (same seed, lazy parameters made)."""
+    return materialised(seeded_model(family, data, plan.width, plan.depth, plan.train.seed, plan.declared), data)
+
+
+@dataclass
+class Part:
+    """Plans that train together (``trainer``) or one alone (``trainer`` None)."""
+
+    indices: list[int]
+    trainer: FuncBatchedTrainer | None = None
+
+
+def batch_plans(family: Family, data: Dataset, plans: Sequence[TrialPlan],
+                timed: bool = True) -> tuple[list[Part], str | None]:
+    """The plans in parts that train as K copies, or alone; and, when some that could batch train alone, why (one line).
+
+    Copies of one :func:`network_key` form one part; each part of two or more is probed once
+    (:meth:`FuncBatchedTrainer.probe`) and trains alone, plan by plan, if the probe finds a reason.
+    ``timed``: whether a batched step slower than K steps of one copy is a reason (False: numbers, not speed, matter).
+    """
+    optimizer = plans[0].train.optimizer
+    if optimizer not in FUNCTIONAL_OPTIMIZERS:
+        return [Part([i]) for i in range(len(plans))], f"optimizer {optimizer!r} has no batched form: trials train one at a time"
+    models = [built_copy(family, data, plan) for plan in plans]
+    reason = not_vmappable(models[0])
+    if reason:
+        return [Part([i]) for i in range(len(plans))], reason
+    groups: dict[str, list[int]] = {}
+    for i, (model, plan) in enumerate(zip(models, plans)):
+        groups.setdefault(network_key(model, plan), []).append(i)
+    parts, reasons = [], []
+    if len(groups) > 1:
+        reasons.append(f"the {len(plans)} trials are {len(groups)} different networks (other factory arguments or "
+                       f"modules): each trains apart")
+    for indices in groups.values():
+        if len(indices) == 1:
+            parts.append(Part(indices))
+            continue
+        trainer = FuncBatchedTrainer(data, [plans[i] for i in indices], [models[i] for i in indices])
+        why = trainer.probe(timed)
+        if why is None:
+            parts.append(Part(indices, trainer))
+        else:
+            reasons.append(why)
+            parts.extend(Part([i]) for i in indices)
+    return parts, "; ".join(dict.fromkeys(reasons)) or None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:160]}" if text else type(error).__name__
+
+
+class FuncBatchedTrainer:
+    """K copies of one network trained together through ``torch.func``, as an :class:`~tuner.training.train.EpochTrainer`.
+
+    Each copy starts from its plan's model (``models``: as :func:`built_copy` builds them) and sees
+    its seed's data order, so that without dropout its curve matches
+    :func:`tuner.training.train.train_epochs` on the same plan. A copy stops after the epoch it
+    diverged in, after its own number of epochs, or once :meth:`stop` was called for it; stopped
+    copies are dropped from the stacked tensors, and their last parameters and buffers kept (:meth:`state`).
+
+    Args:
+        data: the data set in memory, on the device to train on.
+        plans: the trials, all of one :func:`network_key`.
+        models: their models, built and materialised.
+    """
+
+    def __init__(self, data: Dataset, plans: Sequence[TrialPlan], models: Sequence[nn.Module]) -> None:
+        self.data, self.plans = data, list(plans)
+        self.configs = [plan.train for plan in plans]
+        self.base = models[0]  # the module functional_call runs: its Python attributes, the copies' tensors
+        named = [dict(model.named_parameters()) for model in models]
+        self.names = list(named[0])
+        self.layout = _Layout(self.names, [named[0][n].shape for n in self.names], len(models))
+        with torch.no_grad():
+            self.flat = self.layout.flatten({n: torch.stack([p[n].detach() for p in named]) for n in self.names})
+            self.buffers = {name: torch.stack([dict(m.named_buffers())[name].detach() for m in models]).clone()
+                            for name, _ in models[0].named_buffers()}
+        self.criterion = loss_function(data.task, self.configs[0].loss)  # one loss: the copies share declared params
+        self._stopped: set[int] = set()
+        self.running = list(range(len(self.plans)))  # plan index of each copy in the stacked tensors
+        self.final: dict[int, dict[str, torch.Tensor]] = {}  # plan index -> its state when it stopped
+        self.untrained: list[EpochResult] = []
+        self._steps: dict[bool, Callable[..., tuple[dict[str, torch.Tensor], torch.Tensor]]] = {}
+
+    # -- the functions vmap runs ------------------------------------------------------------
+
+    def _loss(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor,
+              y: torch.Tensor) -> torch.Tensor:
+        return self.criterion(task_outputs(functional_call(self.base, (params, buffers), (x,)), self.data.task), y)
+
+    def _step_function(self, shared: bool) -> Callable[..., tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        """vmap(grad_and_value(loss)) over the copies; ``shared``: all copies see one mini-batch."""
+        if shared not in self._steps:
+            data_dim = None if shared else 0
+            self._steps[shared] = vmap(grad_and_value(self._loss), in_dims=(0, 0, data_dim, data_dim),
+                                       randomness="different")
+        return self._steps[shared]
+
+    def _outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Every copy's outputs for rows ``x`` (eval mode, no gradient), ``(K, rows, ...)``, chunk by chunk."""
+        self.base.eval()
+        k = self.layout.k
+        forward = vmap(lambda p, b, rows: functional_call(self.base, (p, b), (rows,)), in_dims=(0, 0, None),
+                       randomness="different")
+        chunk = max(1, EVAL_CHUNK // k)
+        params = self.layout.views(self.flat)
+        with torch.no_grad():
+            return torch.cat([forward(params, self.buffers, x[start:start + chunk]) for start in range(0, len(x), chunk)], dim=1)
+
+    # -- the probe ------------------------------------------------------------------------
+
+    def probe(self, timed: bool = True) -> str | None:
+        """Why these copies must train one at a time (None: they train batched), from one mini-batch.
+
+        One batched step must run (the model and the loss under vmap), without vmap's slow
+        per-sample fallback, give the outputs each copy gives alone, and cost no more than K steps of
+        one copy alone. Nothing of the copies' state changes, nor torch's random generator.
+        """
+        data, k = self.data, self.layout.k
+        x, y = data.x_train[:self.configs[0].batch_size], data.y_train[:self.configs[0].batch_size]
+        params = self.layout.views(self.flat)
+        buffers = {name: t.clone() for name, t in self.buffers.items()}  # the probe's steps must not move running statistics
+        with torch.random.fork_rng(devices=[]), contextlib.ExitStack() as stack:
+            caught = stack.enter_context(warnings.catch_warnings(record=True))
+            warnings.simplefilter("always")
+            self.base.train()
+            step = self._step_function(True)
+            try:
+                batched_seconds = _best_seconds(lambda: step(params, buffers, x, y))
+            except Exception as error:  # noqa: BLE001 -- whatever vmap cannot run trains alone
+                return f"the model or its loss does not run under torch.func.vmap ({_first_line(error)}): trials train one at a time"
+            if any(SLOW_FALLBACK_WARNING in str(w.message) for w in caught):
+                return "torch.func.vmap runs the model copy by copy (its \"performance drop\" warning): trials train one at a time"
+            one = {name: view[0] for name, view in params.items()}
+            one_buffers = {name: t[0].clone() for name, t in self.buffers.items()}
+            alone_step = grad_and_value(self._loss)
+            alone_seconds = _best_seconds(lambda: alone_step(one, one_buffers, x, y))
+            outputs = self._outputs(x)
+            for row in sorted({0, k - 1}):
+                alone = functional_call(self.base, ({n: v[row] for n, v in params.items()},
+                                                    {n: t[row] for n, t in self.buffers.items()}), (x,))
+                if not torch.allclose(outputs[row], alone, rtol=1e-4, atol=1e-5, equal_nan=True):
+                    return "under torch.func.vmap the model's outputs differ from one copy's alone: trials train one at a time"
+        if timed and batched_seconds > k * alone_seconds:
+            return (f"a batched step of {k} copies took {batched_seconds * 1e3:.1f} ms, more than {k} steps of one copy "
+                    f"({k * alone_seconds * 1e3:.1f} ms): trials train one at a time")
+        return None
+
+    # -- training -------------------------------------------------------------------------
+
+    def stop(self, index: int) -> None:
+        self._stopped.add(index)
+
+    def _scores(self, part: str = "val") -> tuple[list[float], list[float]]:
+        """Each running copy's loss and error on ``part`` (``start``: the rows of the untrained training loss)."""
+        data = self.data
+        if part == "start":
+            rows = start_rows(len(data.x_train)).to(data.x_train.device)
+            x_part, y_part = data.x_train[rows], data.y_train[rows]
+        else:
+            x_part, y_part = data.x_val, data.y_val
+        outputs = task_outputs(self._outputs(x_part), data.task)
+        losses, errors = [], []
+        for row, i in enumerate(self.running):
+            config = self.configs[i]
+            if part == "start":
+                criterion = loss_function(data.task, config.loss)
+                losses.append((criterion(outputs[row], y_part) * len(y_part) / max(len(y_part), 1)).item())
+                errors.append(math.nan)
+                continue
+            chunks = ((outputs[row][s:s + EVAL_CHUNK], y_part[s:s + EVAL_CHUNK]) for s in range(0, len(y_part), EVAL_CHUNK))
+            loss, error = score_outputs(chunks, data, config)  # the user's metric per copy, outside vmap
+            losses.append(loss)
+            errors.append(error)
+        return losses, errors
+
+    def _keep(self, keep: list[int]) -> None:
+        """Keep the running copies at rows ``keep``; the others' last parameters go to :attr:`final`."""
+        for row, i in enumerate(self.running):
+            if row not in keep:
+                self.final[i] = {name: tensor.clone() for name, tensor in self._row_state(row).items()}
+        rows = torch.tensor(keep, dtype=torch.long, device=self.flat.device)
+        layout = _Layout(self.layout.names, self.layout.shapes, len(keep))
+        self.flat = self.layout.select(self.flat, rows)
+        self.buffers = {name: t.index_select(0, rows) for name, t in self.buffers.items()}
+        self.optimizer.keep(rows, layout)
+        self.layout = layout
+        self.running = [self.running[row] for row in keep]
+
+    def _row_state(self, row: int) -> dict[str, torch.Tensor]:
+        return {**{name: view[row] for name, view in self.layout.views(self.flat).items()},
+                **{name: tensor[row] for name, tensor in self.buffers.items()}}
+
+    def state(self, index: int) -> dict[str, torch.Tensor]:
+        """Plan ``index``'s parameters and buffers (a state dict of its model) now, or when it stopped."""
+        if index in self.final:
+            return self.final[index]
+        return self._row_state(self.running.index(index))
+
+    def epochs(self) -> Iterator[list[EpochResult | None]]:
+        """Per epoch, each plan's result (None once it stopped)."""
+        configs, data = self.configs, self.data
+        self.optimizer = FunctionalOptimizer(configs[0].optimizer, self.layout, self.flat, configs)
+        n, device = len(data.x_train), data.x_train.device
+        batch_size = configs[0].batch_size
+        order_rngs = {seed: order_generator(seed) for seed in sorted({c.seed for c in configs})}
+        start_losses, _ = self._scores("start")  # the untrained training loss, as train_epochs
+        self.untrained = [EpochResult(0, lr_at(c, 0), math.nan, loss, error, diverged=False)
+                          for c, loss, error in zip(configs, *self._scores())]
+        blow_up = [divergence_threshold(c, loss) for c, loss in zip(configs, start_losses)]
+        for epoch in range(max(c.epochs for c in configs)):
+            keep = [row for row, i in enumerate(self.running) if i not in self._stopped and epoch < configs[i].epochs]
+            if len(keep) < len(self.running):
+                self._keep(keep)
+            if not self.running:
+                return
+            rates = [lr_at(configs[i], epoch) for i in self.running]
+            self.optimizer.set_lr(rates)
+            # Every seed draws its order each epoch, as it would alone, whether or not its copies still run.
+            orders = {seed: epoch_order(rng, n, device) for seed, rng in order_rngs.items()}
+            row_seeds = [configs[i].seed for i in self.running]
+            shared = len(set(row_seeds)) == 1
+            order = orders[row_seeds[0]] if shared else torch.stack([orders[s] for s in row_seeds])
+            step = self._step_function(shared)
+            self.base.train()
+            loss_sum = torch.zeros(self.layout.k, device=device)
+            for start in range(0, n, batch_size):
+                batch = order[..., start:start + batch_size]
+                x, y = data.x_train[batch], data.y_train[batch]
+                grads, losses = step(self.layout.views(self.flat), self.buffers, x, y)
+                self.optimizer.step(self.flat, self.layout.flatten(grads))
+                loss_sum += losses.detach() * batch.shape[-1]
+            train_losses = (loss_sum / n).tolist()  # one device sync per epoch, not per batch
+            val_losses, val_errors = self._scores()
+            results: list[EpochResult | None] = [None] * len(self.plans)
+            diverged = []
+            for row, i in enumerate(self.running):
+                train_loss, val_loss = train_losses[row], val_losses[row]
+                results[i] = EpochResult(epoch + 1, rates[row], train_loss, val_loss, val_errors[row],
+                                         has_diverged(train_loss, val_loss, blow_up[i]))
+                if results[i].diverged:  # type: ignore[union-attr]
+                    diverged.append(i)
+            if diverged:
+                # Stop after the epoch it diverged in, as train_epochs does, whatever the caller does.
+                self._stopped.update(diverged)
+                self._keep([row for row, i in enumerate(self.running) if i not in diverged])
+            yield results
+        self._keep([])  # every copy's last parameters in final
+
+
+def _best_seconds(work: Callable[[], object], repeats: int = 3) -> float:
+    """The fastest of ``repeats`` timed calls of ``work`` after one untimed one (which may raise)."""
+    work()
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - started)
+    return best
