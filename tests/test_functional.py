@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -190,7 +191,21 @@ def test_a_users_loop_trains_one_at_a_time_and_says_why(wine: Dataset) -> None:
     assert counts == [1, 1, 1, 1]
 
 
-def test_make_trainer_batches_a_cnn_through_torch_func(wine: Dataset) -> None:
+def test_copies_whose_batched_step_is_slower_than_k_steps_alone_train_alone(wine: Dataset,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuner.training import functional
+
+    monkeypatch.setattr(functional, "_race", lambda batched, alone: (1.0, 0.01))  # as vmap's per-copy loop would be
+    plans = _plans([TrainConfig(lr=lr, epochs=1, batch_size=32) for lr in (0.01, 0.1)])
+    trainer = make_trainer(plans, wine, UserCode(family=CNN), torch.device("cpu"))
+    assert isinstance(trainer, PartsTrainer) and trainer.trained_together == [1, 1]
+    assert trainer.fallback is not None and "more than 2 steps of one copy" in trainer.fallback
+
+
+def test_make_trainer_batches_a_cnn_through_torch_func(wine: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuner.training import functional
+
+    monkeypatch.setattr(functional, "TIMED_PROBE", False)
     plans = _plans([TrainConfig(lr=lr, epochs=1, batch_size=32) for lr in (0.01, 0.1, 0.3)])
     trainer = make_trainer(plans, wine, UserCode(family=CNN), torch.device("cpu"))
     assert isinstance(trainer, EpochsTrainer) and trainer.fallback is None
@@ -199,3 +214,84 @@ def test_make_trainer_batches_a_cnn_through_torch_func(wine: Dataset) -> None:
     finals: list[list[EpochResult | None]] = []
     trainer.run(lambda results: finals.append(results) or [])
     assert all(r is not None and math.isfinite(r.val_loss) for r in finals[-1])
+
+
+CNN_MODULE = '''
+from torch import nn
+
+
+def make(input_shape, n_outputs, width, depth):
+    """A 1-D CNN over a row's features: two convolutions of `width` channels, BatchNorm, a lazy read-out."""
+    return nn.Sequential(
+        nn.Unflatten(1, (1, input_shape[-1])),
+        nn.Conv1d(1, width, 3, padding=1, bias=False), nn.BatchNorm1d(width), nn.ReLU(),
+        nn.Conv1d(width, width, 3, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.LazyLinear(n_outputs),
+    )
+'''
+
+CNN_SPEC = '''
+name = "{name}"
+seed = 3
+[data]
+name = "wine"
+[model]
+family = "mycnn:make"
+width = 8
+depth = 1
+[train]
+epochs = 3
+batch_size = 32
+optimizer = "{optimizer}"
+[stages.lr]
+trials = 6
+lr_min = 1e-3
+lr_max = 1e5
+sampler = "random"
+batched = {batched}
+batch_trials = 6
+[stages.shape]
+trials = 1
+width = [4, 4]
+depth = [1, 1]
+'''
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_users_cnn_stage_lr_trains_batched_and_stores_what_one_at_a_time_stores(tmp_path: Path, optimizer: str,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    import tuner
+    from tuner.training import functional
+
+    monkeypatch.setattr(functional, "TIMED_PROBE", False)  # a busy machine's timings would make K vary from run to run
+
+    (tmp_path / "mycnn.py").write_text(CNN_MODULE)
+    url = f"sqlite:///{tmp_path / 'cnn.db'}"
+    stored = {}
+    for batched in (False, True):
+        name = f"cnn-{optimizer}-{'batched' if batched else 'alone'}"
+        spec = tmp_path / f"{name}.toml"
+        spec.write_text(CNN_SPEC.format(name=name, optimizer=optimizer, batched=str(batched).lower()))
+        tuner.run_study(spec, storage=url, device="cpu")
+        stored[batched] = optuna.load_study(study_name=f"{name}/lr", storage=url)
+    alone, together = stored[False].trials, stored[True].trials
+    assert [t.params for t in alone] == [t.params for t in together]  # the random sampler: the same rates
+    # Asked six at a time, trained as six copies of one network; the study keeps K and no fallback.
+    assert [t.user_attrs["batched_with"] for t in together] == [6] * 6, stored[True].user_attrs.get("fallback")
+    assert [t.user_attrs["batched_with"] for t in alone] == [1] * 6
+    assert stored[True].user_attrs["trained_together"] == 6 and "fallback" not in stored[True].user_attrs
+    assert stored[True].user_attrs["search"]["ask_batch"] == 6
+    assert any(t.user_attrs["diverged"] for t in together), [t.params["lr"] for t in together]  # rates up to 1e5 blow up
+    assert any(t.state == TrialState.COMPLETE for t in together)
+    for a, b in zip(alone, together):
+        assert (a.state, a.user_attrs["diverged"]) == (b.state, b.user_attrs["diverged"])
+        for attr in ("learning_curve", "train_loss_curve"):
+            x, y = a.user_attrs[attr], b.user_attrs[attr]
+            assert len(x) == len(y)
+            kept = len(x) - 1 if a.user_attrs["diverged"] else len(x)  # a blown-up epoch's loss: only its being there
+            assert y[:kept] == pytest.approx(x[:kept], rel=TOLERANCE, abs=TOLERANCE), attr
+        if a.state == TrialState.COMPLETE:
+            assert b.value == pytest.approx(a.value, rel=TOLERANCE, abs=TOLERANCE)

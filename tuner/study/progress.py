@@ -152,6 +152,8 @@ class ConsoleReporter(Reporter):
             f"({summary.n_diverged} diverged), {summary.n_failed} failed; best {_fmt(summary.best_value)}",
             highlight=False,
         )
+        if summary.fallback:
+            self.console.print(f"stage {summary.stage}: {summary.fallback}", highlight=False, markup=False)
 
     def message(self, text: str) -> None:
         if self._progress is not None:
@@ -188,4 +190,10 @@ def summary_table(result: StudyResult, objective: str) -> Table:
             f"{summary.n_complete}/{summary.n_pruned}/{summary.n_failed}",
             f"{summary.wall_seconds:.1f}s",
         )
+    # Why trials asked together trained one at a time, one line a stage; and K where they trained as one.
+    notes = [f"stage {s.stage}: {s.fallback}" for s in result.stages.values() if s.fallback]
+    notes += [f"stage {s.stage}: {s.trained_together} trials trained as one batched model"
+              for s in result.stages.values() if s.trained_together > 1 and not s.fallback]
+    if notes:
+        table.caption = "\n".join(notes)
     return table

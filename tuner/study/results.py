@@ -17,9 +17,9 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.storage import open_existing_storage, redact, resolve_url
 from tuner.study.stored import (  # noqa: F401 -- the contract's names, read from here by many modules
     BATCHED_WITH_ATTR, BEST_LR_ATTR, BEST_TRIAL_ATTR, BUDGET_ATTR, CONTRACT_VERSION_ATTR, DEVICE_ATTR, DIVERGED_ATTR,
-    EPOCHS_DONE_ATTR, ERROR_ATTR, HANDOFF_ATTR, HANDOFF_TRIALS_ATTR, LEARNING_CURVE_ATTR, LR_ATTR, LR_FIND_ATTR, N_PARAMS_ATTR,
+    EPOCHS_DONE_ATTR, ERROR_ATTR, FALLBACK_ATTR, HANDOFF_ATTR, HANDOFF_TRIALS_ATTR, LEARNING_CURVE_ATTR, LR_ATTR, LR_FIND_ATTR, N_PARAMS_ATTR,
     OBJECTIVE_ATTR, SEARCH_ATTR, SETTINGS_ATTR, SETTINGS_HASH_ATTR, SPEC_PATH_ATTR, STAGES, SURPLUS_ATTR, TASK_ATTR,
-    THREADS_ATTR, TIME_MEASURE_ATTR, TRACEBACK_ATTR, TRAIN_LOSS_CURVE_ATTR, TRAIN_SECONDS_ATTR, UNTRAINED_VALUE_ATTR,
+    THREADS_ATTR, TIME_MEASURE_ATTR, TRACEBACK_ATTR, TRAINED_TOGETHER_ATTR, TRAIN_LOSS_CURVE_ATTR, TRAIN_SECONDS_ATTR, UNTRAINED_VALUE_ATTR,
     VERDICT_ATTR,
     check_version, split_stage_study_name, stage_study_name,
 )
@@ -41,6 +41,8 @@ class StageSummary:
     wall_seconds: float  # first trial start to last trial end, across resumed runs
     train_seconds: float  # summed training time of the stage's trials
     best_trial: int | None = None  # the number of the trial that gave best_value
+    trained_together: int = 1  # K: how many trials its latest batch trained as one model
+    fallback: str | None = None  # why trials asked together trained apart (one line), if they did
 
 
 def trained_params(params: dict[str, Any], fixed: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -76,6 +78,8 @@ def stage_summary(study: optuna.Study, stage: str, budget: int, fixed: dict[str,
         wall_seconds=wall,
         train_seconds=sum(float(t.user_attrs.get(TRAIN_SECONDS_ATTR, 0.0)) for t in finished),
         best_trial=best.number if best else None,
+        trained_together=int(study.user_attrs.get(TRAINED_TOGETHER_ATTR, 1)),
+        fallback=study.user_attrs.get(FALLBACK_ATTR),
     )
 
 

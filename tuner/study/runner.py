@@ -53,7 +53,8 @@ from tuner.study.results import FINISHED, SURPLUS_ATTR, StageSummary
 from tuner.study.stage_studies import check_stored_settings, open_stage_study, storage_of_study
 from tuner.study.pruning import error_rate_rows, shape_first_rung
 from tuner.study.stages import (
-    STAGE_NAMES, Stage, audit_stage, describe_search, lr_stage, sampler_for, settle_lr_scale, shape_stage,
+    STAGE_NAMES, Stage, audit_stage, describe_search, lr_stage, resumed_ask_batch, sampler_for, settle_lr_scale,
+    shape_stage,
 )
 from tuner.study.trials import Asked, TrialBatch, run_trials
 from tuner.training.train import check_loss, pick_threads, resolve_device, use_threads
@@ -225,6 +226,7 @@ def run_stage(
         # lr_range = "auto": the range test runs once (kept on <name>/lr, reused on resume) and sets the bounds.
         lr_range = auto_lr_range(spec, study, data, runner.reporter.message, runner.code)
         stage = lr_stage(spec, lr_range=lr_range)
+        stage = resumed_ask_batch(spec, stage, study.user_attrs.get(results.SEARCH_ATTR), len(study.get_trials(deepcopy=False)))
         if isinstance(data, StreamedData):  # read batch by batch: trials train one at a time
             stage = dataclasses.replace(stage, batch_trials=1)
         return runner.run(stage)

@@ -24,7 +24,7 @@ from tuner.errors import raise_if_stop_requested
 from tuner.storage import Heartbeat, trial_id, write_trial_records
 from tuner.study import results
 from tuner.study.stages import Stage
-from tuner.study.stored import FALLBACK_ATTR
+from tuner.study.stored import FALLBACK_ATTR, TRAINED_TOGETHER_ATTR
 from tuner.training.train import EpochResult
 from tuner.training.trainers import Trainer
 
@@ -136,6 +136,7 @@ class TrialBatch:
             **({results.UNTRAINED_VALUE_ATTR: p.untrained} if p.untrained is not None else {}),
             **extra_attrs,
         }, p.reports) for i, p in enumerate(self.progress)])
+        self._record_on_study(max(together), extra_attrs.get(FALLBACK_ATTR))
         told = []
         for (study, trial), p in zip(self.asked, self.progress):
             if not p.active or not p.curve or p.curve[-1] is None:
@@ -143,6 +144,15 @@ class TrialBatch:
             else:
                 told.append(study.tell(trial, p.curve[-1]))
         return told
+
+    def _record_on_study(self, k: int, fallback: object) -> None:
+        """Keep K (the most trials of this batch trained as one) and the fallback's reason on the stage study,
+        where the summary reads them; written only when they change (absent: K = 1, nothing fell back)."""
+        stored = self.study.user_attrs
+        if k != stored.get(TRAINED_TOGETHER_ATTR, 1):
+            self.study.set_user_attr(TRAINED_TOGETHER_ATTR, k)
+        if fallback and fallback != stored.get(FALLBACK_ATTR):
+            self.study.set_user_attr(FALLBACK_ATTR, fallback)
 
     def fail(self, error: BaseException) -> list[FrozenTrial]:
         """Tell Optuna every trial of the batch failed with ``error`` (kept as user attributes)."""

@@ -24,6 +24,7 @@ time with one line saying why: never a wrong result instead of a fallback.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import math
 import time
@@ -212,14 +213,19 @@ class Part:
     trainer: FuncBatchedTrainer | None = None
 
 
+TIMED_PROBE = True  # whether a batched step slower than K steps of one copy alone makes copies train alone
+
+
 def batch_plans(family: Family, data: Dataset, plans: Sequence[TrialPlan],
-                timed: bool = True) -> tuple[list[Part], str | None]:
+                timed: bool | None = None) -> tuple[list[Part], str | None]:
     """The plans in parts that train as K copies, or alone; and, when some that could batch train alone, why (one line).
 
     Copies of one :func:`network_key` form one part; each part of two or more is probed once
     (:meth:`FuncBatchedTrainer.probe`) and trains alone, plan by plan, if the probe finds a reason.
-    ``timed``: whether a batched step slower than K steps of one copy is a reason (False: numbers, not speed, matter).
+    ``timed``: whether a batched step slower than K steps of one copy is a reason (default :data:`TIMED_PROBE`;
+    False where numbers, not speed, matter, as in tests: the timing of a busy machine is not repeatable).
     """
+    timed = TIMED_PROBE if timed is None else timed
     optimizer = plans[0].train.optimizer
     if optimizer not in FUNCTIONAL_OPTIMIZERS:
         return [Part([i]) for i in range(len(plans))], f"optimizer {optimizer!r} has no batched form: trials train one at a time"
@@ -329,21 +335,26 @@ class FuncBatchedTrainer:
             warnings.simplefilter("always")
             self.base.train()
             step = self._step_function(True)
+            alone = copy.deepcopy(self.base).train()  # one copy as the one-at-a-time path trains it: autograd on a module
+            with torch.no_grad():
+                for name, parameter in alone.named_parameters():
+                    parameter.copy_(params[name][0])
+
+            def alone_step() -> None:
+                alone.zero_grad(set_to_none=True)
+                self.criterion(task_outputs(alone(x), data.task), y).backward()
+
             try:
-                batched_seconds = _best_seconds(lambda: step(params, buffers, x, y))
+                batched_seconds, alone_seconds = _race(lambda: step(params, buffers, x, y), alone_step)
             except Exception as error:  # noqa: BLE001 -- whatever vmap cannot run trains alone
                 return f"the model or its loss does not run under torch.func.vmap ({_first_line(error)}): trials train one at a time"
             if any(SLOW_FALLBACK_WARNING in str(w.message) for w in caught):
                 return "torch.func.vmap runs the model copy by copy (its \"performance drop\" warning): trials train one at a time"
-            one = {name: view[0] for name, view in params.items()}
-            one_buffers = {name: t[0].clone() for name, t in self.buffers.items()}
-            alone_step = grad_and_value(self._loss)
-            alone_seconds = _best_seconds(lambda: alone_step(one, one_buffers, x, y))
             outputs = self._outputs(x)
             for row in sorted({0, k - 1}):
-                alone = functional_call(self.base, ({n: v[row] for n, v in params.items()},
-                                                    {n: t[row] for n, t in self.buffers.items()}), (x,))
-                if not torch.allclose(outputs[row], alone, rtol=1e-4, atol=1e-5, equal_nan=True):
+                one = functional_call(self.base, ({n: v[row] for n, v in params.items()},
+                                                  {n: t[row] for n, t in self.buffers.items()}), (x,))
+                if not torch.allclose(outputs[row], one, rtol=1e-4, atol=1e-5, equal_nan=True):
                     return "under torch.func.vmap the model's outputs differ from one copy's alone: trials train one at a time"
         if timed and batched_seconds > k * alone_seconds:
             return (f"a batched step of {k} copies took {batched_seconds * 1e3:.1f} ms, more than {k} steps of one copy "
@@ -452,12 +463,17 @@ class FuncBatchedTrainer:
         self._keep([])  # every copy's last parameters in final
 
 
-def _best_seconds(work: Callable[[], object], repeats: int = 3) -> float:
-    """The fastest of ``repeats`` timed calls of ``work`` after one untimed one (which may raise)."""
-    work()
-    best = math.inf
+def _race(first: Callable[[], object], second: Callable[[], object], repeats: int = 3) -> tuple[float, float]:
+    """The fastest of ``repeats`` timed calls of each, taken in turns after one untimed call of each (which may raise).
+
+    In turns, so that a machine busy with other work slows both alike.
+    """
+    first()
+    second()
+    best = [math.inf, math.inf]
     for _ in range(repeats):
-        started = time.perf_counter()
-        work()
-        best = min(best, time.perf_counter() - started)
-    return best
+        for slot, work in enumerate((first, second)):
+            started = time.perf_counter()
+            work()
+            best[slot] = min(best[slot], time.perf_counter() - started)
+    return best[0], best[1]
