@@ -295,3 +295,18 @@ def test_a_users_cnn_stage_lr_trains_batched_and_stores_what_one_at_a_time_store
             assert y[:kept] == pytest.approx(x[:kept], rel=TOLERANCE, abs=TOLERANCE), attr
         if a.state == TrialState.COMPLETE:
             assert b.value == pytest.approx(a.value, rel=TOLERANCE, abs=TOLERANCE)
+
+
+def test_a_stage_lr_stored_before_torch_func_copies_resumes_asking_as_it_began() -> None:
+    import tuner
+    from tuner.study.stages import describe_search, lr_stage, resumed_ask_batch
+
+    spec = tuner.spec_from_dict({"name": "own", "model": {"family": "mynet:make"}, "stages": {"lr": {"batch_trials": 8}}})
+    stage = lr_stage(spec)
+    assert stage.batch_trials == 8  # a user's model: asked eight at a time now
+    search = describe_search(stage)
+    assert search["ask_batch"] == 8
+    assert resumed_ask_batch(spec, stage, search, n_trials=5).batch_trials == 8
+    before = {key: value for key, value in search.items() if key != "ask_batch"}  # as stored before issue 23
+    assert resumed_ask_batch(spec, stage, before, n_trials=5).batch_trials == 1  # asked one at a time then: still so
+    assert resumed_ask_batch(spec, stage, before, n_trials=0).batch_trials == 8  # no trial yet: nothing to keep
