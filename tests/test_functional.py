@@ -124,17 +124,23 @@ def test_copies_with_the_same_seed_draw_different_dropout_masks(wine: Dataset) -
     trainer = part.trainer
     assert trainer is not None
     # The same weights in every copy (one seed) on one batch: only their dropout masks can tell them apart.
-    same = {name: view[:1].expand_as(view).contiguous() for name, view in trainer.layout.views(trainer.flat).items()}
+    views = trainer.layout.views(trainer.flat)
+    assert all(torch.equal(view[0], view[-1]) for view in views.values())  # one seed: one set of weights in every copy
     x, y = wine.x_train[:64], wine.y_train[:64]
-    step = trainer._step_function(True)
     trainer.base.train()
-    _, losses = step(same, trainer.buffers, x, y)
-    assert len(set(losses.tolist())) == len(plans)  # eight masks, eight losses
-    # Each copy drops about half of the hidden units: its mean loss over many masks is stable, the spread is not zero.
-    draws = torch.stack([step(same, trainer.buffers, x, y)[1] for _ in range(50)])
-    assert draws.std(dim=0).min() > 0
+    draws = torch.stack([trainer._gradient(trainer.flat, trainer.buffers, x, y, True)[1] for _ in range(50)])
+    assert all(len(set(losses.tolist())) == len(plans) for losses in draws)  # eight masks, eight losses, every step
+    assert draws.std(dim=0).min() > 0  # and new masks at each step
+    # Each copy draws from the same distribution of masks: over 50 steps their mean losses agree within noise.
+    means, spread = draws.mean(dim=0), draws.std(dim=0).max() / math.sqrt(len(draws))
+    assert (means.max() - means.min()) < 8 * spread
+    hidden = trainer.base[:3]  # Linear, ReLU, Dropout(0.5): about half of the positive units are zeroed
+    first = {name.removeprefix("0."): view[0] for name, view in views.items() if name.startswith("0.")}
+    alive = torch.func.functional_call(hidden[0], first, (x,)) > 0
+    dropped = (torch.func.functional_call(hidden, {f"0.{n}": v for n, v in first.items()}, (x,)) == 0) & alive
+    assert 0.4 < dropped.sum().item() / alive.sum().item() < 0.6
     trainer.base.eval()
-    _, evaluated = step(same, trainer.buffers, x, y)
+    _, evaluated = trainer._gradient(trainer.flat, trainer.buffers, x, y, True)
     assert len(set(evaluated.tolist())) == 1  # no dropout in eval mode: the copies agree
 
 
@@ -195,7 +201,7 @@ def test_copies_whose_batched_step_is_slower_than_k_steps_alone_train_alone(wine
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from tuner.training import functional
 
-    monkeypatch.setattr(functional, "_race", lambda batched, alone: (1.0, 0.01))  # as vmap's per-copy loop would be
+    monkeypatch.setattr(functional, "_race", lambda batched, alone, device: (1.0, 0.01))  # as vmap's per-copy loop would be
     plans = _plans([TrainConfig(lr=lr, epochs=1, batch_size=32) for lr in (0.01, 0.1)])
     trainer = make_trainer(plans, wine, UserCode(family=CNN), torch.device("cpu"))
     assert isinstance(trainer, PartsTrainer) and trainer.trained_together == [1, 1]
@@ -310,3 +316,67 @@ def test_a_stage_lr_stored_before_torch_func_copies_resumes_asking_as_it_began()
     before = {key: value for key, value in search.items() if key != "ask_batch"}  # as stored before issue 23
     assert resumed_ask_batch(spec, stage, before, n_trials=5).batch_trials == 1  # asked one at a time then: still so
     assert resumed_ask_batch(spec, stage, before, n_trials=0).batch_trials == 8  # no trial yet: nothing to keep
+
+
+def item_in_forward(input_shape: tuple[int, ...], n_outputs: int, width: int, depth: int) -> nn.Module:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(input_shape[-1], n_outputs)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.layer(x)
+            return out * (2.0 if out.mean().item() > 0 else 1.0)  # Python on a copy's own values: not under vmap
+    return Net()
+
+
+def test_a_model_that_calls_item_in_forward_trains_one_at_a_time_and_says_why(wine: Dataset,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuner.training import functional
+
+    monkeypatch.setattr(functional, "TIMED_PROBE", False)
+    family = ModelFamily("test_functional:item_in_forward", item_in_forward)
+    plans = _plans([TrainConfig(lr=lr, epochs=1, batch_size=32) for lr in (0.01, 0.1)])
+    trainer = make_trainer(plans, wine, UserCode(family=family), torch.device("cpu"))
+    assert isinstance(trainer, PartsTrainer) and trainer.trained_together == [1, 1]
+    assert trainer.fallback is not None and "does not run under torch.func.vmap" in trainer.fallback
+
+
+LSTM_MODULE = '''
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, n_features, n_outputs, width):
+        super().__init__()
+        self.lstm = nn.LSTM(n_features, width, batch_first=True)
+        self.out = nn.Linear(width, n_outputs)
+
+    def forward(self, x):
+        return self.out(self.lstm(x)[0][:, -1])
+
+
+def make(input_shape, n_outputs, width, depth):
+    return Net(input_shape[-1], n_outputs, width)
+'''
+
+
+def test_a_stage_of_a_users_lstm_keeps_the_fallbacks_reason_and_the_summary_shows_it(tmp_path: Path) -> None:
+    import optuna
+
+    import tuner
+    from tuner.study.progress import summary_table
+
+    (tmp_path / "mylstm.py").write_text(LSTM_MODULE)
+    spec = tmp_path / "seq.toml"
+    spec.write_text('name = "seq"\n[data]\nname = "digits_rows"\nmax_rows = 200\n[model]\nfamily = "mylstm:make"\nwidth = 8\n'
+                    '[train]\nepochs = 1\n[stages.lr]\ntrials = 4\nbatch_trials = 4\n'
+                    '[stages.shape]\ntrials = 1\nwidth = [8, 8]\ndepth = [1, 1]\n')
+    url = f"sqlite:///{tmp_path / 'seq.db'}"
+    result = tuner.run_study(spec, storage=url, device="cpu")
+    study = optuna.load_study(study_name="seq/lr", storage=url)
+    assert study.user_attrs["search"]["ask_batch"] == 4  # asked four at a time: TPE sees what it would with copies
+    assert "LSTM" in study.user_attrs["fallback"] and study.user_attrs.get("trained_together", 1) == 1
+    assert {t.user_attrs["batched_with"] for t in study.trials} == {1}
+    assert result.stages["lr"].fallback == study.user_attrs["fallback"]
+    assert study.user_attrs["fallback"] in str(summary_table(result, "val_error").caption)

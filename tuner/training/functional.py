@@ -4,8 +4,9 @@ The hand-written stacked MLP and LSTM (:mod:`tuner.training.batched`) serve tune
 this serves every other network that runs under ``torch.func.vmap``: a user's model given as
 ``module:function``, the ``cnn`` family, a user's loss and metric. The K copies' parameters lie in
 one flat tensor (block by block, each block ``(K, *shape)``), their buffers (BatchNorm's running
-statistics) stacked per copy; each step is one ``vmap(grad_and_value(loss))`` over the copies, on a
-shared mini-batch when they share a seed, and one optimizer update on the flat tensor in which each
+statistics) stacked per copy; each step is one vmapped ``functional_call`` over the copies, on a
+shared mini-batch when they share a seed, the copies' losses summed and one backward pass (what
+``vmap(grad_and_value(loss))`` computes, for less overhead per step), and one optimizer update on the flat tensor in which each
 copy has its own rate, momentum and weight decay, written out as ``torch.optim``'s SGD, Adam,
 RMSprop and Adagrad compute it (:class:`FunctionalOptimizer`). Dropout draws a different mask per
 copy (``randomness="different"``), so a copy with dropout is a sound trial but not the same draws
@@ -33,8 +34,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call, vmap
 
 from tuner.inputs.data import Dataset
 from tuner.inputs.models import Family
@@ -190,6 +192,16 @@ def not_vmappable(model: nn.Module) -> str | None:
     return None
 
 
+def _not_stackable(model: nn.Module) -> str | None:
+    """Why one flat tensor cannot hold the copies' parameters (None: it can)."""
+    dtypes = {parameter.dtype for parameter in model.parameters()}
+    if not dtypes:
+        return "the model has no parameters to train: trials train one at a time"
+    if len(dtypes) > 1:
+        return f"the model's parameters are of {len(dtypes)} dtypes ({', '.join(sorted(map(str, dtypes)))}): trials train one at a time"
+    return None
+
+
 def materialised(model: nn.Module, data: Dataset) -> nn.Module:
     """``model`` with its lazy modules' parameters made, by one forward pass on two rows (as its first evaluation would)."""
     if any(isinstance(module, nn.modules.lazy.LazyModuleMixin) for module in model.modules()):
@@ -230,7 +242,7 @@ def batch_plans(family: Family, data: Dataset, plans: Sequence[TrialPlan],
     if optimizer not in FUNCTIONAL_OPTIMIZERS:
         return [Part([i]) for i in range(len(plans))], f"optimizer {optimizer!r} has no batched form: trials train one at a time"
     models = [built_copy(family, data, plan) for plan in plans]
-    reason = not_vmappable(models[0])
+    reason = not_vmappable(models[0]) or _not_stackable(models[0])
     if reason:
         return [Part([i]) for i in range(len(plans))], reason
     groups: dict[str, list[int]] = {}
@@ -286,34 +298,59 @@ class FuncBatchedTrainer:
             self.buffers = {name: torch.stack([dict(m.named_buffers())[name].detach() for m in models]).clone()
                             for name, _ in models[0].named_buffers()}
         self.criterion = loss_function(data.task, self.configs[0].loss)  # one loss: the copies share declared params
+        self.own_loss = self.configs[0].loss is None  # tuner's own: computed for all copies at once
         self._stopped: set[int] = set()
         self.running = list(range(len(self.plans)))  # plan index of each copy in the stacked tensors
         self.final: dict[int, dict[str, torch.Tensor]] = {}  # plan index -> its state when it stopped
         self.untrained: list[EpochResult] = []
-        self._steps: dict[bool, Callable[..., tuple[dict[str, torch.Tensor], torch.Tensor]]] = {}
+        self._forwards: dict[bool, Callable[..., torch.Tensor]] = {}
 
     # -- the functions vmap runs ------------------------------------------------------------
 
-    def _loss(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor,
-              y: torch.Tensor) -> torch.Tensor:
-        return self.criterion(task_outputs(functional_call(self.base, (params, buffers), (x,)), self.data.task), y)
+    def _forward(self, shared: bool) -> Callable[..., torch.Tensor]:
+        """vmap(functional_call) over the copies: every copy's outputs; ``shared``: all copies see the same rows."""
+        if shared not in self._forwards:
+            self._forwards[shared] = vmap(lambda p, b, rows: functional_call(self.base, (p, b), (rows,)),
+                                          in_dims=(0, 0, None if shared else 0), randomness="different")
+        return self._forwards[shared]
 
-    def _step_function(self, shared: bool) -> Callable[..., tuple[dict[str, torch.Tensor], torch.Tensor]]:
-        """vmap(grad_and_value(loss)) over the copies; ``shared``: all copies see one mini-batch."""
-        if shared not in self._steps:
-            data_dim = None if shared else 0
-            self._steps[shared] = vmap(grad_and_value(self._loss), in_dims=(0, 0, data_dim, data_dim),
-                                       randomness="different")
-        return self._steps[shared]
+    def _copy_losses(self, outputs: torch.Tensor, y: torch.Tensor, per_copy: bool = False) -> torch.Tensor:
+        """Each copy's loss over its rows, ``(K,)``, from outputs ``(K, rows, ...)`` as the loss wants them.
+
+        ``y``: the rows' targets, shared by the copies, or ``per_copy`` (``(K, rows, ...)``). Tuner's own
+        cross-entropy and MSE as one call on all copies' rows (each copy's mean over its own rows); a
+        user's loss under vmap, each copy's call as it would be alone.
+        """
+        if not self.own_loss:
+            return vmap(self.criterion, in_dims=(0, 0 if per_copy else None), randomness="different")(outputs, y)
+        k, rows = outputs.shape[:2]
+        target = y if per_copy else y.expand(k, *y.shape)
+        if self.data.task == "classification":
+            each = F.cross_entropy(outputs.reshape(k * rows, *outputs.shape[2:]), target.reshape(k * rows, *target.shape[2:]),
+                                   reduction="none")
+            return each.reshape(k, -1).mean(1)
+        return ((outputs - target) ** 2).reshape(k, -1).mean(1)
+
+    def _gradient(self, flat: torch.Tensor, buffers: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                  shared: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The copies' gradient in the flat layout, and each copy's loss, on one mini-batch.
+
+        One vmapped forward pass, the copies' losses summed, one backward pass: copies never mix, so the
+        gradient of the sum is each copy's own gradient (the same as ``vmap(grad_and_value(loss))``, for a
+        fraction of its overhead per step). ``buffers`` (BatchNorm's statistics) are updated in place.
+        """
+        leaf = flat.detach().requires_grad_(True)
+        outputs = task_outputs(self._forward(shared)(self.layout.views(leaf), buffers, x), self.data.task)
+        losses = self._copy_losses(outputs, y, per_copy=not shared)
+        (grad,) = torch.autograd.grad(losses.sum(), leaf)
+        return grad, losses.detach()
 
     def _outputs(self, x: torch.Tensor) -> torch.Tensor:
         """Every copy's outputs for rows ``x`` (eval mode, no gradient), ``(K, rows, ...)``, chunk by chunk."""
         self.base.eval()
-        k = self.layout.k
-        forward = vmap(lambda p, b, rows: functional_call(self.base, (p, b), (rows,)), in_dims=(0, 0, None),
-                       randomness="different")
-        chunk = max(1, EVAL_CHUNK // k)
+        chunk = max(1, EVAL_CHUNK // self.layout.k)
         params = self.layout.views(self.flat)
+        forward = self._forward(True)
         with torch.no_grad():
             return torch.cat([forward(params, self.buffers, x[start:start + chunk]) for start in range(0, len(x), chunk)], dim=1)
 
@@ -334,7 +371,6 @@ class FuncBatchedTrainer:
             caught = stack.enter_context(warnings.catch_warnings(record=True))
             warnings.simplefilter("always")
             self.base.train()
-            step = self._step_function(True)
             alone = copy.deepcopy(self.base).train()  # one copy as the one-at-a-time path trains it: autograd on a module
             with torch.no_grad():
                 for name, parameter in alone.named_parameters():
@@ -345,7 +381,7 @@ class FuncBatchedTrainer:
                 self.criterion(task_outputs(alone(x), data.task), y).backward()
 
             try:
-                batched_seconds, alone_seconds = _race(lambda: step(params, buffers, x, y), alone_step)
+                batched_seconds, alone_seconds = _race(lambda: self._gradient(self.flat, buffers, x, y, True), alone_step, x.device)
             except Exception as error:  # noqa: BLE001 -- whatever vmap cannot run trains alone
                 return f"the model or its loss does not run under torch.func.vmap ({_first_line(error)}): trials train one at a time"
             if any(SLOW_FALLBACK_WARNING in str(w.message) for w in caught):
@@ -367,7 +403,11 @@ class FuncBatchedTrainer:
         self._stopped.add(index)
 
     def _scores(self, part: str = "val") -> tuple[list[float], list[float]]:
-        """Each running copy's loss and error on ``part`` (``start``: the rows of the untrained training loss)."""
+        """Each running copy's loss and error on ``part`` (``start``: the rows of the untrained training loss).
+
+        As :func:`tuner.training.train.evaluate` computes them: all copies at once, or, with a user's
+        metric, copy by copy outside vmap (:func:`~tuner.training.train.score_outputs`).
+        """
         data = self.data
         if part == "start":
             rows = start_rows(len(data.x_train)).to(data.x_train.device)
@@ -375,19 +415,24 @@ class FuncBatchedTrainer:
         else:
             x_part, y_part = data.x_val, data.y_val
         outputs = task_outputs(self._outputs(x_part), data.task)
-        losses, errors = [], []
-        for row, i in enumerate(self.running):
-            config = self.configs[i]
-            if part == "start":
-                criterion = loss_function(data.task, config.loss)
-                losses.append((criterion(outputs[row], y_part) * len(y_part) / max(len(y_part), 1)).item())
-                errors.append(math.nan)
-                continue
-            chunks = ((outputs[row][s:s + EVAL_CHUNK], y_part[s:s + EVAL_CHUNK]) for s in range(0, len(y_part), EVAL_CHUNK))
-            loss, error = score_outputs(chunks, data, config)  # the user's metric per copy, outside vmap
-            losses.append(loss)
-            errors.append(error)
-        return losses, errors
+        n = max(len(y_part), 1)
+        if part == "start":
+            return (self._copy_losses(outputs, y_part) * len(y_part) / n).tolist(), [math.nan] * len(self.running)
+        if any(self.configs[i].metric is not None for i in self.running):
+            scored = [score_outputs(((outputs[row][s:s + EVAL_CHUNK], y_part[s:s + EVAL_CHUNK])
+                                     for s in range(0, len(y_part), EVAL_CHUNK)), data, self.configs[i])
+                      for row, i in enumerate(self.running)]
+            return [loss for loss, _ in scored], [error for _, error in scored]
+        loss_sum = torch.zeros(len(self.running), device=outputs.device)
+        for start in range(0, len(y_part), EVAL_CHUNK):
+            chunk = y_part[start:start + EVAL_CHUNK]
+            loss_sum += self._copy_losses(outputs[:, start:start + EVAL_CHUNK], chunk) * len(chunk)
+        if data.task == "classification":
+            errors = ((outputs.argmax(dim=-1) != y_part).sum(1) / n).tolist()
+        else:
+            errors = [math.sqrt(e) * data.target_scale if math.isfinite(e) else e
+                      for e in (((outputs - y_part) ** 2).sum(1) / n).tolist()]
+        return (loss_sum / n).tolist(), errors
 
     def _keep(self, keep: list[int]) -> None:
         """Keep the running copies at rows ``keep``; the others' last parameters go to :attr:`final`."""
@@ -436,15 +481,14 @@ class FuncBatchedTrainer:
             row_seeds = [configs[i].seed for i in self.running]
             shared = len(set(row_seeds)) == 1
             order = orders[row_seeds[0]] if shared else torch.stack([orders[s] for s in row_seeds])
-            step = self._step_function(shared)
             self.base.train()
             loss_sum = torch.zeros(self.layout.k, device=device)
             for start in range(0, n, batch_size):
                 batch = order[..., start:start + batch_size]
                 x, y = data.x_train[batch], data.y_train[batch]
-                grads, losses = step(self.layout.views(self.flat), self.buffers, x, y)
-                self.optimizer.step(self.flat, self.layout.flatten(grads))
-                loss_sum += losses.detach() * batch.shape[-1]
+                grad, losses = self._gradient(self.flat, self.buffers, x, y, shared)
+                self.optimizer.step(self.flat, grad)
+                loss_sum += losses * batch.shape[-1]
             train_losses = (loss_sum / n).tolist()  # one device sync per epoch, not per batch
             val_losses, val_errors = self._scores()
             results: list[EpochResult | None] = [None] * len(self.plans)
@@ -463,17 +507,21 @@ class FuncBatchedTrainer:
         self._keep([])  # every copy's last parameters in final
 
 
-def _race(first: Callable[[], object], second: Callable[[], object], repeats: int = 3) -> tuple[float, float]:
+def _race(first: Callable[[], object], second: Callable[[], object], device: torch.device | None = None,
+          repeats: int = 3) -> tuple[float, float]:
     """The fastest of ``repeats`` timed calls of each, taken in turns after one untimed call of each (which may raise).
 
-    In turns, so that a machine busy with other work slows both alike.
+    In turns, so that a machine busy with other work slows both alike; on a GPU each call is waited for.
     """
+    wait = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
     first()
     second()
     best = [math.inf, math.inf]
     for _ in range(repeats):
         for slot, work in enumerate((first, second)):
+            wait()
             started = time.perf_counter()
             work()
+            wait()
             best[slot] = min(best[slot], time.perf_counter() - started)
     return best[0], best[1]
