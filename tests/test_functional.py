@@ -380,3 +380,31 @@ def test_a_stage_of_a_users_lstm_keeps_the_fallbacks_reason_and_the_summary_show
     assert {t.user_attrs["batched_with"] for t in study.trials} == {1}
     assert result.stages["lr"].fallback == study.user_attrs["fallback"]
     assert study.user_attrs["fallback"] in str(summary_table(result, "val_error").caption)
+
+
+def frozen_first_layer(input_shape: tuple[int, ...], n_outputs: int, width: int, depth: int) -> nn.Module:
+    model = nn.Sequential(nn.Linear(input_shape[-1], width), nn.ReLU(), nn.Linear(width, n_outputs))
+    model[0].weight.requires_grad_(False)
+    return model
+
+
+def unused_layer(input_shape: tuple[int, ...], n_outputs: int, width: int, depth: int) -> nn.Module:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used, self.spare = nn.Linear(input_shape[-1], n_outputs), nn.Linear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.used(x)
+    return Net()
+
+
+@pytest.mark.parametrize(("factory", "words"), [(frozen_first_layer, "frozen parameters (0.weight)"),
+                                                (unused_layer, "leaves parameters unused (spare.weight, spare.bias)")])
+def test_parameters_torch_optim_would_leave_be_make_copies_train_alone(wine: Dataset, factory: object, words: str) -> None:
+    # torch.optim skips a frozen parameter and one without a gradient (weight decay included): the flat copies cannot.
+    family = ModelFamily(f"test_functional:{factory.__name__}", factory)  # type: ignore[attr-defined]
+    plans = _plans([TrainConfig(lr=lr, epochs=1, batch_size=32, weight_decay=0.1) for lr in (0.01, 0.1)])
+    parts, reason = batch_plans(family, wine, plans, timed=False)
+    assert [part.indices for part in parts] == [[0], [1]] and all(part.trainer is None for part in parts)
+    assert reason is not None and words in reason

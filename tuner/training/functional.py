@@ -34,12 +34,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
 from tuner.inputs.data import Dataset
 from tuner.inputs.models import Family
+from tuner.training.batched import cross_entropy_rows
 from tuner.training.train import (
     EVAL_CHUNK,
     EpochResult,
@@ -50,6 +50,7 @@ from tuner.training.train import (
     has_diverged,
     loss_function,
     lr_at,
+    make_optimizer,
     order_generator,
     score_outputs,
     seeded_model,
@@ -199,6 +200,9 @@ def _not_stackable(model: nn.Module) -> str | None:
         return "the model has no parameters to train: trials train one at a time"
     if len(dtypes) > 1:
         return f"the model's parameters are of {len(dtypes)} dtypes ({', '.join(sorted(map(str, dtypes)))}): trials train one at a time"
+    frozen = [name for name, parameter in model.named_parameters() if not parameter.requires_grad]
+    if frozen:  # torch.optim leaves them be; the flat copies would train them
+        return f"the model has frozen parameters ({', '.join(frozen[:3])}): trials train one at a time"
     return None
 
 
@@ -326,8 +330,7 @@ class FuncBatchedTrainer:
         k, rows = outputs.shape[:2]
         target = y if per_copy else y.expand(k, *y.shape)
         if self.data.task == "classification":
-            each = F.cross_entropy(outputs.reshape(k * rows, *outputs.shape[2:]), target.reshape(k * rows, *target.shape[2:]),
-                                   reduction="none")
+            each = cross_entropy_rows(outputs.reshape(k * rows, *outputs.shape[2:]), target.reshape(k * rows, *target.shape[2:]))
             return each.reshape(k, -1).mean(1)
         return ((outputs - target) ** 2).reshape(k, -1).mean(1)
 
@@ -361,7 +364,8 @@ class FuncBatchedTrainer:
 
         One batched step must run (the model and the loss under vmap), without vmap's slow
         per-sample fallback, give the outputs each copy gives alone, and cost no more than K steps of
-        one copy alone. Nothing of the copies' state changes, nor torch's random generator.
+        one copy alone; and one copy's step alone must give every parameter a gradient (torch.optim
+        leaves one without be). Nothing of the copies' state changes, nor torch's random generator.
         """
         data, k = self.data, self.layout.k
         x, y = data.x_train[:self.configs[0].batch_size], data.y_train[:self.configs[0].batch_size]
@@ -376,14 +380,29 @@ class FuncBatchedTrainer:
                 for name, parameter in alone.named_parameters():
                     parameter.copy_(params[name][0])
 
-            def alone_step() -> None:
-                alone.zero_grad(set_to_none=True)
+            first = self.configs[0]
+            alone_optimizer = make_optimizer(first.optimizer, alone.parameters(), first.lr, first.momentum, first.weight_decay)
+            scratch = self.flat.clone()  # the batched steps' parameters: the copies' own stay as they are
+            scratch_optimizer = FunctionalOptimizer(first.optimizer, self.layout, scratch, self.configs)
+
+            def alone_step() -> None:  # a step of train_epochs: zero the gradients, forward, backward, torch.optim's step
+                alone_optimizer.zero_grad(set_to_none=True)
                 self.criterion(task_outputs(alone(x), data.task), y).backward()
+                alone_optimizer.step()
+
+            def batched_step() -> None:
+                grad, _ = self._gradient(scratch, buffers, x, y, True)
+                scratch_optimizer.step(scratch, grad)
 
             try:
-                batched_seconds, alone_seconds = _race(lambda: self._gradient(self.flat, buffers, x, y, True), alone_step, x.device)
+                batched_step()  # first calls: what cannot run raises here; and one-time costs are paid before timing
+                alone_step()
+                batched_seconds, alone_seconds = _race(batched_step, alone_step, x.device)
             except Exception as error:  # noqa: BLE001 -- whatever vmap cannot run trains alone
                 return f"the model or its loss does not run under torch.func.vmap ({_first_line(error)}): trials train one at a time"
+            unused = [name for name, parameter in alone.named_parameters() if parameter.grad is None]
+            if unused:  # torch.optim skips a parameter without a gradient (no decay, no momentum); the flat copies would not
+                return f"the model's forward pass leaves parameters unused ({', '.join(unused[:3])}): trials train one at a time"
             if any(SLOW_FALLBACK_WARNING in str(w.message) for w in caught):
                 return "torch.func.vmap runs the model copy by copy (its \"performance drop\" warning): trials train one at a time"
             outputs = self._outputs(x)
@@ -509,13 +528,11 @@ class FuncBatchedTrainer:
 
 def _race(first: Callable[[], object], second: Callable[[], object], device: torch.device | None = None,
           repeats: int = 3) -> tuple[float, float]:
-    """The fastest of ``repeats`` timed calls of each, taken in turns after one untimed call of each (which may raise).
+    """The fastest of ``repeats`` timed calls of each, taken in turns.
 
     In turns, so that a machine busy with other work slows both alike; on a GPU each call is waited for.
     """
     wait = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
-    first()
-    second()
     best = [math.inf, math.inf]
     for _ in range(repeats):
         for slot, work in enumerate((first, second)):
