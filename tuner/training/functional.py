@@ -32,6 +32,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -308,15 +309,31 @@ class FuncBatchedTrainer:
         self.final: dict[int, dict[str, torch.Tensor]] = {}  # plan index -> its state when it stopped
         self.untrained: list[EpochResult] = []
         self._forwards: dict[bool, Callable[..., torch.Tensor]] = {}
+        self._slots = _tensor_slots(self.base)
 
     # -- the functions vmap runs ------------------------------------------------------------
 
     def _forward(self, shared: bool) -> Callable[..., torch.Tensor]:
         """vmap(functional_call) over the copies: every copy's outputs; ``shared``: all copies see the same rows."""
         if shared not in self._forwards:
-            self._forwards[shared] = vmap(lambda p, b, rows: functional_call(self.base, (p, b), (rows,)),
-                                          in_dims=(0, 0, None if shared else 0), randomness="different")
+            call = self._call_with if self._slots is not None else \
+                (lambda p, b, rows: functional_call(self.base, (p, b), (rows,)))
+            self._forwards[shared] = vmap(call, in_dims=(0, 0, None if shared else 0), randomness="different")
         return self._forwards[shared]
+
+    def _call_with(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+        """``functional_call(self.base, (params, buffers), (rows,))`` for a module without shared tensors: each
+        tensor put in its module's slot and put back, without functional_call's checks on every step."""
+        tensors = {**params, **buffers}
+        slots = self._slots or []
+        saved = [table[attribute] for table, attribute, _ in slots]
+        try:
+            for table, attribute, name in slots:
+                table[attribute] = tensors[name]
+            return self.base(rows)
+        finally:
+            for (table, attribute, _), tensor in zip(slots, saved):
+                table[attribute] = tensor
 
     def _copy_losses(self, outputs: torch.Tensor, y: torch.Tensor, per_copy: bool = False) -> torch.Tensor:
         """Each copy's loss over its rows, ``(K,)``, from outputs ``(K, rows, ...)`` as the loss wants them.
@@ -342,11 +359,12 @@ class FuncBatchedTrainer:
         gradient of the sum is each copy's own gradient (the same as ``vmap(grad_and_value(loss))``, for a
         fraction of its overhead per step). ``buffers`` (BatchNorm's statistics) are updated in place.
         """
-        leaf = flat.detach().requires_grad_(True)
-        outputs = task_outputs(self._forward(shared)(self.layout.views(leaf), buffers, x), self.data.task)
+        # Each block its own leaf: the gradient of views of one leaf would be zero-filled and copied in, block by block.
+        blocks = {name: view.detach().requires_grad_(True) for name, view in self.layout.views(flat).items()}
+        outputs = task_outputs(self._forward(shared)(blocks, buffers, x), self.data.task)
         losses = self._copy_losses(outputs, y, per_copy=not shared)
-        (grad,) = torch.autograd.grad(losses.sum(), leaf)
-        return grad, losses.detach()
+        grads = torch.autograd.grad(losses.sum(), list(blocks.values()), allow_unused=True, materialize_grads=True)
+        return torch.cat([grad.reshape(-1) for grad in grads]), losses.detach()
 
     def _outputs(self, x: torch.Tensor) -> torch.Tensor:
         """Every copy's outputs for rows ``x`` (eval mode, no gradient), ``(K, rows, ...)``, chunk by chunk."""
@@ -524,6 +542,22 @@ class FuncBatchedTrainer:
                 self._keep([row for row, i in enumerate(self.running) if i not in diverged])
             yield results
         self._keep([])  # every copy's last parameters in final
+
+
+def _tensor_slots(model: nn.Module) -> list[tuple[dict[str, Any], str, str]] | None:
+    """Where each parameter and buffer of ``model`` lives (its module's table, its name there, its full name);
+    None when a tensor is shared by two names (tied weights), which only ``functional_call`` handles."""
+    slots = []
+    for kind, named in (("_parameters", model.named_parameters(remove_duplicate=False)),
+                        ("_buffers", model.named_buffers(remove_duplicate=False))):
+        seen: set[int] = set()
+        for name, tensor in named:
+            if id(tensor) in seen:
+                return None
+            seen.add(id(tensor))
+            owner, _, attribute = name.rpartition(".")
+            slots.append((getattr(model.get_submodule(owner), kind), attribute, name))
+    return slots
 
 
 def _race(first: Callable[[], object], second: Callable[[], object], device: torch.device | None = None,
