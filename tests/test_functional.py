@@ -408,3 +408,26 @@ def test_parameters_torch_optim_would_leave_be_make_copies_train_alone(wine: Dat
     parts, reason = batch_plans(family, wine, plans, timed=False)
     assert [part.indices for part in parts] == [[0], [1]] and all(part.trainer is None for part in parts)
     assert reason is not None and words in reason
+
+
+def random_projection(input_shape: tuple[int, ...], n_outputs: int, width: int, depth: int) -> nn.Module:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.projection = torch.randn(input_shape[-1], width)  # a plain attribute: functional_call shares copy 0's
+            self.out = nn.Linear(width, n_outputs)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(x @ self.projection)
+    return Net()
+
+
+def test_a_tensor_held_as_a_plain_attribute_batches_only_between_copies_where_it_is_equal(wine: Dataset) -> None:
+    family = ModelFamily("test_functional:random_projection", random_projection)
+    same_seed = _plans([TrainConfig(lr=lr, epochs=1, batch_size=32) for lr in (0.01, 0.1)])
+    parts, reason = batch_plans(family, wine, same_seed, timed=False)
+    assert [part.indices for part in parts] == [[0, 1]] and reason is None
+    other_seeds = _plans([TrainConfig(lr=0.01, epochs=1, batch_size=32, seed=seed) for seed in (0, 1)])
+    parts, reason = batch_plans(family, wine, other_seeds, timed=False)
+    assert [part.indices for part in parts] == [[0], [1]]  # copy 1 would have run with copy 0's projection
+    assert reason is not None and "different networks" in reason

@@ -175,7 +175,8 @@ def network_key(model: nn.Module, plan: TrialPlan) -> str:
             if attribute.startswith("_") and attribute not in ("_forward_hooks", "_forward_pre_hooks"):
                 continue
             if isinstance(value, torch.Tensor):
-                value = hashlib.sha256(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+                data = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                value = f"{value.dtype}{tuple(value.shape)}:{hashlib.sha256(data).hexdigest()}"
             elif attribute in ("_forward_hooks", "_forward_pre_hooks"):
                 value = len(value)
             attributes.append(f"{attribute}={value!r}")
