@@ -46,10 +46,10 @@ import torch
 
 from tuner.inputs.load import load_dataset
 from tuner.inputs.spec import StudySpec, load_spec
+from tuner.inputs.usercode import resolve_code
 from tuner.storage import open_storage
 from tuner.study.runner import run_stage
 from tuner.study.stages import TrialPlan, lr_stage
-from tuner.inputs.usercode import resolve_code
 from tuner.training import trainers
 from tuner.training.batched import supports, train_batched
 from tuner.training.functional import batch_plans, built_copy
@@ -155,15 +155,15 @@ def bench_spec(name: str, args: argparse.Namespace, n_trials: int, rounds: int, 
     with tempfile.TemporaryDirectory() as folder:
         for r in range(rounds):
             train_alone.append(_alone_round(spec, data, rates))
-            for key in train_batched_s:
-                train_batched_s[key].append(_batched_round(spec, data, rates, key[1], key[0]))
+            for (path, b), times in train_batched_s.items():
+                times.append(_batched_round(spec, data, rates, b, path))
             seconds_alone, rates_alone, _ = _stage_round(spec, data, device, Path(folder), f"alone{r}", None)
             stage_alone.append(seconds_alone)
-            for key in stage_batched:
+            for key, times in stage_batched.items():
                 path, b = key
                 seconds, rates_batched, k = _stage_round(spec, data, device, Path(folder), f"{path}{b}-{r}", b, path == "func")
                 assert rates_alone == rates_batched, "both sides must run the same trials"
-                stage_batched[key].append(seconds)
+                times.append(seconds)
                 ks[key] |= k
             together = ", ".join(f"{p} {b}: {train_batched_s[p, b][-1]:.2f} s" for p, b in train_batched_s)
             staged = ", ".join(f"{p} {b}: {stage_batched[p, b][-1]:.2f} s" for p, b in stage_batched)

@@ -24,5 +24,5 @@ class Conv1dNet(nn.Module):
 
 
 def cnn1d(input_shape: tuple[int, ...], n_outputs: int, width: int, depth: int) -> nn.Module:
-    steps, features = input_shape
+    _, features = input_shape  # (steps, features)
     return Conv1dNet(features, n_outputs, width, depth)

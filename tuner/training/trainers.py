@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Collection, Sequence
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -236,7 +236,7 @@ class LoopTrainer:
 
     fallback: str | None = None
     untrained: Sequence[EpochResult] = ()  # a user's loop has no epoch 0
-    trained_together = [1]
+    trained_together: ClassVar[list[int]] = [1]  # one trial, alone
 
     def __init__(self, loop: Callable[..., object], model: nn.Module, data: Dataset | StreamedData,
                  config: TrainConfig, device: torch.device, params: dict[str, object] | None = None,
