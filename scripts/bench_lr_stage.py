@@ -52,7 +52,7 @@ from tuner.study.runner import run_stage
 from tuner.study.stages import TrialPlan, lr_stage
 from tuner.training import trainers
 from tuner.training.batched import supports, train_batched
-from tuner.training.functional import batch_plans, built_copy
+from tuner.training.functional_plans import batch_plans, built_copy
 from tuner.training.train import resolve_device, train_epochs
 
 HERE = Path(__file__).resolve().parent

@@ -14,7 +14,8 @@ from tuner.inputs.families import ModelFamily
 from tuner.inputs.load import load_dataset
 from tuner.inputs.spec import DataSpec
 from tuner.inputs.usercode import UserCode
-from tuner.training.functional import FuncBatchedTrainer, batch_plans, built_copy
+from tuner.training.functional import FuncBatchedTrainer
+from tuner.training.functional_plans import batch_plans, built_copy
 from tuner.training.train import EpochResult, TrainConfig, TrialPlan, train_epochs
 from tuner.training.trainers import LOOP_FALLBACK, EpochsTrainer, PartsTrainer, make_trainer
 
@@ -171,7 +172,6 @@ def test_other_factory_arguments_train_apart(wine: Dataset) -> None:
 
 def test_an_lstm_trains_one_at_a_time_and_says_why() -> None:
     data = load_dataset(DataSpec(name="digits_rows", max_rows=200), seed=0)
-    family = ModelFamily("test_functional:lstm_model", lstm_model, inputs="sequence")
     family = ModelFamily("test_functional:lstm_model", lambda n_in, n_out, width, depth: lstm_model((n_in,), n_out, width, depth),
                          inputs="sequence")
     plans = _plans([TrainConfig(lr=lr, epochs=1, batch_size=32) for lr in (0.01, 0.1)], width=40)
@@ -209,9 +209,9 @@ def test_copies_whose_batched_step_is_slower_than_k_steps_alone_train_alone(wine
 
 
 def test_make_trainer_batches_a_cnn_through_torch_func(wine: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tuner.training import functional
+    from tuner.training import functional_plans
 
-    monkeypatch.setattr(functional, "TIMED_PROBE", False)
+    monkeypatch.setattr(functional_plans, "TIMED_PROBE", False)
     plans = _plans([TrainConfig(lr=lr, epochs=1, batch_size=32) for lr in (0.01, 0.1, 0.3)])
     trainer = make_trainer(plans, wine, UserCode(family=CNN), torch.device("cpu"))
     assert isinstance(trainer, EpochsTrainer) and trainer.fallback is None
@@ -270,9 +270,9 @@ def test_a_users_cnn_stage_lr_trains_batched_and_stores_what_one_at_a_time_store
     from optuna.trial import TrialState
 
     import tuner
-    from tuner.training import functional
+    from tuner.training import functional_plans
 
-    monkeypatch.setattr(functional, "TIMED_PROBE", False)  # a busy machine's timings would make K vary from run to run
+    monkeypatch.setattr(functional_plans, "TIMED_PROBE", False)  # a busy machine's timings would make K vary from run to run
 
     (tmp_path / "mycnn.py").write_text(CNN_MODULE)
     url = f"sqlite:///{tmp_path / 'cnn.db'}"
@@ -332,9 +332,9 @@ def item_in_forward(input_shape: tuple[int, ...], n_outputs: int, width: int, de
 
 def test_a_model_that_calls_item_in_forward_trains_one_at_a_time_and_says_why(wine: Dataset,
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from tuner.training import functional
+    from tuner.training import functional_plans
 
-    monkeypatch.setattr(functional, "TIMED_PROBE", False)
+    monkeypatch.setattr(functional_plans, "TIMED_PROBE", False)
     family = ModelFamily("test_functional:item_in_forward", item_in_forward)
     plans = _plans([TrainConfig(lr=lr, epochs=1, batch_size=32) for lr in (0.01, 0.1)])
     trainer = make_trainer(plans, wine, UserCode(family=family), torch.device("cpu"))

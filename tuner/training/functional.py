@@ -8,17 +8,17 @@ statistics) stacked per copy; each step is one vmapped ``functional_call`` over 
 shared mini-batch when they share a seed, the copies' losses summed and one backward pass (what
 ``vmap(grad_and_value(loss))`` computes, for less overhead per step), and one optimizer update on the flat tensor in which each
 copy has its own rate, momentum and weight decay, written out as ``torch.optim``'s SGD, Adam,
-RMSprop and Adagrad compute it (:class:`FunctionalOptimizer`). Dropout draws a different mask per
+RMSprop and Adagrad compute it (:mod:`tuner.training.functional_state`). Dropout draws a different mask per
 copy (``randomness="different"``), so a copy with dropout is a sound trial but not the same draws
 as the trial trained alone; without randomness a copy's curve is its curve alone, to float tolerance.
 
-Copies are grouped only when they are the same network (:func:`network_key`): ``functional_call``
+Copies are grouped only when they are the same network (:mod:`tuner.training.functional_plans`): ``functional_call``
 shares the module's Python attributes (a dropout probability, an activation slope) across copies, so
 copies built from other factory arguments, or whose modules differ in anything but the values of
 their parameters and buffers, would be computed wrongly; they train apart. What cannot run batched
 (recurrent modules of ``torch.nn``, ``.item()`` or data-dependent control flow in ``forward``, a loss
 vmap cannot run, vmap's slow per-sample fallback, outputs that differ from one copy's alone, or a
-first step slower than one copy's) is found once, by :func:`batch_plans`, and trains one trial at a
+first step slower than one copy's) is found once, by :meth:`FuncBatchedTrainer.probe`, and trains one trial at a
 time with one line saying why: never a wrong result instead of a fallback.
 """
 
@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import math
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,12 +37,11 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from tuner.inputs.data import Dataset
-from tuner.inputs.models import Family
 from tuner.training.batched import cross_entropy_rows
+from tuner.training.functional_state import FlatLayout, FunctionalOptimizer
 from tuner.training.train import (
     EVAL_CHUNK,
     EpochResult,
-    TrainConfig,
     TrialPlan,
     divergence_threshold,
     epoch_order,
@@ -54,222 +51,11 @@ from tuner.training.train import (
     make_optimizer,
     order_generator,
     score_outputs,
-    seeded_model,
     start_rows,
     task_outputs,
 )
 
-FUNCTIONAL_OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad")
-# torch.optim's defaults, which train.make_optimizer leaves as they are.
-ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
-RMSPROP_ALPHA, RMSPROP_EPS = 0.99, 1e-8
-ADAGRAD_EPS = 1e-10
 SLOW_FALLBACK_WARNING = "There is a performance drop"  # what vmap warns when it loops over the copies instead
-
-
-class _Layout:
-    """Where each parameter of K copies lies in one flat tensor: block by block, a block ``(K, *shape)`` contiguous."""
-
-    def __init__(self, names: Sequence[str], shapes: Sequence[torch.Size], k: int) -> None:
-        self.names, self.shapes, self.k = list(names), list(shapes), k
-        self.sizes = [math.prod(shape) for shape in shapes]
-
-    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each parameter of the copies, ``(K, *shape)``, as a view of ``flat``."""
-        views, start = {}, 0
-        for name, shape, size in zip(self.names, self.shapes, self.sizes):
-            views[name] = flat[start:start + self.k * size].view(self.k, *shape)
-            start += self.k * size
-        return views
-
-    def flatten(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.cat([tensors[name].reshape(-1) for name in self.names])
-
-    def spread(self, values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
-        """One value per copy, spread over every element of that copy in the flat layout."""
-        column = torch.tensor(list(values), dtype=like.dtype, device=like.device)
-        return torch.cat([column.repeat_interleave(size) for size in self.sizes])
-
-    def select(self, flat: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """The flat tensor of the copies ``rows`` only (the layout of ``len(rows)`` copies)."""
-        return self.flatten({name: view.index_select(0, rows) for name, view in self.views(flat).items()})
-
-
-class FunctionalOptimizer:
-    """SGD (momentum, weight decay), Adam, RMSprop or Adagrad on K copies' flat parameters, each copy its own settings.
-
-    The update rules are ``torch.optim``'s with the settings :func:`tuner.training.train.make_optimizer`
-    gives them (SGD: dampening 0, no Nesterov; Adam: no AMSGrad; RMSprop: alpha 0.99, no momentum, not
-    centred; Adagrad: no rate decay, accumulator from 0), L2 weight decay added to the gradient.
-
-    Example:
-        >>> opt = FunctionalOptimizer("adam", layout, flat, [TrainConfig(lr=1e-3), TrainConfig(lr=3e-3)])  # doctest: +SKIP
-        >>> opt.step(flat, grad)  # doctest: +SKIP
-    """
-
-    def __init__(self, name: str, layout: _Layout, flat: torch.Tensor, configs: Sequence[TrainConfig]) -> None:
-        if name not in FUNCTIONAL_OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {name!r}; one of {', '.join(FUNCTIONAL_OPTIMIZERS)}")
-        self.name, self.layout = name, layout
-        self.lr = layout.spread([c.lr for c in configs], flat)
-        self.momentum = layout.spread([c.momentum for c in configs], flat) if name == "sgd" else None
-        decays = [c.weight_decay for c in configs]
-        self.weight_decay = layout.spread(decays, flat) if any(decays) else None
-        self.state = [torch.zeros_like(flat) for _ in range(2 if name == "adam" else 1)]
-        self.steps = 0
-
-    def set_lr(self, rates: Sequence[float]) -> None:
-        self.lr = self.layout.spread(rates, self.lr)
-
-    def keep(self, rows: torch.Tensor, layout: _Layout) -> None:
-        """Keep the copies ``rows`` only; ``layout``: theirs."""
-        select = self.layout.select
-        self.lr = select(self.lr, rows)
-        self.momentum = select(self.momentum, rows) if self.momentum is not None else None
-        self.weight_decay = select(self.weight_decay, rows) if self.weight_decay is not None else None
-        self.state = [select(t, rows) for t in self.state]
-        self.layout = layout
-
-    @torch.no_grad()
-    def step(self, flat: torch.Tensor, grad: torch.Tensor) -> None:
-        """One update of ``flat`` (in place) from the copies' gradient ``grad`` (same layout)."""
-        if self.weight_decay is not None:
-            grad = grad + self.weight_decay * flat
-        self.steps += 1
-        if self.name == "sgd":
-            # buf = momentum * buf + grad (the first step's zeros make buf = grad, as torch does); p -= lr * buf
-            (buf,) = self.state
-            buf.mul_(self.momentum).add_(grad)
-            flat.sub_(self.lr * buf)
-        elif self.name == "adam":
-            beta1, beta2 = ADAM_BETAS
-            exp_avg, exp_avg_sq = self.state
-            exp_avg.lerp_(grad, 1 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            step_size = self.lr / (1 - beta1**self.steps)
-            denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**self.steps)).add_(ADAM_EPS)
-            flat.sub_(step_size * exp_avg / denom)
-        elif self.name == "rmsprop":
-            (square_avg,) = self.state
-            square_avg.mul_(RMSPROP_ALPHA).addcmul_(grad, grad, value=1 - RMSPROP_ALPHA)
-            flat.sub_(self.lr * grad / square_avg.sqrt().add_(RMSPROP_EPS))
-        else:  # adagrad
-            (state_sum,) = self.state
-            state_sum.addcmul_(grad, grad, value=1)
-            flat.sub_(self.lr * grad / state_sum.sqrt().add_(ADAGRAD_EPS))
-
-
-def network_key(model: nn.Module, plan: TrialPlan) -> str:
-    """What must be equal for two copies to be trained as one network; copies of equal keys batch.
-
-    The factory's arguments (width, depth and the declared parameters), the batch size and
-    optimizer, and each module's type, Python attributes, and its parameters' and buffers' names,
-    shapes and dtypes. A tensor held as a plain attribute (not a parameter or buffer) is shared by
-    ``functional_call`` as it is, so its value is part of the key.
-    """
-    parts = [f"width={plan.width}", f"depth={plan.depth}", f"batch={plan.train.batch_size}",
-             f"optimizer={plan.train.optimizer}", f"declared={sorted(plan.declared.items())!r}"]
-    for name, module in model.named_modules():
-        attributes = []
-        for attribute, value in sorted(vars(module).items()):
-            if attribute.startswith("_") and attribute not in ("_forward_hooks", "_forward_pre_hooks"):
-                continue
-            if isinstance(value, torch.Tensor):
-                data = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-                value = f"{value.dtype}{tuple(value.shape)}:{hashlib.sha256(data).hexdigest()}"
-            elif attribute in ("_forward_hooks", "_forward_pre_hooks"):
-                value = len(value)
-            attributes.append(f"{attribute}={value!r}")
-        parts.append(f"{name}:{type(module).__qualname__}({', '.join(attributes)})")
-    for kind, tensors in (("param", model.named_parameters()), ("buffer", model.named_buffers())):
-        parts.extend(f"{kind} {name} {tuple(t.shape)} {t.dtype}" for name, t in tensors)
-    return "\n".join(parts)
-
-
-def not_vmappable(model: nn.Module) -> str | None:
-    """Why ``model`` is known not to run under vmap before trying (None: not known)."""
-    for module in model.modules():
-        if isinstance(module, nn.RNNBase):
-            return (f"its nn.{type(module).__name__} does not run under torch.func.vmap (pytorch/pytorch#105982): "
-                    f"trials train one at a time")
-    return None
-
-
-def _not_stackable(model: nn.Module) -> str | None:
-    """Why one flat tensor cannot hold the copies' parameters (None: it can)."""
-    dtypes = {parameter.dtype for parameter in model.parameters()}
-    if not dtypes:
-        return "the model has no parameters to train: trials train one at a time"
-    if len(dtypes) > 1:
-        return f"the model's parameters are of {len(dtypes)} dtypes ({', '.join(sorted(map(str, dtypes)))}): trials train one at a time"
-    frozen = [name for name, parameter in model.named_parameters() if not parameter.requires_grad]
-    if frozen:  # torch.optim leaves them be; the flat copies would train them
-        return f"the model has frozen parameters ({', '.join(frozen[:3])}): trials train one at a time"
-    return None
-
-
-def materialised(model: nn.Module, data: Dataset) -> nn.Module:
-    """``model`` with its lazy modules' parameters made, by one forward pass on two rows (as its first evaluation would)."""
-    if any(isinstance(module, nn.modules.lazy.LazyModuleMixin) for module in model.modules()):
-        was_training = model.training
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            model.eval()(data.x_train[:2])
-        model.train(was_training)
-    return model
-
-
-def built_copy(family: Family, data: Dataset, plan: TrialPlan) -> nn.Module:
-    """The trial's model as the one-at-a-time path builds it (same seed, lazy parameters made)."""
-    return materialised(seeded_model(family, data, plan.width, plan.depth, plan.train.seed, plan.declared), data)
-
-
-@dataclass
-class Part:
-    """Plans that train together (``trainer``) or one alone (``trainer`` None)."""
-
-    indices: list[int]
-    trainer: FuncBatchedTrainer | None = None
-
-
-TIMED_PROBE = True  # whether a batched step slower than K steps of one copy alone makes copies train alone
-
-
-def batch_plans(family: Family, data: Dataset, plans: Sequence[TrialPlan],
-                timed: bool | None = None) -> tuple[list[Part], str | None]:
-    """The plans in parts that train as K copies, or alone; and, when some that could batch train alone, why (one line).
-
-    Copies of one :func:`network_key` form one part; each part of two or more is probed once
-    (:meth:`FuncBatchedTrainer.probe`) and trains alone, plan by plan, if the probe finds a reason.
-    ``timed``: whether a batched step slower than K steps of one copy is a reason (default :data:`TIMED_PROBE`;
-    False where numbers, not speed, matter, as in tests: the timing of a busy machine is not repeatable).
-    """
-    timed = TIMED_PROBE if timed is None else timed
-    optimizer = plans[0].train.optimizer
-    if optimizer not in FUNCTIONAL_OPTIMIZERS:
-        return [Part([i]) for i in range(len(plans))], f"optimizer {optimizer!r} has no batched form: trials train one at a time"
-    models = [built_copy(family, data, plan) for plan in plans]
-    reason = not_vmappable(models[0]) or _not_stackable(models[0])
-    if reason:
-        return [Part([i]) for i in range(len(plans))], reason
-    groups: dict[str, list[int]] = {}
-    for i, (model, plan) in enumerate(zip(models, plans)):
-        groups.setdefault(network_key(model, plan), []).append(i)
-    parts, reasons = [], []
-    if len(groups) > 1:
-        reasons.append(f"the {len(plans)} trials are {len(groups)} different networks (other factory arguments or "
-                       f"modules): each trains apart")
-    for indices in groups.values():
-        if len(indices) == 1:
-            parts.append(Part(indices))
-            continue
-        trainer = FuncBatchedTrainer(data, [plans[i] for i in indices], [models[i] for i in indices])
-        why = trainer.probe(timed)
-        if why is None:
-            parts.append(Part(indices, trainer))
-        else:
-            reasons.append(why)
-            parts.extend(Part([i]) for i in indices)
-    return parts, "; ".join(dict.fromkeys(reasons)) or None
 
 
 def _first_line(error: BaseException) -> str:
@@ -280,7 +66,7 @@ def _first_line(error: BaseException) -> str:
 class FuncBatchedTrainer:
     """K copies of one network trained together through ``torch.func``, as an :class:`~tuner.training.train.EpochTrainer`.
 
-    Each copy starts from its plan's model (``models``: as :func:`built_copy` builds them) and sees
+    Each copy starts from its plan's model (``models``: as :func:`~tuner.training.functional_plans.built_copy` builds them) and sees
     its seed's data order, so that without dropout its curve matches
     :func:`tuner.training.train.train_epochs` on the same plan. A copy stops after the epoch it
     diverged in, after its own number of epochs, or once :meth:`stop` was called for it; stopped
@@ -288,7 +74,7 @@ class FuncBatchedTrainer:
 
     Args:
         data: the data set in memory, on the device to train on.
-        plans: the trials, all of one :func:`network_key`.
+        plans: the trials, all of one :func:`~tuner.training.functional_plans.network_key`.
         models: their models, built and materialised.
     """
 
@@ -298,7 +84,7 @@ class FuncBatchedTrainer:
         self.base = models[0]  # the module functional_call runs: its Python attributes, the copies' tensors
         named = [dict(model.named_parameters()) for model in models]
         self.names = list(named[0])
-        self.layout = _Layout(self.names, [named[0][n].shape for n in self.names], len(models))
+        self.layout = FlatLayout(self.names, [named[0][n].shape for n in self.names], len(models))
         with torch.no_grad():
             self.flat = self.layout.flatten({n: torch.stack([p[n].detach() for p in named]) for n in self.names})
             self.buffers = {name: torch.stack([dict(m.named_buffers())[name].detach() for m in models]).clone()
@@ -478,7 +264,7 @@ class FuncBatchedTrainer:
             if row not in keep:
                 self.final[i] = {name: tensor.clone() for name, tensor in self._row_state(row).items()}
         rows = torch.tensor(keep, dtype=torch.long, device=self.flat.device)
-        layout = _Layout(self.layout.names, self.layout.shapes, len(keep))
+        layout = FlatLayout(self.layout.names, self.layout.shapes, len(keep))
         self.flat = self.layout.select(self.flat, rows)
         self.buffers = {name: t.index_select(0, rows) for name, t in self.buffers.items()}
         self.optimizer.keep(rows, layout)

@@ -91,7 +91,7 @@ def make_trainer(plans: Sequence[TrialPlan], data: Dataset | StreamedData, code:
 
         return EpochsTrainer(BatchedTrainer(code.family, data, plans),  # type: ignore[arg-type]
                              lambda: [parameter_count(code.family, data, p.width, p.depth) for p in plans], k=len(plans))
-    from tuner.training.functional import batch_plans
+    from tuner.training.functional_plans import batch_plans
 
     parts, reason = batch_plans(code.family, data, plans)
     if len(parts) == 1 and parts[0].trainer is not None:
