@@ -246,12 +246,15 @@ def test_a_batched_lstm_lr_stage_runs_batched_and_stores_what_the_one_at_a_time_
             assert b.value == pytest.approx(a.value, rel=TOLERANCE, abs=TOLERANCE)
 
 
-def test_batching_is_skipped_where_the_model_family_cannot_batch(tmp_path: Path) -> None:
+def test_stage_lr_asks_together_wherever_copies_may_train_as_one(tmp_path: Path) -> None:
+    # The cnn family has no hand-written stacked form: its copies train through torch.func (issue 23).
     spec = tuner.spec_from_dict({"name": "img", "data": {"name": "digits_images"}, "model": {"family": "cnn"},
                                  "stages": {"lr": {"batched": True}}})
-    assert lr_stage(spec).batch_trials == 1
+    assert lr_stage(spec).batch_trials == 16
     lstm = tuner.spec_from_dict({"name": "seq", "data": {"name": "digits_rows"}, "model": {"family": "lstm"}})
     assert lr_stage(lstm).batch_trials == 16
+    loop = tuner.spec_from_dict({"name": "own", "train": {"loop": "mine:loop"}})
+    assert lr_stage(loop).batch_trials == 1  # a user's loop trains one trial at a time: it is asked so
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # plain ask/tell on a heartbeat storage

@@ -176,6 +176,8 @@ class ConsoleReporter(Reporter):
             self._progress.stop()
             self._progress = None
         self.console.print(_stage_done(summary), highlight=False)
+        if summary.fallback:
+            self.console.print(f"stage {summary.stage}: {summary.fallback}", highlight=False, markup=False)
 
     def message(self, text: str) -> None:
         if self._progress is not None:
@@ -267,4 +269,10 @@ def summary_table(result: StudyResult, objective: str) -> Table:
             f"{summary.n_complete}/{summary.n_pruned}/{summary.n_failed}",
             f"{summary.wall_seconds:.1f}s",
         )
+    # Why trials asked together trained one at a time, one line a stage; and K where they trained as one.
+    notes = [f"stage {s.stage}: {s.fallback}" for s in result.stages.values() if s.fallback]
+    notes += [f"stage {s.stage}: {s.trained_together} trials trained as one batched model"
+              for s in result.stages.values() if s.trained_together > 1 and not s.fallback]
+    if notes:
+        table.caption = "\n".join(notes)
     return table

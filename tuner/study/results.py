@@ -25,6 +25,7 @@ from tuner.study.stored import (  # noqa: F401 -- the contract's names, read fro
     DIVERGED_ATTR,
     EPOCHS_DONE_ATTR,
     ERROR_ATTR,
+    FALLBACK_ATTR,
     HANDOFF_ATTR,
     HANDOFF_TRIALS_ATTR,
     LEARNING_CURVE_ATTR,
@@ -45,6 +46,7 @@ from tuner.study.stored import (  # noqa: F401 -- the contract's names, read fro
     TRAIN_LOSS_CURVE_ATTR,
     TRAIN_SECONDS_ATTR,
     TRAINED_LR_ATTR,
+    TRAINED_TOGETHER_ATTR,
     UNTRAINED_VALUE_ATTR,
     VERDICT_ATTR,
     check_version,
@@ -94,6 +96,8 @@ class StageSummary:
     train_seconds: float  # summed training time of the stage's trials
     best_trial: int | None = None  # the number of the trial that gave best_value
     direction: str = MINIMIZE  # "maximize": best_value is the highest
+    trained_together: int = 1  # K: how many trials its latest batch trained as one model
+    fallback: str | None = None  # why trials asked together trained apart (one line), if they did
 
 
 def trained_params(params: dict[str, Any], fixed: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -145,6 +149,8 @@ def stage_summary(study: optuna.Study, stage: str, budget: int, fixed: dict[str,
         train_seconds=sum(float(t.user_attrs.get(TRAIN_SECONDS_ATTR, 0.0)) for t in finished),
         best_trial=best.number if best else None,
         direction=direction,
+        trained_together=int(study.user_attrs.get(TRAINED_TOGETHER_ATTR, 1)),
+        fallback=study.user_attrs.get(FALLBACK_ATTR),
     )
 
 

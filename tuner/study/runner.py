@@ -66,6 +66,7 @@ from tuner.study.stages import (
     audit_stage,
     describe_search,
     lr_stage,
+    resumed_ask_batch,
     sampler_for,
     settle_lr_scale,
     shape_stage,
@@ -218,6 +219,7 @@ def run_stage(
         # lr_range = "auto": the range test runs once (kept on <name>/lr, reused on resume) and sets the bounds.
         lr_range = auto_lr_range(spec, study, data, runner.reporter.message, runner.code)
         stage = lr_stage(spec, lr_range=lr_range)
+        stage = resumed_ask_batch(spec, stage, study.user_attrs.get(results.SEARCH_ATTR), len(study.get_trials(deepcopy=False)))
         if isinstance(data, StreamedData):  # read batch by batch: trials train one at a time
             stage = dataclasses.replace(stage, batch_trials=1)
         return runner.run(stage)

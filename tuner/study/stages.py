@@ -27,7 +27,7 @@ from tuner.inputs.usercode import UserCode, identity
 from tuner.study.lr_scale import resolve_lr_scale
 from tuner.study.pruning import FirstRung, UntilLearningPruner
 from tuner.study.results import trained_params
-from tuner.study.stored import ADDED_FIELDS, LR_SCALE_RANGE_ATTR, STAGES
+from tuner.study.stored import ADDED_FIELDS, ASK_BATCH_KEY, LR_SCALE_RANGE_ATTR, STAGES
 
 if TYPE_CHECKING:  # torch comes with them: imported where a stage is built, not to read a stored one's settings
     from tuner.training.train import TrainConfig, TrialPlan
@@ -166,10 +166,10 @@ def declared_distribution(param: DeclaredParam) -> BaseDistribution:
 
 
 def batchable_params(spec: StudySpec) -> bool:
-    """Whether stage lr's trials, at the declared defaults, can train as batched copies.
+    """Whether stage lr's trials, at the declared defaults, can train as tuner's hand-written stacked copies.
 
-    The stacked copies keep each copy's momentum and weight decay, but have no dropout, and hand
-    nothing to a user's code: with dropout above 0, or any other name, trials train one at a time.
+    Those keep each copy's momentum and weight decay, but have no dropout, and hand nothing to a
+    user's code: with dropout above 0, or any other name, the ``torch.func`` copies train them.
     """
     return all(param.name in OPTIMIZER_NAMES or (param.name == "dropout" and param.default == 0)
                for param in spec.stages.shape.params)
@@ -210,14 +210,8 @@ def fixed_settings(spec: StudySpec, stage: str, best_lr: float | None = None) ->
 
 def lr_stage(spec: StudySpec, lr_range: tuple[float, float] | None = None) -> Stage:
     """Stage 1: ``lr`` log-uniform on the spec's small network, constant schedule."""
-    from tuner.training.batched import worth_batching
-
     lr = spec.stages.lr
     low, high = lr_range or (lr.lr_min, lr.lr_max)
-    # Batched copies use tuner's own loss and metric and train in memory; a user's loop trains alone.
-    own_code = spec.train.loop or spec.train.loss or spec.train.metric
-    batchable = (lr.batched and not own_code and batchable_params(spec)
-                 and worth_batching(spec.model.family, spec.train.optimizer, spec.model.width))
     return _shaped(
         spec,
         name="lr",
@@ -227,8 +221,49 @@ def lr_stage(spec: StudySpec, lr_range: tuple[float, float] | None = None) -> St
         pruner=lr.pruner,
         space={"lr": FloatDistribution(low, high, log=True)},
         fixed=fixed_settings(spec, "lr"),
-        batch_trials=lr.batch_trials if batchable else 1,
+        batch_trials=lr.batch_trials if asks_together(spec) else 1,
     )
+
+
+def asks_together(spec: StudySpec) -> bool:
+    """Whether stage lr asks its trials ``batch_trials`` at a time: wherever they may train as K copies.
+
+    The ask batch (what TPE sees: its start-up and constant-liar batches) follows from the spec alone,
+    never from how the asked trials then train: as tuner's hand-written stacked MLP or LSTM, as K
+    copies through ``torch.func`` (a user's model, the ``cnn`` family, a user's loss or metric,
+    declared parameters), or one at a time where the copies turn out not to run batched
+    (:func:`tuner.training.trainers.make_trainer` says why, and the stage study keeps it). A user's
+    loop trains one trial at a time, and tuner's own LSTM only batches up to
+    ``BATCHED_LSTM_MAX_WIDTH`` units (``nn.LSTM`` does not run under vmap): those ask one at a time.
+    """
+    from tuner.training.batched import worth_batching  # here: torch comes with them
+    from tuner.training.stacked import StackedLSTM, stacked_class
+
+    lr = spec.stages.lr
+    if not lr.batched or spec.train.loop:
+        return False
+    if stacked_class(spec.model.family) is StackedLSTM:
+        return worth_batching(spec.model.family, spec.train.optimizer, spec.model.width) and \
+            not (spec.train.loss or spec.train.metric) and batchable_params(spec)
+    return True
+
+
+def asked_together_before(spec: StudySpec) -> bool:
+    """:func:`asks_together` as tuner decided it before ``torch.func`` copies (issue 23): only where the
+    hand-written stacked copies applied. A stage lr stored then resumes asking as it began."""
+    from tuner.training.batched import worth_batching  # here: torch comes with it
+
+    own_code = spec.train.loop or spec.train.loss or spec.train.metric
+    return bool(spec.stages.lr.batched and not own_code and batchable_params(spec)
+                and worth_batching(spec.model.family, spec.train.optimizer, spec.model.width))
+
+
+def resumed_ask_batch(spec: StudySpec, stage: Stage, search: dict[str, Any] | None, n_trials: int) -> Stage:
+    """``stage`` (lr) asking as its stored study began: a study stored before the ask batch was recorded
+    (no ``ask_batch`` in its ``search``) that holds trials asks by the rule of then."""
+    if search is None or ASK_BATCH_KEY in search or not n_trials:
+        return stage
+    return dataclasses.replace(stage, batch_trials=spec.stages.lr.batch_trials if asked_together_before(spec) else 1)
 
 
 def shape_stage(spec: StudySpec, best_lr: float, rung: FirstRung | None = None, *,
@@ -390,7 +425,8 @@ def describe_search(stage: Stage) -> dict[str, Any]:
     pruner.update(pruner_settings(stage.pruner, stage.epochs, stage.first_rung))
     if stage.rung_rule == "auto":  # the rung read from stage lr (None: not pruning), and the guard's noise unit
         pruner.update({"first_rung": "auto", "prunes_from": stage.first_rung, "untrained_noise": stage.untrained_noise})
-    return {"sampler": sampler, "pruner": pruner, "optuna_version": optuna.__version__}
+    # The ask batch (since issue 23): how many trials were asked at once, whatever then trained together.
+    return {"sampler": sampler, "pruner": pruner, "optuna_version": optuna.__version__, ASK_BATCH_KEY: stage.batch_trials}
 
 
 def ask_conditional(study: optuna.Study, stage: Stage) -> optuna.Trial:

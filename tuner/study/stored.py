@@ -69,7 +69,13 @@ BATCHED_WITH_ATTR = "batched_with"
 ERROR_ATTR = "error"
 TRACEBACK_ATTR = "traceback"
 SURPLUS_ATTR = "surplus"  # on a trial failed untrained because other workers had filled the budget
-FALLBACK_ATTR = "fallback"  # on a trial that trained alone though it could have been batched: why
+# On a trial that trained alone though it was asked with others (and, since issue 23, on its stage study, the
+# latest such reason): why, in one line.
+FALLBACK_ATTR = "fallback"
+# On a stage study (since issue 23): K, how many trials its latest batch trained as one model (absent: 1). The
+# ask batch is apart from it, in SEARCH_ATTR under ASK_BATCH_KEY: what TPE saw, whatever trained together.
+TRAINED_TOGETHER_ATTR = "trained_together"
+ASK_BATCH_KEY = "ask_batch"
 # The objective of the trial's model before any step (epoch 0); absent for a user's own loop (it has no epoch 0).
 UNTRAINED_VALUE_ATTR = "untrained_value"
 # The learning rate the trial trained at, written when it is asked: its ``lr`` param (stages lr and audit) or the

@@ -24,7 +24,7 @@ from tuner.errors import raise_if_stop_requested
 from tuner.storage import Heartbeat, trial_id, write_trial_records
 from tuner.study import results
 from tuner.study.stages import Stage
-from tuner.study.stored import FALLBACK_ATTR
+from tuner.study.stored import FALLBACK_ATTR, TRAINED_TOGETHER_ATTR
 from tuner.training.train import EpochResult
 from tuner.training.trainers import Trainer
 
@@ -86,12 +86,12 @@ class TrialBatch:
             return False
         return self.report(index, result.epoch, value)
 
-    def begin(self, untrained: Sequence[EpochResult]) -> None:
-        """Take each trial's untrained (epoch-0) result; stored at once where a pruner may read it."""
-        for (_, trial), progress, result in zip(self.asked, self.progress, untrained):
-            progress.untrained = _finite_or_none(result.val_error if self.objective == "val_error" else result.val_loss)
-            if self.live_reports and progress.untrained is not None:
-                trial.set_user_attr(results.UNTRAINED_VALUE_ATTR, progress.untrained)
+    def begin(self, index: int, result: EpochResult) -> None:
+        """Take trial ``index``'s untrained (epoch-0) result; stored at once where a pruner may read it."""
+        progress, trial = self.progress[index], self.asked[index][1]
+        progress.untrained = _finite_or_none(result.val_error if self.objective == "val_error" else result.val_loss)
+        if self.live_reports and progress.untrained is not None:
+            trial.set_user_attr(results.UNTRAINED_VALUE_ATTR, progress.untrained)
 
     def report(self, index: int, epoch: int, value: float) -> bool:
         """Report the objective of an epoch to Optuna (now, or with the trial's records); False: prune."""
@@ -116,21 +116,27 @@ class TrialBatch:
             progress.reports = {}
         self._flushed = time.perf_counter()
 
-    def finish(self, n_params: Sequence[int], extra_attrs: dict[str, object]) -> list[FrozenTrial]:
-        """Store every trial's records in one commit, then tell Optuna each outcome."""
-        batched = len(self.asked) > 1
+    def finish(self, n_params: Sequence[int], extra_attrs: dict[str, object],
+               trained_together: Sequence[int] | None = None) -> list[FrozenTrial]:
+        """Store every trial's records in one commit, then tell Optuna each outcome.
+
+        ``trained_together``: per trial, the copies it trained with as one model (its K; default: the
+        whole batch), which may be fewer than were asked together.
+        """
+        together = list(trained_together or [len(self.asked)] * len(self.asked))
         write_trial_records(self.study, [(self.ids[i], {
             results.LEARNING_CURVE_ATTR: p.curve,
             results.TRAIN_LOSS_CURVE_ATTR: p.train_curve,
             results.TRAIN_SECONDS_ATTR: round(p.seconds, 4),
-            results.TIME_MEASURE_ATTR: "batch_share" if batched else "alone",
+            results.TIME_MEASURE_ATTR: "batch_share" if together[i] > 1 else "alone",
             results.DIVERGED_ATTR: p.diverged,
             results.N_PARAMS_ATTR: n_params[i],
             results.EPOCHS_DONE_ATTR: len(p.curve),
-            results.BATCHED_WITH_ATTR: len(self.asked),
+            results.BATCHED_WITH_ATTR: together[i],
             **({results.UNTRAINED_VALUE_ATTR: p.untrained} if p.untrained is not None else {}),
             **extra_attrs,
         }, p.reports) for i, p in enumerate(self.progress)])
+        self._record_on_study(max(together), extra_attrs.get(FALLBACK_ATTR))
         told = []
         for (study, trial), p in zip(self.asked, self.progress):
             if not p.active or not p.curve or p.curve[-1] is None:
@@ -138,6 +144,15 @@ class TrialBatch:
             else:
                 told.append(study.tell(trial, p.curve[-1]))
         return told
+
+    def _record_on_study(self, k: int, fallback: object) -> None:
+        """Keep K (the most trials of this batch trained as one) and the fallback's reason on the stage study,
+        where the summary reads them; written only when they change (absent: K = 1, nothing fell back)."""
+        stored = self.study.user_attrs
+        if k != stored.get(TRAINED_TOGETHER_ATTR, 1):
+            self.study.set_user_attr(TRAINED_TOGETHER_ATTR, k)
+        if fallback and fallback != stored.get(FALLBACK_ATTR):
+            self.study.set_user_attr(FALLBACK_ATTR, fallback)
 
     def fail(self, error: BaseException) -> list[FrozenTrial]:
         """Tell Optuna every trial of the batch failed with ``error`` (kept as user attributes)."""
@@ -174,8 +189,10 @@ def run_trials(
         spent = time.perf_counter() - epoch_started
         for i in trained:
             batch.progress[i].seconds += spent / len(trained)
-        if not any(p.curve for p in batch.progress):  # the first epoch: the trainer has its untrained values
-            batch.begin(trainer.untrained)
+        untrained = trainer.untrained  # each trial's, known once its first epoch has run
+        for i in trained:
+            if not batch.progress[i].curve and i < len(untrained) and untrained[i] is not None:
+                batch.begin(i, untrained[i])  # type: ignore[arg-type]
         stop = [i for i in trained if not batch.progress[i].active or not batch.record(i, results[i])]  # type: ignore[arg-type]
         raise_if_stop_requested()  # a Ctrl-C whose first raise was swallowed
         batch.flush_if_due()
@@ -197,7 +214,7 @@ def run_trials(
         return batch.fail(error)
     if trainer.fallback:
         extra_attrs = {**extra_attrs, FALLBACK_ATTR: trainer.fallback}
-    return batch.finish(counts, extra_attrs)
+    return batch.finish(counts, extra_attrs, trainer.trained_together)
 
 
 def _finite_or_none(value: float) -> float | None:

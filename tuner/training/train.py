@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -274,6 +274,16 @@ def evaluate(model: nn.Module, data: Dataset | StreamedData, config: TrainConfig
     the target's own units).
     """
     model.eval()
+    return score_outputs(((task_outputs(model(x), data.task), y) for x, y in _val_batches(data, part)), data, config)
+
+
+def score_outputs(chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], data: Dataset | StreamedData,
+                  config: TrainConfig | None = None) -> tuple[float, float]:
+    """Loss and error of one model from its outputs (as the loss wants them) and targets, chunk by chunk.
+
+    What :func:`evaluate` computes; the batched copies of :mod:`tuner.training.functional` score each
+    copy's outputs here too, so that a copy's values are its values alone.
+    """
     criterion = loss_function(data.task, config.loss if config else None)
     metric = config.metric if config else None
     device = data_device(data)
@@ -281,10 +291,9 @@ def evaluate(model: nn.Module, data: Dataset | StreamedData, config: TrainConfig
     error_sum = torch.zeros((), device=device)
     n = 0
     kept: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for x, y in _val_batches(data, part):
-        out = task_outputs(model(x), data.task)
-        loss_sum += criterion(out, y) * len(x)
-        n += len(x)
+    for out, y in chunks:
+        loss_sum += criterion(out, y) * len(y)
+        n += len(y)
         if metric is not None:
             kept.append((out, y))
         elif data.task == "classification":

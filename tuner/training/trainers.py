@@ -20,14 +20,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Collection, Sequence
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 
 from tuner.errors import raise_if_stop_requested
 from tuner.inputs.data import Dataset, StreamedData
-from tuner.inputs.params import accepted_arguments
+from tuner.inputs.params import OPTIMIZER_NAMES, accepted_arguments
 from tuner.inputs.usercode import UserCode
 from tuner.training.train import (
     EpochResult,
@@ -51,10 +51,11 @@ class Trainer(Protocol):
     """Trains the plans it was made for; see the module docstring."""
 
     fallback: str | None
+    trained_together: list[int]  # per trial, how many copies trained as one with it (1: alone), the K of its group
 
     @property
-    def untrained(self) -> Sequence[EpochResult]:
-        """Each trial's epoch-0 result (its model before any step), once the first epoch has run; empty if unknown."""
+    def untrained(self) -> Sequence[EpochResult | None]:
+        """Each trial's epoch-0 result (its model before any step), once its first epoch has run; empty or None if unknown."""
         ...
 
     def run(self, on_epoch: OnEpoch) -> None: ...
@@ -62,27 +63,73 @@ class Trainer(Protocol):
     def n_params(self) -> list[int]: ...
 
 
+LOOP_FALLBACK = "a user's training loop ([train] loop) trains one trial at a time"
+STREAMED_FALLBACK = "data read batch by batch (streamed) trains one trial at a time"
+
+
 def make_trainer(plans: Sequence[TrialPlan], data: Dataset | StreamedData, code: UserCode,
                  device: torch.device) -> Trainer:
     """The trainer of ``plans``: the user's loop, K copies batched, or tuner's loop for one trial.
 
-    How many plans come together was decided when they were asked (the stage's ``batch_trials``:
-    batchable family, optimizer and width, data in memory); here only how they train.
+    How many plans come together was decided when they were asked (the stage's ``batch_trials``);
+    here how they train: tuner's hand-written stacked MLP or LSTM where it applies
+    (:func:`hand_written_applies`), else K copies of any network through ``torch.func``
+    (:func:`tuner.training.functional.batch_plans`), else one at a time, with the reason in
+    :attr:`Trainer.fallback`.
     """
     plans = [with_code(plan, code) for plan in plans]
-    if code.loop is not None:
-        (plan,) = plans  # a user's loop trains one trial at a time: its stages ask one (lr_stage)
-        return LoopTrainer(code.loop, seeded_model(code.family, data, plan.width, plan.depth, plan.train.seed, plan.declared),
-                           data, plan.train, device, plan.params, plan.declared)
     if len(plans) == 1:
-        (plan,) = plans
-        model = seeded_model(code.family, data, plan.width, plan.depth, plan.train.seed, plan.declared)
-        return EpochsTrainer(SingleTrainer(model, data, plan.train),  # type: ignore[arg-type]
-                             lambda: [sum(p.numel() for p in model.parameters())], model=model)
-    from tuner.training.batched import BatchedTrainer
+        return _alone(plans[0], data, code, device)
+    if code.loop is not None:
+        return PartsTrainer([([i], lambda plan=plan: _alone(plan, data, code, device)) for i, plan in enumerate(plans)],
+                            LOOP_FALLBACK)
+    if isinstance(data, StreamedData):
+        return PartsTrainer([([i], lambda plan=plan: _alone(plan, data, code, device)) for i, plan in enumerate(plans)],
+                            STREAMED_FALLBACK)
+    if hand_written_applies(code, plans):
+        from tuner.training.batched import BatchedTrainer
 
-    return EpochsTrainer(BatchedTrainer(code.family, data, plans),  # type: ignore[arg-type]
-                         lambda: [parameter_count(code.family, data, p.width, p.depth) for p in plans])
+        return EpochsTrainer(BatchedTrainer(code.family, data, plans),  # type: ignore[arg-type]
+                             lambda: [parameter_count(code.family, data, p.width, p.depth) for p in plans], k=len(plans))
+    from tuner.training.functional_plans import batch_plans
+
+    parts, reason = batch_plans(code.family, data, plans)
+    if len(parts) == 1 and parts[0].trainer is not None:
+        batched = parts[0].trainer
+        return EpochsTrainer(batched, lambda: [sum(batched.layout.sizes)] * len(plans), k=len(plans))  # type: ignore[arg-type]
+
+    def part_trainer(part: Any) -> Callable[[], Trainer]:
+        if part.trainer is None:
+            return lambda: _alone(plans[part.indices[0]], data, code, device)
+        batched = part.trainer
+        return lambda: EpochsTrainer(batched, lambda: [sum(batched.layout.sizes)] * len(part.indices),
+                                     k=len(part.indices))
+    return PartsTrainer([(part.indices, part_trainer(part)) for part in parts], reason)
+
+
+def hand_written_applies(code: UserCode, plans: Sequence[TrialPlan]) -> bool:
+    """Whether tuner's hand-written stacked copies (:mod:`tuner.training.batched`) train these plans.
+
+    Its MLP and LSTM (LSTM up to :data:`~tuner.training.batched.BATCHED_LSTM_MAX_WIDTH` units) with SGD or
+    Adam, tuner's own loss and metric, no dropout nor other declared parameter, one shape and batch size.
+    """
+    from tuner.training.batched import worth_batching
+
+    first = plans[0]
+    same = {(p.width, p.depth, p.train.batch_size, p.train.optimizer) for p in plans}
+    plain = all(name in OPTIMIZER_NAMES or (name == "dropout" and not value)
+                for p in plans for name, value in p.declared.items())
+    return (code.loss is None and code.metric is None and plain and len(same) == 1
+            and worth_batching(code.family, first.train.optimizer, first.width))  # type: ignore[arg-type]
+
+
+def _alone(plan: TrialPlan, data: Dataset | StreamedData, code: UserCode, device: torch.device) -> Trainer:
+    """One trial trained alone: by the user's loop, else tuner's."""
+    model = seeded_model(code.family, data, plan.width, plan.depth, plan.train.seed, plan.declared)
+    if code.loop is not None:
+        return LoopTrainer(code.loop, model, data, plan.train, device, plan.params, plan.declared)
+    return EpochsTrainer(SingleTrainer(model, data, plan.train),  # type: ignore[arg-type]
+                         lambda: [sum(p.numel() for p in model.parameters())], model=model)
 
 
 def with_code(plan: TrialPlan, code: UserCode) -> TrialPlan:
@@ -97,11 +144,13 @@ def with_code(plan: TrialPlan, code: UserCode) -> TrialPlan:
 class EpochsTrainer:
     """Tuner's own loop (one trial, or K batched), as a :class:`Trainer`."""
 
-    def __init__(self, epochs: EpochTrainer, n_params: Callable[[], list[int]], model: nn.Module | None = None) -> None:
+    def __init__(self, epochs: EpochTrainer, n_params: Callable[[], list[int]], model: nn.Module | None = None,
+                 k: int = 1) -> None:
         self._epochs = epochs
         self._n_params = n_params
         self.model = model  # the one trial's model (None when batched)
         self.fallback: str | None = None
+        self.trained_together = [k] * k  # each trial's K: the copies it trained with, itself included
 
     def run(self, on_epoch: OnEpoch) -> None:
         stopped: set[int] = set()
@@ -118,6 +167,51 @@ class EpochsTrainer:
     @property
     def untrained(self) -> Sequence[EpochResult]:
         return self._epochs.untrained  # type: ignore[attr-defined, no-any-return]
+
+
+class PartsTrainer:
+    """Trials trained part after part: each part (one trial, or K copies of one network) by its own trainer.
+
+    The trainers are built when their part's turn comes (so only one part's models are held at a time);
+    ``on_epoch`` sees every trial, None for those of other parts. ``fallback``: why these trials, asked
+    together, did not all train as one.
+    """
+
+    def __init__(self, parts: Sequence[tuple[list[int], Callable[[], Trainer]]], fallback: str | None) -> None:
+        self.parts = list(parts)
+        self.fallback = fallback
+        self.n_trials = sum(len(indices) for indices, _ in self.parts)
+        self.trained_together = [1] * self.n_trials
+        for indices, _ in self.parts:
+            for i in indices:
+                self.trained_together[i] = len(indices)
+        self._untrained: list[EpochResult | None] = [None] * self.n_trials
+        self._counts: list[int] = [0] * self.n_trials
+
+    @property
+    def untrained(self) -> Sequence[EpochResult | None]:
+        return self._untrained
+
+    def run(self, on_epoch: OnEpoch) -> None:
+        for indices, build in self.parts:
+            trainer = build()
+
+            def part_epoch(results: list[EpochResult | None], indices: list[int] = indices, trainer: Trainer = trainer) -> list[int]:
+                if not any(self._untrained[i] for i in indices):
+                    for i, result in zip(indices, trainer.untrained):
+                        self._untrained[i] = result
+                everyone: list[EpochResult | None] = [None] * self.n_trials
+                for i, result in zip(indices, results):
+                    everyone[i] = result
+                stop = set(on_epoch(everyone))
+                return [row for row, i in enumerate(indices) if i in stop]
+
+            trainer.run(part_epoch)
+            for i, count in zip(indices, trainer.n_params()):
+                self._counts[i] = count
+
+    def n_params(self) -> list[int]:
+        return self._counts
 
 
 class StopTrial(Exception):
@@ -142,6 +236,7 @@ class LoopTrainer:
 
     fallback: str | None = None
     untrained: Sequence[EpochResult] = ()  # a user's loop has no epoch 0
+    trained_together: ClassVar[list[int]] = [1]  # one trial, alone
 
     def __init__(self, loop: Callable[..., object], model: nn.Module, data: Dataset | StreamedData,
                  config: TrainConfig, device: torch.device, params: dict[str, object] | None = None,
