@@ -53,10 +53,10 @@ def test_the_folders_the_readme_commands_write_are_git_ignored() -> None:
 def test_the_readme_set_up_matches_ci_and_says_what_it_assumes() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    set_up = re.search(r"```bash\n(pip install torch==(\S+) && pip install -e \"\.\[dev\]\") && tuner study", readme)
+    set_up = re.search(r"```bash\n(pip install torch==(\S+) && pip install -e \"(\.\[[\w,]+\])\") && tuner study", readme)
     assert set_up is not None
     assert f"pip install --quiet --disable-pip-version-check torch=={set_up.group(2)}" in ci
-    assert 'pip install --quiet --disable-pip-version-check -e ".[dev]"' in ci
+    assert f'pip install --quiet --disable-pip-version-check -e "{set_up.group(3)}"' in ci  # the same extras
     assert "```bash\npython -m pytest\n```" in readme and ci.rstrip().endswith("python -m pytest")
     assert "a clone of this repository, a shell in its folder, and a virtual environment" in readme
     assert "whose name is not `tuner`" in readme

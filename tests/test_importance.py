@@ -254,3 +254,14 @@ def test_ped_anova_reads_the_highest_scores_as_the_best_of_a_study_that_maximize
     table, _ = importance_table("scored", storage)
     ped = table[table.evaluator == "ped_anova"].set_index("param")["importance"]
     assert ped["a"] > 0.8 > ped["b"]
+
+
+def test_the_audit_verdict_says_which_parameters_it_could_not_judge(audited: tuple[str, tuner.StudyResult]) -> None:
+    storage, _ = audited
+    verdict = audit_verdict("audited", storage)
+    trials = optuna.load_study(study_name="audited/audit", storage=storage).trials
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    without = sum("decay" not in t.params for t in complete)
+    assert without > 0  # 'constant' trials have no decay (stages.shape.conditional): the case to say
+    assert f"decay is set in {len(complete) - without} of {len(complete)} trials" in verdict.message
+    assert verdict.message.endswith(".") and "Not judged: decay and its interaction with lr" in verdict.message

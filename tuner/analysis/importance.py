@@ -106,10 +106,17 @@ class AuditVerdict:
     largest_interaction_with: str | None  # the other parameter of that pair
     max_ratio: float = AUDIT_MAX_INTERACTION_RATIO
     reason: str = ""  # why it could not judge, when held is None
+    # Parameters set in some trials only (where they act, e.g. decay), which fANOVA cannot judge with
+    # the rest: in words, "" when none.
+    not_judged: str = ""
 
     @property
     def message(self) -> str:
         """A sentence or two for the end of ``tuner study``."""
+        said = self._message()
+        return f"{said} Not judged: {self.not_judged}." if self.not_judged else said
+
+    def _message(self) -> str:
         if self.held is None:
             return f"audit ({self.study_name}): could not judge the low-interaction assumption: {self.reason}"
         numbers = (
@@ -317,6 +324,11 @@ def audit_verdict(name: str, storage: str | BaseStorage | None = None) -> AuditV
             largest = float(top.importance)
             verdict = AuditVerdict(study_name, bool(largest <= AUDIT_MAX_INTERACTION_RATIO * lr_main), len(complete),
                                    lr_main, largest, str(top.param_b if top.param == "lr" else top.param))
+    partial = _set_in_some(complete)
+    if partial:  # fANOVA needs every parameter in every trial: say which interactions were not looked at
+        verdict = replace(verdict, not_judged=", ".join(
+            f"{param} and its interaction with lr ({param} is set in {len(having)} of {len(complete)} trials, "
+            f"where it acts)" for param, having in partial.items()))
     for key, value in verdict.user_attrs().items():
         study.set_user_attr(key, value)
     return verdict

@@ -176,6 +176,9 @@ def plot_shape(runs: Sequence[Run], objective: str, reference: float | None, max
         ax.set_xticks(ticks, labels)
         ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
         ax.set_xlabel("decay: final lr / initial lr (log scale)")
+    else:  # decay is sampled only where the schedule decays: say why the panel is empty
+        ax.text(0.5, 0.5, "no complete trial with a\nschedule that decays", transform=ax.transAxes, ha="center",
+                va="center", color="0.35", fontsize=9)
     ax.set_title("Error by decay", fontsize=10)
     shown = [r.value for r in complete if cap is None or r.value <= cap]  # type: ignore[operator]
     if use_log_y(shown):  # errors over orders of magnitude (a loss near 0): the best would sit on the floor
