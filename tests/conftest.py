@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,11 @@ import pytest
 import torch
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Before anything imports grpc (tests/test_grpc_proxy.py does, at collection): this process serves and
+# calls gRPC and then starts workers through subprocess with preexec_fn (a fork); gRPC's fork handlers
+# would restart its pollers in such a child, which aborts when it closes its file descriptors. tuner
+# sets the same in its own processes (tuner.storage._grpc.require_grpc).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 
 @pytest.fixture(autouse=True)

@@ -117,7 +117,7 @@ def test_a_study_made_to_minimize_is_not_resumed_to_maximize(tmp_path: Path) -> 
     url = f"sqlite:///{tmp_path / 'turned.db'}"
     tuner.run_study(tuner.spec_from_dict(small), storage=url, device="cpu", metric=accuracy)
     turned = {**small, "train": {**small["train"], "direction": "maximize"}}
-    with pytest.raises(tuner.StudyMismatchError, match="direction"):
+    with pytest.raises(tuner.StudyMismatchError, match="train.direction: 'minimize' -> 'maximize'"):
         tuner.run_study(tuner.spec_from_dict(turned), storage=url, device="cpu", metric=accuracy)
 
 

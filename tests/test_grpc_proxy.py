@@ -362,3 +362,38 @@ def test_a_bad_proxy_url_or_proxy_command_is_one_line_and_exit_2(
     assert result.exit_code == 2
     assert result.output == "error: tuner storage-proxy: needs grpcio and protobuf (grpc is not installed): pip install 'tuner[grpc]'\n"
     assert not (tmp_path / "never.db").exists()
+
+
+FORKING = """
+import signal, subprocess, sys
+import optuna
+from tuner.storage import open_storage, serve_storage
+proxy, _ = serve_storage(sys.argv[1], port=int(sys.argv[2]))
+study = optuna.create_study(study_name="forks", storage=open_storage(f"grpc://127.0.0.1:{sys.argv[2]}"))
+busy = True
+def calls():  # a channel in use while the children are forked, as in a test run or a worker
+    while busy:
+        study.get_trials(deepcopy=False)
+import threading
+threading.Thread(target=calls, daemon=True).start()
+failed = []
+for _ in range(80):  # subprocess with preexec_fn forks; gRPC's fork handlers must not run in the child
+    child = subprocess.run([sys.executable, "-c", "pass"], capture_output=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    if child.returncode:
+        failed.append((child.returncode, child.stderr[-200:]))
+busy = False
+proxy.stop()
+print(failed)
+"""
+
+
+def test_a_process_that_serves_and_calls_grpc_can_still_start_processes(tmp_path: Path) -> None:
+    # Seen in CI: with gRPC's fork support on (its default), a child forked while gRPC's pollers run
+    # restarted them and died of SIGABRT ("epoll_wait error: Bad file descriptor") before its exec.
+    env = {key: value for key, value in os.environ.items() if key != "GRPC_ENABLE_FORK_SUPPORT"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, "-c", FORKING, f"sqlite:///{tmp_path / 'forks.db'}", str(_free_port())],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", done.stdout

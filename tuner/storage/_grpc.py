@@ -63,6 +63,10 @@ def proxy_address(url: str) -> tuple[str, int]:
 def require_grpc(what: str) -> None:
     """Import grpcio (and protobuf, which Optuna's proxy messages need), or say which extra installs them."""
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # gRPC's C core would print its own lines on stderr
+    # A worker forks (torch's DataLoader workers, subprocess with preexec_fn) and never uses gRPC in a
+    # child. With fork support on, gRPC's fork handlers restart its pollers in the child, which abort
+    # (SIGABRT, "epoll_wait error: Bad file descriptor") when the child closes its file descriptors.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     try:
         import google.protobuf  # noqa: F401
         import grpc  # noqa: F401

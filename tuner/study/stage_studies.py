@@ -208,9 +208,18 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         found: list[str] = []
         for key in sorted(set(old) | set(new)):
-            found += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+            found += _differences(_or_default(old, key, prefix), _or_default(new, key, prefix), f"{prefix}{key}.")
         return found
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def _or_default(settings: dict[str, Any], key: str, prefix: str) -> Any:
+    """``settings[key]``, or the value a field left out of the stored settings at its default stands for
+    (contract.ADDED_FIELDS), so that a change reads "'minimize' -> 'maximize'", not "None -> 'maximize'"."""
+    if key in settings:
+        return settings[key]
+    table = prefix.rstrip(".")
+    return contract.ADDED_FIELDS.get(table, {}).get(key)
 
 
 def storage_of_study(spec: StudySpec, storage: str | None = None) -> str:
