@@ -145,16 +145,23 @@ def test_a_time_limit_stops_after_the_trials_in_progress_and_a_rerun_finishes_th
     monkeypatch.setattr(runner, "time", clock)
 
     class LateAfterTwo(runner.Reporter):
+        said: list[str] = []
+
         def trial_finished(self, stage, trial, n_finished, best_value) -> None:  # type: ignore[no-untyped-def]
             if n_finished == 2:
                 clock.offset = 3600.0  # an hour passes during the second trial
+
+        def message(self, text: str) -> None:
+            self.said.append(text)
 
     spec = tuner.spec_from_dict({"name": "limited", "seed": 0, "data": {"name": "wine"}, "model": {"width": 8},
                                  "train": {"epochs": 1, "batch_size": 32},
                                  "stages": {"lr": {"trials": 5, "batched": False}, "shape": {"trials": 2}}})
     url = f"sqlite:///{tmp_path / 'limited.db'}"
-    stopped = tuner.run_study(spec, storage=url, device="cpu", reporter=LateAfterTwo(), timeout=60.0)
+    late = LateAfterTwo()
+    stopped = tuner.run_study(spec, storage=url, device="cpu", reporter=late, timeout=60.0)
     assert stopped.timed_out == 60.0 and stopped.best_lr is None and set(stopped.stages) == {"lr"}
+    assert "stage 'lr' stopped at the time limit (60 s) once its trials in progress had finished: 2 of 5" in late.said[-1]
     lr = optuna.load_study(study_name="limited/lr", storage=url)
     assert [t.state for t in lr.trials] == [TrialState.COMPLETE] * 2  # nothing RUNNING, nothing more asked
     assert "shape" not in [n.split("/")[1] for n in optuna.get_all_study_names(url)]  # no hand-off from 2 of 5

@@ -176,7 +176,14 @@ def run_study(
         if spec.stages.audit.trials > 0:
             summaries["audit"] = run_stage(spec, "audit", **common)  # type: ignore[arg-type]
     except TimeLimitReached as reached:  # no new trial after the limit; what finished is stored
-        summaries[reached.summary.stage] = reached.summary
+        done = reached.summary
+        summaries[done.stage] = done
+        close = getattr(reporter, "close", None)  # a progress bar ends here, not at a stage's end
+        if callable(close):
+            close()
+        reporter.message(f"stage '{done.stage}' stopped at the time limit ({timeout:g} s) once its trials in progress "
+                         f"had finished: {done.n_complete + done.n_pruned} of {done.budget} finished; run the study "
+                         f"again to resume it")
         return StudyResult(spec.name, redact(storage_url), best_lr, summaries, None, timed_out=timeout)
     # The audit's point: did lr interact little with the rest here? Judged and stored on <name>/audit.
     verdict = audit_verdict(spec.name, optuna_storage) if "audit" in summaries else None
