@@ -28,6 +28,7 @@ from torch import nn
 
 from tuner.inputs.data import Dataset
 from tuner.inputs.models import Family
+from tuner.training.functional_state import adam_update, sgd_update
 from tuner.training.stacked import Stacked, StackedLSTM, StackedMLP, stacked_class
 from tuner.training.train import (
     EVAL_CHUNK,
@@ -44,8 +45,6 @@ from tuner.training.train import (
 )
 
 BATCHED_OPTIMIZERS = ("sgd", "adam")
-ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, which train.make_optimizer uses
-ADAM_EPS = 1e-8
 
 
 def supports(family: Family, optimizer: str) -> bool:
@@ -151,19 +150,10 @@ class _Optimizer:
         if self.uses_decay:
             grad = grad + self.weight_decay * flat
         if self.name == "sgd":
-            # buf = momentum * buf + grad (the first step's zeros make buf = grad, as torch does); p -= lr * buf
-            buf = self.state[0]
-            buf.mul_(self.momentum).add_(grad)
-            flat.sub_(self.lr * buf)
+            sgd_update(flat, grad, self.state[0], self.lr, self.momentum)
             return
         self.steps += 1
-        beta1, beta2 = ADAM_BETAS
-        exp_avg, exp_avg_sq = self.state
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        step_size = self.lr / (1 - beta1**self.steps)
-        denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**self.steps)).add_(ADAM_EPS)
-        flat.sub_(step_size * exp_avg / denom)
+        adam_update(flat, grad, self.state[0], self.state[1], self.lr, self.steps)
 
 
 def train_batched(family: str, data: Dataset, plans: Sequence[TrialPlan], active: list[bool]) -> Iterator[list[EpochResult | None]]:

@@ -21,6 +21,26 @@ RMSPROP_ALPHA, RMSPROP_EPS = 0.99, 1e-8
 ADAGRAD_EPS = 1e-10
 
 
+def sgd_update(flat: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor, lr: torch.Tensor, momentum: torch.Tensor) -> None:
+    """torch.optim.SGD's step (dampening 0, no Nesterov) on stacked copies, in place.
+
+    buf = momentum * buf + grad (the first step's zeros make buf = grad, as torch does); p -= lr * buf.
+    """
+    buf.mul_(momentum).add_(grad)
+    flat.sub_(lr * buf)
+
+
+def adam_update(flat: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+                lr: torch.Tensor, steps: int) -> None:
+    """torch.optim.Adam's step (no AMSGrad) on stacked copies, in place; ``steps`` counts this one."""
+    beta1, beta2 = ADAM_BETAS
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    step_size = lr / (1 - beta1**steps)
+    denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**steps)).add_(ADAM_EPS)
+    flat.sub_(step_size * exp_avg / denom)
+
+
 class FlatLayout:
     """Where each parameter of K copies lies in one flat tensor: block by block, a block ``(K, *shape)`` contiguous."""
 
@@ -91,18 +111,9 @@ class FunctionalOptimizer:
             grad = grad + self.weight_decay * flat
         self.steps += 1
         if self.name == "sgd":
-            # buf = momentum * buf + grad (the first step's zeros make buf = grad, as torch does); p -= lr * buf
-            (buf,) = self.state
-            buf.mul_(self.momentum).add_(grad)
-            flat.sub_(self.lr * buf)
+            sgd_update(flat, grad, self.state[0], self.lr, self.momentum)  # type: ignore[arg-type]
         elif self.name == "adam":
-            beta1, beta2 = ADAM_BETAS
-            exp_avg, exp_avg_sq = self.state
-            exp_avg.lerp_(grad, 1 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            step_size = self.lr / (1 - beta1**self.steps)
-            denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**self.steps)).add_(ADAM_EPS)
-            flat.sub_(step_size * exp_avg / denom)
+            adam_update(flat, grad, self.state[0], self.state[1], self.lr, self.steps)
         elif self.name == "rmsprop":
             (square_avg,) = self.state
             square_avg.mul_(RMSPROP_ALPHA).addcmul_(grad, grad, value=1 - RMSPROP_ALPHA)
