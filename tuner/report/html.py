@@ -104,7 +104,7 @@ def index_html(
     if train:
         about.append(f"optimizer <b>{e(str(train.get('optimizer')))}</b>, batch {train.get('batch_size')}, "
                      f"{train.get('epochs')} epochs; objective <b>{e(objective)}</b>"
-                     + ("" if "higher is better" in objective else ", lower is better"))
+                     + ("" if next(iter(stages.values())).maximizes else ", lower is better"))  # the label says it
     parts = [f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tuner report: {e(name)}</title>
 <style>

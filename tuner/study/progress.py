@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tuner.study.results import StageSummary, StudyResult
+from tuner.study.results import StageSummary, StudyResult, loss_like
 from tuner.study.stored import DIVERGED_ATTR
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ class _BestShown:
     def _better(self, a: float | None, b: float | None) -> float | None:
         if a is None or b is None:
             return b if a is None else a
-        return max(a, b) if self.direction == "maximize" else min(a, b)
+        return min(a, b, key=lambda value: loss_like(value, self.direction))
 
 
 class ConsoleReporter(Reporter):
