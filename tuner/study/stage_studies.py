@@ -181,7 +181,9 @@ def _check_settings(study: optuna.Study, spec: StudySpec, stage: str, code: User
             f"put the old version back to resume it."
         )
     if _normalise(stored) != wanted:
-        changes = "; ".join(_differences(stored, wanted)) or "settings differ"
+        # Fields left out at their added value read as that value: "'minimize' -> 'maximize'", not "None -> ...".
+        changes = "; ".join(_differences(contract.with_added_fields(stored), contract.with_added_fields(wanted))) \
+            or "settings differ"
         raise StudyMismatchError(
             f"study '{name}' was made with other search settings ({changes}). Its trials would be "
             f"mixed with different ones: give the study a new name (name = \"...\" in the spec, or "
@@ -208,18 +210,9 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         found: list[str] = []
         for key in sorted(set(old) | set(new)):
-            found += _differences(_or_default(old, key, prefix), _or_default(new, key, prefix), f"{prefix}{key}.")
+            found += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
         return found
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
-
-
-def _or_default(settings: dict[str, Any], key: str, prefix: str) -> Any:
-    """``settings[key]``, or the value a field left out of the stored settings at its default stands for
-    (contract.ADDED_FIELDS), so that a change reads "'minimize' -> 'maximize'", not "None -> 'maximize'"."""
-    if key in settings:
-        return settings[key]
-    table = prefix.rstrip(".")
-    return contract.ADDED_FIELDS.get(table, {}).get(key)
 
 
 def storage_of_study(spec: StudySpec, storage: str | None = None) -> str:
