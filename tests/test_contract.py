@@ -43,6 +43,7 @@ from typer.testing import CliRunner
 
 import tuner
 import tuner.cli
+from tuner.inputs.choices import variants
 from tuner.inputs.families import unregister_model
 from tuner.inputs.spec import load_spec, settings_hash
 from tuner.study.stage_studies import with_stored_defaults
@@ -400,6 +401,8 @@ SETTINGS_HASHES = {
     "diabetes": {"lr": "20928d456abafc1b", "shape": "990ca8ab4f8f721d", "audit": "ad12583c61d37813"},
     "digits_lstm": {"lr": "1b57e411254530a5", "shape": "a05edfad7e87b954", "audit": "ad9d29295c3238e1"},
     "digits_cnn": {"lr": "011ba054c688ab08", "shape": "6c3eda5e7d626dcb", "audit": "1e3b25f7437e43d0"},
+    "digits_optimizers": {"lr[optimizer=adam]": "48484080aff43bcc", "lr[optimizer=sgd]": "ba218460b83af5e1", "shape": "5f5e6fb0253a041a",
+                          "audit": "29bccd2b8cb81bbf"},
     "digits_params": {"lr": "d7624ccf1564856f", "shape": "af05ff0c3a8e995d", "audit": "67d9657b747f62c9"},
     "quickstart": {"lr": "34bd8a240539a656", "shape": "9768dd9746091ebe", "audit": "d7e948d8e6439b14"},
     "wine": {"lr": "ffd8d53c04eb8f4b", "shape": "0f4445b8b33403de", "audit": "6989b3613cdf04b7"},
@@ -419,7 +422,10 @@ def test_settings_hash_of_each_stage_is_unchanged(spec_name: str) -> None:
     path = V0_SPEC if spec_name == "contract_v0" else REPO / "studies" / f"{spec_name}.toml"
     spec = before_the_changed_defaults(load_spec(path))
     stage_settings = _stage_settings()
-    assert {stage: settings_hash(stage_settings(spec, stage)) for stage in STAGES} == SETTINGS_HASHES[spec_name]
+    # A stage lr per listed choice (digits_optimizers: lr[optimizer=adam], ...), each with its variant's settings.
+    hashes = {variant.label: settings_hash(stage_settings(variant.spec, "lr")) for variant in variants(spec)}
+    hashes |= {stage: settings_hash(stage_settings(spec, stage)) for stage in ("shape", "audit")}
+    assert hashes == SETTINGS_HASHES[spec_name]
 
 
 # --- 5. The names tuner exports -----------------------------------------------------------------------------
@@ -744,3 +750,49 @@ def test_a_v3_study_given_more_shape_trials_samples_every_parameter_in_every_tri
     assert len(finished) == 10
     assert all("decay" in t.params for t in finished)  # flat, as made: not conditional on the schedule
     assert "group" not in shape.user_attrs["search"]["sampler"] and shape.user_attrs["contract_version"] == 3
+
+
+# ---- the fifth stored fixture: the release before a list of optimizers split stage lr (v4) --------------------
+
+V4 = DATA / "contract_v4"
+V4_SPEC = V4 / "contract_v4.toml"
+
+
+@pytest.fixture
+def v4_copy(tmp_path: Path) -> str:
+    """A copy of contract_v4.db: made at commit e8f6b7b (contract version 4), one stage lr named ``contract4/lr``,
+    SGD's declared momentum in every shape trial."""
+    copy = tmp_path / "v4.db"
+    shutil.copyfile(V4 / "contract_v4.db", copy)
+    return f"sqlite:///{copy}"
+
+
+def test_a_study_stored_by_the_release_before_lists_of_optimizers_resumes_and_reports_unchanged(
+        v4_copy: str, tmp_path: Path) -> None:
+    assert sorted(optuna.get_all_study_names(v4_copy)) == ["contract4/lr", "contract4/shape"]
+    before = _finished_per_stage(v4_copy)
+    attrs_before = {name: optuna.load_study(study_name=name, storage=v4_copy).user_attrs
+                    for name in optuna.get_all_study_names(v4_copy)}
+    done = _tuner("study", str(V4_SPEC), "--storage", v4_copy, "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "nothing to run" in done.stdout + done.stderr
+    assert _finished_per_stage(v4_copy) == before
+    assert {name: optuna.load_study(study_name=name, storage=v4_copy).user_attrs
+            for name in optuna.get_all_study_names(v4_copy)} == attrs_before
+    for command in ("importance", "export", "report"):
+        result = _invoke(command, "contract4", "--storage", v4_copy, "--out", str(tmp_path / command))
+        assert result.exit_code == 0, (command, result.output)
+    best = _invoke("best", "contract4", "--storage", v4_copy, "--out", str(tmp_path / "best"), "--device", "cpu")
+    assert best.exit_code == 0, best.output
+
+
+def test_a_v4_study_given_more_shape_trials_keeps_its_one_stage_lr_and_version(v4_copy: str, tmp_path: Path) -> None:
+    spec = V4_SPEC.read_text().replace("[stages.shape]\ntrials = 6", "[stages.shape]\ntrials = 8")
+    (tmp_path / "more.toml").write_text(spec)
+    done = _tuner("study", str(tmp_path / "more.toml"), "--storage", v4_copy, "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(optuna.get_all_study_names(v4_copy)) == ["contract4/lr", "contract4/shape"]
+    shape = optuna.load_study(study_name="contract4/shape", storage=v4_copy)
+    finished = [t for t in shape.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 8 and all("momentum" in t.params and "optimizer" not in t.params for t in finished)
+    assert shape.user_attrs["contract_version"] == 4 and "lr_per_choice" not in shape.user_attrs

@@ -24,7 +24,7 @@ def test_the_tuner_port_maximizes_accuracy_and_its_winner_is_trained_again(tmp_p
     shutil.copytree(EXAMPLE, folder, ignore=shutil.ignore_patterns("__pycache__"))
     spec = folder / "digits.toml"
     text = spec.read_text()
-    for old, new in (("trials = 20", "trials = 6"), ("trials = 30", "trials = 4"), ("epochs = 10", "epochs = 3")):
+    for old, new in (("trials = 12", "trials = 4"), ("trials = 30", "trials = 4"), ("epochs = 10", "epochs = 3")):
         assert old in text
         text = text.replace(old, new)
     spec.write_text(text)

@@ -7,7 +7,6 @@ Exit codes: 0 done; 1 the study could not go on; 2 bad input (nothing written); 
 from __future__ import annotations
 
 import dataclasses
-import re
 import shlex
 import sys
 import time
@@ -27,6 +26,7 @@ from tuner.exits import (
     fail,
     ignore_late_stops,
     new_console,
+    parse_duration,
     real_process,
     say,
     sigterm_as_interrupt,
@@ -153,21 +153,6 @@ def study(
     if result.audit is not None:
         say(result.audit.message)
     signal_point("after-summary")
-
-
-def parse_duration(text: str, option: str) -> float:
-    """Seconds in a duration such as ``2h``, ``90m``, ``1h30m``, ``45s`` or ``600`` (seconds); a bad one exits 2 in one line."""
-    plain = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*", text)  # a bare number: seconds
-    # Otherwise every number has its unit: "1h30" is refused, not read as 1 h 30 s.
-    found = plain or re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*", text.lower())
-    if found is None or not any(found.groups()):
-        fail(f"{option} {text!r}: not a duration; write e.g. 2h, 90m, 1h30m, 45s (or a number of seconds)", BAD_INPUT)
-    hours, minutes, seconds = (0.0, 0.0, float(plain.group(1))) if plain else (
-        float(g) if g else 0.0 for g in found.groups())  # type: ignore[union-attr]
-    total = 3600 * hours + 60 * minutes + seconds
-    if total <= 0:
-        fail(f"{option} {text!r}: the limit must be longer than 0, e.g. 2h", BAD_INPUT)
-    return total
 
 
 def _resume_command(spec: Path, storage: str | None, name: str | None, password_file: Path | None) -> tuple[list[str], str]:
@@ -382,6 +367,11 @@ def lr_find_command(
     say(f"LR range test on '{loaded.name}': {len(result.lrs)} steps, lr {result.lrs[0]:.3g} to {result.lrs[-1]:.3g}")
     if loaded.train.loop:
         say(f"note: the range test trains with tuner's own loop, not train.loop ({loaded.train.loop})")
+    from tuner.inputs.choices import first_choice, listed
+
+    for field, values in listed(loaded).items():
+        say(f"note: train.{field} lists {list(values)}: the range test used the first, "
+            f"{getattr(first_choice(loaded).train, field)!r} (with lr_range = \"auto\", stage lr tests each)")
     say(f"wrote {csv_path} and {png_path}")
     suggestion = result.suggestion
     if suggestion is None:
@@ -406,8 +396,9 @@ def best(
     refit: Annotated[str, typer.Option(help="train: the trials' training rows (the validation score reproduces the stored one); "
                                            "train+val: training and validation rows (validation is then no fair score)")] = "train",
     device: Annotated[str, typer.Option(help="Where to train: auto (CUDA when available), cpu or cuda")] = "auto",
-    stage: Annotated[str | None, typer.Option(help="Train this stage's best trial (lr, shape or audit) [default: the "
-                                                   "best of stages lr and shape: shape, unless lr's small network did better]")] = None,
+    stage: Annotated[str | None, typer.Option(help="Train this stage's best trial (lr, shape or audit; with a list of "
+                                                   "optimizers, lr is the best of their stages lr, or name one: 'lr[optimizer=adam]') "
+                                                   "[default: the best of stages lr and shape: shape, unless lr's small network did better]")] = None,
     storage_password_file: PasswordFileOption = None,
 ) -> None:
     """Train the study's best configuration again (same seed); write best.toml, model.pt, metrics.json."""

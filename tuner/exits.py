@@ -10,6 +10,7 @@ answers at once.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -72,10 +73,10 @@ class PlainErrorsGroup(TyperGroup):
             say("error: aborted", err=True)
             code = 1
         except KeyboardInterrupt as stop:  # landed outside click's handling, e.g. after a command told its own
-            code = _stop_code(_stop_seen or type(stop))
+            code = stop_code(_stop_seen or type(stop))
         else:
             if code == INTERRUPTED and _stop_seen is not None:  # typer turns every KeyboardInterrupt into exit 130
-                code = _stop_code(_stop_seen)
+                code = stop_code(_stop_seen)
         ignore_late_stops()
         sys.exit(code if isinstance(code, int) else 0)
 
@@ -100,7 +101,7 @@ def stopped(line: str) -> None:
     _stop_told = True
 
 
-def _stop_code(stop: type[KeyboardInterrupt]) -> int:
+def stop_code(stop: type[KeyboardInterrupt]) -> int:
     """The exit code of a command that ``stop`` ended, said in one line unless the command said it."""
     from tuner.errors import Terminated
 
@@ -176,6 +177,21 @@ def ignore_late_stops() -> None:
     if _from_command_line and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def parse_duration(text: str, option: str) -> float:
+    """Seconds in a duration such as ``2h``, ``90m``, ``1h30m``, ``45s`` or ``600`` (seconds); a bad one exits 2 in one line."""
+    plain = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*", text)  # a bare number: seconds
+    # Otherwise every number has its unit: "1h30" is refused, not read as 1 h 30 s.
+    found = plain or re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*", text.lower())
+    if found is None or not any(found.groups()):
+        fail(f"{option} {text!r}: not a duration; write e.g. 2h, 90m, 1h30m, 45s (or a number of seconds)", BAD_INPUT)
+    hours, minutes, seconds = (0.0, 0.0, float(plain.group(1))) if plain else (
+        float(g) if g else 0.0 for g in found.groups())  # type: ignore[union-attr]
+    total = 3600 * hours + 60 * minutes + seconds
+    if total <= 0:
+        fail(f"{option} {text!r}: the limit must be longer than 0, e.g. 2h", BAD_INPUT)
+    return total
 
 
 def one_line(text: str) -> str:

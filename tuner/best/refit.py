@@ -38,7 +38,7 @@ from tuner.study.results import (
 )
 from tuner.study.runner import TunerError
 from tuner.study.stages import Stage, audit_stage, lr_stage, shape_stage
-from tuner.study.stored import STAGES, with_added_fields
+from tuner.study.stored import STAGES, stage_kind, with_added_fields
 from tuner.training.train import EpochResult, evaluate, resolve_device, use_threads
 from tuner.training.trainers import LoopTrainer, make_trainer, with_code
 
@@ -215,10 +215,11 @@ def _best_trial(name: str, storage: str | optuna.storages.BaseStorage | None,
     stage ``lr`` is a configuration too, and stage ``shape`` may end worse than it.
     """
     studies = load_stage_studies(name, storage)
-    if stage is not None and stage not in STAGES:
-        raise BestError(f"--stage {stage!r}: choose one of {', '.join(STAGES)}")
+    lr_names = [s for s in studies if stage_kind(s) == "lr"] or ["lr"]  # each variant's stage lr, with listed choices
+    if stage is not None and stage not in STAGES and stage not in studies:
+        raise BestError(f"--stage {stage!r}: choose one of {', '.join(dict.fromkeys([*STAGES, *studies]))}")
     bests: dict[str, FrozenTrial] = {}
-    for stage_name in (stage,) if stage else ("shape", "lr"):
+    for stage_name in (lr_names if stage == "lr" else [stage]) if stage else ["shape", *lr_names]:
         study = studies.get(stage_name)
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if study else []
         complete = [t for t in complete if t.value is not None and math.isfinite(t.value)]
@@ -232,7 +233,7 @@ def _best_trial(name: str, storage: str | optuna.storages.BaseStorage | None,
     # Shape first: it wins a tie. Scores of a study that maximizes count the highest best.
     stage_name = min(bests, key=lambda s: loss_like(bests[s].value, direction_of(studies[s])))  # type: ignore[arg-type]
     best, study = bests[stage_name], studies[stage_name]
-    values = ", ".join(f"stage '{s}' {bests[s].value:.4g} (trial {bests[s].number})" for s in ("lr", "shape") if s in bests)
+    values = ", ".join(f"stage '{s}' {bests[s].value:.4g} (trial {bests[s].number})" for s in [*lr_names, "shape"] if s in bests)
     chosen = (f"stage '{stage_name}', as asked (--stage): its best trial {best.number} ({best.value:.4g})" if stage else
               f"stage '{stage_name}''s trial {best.number}, the best of stages lr and shape: {values}")
     settings = study.user_attrs.get(SETTINGS_ATTR)
@@ -247,7 +248,7 @@ def _best_trial(name: str, storage: str | optuna.storages.BaseStorage | None,
         return spec, shape_stage(spec, float(lr)), best, chosen, settings.get("identity")
     if stage_name == "audit":
         return spec, audit_stage(spec), best, chosen, settings.get("identity")
-    return spec, lr_stage(spec), best, chosen, settings.get("identity")
+    return spec, lr_stage(spec, label=stage_name), best, chosen, settings.get("identity")
 
 
 def _without_none(table: dict[str, Any]) -> dict[str, Any]:
@@ -258,7 +259,7 @@ def _without_none(table: dict[str, Any]) -> dict[str, Any]:
 def _plan_values(plan: Any) -> dict[str, Any]:
     return {"lr": plan.train.lr, "width": plan.width, "depth": plan.depth, "schedule": plan.train.schedule,
             "decay": plan.train.decay, "epochs": plan.train.epochs, "momentum": plan.train.momentum,
-            "declared": plan.declared}
+            "declared": plan.declared, "optimizer": plan.train.optimizer, "batch_size": plan.train.batch_size}
 
 
 # Settings that act only for some data sets, optimizers or schedules: best.toml leaves them out
@@ -280,8 +281,9 @@ def _applying(table: dict[str, Any], spec: StudySpec, schedule: str) -> dict[str
         from tuner.inputs.data import csv_path
 
         table["data"]["path"] = str(csv_path(spec.data, spec.source).resolve())
-    if spec.train.optimizer != "sgd":
+    if table["train"]["optimizer"] != "sgd":
         table["train"].pop("momentum", None)
+        table["stages"]["shape"]["params"].pop("momentum", None)  # a declared momentum acts with SGD only
     if schedule != "step":
         table["stages"]["shape"].pop("step_every", None)
     table["stages"]["shape"].pop("first_rung", None)  # pruner "none": no rung
@@ -315,6 +317,8 @@ def best_spec_text(spec: StudySpec, name: str, stage: Stage, trial: FrozenTrial,
     table["stages"]["shape"]["params"] = {name: declared[name].pinned(value)
                                           for name, value in plan_values.get("declared", {}).items()}
     table["train"]["momentum"] = plan_values.get("momentum", table["train"]["momentum"])  # the audit samples it
+    # A listed choice (train.optimizer = ["adam", "sgd"]): the winner's one value.
+    table["train"].update({key: plan_values[key] for key in ("optimizer", "batch_size") if key in plan_values})
     table = _applying(table, spec, plan_values["schedule"])
     copied = ", ".join(code_files or ())
     tops = {Path(file).parts[0].removesuffix(".py") for file in code_files or ()}

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from tuner.errors import MISSING as _MISSING
 from tuner.errors import SpecError
+from tuner.inputs.choices import values_of
 from tuner.inputs.families import model_families
 from tuner.inputs.names import (
     DATASETS,
@@ -129,14 +130,16 @@ def validate(spec: StudySpec, source: str) -> None:
     _positive(source, "model.width", model.width)
     if model.depth < 1:
         raise SpecError(source, "model.depth", model.depth, "must be at least 1")
-    _choice(source, "train.optimizer", train.optimizer, OPTIMIZERS)
+    for optimizer in values_of(spec, "optimizer"):
+        _choice(source, "train.optimizer", optimizer, OPTIMIZERS)
     _choice(source, "train.objective", train.objective, OBJECTIVES)
     _choice(source, "train.direction", train.direction, ("minimize", "maximize"))
     if not 0 <= train.momentum < 1:
         raise SpecError(source, "train.momentum", train.momentum, "must lie in [0, 1), e.g. 0.9")
     if train.weight_decay < 0:
         raise SpecError(source, "train.weight_decay", train.weight_decay, "must be >= 0")
-    _positive(source, "train.batch_size", train.batch_size)
+    for batch_size in values_of(spec, "batch_size"):
+        _positive(source, "train.batch_size", batch_size)
     _positive(source, "train.epochs", train.epochs)
     if train.divergence_factor <= 1:
         raise SpecError(source, "train.divergence_factor", train.divergence_factor, "must be > 1, e.g. 10")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tuner.errors import MISSING, SpecError
+from tuner.inputs.choices import values_of
 from tuner.inputs.families import ModelFamily
 from tuner.inputs.params import accepted_arguments, accepts, defaults
 from tuner.inputs.spec import StudySpec
@@ -82,10 +83,12 @@ def check_params(spec: StudySpec, code: UserCode) -> None:
                       if field != "data.loader" and field in references) or "none in this spec"
     for param in spec.stages.shape.params:
         name = param.name
-        if (name == "weight_decay" or (name == "momentum" and spec.train.optimizer == "sgd")
+        if (name == "weight_decay" or (name == "momentum" and "sgd" in values_of(spec, "optimizer"))
                 or (name == "dropout" and built_in) or any(accepts(function, name) for function in own)):
             continue
-        why = {"momentum": f"momentum acts with train.optimizer = \"sgd\" only (here {spec.train.optimizer!r})",
+        optimizers = values_of(spec, "optimizer")
+        why = {"momentum": f"momentum acts with train.optimizer = \"sgd\" only (here "
+                           f"{optimizers[0] if len(optimizers) == 1 else list(optimizers)!r})",
                "dropout": f"dropout acts on the built-in families (mlp, lstm, cnn) only, not {spec.model.family!r}"}
         raise SpecError(spec.source, f"stages.shape.params.{name}", MISSING,
                         f"nothing takes it{': ' + why[name] if name in why else ''}; declare a keyword argument '{name}' "

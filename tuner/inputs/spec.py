@@ -79,10 +79,12 @@ class ModelSpec:
 class TrainSpec:
     """How each trial trains: optimizer, batch, epochs, objective, divergence guard."""
 
-    optimizer: str = "sgd"
+    # A list of several (e.g. ["adam", "sgd"]) is a choice that changes what a rate means: stage lr
+    # calibrates a rate for each, stage shape searches the choice (tuner.inputs.choices). So is batch_size.
+    optimizer: str | tuple[str, ...] = "sgd"
     momentum: float = 0.9  # SGD only
     weight_decay: float = 0.0
-    batch_size: int = 64
+    batch_size: int | tuple[int, ...] = 64
     epochs: int = 20
     objective: str = "val_error"
     # "maximize": the objective is a score (your own metric or loop: accuracy, F1); tuner's own objectives are
@@ -270,6 +272,9 @@ def _coerce(hint: Any, value: Any, path: str, source: str) -> Any:
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
+        lists = [a for a in inner if typing.get_origin(a) is tuple and typing.get_args(a)[-1] is Ellipsis]
+        if lists and len(inner) == 2:  # one value or a list to choose from, e.g. optimizer = ["adam", "sgd"]
+            return _one_or_list(next(a for a in inner if a not in lists), value, path, source)
         if inner == [int, str]:  # a number or a word, e.g. first_rung = 3 or "auto"
             if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
                 return value
@@ -307,6 +312,19 @@ def _coerce(hint: Any, value: Any, path: str, source: str) -> Any:
             raise SpecError(source, path, value, 'must be a string in quotes, e.g. "value"')
         return value
     raise TypeError(f"unsupported spec field type {hint!r}")  # a bug in this module, not user input
+
+
+def _one_or_list(item: Any, value: Any, path: str, source: str) -> Any:
+    """A value, or a list of distinct values to choose from (a list of one is that value)."""
+    if not isinstance(value, list):
+        return _coerce(item, value, path, source)
+    example = '["adam", "sgd"]' if item is str else "[32, 128]"
+    if not value:
+        raise SpecError(source, path, value, f"list at least one value, e.g. {example}")
+    values = tuple(_coerce(item, v, path, source) for v in value)
+    if len(set(values)) < len(values):
+        raise SpecError(source, path, value, f"lists a value twice; list each once, e.g. {example}")
+    return values[0] if len(values) == 1 else values
 
 
 def _example(args: tuple[Any, ...]) -> str:

@@ -32,7 +32,9 @@ from tuner.report.figures import plot_importance, plot_shape, save
 from tuner.report.html import index_html
 from tuner.report.interactive import write_interactive
 from tuner.report.lr_figures import plot_lr_cost, plot_lr_curves, plot_lr_sensitivity
-from tuner.report.runs import chosen_lr, epochs_to_target, importance_data, load_stages, objective_label
+from tuner.report.runs import (
+    best_lr_stage, chosen_lr, epochs_to_target, file_key, importance_data, load_stages, lr_stage_runs, objective_label, stage_rate,
+)
 from tuner.study.results import HANDOFF_ATTR, check_made_by_tuner
 from tuner.report.words import audit_diagnosis, importance_sentences, lr_diagnosis, shape_diagnosis
 from tuner.storage import resolve_url
@@ -105,15 +107,17 @@ def write_report(name: str, *, storage: str | None = None, out: str | Path | Non
         else:
             figures[key] = save(fig, out_dir / f"{key}.png")
 
-    lr, shape = stages.get("lr"), stages.get("shape")
+    lr, shape = best_lr_stage(stages), stages.get("shape")
     rate = chosen_lr(stages)
-    if lr is not None:
-        no_runs = "the lr stage has no complete trial"
-        handoff = lr.study.user_attrs.get(HANDOFF_ATTR)
-        draw("lr_sensitivity", plot_lr_sensitivity(lr.runs, rate, objective, handoff, lr.maximizes), no_runs)
-        draw("lr_time", plot_lr_cost(lr.runs, rate, objective, lr.maximizes), no_runs)
-        draw("lr_curves", plot_lr_curves(lr.runs, rate, objective), "the lr stage has no learning curve")
-        diagnosis["lr"] = lr_diagnosis(lr, rate, objective)
+    for each in lr_stage_runs(stages):  # one stage lr, or one per listed choice (lr[optimizer=adam]...), each its own U
+        own = stage_rate(each) if each.name != "lr" else rate
+        suffix = "" if each.name == "lr" else "_" + file_key(each.name)
+        no_runs = f"stage {each.name} has no complete trial"
+        handoff = each.study.user_attrs.get(HANDOFF_ATTR)
+        draw(f"lr_sensitivity{suffix}", plot_lr_sensitivity(each.runs, own, objective, handoff, each.maximizes), no_runs)
+        draw(f"lr_time{suffix}", plot_lr_cost(each.runs, own, objective, each.maximizes), no_runs)
+        draw(f"lr_curves{suffix}", plot_lr_curves(each.runs, own, objective), f"stage {each.name} has no learning curve")
+        diagnosis[each.name] = lr_diagnosis(each, own, objective)
     if shape is not None:
         reference = lr.best.value if lr is not None and lr.best is not None else None
         draw("shape", plot_shape(shape.runs, objective, reference, shape.maximizes), "the shape stage has no complete trial")

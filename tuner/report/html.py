@@ -8,10 +8,10 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from tuner.report.runs import StageRuns, trial_costs
+from tuner.report.runs import StageRuns, file_key, stage_rate, trial_costs
 from tuner.report.words import fmt_value, lr_time_caption, rate_words
 from tuner.storage import redact
-from tuner.study.stored import BUDGET_ATTR, SETTINGS_ATTR
+from tuner.study.stored import BUDGET_ATTR, CHOICE_ATTR, SETTINGS_ATTR, stage_kind
 
 CAPTIONS = {
     "lr_sensitivity": "Each dot is one trial of stage lr: its validation error after the last epoch against its "
@@ -35,6 +35,13 @@ INTERACTIVE_TITLES = {
     "history": "optimization history of stage {stage} (best so far by trial)",
     "contour_shape": "contour of the final error over two shape parameters",
 }
+
+
+def _listed(value: object) -> str:
+    """A setting as stored: one value, or a list of choices ("adam or sgd, a rate calibrated for each")."""
+    if isinstance(value, list):
+        return " or ".join(str(v) for v in value) + ", a rate calibrated for each"
+    return str(value)
 
 
 def _state_counts(stage: StageRuns) -> str:
@@ -68,11 +75,13 @@ def _summary_rows(stages: dict[str, StageRuns], chosen_lr: float | None) -> list
         best = stage.best
         if best is None:
             setting, value = "–", "–"
-        elif stage.name == "lr":
-            # The best trial's rate beside its value, and the rate handed on where the hand-off read another.
+        elif stage_kind(stage.name) == "lr":
+            # The best trial's rate beside its value, and the rate handed on where the hand-off read another
+            # (with listed choices, each stage lr its own).
+            handed = chosen_lr if stage.name == "lr" else stage_rate(stage)
             setting, value = f"lr {best.params['lr']:.3g}", f"{best.value:.4g}"
-            if chosen_lr and f"{chosen_lr:.3g}" != f"{best.params['lr']:.3g}":
-                setting += f" (handed on: {chosen_lr:.3g})"
+            if handed and f"{handed:.3g}" != f"{best.params['lr']:.3g}":
+                setting += f" (handed on: {handed:.3g})"
         else:  # the rate it trained at first (in stage shape: the calibrated lr times its lr_scale), then the rest
             rest = ", ".join(f"{k} {fmt_value(v)}" for k, v in best.params.items() if k not in ("lr", "lr_scale"))
             setting = rate_words(best) + (f", {rest}" if rest else "")
@@ -94,7 +103,8 @@ def index_html(
     diagnosis: dict[str, list[str]],
 ) -> str:
     e = html.escape
-    settings = next(iter(stages.values())).study.user_attrs.get(SETTINGS_ATTR) or {}
+    # Stage shape's settings where it exists: with listed choices, a stage lr holds one optimizer of them.
+    settings = (stages.get("shape") or next(iter(stages.values()))).study.user_attrs.get(SETTINGS_ATTR) or {}
     data, model, train = settings.get("data", {}), settings.get("model", {}), settings.get("train", {})
     about = []
     if data:
@@ -102,7 +112,7 @@ def index_html(
     if model:
         about.append(f"model <b>{e(str(model.get('family')))}</b> (stage lr: width {model.get('width')}, depth {model.get('depth')})")
     if train:
-        about.append(f"optimizer <b>{e(str(train.get('optimizer')))}</b>, batch {train.get('batch_size')}, "
+        about.append(f"optimizer <b>{e(_listed(train.get('optimizer')))}</b>, batch {e(_listed(train.get('batch_size')))}, "
                      f"{train.get('epochs')} epochs; objective <b>{e(objective)}</b>"
                      + ("" if next(iter(stages.values())).maximizes else ", lower is better"))  # the label says it
     parts = [f"""<!doctype html>
@@ -131,12 +141,15 @@ code {{ background: #f3f3f3; padding: 0 .25em; }}
         parts.append("<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>")
     parts.append("</table>")
 
-    def figure_block(key: str, stage: str | None) -> None:
+    def figure_block(key: str, stage: str | None, of: str = "") -> None:
+        """The figure ``key`` (of stage lr ``of``, where each listed choice has its own: ``lr_time_lr-optimizer-adam``)."""
+        kind = key
+        key = f"{key}_{file_key(of)}" if of and of != "lr" else key
         if key in figures:
             words = "".join(f"<li>{e(s)}</li>" for s in diagnosis.get(stage, [])) if stage else ""
             side = f"<h3>Diagnosis</h3><ul>{words}</ul>" if words else ""
-            wide = " wide" if key in WIDE_FIGURES else ""
-            caption = lr_time_caption(trial_costs(stages["lr"].runs)) if key == "lr_time" else CAPTIONS[key]
+            wide = " wide" if kind in WIDE_FIGURES else ""
+            caption = lr_time_caption(trial_costs(stages[of or "lr"].runs)) if kind == "lr_time" else CAPTIONS[kind]
             parts.append(
                 f'<div class="fig{wide}"><a href="{e(figures[key].name)}"><img src="{e(figures[key].name)}" '
                 f'alt="{e(key)}"></a><div class="words"><p class="caption">{e(caption)}</p>{side}</div></div>'
@@ -144,11 +157,14 @@ code {{ background: #f3f3f3; padding: 0 .25em; }}
         elif key in missing:
             parts.append(f'<p class="missing">{e(key)}: not drawn: {e(missing[key])}.</p>')
 
-    if "lr" in stages:
-        parts.append("<h2>Stage lr: calibrating the learning rate on a small network</h2>")
-        figure_block("lr_sensitivity", "lr")
-        figure_block("lr_curves", None)
-        figure_block("lr_time", None)
+    for lr in (name for name in stages if stage_kind(name) == "lr"):  # with listed choices, one per choice
+        choice = stages[lr].study.user_attrs.get(CHOICE_ATTR) or {}
+        words = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in choice.items())
+        which = f" for {words}" if words else ""
+        parts.append(f"<h2>Stage {e(lr)}: calibrating the learning rate{e(which)} on a small network</h2>")
+        figure_block("lr_sensitivity", lr, lr)
+        figure_block("lr_curves", None, lr)
+        figure_block("lr_time", None, lr)
     if "shape" in stages:
         parts.append("<h2>Stage shape: network size and decay schedule at that rate</h2>")
         figure_block("shape", "shape")
@@ -161,7 +177,8 @@ code {{ background: #f3f3f3; padding: 0 .25em; }}
     for key, path in figures.items():
         if path.suffix == ".html":
             if key.startswith("history_"):
-                title = INTERACTIVE_TITLES["history"].format(stage=key.removeprefix("history_"))
+                named = {file_key(stage): stage for stage in stages}  # lr-optimizer-adam: stage lr[optimizer=adam]
+                title = INTERACTIVE_TITLES["history"].format(stage=named.get(key.removeprefix("history_"), key))
             else:
                 title = INTERACTIVE_TITLES.get(key, key)
             parts.append(f'<li><a href="{e(path.name)}">{e(title)}</a></li>')

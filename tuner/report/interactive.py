@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from tuner.report.runs import StageRuns
+from tuner.report.runs import StageRuns, file_key
 
 
 def write_interactive(
@@ -35,7 +35,7 @@ def write_interactive(
             if stage.complete:
                 figure = plot_optimization_history(stage.study)
                 figure.update_layout(title=f"Optimization history of {stage.study.study_name}")
-                write(f"history_{stage.name}", figure)
+                write(f"history_{file_key(stage.name)}", figure)
         shape = stages.get("shape")
         if shape is not None and len(shape.complete) >= 2:
             pair = _contour_pair(shape, importance)

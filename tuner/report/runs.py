@@ -22,7 +22,7 @@ from tuner.inputs.spec import DataSpec, SpecError
 from tuner.storage import open_existing_storage
 from tuner.study.results import MAXIMIZE, direction_of, load_stage_studies, loss_like, trial_trained_lr
 from tuner.study.stored import (  # noqa: F401 -- STAGES: figures reads it from here
-    BEST_LR_ATTR, DIVERGED_ATTR, LEARNING_CURVE_ATTR, LR_ATTR, SETTINGS_ATTR, STAGES, TASK_ATTR,
+    BEST_LR_ATTR, DIVERGED_ATTR, LEARNING_CURVE_ATTR, LR_ATTR, SETTINGS_ATTR, STAGES, TASK_ATTR, stage_kind,
 )
 
 # The error a run must reach to count as "trained", for the epochs-to-target panel and sentence:
@@ -150,12 +150,39 @@ def as_errors(curves: Sequence[Sequence[float]], maximize: bool) -> list[list[fl
 
 
 def chosen_lr(stages: dict[str, StageRuns]) -> float | None:
-    """The rate handed to the shape stage (stored once at hand-off), else the lr stage's best."""
-    for stage, attr in (("shape", LR_ATTR), ("lr", BEST_LR_ATTR)):
-        if stage in stages and stages[stage].study.user_attrs.get(attr) is not None:
-            return float(stages[stage].study.user_attrs[attr])
-    best = stages["lr"].best if "lr" in stages else None
-    return float(best.params["lr"]) if best is not None else None
+    """The rate handed to the shape stage (stored once at hand-off), else the lr stage's best.
+
+    With listed choices (several stages lr, ``lr[optimizer=adam]``...), the rate of the one whose
+    stage lr did best; :func:`stage_rate` gives each its own.
+    """
+    if "shape" in stages and stages["shape"].study.user_attrs.get(LR_ATTR) is not None:
+        return float(stages["shape"].study.user_attrs[LR_ATTR])
+    lr = best_lr_stage(stages)
+    return stage_rate(lr) if lr is not None else None
+
+
+def stage_rate(stage: StageRuns) -> float | None:
+    """The rate a stage lr handed on (stored at the hand-off), else its best trial's."""
+    if stage.study.user_attrs.get(BEST_LR_ATTR) is not None:
+        return float(stage.study.user_attrs[BEST_LR_ATTR])
+    return float(stage.best.params["lr"]) if stage.best is not None else None
+
+
+def lr_stage_runs(stages: dict[str, StageRuns]) -> list[StageRuns]:
+    """The study's stages lr: ``lr``, or each variant's with listed choices (``lr[optimizer=adam]``...)."""
+    return [stages[name] for name in stages if stage_kind(name) == "lr"]
+
+
+def best_lr_stage(stages: dict[str, StageRuns]) -> StageRuns | None:
+    """The stage lr with the best trial (of the variants', the one; the first when none has one)."""
+    found = lr_stage_runs(stages)
+    done = [s for s in found if s.best is not None]
+    return min(done, key=lambda s: loss_like(s.best.value, s.direction)) if done else (found[0] if found else None)  # type: ignore[union-attr,arg-type]
+
+
+def file_key(stage: str) -> str:
+    """A stage's name as part of a file name: ``lr[optimizer=adam,batch_size=32]`` -> ``lr-optimizer-adam-batch_size-32``."""
+    return stage.replace("[", "-").replace("]", "").replace("=", "-").replace(",", "-")
 
 
 def objective_label(stages: dict[str, StageRuns]) -> str:

@@ -25,6 +25,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner.errors import StudyMismatchError
+from tuner.inputs.choices import variants
 from tuner.inputs.families import ModelFamily
 from tuner.inputs.spec import LR_SCALE_AUTO, StudySpec
 from tuner.inputs.usercode import UserCode
@@ -32,7 +33,7 @@ from tuner.storage import StorageError, open_existing_storage, redact
 from tuner.study import results
 from tuner.study.stage_studies import check_stored_settings, storage_of_study, with_stored_defaults
 from tuner.study.stages import fixed_settings
-from tuner.study.stored import FIRST_RUNG_ATTR, LR_SCALE_RANGE_ATTR, stage_study_name
+from tuner.study.stored import FIRST_RUNG_ATTR, LR_SCALE_RANGE_ATTR, stage_kind, stage_study_name
 
 if TYPE_CHECKING:
     from tuner.study.progress import Reporter
@@ -64,7 +65,8 @@ def finished_result(spec: StudySpec, storage: str | None = None, *, reporter: Re
     except StorageError:
         return None  # the runner opens it and says what is wrong, or creates it
     existing = set(optuna.get_all_study_names(opened))
-    names = {stage: stage_study_name(spec.name, stage) for stage in ("lr", "shape")}
+    every = variants(spec)
+    names = {stage: stage_study_name(spec.name, stage) for stage in (*(v.label for v in every), "shape")}
     ours = {name for name in existing if name.startswith(f"{spec.name}/")}
     if ours != set(names.values()):
         return None  # a stage missing, or one this shortcut does not read (the audit, another layout): the runner's
@@ -79,12 +81,15 @@ def finished_result(spec: StudySpec, storage: str | None = None, *, reporter: Re
     say = reporter.message if reporter is not None else (lambda text: None)
     for note in notes:
         say(note)
-    best_lr = float(studies["shape"].user_attrs[results.LR_ATTR])
-    summaries = {stage: results.stage_summary(study, stage, _budget(spec, stage), fixed_settings(spec, stage, best_lr))
+    shape = studies["shape"].user_attrs
+    best_lr = float(shape[results.LR_ATTR])
+    summaries = {stage: results.stage_summary(study, stage, _budget(spec, stage),
+                                              fixed_settings(spec, stage_kind(stage), best_lr))
                  for stage, study in studies.items()}
+    rates = {r["stage"]: float(r["lr"]) for r in shape.get(results.RATES_ATTR) or []} if len(every) > 1 else {}
     done = ", ".join(f"stage {s.stage} {s.n_complete + s.n_pruned}/{s.budget}" for s in summaries.values())
     say(f"study '{spec.name}' is finished ({done} trials): nothing to run; its results as stored")
-    return results.StudyResult(spec.name, redact(url), best_lr, summaries, None)
+    return results.StudyResult(spec.name, redact(url), best_lr, summaries, None, rates=rates)
 
 
 def _plain_inputs(device: str, threads: int | None) -> bool:
@@ -95,7 +100,7 @@ def _plain_inputs(device: str, threads: int | None) -> bool:
 
 
 def _budget(spec: StudySpec, stage: str) -> int:
-    return int(getattr(spec.stages, stage).trials)
+    return int(getattr(spec.stages, stage_kind(stage)).trials)
 
 
 def _nothing_to_run(spec: StudySpec, studies: dict[str, optuna.Study]) -> bool:
@@ -110,7 +115,7 @@ def _nothing_to_run(spec: StudySpec, studies: dict[str, optuna.Study]) -> bool:
         if sum(t.state in results.FINISHED for t in trials) < _budget(spec, stage):
             return False
     shape_spec, shape = spec.stages.shape, studies["shape"].user_attrs
-    if results.LR_ATTR not in shape:
+    if results.LR_ATTR not in shape or (len(studies) > 2 and results.RATES_ATTR not in shape):
         return False
     if shape_spec.lr_scale == LR_SCALE_AUTO and LR_SCALE_RANGE_ATTR not in shape:
         return False

@@ -5,19 +5,22 @@ Once every trial of stage ``lr`` has finished, the rate is chosen by the spec's
 trials, diverged ones as its right wall (:func:`tuner.study.rate_rule.choose_rate`); ``"best"`` (how
 studies stored before contract 3 were made) takes the best trial's rate. The rate, the best trial
 and how the rate was chosen are stored on ``<name>/lr``, the rate on ``<name>/shape``; a resumed
-study reads the stored rate back and never chooses again.
+study reads the stored rate back and never chooses again. With ``train.optimizer`` or
+``train.batch_size`` listed, each variant's stage lr (``<name>/lr[optimizer=adam]``) chooses its own
+rate by the same rule, and ``<name>/shape`` keeps them all (:func:`hand_off_rates`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import TunerError
+from tuner.inputs.choices import Variant, listed, variants
 from tuner.inputs.spec import StudySpec
 from tuner.inputs.usercode import UserCode
 from tuner.study import results
@@ -29,7 +32,7 @@ from tuner.study.stages import settle_lr_scale, shape_stage
 if TYPE_CHECKING:
     from tuner.study.progress import Reporter
 
-__all__ = ["hand_off_lr", "rate_choice", "sweep_choice"]
+__all__ = ["HandOff", "hand_off_lr", "hand_off_rates", "rate_choice", "sweep_choice"]
 
 
 def hand_off_lr(spec: StudySpec, storage: optuna.storages.BaseStorage, reporter: Reporter | None = None,
@@ -37,43 +40,106 @@ def hand_off_lr(spec: StudySpec, storage: optuna.storages.BaseStorage, reporter:
     """The calibrated learning rate, chosen once and stored on both stage studies.
 
     ``code``: the spec's own code as resolved by the caller (its identity joins the shape study's
-    settings; default: read from the spec's files).
+    settings; default: read from the spec's files). With ``train.optimizer`` or ``batch_size``
+    listed, a rate is chosen for each variant (:func:`hand_off_rates`); this is the rate of the
+    variant whose stage lr did best.
 
     Example:
         >>> rate = hand_off_lr(spec, open_storage("sqlite:///tuner.db"))  # doctest: +SKIP
     """
-    lr_study = optuna.load_study(study_name=results.stage_study_name(spec.name, "lr"), storage=storage)
+    return hand_off_rates(spec, storage, reporter, code).rate
+
+
+@dataclasses.dataclass(frozen=True)
+class HandOff:
+    """What stage lr hands on: ``rate``, and with listed choices each variant's (:attr:`Stage.rates`)."""
+
+    rate: float  # the rate of the only variant, or of the one whose stage lr did best
+    rates: tuple[tuple[tuple[tuple[str, Any], ...], float], ...] = ()
+    labels: dict[str, float] = dataclasses.field(default_factory=dict)  # stage lr's name -> its rate
+
+
+def hand_off_rates(spec: StudySpec, storage: optuna.storages.BaseStorage, reporter: Reporter | None = None,
+                   code: UserCode | None = None) -> HandOff:
+    """The rate each variant's stage lr hands on, chosen once for all and stored on the stage studies.
+
+    Each ``<name>/lr[...]`` keeps its own rate and how it was chosen; ``<name>/shape`` keeps every
+    variant's rate (:data:`RATES_ATTR`) and, written last, the leading one (:data:`LR_ATTR`): the
+    mark that the hand-off happened, read back by every later run.
+    """
     shape_name = results.stage_study_name(spec.name, "shape")
     if shape_name in optuna.get_all_study_names(storage):
-        stored = optuna.load_study(study_name=shape_name, storage=storage).user_attrs.get(results.LR_ATTR)
+        stored = _stored(optuna.load_study(study_name=shape_name, storage=storage).user_attrs, spec)
         if stored is not None:
-            return float(stored)
-    trials = lr_study.get_trials(deepcopy=False)
+            return stored
+    chosen = [_choose(variant, storage) for variant in variants(spec)]
+    lead = min(chosen, key=lambda c: results.loss_like(c.best.value, c.direction))  # type: ignore[arg-type]
+    rates = tuple((tuple(c.variant.choice.items()), c.choice.rate) for c in chosen) if len(chosen) > 1 else ()
+    shape = open_stage_study(spec, shape_stage(spec, lead.choice.rate, rates=rates), storage, code)
+    stored = _stored(shape.user_attrs, spec)
+    if stored is not None:  # another worker handed on meanwhile: its records hold
+        return stored
+    for c in chosen:
+        c.study.set_user_attr(results.BEST_LR_ATTR, c.choice.rate)
+        c.study.set_user_attr(results.BEST_TRIAL_ATTR, c.best.number)
+        c.study.set_user_attr(results.HANDOFF_TRIALS_ATTR, c.n_finished)
+        c.study.set_user_attr(results.HANDOFF_ATTR, c.choice.as_record())
+    # lr_scale = "auto": resolved once, widened by the basins (as multiples of their rates), before the rate counts as handed on.
+    basin = (min(c.choice.basin[0] / c.choice.rate for c in chosen), max(c.choice.basin[1] / c.choice.rate for c in chosen))
+    low, high = settle_lr_scale(spec, shape, basin)
+    if rates:
+        shape.set_user_attr(results.RATES_ATTR, [{"stage": c.variant.label, "choice": c.variant.choice, "lr": c.choice.rate}
+                                                 for c in chosen])
+    shape.set_user_attr(results.LR_ATTR, lead.choice.rate)
+    if reporter is not None:
+        scaled = f"; stage 'shape' scales {'each' if rates else 'it'} by lr_scale in [{low:.3g}, {high:.3g}]" if low < high else ""
+        for c in chosen:
+            which = f"stage '{c.variant.label}' ({c.variant.words()})" if rates else "stage 'lr'"
+            reporter.message(f"{which} calibrated the learning rate: {c.choice.rate:.3g} "
+                             f"({_in_words(c.choice, c.best)}){'' if rates else scaled}")
+        if rates:
+            reporter.message(f"stage 'shape' searches {' and '.join(listed(spec))} with the rest, each trial at the rate "
+                             f"calibrated for its choice{scaled}; the best stage lr was '{lead.variant.label}'")
+    return HandOff(lead.choice.rate, rates, {c.variant.label: c.choice.rate for c in chosen})
+
+
+@dataclasses.dataclass(frozen=True)
+class _Chosen:
+    variant: Variant
+    study: optuna.Study
+    best: FrozenTrial
+    choice: RateChoice
+    n_finished: int
+    direction: str
+
+
+def _choose(variant: Variant, storage: optuna.storages.BaseStorage) -> _Chosen:
+    """The rate one variant's stage lr hands on, from its finished trials (nothing stored yet)."""
+    study = optuna.load_study(study_name=results.stage_study_name(variant.spec.name, variant.label), storage=storage)
+    trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     n_finished = sum(t.state in results.FINISHED for t in trials)
     if not complete:
         raise TunerError(
-            f"stage 'lr': none of its {n_finished} trials completed (all diverged or were pruned); lower "
+            f"stage '{variant.label}': none of its {n_finished} trials completed (all diverged or were pruned); lower "
             f"stages.lr.lr_max or check the data, then run again under a new name"
         )
-    best = results.best_complete(complete, results.direction_of(lr_study))
-    choice = rate_choice(spec, trials, lr_study.user_attrs.get(results.TASK_ATTR))
-    shape = open_stage_study(spec, shape_stage(spec, choice.rate), storage, code)
-    if shape.user_attrs.get(results.LR_ATTR) is not None:  # another worker handed on meanwhile: its records hold
-        return float(shape.user_attrs[results.LR_ATTR])
-    lr_study.set_user_attr(results.BEST_LR_ATTR, choice.rate)
-    lr_study.set_user_attr(results.BEST_TRIAL_ATTR, best.number)
-    lr_study.set_user_attr(results.HANDOFF_TRIALS_ATTR, n_finished)
-    lr_study.set_user_attr(results.HANDOFF_ATTR, choice.as_record())
-    # lr_scale = "auto": resolved once, widened by the basin (as multiples of the rate), before the rate counts as handed on.
-    basin = (choice.basin[0] / choice.rate, choice.basin[1] / choice.rate)
-    low, high = settle_lr_scale(spec, shape, basin)
-    shape.set_user_attr(results.LR_ATTR, choice.rate)
-    if reporter is not None:
-        scaled = f"; stage 'shape' scales it by lr_scale in [{low:.3g}, {high:.3g}]" if low < high else ""
-        reporter.message(f"stage 'lr' calibrated the learning rate: {choice.rate:.3g} "
-                         f"({_in_words(choice, best)}){scaled}")
-    return choice.rate
+    direction = results.direction_of(study)
+    best = results.best_complete(complete, direction)
+    assert best is not None
+    choice = rate_choice(variant.spec, trials, study.user_attrs.get(results.TASK_ATTR))
+    return _Chosen(variant, study, best, choice, n_finished, direction)
+
+
+def _stored(shape_attrs: dict[str, Any], spec: StudySpec) -> HandOff | None:
+    """The hand-off as a run before stored it on ``<name>/shape``; None if it has not happened."""
+    stored = shape_attrs.get(results.LR_ATTR)
+    if stored is None:
+        return None
+    records = shape_attrs.get(results.RATES_ATTR) or []
+    rates = tuple((tuple(r["choice"].items()), float(r["lr"])) for r in records)
+    labels = {r["stage"]: float(r["lr"]) for r in records} or {"lr": float(stored)}
+    return HandOff(float(stored), rates, labels)
 
 
 def rate_choice(spec: StudySpec, trials: list[FrozenTrial], task: str | None) -> RateChoice:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 
+from tuner.inputs.choices import values_of
 from tuner.inputs.spec import LR_SCALE_AUTO, StudySpec
 
 # optimizer -> (width exponent, depth exponent): the best rate of a shape width_ratio times as
@@ -79,14 +80,16 @@ def resolve_lr_scale(spec: StudySpec, basin: tuple[float, float] | None = None) 
     """The ``lr_scale`` range stage ``shape`` searches: the spec's pair, or ``"auto"`` resolved.
 
     ``"auto"`` covers every shape the stage may try: the union of :func:`auto_lr_scale` over the
-    corners of its width and depth ranges, relative to the small network of ``[model]``.
+    corners of its width and depth ranges, relative to the small network of ``[model]`` (and over
+    the optimizers, where ``train.optimizer`` lists several).
     """
     shape = spec.stages.shape
     if shape.lr_scale != LR_SCALE_AUTO:
         low, high = shape.lr_scale
         return float(low), float(high)
     ranges = [
-        auto_lr_scale(spec.train.optimizer, width / spec.model.width, depth / spec.model.depth, basin)
+        auto_lr_scale(optimizer, width / spec.model.width, depth / spec.model.depth, basin)
+        for optimizer in values_of(spec, "optimizer")
         for width in shape.width
         for depth in shape.depth
     ]

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from tuner.study.results import StageSummary, StudyResult, loss_like
-from tuner.study.stored import DIVERGED_ATTR
+from tuner.study.stored import DIVERGED_ATTR, stage_kind
 
 if TYPE_CHECKING:
     from tuner.study.stages import Stage
@@ -255,13 +255,16 @@ def summary_table(result: StudyResult, objective: str) -> Table:
     table.add_column("trials (ok/pruned/failed)", justify="right")
     table.add_column("time", justify="right")
     for summary in result.stages.values():
+        is_lr = stage_kind(summary.stage) == "lr"
         params = ", ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
             for k, v in summary.best_params.items()
-            if summary.stage != "lr" or k == "lr"
+            if not is_lr or k == "lr"
         )
-        if summary.stage == "lr" and result.best_lr is not None and params != f"lr={result.best_lr:.3g}":
-            params += f" (handed on: {result.best_lr:.3g})"  # the robust hand-off reads the whole U, not one trial
+        # The robust hand-off reads the whole U, not one trial; with listed choices, each variant its own.
+        handed = result.rates.get(summary.stage, result.best_lr) if is_lr else None
+        if handed is not None and params != f"lr={handed:.3g}":
+            params += f" (handed on: {handed:.3g})"
         table.add_row(
             summary.stage,
             params or "-",

@@ -29,6 +29,7 @@ The rules, with their constants:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Callable, Sequence
@@ -256,18 +257,26 @@ def stage_lr_runs(lr_study: optuna.Study) -> tuple[list[list[float | None]], lis
 
 def shape_first_rung(study_name: str, storage: optuna.storages.BaseStorage, shape_study: optuna.Study,
                      error_rows: int | None, max_epochs: int,
-                     describe: Callable[[FirstRung], dict[str, Any]] | None = None) -> FirstRung:
+                     describe: Callable[[FirstRung], dict[str, Any]] | None = None,
+                     lr_stages: Sequence[str] = ("lr",)) -> FirstRung:
     """Stage ``shape``'s first rung: as stored on ``shape_study``, else chosen from stage ``lr`` and stored.
 
     Chosen once, after the hand-off: every worker and every resume reads the stored one (workers
     that choose at the same moment choose the same, from the same finished trials). ``describe``
-    gives the stage's search record with the rung, stored with it.
+    gives the stage's search record with the rung, stored with it. ``lr_stages``: the stage lr of
+    each variant where choices are listed (``lr[optimizer=adam]``...): the latest of their rungs,
+    so that no variant's trials are judged before they learn (never pruning, if one of them says so).
     """
     stored = shape_study.user_attrs.get(FIRST_RUNG_ATTR)
     if stored is not None:
         return FirstRung.from_record(stored)
-    lr_study = optuna.load_study(study_name=stage_study_name(study_name, "lr"), storage=storage)
-    rung = first_rung(*stage_lr_runs(lr_study), error_rows=error_rows, max_epochs=max_epochs)
+    rungs = []
+    for stage in lr_stages:
+        lr_study = optuna.load_study(study_name=stage_study_name(study_name, stage), storage=storage)
+        rungs.append(first_rung(*stage_lr_runs(lr_study), error_rows=error_rows, max_epochs=max_epochs))
+    rung = max(rungs, key=lambda r: math.inf if r.epoch is None else r.epoch)
+    if len(rungs) > 1:
+        rung = dataclasses.replace(rung, reason=f"{rung.reason} (the latest of the {len(rungs)} stage lr variants')")
     if describe is not None:
         shape_study.set_user_attr(SEARCH_ATTR, describe(rung))
     shape_study.set_user_attr(FIRST_RUNG_ATTR, rung.as_record())

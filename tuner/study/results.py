@@ -49,8 +49,12 @@ from tuner.study.stored import (  # noqa: F401 -- the contract's names, read fro
     TRAINED_TOGETHER_ATTR,
     UNTRAINED_VALUE_ATTR,
     VERDICT_ATTR,
+    CHOICE_ATTR,
+    RATES_ATTR,
     check_version,
     split_stage_study_name,
+    stage_kind,
+    stage_order,
     stage_study_name,
 )
 
@@ -132,6 +136,8 @@ def stage_summary(study: optuna.Study, stage: str, budget: int, fixed: dict[str,
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     direction = direction_of(study)
     best = best_complete(complete, direction)
+    if best is not None and LR_ATTR in best.user_attrs:  # the calibrated rate of its own choice (optimizer...)
+        fixed = {**(fixed or {}), LR_ATTR: best.user_attrs[LR_ATTR]}
     starts = [t.datetime_start for t in finished if t.datetime_start]
     ends = [t.datetime_complete for t in finished if t.datetime_complete]
     wall = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
@@ -206,7 +212,10 @@ def load_stage_studies(name: str, storage: str | BaseStorage | None = None) -> d
     """
     opened, where = open_for_reading(storage)
     existing = set(optuna.get_all_study_names(opened))
-    stages = [stage for stage in STAGES if stage_study_name(name, stage) in existing]
+    # Stage lr's variants (lr[optimizer=adam]...) in the order they were made, which is the spec's.
+    ours = [n for n in existing if (split := split_stage_study_name(n)) and split[0] == name]
+    ours.sort(key=lambda n: _made_order(opened, n))
+    stages = sorted((n.removeprefix(f"{name}/") for n in ours), key=stage_order)
     if not stages:
         known = ", ".join(_tuner_names(sorted(existing))) or "none"
         raise UnknownStudyError(f"study {name!r}: not found in {where}; studies there: {known}")
@@ -214,6 +223,19 @@ def load_stage_studies(name: str, storage: str | BaseStorage | None = None) -> d
     for study in studies.values():
         check_version(study.study_name, study.user_attrs)
     return studies
+
+
+def _made_order(storage: BaseStorage, study_name: str) -> int:
+    """Where a study was made among the storage's (its id), so that a study's stages read in the order they were run."""
+    try:
+        return storage.get_study_id_from_name(study_name)
+    except KeyError:  # removed meanwhile
+        return -1
+
+
+def lr_stages(stages: Mapping[str, Any]) -> list[str]:
+    """The stage lr names among ``stages`` (a study's stages by name): ``lr``, or each variant's ``lr[...]``."""
+    return [stage for stage in stages if stage_kind(stage) == "lr"]
 
 
 def load_stage_trials(name: str, storage: str | BaseStorage | None = None) -> dict[str, list[FrozenTrial]]:
@@ -231,6 +253,9 @@ class StudyResult:
     # Set when run_study(timeout=) stopped it: the time limit in seconds. The stages hold what was done
     # (the last one unfinished); running it again resumes there.
     timed_out: float | None = None
+    # With train.optimizer or batch_size listed: each variant's stage lr and the rate it handed on
+    # ({"lr[optimizer=adam]": 0.0031, ...}); best_lr is then the rate of the variant whose stage lr did best.
+    rates: dict[str, float] = field(default_factory=dict)
 
     @property
     def best_stage(self) -> str | None:
@@ -251,11 +276,18 @@ class StudyResult:
     @property
     def worse_than_lr(self) -> str | None:
         """One line when stage ``shape`` ended worse than stage ``lr``'s small network (None otherwise)."""
-        lr, shape = self.stages.get("lr"), self.stages.get("shape")
+        lr, shape = best_lr_summary(self.stages), self.stages.get("shape")
         if lr is None or shape is None or lr.best_value is None or shape.best_value is None:
             return None
         if loss_like(shape.best_value, shape.direction) <= loss_like(lr.best_value, lr.direction):
             return None
-        return (f"stage 'shape' ended worse than stage 'lr': its best is {shape.best_value:.4g} against {lr.best_value:.4g} "
-                f"for the small network of stage 'lr'; the study's best is stage 'lr''s trial {lr.best_trial}, and "
-                f"`tuner best {self.name}` trains it (`--stage shape` for shape's own best)")
+        return (f"stage 'shape' ended worse than stage '{lr.stage}': its best is {shape.best_value:.4g} against "
+                f"{lr.best_value:.4g} for the small network of stage '{lr.stage}'; the study's best is stage "
+                f"'{lr.stage}''s trial {lr.best_trial}, and `tuner best {self.name}` trains it (`--stage shape` for "
+                f"shape's own best)")
+
+
+def best_lr_summary(stages: Mapping[str, StageSummary]) -> StageSummary | None:
+    """The summary of the stage lr (of the variants', the one) with the best value; None if none has one."""
+    found = [stages[s] for s in lr_stages(stages) if stages[s].best_value is not None]
+    return min(found, key=lambda s: loss_like(s.best_value, s.direction)) if found else None  # type: ignore[arg-type]

@@ -31,6 +31,7 @@ from tuner.errors import (
     raise_if_stop_requested,
 )
 from tuner.inputs.checks import check_direction
+from tuner.inputs.choices import Variant, first_choice, variants
 from tuner.inputs.data import Dataset, DataWarning, StreamedData
 from tuner.inputs.load import load_dataset
 from tuner.inputs.models import check_model_fits
@@ -50,7 +51,7 @@ from tuner.storage import (
 )
 from tuner.study import results
 from tuner.study.finished import finished_result
-from tuner.study.handoff import hand_off_lr
+from tuner.study.handoff import hand_off_lr, hand_off_rates
 from tuner.study.progress import ProgressBar, Reporter
 from tuner.study.pruning import error_rate_rows, shape_first_rung
 from tuner.study.results import FINISHED, SURPLUS_ATTR, StageSummary, StudyResult
@@ -145,7 +146,7 @@ def run_study(
         warnings.simplefilter("always", DataWarning)
         data = load_dataset(spec.data, spec.seed, spec.source, code.loader).to(torch_device)
     check_model(spec, data, code)
-    check_loss(spec, data, code)  # a loss that cannot train would fail every trial, without naming train.loss
+    check_loss(first_choice(spec), data, code)  # a loss that cannot train would fail every trial, without naming train.loss
     check_model_fits(spec, data, torch_device, code.family)  # before the storage: nothing written for a model that cannot train
     storage_url = storage_of_study(spec, storage)
     try:
@@ -158,7 +159,7 @@ def run_study(
     if stored_spec.data != spec.data:  # a data default put back: the data as the stored study was made with
         data = load_dataset(stored_spec.data, spec.seed, spec.source, code.loader).to(torch_device)
         check_model(stored_spec, data, code)
-        check_loss(stored_spec, data, code)
+        check_loss(first_choice(stored_spec), data, code)
         check_model_fits(stored_spec, data, torch_device, code.family)
     else:
         for warning in said:
@@ -169,10 +170,18 @@ def run_study(
     best_lr: float | None = None
     common = {"storage": optuna_storage, "data": data, "device": torch_device, "reporter": reporter, "code": code,
               "deadline": deadline}
+    rates: dict[str, float] = {}
     try:
-        summaries["lr"] = run_stage(spec, "lr", **common)  # type: ignore[arg-type]
-        best_lr = hand_off_lr(spec, optuna_storage, reporter, code)
-        summaries["shape"] = run_stage(spec, "shape", best_lr=best_lr, **common)  # type: ignore[arg-type]
+        every = variants(spec)  # one stage lr per combination of listed choices (one, "lr", when none is listed)
+        if len(every) > 1:
+            reporter.message(f"stage 'lr' calibrates a rate for each of {len(every)} choices "
+                             f"({'; '.join(v.words() for v in every)}): {len(every)} x {spec.stages.lr.trials} = "
+                             f"{len(every) * spec.stages.lr.trials} trials")
+        for variant in every:
+            summaries[variant.label] = run_stage(variant.spec, "lr", variant=variant, **common)  # type: ignore[arg-type]
+        handed = hand_off_rates(spec, optuna_storage, reporter, code)
+        best_lr, rates = handed.rate, (handed.labels if len(every) > 1 else {})
+        summaries["shape"] = run_stage(spec, "shape", best_lr=best_lr, rates=handed.rates, **common)  # type: ignore[arg-type]
         if spec.stages.audit.trials > 0:
             summaries["audit"] = run_stage(spec, "audit", **common)  # type: ignore[arg-type]
     except TimeLimitReached as reached:  # no new trial after the limit; what finished is stored
@@ -184,10 +193,10 @@ def run_study(
         reporter.message(f"stage '{done.stage}' stopped at the time limit ({timeout:g} s) once its trials in progress "
                          f"had finished: {done.n_complete + done.n_pruned} of {done.budget} finished; run the study "
                          f"again to resume it")
-        return StudyResult(spec.name, redact(storage_url), best_lr, summaries, None, timed_out=timeout)
+        return StudyResult(spec.name, redact(storage_url), best_lr, summaries, None, timed_out=timeout, rates=rates)
     # The audit's point: did lr interact little with the rest here? Judged and stored on <name>/audit.
     verdict = audit_verdict(spec.name, optuna_storage) if "audit" in summaries else None
-    return StudyResult(spec.name, redact(storage_url), best_lr, summaries, verdict)
+    return StudyResult(spec.name, redact(storage_url), best_lr, summaries, verdict, rates=rates)
 
 
 class TimeLimitReached(Exception):
@@ -209,10 +218,14 @@ def run_stage(
     best_lr: float | None = None,
     code: UserCode | None = None,
     deadline: float | None = None,
+    variant: Variant | None = None,
+    rates: tuple[tuple[tuple[tuple[str, Any], ...], float], ...] = (),
 ) -> StageSummary:
     """Run (or resume) one stage of a study to its budget; ``best_lr`` is needed by ``shape``.
 
     ``code``: the spec's own code as resolved once by the caller (default: resolved here).
+    ``variant``: stage lr of one combination of listed choices (``spec`` is then ``variant.spec``);
+    ``rates``: stage shape's rate of each (:func:`tuner.study.handoff.hand_off_rates`).
 
     Example:
         >>> summary = run_stage(spec, "lr", storage=open_storage("sqlite:///t.db"), data=data, device=torch.device("cpu"))  # doctest: +SKIP
@@ -222,10 +235,13 @@ def run_stage(
         from tuner.study.lr_range import auto_lr_range
 
         # The study first, with its settings: the range test of lr_range = "auto" is kept on it.
-        study = runner.open(lr_stage(spec))
+        named = {"label": variant.label, "variant_index": variant.index} if variant is not None and variant.choice else {}
+        study = runner.open(lr_stage(spec, **named))
+        if variant is not None and variant.choice and results.CHOICE_ATTR not in study.user_attrs:
+            study.set_user_attr(results.CHOICE_ATTR, variant.choice)
         # lr_range = "auto": the range test runs once (kept on <name>/lr, reused on resume) and sets the bounds.
         lr_range = auto_lr_range(spec, study, data, runner.reporter.message, runner.code)
-        stage = lr_stage(spec, lr_range=lr_range)
+        stage = lr_stage(spec, lr_range=lr_range, **named)
         stage = resumed_ask_batch(spec, stage, study.user_attrs.get(results.SEARCH_ATTR), len(study.get_trials(deepcopy=False)))
         if isinstance(data, StreamedData):  # read batch by batch: trials train one at a time
             stage = dataclasses.replace(stage, batch_trials=1)
@@ -234,16 +250,17 @@ def run_stage(
         if best_lr is None:
             raise ValueError("stage 'shape' trains at the calibrated rate: pass best_lr")
         rung, shape = None, spec.stages.shape
+        lr_labels = [v.label for v in variants(spec)]
         unresolved = shape_stage(spec, best_lr)
         shape_study = runner.open(unresolved)  # opened (and its settings checked) once for both records below
         if shape.first_rung == "auto" and shape.pruner != "none":  # chosen once from stage lr, stored on <name>/shape
             rows = error_rate_rows(spec.train.objective, data.task, bool(spec.train.loop or spec.train.metric), data)
             rung = shape_first_rung(spec.name, storage, shape_study, rows, unresolved.epochs,
-                                    lambda chosen: describe_search(shape_stage(spec, best_lr, chosen)))
+                                    lambda chosen: describe_search(shape_stage(spec, best_lr, chosen)), lr_labels)
             runner.reporter.message(rung.sentence())
         # lr_scale = "auto": the range resolved at the hand-off, read back from <name>/shape.
         lr_scale = settle_lr_scale(spec, shape_study)
-        return runner.run(shape_stage(spec, best_lr, rung, lr_scale=lr_scale))
+        return runner.run(shape_stage(spec, best_lr, rung, lr_scale=lr_scale, rates=rates))
     if stage == "audit":
         return runner.run(audit_stage(spec))
     raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGE_NAMES)}")
@@ -355,8 +372,8 @@ class _StageRunner:
         # First thing, in one commit: the owner (lets a restart find the trial if we die) and the
         # stage's fixed settings (e.g. the calibrated lr on every shape trial).
         # And the rate it trains at (trained_lr: in stage shape the calibrated lr times its lr_scale).
-        trained_lr = results.trained_params(trial.params, stage.fixed).get("lr")
-        write_trial_records(study, [(trial_id(trial), {**worker_attrs(), **stage.fixed,
+        trained_lr = results.trained_params(trial.params, stage.fixed_for(trial.params)).get("lr")
+        write_trial_records(study, [(trial_id(trial), {**worker_attrs(), **stage.fixed_for(trial.params),
                                                        results.TRAINED_LR_ATTR: trained_lr}, {})])
         return study, trial
 

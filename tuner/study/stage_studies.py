@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 
 from tuner.errors import StudyMismatchError
+from tuner.inputs.choices import variants
 from tuner.inputs.spec import StudySpec, settings_hash
 from tuner.inputs.usercode import UserCode, code_changes, from_main_fix, spec_folder
 from tuner.storage import StorageError, resolve_url
@@ -64,9 +65,24 @@ def with_stored_defaults(spec: StudySpec, storage: optuna.storages.BaseStorage,
 
 
 def _stored_stages(spec: StudySpec, storage: optuna.storages.BaseStorage) -> dict[str, optuna.Study]:
-    """The spec's stage studies that exist in ``storage``, each loaded once."""
+    """The spec's stage studies that exist in ``storage``, each loaded once, by stage name (a variant's
+    stage lr by its label, ``lr[optimizer=adam]``).
+
+    Refuses a study whose stored stage lr is of other choices than the spec lists (e.g. ``<name>/lr``
+    stored, ``train.optimizer`` now a list): its trials would be left behind.
+    """
     existing = set(optuna.get_all_study_names(storage))
-    names = {stage: stage_study_name(spec.name, stage) for stage in contract.STAGES}
+    labels = [v.label for v in variants(spec)]
+    names = {stage: stage_study_name(spec.name, stage) for stage in [*labels, "shape", "audit"]}
+    others = sorted(stage for name in existing if (split := contract.split_stage_study_name(name))
+                    and split[0] == spec.name and (stage := split[1]) not in names)
+    if others:
+        raise StudyMismatchError(
+            f"study '{spec.name}' was made with stage {', '.join(repr(s) for s in others)}, and this spec runs "
+            f"{', '.join(repr(s) for s in labels)} instead (train.optimizer or train.batch_size changed). Its trials "
+            f"would be left behind: give the study a new name (name = \"...\" in the spec, or --name NEW), or put "
+            f"the old values back to resume it"
+        )
     return {stage: optuna.load_study(study_name=name, storage=storage) for stage, name in names.items() if name in existing}
 
 
@@ -75,6 +91,8 @@ def _put_back_defaults(spec: StudySpec, studies: dict[str, optuna.Study], note: 
     for (table, key), legacies in contract.past_defaults().items():
         # A stage's own table is stored on that stage's study; data, model and train on every stage's.
         stage = table.removeprefix("stages.") if table.startswith("stages.") else next(iter(studies), None)
+        if stage == "lr":  # with listed choices, the first variant's stage lr holds it
+            stage = next((s for s in studies if contract.stage_kind(s) == "lr"), stage)
         study = studies.get(stage) if stage is not None else None
         settings = study.user_attrs.get(contract.SETTINGS_ATTR) if study is not None else None
         default = getattr(type(_field(spec, table))(), key)
@@ -131,15 +149,17 @@ def check_stored_settings(spec: StudySpec, storage: optuna.storages.BaseStorage,
     for study in studies.values():
         contract.check_version(study.study_name, study.user_attrs)
     spec = _put_back_defaults(spec, studies, note)
+    specs = {variant.label: variant.spec for variant in variants(spec)}  # each stage lr compared with its own choice
     for stage, study in studies.items():
-        _check_settings(study, spec, stage, code)
-    if "shape" in studies:
-        handed_off = studies["shape"].user_attrs.get(contract.LR_ATTR)
-        lr_attrs = studies["lr"].user_attrs
+        _check_settings(study, specs.get(stage, spec), contract.stage_kind(stage), code)
+    handed_off = studies["shape"].user_attrs.get(contract.LR_ATTR) if "shape" in studies else None
+    for stage in specs if handed_off is not None else ():
+        lr_attrs = studies[stage].user_attrs if stage in studies else {}
         calibrated_on = lr_attrs.get(contract.HANDOFF_TRIALS_ATTR, lr_attrs.get(contract.BUDGET_ATTR))
-        if handed_off is not None and calibrated_on is not None and spec.stages.lr.trials > int(calibrated_on):
+        if calibrated_on is not None and spec.stages.lr.trials > int(calibrated_on):
+            rate = lr_attrs.get(contract.BEST_LR_ATTR, handed_off)
             raise StudyMismatchError(
-                f"stage 'lr' of '{spec.name}' handed lr = {float(handed_off):.3g} on to stage 'shape' after "
+                f"stage '{stage}' of '{spec.name}' handed lr = {float(rate):.3g} on to stage 'shape' after "
                 f"{calibrated_on} trials; with stages.lr.trials = {spec.stages.lr.trials}, the new lr trials would "
                 f"run but 'shape' would stay at the old rate. Put stages.lr.trials back to {calibrated_on} (or "
                 f"lower) to resume, or run under a new name (--name NEW) to calibrate again"
@@ -262,13 +282,13 @@ def open_stage_study(spec: StudySpec, stage: Stage, storage: optuna.storages.Bas
                 break  # its creator died before writing them: take it over below
             time.sleep(0.05)
         if contract.SETTINGS_ATTR in study.user_attrs or _made_elsewhere(study, spec.train.direction):
-            _check_settings(study, spec, stage.name, code)
+            _check_settings(study, spec, stage.kind, code)
             return study
-    settings = stage_settings(spec, stage.name, code)
+    settings = stage_settings(spec, stage.kind, code)
     study.set_user_attr(contract.SETTINGS_ATTR, settings)
     study.set_user_attr(contract.SETTINGS_HASH_ATTR, settings_hash(settings))
     study.set_user_attr(contract.SEARCH_ATTR, describe_search(stage))
-    study.set_user_attr(contract.CONTRACT_VERSION_ATTR, _contract_of(spec, stage.name, storage))
+    study.set_user_attr(contract.CONTRACT_VERSION_ATTR, _contract_of(spec, stage.kind, storage))
     # A user's loop reports its own objective: say so, rather than name one it may not compute.
     study.set_user_attr(contract.OBJECTIVE_ATTR, "loop" if spec.train.loop else spec.train.objective)
     if spec.source:
@@ -282,7 +302,7 @@ def _contract_of(spec: StudySpec, stage: str, storage: optuna.storages.BaseStora
     A later stage started after an upgrade takes the defaults its study was made with
     (:func:`_as_made_by_the_others`), and says so, so that its resume reads them back the same way.
     """
-    first = stage_study_name(spec.name, "lr")
+    first = stage_study_name(spec.name, variants(spec)[0].label)
     if stage == "lr" or first not in optuna.get_all_study_names(storage):
         return contract.CONTRACT_VERSION
     version = contract.stored_version(optuna.load_study(study_name=first, storage=storage).user_attrs)

@@ -8,7 +8,6 @@ through ``study.ask(fixed_distributions=...)``, which also lets a batch of trial
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,14 +19,23 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from tuner.inputs.choices import first_choice, listed, values_of
 from tuner.inputs.params import OPTIMIZER_NAMES, DeclaredParam
 from tuner.inputs.params import defaults as declared_defaults
 from tuner.inputs.spec import LR_SCALE_AUTO, StudySpec
 from tuner.inputs.usercode import UserCode, identity
 from tuner.study.lr_scale import resolve_lr_scale
-from tuner.study.pruning import FirstRung, UntilLearningPruner
+from tuner.study.pruning import FirstRung
+from tuner.study.search import (  # noqa: F401 -- how a stage searches, importable from here as before
+    describe_search,
+    make_pruner,
+    make_sampler,
+    pruner_settings,
+    sampler_for,
+    tpe_settings,
+)
 from tuner.study.results import trained_params
-from tuner.study.stored import ADDED_FIELDS, ASK_BATCH_KEY, LR_SCALE_RANGE_ATTR, STAGES
+from tuner.study.stored import ADDED_FIELDS, ASK_BATCH_KEY, LR_SCALE_RANGE_ATTR, STAGES, stage_kind
 
 if TYPE_CHECKING:  # torch comes with them: imported where a stage is built, not to read a stored one's settings
     from tuner.training.train import TrainConfig, TrialPlan
@@ -69,6 +77,24 @@ class Stage:
     # every trial (studies made before stages.shape.conditional). Set, TPE models them in groups.
     conditions: dict[str, tuple[str, tuple[Any, ...]]] = dataclasses.field(default_factory=dict)
     direction: str = "minimize"  # train.direction: "maximize" for a score (the progress shows the highest as best)
+    # With train.optimizer or batch_size listed (tuner.inputs.choices), ``name`` is a variant's stage lr,
+    # "lr[optimizer=adam]" (``kind``: "lr"), and this its place among the variants (its seeds follow it).
+    variant_index: int = 0
+    # Stage shape with listed choices: each variant's choice and calibrated rate; a trial trains at its own
+    # variant's rate (``fixed``'s lr is then the rate of the variant whose stage lr did best).
+    rates: tuple[tuple[tuple[tuple[str, Any], ...], float], ...] = ()
+
+    @property
+    def kind(self) -> str:
+        """Which stage this is: ``lr`` (for each variant's too), ``shape`` or ``audit``."""
+        return stage_kind(self.name)
+
+    def fixed_for(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The stage's fixed settings for a trial of ``params``: with listed choices, its variant's calibrated lr."""
+        for choice, rate in self.rates:
+            if all(params.get(key) == value for key, value in choice):
+                return {**self.fixed, "lr": rate}
+        return self.fixed
 
     def active(self, name: str, params: dict[str, Any]) -> bool:
         """Whether parameter ``name`` is sampled for a trial whose parameters so far are ``params``."""
@@ -80,8 +106,9 @@ class Stage:
     def plan(self, params: dict[str, Any]) -> TrialPlan:
         """The trial of the sampled ``params``, from the stage's base settings."""
         from tuner.training.train import TrialPlan
-        values = trained_params(params, self.fixed)
-        changes: dict[str, Any] = {
+        values = trained_params(params, self.fixed_for(params))
+        changes: dict[str, Any] = {name: values[name] for name in ("optimizer", "batch_size") if name in values}
+        changes |= {
             "lr": float(values["lr"]),
             "schedule": str(values.get("schedule", "constant")),
             "decay": float(values.get("decay", 1.0)),
@@ -111,7 +138,7 @@ def base_config(spec: StudySpec, epochs: int) -> TrainConfig:
     """The training settings a stage's trials share, from the spec."""
     from tuner.training.train import TrainConfig
 
-    train = spec.train
+    train = first_choice(spec).train  # with listed choices, each trial's plan sets its own
     return TrainConfig(
         lr=1.0,  # every trial sets its own
         epochs=epochs,
@@ -137,6 +164,8 @@ def conditions(spec: StudySpec, space: dict[str, BaseDistribution]) -> dict[str,
     if not spec.stages.shape.conditional:
         return {}
     found: dict[str, tuple[str, tuple[Any, ...]]] = {}
+    if "optimizer" in space and "sgd" in values_of(spec, "optimizer"):  # momentum is SGD's alone
+        found.update({name: ("optimizer", ("sgd",)) for name in ("momentum", "one_minus_momentum") if name in space})
     decaying = tuple(s for s in spec.stages.shape.schedules if s != "constant")
     if "decay" in space and "schedule" in space and len(decaying) < len(spec.stages.shape.schedules):
         found["decay"] = ("schedule", decaying)  # 'constant' ignores decay
@@ -148,6 +177,8 @@ def shape_space(spec: StudySpec) -> dict[str, BaseDistribution]:
     decay, and the user's declared parameters."""
     shape = spec.stages.shape
     return {
+        # Listed choices first: what acts only with one of them (SGD's momentum) is sampled after it.
+        **{name: CategoricalDistribution(list(values)) for name, values in listed(spec).items()},
         "width": IntDistribution(shape.width[0], shape.width[1], log=True),
         "depth": IntDistribution(shape.depth[0], shape.depth[1]),
         "schedule": CategoricalDistribution(list(shape.schedules)),
@@ -208,13 +239,18 @@ def fixed_settings(spec: StudySpec, stage: str, best_lr: float | None = None) ->
     return {}
 
 
-def lr_stage(spec: StudySpec, lr_range: tuple[float, float] | None = None) -> Stage:
-    """Stage 1: ``lr`` log-uniform on the spec's small network, constant schedule."""
+def lr_stage(spec: StudySpec, lr_range: tuple[float, float] | None = None, *, label: str | None = None,
+             variant_index: int = 0) -> Stage:
+    """Stage 1: ``lr`` log-uniform on the spec's small network, constant schedule.
+
+    ``label``, ``variant_index``: with listed choices, the variant's stage name and place; ``spec`` is
+    then the variant's (:attr:`tuner.inputs.choices.Variant.spec`).
+    """
     lr = spec.stages.lr
     low, high = lr_range or (lr.lr_min, lr.lr_max)
     return _shaped(
         spec,
-        name="lr",
+        name=label or "lr",
         budget=lr.trials,
         epochs=lr.epochs or spec.train.epochs,
         sampler=lr.sampler,
@@ -222,6 +258,7 @@ def lr_stage(spec: StudySpec, lr_range: tuple[float, float] | None = None) -> St
         space={"lr": FloatDistribution(low, high, log=True)},
         fixed=fixed_settings(spec, "lr"),
         batch_trials=lr.batch_trials if asks_together(spec) else 1,
+        variant_index=variant_index,
     )
 
 
@@ -267,13 +304,15 @@ def resumed_ask_batch(spec: StudySpec, stage: Stage, search: dict[str, Any] | No
 
 
 def shape_stage(spec: StudySpec, best_lr: float, rung: FirstRung | None = None, *,
-                lr_scale: tuple[float, float] | None = None) -> Stage:
+                lr_scale: tuple[float, float] | None = None,
+                rates: tuple[tuple[tuple[tuple[str, Any], ...], float], ...] = ()) -> Stage:
     """Stage 2: width, depth, schedule and decay at the learning rate calibrated by stage 1.
 
     ``rung``: with ``first_rung = "auto"``, the first rung chosen from stage lr (:mod:`tuner.study.pruning`);
     until it is known (the study's creation at the hand-off) the stage prunes nothing.
     ``lr_scale``: the range its multiplier on that rate is searched over, as :func:`settle_lr_scale`
     stored it; None: resolved from the spec alone (enough to plan a trial from its params).
+    ``rates``: with listed choices, each variant's choice and calibrated rate (:attr:`Stage.rates`).
     """
     shape = spec.stages.shape
     pruning: dict[str, Any] = {"pruner": shape.pruner, "first_rung": shape.first_rung}
@@ -293,6 +332,7 @@ def shape_stage(spec: StudySpec, best_lr: float, rung: FirstRung | None = None, 
         space=space,
         fixed=fixed_settings(spec, "shape", best_lr),
         conditions=conditions(spec, space),
+        rates=rates,
         **pruning,
     )
 
@@ -301,7 +341,7 @@ def audit_stage(spec: StudySpec) -> Stage:
     """The audit: everything at once, by random search, as Greff et al. did, to check interactions."""
     lr, audit = spec.stages.lr, spec.stages.audit
     space: dict[str, BaseDistribution] = {"lr": FloatDistribution(lr.lr_min, lr.lr_max, log=True), **shape_space(spec)}
-    if spec.train.optimizer == "sgd" and "momentum" not in space:  # a declared momentum is sampled as declared
+    if "sgd" in values_of(spec, "optimizer") and "momentum" not in space:  # a declared momentum is sampled as declared
         low, high = audit.momentum
         space["one_minus_momentum"] = FloatDistribution(1.0 - high, 1.0 - low, log=True)
     return _shaped(
@@ -351,82 +391,6 @@ def stage_settings(spec: StudySpec, stage: str, code: UserCode | None = None, *,
         # Stage lr trains at the declared defaults, the audit samples the declared ranges: theirs too.
         settings["stages"]["shape"] = {"params": stages["shape"]["params"]}
     return settings
-
-
-def sampler_for(stage: Stage, study_seed: int, position: int) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
-    """The sampler and pruner that ask the trial at ``position`` (trials the stage held before it) of ``stage``.
-
-    Built anew for each trial and seeded by its position, on purpose: a stage resumed after a kill,
-    or shared by several workers, asks at each position what an uninterrupted stage would have.
-    """
-    seed = (study_seed * 1_000_003 + STAGES.index(stage.name) * 10_007 + position) % 2**32
-    pruner = make_pruner(stage.pruner, stage.epochs, stage.first_rung, stage.untrained_noise)
-    return make_sampler(stage.sampler, seed, stage.budget, stage.batch_trials, bool(stage.conditions)), pruner
-
-
-def make_sampler(kind: str, seed: int, budget: int, batch_trials: int = 1, group: bool = False) -> optuna.samplers.BaseSampler:
-    if kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, **tpe_settings(budget, batch_trials, group))
-
-
-def tpe_settings(budget: int, batch_trials: int = 1, group: bool = False) -> dict[str, Any]:
-    # Written out, not left to defaults: Optuna 5 changed TPE's defaults, and results must say
-    # what made them. A third of the budget (at most 10) is random start-up, as TPE needs.
-    # Batched: the whole first batch is random start-up. Its trials are asked before any has a
-    # value, so TPE would model nothing but constant-liar stand-ins; the next batch then models
-    # a full batch of real results, and constant_liar spreads its points apart.
-    # group: parameters sampled only in some trials (conditional) are modelled in groups of those
-    # that occur together, as multivariate TPE needs for them (else it samples them independently).
-    n_startup = max(3, min(10, math.ceil(budget / 3)), min(batch_trials, budget))
-    return {"n_startup_trials": n_startup, "multivariate": True, "constant_liar": True, **({"group": True} if group else {})}
-
-
-def pruner_settings(kind: str, epochs: int, first_rung: int | None = 1) -> dict[str, Any]:
-    """The settings of the pruner ``kind`` for trials of ``epochs`` epochs (epochs are its resource).
-
-    ``first_rung``: the first epoch at which it may stop a trial (None: never; no settings).
-    """
-    if first_rung is None:
-        return {}
-    if kind == "median":
-        return {"n_startup_trials": 5, "n_warmup_steps": max(first_rung, epochs // 4)}
-    if kind == "hyperband":
-        return {"min_resource": first_rung, "max_resource": epochs, "reduction_factor": 3}
-    if kind == "successive_halving":
-        return {"min_resource": first_rung, "reduction_factor": 3, "min_early_stopping_rate": 0}
-    return {}
-
-
-def make_pruner(kind: str, epochs: int, first_rung: int | None = 1,
-                untrained_noise: float | None = None) -> optuna.pruners.BasePruner:
-    """Optuna's pruner of that name, epochs as the resource; ``none`` (or no first rung): no pruning.
-
-    ``untrained_noise``: wrap it so that it decides nothing while every value at a step sits within
-    noise of its trial's untrained value (:class:`tuner.study.pruning.UntilLearningPruner`).
-    """
-    pruners = {
-        "median": optuna.pruners.MedianPruner,
-        "hyperband": optuna.pruners.HyperbandPruner,
-        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-    }
-    if kind not in pruners or first_rung is None:
-        return optuna.pruners.NopPruner()
-    pruner = pruners[kind](**pruner_settings(kind, epochs, first_rung))
-    return pruner if untrained_noise is None else UntilLearningPruner(pruner, first_rung, untrained_noise)
-
-
-def describe_search(stage: Stage) -> dict[str, Any]:
-    """Sampler and pruner with their settings and the Optuna version, stored on each study."""
-    sampler: dict[str, Any] = {"name": stage.sampler}
-    if stage.sampler == "tpe":
-        sampler.update(tpe_settings(stage.budget, stage.batch_trials, bool(stage.conditions)))
-    pruner: dict[str, Any] = {"name": stage.pruner}
-    pruner.update(pruner_settings(stage.pruner, stage.epochs, stage.first_rung))
-    if stage.rung_rule == "auto":  # the rung read from stage lr (None: not pruning), and the guard's noise unit
-        pruner.update({"first_rung": "auto", "prunes_from": stage.first_rung, "untrained_noise": stage.untrained_noise})
-    # The ask batch (since issue 23): how many trials were asked at once, whatever then trained together.
-    return {"sampler": sampler, "pruner": pruner, "optuna_version": optuna.__version__, ASK_BATCH_KEY: stage.batch_trials}
 
 
 def ask_conditional(study: optuna.Study, stage: Stage) -> optuna.Trial:

@@ -28,8 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuner.errors import StudyMismatchError
+from tuner.inputs.choices import is_lr_label
 
 STAGES = ("lr", "shape", "audit")  # every stage a study may have, in order
+# With train.optimizer or train.batch_size listed (since contract 5), stage lr is one study per combination of
+# the listed values, each named by its label instead of "lr": <name>/lr[optimizer=adam] (tuner.inputs.choices).
 
 # User attributes of a stage study.
 SETTINGS_ATTR = "settings"  # the spec's settings the stage's results depend on
@@ -45,6 +48,12 @@ BEST_TRIAL_ATTR = "best_trial"  # on <name>/lr, at the hand-off: its best trial 
 HANDOFF_ATTR = "handoff"
 HANDOFF_TRIALS_ATTR = "handoff_trials"  # on <name>/lr: finished lr trials the hand-off saw
 LR_ATTR = "lr"  # on <name>/shape and its trials: the calibrated rate they train at (before lr_scale)
+# With listed choices: on each <name>/lr[...], the listed fields and its values ({"optimizer": "adam"}); on
+# <name>/shape, every variant's rate, [{"stage": "lr[optimizer=adam]", "choice": {...}, "lr": rate}...], in the
+# spec's order. <name>/shape's own LR_ATTR is then the rate of the variant whose stage lr did best; each shape
+# trial's LR_ATTR is the rate of the variant it trained as.
+CHOICE_ATTR = "choice"
+RATES_ATTR = "lr_per_choice"
 LR_SCALE_RANGE_ATTR = "lr_scale_range"  # on <name>/shape: [low, high] that lr_scale = "auto" resolved to, once
 TASK_ATTR = "task"  # "classification" or "regression": what the data asked for, as loaded
 SPEC_PATH_ATTR = "spec_path"  # the spec file a study was made from: where its own code is imported from
@@ -90,9 +99,22 @@ def stage_study_name(study: str, stage: str) -> str:
 
 
 def split_stage_study_name(name: str) -> tuple[str, str] | None:
-    """(study, stage) of a stage study's name, or None for a study ``tuner`` did not name."""
+    """(study, stage) of a stage study's name, or None for a study ``tuner`` did not name.
+
+    ``stage`` is one of :data:`STAGES` or a variant's stage lr, ``lr[optimizer=adam]``.
+    """
     study, slash, stage = name.rpartition("/")
-    return (study, stage) if slash and study and stage in STAGES else None
+    return (study, stage) if slash and study and (stage in STAGES or is_lr_label(stage)) else None
+
+
+def stage_kind(stage: str) -> str:
+    """The stage a stage name is one of: ``lr`` for ``lr[optimizer=adam]``, else the name itself."""
+    return "lr" if is_lr_label(stage) else stage
+
+
+def stage_order(stage: str) -> int:
+    """Where a stage comes in a study: stage lr's variants first, then shape, then the audit."""
+    return STAGES.index(stage_kind(stage)) if stage_kind(stage) in STAGES else len(STAGES)
 
 
 @dataclass(frozen=True)
@@ -122,6 +144,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "a parameter is sampled only where it acts (decay for schedules that decay) and "
                  "TPE models the stage's parameters in groups (issue 25)",
               {("stages.shape", "conditional"): False}),
+    Migration(5, "train.optimizer and train.batch_size may list values: stage lr is one study per combination, "
+                 "<name>/lr[optimizer=adam], and stage shape searches the choice (issue 25)",
+              {}),
 )
 CONTRACT_VERSION = MIGRATIONS[-1].version  # what this tuner writes, and the newest it reads
 

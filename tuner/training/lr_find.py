@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from tuner.inputs.choices import first_choice
 from tuner.inputs.data import Dataset
 from tuner.inputs.load import load_dataset
 from tuner.inputs.params import defaults
@@ -79,7 +80,8 @@ def lr_find(
     data: Dataset | None = None,
     code: UserCode | None = None,
 ) -> LRFindResult:
-    """Run the LR range test on the spec's small network (``[model]``), data, optimizer and batch size.
+    """Run the LR range test on the spec's small network (``[model]``), data, optimizer and batch size
+    (the first of each where ``train.optimizer`` or ``train.batch_size`` lists several).
 
     Example:
         >>> result = lr_find("studies/quickstart.toml", steps=100)  # doctest: +SKIP
@@ -94,7 +96,8 @@ def lr_find(
         code: the spec's own code, already resolved; resolved from the spec if None.
     """
     check_ramp(start_lr, end_lr, steps, device)
-    spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
+    # A list of optimizers or batch sizes: the test runs with the first of each (stage lr tests each variant).
+    spec = first_choice(spec if isinstance(spec, StudySpec) else load_spec(spec))
     code = code or resolve_code(spec)  # the spec's own model factory, loss and metric, if it names them
     torch_device = resolve_device(device)
     use_threads(None, torch_device)  # $TUNER_THREADS, else one on the CPU, as tuner study

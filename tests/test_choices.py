@@ -1,0 +1,230 @@
+"""A list of optimizers or batch sizes: a rate calibrated for each, and stage shape choosing among them (issue 25, item 2)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+import tuner
+from tuner.errors import SpecError, StudyMismatchError
+from tuner.inputs.choices import is_lr_label, lr_label, variants
+from tuner.inputs.spec import load_spec, spec_from_dict
+from tuner.study.results import CHOICE_ATTR, RATES_ATTR, load_stage_studies
+from tuner.study.stage_studies import with_stage_value, with_value
+from tuner.study.stages import sampler_for, shape_stage
+from tuner.study.stored import split_stage_study_name
+
+REPO = Path(__file__).resolve().parents[1]
+OPTIMIZERS_STUDY = REPO / "studies" / "digits_optimizers.toml"
+
+
+def _spec(**train: Any) -> tuner.StudySpec:
+    return spec_from_dict({"name": "c", "data": {"name": "wine"}, "train": train})
+
+
+# --- the spec -----------------------------------------------------------------------------------------------
+
+def test_a_list_is_a_choice_and_a_list_of_one_is_that_value() -> None:
+    assert _spec(optimizer=["adam", "sgd"]).train.optimizer == ("adam", "sgd")
+    assert _spec(batch_size=[32, 128]).train.batch_size == (32, 128)
+    single = _spec(optimizer=["adam"])
+    assert single.train.optimizer == "adam"
+    # A list of one is the study it always was: one stage lr, the same stored settings as the plain value.
+    assert [v.label for v in variants(single)] == ["lr"]
+    assert single.settings() == _spec(optimizer="adam").settings()
+
+
+@pytest.mark.parametrize(("train", "field", "words"), [
+    ({"optimizer": []}, "train.optimizer", "list at least one value"),
+    ({"optimizer": ["adam", "adam"]}, "train.optimizer", "lists a value twice"),
+    ({"optimizer": ["adam", "adamm"]}, "train.optimizer", "did you mean 'adam'"),
+    ({"batch_size": [64, 0]}, "train.batch_size", "must be greater than 0"),
+    ({"batch_size": [64, 1.5]}, "train.batch_size", "whole number"),
+])
+def test_a_bad_list_is_refused_naming_the_field(train: dict[str, Any], field: str, words: str) -> None:
+    with pytest.raises(SpecError) as raised:
+        _spec(**train)
+    assert field in str(raised.value) and words in str(raised.value)
+
+
+def test_each_combination_of_the_listed_values_is_a_variant_with_its_own_stage_lr() -> None:
+    spec = _spec(optimizer=["adam", "sgd"], batch_size=[32, 128])
+    found = variants(spec)
+    assert [v.label for v in found] == ["lr[optimizer=adam,batch_size=32]", "lr[optimizer=adam,batch_size=128]",
+                                        "lr[optimizer=sgd,batch_size=32]", "lr[optimizer=sgd,batch_size=128]"]
+    assert [(v.spec.train.optimizer, v.spec.train.batch_size) for v in found] == \
+        [("adam", 32), ("adam", 128), ("sgd", 32), ("sgd", 128)]
+    assert [v.index for v in found] == [0, 1, 2, 3]
+    assert all(is_lr_label(v.label) for v in found) and not is_lr_label("shape")
+    assert split_stage_study_name("c/lr[optimizer=adam]") == ("c", "lr[optimizer=adam]")
+    assert lr_label({}) == "lr"
+
+
+def test_the_variants_stages_lr_draw_with_seeds_of_their_own() -> None:
+    from tuner.study.stages import lr_stage
+
+    spec = _spec(optimizer=["adam", "sgd"])
+    draws = []
+    for variant in variants(spec):
+        stage = lr_stage(variant.spec, label=variant.label, variant_index=variant.index)
+        draws.append(sampler_for(stage, spec.seed, 0)[0]._rng.rng.random())  # type: ignore[attr-defined]
+    assert draws[0] != draws[1]
+
+
+def test_a_shape_trial_trains_with_its_own_choice_at_its_own_rate() -> None:
+    spec = _spec(optimizer=["adam", "sgd"], batch_size=[32, 128])
+    rates = ((("optimizer", "adam"), ("batch_size", 32)), 0.001), ((("optimizer", "sgd"), ("batch_size", 128)), 0.1)
+    stage = shape_stage(spec, 0.001, lr_scale=(0.5, 2.0), rates=rates)
+    assert {"optimizer", "batch_size"} <= set(stage.space)
+    assert stage.conditions.get("one_minus_momentum") is None  # no momentum searched in stage shape by default
+    params = {"optimizer": "sgd", "batch_size": 128, "width": 8, "depth": 1, "schedule": "constant", "lr_scale": 2.0}
+    plan = stage.plan(params)
+    assert (plan.train.optimizer, plan.train.batch_size) == ("sgd", 128)
+    assert plan.train.lr == pytest.approx(0.2)  # sgd's 0.1 times its lr_scale
+    assert stage.fixed_for(params)["lr"] == 0.1
+
+
+def test_momentum_is_searched_only_where_sgd_is_chosen() -> None:
+    spec = spec_from_dict({"name": "c", "data": {"name": "wine"}, "train": {"optimizer": ["adam", "sgd"]},
+                           "stages": {"shape": {"params": {"momentum": {"low": 0.5, "high": 0.99, "default": 0.9}}},
+                                      "audit": {"trials": 4}}})
+    assert shape_stage(spec, 0.01).conditions["momentum"] == ("optimizer", ("sgd",))
+    from tuner.study.stages import audit_stage
+
+    assert audit_stage(spec).conditions["momentum"] == ("optimizer", ("sgd",))
+
+
+def test_a_declared_momentum_with_no_sgd_listed_is_refused() -> None:
+    from tuner.inputs.code_checks import check_params
+    from tuner.inputs.usercode import resolve_code
+
+    spec = spec_from_dict({"name": "c", "data": {"name": "wine"}, "train": {"optimizer": ["adam", "rmsprop"]},
+                           "stages": {"shape": {"params": {"momentum": {"low": 0.5, "high": 0.99, "default": 0.9}}}}})
+    with pytest.raises(SpecError, match=r"momentum acts with train.optimizer = \"sgd\" only \(here \['adam', 'rmsprop'\]\)"):
+        check_params(spec, resolve_code(spec))
+
+
+# --- the bundled study, end to end ------------------------------------------------------------------------------
+
+def _small() -> tuner.StudySpec:
+    """studies/digits_optimizers.toml on small budgets."""
+    spec = with_value(load_spec(OPTIMIZERS_STUDY), "train", "epochs", 2)
+    for stage, key, value in (("lr", "trials", 4), ("shape", "trials", 8), ("shape", "pruner", "none"),
+                              ("shape", "width", (8, 24))):
+        spec = with_stage_value(spec, stage, key, value)
+    return spec
+
+
+@pytest.fixture(scope="module")
+def optimizers_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, tuner.StudyResult]:
+    storage = f"sqlite:///{tmp_path_factory.mktemp('choices') / 'choices.db'}"
+    return storage, tuner.run_study(_small(), storage=storage, device="cpu", progress=False)
+
+
+def test_each_optimizer_gets_its_own_stage_lr_and_rate(optimizers_study: tuple[str, tuner.StudyResult]) -> None:
+    storage, result = optimizers_study
+    studies = load_stage_studies("digits_optimizers", storage)
+    assert list(studies) == ["lr[optimizer=adam]", "lr[optimizer=sgd]", "shape"]
+    for label, choice in (("lr[optimizer=adam]", {"optimizer": "adam"}), ("lr[optimizer=sgd]", {"optimizer": "sgd"})):
+        study = studies[label]
+        assert study.user_attrs[CHOICE_ATTR] == choice
+        assert study.user_attrs["settings"]["train"]["optimizer"] == choice["optimizer"]
+        assert len(study.trials) == 4  # the budget is per choice
+        assert result.rates[label] == study.user_attrs["best_lr"]
+    records = studies["shape"].user_attrs[RATES_ATTR]
+    assert [(r["stage"], r["lr"]) for r in records] == [(label, result.rates[label]) for label in result.rates]
+    lead = min(("lr[optimizer=adam]", "lr[optimizer=sgd]"), key=lambda s: result.stages[s].best_value)  # type: ignore[arg-type,return-value]
+    assert result.best_lr == result.rates[lead] == studies["shape"].user_attrs["lr"]
+
+
+def test_each_shape_trial_trains_at_its_optimizers_rate(optimizers_study: tuple[str, tuner.StudyResult]) -> None:
+    storage, result = optimizers_study
+    trials = load_stage_studies("digits_optimizers", storage)["shape"].trials
+    assert {t.params["optimizer"] for t in trials} == {"adam", "sgd"}  # 8 trials: both drawn (seeded)
+    for trial in trials:
+        rate = result.rates[f"lr[optimizer={trial.params['optimizer']}]"]
+        assert trial.user_attrs["lr"] == rate
+        assert trial.user_attrs["trained_lr"] == pytest.approx(rate * trial.params["lr_scale"])
+        assert ("momentum" in trial.params) == (trial.params["optimizer"] == "sgd")
+
+
+def test_the_finished_study_resumes_with_nothing_to_run(optimizers_study: tuple[str, tuner.StudyResult]) -> None:
+    storage, result = optimizers_study
+    said: list[str] = []
+
+    class Listen(tuner.Reporter):
+        def message(self, text: str) -> None:
+            said.append(text)
+
+    again = tuner.run_study(_small(), storage=storage, device="cpu", reporter=Listen())
+    assert any("nothing to run" in line for line in said), said
+    assert again.rates == result.rates and again.best_value == result.best_value
+    assert sum(len(s.trials) for s in load_stage_studies("digits_optimizers", storage).values()) == 16
+
+
+def test_a_spec_without_the_list_is_refused_for_the_stored_study(optimizers_study: tuple[str, tuner.StudyResult]) -> None:
+    storage, _ = optimizers_study
+    with pytest.raises(StudyMismatchError) as refused:
+        tuner.run_study(with_value(_small(), "train", "optimizer", "sgd"), storage=storage, device="cpu", progress=False)
+    assert "lr[optimizer=adam]" in str(refused.value) and "--name NEW" in str(refused.value)
+    with pytest.raises(StudyMismatchError, match=r"stage 'lr\[optimizer=adam\]' .* stages.lr.trials back to 4"):
+        tuner.run_study(with_stage_value(_small(), "lr", "trials", 6), storage=storage, device="cpu", progress=False)
+
+
+def test_export_importance_and_report_cover_every_stage_lr(optimizers_study: tuple[str, tuner.StudyResult],
+                                                            tmp_path: Path) -> None:
+    storage, result = optimizers_study
+    trials_path, _ = tuner.write_export("digits_optimizers", out=tmp_path, storage=storage)
+    with trials_path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["stage"] for row in rows} == {"lr[optimizer=adam]", "lr[optimizer=sgd]", "shape"}
+    for row in (r for r in rows if r["stage"] == "shape"):
+        rate = result.rates[f"lr[optimizer={row['params_optimizer']}]"]
+        assert float(row["user_attrs_trained_lr"]) == pytest.approx(rate * float(row["params_lr_scale"]))
+    report = tuner.write_report("digits_optimizers", storage=storage, out=tmp_path / "report")
+    text = report.index.read_text(encoding="utf-8")
+    for label, optimizer in (("lr-optimizer-adam", "adam"), ("lr-optimizer-sgd", "sgd")):
+        assert (tmp_path / "report" / f"lr_sensitivity_{label}.png").is_file()
+        assert f"calibrating the learning rate for optimizer {optimizer}" in text
+    assert "optimizer <b>adam or sgd, a rate calibrated for each</b>" in text
+
+
+def test_tuner_best_trains_the_winner_with_its_optimizer_and_best_toml_reproduces_it(
+        optimizers_study: tuple[str, tuner.StudyResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    storage, _ = optimizers_study
+    best = tuner.write_best("digits_optimizers", storage, tmp_path / "best", stage="shape", device="cpu")
+    assert best.metrics["validation"]["value"] == pytest.approx(best.metrics["stored_value"], abs=1e-6)
+    written = tomllib.loads(best.spec_path.read_text())
+    won = best.metrics["params"]
+    assert written["train"]["optimizer"] == won["optimizer"]  # one value, the winner's: not the list
+    assert ("momentum" in written["stages"]["shape"]["params"]) == (won["optimizer"] == "sgd")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    again = tuner.run_study(best.spec_path, storage=f"sqlite:///{tmp_path / 'again.db'}", device="cpu", progress=False)
+    assert again.stages["shape"].best_value == pytest.approx(best.metrics["stored_value"], abs=1e-6)
+
+
+def test_best_stage_lr_is_the_best_of_the_optimizers_stages_lr(optimizers_study: tuple[str, tuner.StudyResult],
+                                                               tmp_path: Path) -> None:
+    storage, result = optimizers_study
+    best = tuner.write_best("digits_optimizers", storage, tmp_path / "best", stage="lr", device="cpu")
+    values = {s: result.stages[s].best_value for s in result.rates}
+    assert best.metrics["stored_value"] == min(values.values())  # type: ignore[type-var]
+    one = tuner.write_best("digits_optimizers", storage, tmp_path / "one", stage="lr[optimizer=sgd]", device="cpu")
+    assert one.metrics["stage"] == "lr[optimizer=sgd]" and one.metrics["stored_value"] == values["lr[optimizer=sgd]"]
+    with pytest.raises(Exception, match=r"choose one of lr, shape, audit, lr\[optimizer=adam\], lr\[optimizer=sgd\]"):
+        tuner.write_best("digits_optimizers", storage, tmp_path / "no", stage="lr[optimizer=rmsprop]", device="cpu")
+    assert math.isfinite(best.metrics["validation"]["value"])
+
+
+def test_the_stage_lr_studies_are_optuna_studies_a_user_can_load(optimizers_study: tuple[str, tuner.StudyResult]) -> None:
+    storage, _ = optimizers_study
+    study = optuna.load_study(study_name="digits_optimizers/lr[optimizer=sgd]", storage=storage)
+    assert study.best_trial.params.keys() == {"lr"}
