@@ -31,6 +31,7 @@ from tuner.exits import (
     say,
     sigterm_as_interrupt,
     signal_point,
+    stop_code,
     stopped,
     unexpected_errors,
 )
@@ -429,7 +430,13 @@ def best(
 
 def main() -> None:  # pragma: no cover - the console script and `python -m tuner.cli` (tests run them as processes)
     real_process()
-    app()
+    try:
+        app()
+    except KeyboardInterrupt as stop:
+        # A second stop landing after the command had told its own, before the late ones are ignored: exit as the
+        # stop asks (130, 143) in at most one line, never killed by the signal (-2) with a traceback.
+        ignore_late_stops()
+        sys.exit(stop_code(type(stop)))
 
 
 if __name__ == "__main__":  # pragma: no cover
