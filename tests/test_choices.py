@@ -228,3 +228,17 @@ def test_the_stage_lr_studies_are_optuna_studies_a_user_can_load(optimizers_stud
     storage, _ = optimizers_study
     study = optuna.load_study(study_name="digits_optimizers/lr[optimizer=sgd]", storage=storage)
     assert study.best_trial.params.keys() == {"lr"}
+
+
+def test_the_audits_verdict_leaves_lrs_interaction_with_a_listed_optimizer_out(tmp_path: Path) -> None:
+    """A rate is calibrated per optimizer: lr x optimizer is what that serves, not a breach of the assumption."""
+    spec = spec_from_dict({"name": "aud", "data": {"name": "wine"}, "model": {"width": 8},
+                           "train": {"epochs": 2, "optimizer": ["adam", "sgd"]},
+                           "stages": {"lr": {"trials": 3, "lr_min": 1e-3, "lr_max": 0.3},
+                                      "shape": {"trials": 2, "width": [4, 16], "depth": [1, 2], "pruner": "none"},
+                                      "audit": {"trials": 12}}})
+    result = tuner.run_study(spec, storage=f"sqlite:///{tmp_path / 'aud.db'}", device="cpu", progress=False)
+    verdict = result.audit
+    assert verdict is not None and verdict.held is not None, verdict
+    assert verdict.largest_interaction_with not in ("optimizer",)
+    assert "lr's interaction with optimizer (stage lr calibrates a rate for each optimizer)" in verdict.message

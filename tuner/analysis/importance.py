@@ -32,9 +32,11 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.analysis.bases import COMPLETE_BASIS, RUNG_CAVEAT, basis_notes, describe_basis, headline_rows  # noqa: F401
 from tuner.analysis.fanova import fanova_importances
 from tuner.analysis.rungs import deepest_rung
 from tuner.deprecation import keyword_only_since
+from tuner.inputs.choices import CHOICE_FIELDS
 
 # The loaders of a stored study live in tuner.study.results; importable from here as before.
 from tuner.study.results import (
@@ -72,16 +74,12 @@ __all__ = [
 # that reached it), either followed by ", where P is set" for a parameter P set only in some trials
 # (decay, for the schedules that decay), analysed on those; trials: how many trials the row rests on.
 COLUMNS = ["stage", "evaluator", "param", "param_b", "importance", "std", "basis", "trials"]
-COMPLETE_BASIS = "complete"
 
 # Below this many trials a forest of 64 trees (or PED-ANOVA's top 10 %, one trial) says more about
 # the noise than about the parameters: a basis with fewer is not analysed, and a stage with no basis
 # left is skipped, with the reason.
 MIN_COMPLETE_TRIALS = 10
 MIN_TRIALS = MIN_COMPLETE_TRIALS  # the same floor for a rung's trials
-# Said wherever importances at an epoch are shown (Wu et al. 2018, short-horizon bias).
-RUNG_CAVEAT = ("importances at an epoch before the last lean against slow starters: schedules that decay "
-               "look worse early than they end (short-horizon bias, Wu et al. 2018)")
 # PED-ANOVA gives no spread of its own, so `std` is taken over this many bootstrap resamples of the
 # stage's complete trials (it takes milliseconds per resample).
 PED_ANOVA_BOOTSTRAPS = 20
@@ -119,10 +117,9 @@ class AuditVerdict:
     def _message(self) -> str:
         if self.held is None:
             return f"audit ({self.study_name}): could not judge the low-interaction assumption: {self.reason}"
-        numbers = (
-            f"lr explains {self.lr_main_effect:.1%} of the variance; its largest interaction "
-            f"(with {self.largest_interaction_with}) {self.largest_interaction:.1%}, over {self.n_trials} trials"
-        )
+        largest = (f"its largest interaction (with {self.largest_interaction_with}) {self.largest_interaction:.1%}"
+                   if self.largest_interaction_with is not None else "no interaction judged")
+        numbers = f"lr explains {self.lr_main_effect:.1%} of the variance; {largest}, over {self.n_trials} trials"
         if self.held:
             return (
                 f"audit ({self.study_name}): the low-interaction assumption held ({numbers}; threshold: "
@@ -247,50 +244,6 @@ def write_importance(
     return path, table, skipped
 
 
-def headline_rows(table: pd.DataFrame, n_pairs: int = 3) -> pd.DataFrame:
-    """Per stage, basis and evaluator: the main effects, then the ``n_pairs`` largest interactions."""
-    parts = []
-    keys = ["stage", "basis", "evaluator"] if "basis" in table else ["stage", "evaluator"]
-    for _, rows in table.groupby(keys, sort=False):
-        parts.append(rows[rows.param_b == ""].sort_values("importance", ascending=False))
-        parts.append(rows[rows.param_b != ""].sort_values("importance", ascending=False).head(n_pairs))
-    return pd.concat(parts, ignore_index=True) if parts else table
-
-
-def describe_basis(basis: str, n: int | None) -> str:
-    """A basis in words: ``12 complete trials``, ``at epoch 3, 16 trials``, ``12 complete trials where decay is set``."""
-    head, _, where = basis.partition(", where ")
-    where = f" where {where}" if where else ""
-    if head == COMPLETE_BASIS:
-        return f"{n} complete trials{where}" if n is not None else f"complete trials{where}"
-    return f"at {head}, {n} trials{where}" if n is not None else f"at {head}{', trials' + where if where else ''}"
-
-
-def basis_notes(table: pd.DataFrame) -> list[str]:
-    """One line per stage analysed at an epoch: on how many trials, and why to read it with care.
-
-    Example:
-        >>> basis_notes(table)  # doctest: +SKIP
-        ['stage shape at epoch 9: 14 trials reached it, pruned ones included (too few complete trials alone); ...']
-    """
-    if "basis" not in table or table.empty:
-        return []
-    lines = []
-    for (stage, basis), rows in table.groupby(["stage", "basis"], sort=False):
-        if ", where " in basis:  # a parameter set only where it acts, analysed on those trials
-            param = basis.split(", where ")[1].removesuffix(" is set")
-            lines.append(f"stage {stage}, {basis}: {int(rows['trials'].iloc[0])} trials; {param} acts only in some "
-                         f"trials (it is left out of the rows of all trials), so it is analysed on those alone")
-            continue
-        if basis == COMPLETE_BASIS:
-            continue
-        alone = ((table["stage"] == stage) & (table["basis"] == COMPLETE_BASIS)).any()
-        complete = "its complete trials are also analysed alone" if alone else "too few complete trials alone"
-        lines.append(f"stage {stage} at {basis}: {int(rows['trials'].iloc[0])} trials reached it, pruned ones "
-                     f"included ({complete}); {RUNG_CAVEAT}")
-    return lines
-
-
 def audit_verdict(name: str, storage: str | BaseStorage | None = None) -> AuditVerdict:
     """Judge the low-interaction assumption on the ``audit`` stage and store the verdict on it.
 
@@ -304,6 +257,7 @@ def audit_verdict(name: str, storage: str | BaseStorage | None = None) -> AuditV
     study = optuna.load_study(study_name=study_name, storage=opened)
     complete = _complete(study.get_trials(deepcopy=False))
     distributions = _varying_distributions(complete)
+    calibrated = [name for name in CHOICE_FIELDS if name in distributions]  # train.optimizer = ["adam", "sgd"]...
     verdict = AuditVerdict(study_name, None, len(complete), None, None, None)
     if len(complete) < MIN_COMPLETE_TRIALS:
         verdict = replace(verdict, reason=f"{len(complete)} complete trials; at least {MIN_COMPLETE_TRIALS} are needed")
@@ -320,15 +274,21 @@ def audit_verdict(name: str, storage: str | BaseStorage | None = None) -> AuditV
         if shares is not None:
             lr_main = float(shares[(shares.param == "lr") & (shares.param_b == "")].importance.iloc[0])
             pairs = shares[(shares.param_b != "") & ((shares.param == "lr") | (shares.param_b == "lr"))]
-            top = pairs.loc[pairs.importance.idxmax()]
-            largest = float(top.importance)
+            # A listed optimizer or batch size is calibrated for on its own (a rate for each): lr's interaction
+            # with it is what that calibration serves, not a breach of the assumption the staging rests on.
+            pairs = pairs[~pairs.param.isin(calibrated) & ~pairs.param_b.isin(calibrated)]
+            top = pairs.loc[pairs.importance.idxmax()] if not pairs.empty else None
+            largest = float(top.importance) if top is not None else 0.0
+            other = str(top.param_b if top.param == "lr" else top.param) if top is not None else None
             verdict = AuditVerdict(study_name, bool(largest <= AUDIT_MAX_INTERACTION_RATIO * lr_main), len(complete),
-                                   lr_main, largest, str(top.param_b if top.param == "lr" else top.param))
+                                   lr_main, largest, other)
     partial = _set_in_some(complete)
-    if partial:  # fANOVA needs every parameter in every trial: say which interactions were not looked at
-        verdict = replace(verdict, not_judged=", ".join(
-            f"{param} and its interaction with lr ({param} is set in {len(having)} of {len(complete)} trials, "
-            f"where it acts)" for param, having in partial.items()))
+    unjudged = [f"{param} and its interaction with lr ({param} is set in {len(having)} of {len(complete)} trials, "
+                f"where it acts)" for param, having in partial.items()]  # fANOVA needs every parameter in every trial
+    unjudged += [f"lr's interaction with {param} (stage lr calibrates a rate for each {param.replace('_', ' ')})"
+                 for param in calibrated if verdict.held is not None]
+    if unjudged:
+        verdict = replace(verdict, not_judged=", ".join(unjudged))
     for key, value in verdict.user_attrs().items():
         study.set_user_attr(key, value)
     return verdict
