@@ -53,6 +53,13 @@ def test_a_bad_list_is_refused_naming_the_field(train: dict[str, Any], field: st
     assert field in str(raised.value) and words in str(raised.value)
 
 
+@pytest.mark.parametrize("name", ["optimizer", "batch_size"])
+def test_a_declared_optimizer_or_batch_size_is_refused_pointing_to_the_list_in_train(name: str) -> None:
+    # Declared, it would train shape trials at a batch size (or optimizer) no rate was calibrated for.
+    with pytest.raises(SpecError, match=rf"'{name}' is searched by listing its values in \[train\]"):
+        spec_from_dict({"name": "c", "stages": {"shape": {"params": {name: {"choices": [8, 512], "default": 8}}}}})
+
+
 def test_each_combination_of_the_listed_values_is_a_variant_with_its_own_stage_lr() -> None:
     spec = _spec(optimizer=["adam", "sgd"], batch_size=[32, 128])
     found = variants(spec)
@@ -88,6 +95,38 @@ def test_a_shape_trial_trains_with_its_own_choice_at_its_own_rate() -> None:
     assert (plan.train.optimizer, plan.train.batch_size) == ("sgd", 128)
     assert plan.train.lr == pytest.approx(0.2)  # sgd's 0.1 times its lr_scale
     assert stage.fixed_for(params)["lr"] == 0.1
+
+
+def test_a_trial_of_a_choice_without_a_calibrated_rate_is_refused_not_given_another_rate() -> None:
+    spec = _spec(optimizer=["adam", "sgd"])
+    stage = shape_stage(spec, 0.001, lr_scale=(1.0, 1.0), rates=(((("optimizer", "adam"),), 0.001),))
+    with pytest.raises(ValueError, match="no calibrated rate"):
+        stage.plan({"optimizer": "sgd", "width": 8, "depth": 1, "schedule": "constant"})
+
+
+def test_run_stage_of_a_listed_spec_without_its_variant_or_rates_is_refused() -> None:
+    from tuner.study.runner import run_stage
+
+    spec = _spec(optimizer=["adam", "sgd"])
+    for stage, needs in (("lr", "variant="), ("shape", "rates=")):
+        with pytest.raises(ValueError, match=rf"train.optimizer lists several values: .*{needs}"):
+            run_stage(spec, stage, storage=None, data=None, device=None, best_lr=0.01)  # type: ignore[arg-type]
+
+
+def test_a_worker_starts_on_the_variant_with_the_most_budget_nobody_claimed(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuner.study import runner
+
+    spec = with_stage_value(_spec(optimizer=["adam", "sgd"]), "lr", "trials", 3)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'w.db'}")
+    claimed = optuna.create_study(study_name="c/lr[optimizer=adam]", storage=storage)
+    for _ in range(3):
+        claimed.ask()  # another worker holds adam's whole budget, RUNNING
+    order: list[str] = []
+    monkeypatch.setattr(runner, "run_stage", lambda spec, stage, *, variant, **_: order.append(variant.label) or variant.label)
+    summaries = runner._run_variants(variants(spec), storage, {})
+    assert order == ["lr[optimizer=sgd]", "lr[optimizer=adam]"]  # sgd first: nothing to wait for there
+    assert list(summaries) == ["lr[optimizer=adam]", "lr[optimizer=sgd]"]  # reported in the spec's order
 
 
 def test_momentum_is_searched_only_where_sgd_is_chosen() -> None:
@@ -184,6 +223,8 @@ def test_export_importance_and_report_cover_every_stage_lr(optimizers_study: tup
     with trials_path.open() as handle:
         rows = list(csv.DictReader(handle))
     assert {row["stage"] for row in rows} == {"lr[optimizer=adam]", "lr[optimizer=sgd]", "shape"}
+    assert {(row["stage"], row["params_optimizer"]) for row in rows if row["stage"] != "shape"} == \
+        {("lr[optimizer=adam]", "adam"), ("lr[optimizer=sgd]", "sgd")}  # each stage lr's rows say their optimizer
     for row in (r for r in rows if r["stage"] == "shape"):
         rate = result.rates[f"lr[optimizer={row['params_optimizer']}]"]
         assert float(row["user_attrs_trained_lr"]) == pytest.approx(rate * float(row["params_lr_scale"]))

@@ -23,6 +23,7 @@ from tuner.exits import (
     PlainErrorsGroup,
     analysis_errors,
     errors_as_exit_codes,
+    escaped_stop_code,
     fail,
     ignore_late_stops,
     new_console,
@@ -31,7 +32,6 @@ from tuner.exits import (
     say,
     sigterm_as_interrupt,
     signal_point,
-    stop_code,
     stopped,
     unexpected_errors,
 )
@@ -436,7 +436,7 @@ def main() -> None:  # pragma: no cover - the console script and `python -m tune
         # A second stop landing after the command had told its own, before the late ones are ignored: exit as the
         # stop asks (130, 143) in at most one line, never killed by the signal (-2) with a traceback.
         ignore_late_stops()
-        sys.exit(stop_code(type(stop)))
+        sys.exit(escaped_stop_code(stop))
 
 
 if __name__ == "__main__":  # pragma: no cover

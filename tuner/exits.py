@@ -112,6 +112,12 @@ def stop_code(stop: type[KeyboardInterrupt]) -> int:
     return TERMINATED if terminated else INTERRUPTED
 
 
+def escaped_stop_code(stop: KeyboardInterrupt) -> int:
+    """The exit code of a stop that escaped every command's handling: as the first stop seen asked (a SIGTERM
+    stays 143 though a Ctrl-C came after it)."""
+    return stop_code(_stop_seen or type(stop))
+
+
 def stops_as_exceptions() -> None:
     """From the start of a real process: SIGTERM raises :class:`tuner.errors.Terminated` as Ctrl-C raises
     ``KeyboardInterrupt`` (instead of ending the process with no word, status -15), and a stop that

@@ -28,6 +28,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
 from tuner.deprecation import keyword_only_since
+from tuner.inputs.choices import label_choice
 from tuner.study.results import load_stage_trials, trial_trained_lr
 from tuner.study.stored import LEARNING_CURVE_ATTR, TRAINED_LR_ATTR
 
@@ -107,6 +108,8 @@ def _trial_row(stage: str, trial: FrozenTrial) -> dict[str, Any]:
         "duration_s": (end - start).total_seconds() if start and end else None,
     }
     row.update({f"params_{key}": value for key, value in trial.params.items()})
+    # A variant's stage lr (lr[optimizer=adam]) trained with its choice: its rows say so, as shape's sampled ones do.
+    row.update({f"params_{key}": value for key, value in label_choice(stage).items()})
     for key, value in trial.user_attrs.items():
         if key == CURVE_ATTR:
             continue

@@ -89,6 +89,13 @@ def is_lr_label(stage: str) -> bool:
     return stage == "lr" or (stage.startswith("lr[") and stage.endswith("]") and len(stage) > 4)
 
 
+def label_choice(stage: str) -> dict[str, str]:
+    """The choice a variant's stage lr name spells, as text: ``lr[optimizer=adam]`` -> ``{"optimizer": "adam"}``."""
+    if not is_lr_label(stage) or stage == "lr":
+        return {}
+    return dict(part.partition("=")[::2] for part in stage[3:-1].split(","))  # type: ignore[misc]
+
+
 def choice_of(params: Mapping[str, Any], spec: StudySpec) -> dict[str, Any]:
     """The variant a stage ``shape`` or audit trial trains as: its values of the listed fields."""
     return {name: params[name] for name in listed(spec) if name in params}

@@ -27,7 +27,7 @@ from typing import Any
 from tuner.errors import MISSING, SpecError
 
 # Names a trial's plan sets itself, and the keywords tuner already hands to a loop or a factory.
-RESERVED = ("lr", "width", "depth", "lr_scale", "schedule", "decay", "one_minus_momentum",
+RESERVED = ("lr", "width", "depth", "lr_scale", "schedule", "decay", "one_minus_momentum", "batch_size",
             "model", "train", "val", "optimizer", "epochs", "lr_at", "device", "report", "loss", "seed", "params",
             "input_shape", "n_outputs", "n_features")
 # Names tuner itself acts on: the optimizer's (TrainConfig fields) and the built-in families' dropout.
@@ -74,6 +74,10 @@ def _parse_one(name: str, table: Any, path: str, source: str) -> DeclaredParam:
     if not name.isidentifier():
         raise SpecError(source, path, MISSING,
                         "a parameter's name is passed as a keyword argument: use letters, digits and _, e.g. dropout")
+    if name in ("optimizer", "batch_size"):  # a rate is calibrated for each value: a list in [train]
+        example = '["adam", "sgd"]' if name == "optimizer" else "[32, 128]"
+        raise SpecError(source, path, MISSING, f"'{name}' is searched by listing its values in [train], e.g. "
+                        f"{name} = {example}: stage lr then calibrates a rate for each")
     if name in RESERVED:
         raise SpecError(source, path, MISSING, f"'{name}' is tuner's own (searched or handed over by tuner already); "
                         "give your parameter another name")

@@ -193,8 +193,10 @@ def plot_shape(runs: Sequence[Run], objective: str, reference: float | None, max
                frameon=False)
     n_div = sum(r.diverged for r in runs)
     scaled = any("lr_scale" in r.params for r in runs)
+    rate = "the rate calibrated for its optimizer" if any("optimizer" in r.params or "batch_size" in r.params
+                                                          for r in runs) else "the calibrated rate"
     title = ("Stage shape: final error by network size and learning-rate schedule, "
-             + ("each at the calibrated rate × its lr_scale" if scaled else "at the calibrated rate"))
+             + (f"each at {rate} × its lr_scale" if scaled else f"each at {rate}"))
     notes = []
     if cap is not None:
         n_out = sum(r.value > cap for r in complete)  # type: ignore[operator]

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from tuner.report.runs import StageRuns, file_key, stage_rate, trial_costs
 from tuner.report.words import fmt_value, lr_time_caption, rate_words
 from tuner.storage import redact
-from tuner.study.stored import BUDGET_ATTR, CHOICE_ATTR, SETTINGS_ATTR, stage_kind
+from tuner.study.stored import BUDGET_ATTR, CHOICE_ATTR, RATES_ATTR, SETTINGS_ATTR, stage_kind
 
 CAPTIONS = {
     "lr_sensitivity": "Each dot is one trial of stage lr: its validation error after the last epoch against its "
@@ -166,7 +166,8 @@ code {{ background: #f3f3f3; padding: 0 .25em; }}
         figure_block("lr_curves", None, lr)
         figure_block("lr_time", None, lr)
     if "shape" in stages:
-        parts.append("<h2>Stage shape: network size and decay schedule at that rate</h2>")
+        at = "each at the rate calibrated for its choice" if stages["shape"].study.user_attrs.get(RATES_ATTR) else "at that rate"
+        parts.append(f"<h2>Stage shape: network size and decay schedule, {at}</h2>")
         figure_block("shape", "shape")
     if "audit" in stages:
         parts.append("<h2>Stage audit: everything sampled jointly at random</h2><ul>"

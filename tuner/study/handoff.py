@@ -92,14 +92,15 @@ def hand_off_rates(spec: StudySpec, storage: optuna.storages.BaseStorage, report
                                                  for c in chosen])
     shape.set_user_attr(results.LR_ATTR, lead.choice.rate)
     if reporter is not None:
-        scaled = f"; stage 'shape' scales {'each' if rates else 'it'} by lr_scale in [{low:.3g}, {high:.3g}]" if low < high else ""
+        scaled = f"; stage 'shape' scales it by lr_scale in [{low:.3g}, {high:.3g}]" if low < high else ""
         for c in chosen:
             which = f"stage '{c.variant.label}' ({c.variant.words()})" if rates else "stage 'lr'"
             reporter.message(f"{which} calibrated the learning rate: {c.choice.rate:.3g} "
                              f"({_in_words(c.choice, c.best)}){'' if rates else scaled}")
         if rates:
+            each = f", scaled by lr_scale in [{low:.3g}, {high:.3g}]" if low < high else ""
             reporter.message(f"stage 'shape' searches {' and '.join(listed(spec))} with the rest, each trial at the rate "
-                             f"calibrated for its choice{scaled}; the best stage lr was '{lead.variant.label}'")
+                             f"calibrated for its choice{each}; the best stage lr was '{lead.variant.label}'")
     return HandOff(lead.choice.rate, rates, {c.variant.label: c.choice.rate for c in chosen})
 
 

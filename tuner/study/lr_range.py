@@ -54,6 +54,7 @@ def auto_lr_range(
     else:
         study = optuna.create_study(study_name=stage_study_name(spec.name, "lr"), storage=storage, direction=spec.train.direction,
                                     load_if_exists=True)
+    stage = study.study_name.rpartition("/")[2]  # lr, or a variant's: lr[optimizer=adam]
     stored = study.user_attrs.get(LR_FIND_ATTR)
     if stored is not None:
         return float(stored["bounds"][0]), float(stored["bounds"][1])
@@ -62,9 +63,9 @@ def auto_lr_range(
     bounds = search_bounds(result.suggestion, lr.lr_min, lr.lr_max) if result.suggestion else None
     if bounds is None:
         why = result.problem or f"its range {result.suggestion.search_min:.3g} – {result.suggestion.search_max:.3g} lies outside"  # type: ignore[union-attr]
-        message(f"LR range test: no usable suggestion ({why}); stage 'lr' searches all of {lr.lr_min:.3g} – {lr.lr_max:.3g}")
+        message(f"LR range test: no usable suggestion ({why}); stage '{stage}' searches all of {lr.lr_min:.3g} – {lr.lr_max:.3g}")
         bounds = (lr.lr_min, lr.lr_max)
     else:
-        message(f"LR range test: suggested {result.suggestion.lr:.3g}; stage 'lr' searches {bounds[0]:.3g} – {bounds[1]:.3g}")  # type: ignore[union-attr]
+        message(f"LR range test: suggested {result.suggestion.lr:.3g}; stage '{stage}' searches {bounds[0]:.3g} – {bounds[1]:.3g}")  # type: ignore[union-attr]
     study.set_user_attr(LR_FIND_ATTR, _as_record(result, bounds))
     return bounds

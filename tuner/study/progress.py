@@ -249,7 +249,7 @@ class ProgressBar(Reporter):
 def summary_table(result: StudyResult, objective: str) -> Table:
     """The end-of-study table: best setting and value per stage, trial counts, time taken."""
     table = Table(title=f"study {result.name}  ({result.storage})")
-    table.add_column("stage")
+    table.add_column("stage", overflow="fold")  # lr[optimizer=adam,batch_size=32] whole, never cut
     table.add_column("best setting")
     table.add_column(f"best {objective}", justify="right")
     table.add_column("trials (ok/pruned/failed)", justify="right")

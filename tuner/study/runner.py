@@ -12,7 +12,7 @@ import dataclasses
 import math
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from tuner.errors import (
     raise_if_stop_requested,
 )
 from tuner.inputs.checks import check_direction
-from tuner.inputs.choices import Variant, first_choice, variants
+from tuner.inputs.choices import Variant, first_choice, listed, variants
 from tuner.inputs.data import Dataset, DataWarning, StreamedData
 from tuner.inputs.load import load_dataset
 from tuner.inputs.models import check_model_fits
@@ -72,7 +72,7 @@ from tuner.study.stages import (
     settle_lr_scale,
     shape_stage,
 )
-from tuner.study.trials import Asked, TrialBatch, run_trials
+from tuner.study.trials import Asked, TrialBatch, abandon, best_value, holds_position, run_trials
 from tuner.training.train import check_loss, pick_threads, resolve_device, use_threads
 from tuner.training.trainers import make_trainer
 
@@ -177,8 +177,7 @@ def run_study(
             reporter.message(f"stage 'lr' calibrates a rate for each of {len(every)} choices "
                              f"({'; '.join(v.words() for v in every)}): {len(every)} x {spec.stages.lr.trials} = "
                              f"{len(every) * spec.stages.lr.trials} trials")
-        for variant in every:
-            summaries[variant.label] = run_stage(variant.spec, "lr", variant=variant, **common)  # type: ignore[arg-type]
+        summaries |= _run_variants(every, optuna_storage, common)
         handed = hand_off_rates(spec, optuna_storage, reporter, code)
         best_lr, rates = handed.rate, (handed.labels if len(every) > 1 else {})
         summaries["shape"] = run_stage(spec, "shape", best_lr=best_lr, rates=handed.rates, **common)  # type: ignore[arg-type]
@@ -197,6 +196,31 @@ def run_study(
     # The audit's point: did lr interact little with the rest here? Judged and stored on <name>/audit.
     verdict = audit_verdict(spec.name, optuna_storage) if "audit" in summaries else None
     return StudyResult(spec.name, redact(storage_url), best_lr, summaries, verdict, rates=rates)
+
+
+def _run_variants(every: list[Variant], storage: optuna.storages.BaseStorage, common: dict[str, Any]) -> dict[str, StageSummary]:
+    """Each variant's stage lr, to its budget; by spec order, in the spec's order.
+
+    A worker starts each time on the variant with the most budget no worker has claimed (the first
+    on a tie): workers that share a study spread over the variants, rather than all waiting on the
+    first one's last trials while the next has trials to train.
+    """
+    done: dict[str, StageSummary] = {}
+    left = list(every)
+    while left:
+        variant = max(left, key=lambda v: _unclaimed(v, storage))
+        left.remove(variant)
+        done[variant.label] = run_stage(variant.spec, "lr", variant=variant, **common)
+    return {v.label: done[v.label] for v in every}
+
+
+def _unclaimed(variant: Variant, storage: optuna.storages.BaseStorage) -> int:
+    """How many trials of a variant's stage lr budget no worker has finished or holds."""
+    name = f"{variant.spec.name}/{variant.label}"
+    if name not in optuna.get_all_study_names(storage):
+        return variant.spec.stages.lr.trials
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    return variant.spec.stages.lr.trials - sum(t.state in (*FINISHED, TrialState.RUNNING) for t in trials)
 
 
 class TimeLimitReached(Exception):
@@ -230,6 +254,12 @@ def run_stage(
     Example:
         >>> summary = run_stage(spec, "lr", storage=open_storage("sqlite:///t.db"), data=data, device=torch.device("cpu"))  # doctest: +SKIP
     """
+    if listed(spec) and (stage == "lr" or (stage == "shape" and not rates)):
+        # train.optimizer or batch_size listed: each variant's stage lr is its own study, and stage shape needs
+        # every variant's rate; run_study does both (a variant's stage lr: run_stage(variant.spec, "lr", variant=...)).
+        raise ValueError(f"train.{' and train.'.join(listed(spec))} lists several values: run stage {stage!r} "
+                         f"through run_study, or pass {'variant=' if stage == 'lr' else 'rates='} "
+                         f"(tuner.inputs.choices.variants, tuner.study.handoff.hand_off_rates)")
     runner = _StageRunner(spec, storage, data, device, reporter or Reporter(), code or resolve_code(spec), deadline)
     if stage == "lr":
         from tuner.study.lr_range import auto_lr_range
@@ -325,7 +355,7 @@ class _StageRunner:
                 orphans_checked = -math.inf
                 continue
             n_ask = min(stage.budget - n_finished - n_running, stage.batch_trials)
-            position = sum(_holds_position(t) for t in trials)
+            position = sum(holds_position(t) for t in trials)
             asked: list[Asked] = []
             try:
                 with interrupts_deferred():  # a trial asked for is always claimed, never left ownerless
@@ -340,12 +370,12 @@ class _StageRunner:
                     else f"the worker stopped: {type(error).__name__}: {error}"
                 )
                 with interrupts_deferred():
-                    _abandon(asked, reason)
+                    abandon(asked, reason)
                 raise
             for i, frozen in enumerate(told):
                 # The best of the trials at hand up to this one (no query per trial): a batch told
                 # at once never shows a best that no trial printed so far has reached.
-                best = _best_value([*trials, *told[:i + 1]], results.direction_of(study))
+                best = best_value([*trials, *told[:i + 1]], results.direction_of(study))
                 if frozen.state == TrialState.FAIL:
                     consecutive_failures += 1
                 else:
@@ -409,28 +439,3 @@ class _StageRunner:
             return batch.fail(error)
         attrs = {results.DEVICE_ATTR: str(self.device), results.THREADS_ATTR: torch.get_num_threads()}
         return run_trials(batch, lambda: make_trainer(plans, self.data, self.code, self.device), attrs, self.device)
-
-
-def _abandon(asked: Sequence[Asked], reason: str) -> None:
-    """Fail those of our trials that are still RUNNING, with ``reason`` as their ``error``."""
-    for study, trial in asked:
-        try:
-            fail_trial(study, trial_id(trial), reason)  # a no-op for a trial already told
-        except Exception:  # noqa: BLE001 -- the storage may be what failed; the next run cleans up
-            pass
-
-
-def _holds_position(trial: FrozenTrial) -> bool:
-    """Whether a trial keeps its place in the stage's sequence of asks (each place its own seed).
-
-    A trial that failed without raising (its worker was stopped or died, or it was surplus) gives
-    its place up: the trial asked in its place draws what it would have drawn, so a stage resumed
-    after a kill asks what an uninterrupted one would have. A trial that raised keeps its place,
-    so the next one draws anew rather than the same failing parameters.
-    """
-    return trial.state != TrialState.FAIL or results.TRACEBACK_ATTR in trial.user_attrs
-
-
-def _best_value(trials: Sequence[FrozenTrial], direction: str) -> float | None:
-    best = results.best_complete(trials, direction)
-    return best.value if best is not None else None

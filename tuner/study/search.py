@@ -23,7 +23,7 @@ def sampler_for(stage: Stage, study_seed: int, position: int) -> tuple[optuna.sa
     Built anew for each trial and seeded by its position, on purpose: a stage resumed after a kill,
     or shared by several workers, asks at each position what an uninterrupted stage would have.
     """
-    seed = (study_seed * 1_000_003 + STAGES.index(stage.kind) * 10_007 + stage.variant_index * 7_919 + position) % 2**32
+    seed = (study_seed * 1_000_003 + STAGES.index(stage.kind) * 10_007 + stage.variant_index * 104_729 + position) % 2**32
     pruner = make_pruner(stage.pruner, stage.epochs, stage.first_rung, stage.untrained_noise)
     return make_sampler(stage.sampler, seed, stage.budget, stage.batch_trials, bool(stage.conditions)), pruner
 

@@ -19,7 +19,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from tuner.inputs.choices import first_choice, listed, values_of
+from tuner.inputs.choices import CHOICE_FIELDS, first_choice, listed, values_of
 from tuner.inputs.params import OPTIMIZER_NAMES, DeclaredParam
 from tuner.inputs.params import defaults as declared_defaults
 from tuner.inputs.spec import LR_SCALE_AUTO, StudySpec
@@ -94,6 +94,8 @@ class Stage:
         for choice, rate in self.rates:
             if all(params.get(key) == value for key, value in choice):
                 return {**self.fixed, "lr": rate}
+        if self.rates:  # never another choice's rate
+            raise ValueError(f"no calibrated rate for the choice of {params!r}; known: {[dict(c) for c, _ in self.rates]}")
         return self.fixed
 
     def active(self, name: str, params: dict[str, Any]) -> bool:
@@ -107,7 +109,8 @@ class Stage:
         """The trial of the sampled ``params``, from the stage's base settings."""
         from tuner.training.train import TrialPlan
         values = trained_params(params, self.fixed_for(params))
-        changes: dict[str, Any] = {name: values[name] for name in ("optimizer", "batch_size") if name in values}
+        # A listed choice (train.optimizer = ["adam", "sgd"]): the trial's own, searched by the stage, never a declared name.
+        changes: dict[str, Any] = {name: values[name] for name in CHOICE_FIELDS if name in self.space}
         changes |= {
             "lr": float(values["lr"]),
             "schedule": str(values.get("schedule", "constant")),

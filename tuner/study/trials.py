@@ -21,7 +21,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import raise_if_stop_requested
-from tuner.storage import Heartbeat, trial_id, write_trial_records
+from tuner.storage import Heartbeat, fail_trial, trial_id, write_trial_records
 from tuner.study import results
 from tuner.study.stages import Stage
 from tuner.study.stored import FALLBACK_ATTR, TRAINED_TOGETHER_ATTR
@@ -219,3 +219,28 @@ def run_trials(
 
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def abandon(asked: Sequence[Asked], reason: str) -> None:
+    """Fail those of our trials that are still RUNNING, with ``reason`` as their ``error``."""
+    for study, trial in asked:
+        try:
+            fail_trial(study, trial_id(trial), reason)  # a no-op for a trial already told
+        except Exception:  # noqa: BLE001 -- the storage may be what failed; the next run cleans up
+            pass
+
+
+def holds_position(trial: FrozenTrial) -> bool:
+    """Whether a trial keeps its place in the stage's sequence of asks (each place its own seed).
+
+    A trial that failed without raising (its worker was stopped or died, or it was surplus) gives
+    its place up: the trial asked in its place draws what it would have drawn, so a stage resumed
+    after a kill asks what an uninterrupted one would have. A trial that raised keeps its place,
+    so the next one draws anew rather than the same failing parameters.
+    """
+    return trial.state != TrialState.FAIL or results.TRACEBACK_ATTR in trial.user_attrs
+
+
+def best_value(trials: Sequence[FrozenTrial], direction: str) -> float | None:
+    best = results.best_complete(trials, direction)
+    return best.value if best is not None else None
