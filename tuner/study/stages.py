@@ -1,8 +1,11 @@
 """What each stage searches, and how a sampled point becomes a training run.
 
-A stage is one Optuna study, ``<study name>/<stage>``. Its search space is a flat dict of Optuna
-distributions (no conditional parameters, so importance analyses cover every trial), asked for
-through ``study.ask(fixed_distributions=...)``, which also lets a batch of trials be asked at once.
+A stage is one Optuna study, ``<study name>/<stage>`` (stage lr one per listed choice of optimizer or
+batch size, ``<study name>/lr[optimizer=adam]``: :mod:`tuner.inputs.choices`). Its search space is a
+dict of Optuna distributions, asked for through ``study.ask(fixed_distributions=...)`` (which also
+lets a batch of trials be asked at once), or, where some parameters act only for some values of
+another (``decay`` for schedules that decay, SGD's momentum), sampled define-by-run in its order
+(:func:`ask_conditional`). How it samples and prunes: :mod:`tuner.study.search`.
 """
 
 from __future__ import annotations
