@@ -248,6 +248,7 @@ class BatchedTrainer:
             shared = len(set(row_seeds)) == 1
             order = orders[row_seeds[0]] if shared else torch.stack([orders[s] for s in row_seeds])
             loss_sum = torch.zeros(k, device=device)
+            grad = torch.empty_like(net.flat)  # the copies' gradient, step after step: a fresh one per step refaults its pages
             for start in range(0, n, batch_size):
                 if shared:
                     batch = order[start:start + batch_size]
@@ -262,7 +263,7 @@ class BatchedTrainer:
                 losses = _per_copy_loss(net.forward(x, blocks), y, data.task)
                 # Copies are independent, so the gradient of the sum is each copy's own gradient.
                 grads = torch.autograd.grad(losses.sum(), blocks)
-                optimizer.step(net.flat, torch.cat([g.reshape(k, -1) for g in grads], dim=1))
+                optimizer.step(net.flat, torch.cat([g.reshape(k, -1) for g in grads], dim=1, out=grad))
                 loss_sum += losses.detach() * batch.shape[-1]
             train_losses = (loss_sum / n).tolist()  # one device sync per epoch, not per batch
             val_losses, val_errors = _evaluate(net, data)
