@@ -109,7 +109,7 @@ class FunctionalOptimizer:
 
     @torch.no_grad()
     def step(self, flat: torch.Tensor, grad: torch.Tensor) -> None:
-        """One update of ``flat`` (in place) from the copies' gradient ``grad`` (same layout)."""
+        """One update of ``flat`` (in place) from the copies' gradient ``grad`` (same layout; SGD overwrites it)."""
         if self.weight_decay is not None:
             grad = grad + self.weight_decay * flat
         self.steps += 1
