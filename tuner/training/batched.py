@@ -247,8 +247,8 @@ class BatchedTrainer:
             row_seeds = [configs[i].seed for i in running]
             shared = len(set(row_seeds)) == 1
             order = orders[row_seeds[0]] if shared else torch.stack([orders[s] for s in row_seeds])
-            flat = net.flat.requires_grad_(True)
             loss_sum = torch.zeros(k, device=device)
+            grad = torch.empty_like(net.flat)  # the copies' gradient, step after step: a fresh one per step refaults its pages
             for start in range(0, n, batch_size):
                 if shared:
                     batch = order[start:start + batch_size]
@@ -257,12 +257,14 @@ class BatchedTrainer:
                 else:
                     batch = order[:, start:start + batch_size]
                     x, y = x_train[batch], data.y_train[batch]
-                losses = _per_copy_loss(net.forward(x, flat), y, data.task)
+                # Each tensor its own leaf: the gradient of views of one flat leaf would be a zero-filled
+                # (K, n_params) tensor per view, summed; one cat of the tensors' gradients costs a fraction.
+                blocks = [view.detach().requires_grad_(True) for view in net.views(net.flat)]
+                losses = _per_copy_loss(net.forward(x, blocks), y, data.task)
                 # Copies are independent, so the gradient of the sum is each copy's own gradient.
-                (grad,) = torch.autograd.grad(losses.sum(), flat)
-                optimizer.step(flat, grad)
+                grads = torch.autograd.grad(losses.sum(), blocks)
+                optimizer.step(net.flat, torch.cat([g.reshape(k, -1) for g in grads], dim=1, out=grad))
                 loss_sum += losses.detach() * batch.shape[-1]
-            net.flat = flat.detach()
             train_losses = (loss_sum / n).tolist()  # one device sync per epoch, not per batch
             val_losses, val_errors = _evaluate(net, data)
             results: list[EpochResult | None] = [None] * len(plans)

@@ -139,8 +139,8 @@ class FuncBatchedTrainer:
         return ((outputs - target) ** 2).reshape(k, -1).mean(1)
 
     def _gradient(self, flat: torch.Tensor, buffers: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                  shared: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """The copies' gradient in the flat layout, and each copy's loss, on one mini-batch.
+                  shared: bool, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The copies' gradient in the flat layout (into ``out``, if given), and each copy's loss, on one mini-batch.
 
         One vmapped forward pass, the copies' losses summed, one backward pass: copies never mix, so the
         gradient of the sum is each copy's own gradient (the same as ``vmap(grad_and_value(loss))``, for a
@@ -151,7 +151,7 @@ class FuncBatchedTrainer:
         outputs = task_outputs(self._forward(shared)(blocks, buffers, x), self.data.task)
         losses = self._copy_losses(outputs, y, per_copy=not shared)
         grads = torch.autograd.grad(losses.sum(), list(blocks.values()), allow_unused=True, materialize_grads=True)
-        return torch.cat([grad.reshape(-1) for grad in grads]), losses.detach()
+        return torch.cat([grad.reshape(-1) for grad in grads], out=out), losses.detach()
 
     def _outputs(self, x: torch.Tensor) -> torch.Tensor:
         """Every copy's outputs for rows ``x`` (eval mode, no gradient), ``(K, rows, ...)``, chunk by chunk."""
@@ -307,10 +307,11 @@ class FuncBatchedTrainer:
             order = orders[row_seeds[0]] if shared else torch.stack([orders[s] for s in row_seeds])
             self.base.train()
             loss_sum = torch.zeros(self.layout.k, device=device)
+            grad_buffer = torch.empty_like(self.flat)  # step after step: a fresh one per step refaults its pages
             for start in range(0, n, batch_size):
                 batch = order[..., start:start + batch_size]
                 x, y = data.x_train[batch], data.y_train[batch]
-                grad, losses = self._gradient(self.flat, self.buffers, x, y, shared)
+                grad, losses = self._gradient(self.flat, self.buffers, x, y, shared, out=grad_buffer)
                 self.optimizer.step(self.flat, grad)
                 loss_sum += losses * batch.shape[-1]
             train_losses = (loss_sum / n).tolist()  # one device sync per epoch, not per batch

@@ -25,9 +25,12 @@ def sgd_update(flat: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor, lr: to
     """torch.optim.SGD's step (dampening 0, no Nesterov) on stacked copies, in place.
 
     buf = momentum * buf + grad (the first step's zeros make buf = grad, as torch does); p -= lr * buf.
+    ``grad`` is overwritten (the product's memory).
     """
     buf.mul_(momentum).add_(grad)
-    flat.sub_(lr * buf)
+    # lr * buf into grad's memory, which is not read again: a fresh tensor of the copies' size costs
+    # more than the product itself on a CPU (the allocator returns and refaults its pages every step).
+    flat.sub_(torch.mul(lr, buf, out=grad) if grad.shape == buf.shape else lr * buf)
 
 
 def adam_update(flat: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
@@ -106,7 +109,7 @@ class FunctionalOptimizer:
 
     @torch.no_grad()
     def step(self, flat: torch.Tensor, grad: torch.Tensor) -> None:
-        """One update of ``flat`` (in place) from the copies' gradient ``grad`` (same layout)."""
+        """One update of ``flat`` (in place) from the copies' gradient ``grad`` (same layout; SGD overwrites it)."""
         if self.weight_decay is not None:
             grad = grad + self.weight_decay * flat
         self.steps += 1

@@ -57,8 +57,9 @@ class Stacked:
         """A part's inputs ``(rows, *sample)`` as the copies read them, one row each."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, flat: torch.Tensor | None = None) -> torch.Tensor:
-        """``x``: (K, batch, *input) from :meth:`inputs` -> (K, batch, outputs)."""
+    def forward(self, x: torch.Tensor, weights: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """``x``: (K, batch, *input) from :meth:`inputs` -> (K, batch, outputs); ``weights``: each tensor
+        of the copies as :meth:`views` cuts them (default: the views of :attr:`flat`)."""
         raise NotImplementedError
 
     def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
@@ -85,8 +86,8 @@ class StackedMLP(Stacked):
     def inputs(x: torch.Tensor) -> torch.Tensor:
         return x.reshape(len(x), -1)  # the factory's model flattens each sample (nn.Flatten)
 
-    def forward(self, x: torch.Tensor, flat: torch.Tensor | None = None) -> torch.Tensor:
-        weights = self.views(self.flat if flat is None else flat)
+    def forward(self, x: torch.Tensor, weights: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        weights = self.views(self.flat) if weights is None else weights
         h = x
         n_layers = len(weights) // 2
         for layer in range(n_layers):
@@ -132,8 +133,8 @@ class StackedLSTM(Stacked):
             raise ValueError(f"model family 'lstm' reads samples of (steps, features); these have shape {tuple(x.shape[1:])}")
         return torch.cat([x, x.new_ones(*x.shape[:2], 2)], dim=2)  # the biases' two inputs of one
 
-    def forward(self, x: torch.Tensor, flat: torch.Tensor | None = None) -> torch.Tensor:
-        weights = self.views(self.flat if flat is None else flat)
+    def forward(self, x: torch.Tensor, weights: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        weights = self.views(self.flat) if weights is None else weights
         k, batch, steps, _ = x.shape
         n_layers = (len(weights) - 2) // 2
         # (K, features + 2, steps * batch): column ``step * batch + row``, each step's rows side by side.

@@ -89,8 +89,9 @@ def make_trainer(plans: Sequence[TrialPlan], data: Dataset | StreamedData, code:
     if hand_written_applies(code, plans):
         from tuner.training.batched import BatchedTrainer
 
+        first = plans[0]  # the copies share one shape (hand_written_applies): one count for all
         return EpochsTrainer(BatchedTrainer(code.family, data, plans),  # type: ignore[arg-type]
-                             lambda: [parameter_count(code.family, data, p.width, p.depth) for p in plans], k=len(plans))
+                             lambda: [parameter_count(code.family, data, first.width, first.depth)] * len(plans), k=len(plans))
     from tuner.training.functional_plans import batch_plans
 
     parts, reason = batch_plans(code.family, data, plans)
