@@ -106,6 +106,11 @@ def index_html(
     # Stage shape's settings where it exists: with listed choices, a stage lr holds one optimizer of them.
     settings = (stages.get("shape") or next(iter(stages.values()))).study.user_attrs.get(SETTINGS_ATTR) or {}
     data, model, train = settings.get("data", {}), settings.get("model", {}), settings.get("train", {})
+    if "shape" not in stages:  # stopped in stage lr: each variant's stage lr holds its own value of a listed choice
+        for key in ("optimizer", "batch_size"):
+            values = list(dict.fromkeys((s.study.user_attrs.get(SETTINGS_ATTR) or {}).get("train", {}).get(key)
+                                        for name, s in stages.items() if stage_kind(name) == "lr"))
+            train = {**train, key: values if len(values) > 1 else train.get(key)}
     about = []
     if data:
         about.append(f"data <b>{e(str(data.get('name')))}</b>")
