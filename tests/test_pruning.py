@@ -167,13 +167,13 @@ SPEC: dict[str, Any] = {
 }
 
 
-@pytest.mark.parametrize(("value", "says"), [(0, ">= 1"), ("soon", '"auto"'), (1.5, "whole number"), (7, "must not exceed the stage's epochs (6)")])
+@pytest.mark.parametrize(("value", "says"), [(0, ">= 1"), ("soon", '"learned"'), (1.5, "whole number"), (7, "must not exceed the stage's epochs (6)")])
 def test_first_rung_is_an_epoch_or_auto(value: Any, says: str) -> None:
     table = {**SPEC, "stages": {**SPEC["stages"], "shape": {**SPEC["stages"]["shape"], "first_rung": value}}}
     with pytest.raises(SpecError, match="stages.shape.first_rung") as error:
         spec_from_dict(table)
     assert says in str(error.value) and "\n" not in str(error.value)
-    assert spec_from_dict(SPEC).stages.shape.first_rung == "auto"
+    assert spec_from_dict(SPEC).stages.shape.first_rung == "learned"
 
 
 class _Notes(tuner.Reporter):
@@ -199,7 +199,7 @@ def test_a_study_stores_untrained_values_and_its_first_rung_once(tmp_path: Path,
     rung = FirstRung.from_record(stored)
     assert rung.sentence() in notes.lines
     search = shape.user_attrs["search"]["pruner"]
-    assert search["first_rung"] == "auto" and search["prunes_from"] == rung.epoch
+    assert search["first_rung"] == "learned" and search["prunes_from"] == rung.epoch
     if rung.epoch is not None:
         assert search["min_resource"] == rung.epoch and search["untrained_noise"] == pytest.approx(rung.noise)
 
@@ -268,3 +268,41 @@ def test_a_stage_lr_too_short_for_the_margin_gets_no_rung_and_says_why() -> None
     rung = first_rung(curves, [CHANCE] * len(curves), error_rows=ROWS, max_epochs=20)
     assert rung.epoch is None
     assert "past stage lr's last epoch (6)" in rung.reason and "Spearman" not in rung.reason
+
+
+def _plateau_sweep() -> tuple[list[list[float]], list[float]]:
+    """Stage lr's curves of an adding-problem-like sweep: 8 rates that never leave the untrained error
+    (0.4) and 6 that drop at epoch 4, ranked backwards until epoch 10 and as at the end from epoch 11."""
+    never = [[0.4] * 15 for _ in range(8)]
+    learned = [[0.4] * 3 + [0.2 + 0.02 * (5 - i)] * 7 + [0.05 + 0.02 * i] * 5 for i in range(6)]
+    curves = never + learned
+    return curves, [0.4] * len(curves)
+
+
+def test_the_first_rung_waits_until_the_trials_that_learned_rank_as_at_the_end() -> None:
+    curves, untrained = _plateau_sweep()
+    # Every trial: the 8 that never learned rank last at every epoch and carry Spearman past 0.7 at epoch 6
+    # (x1.5 the epoch learning began), though the 6 that learned rank backwards there.
+    everyone = first_rung(curves, untrained, error_rows=500, learned_only=False)
+    assert everyone.epoch == 6
+    learned = first_rung(curves, untrained, error_rows=500)
+    assert learned.epoch == 11 and "6 trials that learned" in learned.reason
+    assert spearman([c[5] for c in curves[8:]], [c[-1] for c in curves[8:]]) == pytest.approx(-1.0)
+
+
+def test_too_few_trials_that_learned_prune_nothing_and_say_so() -> None:
+    curves, untrained = _plateau_sweep()
+    rung = first_rung(curves[:8] + curves[8:12], untrained[:12], error_rows=500)
+    assert rung.epoch is None and "only 4 of stage lr's 12 complete trials left their untrained value" in rung.reason
+
+
+def test_a_study_stored_with_first_rung_auto_resumes_ranking_every_trial(tmp_path: Path) -> None:
+    # Contract 3-5 made first_rung = "auto" the default; version 6 "learned". A v5 shape stage keeps "auto".
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'v5.db'}")
+    spec = spec_from_dict(SPEC)
+    for stage in ("lr", "shape"):
+        study = optuna.create_study(study_name=f"rung/{stage}", storage=storage)
+        study.set_user_attr("contract_version", 5)
+        study.set_user_attr("settings", {"stages": {stage: {"first_rung": "auto"}}})
+    resumed = with_stored_defaults(spec, storage)
+    assert resumed.stages.shape.first_rung == "auto" and spec.stages.shape.first_rung == "learned"

@@ -24,6 +24,7 @@ from tuner.inputs.names import (
     OBJECTIVES,
     OPTIMIZERS,
     PRUNERS,
+    RUNG_RULES,
     SAMPLERS,
     SCHEDULES,
     TASKS,
@@ -79,13 +80,14 @@ def _range(source: str, path: str, bounds: tuple[float, float], log: bool) -> No
 def _first_rung(source: str, first_rung: int | str, epochs: int, pruner: str) -> None:
     path = "stages.shape.first_rung"
     if isinstance(first_rung, str):
-        if first_rung != "auto":
-            raise SpecError(source, path, first_rung, 'must be "auto" (read from stage lr\'s curves) or an epoch, e.g. 3')
+        if first_rung not in RUNG_RULES:
+            raise SpecError(source, path, first_rung, 'must be "learned" (read from stage lr\'s curves), "auto" (the '
+                            'same, ranking every trial, as contract 3-5 did) or an epoch, e.g. 3')
     elif first_rung < 1:
-        raise SpecError(source, path, first_rung, 'must be an epoch >= 1, e.g. 3, or "auto"')
+        raise SpecError(source, path, first_rung, 'must be an epoch >= 1, e.g. 3, or "learned"')
     elif first_rung > epochs and pruner in ("hyperband", "successive_halving"):
         raise SpecError(source, path, first_rung, f'must not exceed the stage\'s epochs ({epochs}); e.g. '
-                        f'{max(1, epochs // 4)}, "auto", or pruner = "none"')
+                        f'{max(1, epochs // 4)}, "learned", or pruner = "none"')
 
 
 def validate(spec: StudySpec, source: str) -> None:

@@ -15,6 +15,8 @@ SAMPLERS = ("tpe", "random")
 PRUNERS = ("none", "median", "hyperband", "successive_halving")
 LR_RANGES = ("fixed", "auto")
 HANDOFFS = ("robust", "best")
+# stages.shape.first_rung read from stage lr's curves: "learned" ranks the trials that learned, "auto" (contract 3-5) all of them
+RUNG_RULES = ("learned", "auto")
 LR_SCALE_AUTO = "auto"  # stages.shape.lr_scale: resolved from the optimizer and the shapes (tuner.study.lr_scale)
 MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds lie in [0, 2**32 - 1]
 MIN_SEQUENCE_LENGTH = 2  # the adding problem marks two distinct steps

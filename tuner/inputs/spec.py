@@ -137,10 +137,11 @@ class ShapeStageSpec:
     # from the optimizer and the shapes searched (tuner.study.lr_scale), resolved once at the
     # hand-off and stored; [min, max] around 1 as written; [1, 1] keeps the rate as it is.
     lr_scale: tuple[float, float] | str = "auto"
-    # The epoch from which the pruner may stop a trial. "auto": read once from stage lr's curves (no
-    # earlier than learning had clearly begun there, and only where the ranking already holds), and
-    # no decision while every value at a rung sits within noise of its untrained one.
-    first_rung: int | str = "auto"
+    # The epoch from which the pruner may stop a trial. "learned": read once from stage lr's curves (no
+    # earlier than learning had clearly begun there, and only where the ranking of the trials that
+    # learned already holds), and no decision while every value at a rung sits within noise of its
+    # untrained one. "auto" (contract 3-5): the same, ranking every trial, those that never learned too.
+    first_rung: int | str = "learned"
     # Parameters only where they act: decay only for schedules that decay (not "constant"); TPE
     # models them in groups (multivariate, group=True). Studies stored before it resume with false:
     # every parameter in every trial, as they were made.

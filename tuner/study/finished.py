@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 from tuner.errors import StudyMismatchError
 from tuner.inputs.choices import variants
 from tuner.inputs.families import ModelFamily
+from tuner.inputs.names import RUNG_RULES
 from tuner.inputs.spec import LR_SCALE_AUTO, StudySpec
 from tuner.inputs.usercode import UserCode
 from tuner.storage import StorageError, open_existing_storage, redact
@@ -119,7 +120,7 @@ def _nothing_to_run(spec: StudySpec, studies: dict[str, optuna.Study]) -> bool:
         return False
     if shape_spec.lr_scale == LR_SCALE_AUTO and LR_SCALE_RANGE_ATTR not in shape:
         return False
-    return not (shape_spec.first_rung == "auto" and shape_spec.pruner != "none" and FIRST_RUNG_ATTR not in shape)
+    return not (shape_spec.first_rung in RUNG_RULES and shape_spec.pruner != "none" and FIRST_RUNG_ATTR not in shape)
 
 
 def _given_code(spec: StudySpec, given: Mapping[str, Callable[..., Any] | None]) -> UserCode:

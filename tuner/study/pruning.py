@@ -22,7 +22,14 @@ The rules, with their constants:
   basin, at the epoch by which all of its trials have begun (trials that never begin are left out).
 - **The margin**: larger shapes may begin later: no rung before ``ceil(MARGIN x that epoch)``.
 - **The ranking**: from the rung on, at every epoch of stage ``lr``, the Spearman correlation
-  between the trials' values there and at their last epoch is at least :data:`MIN_RANK_CORRELATION`.
+  between the values there and at the last epoch of the trials that learned (left their untrained
+  value as above) is at least :data:`MIN_RANK_CORRELATION`. Trials that never learned sit at their
+  untrained value at every epoch, so they rank "right" at any rung (a loss) or at random (an error
+  at chance), whatever the trials that learned do: counted, they carried the correlation of the
+  adding problem's sweeps past the bar where the trials that learned ranked down to 0.54 and 0.60
+  (issue 21's ``adding_long``, seeds 1 and 2: rungs 6 and 9, now 9 and 12), and the pruner stopped
+  shapes on their plateau before their drop. (``first_rung = "auto"``, contract 3-5, counts every
+  trial.)
 - Where no epoch qualifies (too few trials, nothing learned, a ranking that settles only at the
   end), the stage does not prune, and the reason says why.
 """
@@ -108,7 +115,7 @@ def _ranks(values: Sequence[float]) -> list[float]:
 
 
 def first_rung(curves: Sequence[Sequence[float | None]], untrained: Sequence[float | None],
-               error_rows: int | None = None, max_epochs: int | None = None) -> FirstRung:
+               error_rows: int | None = None, max_epochs: int | None = None, *, learned_only: bool = True) -> FirstRung:
     """The first rung for stage ``shape`` from stage ``lr``'s complete trials (see the module's rules).
 
     Args:
@@ -116,6 +123,8 @@ def first_rung(curves: Sequence[Sequence[float | None]], untrained: Sequence[flo
         untrained: each one's value before training (None: unknown; its first epoch stands in).
         error_rows: the validation rows, where the objective is an error rate (binomial noise).
         max_epochs: stage ``shape``'s epochs: a rung must lie below them to prune anything.
+        learned_only: rank only the trials that learned (``first_rung = "learned"``); False: every
+            trial, those that never left their untrained value too (``"auto"``, contract 3-5).
 
     Example:
         >>> plateau = [[0.9] * 5 + [0.9 - 0.05 * k * (1 + i / 10) for k in range(1, 11)] for i in range(8)]
@@ -145,8 +154,14 @@ def first_rung(curves: Sequence[Sequence[float | None]], untrained: Sequence[flo
                                f"({bar:.3g}) from its untrained value: nothing to rank by{stand_in}", unit)
     begun = max(began_at)
     earliest = math.ceil(MARGIN * begun)
-    finals = [c[-1] for c, _ in runs]
-    correlations = [spearman([c[e - 1] for c, _ in runs], finals) for e in range(1, length + 1)]
+    ranked_runs = [run for run in runs if _learning_began(*run, bar) is not None] if learned_only else runs
+    if len(ranked_runs) < MIN_TRIALS:
+        return FirstRung(None, f"only {len(ranked_runs)} of stage lr's {len(runs)} complete trials left their untrained "
+                               f"value (by more than {NOISE_UNITS:g} noise units, {bar:.3g}); {MIN_TRIALS} are needed "
+                               f"to tell whether early epochs rank them as the last does", unit)
+    which = f"{len(ranked_runs)} trials that learned" if learned_only else f"{len(runs)} trials"
+    finals = [c[-1] for c, _ in ranked_runs]
+    correlations = [spearman([c[e - 1] for c, _ in ranked_runs], finals) for e in range(1, length + 1)]
     rung = next((e for e in range(earliest, length)
                  if all(rho >= MIN_RANK_CORRELATION for rho in correlations[e - 1:])), None)
     never = f", {len(basin) - len(began_at)} of them never did" if len(began_at) < len(basin) else ""
@@ -159,13 +174,13 @@ def first_rung(curves: Sequence[Sequence[float | None]], untrained: Sequence[flo
     if rung is None:
         worst = min(correlations[earliest - 1:length - 1], default=float("nan"))
         return FirstRung(None, f"{learned}, but from epoch {earliest} (x{MARGIN:g} for larger shapes) to its last "
-                               f"epoch the ranking of stage lr's {len(runs)} trials differs from the final one "
+                               f"epoch the ranking of stage lr's {which} differs from the final one "
                                f"(Spearman down to {worst:.2f} < {MIN_RANK_CORRELATION:g})", unit)
     if max_epochs is not None and rung >= max_epochs:
         return FirstRung(None, f"{learned}; the first rung that ranks as the last epoch does, epoch {rung}, "
                                f"is not below stage shape's {max_epochs} epochs", unit)
     return FirstRung(rung, f"{learned}; with room for larger shapes to start later (x{MARGIN:g}), and from epoch "
-                           f"{rung} on stage lr's {len(runs)} trials rank as at their last epoch "
+                           f"{rung} on stage lr's {which} rank as at their last epoch "
                            f"(Spearman >= {MIN_RANK_CORRELATION:g})", unit)
 
 
@@ -258,7 +273,7 @@ def stage_lr_runs(lr_study: optuna.Study) -> tuple[list[list[float | None]], lis
 def shape_first_rung(study_name: str, storage: optuna.storages.BaseStorage, shape_study: optuna.Study,
                      error_rows: int | None, max_epochs: int,
                      describe: Callable[[FirstRung], dict[str, Any]] | None = None,
-                     lr_stages: Sequence[str] = ("lr",)) -> FirstRung:
+                     lr_stages: Sequence[str] = ("lr",), *, learned_only: bool = True) -> FirstRung:
     """Stage ``shape``'s first rung: as stored on ``shape_study``, else chosen from stage ``lr`` and stored.
 
     Chosen once, after the hand-off: every worker and every resume reads the stored one (workers
@@ -266,6 +281,7 @@ def shape_first_rung(study_name: str, storage: optuna.storages.BaseStorage, shap
     gives the stage's search record with the rung, stored with it. ``lr_stages``: the stage lr of
     each variant where choices are listed (``lr[optimizer=adam]``...): the latest of their rungs,
     so that no variant's trials are judged before they learn (never pruning, if one of them says so).
+    ``learned_only``: as :func:`first_rung`.
     """
     stored = shape_study.user_attrs.get(FIRST_RUNG_ATTR)
     if stored is not None:
@@ -273,7 +289,8 @@ def shape_first_rung(study_name: str, storage: optuna.storages.BaseStorage, shap
     rungs = []
     for stage in lr_stages:
         lr_study = optuna.load_study(study_name=stage_study_name(study_name, stage), storage=storage)
-        rungs.append(first_rung(*stage_lr_runs(lr_study), error_rows=error_rows, max_epochs=max_epochs))
+        rungs.append(first_rung(*stage_lr_runs(lr_study), error_rows=error_rows, max_epochs=max_epochs,
+                                learned_only=learned_only))
     rung = max(rungs, key=lambda r: math.inf if r.epoch is None else r.epoch)
     if len(rungs) > 1:
         rung = dataclasses.replace(rung, reason=f"{rung.reason} (the latest of the {len(rungs)} stage lr variants')")

@@ -35,6 +35,7 @@ from tuner.inputs.choices import Variant, first_choice, listed, variants
 from tuner.inputs.data import Dataset, DataWarning, StreamedData
 from tuner.inputs.load import load_dataset
 from tuner.inputs.models import check_model_fits
+from tuner.inputs.names import RUNG_RULES
 from tuner.inputs.spec import StudySpec
 from tuner.inputs.code_checks import check_model, check_params
 from tuner.inputs.usercode import UserCode, resolve_code, spec_with_callables, with_callables
@@ -283,10 +284,11 @@ def run_stage(
         lr_labels = [v.label for v in variants(spec)]
         unresolved = shape_stage(spec, best_lr)
         shape_study = runner.open(unresolved)  # opened (and its settings checked) once for both records below
-        if shape.first_rung == "auto" and shape.pruner != "none":  # chosen once from stage lr, stored on <name>/shape
+        if shape.first_rung in RUNG_RULES and shape.pruner != "none":  # chosen once from stage lr, stored on <name>/shape
             rows = error_rate_rows(spec.train.objective, data.task, bool(spec.train.loop or spec.train.metric), data)
             rung = shape_first_rung(spec.name, storage, shape_study, rows, unresolved.epochs,
-                                    lambda chosen: describe_search(shape_stage(spec, best_lr, chosen)), lr_labels)
+                                    lambda chosen: describe_search(shape_stage(spec, best_lr, chosen)), lr_labels,
+                                    learned_only=shape.first_rung == "learned")
             runner.reporter.message(rung.sentence())
         # lr_scale = "auto": the range resolved at the hand-off, read back from <name>/shape.
         lr_scale = settle_lr_scale(spec, shape_study)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from tuner.inputs.names import RUNG_RULES
 from tuner.study.pruning import UntilLearningPruner
 from tuner.study.stored import ASK_BATCH_KEY, STAGES
 
@@ -87,7 +88,7 @@ def describe_search(stage: Stage) -> dict[str, Any]:
         sampler.update(tpe_settings(stage.budget, stage.batch_trials, bool(stage.conditions)))
     pruner: dict[str, Any] = {"name": stage.pruner}
     pruner.update(pruner_settings(stage.pruner, stage.epochs, stage.first_rung))
-    if stage.rung_rule == "auto":  # the rung read from stage lr (None: not pruning), and the guard's noise unit
-        pruner.update({"first_rung": "auto", "prunes_from": stage.first_rung, "untrained_noise": stage.untrained_noise})
+    if stage.rung_rule in RUNG_RULES:  # the rung read from stage lr (None: not pruning), and the guard's noise unit
+        pruner.update({"first_rung": stage.rung_rule, "prunes_from": stage.first_rung, "untrained_noise": stage.untrained_noise})
     # The ask batch (since issue 23): how many trials were asked at once, whatever then trained together.
     return {"sampler": sampler, "pruner": pruner, "optuna_version": optuna.__version__, ASK_BATCH_KEY: stage.batch_trials}

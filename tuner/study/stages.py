@@ -23,6 +23,7 @@ from optuna.distributions import (
 )
 
 from tuner.inputs.choices import CHOICE_FIELDS, first_choice, listed, values_of
+from tuner.inputs.names import RUNG_RULES
 from tuner.inputs.params import OPTIMIZER_NAMES, DeclaredParam
 from tuner.inputs.params import defaults as declared_defaults
 from tuner.inputs.spec import LR_SCALE_AUTO, StudySpec
@@ -68,10 +69,10 @@ class Stage:
     depth: int
     batch_trials: int = 1  # trials asked and trained together as one batched model
     first_rung: int | None = 1  # the epoch from which the pruner may act (None: it never does)
-    # Set (stages.shape.first_rung = "auto"): the noise unit below which a rung's values count as untrained,
+    # Set (stages.shape.first_rung = "learned" or "auto"): the noise unit below which a rung's values count as untrained,
     # and the pruner decides nothing at a step where all of them are (pruning.UntilLearningPruner).
     untrained_noise: float | None = None
-    rung_rule: str = "fixed"  # "auto": first_rung was read from stage lr's curves
+    rung_rule: str = "fixed"  # "learned" or "auto": first_rung was read from stage lr's curves (by that rule)
     # The user's declared parameters, each with the value a trial takes where the point does not
     # set it (its default: stage lr searches none of them).
     declared: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -314,7 +315,7 @@ def shape_stage(spec: StudySpec, best_lr: float, rung: FirstRung | None = None, 
                 rates: tuple[tuple[tuple[tuple[str, Any], ...], float], ...] = ()) -> Stage:
     """Stage 2: width, depth, schedule and decay at the learning rate calibrated by stage 1.
 
-    ``rung``: with ``first_rung = "auto"``, the first rung chosen from stage lr (:mod:`tuner.study.pruning`);
+    ``rung``: with ``first_rung = "learned"`` (or ``"auto"``), the first rung chosen from stage lr (:mod:`tuner.study.pruning`);
     until it is known (the study's creation at the hand-off) the stage prunes nothing.
     ``lr_scale``: the range its multiplier on that rate is searched over, as :func:`settle_lr_scale`
     stored it; None: resolved from the spec alone (enough to plan a trial from its params).
@@ -324,9 +325,9 @@ def shape_stage(spec: StudySpec, best_lr: float, rung: FirstRung | None = None, 
     pruning: dict[str, Any] = {"pruner": shape.pruner, "first_rung": shape.first_rung}
     if shape.pruner == "none":
         pruning["first_rung"] = None
-    elif shape.first_rung == "auto":
+    elif shape.first_rung in RUNG_RULES:
         epoch = rung.epoch if rung is not None else None
-        pruning = {"pruner": shape.pruner if epoch is not None else "none", "first_rung": epoch, "rung_rule": "auto",
+        pruning = {"pruner": shape.pruner if epoch is not None else "none", "first_rung": epoch, "rung_rule": shape.first_rung,
                    "untrained_noise": rung.noise if rung is not None and epoch is not None else None}
     space = {**shape_space(spec), **_lr_scale_space(spec, lr_scale)}
     return _shaped(

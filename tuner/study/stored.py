@@ -147,6 +147,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "train.optimizer and train.batch_size may list values: stage lr is one study per combination, "
                  "<name>/lr[optimizer=adam], and stage shape searches the choice (issue 25)",
               {}),
+    Migration(6, "stage 'shape''s first rung ranks only stage lr's trials that learned, not those that never left "
+                 "their untrained value too (issue 21, adding problem)",
+              {("stages.shape", "first_rung"): "auto"}),
 )
 CONTRACT_VERSION = MIGRATIONS[-1].version  # what this tuner writes, and the newest it reads
 
