@@ -186,7 +186,7 @@ def test_a_study_stores_how_its_rate_was_chosen_and_says_it(tmp_path: Path) -> N
     assert attrs["best_trial"] == min(complete, key=lambda t: t.value).number  # still the best observed trial
     assert attrs["best_lr"] == record["lr"] == shape.user_attrs["lr"] == result.best_lr
     assert attrs["handoff_trials"] == 8 and record["n_points"] == 8
-    assert record["rule"] in ("robust", "fitted minimum")  # 8 trials: the curve decides
+    assert record["rule"] in ("basin", "fitted minimum")  # 8 trials: the curve decides
     low, high = record["basin"]
     assert low <= result.best_lr <= high and 1e-3 <= low <= high <= 1.0
     assert len(json.dumps(record)) < 3000 and len(record["curve"]) <= 41
@@ -236,3 +236,41 @@ def test_the_stored_v1_study_hands_on_as_it_was_made_with_best(tmp_path: Path) -
     assert hand_off_lr(spec, storage) == stored_rate
     lr = optuna.load_study(study_name="contract1/lr", storage=storage)
     assert lr.user_attrs[HANDOFF_ATTR]["why"] == 'stages.lr.handoff = "best"'
+
+
+# Stage lr of issue 21's adding_long benchmark, seed 1 (LSTM, Adam, adding problem at 50 steps, 15 epochs):
+# (lr, final validation RMSE); the rate 0.80 diverged. The two best rates sit next to the cliff (0.158: 0.339).
+ADDING_SEED_1 = [
+    (1.42e-05, 0.4015), (1.95e-05, 0.4011), (7.19e-05, 0.3976), (8.30e-05, 0.3970), (4.61e-04, 0.3908),
+    (8.20e-04, 0.3873), (1.069e-03, 0.3797), (3.297e-03, 0.2614), (4.303e-03, 0.2055), (8.178e-03, 0.2523),
+    (1.0991e-02, 0.2469), (1.3450e-02, 0.1044), (3.1266e-02, 0.1992), (4.7458e-02, 0.2608), (6.2039e-02, 0.1314),
+    (0.13012, 0.0721), (0.13517, 0.0426), (0.15798, 0.3393), (0.44709, 0.4024),
+]
+
+
+def test_the_basin_rule_hands_on_a_rate_within_noise_of_the_smoothed_minimum_next_to_a_cliff() -> None:
+    lrs = [lr for lr, _ in ADDING_SEED_1] + [0.802]
+    values = [v for _, v in ADDING_SEED_1] + [math.nan]
+    diverged = [False] * len(ADDING_SEED_1) + [True]
+    anywhere = choose_rate(lrs, values, diverged, wall=0.4115)
+    basin = choose_rate(lrs, values, diverged, wall=0.4115, within_noise=True)
+    fitted = dict(anywhere.curve)
+
+    def smoothed(rate: float) -> float:
+        return fitted[min(fitted, key=lambda x: abs(x - math.log10(rate)))]
+
+    lowest = min(fitted.values())
+    # "robust" (contract 3-4): the flat shoulder 0.019, smoothed more than 3 noise units above the minimum.
+    assert anywhere.rule == "robust" and 0.01 < anywhere.rate < 0.03
+    assert smoothed(anywhere.rate) > lowest + 3 * anywhere.noise
+    # "basin": a rate whose smoothed value is within one noise unit of the minimum, among the best trials' rates.
+    assert basin.rule == "basin" and 0.05 < basin.rate < 0.14 and basin.noise == anywhere.noise
+    assert smoothed(basin.rate) <= lowest + basin.noise + 1e-9
+    assert basin.basin[0] <= basin.rate <= basin.basin[1] and basin.basin[0] < basin.basin[1]
+    assert "within one noise unit of the minimum" in RULES["basin"]
+
+
+def test_the_basin_rule_changes_nothing_where_the_broadest_window_already_lies_in_the_basin() -> None:
+    x = np.linspace(-4, 0, 41)
+    values = (x + 2) ** 2 / 4
+    assert choose_rate(10 ** x, values, [False] * 41, within_noise=True).rate == choose_rate(10 ** x, values, [False] * 41).rate

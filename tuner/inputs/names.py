@@ -14,7 +14,7 @@ TASKS = ("auto", "classification", "regression")
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("none", "median", "hyperband", "successive_halving")
 LR_RANGES = ("fixed", "auto")
-HANDOFFS = ("robust", "best")
+HANDOFFS = ("basin", "robust", "best")
 # stages.shape.first_rung read from stage lr's curves: "learned" ranks the trials that learned, "auto" (contract 3-5) all of them
 RUNG_RULES = ("learned", "auto")
 LR_SCALE_AUTO = "auto"  # stages.shape.lr_scale: resolved from the optimizer and the shapes (tuner.study.lr_scale)

@@ -111,10 +111,12 @@ class LRStageSpec:
     lr_range: str = "fixed"
     batched: bool = True  # train trials together as one batched model where the family allows
     batch_trials: int = 16  # trials per batch
-    # The rate handed on to stage shape: "robust" reads it from the smoothed U of all the stage's
-    # trials (the broadest low basin, tuner.study.rate_rule); "best" takes the best trial's rate.
-    # Studies stored before it existed resume with "best", as they were made.
-    handoff: str = "robust"
+    # The rate handed on to stage shape: "basin" reads it from the smoothed U of all the stage's
+    # trials (the broadest window among the rates within noise of the smoothed minimum,
+    # tuner.study.rate_rule); "robust" (contract 3-5) the broadest window anywhere, even where the
+    # smoothed value is far above the minimum; "best" takes the best trial's rate. Studies stored
+    # before each resume with the rule they were made with.
+    handoff: str = "basin"
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from matplotlib.ticker import Formatter, MaxNLocator
 from tuner.report.figures import CHOSEN_COLOR, DIVERGED_COLOR, new_figure, plain_log_y, use_log_y
 from tuner.report.runs import Run, TrialCosts, as_errors, epochs_to_target, error_target, trial_costs
 from tuner.report.words import divergence_onset
+from tuner.study.rate_rule import SMOOTHED_RULES
 
 
 def _lr_axis(ax: Axes) -> None:
@@ -84,7 +85,7 @@ def plot_lr_sensitivity(runs: Sequence[Run], chosen_lr: float | None, objective:
     if pruned:
         ax.scatter([r.params["lr"] for r in pruned], [r.last for r in pruned], facecolor="none",
                    edgecolor="0.35", s=28, zorder=3, label=f"stopped early by the pruner ({len(pruned)}), last value")
-    if handoff and handoff.get("curve") and handoff.get("rule") in ("robust", "fitted minimum"):
+    if handoff and handoff.get("curve") and handoff.get("rule") in SMOOTHED_RULES:
         curve = handoff["curve"]
         ax.plot([10 ** x for x, _ in curve], [v for _, v in curve], color=CHOSEN_COLOR, lw=1.2, alpha=0.7,
                 zorder=2, label="smoothed (LOWESS; diverged as the wall)")

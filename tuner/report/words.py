@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 
 from tuner.analysis.importance import COMPLETE_BASIS, RUNG_CAVEAT, describe_basis
 from tuner.report.runs import Run, StageRuns, TrialCosts, as_errors, epochs_to_target, error_target
+from tuner.study.rate_rule import RULES, SMOOTHED_RULES
 from tuner.study.results import loss_like
 from tuner.study.stored import BEST_TRIAL_ATTR, FIRST_RUNG_ATTR, HANDOFF_ATTR, VERDICT_ATTR
 
@@ -234,14 +235,13 @@ def handoff_sentence(stage: StageRuns, chosen_lr: float) -> str | None:
         return None
     rule = record["rule"]
     n = record.get("n_points")
-    if rule not in ("robust", "fitted minimum"):
+    if rule not in SMOOTHED_RULES:
         why = f": {record['why']}" if record.get("why") else ""
         return f"The rate handed on, {chosen_lr:.2g}, is the rate of the {'only' if rule == 'only trial' else 'best'} trial (rule '{rule}'{why})."
     low, high = record["basin"]
     said = (f"The rate handed on, {chosen_lr:.2g}, was read from the smoothed U of {n} trials (diverged ones as "
             f"its wall), not from the best single trial: rule '{rule}', "
-            + ("the rate whose worst smoothed value within ±0.25 decade is lowest" if rule == "robust"
-               else f"the minimum of the smoothed curve ({record.get('why')})")
+            + (RULES[rule] if rule in ("basin", "robust") else f"the minimum of the smoothed curve ({record.get('why')})")
             + f". Its basin, the rates whose smoothed value is within one noise unit ({record['noise']:.2g}; "
             f"{record.get('noise_basis')}) of the best, spans {low:.2g} to {high:.2g}.")
     best_number = stage.study.user_attrs.get(BEST_TRIAL_ATTR)

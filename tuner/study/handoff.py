@@ -1,9 +1,10 @@
 """The hand-off: the learning rate stage ``lr`` hands on to stage ``shape``, chosen once, with its record.
 
 Once every trial of stage ``lr`` has finished, the rate is chosen by the spec's
-``stages.lr.handoff``: ``"robust"`` (the default) reads it from the smoothed U of all the stage's
-trials, diverged ones as its right wall (:func:`tuner.study.rate_rule.choose_rate`); ``"best"`` (how
-studies stored before contract 3 were made) takes the best trial's rate. The rate, the best trial
+``stages.lr.handoff``: ``"basin"`` (the default) reads it from the smoothed U of all the stage's
+trials, diverged ones as its right wall, among the rates within noise of its minimum
+(:func:`tuner.study.rate_rule.choose_rate`); ``"robust"`` (contract 3-5) anywhere on the U;
+``"best"`` (how studies stored before contract 3 were made) takes the best trial's rate. The rate, the best trial
 and how the rate was chosen are stored on ``<name>/lr``, the rate on ``<name>/shape``; a resumed
 study reads the stored rate back and never chooses again. With ``train.optimizer`` or
 ``train.batch_size`` listed, each variant's stage lr (``<name>/lr[optimizer=adam]``) chooses its own
@@ -25,7 +26,7 @@ from tuner.inputs.spec import StudySpec
 from tuner.inputs.usercode import UserCode
 from tuner.study import results
 from tuner.study.pruning import counts_rows
-from tuner.study.rate_rule import RULES, RateChoice, choose_rate, rows_behind
+from tuner.study.rate_rule import RULES, SMOOTHED_RULES, RateChoice, choose_rate, rows_behind
 from tuner.study.stage_studies import open_stage_study
 from tuner.study.stages import settle_lr_scale, shape_stage
 
@@ -154,10 +155,11 @@ def rate_choice(spec: StudySpec, trials: list[FrozenTrial], task: str | None) ->
                           n_points=len(complete))
     # An error rate counts wrong rows: binomial noise, for tuner's own classification error only.
     return sweep_choice(trials, counts_rows=counts_rows(spec.train.objective, task, bool(spec.train.metric or spec.train.loop)),
-                        direction=spec.train.direction)
+                        direction=spec.train.direction, within_noise=spec.stages.lr.handoff == "basin")
 
 
-def sweep_choice(trials: list[FrozenTrial], *, counts_rows: bool = False, direction: str = results.MINIMIZE) -> RateChoice:
+def sweep_choice(trials: list[FrozenTrial], *, counts_rows: bool = False, direction: str = results.MINIMIZE,
+                 within_noise: bool = True) -> RateChoice:
     """The robust rule on stage ``lr``'s trials: complete ones at their value, diverged ones as the wall.
 
     The wall stands at the worst value seen: any untrained (epoch-0) value stored, or any value a
@@ -165,7 +167,8 @@ def sweep_choice(trials: list[FrozenTrial], *, counts_rows: bool = False, direct
     have no final value and are left out. ``counts_rows``: the values are error rates of whole
     validation rows, whose number is read from them for the binomial noise. ``direction``
     "maximize": the values are scores, turned (:func:`tuner.study.results.loss_like`) into a U whose
-    bottom is the best; the stored curve and candidates are in the score's own units.
+    bottom is the best; the stored curve and candidates are in the score's own units. ``within_noise``:
+    rule "basin" (False: "robust", contract 3-5; :func:`tuner.study.rate_rule.choose_rate`).
     """
     points = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
     walls = [t for t in trials if t.state in results.FINISHED and t.user_attrs.get(results.DIVERGED_ATTR)]
@@ -186,6 +189,7 @@ def sweep_choice(trials: list[FrozenTrial], *, counts_rows: bool = False, direct
         [False] * len(points) + [True] * len(walls),
         wall=max(seen),
         error_rows=rows_behind(seen) if counts_rows else None,
+        within_noise=within_noise,
     )
     if direction == results.MAXIMIZE:  # back to the score's own units for the record and the figures
         choice = dataclasses.replace(choice, curve=tuple((x, turned(y)) for x, y in choice.curve),
@@ -196,7 +200,7 @@ def sweep_choice(trials: list[FrozenTrial], *, counts_rows: bool = False, direct
 def _in_words(choice: RateChoice, best: FrozenTrial) -> str:
     """How the rate was chosen, in a few words for the console."""
     said = f"rule '{choice.rule}': {RULES[choice.rule]}"
-    if choice.rule in ("robust", "fitted minimum"):
+    if choice.rule in SMOOTHED_RULES:
         low, high = choice.basin
         said += f"; basin {low:.3g} to {high:.3g}, within one noise unit ({choice.noise:.2g}) of the best smoothed value"
     if choice.why:

@@ -23,6 +23,16 @@ lucky seed sets it (issue 21). Instead (REFERENCES.md, "a robust hand-off"):
    value (the one-standard-error rule). Noise: for an error rate p on n validation rows the
    binomial sqrt(p(1-p)/n); otherwise 1.4826 x the MAD of the fit's residuals.
 
+With ``within_noise`` (rule ``"basin"``, ``stages.lr.handoff = "basin"``), step 3 picks only among
+the grid rates whose own fitted value is within one noise unit of the best fitted value: the
+broadest window *of the basin*. Without it (rule ``"robust"``, contract 3-5) the broadest window
+may lie anywhere on the U: on a sweep whose best rates sit next to the divergence cliff (the
+adding problem, whose networks learn faster the higher the rate until they diverge) the cliff
+spoils every window near the minimum, and a flat shoulder far above it wins: issue 21's
+``adding_long`` seed 1 handed on 0.019 (smoothed 0.19) where the smoothed minimum lay at 0.09
+(0.11), 4.4 noise units lower, and stage ``shape``'s ``lr_scale`` range never reached the rates
+that had trained best.
+
 With one trial, its rate is handed on exactly; with fewer than :data:`MIN_POINTS` points (or
 :data:`MIN_COMPLETE` that did not diverge) the best trial's, and the choice says so.
 
@@ -43,7 +53,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 __all__ = [
-    "MIN_COMPLETE", "MIN_POINTS", "RULES", "RateChoice", "binomial_noise", "choose_rate", "lowess", "rows_behind",
+    "MIN_COMPLETE", "MIN_POINTS", "RULES", "SMOOTHED_RULES", "RateChoice", "binomial_noise", "choose_rate", "lowess", "rows_behind",
 ]
 
 MIN_SPAN_POINTS = 5  # the fewest points each local fit spans
@@ -62,11 +72,15 @@ MAX_ROWS = 2500  # rows_behind looks no further: beyond, float32 rounding hides 
 
 # The rules a choice may be made by, and what each means in words.
 RULES = {
+    "basin": "of the rates whose smoothed value is within one noise unit of the minimum, the one whose worst smoothed "
+             "value within ±0.25 decade is lowest",
     "robust": "the rate whose worst smoothed value within ±0.25 decade is lowest",
     "fitted minimum": "the minimum of the smoothed curve",
     "best trial": "the rate of the best trial",
     "only trial": "the rate of the stage's only trial",
 }
+
+SMOOTHED_RULES = ("basin", "robust", "fitted minimum")  # the rules read from the smoothed curve (it has a basin)
 
 
 @dataclass(frozen=True)
@@ -201,7 +215,7 @@ def rows_behind(error_rates: ArrayLike, max_rows: int = MAX_ROWS, min_distinct: 
 
 
 def choose_rate(lrs: ArrayLike, values: ArrayLike, diverged: ArrayLike, *, wall: float | None = None,
-                error_rows: int | None = None) -> RateChoice:
+                error_rows: int | None = None, within_noise: bool = False) -> RateChoice:
     """The rate to hand on from a sweep's points, and how it was chosen (see the module's docstring).
 
     Args:
@@ -210,6 +224,8 @@ def choose_rate(lrs: ArrayLike, values: ArrayLike, diverged: ArrayLike, *, wall:
         diverged: which trials diverged: they stand at ``wall``, the U's right wall.
         wall: the value a diverged trial counts as (the untrained value); default: the worst value.
         error_rows: the validation rows behind an error rate (binomial noise); None: the MAD.
+        within_noise: choose only among rates whose smoothed value is within one noise unit of the
+            smoothed minimum (rule "basin"); False: anywhere on the U (rule "robust").
 
     Raises:
         ValueError: no trial that did not diverge.
@@ -245,8 +261,11 @@ def choose_rate(lrs: ArrayLike, values: ArrayLike, diverged: ArrayLike, *, wall:
     # A broad basin needs evidence on both sides: the window lies inside the sampled range.
     inside = (grid - WINDOW_DECADES >= x.min() - 1e-9) & (grid + WINDOW_DECADES <= x.max() + 1e-9)
     eligible = (in_window >= MIN_WINDOW_POINTS) & inside
+    noise, basis = _noise(fit, y[~walls] - fitted_x[~walls], error_rows)
+    if within_noise:
+        eligible &= fit <= float(fit.min()) + noise
     if eligible.any():
-        rule, why = "robust", ""
+        rule, why = ("basin" if within_noise else "robust"), ""
         score = np.where(eligible, worst, np.inf)
     else:
         rule = "fitted minimum"
@@ -254,8 +273,6 @@ def choose_rate(lrs: ArrayLike, values: ArrayLike, diverged: ArrayLike, *, wall:
                f"no ±{WINDOW_DECADES} decade window holds {MIN_WINDOW_POINTS} of the {n_points} trials")
         score = fit
     chosen = int(np.lexsort((fit, score))[0])  # the lowest score; of equals, the lowest fitted value
-
-    noise, basis = _noise(fit, y[~walls] - fitted_x[~walls], error_rows)
     threshold = max(float(fit.min()) + noise, float(fit[chosen]))
     low = high = chosen
     while low > 0 and fit[low - 1] <= threshold:

@@ -147,9 +147,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "train.optimizer and train.batch_size may list values: stage lr is one study per combination, "
                  "<name>/lr[optimizer=adam], and stage shape searches the choice (issue 25)",
               {}),
-    Migration(6, "stage 'shape''s first rung ranks only stage lr's trials that learned, not those that never left "
-                 "their untrained value too (issue 21, adding problem)",
-              {("stages.shape", "first_rung"): "auto"}),
+    Migration(6, "stage 'lr' hands on the broadest window among the rates within noise of the smoothed minimum, not "
+                 "anywhere on the U; stage 'shape''s first rung ranks only stage lr's trials that learned (issue 21, "
+                 "adding problem)",
+              {("stages.lr", "handoff"): "robust", ("stages.shape", "first_rung"): "auto"}),
 )
 CONTRACT_VERSION = MIGRATIONS[-1].version  # what this tuner writes, and the newest it reads
 
