@@ -283,3 +283,18 @@ def test_the_audits_verdict_leaves_lrs_interaction_with_a_listed_optimizer_out(t
     assert verdict is not None and verdict.held is not None, verdict
     assert verdict.largest_interaction_with not in ("optimizer",)
     assert "lr's interaction with optimizer (stage lr calibrates a rate for each optimizer)" in verdict.message
+
+
+def test_a_variant_whose_stage_lr_completed_nothing_is_named_with_the_value_to_leave_out(tmp_path: Path) -> None:
+    from tuner.study.handoff import hand_off_rates
+
+    spec = with_stage_value(_spec(optimizer=["adam", "sgd"]), "lr", "trials", 1)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'f.db'}")
+    for label in ("lr[optimizer=adam]", "lr[optimizer=sgd]"):
+        study = optuna.create_study(study_name=f"c/{label}", storage=storage)
+        trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)})
+        study.tell(trial, 0.5 if "adam" in label else None, state=None if "adam" in label else optuna.trial.TrialState.PRUNED)
+    with pytest.raises(tuner.TunerError, match=r"stage 'lr\[optimizer=sgd\]': none of its 1 trials completed .*"
+                                               r"or leave 'sgd' out of train.optimizer"):
+        hand_off_rates(spec, storage)
+    assert "c/shape" not in optuna.get_all_study_names(storage)  # nothing handed on

@@ -122,9 +122,10 @@ def _choose(variant: Variant, storage: optuna.storages.BaseStorage) -> _Chosen:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     n_finished = sum(t.state in results.FINISHED for t in trials)
     if not complete:
+        drop = "".join(f"; or leave {value!r} out of train.{key}" for key, value in variant.choice.items())
         raise TunerError(
             f"stage '{variant.label}': none of its {n_finished} trials completed (all diverged or were pruned); lower "
-            f"stages.lr.lr_max or check the data, then run again under a new name"
+            f"stages.lr.lr_max or check the data{drop}, then run again under a new name (--name NEW)"
         )
     direction = results.direction_of(study)
     best = results.best_complete(complete, direction)
