@@ -124,7 +124,8 @@ def test_a_worker_starts_on_the_variant_with_the_most_budget_nobody_claimed(tmp_
         claimed.ask()  # another worker holds adam's whole budget, RUNNING
     order: list[str] = []
     monkeypatch.setattr(runner, "run_stage", lambda spec, stage, *, variant, **_: order.append(variant.label) or variant.label)
-    summaries = runner._run_variants(variants(spec), storage, {})
+    summaries: dict[str, Any] = {}
+    runner._run_variants(variants(spec), storage, {}, summaries)
     assert order == ["lr[optimizer=sgd]", "lr[optimizer=adam]"]  # sgd first: nothing to wait for there
     assert list(summaries) == ["lr[optimizer=adam]", "lr[optimizer=sgd]"]  # reported in the spec's order
 

@@ -178,7 +178,7 @@ def run_study(
             reporter.message(f"stage 'lr' calibrates a rate for each of {len(every)} choices "
                              f"({'; '.join(v.words() for v in every)}): {len(every)} x {spec.stages.lr.trials} = "
                              f"{len(every) * spec.stages.lr.trials} trials")
-        summaries |= _run_variants(every, optuna_storage, common)
+        _run_variants(every, optuna_storage, common, summaries)
         handed = hand_off_rates(spec, optuna_storage, reporter, code)
         best_lr, rates = handed.rate, (handed.labels if len(every) > 1 else {})
         summaries["shape"] = run_stage(spec, "shape", best_lr=best_lr, rates=handed.rates, **common)  # type: ignore[arg-type]
@@ -199,25 +199,27 @@ def run_study(
     return StudyResult(spec.name, redact(storage_url), best_lr, summaries, verdict, rates=rates)
 
 
-def _run_variants(every: list[Variant], storage: optuna.storages.BaseStorage, common: dict[str, Any]) -> dict[str, StageSummary]:
-    """Each variant's stage lr, to its budget; by spec order, in the spec's order.
+def _run_variants(every: list[Variant], storage: optuna.storages.BaseStorage, common: dict[str, Any],
+                  summaries: dict[str, StageSummary]) -> None:
+    """Each variant's stage lr, run to its budget, its summary put in ``summaries`` as it ends (a time
+    limit reached in a later variant keeps the earlier ones'); in the spec's order once all have.
 
     A worker starts each time on the variant with the most budget no worker has claimed (the first
     on a tie): workers that share a study spread over the variants, rather than all waiting on the
     first one's last trials while the next has trials to train.
     """
-    done: dict[str, StageSummary] = {}
     left = list(every)
     while left:
         variant = max(left, key=lambda v: _unclaimed(v, storage))
         left.remove(variant)
-        done[variant.label] = run_stage(variant.spec, "lr", variant=variant, **common)
-    return {v.label: done[v.label] for v in every}
+        summaries[variant.label] = run_stage(variant.spec, "lr", variant=variant, **common)
+    for variant in every:  # the spec's order, whatever order they ran in
+        summaries[variant.label] = summaries.pop(variant.label)
 
 
 def _unclaimed(variant: Variant, storage: optuna.storages.BaseStorage) -> int:
     """How many trials of a variant's stage lr budget no worker has finished or holds."""
-    name = f"{variant.spec.name}/{variant.label}"
+    name = results.stage_study_name(variant.spec.name, variant.label)
     if name not in optuna.get_all_study_names(storage):
         return variant.spec.stages.lr.trials
     trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
