@@ -247,3 +247,25 @@ def test_the_app_called_from_python_leaves_the_callers_signal_handlers_alone() -
     done = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "True True True"
+
+
+# ---- a Ctrl-C caught inside C-evaluated code must not end `python -m tuner.cli` by SIGINT (-2) -------------
+
+_CAUGHT_INSIDE_C = """
+import ctypes, sys
+from tuner import exits
+exits.real_process()
+ctypes.pythonapi.PyRun_SimpleString(b"raise KeyboardInterrupt")  # as a Ctrl-C inside any exec() of a string would
+{forget}
+sys.exit(130)
+"""
+
+
+@pytest.mark.parametrize("forget", [True, False])
+def test_a_caught_interrupt_leaves_the_exit_code_as_chosen(tmp_path: Path, forget: bool) -> None:
+    # Under `python -m`, CPython ends by SIGINT once a KeyboardInterrupt has left code run through PyRun_String,
+    # even when the program caught the stop and chose its exit code: the flaky -2 of the resume-line test.
+    (tmp_path / "caught.py").write_text(_CAUGHT_INSIDE_C.format(forget="exits.forget_caught_interrupt()" if forget else ""))
+    done = subprocess.run([sys.executable, "-m", "caught"], cwd=tmp_path, env=_env(PYTHONPATH=str(Path(__file__).parents[1])),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == (130 if forget else -signal.SIGINT), done.stderr  # without it, the interpreter's SIGINT

@@ -25,6 +25,7 @@ from tuner.exits import (
     errors_as_exit_codes,
     escaped_stop_code,
     fail,
+    forget_caught_interrupt,
     ignore_late_stops,
     new_console,
     parse_duration,
@@ -436,6 +437,7 @@ def main() -> None:  # pragma: no cover - the console script and `python -m tune
         # A second stop landing after the command had told its own, before the late ones are ignored: exit as the
         # stop asks (130, 143) in at most one line, never killed by the signal (-2) with a traceback.
         ignore_late_stops()
+        forget_caught_interrupt()
         sys.exit(escaped_stop_code(stop))
 
 

@@ -78,6 +78,7 @@ class PlainErrorsGroup(TyperGroup):
             if code == INTERRUPTED and _stop_seen is not None:  # typer turns every KeyboardInterrupt into exit 130
                 code = stop_code(_stop_seen)
         ignore_late_stops()
+        forget_caught_interrupt()
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -198,6 +199,25 @@ def parse_duration(text: str, option: str) -> float:
     if total <= 0:
         fail(f"{option} {text!r}: the limit must be longer than 0, e.g. 2h", BAD_INPUT)
     return total
+
+
+def forget_caught_interrupt() -> None:
+    """Make sure a Ctrl-C that tuner caught and answered does not end the process by SIGINT after all.
+
+    CPython keeps a flag, ``_Py_UnhandledKeyboardInterrupt``, set whenever a ``KeyboardInterrupt``
+    leaves code run through ``PyRun_String``, which every ``exec()`` of a string goes through (namedtuple,
+    dataclasses and SQLAlchemy build functions so, some on first use), and never cleared by catching it; under ``python -m`` (not the ``tuner`` script) the interpreter then
+    ends by raising SIGINT on itself, whatever exit code the program chose: status -2 after tuner had
+    marked the trial failed and printed how to resume (seen under load in ``tests/test_signals.py``).
+    Running one empty statement through the same path clears the flag. Only in a real process."""
+    if not _from_command_line:
+        return
+    import ctypes  # stdlib; PyRun_SimpleString is CPython's stable C API
+
+    try:
+        ctypes.pythonapi.PyRun_SimpleString(b"pass")
+    except (AttributeError, OSError):  # not CPython: no such flag either
+        pass
 
 
 def one_line(text: str) -> str:
