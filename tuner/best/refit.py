@@ -34,11 +34,12 @@ from tuner.inputs.spec import StudySpec, spec_from_dict
 from tuner.inputs.user_data import check_test_part
 from tuner.inputs.usercode import code_changes, code_references, files_beside_spec, identity, resolve_code
 from tuner.study.results import (
-    LR_ATTR, SETTINGS_ATTR, SPEC_PATH_ATTR, best_complete, direction_of, load_stage_studies, loss_like, trained_params,
+    LR_ATTR, SETTINGS_ATTR, SPEC_PATH_ATTR, best_complete, direction_of, load_stage_studies, loss_like, lr_stages,
+    trained_params,
 )
 from tuner.study.runner import TunerError
 from tuner.study.stages import Stage, audit_stage, lr_stage, shape_stage
-from tuner.study.stored import STAGES, stage_kind, with_added_fields
+from tuner.study.stored import STAGES, with_added_fields
 from tuner.training.train import EpochResult, evaluate, resolve_device, use_threads
 from tuner.training.trainers import LoopTrainer, make_trainer, with_code
 
@@ -215,7 +216,7 @@ def _best_trial(name: str, storage: str | optuna.storages.BaseStorage | None,
     stage ``lr`` is a configuration too, and stage ``shape`` may end worse than it.
     """
     studies = load_stage_studies(name, storage)
-    lr_names = [s for s in studies if stage_kind(s) == "lr"] or ["lr"]  # each variant's stage lr, with listed choices
+    lr_names = lr_stages(studies) or ["lr"]  # each variant's stage lr, with listed choices
     if stage is not None and stage not in STAGES and stage not in studies:
         raise BestError(f"--stage {stage!r}: choose one of {', '.join(dict.fromkeys([*STAGES, *studies]))}")
     bests: dict[str, FrozenTrial] = {}

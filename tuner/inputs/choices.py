@@ -95,7 +95,3 @@ def label_choice(stage: str) -> dict[str, str]:
         return {}
     return dict(part.partition("=")[::2] for part in stage[3:-1].split(","))  # type: ignore[misc]
 
-
-def choice_of(params: Mapping[str, Any], spec: StudySpec) -> dict[str, Any]:
-    """The variant a stage ``shape`` or audit trial trains as: its values of the listed fields."""
-    return {name: params[name] for name in listed(spec) if name in params}

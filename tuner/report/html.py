@@ -8,9 +8,10 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from tuner.report.runs import StageRuns, file_key, stage_rate, trial_costs
+from tuner.report.runs import StageRuns, file_key, lr_stage_runs, stage_rate, trial_costs
 from tuner.report.words import fmt_value, lr_time_caption, rate_words
 from tuner.storage import redact
+from tuner.study.results import lr_stages
 from tuner.study.stored import BUDGET_ATTR, CHOICE_ATTR, RATES_ATTR, SETTINGS_ATTR, stage_kind
 
 CAPTIONS = {
@@ -109,7 +110,7 @@ def index_html(
     if "shape" not in stages:  # stopped in stage lr: each variant's stage lr holds its own value of a listed choice
         for key in ("optimizer", "batch_size"):
             values = list(dict.fromkeys((s.study.user_attrs.get(SETTINGS_ATTR) or {}).get("train", {}).get(key)
-                                        for name, s in stages.items() if stage_kind(name) == "lr"))
+                                        for s in lr_stage_runs(stages)))
             train = {**train, key: values if len(values) > 1 else train.get(key)}
     about = []
     if data:
@@ -162,7 +163,7 @@ code {{ background: #f3f3f3; padding: 0 .25em; }}
         elif key in missing:
             parts.append(f'<p class="missing">{e(key)}: not drawn: {e(missing[key])}.</p>')
 
-    for lr in (name for name in stages if stage_kind(name) == "lr"):  # with listed choices, one per choice
+    for lr in lr_stages(stages):  # with listed choices, one per choice
         choice = stages[lr].study.user_attrs.get(CHOICE_ATTR) or {}
         words = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in choice.items())
         which = f" for {words}" if words else ""

@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.analysis.importance import importance_table
 from tuner.inputs.spec import DataSpec, SpecError
 from tuner.storage import open_existing_storage
-from tuner.study.results import MAXIMIZE, direction_of, load_stage_studies, loss_like, trial_trained_lr
+from tuner.study.results import MAXIMIZE, direction_of, load_stage_studies, loss_like, lr_stages, trial_trained_lr
 from tuner.study.stored import (  # noqa: F401 -- STAGES: figures reads it from here
     BEST_LR_ATTR, DIVERGED_ATTR, LEARNING_CURVE_ATTR, LR_ATTR, SETTINGS_ATTR, STAGES, TASK_ATTR, stage_kind,
 )
@@ -170,7 +170,7 @@ def stage_rate(stage: StageRuns) -> float | None:
 
 def lr_stage_runs(stages: dict[str, StageRuns]) -> list[StageRuns]:
     """The study's stages lr: ``lr``, or each variant's with listed choices (``lr[optimizer=adam]``...)."""
-    return [stages[name] for name in stages if stage_kind(name) == "lr"]
+    return [stages[name] for name in lr_stages(stages)]
 
 
 def best_lr_stage(stages: dict[str, StageRuns]) -> StageRuns | None:

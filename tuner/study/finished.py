@@ -87,7 +87,7 @@ def finished_result(spec: StudySpec, storage: str | None = None, *, reporter: Re
     summaries = {stage: results.stage_summary(study, stage, _budget(spec, stage),
                                               fixed_settings(spec, stage_kind(stage), best_lr))
                  for stage, study in studies.items()}
-    rates = {r["stage"]: float(r["lr"]) for r in shape.get(results.RATES_ATTR) or []} if len(every) > 1 else {}
+    rates = results.handed_rates(shape) if len(every) > 1 else {}
     done = ", ".join(f"stage {s.stage} {s.n_complete + s.n_pruned}/{s.budget}" for s in summaries.values())
     say(f"study '{spec.name}' is finished ({done} trials): nothing to run; its results as stored")
     return results.StudyResult(spec.name, redact(url), best_lr, summaries, None, rates=rates)

@@ -70,14 +70,14 @@ def hand_off_rates(spec: StudySpec, storage: optuna.storages.BaseStorage, report
     """
     shape_name = results.stage_study_name(spec.name, "shape")
     if shape_name in optuna.get_all_study_names(storage):
-        stored = _stored(optuna.load_study(study_name=shape_name, storage=storage).user_attrs, spec)
+        stored = _stored(optuna.load_study(study_name=shape_name, storage=storage).user_attrs)
         if stored is not None:
             return stored
     chosen = [_choose(variant, storage) for variant in variants(spec)]
     lead = min(chosen, key=lambda c: results.loss_like(c.best.value, c.direction))  # type: ignore[arg-type]
     rates = tuple((tuple(c.variant.choice.items()), c.choice.rate) for c in chosen) if len(chosen) > 1 else ()
     shape = open_stage_study(spec, shape_stage(spec, lead.choice.rate, rates=rates), storage, code)
-    stored = _stored(shape.user_attrs, spec)
+    stored = _stored(shape.user_attrs)
     if stored is not None:  # another worker handed on meanwhile: its records hold
         return stored
     for c in chosen:
@@ -134,15 +134,13 @@ def _choose(variant: Variant, storage: optuna.storages.BaseStorage) -> _Chosen:
     return _Chosen(variant, study, best, choice, n_finished, direction)
 
 
-def _stored(shape_attrs: dict[str, Any], spec: StudySpec) -> HandOff | None:
+def _stored(shape_attrs: dict[str, Any]) -> HandOff | None:
     """The hand-off as a run before stored it on ``<name>/shape``; None if it has not happened."""
     stored = shape_attrs.get(results.LR_ATTR)
     if stored is None:
         return None
-    records = shape_attrs.get(results.RATES_ATTR) or []
-    rates = tuple((tuple(r["choice"].items()), float(r["lr"])) for r in records)
-    labels = {r["stage"]: float(r["lr"]) for r in records} or {"lr": float(stored)}
-    return HandOff(float(stored), rates, labels)
+    rates = tuple((tuple(r["choice"].items()), float(r["lr"])) for r in shape_attrs.get(results.RATES_ATTR) or [])
+    return HandOff(float(stored), rates, results.handed_rates(shape_attrs) or {"lr": float(stored)})
 
 
 def rate_choice(spec: StudySpec, trials: list[FrozenTrial], task: str | None) -> RateChoice:

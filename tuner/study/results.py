@@ -233,6 +233,12 @@ def _made_order(storage: BaseStorage, study_name: str) -> int:
         return -1
 
 
+def handed_rates(shape_attrs: Mapping[str, Any]) -> dict[str, float]:
+    """Each variant's stage lr and the rate it handed on, as ``<name>/shape`` stores them (:data:`RATES_ATTR`);
+    empty where nothing is listed (or nothing was handed on yet)."""
+    return {record["stage"]: float(record["lr"]) for record in shape_attrs.get(RATES_ATTR) or []}
+
+
 def lr_stages(stages: Mapping[str, Any]) -> list[str]:
     """The stage lr names among ``stages`` (a study's stages by name): ``lr``, or each variant's ``lr[...]``."""
     return [stage for stage in stages if stage_kind(stage) == "lr"]
