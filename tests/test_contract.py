@@ -169,12 +169,16 @@ def test_python_m_tuner_cli_is_the_command_line(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def _stored_copy(db: Path, copy: Path) -> str:
+    """The URL of ``copy``, a copy of a committed stored study: a test must never write to the committed file."""
+    shutil.copyfile(db, copy)
+    return f"sqlite:///{copy}"
+
+
 @pytest.fixture
 def v0_copy(tmp_path: Path) -> str:
     """A copy of the stored old study (a test must never write to the committed file)."""
-    copy = tmp_path / "v0.db"
-    shutil.copyfile(V0_DB, copy)
-    return f"sqlite:///{copy}"
+    return _stored_copy(V0_DB, tmp_path / "v0.db")
 
 
 BAD_SPEC = """
@@ -566,9 +570,7 @@ V1_SPEC = V1 / "contract_v1.toml"
 def v1_copy(tmp_path: Path) -> str:
     """A copy of contract_v1.db (stage 'shape' with Hyperband and lr_scale, the user's own model
     factory v1net:make, an lr_range = "auto" range test), made at commit 184d0ac."""
-    copy = tmp_path / "v1.db"
-    shutil.copyfile(V1 / "contract_v1.db", copy)
-    return f"sqlite:///{copy}"
+    return _stored_copy(V1 / "contract_v1.db", tmp_path / "v1.db")
 
 
 def test_the_stored_v1_study_is_what_its_spec_says(v1_copy: str) -> None:
@@ -628,9 +630,7 @@ V2_SPEC = V2 / "contract_v2.toml"
 def v2_copy(tmp_path: Path) -> str:
     """A copy of contract_v2.db: made at commit 0ce3b07 (contract version 2), its stage 'lr' handed on
     its best trial's rate, its stage 'shape' pruned by Hyperband from epoch 1 within lr_scale [0.5, 4]."""
-    copy = tmp_path / "v2.db"
-    shutil.copyfile(V2 / "contract_v2.db", copy)
-    return f"sqlite:///{copy}"
+    return _stored_copy(V2 / "contract_v2.db", tmp_path / "v2.db")
 
 
 def test_the_stored_v2_study_is_what_its_spec_says(v2_copy: str) -> None:
@@ -716,9 +716,7 @@ V3_SPEC = V3 / "contract_v3.toml"
 def v3_copy(tmp_path: Path) -> str:
     """A copy of contract_v3.db: made at commit 2eec79a (contract version 3), every shape trial with a
     decay (the 'constant' ones too), TPE without groups."""
-    copy = tmp_path / "v3.db"
-    shutil.copyfile(V3 / "contract_v3.db", copy)
-    return f"sqlite:///{copy}"
+    return _stored_copy(V3 / "contract_v3.db", tmp_path / "v3.db")
 
 
 def test_a_study_stored_by_the_release_before_conditional_parameters_resumes_and_reports_unchanged(
@@ -762,9 +760,7 @@ V4_SPEC = V4 / "contract_v4.toml"
 def v4_copy(tmp_path: Path) -> str:
     """A copy of contract_v4.db: made at commit e8f6b7b (contract version 4), one stage lr named ``contract4/lr``,
     SGD's declared momentum in every shape trial."""
-    copy = tmp_path / "v4.db"
-    shutil.copyfile(V4 / "contract_v4.db", copy)
-    return f"sqlite:///{copy}"
+    return _stored_copy(V4 / "contract_v4.db", tmp_path / "v4.db")
 
 
 def test_a_study_stored_by_the_release_before_lists_of_optimizers_resumes_and_reports_unchanged(
