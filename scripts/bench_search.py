@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import copy
 import csv
 import dataclasses
@@ -598,6 +599,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1,
                         help="(task, seed) runs at once, in processes of their own [default 1: steadier wall seconds]")
     parser.add_argument("--from-csv", type=Path, help="no training: summaries and PNGs again from a curves.csv of a run")
+    parser.add_argument("--keep", type=Path, help="keep the staged studies' SQLite files in this folder (default: a temporary one)")
     args = parser.parse_args()
     tasks = args.tasks or list(DEFAULT_TASKS)
     methods = tuple(m for m in METHODS if m in args.methods or m == "staged")
@@ -620,7 +622,10 @@ def main() -> None:
 
     started = time.perf_counter()
     outcomes: dict[str, dict[int, StagedOutcome]] = {}
-    with tempfile.TemporaryDirectory() as folder, concurrent.futures.ProcessPoolExecutor(
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    with (contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory()) as folder, \
+            concurrent.futures.ProcessPoolExecutor(
             args.jobs, initializer=torch.set_num_threads, initargs=(args.threads,)) as pool:
         # Every (task, seed) is a job of its own: its trials train alike in any process, only wall seconds differ.
         jobs = {(task, seed): pool.submit(run_seed, task, seed, args.quick, Path(folder), methods)
