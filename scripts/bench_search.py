@@ -58,6 +58,7 @@ import copy
 import csv
 import dataclasses
 import datetime
+import json
 import math
 import statistics
 import tempfile
@@ -128,8 +129,9 @@ class TrialRecord:
         return self.n_params * self.epochs
 
 
-def task_spec(task: str, seed: int, quick: bool) -> dict[str, Any]:
-    """The study file of ``task`` (or its generated spec) as a dict, with this seed (and the quick budgets)."""
+def task_spec(task: str, seed: int, quick: bool, shape: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The study file of ``task`` (or its generated spec) as a dict, with this seed (and the quick budgets);
+    ``shape``: fields of ``[stages.shape]`` set on every task (``--shape``), e.g. ``{"lr_transfer": "none"}``."""
     if TASKS[task][0] == "generated":
         table = copy.deepcopy(bench_tasks.TASKS[task][0])
     else:
@@ -139,6 +141,7 @@ def task_spec(task: str, seed: int, quick: bool) -> dict[str, Any]:
     table.pop("storage", None)
     stages = table.setdefault("stages", {})
     stages.pop("audit", None)  # the staged study proper: lr, then shape
+    stages.setdefault("shape", {}).update(shape or {})
     if quick:
         settings = QUICK[task]
         table.setdefault("train", {})["epochs"] = settings["epochs"]
@@ -352,10 +355,10 @@ def task_loader(task: str) -> Callable[..., Any] | None:
     return bench_tasks.TASKS[task][1] if TASKS[task][0] == "generated" else None
 
 
-def run_seed(task: str, seed: int, quick: bool, folder: Path, methods: tuple[str, ...] = METHODS
-             ) -> tuple[dict[str, list[TrialRecord]], StagedOutcome]:
+def run_seed(task: str, seed: int, quick: bool, folder: Path, methods: tuple[str, ...] = METHODS,
+             shape: dict[str, Any] | None = None) -> tuple[dict[str, list[TrialRecord]], StagedOutcome]:
     """Every method of ``methods`` on one seed (staged always: it sets the budget); their trials, and staged's stages."""
-    table = task_spec(task, seed, quick)
+    table = task_spec(task, seed, quick, shape)
     loader = task_loader(task)
     staged, best_shape, outcome = run_staged(table, folder, loader)
     budget = sum(r.compute for r in staged)
@@ -599,6 +602,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1,
                         help="(task, seed) runs at once, in processes of their own [default 1: steadier wall seconds]")
     parser.add_argument("--from-csv", type=Path, help="no training: summaries and PNGs again from a curves.csv of a run")
+    parser.add_argument("--shape", action="append", default=[], metavar="FIELD=JSON",
+                        help='set a field of [stages.shape] on every task, e.g. --shape lr_transfer=\'"none"\' (repeatable)')
     parser.add_argument("--keep", type=Path, help="keep the staged studies' SQLite files in this folder (default: a temporary one)")
     args = parser.parse_args()
     tasks = args.tasks or list(DEFAULT_TASKS)
@@ -622,13 +627,14 @@ def main() -> None:
 
     started = time.perf_counter()
     outcomes: dict[str, dict[int, StagedOutcome]] = {}
+    shape = {field: json.loads(value) for field, _, value in (item.partition("=") for item in args.shape)}
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
     with (contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory()) as folder, \
             concurrent.futures.ProcessPoolExecutor(
             args.jobs, initializer=torch.set_num_threads, initargs=(args.threads,)) as pool:
         # Every (task, seed) is a job of its own: its trials train alike in any process, only wall seconds differ.
-        jobs = {(task, seed): pool.submit(run_seed, task, seed, args.quick, Path(folder), methods)
+        jobs = {(task, seed): pool.submit(run_seed, task, seed, args.quick, Path(folder), methods, shape)
                 for task in tasks for seed in range(n_seeds)}
         for task in tasks:
             runs = {}
