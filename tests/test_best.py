@@ -146,7 +146,8 @@ def test_best_writes_the_three_files_and_the_stored_score_reproduces(wine_best: 
     shaped = _best("winetest", storage, tmp_path / "shaped", "--stage", "shape")
     assert (shaped["stage"], shaped["trial"], shaped["stored_value"]) == ("shape", shape.best_trial.number, shape.best_value)
     assert shaped["validation"]["value"] == pytest.approx(shape.best_value, abs=1e-6)
-    assert shaped["params"]["lr"] == pytest.approx(shape.user_attrs["lr"] * shape.best_trial.params["lr_scale"])
+    moved = shape.user_attrs["lr"] * shape.best_trial.user_attrs["lr_move"]  # the calibrated rate moved to its shape
+    assert shaped["params"]["lr"] == pytest.approx(moved * shape.best_trial.params["lr_scale"])
     assert metrics["validation"]["fair"] is True
     assert metrics["test"]["rows"] == 45 and 0 <= metrics["test"]["error"] <= 1
     record = torch.load(out / "model.pt", weights_only=True)

@@ -15,6 +15,7 @@ import tuner
 from tuner.errors import SpecError, StudyMismatchError
 from tuner.inputs.choices import is_lr_label, lr_label, variants
 from tuner.inputs.spec import load_spec, spec_from_dict
+from tuner.study.lr_scale import transfer_move
 from tuner.study.results import CHOICE_ATTR, RATES_ATTR, load_stage_studies
 from tuner.study.stage_studies import with_stage_value, with_value
 from tuner.study.stages import sampler_for, shape_stage
@@ -93,8 +94,11 @@ def test_a_shape_trial_trains_with_its_own_choice_at_its_own_rate() -> None:
     params = {"optimizer": "sgd", "batch_size": 128, "width": 8, "depth": 1, "schedule": "constant", "lr_scale": 2.0}
     plan = stage.plan(params)
     assert (plan.train.optimizer, plan.train.batch_size) == ("sgd", 128)
-    assert plan.train.lr == pytest.approx(0.2)  # sgd's 0.1 times its lr_scale
+    # sgd's 0.1, moved to width 8 of the small network's 16 by SGD's rule (sqrt(8 / 16)), times its lr_scale
+    assert plan.train.lr == pytest.approx(0.1 * (8 / 16) ** 0.5 * 2.0)
     assert stage.fixed_for(params)["lr"] == 0.1
+    adam = stage.plan({**params, "optimizer": "adam", "batch_size": 32, "width": 32})
+    assert adam.train.lr == pytest.approx(0.001 * (16 / 32) * 2.0)  # adam's own rate, by adam's rule (1 / width)
 
 
 def test_a_trial_of_a_choice_without_a_calibrated_rate_is_refused_not_given_another_rate() -> None:
@@ -190,7 +194,9 @@ def test_each_shape_trial_trains_at_its_optimizers_rate(optimizers_study: tuple[
     for trial in trials:
         rate = result.rates[f"lr[optimizer={trial.params['optimizer']}]"]
         assert trial.user_attrs["lr"] == rate
-        assert trial.user_attrs["trained_lr"] == pytest.approx(rate * trial.params["lr_scale"])
+        move = transfer_move(trial.params["optimizer"], trial.params["width"] / 16, trial.params["depth"] / 1)
+        assert trial.user_attrs["lr_move"] == pytest.approx(move)  # each by its own optimizer's rule
+        assert trial.user_attrs["trained_lr"] == pytest.approx(rate * move * trial.params["lr_scale"])
         assert ("momentum" in trial.params) == (trial.params["optimizer"] == "sgd")
 
 
@@ -228,7 +234,8 @@ def test_export_importance_and_report_cover_every_stage_lr(optimizers_study: tup
         {("lr[optimizer=adam]", "adam"), ("lr[optimizer=sgd]", "sgd")}  # each stage lr's rows say their optimizer
     for row in (r for r in rows if r["stage"] == "shape"):
         rate = result.rates[f"lr[optimizer={row['params_optimizer']}]"]
-        assert float(row["user_attrs_trained_lr"]) == pytest.approx(rate * float(row["params_lr_scale"]))
+        moved = rate * float(row["user_attrs_lr_move"])  # the rate its optimizer's rule moved to its shape
+        assert float(row["user_attrs_trained_lr"]) == pytest.approx(moved * float(row["params_lr_scale"]))
     report = tuner.write_report("digits_optimizers", storage=storage, out=tmp_path / "report")
     text = report.index.read_text(encoding="utf-8")
     for label, optimizer in (("lr-optimizer-adam", "adam"), ("lr-optimizer-sgd", "sgd")):

@@ -792,3 +792,60 @@ def test_a_v4_study_given_more_shape_trials_keeps_its_one_stage_lr_and_version(v
     finished = [t for t in shape.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 8 and all("momentum" in t.params and "optimizer" not in t.params for t in finished)
     assert shape.user_attrs["contract_version"] == 4 and "lr_per_choice" not in shape.user_attrs
+
+
+# ---- the sixth stored fixture: the release before stage shape carried the rate by a rule (v6) -------------
+
+V6 = DATA / "contract_v6"
+V6_SPEC = V6 / "contract_v6.toml"
+
+
+@pytest.fixture
+def v6_copy(tmp_path: Path) -> str:
+    """A copy of contract_v6.db: made at commit a85d162 (contract version 6), Adam, ``lr_scale = "auto"``
+    resolved to one range for every shape, each shape trial at the calibrated rate times its lr_scale."""
+    return _stored_copy(V6 / "contract_v6.db", tmp_path / "v6.db")
+
+
+def test_a_study_stored_by_the_release_before_the_rate_rule_resumes_and_reports_unchanged(
+        v6_copy: str, tmp_path: Path) -> None:
+    before = _finished_per_stage(v6_copy)
+    attrs_before = {name: optuna.load_study(study_name=name, storage=v6_copy).user_attrs
+                    for name in optuna.get_all_study_names(v6_copy)}
+    assert attrs_before["contract6/shape"]["contract_version"] == 6 and "lr_transfer" not in attrs_before["contract6/shape"]
+    done = _tuner("study", str(V6_SPEC), "--storage", v6_copy, "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "nothing to run" in done.stdout + done.stderr
+    assert _finished_per_stage(v6_copy) == before
+    assert {name: optuna.load_study(study_name=name, storage=v6_copy).user_attrs
+            for name in optuna.get_all_study_names(v6_copy)} == attrs_before
+    for command in ("importance", "export", "report"):
+        result = _invoke(command, "contract6", "--storage", v6_copy, "--out", str(tmp_path / command))
+        assert result.exit_code == 0, (command, result.output)
+    best = _invoke("best", "contract6", "--storage", v6_copy, "--out", str(tmp_path / "best"), "--device", "cpu",
+                   "--stage", "shape")
+    assert best.exit_code == 0, best.output
+    shape = optuna.load_study(study_name="contract6/shape", storage=v6_copy)
+    metrics = json.loads((tmp_path / "best" / "metrics.json").read_text())
+    winner = shape.trials[metrics["trial"]]  # trained again at its rate as stored: calibrated x lr_scale, no move
+    assert metrics["params"]["lr"] == pytest.approx(winner.user_attrs["lr"] * winner.params["lr_scale"])
+    assert metrics["params"]["lr"] == pytest.approx(winner.user_attrs["trained_lr"])
+    assert "lr_transfer = \"none\"" in (tmp_path / "best" / "best.toml").read_text()
+
+
+def test_a_v6_study_given_more_shape_trials_keeps_one_range_for_every_shape_and_no_move(
+        v6_copy: str, tmp_path: Path) -> None:
+    spec = V6_SPEC.read_text().replace("[stages.shape]\ntrials = 6", "[stages.shape]\ntrials = 8")
+    (tmp_path / "more.toml").write_text(spec)
+    done = _tuner("study", str(tmp_path / "more.toml"), "--storage", v6_copy, "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "lr_transfer defaulted to 'none'" in done.stdout + done.stderr
+    shape = optuna.load_study(study_name="contract6/shape", storage=v6_copy)
+    assert shape.user_attrs["contract_version"] == 6 and "lr_transfer" not in shape.user_attrs
+    assert shape.user_attrs["lr_scale_range"] == [0.086, 8.0]  # the union of before, as stored
+    finished = [t for t in shape.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 8
+    for trial in finished:  # the new trials too: the calibrated rate times lr_scale, whatever the width
+        assert "lr_move" not in trial.user_attrs
+        assert trial.user_attrs["trained_lr"] == pytest.approx(trial.user_attrs["lr"] * trial.params["lr_scale"])
+        assert (trial.distributions["lr_scale"].low, trial.distributions["lr_scale"].high) == (0.086, 8.0)

@@ -56,8 +56,10 @@ def test_trials_csv_has_the_rate_each_trial_trained_at(audited: tuple[str, tuner
     assert searched.user_attrs_trained_lr.to_numpy() == pytest.approx(searched.params_lr.to_numpy())
     shape = table[table.stage == "shape"]
     assert "lr_scale" in stored["shape"][0].params  # the multiplier was searched: the two rates differ
-    assert shape.user_attrs_trained_lr.to_numpy() == pytest.approx((shape.user_attrs_lr * shape.params_lr_scale).to_numpy())
-    assert all(t.user_attrs["trained_lr"] == pytest.approx(t.user_attrs["lr"] * t.params["lr_scale"]) for t in stored["shape"])
+    assert shape.user_attrs_trained_lr.to_numpy() == pytest.approx(
+        (shape.user_attrs_lr * shape.user_attrs_lr_move * shape.params_lr_scale).to_numpy())
+    assert all(t.user_attrs["trained_lr"] == pytest.approx(t.user_attrs["lr"] * t.user_attrs["lr_move"] * t.params["lr_scale"])
+               for t in stored["shape"])
 
 
 def test_curves_csv_is_long_with_a_row_per_epoch(audited: tuple[str, tuner.StudyResult], tmp_path: Path) -> None:

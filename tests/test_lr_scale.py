@@ -22,7 +22,9 @@ import tuner
 from tuner.inputs.spec import SpecError, spec_from_dict
 from tuner.report.runs import Run, StageRuns
 from tuner.report.words import shape_diagnosis
-from tuner.study.lr_scale import HIGHEST, LOWEST, MARGIN, auto_lr_scale, resolve_lr_scale
+from tuner.study.lr_scale import (
+    HIGHEST, LOWEST, MARGIN, SPREAD, TRANSFER_MOVES, auto_lr_scale, resolve_lr_scale, transfer_move,
+)
 from tuner.study.stage_studies import with_stage_value
 from tuner.study.stages import settle_lr_scale, shape_stage
 
@@ -72,8 +74,8 @@ def test_the_range_is_clipped_to_a_sane_span() -> None:
         auto_lr_scale("adam", width_ratio=0, depth_ratio=1)
 
 
-def test_auto_covers_every_shape_the_stage_searches() -> None:
-    spec = _spec(width=[4, 64], depth=[1, 3])  # the small network: width 8, depth 1
+def test_auto_without_the_rule_covers_every_shape_the_stage_searches() -> None:
+    spec = _spec(width=[4, 64], depth=[1, 3], lr_transfer="none")  # the small network: width 8, depth 1
     low, high = resolve_lr_scale(spec)
     assert low == min(auto_lr_scale("adam", 8, d)[0] for d in (1, 3))  # widest: 64 / 8
     assert high == max(auto_lr_scale("adam", 0.5, d)[1] for d in (1, 3))  # narrowest: 4 / 8
@@ -124,13 +126,28 @@ def test_a_new_study_stores_the_resolved_range_and_its_shape_trials_search_insid
     assert low <= unwidened[0] and high >= unwidened[1]
     basin = optuna.load_study(study_name="auto_scaled/lr", storage=storage).user_attrs["handoff"]["basin"]
     assert (low, high) == resolve_lr_scale(_spec(), (basin[0] / result.best_lr, basin[1] / result.best_lr))
-    assert low <= 1 / 4 < 1 < high  # Adam, shapes up to 4x the small network's width
+    assert low <= 1 / SPREAD * 1.01 and high >= SPREAD * 0.99  # around each shape's own start (lr_transfer = "rule")
+    assert shape.user_attrs["lr_transfer"]["exponents"] == {"adam": [-1.0, -0.5]}
     finished = [t for t in shape.trials if t.state.is_finished()]
     assert finished and all(low <= t.params["lr_scale"] <= high for t in finished)
     assert {(t.distributions["lr_scale"].low, t.distributions["lr_scale"].high) for t in finished} == {(low, high)}
     assert any(f"lr_scale in [{low:.3g}, {high:.3g}]" in note for note in notes)
+    for trial in finished:  # each shape starts from the calibrated rate moved for its width and depth
+        move = transfer_move("adam", trial.params["width"] / 8, trial.params["depth"] / 1)
+        assert trial.user_attrs["lr_move"] == pytest.approx(move)
+        assert trial.user_attrs["trained_lr"] == pytest.approx(result.best_lr * move * trial.params["lr_scale"])
     best = shape.best_trial
-    assert result.stages["shape"].best_params["lr"] == pytest.approx(result.best_lr * best.params["lr_scale"])
+    assert result.stages["shape"].best_params["lr"] == pytest.approx(best.user_attrs["trained_lr"])
+    # Its best trained again at that rate (moved and scaled), and best.toml, a one-trial spec, trains at it exactly.
+    assert best.user_attrs["lr_move"] != pytest.approx(1.0)  # (seeded: width 10, depth 2) a shape the rule moved
+    refit = tuner.write_best("auto_scaled", storage, tmp_path / "best", device="cpu", stage="shape")
+    assert refit.metrics["params"]["lr"] == pytest.approx(best.user_attrs["trained_lr"])
+    assert refit.metrics["validation"]["value"] == pytest.approx(best.value, abs=1e-9)
+    again_url = f"sqlite:///{tmp_path / 'again.db'}"
+    tuner.run_study(tuner.load_spec(tmp_path / "best" / "best.toml"), storage=again_url, device="cpu")
+    again = optuna.load_study(study_name="auto_scaled-best/shape", storage=again_url).best_trial
+    assert again.user_attrs["trained_lr"] == pytest.approx(best.user_attrs["trained_lr"])
+    assert "lr_move" not in again.user_attrs and again.value == pytest.approx(best.value, abs=1e-9)
 
     # Resumed with one more shape trial: the same distribution, the range untouched.
     tuner.run_study(with_stage_value(_spec(), "shape", "trials", 4), storage=storage, device="cpu")
@@ -187,24 +204,72 @@ def test_a_one_trial_spec_keeps_its_written_range() -> None:
     assert (auto.space["lr_scale"].low, auto.space["lr_scale"].high) == (0.2, 3.0)
 
 
-def test_the_auto_range_holds_a_near_best_rate_of_every_measured_shape() -> None:
-    # docs/lr_shift.csv (scripts/lr_shift.py): for every shape measured, with SGD and Adam on the mlp,
-    # lstm and cnn families, the range "auto" gives that shape holds a rate within one standard error
-    # (binomial, of the seeds' mean validation error) of the shape's best on the grid.
+def test_the_rule_moves_a_wider_adam_network_down_and_a_wider_sgd_one_up_and_both_down_with_depth() -> None:
+    assert transfer_move("adam", 4, 1) == pytest.approx(1 / 4)
+    assert transfer_move("rmsprop", 4, 1) == transfer_move("adagrad", 4, 1) == transfer_move("adam", 4, 1)
+    assert transfer_move("sgd", 4, 1) == pytest.approx(2.0)
+    assert transfer_move("sgd", 1, 4) == transfer_move("adam", 1, 4) == pytest.approx(0.5)
+    assert transfer_move("sgd", 1, 1) == transfer_move("adam", 1, 1) == 1.0  # the small network keeps its rate
+
+
+def test_with_the_rule_auto_is_a_narrow_range_widened_only_by_the_basin() -> None:
+    assert resolve_lr_scale(_spec()) == (0.333, 3.0)  # whatever the shapes: each starts from its own rate
+    assert resolve_lr_scale(_spec(width=[4, 512], depth=[1, 3])) == (0.333, 3.0)
+    assert resolve_lr_scale(_spec(), basin=(0.1, 2.0)) == (0.1, 3.0)
+    assert resolve_lr_scale(_spec(), basin=(0.5, 20.0)) == (0.333, HIGHEST)
+    assert resolve_lr_scale(_spec(lr_scale=[0.5, 4.0])) == (0.5, 4.0)  # a pair: as written, around each start
+    union = resolve_lr_scale(_spec(lr_transfer="none"))
+    assert union[1] / union[0] > 2 * (3.0 / 0.333)  # the one range of before, for every shape at once (22-fold here)
+
+
+def test_a_bad_lr_transfer_is_refused_in_one_line_naming_the_field() -> None:
+    with pytest.raises(SpecError, match=r"stages\.shape\.lr_transfer.*rule, none"):
+        _spec(lr_transfer="mup")
+
+
+def test_every_measured_shape_has_a_near_best_rate_within_the_spread_of_its_start_by_the_rule() -> None:
+    # docs/lr_shift.csv, as the test below: with lr_transfer = "rule" each shape's range is its own
+    # start (transfer_move) times [1 / SPREAD, SPREAD]; it holds a rate within one standard error of its best.
+    assert set(TRANSFER_MOVES) == {"sgd", "adam"}
+    for row, base in _measured():
+        start = transfer_move(row["optimizer"], int(row["width"]) / int(base["width"]), int(row["depth"]) / int(base["depth"]))
+        assert _near_best_within(row, base, start / SPREAD, start * SPREAD), (row["task"], row["optimizer"], row["width"], row["depth"])
+    # and the spread is not wider than it needs to be: a fifth narrower, some shape loses its near-best rate
+    narrower = SPREAD / 1.25
+    assert not all(_near_best_within(row, base, s / narrower, s * narrower) for row, base in _measured()
+                   for s in [transfer_move(row["optimizer"], int(row["width"]) / int(base["width"]),
+                                           int(row["depth"]) / int(base["depth"]))])
+
+
+def _measured() -> list[tuple[dict[str, str], dict[str, str]]]:
+    """Each row of docs/lr_shift.csv with the row of its group's small network (each group opens with it)."""
     with MEASURED.open() as handle:
         rows = list(csv.DictReader(handle))
-    assert {(r["task"], r["optimizer"]) for r in rows} >= {
-        (task, optimizer) for task in ("digits", "digits_rows", "digits_images") for optimizer in ("sgd", "adam")}
     small: dict[tuple[str, str], dict[str, str]] = {}
     for row in rows:
-        small.setdefault((row["task"], row["optimizer"]), row)  # each group opens with the small network
-    for row in rows:
-        base = small[(row["task"], row["optimizer"])]
+        small.setdefault((row["task"], row["optimizer"]), row)
+    return [(row, small[(row["task"], row["optimizer"])]) for row in rows]
+
+
+def _near_best_within(row: dict[str, str], base: dict[str, str], low: float, high: float) -> bool:
+    """Whether a rate of ``row``'s grid, as a multiple of the small network's best, in [low, high] lies within one
+    standard error (binomial, of the seeds' mean validation error) of the shape's best on the grid."""
+    scale = [float(rate) / float(base["best_lr"]) for rate in row["lr_grid"].split()]
+    curve = [float(value) for value in row["curve"].split()]
+    best = min(curve)
+    inside = [v for v, s in zip(curve, scale) if low * 0.999 <= s <= high * 1.001]
+    noise = math.sqrt(best * (1 - best) / (int(row["validation_rows"]) * int(row["seeds"])))
+    return bool(inside) and min(inside) - best <= noise
+
+
+def test_the_auto_range_holds_a_near_best_rate_of_every_measured_shape() -> None:
+    # docs/lr_shift.csv (scripts/lr_shift.py): for every shape measured, with SGD and Adam on the mlp,
+    # lstm and cnn families, the range "auto" gives that shape without the rule (lr_transfer = "none")
+    # holds a rate within one standard error (binomial, of the seeds' mean validation error) of its best.
+    measured = _measured()
+    assert {(row["task"], row["optimizer"]) for row, _ in measured} >= {
+        (task, optimizer) for task in ("digits", "digits_rows", "digits_images") for optimizer in ("sgd", "adam")}
+    for row, base in measured:
         low, high = auto_lr_scale(row["optimizer"], int(row["width"]) / int(base["width"]),
                                   int(row["depth"]) / int(base["depth"]))
-        scale = [float(rate) / float(base["best_lr"]) for rate in row["lr_grid"].split()]
-        curve = [float(value) for value in row["curve"].split()]
-        best = min(curve)
-        within = min(v for v, s in zip(curve, scale) if low * 0.999 <= s <= high * 1.001)
-        noise = math.sqrt(best * (1 - best) / (int(row["validation_rows"]) * int(row["seeds"])))
-        assert within - best <= noise, (row["task"], row["optimizer"], row["width"], row["depth"], low, high)
+        assert _near_best_within(row, base, low, high), (row["task"], row["optimizer"], row["width"], row["depth"], low, high)

@@ -96,9 +96,10 @@ def test_a_new_study_searches_with_todays_defaults(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'new.db'}"
     result = tuner.run_study(_spec(), storage=storage, device="cpu")
     shape = optuna.load_study(study_name="scaled/shape", storage=storage)
-    # The summary names the rate the winner trained at: the calibrated one times its scale.
+    # The summary names the rate the winner trained at: the calibrated one moved to its shape, times its scale.
     best = shape.best_trial
-    assert result.stages["shape"].best_params["lr"] == pytest.approx(result.best_lr * best.params["lr_scale"])
+    moved = result.best_lr * best.user_attrs["lr_move"]  # moved to its shape by the optimizer's rule (lr_transfer)
+    assert result.stages["shape"].best_params["lr"] == pytest.approx(moved * best.params["lr_scale"])
     assert best.user_attrs["lr"] == pytest.approx(result.best_lr)
     settings = shape.user_attrs["settings"]["stages"]["shape"]
     default = ShapeStageSpec()

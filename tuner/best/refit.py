@@ -35,7 +35,6 @@ from tuner.inputs.user_data import check_test_part
 from tuner.inputs.usercode import code_changes, code_references, files_beside_spec, identity, resolve_code
 from tuner.study.results import (
     LR_ATTR, SETTINGS_ATTR, SPEC_PATH_ATTR, best_complete, direction_of, load_stage_studies, loss_like, lr_stages,
-    trained_params,
 )
 from tuner.study.runner import TunerError
 from tuner.study.stages import Stage, audit_stage, lr_stage, shape_stage
@@ -151,7 +150,7 @@ def write_best(
         "stage": stage.name,
         "trial": trial.number,
         "chosen": chosen,
-        "params": trained_params(trial.params, stage.fixed),
+        "params": stage.trained(trial.params),
         "objective": objective,
         "stored_value": trial.value,
         "refit": refit,
@@ -311,6 +310,7 @@ def best_spec_text(spec: StudySpec, name: str, stage: Stage, trial: FrozenTrial,
         decay=[plan_values["decay"]] * 2,
         epochs=plan_values["epochs"],
         lr_scale=[1.0, 1.0],  # the winner's rate already holds its scale
+        lr_transfer="none",  # and its move to its shape: the one trial trains at exactly that rate
         pruner="none",  # one trial, trained to the end
     )
     # Declared parameters: the winner's value, as the one value searched and as the default stage lr trains with.

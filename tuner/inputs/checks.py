@@ -18,6 +18,7 @@ from tuner.inputs.names import (
     HANDOFFS,
     LR_RANGES,
     LR_SCALE_AUTO,
+    LR_TRANSFERS,
     MAX_SEED,
     MIN_SEQUENCE_LENGTH,
     MIN_SPLIT_ROWS,
@@ -184,6 +185,7 @@ def validate(spec: StudySpec, source: str) -> None:
         _range(source, "stages.shape.lr_scale", shape.lr_scale, log=True)
         if not shape.lr_scale[0] <= 1 <= shape.lr_scale[1]:
             raise SpecError(source, "stages.shape.lr_scale", list(shape.lr_scale), scale_fix)
+    _choice(source, "stages.shape.lr_transfer", shape.lr_transfer, LR_TRANSFERS)
     _first_rung(source, shape.first_rung, shape.epochs or train.epochs, shape.pruner)
 
     audit = stages.audit

@@ -17,6 +17,7 @@ LR_RANGES = ("fixed", "auto")
 HANDOFFS = ("basin", "robust", "best")
 # stages.shape.first_rung read from stage lr's curves: "learned" ranks the trials that learned, "auto" (contract 3-5) all of them
 RUNG_RULES = ("learned", "auto")
+LR_TRANSFERS = ("rule", "none")  # stages.shape.lr_transfer: the rate moved to each shape by the optimizer's rule, or not
 LR_SCALE_AUTO = "auto"  # stages.shape.lr_scale: resolved from the optimizer and the shapes (tuner.study.lr_scale)
 MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds lie in [0, 2**32 - 1]
 MIN_SEQUENCE_LENGTH = 2  # the adding problem marks two distinct steps

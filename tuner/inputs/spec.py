@@ -139,6 +139,12 @@ class ShapeStageSpec:
     # from the optimizer and the shapes searched (tuner.study.lr_scale), resolved once at the
     # hand-off and stored; [min, max] around 1 as written; [1, 1] keeps the rate as it is.
     lr_scale: tuple[float, float] | str = "auto"
+    # How the calibrated rate is carried to a shape of another width or depth before lr_scale multiplies
+    # it. "rule": moved by the optimizer's rule (Adam and the other adaptive ones about as 1/width, SGD as
+    # sqrt(width); both down as 1/sqrt(depth): tuner.study.lr_scale, docs/lr_shift.csv), so that lr_scale
+    # searches a narrow range around each shape's own rate. "none" (contract 3-6, and best.toml): every
+    # shape starts from the calibrated rate itself.
+    lr_transfer: str = "rule"
     # The epoch from which the pruner may stop a trial. "learned": read once from stage lr's curves (no
     # earlier than learning had clearly begun there, and only where the ranking of the trials that
     # learned already holds), and no decision while every value at a rung sits within noise of its

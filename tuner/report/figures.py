@@ -195,6 +195,8 @@ def plot_shape(runs: Sequence[Run], objective: str, reference: float | None, max
     scaled = any("lr_scale" in r.params for r in runs)
     rate = "the rate calibrated for its optimizer" if any("optimizer" in r.params or "batch_size" in r.params
                                                           for r in runs) else "the calibrated rate"
+    if any(r.move != 1.0 for r in runs):  # lr_transfer = "rule": each shape started from the rate moved for it
+        rate += " moved for its shape"
     title = ("Stage shape: final error by network size and learning-rate schedule, "
              + (f"each at {rate} × its lr_scale" if scaled else f"each at {rate}"))
     notes = []

@@ -22,7 +22,8 @@ CAPTIONS = {
     "lr_curves": "Every trial of stage lr, per epoch, coloured by its learning rate (log colour scale). Flat dark lines "
     "crawl; bright lines that jump or end in a red cross oscillate or explode. Black outline: the chosen rate.",
     "shape": "Each dot is one trial of stage shape, trained at the calibrated learning rate times its own lr_scale "
-    "(where lr_scale was searched), coloured by decay schedule; "
+    "(where lr_scale was searched; in a study made with lr_transfer = \"rule\", the rate first moved for its width and "
+    "depth by the optimizer's rule), coloured by decay schedule; "
     "the star is the best. The dotted line is the best of stage lr on the small network, for comparison. 'constant' "
     "ignores decay: in the decay panel its trials stand in a column of their own.",
     "importance": "How much of the variation of the final error each hyperparameter explains on its own, and (hatched) "

@@ -53,6 +53,16 @@ class Run:
     trained_lr: float | None = None  # the rate it trained at (stage shape: the calibrated lr times its lr_scale)
 
     @property
+    def move(self) -> float:
+        """What stage shape's rule (lr_transfer = "rule") moved the calibrated rate by for this run's shape: 1 where
+        it did not (a study made without it, a trial of another stage, the small network's own shape)."""
+        lr, scale = self.params.get("lr"), self.params.get("lr_scale")
+        if self.trained_lr is None or lr is None or scale is None or not float(lr) * float(scale):
+            return 1.0
+        moved = self.trained_lr / (float(lr) * float(scale))
+        return 1.0 if math.isclose(moved, 1.0, rel_tol=1e-9) else moved
+
+    @property
     def own_seconds(self) -> float | None:
         """Its training time, when that is its own cost (not a batch's time split evenly)."""
         if self.seconds is None:

@@ -339,14 +339,16 @@ def shape_diagnosis(stage: StageRuns, reference: float | None, objective: str) -
 
 
 def rate_words(run: Run) -> str:
-    """The learning rate ``run`` trained at, in words: ``lr 0.0326 (calibrated 0.0122 × lr_scale 2.67)``."""
+    """The learning rate ``run`` trained at, in words: ``lr 0.0326 (calibrated 0.0122 × lr_scale 2.67)``, or
+    ``lr 0.00815 (calibrated 0.0122 × 0.25 for its shape × lr_scale 2.67)`` where stage shape's rule moved it."""
     rate = run.trained_lr
     if rate is None:
         return "an unknown rate"
     if "lr_scale" not in run.params:
         return f"lr {rate:.3g}"
     calibrated = run.params.get("lr")
-    return (f"lr {rate:.3g} (calibrated {float(calibrated):.3g} × lr_scale {float(run.params['lr_scale']):.3g})"
+    moved = f" × {run.move:.3g} for its shape" if run.move != 1.0 else ""
+    return (f"lr {rate:.3g} (calibrated {float(calibrated):.3g}{moved} × lr_scale {float(run.params['lr_scale']):.3g})"
             if calibrated is not None else f"lr {rate:.3g} (lr_scale {float(run.params['lr_scale']):.3g})")
 
 

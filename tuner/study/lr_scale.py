@@ -20,6 +20,17 @@ network, as multiples of the handed-on rate) where that is wider than the margin
 contains 1 and never reaches past :data:`LOWEST` or :data:`HIGHEST`. With it, every shape measured
 has a rate within one standard error of its best inside its range (tests/test_lr_scale.py).
 
+**Carried by a rule** (``stages.shape.lr_transfer = "rule"``, the default since contract 7): one
+range for every shape, as above, has to reach from the widest shape's rate to the narrowest's (45
+to 118-fold on issue 21's tasks), and a stage of a dozen trials then spends most of them far from
+where its shape learns. So each shape starts instead from the calibrated rate moved by
+:data:`TRANSFER_MOVES` for its own width and depth (:func:`transfer_move`), and ``lr_scale``
+searches only :data:`SPREAD` either side of that: with these, every shape of ``docs/lr_shift.csv``
+has a rate within one standard error of its best inside its own range (tests/test_lr_scale.py), an
+9-fold range where the union was 45-fold. (SGD's depth exponent is -0.5 here, not -1.5: the rule
+places a centre, and the measured deeper SGD networks lay within the spread of -0.5; -1.5 needed a
+spread of 4.5.)
+
 Example:
     >>> auto_lr_scale("adam", width_ratio=8, depth_ratio=1)
     (0.0625, 2.0)
@@ -41,6 +52,13 @@ RATE_MOVES: dict[str, tuple[float, float]] = {
     "sgd": (0.5, -1.5),
     "adam": (-1.0, -0.5),  # width: muP's 1/fan_in; depth: weaker than SGD's in the measurement
 }
+# optimizer -> (width exponent, depth exponent) of lr_transfer = "rule": where a shape starts, as a
+# multiple of the calibrated rate; SPREAD: how far either side of it "auto" lets lr_scale reach.
+TRANSFER_MOVES: dict[str, tuple[float, float]] = {
+    "sgd": (0.5, -0.5),
+    "adam": (-1.0, -0.5),
+}
+SPREAD = 3.0
 ADAPTIVE = ("adam", "rmsprop", "adagrad")  # per-coordinate step sizes: moved as Adam's rate (muP treats them alike)
 MARGIN = 2.0  # the measured best rates lay within this factor of the rule; the range reaches that far past it
 # Never wider: past these, the shape stage's few trials would go to searching the rate rather than
@@ -87,6 +105,11 @@ def resolve_lr_scale(spec: StudySpec, basin: tuple[float, float] | None = None) 
     if shape.lr_scale != LR_SCALE_AUTO:
         low, high = shape.lr_scale
         return float(low), float(high)
+    if shape.lr_transfer == "rule":  # around each shape's own start (transfer_move), widened by the basin
+        below, above = 1 / SPREAD, SPREAD
+        if basin is not None:
+            below, above = min(below, basin[0]), max(above, basin[1])
+        return max(LOWEST, min(1.0, _tidy(below))), min(HIGHEST, max(1.0, _tidy(above)))
     ranges = [
         auto_lr_scale(optimizer, width / spec.model.width, depth / spec.model.depth, basin)
         for optimizer in values_of(spec, "optimizer")
@@ -94,6 +117,29 @@ def resolve_lr_scale(spec: StudySpec, basin: tuple[float, float] | None = None) 
         for depth in shape.depth
     ]
     return min(low for low, _ in ranges), max(high for _, high in ranges)
+
+
+def transfer_move(optimizer: str, width_ratio: float, depth_ratio: float) -> float:
+    """Where a shape ``width_ratio`` times as wide and ``depth_ratio`` as deep as the small network starts,
+    as a multiple of the rate calibrated on it (``lr_transfer = "rule"``)."""
+    width_exponent, depth_exponent = TRANSFER_MOVES["adam" if optimizer in ADAPTIVE else "sgd"]
+    return float(width_ratio**width_exponent * depth_ratio**depth_exponent)
+
+
+def transfer_record(spec: StudySpec) -> dict[str, object] | None:
+    """What ``<name>/shape`` stores of the rule its shapes start by (None: ``lr_transfer = "none"``)."""
+    if spec.stages.shape.lr_transfer != "rule":
+        return None
+    moves = {o: list(TRANSFER_MOVES["adam" if o in ADAPTIVE else "sgd"]) for o in values_of(spec, "optimizer")}
+    return {"rule": f"rate x (width / {spec.model.width})^a x (depth / {spec.model.depth})^b",
+            "width": spec.model.width, "depth": spec.model.depth, "exponents": moves}
+
+
+def transfer_words(spec: StudySpec) -> str:
+    """The rule in words, for the hand-off's message: ``adam: x (width / 16)^-1 x (depth / 1)^-0.5``."""
+    w, d = spec.model.width, spec.model.depth
+    return "; ".join(f"{o}: x (width / {w})^{a:g} x (depth / {d})^{b:g}"
+                     for o in values_of(spec, "optimizer") for a, b in [TRANSFER_MOVES["adam" if o in ADAPTIVE else "sgd"]])
 
 
 def _tidy(value: float) -> float:

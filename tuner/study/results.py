@@ -31,6 +31,7 @@ from tuner.study.stored import (  # noqa: F401 -- the contract's names, read fro
     LEARNING_CURVE_ATTR,
     LR_ATTR,
     LR_FIND_ATTR,
+    LR_MOVE_ATTR,
     N_PARAMS_ATTR,
     OBJECTIVE_ATTR,
     SEARCH_ATTR,
@@ -107,7 +108,8 @@ class StageSummary:
 def trained_params(params: dict[str, Any], fixed: dict[str, Any] | None = None) -> dict[str, Any]:
     """A trial's sampled ``params`` with its stage's ``fixed`` settings, ``lr`` the rate it trained at.
 
-    In stage ``shape`` that is the calibrated rate (fixed) times the trial's ``lr_scale``.
+    In stage ``shape`` that is the calibrated rate (fixed) times the trial's ``lr_scale``; with
+    ``lr_transfer = "rule"`` the stage moves it to the trial's shape too (:meth:`tuner.study.stages.Stage.trained`).
     """
     values = {**(fixed or {}), **params}
     if "lr_scale" in values and "lr" in values:
@@ -124,7 +126,8 @@ def trial_trained_lr(trial: FrozenTrial) -> float | None:
     stored = trial.user_attrs.get(TRAINED_LR_ATTR)
     if stored is not None:
         return float(stored)
-    fixed = {LR_ATTR: trial.user_attrs[LR_ATTR]} if LR_ATTR in trial.user_attrs else {}
+    moved = float(trial.user_attrs.get(LR_MOVE_ATTR, 1.0))
+    fixed = {LR_ATTR: trial.user_attrs[LR_ATTR] * moved} if LR_ATTR in trial.user_attrs else {}
     rate = trained_params(trial.params, fixed).get("lr")
     return float(rate) if rate is not None else None
 
@@ -150,7 +153,7 @@ def stage_summary(study: optuna.Study, stage: str, budget: int, fixed: dict[str,
         n_diverged=sum(bool(t.user_attrs.get(DIVERGED_ATTR)) for t in finished),
         n_failed=sum(t.state == TrialState.FAIL and not t.user_attrs.get(SURPLUS_ATTR) for t in trials),
         best_value=best.value if best else None,
-        best_params=trained_params(best.params, fixed) if best else {},
+        best_params=_best_params(best, fixed) if best else {},
         wall_seconds=wall,
         train_seconds=sum(float(t.user_attrs.get(TRAIN_SECONDS_ATTR, 0.0)) for t in finished),
         best_trial=best.number if best else None,
@@ -158,6 +161,13 @@ def stage_summary(study: optuna.Study, stage: str, budget: int, fixed: dict[str,
         trained_together=int(study.user_attrs.get(TRAINED_TOGETHER_ATTR, 1)),
         fallback=study.user_attrs.get(FALLBACK_ATTR),
     )
+
+
+def _best_params(best: FrozenTrial, fixed: dict[str, Any] | None) -> dict[str, Any]:
+    """The best trial's params as it trained, ``lr`` its stored rate (moved to its shape by the rule, where it was)."""
+    values = trained_params(best.params, fixed)
+    rate = trial_trained_lr(best) if "lr" in values else None
+    return {**values, "lr": rate} if rate is not None else values
 
 
 class UnknownStudyError(LookupError):

@@ -28,7 +28,7 @@ from tuner.inputs.params import OPTIMIZER_NAMES, DeclaredParam
 from tuner.inputs.params import defaults as declared_defaults
 from tuner.inputs.spec import LR_SCALE_AUTO, StudySpec
 from tuner.inputs.usercode import UserCode, identity
-from tuner.study.lr_scale import resolve_lr_scale
+from tuner.study.lr_scale import resolve_lr_scale, transfer_move, transfer_record
 from tuner.study.pruning import FirstRung
 from tuner.study.search import (  # noqa: F401 -- how a stage searches, importable from here as before
     describe_search,
@@ -39,7 +39,7 @@ from tuner.study.search import (  # noqa: F401 -- how a stage searches, importab
     tpe_settings,
 )
 from tuner.study.results import trained_params
-from tuner.study.stored import ADDED_FIELDS, ASK_BATCH_KEY, LR_SCALE_RANGE_ATTR, STAGES, stage_kind
+from tuner.study.stored import ADDED_FIELDS, ASK_BATCH_KEY, LR_SCALE_RANGE_ATTR, LR_TRANSFER_ATTR, STAGES, stage_kind
 
 if TYPE_CHECKING:  # torch comes with them: imported where a stage is built, not to read a stored one's settings
     from tuner.training.train import TrainConfig, TrialPlan
@@ -87,6 +87,8 @@ class Stage:
     # Stage shape with listed choices: each variant's choice and calibrated rate; a trial trains at its own
     # variant's rate (``fixed``'s lr is then the rate of the variant whose stage lr did best).
     rates: tuple[tuple[tuple[tuple[str, Any], ...], float], ...] = ()
+    # Stage shape with lr_transfer = "rule": each shape starts from the calibrated rate moved for its width and depth.
+    transfer: bool = False
 
     @property
     def kind(self) -> str:
@@ -102,6 +104,21 @@ class Stage:
             raise ValueError(f"no calibrated rate for the choice of {params!r}; known: {[dict(c) for c, _ in self.rates]}")
         return self.fixed
 
+    def move(self, params: dict[str, Any]) -> float:
+        """The factor the rule moves the calibrated rate by for the shape of ``params`` (1 without ``transfer``)."""
+        if not self.transfer:
+            return 1.0
+        return transfer_move(str(params.get("optimizer", self.base.optimizer)),
+                             params.get("width", self.width) / self.width, params.get("depth", self.depth) / self.depth)
+
+    def trained(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` with the stage's fixed settings, ``lr`` the rate the trial trains at: in stage shape the
+        calibrated rate, moved to its shape (:meth:`move`), times its ``lr_scale``."""
+        values = trained_params(params, self.fixed_for(params))
+        if self.transfer and "lr" in values:
+            values["lr"] *= self.move(params)
+        return values
+
     def active(self, name: str, params: dict[str, Any]) -> bool:
         """Whether parameter ``name`` is sampled for a trial whose parameters so far are ``params``."""
         if name not in self.conditions:
@@ -112,7 +129,7 @@ class Stage:
     def plan(self, params: dict[str, Any]) -> TrialPlan:
         """The trial of the sampled ``params``, from the stage's base settings."""
         from tuner.training.train import TrialPlan
-        values = trained_params(params, self.fixed_for(params))
+        values = self.trained(params)
         # A listed choice (train.optimizer = ["adam", "sgd"]): the trial's own, searched by the stage, never a declared name.
         changes: dict[str, Any] = {name: values[name] for name in CHOICE_FIELDS if name in self.space}
         changes |= {
@@ -225,7 +242,8 @@ def settle_lr_scale(spec: StudySpec, study: optuna.Study, basin: tuple[float, fl
     ``lr_scale = "auto"`` is resolved once, from the optimizer, the shapes and ``basin`` (see
     :mod:`tuner.study.lr_scale`), and kept on ``<name>/shape`` (:data:`LR_SCALE_RANGE_ATTR`): every
     worker, and every resume, then searches the same distribution. A [min, max] the spec writes is
-    its own record.
+    its own record. With ``lr_transfer = "rule"`` the rule the shapes start by is stored beside it
+    (:data:`LR_TRANSFER_ATTR`).
     """
     stored = study.user_attrs.get(LR_SCALE_RANGE_ATTR)
     if stored is not None:
@@ -233,6 +251,8 @@ def settle_lr_scale(spec: StudySpec, study: optuna.Study, basin: tuple[float, fl
     low, high = resolve_lr_scale(spec, basin)
     if spec.stages.shape.lr_scale == LR_SCALE_AUTO:
         study.set_user_attr(LR_SCALE_RANGE_ATTR, [low, high])
+    if (rule := transfer_record(spec)) is not None and LR_TRANSFER_ATTR not in study.user_attrs:
+        study.set_user_attr(LR_TRANSFER_ATTR, rule)
     return low, high
 
 
@@ -340,6 +360,7 @@ def shape_stage(spec: StudySpec, best_lr: float, rung: FirstRung | None = None, 
         fixed=fixed_settings(spec, "shape", best_lr),
         conditions=conditions(spec, space),
         rates=rates,
+        transfer=shape.lr_transfer == "rule",
         **pruning,
     )
 

@@ -55,6 +55,11 @@ LR_ATTR = "lr"  # on <name>/shape and its trials: the calibrated rate they train
 CHOICE_ATTR = "choice"
 RATES_ATTR = "lr_per_choice"
 LR_SCALE_RANGE_ATTR = "lr_scale_range"  # on <name>/shape: [low, high] that lr_scale = "auto" resolved to, once
+# On <name>/shape with stages.shape.lr_transfer = "rule": the rule its shapes start by (the small network's width
+# and depth, each optimizer's exponents); on each of its trials, LR_MOVE_ATTR: the factor its shape's start is
+# of the calibrated rate (trained_lr = lr x lr_move x lr_scale).
+LR_TRANSFER_ATTR = "lr_transfer"
+LR_MOVE_ATTR = "lr_move"
 TASK_ATTR = "task"  # "classification" or "regression": what the data asked for, as loaded
 SPEC_PATH_ATTR = "spec_path"  # the spec file a study was made from: where its own code is imported from
 LR_FIND_ATTR = "lr_find"  # on <name>/lr: the range test of lr_range = "auto", kept for resume
@@ -151,6 +156,10 @@ MIGRATIONS: tuple[Migration, ...] = (
                  "anywhere on the U; stage 'shape''s first rung ranks only stage lr's trials that learned (issue 21, "
                  "adding problem)",
               {("stages.lr", "handoff"): "robust", ("stages.shape", "first_rung"): "auto"}),
+    Migration(7, "stage 'shape' carries the calibrated rate to each shape by the optimizer's rule (Adam about "
+                 "1/width, SGD sqrt(width), both 1/sqrt(depth)) and lr_scale = \"auto\" searches a narrow range "
+                 "around that rate (issue 21)",
+              {("stages.shape", "lr_transfer"): "none"}),
 )
 CONTRACT_VERSION = MIGRATIONS[-1].version  # what this tuner writes, and the newest it reads
 
@@ -160,7 +169,7 @@ CONTRACT_VERSION = MIGRATIONS[-1].version  # what this tuner writes, and the new
 ADDED_FIELDS: dict[str, dict[str, Any]] = {
     "data": {"loader": None, "test_fraction": 0.0, "drop_constant_columns": False},
     "train": {"loop": None, "loss": None, "metric": None, "direction": "minimize"},
-    "stages.shape": {"lr_scale": (1.0, 1.0), "first_rung": 1, "params": {}, "conditional": False},  # params: the user's declared ones (issue 25)
+    "stages.shape": {"lr_scale": (1.0, 1.0), "first_rung": 1, "params": {}, "conditional": False, "lr_transfer": "none"},  # params: the user's declared ones (issue 25)
     "stages.lr": {"handoff": "best"},
 }
 
