@@ -295,7 +295,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tiny]:
 
 STUDY_ATTRS = {"settings", "settings_hash", "search", "objective", "budget", "contract_version"}
 LR_STUDY_ATTRS = STUDY_ATTRS | {"best_lr", "best_trial", "lr_find", "handoff"}  # handoff: since contract 3
-SHAPE_STUDY_ATTRS = STUDY_ATTRS | {"lr"}
+SHAPE_STUDY_ATTRS = STUDY_ATTRS | {"lr", "lr_transfer"}  # lr_transfer: since contract 7 (the rule its shapes start by)
 AUDIT_STUDY_ATTRS = STUDY_ATTRS | {
     "low_interaction_held", "lr_main_effect", "lr_largest_interaction", "lr_largest_interaction_with",
     "interaction_max_ratio", "verdict_n_trials", "verdict",
@@ -305,7 +305,9 @@ TRIAL_ATTRS = {
     "batched_with", "worker", "worker_started",
 }
 # Each stage's fixed settings are stored on its trials too (the report reads the shape trials' lr).
-STAGE_TRIAL_ATTRS = {"lr": TRIAL_ATTRS | {"width", "depth", "schedule"}, "shape": TRIAL_ATTRS | {"lr"}, "audit": TRIAL_ATTRS}
+# lr_move, trained_lr: a shape trial's start as a multiple of lr (contract 7), the rate it trained at.
+STAGE_TRIAL_ATTRS = {"lr": TRIAL_ATTRS | {"width", "depth", "schedule"}, "shape": TRIAL_ATTRS | {"lr", "lr_move", "trained_lr"},
+                     "audit": TRIAL_ATTRS}
 STAGE_PARAMS = {
     "lr": {"lr"},
     "shape": {"width", "depth", "schedule", "decay", "lr_scale"},  # lr_scale: since issue 13 (stages.shape.lr_scale)
