@@ -15,7 +15,8 @@
 Which process owns a trial and how dead ones are failed: :mod:`tuner.storage.liveness`. The only
 module of tuner that uses Optuna's private API: ``tuner/storage/_optuna.py``. SQLite: connection
 settings and file checks in ``_sqlite_files.py``, the fast per-trial path in ``_sqlite.py``, one
-transaction for a batch's records in ``_bulk.py``; URLs and passwords in ``_url.py``.
+transaction for a batch's records in ``_bulk.py``, the few counts a claim needs in ``_claims.py``;
+URLs and passwords in ``_url.py``.
 
 The environment can change, for every worker alike:
 - ``TUNER_STORAGE_PASSWORD``: the database password, put into a URL that has none (PostgreSQL's
@@ -38,6 +39,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from tuner.storage import _grpc
 from tuner.storage._bulk import write_trial_records
+from tuner.storage._claims import count_trials, skip_empty_queue
 from tuner.storage._grpc import ProxyServer, is_proxy_url, open_proxy, proxy_failure, start_proxy
 from tuner.storage._optuna import cached_trials, trial_id
 from tuner.storage._sqlite import FastSQLiteStorage, open_sqlite_storage
@@ -81,6 +83,7 @@ __all__ = [
     "StorageError",
     "cached_trials",
     "check_user_info",
+    "count_trials",
     "fail_orphaned_trials",
     "fail_trial",
     "heartbeat_settings",
@@ -92,6 +95,7 @@ __all__ = [
     "redact",
     "resolve_url",
     "serve_storage",
+    "skip_empty_queue",
     "sqlite_engine_kwargs",
     "start_proxy",
     "trial_id",

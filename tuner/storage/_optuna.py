@@ -10,10 +10,11 @@ the file to fix; ``tests/test_sqlite_storage.py`` pins what these functions retu
 from __future__ import annotations
 
 import json
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna import distributions
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._heartbeat import is_heartbeat_enabled
@@ -51,6 +52,19 @@ def backend_of(storage: BaseStorage) -> BaseStorage:
 def cached_trials(study: optuna.Study, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
     """The study's trials in ``states`` as its cache holds them (as the sampler read them at the last ask), not copied."""
     return study._get_trials(deepcopy=False, states=states, use_cache=True)
+
+
+def look_in_queue_only_when(study: optuna.Study, has_waiting: Callable[[], bool]) -> None:
+    """Let ``study.ask`` look for an enqueued (WAITING) trial only when ``has_waiting()`` says there is one.
+
+    Optuna's ask finds enqueued trials by reading every unfinished trial of the study anew, with all
+    it holds (``_pop_waiting_trial_id``); while K trials are being claimed that is K reads of up to
+    K running trials, for a queue that is nearly always empty. With a cheap ``has_waiting`` (one
+    indexed lookup), the queue is popped by Optuna's own code when it holds something, and the
+    read is skipped when it does not. Set on this study object only.
+    """
+    pop = study._pop_waiting_trial_id
+    study._pop_waiting_trial_id = lambda: pop() if has_waiting() else None  # type: ignore[method-assign]
 
 
 # ---- heartbeats --------------------------------------------------------------------------------
@@ -175,6 +189,24 @@ def write_rdb_records(backend: RDBStorage, records: Sequence[Record]) -> None:
                                              intermediate_value_type=value_type))
                 else:
                     row.intermediate_value, row.intermediate_value_type = stored_value_, value_type
+
+
+def rdb_has_waiting_trials(backend: RDBStorage, study_id: int) -> bool:
+    """Whether the study holds a WAITING (enqueued) trial: one query, no trial read."""
+    model = models.TrialModel
+    with _create_scoped_session(backend.scoped_session) as session:
+        found = session.query(model.trial_id).filter(model.study_id == study_id, model.state == TrialState.WAITING).first()
+    return found is not None
+
+
+def rdb_count_trials(backend: RDBStorage, study_id: int, states: Sequence[TrialState], below_number: int) -> tuple[int, int]:
+    """How many of the study's trials are in ``states``: in all, and numbered below ``below_number``; one query."""
+    model = models.TrialModel
+    below = sqlalchemy.func.sum(sqlalchemy.case((model.number < below_number, 1), else_=0))
+    with _create_scoped_session(backend.scoped_session) as session:
+        total, n_below = session.query(sqlalchemy.func.count(model.trial_id), below).filter(
+            model.study_id == study_id, model.state.in_(list(states))).one()
+    return int(total), int(n_below or 0)
 
 
 def _bulk_upsert(dialect: str) -> Any:

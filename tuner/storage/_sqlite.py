@@ -256,6 +256,22 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
 
     # ---- reads ---------------------------------------------------------------------------------
 
+    def has_waiting_trials(self, study_id: int) -> bool:
+        """Whether the study holds a WAITING (enqueued) trial: one indexed lookup, no trial read."""
+        with self._read() as connection:
+            return connection.execute("SELECT 1 FROM trials WHERE study_id = ? AND state = ? LIMIT 1",
+                                      (study_id, TrialState.WAITING.name)).fetchone() is not None
+
+    def count_trials(self, study_id: int, states: Sequence[TrialState], below_number: int) -> tuple[int, int]:
+        """How many of the study's trials are in ``states``: in all, and numbered below ``below_number``."""
+        names = [state.name for state in states]
+        with self._read() as connection:
+            total, below = connection.execute(
+                f"SELECT count(*), coalesce(sum(number < ?), 0) FROM trials WHERE study_id = ? "
+                f"AND state IN ({', '.join('?' * len(names))})", (below_number, study_id, *names),
+            ).fetchone()
+        return int(total), int(below)
+
     def get_trial(self, trial_id: int) -> FrozenTrial:
         with self._read() as connection:
             trials = _read_trials(connection, "t.trial_id = ?", (trial_id,))

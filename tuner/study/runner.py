@@ -41,11 +41,12 @@ from tuner.inputs.code_checks import check_model, check_params
 from tuner.inputs.usercode import UserCode, resolve_code, spec_with_callables, with_callables
 from tuner.storage import (
     StorageError,
-    cached_trials,
+    count_trials,
     fail_orphaned_trials,
     fail_trial,
     open_storage,
     redact,
+    skip_empty_queue,
     trial_id,
     worker_attrs,
     write_trial_records,
@@ -322,6 +323,7 @@ class _StageRunner:
 
     def run(self, stage: Stage) -> StageSummary:
         study = self.open(stage)
+        skip_empty_queue(study)  # each ask reads the stage's trials for enqueued ones only when one waits
         if study.user_attrs.get(results.BUDGET_ATTR) != stage.budget:
             study.set_user_attr(results.BUDGET_ATTR, stage.budget)
         if results.TASK_ATTR not in study.user_attrs:  # the report's words and axes: no need to load the data again
@@ -422,15 +424,14 @@ class _StageRunner:
         while len(claimed) < n_ask:
             # A fresh sampler per trial, seeded by the trial's position: reproducible for one process.
             asking, trial = self._ask(study, stage, position + len(claimed))
-            # The stage's trials as the sampler read them right after this trial was created (Optuna
-            # keeps that read until the next ask): every trial numbered below ours is in it.
-            others = cached_trials(study, (*FINISHED, TrialState.RUNNING))
-            if sum(t.number < trial.number for t in others) >= stage.budget:
+            # Counted after this trial was created: every trial numbered below ours is in the count.
+            n_claimed, n_claimed_below = count_trials(study, (*FINISHED, TrialState.RUNNING), trial.number)
+            if n_claimed_below >= stage.budget:
                 trial.set_user_attr(SURPLUS_ATTR, True)
                 fail_trial(asking, trial_id(trial), "surplus: other workers had claimed the budget first; not trained")
                 break
             claimed.append((asking, trial))
-            if len(others) >= stage.budget:
+            if n_claimed >= stage.budget:
                 break
         return claimed
 
