@@ -24,6 +24,7 @@ from tuner.storage import (
     count_trials,
     open_storage,
     skip_empty_queue,
+    tell_trials,
 )
 from tuner.study.runner import run_stage
 
@@ -100,3 +101,45 @@ def test_a_trial_enqueued_on_a_stage_is_trained_as_one_of_its_budget(tmp_path: P
     trials = optuna.load_study(study_name="queued/lr", storage=storage).get_trials()
     assert len(trials) == 5 and all(t.state == TrialState.COMPLETE for t in trials)
     assert trials[4].params == {"lr": 0.0421} and "learning_curve" in trials[4].user_attrs
+
+
+def _told_story(storage: optuna.storages.BaseStorage, tell: object) -> list[optuna.trial.FrozenTrial]:
+    """Five trials told at the end of a batch: complete, pruned with reports (the last NaN, or inf), none."""
+    study = optuna.create_study(study_name="told", storage=storage, sampler=optuna.samplers.RandomSampler(seed=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trials = [study.ask(fixed_distributions=SPACE) for _ in range(5)]
+    for trial, reports in zip(trials, ([0.5, 0.25], [0.5, 0.4], [0.3, float("nan")], [float("inf")], [])):
+        for step, value in enumerate(reports, start=1):
+            trial.report(value, step)
+    outcomes = [(trials[0], 0.25), (trials[1], None), (trials[2], None), (trials[3], None), (trials[4], None)]
+    if tell is None:  # Optuna's own, one by one
+        return [study.tell(t, state=TrialState.PRUNED) if v is None else study.tell(t, v) for t, v in outcomes]
+    return tell(study, outcomes)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("kind", ["fast sqlite", "stock sqlite", "journal"])
+def test_telling_a_batch_at_once_stores_and_returns_what_telling_each_would(tmp_path: Path, kind: str) -> None:
+    (tmp_path / "one").mkdir()
+    (tmp_path / "all").mkdir()
+    one_by_one = _told_story(_storage(kind, tmp_path / "one"), None)
+    at_once = _told_story(_storage(kind, tmp_path / "all"), tell_trials)
+    assert [t.state for t in at_once] == [TrialState.COMPLETE] + [TrialState.PRUNED] * 4
+    assert [t.values for t in at_once] == [[0.25], [0.4], None, [float("inf")], None]  # a pruned trial: its last report
+    for a, b in zip(one_by_one, at_once):
+        assert (a.number, a.state, a.values, a.params, a.intermediate_values.keys(), a.user_attrs) == (
+            b.number, b.state, b.values, b.params, b.intermediate_values.keys(), b.user_attrs)
+        assert b.datetime_complete is not None
+
+
+@pytest.mark.parametrize("kind", ["fast sqlite", "stock sqlite"])
+def test_a_trial_finished_by_another_worker_stops_the_batch_tell_after_the_ones_before_it(tmp_path: Path, kind: str) -> None:
+    storage = _storage(kind, tmp_path)
+    study = optuna.create_study(study_name="raced", storage=storage)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first, failed, last = (study.ask(fixed_distributions=SPACE) for _ in range(3))
+    storage.set_trial_state_values(failed._trial_id, TrialState.FAIL)  # noqa: SLF001 -- e.g. found orphaned
+    with pytest.raises(ValueError, match="Cannot tell a FAIL trial"):
+        tell_trials(study, [(first, 0.5), (failed, 0.25), (last, 0.125)])
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING]

@@ -38,7 +38,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
 from tuner.storage import _grpc
-from tuner.storage._bulk import write_trial_records
+from tuner.storage._bulk import tell_trials, write_trial_records
 from tuner.storage._claims import count_trials, skip_empty_queue
 from tuner.storage._grpc import ProxyServer, is_proxy_url, open_proxy, proxy_failure, start_proxy
 from tuner.storage._optuna import cached_trials, trial_id
@@ -98,6 +98,7 @@ __all__ = [
     "skip_empty_queue",
     "sqlite_engine_kwargs",
     "start_proxy",
+    "tell_trials",
     "trial_id",
     "with_password",
     "worker_attrs",

@@ -1,4 +1,4 @@
-"""Write many trials' user attributes and intermediate values in one storage transaction.
+"""Write many trials' user attributes and intermediate values in one storage transaction; tell many at once.
 
 Optuna's public API commits once per ``set_user_attr`` and once per ``report``: a trial of the
 LR stage (20 epochs, a dozen attributes) costs about 35 commits, more than its training when 16
@@ -14,9 +14,10 @@ from collections.abc import Sequence
 
 import optuna
 from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
 
 from tuner.storage import _optuna
-from tuner.storage._optuna import Record
+from tuner.storage._optuna import Record, trial_id
 from tuner.storage._sqlite import FastSQLiteStorage
 
 
@@ -42,3 +43,26 @@ def write_trial_records(study: optuna.Study, records: Sequence[Record]) -> None:
             storage.set_trial_user_attr(trial_id, key, value)
         for step, value in values.items():
             storage.set_trial_intermediate_value(trial_id, step, float(value))
+
+
+def tell_trials(study: optuna.Study, outcomes: Sequence[tuple[optuna.Trial, float | None]]) -> list[FrozenTrial]:
+    """Tell each trial its value (``None``: PRUNED); the same as ``study.tell`` for each, in fewer round trips.
+
+    On an ``RDBStorage`` the trials are read once and told in one transaction (SQLite) or one
+    commit each (other databases), where ``study.tell`` reads each trial twice and commits it once;
+    elsewhere each is told by ``study.tell``. Returns the told trials as stored.
+
+    Example:
+        >>> told = tell_trials(study, [(trial, 0.25), (pruned_trial, None)])  # doctest: +SKIP
+    """
+    backend = _optuna.backend_of(_optuna.storage_of(study))
+    if isinstance(backend, FastSQLiteStorage):
+        return _optuna.tell_trials(study, [(trial_id(t), v) for t, v in outcomes], backend.set_trials_state_values)
+    if isinstance(backend, RDBStorage):
+        def store(told: list[_optuna.Told]) -> None:
+            for told_id, state, values in told:
+                backend.set_trial_state_values(told_id, state, values)
+
+        return _optuna.tell_trials(study, [(trial_id(t), v) for t, v in outcomes], store)
+    return [study.tell(trial, state=TrialState.PRUNED) if value is None else study.tell(trial, value)
+            for trial, value in outcomes]

@@ -15,11 +15,13 @@ from typing import Any
 
 import optuna
 import sqlalchemy
-from optuna import distributions
+from optuna import distributions, pruners
+from optuna._warnings import optuna_warn
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
+from optuna.study._tell import _check_values_are_feasible
 from optuna.trial import FrozenTrial, TrialState
 
 Record = tuple[int, Mapping[str, Any], Mapping[int, float]]  # trial id, user attrs, step -> value
@@ -65,6 +67,54 @@ def look_in_queue_only_when(study: optuna.Study, has_waiting: Callable[[], bool]
     """
     pop = study._pop_waiting_trial_id
     study._pop_waiting_trial_id = lambda: pop() if has_waiting() else None  # type: ignore[method-assign]
+
+
+Told = tuple[int, TrialState, list[float] | None]  # trial id, state, values: what a tell stores
+
+
+def tell_trials(study: optuna.Study, outcomes: Sequence[tuple[int, float | None]],
+                store: Callable[[list[Told]], None]) -> list[FrozenTrial]:
+    """Tell each trial (by id) its value, or PRUNED where the value is None, as ``study.tell`` would one by one.
+
+    What is stored and what the sampler's ``after_trial`` sees are Optuna's (``_tell_with_warning``
+    and its checks): a pruned trial's value is its last report; a trial no longer RUNNING raises
+    ValueError, after the trials before it are told. But the trials are read in one read, not two
+    per trial, and ``store`` gets every state at once, to write them in one transaction. Returns
+    the told trials as stored, read back in one read.
+    """
+    if not outcomes:
+        return []
+    backend = backend_of(storage_of(study))
+    ids = [trial_id for trial_id, _ in outcomes]
+
+    def read() -> dict[int, FrozenTrial]:  # exactly these trials: ids above max(ids) or among ids
+        return {t._trial_id: t for t in backend._get_trials(study._study_id, None, set(ids), max(ids))}
+
+    study._thread_local.cached_all_trials = None  # as tell: the next ask reads the trials anew
+    frozen = read()
+    told: list[Told] = []
+    try:
+        for trial_id, value in outcomes:
+            trial = frozen[trial_id]
+            if trial.state != TrialState.RUNNING:
+                raise ValueError(f"Cannot tell a {trial.state.name} trial.")
+            if value is None:
+                state, values = TrialState.PRUNED, None
+                last = trial.intermediate_values[trial.last_step] if trial.last_step is not None else None
+                if last is not None and _check_values_are_feasible(study, [last]) is None:
+                    values = [float(last)]
+            else:
+                failure = _check_values_are_feasible(study, [value])
+                state, values = (TrialState.COMPLETE, [float(value)]) if failure is None else (TrialState.FAIL, None)
+                if failure is not None:
+                    optuna_warn(failure)
+            told.append((trial_id, state, values))
+            study.sampler.after_trial(pruners._filter_study(study, trial), trial, state, values)
+    finally:
+        if told:
+            store(told)
+    stored = read()
+    return [stored[trial_id] for trial_id, _ in outcomes]
 
 
 # ---- heartbeats --------------------------------------------------------------------------------

@@ -212,23 +212,44 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         with self._write() as connection:
-            current, _ = self._updatable_trial(connection, trial_id)
-            for objective, value in enumerate(values or ()):
-                stored, kind = _optuna.stored_value(float(value))
-                connection.execute(
-                    "INSERT INTO trial_values (trial_id, objective, value, value_type) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (trial_id, objective) DO UPDATE SET value = excluded.value, value_type = excluded.value_type",
-                    (trial_id, objective, stored, kind),
-                )
-            if state == TrialState.RUNNING and current != TrialState.WAITING:
-                return False  # as Optuna: the values stay, the state does not change
-            now = _stored_now()
+            return self._set_state_values(connection, trial_id, state, values)
+
+    def set_trials_state_values(self, told: Sequence[tuple[int, TrialState, Sequence[float] | None]]) -> None:
+        """``set_trial_state_values`` for each trial in turn, all in one commit.
+
+        As the calls one by one would: a trial that has already finished raises, and the trials
+        before it stay told.
+        """
+        refused: optuna.exceptions.UpdateFinishedTrialError | None = None
+        with self._write() as connection:
+            for trial_id, state, values in told:
+                try:
+                    self._set_state_values(connection, trial_id, state, values)
+                except optuna.exceptions.UpdateFinishedTrialError as error:  # nothing of it was written
+                    refused = error
+                    break
+        if refused is not None:
+            raise refused
+
+    def _set_state_values(self, connection: sqlite3.Connection, trial_id: int, state: TrialState,
+                          values: Sequence[float] | None) -> bool:
+        current, _ = self._updatable_trial(connection, trial_id)
+        for objective, value in enumerate(values or ()):
+            stored, kind = _optuna.stored_value(float(value))
             connection.execute(
-                "UPDATE trials SET state = ?, "
-                "datetime_start = CASE WHEN ? THEN ? ELSE datetime_start END, "
-                "datetime_complete = CASE WHEN ? THEN ? ELSE datetime_complete END WHERE trial_id = ?",
-                (state.name, state == TrialState.RUNNING, now, state.is_finished(), now, trial_id),
+                "INSERT INTO trial_values (trial_id, objective, value, value_type) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (trial_id, objective) DO UPDATE SET value = excluded.value, value_type = excluded.value_type",
+                (trial_id, objective, stored, kind),
             )
+        if state == TrialState.RUNNING and current != TrialState.WAITING:
+            return False  # as Optuna: the values stay, the state does not change
+        now = _stored_now()
+        connection.execute(
+            "UPDATE trials SET state = ?, "
+            "datetime_start = CASE WHEN ? THEN ? ELSE datetime_start END, "
+            "datetime_complete = CASE WHEN ? THEN ? ELSE datetime_complete END WHERE trial_id = ?",
+            (state.name, state == TrialState.RUNNING, now, state.is_finished(), now, trial_id),
+        )
         return True
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
