@@ -17,7 +17,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.storage import _optuna
-from tuner.storage._optuna import Record, trial_id
+from tuner.storage._optuna import Record
 from tuner.storage._sqlite import FastSQLiteStorage
 
 
@@ -57,12 +57,12 @@ def tell_trials(study: optuna.Study, outcomes: Sequence[tuple[optuna.Trial, floa
     """
     backend = _optuna.backend_of(_optuna.storage_of(study))
     if isinstance(backend, FastSQLiteStorage):
-        return _optuna.tell_trials(study, [(trial_id(t), v) for t, v in outcomes], backend.set_trials_state_values)
+        return _optuna.tell_trials(study, [(_optuna.trial_id(t), v) for t, v in outcomes], backend.set_trials_state_values)
     if isinstance(backend, RDBStorage):
         def store(told: list[_optuna.Told]) -> None:
             for told_id, state, values in told:
                 backend.set_trial_state_values(told_id, state, values)
 
-        return _optuna.tell_trials(study, [(trial_id(t), v) for t, v in outcomes], store)
+        return _optuna.tell_trials(study, [(_optuna.trial_id(t), v) for t, v in outcomes], store)
     return [study.tell(trial, state=TrialState.PRUNED) if value is None else study.tell(trial, value)
             for trial, value in outcomes]
