@@ -16,13 +16,11 @@ SQLite's write lock first (``BEGIN IMMEDIATE``), so trial numbers stay unique ac
 It is used only for a file whose schema is the one written for (``SCHEMA_VERSIONS``); anything else
 gets the stock ``RDBStorage`` (see :func:`open_sqlite_storage`). Both connect through
 ``_sqlite_files.connect``, the one place tuner's SQLite settings (WAL, ``synchronous``, busy timeout,
-read-only) are written.
+read-only) are written. The rows' encodings, and trials read back whole: ``_sqlite_rows.py``.
 """
 
 from __future__ import annotations
 
-import copy
-import datetime
 import json
 import os
 import random
@@ -41,10 +39,16 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.storage import _optuna
 from tuner.storage._sqlite_files import BUSY_TIMEOUT_S, connect, sqlite_engine_kwargs
+from tuner.storage._sqlite_rows import (
+    local_time,
+    read_trial_rows,
+    stored_now,
+    upsert_attr,
+    upsert_intermediate_value,
+)
 
 SCHEMA_VERSIONS = ("v3.2.0.a",)  # Optuna's RDB schema versions whose tables this module writes
 CREATE_ATTEMPTS = 5  # as Optuna's RDBStorage: a lock held longer than the busy timeout is tried again
-_UTC = datetime.timezone.utc
 
 
 class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
@@ -166,7 +170,7 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
         raise AssertionError("unreachable")
 
     def _insert_trial(self, study_id: int, user_attrs: Mapping[str, Any]) -> FrozenTrial:
-        started = _stored_now()
+        started = stored_now()
         with self._write() as connection:
             if connection.execute("SELECT 1 FROM studies WHERE study_id = ?", (study_id,)).fetchone() is None:
                 raise KeyError(f"No study with study_id {study_id} exists.")
@@ -178,9 +182,9 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
             )
             trial_id = int(cursor.lastrowid)
             for key, value in user_attrs.items():
-                _upsert_attr(connection, "trial_user_attributes", trial_id, key, value)
+                upsert_attr(connection, "trial_user_attributes", trial_id, key, value)
         return FrozenTrial(
-            number=number, state=TrialState.RUNNING, value=None, values=None, datetime_start=_local_time(started),
+            number=number, state=TrialState.RUNNING, value=None, values=None, datetime_start=local_time(started),
             datetime_complete=None, params={}, distributions={}, user_attrs=dict(user_attrs), system_attrs={},
             intermediate_values={}, trial_id=trial_id,
         )
@@ -243,7 +247,7 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
             )
         if state == TrialState.RUNNING and current != TrialState.WAITING:
             return False  # as Optuna: the values stay, the state does not change
-        now = _stored_now()
+        now = stored_now()
         connection.execute(
             "UPDATE trials SET state = ?, "
             "datetime_start = CASE WHEN ? THEN ? ELSE datetime_start END, "
@@ -255,7 +259,7 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
         with self._write() as connection:
             self._updatable_trial(connection, trial_id)
-            _upsert_intermediate_value(connection, trial_id, step, intermediate_value)
+            upsert_intermediate_value(connection, trial_id, step, intermediate_value)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         self.write_trial_records([(trial_id, {key: value}, {})])
@@ -263,7 +267,7 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         with self._write() as connection:
             self._updatable_trial(connection, trial_id)
-            _upsert_attr(connection, "trial_system_attributes", trial_id, key, value)
+            upsert_attr(connection, "trial_system_attributes", trial_id, key, value)
 
     def write_trial_records(self, records: Sequence[tuple[int, Mapping[str, Any], Mapping[int, float]]]) -> None:
         """``(trial_id, user_attrs, intermediate_values)`` of running trials, all in one commit."""
@@ -271,9 +275,9 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
             for trial_id, user_attrs, intermediate_values in records:
                 self._updatable_trial(connection, trial_id)
                 for key, value in user_attrs.items():
-                    _upsert_attr(connection, "trial_user_attributes", trial_id, key, value)
+                    upsert_attr(connection, "trial_user_attributes", trial_id, key, value)
                 for step, value in intermediate_values.items():
-                    _upsert_intermediate_value(connection, trial_id, step, float(value))
+                    upsert_intermediate_value(connection, trial_id, step, float(value))
 
     # ---- reads ---------------------------------------------------------------------------------
 
@@ -295,7 +299,7 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         with self._read() as connection:
-            trials = _read_trials(connection, "t.trial_id = ?", (trial_id,))
+            trials = read_trial_rows(connection, "t.trial_id = ?", (trial_id,))
         if not trials:
             raise KeyError(f"No trial with trial_id {trial_id} exists.")
         return trials[0]
@@ -320,7 +324,7 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
         with self._read() as connection:
             if connection.execute("SELECT 1 FROM studies WHERE study_id = ?", (study_id,)).fetchone() is None:
                 raise KeyError(f"No study with study_id {study_id} exists.")
-            return _read_trials(connection, where, tuple(args))
+            return read_trial_rows(connection, where, tuple(args))
 
 
 def open_sqlite_storage(url: str, *, read_only: bool = False,
@@ -338,97 +342,3 @@ def open_sqlite_storage(url: str, *, read_only: bool = False,
             return storage
         storage.engine.dispose()
     return RDBStorage(url, sqlite_engine_kwargs(url, read_only=read_only), **kwargs)
-
-
-def _stored_now() -> str:
-    """Now, as SQLAlchemy stores Optuna's datetimes on SQLite: naive UTC, microseconds."""
-    return datetime.datetime.now(_UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
-
-
-def _local_time(stored: str | None) -> datetime.datetime | None:
-    """A stored naive-UTC datetime as the naive local time Optuna's RDBStorage hands out."""
-    if stored is None:
-        return None
-    return datetime.datetime.fromisoformat(stored).replace(tzinfo=_UTC).astimezone().replace(tzinfo=None)
-
-
-def _upsert_intermediate_value(connection: sqlite3.Connection, trial_id: int, step: int, value: float) -> None:
-    stored, kind = _optuna.stored_intermediate_value(float(value))
-    connection.execute(
-        "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type) "
-        "VALUES (?, ?, ?, ?) ON CONFLICT (trial_id, step) DO UPDATE SET "
-        "intermediate_value = excluded.intermediate_value, intermediate_value_type = excluded.intermediate_value_type",
-        (trial_id, step, stored, kind),
-    )
-
-
-def _upsert_attr(connection: sqlite3.Connection, table: str, trial_id: int, key: str, value: Any) -> None:
-    connection.execute(
-        f"INSERT INTO {table} (trial_id, key, value_json) VALUES (?, ?, ?) "
-        "ON CONFLICT (trial_id, key) DO UPDATE SET value_json = excluded.value_json",
-        (trial_id, key, json.dumps(value)),
-    )
-
-
-_distributions: dict[str, distributions.BaseDistribution] = {}  # JSON -> distribution: a study has few
-
-
-def _distribution(text: str) -> distributions.BaseDistribution:
-    """A new distribution object for ``text``, parsed once per process."""
-    found = _distributions.get(text)
-    if found is None:
-        found = _distributions[text] = distributions.json_to_distribution(text)
-    # A copy: Optuna's distributions can be changed, and one a caller changes must not change later reads.
-    return copy.copy(found)
-
-
-def _read_trials(connection: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> list[FrozenTrial]:
-    """The trials matching ``where`` (on ``trials t``), with everything they hold, by trial id."""
-    rows = connection.execute(
-        f"SELECT t.trial_id, t.number, t.state, t.datetime_start, t.datetime_complete FROM trials t "
-        f"WHERE {where} ORDER BY t.trial_id", args,
-    ).fetchall()
-    if not rows:
-        return []
-    fields: dict[int, dict[str, Any]] = {
-        row[0]: {"values": {}, "params": {}, "distributions": {}, "user_attrs": {}, "system_attrs": {},
-                 "intermediate_values": {}}
-        for row in rows
-    }
-
-    def related(query: str) -> list[tuple[Any, ...]]:
-        return connection.execute(query.format(match=f"SELECT t.trial_id FROM trials t WHERE {where}"), args).fetchall()
-
-    for trial_id, objective, value, kind in related(
-        "SELECT trial_id, objective, value, value_type FROM trial_values WHERE trial_id IN ({match})"
-    ):
-        fields[trial_id]["values"][objective] = _optuna.value_from_stored(value, kind)
-    for trial_id, name, value, text in related(
-        "SELECT trial_id, param_name, param_value, distribution_json FROM trial_params "
-        "WHERE trial_id IN ({match}) ORDER BY param_id"
-    ):
-        distribution = _distribution(text)
-        fields[trial_id]["params"][name] = distribution.to_external_repr(value)
-        fields[trial_id]["distributions"][name] = distribution
-    for table, slot in (("trial_user_attributes", "user_attrs"), ("trial_system_attributes", "system_attrs")):
-        for trial_id, key, text in related(
-            f"SELECT trial_id, key, value_json FROM {table} WHERE trial_id IN ({{match}}) ORDER BY {table[:-1]}_id"
-        ):
-            fields[trial_id][slot][key] = json.loads(text)
-    for trial_id, step, value, kind in related(
-        "SELECT trial_id, step, intermediate_value, intermediate_value_type FROM trial_intermediate_values "
-        "WHERE trial_id IN ({match}) ORDER BY trial_intermediate_value_id"
-    ):
-        fields[trial_id]["intermediate_values"][step] = _optuna.intermediate_value_from_stored(value, kind)
-
-    trials = []
-    for trial_id, number, state, started, completed in rows:
-        held = fields[trial_id]
-        values = [held["values"][k] for k in sorted(held["values"])] if held["values"] else None
-        trials.append(FrozenTrial(
-            number=number, state=TrialState[state], value=None, values=values,
-            datetime_start=_local_time(started), datetime_complete=_local_time(completed),
-            params=held["params"], distributions=held["distributions"], user_attrs=held["user_attrs"],
-            system_attrs=held["system_attrs"], intermediate_values=held["intermediate_values"], trial_id=trial_id,
-        ))
-    return trials
