@@ -14,10 +14,9 @@
 
 Which process owns a trial and how dead ones are failed: :mod:`tuner.storage.liveness`. The only
 module of tuner that uses Optuna's private API: ``tuner/storage/_optuna.py``. SQLite: connection
-settings and file checks in ``_sqlite_files.py``, the fast per-trial path in ``_sqlite.py`` (its rows in
-``_sqlite_rows.py``), one
-transaction for a batch's records in ``_bulk.py``, the few counts a claim needs in ``_claims.py``;
-URLs and passwords in ``_url.py``.
+settings and file checks in ``_sqlite_files.py``, the fast per-trial path in ``_sqlite.py`` (its
+rows in ``_sqlite_rows.py``). One transaction for a batch's records in ``_bulk.py``, the few
+counts a claim needs in ``_claims.py``; URLs and passwords in ``_url.py``.
 
 The environment can change, for every worker alike:
 - ``TUNER_STORAGE_PASSWORD``: the database password, put into a URL that has none (PostgreSQL's
