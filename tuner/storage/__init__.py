@@ -38,7 +38,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
 from tuner.storage import _grpc
-from tuner.storage._bulk import tell_trials, write_trial_records
+from tuner.storage._bulk import tell_trials, write_study_attrs, write_trial_records
 from tuner.storage._claims import count_trials, skip_empty_queue
 from tuner.storage._grpc import ProxyServer, is_proxy_url, open_proxy, proxy_failure, start_proxy
 from tuner.storage._optuna import cached_trials, trial_id
@@ -103,6 +103,7 @@ __all__ = [
     "with_password",
     "worker_attrs",
     "worker_id",
+    "write_study_attrs",
     "write_trial_records",
 ]
 

@@ -10,7 +10,8 @@ public calls, one by one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
@@ -66,3 +67,17 @@ def tell_trials(study: optuna.Study, outcomes: Sequence[tuple[optuna.Trial, floa
         return _optuna.tell_trials(study, [(_optuna.trial_id(t), v) for t, v in outcomes], store)
     return [study.tell(trial, state=TrialState.PRUNED) if value is None else study.tell(trial, value)
             for trial, value in outcomes]
+
+
+def write_study_attrs(study: optuna.Study, attrs: Mapping[str, Any]) -> None:
+    """Set several user attributes of a study: in one commit on a SQLite file, else one ``set_user_attr`` each.
+
+    Example:
+        >>> write_study_attrs(study, {"budget": 30, "task": "classification"})  # doctest: +SKIP
+    """
+    backend = _optuna.backend_of(_optuna.storage_of(study))
+    if attrs and isinstance(backend, FastSQLiteStorage):
+        backend.set_study_user_attrs(_optuna.study_id(study), attrs)
+        return
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)

@@ -7,9 +7,9 @@ a small trial's bookkeeping cost several times what it costs in memory.
 
 :class:`FastSQLiteStorage` is an ``RDBStorage`` (schema and migrations, studies, heartbeats and every
 call not named here are Optuna's own) whose per-trial calls — create a trial, set a parameter, a
-user or system attribute, an intermediate value, the state and values; read trials — run as plain
-SQL on the same tables with the same encodings (enum names, naive UTC datetimes, Optuna's value
-types), so stock Optuna and optuna-dashboard read and write the same file. Every write commits
+user or system attribute, an intermediate value, the state and values; read trials — and a study's
+user attributes run as plain SQL on the same tables with the same encodings (enum names, naive UTC
+datetimes, Optuna's value types), so stock Optuna and optuna-dashboard read and write the same file. Every write commits
 before it returns, as Optuna's do: a finished trial survives a killed process. Writes take
 SQLite's write lock first (``BEGIN IMMEDIATE``), so trial numbers stay unique across processes.
 
@@ -141,6 +141,11 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
         finally:
             connection.execute("COMMIT")
 
+    @staticmethod
+    def _existing_study(connection: sqlite3.Connection, study_id: int) -> None:
+        if connection.execute("SELECT 1 FROM studies WHERE study_id = ?", (study_id,)).fetchone() is None:
+            raise KeyError(f"No study with study_id {study_id} exists.")
+
     def _updatable_trial(self, connection: sqlite3.Connection, trial_id: int) -> tuple[TrialState, int]:
         row = connection.execute("SELECT state, study_id FROM trials WHERE trial_id = ?", (trial_id,)).fetchone()
         if row is None:
@@ -172,8 +177,7 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
     def _insert_trial(self, study_id: int, user_attrs: Mapping[str, Any]) -> FrozenTrial:
         started = stored_now()
         with self._write() as connection:
-            if connection.execute("SELECT 1 FROM studies WHERE study_id = ?", (study_id,)).fetchone() is None:
-                raise KeyError(f"No study with study_id {study_id} exists.")
+            self._existing_study(connection, study_id)
             # Under the write lock, the trials already there are exactly those numbered below this one.
             number = connection.execute("SELECT count(*) FROM trials WHERE study_id = ?", (study_id,)).fetchone()[0]
             cursor = connection.execute(
@@ -279,7 +283,29 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
                 for step, value in intermediate_values.items():
                     upsert_intermediate_value(connection, trial_id, step, float(value))
 
+    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
+        self.set_study_user_attrs(study_id, {key: value})
+
+    def set_study_user_attrs(self, study_id: int, attrs: Mapping[str, Any]) -> None:
+        """Several user attributes of a study, in one commit."""
+        with self._write() as connection:
+            self._existing_study(connection, study_id)
+            for key, value in attrs.items():
+                connection.execute(
+                    "INSERT INTO study_user_attributes (study_id, key, value_json) VALUES (?, ?, ?) "
+                    "ON CONFLICT (study_id, key) DO UPDATE SET value_json = excluded.value_json",
+                    (study_id, key, json.dumps(value)),
+                )
+
     # ---- reads ---------------------------------------------------------------------------------
+
+    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        with self._read() as connection:
+            self._existing_study(connection, study_id)
+            # In the order Optuna's own query gives them (the same statement, so the same plan).
+            rows = connection.execute("SELECT key, value_json FROM study_user_attributes WHERE study_id = ?",
+                                      (study_id,)).fetchall()
+        return {key: json.loads(text) for key, text in rows}
 
     def has_waiting_trials(self, study_id: int) -> bool:
         """Whether the study holds a WAITING (enqueued) trial: one indexed lookup, no trial read."""
@@ -322,8 +348,7 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
                 where += " AND t.trial_id > ?"
                 args.append(trial_id_greater_than)
         with self._read() as connection:
-            if connection.execute("SELECT 1 FROM studies WHERE study_id = ?", (study_id,)).fetchone() is None:
-                raise KeyError(f"No study with study_id {study_id} exists.")
+            self._existing_study(connection, study_id)
             return read_trial_rows(connection, where, tuple(args))
 
 

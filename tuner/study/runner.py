@@ -49,6 +49,7 @@ from tuner.storage import (
     skip_empty_queue,
     trial_id,
     worker_attrs,
+    write_study_attrs,
     write_trial_records,
 )
 from tuner.study import results
@@ -324,10 +325,12 @@ class _StageRunner:
     def run(self, stage: Stage) -> StageSummary:
         study = self.open(stage)
         skip_empty_queue(study)  # each ask reads the stage's trials for enqueued ones only when one waits
-        if study.user_attrs.get(results.BUDGET_ATTR) != stage.budget:
-            study.set_user_attr(results.BUDGET_ATTR, stage.budget)
-        if results.TASK_ATTR not in study.user_attrs:  # the report's words and axes: no need to load the data again
-            study.set_user_attr(results.TASK_ATTR, self.data.task)
+        stored, changed = study.user_attrs, {}
+        if stored.get(results.BUDGET_ATTR) != stage.budget:
+            changed[results.BUDGET_ATTR] = stage.budget
+        if results.TASK_ATTR not in stored:  # the report's words and axes: no need to load the data again
+            changed[results.TASK_ATTR] = self.data.task
+        write_study_attrs(study, changed)  # in one commit
         consecutive_failures = 0
         announced = False
         orphans_checked = -math.inf
