@@ -249,22 +249,24 @@ class BatchedTrainer:
             order = orders[row_seeds[0]] if shared else torch.stack([orders[s] for s in row_seeds])
             loss_sum = torch.zeros(k, device=device)
             grad = torch.empty_like(net.flat)  # the copies' gradient, step after step: a fresh one per step refaults its pages
+            # Each tensor its own leaf: the gradient of views of one flat leaf would be a zero-filled
+            # (K, n_params) tensor per view, summed; one cat of the tensors' gradients costs a fraction.
+            # Views of the flat weights, which the optimizer updates in place: made once an epoch.
+            blocks = [view.detach().requires_grad_(True) for view in net.views(net.flat)]
+            if shared:  # the epoch's rows in their order, gathered once: each step takes a slice
+                x_epoch, y_epoch = x_train[order], data.y_train[order]
             for start in range(0, n, batch_size):
                 if shared:
-                    batch = order[start:start + batch_size]
-                    x, y = x_train[batch], data.y_train[batch]
+                    x, y = x_epoch[start:start + batch_size], y_epoch[start:start + batch_size]
                     x = x.expand(k, *x.shape)
                 else:
                     batch = order[:, start:start + batch_size]
                     x, y = x_train[batch], data.y_train[batch]
-                # Each tensor its own leaf: the gradient of views of one flat leaf would be a zero-filled
-                # (K, n_params) tensor per view, summed; one cat of the tensors' gradients costs a fraction.
-                blocks = [view.detach().requires_grad_(True) for view in net.views(net.flat)]
                 losses = _per_copy_loss(net.forward(x, blocks), y, data.task)
                 # Copies are independent, so the gradient of the sum is each copy's own gradient.
                 grads = torch.autograd.grad(losses.sum(), blocks)
                 optimizer.step(net.flat, torch.cat([g.reshape(k, -1) for g in grads], dim=1, out=grad))
-                loss_sum += losses.detach() * batch.shape[-1]
+                loss_sum += losses.detach() * x.shape[1]  # the batch's rows
             train_losses = (loss_sum / n).tolist()  # one device sync per epoch, not per batch
             val_losses, val_errors = _evaluate(net, data)
             results: list[EpochResult | None] = [None] * len(plans)
