@@ -280,7 +280,7 @@ def run_stage(
         stage = resumed_ask_batch(spec, stage, study.user_attrs.get(results.SEARCH_ATTR), len(study.get_trials(deepcopy=False)))
         if isinstance(data, StreamedData):  # read batch by batch: trials train one at a time
             stage = dataclasses.replace(stage, batch_trials=1)
-        return runner.run(stage)
+        return runner.run(stage, study)  # opened above, its settings checked: not opened again
     if stage == "shape":
         if best_lr is None:
             raise ValueError("stage 'shape' trains at the calibrated rate: pass best_lr")
@@ -296,7 +296,7 @@ def run_stage(
             runner.reporter.message(rung.sentence())
         # lr_scale = "auto": the range resolved at the hand-off, read back from <name>/shape.
         lr_scale = settle_lr_scale(spec, shape_study)
-        return runner.run(shape_stage(spec, best_lr, rung, lr_scale=lr_scale, rates=rates))
+        return runner.run(shape_stage(spec, best_lr, rung, lr_scale=lr_scale, rates=rates), shape_study)
     if stage == "audit":
         return runner.run(audit_stage(spec))
     raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGE_NAMES)}")
@@ -322,8 +322,8 @@ class _StageRunner:
     def open(self, stage: Stage) -> optuna.Study:
         return open_stage_study(self.spec, stage, self.storage, self.code)
 
-    def run(self, stage: Stage) -> StageSummary:
-        study = self.open(stage)
+    def run(self, stage: Stage, study: optuna.Study | None = None) -> StageSummary:
+        study = self.open(stage) if study is None else study  # unless its caller opened it already
         skip_empty_queue(study)  # each ask reads the stage's trials for enqueued ones only when one waits
         stored, changed = study.user_attrs, {}
         if stored.get(results.BUDGET_ATTR) != stage.budget:
