@@ -16,6 +16,7 @@ import pytest
 import torch
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
+from pg import PostgresServer, postgres_server  # noqa: F401 -- postgres_server is a fixture
 
 import tuner
 from tuner.inputs.load import load_dataset
@@ -44,6 +45,18 @@ def _storage(kind: str, folder: Path) -> optuna.storages.BaseStorage:
 def test_asks_pop_enqueued_trials_and_the_claimed_counts_match_the_trials(tmp_path: Path, kind: str) -> None:
     storage = _storage(kind, tmp_path)
     assert isinstance(storage, FastSQLiteStorage) == (kind == "fast sqlite")
+    _queue_and_counts_story(storage)
+
+
+def test_on_postgresql_the_claims_queries_and_a_batch_tell_give_what_optuna_gives(postgres_server: PostgresServer) -> None:
+    postgres_server.create_database("claims")
+    storage = open_storage(postgres_server.url("claims", with_password=True))
+    _queue_and_counts_story(storage)
+    one_by_one, at_once = _told_story(storage, None, "one"), _told_story(storage, tell_trials, "all")
+    _assert_told_alike(one_by_one, at_once)
+
+
+def _queue_and_counts_story(storage: optuna.storages.BaseStorage) -> None:
     study = optuna.create_study(study_name="claims", storage=storage, sampler=optuna.samplers.RandomSampler(seed=1))
     skip_empty_queue(study)
     with warnings.catch_warnings():
@@ -103,9 +116,9 @@ def test_a_trial_enqueued_on_a_stage_is_trained_as_one_of_its_budget(tmp_path: P
     assert trials[4].params == {"lr": 0.0421} and "learning_curve" in trials[4].user_attrs
 
 
-def _told_story(storage: optuna.storages.BaseStorage, tell: object) -> list[optuna.trial.FrozenTrial]:
+def _told_story(storage: optuna.storages.BaseStorage, tell: object, name: str = "told") -> list[optuna.trial.FrozenTrial]:
     """Five trials told at the end of a batch: complete, pruned with reports (the last NaN, or inf), none."""
-    study = optuna.create_study(study_name="told", storage=storage, sampler=optuna.samplers.RandomSampler(seed=2))
+    study = optuna.create_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(seed=2))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trials = [study.ask(fixed_distributions=SPACE) for _ in range(5)]
@@ -124,6 +137,10 @@ def test_telling_a_batch_at_once_stores_and_returns_what_telling_each_would(tmp_
     (tmp_path / "all").mkdir()
     one_by_one = _told_story(_storage(kind, tmp_path / "one"), None)
     at_once = _told_story(_storage(kind, tmp_path / "all"), tell_trials)
+    _assert_told_alike(one_by_one, at_once)
+
+
+def _assert_told_alike(one_by_one: list[optuna.trial.FrozenTrial], at_once: list[optuna.trial.FrozenTrial]) -> None:
     assert [t.state for t in at_once] == [TrialState.COMPLETE] + [TrialState.PRUNED] * 4
     assert [t.values for t in at_once] == [[0.25], [0.4], None, [float("inf")], None]  # a pruned trial: its last report
     for a, b in zip(one_by_one, at_once):
