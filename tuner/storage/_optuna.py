@@ -63,10 +63,10 @@ def look_in_queue_only_when(study: optuna.Study, has_waiting: Callable[[], bool]
     it holds (``_pop_waiting_trial_id``); while K trials are being claimed that is K reads of up to
     K running trials, for a queue that is nearly always empty. With a cheap ``has_waiting`` (one
     indexed lookup), the queue is popped by Optuna's own code when it holds something, and the
-    read is skipped when it does not. Set on this study object only.
+    read is skipped when it does not. Set on this study object only (again: replaced, not stacked).
     """
-    pop = study._pop_waiting_trial_id
-    study._pop_waiting_trial_id = lambda: pop() if has_waiting() else None  # type: ignore[method-assign]
+    pop = type(study)._pop_waiting_trial_id
+    study._pop_waiting_trial_id = lambda: pop(study) if has_waiting() else None  # type: ignore[method-assign]
 
 
 Told = tuple[int, TrialState, list[float] | None]  # trial id, state, values: what a tell stores
