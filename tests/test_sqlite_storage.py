@@ -217,3 +217,10 @@ def test_a_studys_user_attributes_written_at_once_read_alike_by_the_fast_path_an
     assert study.user_attrs == {**expected, "task": "classification"}
     with pytest.raises(KeyError):
         fast.get_study_user_attrs(12345)
+    # As Optuna's ORM: a value stored already is not written again, so a file opened read-only takes it.
+    from tuner.storage import open_existing_storage
+
+    read_only = optuna.load_study(study_name="attrs", storage=open_existing_storage(url))
+    read_only.set_user_attr("budget", 31)
+    with pytest.raises(optuna.exceptions.StorageInternalError, match="readonly"):
+        read_only.set_user_attr("budget", 32)

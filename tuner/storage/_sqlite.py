@@ -287,14 +287,26 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
         self.set_study_user_attrs(study_id, {key: value})
 
     def set_study_user_attrs(self, study_id: int, attrs: Mapping[str, Any]) -> None:
-        """Several user attributes of a study, in one commit."""
+        """Several user attributes of a study, in one commit.
+
+        As Optuna's (its ORM compares before it writes), an attribute stored with the same value is
+        not written again, and nothing is when none changed: a read-only file takes what it holds.
+        """
+        texts = {key: json.dumps(value) for key, value in attrs.items()}
+        with self._read() as connection:
+            self._existing_study(connection, study_id)
+            stored = dict(connection.execute("SELECT key, value_json FROM study_user_attributes WHERE study_id = ?",
+                                             (study_id,)).fetchall())
+        changed = [(key, text) for key, text in texts.items() if stored.get(key) != text]
+        if not changed:
+            return
         with self._write() as connection:
             self._existing_study(connection, study_id)
-            for key, value in attrs.items():
+            for key, text in changed:
                 connection.execute(
                     "INSERT INTO study_user_attributes (study_id, key, value_json) VALUES (?, ?, ?) "
                     "ON CONFLICT (study_id, key) DO UPDATE SET value_json = excluded.value_json",
-                    (study_id, key, json.dumps(value)),
+                    (study_id, key, text),
                 )
 
     # ---- reads ---------------------------------------------------------------------------------
