@@ -332,3 +332,19 @@ def test_batched_copies_judge_divergence_against_the_untrained_training_loss_as_
         assert len(curve) == 3 and not any(r.diverged for r in curve)
         _assert_same_curve(_alone(data, plan), curve)
     assert _curve(epochs, 2)[-1].diverged  # the wild rate still blows up
+
+
+def test_untrained_values_measured_once_per_seed_are_those_of_every_copy_to_the_bit() -> None:
+    # Copies of one seed start equal, so one copy per seed is measured; in the chunks of all K copies
+    # (EVAL_CHUNK // K rows), so that the sums add up in the order a measure of every copy would.
+    from tuner.training.batched import BatchedTrainer, _evaluate
+    from tuner.training.stacked import StackedMLP
+
+    data = load_dataset(DataSpec(name="digits"), seed=0)  # 1437 training rows: several chunks at K = 40
+    plans = [TrialPlan(8, 1, TrainConfig(lr=0.01 * (i + 1), epochs=1, batch_size=64, seed=i % 3)) for i in range(40)]
+    trainer = BatchedTrainer("mlp", data, plans)
+    next(trainer.epochs())
+    every = StackedMLP.from_modules([seeded_model("mlp", data, 8, 1, plan.train.seed) for plan in plans])
+    losses, errors = _evaluate(every, data)
+    assert [r.val_loss for r in trainer.untrained] == losses
+    assert [r.val_error for r in trainer.untrained] == errors

@@ -199,3 +199,28 @@ def test_a_caller_changing_a_trials_distribution_changes_no_later_read(tmp_path:
     assert second.distributions["lr"] == FloatDistribution(1e-5, 1.0, log=True)
     assert storage.get_trial(first._trial_id).distributions["lr"] == FloatDistribution(1e-5, 1.0, log=True)  # noqa: SLF001
     assert storage.get_all_trials(study_id)[0].distributions["lr"] == FloatDistribution(1e-5, 1.0, log=True)
+
+
+def test_a_studys_user_attributes_written_at_once_read_alike_by_the_fast_path_and_stock_optuna(tmp_path: Path) -> None:
+    from tuner.storage import write_study_attrs
+
+    url = f"sqlite:///{tmp_path / 'attrs.db'}"
+    fast = open_storage(url)
+    study = optuna.create_study(study_name="attrs", storage=fast)
+    write_study_attrs(study, {"settings": {"lr": [1e-6, 1.0], "name": "é"}, "budget": 30, "none": None})
+    study.set_user_attr("budget", 31)  # one attribute again: replaced, in its place
+    stock = optuna.load_study(study_name="attrs", storage=optuna.storages.RDBStorage(url))
+    expected = {"settings": {"lr": [1e-6, 1.0], "name": "é"}, "budget": 31, "none": None}
+    assert study.user_attrs == stock.user_attrs == expected
+    assert list(study.user_attrs) == list(stock.user_attrs)  # the same order
+    stock.set_user_attr("task", "classification")
+    assert study.user_attrs == {**expected, "task": "classification"}
+    with pytest.raises(KeyError):
+        fast.get_study_user_attrs(12345)
+    # As Optuna's ORM: a value stored already is not written again, so a file opened read-only takes it.
+    from tuner.storage import open_existing_storage
+
+    read_only = optuna.load_study(study_name="attrs", storage=open_existing_storage(url))
+    read_only.set_user_attr("budget", 31)
+    with pytest.raises(optuna.exceptions.StorageInternalError, match="readonly"):
+        read_only.set_user_attr("budget", 32)

@@ -14,8 +14,9 @@
 
 Which process owns a trial and how dead ones are failed: :mod:`tuner.storage.liveness`. The only
 module of tuner that uses Optuna's private API: ``tuner/storage/_optuna.py``. SQLite: connection
-settings and file checks in ``_sqlite_files.py``, the fast per-trial path in ``_sqlite.py``, one
-transaction for a batch's records in ``_bulk.py``; URLs and passwords in ``_url.py``.
+settings and file checks in ``_sqlite_files.py``, the fast per-trial path in ``_sqlite.py`` (its
+rows in ``_sqlite_rows.py``). One transaction for a batch's records in ``_bulk.py``, the few
+counts a claim needs in ``_claims.py``; URLs and passwords in ``_url.py``.
 
 The environment can change, for every worker alike:
 - ``TUNER_STORAGE_PASSWORD``: the database password, put into a URL that has none (PostgreSQL's
@@ -37,7 +38,8 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
 from tuner.storage import _grpc
-from tuner.storage._bulk import write_trial_records
+from tuner.storage._bulk import tell_trials, write_study_attrs, write_trial_records
+from tuner.storage._claims import count_trials, skip_empty_queue
 from tuner.storage._grpc import ProxyServer, is_proxy_url, open_proxy, proxy_failure, start_proxy
 from tuner.storage._optuna import cached_trials, trial_id
 from tuner.storage._sqlite import FastSQLiteStorage, open_sqlite_storage
@@ -81,6 +83,7 @@ __all__ = [
     "StorageError",
     "cached_trials",
     "check_user_info",
+    "count_trials",
     "fail_orphaned_trials",
     "fail_trial",
     "heartbeat_settings",
@@ -92,12 +95,15 @@ __all__ = [
     "redact",
     "resolve_url",
     "serve_storage",
+    "skip_empty_queue",
     "sqlite_engine_kwargs",
     "start_proxy",
+    "tell_trials",
     "trial_id",
     "with_password",
     "worker_attrs",
     "worker_id",
+    "write_study_attrs",
     "write_trial_records",
 ]
 

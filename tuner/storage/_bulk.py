@@ -1,4 +1,4 @@
-"""Write many trials' user attributes and intermediate values in one storage transaction.
+"""Write many trials' user attributes and intermediate values in one storage transaction; tell many at once.
 
 Optuna's public API commits once per ``set_user_attr`` and once per ``report``: a trial of the
 LR stage (20 epochs, a dozen attributes) costs about 35 commits, more than its training when 16
@@ -10,10 +10,12 @@ public calls, one by one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
 
 from tuner.storage import _optuna
 from tuner.storage._optuna import Record
@@ -42,3 +44,40 @@ def write_trial_records(study: optuna.Study, records: Sequence[Record]) -> None:
             storage.set_trial_user_attr(trial_id, key, value)
         for step, value in values.items():
             storage.set_trial_intermediate_value(trial_id, step, float(value))
+
+
+def tell_trials(study: optuna.Study, outcomes: Sequence[tuple[optuna.Trial, float | None]]) -> list[FrozenTrial]:
+    """Tell each trial its value (``None``: PRUNED); the same as ``study.tell`` for each, in fewer round trips.
+
+    On an ``RDBStorage`` the trials are read once and told in one transaction (SQLite) or one
+    commit each (other databases), where ``study.tell`` reads each trial twice and commits it once;
+    elsewhere each is told by ``study.tell``. Returns the told trials as stored.
+
+    Example:
+        >>> told = tell_trials(study, [(trial, 0.25), (pruned_trial, None)])  # doctest: +SKIP
+    """
+    backend = _optuna.backend_of(_optuna.storage_of(study))
+    if isinstance(backend, FastSQLiteStorage):
+        return _optuna.tell_trials(study, [(_optuna.trial_id(t), v) for t, v in outcomes], backend.set_trials_state_values)
+    if isinstance(backend, RDBStorage):
+        def store(told: list[_optuna.Told]) -> None:
+            for told_id, state, values in told:
+                backend.set_trial_state_values(told_id, state, values)
+
+        return _optuna.tell_trials(study, [(_optuna.trial_id(t), v) for t, v in outcomes], store)
+    return [study.tell(trial, state=TrialState.PRUNED) if value is None else study.tell(trial, value)
+            for trial, value in outcomes]
+
+
+def write_study_attrs(study: optuna.Study, attrs: Mapping[str, Any]) -> None:
+    """Set several user attributes of a study: in one commit on a SQLite file, else one ``set_user_attr`` each.
+
+    Example:
+        >>> write_study_attrs(study, {"budget": 30, "task": "classification"})  # doctest: +SKIP
+    """
+    backend = _optuna.backend_of(_optuna.storage_of(study))
+    if attrs and isinstance(backend, FastSQLiteStorage):
+        backend.set_study_user_attrs(_optuna.study_id(study), attrs)
+        return
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)

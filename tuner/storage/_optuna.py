@@ -10,15 +10,18 @@ the file to fix; ``tests/test_sqlite_storage.py`` pins what these functions retu
 from __future__ import annotations
 
 import json
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from typing import Any
 
 import optuna
-from optuna import distributions
+import sqlalchemy
+from optuna import distributions, pruners
+from optuna._warnings import optuna_warn
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
+from optuna.study._tell import _check_values_are_feasible
 from optuna.trial import FrozenTrial, TrialState
 
 Record = tuple[int, Mapping[str, Any], Mapping[int, float]]  # trial id, user attrs, step -> value
@@ -51,6 +54,67 @@ def backend_of(storage: BaseStorage) -> BaseStorage:
 def cached_trials(study: optuna.Study, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
     """The study's trials in ``states`` as its cache holds them (as the sampler read them at the last ask), not copied."""
     return study._get_trials(deepcopy=False, states=states, use_cache=True)
+
+
+def look_in_queue_only_when(study: optuna.Study, has_waiting: Callable[[], bool]) -> None:
+    """Let ``study.ask`` look for an enqueued (WAITING) trial only when ``has_waiting()`` says there is one.
+
+    Optuna's ask finds enqueued trials by reading every unfinished trial of the study anew, with all
+    it holds (``_pop_waiting_trial_id``); while K trials are being claimed that is K reads of up to
+    K running trials, for a queue that is nearly always empty. With a cheap ``has_waiting`` (one
+    indexed lookup), the queue is popped by Optuna's own code when it holds something, and the
+    read is skipped when it does not. Set on this study object only (again: replaced, not stacked).
+    """
+    pop = type(study)._pop_waiting_trial_id
+    study._pop_waiting_trial_id = lambda: pop(study) if has_waiting() else None  # type: ignore[method-assign]
+
+
+Told = tuple[int, TrialState, list[float] | None]  # trial id, state, values: what a tell stores
+
+
+def tell_trials(study: optuna.Study, outcomes: Sequence[tuple[int, float | None]],
+                store: Callable[[list[Told]], None]) -> list[FrozenTrial]:
+    """Tell each trial (by id) its value, or PRUNED where the value is None, as ``study.tell`` would one by one.
+
+    What is stored and what the sampler's ``after_trial`` sees are Optuna's (``_tell_with_warning``
+    and its checks): a pruned trial's value is its last report; a trial no longer RUNNING raises
+    ValueError, after the trials before it are told. But the trials are read in one read, not two
+    per trial, and ``store`` gets every state at once, to write them in one transaction. Returns
+    the told trials as stored, read back in one read.
+    """
+    if not outcomes:
+        return []
+    backend = backend_of(storage_of(study))
+    ids = [trial_id for trial_id, _ in outcomes]
+
+    def read() -> dict[int, FrozenTrial]:  # exactly these trials: ids above max(ids) or among ids
+        return {t._trial_id: t for t in backend._get_trials(study._study_id, None, set(ids), max(ids))}
+
+    study._thread_local.cached_all_trials = None  # as tell: the next ask reads the trials anew
+    frozen = read()
+    told: list[Told] = []
+    try:
+        for trial_id, value in outcomes:
+            trial = frozen[trial_id]
+            if trial.state != TrialState.RUNNING:
+                raise ValueError(f"Cannot tell a {trial.state.name} trial.")
+            if value is None:
+                state, values = TrialState.PRUNED, None
+                last = trial.intermediate_values[trial.last_step] if trial.last_step is not None else None
+                if last is not None and _check_values_are_feasible(study, [last]) is None:
+                    values = [float(last)]
+            else:
+                failure = _check_values_are_feasible(study, [value])
+                state, values = (TrialState.COMPLETE, [float(value)]) if failure is None else (TrialState.FAIL, None)
+                if failure is not None:
+                    optuna_warn(failure)
+            told.append((trial_id, state, values))
+            study.sampler.after_trial(pruners._filter_study(study, trial), trial, state, values)
+    finally:
+        if told:
+            store(told)
+    stored = read()
+    return [stored[trial_id] for trial_id, _ in outcomes]
 
 
 # ---- heartbeats --------------------------------------------------------------------------------
@@ -175,6 +239,24 @@ def write_rdb_records(backend: RDBStorage, records: Sequence[Record]) -> None:
                                              intermediate_value_type=value_type))
                 else:
                     row.intermediate_value, row.intermediate_value_type = stored_value_, value_type
+
+
+def rdb_has_waiting_trials(backend: RDBStorage, study_id: int) -> bool:
+    """Whether the study holds a WAITING (enqueued) trial: one query, no trial read."""
+    model = models.TrialModel
+    with _create_scoped_session(backend.scoped_session) as session:
+        found = session.query(model.trial_id).filter(model.study_id == study_id, model.state == TrialState.WAITING).first()
+    return found is not None
+
+
+def rdb_count_trials(backend: RDBStorage, study_id: int, states: Sequence[TrialState], below_number: int) -> tuple[int, int]:
+    """How many of the study's trials are in ``states``: in all, and numbered below ``below_number``; one query."""
+    model = models.TrialModel
+    below = sqlalchemy.func.sum(sqlalchemy.case((model.number < below_number, 1), else_=0))
+    with _create_scoped_session(backend.scoped_session) as session:
+        total, n_below = session.query(sqlalchemy.func.count(model.trial_id), below).filter(
+            model.study_id == study_id, model.state.in_(list(states))).one()
+    return int(total), int(n_below or 0)
 
 
 def _bulk_upsert(dialect: str) -> Any:

@@ -7,22 +7,20 @@ a small trial's bookkeeping cost several times what it costs in memory.
 
 :class:`FastSQLiteStorage` is an ``RDBStorage`` (schema and migrations, studies, heartbeats and every
 call not named here are Optuna's own) whose per-trial calls — create a trial, set a parameter, a
-user or system attribute, an intermediate value, the state and values; read trials — run as plain
-SQL on the same tables with the same encodings (enum names, naive UTC datetimes, Optuna's value
-types), so stock Optuna and optuna-dashboard read and write the same file. Every write commits
+user or system attribute, an intermediate value, the state and values; read trials — and a study's
+user attributes run as plain SQL on the same tables with the same encodings (enum names, naive UTC
+datetimes, Optuna's value types), so stock Optuna and optuna-dashboard read and write the same file. Every write commits
 before it returns, as Optuna's do: a finished trial survives a killed process. Writes take
 SQLite's write lock first (``BEGIN IMMEDIATE``), so trial numbers stay unique across processes.
 
 It is used only for a file whose schema is the one written for (``SCHEMA_VERSIONS``); anything else
 gets the stock ``RDBStorage`` (see :func:`open_sqlite_storage`). Both connect through
 ``_sqlite_files.connect``, the one place tuner's SQLite settings (WAL, ``synchronous``, busy timeout,
-read-only) are written.
+read-only) are written. The rows' encodings, and trials read back whole: ``_sqlite_rows.py``.
 """
 
 from __future__ import annotations
 
-import copy
-import datetime
 import json
 import os
 import random
@@ -41,10 +39,16 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.storage import _optuna
 from tuner.storage._sqlite_files import BUSY_TIMEOUT_S, connect, sqlite_engine_kwargs
+from tuner.storage._sqlite_rows import (
+    local_time,
+    read_trial_rows,
+    stored_now,
+    upsert_attr,
+    upsert_intermediate_value,
+)
 
 SCHEMA_VERSIONS = ("v3.2.0.a",)  # Optuna's RDB schema versions whose tables this module writes
 CREATE_ATTEMPTS = 5  # as Optuna's RDBStorage: a lock held longer than the busy timeout is tried again
-_UTC = datetime.timezone.utc
 
 
 class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
@@ -137,6 +141,11 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
         finally:
             connection.execute("COMMIT")
 
+    @staticmethod
+    def _existing_study(connection: sqlite3.Connection, study_id: int) -> None:
+        if connection.execute("SELECT 1 FROM studies WHERE study_id = ?", (study_id,)).fetchone() is None:
+            raise KeyError(f"No study with study_id {study_id} exists.")
+
     def _updatable_trial(self, connection: sqlite3.Connection, trial_id: int) -> tuple[TrialState, int]:
         row = connection.execute("SELECT state, study_id FROM trials WHERE trial_id = ?", (trial_id,)).fetchone()
         if row is None:
@@ -166,10 +175,9 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
         raise AssertionError("unreachable")
 
     def _insert_trial(self, study_id: int, user_attrs: Mapping[str, Any]) -> FrozenTrial:
-        started = _stored_now()
+        started = stored_now()
         with self._write() as connection:
-            if connection.execute("SELECT 1 FROM studies WHERE study_id = ?", (study_id,)).fetchone() is None:
-                raise KeyError(f"No study with study_id {study_id} exists.")
+            self._existing_study(connection, study_id)
             # Under the write lock, the trials already there are exactly those numbered below this one.
             number = connection.execute("SELECT count(*) FROM trials WHERE study_id = ?", (study_id,)).fetchone()[0]
             cursor = connection.execute(
@@ -178,9 +186,9 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
             )
             trial_id = int(cursor.lastrowid)
             for key, value in user_attrs.items():
-                _upsert_attr(connection, "trial_user_attributes", trial_id, key, value)
+                upsert_attr(connection, "trial_user_attributes", trial_id, key, value)
         return FrozenTrial(
-            number=number, state=TrialState.RUNNING, value=None, values=None, datetime_start=_local_time(started),
+            number=number, state=TrialState.RUNNING, value=None, values=None, datetime_start=local_time(started),
             datetime_complete=None, params={}, distributions={}, user_attrs=dict(user_attrs), system_attrs={},
             intermediate_values={}, trial_id=trial_id,
         )
@@ -212,29 +220,50 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         with self._write() as connection:
-            current, _ = self._updatable_trial(connection, trial_id)
-            for objective, value in enumerate(values or ()):
-                stored, kind = _optuna.stored_value(float(value))
-                connection.execute(
-                    "INSERT INTO trial_values (trial_id, objective, value, value_type) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (trial_id, objective) DO UPDATE SET value = excluded.value, value_type = excluded.value_type",
-                    (trial_id, objective, stored, kind),
-                )
-            if state == TrialState.RUNNING and current != TrialState.WAITING:
-                return False  # as Optuna: the values stay, the state does not change
-            now = _stored_now()
+            return self._set_state_values(connection, trial_id, state, values)
+
+    def set_trials_state_values(self, told: Sequence[tuple[int, TrialState, Sequence[float] | None]]) -> None:
+        """``set_trial_state_values`` for each trial in turn, all in one commit.
+
+        As the calls one by one would: a trial that has already finished raises, and the trials
+        before it stay told.
+        """
+        refused: optuna.exceptions.UpdateFinishedTrialError | None = None
+        with self._write() as connection:
+            for trial_id, state, values in told:
+                try:
+                    self._set_state_values(connection, trial_id, state, values)
+                except optuna.exceptions.UpdateFinishedTrialError as error:  # nothing of it was written
+                    refused = error
+                    break
+        if refused is not None:
+            raise refused
+
+    def _set_state_values(self, connection: sqlite3.Connection, trial_id: int, state: TrialState,
+                          values: Sequence[float] | None) -> bool:
+        current, _ = self._updatable_trial(connection, trial_id)
+        for objective, value in enumerate(values or ()):
+            stored, kind = _optuna.stored_value(float(value))
             connection.execute(
-                "UPDATE trials SET state = ?, "
-                "datetime_start = CASE WHEN ? THEN ? ELSE datetime_start END, "
-                "datetime_complete = CASE WHEN ? THEN ? ELSE datetime_complete END WHERE trial_id = ?",
-                (state.name, state == TrialState.RUNNING, now, state.is_finished(), now, trial_id),
+                "INSERT INTO trial_values (trial_id, objective, value, value_type) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (trial_id, objective) DO UPDATE SET value = excluded.value, value_type = excluded.value_type",
+                (trial_id, objective, stored, kind),
             )
+        if state == TrialState.RUNNING and current != TrialState.WAITING:
+            return False  # as Optuna: the values stay, the state does not change
+        now = stored_now()
+        connection.execute(
+            "UPDATE trials SET state = ?, "
+            "datetime_start = CASE WHEN ? THEN ? ELSE datetime_start END, "
+            "datetime_complete = CASE WHEN ? THEN ? ELSE datetime_complete END WHERE trial_id = ?",
+            (state.name, state == TrialState.RUNNING, now, state.is_finished(), now, trial_id),
+        )
         return True
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
         with self._write() as connection:
             self._updatable_trial(connection, trial_id)
-            _upsert_intermediate_value(connection, trial_id, step, intermediate_value)
+            upsert_intermediate_value(connection, trial_id, step, intermediate_value)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         self.write_trial_records([(trial_id, {key: value}, {})])
@@ -242,7 +271,7 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         with self._write() as connection:
             self._updatable_trial(connection, trial_id)
-            _upsert_attr(connection, "trial_system_attributes", trial_id, key, value)
+            upsert_attr(connection, "trial_system_attributes", trial_id, key, value)
 
     def write_trial_records(self, records: Sequence[tuple[int, Mapping[str, Any], Mapping[int, float]]]) -> None:
         """``(trial_id, user_attrs, intermediate_values)`` of running trials, all in one commit."""
@@ -250,15 +279,65 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
             for trial_id, user_attrs, intermediate_values in records:
                 self._updatable_trial(connection, trial_id)
                 for key, value in user_attrs.items():
-                    _upsert_attr(connection, "trial_user_attributes", trial_id, key, value)
+                    upsert_attr(connection, "trial_user_attributes", trial_id, key, value)
                 for step, value in intermediate_values.items():
-                    _upsert_intermediate_value(connection, trial_id, step, float(value))
+                    upsert_intermediate_value(connection, trial_id, step, float(value))
+
+    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
+        self.set_study_user_attrs(study_id, {key: value})
+
+    def set_study_user_attrs(self, study_id: int, attrs: Mapping[str, Any]) -> None:
+        """Several user attributes of a study, in one commit.
+
+        As Optuna's (its ORM compares before it writes), an attribute stored with the same value is
+        not written again, and nothing is when none changed: a read-only file takes what it holds.
+        """
+        texts = {key: json.dumps(value) for key, value in attrs.items()}
+        with self._read() as connection:
+            self._existing_study(connection, study_id)
+            stored = dict(connection.execute("SELECT key, value_json FROM study_user_attributes WHERE study_id = ?",
+                                             (study_id,)).fetchall())
+        changed = [(key, text) for key, text in texts.items() if stored.get(key) != text]
+        if not changed:
+            return
+        with self._write() as connection:
+            self._existing_study(connection, study_id)
+            for key, text in changed:
+                connection.execute(
+                    "INSERT INTO study_user_attributes (study_id, key, value_json) VALUES (?, ?, ?) "
+                    "ON CONFLICT (study_id, key) DO UPDATE SET value_json = excluded.value_json",
+                    (study_id, key, text),
+                )
 
     # ---- reads ---------------------------------------------------------------------------------
 
+    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        with self._read() as connection:
+            self._existing_study(connection, study_id)
+            # In the order Optuna's own query gives them (the same statement, so the same plan).
+            rows = connection.execute("SELECT key, value_json FROM study_user_attributes WHERE study_id = ?",
+                                      (study_id,)).fetchall()
+        return {key: json.loads(text) for key, text in rows}
+
+    def has_waiting_trials(self, study_id: int) -> bool:
+        """Whether the study holds a WAITING (enqueued) trial: one indexed lookup, no trial read."""
+        with self._read() as connection:
+            return connection.execute("SELECT 1 FROM trials WHERE study_id = ? AND state = ? LIMIT 1",
+                                      (study_id, TrialState.WAITING.name)).fetchone() is not None
+
+    def count_trials(self, study_id: int, states: Sequence[TrialState], below_number: int) -> tuple[int, int]:
+        """How many of the study's trials are in ``states``: in all, and numbered below ``below_number``."""
+        names = [state.name for state in states]
+        with self._read() as connection:
+            total, below = connection.execute(
+                f"SELECT count(*), coalesce(sum(number < ?), 0) FROM trials WHERE study_id = ? "
+                f"AND state IN ({', '.join('?' * len(names))})", (below_number, study_id, *names),
+            ).fetchone()
+        return int(total), int(below)
+
     def get_trial(self, trial_id: int) -> FrozenTrial:
         with self._read() as connection:
-            trials = _read_trials(connection, "t.trial_id = ?", (trial_id,))
+            trials = read_trial_rows(connection, "t.trial_id = ?", (trial_id,))
         if not trials:
             raise KeyError(f"No trial with trial_id {trial_id} exists.")
         return trials[0]
@@ -281,9 +360,8 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
                 where += " AND t.trial_id > ?"
                 args.append(trial_id_greater_than)
         with self._read() as connection:
-            if connection.execute("SELECT 1 FROM studies WHERE study_id = ?", (study_id,)).fetchone() is None:
-                raise KeyError(f"No study with study_id {study_id} exists.")
-            return _read_trials(connection, where, tuple(args))
+            self._existing_study(connection, study_id)
+            return read_trial_rows(connection, where, tuple(args))
 
 
 def open_sqlite_storage(url: str, *, read_only: bool = False,
@@ -301,97 +379,3 @@ def open_sqlite_storage(url: str, *, read_only: bool = False,
             return storage
         storage.engine.dispose()
     return RDBStorage(url, sqlite_engine_kwargs(url, read_only=read_only), **kwargs)
-
-
-def _stored_now() -> str:
-    """Now, as SQLAlchemy stores Optuna's datetimes on SQLite: naive UTC, microseconds."""
-    return datetime.datetime.now(_UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
-
-
-def _local_time(stored: str | None) -> datetime.datetime | None:
-    """A stored naive-UTC datetime as the naive local time Optuna's RDBStorage hands out."""
-    if stored is None:
-        return None
-    return datetime.datetime.fromisoformat(stored).replace(tzinfo=_UTC).astimezone().replace(tzinfo=None)
-
-
-def _upsert_intermediate_value(connection: sqlite3.Connection, trial_id: int, step: int, value: float) -> None:
-    stored, kind = _optuna.stored_intermediate_value(float(value))
-    connection.execute(
-        "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type) "
-        "VALUES (?, ?, ?, ?) ON CONFLICT (trial_id, step) DO UPDATE SET "
-        "intermediate_value = excluded.intermediate_value, intermediate_value_type = excluded.intermediate_value_type",
-        (trial_id, step, stored, kind),
-    )
-
-
-def _upsert_attr(connection: sqlite3.Connection, table: str, trial_id: int, key: str, value: Any) -> None:
-    connection.execute(
-        f"INSERT INTO {table} (trial_id, key, value_json) VALUES (?, ?, ?) "
-        "ON CONFLICT (trial_id, key) DO UPDATE SET value_json = excluded.value_json",
-        (trial_id, key, json.dumps(value)),
-    )
-
-
-_distributions: dict[str, distributions.BaseDistribution] = {}  # JSON -> distribution: a study has few
-
-
-def _distribution(text: str) -> distributions.BaseDistribution:
-    """A new distribution object for ``text``, parsed once per process."""
-    found = _distributions.get(text)
-    if found is None:
-        found = _distributions[text] = distributions.json_to_distribution(text)
-    # A copy: Optuna's distributions can be changed, and one a caller changes must not change later reads.
-    return copy.copy(found)
-
-
-def _read_trials(connection: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> list[FrozenTrial]:
-    """The trials matching ``where`` (on ``trials t``), with everything they hold, by trial id."""
-    rows = connection.execute(
-        f"SELECT t.trial_id, t.number, t.state, t.datetime_start, t.datetime_complete FROM trials t "
-        f"WHERE {where} ORDER BY t.trial_id", args,
-    ).fetchall()
-    if not rows:
-        return []
-    fields: dict[int, dict[str, Any]] = {
-        row[0]: {"values": {}, "params": {}, "distributions": {}, "user_attrs": {}, "system_attrs": {},
-                 "intermediate_values": {}}
-        for row in rows
-    }
-
-    def related(query: str) -> list[tuple[Any, ...]]:
-        return connection.execute(query.format(match=f"SELECT t.trial_id FROM trials t WHERE {where}"), args).fetchall()
-
-    for trial_id, objective, value, kind in related(
-        "SELECT trial_id, objective, value, value_type FROM trial_values WHERE trial_id IN ({match})"
-    ):
-        fields[trial_id]["values"][objective] = _optuna.value_from_stored(value, kind)
-    for trial_id, name, value, text in related(
-        "SELECT trial_id, param_name, param_value, distribution_json FROM trial_params "
-        "WHERE trial_id IN ({match}) ORDER BY param_id"
-    ):
-        distribution = _distribution(text)
-        fields[trial_id]["params"][name] = distribution.to_external_repr(value)
-        fields[trial_id]["distributions"][name] = distribution
-    for table, slot in (("trial_user_attributes", "user_attrs"), ("trial_system_attributes", "system_attrs")):
-        for trial_id, key, text in related(
-            f"SELECT trial_id, key, value_json FROM {table} WHERE trial_id IN ({{match}}) ORDER BY {table[:-1]}_id"
-        ):
-            fields[trial_id][slot][key] = json.loads(text)
-    for trial_id, step, value, kind in related(
-        "SELECT trial_id, step, intermediate_value, intermediate_value_type FROM trial_intermediate_values "
-        "WHERE trial_id IN ({match}) ORDER BY trial_intermediate_value_id"
-    ):
-        fields[trial_id]["intermediate_values"][step] = _optuna.intermediate_value_from_stored(value, kind)
-
-    trials = []
-    for trial_id, number, state, started, completed in rows:
-        held = fields[trial_id]
-        values = [held["values"][k] for k in sorted(held["values"])] if held["values"] else None
-        trials.append(FrozenTrial(
-            number=number, state=TrialState[state], value=None, values=values,
-            datetime_start=_local_time(started), datetime_complete=_local_time(completed),
-            params=held["params"], distributions=held["distributions"], user_attrs=held["user_attrs"],
-            system_attrs=held["system_attrs"], intermediate_values=held["intermediate_values"], trial_id=trial_id,
-        ))
-    return trials

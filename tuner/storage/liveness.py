@@ -110,7 +110,13 @@ def fail_orphaned_trials(study: optuna.Study) -> list[int]:
 
 def worker_attrs() -> dict[str, str | None]:
     """The user attributes that name this process as a trial's owner: ``worker``, ``worker_started``."""
-    return {"worker": worker_id(), "worker_started": _process_start(os.getpid())}
+    pid = os.getpid()
+    if pid not in _started:  # read once per process (twice a trial otherwise: at its creation and its claim)
+        _started[pid] = _process_start(pid)
+    return {"worker": worker_id(), "worker_started": _started[pid]}
+
+
+_started: dict[int, str | None] = {}  # this process's start, by pid (a forked child has its own)
 
 
 def _process_start(pid: int) -> str | None:

@@ -41,13 +41,15 @@ from tuner.inputs.code_checks import check_model, check_params
 from tuner.inputs.usercode import UserCode, resolve_code, spec_with_callables, with_callables
 from tuner.storage import (
     StorageError,
-    cached_trials,
+    count_trials,
     fail_orphaned_trials,
     fail_trial,
     open_storage,
     redact,
+    skip_empty_queue,
     trial_id,
     worker_attrs,
+    write_study_attrs,
     write_trial_records,
 )
 from tuner.study import results
@@ -278,7 +280,7 @@ def run_stage(
         stage = resumed_ask_batch(spec, stage, study.user_attrs.get(results.SEARCH_ATTR), len(study.get_trials(deepcopy=False)))
         if isinstance(data, StreamedData):  # read batch by batch: trials train one at a time
             stage = dataclasses.replace(stage, batch_trials=1)
-        return runner.run(stage)
+        return runner.run(stage, study)  # opened above, its settings checked: not opened again
     if stage == "shape":
         if best_lr is None:
             raise ValueError("stage 'shape' trains at the calibrated rate: pass best_lr")
@@ -294,7 +296,7 @@ def run_stage(
             runner.reporter.message(rung.sentence())
         # lr_scale = "auto": the range resolved at the hand-off, read back from <name>/shape.
         lr_scale = settle_lr_scale(spec, shape_study)
-        return runner.run(shape_stage(spec, best_lr, rung, lr_scale=lr_scale, rates=rates))
+        return runner.run(shape_stage(spec, best_lr, rung, lr_scale=lr_scale, rates=rates), shape_study)
     if stage == "audit":
         return runner.run(audit_stage(spec))
     raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGE_NAMES)}")
@@ -320,12 +322,15 @@ class _StageRunner:
     def open(self, stage: Stage) -> optuna.Study:
         return open_stage_study(self.spec, stage, self.storage, self.code)
 
-    def run(self, stage: Stage) -> StageSummary:
-        study = self.open(stage)
-        if study.user_attrs.get(results.BUDGET_ATTR) != stage.budget:
-            study.set_user_attr(results.BUDGET_ATTR, stage.budget)
-        if results.TASK_ATTR not in study.user_attrs:  # the report's words and axes: no need to load the data again
-            study.set_user_attr(results.TASK_ATTR, self.data.task)
+    def run(self, stage: Stage, study: optuna.Study | None = None) -> StageSummary:
+        study = self.open(stage) if study is None else study  # unless its caller opened it already
+        skip_empty_queue(study)  # each ask reads the stage's trials for enqueued ones only when one waits
+        stored, changed = study.user_attrs, {}
+        if stored.get(results.BUDGET_ATTR) != stage.budget:
+            changed[results.BUDGET_ATTR] = stage.budget
+        if results.TASK_ATTR not in stored:  # the report's words and axes: no need to load the data again
+            changed[results.TASK_ATTR] = self.data.task
+        write_study_attrs(study, changed)  # in one commit
         consecutive_failures = 0
         announced = False
         orphans_checked = -math.inf
@@ -424,15 +429,14 @@ class _StageRunner:
         while len(claimed) < n_ask:
             # A fresh sampler per trial, seeded by the trial's position: reproducible for one process.
             asking, trial = self._ask(study, stage, position + len(claimed))
-            # The stage's trials as the sampler read them right after this trial was created (Optuna
-            # keeps that read until the next ask): every trial numbered below ours is in it.
-            others = cached_trials(study, (*FINISHED, TrialState.RUNNING))
-            if sum(t.number < trial.number for t in others) >= stage.budget:
+            # Counted after this trial was created: every trial numbered below ours is in the count.
+            n_claimed, n_claimed_below = count_trials(study, (*FINISHED, TrialState.RUNNING), trial.number)
+            if n_claimed_below >= stage.budget:
                 trial.set_user_attr(SURPLUS_ATTR, True)
                 fail_trial(asking, trial_id(trial), "surplus: other workers had claimed the budget first; not trained")
                 break
             claimed.append((asking, trial))
-            if len(others) >= stage.budget:
+            if n_claimed >= stage.budget:
                 break
         return claimed
 

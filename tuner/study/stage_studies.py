@@ -22,7 +22,7 @@ from tuner.errors import StudyMismatchError
 from tuner.inputs.choices import variants
 from tuner.inputs.spec import StudySpec, settings_hash
 from tuner.inputs.usercode import UserCode, code_changes, from_main_fix, spec_folder
-from tuner.storage import StorageError, resolve_url
+from tuner.storage import StorageError, resolve_url, write_study_attrs
 from tuner.study import stored as contract
 from tuner.study.stored import stage_study_name
 from tuner.study.stages import Stage, describe_search, stage_settings
@@ -285,14 +285,16 @@ def open_stage_study(spec: StudySpec, stage: Stage, storage: optuna.storages.Bas
             _check_settings(study, spec, stage.kind, code)
             return study
     settings = stage_settings(spec, stage.kind, code)
-    study.set_user_attr(contract.SETTINGS_ATTR, settings)
-    study.set_user_attr(contract.SETTINGS_HASH_ATTR, settings_hash(settings))
-    study.set_user_attr(contract.SEARCH_ATTR, describe_search(stage))
-    study.set_user_attr(contract.CONTRACT_VERSION_ATTR, _contract_of(spec, stage.kind, storage))
-    # A user's loop reports its own objective: say so, rather than name one it may not compute.
-    study.set_user_attr(contract.OBJECTIVE_ATTR, "loop" if spec.train.loop else spec.train.objective)
-    if spec.source:
-        study.set_user_attr(contract.SPEC_PATH_ATTR, str(Path(spec.source).resolve()))
+    # In one commit where the storage allows: a worker waiting for the settings sees all of them at once.
+    write_study_attrs(study, {
+        contract.SETTINGS_ATTR: settings,
+        contract.SETTINGS_HASH_ATTR: settings_hash(settings),
+        contract.SEARCH_ATTR: describe_search(stage),
+        contract.CONTRACT_VERSION_ATTR: _contract_of(spec, stage.kind, storage),
+        # A user's loop reports its own objective: say so, rather than name one it may not compute.
+        contract.OBJECTIVE_ATTR: "loop" if spec.train.loop else spec.train.objective,
+        **({contract.SPEC_PATH_ATTR: str(Path(spec.source).resolve())} if spec.source else {}),
+    })
     return study
 
 

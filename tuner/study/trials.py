@@ -21,7 +21,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import raise_if_stop_requested
-from tuner.storage import Heartbeat, fail_trial, trial_id, write_trial_records
+from tuner.storage import Heartbeat, fail_trial, tell_trials, trial_id, write_trial_records
 from tuner.study import results
 from tuner.study.stages import Stage
 from tuner.study.stored import FALLBACK_ATTR, TRAINED_TOGETHER_ATTR
@@ -137,13 +137,9 @@ class TrialBatch:
             **extra_attrs,
         }, p.reports) for i, p in enumerate(self.progress)])
         self._record_on_study(max(together), extra_attrs.get(FALLBACK_ATTR))
-        told = []
-        for (study, trial), p in zip(self.asked, self.progress):
-            if not p.active or not p.curve or p.curve[-1] is None:
-                told.append(study.tell(trial, state=TrialState.PRUNED))
-            else:
-                told.append(study.tell(trial, p.curve[-1]))
-        return told
+        # A trial's value is its last epoch's; PRUNED (None) if it stopped early or has no finite value.
+        return tell_trials(self.study, [(trial, None if not p.active or not p.curve else p.curve[-1])
+                                        for (_, trial), p in zip(self.asked, self.progress)])
 
     def _record_on_study(self, k: int, fallback: object) -> None:
         """Keep K (the most trials of this batch trained as one) and the fallback's reason on the stage study,

@@ -89,10 +89,12 @@ def _per_copy_loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tenso
 
 
 @torch.no_grad()
-def _evaluate(net: Stacked, data: Dataset, part: str = "val") -> tuple[list[float], list[float]]:
+def _evaluate(net: Stacked, data: Dataset, part: str = "val", chunk_of: int | None = None) -> tuple[list[float], list[float]]:
     """Each copy's validation loss and error, as :func:`tuner.training.train.evaluate` computes them.
 
     ``part = "start"``: on the training rows :func:`tuner.training.train.untrained_train_loss` reads instead.
+    ``chunk_of``: cut the rows into the chunks of that many copies (default: ``net``'s), so that a few
+    copies measured for many add their rows up in the same order.
     """
     k = net.flat.shape[0]
     if part == "start":
@@ -102,7 +104,7 @@ def _evaluate(net: Stacked, data: Dataset, part: str = "val") -> tuple[list[floa
         x_part, y_part = data.x_val, data.y_val
     n = len(x_part)
     x_val = net.inputs(x_part)
-    chunk = max(1, EVAL_CHUNK // k)  # bound memory: K copies of the activations per chunk
+    chunk = max(1, EVAL_CHUNK // (chunk_of or k))  # bound memory: K copies of the activations per chunk
     loss_sum = torch.zeros(k, device=x_val.device)
     error_sum = torch.zeros(k, device=x_val.device)
     for start in range(0, n, chunk):
@@ -228,10 +230,15 @@ class BatchedTrainer:
         seeds = sorted({c.seed for c in configs})
         order_rngs = {seed: order_generator(seed) for seed in seeds}
 
-        start_losses, _ = _evaluate(net, data, "start")  # the untrained training loss, as train_epochs
-        self.untrained = [EpochResult(0, lr_at(c, 0), math.nan, loss, error, diverged=False)
-                          for c, loss, error in zip(configs, *_evaluate(net, data))]
-        blow_up = [divergence_threshold(c, loss) for c, loss in zip(configs, start_losses)]
+        # Copies of one seed start equal: their untrained values are measured on one copy per seed
+        # (in the chunks of all K, so that each sum is the one K copies would give) and shared.
+        untrained = self._stacked.from_modules(list(initial.values()))
+        row_of = {seed: row for row, seed in enumerate(initial)}
+        start_losses, _ = _evaluate(untrained, data, "start", len(configs))  # the untrained training loss, as train_epochs
+        val_losses, val_errors = _evaluate(untrained, data, chunk_of=len(configs))
+        self.untrained = [EpochResult(0, lr_at(c, 0), math.nan, val_losses[row_of[c.seed]], val_errors[row_of[c.seed]],
+                                      diverged=False) for c in configs]
+        blow_up = [divergence_threshold(c, start_losses[row_of[c.seed]]) for c in configs]
         running = list(range(len(plans)))  # plan index of each row of the stacked tensors
         for epoch in range(max(c.epochs for c in configs)):
             keep = [row for row, i in enumerate(running) if not is_stopped(i) and epoch < configs[i].epochs]
@@ -249,22 +256,24 @@ class BatchedTrainer:
             order = orders[row_seeds[0]] if shared else torch.stack([orders[s] for s in row_seeds])
             loss_sum = torch.zeros(k, device=device)
             grad = torch.empty_like(net.flat)  # the copies' gradient, step after step: a fresh one per step refaults its pages
+            # Each tensor its own leaf: the gradient of views of one flat leaf would be a zero-filled
+            # (K, n_params) tensor per view, summed; one cat of the tensors' gradients costs a fraction.
+            # Views of the flat weights, which the optimizer updates in place: made once an epoch.
+            blocks = [view.detach().requires_grad_(True) for view in net.views(net.flat)]
+            if shared:  # the epoch's rows in their order, gathered once: each step takes a slice
+                x_epoch, y_epoch = x_train[order], data.y_train[order]
             for start in range(0, n, batch_size):
                 if shared:
-                    batch = order[start:start + batch_size]
-                    x, y = x_train[batch], data.y_train[batch]
+                    x, y = x_epoch[start:start + batch_size], y_epoch[start:start + batch_size]
                     x = x.expand(k, *x.shape)
                 else:
                     batch = order[:, start:start + batch_size]
                     x, y = x_train[batch], data.y_train[batch]
-                # Each tensor its own leaf: the gradient of views of one flat leaf would be a zero-filled
-                # (K, n_params) tensor per view, summed; one cat of the tensors' gradients costs a fraction.
-                blocks = [view.detach().requires_grad_(True) for view in net.views(net.flat)]
                 losses = _per_copy_loss(net.forward(x, blocks), y, data.task)
                 # Copies are independent, so the gradient of the sum is each copy's own gradient.
                 grads = torch.autograd.grad(losses.sum(), blocks)
                 optimizer.step(net.flat, torch.cat([g.reshape(k, -1) for g in grads], dim=1, out=grad))
-                loss_sum += losses.detach() * batch.shape[-1]
+                loss_sum += losses.detach() * x.shape[1]  # the batch's rows
             train_losses = (loss_sum / n).tolist()  # one device sync per epoch, not per batch
             val_losses, val_errors = _evaluate(net, data)
             results: list[EpochResult | None] = [None] * len(plans)

@@ -93,7 +93,7 @@ class StackedMLP(Stacked):
         for layer in range(n_layers):
             h = torch.baddbmm(weights[2 * layer + 1], h, weights[2 * layer])
             if layer < n_layers - 1:
-                h = torch.relu(h)
+                h = h.relu_()  # in place: baddbmm's backward needs its inputs, not its output
         return h
 
 
