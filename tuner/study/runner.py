@@ -410,8 +410,7 @@ class _StageRunner:
             trial = study.ask(fixed_distributions=stage.space) if not stage.conditions else ask_conditional(study, stage)
         # First thing, in one commit: the owner (lets a restart find the trial if we die) and the
         # stage's fixed settings (e.g. the calibrated lr on every shape trial).
-        # And the rate it trains at (trained_lr: in stage shape the calibrated lr times its lr_scale).
-        # With lr_transfer = "rule", also the factor its shape moved the calibrated rate by (lr_move).
+        # And the rate it trains at (trained_lr: in stage shape the calibrated lr x lr_move x lr_scale).
         trained_lr = stage.trained(trial.params).get("lr")
         moved = {results.LR_MOVE_ATTR: stage.move(trial.params)} if stage.transfer else {}
         write_trial_records(study, [(trial_id(trial), {**worker_attrs(), **stage.fixed_for(trial.params), **moved,
