@@ -94,8 +94,8 @@ def test_a_shape_trial_trains_with_its_own_choice_at_its_own_rate() -> None:
     params = {"optimizer": "sgd", "batch_size": 128, "width": 8, "depth": 1, "schedule": "constant", "lr_scale": 2.0}
     plan = stage.plan(params)
     assert (plan.train.optimizer, plan.train.batch_size) == ("sgd", 128)
-    # sgd's 0.1, moved to width 8 of the small network's 16 by SGD's rule (sqrt(8 / 16)), times its lr_scale
-    assert plan.train.lr == pytest.approx(0.1 * (8 / 16) ** 0.5 * 2.0)
+    # sgd's 0.1 (SGD's rule does not move it to width 8 of the small network's 16) times its lr_scale
+    assert plan.train.lr == pytest.approx(0.1 * 2.0)
     assert stage.fixed_for(params)["lr"] == 0.1
     adam = stage.plan({**params, "optimizer": "adam", "batch_size": 32, "width": 32})
     assert adam.train.lr == pytest.approx(0.001 * (16 / 32) * 2.0)  # adam's own rate, by adam's rule (1 / width)

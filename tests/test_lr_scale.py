@@ -62,7 +62,7 @@ def test_a_narrower_network_with_adam_may_take_a_higher_rate() -> None:
 def test_a_broad_basin_widens_the_range_and_a_narrow_one_does_not_narrow_it() -> None:
     plain = auto_lr_scale("sgd", 4, 1)
     assert auto_lr_scale("sgd", 4, 1, basin=(0.9, 1.1)) == plain
-    low, high = auto_lr_scale("sgd", 4, 1, basin=(0.1, 3.0))
+    low, high = auto_lr_scale("sgd", 4, 1, basin=(0.1, 3.2))
     assert low == pytest.approx(0.1) and high >= plain[1]
     assert auto_lr_scale("adam", 1, 1, basin=(0.5, 6.0))[1] == pytest.approx(6.0)
 
@@ -186,10 +186,13 @@ def test_a_study_stored_with_the_range_of_before_auto_resumes_with_it(tmp_path: 
 
 
 def test_the_report_says_the_rate_a_scaled_winner_trained_at() -> None:
-    def stage(scale: float) -> StageRuns:
+    def stage(scale: float, move: float = 1.0) -> StageRuns:
         params = {"lr": 0.01, "width": 32, "depth": 1, "schedule": "constant", "decay": 1.0, "lr_scale": scale}
-        run = Run(0, TrialState.COMPLETE, params, 0.2, [0.9, 0.5, 0.2], [], 1.0, False, trained_lr=0.01 * scale)
+        run = Run(0, TrialState.COMPLETE, params, 0.2, [0.9, 0.5, 0.2], [], 1.0, False, trained_lr=0.01 * move * scale)
         return StageRuns("shape", SimpleNamespace(user_attrs={}), [], [run])  # type: ignore[arg-type]
+
+    moved = " ".join(shape_diagnosis(stage(2.0, move=0.25), 0.25, "val_error"))  # lr_transfer = "rule", Adam, 4x wider
+    assert "trained at lr 0.005 (calibrated 0.01 × 0.25 for its shape × lr_scale 2)" in moved
 
     scaled = " ".join(shape_diagnosis(stage(0.13), 0.25, "val_error"))
     assert "than the best small network of stage lr (0.25)" in scaled
@@ -204,22 +207,23 @@ def test_a_one_trial_spec_keeps_its_written_range() -> None:
     assert (auto.space["lr_scale"].low, auto.space["lr_scale"].high) == (0.2, 3.0)
 
 
-def test_the_rule_moves_a_wider_adam_network_down_and_a_wider_sgd_one_up_and_both_down_with_depth() -> None:
+def test_the_rule_moves_a_wider_or_deeper_adam_network_down_and_leaves_sgd_where_it_was_calibrated() -> None:
     assert transfer_move("adam", 4, 1) == pytest.approx(1 / 4)
+    assert transfer_move("adam", 1 / 2, 1) == pytest.approx(2.0)  # a narrower one up
     assert transfer_move("rmsprop", 4, 1) == transfer_move("adagrad", 4, 1) == transfer_move("adam", 4, 1)
-    assert transfer_move("sgd", 4, 1) == pytest.approx(2.0)
-    assert transfer_move("sgd", 1, 4) == transfer_move("adam", 1, 4) == pytest.approx(0.5)
-    assert transfer_move("sgd", 1, 1) == transfer_move("adam", 1, 1) == 1.0  # the small network keeps its rate
+    assert transfer_move("adam", 1, 4) == pytest.approx(0.5)
+    assert transfer_move("sgd", 4, 1) == transfer_move("sgd", 1, 4) == transfer_move("sgd", 1 / 8, 3) == 1.0
+    assert transfer_move("adam", 1, 1) == 1.0  # the small network keeps its rate
 
 
 def test_with_the_rule_auto_is_a_narrow_range_widened_only_by_the_basin() -> None:
-    assert resolve_lr_scale(_spec()) == (0.333, 3.0)  # whatever the shapes: each starts from its own rate
-    assert resolve_lr_scale(_spec(width=[4, 512], depth=[1, 3])) == (0.333, 3.0)
-    assert resolve_lr_scale(_spec(), basin=(0.1, 2.0)) == (0.1, 3.0)
-    assert resolve_lr_scale(_spec(), basin=(0.5, 20.0)) == (0.333, HIGHEST)
+    assert resolve_lr_scale(_spec()) == (0.312, 3.2)  # whatever the shapes: each starts from its own rate
+    assert resolve_lr_scale(_spec(width=[4, 512], depth=[1, 3])) == (0.312, 3.2)
+    assert resolve_lr_scale(_spec(), basin=(0.1, 2.0)) == (0.1, 3.2)
+    assert resolve_lr_scale(_spec(), basin=(0.5, 20.0)) == (0.312, HIGHEST)
     assert resolve_lr_scale(_spec(lr_scale=[0.5, 4.0])) == (0.5, 4.0)  # a pair: as written, around each start
     union = resolve_lr_scale(_spec(lr_transfer="none"))
-    assert union[1] / union[0] > 2 * (3.0 / 0.333)  # the one range of before, for every shape at once (22-fold here)
+    assert union[1] / union[0] > 2 * (3.2 / 0.312)  # the one range of before, for every shape at once (22-fold here)
 
 
 def test_a_bad_lr_transfer_is_refused_in_one_line_naming_the_field() -> None:

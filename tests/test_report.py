@@ -135,10 +135,9 @@ def test_the_page_says_the_rate_the_shape_winner_trained_at(report: Report, stor
     shape = optuna.load_study(study_name="reported/shape", storage=storage)
     best = shape.best_trial
     trained = best.user_attrs["trained_lr"]
-    move = best.user_attrs["lr_move"]  # the calibrated rate moved to its shape by the optimizer's rule, x its scale
-    assert move != pytest.approx(1.0) and trained == pytest.approx(best.user_attrs["lr"] * move * best.params["lr_scale"])
-    said = (f"lr {trained:.3g} (calibrated {best.user_attrs['lr']:.3g} × {move:.3g} for its shape × "
-            f"lr_scale {best.params['lr_scale']:.3g})")
+    assert best.user_attrs["lr_move"] == 1.0  # SGD: the rule leaves the calibrated rate where it is
+    assert trained == pytest.approx(best.user_attrs["lr"] * best.params["lr_scale"])  # the calibrated rate x its scale
+    said = f"lr {trained:.3g} (calibrated {best.user_attrs['lr']:.3g} × lr_scale {best.params['lr_scale']:.3g})"
     assert html.escape(said) in page  # in the summary table and in the diagnosis
     assert page.count(html.escape(said)) >= 2
     assert "all at the calibrated learning rate" not in page

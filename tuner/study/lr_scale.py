@@ -26,10 +26,15 @@ to 118-fold on issue 21's tasks), and a stage of a dozen trials then spends most
 where its shape learns. So each shape starts instead from the calibrated rate moved by
 :data:`TRANSFER_MOVES` for its own width and depth (:func:`transfer_move`), and ``lr_scale``
 searches only :data:`SPREAD` either side of that: with these, every shape of ``docs/lr_shift.csv``
-has a rate within one standard error of its best inside its own range (tests/test_lr_scale.py), an
-9-fold range where the union was 45-fold. (SGD's depth exponent is -0.5 here, not -1.5: the rule
-places a centre, and the measured deeper SGD networks lay within the spread of -0.5; -1.5 needed a
-spread of 4.5.)
+has a rate within one standard error of its best inside its own range (tests/test_lr_scale.py), a
+10-fold range where the union was 45-fold. With Adam a shape moves as muP says (1/width) and down
+with depth (1/sqrt(depth)). With SGD it does not move: the measured best rates of SGD's shapes lay
+both above and below the small network's (0.3x to 5.6x, wider mostly up, the deeper cnn down) on
+U's flat enough that the calibrated rate itself is within the spread of a near-best one for every
+one of them, and moving them by a power of the width (x sqrt(width), tried first) made stage
+shape end worse than stage lr more often on the bundled SGD studies (no worse in 3 of 5 seeds of
+breast cancer against 4 unmoved, diabetes 1 against 2) and doubled reg_table's compute
+(BENCHMARKS.md, issue 21).
 
 Example:
     >>> auto_lr_scale("adam", width_ratio=8, depth_ratio=1)
@@ -55,10 +60,10 @@ RATE_MOVES: dict[str, tuple[float, float]] = {
 # optimizer -> (width exponent, depth exponent) of lr_transfer = "rule": where a shape starts, as a
 # multiple of the calibrated rate; SPREAD: how far either side of it "auto" lets lr_scale reach.
 TRANSFER_MOVES: dict[str, tuple[float, float]] = {
-    "sgd": (0.5, -0.5),
-    "adam": (-1.0, -0.5),
+    "sgd": (0.0, 0.0),  # SGD's shapes start at the calibrated rate (its measured moves go both ways)
+    "adam": (-1.0, -0.5),  # muP's 1/fan_in for width; down with depth
 }
-SPREAD = 3.0
+SPREAD = 3.2
 ADAPTIVE = ("adam", "rmsprop", "adagrad")  # per-coordinate step sizes: moved as Adam's rate (muP treats them alike)
 MARGIN = 2.0  # the measured best rates lay within this factor of the rule; the range reaches that far past it
 # Never wider: past these, the shape stage's few trials would go to searching the rate rather than

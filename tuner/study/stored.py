@@ -157,7 +157,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                  "adding problem)",
               {("stages.lr", "handoff"): "robust", ("stages.shape", "first_rung"): "auto"}),
     Migration(7, "stage 'shape' carries the calibrated rate to each shape by the optimizer's rule (Adam about "
-                 "1/width, SGD sqrt(width), both 1/sqrt(depth)) and lr_scale = \"auto\" searches a narrow range "
+                 "1/width and 1/sqrt(depth), SGD not moved) and lr_scale = \"auto\" searches a narrow range "
                  "around that rate (issue 21)",
               {("stages.shape", "lr_transfer"): "none"}),
 )
