@@ -160,3 +160,31 @@ def test_a_trial_finished_by_another_worker_stops_the_batch_tell_after_the_ones_
     with pytest.raises(ValueError, match="Cannot tell a FAIL trial"):
         tell_trials(study, [(first, 0.5), (failed, 0.25), (last, 0.125)])
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING]
+
+
+def test_trials_claimed_before_the_storage_fails_mid_claim_are_abandoned_not_left_running(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuner.study import runner
+
+    spec = tuner.spec_from_dict({
+        "name": "midclaim", "seed": 0, "data": {"name": "wine"}, "model": {"width": 8, "depth": 1},
+        "train": {"epochs": 2, "batch_size": 32},
+        "stages": {"lr": {"trials": 4, "lr_min": 1e-3, "lr_max": 0.3, "sampler": "random", "batch_trials": 4}},
+    })
+    storage = open_storage(f"sqlite:///{tmp_path / 'midclaim.db'}")
+    counts = runner.count_trials
+    calls = []
+
+    def failing_on_the_third(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 3:  # two trials claimed, the third created: then the storage goes away
+            raise optuna.exceptions.StorageInternalError("the database went away")
+        return counts(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "count_trials", failing_on_the_third)
+    data = load_dataset(spec.data, spec.seed, spec.source)
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        run_stage(spec, "lr", storage=storage, data=data, device=torch.device("cpu"))
+    trials = optuna.load_study(study_name="midclaim/lr", storage=storage).get_trials()
+    assert len(trials) == 3  # every trial created, none left RUNNING for the other workers to wait on
+    assert all(t.state == TrialState.FAIL for t in trials)

@@ -832,6 +832,7 @@ def test_a_study_stored_by_the_release_before_the_rate_rule_resumes_and_reports_
     winner = shape.trials[metrics["trial"]]  # trained again at its rate as stored: calibrated x lr_scale, no move
     assert metrics["params"]["lr"] == pytest.approx(winner.user_attrs["lr"] * winner.params["lr_scale"])
     assert metrics["params"]["lr"] == pytest.approx(winner.user_attrs["trained_lr"])
+    assert metrics["validation"]["value"] == pytest.approx(winner.value, abs=1e-6)  # trained at that rate: the same value
     assert "lr_transfer = \"none\"" in (tmp_path / "best" / "best.toml").read_text()
 
 

@@ -23,7 +23,8 @@ from tuner.inputs.spec import SpecError, spec_from_dict
 from tuner.report.runs import Run, StageRuns
 from tuner.report.words import shape_diagnosis
 from tuner.study.lr_scale import (
-    HIGHEST, LOWEST, MARGIN, SPREAD, TRANSFER_MOVES, auto_lr_scale, resolve_lr_scale, transfer_move,
+    HIGHEST, LOWEST, MARGIN, SPREAD, TRANSFER_MOVES, auto_lr_scale, resolve_lr_scale, transfer_move, transfer_moves,
+    transfer_record,
 )
 from tuner.study.stage_studies import with_stage_value
 from tuner.study.stages import settle_lr_scale, shape_stage
@@ -149,12 +150,15 @@ def test_a_new_study_stores_the_resolved_range_and_its_shape_trials_search_insid
     assert again.user_attrs["trained_lr"] == pytest.approx(best.user_attrs["trained_lr"])
     assert "lr_move" not in again.user_attrs and again.value == pytest.approx(best.value, abs=1e-9)
 
-    # Resumed with one more shape trial: the same distribution, the range untouched.
+    # Resumed with one more shape trial: the same distribution, the range untouched, and the rule as stored
+    # (here rewritten by hand to another exponent): a later tuner's constants never move a stored study's trials.
+    shape.set_user_attr("lr_transfer", {**shape.user_attrs["lr_transfer"], "exponents": {"adam": [-0.5, 0.0]}})
     tuner.run_study(with_stage_value(_spec(), "shape", "trials", 4), storage=storage, device="cpu")
     shape = optuna.load_study(study_name="auto_scaled/shape", storage=storage)
     assert shape.user_attrs["lr_scale_range"] == [low, high]
     newest = max(shape.trials, key=lambda t: t.number)
     assert (newest.distributions["lr_scale"].low, newest.distributions["lr_scale"].high) == (low, high)
+    assert newest.user_attrs["lr_move"] == pytest.approx((newest.params["width"] / 8) ** -0.5)
 
 
 def test_a_study_stored_with_the_range_of_before_auto_resumes_with_it(tmp_path: Path) -> None:
@@ -188,11 +192,15 @@ def test_a_study_stored_with_the_range_of_before_auto_resumes_with_it(tmp_path: 
 def test_the_report_says_the_rate_a_scaled_winner_trained_at() -> None:
     def stage(scale: float, move: float = 1.0) -> StageRuns:
         params = {"lr": 0.01, "width": 32, "depth": 1, "schedule": "constant", "decay": 1.0, "lr_scale": scale}
-        run = Run(0, TrialState.COMPLETE, params, 0.2, [0.9, 0.5, 0.2], [], 1.0, False, trained_lr=0.01 * move * scale)
+        run = Run(0, TrialState.COMPLETE, params, 0.2, [0.9, 0.5, 0.2], [], 1.0, False, trained_lr=0.01 * move * scale,
+                  lr_move=move if move != 1.0 else None)
         return StageRuns("shape", SimpleNamespace(user_attrs={}), [], [run])  # type: ignore[arg-type]
 
     moved = " ".join(shape_diagnosis(stage(2.0, move=0.25), 0.25, "val_error"))  # lr_transfer = "rule", Adam, 4x wider
     assert "trained at lr 0.005 (calibrated 0.01 × 0.25 for its shape × lr_scale 2)" in moved
+    unscaled = stage(1.0, move=0.25)
+    unscaled.runs[0].params.pop("lr_scale")  # lr_scale = [1, 1]: not searched, the move still said
+    assert "trained at lr 0.0025 (calibrated 0.01 × 0.25 for its shape)" in " ".join(shape_diagnosis(unscaled, 0.25, "val_error"))
 
     scaled = " ".join(shape_diagnosis(stage(0.13), 0.25, "val_error"))
     assert "than the best small network of stage lr (0.25)" in scaled
@@ -224,6 +232,17 @@ def test_with_the_rule_auto_is_a_narrow_range_widened_only_by_the_basin() -> Non
     assert resolve_lr_scale(_spec(lr_scale=[0.5, 4.0])) == (0.5, 4.0)  # a pair: as written, around each start
     union = resolve_lr_scale(_spec(lr_transfer="none"))
     assert union[1] / union[0] > 2 * (3.2 / 0.312)  # the one range of before, for every shape at once (22-fold here)
+
+
+def test_a_users_own_model_starts_every_shape_at_the_calibrated_rate() -> None:
+    # width means what the user's factory makes of it (heads, blocks): the rule, measured on hidden layers'
+    # fan-in, does not apply; "auto" is then the one range for every shape, as without the rule.
+    spec = spec_from_dict({**SPEC, "model": {**SPEC["model"], "family": "mymodels:make_net"}})
+    assert transfer_moves(spec) is None and transfer_record(spec) is None
+    assert resolve_lr_scale(spec) == resolve_lr_scale(_spec(lr_transfer="none"))
+    stage = shape_stage(spec, 0.01, lr_scale=(0.5, 2.0))
+    assert stage.move({"width": 32, "depth": 2}) == 1.0
+    assert stage.plan({"width": 32, "depth": 2, "schedule": "constant", "lr_scale": 2.0}).train.lr == pytest.approx(0.02)
 
 
 def test_a_bad_lr_transfer_is_refused_in_one_line_naming_the_field() -> None:

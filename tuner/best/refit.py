@@ -37,7 +37,7 @@ from tuner.study.results import (
     LR_ATTR, SETTINGS_ATTR, SPEC_PATH_ATTR, best_complete, direction_of, load_stage_studies, loss_like, lr_stages,
 )
 from tuner.study.runner import TunerError
-from tuner.study.stages import Stage, audit_stage, lr_stage, shape_stage
+from tuner.study.stages import Stage, audit_stage, lr_stage, shape_stage, stored_moves
 from tuner.study.stored import STAGES, with_added_fields
 from tuner.training.train import EpochResult, evaluate, resolve_device, use_threads
 from tuner.training.trainers import LoopTrainer, make_trainer, with_code
@@ -245,7 +245,7 @@ def _best_trial(name: str, storage: str | optuna.storages.BaseStorage | None,
     spec = spec_from_dict({**stored, "name": name}, source=spec_path)
     if stage_name == "shape":
         lr = best.user_attrs.get(LR_ATTR, study.user_attrs.get(LR_ATTR))
-        return spec, shape_stage(spec, float(lr)), best, chosen, settings.get("identity")
+        return spec, shape_stage(spec, float(lr), moves=stored_moves(study)), best, chosen, settings.get("identity")
     if stage_name == "audit":
         return spec, audit_stage(spec), best, chosen, settings.get("identity")
     return spec, lr_stage(spec, label=stage_name), best, chosen, settings.get("identity")

@@ -22,7 +22,7 @@ from tuner.inputs.spec import DataSpec, SpecError
 from tuner.storage import open_existing_storage
 from tuner.study.results import MAXIMIZE, direction_of, load_stage_studies, loss_like, lr_stages, trial_trained_lr
 from tuner.study.stored import (  # noqa: F401 -- STAGES: figures reads it from here
-    BEST_LR_ATTR, DIVERGED_ATTR, LEARNING_CURVE_ATTR, LR_ATTR, SETTINGS_ATTR, STAGES, TASK_ATTR, stage_kind,
+    BEST_LR_ATTR, DIVERGED_ATTR, LEARNING_CURVE_ATTR, LR_ATTR, LR_MOVE_ATTR, SETTINGS_ATTR, STAGES, TASK_ATTR, stage_kind,
 )
 
 # The error a run must reach to count as "trained", for the epochs-to-target panel and sentence:
@@ -52,15 +52,13 @@ class Run:
     epochs_done: int | None = None
     trained_lr: float | None = None  # the rate it trained at (stage shape: the calibrated lr times its lr_scale)
 
+    lr_move: float | None = None  # stage shape with lr_transfer = "rule": the factor its shape moved the calibrated rate by
+
     @property
     def move(self) -> float:
-        """What stage shape's rule (lr_transfer = "rule") moved the calibrated rate by for this run's shape: 1 where
-        it did not (a study made without it, a trial of another stage, the small network's own shape)."""
-        lr, scale = self.params.get("lr"), self.params.get("lr_scale")
-        if self.trained_lr is None or lr is None or scale is None or not float(lr) * float(scale):
-            return 1.0
-        moved = self.trained_lr / (float(lr) * float(scale))
-        return 1.0 if math.isclose(moved, 1.0, rel_tol=1e-9) else moved
+        """What stage shape's rule moved the calibrated rate by for this run's shape: 1 where it did not (a study
+        made without the rule, a trial of another stage, the small network's own shape, SGD)."""
+        return float(self.lr_move) if self.lr_move is not None else 1.0
 
     @property
     def own_seconds(self) -> float | None:
@@ -143,6 +141,7 @@ def run_of(trial: FrozenTrial) -> Run:
         batched_with=int(attrs.get("batched_with") or 1),
         epochs_done=int(attrs["epochs_done"]) if attrs.get("epochs_done") is not None else None,
         trained_lr=trial_trained_lr(trial),
+        lr_move=attrs.get(LR_MOVE_ATTR),
     )
 
 

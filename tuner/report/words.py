@@ -344,10 +344,10 @@ def rate_words(run: Run) -> str:
     rate = run.trained_lr
     if rate is None:
         return "an unknown rate"
-    if "lr_scale" not in run.params:
-        return f"lr {rate:.3g}"
     calibrated = run.params.get("lr")
     moved = f" × {run.move:.3g} for its shape" if run.move != 1.0 else ""
+    if "lr_scale" not in run.params:  # lr_scale not searched ([1, 1]): the rule's move alone, where it moved
+        return f"lr {rate:.3g} (calibrated {float(calibrated):.3g}{moved})" if moved and calibrated is not None else f"lr {rate:.3g}"
     return (f"lr {rate:.3g} (calibrated {float(calibrated):.3g}{moved} × lr_scale {float(run.params['lr_scale']):.3g})"
             if calibrated is not None else f"lr {rate:.3g} (lr_scale {float(run.params['lr_scale']):.3g})")
 

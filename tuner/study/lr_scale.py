@@ -46,8 +46,10 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 from tuner.inputs.choices import values_of
+from tuner.inputs.families import BUILT_IN_FAMILIES
 from tuner.inputs.spec import LR_SCALE_AUTO, StudySpec
 
 # optimizer -> (width exponent, depth exponent): the best rate of a shape width_ratio times as
@@ -110,7 +112,7 @@ def resolve_lr_scale(spec: StudySpec, basin: tuple[float, float] | None = None) 
     if shape.lr_scale != LR_SCALE_AUTO:
         low, high = shape.lr_scale
         return float(low), float(high)
-    if shape.lr_transfer == "rule":  # around each shape's own start (transfer_move), widened by the basin
+    if transfer_moves(spec) is not None:  # around each shape's own start (transfer_move), widened by the basin
         below, above = 1 / SPREAD, SPREAD
         if basin is not None:
             below, above = min(below, basin[0]), max(above, basin[1])
@@ -124,27 +126,40 @@ def resolve_lr_scale(spec: StudySpec, basin: tuple[float, float] | None = None) 
     return min(low for low, _ in ranges), max(high for _, high in ranges)
 
 
-def transfer_move(optimizer: str, width_ratio: float, depth_ratio: float) -> float:
+def transfer_move(optimizer: str, width_ratio: float, depth_ratio: float,
+                  moves: Mapping[str, Sequence[float]] | None = None) -> float:
     """Where a shape ``width_ratio`` times as wide and ``depth_ratio`` as deep as the small network starts,
-    as a multiple of the rate calibrated on it (``lr_transfer = "rule"``)."""
-    width_exponent, depth_exponent = TRANSFER_MOVES["adam" if optimizer in ADAPTIVE else "sgd"]
+    as a multiple of the rate calibrated on it (``lr_transfer = "rule"``); ``moves``: the exponents per
+    optimizer a stored study was made with (default: :data:`TRANSFER_MOVES`)."""
+    width_exponent, depth_exponent = (moves[optimizer] if moves is not None
+                                      else TRANSFER_MOVES["adam" if optimizer in ADAPTIVE else "sgd"])
     return float(width_ratio**width_exponent * depth_ratio**depth_exponent)
 
 
-def transfer_record(spec: StudySpec) -> dict[str, object] | None:
-    """What ``<name>/shape`` stores of the rule its shapes start by (None: ``lr_transfer = "none"``)."""
-    if spec.stages.shape.lr_transfer != "rule":
+def transfer_moves(spec: StudySpec) -> dict[str, tuple[float, float]] | None:
+    """Each listed optimizer's (width, depth) exponents of the rule, where it acts: ``lr_transfer = "rule"`` on a
+    built-in family, whose width is a hidden layer's fan-in as the rule was measured on. None elsewhere: a
+    user's factory may read ``width`` as anything (heads, blocks), so its shapes start at the calibrated rate."""
+    if spec.stages.shape.lr_transfer != "rule" or spec.model.family not in BUILT_IN_FAMILIES:
         return None
-    moves = {o: list(TRANSFER_MOVES["adam" if o in ADAPTIVE else "sgd"]) for o in values_of(spec, "optimizer")}
+    return {o: TRANSFER_MOVES["adam" if o in ADAPTIVE else "sgd"] for o in values_of(spec, "optimizer")}
+
+
+def transfer_record(spec: StudySpec) -> dict[str, object] | None:
+    """What ``<name>/shape`` stores of the rule its shapes start by (None: no rule acts), read back on resume."""
+    moves = transfer_moves(spec)
+    if moves is None:
+        return None
     return {"rule": f"rate x (width / {spec.model.width})^a x (depth / {spec.model.depth})^b",
-            "width": spec.model.width, "depth": spec.model.depth, "exponents": moves}
+            "width": spec.model.width, "depth": spec.model.depth,
+            "exponents": {o: list(exponents) for o, exponents in moves.items()}}
 
 
 def transfer_words(spec: StudySpec) -> str:
     """The rule in words, for the hand-off's message: ``adam: x (width / 16)^-1 x (depth / 1)^-0.5``."""
     w, d = spec.model.width, spec.model.depth
-    return "; ".join(f"{o}: x (width / {w})^{a:g} x (depth / {d})^{b:g}"
-                     for o in values_of(spec, "optimizer") for a, b in [TRANSFER_MOVES["adam" if o in ADAPTIVE else "sgd"]])
+    return "; ".join(f"{o}: x (width / {w})^{a:g} x (depth / {d})^{b:g}" if a or b else f"{o}: not moved"
+                     for o, (a, b) in (transfer_moves(spec) or {}).items())
 
 
 def _tidy(value: float) -> float:

@@ -74,6 +74,7 @@ from tuner.study.stages import (
     sampler_for,
     settle_lr_scale,
     shape_stage,
+    stored_moves,
 )
 from tuner.study.trials import Asked, TrialBatch, abandon, best_value, holds_position, run_trials
 from tuner.training.train import check_loss, pick_threads, resolve_device, use_threads
@@ -296,7 +297,7 @@ def run_stage(
             runner.reporter.message(rung.sentence())
         # lr_scale = "auto": the range resolved at the hand-off, read back from <name>/shape.
         lr_scale = settle_lr_scale(spec, shape_study)
-        return runner.run(shape_stage(spec, best_lr, rung, lr_scale=lr_scale, rates=rates), shape_study)
+        return runner.run(shape_stage(spec, best_lr, rung, lr_scale=lr_scale, rates=rates, moves=stored_moves(shape_study)), shape_study)
     if stage == "audit":
         return runner.run(audit_stage(spec))
     raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGE_NAMES)}")
@@ -368,7 +369,7 @@ class _StageRunner:
             asked: list[Asked] = []
             try:
                 with interrupts_deferred():  # a trial asked for is always claimed, never left ownerless
-                    asked = self._claim(study, stage, position, n_ask)
+                    self._claim(study, stage, position, n_ask, asked)  # into ``asked``: abandoned below if it raises
                 told = self._train(stage, asked) if asked else []
             except BaseException as error:
                 # Ctrl-C, SIGTERM, or the storage gone: our trials must not stay RUNNING, or every
@@ -408,33 +409,32 @@ class _StageRunner:
             # Optuna warns that heartbeats go with optimize(); ours are kept by Heartbeat below.
             warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
             trial = study.ask(fixed_distributions=stage.space) if not stage.conditions else ask_conditional(study, stage)
-        # First thing, in one commit: the owner (lets a restart find the trial if we die) and the
-        # stage's fixed settings (e.g. the calibrated lr on every shape trial).
-        # And the rate it trains at (trained_lr: in stage shape the calibrated lr x lr_move x lr_scale).
+        # First thing, in one commit: the owner (lets a restart find the trial if we die), the stage's fixed settings
+        # (e.g. the calibrated lr on every shape trial), the rate it trains at (in stage shape lr x lr_move x lr_scale).
         trained_lr = stage.trained(trial.params).get("lr")
         moved = {results.LR_MOVE_ATTR: stage.move(trial.params)} if stage.transfer else {}
         write_trial_records(study, [(trial_id(trial), {**worker_attrs(), **stage.fixed_for(trial.params), **moved,
                                                        results.TRAINED_LR_ATTR: trained_lr}, {})])
         return study, trial
 
-    def _claim(self, study: optuna.Study, stage: Stage, position: int, n_ask: int) -> list[Asked]:
-        """Ask for up to ``n_ask`` trials, one at a time, keeping only those within the stage's budget.
+    def _claim(self, study: optuna.Study, stage: Stage, position: int, n_ask: int, claimed: list[Asked]) -> list[Asked]:
+        """Ask for up to ``n_ask`` trials into ``claimed``, one at a time, keeping only those within the stage's budget.
 
-        Workers that count at the same moment all see room for one more trial. Trial numbers say
-        who asked first: a trial with ``budget`` claimed trials below it is surplus and is failed
-        at once, untrained, so that the stage ends with exactly its budget however many workers share it.
-        """
-        claimed: list[Asked] = []
+        Workers that count at the same moment all see room for one more trial. Trial numbers say who asked first:
+        a trial with ``budget`` claimed trials below it is surplus and is failed at once, untrained, so that the stage
+        ends with exactly its budget however many workers share it. A trial is in ``claimed`` from its creation on:
+        if the storage fails later, the caller abandons it."""
         while len(claimed) < n_ask:
             # A fresh sampler per trial, seeded by the trial's position: reproducible for one process.
             asking, trial = self._ask(study, stage, position + len(claimed))
+            claimed.append((asking, trial))
             # Counted after this trial was created: every trial numbered below ours is in the count.
             n_claimed, n_claimed_below = count_trials(study, (*FINISHED, TrialState.RUNNING), trial.number)
             if n_claimed_below >= stage.budget:
                 trial.set_user_attr(SURPLUS_ATTR, True)
                 fail_trial(asking, trial_id(trial), "surplus: other workers had claimed the budget first; not trained")
+                claimed.pop()  # failed as surplus, not ours to train
                 break
-            claimed.append((asking, trial))
             if n_claimed >= stage.budget:
                 break
         return claimed

@@ -28,7 +28,8 @@ from tuner.inputs.params import OPTIMIZER_NAMES, DeclaredParam
 from tuner.inputs.params import defaults as declared_defaults
 from tuner.inputs.spec import LR_SCALE_AUTO, StudySpec
 from tuner.inputs.usercode import UserCode, identity
-from tuner.study.lr_scale import resolve_lr_scale, transfer_move, transfer_record
+from tuner.storage import write_study_attrs
+from tuner.study.lr_scale import resolve_lr_scale, transfer_move, transfer_moves, transfer_record
 from tuner.study.pruning import FirstRung
 from tuner.study.search import (  # noqa: F401 -- how a stage searches, importable from here as before
     describe_search,
@@ -87,8 +88,9 @@ class Stage:
     # Stage shape with listed choices: each variant's choice and calibrated rate; a trial trains at its own
     # variant's rate (``fixed``'s lr is then the rate of the variant whose stage lr did best).
     rates: tuple[tuple[tuple[tuple[str, Any], ...], float], ...] = ()
-    # Stage shape with lr_transfer = "rule": each shape starts from the calibrated rate moved for its width and depth.
-    transfer: bool = False
+    # Stage shape with lr_transfer = "rule": each shape starts from the calibrated rate moved for its width and depth,
+    # by these (optimizer, width exponent, depth exponent); empty: no move.
+    transfer: tuple[tuple[str, float, float], ...] = ()
 
     @property
     def kind(self) -> str:
@@ -108,8 +110,8 @@ class Stage:
         """The factor the rule moves the calibrated rate by for the shape of ``params`` (1 without ``transfer``)."""
         if not self.transfer:
             return 1.0
-        return transfer_move(str(params.get("optimizer", self.base.optimizer)),
-                             params.get("width", self.width) / self.width, params.get("depth", self.depth) / self.depth)
+        return transfer_move(str(params.get("optimizer", self.base.optimizer)), params.get("width", self.width) / self.width,
+                             params.get("depth", self.depth) / self.depth, {o: (a, b) for o, a, b in self.transfer})
 
     def trained(self, params: dict[str, Any]) -> dict[str, Any]:
         """``params`` with the stage's fixed settings, ``lr`` the rate the trial trains at: in stage shape the
@@ -246,14 +248,18 @@ def settle_lr_scale(spec: StudySpec, study: optuna.Study, basin: tuple[float, fl
     (:data:`LR_TRANSFER_ATTR`).
     """
     stored = study.user_attrs.get(LR_SCALE_RANGE_ATTR)
-    if stored is not None:
-        return float(stored[0]), float(stored[1])
-    low, high = resolve_lr_scale(spec, basin)
-    if spec.stages.shape.lr_scale == LR_SCALE_AUTO:
-        study.set_user_attr(LR_SCALE_RANGE_ATTR, [low, high])
+    low, high = (float(stored[0]), float(stored[1])) if stored is not None else resolve_lr_scale(spec, basin)
+    attrs: dict[str, Any] = {LR_SCALE_RANGE_ATTR: [low, high]} if stored is None and spec.stages.shape.lr_scale == LR_SCALE_AUTO else {}
     if (rule := transfer_record(spec)) is not None and LR_TRANSFER_ATTR not in study.user_attrs:
-        study.set_user_attr(LR_TRANSFER_ATTR, rule)
+        attrs[LR_TRANSFER_ATTR] = rule
+    write_study_attrs(study, attrs)  # one commit: no worker reads the range without the rule
     return low, high
+
+
+def stored_moves(study: optuna.Study) -> dict[str, tuple[float, float]] | None:
+    """The rule's exponents per optimizer that ``<name>/shape`` was made with (None: none stored)."""
+    rule = study.user_attrs.get(LR_TRANSFER_ATTR)
+    return {o: (float(a), float(b)) for o, (a, b) in rule["exponents"].items()} if isinstance(rule, dict) else None
 
 
 def fixed_settings(spec: StudySpec, stage: str, best_lr: float | None = None) -> dict[str, Any]:
@@ -332,7 +338,8 @@ def resumed_ask_batch(spec: StudySpec, stage: Stage, search: dict[str, Any] | No
 
 def shape_stage(spec: StudySpec, best_lr: float, rung: FirstRung | None = None, *,
                 lr_scale: tuple[float, float] | None = None,
-                rates: tuple[tuple[tuple[tuple[str, Any], ...], float], ...] = ()) -> Stage:
+                rates: tuple[tuple[tuple[tuple[str, Any], ...], float], ...] = (),
+                moves: dict[str, tuple[float, float]] | None = None) -> Stage:
     """Stage 2: width, depth, schedule and decay at the learning rate calibrated by stage 1.
 
     ``rung``: with ``first_rung = "learned"`` (or ``"auto"``), the first rung chosen from stage lr (:mod:`tuner.study.pruning`);
@@ -340,6 +347,8 @@ def shape_stage(spec: StudySpec, best_lr: float, rung: FirstRung | None = None, 
     ``lr_scale``: the range its multiplier on that rate is searched over, as :func:`settle_lr_scale`
     stored it; None: resolved from the spec alone (enough to plan a trial from its params).
     ``rates``: with listed choices, each variant's choice and calibrated rate (:attr:`Stage.rates`).
+    ``moves``: the rule's exponents as :func:`stored_moves` read them from the study; None: the spec's
+    (:func:`tuner.study.lr_scale.transfer_moves`).
     """
     shape = spec.stages.shape
     pruning: dict[str, Any] = {"pruner": shape.pruner, "first_rung": shape.first_rung}
@@ -360,7 +369,7 @@ def shape_stage(spec: StudySpec, best_lr: float, rung: FirstRung | None = None, 
         fixed=fixed_settings(spec, "shape", best_lr),
         conditions=conditions(spec, space),
         rates=rates,
-        transfer=shape.lr_transfer == "rule",
+        transfer=tuple((o, a, b) for o, (a, b) in (moves or transfer_moves(spec) or {}).items()),
         **pruning,
     )
 

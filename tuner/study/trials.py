@@ -20,7 +20,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.errors import raise_if_stop_requested
+from tuner.errors import interrupts_deferred, raise_if_stop_requested
 from tuner.storage import Heartbeat, fail_trial, tell_trials, trial_id, write_trial_records
 from tuner.study import results
 from tuner.study.stages import Stage
@@ -137,9 +137,12 @@ class TrialBatch:
             **extra_attrs,
         }, p.reports) for i, p in enumerate(self.progress)])
         self._record_on_study(max(together), extra_attrs.get(FALLBACK_ATTR))
-        # A trial's value is its last epoch's; PRUNED (None) if it stopped early or has no finite value.
-        return tell_trials(self.study, [(trial, None if not p.active or not p.curve else p.curve[-1])
-                                        for (_, trial), p in zip(self.asked, self.progress)])
+        # A trial's value is its last epoch's; PRUNED (None) if it stopped early or has no finite value. Told with
+        # Ctrl-C and SIGTERM held off: on SQLite the batch is one transaction, and a signal inside it would roll
+        # back every tell and leave trained trials to be abandoned as failed.
+        with interrupts_deferred():
+            return tell_trials(self.study, [(trial, None if not p.active or not p.curve else p.curve[-1])
+                                            for (_, trial), p in zip(self.asked, self.progress)])
 
     def _record_on_study(self, k: int, fallback: object) -> None:
         """Keep K (the most trials of this batch trained as one) and the fallback's reason on the stage study,
