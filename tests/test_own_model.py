@@ -59,6 +59,12 @@ def test_a_custom_cnn_and_loader_run_both_stages_resume_and_an_edited_module_is_
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in shape.trials)
     assert any(t.state == TrialState.COMPLETE for t in shape.trials)
     assert shape.user_attrs["settings"]["identity"]["model.family"]["module"] == "mynet"
+    # The rate rule is for the built-in families: the user's shapes start at the calibrated rate, and the
+    # hand-off says no rule (its width is what mynet makes of it).
+    assert "lr_transfer" not in shape.user_attrs and all("lr_move" not in t.user_attrs for t in shape.trials)
+    assert "moves it to each shape" not in first.stdout + first.stderr
+    assert all(t.user_attrs["trained_lr"] == pytest.approx(t.user_attrs["lr"] * t.params.get("lr_scale", 1.0))
+               for t in shape.trials)
 
     again = _tuner("study", str(spec), "--storage", url, "--device", "cpu", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
