@@ -726,25 +726,12 @@ def test_a_study_stored_by_the_release_before_conditional_parameters_resumes_and
     shape = optuna.load_study(study_name="contract3/shape", storage=v3_copy)
     assert shape.user_attrs["contract_version"] == 3 and "group" not in shape.user_attrs["search"]["sampler"]
     assert any(t.params["schedule"] == "constant" and "decay" in t.params for t in shape.trials)  # as v3 made them
-    before = _finished_per_stage(v3_copy)
-    attrs_before = {name: optuna.load_study(study_name=name, storage=v3_copy).user_attrs
-                    for name in optuna.get_all_study_names(v3_copy)}
-    done = _tuner("study", str(V3_SPEC), "--storage", v3_copy, "--device", "cpu", cwd=tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert _finished_per_stage(v3_copy) == before
-    assert {name: optuna.load_study(study_name=name, storage=v3_copy).user_attrs
-            for name in optuna.get_all_study_names(v3_copy)} == attrs_before
-    for command in ("importance", "export", "report"):
-        result = _invoke(command, "contract3", "--storage", v3_copy, "--out", str(tmp_path / command))
-        assert result.exit_code == 0, (command, result.output)
+    _resumes_with_nothing_to_run_and_reads(v3_copy, V3_SPEC, "contract3", tmp_path)
 
 
 def test_a_v3_study_given_more_shape_trials_samples_every_parameter_in_every_trial_as_it_was_made(
         v3_copy: str, tmp_path: Path) -> None:
-    spec = V3_SPEC.read_text().replace("[stages.shape]\ntrials = 6", "[stages.shape]\ntrials = 10")
-    (tmp_path / "more.toml").write_text(spec)
-    done = _tuner("study", str(tmp_path / "more.toml"), "--storage", v3_copy, "--device", "cpu", cwd=tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
+    _with_more_shape_trials(v3_copy, V3_SPEC, 10, tmp_path)
     shape = optuna.load_study(study_name="contract3/shape", storage=v3_copy)
     finished = [t for t in shape.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 10
@@ -768,27 +755,38 @@ def v4_copy(tmp_path: Path) -> str:
 def test_a_study_stored_by_the_release_before_lists_of_optimizers_resumes_and_reports_unchanged(
         v4_copy: str, tmp_path: Path) -> None:
     assert sorted(optuna.get_all_study_names(v4_copy)) == ["contract4/lr", "contract4/shape"]
-    before = _finished_per_stage(v4_copy)
-    attrs_before = {name: optuna.load_study(study_name=name, storage=v4_copy).user_attrs
-                    for name in optuna.get_all_study_names(v4_copy)}
-    done = _tuner("study", str(V4_SPEC), "--storage", v4_copy, "--device", "cpu", cwd=tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "nothing to run" in done.stdout + done.stderr
-    assert _finished_per_stage(v4_copy) == before
-    assert {name: optuna.load_study(study_name=name, storage=v4_copy).user_attrs
-            for name in optuna.get_all_study_names(v4_copy)} == attrs_before
-    for command in ("importance", "export", "report"):
-        result = _invoke(command, "contract4", "--storage", v4_copy, "--out", str(tmp_path / command))
-        assert result.exit_code == 0, (command, result.output)
+    _resumes_with_nothing_to_run_and_reads(v4_copy, V4_SPEC, "contract4", tmp_path)
     best = _invoke("best", "contract4", "--storage", v4_copy, "--out", str(tmp_path / "best"), "--device", "cpu")
     assert best.exit_code == 0, best.output
 
 
-def test_a_v4_study_given_more_shape_trials_keeps_its_one_stage_lr_and_version(v4_copy: str, tmp_path: Path) -> None:
-    spec = V4_SPEC.read_text().replace("[stages.shape]\ntrials = 6", "[stages.shape]\ntrials = 8")
-    (tmp_path / "more.toml").write_text(spec)
-    done = _tuner("study", str(tmp_path / "more.toml"), "--storage", v4_copy, "--device", "cpu", cwd=tmp_path)
+def _with_more_shape_trials(url: str, spec: Path, trials: int, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """A stored fixture's study run with its shape budget raised from 6 to ``trials``; it exits 0."""
+    (tmp_path / "more.toml").write_text(spec.read_text().replace("[stages.shape]\ntrials = 6", f"[stages.shape]\ntrials = {trials}"))
+    done = _tuner("study", str(tmp_path / "more.toml"), "--storage", url, "--device", "cpu", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def _resumes_with_nothing_to_run_and_reads(url: str, spec: Path, name: str, tmp_path: Path) -> None:
+    """A stored fixture's study run again as it is: nothing trained, no attribute changed; importance, export and
+    report read it."""
+    before = _finished_per_stage(url)
+    attrs_before = {study: optuna.load_study(study_name=study, storage=url).user_attrs
+                    for study in optuna.get_all_study_names(url)}
+    done = _tuner("study", str(spec), "--storage", url, "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "nothing to run" in done.stdout + done.stderr
+    assert _finished_per_stage(url) == before
+    assert {study: optuna.load_study(study_name=study, storage=url).user_attrs
+            for study in optuna.get_all_study_names(url)} == attrs_before
+    for command in ("importance", "export", "report"):
+        result = _invoke(command, name, "--storage", url, "--out", str(tmp_path / command))
+        assert result.exit_code == 0, (command, result.output)
+
+
+def test_a_v4_study_given_more_shape_trials_keeps_its_one_stage_lr_and_version(v4_copy: str, tmp_path: Path) -> None:
+    _with_more_shape_trials(v4_copy, V4_SPEC, 8, tmp_path)
     assert sorted(optuna.get_all_study_names(v4_copy)) == ["contract4/lr", "contract4/shape"]
     shape = optuna.load_study(study_name="contract4/shape", storage=v4_copy)
     finished = [t for t in shape.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -811,19 +809,9 @@ def v6_copy(tmp_path: Path) -> str:
 
 def test_a_study_stored_by_the_release_before_the_rate_rule_resumes_and_reports_unchanged(
         v6_copy: str, tmp_path: Path) -> None:
-    before = _finished_per_stage(v6_copy)
-    attrs_before = {name: optuna.load_study(study_name=name, storage=v6_copy).user_attrs
-                    for name in optuna.get_all_study_names(v6_copy)}
-    assert attrs_before["contract6/shape"]["contract_version"] == 6 and "lr_transfer" not in attrs_before["contract6/shape"]
-    done = _tuner("study", str(V6_SPEC), "--storage", v6_copy, "--device", "cpu", cwd=tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "nothing to run" in done.stdout + done.stderr
-    assert _finished_per_stage(v6_copy) == before
-    assert {name: optuna.load_study(study_name=name, storage=v6_copy).user_attrs
-            for name in optuna.get_all_study_names(v6_copy)} == attrs_before
-    for command in ("importance", "export", "report"):
-        result = _invoke(command, "contract6", "--storage", v6_copy, "--out", str(tmp_path / command))
-        assert result.exit_code == 0, (command, result.output)
+    stored = optuna.load_study(study_name="contract6/shape", storage=v6_copy).user_attrs
+    assert stored["contract_version"] == 6 and "lr_transfer" not in stored
+    _resumes_with_nothing_to_run_and_reads(v6_copy, V6_SPEC, "contract6", tmp_path)
     best = _invoke("best", "contract6", "--storage", v6_copy, "--out", str(tmp_path / "best"), "--device", "cpu",
                    "--stage", "shape")
     assert best.exit_code == 0, best.output
@@ -838,10 +826,7 @@ def test_a_study_stored_by_the_release_before_the_rate_rule_resumes_and_reports_
 
 def test_a_v6_study_given_more_shape_trials_keeps_one_range_for_every_shape_and_no_move(
         v6_copy: str, tmp_path: Path) -> None:
-    spec = V6_SPEC.read_text().replace("[stages.shape]\ntrials = 6", "[stages.shape]\ntrials = 8")
-    (tmp_path / "more.toml").write_text(spec)
-    done = _tuner("study", str(tmp_path / "more.toml"), "--storage", v6_copy, "--device", "cpu", cwd=tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = _with_more_shape_trials(v6_copy, V6_SPEC, 8, tmp_path)
     assert "lr_transfer defaulted to 'none'" in done.stdout + done.stderr
     shape = optuna.load_study(study_name="contract6/shape", storage=v6_copy)
     assert shape.user_attrs["contract_version"] == 6 and "lr_transfer" not in shape.user_attrs
