@@ -51,7 +51,6 @@ class Run:
     batched_with: int = 1  # trials trained together in its batch
     epochs_done: int | None = None
     trained_lr: float | None = None  # the rate it trained at (stage shape: the calibrated lr times its lr_scale)
-
     lr_move: float | None = None  # stage shape with lr_transfer = "rule": the factor its shape moved the calibrated rate by
 
     @property
