@@ -133,6 +133,8 @@ def test_a_new_study_stores_the_resolved_range_and_its_shape_trials_search_insid
     assert finished and all(low <= t.params["lr_scale"] <= high for t in finished)
     assert {(t.distributions["lr_scale"].low, t.distributions["lr_scale"].high) for t in finished} == {(low, high)}
     assert any(f"lr_scale in [{low:.3g}, {high:.3g}]" in note for note in notes)
+    assert any("moves it to each shape by the optimizer's rule (adam: x (width / 8)^-1 x (depth / 1)^-0.5)" in note
+               for note in notes)
     for trial in finished:  # each shape starts from the calibrated rate moved for its width and depth
         move = transfer_move("adam", trial.params["width"] / 8, trial.params["depth"] / 1)
         assert trial.user_attrs["lr_move"] == pytest.approx(move)

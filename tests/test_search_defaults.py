@@ -92,9 +92,11 @@ def test_a_study_stored_with_the_old_defaults_resumes_with_them(tmp_path: Path) 
         assert f"{table}.{key}" in said
 
 
-def test_a_new_study_searches_with_todays_defaults(tmp_path: Path) -> None:
+def test_a_new_study_searches_with_todays_defaults(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     storage = f"sqlite:///{tmp_path / 'new.db'}"
     result = tuner.run_study(_spec(), storage=storage, device="cpu")
+    said = "".join(capsys.readouterr())  # SGD: the rule leaves the rate where it was calibrated, and says only the scale
+    assert "stage 'shape' scales it by lr_scale in [" in said and "moves it to each shape" not in said
     shape = optuna.load_study(study_name="scaled/shape", storage=storage)
     # The summary names the rate the winner trained at: the calibrated one moved to its shape, times its scale.
     best = shape.best_trial
