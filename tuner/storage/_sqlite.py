@@ -293,10 +293,7 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
         not written again, and nothing is when none changed: a read-only file takes what it holds.
         """
         texts = {key: json.dumps(value) for key, value in attrs.items()}
-        with self._read() as connection:
-            self._existing_study(connection, study_id)
-            stored = dict(connection.execute("SELECT key, value_json FROM study_user_attributes WHERE study_id = ?",
-                                             (study_id,)).fetchall())
+        stored = dict(self._study_attr_rows(study_id))
         changed = [(key, text) for key, text in texts.items() if stored.get(key) != text]
         if not changed:
             return
@@ -312,12 +309,15 @@ class FastSQLiteStorage(_optuna.RDBStorageWithTrialHooks):
     # ---- reads ---------------------------------------------------------------------------------
 
     def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        return {key: json.loads(text) for key, text in self._study_attr_rows(study_id)}
+
+    def _study_attr_rows(self, study_id: int) -> list[tuple[str, str]]:
+        """A study's user attributes as stored: (key, JSON text), in the order Optuna's own query gives them
+        (the same statement, so the same plan)."""
         with self._read() as connection:
             self._existing_study(connection, study_id)
-            # In the order Optuna's own query gives them (the same statement, so the same plan).
-            rows = connection.execute("SELECT key, value_json FROM study_user_attributes WHERE study_id = ?",
+            return connection.execute("SELECT key, value_json FROM study_user_attributes WHERE study_id = ?",
                                       (study_id,)).fetchall()
-        return {key: json.loads(text) for key, text in rows}
 
     def has_waiting_trials(self, study_id: int) -> bool:
         """Whether the study holds a WAITING (enqueued) trial: one indexed lookup, no trial read."""

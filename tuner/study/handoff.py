@@ -95,7 +95,8 @@ def hand_off_rates(spec: StudySpec, storage: optuna.storages.BaseStorage, report
     shape.set_user_attr(results.LR_ATTR, lead.choice.rate)
     if reporter is not None:
         scaled = f"; stage 'shape' scales it by lr_scale in [{low:.3g}, {high:.3g}]" if low < high else ""
-        if any(a or b for a, b in (transfer_moves(spec) or {}).values()):  # each shape starts from the rate moved for it
+        moved = any(a or b for a, b in (transfer_moves(spec) or {}).values())  # the rule moves some shape's rate
+        if moved:
             scaled = (f"; stage 'shape' moves it to each shape by the optimizer's rule ({transfer_words(spec)})"
                       + (f" and scales that by lr_scale in [{low:.3g}, {high:.3g}]" if low < high else ""))
         for c in chosen:
@@ -104,7 +105,7 @@ def hand_off_rates(spec: StudySpec, storage: optuna.storages.BaseStorage, report
                              f"({_in_words(c.choice, c.best)}){'' if rates else scaled}")
         if rates:
             each = f", scaled by lr_scale in [{low:.3g}, {high:.3g}]" if low < high else ""
-            if any(a or b for a, b in (transfer_moves(spec) or {}).values()):
+            if moved:
                 each = f", moved to its shape by the optimizer's rule ({transfer_words(spec)}){each}"
             reporter.message(f"stage 'shape' searches {' and '.join(listed(spec))} with the rest, each trial at the rate "
                              f"calibrated for its choice{each}; the best stage lr was '{lead.variant.label}'")
