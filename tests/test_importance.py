@@ -148,6 +148,31 @@ def test_verdict_fails_and_advises_joint_tuning_when_lr_interacts() -> None:
     assert stored["low_interaction_held"] is False
 
 
+def test_with_stage_shapes_rule_the_verdict_reads_lr_as_moved_back_to_the_small_network() -> None:
+    # Adam's best rate falls as 1/width: in raw rates lr interacts with width, but the rule stage shape
+    # carries the rate by (stored on <name>/shape) accounts for exactly that, so staging is sound.
+    def one_over_width(p: dict) -> float:
+        calibrated = np.log10(p["lr"] * p["width"] / 16)  # the rate moved back to the small network (width 16)
+        return (calibrated + 2.5) ** 2 + 0.1 * np.log2(p["width"])
+
+    rule = {"rule": "rate x (width / 16)^a x (depth / 1)^b", "width": 16, "depth": 1, "exponents": {"adam": [-1.0, -0.5]}}
+    verdicts = {}
+    for name, stored in (("raw", None), ("ruled", rule), ("unmoved", {**rule, "exponents": {"sgd": [0.0, 0.0]}})):
+        storage = optuna.storages.InMemoryStorage()
+        _synthetic_study(storage, name, one_over_width, n=150)
+        shape = optuna.create_study(study_name=f"{name}/shape", storage=storage)
+        if stored is not None:
+            shape.set_user_attr("lr_transfer", stored)
+        verdicts[name] = audit_verdict(name, storage)
+        assert optuna.load_study(study_name=f"{name}/audit", storage=storage).user_attrs["verdict_lr_basis"] == verdicts[name].lr_basis
+    raw, ruled, unmoved = verdicts["raw"], verdicts["ruled"], verdicts["unmoved"]
+    assert raw.held is False and raw.largest_interaction_with == "width" and raw.lr_basis == ""
+    assert ruled.held is True and ruled.largest_interaction < raw.largest_interaction / 4
+    assert ruled.lr_basis == "stage shape's rule (adam: (width / 16)^-1 x (depth / 1)^-0.5)"
+    assert "lr as moved back to the small network by stage shape's rule" in ruled.message
+    assert unmoved.lr_basis == "" and unmoved.held is False  # a rule that moves nothing: lr read as trained
+
+
 def test_verdict_says_it_cannot_judge_with_too_few_trials() -> None:
     storage = optuna.storages.InMemoryStorage()
     _synthetic_study(storage, "short", lambda p: np.log10(p["lr"]), n=MIN_COMPLETE_TRIALS - 1)

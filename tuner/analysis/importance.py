@@ -49,7 +49,8 @@ from tuner.study.results import (
     open_for_reading,
     stored_study_names,
 )
-from tuner.study.stored import VERDICT_ATTR, stage_study_name
+from tuner.study.lr_scale import transfer_move
+from tuner.study.stored import LR_TRANSFER_ATTR, VERDICT_ATTR, stage_study_name
 
 __all__ = [
     "AuditVerdict",
@@ -107,6 +108,10 @@ class AuditVerdict:
     # Parameters set in some trials only (where they act, e.g. decay), which fANOVA cannot judge with
     # the rest: in words, "" when none.
     not_judged: str = ""
+    # How lr was read: "" as each trial trained at; or, where stage shape carries the calibrated rate to
+    # each shape by a rule (lr_transfer = "rule"), that rule in words: each trial's lr divided by its
+    # shape's move, the rate stage lr calibrates, so that lr x width measures what the rule leaves.
+    lr_basis: str = ""
 
     @property
     def message(self) -> str:
@@ -120,6 +125,8 @@ class AuditVerdict:
         largest = (f"its largest interaction (with {self.largest_interaction_with}) {self.largest_interaction:.1%}"
                    if self.largest_interaction_with is not None else "no interaction judged")
         numbers = f"lr explains {self.lr_main_effect:.1%} of the variance; {largest}, over {self.n_trials} trials"
+        if self.lr_basis:
+            numbers += f"; lr as moved back to the small network by {self.lr_basis}"
         if self.held:
             return (
                 f"audit ({self.study_name}): the low-interaction assumption held ({numbers}; threshold: "
@@ -144,6 +151,7 @@ class AuditVerdict:
             "lr_largest_interaction_with": self.largest_interaction_with,
             "interaction_max_ratio": self.max_ratio,
             "verdict_n_trials": self.n_trials,
+            "verdict_lr_basis": self.lr_basis,
             VERDICT_ATTR: self.message,
         }
 
@@ -251,14 +259,20 @@ def audit_verdict(name: str, storage: str | BaseStorage | None = None) -> AuditV
     :data:`AUDIT_MAX_INTERACTION_RATIO` times the ``lr`` main effect. The verdict and its numbers are
     stored as user attributes of the study ``<name>/audit`` (see :meth:`AuditVerdict.user_attrs`).
     Diverged trials are pruned, so not analysed: the verdict speaks of the rates that trained.
+
+    Where stage ``shape`` carried the calibrated rate to each shape by a rule (``lr_transfer =
+    "rule"``, stored on ``<name>/shape``), what staging assumes is that the rule's rate suits every
+    shape, not one raw rate: each audit trial's ``lr`` is then read divided by its shape's move, so
+    that an interaction the rule already accounts for (Adam's best rate falling with width) is not
+    held against the staging (:attr:`AuditVerdict.lr_basis` says so).
     """
     opened, _ = open_for_reading(storage)
     study_name = stage_study_name(name, "audit")
     study = optuna.load_study(study_name=study_name, storage=opened)
-    complete = _complete(study.get_trials(deepcopy=False))
+    complete, lr_basis = _as_calibrated(_complete(study.get_trials(deepcopy=False)), _stored_rule(name, opened))
     distributions = _varying_distributions(complete)
     calibrated = [name for name in CHOICE_FIELDS if name in distributions]  # train.optimizer = ["adam", "sgd"]...
-    verdict = AuditVerdict(study_name, None, len(complete), None, None, None)
+    verdict = AuditVerdict(study_name, None, len(complete), None, None, None, lr_basis=lr_basis)
     if len(complete) < MIN_COMPLETE_TRIALS:
         verdict = replace(verdict, reason=f"{len(complete)} complete trials; at least {MIN_COMPLETE_TRIALS} are needed")
     elif "lr" not in distributions or len(distributions) < 2:
@@ -281,7 +295,7 @@ def audit_verdict(name: str, storage: str | BaseStorage | None = None) -> AuditV
             largest = float(top.importance) if top is not None else 0.0
             other = str(top.param_b if top.param == "lr" else top.param) if top is not None else None
             verdict = AuditVerdict(study_name, bool(largest <= AUDIT_MAX_INTERACTION_RATIO * lr_main), len(complete),
-                                   lr_main, largest, other)
+                                   lr_main, largest, other, lr_basis=lr_basis)
     partial = _set_in_some(complete)
     unjudged = [f"{param} and its interaction with lr ({param} is set in {len(having)} of {len(complete)} trials, "
                 f"where it acts)" for param, having in partial.items()]  # fANOVA needs every parameter in every trial
@@ -292,6 +306,41 @@ def audit_verdict(name: str, storage: str | BaseStorage | None = None) -> AuditV
     for key, value in verdict.user_attrs().items():
         study.set_user_attr(key, value)
     return verdict
+
+
+def _stored_rule(name: str, storage: BaseStorage) -> dict[str, Any] | None:
+    """The rule stage shape carried the calibrated rate by (:data:`LR_TRANSFER_ATTR` on ``<name>/shape``), if any."""
+    try:
+        rule = optuna.load_study(study_name=stage_study_name(name, "shape"), storage=storage).user_attrs.get(LR_TRANSFER_ATTR)
+    except KeyError:  # no stage shape (yet)
+        return None
+    return rule if isinstance(rule, dict) and rule.get("exponents") else None
+
+
+def _as_calibrated(trials: list[FrozenTrial], rule: dict[str, Any] | None) -> tuple[list[FrozenTrial], str]:
+    """``trials`` with each ``lr`` divided by the ``rule``'s move for its shape (the rate stage lr would have
+    calibrated for it), and the rule in words; as they are, and "", without a rule that moves some trial."""
+    if rule is None or not any(a or b for a, b in rule["exponents"].values()):
+        return trials, ""
+    exponents = {o: (float(a), float(b)) for o, (a, b) in rule["exponents"].items()}
+    only = next(iter(exponents)) if len(exponents) == 1 else None
+    rates = []
+    for trial in trials:
+        optimizer = str(trial.params.get("optimizer", only))
+        if "lr" not in trial.params or optimizer not in exponents:
+            return trials, ""  # a trial the rule says nothing of: lr is read as trained, for all alike
+        rates.append(trial.params["lr"] / transfer_move(optimizer, trial.params.get("width", rule["width"]) / rule["width"],
+                                                        trial.params.get("depth", rule["depth"]) / rule["depth"], exponents))
+    # The rates moved back may leave the audit's lr range: the copies' lr is log-scaled over where they lie.
+    distribution = FloatDistribution(min(rates), max(rates), log=True) if rates else None
+    moved = []
+    for trial, rate in zip(trials, rates):
+        copy = optuna.trial.create_trial(params={**trial.params, "lr": rate},
+                                         distributions={**trial.distributions, "lr": distribution}, value=trial.value)
+        moved.append(copy)
+    words = "; ".join(f"{o}: (width / {rule['width']})^{a:g} x (depth / {rule['depth']})^{b:g}"
+                      for o, (a, b) in exponents.items() if a or b)
+    return moved, f"stage shape's rule ({words})"
 
 
 def _complete(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
