@@ -10,10 +10,13 @@ one run, in alternating rounds so that a busy machine slows both alike. Two figu
    attributes, telling): ``stages.lr.batched = false`` versus ``true``, random sampler so both draw
    the same rates; for the MLP also with the ``torch.func`` copies in place of the hand-written ones.
 
-``--family cnn`` measures a user's own model given as ``module:function``: the 1-D CNN of
-``scripts/bench_models.py`` (two convolutions of 16 channels) on the adding problem over 40 steps,
-SGD with momentum 0.9, batch 64, 15 epochs (``scripts/bench_cnn.toml``), which only the ``torch.func``
-copies can batch.
+``--family cnn`` measures a user's own model given as ``module:function``, two 1-D CNNs of
+``scripts/bench_models.py`` that only the ``torch.func`` copies can batch, SGD with momentum 0.9,
+batch 64: ``cnn1d_strided``, the network of the torch.func measurement in ``../shared/REFERENCES.md``
+(Conv1d 1->16 kernel 5 stride 2, Conv1d 16->16 kernel 3 stride 2, a linear read-out) on digits read
+as one channel over 64 steps, 20 epochs (``scripts/bench_cnn_strided.toml``); and ``cnn1d``, two
+convolutions of 16 channels at full length (kernel 5, no stride) on the adding problem over 40 steps,
+15 epochs (``scripts/bench_cnn.toml``), over three times the arithmetic per copy and step.
 
 ``--family mlp`` (default) measures the quickstart's network (digits, 64 -> 16 -> 10, SGD with
 momentum 0.9, batch 64, 20 epochs); ``--family lstm`` the LR stages of ``studies/digits_lstm.toml``
@@ -57,8 +60,8 @@ from tuner.training.train import resolve_device, train_epochs
 
 HERE = Path(__file__).resolve().parent
 STUDIES = HERE.parent / "studies"
-FAMILY_SPECS = {"mlp": ("quickstart",), "lstm": ("digits_lstm", "adding_lstm"), "cnn": ("bench_cnn",)}
-SPEC_FILES = {"bench_cnn": HERE / "bench_cnn.toml"}  # beside its model, scripts/bench_models.py
+FAMILY_SPECS = {"mlp": ("quickstart",), "lstm": ("digits_lstm", "adding_lstm"), "cnn": ("bench_cnn_strided", "bench_cnn")}
+SPEC_FILES = {name: HERE / f"{name}.toml" for name in ("bench_cnn", "bench_cnn_strided")}  # beside its model, scripts/bench_models.py
 
 
 def _alone_round(spec: StudySpec, data: object, rates: list[float]) -> float:
