@@ -49,8 +49,8 @@ from tuner.study.results import (
     open_for_reading,
     stored_study_names,
 )
-from tuner.study.lr_scale import transfer_move
-from tuner.study.stored import LR_TRANSFER_ATTR, VERDICT_ATTR, stage_study_name
+from tuner.analysis.calibrated import as_calibrated, stored_rule
+from tuner.study.stored import VERDICT_ATTR, stage_study_name
 
 __all__ = [
     "AuditVerdict",
@@ -269,7 +269,7 @@ def audit_verdict(name: str, storage: str | BaseStorage | None = None) -> AuditV
     opened, _ = open_for_reading(storage)
     study_name = stage_study_name(name, "audit")
     study = optuna.load_study(study_name=study_name, storage=opened)
-    complete, lr_basis = _as_calibrated(_complete(study.get_trials(deepcopy=False)), _stored_rule(name, opened))
+    complete, lr_basis = as_calibrated(_complete(study.get_trials(deepcopy=False)), stored_rule(name, opened))
     distributions = _varying_distributions(complete)
     calibrated = [name for name in CHOICE_FIELDS if name in distributions]  # train.optimizer = ["adam", "sgd"]...
     verdict = AuditVerdict(study_name, None, len(complete), None, None, None, lr_basis=lr_basis)
@@ -306,41 +306,6 @@ def audit_verdict(name: str, storage: str | BaseStorage | None = None) -> AuditV
     for key, value in verdict.user_attrs().items():
         study.set_user_attr(key, value)
     return verdict
-
-
-def _stored_rule(name: str, storage: BaseStorage) -> dict[str, Any] | None:
-    """The rule stage shape carried the calibrated rate by (:data:`LR_TRANSFER_ATTR` on ``<name>/shape``), if any."""
-    try:
-        rule = optuna.load_study(study_name=stage_study_name(name, "shape"), storage=storage).user_attrs.get(LR_TRANSFER_ATTR)
-    except KeyError:  # no stage shape (yet)
-        return None
-    return rule if isinstance(rule, dict) and rule.get("exponents") else None
-
-
-def _as_calibrated(trials: list[FrozenTrial], rule: dict[str, Any] | None) -> tuple[list[FrozenTrial], str]:
-    """``trials`` with each ``lr`` divided by the ``rule``'s move for its shape (the rate stage lr would have
-    calibrated for it), and the rule in words; as they are, and "", without a rule that moves some trial."""
-    if rule is None or not any(a or b for a, b in rule["exponents"].values()):
-        return trials, ""
-    exponents = {o: (float(a), float(b)) for o, (a, b) in rule["exponents"].items()}
-    only = next(iter(exponents)) if len(exponents) == 1 else None
-    rates = []
-    for trial in trials:
-        optimizer = str(trial.params.get("optimizer", only))
-        if "lr" not in trial.params or optimizer not in exponents:
-            return trials, ""  # a trial the rule says nothing of: lr is read as trained, for all alike
-        rates.append(trial.params["lr"] / transfer_move(optimizer, trial.params.get("width", rule["width"]) / rule["width"],
-                                                        trial.params.get("depth", rule["depth"]) / rule["depth"], exponents))
-    # The rates moved back may leave the audit's lr range: the copies' lr is log-scaled over where they lie.
-    distribution = FloatDistribution(min(rates), max(rates), log=True) if rates else None
-    moved = []
-    for trial, rate in zip(trials, rates):
-        copy = optuna.trial.create_trial(params={**trial.params, "lr": rate},
-                                         distributions={**trial.distributions, "lr": distribution}, value=trial.value)
-        moved.append(copy)
-    words = "; ".join(f"{o}: (width / {rule['width']})^{a:g} x (depth / {rule['depth']})^{b:g}"
-                      for o, (a, b) in exponents.items() if a or b)
-    return moved, f"stage shape's rule ({words})"
 
 
 def _complete(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:

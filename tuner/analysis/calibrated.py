@@ -1,0 +1,54 @@
+"""The audit's learning rates read as stage lr calibrates them, where stage shape carries the rate by a rule.
+
+With ``stages.shape.lr_transfer = "rule"`` each shape trains at the calibrated rate moved for its
+width and depth (:mod:`tuner.study.lr_scale`), and the rule is stored on ``<name>/shape``. The audit
+samples raw rates; divided by each trial's move they become the rate the small network would have
+been calibrated at, the coordinate in which the staging's low-interaction assumption is made.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial
+
+from tuner.study.lr_scale import transfer_move
+from tuner.study.stored import LR_TRANSFER_ATTR, stage_study_name
+
+
+def stored_rule(name: str, storage: BaseStorage) -> dict[str, Any] | None:
+    """The rule stage shape carried the calibrated rate by (:data:`LR_TRANSFER_ATTR` on ``<name>/shape``), if any."""
+    try:
+        rule = optuna.load_study(study_name=stage_study_name(name, "shape"), storage=storage).user_attrs.get(LR_TRANSFER_ATTR)
+    except KeyError:  # no stage shape (yet)
+        return None
+    return rule if isinstance(rule, dict) and rule.get("exponents") else None
+
+
+def as_calibrated(trials: list[FrozenTrial], rule: dict[str, Any] | None) -> tuple[list[FrozenTrial], str]:
+    """``trials`` with each ``lr`` divided by the ``rule``'s move for its shape (the rate stage lr would have
+    calibrated for it), and the rule in words; as they are, and "", without a rule that moves some trial."""
+    if rule is None or not any(a or b for a, b in rule["exponents"].values()):
+        return trials, ""
+    exponents = {o: (float(a), float(b)) for o, (a, b) in rule["exponents"].items()}
+    only = next(iter(exponents)) if len(exponents) == 1 else None
+    rates = []
+    for trial in trials:
+        optimizer = str(trial.params.get("optimizer", only))
+        if "lr" not in trial.params or optimizer not in exponents:
+            return trials, ""  # a trial the rule says nothing of: lr is read as trained, for all alike
+        rates.append(trial.params["lr"] / transfer_move(optimizer, trial.params.get("width", rule["width"]) / rule["width"],
+                                                        trial.params.get("depth", rule["depth"]) / rule["depth"], exponents))
+    # The rates moved back may leave the audit's lr range: the copies' lr is log-scaled over where they lie.
+    distribution = FloatDistribution(min(rates), max(rates), log=True) if rates else None
+    moved = []
+    for trial, rate in zip(trials, rates):
+        copy = optuna.trial.create_trial(params={**trial.params, "lr": rate},
+                                         distributions={**trial.distributions, "lr": distribution}, value=trial.value)
+        moved.append(copy)
+    words = "; ".join(f"{o}: (width / {rule['width']})^{a:g} x (depth / {rule['depth']})^{b:g}"
+                      for o, (a, b) in exponents.items() if a or b)
+    return moved, f"stage shape's rule ({words})"
