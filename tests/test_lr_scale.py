@@ -23,13 +23,15 @@ from tuner.inputs.spec import SpecError, spec_from_dict
 from tuner.report.runs import Run, StageRuns
 from tuner.report.words import shape_diagnosis
 from tuner.study.lr_scale import (
-    HIGHEST, LOWEST, MARGIN, SPREAD, TRANSFER_MOVES, auto_lr_scale, resolve_lr_scale, transfer_move, transfer_moves,
+    HIGHEST, LOWEST, MARGIN, SPREAD, TRANSFER_MOVES, auto_lr_scale, fitted_width_exponent, resolve_lr_scale, transfer_move,
+    transfer_moves,
     transfer_record,
 )
 from tuner.study.stage_studies import with_stage_value
 from tuner.study.stages import settle_lr_scale, shape_stage
 
 MEASURED = Path(__file__).resolve().parent.parent / "docs" / "lr_shift.csv"
+FAMILY_OF_TASK = {"digits": "mlp", "digits_rows": "lstm", "digits_images": "cnn"}  # scripts/lr_shift.py's tasks
 SPEC: dict[str, Any] = {
     "name": "auto_scaled",
     "data": {"name": "wine"},
@@ -255,15 +257,47 @@ def test_a_bad_lr_transfer_is_refused_in_one_line_naming_the_field() -> None:
 def test_every_measured_shape_has_a_near_best_rate_within_the_spread_of_its_start_by_the_rule() -> None:
     # docs/lr_shift.csv, as the test below: with lr_transfer = "rule" each shape's range is its own
     # start (transfer_move) times [1 / SPREAD, SPREAD]; it holds a rate within one standard error of its best.
-    assert set(TRANSFER_MOVES) == {"sgd", "adam"}
+    assert set(TRANSFER_MOVES) == set(FAMILY_OF_TASK.values()) and all(set(m) == {"sgd", "adam"} for m in TRANSFER_MOVES.values())
     for row, base in _measured():
-        start = transfer_move(row["optimizer"], int(row["width"]) / int(base["width"]), int(row["depth"]) / int(base["depth"]))
+        start = _start(row, base)
         assert _near_best_within(row, base, start / SPREAD, start * SPREAD), (row["task"], row["optimizer"], row["width"], row["depth"])
     # and the spread is not wider than it needs to be: a fifth narrower, some shape loses its near-best rate
     narrower = SPREAD / 1.25
-    assert not all(_near_best_within(row, base, s / narrower, s * narrower) for row, base in _measured()
-                   for s in [transfer_move(row["optimizer"], int(row["width"]) / int(base["width"]),
-                                           int(row["depth"]) / int(base["depth"]))])
+    assert not all(_near_best_within(row, base, s / narrower, s * narrower) for row, base in _measured() for s in [_start(row, base)])
+
+
+def test_adams_width_exponent_of_each_family_is_the_fit_to_its_measured_shapes() -> None:
+    # docs/lr_shift.csv: per family, the wider and narrower shapes at the small network's depth, each
+    # the centre of its rates within one standard error of its best; fitted, then rounded to a quarter.
+    for family in TRANSFER_MOVES:
+        shapes = [(int(row["width"]) / int(base["width"]), _near_best_centre(row, base)) for row, base in _measured()
+                  if FAMILY_OF_TASK[row["task"]] == family and row["optimizer"] == "adam" and row["depth"] == base["depth"]]
+        assert len(shapes) >= 3, family
+        assert TRANSFER_MOVES[family]["adam"][0] == fitted_width_exponent(shapes), family
+    assert [TRANSFER_MOVES[f]["adam"][0] for f in ("mlp", "lstm", "cnn")] == [-1.0, -0.25, -0.5]  # as the fit gives today
+    assert fitted_width_exponent([(2.0, 0.5), (4.0, 0.25), (0.5, 2.0)]) == -1.0  # 1/width exactly
+    assert fitted_width_exponent([(2.0, 0.9), (4.0, 0.7)]) == -0.25  # -0.2, to a quarter
+    with pytest.raises(ValueError, match="no shape of another width"):
+        fitted_width_exponent([(1.0, 0.5)])
+
+
+def _start(row: dict[str, str], base: dict[str, str]) -> float:
+    """Where the rule starts ``row``'s shape, as a multiple of its small network's best rate."""
+    return transfer_move(row["optimizer"], int(row["width"]) / int(base["width"]), int(row["depth"]) / int(base["depth"]),
+                         family=FAMILY_OF_TASK[row["task"]])
+
+
+def _near_best_centre(row: dict[str, str], base: dict[str, str]) -> float:
+    """The geometric centre of ``row``'s grid rates within one standard error of its best, over the small network's best."""
+    scale = [float(rate) / float(base["best_lr"]) for rate in row["lr_grid"].split()]
+    near = [s for s, v in zip(scale, row["curve"].split()) if float(v) - min(map(float, row["curve"].split())) <= _noise(row)]
+    return math.sqrt(min(near) * max(near))
+
+
+def _noise(row: dict[str, str]) -> float:
+    """One standard error (binomial) of the seeds' mean validation error at ``row``'s best."""
+    best = min(float(value) for value in row["curve"].split())
+    return math.sqrt(best * (1 - best) / (int(row["validation_rows"]) * int(row["seeds"])))
 
 
 def _measured() -> list[tuple[dict[str, str], dict[str, str]]]:
@@ -281,10 +315,8 @@ def _near_best_within(row: dict[str, str], base: dict[str, str], low: float, hig
     standard error (binomial, of the seeds' mean validation error) of the shape's best on the grid."""
     scale = [float(rate) / float(base["best_lr"]) for rate in row["lr_grid"].split()]
     curve = [float(value) for value in row["curve"].split()]
-    best = min(curve)
     inside = [v for v, s in zip(curve, scale) if low * 0.999 <= s <= high * 1.001]
-    noise = math.sqrt(best * (1 - best) / (int(row["validation_rows"]) * int(row["seeds"])))
-    return bool(inside) and min(inside) - best <= noise
+    return bool(inside) and min(inside) - min(curve) <= _noise(row)
 
 
 def test_the_auto_range_holds_a_near_best_rate_of_every_measured_shape() -> None:

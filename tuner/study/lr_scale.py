@@ -27,8 +27,12 @@ where its shape learns. So each shape starts instead from the calibrated rate mo
 :data:`TRANSFER_MOVES` for its own width and depth (:func:`transfer_move`), and ``lr_scale``
 searches only :data:`SPREAD` either side of that: with these, every shape of ``docs/lr_shift.csv``
 has a rate within one standard error of its best inside its own range (tests/test_lr_scale.py), a
-10-fold range where the union was 45-fold. With Adam a shape moves as muP says (1/width) and down
-with depth (1/sqrt(depth)). With SGD it does not move: the measured best rates of SGD's shapes lay
+10-fold range where the union was 45-fold. With Adam a shape moves down with width by the family's
+own measured power: the mlp as muP says (1/width), the lstm and cnn less (width^-0.25 and
+width^-0.5), each the least-squares fit, to a quarter, of the centre of its measured shapes'
+near-best rates (:func:`fitted_width_exponent`; a single power for all three started every wider LSTM
+at a quarter of the rate that suits it at 4x width); and with depth as 1/sqrt(depth), the one power
+the measurement's one or two deeper shapes per family allow. With SGD it does not move: the measured best rates of SGD's shapes lay
 both above and below the small network's (0.3x to 5.6x, wider mostly up, the deeper cnn down) on
 U's flat enough that the calibrated rate itself is within the spread of a near-best one for every
 one of them, and moving them by a power of the width (x sqrt(width), tried first) made stage
@@ -59,11 +63,15 @@ RATE_MOVES: dict[str, tuple[float, float]] = {
     "sgd": (0.5, -1.5),
     "adam": (-1.0, -0.5),  # width: muP's 1/fan_in; depth: weaker than SGD's in the measurement
 }
-# optimizer -> (width exponent, depth exponent) of lr_transfer = "rule": where a shape starts, as a
-# multiple of the calibrated rate; SPREAD: how far either side of it "auto" lets lr_scale reach.
-TRANSFER_MOVES: dict[str, tuple[float, float]] = {
-    "sgd": (0.0, 0.0),  # SGD's shapes start at the calibrated rate (its measured moves go both ways)
-    "adam": (-1.0, -0.5),  # muP's 1/fan_in for width; down with depth
+# family -> optimizer -> (width exponent, depth exponent) of lr_transfer = "rule": where a shape
+# starts, as a multiple of the calibrated rate; SPREAD: how far either side of it "auto" lets lr_scale reach.
+# SGD's shapes start at the calibrated rate (its measured moves go both ways). Adam's width exponent
+# is fitted per family to docs/lr_shift.csv (fitted_width_exponent: mlp -1.02, lstm -0.14, cnn -0.42),
+# its depth exponent one for all (the measurement has one or two deeper shapes per family).
+TRANSFER_MOVES: dict[str, dict[str, tuple[float, float]]] = {
+    "mlp": {"sgd": (0.0, 0.0), "adam": (-1.0, -0.5)},  # muP's 1/fan_in for width
+    "lstm": {"sgd": (0.0, 0.0), "adam": (-0.25, -0.5)},
+    "cnn": {"sgd": (0.0, 0.0), "adam": (-0.5, -0.5)},
 }
 SPREAD = 3.2
 ADAPTIVE = ("adam", "rmsprop", "adagrad")  # per-coordinate step sizes: moved as Adam's rate (muP treats them alike)
@@ -127,13 +135,32 @@ def resolve_lr_scale(spec: StudySpec, basin: tuple[float, float] | None = None) 
 
 
 def transfer_move(optimizer: str, width_ratio: float, depth_ratio: float,
-                  moves: Mapping[str, Sequence[float]] | None = None) -> float:
+                  moves: Mapping[str, Sequence[float]] | None = None, family: str = "mlp") -> float:
     """Where a shape ``width_ratio`` times as wide and ``depth_ratio`` as deep as the small network starts,
     as a multiple of the rate calibrated on it (``lr_transfer = "rule"``); ``moves``: the exponents per
-    optimizer a stored study was made with (default: :data:`TRANSFER_MOVES`)."""
-    width_exponent, depth_exponent = (moves[optimizer] if moves is not None
-                                      else TRANSFER_MOVES["adam" if optimizer in ADAPTIVE else "sgd"])
+    optimizer a stored study was made with (default: :data:`TRANSFER_MOVES` of the built-in ``family``)."""
+    width_exponent, depth_exponent = moves[optimizer] if moves is not None else _family_move(family, optimizer)
     return float(width_ratio**width_exponent * depth_ratio**depth_exponent)
+
+
+def _family_move(family: str, optimizer: str) -> tuple[float, float]:
+    return TRANSFER_MOVES[family]["adam" if optimizer in ADAPTIVE else "sgd"]
+
+
+def fitted_width_exponent(shapes: Sequence[tuple[float, float]]) -> float:
+    """The power of the width ratio that best carries the small network's rate to wider and narrower shapes.
+
+    ``shapes``: (width ratio, near-best rate ratio) per measured shape of the small network's depth,
+    the rate ratio the geometric centre of the rates within one standard error of that shape's best,
+    over the small network's best. Least squares of log rate ratio on log width ratio through the
+    origin (the small network keeps its rate), rounded to a quarter: the measurement (3 seeds, a grid
+    a quarter decade apart) does not tell finer powers apart.
+    """
+    logs = [(math.log(w), math.log(r)) for w, r in shapes if w != 1]
+    if not logs:
+        raise ValueError("no shape of another width to fit the width exponent on")
+    slope = sum(x * y for x, y in logs) / sum(x * x for x, _ in logs)
+    return round(slope * 4) / 4
 
 
 def transfer_moves(spec: StudySpec) -> dict[str, tuple[float, float]] | None:
@@ -142,7 +169,7 @@ def transfer_moves(spec: StudySpec) -> dict[str, tuple[float, float]] | None:
     user's factory may read ``width`` as anything (heads, blocks), so its shapes start at the calibrated rate."""
     if spec.stages.shape.lr_transfer != "rule" or spec.model.family not in BUILT_IN_FAMILIES:
         return None
-    return {o: TRANSFER_MOVES["adam" if o in ADAPTIVE else "sgd"] for o in values_of(spec, "optimizer")}
+    return {o: _family_move(spec.model.family, o) for o in values_of(spec, "optimizer")}
 
 
 def transfer_record(spec: StudySpec) -> dict[str, object] | None:
