@@ -30,15 +30,15 @@ has a rate within one standard error of its best inside its own range (tests/tes
 10-fold range where the union was 45-fold. With Adam a shape moves down with width by the family's
 own measured power: the mlp as muP says (1/width), the lstm and cnn less (width^-0.25 and
 width^-0.5), each the least-squares fit, to a quarter, of the centre of its measured shapes'
-near-best rates (:func:`fitted_width_exponent`; a single power for all three started every wider LSTM
-at a quarter of the rate that suits it at 4x width); and with depth as 1/sqrt(depth), the one power
-the measurement's one or two deeper shapes per family allow. With SGD it does not move: the measured best rates of SGD's shapes lay
-both above and below the small network's (0.3x to 5.6x, wider mostly up, the deeper cnn down) on
-U's flat enough that the calibrated rate itself is within the spread of a near-best one for every
-one of them, and moving them by a power of the width (x sqrt(width), tried first) made stage
-shape end worse than stage lr more often on the bundled SGD studies (no worse in 3 of 5 seeds of
-breast cancer against 4 unmoved, diabetes 1 against 2) and doubled reg_table's compute
-(BENCHMARKS.md, issue 21).
+near-best rates (:func:`fitted_width_exponent`; a single power for all three started every wider
+LSTM at a quarter of the rate that suits it at 4x width); and with depth as 1/sqrt(depth), the one
+power the measurement's one or two deeper shapes per family allow. With SGD it does not move: the
+measured best rates of SGD's shapes lay both above and below the small network's (0.3x to 5.6x,
+wider mostly up, the deeper cnn down) on U's flat enough that the calibrated rate itself is within
+the spread of a near-best one for every one of them, and moving them by a power of the width
+(x sqrt(width), tried first) made stage shape end worse than stage lr more often on the bundled SGD
+studies (no worse in 3 of 5 seeds of breast cancer against 4 unmoved, diabetes 1 against 2) and
+doubled reg_table's compute (BENCHMARKS.md, issue 21).
 
 Example:
     >>> auto_lr_scale("adam", width_ratio=8, depth_ratio=1)
