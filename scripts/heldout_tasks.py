@@ -1,4 +1,4 @@
-"""Two held-out tasks, checked on and never tuned against: does a change to the staged search help beyond the tasks it was made on?
+"""Held-out tasks, checked on and never tuned against: does a change to the staged search help beyond the tasks it was made on?
 
 ``freq_lstm``: 4 classes, the frequency (0.10-0.22 cycles a step) of a sine of 30 steps with a random
 phase under noise (sd 0.9); the built-in lstm, width 16, Adam, 12 epochs; stage lr 16 trials
@@ -6,13 +6,17 @@ phase under noise (sd 0.9); the built-in lstm, width 16, Adam, 12 epochs; stage 
 ``stripes_cnn``: 4 classes, the orientation of a faint stripe pattern (amplitude 0.45, randomly
 shifted) in 10x10 noise (sd 1); the built-in cnn, width 4, depth 2, Adam, 10 epochs; stage lr 16
 trials, stage shape 12 trials, widths 4-32, depth 1-2.
-1200 / 400 / 400 rows (train / validation / test), every other key default. Keep them out of any
-benchmark a change is tuned on (scripts/bench_search.py), or they stop being held out.
+1200 / 400 / 400 rows (train / validation / test), every other key default.
+``diabetes_adam`` and ``cancer_adam``: the bundled diabetes and breast cancer tables as their
+studies/ files have them but with Adam (the files use SGD), 20 + 16 trials, depth 1-3.
+Keep them out of any benchmark a change is tuned on (scripts/bench_search.py), or they stop being
+held out.
 
 Run:  python scripts/heldout_tasks.py freq_lstm runs/heldout.db 0 1 2 3 4
       (per seed: stage lr's best, stage shape's own best, its complete / pruned trials)
 """
 from __future__ import annotations
+
 import numpy as np
 
 ROWS = {"train": 1200, "val": 400, "test": 400}
@@ -58,6 +62,14 @@ TASKS = {
                     "train": {"optimizer": "adam", "batch_size": 64, "epochs": 10},
                     "stages": {"lr": {"trials": 16, "lr_min": 1e-4, "lr_max": 1.0},
                                "shape": {"trials": 12, "width": [4, 32], "depth": [1, 2]}}},
+    # scikit-learn's bundled tables with Adam (their studies/ files use SGD), 20 + 16 trials
+    "diabetes_adam": {"data": {"name": "diabetes"}, "model": {"width": 16, "depth": 1},
+                      "train": {"optimizer": "adam", "batch_size": 32, "epochs": 40},
+                      "stages": {"lr": {"trials": 20, "lr_min": 1e-5, "lr_max": 1.0},
+                                 "shape": {"trials": 16, "width": [4, 128], "depth": [1, 3]}}},
+    "cancer_adam": {"data": {"name": "breast_cancer"}, "model": {"width": 8, "depth": 1},
+                    "train": {"optimizer": "adam", "batch_size": 32, "epochs": 25, "objective": "val_loss"},
+                    "stages": {"lr": {"trials": 20}, "shape": {"trials": 16, "width": [4, 128], "depth": [1, 3]}}},
 }
 
 

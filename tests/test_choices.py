@@ -98,7 +98,7 @@ def test_a_shape_trial_trains_with_its_own_choice_at_its_own_rate() -> None:
     assert plan.train.lr == pytest.approx(0.1 * 2.0)
     assert stage.fixed_for(params)["lr"] == 0.1
     adam = stage.plan({**params, "optimizer": "adam", "batch_size": 32, "width": 32})
-    assert adam.train.lr == pytest.approx(0.001 * (16 / 32) * 2.0)  # adam's own rate, by adam's rule (1 / width)
+    assert adam.train.lr == pytest.approx(0.001 * (16 / 32) ** 0.5 * 2.0)  # adam's own rate, by adam's rule (1 / sqrt(width))
 
 
 def test_a_trial_of_a_choice_without_a_calibrated_rate_is_refused_not_given_another_rate() -> None:
@@ -194,7 +194,7 @@ def test_each_shape_trial_trains_at_its_optimizers_rate(optimizers_study: tuple[
     for trial in trials:
         rate = result.rates[f"lr[optimizer={trial.params['optimizer']}]"]
         assert trial.user_attrs["lr"] == rate
-        move = transfer_move(trial.params["optimizer"], trial.params["width"] / 16, trial.params["depth"] / 1)
+        move = transfer_move(trial.params["optimizer"], trial.params["width"] / 16, trial.params["depth"] / 1, family="mlp")
         assert trial.user_attrs["lr_move"] == pytest.approx(move)  # each by its own optimizer's rule
         assert trial.user_attrs["trained_lr"] == pytest.approx(rate * move * trial.params["lr_scale"])
         assert ("momentum" in trial.params) == (trial.params["optimizer"] == "sgd")

@@ -23,6 +23,7 @@ from tuner.analysis.importance import (
     importance_table,
     write_importance,
 )
+from tuner.analysis.calibrated import as_calibrated
 from tuner.cli import app
 
 from _tiny_study import AUDITED_SPEC, audited_study
@@ -168,9 +169,32 @@ def test_with_stage_shapes_rule_the_verdict_reads_lr_as_moved_back_to_the_small_
     raw, ruled, unmoved = verdicts["raw"], verdicts["ruled"], verdicts["unmoved"]
     assert raw.held is False and raw.largest_interaction_with == "width" and raw.lr_basis == ""
     assert ruled.held is True and ruled.largest_interaction < raw.largest_interaction / 4
-    assert ruled.lr_basis == "stage shape's rule (adam: (width / 16)^-1 x (depth / 1)^-0.5)"
-    assert "lr as moved back to the small network by stage shape's rule" in ruled.message
+    assert ruled.lr_basis == "as moved back to the small network by stage shape's rule (adam: (width / 16)^-1 x (depth / 1)^-0.5)"
+    assert "lr read as moved back to the small network by stage shape's rule" in ruled.message
     assert unmoved.lr_basis == "" and unmoved.held is False  # a rule that moves nothing: lr read as trained
+
+
+def test_the_audits_rates_move_back_by_each_trials_optimizer_width_and_depth() -> None:
+    rule = {"width": 16, "depth": 1, "exponents": {"adam": [-1.0, -0.5], "sgd": [0.0, 0.0]}}
+    space = {"lr": FloatDistribution(1e-5, 1.0, log=True), "width": IntDistribution(4, 256, log=True),
+             "depth": IntDistribution(1, 4), "optimizer": CategoricalDistribution(["adam", "sgd"])}
+    trials = [optuna.trial.create_trial(params=params, distributions=space, value=0.5) for params in (
+        {"lr": 0.01, "width": 64, "depth": 4, "optimizer": "adam"},  # moved by 4^-1 x 4^-0.5 = 1/8
+        {"lr": 0.01, "width": 64, "depth": 4, "optimizer": "sgd"},  # not moved
+        {"lr": 0.01, "width": 16, "depth": 1, "optimizer": "adam"},  # the small network: not moved
+    )]
+    moved, basis = as_calibrated(trials, rule)
+    assert [t.params["lr"] for t in moved] == pytest.approx([0.08, 0.01, 0.01])
+    assert [t.params["width"] for t in moved] == [64, 64, 16] and [t.value for t in moved] == [0.5] * 3
+    assert basis.startswith("as moved back to the small network") and "sgd" not in basis  # the rule that moves: adam's
+    assert (moved[0].distributions["lr"].low, moved[0].distributions["lr"].high) == pytest.approx((0.01, 0.08))
+    # A trial of an optimizer the rule does not name: every lr read as trained, and the verdict says why.
+    rmsprop = optuna.trial.create_trial(params={**trials[0].params, "optimizer": "rmsprop"},
+                                        distributions={**space, "optimizer": CategoricalDistribution(["adam", "sgd", "rmsprop"])},
+                                        value=0.5)
+    kept, why = as_calibrated([*trials, rmsprop], rule)
+    assert [t.params["lr"] for t in kept] == [0.01] * 4 and why.startswith("as trained") and "rmsprop" in why
+    assert as_calibrated(trials, None) == (trials, "")
 
 
 def test_verdict_says_it_cannot_judge_with_too_few_trials() -> None:

@@ -19,6 +19,7 @@ import pytest
 from optuna.trial import TrialState
 
 import tuner
+from tuner.inputs.families import BUILT_IN_FAMILIES
 from tuner.inputs.spec import SpecError, spec_from_dict
 from tuner.report.runs import Run, StageRuns
 from tuner.report.words import shape_diagnosis
@@ -26,6 +27,7 @@ from tuner.study.lr_scale import (
     HIGHEST, LOWEST, MARGIN, SPREAD, TRANSFER_MOVES, auto_lr_scale, fitted_width_exponent, resolve_lr_scale, transfer_move,
     transfer_moves,
     transfer_record,
+    transfer_words,
 )
 from tuner.study.stage_studies import with_stage_value
 from tuner.study.stages import settle_lr_scale, shape_stage
@@ -130,15 +132,15 @@ def test_a_new_study_stores_the_resolved_range_and_its_shape_trials_search_insid
     basin = optuna.load_study(study_name="auto_scaled/lr", storage=storage).user_attrs["handoff"]["basin"]
     assert (low, high) == resolve_lr_scale(_spec(), (basin[0] / result.best_lr, basin[1] / result.best_lr))
     assert low <= 1 / SPREAD * 1.01 and high >= SPREAD * 0.99  # around each shape's own start (lr_transfer = "rule")
-    assert shape.user_attrs["lr_transfer"]["exponents"] == {"adam": [-1.0, -0.5]}
+    assert shape.user_attrs["lr_transfer"]["exponents"] == {"adam": [-0.5, -0.5]}
     finished = [t for t in shape.trials if t.state.is_finished()]
     assert finished and all(low <= t.params["lr_scale"] <= high for t in finished)
     assert {(t.distributions["lr_scale"].low, t.distributions["lr_scale"].high) for t in finished} == {(low, high)}
     assert any(f"lr_scale in [{low:.3g}, {high:.3g}]" in note for note in notes)
-    assert any("moves it to each shape by the optimizer's rule (adam: x (width / 8)^-1 x (depth / 1)^-0.5)" in note
+    assert any("moves it to each shape by the optimizer's rule (adam: x (width / 8)^-0.5 x (depth / 1)^-0.5)" in note
                for note in notes)
     for trial in finished:  # each shape starts from the calibrated rate moved for its width and depth
-        move = transfer_move("adam", trial.params["width"] / 8, trial.params["depth"] / 1)
+        move = transfer_move("adam", trial.params["width"] / 8, trial.params["depth"] / 1, family="mlp")
         assert trial.user_attrs["lr_move"] == pytest.approx(move)
         assert trial.user_attrs["trained_lr"] == pytest.approx(result.best_lr * move * trial.params["lr_scale"])
     best = shape.best_trial
@@ -156,13 +158,13 @@ def test_a_new_study_stores_the_resolved_range_and_its_shape_trials_search_insid
 
     # Resumed with one more shape trial: the same distribution, the range untouched, and the rule as stored
     # (here rewritten by hand to another exponent): a later tuner's constants never move a stored study's trials.
-    shape.set_user_attr("lr_transfer", {**shape.user_attrs["lr_transfer"], "exponents": {"adam": [-0.5, 0.0]}})
+    shape.set_user_attr("lr_transfer", {**shape.user_attrs["lr_transfer"], "exponents": {"adam": [-2.0, 0.0]}})
     tuner.run_study(with_stage_value(_spec(), "shape", "trials", 4), storage=storage, device="cpu")
     shape = optuna.load_study(study_name="auto_scaled/shape", storage=storage)
     assert shape.user_attrs["lr_scale_range"] == [low, high]
     newest = max(shape.trials, key=lambda t: t.number)
     assert (newest.distributions["lr_scale"].low, newest.distributions["lr_scale"].high) == (low, high)
-    assert newest.user_attrs["lr_move"] == pytest.approx((newest.params["width"] / 8) ** -0.5)
+    assert newest.params["width"] != 8 and newest.user_attrs["lr_move"] == pytest.approx((newest.params["width"] / 8) ** -2.0)
 
 
 def test_a_study_stored_with_the_range_of_before_auto_resumes_with_it(tmp_path: Path) -> None:
@@ -220,12 +222,31 @@ def test_a_one_trial_spec_keeps_its_written_range() -> None:
 
 
 def test_the_rule_moves_a_wider_or_deeper_adam_network_down_and_leaves_sgd_where_it_was_calibrated() -> None:
-    assert transfer_move("adam", 4, 1) == pytest.approx(1 / 4)
-    assert transfer_move("adam", 1 / 2, 1) == pytest.approx(2.0)  # a narrower one up
-    assert transfer_move("rmsprop", 4, 1) == transfer_move("adagrad", 4, 1) == transfer_move("adam", 4, 1)
-    assert transfer_move("adam", 1, 4) == pytest.approx(0.5)
-    assert transfer_move("sgd", 4, 1) == transfer_move("sgd", 1, 4) == transfer_move("sgd", 1 / 8, 3) == 1.0
-    assert transfer_move("adam", 1, 1) == 1.0  # the small network keeps its rate
+    for family in BUILT_IN_FAMILIES:
+        move = lambda optimizer, width, depth: transfer_move(optimizer, width, depth, family=family)  # noqa: E731
+        assert move("adam", 4, 1) == pytest.approx(1 / 2)
+        assert move("adam", 1 / 4, 1) == pytest.approx(2.0)  # a narrower one up
+        assert move("rmsprop", 4, 1) == move("adagrad", 4, 1) == move("adam", 4, 1)
+        assert move("adam", 1, 4) == pytest.approx(0.5)
+        assert move("sgd", 4, 1) == move("sgd", 1, 4) == move("sgd", 1 / 8, 3) == 1.0
+        assert move("adam", 1, 1) == 1.0  # the small network keeps its rate
+    # A stored study's exponents win over today's; without them or a family there is no rule to use.
+    assert transfer_move("adam", 4, 1, {"adam": (-1.0, -0.5)}, family="lstm") == pytest.approx(1 / 4)
+    with pytest.raises(ValueError, match="stored moves or the built-in family"):
+        transfer_move("adam", 4, 1)
+
+
+def test_each_built_in_family_gets_its_own_rule_stored_and_said() -> None:
+    for family in BUILT_IN_FAMILIES:
+        for optimizer, words in (("adam", "adam: x (width / 8)^-0.5 x (depth / 1)^-0.5"), ("sgd", "sgd: not moved")):
+            spec = spec_from_dict({**SPEC, "model": {**SPEC["model"], "family": family},
+                                   "train": {**SPEC["train"], "optimizer": optimizer}})
+            moves = transfer_moves(spec)
+            assert moves == {optimizer: TRANSFER_MOVES[family][optimizer]}, family
+            record = transfer_record(spec)
+            assert record is not None and record["exponents"] == {optimizer: list(TRANSFER_MOVES[family][optimizer])}
+            assert (record["width"], record["depth"]) == (8, 1)
+            assert transfer_words(spec) == words
 
 
 def test_with_the_rule_auto_is_a_narrow_range_widened_only_by_the_basin() -> None:
@@ -257,7 +278,8 @@ def test_a_bad_lr_transfer_is_refused_in_one_line_naming_the_field() -> None:
 def test_every_measured_shape_has_a_near_best_rate_within_the_spread_of_its_start_by_the_rule() -> None:
     # docs/lr_shift.csv, as the test below: with lr_transfer = "rule" each shape's range is its own
     # start (transfer_move) times [1 / SPREAD, SPREAD]; it holds a rate within one standard error of its best.
-    assert set(TRANSFER_MOVES) == set(FAMILY_OF_TASK.values()) and all(set(m) == {"sgd", "adam"} for m in TRANSFER_MOVES.values())
+    assert set(TRANSFER_MOVES) == set(BUILT_IN_FAMILIES) == set(FAMILY_OF_TASK.values())
+    assert all(set(moves) == {"sgd", "adam"} for moves in TRANSFER_MOVES.values())
     for row, base in _measured():
         start = _start(row, base)
         assert _near_best_within(row, base, start / SPREAD, start * SPREAD), (row["task"], row["optimizer"], row["width"], row["depth"])
@@ -268,15 +290,17 @@ def test_every_measured_shape_has_a_near_best_rate_within_the_spread_of_its_star
 
 def test_adams_width_exponent_of_each_family_is_the_fit_to_its_measured_shapes() -> None:
     # docs/lr_shift.csv: per family, the wider and narrower shapes at the small network's depth, each
-    # the centre of its rates within one standard error of its best; fitted, then rounded to a quarter.
+    # the centre of its rates within one standard error of its best over the small network's centre
+    # (the hand-off hands on the middle of the small network's basin); fitted, then rounded to a quarter.
     for family in TRANSFER_MOVES:
-        shapes = [(int(row["width"]) / int(base["width"]), _near_best_centre(row, base)) for row, base in _measured()
-                  if FAMILY_OF_TASK[row["task"]] == family and row["optimizer"] == "adam" and row["depth"] == base["depth"]]
+        shapes = [(int(row["width"]) / int(base["width"]), _near_best_centre(row) / _near_best_centre(base))
+                  for row, base in _measured()
+                  if FAMILY_OF_TASK[row["task"]] == family and row["optimizer"] == "adam" and row["depth"] == base["depth"]
+                  and row is not base]
         assert len(shapes) >= 3, family
         assert TRANSFER_MOVES[family]["adam"][0] == fitted_width_exponent(shapes), family
-    assert [TRANSFER_MOVES[f]["adam"][0] for f in ("mlp", "lstm", "cnn")] == [-1.0, -0.25, -0.5]  # as the fit gives today
     assert fitted_width_exponent([(2.0, 0.5), (4.0, 0.25), (0.5, 2.0)]) == -1.0  # 1/width exactly
-    assert fitted_width_exponent([(2.0, 0.9), (4.0, 0.7)]) == -0.25  # -0.2, to a quarter
+    assert fitted_width_exponent([(2.0, 0.9), (4.0, 0.7)]) == -0.25  # -0.24, to a quarter
     with pytest.raises(ValueError, match="no shape of another width"):
         fitted_width_exponent([(1.0, 0.5)])
 
@@ -287,10 +311,10 @@ def _start(row: dict[str, str], base: dict[str, str]) -> float:
                          family=FAMILY_OF_TASK[row["task"]])
 
 
-def _near_best_centre(row: dict[str, str], base: dict[str, str]) -> float:
-    """The geometric centre of ``row``'s grid rates within one standard error of its best, over the small network's best."""
-    scale = [float(rate) / float(base["best_lr"]) for rate in row["lr_grid"].split()]
-    near = [s for s, v in zip(scale, row["curve"].split()) if float(v) - min(map(float, row["curve"].split())) <= _noise(row)]
+def _near_best_centre(row: dict[str, str]) -> float:
+    """The geometric centre of ``row``'s grid rates within one standard error of its best."""
+    curve = [float(value) for value in row["curve"].split()]
+    near = [float(rate) for rate, value in zip(row["lr_grid"].split(), curve) if value - min(curve) <= _noise(row)]
     return math.sqrt(min(near) * max(near))
 
 

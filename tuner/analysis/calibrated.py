@@ -30,25 +30,26 @@ def stored_rule(name: str, storage: BaseStorage) -> dict[str, Any] | None:
 
 def as_calibrated(trials: list[FrozenTrial], rule: dict[str, Any] | None) -> tuple[list[FrozenTrial], str]:
     """``trials`` with each ``lr`` divided by the ``rule``'s move for its shape (the rate stage lr would have
-    calibrated for it), and the rule in words; as they are, and "", without a rule that moves some trial."""
+    calibrated for it), and how ``lr`` was read, in words: "" (as trained) without a rule that moves a rate."""
     if rule is None or not any(a or b for a, b in rule["exponents"].values()):
         return trials, ""
     exponents = {o: (float(a), float(b)) for o, (a, b) in rule["exponents"].items()}
     only = next(iter(exponents)) if len(exponents) == 1 else None
     rates = []
+    if not all("lr" in trial.params for trial in trials):
+        return trials, ""  # lr not sampled in every trial: the verdict cannot judge it either way
     for trial in trials:
-        optimizer = str(trial.params.get("optimizer", only))
-        if "lr" not in trial.params or optimizer not in exponents:
-            return trials, ""  # a trial the rule says nothing of: lr is read as trained, for all alike
+        optimizer = trial.params.get("optimizer", only)
+        if optimizer not in exponents:  # a trial the rule says nothing of: every lr is read as trained
+            return trials, (f"as trained: stage shape's rule moves the rates of {', '.join(exponents)}, not of a trial "
+                            f"with optimizer {optimizer or 'unnamed'}")
         rates.append(trial.params["lr"] / transfer_move(optimizer, trial.params.get("width", rule["width"]) / rule["width"],
                                                         trial.params.get("depth", rule["depth"]) / rule["depth"], exponents))
     # The rates moved back may leave the audit's lr range: the copies' lr is log-scaled over where they lie.
     distribution = FloatDistribution(min(rates), max(rates), log=True) if rates else None
-    moved = []
-    for trial, rate in zip(trials, rates):
-        copy = optuna.trial.create_trial(params={**trial.params, "lr": rate},
-                                         distributions={**trial.distributions, "lr": distribution}, value=trial.value)
-        moved.append(copy)
+    moved = [optuna.trial.create_trial(params={**trial.params, "lr": rate}, distributions={**trial.distributions, "lr": distribution},
+                                       value=trial.value)
+             for trial, rate in zip(trials, rates)]
     words = "; ".join(f"{o}: (width / {rule['width']})^{a:g} x (depth / {rule['depth']})^{b:g}"
                       for o, (a, b) in exponents.items() if a or b)
-    return moved, f"stage shape's rule ({words})"
+    return moved, f"as moved back to the small network by stage shape's rule ({words})"

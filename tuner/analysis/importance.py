@@ -109,8 +109,9 @@ class AuditVerdict:
     # the rest: in words, "" when none.
     not_judged: str = ""
     # How lr was read: "" as each trial trained at; or, where stage shape carries the calibrated rate to
-    # each shape by a rule (lr_transfer = "rule"), that rule in words: each trial's lr divided by its
-    # shape's move, the rate stage lr calibrates, so that lr x width measures what the rule leaves.
+    # each shape by a rule (lr_transfer = "rule"), "as moved back ... by stage shape's rule (...)": each
+    # trial's lr divided by its shape's move, the rate stage lr calibrates, so that lr x width measures
+    # what the rule leaves (or "as trained: ..." saying why not, where the rule does not cover a trial).
     lr_basis: str = ""
 
     @property
@@ -126,7 +127,7 @@ class AuditVerdict:
                    if self.largest_interaction_with is not None else "no interaction judged")
         numbers = f"lr explains {self.lr_main_effect:.1%} of the variance; {largest}, over {self.n_trials} trials"
         if self.lr_basis:
-            numbers += f"; lr as moved back to the small network by {self.lr_basis}"
+            numbers += f"; lr read {self.lr_basis}"
         if self.held:
             return (
                 f"audit ({self.study_name}): the low-interaction assumption held ({numbers}; threshold: "

@@ -140,9 +140,8 @@ class ShapeStageSpec:
     # hand-off and stored; [min, max] around 1 as written; [1, 1] keeps the rate as it is.
     lr_scale: tuple[float, float] | str = "auto"
     # How the calibrated rate is carried to a shape of another width or depth before lr_scale multiplies
-    # it. "rule": moved by the optimizer's rule (Adam and the other adaptive ones down with width, as 1/width
-    # for the mlp and less for the lstm and cnn, and as 1/sqrt(depth); SGD not moved: tuner.study.lr_scale,
-    # docs/lr_shift.csv), so that lr_scale
+    # it. "rule": moved by the optimizer's rule (Adam and the other adaptive ones as 1/sqrt(width) and
+    # 1/sqrt(depth); SGD not moved: tuner.study.lr_scale, docs/lr_shift.csv), so that lr_scale
     # searches a narrow range around each shape's own rate. "none" (contract 3-6, and best.toml): every
     # shape starts from the calibrated rate itself.
     lr_transfer: str = "rule"

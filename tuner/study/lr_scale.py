@@ -27,12 +27,16 @@ where its shape learns. So each shape starts instead from the calibrated rate mo
 :data:`TRANSFER_MOVES` for its own width and depth (:func:`transfer_move`), and ``lr_scale``
 searches only :data:`SPREAD` either side of that: with these, every shape of ``docs/lr_shift.csv``
 has a rate within one standard error of its best inside its own range (tests/test_lr_scale.py), a
-10-fold range where the union was 45-fold. With Adam a shape moves down with width by the family's
-own measured power: the mlp as muP says (1/width), the lstm and cnn less (width^-0.25 and
-width^-0.5), each the least-squares fit, to a quarter, of the centre of its measured shapes'
-near-best rates (:func:`fitted_width_exponent`; a single power for all three started every wider
-LSTM at a quarter of the rate that suits it at 4x width); and with depth as 1/sqrt(depth), the one
-power the measurement's one or two deeper shapes per family allow. With SGD it does not move: the
+10-fold range where the union was 45-fold. With Adam a shape moves down as 1/sqrt(width): for each
+family, the least-squares fit, to a quarter, of where its measured shapes' near-best rates lie
+against where the small network's lie (:func:`fitted_width_exponent`: mlp -0.47, lstm -0.42, cnn
+-0.42; the rates within one standard error of each best, their geometric centre, as the hand-off
+picks the broadest window of the small network's basin, not its best point). muP's 1/width, the
+rule's first version, is what the mlp's shapes give against the small network's best single rate;
+that anchor sits at a third of its basin's centre, and the lstm's and cnn's shapes move far less
+(-0.14 and -0.42 read that way), so that every wider LSTM started at a quarter of the rate that
+suits it at 4x width. With depth, down as 1/sqrt(depth): assumed, as the measurement has only one
+or two deeper shapes per family, each wider too. With SGD it does not move: the
 measured best rates of SGD's shapes lay both above and below the small network's (0.3x to 5.6x,
 wider mostly up, the deeper cnn down) on U's flat enough that the calibrated rate itself is within
 the spread of a near-best one for every one of them, and moving them by a power of the width
@@ -66,11 +70,11 @@ RATE_MOVES: dict[str, tuple[float, float]] = {
 # family -> optimizer -> (width exponent, depth exponent) of lr_transfer = "rule": where a shape
 # starts, as a multiple of the calibrated rate; SPREAD: how far either side of it "auto" lets lr_scale reach.
 # SGD's shapes start at the calibrated rate (its measured moves go both ways). Adam's width exponent
-# is fitted per family to docs/lr_shift.csv (fitted_width_exponent: mlp -1.02, lstm -0.14, cnn -0.42),
-# its depth exponent one for all (the measurement has one or two deeper shapes per family).
+# is fitted per family to docs/lr_shift.csv (fitted_width_exponent: mlp -0.47, lstm -0.42, cnn -0.42),
+# its depth exponent assumed (the measurement has one or two deeper shapes per family).
 TRANSFER_MOVES: dict[str, dict[str, tuple[float, float]]] = {
-    "mlp": {"sgd": (0.0, 0.0), "adam": (-1.0, -0.5)},  # muP's 1/fan_in for width
-    "lstm": {"sgd": (0.0, 0.0), "adam": (-0.25, -0.5)},
+    "mlp": {"sgd": (0.0, 0.0), "adam": (-0.5, -0.5)},
+    "lstm": {"sgd": (0.0, 0.0), "adam": (-0.5, -0.5)},
     "cnn": {"sgd": (0.0, 0.0), "adam": (-0.5, -0.5)},
 }
 SPREAD = 3.2
@@ -135,11 +139,13 @@ def resolve_lr_scale(spec: StudySpec, basin: tuple[float, float] | None = None) 
 
 
 def transfer_move(optimizer: str, width_ratio: float, depth_ratio: float,
-                  moves: Mapping[str, Sequence[float]] | None = None, family: str = "mlp") -> float:
+                  moves: Mapping[str, Sequence[float]] | None = None, *, family: str | None = None) -> float:
     """Where a shape ``width_ratio`` times as wide and ``depth_ratio`` as deep as the small network starts,
-    as a multiple of the rate calibrated on it (``lr_transfer = "rule"``); ``moves``: the exponents per
-    optimizer a stored study was made with (default: :data:`TRANSFER_MOVES` of the built-in ``family``)."""
-    width_exponent, depth_exponent = moves[optimizer] if moves is not None else _family_move(family, optimizer)
+    as a multiple of the rate calibrated on it (``lr_transfer = "rule"``): by ``moves``, the exponents per
+    optimizer a stored study was made with, or else by :data:`TRANSFER_MOVES` of the built-in ``family``."""
+    if moves is None and family is None:
+        raise ValueError("transfer_move needs the stored moves or the built-in family whose rule to use")
+    width_exponent, depth_exponent = moves[optimizer] if moves is not None else _family_move(str(family), optimizer)
     return float(width_ratio**width_exponent * depth_ratio**depth_exponent)
 
 
@@ -150,11 +156,12 @@ def _family_move(family: str, optimizer: str) -> tuple[float, float]:
 def fitted_width_exponent(shapes: Sequence[tuple[float, float]]) -> float:
     """The power of the width ratio that best carries the small network's rate to wider and narrower shapes.
 
-    ``shapes``: (width ratio, near-best rate ratio) per measured shape of the small network's depth,
-    the rate ratio the geometric centre of the rates within one standard error of that shape's best,
-    over the small network's best. Least squares of log rate ratio on log width ratio through the
-    origin (the small network keeps its rate), rounded to a quarter: the measurement (3 seeds, a grid
-    a quarter decade apart) does not tell finer powers apart.
+    ``shapes``: (width ratio, rate ratio) per measured shape of the small network's depth, the rate
+    ratio the geometric centre of the rates within one standard error of that shape's best over the
+    same centre of the small network's (the hand-off hands on the middle of the small network's basin,
+    not its best point). Least squares of log rate ratio on log width ratio through the origin (the
+    small network keeps its rate), rounded to a quarter: the measurement (3 seeds, a grid a quarter
+    decade apart) does not tell finer powers apart.
     """
     logs = [(math.log(w), math.log(r)) for w, r in shapes if w != 1]
     if not logs:
