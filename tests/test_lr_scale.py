@@ -1,7 +1,7 @@
 """``stages.shape.lr_scale = "auto"``: the range of the multiplier on the calibrated rate follows the optimizer.
 
-With Adam the best rate of a wider network lies below the small network's (about 1/width, muP;
-docs/lr_shift.csv), with SGD near or above it. A new study resolves "auto" once, at the hand-off,
+With Adam the best rate of a wider network lies below the small network's (the middle of its
+near-best rates about as 1/sqrt(width); docs/lr_shift.csv), with SGD near or above it. A new study resolves "auto" once, at the hand-off,
 and keeps the range on ``<name>/shape``; a study stored before "auto" resumes with the range it
 was made with.
 """

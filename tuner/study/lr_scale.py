@@ -190,7 +190,7 @@ def transfer_record(spec: StudySpec) -> dict[str, object] | None:
 
 
 def transfer_words(spec: StudySpec) -> str:
-    """The rule in words, for the hand-off's message: ``adam: x (width / 16)^-1 x (depth / 1)^-0.5``."""
+    """The rule in words, for the hand-off's message: ``adam: x (width / 16)^-0.5 x (depth / 1)^-0.5``."""
     w, d = spec.model.width, spec.model.depth
     return "; ".join(f"{o}: x (width / {w})^{a:g} x (depth / {d})^{b:g}" if a or b else f"{o}: not moved"
                      for o, (a, b) in (transfer_moves(spec) or {}).items())

@@ -156,8 +156,8 @@ MIGRATIONS: tuple[Migration, ...] = (
                  "anywhere on the U; stage 'shape''s first rung ranks only stage lr's trials that learned (issue 21, "
                  "adding problem)",
               {("stages.lr", "handoff"): "robust", ("stages.shape", "first_rung"): "auto"}),
-    Migration(7, "stage 'shape' carries the calibrated rate to each shape by the optimizer's rule (Adam about "
-                 "1/width and 1/sqrt(depth), SGD not moved) and lr_scale = \"auto\" searches a narrow range "
+    Migration(7, "stage 'shape' carries the calibrated rate to each shape by the optimizer's rule (Adam down with "
+                 "width and depth, SGD not moved) and lr_scale = \"auto\" searches a narrow range "
                  "around that rate (issue 21)",
               {("stages.shape", "lr_transfer"): "none"}),
 )
