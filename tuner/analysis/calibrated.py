@@ -35,9 +35,9 @@ def as_calibrated(trials: list[FrozenTrial], rule: dict[str, Any] | None) -> tup
         return trials, ""
     exponents = {o: (float(a), float(b)) for o, (a, b) in rule["exponents"].items()}
     only = next(iter(exponents)) if len(exponents) == 1 else None
-    rates = []
     if not all("lr" in trial.params for trial in trials):
         return trials, ""  # lr not sampled in every trial: the verdict cannot judge it either way
+    rates = []
     for trial in trials:
         optimizer = trial.params.get("optimizer", only)
         if optimizer not in exponents:  # a trial the rule says nothing of: every lr is read as trained

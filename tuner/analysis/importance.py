@@ -33,6 +33,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.analysis.bases import COMPLETE_BASIS, RUNG_CAVEAT, basis_notes, describe_basis, headline_rows  # noqa: F401
+from tuner.analysis.calibrated import as_calibrated, stored_rule
 from tuner.analysis.fanova import fanova_importances
 from tuner.analysis.rungs import deepest_rung
 from tuner.deprecation import keyword_only_since
@@ -49,7 +50,6 @@ from tuner.study.results import (
     open_for_reading,
     stored_study_names,
 )
-from tuner.analysis.calibrated import as_calibrated, stored_rule
 from tuner.study.stored import VERDICT_ATTR, stage_study_name
 
 __all__ = [

@@ -36,13 +36,13 @@ rule's first version, is what the mlp's shapes give against the small network's 
 that anchor sits at a third of its basin's centre, and the lstm's and cnn's shapes move far less
 (-0.14 and -0.42 read that way), so that every wider LSTM started at a quarter of the rate that
 suits it at 4x width. With depth, down as 1/sqrt(depth): assumed, as the measurement has only one
-or two deeper shapes per family, each wider too. With SGD it does not move: the
-measured best rates of SGD's shapes lay both above and below the small network's (0.3x to 5.6x,
-wider mostly up, the deeper cnn down) on U's flat enough that the calibrated rate itself is within
-the spread of a near-best one for every one of them, and moving them by a power of the width
-(x sqrt(width), tried first) made stage shape end worse than stage lr more often on the bundled SGD
-studies (no worse in 3 of 5 seeds of breast cancer against 4 unmoved, diabetes 1 against 2) and
-doubled reg_table's compute (BENCHMARKS.md, issue 21).
+or two deeper shapes per family, each wider too. With SGD it does not move: the measured best rates
+of SGD's shapes lay both above and below the small network's (0.3x to 5.6x, wider mostly up, the
+deeper cnn down) on U's flat enough that the calibrated rate itself is within the spread of a
+near-best one for every one of them, and moving them by a power of the width (x sqrt(width), tried
+first) made stage shape end worse than stage lr more often on the bundled SGD studies (no worse in 3
+of 5 seeds of breast cancer against 4 unmoved, diabetes 1 against 2) and doubled reg_table's compute
+(BENCHMARKS.md, issue 21).
 
 Example:
     >>> auto_lr_scale("adam", width_ratio=8, depth_ratio=1)
