@@ -25,6 +25,8 @@ from tuner.analysis.importance import (
 )
 from tuner.analysis.calibrated import as_calibrated
 from tuner.cli import app
+from tuner.report.runs import StageRuns, run_of
+from tuner.report.words import audit_diagnosis
 
 from _tiny_study import AUDITED_SPEC, audited_study
 
@@ -133,6 +135,16 @@ def test_audit_verdict_is_stored_on_the_audit_study(audited: tuple[str, tuner.St
     assert verdict.held == (verdict.largest_interaction <= AUDIT_MAX_INTERACTION_RATIO * verdict.lr_main_effect)
 
 
+def test_the_verdict_judged_again_from_a_url_replaces_a_stored_one_that_differs(audited: tuple[str, tuner.StudyResult]) -> None:
+    # As a verdict stored before the audit read lr in the rule's coordinates: tuner.audit_verdict(name, url)
+    # judges again and stores the new one (the URL is opened for writing, not read-only).
+    storage, result = audited
+    optuna.load_study(study_name="audited/audit", storage=storage).set_user_attr("verdict", "a verdict of before")
+    verdict = audit_verdict("audited", storage)
+    assert isinstance(storage, str) and verdict.message == result.audit.message
+    assert optuna.load_study(study_name="audited/audit", storage=storage).user_attrs["verdict"] == verdict.message
+
+
 def test_verdict_fails_and_advises_joint_tuning_when_lr_interacts() -> None:
     storage = optuna.storages.InMemoryStorage()
     def tangled(p: dict) -> float:
@@ -169,9 +181,23 @@ def test_with_stage_shapes_rule_the_verdict_reads_lr_as_moved_back_to_the_small_
     raw, ruled, unmoved = verdicts["raw"], verdicts["ruled"], verdicts["unmoved"]
     assert raw.held is False and raw.largest_interaction_with == "width" and raw.lr_basis == ""
     assert ruled.held is True and ruled.largest_interaction < raw.largest_interaction / 4
-    assert ruled.lr_basis == "as moved back to the small network by stage shape's rule (adam: (width / 16)^-1 x (depth / 1)^-0.5)"
-    assert "lr read as moved back to the small network by stage shape's rule" in ruled.message
+    assert ruled.lr_basis == ("as stage lr calibrates it: each trial's lr divided by its shape's move under stage shape's rule "
+                              "(adam: x (width / 16)^-1 x (depth / 1)^-0.5)")
+    assert "lr read as stage lr calibrates it: each trial's lr divided by its shape's move" in ruled.message
     assert unmoved.lr_basis == "" and unmoved.held is False  # a rule that moves nothing: lr read as trained
+
+
+def test_the_reports_audit_diagnosis_says_when_the_verdict_read_lr_as_calibrated() -> None:
+    storage = optuna.storages.InMemoryStorage()
+    _synthetic_study(storage, "said", lambda p: float(np.log10(p["lr"]) ** 2), n=12)
+    study = optuna.load_study(study_name="said/audit", storage=storage)
+    stage = StageRuns("audit", study, study.trials, [run_of(t) for t in study.trials])
+    study.set_user_attr("verdict", "audit (said/audit): the low-interaction assumption held.")
+    assert not any("read lr as each trial trained at" in s for s in audit_diagnosis(stage, "val_error"))  # no basis stored
+    study.set_user_attr("verdict_lr_basis", "as stage lr calibrates it: each trial's lr divided by ...")
+    said = audit_diagnosis(stage, "val_error")
+    assert said[1] == "audit (said/audit): the low-interaction assumption held."
+    assert "differ from the audit's importances in this report, which read lr as each trial trained at" in said[2]
 
 
 def test_the_audits_rates_move_back_by_each_trials_optimizer_width_and_depth() -> None:
@@ -186,7 +212,7 @@ def test_the_audits_rates_move_back_by_each_trials_optimizer_width_and_depth() -
     moved, basis = as_calibrated(trials, rule)
     assert [t.params["lr"] for t in moved] == pytest.approx([0.08, 0.01, 0.01])
     assert [t.params["width"] for t in moved] == [64, 64, 16] and [t.value for t in moved] == [0.5] * 3
-    assert basis.startswith("as moved back to the small network") and "sgd" not in basis  # the rule that moves: adam's
+    assert basis.startswith("as stage lr calibrates it") and "sgd" not in basis  # the rule that moves: adam's
     assert (moved[0].distributions["lr"].low, moved[0].distributions["lr"].high) == pytest.approx((0.01, 0.08))
     # A trial of an optimizer the rule does not name: every lr read as trained, and the verdict says why.
     rmsprop = optuna.trial.create_trial(params={**trials[0].params, "optimizer": "rmsprop"},

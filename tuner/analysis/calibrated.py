@@ -50,6 +50,6 @@ def as_calibrated(trials: list[FrozenTrial], rule: dict[str, Any] | None) -> tup
     moved = [optuna.trial.create_trial(params={**trial.params, "lr": rate}, distributions={**trial.distributions, "lr": distribution},
                                        value=trial.value)
              for trial, rate in zip(trials, rates)]
-    words = "; ".join(f"{o}: (width / {rule['width']})^{a:g} x (depth / {rule['depth']})^{b:g}"
+    words = "; ".join(f"{o}: x (width / {rule['width']})^{a:g} x (depth / {rule['depth']})^{b:g}"
                       for o, (a, b) in exponents.items() if a or b)
-    return moved, f"as moved back to the small network by stage shape's rule ({words})"
+    return moved, f"as stage lr calibrates it: each trial's lr divided by its shape's move under stage shape's rule ({words})"

@@ -109,7 +109,7 @@ class AuditVerdict:
     # the rest: in words, "" when none.
     not_judged: str = ""
     # How lr was read: "" as each trial trained at; or, where stage shape carries the calibrated rate to
-    # each shape by a rule (lr_transfer = "rule"), "as moved back ... by stage shape's rule (...)": each
+    # each shape by a rule (lr_transfer = "rule"), "as stage lr calibrates it: ... (the rule)": each
     # trial's lr divided by its shape's move, the rate stage lr calibrates, so that lr x width measures
     # what the rule leaves (or "as trained: ..." saying why not, where the rule does not cover a trial).
     lr_basis: str = ""
@@ -267,7 +267,7 @@ def audit_verdict(name: str, storage: str | BaseStorage | None = None) -> AuditV
     that an interaction the rule already accounts for (Adam's best rate falling with width) is not
     held against the staging (:attr:`AuditVerdict.lr_basis` says so).
     """
-    opened, _ = open_for_reading(storage)
+    opened, _ = open_for_reading(storage, writable=True)  # the verdict is stored on the audit study
     study_name = stage_study_name(name, "audit")
     study = optuna.load_study(study_name=study_name, storage=opened)
     complete, lr_basis = as_calibrated(_complete(study.get_trials(deepcopy=False)), stored_rule(name, opened))

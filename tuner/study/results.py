@@ -194,13 +194,14 @@ def check_made_by_tuner(name: str, studies: Mapping[str, optuna.Study]) -> None:
             )
 
 
-def open_for_reading(storage: str | BaseStorage | None) -> tuple[BaseStorage, str]:
-    """The storage, and its URL to name in messages. A missing SQLite file is not created."""
+def open_for_reading(storage: str | BaseStorage | None, *, writable: bool = False) -> tuple[BaseStorage, str]:
+    """The storage, and its URL to name in messages. A missing SQLite file is not created; unless
+    ``writable`` (for what stores a result on a study it reads, as the audit's verdict), a URL is opened read-only."""
     if isinstance(storage, BaseStorage):
         url = getattr(storage, "url", None)  # RDBStorage keeps the URL it was opened with
         return storage, redact(url) if isinstance(url, str) else type(storage).__name__
     url = resolve_url(storage)
-    return open_existing_storage(url), redact(url)
+    return open_existing_storage(url, writable=writable), redact(url)
 
 
 def stored_study_names(storage: str | BaseStorage | None = None) -> list[str]:
