@@ -92,5 +92,9 @@ def test_the_summary_says_the_rate_handed_on_and_when_shape_ended_worse_than_lr(
     assert "lr=0.065 (handed on: 0.0432)" in console.file.getvalue()  # type: ignore[attr-defined]
     assert result.best_stage == "lr" and result.best_value == 0.27
     assert result.worse_than_lr is not None and "0.79 against 0.27" in result.worse_than_lr and "trial 3" in result.worse_than_lr
+    # The command it names reads the study where it is: a storage other than the default is said.
+    assert "`tuner best s --storage sqlite:///s.db` trains it" in result.worse_than_lr
+    default = StudyResult("s", "sqlite:///tuner.db", 0.0432, result.stages)
+    assert default.worse_than_lr is not None and "`tuner best s` trains it" in default.worse_than_lr
     result.stages["shape"] = summary("shape", 0.2, {"lr": 0.03, "width": 64}, 5)
     assert result.best_stage == "shape" and result.worse_than_lr is None

@@ -119,7 +119,7 @@ def test_sigterm_fails_the_trial_in_progress_exits_143_and_says_how_to_resume(tm
     assert worker.returncode == 143, stdout + stderr
     assert "Traceback" not in stdout + stderr
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("terminated (SIGTERM): the trial in progress is marked failed"), stderr
+    assert len(lines) == 1 and lines[0].startswith("terminated (SIGTERM): the trials in progress are marked failed"), stderr
     assert shlex.split(lines[0].split("resume with: ")[1]) == ["tuner", "study", str(spec), "--storage", url]
     after = {t._trial_id: t for t in _trials(url, "stopped")}  # noqa: SLF001
     assert not [t for t in after.values() if t.state == TrialState.RUNNING]  # no one waits out a grace period

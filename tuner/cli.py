@@ -136,7 +136,7 @@ def study(
                 reporter.close()
     except KeyboardInterrupt as stop:
         what, code = ("terminated (SIGTERM)", TERMINATED) if isinstance(stop, Terminated) else ("interrupted", INTERRUPTED)
-        stopped(f"{what}: the trial in progress is marked failed, finished trials are kept; "
+        stopped(f"{what}: the trials in progress are marked failed (a batch: all of its trials), finished trials are kept; "
                 f"resume with: {shlex.join(resume)}{password_note}")
         raise typer.Exit(code) from None
     ignore_late_stops()  # the study is finished and stored: what is left is to say so

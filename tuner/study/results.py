@@ -14,7 +14,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.storage import open_existing_storage, redact, resolve_url
+from tuner.storage import DEFAULT_STORAGE, open_existing_storage, redact, resolve_url
 from tuner.study.stored import (  # noqa: F401 -- the contract's names, read from here by many modules
     BATCHED_WITH_ATTR,
     BEST_LR_ATTR,
@@ -300,8 +300,13 @@ class StudyResult:
             return None
         return (f"stage 'shape' ended worse than stage '{lr.stage}': its best is {shape.best_value:.4g} against "
                 f"{lr.best_value:.4g} for the small network of stage '{lr.stage}'; the study's best is stage "
-                f"'{lr.stage}''s trial {lr.best_trial}, and `tuner best {self.name}` trains it (`--stage shape` for "
-                f"shape's own best)")
+                f"'{lr.stage}''s trial {lr.best_trial}, and `tuner best {self.name}{self.storage_option}` trains it "
+                f"(`--stage shape` for shape's own best)")
+
+    @property
+    def storage_option(self) -> str:
+        """`` --storage URL`` for a command that reads this study, where it is not in the default storage."""
+        return "" if self.storage in (DEFAULT_STORAGE, redact(resolve_url(None))) else f" --storage {self.storage}"
 
 
 def best_lr_summary(stages: Mapping[str, StageSummary]) -> StageSummary | None:
