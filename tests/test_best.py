@@ -177,6 +177,7 @@ def test_best_toml_is_a_spec_that_trains_exactly_the_winner(wine_best: tuple[str
     assert shape.schedules == (metrics["params"]["schedule"],)
     written = (out / "best.toml").read_text()
     assert "momentum = 0.9" in written and "sequence_length" not in written  # SGD's momentum acts; the adding data's length not
+    assert "#   tuner study winner/best.toml" in written  # its header's command names the folder it is in
     result = tuner.run_study(spec, storage=f"sqlite:///{tmp_path / 'again.db'}", device="cpu")
     assert result.best_lr == metrics["params"]["lr"]
     assert result.stages["shape"].best_value == metrics["stored_value"]

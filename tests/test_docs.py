@@ -23,6 +23,17 @@ def test_readme_and_the_quickstart_spec_state_the_same_measured_time() -> None:
     assert "12 s at load average 0.5" in readme  # the measurement behind the claim, and its machine
 
 
+def test_the_quickstart_spec_lists_every_data_set_and_built_in_family() -> None:
+    from tuner.inputs.families import BUILT_IN_FAMILIES
+    from tuner.inputs.names import DATASETS
+
+    spec = (ROOT / "studies" / "quickstart.toml").read_text(encoding="utf-8")
+    listed = {key: line.split("#", 1)[1] for line in spec.splitlines()
+              for key in ("name = \"digits\"", "family = ") if line.startswith(key)}
+    assert set(re.findall(r"\w+", listed["name = \"digits\""])) >= set(DATASETS)
+    assert set(re.findall(r"\w+", listed["family = "])) >= set(BUILT_IN_FAMILIES)
+
+
 def test_every_key_is_optional_and_the_name_is_the_files_stem(tmp_path: Path) -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "Every key is optional, `name` included: without it the study is named after the file" in readme
