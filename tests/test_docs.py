@@ -34,6 +34,14 @@ def test_the_quickstart_spec_lists_every_data_set_and_built_in_family() -> None:
     assert set(re.findall(r"\w+", listed["family = "])) >= set(BUILT_IN_FAMILIES)
 
 
+def test_the_prepared_gpu_check_parses_and_refuses_an_unknown_verb() -> None:
+    # scripts/gpu_check.sh runs on a lent GPU machine, where a mistake costs device time: parse it here.
+    script = ROOT / "scripts" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    refused = subprocess.run(["bash", str(script), "nonsense"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "usage: bash scripts/gpu_check.sh fetch|run" in refused.stderr
+
+
 def test_every_key_is_optional_and_the_name_is_the_files_stem(tmp_path: Path) -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "Every key is optional, `name` included: without it the study is named after the file" in readme
