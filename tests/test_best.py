@@ -169,6 +169,16 @@ def test_load_model_predicts_raw_rows_with_the_scores_of_metrics_json(wine_best:
         model.predict(x_val[:, :5])
 
 
+def test_best_tomls_header_gives_the_folder_as_out_named_it(wine_best: tuple[str, Path, dict], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    storage, _, _ = wine_best
+    monkeypatch.chdir(tmp_path)
+    _best("winetest", storage, Path("."))  # --out . : the working folder
+    assert "#   tuner study best.toml   #" in (tmp_path / "best.toml").read_text()
+    _best("winetest", storage, Path("nested") / "my best")
+    assert "#   tuner study 'nested/my best/best.toml'   #" in (tmp_path / "nested" / "my best" / "best.toml").read_text()
+
+
 def test_best_toml_is_a_spec_that_trains_exactly_the_winner(wine_best: tuple[str, Path, dict], tmp_path: Path) -> None:
     _, out, metrics = wine_best
     spec = load_spec(out / "best.toml")
@@ -177,7 +187,7 @@ def test_best_toml_is_a_spec_that_trains_exactly_the_winner(wine_best: tuple[str
     assert shape.schedules == (metrics["params"]["schedule"],)
     written = (out / "best.toml").read_text()
     assert "momentum = 0.9" in written and "sequence_length" not in written  # SGD's momentum acts; the adding data's length not
-    assert "#   tuner study winner/best.toml" in written  # its header's command names the folder it is in
+    assert f"#   tuner study {out / 'best.toml'}   #" in written  # its header's command names the folder as given
     result = tuner.run_study(spec, storage=f"sqlite:///{tmp_path / 'again.db'}", device="cpu")
     assert result.best_lr == metrics["params"]["lr"]
     assert result.stages["shape"].best_value == metrics["stored_value"]

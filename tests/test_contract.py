@@ -299,7 +299,7 @@ SHAPE_STUDY_ATTRS = STUDY_ATTRS | {"lr", "lr_transfer"}  # lr_transfer: since co
 AUDIT_STUDY_ATTRS = STUDY_ATTRS | {
     "low_interaction_held", "lr_main_effect", "lr_largest_interaction", "lr_largest_interaction_with",
     "interaction_max_ratio", "verdict_n_trials", "verdict",
-    "verdict_lr_basis",  # how lr was read: "" as trained, or moved back by stage shape's rule (issue 21)
+    "verdict_lr_basis",  # how lr was read: "", "as stage lr calibrates it: ..." (the rule) or "as trained: ..." (issue 21)
 }
 TRIAL_ATTRS = {
     "learning_curve", "train_loss_curve", "train_seconds", "device", "diverged", "n_params", "epochs_done",

@@ -195,6 +195,8 @@ def test_the_reports_audit_diagnosis_says_when_the_verdict_read_lr_as_calibrated
     study.set_user_attr("verdict", "audit (said/audit): the low-interaction assumption held.")
     assert not any("read lr as each trial trained at" in s for s in audit_diagnosis(stage, "val_error"))  # no basis stored
     study.set_user_attr("verdict_lr_basis", "as stage lr calibrates it: each trial's lr divided by ...")
+    assert len(audit_diagnosis(stage, "val_error")) == 2  # it could not judge (no low_interaction_held): no shares
+    study.set_user_attr("low_interaction_held", True)
     said = audit_diagnosis(stage, "val_error")
     assert said[1] == "audit (said/audit): the low-interaction assumption held."
     assert "differ from the audit's importances in this report, which read lr as each trial trained at" in said[2]

@@ -96,5 +96,12 @@ def test_the_summary_says_the_rate_handed_on_and_when_shape_ended_worse_than_lr(
     assert "`tuner best s --storage sqlite:///s.db` trains it" in result.worse_than_lr
     default = StudyResult("s", "sqlite:///tuner.db", 0.0432, result.stages)
     assert default.worse_than_lr is not None and "`tuner best s` trains it" in default.worse_than_lr
+    # As printed, a command that runs: no "***" for a password (said through the environment), quoted for the shell.
+    postgres = StudyResult("s", "postgresql://tuner:***@db/tuner?sslmode=require&application_name=x", 0.0432, result.stages)
+    said = postgres.worse_than_lr or ""
+    assert "`tuner best s --storage 'postgresql://tuner@db/tuner?application_name=x&sslmode=require'` trains it" in said
+    assert "***" not in said and "TUNER_STORAGE_PASSWORD" in said
+    spaced = StudyResult("s", "sqlite:////tmp/my dir/s.db", 0.0432, result.stages)
+    assert "--storage 'sqlite:////tmp/my dir/s.db'`" in (spaced.worse_than_lr or "")
     result.stages["shape"] = summary("shape", 0.2, {"lr": 0.03, "width": 64}, 5)
     assert result.best_stage == "shape" and result.worse_than_lr is None

@@ -160,10 +160,12 @@ def study(
 def _resume_command(spec: Path, storage: str | None, name: str | None, password_file: Path | None) -> tuple[list[str], str]:
     """The command that resumes this study, one that works as printed: no password in it, nor a ``***``
     in its place; when the URL had a password, a note says to give it through the environment instead."""
+    from tuner.storage import without_password
+
     command = ["tuner", "study", str(spec)]
     note = ""
     if storage:
-        bare, had_password = _without_password(storage)
+        bare, had_password = without_password(storage)
         command += ["--storage", bare]
         if had_password and password_file is None:
             note = " (with the storage's password set through TUNER_STORAGE_PASSWORD or PGPASSWORD)"
@@ -172,22 +174,6 @@ def _resume_command(spec: Path, storage: str | None, name: str | None, password_
     if name:
         command += ["--name", name]
     return command, note
-
-
-def _without_password(url: str) -> tuple[str, bool]:
-    """``url`` with any password (``user:pw@``, or ``?password=``) taken out, and whether it had one."""
-    import sqlalchemy
-
-    try:
-        parsed = sqlalchemy.engine.make_url(url)
-    except Exception:  # noqa: BLE001 -- not a database URL (journal:///...): nothing to take out
-        return url, False
-    in_query = [key for key in parsed.query if key.lower() == "password"]
-    if parsed.password is None and not in_query:
-        return url, False
-    # URL.set() skips None, so the password goes through namedtuple's _replace.
-    bare = parsed.difference_update_query(in_query)._replace(password=None)
-    return bare.render_as_string(hide_password=False), True
 
 
 def _refuse_in_memory(storage: str | None, spec_storage: str | None, source: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,7 +183,7 @@ def write_best(
         metrics["test"] = {"error": test_error, "loss": test_loss, "rows": _rows(data, "test")}
 
     spec_text = best_spec_text(spec, name, stage, trial, plan_values=_plan_values(plan), refit=refit,
-                               code_files=sorted(code_files), folder=folder.name)
+                               code_files=sorted(code_files), path=shlex.quote(str(folder / "best.toml")))
     record = model_record(model, spec, data, plan.width, plan.depth, plan.declared)
     spec_path, model_path, metrics_path = write_folder(folder, spec_text, record, metrics, code_files)
     return BestResult(folder, spec_path, model_path, metrics_path, metrics, replaced,
@@ -292,12 +293,12 @@ def _applying(table: dict[str, Any], spec: StudySpec, schedule: str) -> dict[str
 
 
 def best_spec_text(spec: StudySpec, name: str, stage: Stage, trial: FrozenTrial, *, plan_values: dict[str, Any],
-                   refit: str, code_files: list[str] | None = None, folder: str = "best") -> str:
+                   refit: str, code_files: list[str] | None = None, path: str = "best/best.toml") -> str:
     """``best.toml``: the stored settings with every searched value pinned to the winner's.
 
     Settings that do not act for its data, optimizer or schedule are left out; ``code_files``: the
-    study's own modules copied beside it (named in its header); ``folder``: the name of the folder
-    it is written to, for the command its header gives.
+    study's own modules copied beside it (named in its header); ``path``: where it is written, as
+    the user gave the folder, for the command its header gives.
     """
     table = spec.settings()
     table = {"name": f"{name}-best", **table}
@@ -331,7 +332,7 @@ def best_spec_text(spec: StudySpec, name: str, stage: Stage, trial: FrozenTrial,
         f" ({'your metric' if spec.train.metric and spec.train.objective == 'val_error' else spec.train.objective}"
         f" {trial.value:.6g}), written by `tuner best`.",
         "#",
-        f"#   tuner study {folder}/best.toml   # (its path, from any folder) trains it again as the one trial of stage 'shape'",
+        f"#   tuner study {path}   # (its path, from any folder) trains it again as the one trial of stage 'shape'",
         "#",
         *([f"# Your modules ({copied}) are copied beside it, as they were when the study ran: it imports those.",
            "#"] if copied else []),

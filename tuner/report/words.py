@@ -363,7 +363,9 @@ def audit_diagnosis(stage: StageRuns, objective: str) -> list[str]:
     sentences.append(str(verdict) if verdict else
                      "No verdict on the low-interaction assumption is stored yet: `tuner study` makes it when the "
                      "audit stage ends.")
-    if verdict and str(stage.study.user_attrs.get("verdict_lr_basis", "")).startswith("as stage lr calibrates"):
+    attrs = stage.study.user_attrs
+    judged = attrs.get("low_interaction_held") is not None  # shares to compare: not where it could not judge
+    if verdict and judged and str(attrs.get("verdict_lr_basis", "")).startswith("as stage lr calibrates"):
         sentences.append("Its shares differ from the audit's importances in this report, which read lr as each trial "
                          "trained at.")
     return sentences

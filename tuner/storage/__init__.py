@@ -54,6 +54,7 @@ from tuner.storage._url import (
     redact,
     resolve_url,
     with_password,
+    without_password,
 )
 from tuner.storage.liveness import (
     BEAT_ATTR,
@@ -94,6 +95,7 @@ __all__ = [
     "proxy_failure",
     "redact",
     "resolve_url",
+    "without_password",
     "serve_storage",
     "skip_empty_queue",
     "sqlite_engine_kwargs",

@@ -203,3 +203,17 @@ def with_password(url: str, password_file: str | Path | None = None) -> str:
             return url
         raise StorageError(f"storage {redact(url)!r}: the URL has a password and a password file was given; give it once, in the file")
     return parsed.set(password=password).render_as_string(hide_password=False)
+
+
+def without_password(url: str) -> tuple[str, bool]:
+    """``url`` with any password (``user:pw@``, or ``?password=``) taken out, and whether it had one."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except Exception:  # noqa: BLE001 -- not a database URL (journal:///...): nothing to take out
+        return url, False
+    in_query = [key for key in parsed.query if key.lower() == "password"]
+    if parsed.password is None and not in_query:
+        return url, False
+    # URL.set() skips None, so the password goes through namedtuple's _replace.
+    bare = parsed.difference_update_query(in_query)._replace(password=None)
+    return bare.render_as_string(hide_password=False), True

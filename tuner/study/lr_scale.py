@@ -33,7 +33,7 @@ against where the small network's lie (:func:`fitted_width_exponent`: mlp -0.47,
 -0.42; the rates within one standard error of each best, their geometric centre, as the hand-off
 picks the broadest window of the small network's basin, not its best point). muP's 1/width, the
 rule's first version, is what the mlp's shapes give against the small network's best single rate;
-that anchor sits at a third of its basin's centre, and the lstm's and cnn's shapes move far less
+its basin's centre lies at a third of that anchor, and the lstm's and cnn's shapes move far less
 (-0.14 and -0.42 read that way), so that every wider LSTM started at a quarter of the rate that
 suits it at 4x width. With depth, down as 1/sqrt(depth): assumed, as the measurement has only one
 or two deeper shapes per family, each wider too. With SGD it does not move: the measured best rates

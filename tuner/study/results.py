@@ -6,6 +6,7 @@ importable from here too, as before.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.storage import DEFAULT_STORAGE, open_existing_storage, redact, resolve_url
+from tuner.storage import DEFAULT_STORAGE, open_existing_storage, redact, resolve_url, without_password
 from tuner.study.stored import (  # noqa: F401 -- the contract's names, read from here by many modules
     BATCHED_WITH_ATTR,
     BEST_LR_ATTR,
@@ -300,13 +301,21 @@ class StudyResult:
             return None
         return (f"stage 'shape' ended worse than stage '{lr.stage}': its best is {shape.best_value:.4g} against "
                 f"{lr.best_value:.4g} for the small network of stage '{lr.stage}'; the study's best is stage "
-                f"'{lr.stage}''s trial {lr.best_trial}, and `tuner best {self.name}{self.storage_option}` trains it "
-                f"(`--stage shape` for shape's own best)")
+                f"'{lr.stage}''s trial {lr.best_trial}, and `{shlex.join(['tuner', 'best', self.name, *self.storage_option])}` "
+                f"trains it (`--stage shape` for shape's own best){self.password_note}")
 
     @property
-    def storage_option(self) -> str:
-        """`` --storage URL`` for a command that reads this study, where it is not in the default storage."""
-        return "" if self.storage in (DEFAULT_STORAGE, redact(resolve_url(None))) else f" --storage {self.storage}"
+    def storage_option(self) -> list[str]:
+        """``["--storage", URL]`` for a command that reads this study, where it is not in the default storage: the URL
+        without its password (a ``***`` in its place would not connect; :attr:`password_note` says how to give it)."""
+        if self.storage in (DEFAULT_STORAGE, redact(resolve_url(None))):
+            return []
+        return ["--storage", without_password(self.storage)[0]]
+
+    @property
+    def password_note(self) -> str:
+        return (" (with the storage's password set through TUNER_STORAGE_PASSWORD or PGPASSWORD)"
+                if without_password(self.storage)[1] else "")
 
 
 def best_lr_summary(stages: Mapping[str, StageSummary]) -> StageSummary | None:
