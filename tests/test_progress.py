@@ -59,22 +59,44 @@ def test_on_a_terminal_the_bar_shows_trials_of_budget_best_and_times() -> None:
     assert "stage lr done: 2 complete, 1 pruned (1 diverged)" in screen
 
 
-def test_a_batch_finished_at_once_prints_the_best_of_the_trials_printed_so_far() -> None:
-    # A batch of three finishes together; the runner passes each trial the best of the whole batch
-    # (0.1). The first lines must not show a best that no printed trial has reached yet.
+def test_each_line_prints_the_best_the_runner_passes_it_stored_trials_included() -> None:
+    # The runner passes each trial the best of the stage up to it: a batch's later trials not yet, the
+    # trials stored before a resume (here 0.15) already. A line never shows a best worse than its own trial.
     stage = lr_stage(SPEC)
     out = io.StringIO()
     reporter = ConsoleReporter(Console(file=out, force_terminal=False, width=200))
-    reporter.stage_started(stage, 0)
+    reporter.stage_started(stage, 2)  # resumed: two trials stored, the best of them 0.15
     batch = [create_trial(params={"lr": lr}, distributions=LR, value=value)
              for lr, value in [(0.01, 0.3), (0.02, 0.2), (0.05, 0.1)]]
-    for n, trial in enumerate(batch, start=1):
-        reporter.trial_finished(stage, trial, n, 0.1)
-    # The next batch (0.4) is worse: the best told before it (0.1) stays.
-    reporter.trial_finished(stage, create_trial(params={"lr": 0.9}, distributions=LR, value=0.4), 4, 0.1)
+    for n, (trial, passed) in enumerate(zip(batch, [0.15, 0.15, 0.1]), start=3):
+        reporter.trial_finished(stage, trial, n, passed)
+    reporter.trial_finished(stage, create_trial(params={"lr": 0.9}, distributions=LR, value=0.4), 6, 0.1)
+    reporter.trial_finished(stage, create_trial(params={"lr": 0.3}, distributions=LR, value=0.05), 7, None)  # none passed
     reporter.close()
     bests = re.findall(r"; best ([\d.]+);", out.getvalue())
-    assert bests == ["0.3", "0.2", "0.1", "0.1"]
+    assert bests == ["0.15", "0.15", "0.1", "0.1", "0.05"]
+
+
+def test_a_resumed_stage_prints_the_stored_best_from_its_first_new_trial(tmp_path) -> None:
+    seen: list[tuple[float | None, float | None]] = []
+
+    class Seen(tuner.Reporter):
+        def trial_finished(self, stage, trial, n_finished, best_value) -> None:  # type: ignore[no-untyped-def]
+            if stage.kind == "shape":
+                seen.append((trial.value, best_value))
+
+    shape = {"trials": 4, "sampler": "random", "pruner": "none", "width": [4, 16], "depth": [1, 1], "schedules": ["constant"]}
+    spec = {"name": "resumed", "data": {"name": "wine"}, "model": {"width": 8}, "train": {"epochs": 2, "batch_size": 32},
+            "stages": {"lr": {"trials": 3}, "shape": shape}}
+    storage = f"sqlite:///{tmp_path / 'r.db'}"
+    tuner.run_study(spec, storage=storage, device="cpu", reporter=Seen(), progress=False)
+    stored = [value for value, _ in seen if value is not None]
+    assert len(seen) == 4 and stored
+    seen.clear()
+    tuner.run_study({**spec, "stages": {**spec["stages"], "shape": {**shape, "trials": 6}}},
+                    storage=storage, device="cpu", reporter=Seen(), progress=False)
+    assert len(seen) == 2 and seen[0][1] is not None
+    assert seen[0][1] <= min(stored)  # the first new line's best counts the four stored trials
 
 
 def test_the_summary_says_the_rate_handed_on_and_when_shape_ended_worse_than_lr() -> None:

@@ -74,27 +74,22 @@ class _StageClock:
 
 
 class _BestShown:
-    """The best value to print beside a trial: one that a trial printed so far (or told earlier) reached.
+    """The best value to print beside a trial: the best the runner passes, of every trial of the stage up to
+    this one (the trials stored before a resume and other workers' included, a batch's later ones not yet),
+    or, where none is passed, the best of the trials printed so far.
 
-    A batch of trials finishes at once, and the runner passes each of them the best over the whole
-    batch: printed as is, the first line of a batch would show a best that no printed trial has
-    reached yet. So: the best of the trials printed in this stage, and of the runner's best as it
-    stood before its latest change (by then, trials told earlier: other workers' too).
+    (It once held back the runner's value until it changed, when the runner passed one best for a whole
+    batch; the runner now passes each trial its own, and holding it back hid a resumed stage's stored best.)
     """
 
     def __init__(self, direction: str = "minimize") -> None:
         self.direction = direction  # "maximize": the highest is the best
         self.printed: float | None = None
-        self.told_before: float | None = None
-        self.last_passed: float | None = None
 
     def after(self, trial: FrozenTrial, passed: float | None) -> float | None:
         if trial.state == TrialState.COMPLETE and trial.value is not None:
             self.printed = self._better(self.printed, trial.value)
-        if passed != self.last_passed and self.last_passed is not None:
-            self.told_before = self._better(self.told_before, self.last_passed)
-        self.last_passed = passed
-        return self._better(self.printed, self.told_before)
+        return self._better(self.printed, passed)
 
     def _better(self, a: float | None, b: float | None) -> float | None:
         if a is None or b is None:
