@@ -25,6 +25,9 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C would be (the CLI's handler), so that a stopped job ends its trial as Ctrl-C does."""
 
 
+FILE_FIELD = "<file>"  # a SpecError's field_path when the study file itself is at fault (missing, unreadable, empty)
+
+
 class SpecError(ValueError):
     """A study file that cannot be used; the message says where, what and how to fix it."""
 
@@ -35,7 +38,10 @@ class SpecError(ValueError):
         self.fix = fix
         where = f"{source}: " if source else ""
         shown = "" if value is MISSING else f" = {value!r}"
-        super().__init__(f"{where}field '{field_path}'{shown}: {fix}")
+        if field_path == FILE_FIELD:  # the file itself, not a field in it: "x.toml: no such file; ..."
+            super().__init__(f"{where or 'the spec: '}{fix}")
+        else:
+            super().__init__(f"{where}field '{field_path}'{shown}: {fix}")
 
 
 class TunerInputError(ValueError):
