@@ -159,7 +159,10 @@ def test_a_new_study_stores_the_resolved_range_and_its_shape_trials_search_insid
     # Resumed with one more shape trial: the same distribution, the range untouched, and the rule as stored
     # (here rewritten by hand to another exponent): a later tuner's constants never move a stored study's trials.
     shape.set_user_attr("lr_transfer", {**shape.user_attrs["lr_transfer"], "exponents": {"adam": [-2.0, 0.0]}})
-    tuner.run_study(with_stage_value(_spec(), "shape", "trials", 4), storage=storage, device="cpu")
+    notes.clear()
+    tuner.run_study(with_stage_value(_spec(), "shape", "trials", 4), storage=storage, device="cpu", reporter=Notes())
+    assert any(f"stage 'lr' handed on the learning rate {result.best_lr:.3g} when it ended (stored on auto_scaled/shape)"
+               in note for note in notes)  # said again on resume, as stored
     shape = optuna.load_study(study_name="auto_scaled/shape", storage=storage)
     assert shape.user_attrs["lr_scale_range"] == [low, high]
     newest = max(shape.trials, key=lambda t: t.number)

@@ -73,6 +73,10 @@ def hand_off_rates(spec: StudySpec, storage: optuna.storages.BaseStorage, report
     if shape_name in optuna.get_all_study_names(storage):
         stored = _stored(optuna.load_study(study_name=shape_name, storage=storage).user_attrs)
         if stored is not None:
+            if reporter is not None:  # resumed: the rate stage shape goes on from, as the first run said it
+                each = ", ".join(f"'{label}' {rate:.3g}" for label, rate in stored.labels.items()) if stored.rates else ""
+                reporter.message(f"stage 'lr' handed on the learning rate {stored.rate:.3g} when it ended (stored on "
+                                 f"{shape_name}{'; per choice: ' + each if each else ''}): stage 'shape' goes on from it")
             return stored
     chosen = [_choose(variant, storage) for variant in variants(spec)]
     lead = min(chosen, key=lambda c: results.loss_like(c.best.value, c.direction))  # type: ignore[arg-type]
