@@ -128,6 +128,6 @@ def test_the_summary_says_the_rate_handed_on_and_when_shape_ended_worse_than_lr(
     assert "--storage 'sqlite:////tmp/my dir/s.db'`" in (spaced.worse_than_lr or "")
     batched = dataclasses.replace(result.stages["lr"], trained_together=8)  # 4 trials here; a stage of 40 in batches of 8 alike
     caption = summary_table(StudyResult("s", "sqlite:///s.db", 0.0432, {"lr": batched}), "val_error").caption
-    assert caption == "stage lr: trials trained in batches of up to 8 as one batched model"
+    assert caption == "stage lr: trials trained together as batched models (its last batch: 8 as one)"
     result.stages["shape"] = summary("shape", 0.2, {"lr": 0.03, "width": 64}, 5)
     assert result.best_stage == "shape" and result.worse_than_lr is None

@@ -269,7 +269,7 @@ def summary_table(result: StudyResult, objective: str) -> Table:
         )
     # Why trials asked together trained one at a time, one line a stage; and K where they trained as one.
     notes = [f"stage {s.stage}: {s.fallback}" for s in result.stages.values() if s.fallback]
-    notes += [f"stage {s.stage}: trials trained in batches of up to {s.trained_together} as one batched model"
+    notes += [f"stage {s.stage}: trials trained together as batched models (its last batch: {s.trained_together} as one)"
               for s in result.stages.values() if s.trained_together > 1 and not s.fallback]
     if notes:
         table.caption = "\n".join(notes)
