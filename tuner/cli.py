@@ -160,7 +160,7 @@ def study(
 def _resume_command(spec: Path, storage: str | None, name: str | None, password_file: Path | None) -> tuple[list[str], str]:
     """The command that resumes this study, one that works as printed: no password in it, nor a ``***``
     in its place; when the URL had a password, a note says to give it through the environment instead."""
-    from tuner.storage import without_password
+    from tuner.storage import PASSWORD_NOTE, without_password
 
     command = ["tuner", "study", str(spec)]
     note = ""
@@ -168,7 +168,7 @@ def _resume_command(spec: Path, storage: str | None, name: str | None, password_
         bare, had_password = without_password(storage)
         command += ["--storage", bare]
         if had_password and password_file is None:
-            note = " (with the storage's password set through TUNER_STORAGE_PASSWORD or PGPASSWORD)"
+            note = PASSWORD_NOTE
     if password_file is not None:
         command += ["--storage-password-file", str(password_file)]
     if name:

@@ -15,8 +15,8 @@ from optuna.distributions import FloatDistribution
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
-from tuner.study.lr_scale import transfer_move
-from tuner.study.stored import LR_TRANSFER_ATTR, stage_study_name
+from tuner.study.lr_scale import rule_moves, rule_words, shape_move
+from tuner.study.stored import CALIBRATED_BASIS, LR_TRANSFER_ATTR, stage_study_name
 
 
 def stored_rule(name: str, storage: BaseStorage) -> dict[str, Any] | None:
@@ -33,7 +33,7 @@ def as_calibrated(trials: list[FrozenTrial], rule: dict[str, Any] | None) -> tup
     calibrated for it), and how ``lr`` was read, in words: "" (as trained) without a rule that moves a rate."""
     if rule is None or not any(a or b for a, b in rule["exponents"].values()):
         return trials, ""
-    exponents = {o: (float(a), float(b)) for o, (a, b) in rule["exponents"].items()}
+    exponents = rule_moves(rule)
     only = next(iter(exponents)) if len(exponents) == 1 else None
     if not all("lr" in trial.params for trial in trials):
         return trials, ""  # lr not sampled in every trial: the verdict cannot judge it either way
@@ -43,13 +43,11 @@ def as_calibrated(trials: list[FrozenTrial], rule: dict[str, Any] | None) -> tup
         if optimizer not in exponents:  # a trial the rule says nothing of: every lr is read as trained
             return trials, (f"as trained: stage shape's rule moves the rates of {', '.join(exponents)}, not of a trial "
                             f"with optimizer {optimizer or 'unnamed'}")
-        rates.append(trial.params["lr"] / transfer_move(optimizer, trial.params.get("width", rule["width"]) / rule["width"],
-                                                        trial.params.get("depth", rule["depth"]) / rule["depth"], exponents))
+        rates.append(trial.params["lr"] / shape_move(trial.params, exponents, rule["width"], rule["depth"], optimizer))
     # The rates moved back may leave the audit's lr range: the copies' lr is log-scaled over where they lie.
     distribution = FloatDistribution(min(rates), max(rates), log=True) if rates else None
     moved = [optuna.trial.create_trial(params={**trial.params, "lr": rate}, distributions={**trial.distributions, "lr": distribution},
                                        value=trial.value)
              for trial, rate in zip(trials, rates)]
-    words = "; ".join(f"{o}: x (width / {rule['width']})^{a:g} x (depth / {rule['depth']})^{b:g}"
-                      for o, (a, b) in exponents.items() if a or b)
-    return moved, f"as stage lr calibrates it: each trial's lr divided by its shape's move under stage shape's rule ({words})"
+    words = rule_words({o: (a, b) for o, (a, b) in exponents.items() if a or b}, rule["width"], rule["depth"])
+    return moved, f"{CALIBRATED_BASIS}: each trial's lr divided by its shape's move under stage shape's rule ({words})"

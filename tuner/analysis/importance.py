@@ -50,7 +50,7 @@ from tuner.study.results import (
     open_for_reading,
     stored_study_names,
 )
-from tuner.study.stored import VERDICT_ATTR, stage_study_name
+from tuner.study.stored import VERDICT_ATTR, VERDICT_LR_BASIS_ATTR, stage_study_name
 
 __all__ = [
     "AuditVerdict",
@@ -152,7 +152,7 @@ class AuditVerdict:
             "lr_largest_interaction_with": self.largest_interaction_with,
             "interaction_max_ratio": self.max_ratio,
             "verdict_n_trials": self.n_trials,
-            "verdict_lr_basis": self.lr_basis,
+            VERDICT_LR_BASIS_ATTR: self.lr_basis,
             VERDICT_ATTR: self.message,
         }
 

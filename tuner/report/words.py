@@ -27,7 +27,9 @@ from tuner.analysis.importance import COMPLETE_BASIS, RUNG_CAVEAT, describe_basi
 from tuner.report.runs import Run, StageRuns, TrialCosts, as_errors, epochs_to_target, error_target
 from tuner.study.rate_rule import RULES, SMOOTHED_RULES
 from tuner.study.results import loss_like
-from tuner.study.stored import BEST_TRIAL_ATTR, FIRST_RUNG_ATTR, HANDOFF_ATTR, VERDICT_ATTR
+from tuner.study.stored import (
+    BEST_TRIAL_ATTR, CALIBRATED_BASIS, FIRST_RUNG_ATTR, HANDOFF_ATTR, VERDICT_ATTR, VERDICT_LR_BASIS_ATTR,
+)
 
 # Exploding: the end level sits above the curve's minimum by at least half of the
 # starting value (e.g. 1.0 -> 0.2 -> 0.7, or anything ending >= 1.5x its start).
@@ -365,7 +367,7 @@ def audit_diagnosis(stage: StageRuns, objective: str) -> list[str]:
                      "audit stage ends.")
     attrs = stage.study.user_attrs
     judged = attrs.get("low_interaction_held") is not None  # shares to compare: not where it could not judge
-    if verdict and judged and str(attrs.get("verdict_lr_basis", "")).startswith("as stage lr calibrates"):
+    if verdict and judged and str(attrs.get(VERDICT_LR_BASIS_ATTR, "")).startswith(CALIBRATED_BASIS):
         sentences.append("Its shares differ from the audit's importances in this report, which read lr as each trial "
                          "trained at.")
     return sentences

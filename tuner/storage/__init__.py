@@ -47,6 +47,7 @@ from tuner.storage._sqlite_files import BUSY_TIMEOUT_S, can_write, foreign_conte
 from tuner.storage._url import (
     DEFAULT_STORAGE,
     PASSWORD_ENV,
+    PASSWORD_NOTE,
     StorageError,
     check_sqlite_query,
     check_user_info,
@@ -77,6 +78,7 @@ __all__ = [
     "GRACE_PERIOD_S",
     "HEARTBEAT_INTERVAL_S",
     "PASSWORD_ENV",
+    "PASSWORD_NOTE",
     "SQLITE_BUSY_TIMEOUT_S",
     "FastSQLiteStorage",
     "Heartbeat",

@@ -217,3 +217,7 @@ def without_password(url: str) -> tuple[str, bool]:
     # URL.set() skips None, so the password goes through namedtuple's _replace.
     bare = parsed.difference_update_query(in_query)._replace(password=None)
     return bare.render_as_string(hide_password=False), True
+
+
+# Said beside a command printed without its storage's password (without_password): how to give it instead.
+PASSWORD_NOTE = " (with the storage's password set through TUNER_STORAGE_PASSWORD or PGPASSWORD)"

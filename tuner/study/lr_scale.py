@@ -189,11 +189,29 @@ def transfer_record(spec: StudySpec) -> dict[str, object] | None:
             "exponents": {o: list(exponents) for o, exponents in moves.items()}}
 
 
+def rule_moves(rule: Mapping[str, object]) -> dict[str, tuple[float, float]]:
+    """Each optimizer's (width, depth) exponents of a rule as :func:`transfer_record` stores it."""
+    exponents: Mapping[str, Sequence[float]] = rule["exponents"]  # type: ignore[assignment]
+    return {o: (float(a), float(b)) for o, (a, b) in exponents.items()}
+
+
+def shape_move(params: Mapping[str, object], moves: Mapping[str, Sequence[float]], width: int, depth: int,
+               optimizer: str) -> float:
+    """The rule's move for a trial of ``params``: its width and depth (else the small network's ``width`` and
+    ``depth``) against the small network's, by its optimizer's exponents (else ``optimizer``'s)."""
+    return transfer_move(str(params.get("optimizer", optimizer)), params.get("width", width) / width,  # type: ignore[operator]
+                         params.get("depth", depth) / depth, moves)  # type: ignore[operator]
+
+
+def rule_words(moves: Mapping[str, Sequence[float]], width: int, depth: int) -> str:
+    """The rule in words: ``adam: x (width / 16)^-0.5 x (depth / 1)^-0.5; sgd: not moved``."""
+    return "; ".join(f"{o}: x (width / {width})^{a:g} x (depth / {depth})^{b:g}" if a or b else f"{o}: not moved"
+                     for o, (a, b) in moves.items())
+
+
 def transfer_words(spec: StudySpec) -> str:
     """The rule in words, for the hand-off's message: ``adam: x (width / 16)^-0.5 x (depth / 1)^-0.5``."""
-    w, d = spec.model.width, spec.model.depth
-    return "; ".join(f"{o}: x (width / {w})^{a:g} x (depth / {d})^{b:g}" if a or b else f"{o}: not moved"
-                     for o, (a, b) in (transfer_moves(spec) or {}).items())
+    return rule_words(transfer_moves(spec) or {}, spec.model.width, spec.model.depth)
 
 
 def _tidy(value: float) -> float:

@@ -15,7 +15,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.storage import DEFAULT_STORAGE, open_existing_storage, redact, resolve_url, without_password
+from tuner.storage import DEFAULT_STORAGE, PASSWORD_NOTE, open_existing_storage, redact, resolve_url, without_password
 from tuner.study.stored import (  # noqa: F401 -- the contract's names, read from here by many modules
     BATCHED_WITH_ATTR,
     BEST_LR_ATTR,
@@ -314,8 +314,7 @@ class StudyResult:
 
     @property
     def password_note(self) -> str:
-        return (" (with the storage's password set through TUNER_STORAGE_PASSWORD or PGPASSWORD)"
-                if without_password(self.storage)[1] else "")
+        return PASSWORD_NOTE if without_password(self.storage)[1] else ""
 
 
 def best_lr_summary(stages: Mapping[str, StageSummary]) -> StageSummary | None:

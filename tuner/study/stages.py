@@ -29,7 +29,7 @@ from tuner.inputs.params import defaults as declared_defaults
 from tuner.inputs.spec import LR_SCALE_AUTO, StudySpec
 from tuner.inputs.usercode import UserCode, identity
 from tuner.storage import write_study_attrs
-from tuner.study.lr_scale import resolve_lr_scale, transfer_move, transfer_moves, transfer_record
+from tuner.study.lr_scale import resolve_lr_scale, rule_moves, shape_move, transfer_moves, transfer_record
 from tuner.study.pruning import FirstRung
 from tuner.study.search import (  # noqa: F401 -- how a stage searches, importable from here as before
     describe_search,
@@ -110,8 +110,7 @@ class Stage:
         """The factor the rule moves the calibrated rate by for the shape of ``params`` (1 without ``transfer``)."""
         if not self.transfer:
             return 1.0
-        return transfer_move(str(params.get("optimizer", self.base.optimizer)), params.get("width", self.width) / self.width,
-                             params.get("depth", self.depth) / self.depth, {o: (a, b) for o, a, b in self.transfer})
+        return shape_move(params, {o: (a, b) for o, a, b in self.transfer}, self.width, self.depth, self.base.optimizer)
 
     def trained(self, params: dict[str, Any]) -> dict[str, Any]:
         """``params`` with the stage's fixed settings, ``lr`` the rate the trial trains at: in stage shape the
@@ -259,7 +258,7 @@ def settle_lr_scale(spec: StudySpec, study: optuna.Study, basin: tuple[float, fl
 def stored_moves(study: optuna.Study) -> dict[str, tuple[float, float]] | None:
     """The rule's exponents per optimizer that ``<name>/shape`` was made with (None: none stored)."""
     rule = study.user_attrs.get(LR_TRANSFER_ATTR)
-    return {o: (float(a), float(b)) for o, (a, b) in rule["exponents"].items()} if isinstance(rule, dict) else None
+    return rule_moves(rule) if isinstance(rule, dict) else None
 
 
 def fixed_settings(spec: StudySpec, stage: str, best_lr: float | None = None) -> dict[str, Any]:

@@ -64,6 +64,10 @@ TASK_ATTR = "task"  # "classification" or "regression": what the data asked for,
 SPEC_PATH_ATTR = "spec_path"  # the spec file a study was made from: where its own code is imported from
 LR_FIND_ATTR = "lr_find"  # on <name>/lr: the range test of lr_range = "auto", kept for resume
 VERDICT_ATTR = "verdict"  # on <name>/audit: the audit's verdict, in words
+# On <name>/audit: how the verdict read lr; "" as trained, or, where stage shape's rule moved the rates,
+# starting with CALIBRATED_BASIS (each lr divided by its shape's move), or with "as trained:" saying why not.
+VERDICT_LR_BASIS_ATTR = "verdict_lr_basis"
+CALIBRATED_BASIS = "as stage lr calibrates it"
 # On <name>/shape with stages.shape.first_rung = "auto": {"epoch": N or None, "reason": words, "noise": the
 # noise unit its pruner's "no decision while nothing has learned" guard uses}, chosen once from stage lr's curves.
 FIRST_RUNG_ATTR = "first_rung"
