@@ -271,6 +271,14 @@ def _victims_running_trials(storage: optuna.storages.BaseStorage) -> list[Frozen
     return found
 
 
+def _others_have_claimed(storage: optuna.storages.BaseStorage) -> bool:
+    for name in optuna.get_all_study_names(storage):
+        trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+        if any(not t.user_attrs.get("worker", "elsewhere:").startswith("elsewhere:") for t in trials):
+            return True
+    return False
+
+
 def test_readme_loop_workers_finish_the_study_when_a_worker_on_another_machine_is_killed_mid_trial(
     postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
@@ -285,14 +293,14 @@ def test_readme_loop_workers_finish_the_study_when_a_worker_on_another_machine_i
         cwd=tmp_path, env=_worker_env(TUNER_HOST="elsewhere"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     # The other three are started by the README's shell loop, word for word, with the README's
-    # environment variables pointing at the test server.
+    # environment variables pointing at the test server. They start once the victim is frozen
+    # mid-trial: started together, the three could take every trial before the victim's first claim.
     loop_env = _worker_env(N=str(WORKERS - 1), TUNER_STORAGE=url, PGPASSWORD=postgres_server.password)
-    loop = subprocess.Popen(["bash", "-c", _readme_shell_loop()], cwd=tmp_path, env=loop_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    loop: subprocess.Popen[str] | None = None
     try:
         storage = open_storage(postgres_server.url("cluster", with_password=True))
         in_flight: list[FrozenTrial] = []
-        for _ in range(20):  # catch the victim mid-trial: freeze it, make sure, then kill it
+        for _ in range(20):  # catch the victim mid-trial: freeze it, make sure, then start the others
             assert wait_until(lambda: bool(_victims_running_trials(storage)), 120, 0.1), "the victim never ran a trial"
             victim.send_signal(signal.SIGSTOP)
             in_flight = _victims_running_trials(storage)
@@ -300,6 +308,10 @@ def test_readme_loop_workers_finish_the_study_when_a_worker_on_another_machine_i
                 break
             victim.send_signal(signal.SIGCONT)
         assert in_flight
+        loop = subprocess.Popen(["bash", "-c", _readme_shell_loop()], cwd=tmp_path, env=loop_env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # The frozen victim is killed while the others work beside its silent trial.
+        assert wait_until(lambda: _others_have_claimed(storage), 120, 0.1), "no loop worker ran a trial"
         finished_before = {
             (t.number, s): (t.state, t.value)
             for s in ("lr", "shape") if f"cluster/{s}" in optuna.get_all_study_names(storage)
@@ -310,7 +322,7 @@ def test_readme_loop_workers_finish_the_study_when_a_worker_on_another_machine_i
         output = loop.communicate(timeout=180)[0]
     finally:
         for process in (victim, loop):
-            if process.poll() is None:
+            if process is not None and process.poll() is None:
                 process.kill()
     assert output.count("study cluster") == WORKERS - 1, output  # every loop worker ended with its summary
     assert "error:" not in output and "Traceback" not in output, output
