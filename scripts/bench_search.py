@@ -203,6 +203,7 @@ class StagedOutcome:
     best_lr: float | None  # the rate stage lr handed on
     best_stage: str | None  # the stage the study's best comes from
     compute: int  # param-epochs of both stages
+    noise: float | None = None  # the noise unit stage lr's hand-off measured (binomial for an error rate)
 
     @property
     def shape_no_worse(self) -> bool | None:
@@ -210,6 +211,17 @@ class StagedOutcome:
         if self.lr_best is None or self.shape_own_best is None:
             return None
         return self.shape_own_best <= self.lr_best
+
+    @property
+    def shape_within_noise(self) -> bool | None:
+        """Stage shape's own best <= stage lr's best + one noise unit of the hand-off: a tie within noise counts.
+
+        Read beside :attr:`shape_no_worse`, never instead of it: where every configuration reaches the task's
+        floor, "no worse" compares the luckiest of 12 draws with the luckiest of 16-20.
+        """
+        if self.shape_no_worse is None or self.noise is None:
+            return None
+        return self.shape_own_best <= self.lr_best + self.noise  # type: ignore[operator]
 
 
 def run_staged(table: dict[str, Any], folder: Path, loader: Callable[..., Any] | None = None
@@ -234,11 +246,12 @@ def run_staged(table: dict[str, Any], folder: Path, loader: Callable[..., Any] |
     own = [t.value for t in complete if "fixed_params" not in t.system_attrs]
     best = min(complete, key=lambda t: t.value).params if complete else {}
     lr, shape = result.stages.get("lr"), result.stages.get("shape")
+    handoff = optuna.load_study(study_name=f"{spec.name}/lr", storage=storage).user_attrs.get("handoff") or {}
     outcome = StagedOutcome(
         lr_best=lr.best_value if lr else None, shape_best=shape.best_value if shape else None,
         shape_own_best=min(own) if own else None, shape_complete=shape.n_complete if shape else 0,
         shape_pruned=shape.n_pruned if shape else 0, best_lr=result.best_lr, best_stage=result.best_stage,
-        compute=sum(r.compute for r in records))
+        compute=sum(r.compute for r in records), noise=handoff.get("noise"))
     return records, (int(best.get("width", spec.model.width)), int(best.get("depth", spec.model.depth))), outcome
 
 
@@ -520,7 +533,7 @@ def write_summary(out: Path, rows: list[dict[str, Any]]) -> None:
 
 
 STAGE_COLUMNS = ("task", "seed", "lr_best", "shape_best", "shape_own_best", "shape_no_worse", "shape_complete",
-                 "shape_pruned", "best_lr", "best_stage", "staged_param_epochs")
+                 "shape_pruned", "best_lr", "best_stage", "staged_param_epochs", "noise", "shape_within_noise")
 
 
 def write_stages(out: Path, outcomes: dict[str, dict[int, StagedOutcome]]) -> None:
@@ -535,26 +548,33 @@ def write_stages(out: Path, outcomes: dict[str, dict[int, StagedOutcome]]) -> No
             rows.append({"task": task, "seed": seed, "lr_best": o.lr_best, "shape_best": o.shape_best,
                          "shape_own_best": o.shape_own_best, "shape_no_worse": o.shape_no_worse,
                          "shape_complete": o.shape_complete, "shape_pruned": o.shape_pruned, "best_lr": o.best_lr,
-                         "best_stage": o.best_stage, "staged_param_epochs": o.compute})
+                         "best_stage": o.best_stage, "staged_param_epochs": o.compute, "noise": o.noise,
+                         "shape_within_noise": o.shape_within_noise})
     with (out / "stages.csv").open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(STAGE_COLUMNS))
         writer.writeheader()
         writer.writerows(rows)
     show = lambda v: "-" if v is None else _fmt(v)
+    said = lambda v: "-" if v is None else "yes" if v else "no"
     lines = [("| task | seed | stage lr best | stage shape best | shape's own best | shape no worse than lr | "
-              "shape complete / pruned | rate handed on | study's best from | staged compute (param-epochs) |"),
-             "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- | ---: |"]
+              "within one noise unit (unit) | shape complete / pruned | rate handed on | study's best from | "
+              "staged compute (param-epochs) |"),
+             "| --- | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | --- | ---: |"]
     for row in rows:
         lines.append(f"| {row['task']} | {row['seed']} | {show(row['lr_best'])} | {show(row['shape_best'])} | "
-                     f"{show(row['shape_own_best'])} | {'-' if row['shape_no_worse'] is None else 'yes' if row['shape_no_worse'] else 'no'} | "
+                     f"{show(row['shape_own_best'])} | {said(row['shape_no_worse'])} | "
+                     f"{said(row['shape_within_noise'])} ({show(row['noise'])}) | "
                      f"{row['shape_complete']} / {row['shape_pruned']} | {show(row['best_lr'])} | {row['best_stage']} | "
                      f"{row['staged_param_epochs']:,} |")
-    lines += ["", "| task | shape's own best no worse than stage lr's | staged compute, median (min-max) param-epochs |",
-              "| --- | --- | --- |"]
+    lines += ["", "| task | shape's own best no worse than stage lr's | ... or within one noise unit of it | "
+                  "staged compute, median (min-max) param-epochs |",
+              "| --- | --- | --- | --- |"]
     for task, seeds in outcomes.items():
         counted = [o.shape_no_worse for o in seeds.values()]
+        tied = [o.shape_within_noise for o in seeds.values()]
         computes = [o.compute for o in seeds.values()]
         lines.append(f"| {task} | {sum(bool(c) for c in counted)} of {len(counted)} seeds | "
+                     f"{sum(bool(c) for c in tied)} of {len(tied)} seeds | "
                      f"{statistics.median(computes):,.0f} ({min(computes):,}-{max(computes):,}) |")
     (out / "stages.md").write_text("\n".join(lines) + "\n")
 
@@ -563,8 +583,9 @@ def stages_line(task: str, seeds: dict[int, StagedOutcome]) -> str:
     counted = [o.shape_no_worse for o in seeds.values()]
     pairs = ", ".join(f"seed {seed}: shape {'-' if o.shape_own_best is None else _fmt(o.shape_own_best)} vs lr "
                       f"{'-' if o.lr_best is None else _fmt(o.lr_best)}" for seed, o in seeds.items())
+    tied = sum(bool(o.shape_within_noise) for o in seeds.values())
     return (f"{task}: stage shape's own best no worse than stage lr's in {sum(bool(c) for c in counted)} of "
-            f"{len(counted)} seeds ({pairs}); staged compute median {statistics.median(o.compute for o in seeds.values()):,.0f} param-epochs")
+            f"{len(counted)} seeds, within one noise unit of it in {tied} ({pairs}); staged compute median {statistics.median(o.compute for o in seeds.values()):,.0f} param-epochs")
 
 
 def load_curves(path: Path) -> dict[str, dict[int, dict[str, list[TrialRecord]]]]:
