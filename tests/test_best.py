@@ -246,6 +246,38 @@ def test_a_csvs_constant_columns_are_dropped_and_predict_takes_its_rows_with_or_
         model.predict(full[:, :4])
 
 
+def test_a_csvs_whole_number_labels_come_back_as_numbers_and_a_data_frame_is_read_by_column_name(tmp_path: Path) -> None:
+    # A new user's check: predict on the CSV's own rows and compare with its label column. Labels 0..11 sort
+    # otherwise as text ('10' < '2'), which is the order the classes are encoded in (stored trials keep it).
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(480, 3)), columns=["a", "b", "c"])
+    frame["label"] = np.repeat(np.arange(12), 40)
+    frame["a"] += frame["label"]  # learnable: the label lies in column a
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    spec = {**TINY, "name": "labelsbest", "data": {"name": "csv", "path": str(path), "target": "label"},
+            "model": {"width": 16, "depth": 1}}
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    _run(spec, storage)
+    metrics = _best("labelsbest", storage, tmp_path / "out")
+    model = tuner.load_model(tmp_path / "out")
+    assert model.classes == [0, 1, 10, 11, 2, 3, 4, 5, 6, 7, 8, 9]  # the text order of the encoding, told as numbers
+    features = frame[["a", "b", "c"]]
+    predicted = model.predict(features)
+    assert predicted.dtype.kind == "i" and set(predicted) <= set(range(12))
+    _, x_val, _, y_val = train_test_split(features.to_numpy(), frame["label"].astype(str).to_numpy(), test_size=0.2,
+                                          random_state=0, stratify=frame["label"].astype(str).to_numpy())
+    agree = np.mean(model.predict(x_val) == y_val.astype(int))
+    assert 1 - agree == pytest.approx(metrics["validation"]["error"], abs=1e-6)  # the user's check gives the stored error
+    # By name: reordered columns, and the whole frame with its target, predict the same; a missing column is named.
+    assert np.array_equal(model.predict(frame[["c", "a", "b"]]), predicted)
+    assert np.array_equal(model.predict(frame), predicted)
+    with pytest.raises(ValueError, match="no column 'b'"):
+        model.predict(frame[["a", "c"]])
+
+
 def test_best_refuses_bad_input_with_exit_2_and_one_line(wine_best: tuple[str, Path, dict], tmp_path: Path) -> None:
     storage, _, _ = wine_best
     a_file = tmp_path / "a_file"

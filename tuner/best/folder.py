@@ -51,7 +51,7 @@ READ_FORMATS = (MODEL_FORMAT, MODEL_FORMAT_DECLARED)
 MODEL_KEYS = (
     "format", "tuner_version", "family", "width", "depth", "input_shape", "n_outputs", "task",
     "state_dict", "x_mean", "x_std", "classes", "target_mean", "target_std", "code_folder", "run_id", "dropped_columns",
-    "params",
+    "params", "feature_names",
 )
 # Test hook: `tuner best` kills itself with SIGKILL when it reaches this point of the write
 # ("model.pt.tmp": the temporary file written, not yet moved; "model.pt": moved into place; ...),
@@ -96,6 +96,8 @@ def model_record(model: nn.Module, spec: StudySpec, data: Dataset | StreamedData
         "dropped_columns": list(getattr(data, "dropped_columns", ())),
         # The declared parameters it was trained with: the factory rebuilds it with them (dropout's layers).
         "params": dict(declared or {}),
+        # A CSV's feature columns by name, in the file's order: predict lines up a data frame by them.
+        "feature_names": list(getattr(data, "feature_names", ())),
     }
 
 
@@ -267,9 +269,10 @@ class TrainedModel:
         ``raw_inputs``: a numpy array or tensor of samples shaped like the data's samples (e.g.
         ``(n, 1, 8, 8)``), or flat rows ``(n, features)`` (e.g. scikit-learn's ``(n, 64)`` digits; a
         CSV's rows with or without the constant columns training dropped); one sample alone gives an
-        array of one.
+        array of one. A pandas data frame given to a model trained on a CSV file is read by column name:
+        in any order, with the target or other columns beside them, refused where a feature column is missing.
         """
-        raw = raw_inputs.detach().cpu().numpy() if isinstance(raw_inputs, torch.Tensor) else np.asarray(raw_inputs)
+        raw = raw_inputs.detach().cpu().numpy() if isinstance(raw_inputs, torch.Tensor) else self._by_name(raw_inputs)
         raw = self._batch(self._without_dropped_columns(raw.astype(np.float64)))
         x = torch.as_tensor(raw, dtype=torch.float32) if self._mean is None else standardise_inputs(raw, self._mean, self._std)
         device = next(self.model.parameters()).device
@@ -279,6 +282,21 @@ class TrainedModel:
             indices = outputs.argmax(dim=-1).numpy()
             return indices if self.classes is None else np.asarray(self.classes)[indices]  # None: a Dataset's own indices
         return outputs.squeeze(-1).double().numpy() * self.record["target_std"] + self.record["target_mean"]
+
+    def _by_name(self, raw_inputs: Any) -> np.ndarray:
+        """A data frame's columns in the order the model was trained on, by name (a CSV's; its target and other
+        columns left out); any other input as it is."""
+        names = self.record.get("feature_names") or []  # absent from model.pt files written before; empty: not a CSV
+        columns = getattr(raw_inputs, "columns", None)
+        if not names or columns is None:
+            return np.asarray(raw_inputs)
+        given = {str(c): c for c in columns}
+        missing = [n for n in names if n not in given]
+        if missing:
+            shown = ", ".join(repr(n) for n in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise ValueError(f"predict: the data frame has no column {shown}; the model reads the {len(names)} feature "
+                             f"columns it was trained on, by name (others, such as the target, are left out)")
+        return np.asarray(raw_inputs[[given[n] for n in names]])
 
     def _without_dropped_columns(self, raw: np.ndarray) -> np.ndarray:
         """Raw rows as wide as the CSV's features without the columns training left out (constant ones)."""

@@ -14,6 +14,7 @@ deviation and turn its rare ink into huge inputs.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import warnings
 from dataclasses import dataclass
@@ -63,6 +64,9 @@ class Dataset:
     x_test: torch.Tensor | None = None
     y_test: torch.Tensor | None = None
     dropped_columns: tuple[int, ...] = ()
+    # A CSV's feature columns by name, in the file's order (before constant ones were dropped): what
+    # lines up a data frame given to predict. Empty for other data.
+    feature_names: tuple[str, ...] = ()
 
     @property
     def n_features(self) -> int:
@@ -136,8 +140,10 @@ def load_bundled_or_csv(spec: DataSpec, seed: int, source: str = "") -> Dataset:
     :func:`tuner.inputs.load.load_dataset` is the entry for every kind of data, a user's loader too.
     """
     dropped: tuple[int, ...] = ()
+    columns: list[str] = []
+    labels: dict[str, Any] = {}
     if spec.name == "csv":
-        x, y, task, columns = _read_csv(spec, source)
+        x, y, task, columns, labels = _read_csv(spec, source)
         x, dropped = _informative_columns(spec, x, y, task, columns, source)
     elif spec.name == "adding":
         x, y, task = _adding_problem(spec.samples, spec.sequence_length, seed)
@@ -165,9 +171,13 @@ def load_bundled_or_csv(spec: DataSpec, seed: int, source: str = "") -> Dataset:
         x, x_test, y, y_test = _holdout(x, y, task, spec.test_fraction, seed)
         test = (x_test, y_test)
     _check_split_sizes(spec, len(x), source)
-    dataset = dataclasses.replace(_split(spec.name, x, y, task, spec.validation_fraction, seed), dropped_columns=dropped)
+    dataset = dataclasses.replace(_split(spec.name, x, y, task, spec.validation_fraction, seed), dropped_columns=dropped,
+                                  feature_names=tuple(columns))
     _check_classes(spec, dataset, y, source)
-    return dataset if test is None else with_test(dataset, *test)
+    dataset = dataset if test is None else with_test(dataset, *test)
+    if labels and dataset.classes is not None:  # encoded by their text, as ever; told as the CSV's own values
+        dataset = dataclasses.replace(dataset, classes=tuple(labels[c] for c in dataset.classes))
+    return dataset
 
 
 def _holdout(x: np.ndarray, y: np.ndarray, task: str, fraction: float, seed: int) -> list[np.ndarray]:
@@ -348,8 +358,9 @@ def csv_path(spec: DataSpec, source: str) -> Path:
     return path
 
 
-def _read_csv(spec: DataSpec, source: str) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
-    """Features, target, task and the feature columns' names of the spec's CSV file, refused where unusable."""
+def _read_csv(spec: DataSpec, source: str) -> tuple[np.ndarray, np.ndarray, str, list[str], dict[str, Any]]:
+    """Features, target, task, the feature columns' names and the class labels by their text of the spec's CSV file,
+    refused where unusable."""
     path = csv_path(spec, source)
     if not path.is_file():
         raise SpecError(source, "data.path", spec.path, "no such file; give the path of a CSV file (relative paths are read beside the spec)")
@@ -365,8 +376,7 @@ def _read_csv(spec: DataSpec, source: str) -> tuple[np.ndarray, np.ndarray, str,
     if frame.empty:
         raise SpecError(source, "data.path", spec.path, "the CSV file holds no data rows")
     if spec.target not in frame.columns:
-        columns = ", ".join(map(str, frame.columns[:12]))
-        raise SpecError(source, "data.target", spec.target, f"no such column in {path.name}; its columns are: {columns}")
+        raise SpecError(source, "data.target", spec.target, f"no such column in {path.name}; {_column_hint(spec.target, frame.columns)}")
     target = frame[spec.target]
     features = frame.drop(columns=[spec.target])
     if features.shape[1] == 0:
@@ -400,7 +410,20 @@ def _read_csv(spec: DataSpec, source: str) -> tuple[np.ndarray, np.ndarray, str,
             raise SpecError(source, "data.task", spec.task, f"the target '{spec.target}' holds fractional numbers (e.g. {example:g}), "
                             f'not class labels; set task = "regression", or encode the classes as whole numbers or text')
     y = target.to_numpy() if task == "regression" else target.astype(str).to_numpy()
-    return values, y, task, [str(c) for c in features.columns]
+    # Classes are encoded by their text (the order of the class indices of every stored trial); a
+    # numeric or boolean column's labels are told back as its own values, not as that text.
+    labels = {str(text): value for text, value in zip(y.tolist(), target.tolist())} \
+        if task == "classification" and pd.api.types.is_numeric_dtype(target) else {}
+    return values, y, task, [str(c) for c in features.columns], labels
+
+
+def _column_hint(name: str, columns: Any, shown: int = 12) -> str:
+    """"did you mean ...?" (by spelling, case aside) and the file's columns, the last ones too where many."""
+    names = [str(c) for c in columns]
+    lower = {n.lower(): n for n in names}
+    close = [lower[m] for m in difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.6)]
+    listed = names if len(names) <= shown else [*names[:shown - 2], f"... ({len(names) - shown + 1} more)", names[-1]]
+    return (f"did you mean '{close[0]}'? " if close else "") + f"its {len(names)} columns are: {', '.join(listed)}"
 
 
 def _infer_task(target: pd.Series) -> str:
