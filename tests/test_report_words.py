@@ -105,6 +105,22 @@ def test_divergence_onset_flags_and_none() -> None:
     assert divergence_onset(lrs, [flat()] + healthy[1:], diverged=lone) is None
 
 
+def test_a_run_at_zero_error_after_one_epoch_that_misses_one_row_later_has_not_exploded() -> None:
+    # A new user's wine study: a validation error of 0 at epoch 1, then one row of 36 missed. Read against its first
+    # epoch alone (0) the rise was "a blow-up"; against its untrained error (0.6) it is one row.
+    curve = [0.0, 0.028, 0.028, 0.028, 0.028]
+    assert classify_curve(curve) == "exploding"  # no untrained value known (a study stored before it): as before
+    assert classify_curve(curve, untrained=0.6) == "decaying"
+    assert curve_stats(curve, untrained=0.6).rel_improvement == pytest.approx((0.6 - 0.028) / 0.6)
+    lrs = [0.001, 0.01, 0.03, 0.07]
+    curves = [[0.6, 0.5, 0.4, 0.3, 0.2], [0.3, 0.1, 0.05, 0.03, 0.03], [0.05, 0.0, 0.0, 0.0, 0.0], curve]
+    assert divergence_onset(lrs, curves) == pytest.approx(0.07)
+    assert divergence_onset(lrs, curves, untrained=[0.6] * 4) is None
+    assert "No run diverged" in " ".join(describe_lr_sweep(lrs, curves, 0.03, [False] * 4, [0.6] * 4))
+    # A real blow-up still is one, its untrained value known: 0.6 -> 0.1 -> 0.9.
+    assert classify_curve([0.3, 0.1, 0.5, 0.9, 0.9], untrained=0.6) == "exploding"
+
+
 def test_describe_lr_sweep() -> None:
     lrs, curves = sweep()
     chosen = lrs[5]  # 3e-2, a decaying run

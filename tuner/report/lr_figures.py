@@ -16,7 +16,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import Formatter, MaxNLocator
 
 from tuner.report.figures import CHOSEN_COLOR, DIVERGED_COLOR, new_figure, plain_log_y, use_log_y
-from tuner.report.runs import Run, TrialCosts, as_errors, epochs_to_target, error_target, trial_costs
+from tuner.report.runs import Run, TrialCosts, as_errors, epochs_to_target, error_target, trial_costs, untrained_errors
 from tuner.report.words import divergence_onset
 from tuner.study.rate_rule import SMOOTHED_RULES
 
@@ -108,7 +108,8 @@ def plot_lr_sensitivity(runs: Sequence[Run], chosen_lr: float | None, objective:
                    color=DIVERGED_COLOR, transform=band, zorder=4, label=f"diverged: loss blew up ({len(diverged)})")
         ax.text(min(r.params["lr"] for r in diverged) / 1.4, 0.93, "diverged", transform=band, ha="right",
                 va="center", color=DIVERGED_COLOR, fontsize=9)
-    onset = divergence_onset(lrs, as_errors([r.curve for r in runs], maximize), [r.diverged for r in runs])
+    onset = divergence_onset(lrs, as_errors([r.curve for r in runs], maximize), [r.diverged for r in runs],
+                             untrained_errors(runs, maximize))
     _mark_divergence(ax, onset, max(lrs))
     if chosen_lr is not None:
         _mark_chosen(ax, chosen_lr)

@@ -22,7 +22,8 @@ from tuner.inputs.spec import DataSpec, SpecError
 from tuner.storage import open_existing_storage
 from tuner.study.results import MAXIMIZE, direction_of, load_stage_studies, loss_like, lr_stages, trial_trained_lr
 from tuner.study.stored import (  # noqa: F401 -- STAGES: figures reads it from here
-    BEST_LR_ATTR, DIVERGED_ATTR, LEARNING_CURVE_ATTR, LR_ATTR, LR_MOVE_ATTR, SETTINGS_ATTR, STAGES, TASK_ATTR, stage_kind,
+    BEST_LR_ATTR, DIVERGED_ATTR, LEARNING_CURVE_ATTR, LR_ATTR, LR_MOVE_ATTR, SETTINGS_ATTR, STAGES, TASK_ATTR,
+    UNTRAINED_VALUE_ATTR, stage_kind,
 )
 
 # The error a run must reach to count as "trained", for the epochs-to-target panel and sentence:
@@ -52,6 +53,7 @@ class Run:
     epochs_done: int | None = None
     trained_lr: float | None = None  # the rate it trained at (stage shape: the calibrated lr times its lr_scale)
     lr_move: float | None = None  # stage shape with lr_transfer = "rule": the factor its shape moved the calibrated rate by
+    untrained: float | None = None  # its objective before training (epoch 0); None on trials stored before it
 
     @property
     def move(self) -> float:
@@ -141,6 +143,7 @@ def run_of(trial: FrozenTrial) -> Run:
         epochs_done=int(attrs["epochs_done"]) if attrs.get("epochs_done") is not None else None,
         trained_lr=trial_trained_lr(trial),
         lr_move=attrs.get(LR_MOVE_ATTR),
+        untrained=float(attrs[UNTRAINED_VALUE_ATTR]) if attrs.get(UNTRAINED_VALUE_ATTR) is not None else None,
     )
 
 
@@ -152,9 +155,19 @@ def as_errors(curves: Sequence[Sequence[float]], maximize: bool) -> list[list[fl
     """
     if not maximize:
         return [list(c) for c in curves]
-    finite = [v for c in curves for v in c if math.isfinite(v)]
-    top = max(finite) if finite else 0.0
+    top = _top(curves)
     return [[top - v for v in c] for c in curves]
+
+
+def untrained_errors(runs: Sequence[Run], maximize: bool) -> list[float | None]:
+    """Each run's untrained value read as :func:`as_errors` reads its curve (None where unknown)."""
+    top = _top([r.curve for r in runs]) if maximize else 0.0
+    return [None if r.untrained is None else top - r.untrained if maximize else r.untrained for r in runs]
+
+
+def _top(curves: Sequence[Sequence[float]]) -> float:
+    finite = [v for c in curves for v in c if math.isfinite(v)]
+    return max(finite) if finite else 0.0
 
 
 def chosen_lr(stages: dict[str, StageRuns]) -> float | None:

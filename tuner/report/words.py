@@ -24,7 +24,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from tuner.analysis.importance import COMPLETE_BASIS, RUNG_CAVEAT, describe_basis
-from tuner.report.runs import Run, StageRuns, TrialCosts, as_errors, epochs_to_target, error_target
+from tuner.report.runs import Run, StageRuns, TrialCosts, as_errors, epochs_to_target, error_target, untrained_errors
 from tuner.study.rate_rule import RULES, SMOOTHED_RULES
 from tuner.study.results import loss_like
 from tuner.study.stored import (
@@ -64,15 +64,22 @@ class CurveStats:
     blowup_ratio: float  # (end level - minimum) / |start|
 
 
-def curve_stats(values: Sequence[float]) -> CurveStats:
-    """Compute the statistics ``classify_curve`` uses."""
+def curve_stats(values: Sequence[float], untrained: float | None = None) -> CurveStats:
+    """Compute the statistics ``classify_curve`` uses.
+
+    Where ``untrained`` (the value before training) is known, the improvement is read from it, and
+    "relative to its start" from the larger of it and the first epoch's value: a run already at 0
+    error after one epoch that then misses one validation row has not exploded.
+    """
     v = np.asarray(list(values), dtype=float)
     bad = np.flatnonzero(~np.isfinite(v))
     v_ok = v[: bad[0]] if bad.size else v
     n = int(v_ok.size)
     if n < 2:
         return CurveStats(int(v.size), n, not bad.size, 0.0, 0.0, 0.0, 0.0)
-    scale = max(abs(float(v_ok[0])), 1e-12)
+    known = untrained is not None and math.isfinite(untrained)
+    first = float(untrained) if known else float(v_ok[0])  # type: ignore[arg-type]
+    scale = max(abs(float(v_ok[0])), abs(first), 1e-12)
     end = float(v_ok[-END_WINDOW:].mean())
     d = np.diff(v_ok)
     net = abs(float(v_ok[-1] - v_ok[0]))
@@ -82,7 +89,7 @@ def curve_stats(values: Sequence[float]) -> CurveStats:
         n_epochs=int(v.size),
         n_finite=n,
         finite=not bad.size,
-        rel_improvement=(float(v_ok[0]) - end) / scale,
+        rel_improvement=(first - end) / scale,
         oscillation_score=tv / max(net, OSC_NET_FLOOR * scale),
         flip_fraction=flips,
         blowup_ratio=(end - float(v_ok.min())) / scale,
@@ -99,33 +106,37 @@ def _verdict(s: CurveStats) -> str:
     return "decaying"
 
 
-def classify_curve(values: Sequence[float]) -> str:
+def classify_curve(values: Sequence[float], untrained: float | None = None) -> str:
     """One of "decaying", "plateau", "oscillating", "exploding" (checked in reverse order)."""
-    return _verdict(curve_stats(values))
+    return _verdict(curve_stats(values, untrained))
 
 
-def _exploded(curves: Sequence[Sequence[float]], diverged: Sequence[bool] | None) -> list[bool]:
+def _exploded(curves: Sequence[Sequence[float]], diverged: Sequence[bool] | None,
+              untrained: Sequence[float | None] | None = None) -> list[bool]:
     flags = list(diverged) if diverged is not None else [False] * len(curves)
-    if len(flags) != len(curves):
-        raise ValueError("diverged must have one flag per curve")
-    return [bool(f) or classify_curve(c) == "exploding" for c, f in zip(curves, flags)]
+    starts = list(untrained) if untrained is not None else [None] * len(curves)
+    if len(flags) != len(curves) or len(starts) != len(curves):
+        raise ValueError("diverged and untrained must have one entry per curve")
+    return [bool(f) or classify_curve(c, u) == "exploding" for c, f, u in zip(curves, flags, starts)]
 
 
 def divergence_onset(
     lrs: Sequence[float],
     curves: Sequence[Sequence[float]],
     diverged: Sequence[bool] | None = None,
+    untrained: Sequence[float | None] | None = None,
 ) -> float | None:
     """Smallest LR from which runs explode, or None.
 
     Fits the step "explodes iff lr >= L" to the runs, choosing the tried LR L (or
     no onset at all) that misclassifies the fewest runs; ties go to the higher L,
-    so a single exploding run among healthy ones is treated as noise.
+    so a single exploding run among healthy ones is treated as noise. ``untrained``:
+    each run's value before training, where known (see :func:`curve_stats`).
     """
     if len(lrs) != len(curves):
         raise ValueError("lrs and curves must have the same length")
     lr = np.asarray(lrs, dtype=float)
-    ex = np.asarray(_exploded(curves, diverged), dtype=bool)
+    ex = np.asarray(_exploded(curves, diverged, untrained), dtype=bool)
     if not ex.any():
         return None
     best_err, best = int(ex.sum()), None  # candidate "no onset"
@@ -162,20 +173,23 @@ def describe_lr_sweep(
     curves: Sequence[Sequence[float]],
     chosen_lr: float,
     diverged: Sequence[bool] | None = None,
+    untrained: Sequence[float | None] | None = None,
 ) -> list[str]:
-    """Short sentences for a person about the chosen LR, the onset and slow low LRs."""
+    """Short sentences for a person about the chosen LR, the onset and slow low LRs (``untrained``: as
+    :func:`divergence_onset`)."""
     if len(lrs) != len(curves) or not lrs:
         raise ValueError("need one curve per learning rate, and at least one")
     lr = np.asarray(lrs, dtype=float)
     out: list[str] = []
     i = int(np.argmin(np.abs(np.log(lr) - math.log(chosen_lr))))
-    s = curve_stats(curves[i])
+    starts = list(untrained) if untrained is not None else [None] * len(curves)
+    s = curve_stats(curves[i], starts[i])
     verdict = "exploding" if diverged is not None and diverged[i] else _verdict(s)
     head = f"At the chosen learning rate {chosen_lr:.1e}"
     if not math.isclose(lr[i], chosen_lr, rel_tol=1e-6):
         head += f" (nearest trial: {lr[i]:.1e})"
     out.append(_sentence_for(head + " the validation loss", s, verdict))
-    onset = divergence_onset(lrs, curves, diverged)
+    onset = divergence_onset(lrs, curves, diverged, starts)
     if onset is None:
         out.append(f"No run diverged, up to the highest rate tried ({lr.max():.1e}).")
     else:
@@ -185,7 +199,7 @@ def describe_lr_sweep(
     order = np.argsort(lr, kind="stable")
     low = []
     for j in order:  # longest run of plateau curves starting from the lowest LR
-        if classify_curve(curves[j]) != "plateau":
+        if classify_curve(curves[j], starts[j]) != "plateau":
             break
         low.append(int(j))
     if low:
@@ -218,7 +232,8 @@ def lr_diagnosis(stage: StageRuns, chosen_lr: float | None, objective: str) -> l
     curves = as_errors([r.curve for r in runs], stage.maximizes)
     said_as = "the gap to the best score" if stage.maximizes else f"the {what}"
     sentences += [sentence.replace("the validation loss", said_as)
-                  for sentence in describe_lr_sweep(lrs, curves, chosen_lr, [r.diverged for r in runs])]
+                  for sentence in describe_lr_sweep(lrs, curves, chosen_lr, [r.diverged for r in runs],
+                                                    untrained_errors(runs, stage.maximizes))]
     if not stage.maximizes:  # the target is an error to get below
         sentences.append(target_sentence(stage.runs, what))
     said = handoff_sentence(stage, chosen_lr)
