@@ -24,3 +24,12 @@ def test_help_still_shows_the_type_of_an_option_that_takes_a_value() -> None:
     assert "<int>" in shown.output and "<path>" in shown.output  # --threads, --storage-password-file
     refused = CliRunner().invoke(app, ["dashboard", "--read-only", "--port", "0"])
     assert refused.exit_code == 2 and "'--port'" in refused.output  # --read-only is still a flag: it took no value
+
+
+def test_help_keeps_words_in_square_brackets() -> None:
+    # A new user's `tuner best --help` read "name one: 'lr')": the brackets were taken for rich markup and dropped.
+    output = CliRunner().invoke(app, ["best", "--help"]).output
+    shown = " ".join(output.replace("│", " ").split())  # the help's lines, joined across the panel's borders
+    assert "'lr[optimizer=adam]'" in shown
+    assert "[default: NAME-best]" in shown and "[default: the best of stages lr and shape" in shown
+    assert "[default: the spec's storage, else sqlite:///tuner.db]" in shown

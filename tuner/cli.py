@@ -55,7 +55,7 @@ StorageOption = Annotated[
     typer.Option("--storage", "-s", envvar="TUNER_STORAGE",
                  help="Optuna storage URL, e.g. sqlite:///tuner.db, postgresql://user@host/db, journal:///path/file.log or grpc://host:port (a storage proxy); "
                  "keep passwords off the command line (TUNER_STORAGE_PASSWORD, PGPASSWORD or --storage-password-file) "
-                 "[default: the spec's storage, else sqlite:///tuner.db]"),
+                 "\\[default: the spec's storage, else sqlite:///tuner.db]"),
 ]
 
 def _print_version(value: bool) -> None:
@@ -380,13 +380,13 @@ def lr_find_command(
 def best(
     name: NameArgument,
     storage: StorageOption = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for best.toml, model.pt and metrics.json [default: NAME-best]")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for best.toml, model.pt and metrics.json \\[default: NAME-best]")] = None,
     refit: Annotated[str, typer.Option(help="train: the trials' training rows (the validation score reproduces the stored one); "
                                            "train+val: training and validation rows (validation is then no fair score)")] = "train",
     device: Annotated[str, typer.Option(help="Where to train: auto (CUDA when available), cpu or cuda")] = "auto",
     stage: Annotated[str | None, typer.Option(help="Train this stage's best trial (lr, shape or audit; with a list of "
-                                                   "optimizers, lr is the best of their stages lr, or name one: 'lr[optimizer=adam]') "
-                                                   "[default: the best of stages lr and shape: shape, unless lr's small network did better]")] = None,
+                                                   "optimizers, lr is the best of their stages lr, or name one: 'lr\\[optimizer=adam]') "
+                                                   "\\[default: the best of stages lr and shape: shape, unless lr's small network did better]")] = None,
     storage_password_file: PasswordFileOption = None,
 ) -> None:
     """Train the study's best configuration again (same seed); write best.toml, model.pt, metrics.json."""
