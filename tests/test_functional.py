@@ -382,6 +382,43 @@ def test_a_stage_of_a_users_lstm_keeps_the_fallbacks_reason_and_the_summary_show
     assert study.user_attrs["fallback"] in str(summary_table(result, "val_error").caption)
 
 
+@pytest.mark.parametrize("case", ["own loop", "wide lstm"])
+def test_a_batched_stage_the_spec_asks_one_at_a_time_says_why_in_the_summary(case: str, tmp_path: Path) -> None:
+    # A new user's try: [train] loop with batched = true and batch_trials = 6 trained one trial at a time, and
+    # nothing said so (the trials are asked one at a time, so no batch ever fell back while training).
+    import optuna
+
+    import tuner
+    from tuner.study.progress import summary_table
+    from tuner.training.batched import BATCHED_LSTM_MAX_WIDTH
+
+    def loop(model: nn.Module, report: object, epochs: int) -> None:
+        for epoch in range(1, epochs + 1):
+            report(epoch, 1.0 / epoch)  # type: ignore[operator]
+
+    table = {"name": "apart", "data": {"name": "digits_rows", "max_rows": 200}, "train": {"epochs": 1},
+             "stages": {"lr": {"trials": 3, "batched": True, "batch_trials": 6},
+                        "shape": {"trials": 1, "width": [4, 4], "depth": [1, 1]}}}
+    if case == "own loop":
+        table["train"]["loop"] = "mine:loop"  # type: ignore[index]
+        table["model"] = {"family": "mlp", "width": 4}
+        expected = LOOP_FALLBACK
+    else:
+        table["model"] = {"family": "lstm", "width": BATCHED_LSTM_MAX_WIDTH + 8}
+        expected = f"up to {BATCHED_LSTM_MAX_WIDTH} units only, not at width {BATCHED_LSTM_MAX_WIDTH + 8}"
+    url = f"sqlite:///{tmp_path / 'apart.db'}"
+    result = tuner.run_study(tuner.spec_from_dict(table), storage=url, device="cpu",
+                             **({"loop": loop} if case == "own loop" else {}))
+    study = optuna.load_study(study_name="apart/lr", storage=url)
+    assert study.user_attrs["search"]["ask_batch"] == 1 and {t.user_attrs["batched_with"] for t in study.trials} == {1}
+    assert expected in study.user_attrs["fallback"] and result.stages["lr"].fallback == study.user_attrs["fallback"]
+    assert study.user_attrs["fallback"] in str(summary_table(result, "val_error").caption)
+    # Not said where nothing was asked for: batched = false.
+    table["name"], table["stages"]["lr"]["batched"] = "plain", False  # type: ignore[index]
+    tuner.run_study(tuner.spec_from_dict(table), storage=url, device="cpu", **({"loop": loop} if case == "own loop" else {}))
+    assert "fallback" not in optuna.load_study(study_name="plain/lr", storage=url).user_attrs
+
+
 def frozen_first_layer(input_shape: tuple[int, ...], n_outputs: int, width: int, depth: int) -> nn.Module:
     model = nn.Sequential(nn.Linear(input_shape[-1], width), nn.ReLU(), nn.Linear(width, n_outputs))
     model[0].weight.requires_grad_(False)

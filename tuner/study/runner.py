@@ -8,7 +8,6 @@ and happens once. Nothing lives outside the storage, so running the same command
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 import warnings
@@ -70,12 +69,12 @@ from tuner.study.stages import (
     audit_stage,
     describe_search,
     lr_stage,
-    resumed_ask_batch,
     sampler_for,
     settle_lr_scale,
     shape_stage,
     stored_moves,
 )
+from tuner.study.together import settled_ask_batch
 from tuner.study.trials import Asked, TrialBatch, abandon, best_value, holds_position, run_trials
 from tuner.training.train import check_loss, pick_threads, resolve_device, use_threads
 from tuner.training.trainers import make_trainer
@@ -278,9 +277,8 @@ def run_stage(
         # lr_range = "auto": the range test runs once (kept on <name>/lr, reused on resume) and sets the bounds.
         lr_range = auto_lr_range(spec, study, data, runner.reporter.message, runner.code)
         stage = lr_stage(spec, lr_range=lr_range, **named)
-        stage = resumed_ask_batch(spec, stage, study.user_attrs.get(results.SEARCH_ATTR), len(study.get_trials(deepcopy=False)))
-        if isinstance(data, StreamedData):  # read batch by batch: trials train one at a time
-            stage = dataclasses.replace(stage, batch_trials=1)
+        # As it began; one at a time for data read batch by batch; why not batched, where the spec rules it out.
+        stage = settled_ask_batch(spec, stage, study, streamed=isinstance(data, StreamedData))
         return runner.run(stage, study)  # opened above, its settings checked: not opened again
     if stage == "shape":
         if best_lr is None:

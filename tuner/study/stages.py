@@ -40,7 +40,8 @@ from tuner.study.search import (  # noqa: F401 -- how a stage searches, importab
     tpe_settings,
 )
 from tuner.study.results import trained_params
-from tuner.study.stored import ADDED_FIELDS, ASK_BATCH_KEY, LR_SCALE_RANGE_ATTR, LR_TRANSFER_ATTR, STAGES, stage_kind
+from tuner.study.stored import ADDED_FIELDS, LR_SCALE_RANGE_ATTR, LR_TRANSFER_ATTR, STAGES, stage_kind
+from tuner.study.together import asks_together, batchable_params, resumed_ask_batch  # noqa: F401 -- importable from here as before
 
 if TYPE_CHECKING:  # torch comes with them: imported where a stage is built, not to read a stored one's settings
     from tuner.training.train import TrainConfig, TrialPlan
@@ -221,16 +222,6 @@ def declared_distribution(param: DeclaredParam) -> BaseDistribution:
     return FloatDistribution(float(param.low), float(param.high), log=param.log)  # type: ignore[arg-type]
 
 
-def batchable_params(spec: StudySpec) -> bool:
-    """Whether stage lr's trials, at the declared defaults, can train as tuner's hand-written stacked copies.
-
-    Those keep each copy's momentum and weight decay, but have no dropout, and hand nothing to a
-    user's code: with dropout above 0, or any other name, the ``torch.func`` copies train them.
-    """
-    return all(param.name in OPTIMIZER_NAMES or (param.name == "dropout" and param.default == 0)
-               for param in spec.stages.shape.params)
-
-
 def _lr_scale_space(spec: StudySpec, lr_scale: tuple[float, float] | None) -> dict[str, BaseDistribution]:
     """The shape stage's refinement of the calibrated rate, if its range is not [1, 1]."""
     low, high = lr_scale or resolve_lr_scale(spec)
@@ -292,47 +283,6 @@ def lr_stage(spec: StudySpec, lr_range: tuple[float, float] | None = None, *, la
         batch_trials=lr.batch_trials if asks_together(spec) else 1,
         variant_index=variant_index,
     )
-
-
-def asks_together(spec: StudySpec) -> bool:
-    """Whether stage lr asks its trials ``batch_trials`` at a time: wherever they may train as K copies.
-
-    The ask batch (what TPE sees: its start-up and constant-liar batches) follows from the spec alone,
-    never from how the asked trials then train: as tuner's hand-written stacked MLP or LSTM, as K
-    copies through ``torch.func`` (a user's model, the ``cnn`` family, a user's loss or metric,
-    declared parameters), or one at a time where the copies turn out not to run batched
-    (:func:`tuner.training.trainers.make_trainer` says why, and the stage study keeps it). A user's
-    loop trains one trial at a time, and tuner's own LSTM only batches up to
-    ``BATCHED_LSTM_MAX_WIDTH`` units (``nn.LSTM`` does not run under vmap): those ask one at a time.
-    """
-    from tuner.training.batched import worth_batching  # here: torch comes with them
-    from tuner.training.stacked import StackedLSTM, stacked_class
-
-    lr = spec.stages.lr
-    if not lr.batched or spec.train.loop:
-        return False
-    if stacked_class(spec.model.family) is StackedLSTM:
-        return worth_batching(spec.model.family, spec.train.optimizer, spec.model.width) and \
-            not (spec.train.loss or spec.train.metric) and batchable_params(spec)
-    return True
-
-
-def asked_together_before(spec: StudySpec) -> bool:
-    """:func:`asks_together` as tuner decided it before ``torch.func`` copies (issue 23): only where the
-    hand-written stacked copies applied. A stage lr stored then resumes asking as it began."""
-    from tuner.training.batched import worth_batching  # here: torch comes with it
-
-    own_code = spec.train.loop or spec.train.loss or spec.train.metric
-    return bool(spec.stages.lr.batched and not own_code and batchable_params(spec)
-                and worth_batching(spec.model.family, spec.train.optimizer, spec.model.width))
-
-
-def resumed_ask_batch(spec: StudySpec, stage: Stage, search: dict[str, Any] | None, n_trials: int) -> Stage:
-    """``stage`` (lr) asking as its stored study began: a study stored before the ask batch was recorded
-    (no ``ask_batch`` in its ``search``) that holds trials asks by the rule of then."""
-    if search is None or ASK_BATCH_KEY in search or not n_trials:
-        return stage
-    return dataclasses.replace(stage, batch_trials=spec.stages.lr.batch_trials if asked_together_before(spec) else 1)
 
 
 def shape_stage(spec: StudySpec, best_lr: float, rung: FirstRung | None = None, *,
