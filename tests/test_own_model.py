@@ -172,6 +172,11 @@ def test_test_rows_of_a_loader_never_reach_a_stage(tmp_path: Path) -> None:
     ("family", '"broken:make"', "returned a int"),
     ("family", '"broken:wrong_outputs"', "return (batch, n_outputs) = (2, 10)"),
     ("family", '"broken:raises"', "raised RuntimeError: no GPU here"),
+    # Models that pass two samples in evaluation mode and fail only once they train (a new user's tries):
+    ("family", '"broken:detached"', "in training its outputs carry no gradient"),
+    ("family", '"broken:only_in_training"', "fails a training step (training mode, a batch of"),
+    ("family", '"broken:small_batches_only"', "RuntimeError: batches of at most 8 rows"),
+    ("family", '"broken:no_weights"', "has no parameters to train"),
     ("loader", '"broken:one_class"', "one class only"),
     ("loader", '"broken:empty"', "'train' part is empty"),
     ("loader", '"broken:a_list"', "returned a list"),
@@ -194,6 +199,42 @@ def wrong_outputs(input_shape, n_outputs, width, depth):
 def raises(input_shape, n_outputs, width, depth):
     raise RuntimeError("no GPU here")
 
+class Detached(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.read = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+    def forward(self, x):
+        return self.read(x).detach()
+
+def detached(input_shape, n_outputs, width, depth):
+    return Detached()
+
+class OnlyInTraining(Detached):
+    def forward(self, x):
+        if self.training:
+            raise ValueError("a branch for training that was never run")
+        return self.read(x)
+
+def only_in_training(input_shape, n_outputs, width, depth):
+    return OnlyInTraining()
+
+class SmallBatchesOnly(Detached):
+    def forward(self, x):
+        if len(x) > 8:
+            raise RuntimeError("batches of at most 8 rows")
+        return self.read(x)
+
+def small_batches_only(input_shape, n_outputs, width, depth):
+    return SmallBatchesOnly()
+
+class NoWeights(nn.Module):
+    def forward(self, x):
+        return x.flatten(1)[:, :10]
+
+def no_weights(input_shape, n_outputs, width, depth):
+    return NoWeights()
+
 def one_class(seed):
     x = np.zeros((10, 1, 8, 8))
     return {"train": (x, np.zeros(10)), "val": (x, np.zeros(10)), "task": "classification"}
@@ -210,7 +251,8 @@ def fractional(seed):
     return {"train": (x, y), "val": (x, y), "task": "classification"}
 ''')
     key = "family" if field == "family" else "loader"
-    lines = [f"{key} = {value}" if line.split("=")[0].strip() == key else line for line in spec.read_text().splitlines()]
+    text = spec.read_text().replace('loop = "mytrain:fit"', "") if field == "family" else spec.read_text()  # tuner's loop
+    lines = [f"{key} = {value}" if line.split("=")[0].strip() == key else line for line in text.splitlines()]
     spec.write_text("\n".join(lines) + "\n")
     db = tmp_path / "bad.db"
     run = _tuner("study", str(spec), "--storage", f"sqlite:///{db}", "--device", "cpu", cwd=tmp_path)

@@ -1,8 +1,9 @@
 """The user's own code checked once it is resolved, before anything is written: the model it builds, the names it takes.
 
 :func:`check_model` builds the spec's small network from the user's factory and runs two samples through
-it; :func:`check_params` refuses a declared parameter that nothing takes. Both answer with a
-:class:`~tuner.errors.SpecError` naming the field and the fix.
+it; :func:`check_training_step` trains it one step on a batch, as a trial would; :func:`check_params`
+refuses a declared parameter that nothing takes. Each answers with a :class:`~tuner.errors.SpecError`
+naming the field and the fix; :func:`check_code` runs the checks of the model in their order.
 """
 
 from __future__ import annotations
@@ -16,7 +17,25 @@ from tuner.inputs.params import accepted_arguments, accepts, defaults
 from tuner.inputs.spec import StudySpec
 from tuner.inputs.usercode import CODE_FIELDS, UserCode, code_references, is_reference
 
-__all__ = ["check_model", "check_params"]
+__all__ = ["check_code", "check_model", "check_params", "check_training_step"]
+
+
+def check_code(spec: StudySpec, data: Any, code: UserCode, device: Any) -> None:
+    """The model, the loss, one training step and the memory, checked in that order before anything is written.
+
+    A model that cannot build or run (:func:`check_model`), a loss that cannot train
+    (:func:`tuner.training.train.check_loss`), a model that fails only once it trains
+    (:func:`check_training_step`), or the largest model too large for the device's memory
+    (:func:`tuner.inputs.models.check_model_fits`): each would fail every trial, without naming its field.
+    """
+    from tuner.inputs.choices import first_choice
+    from tuner.inputs.models import check_model_fits
+    from tuner.training.train import check_loss
+
+    check_model(spec, data, code)
+    check_loss(first_choice(spec), data, code)
+    check_training_step(first_choice(spec), data, code)
+    check_model_fits(spec, data, device, code.family)
 
 
 def check_model(spec: StudySpec, data: Any, code: UserCode) -> None:
@@ -64,6 +83,46 @@ def check_model(spec: StudySpec, data: Any, code: UserCode) -> None:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise SpecError(spec.source, field, reference,
                         f"the model it builds returns {got} for a batch of {len(x)}; return (batch, n_outputs) = {wanted}")
+
+
+def check_training_step(spec: StudySpec, data: Any, code: UserCode) -> None:
+    """Train the spec's small network of the user's factory one step, as a trial would: SpecError if that fails.
+
+    In training mode, on the first ``batch_size`` rows, with the trial's loss, then backward: a model
+    that fails only there (``.detach()`` or ``.item()`` in its forward, a layer that refuses a batch
+    of that size, a branch taken in training only) passed :func:`check_model` and would fail every
+    trial instead. Not for a user's loop, which trains its own way; torch's generator is left as found.
+    """
+    if not is_reference(spec.model.family) or code.loop is not None:
+        return
+    import torch
+
+    from tuner.inputs.data import data_device, sample_shape
+    from tuner.inputs.models import build_model
+    from tuner.training.train import first_batch, model_loss, with_declared
+
+    declared = defaults(spec.stages.shape.params)
+    x, y = first_batch(spec, data)
+    device = data_device(data)
+    trained = f"the model it builds fails a training step (training mode, a batch of {len(x)}, then backward)"
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(code.family, sample_shape(data), data.n_outputs, spec.model.width, spec.model.depth, declared)
+        try:
+            value = model_loss(data.task, with_declared(code.loss, declared))(model.to(device).train()(x.to(device)), y.to(device))
+            if not any(p.requires_grad for p in model.parameters()):
+                raise SpecError(spec.source, "model.family", spec.model.family,
+                                "the model it builds has no parameters to train; give it layers with weights")
+            if isinstance(value, torch.Tensor) and not value.requires_grad:
+                raise SpecError(spec.source, "model.family", spec.model.family,
+                                f"{trained}: in training its outputs carry no gradient (.detach(), .item(), numpy or "
+                                f"torch.no_grad() in its forward?), so nothing would learn; compute them with torch operations")
+            value.backward()
+        except SpecError:
+            raise
+        except Exception as error:  # noqa: BLE001 -- the user's model raised
+            first = str(error).splitlines()[0] if str(error) else ""
+            raise SpecError(spec.source, "model.family", spec.model.family,
+                            f"{trained}: {type(error).__name__}: {first}; fix the model") from None
 
 
 def check_params(spec: StudySpec, code: UserCode) -> None:

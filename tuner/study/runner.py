@@ -30,13 +30,12 @@ from tuner.errors import (
     raise_if_stop_requested,
 )
 from tuner.inputs.checks import check_direction
-from tuner.inputs.choices import Variant, first_choice, listed, variants
+from tuner.inputs.choices import Variant, listed, variants
 from tuner.inputs.data import Dataset, DataWarning, StreamedData
 from tuner.inputs.load import load_dataset
-from tuner.inputs.models import check_model_fits
 from tuner.inputs.names import RUNG_RULES
 from tuner.inputs.spec import StudySpec
-from tuner.inputs.code_checks import check_model, check_params
+from tuner.inputs.code_checks import check_code, check_params
 from tuner.inputs.usercode import UserCode, resolve_code, spec_with_callables, with_callables
 from tuner.storage import (
     StorageError,
@@ -76,7 +75,7 @@ from tuner.study.stages import (
 )
 from tuner.study.together import settled_ask_batch
 from tuner.study.trials import Asked, TrialBatch, abandon, best_value, holds_position, run_trials
-from tuner.training.train import check_loss, pick_threads, resolve_device, use_threads
+from tuner.training.train import pick_threads, resolve_device, use_threads
 from tuner.training.trainers import make_trainer
 
 POLL_INTERVAL_S = 1.0  # how often a worker with nothing to do looks at the stage again
@@ -148,9 +147,7 @@ def run_study(
     with warnings.catch_warnings(record=True) as said:  # told below, once the stored settings are known
         warnings.simplefilter("always", DataWarning)
         data = load_dataset(spec.data, spec.seed, spec.source, code.loader).to(torch_device)
-    check_model(spec, data, code)
-    check_loss(first_choice(spec), data, code)  # a loss that cannot train would fail every trial, without naming train.loss
-    check_model_fits(spec, data, torch_device, code.family)  # before the storage: nothing written for a model that cannot train
+    check_code(spec, data, code, torch_device)  # the model, the loss, one step, the memory: before the storage
     storage_url = storage_of_study(spec, storage)
     try:
         optuna_storage = open_storage(storage_url)
@@ -161,9 +158,7 @@ def run_study(
     stored_spec = check_stored_settings(spec, optuna_storage, reporter.message, code)  # with changed defaults put back
     if stored_spec.data != spec.data:  # a data default put back: the data as the stored study was made with
         data = load_dataset(stored_spec.data, spec.seed, spec.source, code.loader).to(torch_device)
-        check_model(stored_spec, data, code)
-        check_loss(first_choice(stored_spec), data, code)
-        check_model_fits(stored_spec, data, torch_device, code.family)
+        check_code(stored_spec, data, code, torch_device)
     else:
         for warning in said:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)

@@ -405,6 +405,14 @@ class SingleTrainer:
         self._stopped = True
 
 
+def first_batch(spec: StudySpec, data: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``batch_size`` training rows, as a check of the user's code runs them (torch's generator untouched)."""
+    if isinstance(data, StreamedData):
+        # A generator of its own: a DataLoader without one draws its seed from torch's global one.
+        return next(iter(DataLoader(data.train_set, batch_size=spec.train.batch_size, generator=torch.Generator())))
+    return data.x_train[:spec.train.batch_size], data.y_train[:spec.train.batch_size]
+
+
 def check_loss(spec: StudySpec, data: Any, code: UserCode) -> None:
     """Call the spec's own loss once, on the small network's outputs for the first training batch: SpecError unless it can train.
 
@@ -419,11 +427,7 @@ def check_loss(spec: StudySpec, data: Any, code: UserCode) -> None:
     declared = defaults(spec.stages.shape.params)  # what stage lr calls it with
     loss = model_loss(data.task, with_declared(code.loss, declared))
     device = data_device(data)
-    if isinstance(data, StreamedData):
-        # A generator of its own: a DataLoader without one draws its seed from torch's global one.
-        x, y = next(iter(DataLoader(data.train_set, batch_size=spec.train.batch_size, generator=torch.Generator())))
-    else:
-        x, y = data.x_train[:spec.train.batch_size], data.y_train[:spec.train.batch_size]
+    x, y = first_batch(spec, data)
     with torch.random.fork_rng(devices=[]):  # the check leaves torch's global generator as it found it
         model = build_model(code.family, sample_shape(data), data.n_outputs, spec.model.width, spec.model.depth, declared)
     model = model.to(device).eval()  # eval: no dropout draws; gradients still flow
