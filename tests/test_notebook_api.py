@@ -128,3 +128,17 @@ def test_a_study_run_from_a_scripts_main_is_refused_from_the_command_line_saying
         assert "'__main__:" in lines[0] and "defined in the script or notebook that ran the study" in lines[0]
         assert "tuner.run_study(..., " in lines[0] and "move " in lines[0]  # what to do
     assert not (tmp_path / "again").exists()
+
+    # The winner, loaded in another process: the factory it was built by is given again (a new user's try; it
+    # was only found by reading the source), and without it the error says how.
+    load = ("import sys, numpy as np, tuner\nfrom torch import nn\n"
+            "def build(input_shape, n_outputs, width, depth):  # another name: this __main__ has no make_net\n"
+            "    return nn.Sequential(nn.Linear(input_shape[-1], width), nn.ReLU(), nn.Linear(width, n_outputs))\n"
+            "from sklearn.datasets import load_wine\n"
+            "model = tuner.load_model(sys.argv[1], **({'model': build} if sys.argv[2] == 'given' else {}))\n"
+            "print('PREDICTED', len(model.predict(load_wine(return_X_y=True)[0][:5])))\n")
+    (tmp_path / "use.py").write_text(load)
+    given = run("use.py", str(tmp_path / "best"), "given")
+    assert given.returncode == 0 and "PREDICTED 5" in given.stdout, given.stderr
+    missing = run("use.py", str(tmp_path / "best"), "not given")
+    assert missing.returncode != 0 and "tuner.load_model(folder, model=make_net)" in missing.stderr, missing.stderr

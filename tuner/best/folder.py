@@ -24,7 +24,7 @@ import os
 import signal
 import uuid
 from importlib import metadata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -243,13 +243,15 @@ class TrainedModel:
         record: everything read from ``model.pt``.
     """
 
-    def __init__(self, record: dict[str, Any], beside: Path | None = None) -> None:
+    def __init__(self, record: dict[str, Any], beside: Path | None = None, model: Callable[..., nn.Module] | None = None) -> None:
         self.record = record
         self.task: str = record["task"]
         self.input_shape = tuple(record["input_shape"])
         self.classes = record["classes"]
         family = record["family"]
-        if is_reference(family):  # the user's own factory: its copy beside model.pt, else the study's folder
+        if is_reference(family) and model is not None:  # the factory given (one a script's __main__ defined)
+            family = ModelFamily(family, model)
+        elif is_reference(family):  # the user's own factory: its copy beside model.pt, else the study's folder
             top = family.partition(":")[0].split(".")[0]
             copied = beside is not None and ((beside / f"{top}.py").is_file() or (beside / top / "__init__.py").is_file())
             folder = str(beside) if copied else record.get("code_folder")
@@ -317,11 +319,13 @@ class TrainedModel:
                          + (f" or flat rows (n, {size})" if len(self.input_shape) > 1 else ""))
 
 
-def load_model(folder: str | Path) -> TrainedModel:
+def load_model(folder: str | Path, model: Callable[..., nn.Module] | None = None) -> TrainedModel:
     """Load the model ``tuner best`` wrote into ``folder`` (or the path of its ``model.pt``).
 
     The folder is checked first (:func:`check_folder`): a partial or mixed one is refused with a
-    :class:`FolderError` that names it, never loaded.
+    :class:`FolderError` that names it, never loaded. ``model``: the factory of a study's own
+    ``model.family``, where it cannot be imported by its name (one a script or notebook defined,
+    ``"__main__:make_net"``); by default the name is imported, from the copy beside ``model.pt`` first.
 
     Example:
         >>> model = tuner.load_model("quickstart-best")  # doctest: +SKIP
@@ -336,5 +340,5 @@ def load_model(folder: str | Path) -> TrainedModel:
     content = path.read_bytes()  # read once: what is checked is what is loaded
     if path.name == MODEL_FILE:
         check_folder(path.parent, content)
-    return TrainedModel(_read_record(content, path), path.parent)
+    return TrainedModel(_read_record(content, path), path.parent, model)
 

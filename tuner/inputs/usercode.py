@@ -185,7 +185,7 @@ def from_main_fix(field: str, reference: str) -> str:
     return (f"{function} was defined in the script or notebook that ran the study from Python (its __main__), "
             f"which the command line cannot import; resume it from that script or notebook, passing the function "
             f"again (tuner.run_study(..., {keyword}={function}); tuner.write_best(..., {keyword}={function}) for "
-            f"`tuner best`), or move {function} into a module (e.g. mycode.py beside the spec), name it "
+            f"`tuner best`{f'; tuner.load_model(folder, model={function}) for its winner' if keyword == 'model' else ''}), or move {function} into a module (e.g. mycode.py beside the spec), name it "
             f"\"mycode:{function}\" and run under a new study name")
 
 
