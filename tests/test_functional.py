@@ -340,6 +340,9 @@ def test_a_model_that_calls_item_in_forward_trains_one_at_a_time_and_says_why(wi
     trainer = make_trainer(plans, wine, UserCode(family=family), torch.device("cpu"))
     assert isinstance(trainer, PartsTrainer) and trainer.trained_together == [1, 1]
     assert trainer.fallback is not None and "does not run under torch.func.vmap" in trainer.fallback
+    # torch's message is cut where its sentence ends, not in the middle of the address it ends with (a new user saw
+    # "...file an issue at https://github.com").
+    assert "calling .item() on a Tensor.): trials train one at a time" in trainer.fallback and "http" not in trainer.fallback
 
 
 LSTM_MODULE = '''

@@ -63,4 +63,6 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+    """The public names once each (a name already loaded is in globals() too), and the module's dunders;
+    not this file's own imports (``importlib``, ``Any``, ``annotations``)."""
+    return sorted({*_EXPORTS, *(name for name in globals() if name.startswith("__"))})

@@ -236,7 +236,7 @@ def _best_trial(name: str, storage: str | optuna.storages.BaseStorage | None,
     best, study = bests[stage_name], studies[stage_name]
     values = ", ".join(f"stage '{s}' {bests[s].value:.4g} (trial {bests[s].number})" for s in [*lr_names, "shape"] if s in bests)
     chosen = (f"stage '{stage_name}', as asked (--stage): its best trial {best.number} ({best.value:.4g})" if stage else
-              f"stage '{stage_name}''s trial {best.number}, the best of stages lr and shape: {values}")
+              f"trial {best.number} of stage '{stage_name}', the best of stages lr and shape: {values}")
     settings = study.user_attrs.get(SETTINGS_ATTR)
     if settings is None:
         raise BestError(f"study {name!r}: stage '{stage_name}' has no stored settings; was it made by tuner?")

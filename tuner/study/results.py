@@ -301,7 +301,7 @@ class StudyResult:
             return None
         return (f"stage 'shape' ended worse than stage '{lr.stage}': its best is {shape.best_value:.4g} against "
                 f"{lr.best_value:.4g} for the small network of stage '{lr.stage}'; the study's best is stage "
-                f"'{lr.stage}''s trial {lr.best_trial}, and `{shlex.join(['tuner', 'best', self.name, *self.storage_option])}` "
+                f"'{lr.stage}' (its trial {lr.best_trial}), and `{shlex.join(['tuner', 'best', self.name, *self.storage_option])}` "
                 f"trains it (`--stage shape` for shape's own best){self.password_note}")
 
     @property

@@ -58,9 +58,18 @@ from tuner.training.train import (
 SLOW_FALLBACK_WARNING = "There is a performance drop"  # what vmap warns when it loops over the copies instead
 
 
-def _first_line(error: BaseException) -> str:
+def _first_line(error: BaseException, limit: int = 160) -> str:
+    """The error's type and first line, cut where a sentence ends within ``limit`` characters (else at a word):
+    torch's vmap errors run on into advice and an address that a cut in the middle left half-written."""
     text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:160]}" if text else type(error).__name__
+    if not text:
+        return type(error).__name__
+    line = text[0]
+    if len(line) > limit:
+        cut = line[:limit]
+        end = max(cut.rfind(". "), cut.rfind("; "))
+        line = cut[:end + 1] if end >= limit // 4 else f"{cut[:cut.rfind(' ')]} ..."
+    return f"{type(error).__name__}: {line}"
 
 
 class FuncBatchedTrainer:
