@@ -88,7 +88,7 @@ def _assert_refused(code: int, stdout: str, stderr: str, *words: str) -> None:
     pytest.param(GOOD.replace("trials = 1", "trials = -1"), ["'stages.shape.trials' = -1", "greater than 0"], id="trials-negative"),
     pytest.param(GOOD.replace('name = "wine"', 'name = "mnist"'),
                  ["'data.name' = 'mnist'", "choose one of: digits"], id="unknown-data-set"),
-    pytest.param(GOOD + '[model]\nfamily = "mpl"\n', ["'model.family' = 'mpl'", "did you mean 'mlp'?"], id="unknown-model"),
+    pytest.param(GOOD + '[model]\nfamily = "mpl"\n', ["'model.family' = 'mpl'", "did you mean 'mlp'?", 'or your own factory as "module:function"'], id="unknown-model"),
     pytest.param(GOOD.replace("epochs = 1", 'epochs = 1\noptimizer = "adamm"'),
                  ["'train.optimizer' = 'adamm'", "did you mean 'adam'?"], id="unknown-optimizer"),
     pytest.param(GOOD.replace("trials = 1", 'trials = 1\nschedules = ["step", "cosin"]'),

@@ -393,3 +393,17 @@ def test_callables_without_a_source_file_run_resume_and_train_the_winner_from_py
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "True"]
+
+
+def test_a_model_built_for_every_csv_column_is_told_that_constant_ones_were_dropped(tmp_path: Path) -> None:
+    # A new user's model read the CSV's column count: "inputs of shape (2, 61)" alone did not say why not 64.
+    rows = ["a,k,b,label"] + [f"{i % 7},5,{(i * 3) % 11},{i % 2}" for i in range(60)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "fixed.py").write_text("from torch import nn\n\ndef make(input_shape, n_outputs, width, depth):\n"
+                                       "    return nn.Linear(3, n_outputs)  # the CSV's three feature columns, k among them\n")
+    spec = tmp_path / "t.toml"
+    spec.write_text('name = "t"\n[data]\nname = "csv"\npath = "t.csv"\ntarget = "label"\n[model]\nfamily = "fixed:make"\n')
+    run = _tuner("study", str(spec), "--storage", f"sqlite:///{tmp_path / 't.db'}", "--device", "cpu", cwd=tmp_path)
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "(2, 2) (1 constant column(s) of the CSV file were dropped, so a row has 2 features, not 3" in run.stderr
+    assert "data.drop_constant_columns = false" in run.stderr and not (tmp_path / "t.db").exists()

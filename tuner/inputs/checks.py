@@ -58,11 +58,11 @@ def check_direction(spec: StudySpec) -> None:
                         "direction out")
 
 
-def _choice(source: str, path: str, value: str, allowed: tuple[str, ...]) -> None:
+def _choice(source: str, path: str, value: str, allowed: tuple[str, ...], also: str = "") -> None:
     if value not in allowed:
         close = difflib.get_close_matches(value, allowed, n=1, cutoff=0.5)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        raise SpecError(source, path, value, f"unknown name; {hint}choose one of: {', '.join(allowed)}")
+        raise SpecError(source, path, value, f"unknown name; {hint}choose one of: {', '.join(allowed)}{also}")
 
 
 def _positive(source: str, path: str, value: float | int | None) -> None:
@@ -129,7 +129,8 @@ def validate(spec: StudySpec, source: str) -> None:
         raise SpecError(source, "data.samples", data.samples,
                         f"too few rows for a split: at least {2 * MIN_SPLIT_ROWS} ({MIN_SPLIT_ROWS} to train, {MIN_SPLIT_ROWS} to validate), e.g. 2000")
     if ":" not in model.family:  # "module:function" is imported and checked when the study runs
-        _choice(source, "model.family", model.family, model_families())
+        _choice(source, "model.family", model.family, model_families(),
+                ', or your own factory as "module:function" (e.g. "mynet:make_model")')
     _positive(source, "model.width", model.width)
     if model.depth < 1:
         raise SpecError(source, "model.depth", model.depth, "must be at least 1")

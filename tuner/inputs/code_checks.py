@@ -76,8 +76,13 @@ def check_model(spec: StudySpec, data: Any, code: UserCode) -> None:
             out = model.eval()(x.to(data_device(data)))
     except Exception as error:  # noqa: BLE001
         first = str(error).splitlines()[0] if str(error) else ""
+        dropped = getattr(data, "dropped_columns", ())
+        why = (f" ({len(dropped)} constant column(s) of the CSV file were dropped, so a row has {x.shape[-1]} features, "
+               f"not {x.shape[-1] + len(dropped)}; build from input_shape, or set data.drop_constant_columns = false)"
+               if dropped else "")
         raise SpecError(spec.source, field, reference,
-                        f"the model it builds fails on a batch of inputs of shape {tuple(x.shape)}: {type(error).__name__}: {first}") from None
+                        f"the model it builds fails on a batch of inputs of shape {tuple(x.shape)}{why}: "
+                        f"{type(error).__name__}: {first}") from None
     wanted = (len(x), data.n_outputs)
     if not isinstance(out, torch.Tensor) or (tuple(out.shape) != wanted and not (data.n_outputs == 1 and tuple(out.shape) == wanted[:1])):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
