@@ -407,3 +407,32 @@ def test_a_model_built_for_every_csv_column_is_told_that_constant_ones_were_drop
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert "(2, 2) (1 constant column(s) of the CSV file were dropped, so a row has 2 features, not 3" in run.stderr
     assert "data.drop_constant_columns = false" in run.stderr and not (tmp_path / "t.db").exists()
+
+
+def test_a_study_whose_every_trial_failed_on_the_code_goes_on_once_the_code_is_fixed(tmp_path: Path) -> None:
+    # A new user's try: a model that failed only after some batches failed every trial; fixed, the same command
+    # said the study was made with other code, so its name stayed locked to code that never finished a trial.
+    broken = ("from torch import nn\ncalls = [0]\n\nclass Net(nn.Linear):\n    def forward(self, x):\n"
+              "        calls[0] += 1\n        if calls[0] > 3:\n            raise RuntimeError('fails after three batches')\n"
+              "        return super().forward(x)\n\ndef make(input_shape, n_outputs, width, depth):\n"
+              "    return Net(input_shape[-1], n_outputs)\n")
+    (tmp_path / "late.py").write_text(broken)
+    spec = tmp_path / "late.toml"
+    spec.write_text('name = "late"\n[data]\nname = "wine"\n[model]\nfamily = "late:make"\n[train]\nepochs = 2\n'
+                    '[stages.lr]\ntrials = 6\nbatched = false\n[stages.shape]\ntrials = 2\nwidth = [4, 8]\ndepth = [1, 1]\n')
+    url = f"sqlite:///{tmp_path / 'late.db'}"
+    first = _tuner("study", str(spec), "--storage", url, "--device", "cpu", cwd=tmp_path)
+    assert first.returncode == 1 and "in a row failed" in first.stderr, first.stderr
+    failed = optuna.load_study(study_name="late/lr", storage=url).trials
+    assert failed and all(t.state == TrialState.FAIL for t in failed)
+    (tmp_path / "late.py").write_text(broken.replace("if calls[0] > 3:", "if False:"))
+    fixed = _tuner("study", str(spec), "--storage", url, "--device", "cpu", cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stderr
+    assert "has no finished trial" in fixed.stdout + fixed.stderr and "late.py" in fixed.stdout + fixed.stderr
+    lr = optuna.load_study(study_name="late/lr", storage=url)
+    assert len([t for t in lr.trials if t.state == TrialState.COMPLETE]) == 6
+    assert [t.state for t in lr.trials[:len(failed)]] == [TrialState.FAIL] * len(failed)  # kept, as they were
+    # Once a trial has finished, changed code is refused again, as ever.
+    (tmp_path / "late.py").write_text(broken.replace("if calls[0] > 3:", "if calls[0] < 0:"))
+    again = _tuner("study", str(spec), "--storage", url, "--device", "cpu", cwd=tmp_path)
+    assert again.returncode == 2 and "was made with other code or data" in again.stderr, again.stderr

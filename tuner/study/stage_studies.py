@@ -151,7 +151,7 @@ def check_stored_settings(spec: StudySpec, storage: optuna.storages.BaseStorage,
     spec = _put_back_defaults(spec, studies, note)
     specs = {variant.label: variant.spec for variant in variants(spec)}  # each stage lr compared with its own choice
     for stage, study in studies.items():
-        _check_settings(study, specs.get(stage, spec), contract.stage_kind(stage), code)
+        _check_settings(study, specs.get(stage, spec), contract.stage_kind(stage), code, note)
     handed_off = studies["shape"].user_attrs.get(contract.LR_ATTR) if "shape" in studies else None
     for stage in specs if handed_off is not None else ():
         lr_attrs = studies[stage].user_attrs if stage in studies else {}
@@ -176,7 +176,14 @@ def _made_elsewhere(study: optuna.Study, direction: str) -> bool:
     return bool(study.get_trials(deepcopy=False)) or _directions(study) != direction or not set(study.user_attrs) <= ours
 
 
-def _check_settings(study: optuna.Study, spec: StudySpec, stage: str, code: UserCode | None = None) -> None:
+def _only_failed(study: optuna.Study) -> bool:
+    """Whether every trial of ``study`` failed: some trial, and none complete, pruned, running or waiting."""
+    trials = study.get_trials(deepcopy=False)
+    return bool(trials) and all(t.state == optuna.trial.TrialState.FAIL for t in trials)
+
+
+def _check_settings(study: optuna.Study, spec: StudySpec, stage: str, code: UserCode | None = None,
+                    note: Callable[[str], None] | None = None) -> None:
     stored = study.user_attrs.get(contract.SETTINGS_ATTR)
     name = study.study_name
     if stored is None and not _made_elsewhere(study, spec.train.direction):
@@ -194,7 +201,15 @@ def _check_settings(study: optuna.Study, spec: StudySpec, stage: str, code: User
     if from_main:
         raise StudyMismatchError(f"study '{name}' was run with {from_main}")
     changed = code_changes(stored.get("identity") or {}, wanted.get("identity") or {}, spec, code)
-    if changed:
+    if changed and _only_failed(study):  # a first try that failed on its code: the fixed code goes on in it
+        identity = stage_settings(spec, stage, code, stored_identity=stored.get("identity"))["identity"]
+        write_study_attrs(study, {contract.SETTINGS_ATTR: {**stored, "identity": identity},
+                                  contract.SETTINGS_HASH_ATTR: settings_hash({**stored, "identity": identity})})
+        if note is not None:
+            note(f"study '{name}' has no finished trial (its {len(study.get_trials(deepcopy=False))} trials failed): it "
+                 f"goes on with the changed code ({'; '.join(changed)}); the failed trials stay, marked failed")
+        stored = study.user_attrs[contract.SETTINGS_ATTR]
+    elif changed:
         raise StudyMismatchError(
             f"study '{name}' was made with other code or data: {'; '.join(changed)}. Its trials would be mixed "
             f"with different ones: give the study a new name (name = \"...\" in the spec, or --name NEW), or "
