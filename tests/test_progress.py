@@ -40,6 +40,9 @@ def test_off_a_terminal_each_trial_is_one_line_with_budget_best_and_times() -> N
     _run_stage(Console(file=out, force_terminal=False, width=200))
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("stage lr: 0/3 trials done")
+    resumed = io.StringIO()  # a stage that an earlier run left with trials done says it resumes (a new user's try)
+    ConsoleReporter(Console(file=resumed, force_terminal=False, width=200)).stage_started(lr_stage(SPEC), 1)
+    assert resumed.getvalue().startswith("stage lr: resuming, 1/3 trials done")
     trial_lines = [line for line in lines if line.lstrip().startswith("[lr ")]
     assert len(trial_lines) == 3
     time_part = r"; \d+s elapsed, ~(\d+s|\d+m\d\ds|\?) left$"

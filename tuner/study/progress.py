@@ -118,7 +118,8 @@ class ConsoleReporter(Reporter):
         self._clock = _StageClock(stage.budget, n_finished)
         self._best = _BestShown(stage.direction)
         if not self.live:
-            self.console.print(f"stage {stage.name}: {n_finished}/{stage.budget} trials done, {stage.epochs} epochs each",
+            resumed = "resuming, " if 0 < n_finished < stage.budget else ""  # trials stored by an earlier run
+            self.console.print(f"stage {stage.name}: {resumed}{n_finished}/{stage.budget} trials done, {stage.epochs} epochs each",
                                highlight=False, markup=False)
             return
         self._progress = Progress(
