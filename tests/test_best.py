@@ -242,6 +242,13 @@ def test_a_csvs_constant_columns_are_dropped_and_predict_takes_its_rows_with_or_
     full = np.array([[float(v) for v in row.split(",")[:5]] for row in rows[1:6]])
     assert np.array_equal(model.predict(full), model.predict(full[:, [0, 2, 3]]))
     assert model.predict(full[0]).shape == (1,)  # one raw row alone, constant columns and all
+    import pandas as pd
+
+    frame = pd.DataFrame(full, columns=["a", "k", "b", "c", "z"])
+    expected = model.predict(full)
+    assert np.array_equal(model.predict(frame[["c", "b", "a"]]), expected)  # by name, without the constant columns
+    assert np.array_equal(model.predict(frame[["z", "c", "k", "b", "a"]]), expected)  # ... or with them, in any order
+    assert np.array_equal(model.predict(pd.DataFrame(full)), expected)  # numbered columns name nothing: by position
     with pytest.raises(ValueError, match="expected"):
         model.predict(full[:, :4])
 
@@ -414,3 +421,10 @@ def test_a_study_whose_shape_stage_did_better_keeps_shape_as_its_best(wine_best:
     best = {s: study.best_value for s, study in studies.items()}
     assert metrics["stage"] == ("shape" if best["shape"] <= best["lr"] else "lr")
     assert metrics["stored_value"] == min(best.values())
+
+
+def test_a_factory_given_to_load_a_built_in_family_is_refused_not_ignored(wine_best: tuple[str, Path, dict]) -> None:
+    _, out, _ = wine_best
+    with pytest.raises(ValueError, match="family is 'mlp', not a factory of your own"):
+        tuner.load_model(out, model=lambda input_shape, n_outputs, width, depth: nn.Linear(13, 3))
+    assert tuner.load_model(out).record["family"] == "mlp"

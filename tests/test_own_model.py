@@ -416,23 +416,44 @@ def test_a_study_whose_every_trial_failed_on_the_code_goes_on_once_the_code_is_f
               "        calls[0] += 1\n        if calls[0] > 3:\n            raise RuntimeError('fails after three batches')\n"
               "        return super().forward(x)\n\ndef make(input_shape, n_outputs, width, depth):\n"
               "    return Net(input_shape[-1], n_outputs)\n")
-    (tmp_path / "late.py").write_text(broken)
     spec = tmp_path / "late.toml"
-    spec.write_text('name = "late"\n[data]\nname = "wine"\n[model]\nfamily = "late:make"\n[train]\nepochs = 2\n'
-                    '[stages.lr]\ntrials = 6\nbatched = false\n[stages.shape]\ntrials = 2\nwidth = [4, 8]\ndepth = [1, 1]\n')
+    text = ('name = "late"\n[data]\nname = "wine"\n[model]\nfamily = "late:make"\n[train]\nepochs = 2\n'
+            '[stages.lr]\ntrials = 6\nbatched = false\n[stages.shape]\ntrials = 2\nwidth = [4, 8]\ndepth = [1, 1]\n')
+    spec.write_text(text)
     url = f"sqlite:///{tmp_path / 'late.db'}"
-    first = _tuner("study", str(spec), "--storage", url, "--device", "cpu", cwd=tmp_path)
+
+    def run(module: str) -> subprocess.CompletedProcess[str]:
+        (tmp_path / "late.py").write_text(module)
+        return _tuner("study", str(spec), "--storage", url, "--device", "cpu", cwd=tmp_path)
+
+    def stored() -> dict:
+        return optuna.load_study(study_name="late/lr", storage=url).user_attrs
+
+    first = run(broken)
     assert first.returncode == 1 and "in a row failed" in first.stderr, first.stderr
-    failed = optuna.load_study(study_name="late/lr", storage=url).trials
-    assert failed and all(t.state == TrialState.FAIL for t in failed)
-    (tmp_path / "late.py").write_text(broken.replace("if calls[0] > 3:", "if False:"))
-    fixed = _tuner("study", str(spec), "--storage", url, "--device", "cpu", cwd=tmp_path)
+    assert all(t.state == TrialState.FAIL for t in optuna.load_study(study_name="late/lr", storage=url).trials)
+    # Other settings changed besides the code: refused as ever, and nothing stored is rewritten.
+    before = stored()
+    spec.write_text(text.replace("epochs = 2", "epochs = 3"))
+    other = run(broken.replace("> 3", "> 4"))
+    assert other.returncode == 2 and "other code or data" in other.stderr and stored() == before, other.stderr
+    spec.write_text(text)
+    # The built-in mlp instead of the user's model: a change of code that is refused in one line, not a crash.
+    spec.write_text(text.replace('"late:make"', '"mlp"'))
+    built_in = run(broken)
+    assert built_in.returncode == 2 and "other code or data" in built_in.stderr and stored() == before, built_in.stderr
+    spec.write_text(text)
+    # Another broken version takes the study over (it too fails); the first one may not take it back.
+    second = run(broken.replace("> 3", "> 5"))
+    assert second.returncode == 1 and "has no finished trial" in second.stdout + second.stderr, second.stderr
+    back = run(broken)
+    assert back.returncode == 2 and "other code or data" in back.stderr, back.stderr
+    fixed = run(broken.replace("if calls[0] > 3:", "if False:"))
     assert fixed.returncode == 0, fixed.stderr
     assert "has no finished trial" in fixed.stdout + fixed.stderr and "late.py" in fixed.stdout + fixed.stderr
     lr = optuna.load_study(study_name="late/lr", storage=url)
     assert len([t for t in lr.trials if t.state == TrialState.COMPLETE]) == 6
-    assert [t.state for t in lr.trials[:len(failed)]] == [TrialState.FAIL] * len(failed)  # kept, as they were
+    assert lr.trials[0].state == TrialState.FAIL and len(lr.user_attrs["left_identities"]) == 2  # kept, as they were
     # Once a trial has finished, changed code is refused again, as ever.
-    (tmp_path / "late.py").write_text(broken.replace("if calls[0] > 3:", "if calls[0] < 0:"))
-    again = _tuner("study", str(spec), "--storage", url, "--device", "cpu", cwd=tmp_path)
+    again = run(broken.replace("if calls[0] > 3:", "if calls[0] < 0:"))
     assert again.returncode == 2 and "was made with other code or data" in again.stderr, again.stderr

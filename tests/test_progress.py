@@ -43,6 +43,11 @@ def test_off_a_terminal_each_trial_is_one_line_with_budget_best_and_times() -> N
     resumed = io.StringIO()  # a stage that an earlier run left with trials done says it resumes (a new user's try)
     ConsoleReporter(Console(file=resumed, force_terminal=False, width=200)).stage_started(lr_stage(SPEC), 1)
     assert resumed.getvalue().startswith("stage lr: resuming, 1/3 trials done")
+    on_terminal = io.StringIO()  # and on the bar a person at a terminal sees
+    bar = ConsoleReporter(Console(file=on_terminal, force_terminal=True, width=160))
+    bar.stage_started(lr_stage(SPEC), 1)
+    bar.close()
+    assert "lr (resuming)" in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", on_terminal.getvalue())
     trial_lines = [line for line in lines if line.lstrip().startswith("[lr ")]
     assert len(trial_lines) == 3
     time_part = r"; \d+s elapsed, ~(\d+s|\d+m\d\ds|\?) left$"

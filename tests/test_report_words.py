@@ -180,3 +180,23 @@ def test_the_shape_words_count_pruned_trials_and_keep_a_schedule_whose_trials_we
     assert "Best of 2 complete shapes (2 more were pruned)" in words
     assert "trained at lr 0.01;" in words  # no lr_scale searched: the calibrated rate itself
     assert "Best per schedule: exponential 0.2, constant 0.3, step none complete (only pruned trials)." in words
+
+
+def test_the_best_shapes_curve_is_read_against_its_untrained_value() -> None:
+    from types import SimpleNamespace
+
+    from optuna.trial import TrialState
+
+    from tuner.report.runs import Run, StageRuns
+    from tuner.report.words import shape_diagnosis
+
+    params = {"lr": 0.01, "width": 64, "depth": 1, "schedule": "constant", "decay": 1.0}
+    curve = [0.0, 0.028, 0.028, 0.028]  # perfect after one epoch, then one validation row of 36 missed
+
+    def words(untrained: float | None) -> str:
+        run = Run(0, TrialState.COMPLETE, params, 0.028, curve, [], 1.0, False, untrained=untrained)
+        return " ".join(shape_diagnosis(StageRuns("shape", SimpleNamespace(user_attrs={}), [], [run]),  # type: ignore[arg-type]
+                                        None, "val_error"))
+
+    assert "blows up" in words(None)  # stored before the untrained value was: read as ever
+    assert "blows up" not in words(0.6) and "decays steadily" in words(0.6)

@@ -249,6 +249,9 @@ class TrainedModel:
         self.input_shape = tuple(record["input_shape"])
         self.classes = record["classes"]
         family = record["family"]
+        if model is not None and not is_reference(family):
+            raise ValueError(f"load_model(..., model=...): this model's family is {family!r}, not a factory of your own "
+                             f"(\"module:function\"); load it without model=")
         if is_reference(family) and model is not None:  # the factory given (one a script's __main__ defined)
             family = ModelFamily(family, model)
         elif is_reference(family):  # the user's own factory: its copy beside model.pt, else the study's folder
@@ -287,18 +290,23 @@ class TrainedModel:
 
     def _by_name(self, raw_inputs: Any) -> np.ndarray:
         """A data frame's columns in the order the model was trained on, by name (a CSV's; its target and other
-        columns left out); any other input as it is."""
+        columns left out, the constant columns training dropped optional); a frame that names none of them (e.g.
+        numbered columns), and any other input, by position as it is."""
         names = self.record.get("feature_names") or []  # absent from model.pt files written before; empty: not a CSV
         columns = getattr(raw_inputs, "columns", None)
         if not names or columns is None:
             return np.asarray(raw_inputs)
         given = {str(c): c for c in columns}
-        missing = [n for n in names if n not in given]
+        if not given.keys() & set(names):
+            return np.asarray(raw_inputs)
+        dropped = set(self.record.get("dropped_columns") or [])
+        missing = [n for i, n in enumerate(names) if n not in given and i not in dropped]
         if missing:
             shown = ", ".join(repr(n) for n in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise ValueError(f"predict: the data frame has no column {shown}; the model reads the {len(names)} feature "
-                             f"columns it was trained on, by name (others, such as the target, are left out)")
-        return np.asarray(raw_inputs[[given[n] for n in names]])
+            raise ValueError(f"predict: the data frame has no column {shown}; the model reads the {len(names) - len(dropped)} "
+                             f"feature columns it was trained on, by name (others, such as the target, are left out)")
+        kept = [given[n] for i, n in enumerate(names) if i not in dropped]
+        return np.asarray(raw_inputs[kept])  # as wide as the model's inputs: _without_dropped_columns leaves it so
 
     def _without_dropped_columns(self, raw: np.ndarray) -> np.ndarray:
         """Raw rows as wide as the CSV's features without the columns training left out (constant ones)."""

@@ -77,9 +77,10 @@ def check_model(spec: StudySpec, data: Any, code: UserCode) -> None:
     except Exception as error:  # noqa: BLE001
         first = str(error).splitlines()[0] if str(error) else ""
         dropped = getattr(data, "dropped_columns", ())
+        sizes = any(word in str(error).lower() for word in ("shape", "size", "mat1", "dimension"))  # a width mismatch
         why = (f" ({len(dropped)} constant column(s) of the CSV file were dropped, so a row has {x.shape[-1]} features, "
                f"not {x.shape[-1] + len(dropped)}; build from input_shape, or set data.drop_constant_columns = false)"
-               if dropped else "")
+               if dropped and sizes else "")
         raise SpecError(spec.source, field, reference,
                         f"the model it builds fails on a batch of inputs of shape {tuple(x.shape)}{why}: "
                         f"{type(error).__name__}: {first}") from None
@@ -116,7 +117,8 @@ def check_training_step(spec: StudySpec, data: Any, code: UserCode) -> None:
             value = model_loss(data.task, with_declared(code.loss, declared))(model.to(device).train()(x.to(device)), y.to(device))
             if not any(p.requires_grad for p in model.parameters()):
                 raise SpecError(spec.source, "model.family", spec.model.family,
-                                "the model it builds has no parameters to train; give it layers with weights")
+                                "the model it builds has no parameters to train (none, or all with requires_grad=False); "
+                                "give it layers with weights that train")
             if isinstance(value, torch.Tensor) and not value.requires_grad:
                 raise SpecError(spec.source, "model.family", spec.model.family,
                                 f"{trained}: in training its outputs carry no gradient (.detach(), .item(), numpy or "

@@ -336,7 +336,8 @@ def shape_diagnosis(stage: StageRuns, reference: float | None, objective: str) -
         sentences.append("Best per schedule: " + ", ".join(
             f"{s} {loss_like(v, stage.direction):.3g}" if math.isfinite(v) else f"{s} none complete (only pruned trials)"
             for s, v in ranked) + ".")
-    verdict = classify_curve(as_errors([best.curve], stage.maximizes)[0])  # a score: its gap to the best
+    # A score: its gap to the best; read against its untrained value, where stored.
+    verdict = classify_curve(as_errors([best.curve], stage.maximizes)[0], untrained_errors([best], stage.maximizes)[0])
     words = {
         "decaying": "rises steadily" if stage.maximizes else "decays steadily",
         "plateau": "hardly improves (a plateau)",

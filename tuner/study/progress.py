@@ -117,10 +117,10 @@ class ConsoleReporter(Reporter):
         self._waiting_since = None
         self._clock = _StageClock(stage.budget, n_finished)
         self._best = _BestShown(stage.direction)
+        resumed = 0 < n_finished < stage.budget  # trials stored by an earlier run (or by other workers, under way)
         if not self.live:
-            resumed = "resuming, " if 0 < n_finished < stage.budget else ""  # trials stored by an earlier run
-            self.console.print(f"stage {stage.name}: {resumed}{n_finished}/{stage.budget} trials done, {stage.epochs} epochs each",
-                               highlight=False, markup=False)
+            self.console.print(f"stage {stage.name}: {'resuming, ' if resumed else ''}{n_finished}/{stage.budget} trials "
+                               f"done, {stage.epochs} epochs each", highlight=False, markup=False)
             return
         self._progress = Progress(
             TextColumn("[bold]{task.fields[stage]}[/]"),
@@ -134,7 +134,8 @@ class ConsoleReporter(Reporter):
         )
         self._progress.start()
         self._task = self._progress.add_task(
-            "", total=stage.budget, completed=n_finished, stage=stage.name, best="-", left="?"
+            "", total=stage.budget, completed=n_finished, stage=f"{stage.name} (resuming)" if resumed else stage.name,
+            best="-", left="?"
         )
 
     def trial_finished(self, stage: Stage, trial: FrozenTrial, n_finished: int, best_value: float | None) -> None:

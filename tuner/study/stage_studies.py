@@ -13,6 +13,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +151,8 @@ def check_stored_settings(spec: StudySpec, storage: optuna.storages.BaseStorage,
         contract.check_version(study.study_name, study.user_attrs)
     spec = _put_back_defaults(spec, studies, note)
     specs = {variant.label: variant.spec for variant in variants(spec)}  # each stage lr compared with its own choice
-    for stage, study in studies.items():
-        _check_settings(study, specs.get(stage, spec), contract.stage_kind(stage), code, note)
+    takeovers = [_check_settings(study, specs.get(stage, spec), contract.stage_kind(stage), code)
+                 for stage, study in studies.items()]
     handed_off = studies["shape"].user_attrs.get(contract.LR_ATTR) if "shape" in studies else None
     for stage in specs if handed_off is not None else ():
         lr_attrs = studies[stage].user_attrs if stage in studies else {}
@@ -164,6 +165,9 @@ def check_stored_settings(spec: StudySpec, storage: optuna.storages.BaseStorage,
                 f"run but 'shape' would stay at the old rate. Put stages.lr.trials back to {calibrated_on} (or "
                 f"lower) to resume, or run under a new name (--name NEW) to calibrate again"
             )
+    for takeover in takeovers:  # written once every stage passed: a refused run leaves the stored settings as they were
+        if takeover is not None:
+            takeover.apply(note)
     return spec
 
 
@@ -176,14 +180,48 @@ def _made_elsewhere(study: optuna.Study, direction: str) -> bool:
     return bool(study.get_trials(deepcopy=False)) or _directions(study) != direction or not set(study.user_attrs) <= ours
 
 
-def _only_failed(study: optuna.Study) -> bool:
-    """Whether every trial of ``study`` failed: some trial, and none complete, pruned, running or waiting."""
+@dataclass(frozen=True)
+class Takeover:
+    """A stage study whose every trial failed, to go on with changed code or data: what to write, and the line saying so."""
+
+    study: optuna.Study
+    attrs: dict[str, Any]
+    sentence: str
+
+    def apply(self, note: Callable[[str], None] | None) -> None:
+        write_study_attrs(self.study, self.attrs)
+        if note is not None:
+            note(self.sentence)
+
+
+def _takeover(study: optuna.Study, spec: StudySpec, stage: str, code: UserCode | None, stored: dict[str, Any],
+              wanted: dict[str, Any], changed: list[str]) -> Takeover | None:
+    """The takeover of ``study`` by the spec's changed code or data, where allowed; None where not.
+
+    Allowed where every trial of the study failed (none complete, pruned, running or waiting: nothing
+    trained by the old code is kept in its results), only the identity of code or data changed (any
+    other setting is refused as ever), and the new identity is not one the study already left behind (a
+    worker with an old copy of the code must not take the study back from the fixed one). What the old
+    code measured on the study goes with it: the range test (``lr_find``) and the batching fallback.
+    """
     trials = study.get_trials(deepcopy=False)
-    return bool(trials) and all(t.state == optuna.trial.TrialState.FAIL for t in trials)
+    identity = wanted.get("identity")
+    if not changed or not identity or not trials or any(t.state != optuna.trial.TrialState.FAIL for t in trials):
+        return None
+    left = study.user_attrs.get(contract.LEFT_IDENTITIES_ATTR) or []
+    settings = {**stored, "identity": stage_settings(spec, stage, code, stored_identity=stored.get("identity"))["identity"]}
+    if _normalise(settings) != wanted or _normalise({"identity": identity}) in [_normalise({"identity": i}) for i in left]:
+        return None
+    return Takeover(study, {contract.SETTINGS_ATTR: settings, contract.SETTINGS_HASH_ATTR: settings_hash(settings),
+                            contract.LEFT_IDENTITIES_ATTR: [*left, stored.get("identity")],
+                            contract.LR_FIND_ATTR: None, contract.FALLBACK_ATTR: None},
+                    f"study '{study.study_name}' has no finished trial (its {len(trials)} trials failed): it goes on with "
+                    f"the changed code or data ({'; '.join(changed)}); the failed trials stay, marked failed")
 
 
-def _check_settings(study: optuna.Study, spec: StudySpec, stage: str, code: UserCode | None = None,
-                    note: Callable[[str], None] | None = None) -> None:
+def _check_settings(study: optuna.Study, spec: StudySpec, stage: str, code: UserCode | None = None) -> Takeover | None:
+    """Refuse ``study`` made with other settings, code or data than ``spec``'s (StudyMismatchError); a
+    :class:`Takeover` where every trial failed and only the code or data changed, to apply once every stage passed."""
     stored = study.user_attrs.get(contract.SETTINGS_ATTR)
     name = study.study_name
     if stored is None and not _made_elsewhere(study, spec.train.direction):
@@ -201,15 +239,10 @@ def _check_settings(study: optuna.Study, spec: StudySpec, stage: str, code: User
     if from_main:
         raise StudyMismatchError(f"study '{name}' was run with {from_main}")
     changed = code_changes(stored.get("identity") or {}, wanted.get("identity") or {}, spec, code)
-    if changed and _only_failed(study):  # a first try that failed on its code: the fixed code goes on in it
-        identity = stage_settings(spec, stage, code, stored_identity=stored.get("identity"))["identity"]
-        write_study_attrs(study, {contract.SETTINGS_ATTR: {**stored, "identity": identity},
-                                  contract.SETTINGS_HASH_ATTR: settings_hash({**stored, "identity": identity})})
-        if note is not None:
-            note(f"study '{name}' has no finished trial (its {len(study.get_trials(deepcopy=False))} trials failed): it "
-                 f"goes on with the changed code ({'; '.join(changed)}); the failed trials stay, marked failed")
-        stored = study.user_attrs[contract.SETTINGS_ATTR]
-    elif changed:
+    takeover = _takeover(study, spec, stage, code, stored, wanted, changed)
+    if takeover is not None:
+        return takeover
+    if changed:
         raise StudyMismatchError(
             f"study '{name}' was made with other code or data: {'; '.join(changed)}. Its trials would be mixed "
             f"with different ones: give the study a new name (name = \"...\" in the spec, or --name NEW), or "
@@ -297,7 +330,9 @@ def open_stage_study(spec: StudySpec, stage: Stage, storage: optuna.storages.Bas
                 break  # its creator died before writing them: take it over below
             time.sleep(0.05)
         if contract.SETTINGS_ATTR in study.user_attrs or _made_elsewhere(study, spec.train.direction):
-            _check_settings(study, spec, stage.kind, code)
+            takeover = _check_settings(study, spec, stage.kind, code)
+            if takeover is not None:  # check_stored_settings takes a study over first; a study made meanwhile, here
+                takeover.apply(None)
             return study
     settings = stage_settings(spec, stage.kind, code)
     # In one commit where the storage allows: a worker waiting for the settings sees all of them at once.

@@ -90,6 +90,9 @@ SURPLUS_ATTR = "surplus"  # on a trial failed untrained because other workers ha
 # On a trial that trained alone though it was asked with others (and, since issue 23, on its stage study, the
 # latest such reason): why, in one line.
 FALLBACK_ATTR = "fallback"
+# On a stage study whose every trial failed and that went on with changed code or data: the identities it
+# left behind, so that a worker with an old copy of the code never takes it back.
+LEFT_IDENTITIES_ATTR = "left_identities"
 # On a stage study (since issue 23): K, how many trials its latest batch trained as one model (absent: 1). The
 # ask batch is apart from it, in SEARCH_ATTR under ASK_BATCH_KEY: what TPE saw, whatever trained together.
 TRAINED_TOGETHER_ATTR = "trained_together"

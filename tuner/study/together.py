@@ -65,7 +65,7 @@ def asks_apart_reason(spec: StudySpec) -> str | None:
     if spec.train.loss or spec.train.metric:
         return f"tuner's batched LSTM trains with its own loss and metric only ([train] loss or metric given) {why}"
     if not batchable_params(spec):
-        return f"tuner's batched LSTM has no dropout and passes no declared parameter to your code {why}"
+        return f"tuner's batched LSTM takes no dropout nor other declared parameter ([stages.shape.params]) {why}"
     return None
 
 
@@ -97,6 +97,6 @@ def settled_ask_batch(spec: StudySpec, stage: Stage, study: optuna.Study, *, str
     reason = asks_apart_reason(spec) if lr.batched else None
     if streamed and lr.batched and stage.batch_trials > 1:
         stage, reason = dataclasses.replace(stage, batch_trials=1), STREAMED_FALLBACK
-    if reason and lr.batch_trials > 1 and FALLBACK_ATTR not in study.user_attrs:
+    if reason and lr.batch_trials > 1 and not study.user_attrs.get(FALLBACK_ATTR):
         study.set_user_attr(FALLBACK_ATTR, reason)
     return stage

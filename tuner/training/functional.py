@@ -67,7 +67,8 @@ def _first_line(error: BaseException, limit: int = 160) -> str:
     line = text[0]
     if len(line) > limit:
         cut = line[:limit]
-        end = max(cut.rfind(". "), cut.rfind("; "))
+        ends = [i for i in range(len(cut) - 1) if cut[i:i + 2] == ". " and not cut[:i].endswith(("e.g", "i.e", "etc"))]
+        end = ends[-1] if ends else -1
         line = cut[:end + 1] if end >= limit // 4 else f"{cut[:cut.rfind(' ')]} ..."
     return f"{type(error).__name__}: {line}"
 
