@@ -80,3 +80,15 @@ def test_the_readme_set_up_matches_ci_and_says_what_it_assumes() -> None:
     assert "a clone of this repository, a shell in its folder, and a virtual environment" in readme
     assert "whose name is not `tuner`" in readme
     assert f"pip install torch=={set_up.group(2)} --index-url https://download.pytorch.org/whl/cpu" in readme
+
+
+def test_every_python_call_of_tuner_the_readme_names_is_there_after_import_tuner() -> None:
+    # A new user's `tuner.importance.importance_table(...)`, as the README had it, failed after a plain `import tuner`.
+    readme = (ROOT / "README.md").read_text()
+    named = set(re.findall(r"\btuner((?:\.[A-Za-z_]\w*)+)\(", readme))
+    assert named, "the README names no call of tuner's Python API"
+    for path in sorted(named):
+        value = tuner
+        for part in path.strip(".").split("."):
+            value = getattr(value, part, None)
+            assert value is not None, f"README: tuner{path}(...) is not there after `import tuner`"

@@ -342,3 +342,27 @@ def test_the_audit_verdict_says_which_parameters_it_could_not_judge(audited: tup
     assert without > 0  # 'constant' trials have no decay (stages.shape.conditional): the case to say
     assert f"decay is set in {len(complete) - without} of {len(complete)} trials" in verdict.message
     assert verdict.message.endswith(".") and "Not judged: decay and its interaction with lr" in verdict.message
+
+
+def test_the_python_analysis_prints_none_of_optunas_lines_and_leaves_its_verbosity(
+    audited: tuple[str, tuner.StudyResult]
+) -> None:
+    # A new user's tuner.write_importance printed 63 lines of "A new study created in memory" (Optuna at INFO,
+    # its default): the studies the analysis makes for its own sums are not theirs.
+    import logging
+
+    storage, _ = audited
+    said: list[str] = []
+    listener = logging.Handler()
+    listener.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    optuna_logger = logging.getLogger("optuna")
+    optuna_logger.addHandler(listener)
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    try:
+        optuna_logger.info("the listener hears Optuna at INFO")
+        table, _ = tuner.importance_table("audited", storage)
+        assert len(table) and said == ["the listener hears Optuna at INFO"], said[:3]
+        assert optuna.logging.get_verbosity() == optuna.logging.INFO  # the user's own setting, as it was
+    finally:
+        optuna_logger.removeHandler(listener)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)

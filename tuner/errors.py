@@ -123,3 +123,18 @@ def quiet_optuna() -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+@contextmanager
+def optuna_silenced() -> Iterator[None]:
+    """Optuna's log off for a while, as it was afterwards: the in-memory studies an analysis makes for its own
+    sums ("A new study created in memory", "Param depth unique value length is less than 2") are not the user's,
+    and a library call must not change the user's own Optuna verbosity for good."""
+    import optuna
+
+    was = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(was)

@@ -37,6 +37,7 @@ from tuner.analysis.calibrated import as_calibrated, stored_rule
 from tuner.analysis.fanova import fanova_importances
 from tuner.analysis.rungs import deepest_rung
 from tuner.deprecation import keyword_only_since
+from tuner.errors import optuna_silenced
 from tuner.inputs.choices import CHOICE_FIELDS
 
 # The loaders of a stored study live in tuner.study.results; importable from here as before.
@@ -411,13 +412,13 @@ def _ped_anova_rows(
 
 def _ped_anova_shares(trials: Sequence[FrozenTrial], values: Sequence[float], params: list[str]) -> dict[str, float]:
     """PED-ANOVA importances normalised to sum to 1 (all 0 when they are all 0, e.g. constant values)."""
-    study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction="minimize")
-    study.add_trials([
-        optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=value)
-        for t, value in zip(trials, values)
-    ])
-    with warnings.catch_warnings():
+    with optuna_silenced(), warnings.catch_warnings():  # our own sums' study: none of Optuna's lines about it
         warnings.simplefilter("ignore")  # its small-sample advice: our minimum trial count is the answer
+        study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction="minimize")
+        study.add_trials([
+            optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=value)
+            for t, value in zip(trials, values)
+        ])
         raw = optuna.importance.PedAnovaImportanceEvaluator().evaluate(study, params=params)
     total = sum(raw.values())
     return {p: (raw.get(p, 0.0) / total if total > 0 else 0.0) for p in params}
