@@ -249,3 +249,12 @@ def test_the_smoothed_curve_shown_is_the_one_the_rules_read(seed: int) -> None:
     assert np.isnan(curve[: LRS.size // 10]).all()  # the warm-up the rules drop is not drawn as if read
     # fastai's forward average, which lr-find drew before, lags: its minimum lies elsewhere.
     assert LRS[int(np.nanargmin(smooth(noisy)))] > 2 * LRS[int(np.nanargmin(curve))]
+
+
+def test_a_curve_lowest_before_its_steepest_descent_is_refused_not_read_into_a_range_that_misses_its_suggestion() -> None:
+    # A new user's 12-step ramp suggested 0.0123 with a search range of 1e-07 to 5.34e-07: its smoothed loss was
+    # lowest at its second point, and its descent further on never went below it.
+    lrs = np.logspace(-7, 1, 30)
+    losses = np.r_[[1.0] * 3, [0.9] * 4, [1.2] * 10, np.linspace(1.2, 0.95, 8), [0.95, 1.0, 3, 20, 80]]
+    with pytest.raises(ValueError, match="cannot be read: its loss is lowest at lr .* before its steepest descent"):
+        suggest(lrs, losses)

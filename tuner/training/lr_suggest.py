@@ -17,6 +17,7 @@ of them; see its docstring for the exact pipeline.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,7 @@ __all__ = ["MIN_POINTS", "Suggestion", "smooth", "smoothed_curve", "stop_index",
 
 #: Fewest usable (finite) points :func:`suggest` needs to say anything.
 MIN_POINTS = 5
+FEW_POINTS = 20  # fewer usable points than this, and a failed reading may be the ramp's noise
 #: The valley is a run where the slope is at least this fraction of the steepest slope.
 VALLEY_SLOPE_FRACTION = 0.05
 #: Position of the valley suggestion along its run, in log10(lr).
@@ -230,8 +232,9 @@ def suggest(
     x, s, smallest_lr = _read_curve(lrs, losses, beta, factor)
     slope = np.gradient(s, x)
     i_steep = int(np.argmin(slope))
+    few = f", or run more steps (only {len(x)} usable points)" if len(x) < FEW_POINTS else ""
     if not slope[i_steep] < 0:
-        raise ValueError("loss never decreases over the tested range; start the ramp at a lower LR")
+        raise ValueError(f"loss never decreases over the tested range; start the ramp at a lower LR{few}")
     descending = np.concatenate(([0], slope < VALLEY_SLOPE_FRACTION * slope[i_steep], [0]))
     edges = np.diff(descending.astype(int))
     run_starts, run_ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1
@@ -249,6 +252,11 @@ def suggest(
     # lr[0] <= search_min <= search_max <= lr_at_min <= lr[-1]: inside the tested range.
     search_max = min(3.0 * high, lr_at_min)
     search_min = max(low / 3.0, smallest_lr)
+    if not search_min <= float(np.median(rules)) <= search_max:
+        # The smoothed loss is lowest before its steepest descent: the ramp's noise, not a curve to read.
+        raise ValueError(f"the range test cannot be read: its loss is lowest at lr {lr_at_min:.3g}, before its steepest "
+                         f"descent at {steep:.3g}, so the rules disagree by {math.log10(high / low):.1f} decades; "
+                         f"run more steps (--steps; {len(x)} usable points here), or start the ramp at a lower LR")
     return Suggestion(
         steep=steep,
         valley=valley,
