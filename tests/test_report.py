@@ -329,7 +329,7 @@ def test_epochs_to_target_counts_to_90_percent_of_the_way_from_untrained_to_best
 def test_no_target_when_no_rate_ended_below_where_the_slowest_began() -> None:
     runs = [_run(1e-5, [0.5, 0.6]), _run(1e-3, [0.55, 0.52])]
     assert error_target(runs) is None
-    assert "no target error" in target_sentence(runs, "validation error")
+    assert "no target to count epochs to" in target_sentence(runs, "validation error")
     fig = plot_lr_cost(runs, 1e-3, "validation error")
     assert "no target" in " ".join(t.get_text() for t in fig.axes[1].texts)
 
@@ -466,3 +466,16 @@ def test_an_importance_figure_not_drawn_says_which_stages_were_skipped_and_why(t
     why = written.missing["importance"]
     assert why.startswith("every stage analysed searched one parameter")
     assert "stage shape skipped: 3 complete trials" in why  # the real reason there is nothing to compare
+
+
+def test_a_study_of_the_validation_loss_is_captioned_and_titled_in_its_own_word(tmp_path: Path) -> None:
+    # A new user's wine study (objective val_loss): "its validation error after the last epoch", "the final error",
+    # "the target error" beside a diagnosis that rightly spoke of the validation loss.
+    table = {**REPORTED_SPEC, "name": "lossy", "train": {**REPORTED_SPEC["train"], "objective": "val_loss"},
+             "stages": {"lr": {"trials": 10, "lr_min": 1e-3, "lr_max": 1.0},
+                        "shape": {**REPORTED_SPEC["stages"]["shape"], "trials": 10}}}
+    url = f"sqlite:///{tmp_path / 'lossy.db'}"
+    tuner.run_study(tuner.spec_from_dict(table), storage=url, device="cpu")
+    page = write_report("lossy", storage=url, out=tmp_path / "report").index.read_text()
+    assert "its validation loss after the last epoch" in page and "variation of the final loss" in page
+    assert "target loss" in page and "validation error" not in page and "final error" not in page

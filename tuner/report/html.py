@@ -8,14 +8,14 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from tuner.report.runs import StageRuns, file_key, lr_stage_runs, stage_rate, trial_costs
+from tuner.report.runs import StageRuns, file_key, lr_stage_runs, objective_word, stage_rate, trial_costs
 from tuner.report.words import fmt_value, lr_time_caption, rate_words
 from tuner.storage import redact
 from tuner.study.results import lr_stages
 from tuner.study.stored import BUDGET_ATTR, CHOICE_ATTR, RATES_ATTR, SETTINGS_ATTR, stage_kind
 
 CAPTIONS = {
-    "lr_sensitivity": "Each dot is one trial of stage lr: its validation error after the last epoch against its "
+    "lr_sensitivity": "Each dot is one trial of stage lr: its {what} after the last epoch against its "
     "learning rate. Too small a rate has not learned yet (left), too large a rate oscillates or diverges (right); "
     "the bottom of the “U” is where to train. Red crosses on top: runs whose loss blew up. Green: the rate handed "
     "on to stage shape.",
@@ -26,7 +26,7 @@ CAPTIONS = {
     "depth by the optimizer's rule), coloured by decay schedule; "
     "the star is the best. The dotted line is the best of stage lr on the small network, for comparison. 'constant' "
     "ignores decay: in the decay panel its trials stand in a column of their own.",
-    "importance": "How much of the variation of the final error each hyperparameter explains on its own, and (hatched) "
+    "importance": "How much of the variation of the final {word} each hyperparameter explains on its own, and (hatched) "
     "pairs of them together beyond their separate effects. Error bars: ± one standard deviation. A stage that "
     "searched one parameter (stage lr: it explains everything) has no panel. A panel “at epoch N” reads every "
     "trial that reached epoch N, pruned ones included, at that epoch: it leans against slow starters, as "
@@ -35,7 +35,7 @@ CAPTIONS = {
 WIDE_FIGURES = ("lr_curves", "lr_time", "shape")  # words below them, not beside
 INTERACTIVE_TITLES = {
     "history": "optimization history of stage {stage} (best so far by trial)",
-    "contour_shape": "contour of the final error over two shape parameters",
+    "contour_shape": "contour of the final {word} over two shape parameters",
 }
 
 
@@ -105,6 +105,7 @@ def index_html(
     diagnosis: dict[str, list[str]],
 ) -> str:
     e = html.escape
+    word = objective_word(objective, next(iter(stages.values())).maximizes)  # "loss" where the objective is val_loss
     # Stage shape's settings where it exists: with listed choices, a stage lr holds one optimizer of them.
     settings = (stages.get("shape") or next(iter(stages.values()))).study.user_attrs.get(SETTINGS_ATTR) or {}
     data, model, train = settings.get("data", {}), settings.get("model", {}), settings.get("train", {})
@@ -156,7 +157,8 @@ code {{ background: #f3f3f3; padding: 0 .25em; }}
             words = "".join(f"<li>{e(s)}</li>" for s in diagnosis.get(stage, [])) if stage else ""
             side = f"<h3>Diagnosis</h3><ul>{words}</ul>" if words else ""
             wide = " wide" if kind in WIDE_FIGURES else ""
-            caption = lr_time_caption(trial_costs(stages[of or "lr"].runs)) if kind == "lr_time" else CAPTIONS[kind]
+            caption = lr_time_caption(trial_costs(stages[of or "lr"].runs), word) if kind == "lr_time" else \
+                CAPTIONS[kind].format(what=objective.split(" (")[0], word=word)
             parts.append(
                 f'<div class="fig{wide}"><a href="{e(figures[key].name)}"><img src="{e(figures[key].name)}" '
                 f'alt="{e(key)}"></a><div class="words"><p class="caption">{e(caption)}</p>{side}</div></div>'
@@ -188,7 +190,7 @@ code {{ background: #f3f3f3; padding: 0 .25em; }}
                 named = {file_key(stage): stage for stage in stages}  # lr-optimizer-adam: stage lr[optimizer=adam]
                 title = INTERACTIVE_TITLES["history"].format(stage=named.get(key.removeprefix("history_"), key))
             else:
-                title = INTERACTIVE_TITLES.get(key, key)
+                title = INTERACTIVE_TITLES.get(key, key).format(word=word)
             parts.append(f'<li><a href="{e(path.name)}">{e(title)}</a></li>')
     for key in ("interactive", "contour_shape"):
         if key in missing:

@@ -16,7 +16,9 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import Formatter, MaxNLocator
 
 from tuner.report.figures import CHOSEN_COLOR, DIVERGED_COLOR, new_figure, plain_log_y, use_log_y
-from tuner.report.runs import Run, TrialCosts, as_errors, epochs_to_target, error_target, trial_costs, untrained_errors
+from tuner.report.runs import (
+    Run, TrialCosts, as_errors, epochs_to_target, error_target, objective_word, trial_costs, untrained_errors,
+)
 from tuner.report.words import divergence_onset
 from tuner.study.rate_rule import SMOOTHED_RULES
 
@@ -122,7 +124,7 @@ def plot_lr_sensitivity(runs: Sequence[Run], chosen_lr: float | None, objective:
     _lr_axis(ax)
     ax.set_xlim(min(lrs) / 1.5, max(lrs) * 1.5)
     ax.set_ylabel(f"final {objective}" + ("" if maximize else "\n(lower is better)"))
-    ax.set_title(f"Learning-rate sensitivity (stage lr): {'score' if maximize else 'error'} after the last epoch, by rate\n"
+    ax.set_title(f"Learning-rate sensitivity (stage lr): {objective_word(objective, maximize)} after the last epoch, by rate\n"
                  "too small crawls (left), too large oscillates or diverges (right)", fontsize=10)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
     return fig
@@ -170,9 +172,10 @@ def plot_lr_cost(runs: Sequence[Run], chosen_lr: float | None, objective: str, m
         ax_e.set_title(f"Epochs until {what} ≤ {target.value:.3g}\n({target.share:.0%} of the way from "
                        f"{target.start:.3g}, untrained, to the best {target.best:.3g})", fontsize=10)
     else:
-        ax_e.text(0.5, 0.5, "no target: no rate ended below the error\nof the smallest rate after one epoch",
+        word = objective_word(objective, maximize)
+        ax_e.text(0.5, 0.5, f"no target: no rate ended below the {word}\nof the smallest rate after one epoch",
                   transform=ax_e.transAxes, ha="center", va="center", fontsize=9)
-        ax_e.set_title("Epochs to reach a target error", fontsize=10)
+        ax_e.set_title(f"Epochs to reach a target {word}", fontsize=10)
     diverged = [r for r in runs if r.diverged]
     if diverged:
         ax_e.scatter([r.params["lr"] for r in diverged], [never_y] * len(diverged), marker="x", s=40,

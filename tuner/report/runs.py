@@ -223,6 +223,12 @@ def objective_label(stages: dict[str, StageRuns]) -> str:
     }.get(first.get(TASK_ATTR) or stored_task(first.get(SETTINGS_ATTR) or {}), "validation error")
 
 
+def objective_word(objective: str, maximize: bool = False) -> str:
+    """The one word a caption or title uses for the objective of :func:`objective_label`: score, loss, error or value."""
+    noun = objective.split(" (")[0]
+    return "score" if maximize else "loss" if noun.endswith("loss") else "error" if noun.endswith("error") else "value"
+
+
 def stored_task(settings: dict[str, Any]) -> str | None:
     """The task of a study's stored settings; None when it cannot be told (a CSV file no longer there)."""
     stored = settings.get("data") or {}

@@ -274,7 +274,7 @@ def target_sentence(runs: Sequence[Run], what: str) -> str:
     target = error_target(runs)
     if target is None:
         return (f"No rate ended below the {what} of the smallest rate after one epoch: "
-                "no target error to count epochs to.")
+                "no target to count epochs to.")
     head = (f"Target {what} ≤ {target.value:.3g}: {target.share:.0%} of the way from {target.start:.3g} "
             f"(the smallest rate, {target.start_lr:.2g}, after one epoch: about untrained) to the best {target.best:.3g}.")
     fastest = [(e, r) for r in runs if not r.diverged for e in [epochs_to_target(r.curve, target.value)] if e is not None]
@@ -284,9 +284,9 @@ def target_sentence(runs: Sequence[Run], what: str) -> str:
     return head + f" The quickest run reached it in {e} epoch(s), at learning rate {r.params['lr']:.2g}."
 
 
-def lr_time_caption(costs: TrialCosts | None) -> str:
-    """The caption of lr_time.png, naming what its left panel measures."""
-    right = ("Right: how many epochs each rate needed to reach the target error; a large enough rate gets there "
+def lr_time_caption(costs: TrialCosts | None, word: str = "error") -> str:
+    """The caption of lr_time.png, naming what its left panel measures (``word``: the objective's, e.g. "loss")."""
+    right = (f"Right: how many epochs each rate needed to reach the target {word}; a large enough rate gets there "
              "in few epochs, too large a one never does.")
     if costs is None:
         return "Left: no training time was stored. " + right
