@@ -250,7 +250,7 @@ def summary_table(result: StudyResult, objective: str) -> Table:
     table.add_column("best setting")
     table.add_column(f"best {objective}", justify="right")
     table.add_column("trials (ok/pruned/failed)", justify="right")
-    table.add_column("time", justify="right")
+    table.add_column("time (first start to last end)", justify="right")  # across resumed runs: their pauses too
     for summary in result.stages.values():
         is_lr = stage_kind(summary.stage) == "lr"
         params = ", ".join(
