@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator
 
-from tuner.report.runs import STAGES, Run
+from tuner.report.runs import STAGES, Run, objective_word
 
 DPI = 100
 DIVERGED_COLOR = "#d62728"
@@ -97,6 +97,7 @@ def plot_shape(runs: Sequence[Run], objective: str, reference: float | None, max
     complete = [r for r in runs if r.value is not None]
     if not complete:
         return None
+    word = objective_word(objective, maximize)  # score, loss or error, as the objective is
     fig = new_figure(figsize=(10, 7.5))
     axes = fig.subplots(2, 2, sharey=True)
     best = (max if maximize else min)(complete, key=lambda r: r.value)  # type: ignore[arg-type,return-value]
@@ -135,7 +136,7 @@ def plot_shape(runs: Sequence[Run], objective: str, reference: float | None, max
         plain_log_x(ax)
         ax.set_xlabel("width: hidden units per layer (log scale)")
     ax.set_ylabel(f"final {objective}")
-    ax.set_title("Error by width", fontsize=10)
+    ax.set_title(f"{word.capitalize()} by width", fontsize=10)
 
     ax = axes[0][1]
     if "depth" in best.params:
@@ -143,7 +144,7 @@ def plot_shape(runs: Sequence[Run], objective: str, reference: float | None, max
         depths = sorted({int(r.params["depth"]) for r in complete})
         ax.set_xticks(depths)
         ax.set_xlabel("depth: hidden layers")
-    ax.set_title("Error by depth", fontsize=10)
+    ax.set_title(f"{word.capitalize()} by depth", fontsize=10)
 
     ax = axes[1][0]
     positions = {s: i for i, s in enumerate(schedules)}
@@ -156,7 +157,7 @@ def plot_shape(runs: Sequence[Run], objective: str, reference: float | None, max
     ax.set_xticks(range(len(schedules)), [f"{s}\n({len(g)})" for s, g in zip(schedules, groups)])
     ax.set_xlabel("decay schedule (trials)")
     ax.set_ylabel(f"final {objective}")
-    ax.set_title("Error by schedule", fontsize=10)
+    ax.set_title(f"{word.capitalize()} by schedule", fontsize=10)
 
     ax = axes[1][1]
     if any("decay" in r.params for r in complete):  # sampled only where the schedule decays (conditional)
@@ -179,7 +180,7 @@ def plot_shape(runs: Sequence[Run], objective: str, reference: float | None, max
     else:  # decay is sampled only where the schedule decays: say why the panel is empty
         ax.text(0.5, 0.5, "no complete trial with a\nschedule that decays", transform=ax.transAxes, ha="center",
                 va="center", color="0.35", fontsize=9)
-    ax.set_title("Error by decay", fontsize=10)
+    ax.set_title(f"{word.capitalize()} by decay", fontsize=10)
     shown = [r.value for r in complete if cap is None or r.value <= cap]  # type: ignore[operator]
     if use_log_y(shown):  # errors over orders of magnitude (a loss near 0): the best would sit on the floor
         plain_log_y(axes[0][0])
@@ -197,12 +198,12 @@ def plot_shape(runs: Sequence[Run], objective: str, reference: float | None, max
                                                           for r in runs) else "the calibrated rate"
     if any(r.move != 1.0 for r in runs):  # lr_transfer = "rule": each shape started from the rate moved for it
         rate += " moved for its shape"
-    title = ("Stage shape: final error by network size and learning-rate schedule, "
+    title = (f"Stage shape: final {word} by network size and learning-rate schedule,\n"  # two lines: it fits the figure
              + (f"each at {rate} × its lr_scale" if scaled else f"each at {rate}"))
     notes = []
     if cap is not None:
         n_out = sum(r.value > cap for r in complete)  # type: ignore[operator]
-        notes.append(f"▲ on the top edge: {n_out} trial(s) with error above {cap:.3g}, off the scale")
+        notes.append(f"▲ on the top edge: {n_out} trial(s) with {word} above {cap:.3g}, off the scale")
     if n_div:
         notes.append(f"{n_div} diverged trial(s) not shown")
     if notes:
