@@ -128,8 +128,8 @@ def write_report(name: str, *, storage: str | None = None, out: str | Path | Non
     table, why = importance_data(name, url)
     if table is not None and not table.empty:
         # No panel when every stage analysed searched one parameter; say which stages were not analysed and why.
-        draw("importance", plot_importance(table), "every stage analysed searched one parameter: nothing to compare"
-             + (f" ({why})" if why else ""))
+        draw("importance", plot_importance(table), f"{why}; the stages analysed searched one parameter each" if why
+             else "every stage analysed searched one parameter: nothing to compare")
         diagnosis["importance"] = importance_sentences(table)
         if why:  # some stages had too few trials: say so beside the figure
             diagnosis["importance"].append(why[0].upper() + why[1:] + ".")
