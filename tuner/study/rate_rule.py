@@ -122,14 +122,13 @@ def _sig(value: float) -> float:
 
 
 def lowess(x: ArrayLike, y: ArrayLike, at: ArrayLike, *, fixed: ArrayLike | None = None,
-           passes: int = ROBUSTNESS_PASSES, backed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+           passes: int = ROBUSTNESS_PASSES) -> tuple[np.ndarray, np.ndarray]:
     """LOWESS of ``y`` on ``x``, evaluated at ``at`` and at ``x``: (fit at ``at``, fit at ``x``).
 
     Local linear fits with tricube weights, each spanning the nearest ``max(5, n/4)`` points and
     at least half a decade; then ``passes`` bisquare robustness passes (Cleveland 1979) on each
     point's residual from the fit of the others, down-weighting only points below it; points
-    flagged in ``fixed`` (the divergence wall: not noise) keep their full weight, and with ``backed``
-    (rule ``"basin"``) so do points a neighbour backs (:func:`_corroborated`).
+    flagged in ``fixed`` (the divergence wall: not noise) keep their full weight.
 
     Example:
         >>> fit, _ = lowess([0, 1, 2, 3, 4, 5], [0, 1, 2, -30, 4, 5], [3.0])  # one lucky point
@@ -153,25 +152,8 @@ def lowess(x: ArrayLike, y: ArrayLike, at: ArrayLike, *, fixed: ArrayLike | None
         # Only a point below the others' curve is suspect: luck that pulls the rate to itself. One
         # above it (a seed that trained badly, or a steep wall fitted too smoothly) can only push
         # the choice away from it, to rates other trials back.
-        robustness[keep | (residuals > 0) | (_corroborated(x, y, residuals, keep) if backed else False)] = 1.0
+        robustness[keep | (residuals > 0)] = 1.0
     return _local_fit(x, y, at, robustness), fitted_x
-
-
-def _corroborated(x: np.ndarray, y: np.ndarray, residuals: np.ndarray, fixed: np.ndarray) -> np.ndarray:
-    """Points below the others' curve that a neighbour backs: another trial within ``WINDOW_DECADES`` of it, also
-    below that curve, whose value lies closer to its own than half its distance to the curve.
-
-    Luck strikes one trial, not two neighbours alike: two adjacent rates that both trained well are the
-    basin, not a spike (the bundled ``digits_optimizers`` study's SGD sweep had its two best trials, 0.031
-    and 0.033 at 0.0375 and 0.058, both rejected beside a divergence wall, and handed on 0.0056).
-    """
-    below = (residuals < 0) & ~fixed
-    backed = np.zeros(len(x), dtype=bool)
-    for i in np.flatnonzero(below):
-        near = below & (np.abs(x - x[i]) <= WINDOW_DECADES + 1e-9)
-        near[i] = False
-        backed[i] = bool((np.abs(y[near] - y[i]) < -residuals[i] / 2).any())
-    return backed
 
 
 def _left_out_fit(x: np.ndarray, y: np.ndarray, robustness: np.ndarray) -> np.ndarray:
@@ -271,7 +253,7 @@ def choose_rate(lrs: ArrayLike, values: ArrayLike, diverged: ArrayLike, *, wall:
                          f"for a smoothed curve: it needs {MIN_POINTS} ({MIN_COMPLETE})", n_points)
 
     grid = np.linspace(x.min(), x.max(), GRID_POINTS)
-    fit, fitted_x = lowess(x, y, grid, fixed=walls, backed=within_noise)  # "robust" (contract 3-4) as it was
+    fit, fitted_x = lowess(x, y, grid, fixed=walls)
     step = grid[1] - grid[0] if len(grid) > 1 else 1.0
     half = round(WINDOW_DECADES / step) if step > 0 else 0
     worst = np.array([fit[max(0, i - half): i + half + 1].max() for i in range(len(grid))])
