@@ -256,5 +256,5 @@ def test_a_curve_lowest_before_its_steepest_descent_is_refused_not_read_into_a_r
     # lowest at its second point, and its descent further on never went below it.
     lrs = np.logspace(-7, 1, 30)
     losses = np.r_[[1.0] * 3, [0.9] * 4, [1.2] * 10, np.linspace(1.2, 0.95, 8), [0.95, 1.0, 3, 20, 80]]
-    with pytest.raises(ValueError, match="cannot be read: its loss is lowest at lr .* before its steepest descent"):
+    with pytest.raises(ValueError, match="cannot be read: its smoothed loss is lowest at lr .* before its steepest descent.*narrow the ramp"):
         suggest(lrs, losses)

@@ -232,7 +232,7 @@ def suggest(
     x, s, smallest_lr = _read_curve(lrs, losses, beta, factor)
     slope = np.gradient(s, x)
     i_steep = int(np.argmin(slope))
-    few = f", or run more steps (only {len(x)} usable points)" if len(x) < FEW_POINTS else ""
+    few = f", or run more steps (lr-find --steps: only {len(x)} usable points)" if len(x) < FEW_POINTS else ""
     if not slope[i_steep] < 0:
         raise ValueError(f"loss never decreases over the tested range; start the ramp at a lower LR{few}")
     descending = np.concatenate(([0], slope < VALLEY_SLOPE_FRACTION * slope[i_steep], [0]))
@@ -254,9 +254,12 @@ def suggest(
     search_min = max(low / 3.0, smallest_lr)
     if not search_min <= float(np.median(rules)) <= search_max:
         # The smoothed loss is lowest before its steepest descent: the ramp's noise, not a curve to read.
-        raise ValueError(f"the range test cannot be read: its loss is lowest at lr {lr_at_min:.3g}, before its steepest "
-                         f"descent at {steep:.3g}, so the rules disagree by {math.log10(high / low):.1f} decades; "
-                         f"run more steps (--steps; {len(x)} usable points here), or start the ramp at a lower LR")
+        # Seen where a short descent just before the blow-up is blended into it by the smoothing, which spans a
+        # fixed share of the ramp: a narrower ramp around the descent reads it, more steps on the same one do not.
+        raise ValueError(f"the range test cannot be read: its smoothed loss is lowest at lr {lr_at_min:.3g}, before its "
+                         f"steepest descent at {steep:.3g}, so the rules disagree by {math.log10(high / low):.1f} decades; "
+                         f"narrow the ramp around where the loss falls (lr-find's --start-lr and --end-lr; in a study, "
+                         f"stages.lr.lr_min and lr_max)")
     return Suggestion(
         steep=steep,
         valley=valley,
