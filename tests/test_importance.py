@@ -357,6 +357,7 @@ def test_the_python_analysis_prints_none_of_optunas_lines_and_leaves_its_verbosi
     listener.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
     optuna_logger = logging.getLogger("optuna")
     optuna_logger.addHandler(listener)
+    was = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.INFO)
     try:
         optuna_logger.info("the listener hears Optuna at INFO")
@@ -365,4 +366,4 @@ def test_the_python_analysis_prints_none_of_optunas_lines_and_leaves_its_verbosi
         assert optuna.logging.get_verbosity() == optuna.logging.INFO  # the user's own setting, as it was
     finally:
         optuna_logger.removeHandler(listener)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.logging.set_verbosity(was)

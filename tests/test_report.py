@@ -481,3 +481,11 @@ def test_a_study_of_the_validation_loss_is_captioned_and_titled_in_its_own_word(
     page = write_report("lossy", storage=url, out=tmp_path / "report").index.read_text()
     assert "its validation loss after the last epoch" in page and "variation of the final loss" in page
     assert "target loss" in page and "validation error" not in page and "final error" not in page
+
+
+def test_a_studys_own_metric_and_a_score_are_captioned_in_words_that_read() -> None:
+    from tuner.report.words import lr_time_caption
+
+    # "its your metric on the validation part after the last epoch" read badly; a score has no target to reach.
+    assert "a score has no target" in lr_time_caption(None, "score") and "target score" not in lr_time_caption(None, "score")
+    assert "reach the target loss" in lr_time_caption(None, "loss")

@@ -128,8 +128,9 @@ def quiet_optuna() -> None:
 @contextmanager
 def optuna_silenced() -> Iterator[None]:
     """Optuna's log off for a while, as it was afterwards: the in-memory studies an analysis makes for its own
-    sums ("A new study created in memory", "Param depth unique value length is less than 2") are not the user's,
-    and a library call must not change the user's own Optuna verbosity for good."""
+    sums ("A new study created in memory") and a contour's note on a parameter searched at one value are not
+    the user's business, and a library call must not change the user's own Optuna verbosity for good. (Not for
+    threads: two overlapping calls could put the levels back in the wrong order.)"""
     import optuna
 
     was = optuna.logging.get_verbosity()

@@ -1,4 +1,4 @@
-"""``tuner.importance``, the path the README documents (from before the package layout): see :mod:`tuner.analysis.importance`."""
+"""``tuner.importance``, a path the README once documented (from before the package layout; it names ``tuner.importance_table`` now): see :mod:`tuner.analysis.importance`."""
 
 from tuner.analysis.importance import (  # noqa: F401 -- re-exported
     AUDIT_MAX_INTERACTION_RATIO,

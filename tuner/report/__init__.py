@@ -33,7 +33,8 @@ from tuner.report.html import index_html
 from tuner.report.interactive import write_interactive
 from tuner.report.lr_figures import plot_lr_cost, plot_lr_curves, plot_lr_sensitivity
 from tuner.report.runs import (
-    best_lr_stage, chosen_lr, epochs_to_target, file_key, importance_data, load_stages, lr_stage_runs, objective_label, stage_rate,
+    best_lr_stage, chosen_lr, epochs_to_target, file_key, importance_data, load_stages, lr_stage_runs, objective_label,
+    objective_word, stage_rate,
 )
 from tuner.study.results import HANDOFF_ATTR, check_made_by_tuner
 from tuner.report.words import audit_diagnosis, importance_sentences, lr_diagnosis, shape_diagnosis
@@ -128,7 +129,8 @@ def write_report(name: str, *, storage: str | None = None, out: str | Path | Non
     table, why = importance_data(name, url)
     if table is not None and not table.empty:
         # No panel when every stage analysed searched one parameter; say which stages were not analysed and why.
-        draw("importance", plot_importance(table), f"{why}; the stages analysed searched one parameter each" if why
+        word = objective_word(objective, next(iter(stages.values())).maximizes)
+        draw("importance", plot_importance(table, word), f"{why}; the stages analysed searched one parameter each" if why
              else "every stage analysed searched one parameter: nothing to compare")
         diagnosis["importance"] = importance_sentences(table)
         if why:  # some stages had too few trials: say so beside the figure

@@ -212,7 +212,7 @@ def plot_shape(runs: Sequence[Run], objective: str, reference: float | None, max
     return fig
 
 
-def plot_importance(table: pd.DataFrame) -> Figure | None:
+def plot_importance(table: pd.DataFrame, word: str = "error") -> Figure | None:
     """Horizontal bars per stage and basis: main effects, then pairwise interactions, std as error bars.
 
     A stage that searched one parameter (stage lr: lr explains everything, 1.0) is left out; None
@@ -266,7 +266,7 @@ def plot_importance(table: pd.DataFrame) -> Figure | None:
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=9, frameon=False)
     axes[-1][0].set_xlabel("importance (whiskers: ± one standard deviation)\nhatched: the interaction of two "
                            "parameters, beyond their separate effects", fontsize=9)
-    fig.suptitle("Which hyperparameters matter: how much of the error's variation each explains",
+    fig.suptitle(f"Which hyperparameters matter: how much of the final {word}'s variation each explains",
                  fontsize=11)
     return fig
 

@@ -106,6 +106,8 @@ def index_html(
 ) -> str:
     e = html.escape
     word = objective_word(objective, next(iter(stages.values())).maximizes)  # "loss" where the objective is val_loss
+    noun = objective.split(" (")[0]  # "validation loss"; a metric's or a loop's label reads as the objective's
+    what = noun if noun.startswith("validation") else f"objective ({noun})"
     # Stage shape's settings where it exists: with listed choices, a stage lr holds one optimizer of them.
     settings = (stages.get("shape") or next(iter(stages.values()))).study.user_attrs.get(SETTINGS_ATTR) or {}
     data, model, train = settings.get("data", {}), settings.get("model", {}), settings.get("train", {})
@@ -158,7 +160,7 @@ code {{ background: #f3f3f3; padding: 0 .25em; }}
             side = f"<h3>Diagnosis</h3><ul>{words}</ul>" if words else ""
             wide = " wide" if kind in WIDE_FIGURES else ""
             caption = lr_time_caption(trial_costs(stages[of or "lr"].runs), word) if kind == "lr_time" else \
-                CAPTIONS[kind].format(what=objective.split(" (")[0], word=word)
+                CAPTIONS[kind].format(what=what, word=word)
             parts.append(
                 f'<div class="fig{wide}"><a href="{e(figures[key].name)}"><img src="{e(figures[key].name)}" '
                 f'alt="{e(key)}"></a><div class="words"><p class="caption">{e(caption)}</p>{side}</div></div>'

@@ -8,7 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from tuner.report.runs import StageRuns, file_key
+from tuner.errors import optuna_silenced
+from tuner.report.runs import StageRuns, file_key, objective_label, objective_word
 
 
 def write_interactive(
@@ -39,8 +40,10 @@ def write_interactive(
         shape = stages.get("shape")
         if shape is not None and len(shape.complete) >= 2:
             pair = _contour_pair(shape, importance)
-            figure = plot_contour(shape.study, params=list(pair))
-            figure.update_layout(title=f"{shape.study.study_name}: final error over {pair[0]} and {pair[1]}")
+            with optuna_silenced():  # its "unique value length is less than 2" about a searched-once parameter
+                figure = plot_contour(shape.study, params=list(pair))
+            word = objective_word(objective_label(stages), shape.maximizes)
+            figure.update_layout(title=f"{shape.study.study_name}: final {word} over {pair[0]} and {pair[1]}")
             write("contour_shape", figure)
         elif shape is not None:
             missing["contour_shape"] = "the shape stage needs two complete trials for a contour"

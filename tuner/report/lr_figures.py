@@ -173,8 +173,9 @@ def plot_lr_cost(runs: Sequence[Run], chosen_lr: float | None, objective: str, m
                        f"{target.start:.3g}, untrained, to the best {target.best:.3g})", fontsize=10)
     else:
         word = objective_word(objective, maximize)
-        ax_e.text(0.5, 0.5, f"no target: no rate ended below the {word}\nof the smallest rate after one epoch",
-                  transform=ax_e.transAxes, ha="center", va="center", fontsize=9)
+        why = "a score has no target here" if maximize else \
+            f"no target: no rate ended below the {word}\nof the smallest rate after one epoch"
+        ax_e.text(0.5, 0.5, why, transform=ax_e.transAxes, ha="center", va="center", fontsize=9)
         ax_e.set_title(f"Epochs to reach a target {word}", fontsize=10)
     diverged = [r for r in runs if r.diverged]
     if diverged:

@@ -286,7 +286,8 @@ def target_sentence(runs: Sequence[Run], what: str) -> str:
 
 def lr_time_caption(costs: TrialCosts | None, word: str = "error") -> str:
     """The caption of lr_time.png, naming what its left panel measures (``word``: the objective's, e.g. "loss")."""
-    right = (f"Right: how many epochs each rate needed to reach the target {word}; a large enough rate gets there "
+    right = ("Right: a score has no target error to count epochs to." if word == "score" else
+             f"Right: how many epochs each rate needed to reach the target {word}; a large enough rate gets there "
              "in few epochs, too large a one never does.")
     if costs is None:
         return "Left: no training time was stored. " + right
