@@ -417,7 +417,7 @@ def test_a_study_whose_every_trial_failed_on_the_code_goes_on_once_the_code_is_f
               "        return super().forward(x)\n\ndef make(input_shape, n_outputs, width, depth):\n"
               "    return Net(input_shape[-1], n_outputs)\n")
     spec = tmp_path / "late.toml"
-    text = ('name = "late"\n[data]\nname = "wine"\n[model]\nfamily = "late:make"\n[train]\nepochs = 2\n'
+    text = ('name = "late"\n[data]\nname = "wine"\n[model]\nfamily = "late:make"\n[train]\nepochs = 1\n'
             '[stages.lr]\ntrials = 6\nbatched = false\n[stages.shape]\ntrials = 2\nwidth = [4, 8]\ndepth = [1, 1]\n')
     spec.write_text(text)
     url = f"sqlite:///{tmp_path / 'late.db'}"
@@ -434,7 +434,7 @@ def test_a_study_whose_every_trial_failed_on_the_code_goes_on_once_the_code_is_f
     assert all(t.state == TrialState.FAIL for t in optuna.load_study(study_name="late/lr", storage=url).trials)
     # Other settings changed besides the code: refused as ever, and nothing stored is rewritten.
     before = stored()
-    spec.write_text(text.replace("epochs = 2", "epochs = 3"))
+    spec.write_text(text.replace("epochs = 1", "epochs = 2"))
     other = run(broken.replace("> 3", "> 4"))
     assert other.returncode == 2 and "other code or data" in other.stderr and stored() == before, other.stderr
     spec.write_text(text)
