@@ -275,7 +275,8 @@ class TrainedModel:
         ``(n, 1, 8, 8)``), or flat rows ``(n, features)`` (e.g. scikit-learn's ``(n, 64)`` digits; a
         CSV's rows with or without the constant columns training dropped); one sample alone gives an
         array of one. A pandas data frame given to a model trained on a CSV file is read by column name:
-        in any order, with the target or other columns beside them, refused where a feature column is missing.
+        in any order, with the target or other columns beside them, with or without the constant columns,
+        refused where a feature column is missing; a frame whose columns name none of them, by position.
         """
         raw = raw_inputs.detach().cpu().numpy() if isinstance(raw_inputs, torch.Tensor) else self._by_name(raw_inputs)
         raw = self._batch(self._without_dropped_columns(raw.astype(np.float64)))

@@ -253,7 +253,7 @@ def suggest(
     search_max = min(3.0 * high, lr_at_min)
     search_min = max(low / 3.0, smallest_lr)
     if not search_min <= float(np.median(rules)) <= search_max:
-        # The smoothed loss is lowest before its steepest descent: the ramp's noise, not a curve to read.
+        # The smoothed loss is lowest before its steepest descent: the rules cannot agree on a reading.
         # Seen where a short descent just before the blow-up is blended into it by the smoothing, which spans a
         # fixed share of the ramp: a narrower ramp around the descent reads it, more steps on the same one do not.
         raise ValueError(f"the range test cannot be read: its smoothed loss is lowest at lr {lr_at_min:.3g}, before its "
