@@ -1,9 +1,10 @@
 """The user's own code checked once it is resolved, before anything is written: the model it builds, the names it takes.
 
 :func:`check_model` builds the spec's small network from the user's factory and runs two samples through
-it; :func:`check_training_step` trains it one step on a batch, as a trial would; :func:`check_params`
-refuses a declared parameter that nothing takes. Each answers with a :class:`~tuner.errors.SpecError`
-naming the field and the fix; :func:`check_code` runs the checks of the model in their order.
+it; :func:`check_loss` calls the user's loss on its outputs; :func:`check_training_step` trains it one
+step on a batch, as a trial would; :func:`check_params` refuses a declared parameter that nothing takes.
+Each answers with a :class:`~tuner.errors.SpecError` naming the field and the fix; :func:`check_code`
+runs the checks of the model in their order. torch is imported inside them: reading a spec needs none.
 """
 
 from __future__ import annotations
@@ -17,20 +18,19 @@ from tuner.inputs.params import accepted_arguments, accepts, defaults
 from tuner.inputs.spec import StudySpec
 from tuner.inputs.usercode import CODE_FIELDS, UserCode, code_references, is_reference
 
-__all__ = ["check_code", "check_model", "check_params", "check_training_step"]
+__all__ = ["check_code", "check_loss", "check_model", "check_params", "check_training_step", "first_batch"]
 
 
 def check_code(spec: StudySpec, data: Any, code: UserCode, device: Any) -> None:
     """The model, the loss, one training step and the memory, checked in that order before anything is written.
 
     A model that cannot build or run (:func:`check_model`), a loss that cannot train
-    (:func:`tuner.training.train.check_loss`), a model that fails only once it trains
-    (:func:`check_training_step`), or the largest model too large for the device's memory
-    (:func:`tuner.inputs.models.check_model_fits`): each would fail every trial, without naming its field.
+    (:func:`check_loss`), a model that fails only once it trains (:func:`check_training_step`), or the
+    largest model too large for the device's memory (:func:`tuner.inputs.models.check_model_fits`): each
+    would fail every trial, without naming its field.
     """
     from tuner.inputs.choices import first_choice
     from tuner.inputs.models import check_model_fits
-    from tuner.training.train import check_loss
 
     check_model(spec, data, code)
     check_loss(first_choice(spec), data, code)
@@ -91,6 +91,67 @@ def check_model(spec: StudySpec, data: Any, code: UserCode) -> None:
                         f"the model it builds returns {got} for a batch of {len(x)}; return (batch, n_outputs) = {wanted}")
 
 
+def first_batch(spec: StudySpec, data: Any) -> tuple[Any, Any]:
+    """The first ``batch_size`` training rows, as a check of the user's code runs them (torch's generator untouched)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from tuner.inputs.data import StreamedData
+
+    if isinstance(data, StreamedData):
+        # A generator of its own: a DataLoader without one draws its seed from torch's global one.
+        return next(iter(DataLoader(data.train_set, batch_size=spec.train.batch_size, generator=torch.Generator())))
+    return data.x_train[:spec.train.batch_size], data.y_train[:spec.train.batch_size]
+
+
+def _small_network(spec: StudySpec, data: Any, code: UserCode) -> tuple[Any, Any, Any, Any]:
+    """(model, x, y, loss) as stage lr trains them: the spec's small network of the user's factory with the declared
+    defaults (built with torch's generator left as found), the first batch on the data's device, the trial's loss."""
+    import torch
+
+    from tuner.inputs.data import data_device, sample_shape
+    from tuner.inputs.models import build_model
+    from tuner.training.train import model_loss, with_declared
+
+    declared = defaults(spec.stages.shape.params)  # what stage lr builds and calls them with
+    device = data_device(data)
+    x, y = first_batch(spec, data)
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(code.family, sample_shape(data), data.n_outputs, spec.model.width, spec.model.depth, declared)
+    return model.to(device), x.to(device), y.to(device), model_loss(data.task, with_declared(code.loss, declared))
+
+
+def check_loss(spec: StudySpec, data: Any, code: UserCode) -> None:
+    """Call the spec's own loss once, on the small network's outputs for the first training batch: SpecError unless it can train.
+
+    A loss that raises, returns something other than a tensor, more than one number (e.g. one per
+    row, ``reduction="none"``), or a number that does not depend on the outputs (no gradient) is
+    named before anything is written, instead of failing every trial with a message that does not
+    name it.
+    """
+    if not spec.train.loss:
+        return
+    import torch
+
+    field, reference = "train.loss", spec.train.loss
+    model, x, y, loss = _small_network(spec, data, code)
+    try:
+        value = loss(model.eval()(x), y)  # eval: no dropout draws; gradients still flow
+    except Exception as error:  # noqa: BLE001 -- the user's loss raised
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise SpecError(spec.source, field, reference,
+                        f"calling it on the first batch raised {type(error).__name__}: {first}; fix the loss") from None
+    if not isinstance(value, torch.Tensor):
+        raise SpecError(spec.source, field, reference, f"it returns a {type(value).__name__}; return a 0-dim tensor computed "
+                        f"from the outputs with torch operations, e.g. F.mse_loss(outputs, targets)")
+    if value.dim() != 0:
+        raise SpecError(spec.source, field, reference, f"it returns a tensor of shape {tuple(value.shape)} for a batch of "
+                        f"{len(x)}; return one number (a 0-dim tensor) for the batch, e.g. end with .mean()")
+    if not value.requires_grad:
+        raise SpecError(spec.source, field, reference, "it returns a number that does not depend on the outputs (no gradient "
+                        "to train with); compute it from the outputs with torch operations, not .item() or numpy")
+
+
 def check_training_step(spec: StudySpec, data: Any, code: UserCode) -> None:
     """Train the spec's small network of the user's factory one step, as a trial would: SpecError if that fails.
 
@@ -103,18 +164,11 @@ def check_training_step(spec: StudySpec, data: Any, code: UserCode) -> None:
         return
     import torch
 
-    from tuner.inputs.data import data_device, sample_shape
-    from tuner.inputs.models import build_model
-    from tuner.training.train import first_batch, model_loss, with_declared
-
-    declared = defaults(spec.stages.shape.params)
-    x, y = first_batch(spec, data)
-    device = data_device(data)
+    model, x, y, loss = _small_network(spec, data, code)
     trained = f"the model it builds fails a training step (training mode, a batch of {len(x)}, then backward)"
-    with torch.random.fork_rng(devices=[]):
-        model = build_model(code.family, sample_shape(data), data.n_outputs, spec.model.width, spec.model.depth, declared)
+    with torch.random.fork_rng(devices=[]):  # its dropout draws, if any
         try:
-            value = model_loss(data.task, with_declared(code.loss, declared))(model.to(device).train()(x.to(device)), y.to(device))
+            value = loss(model.train()(x), y)
             if not any(p.requires_grad for p in model.parameters()):
                 raise SpecError(spec.source, "model.family", spec.model.family,
                                 "the model it builds has no parameters to train (none, or all with requires_grad=False); "

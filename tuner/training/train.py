@@ -29,9 +29,7 @@ from torch.utils.data import DataLoader, Subset
 from tuner.errors import DeviceError, SpecError, TunerInputError  # noqa: F401 -- DeviceError: importable from here as before
 from tuner.inputs.data import Dataset, StreamedData, data_device, sample_shape
 from tuner.inputs.models import Family, build_model
-from tuner.inputs.params import accepted_arguments, defaults
-from tuner.inputs.spec import StudySpec
-from tuner.inputs.usercode import UserCode
+from tuner.inputs.params import accepted_arguments
 from tuner.training.schedules import lr_factor
 
 EVAL_CHUNK = 8192  # validation rows per forward pass, to bound memory on big CSV files
@@ -403,46 +401,3 @@ class SingleTrainer:
         if index != 0:
             raise IndexError(f"a single trainer has one trial; got index {index}")
         self._stopped = True
-
-
-def first_batch(spec: StudySpec, data: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``batch_size`` training rows, as a check of the user's code runs them (torch's generator untouched)."""
-    if isinstance(data, StreamedData):
-        # A generator of its own: a DataLoader without one draws its seed from torch's global one.
-        return next(iter(DataLoader(data.train_set, batch_size=spec.train.batch_size, generator=torch.Generator())))
-    return data.x_train[:spec.train.batch_size], data.y_train[:spec.train.batch_size]
-
-
-def check_loss(spec: StudySpec, data: Any, code: UserCode) -> None:
-    """Call the spec's own loss once, on the small network's outputs for the first training batch: SpecError unless it can train.
-
-    A loss that raises, returns something other than a tensor, more than one number (e.g. one per
-    row, ``reduction="none"``), or a number that does not depend on the outputs (no gradient) is
-    named before anything is written, instead of failing every trial with a message that does not
-    name it.
-    """
-    if not spec.train.loss:
-        return
-    field, reference = "train.loss", spec.train.loss
-    declared = defaults(spec.stages.shape.params)  # what stage lr calls it with
-    loss = model_loss(data.task, with_declared(code.loss, declared))
-    device = data_device(data)
-    x, y = first_batch(spec, data)
-    with torch.random.fork_rng(devices=[]):  # the check leaves torch's global generator as it found it
-        model = build_model(code.family, sample_shape(data), data.n_outputs, spec.model.width, spec.model.depth, declared)
-    model = model.to(device).eval()  # eval: no dropout draws; gradients still flow
-    try:
-        value = loss(model(x.to(device)), y.to(device))
-    except Exception as error:  # noqa: BLE001 -- the user's loss raised
-        first = str(error).splitlines()[0] if str(error) else ""
-        raise SpecError(spec.source, field, reference,
-                        f"calling it on the first batch raised {type(error).__name__}: {first}; fix the loss") from None
-    if not isinstance(value, torch.Tensor):
-        raise SpecError(spec.source, field, reference, f"it returns a {type(value).__name__}; return a 0-dim tensor computed "
-                        f"from the outputs with torch operations, e.g. F.mse_loss(outputs, targets)")
-    if value.dim() != 0:
-        raise SpecError(spec.source, field, reference, f"it returns a tensor of shape {tuple(value.shape)} for a batch of "
-                        f"{len(x)}; return one number (a 0-dim tensor) for the batch, e.g. end with .mean()")
-    if not value.requires_grad:
-        raise SpecError(spec.source, field, reference, "it returns a number that does not depend on the outputs (no gradient "
-                        "to train with); compute it from the outputs with torch operations, not .item() or numpy")
