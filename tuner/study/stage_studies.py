@@ -194,8 +194,8 @@ class Takeover:
             note(self.sentence)
 
 
-def _takeover(study: optuna.Study, spec: StudySpec, stage: str, code: UserCode | None, stored: dict[str, Any],
-              wanted: dict[str, Any], changed: list[str]) -> Takeover | None:
+def _takeover(study: optuna.Study, stored: dict[str, Any], wanted: dict[str, Any], made: dict[str, Any] | None,
+              changed: list[str]) -> Takeover | None:
     """The takeover of ``study`` by the spec's changed code or data, where allowed; None where not.
 
     Allowed where every trial of the study failed (none complete, pruned, running or waiting: nothing
@@ -203,14 +203,15 @@ def _takeover(study: optuna.Study, spec: StudySpec, stage: str, code: UserCode |
     other setting is refused as ever), and the new identity is not one the study already left behind (a
     worker with an old copy of the code must not take the study back from the fixed one). What the old
     code measured on the study goes with it: the range test (``lr_find``) and the batching fallback.
+    ``wanted``: the spec's settings, normalised; ``made``: their identity as made, to store.
     """
     trials = study.get_trials(deepcopy=False)
     identity = wanted.get("identity")
     if not changed or not identity or not trials or any(t.state != optuna.trial.TrialState.FAIL for t in trials):
         return None
     left = study.user_attrs.get(contract.LEFT_IDENTITIES_ATTR) or []
-    settings = {**stored, "identity": stage_settings(spec, stage, code, stored_identity=stored.get("identity"))["identity"]}
-    if _normalise(settings) != wanted or _normalise({"identity": identity}) in [_normalise({"identity": i}) for i in left]:
+    settings = {**stored, "identity": made}  # the identity as the spec's settings hold it, before normalising
+    if _normalise(settings) != wanted or identity in [_normalise(i) for i in left]:
         return None
     return Takeover(study, {contract.SETTINGS_ATTR: settings, contract.SETTINGS_HASH_ATTR: settings_hash(settings),
                             contract.LEFT_IDENTITIES_ATTR: [*left, stored.get("identity")],
@@ -232,14 +233,15 @@ def _check_settings(study: optuna.Study, spec: StudySpec, stage: str, code: User
             f"a new name (name = \"...\" in the spec, or --name NEW), or use another storage"
         )
     # Each function identified the way its identity was stored (a study from before code-object hashes as then).
-    wanted = _normalise(stage_settings(spec, stage, code, stored_identity=stored.get("identity")))
+    made = stage_settings(spec, stage, code, stored_identity=stored.get("identity"))
+    wanted = _normalise(made)
     if "identity" not in stored:
         wanted.pop("identity", None)  # stored before tuner kept the identity of code and CSV files
     from_main = _left_main(stored.get("identity") or {}, wanted.get("identity") or {})
     if from_main:
         raise StudyMismatchError(f"study '{name}' was run with {from_main}")
     changed = code_changes(stored.get("identity") or {}, wanted.get("identity") or {}, spec, code)
-    takeover = _takeover(study, spec, stage, code, stored, wanted, changed)
+    takeover = _takeover(study, stored, wanted, made.get("identity"), changed)
     if takeover is not None:
         return takeover
     if changed:
