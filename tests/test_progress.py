@@ -6,6 +6,8 @@ import dataclasses
 import io
 import re
 
+import pytest
+
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 from rich.console import Console
@@ -139,3 +141,65 @@ def test_the_summary_says_the_rate_handed_on_and_when_shape_ended_worse_than_lr(
     assert caption == "stage lr: trials trained together as batched models (its last batch: 8 as one)"
     result.stages["shape"] = summary("shape", 0.2, {"lr": 0.03, "width": 64}, 5)
     assert result.best_stage == "shape" and result.worse_than_lr is None
+
+
+def test_trials_a_worker_stopped_are_counted_apart_from_trials_that_raised() -> None:
+    """Ctrl-C, SIGTERM or a dead worker fails its trials (asked again), which the summary must not call failures."""
+    import optuna
+
+    from tuner.study.progress import summary_table
+    from tuner.study.results import StudyResult, stage_summary
+
+    study = optuna.create_study(study_name="s/lr")
+    stored = [
+        ({"error": "RuntimeError: CUDA out of memory", "traceback": "Traceback ..."}, "raised"),
+        ({"error": "interrupted (Ctrl-C)"}, "stopped"),
+        ({"error": "its process died (found by pid on restart)"}, "stopped"),
+        ({"error": "surplus: other workers had claimed the budget first; not trained", "surplus": True}, "surplus"),
+        ({}, "no finite value"),  # Optuna fails a trial told a non-finite value: a failure, not a stop
+    ]
+    for attrs, _ in stored:
+        study.add_trial(create_trial(params={"lr": 0.01}, distributions=LR, state=TrialState.FAIL, user_attrs=attrs))
+    study.add_trial(create_trial(params={"lr": 0.01}, distributions=LR, value=0.3))
+    summary = stage_summary(study, "lr", 4)
+    assert (summary.n_complete, summary.n_failed, summary.n_stopped) == (1, 2, 2)
+
+    out = io.StringIO()
+    reporter = ConsoleReporter(Console(file=out, width=200))
+    reporter.stage_finished(summary)
+    reporter.close()
+    assert "1 complete, 0 pruned (0 diverged), 2 failed, 2 stopped by their worker and asked again; best 0.3" in out.getvalue()
+    caption = summary_table(StudyResult("s", "sqlite:///s.db", 0.01, {"lr": summary}), "val_error").caption
+    assert caption is not None and "stage lr: 2 trials stopped by their worker" in caption
+
+
+def test_a_stage_the_result_lacks_is_a_key_error_naming_the_stages_it_has() -> None:
+    from tuner.study.results import StudyResult
+
+    def summary(stage: str) -> StageSummary:
+        return StageSummary(stage, f"s/{stage}", 4, 4, 0, 0, 0, 0.1, {"lr": 0.01}, 1.0, 1.0)
+
+    result = StudyResult("s", "sqlite:///s.db", 0.01, {"lr[optimizer=adam]": summary("lr[optimizer=adam]"),
+                                                        "lr[optimizer=sgd]": summary("lr[optimizer=sgd]"),
+                                                        "shape": summary("shape")})
+    assert result.stages["shape"].stage == "shape" and "lr" not in result.stages and result.stages.get("lr") is None
+    with pytest.raises(KeyError, match=r"no stage 'lr' in this result; its stages: lr\[optimizer=adam\], "
+                                       r"lr\[optimizer=sgd\], shape; stage lr ran once per variant"):
+        result.stages["lr"]
+    with pytest.raises(KeyError, match=r"no stage 'audit' in this result; its stages: lr\[optimizer=adam\]"):
+        result.stages["audit"]
+
+
+def test_the_report_counts_stopped_and_surplus_trials_apart_from_failed_ones() -> None:
+    import optuna
+
+    from tuner.report.html import _state_counts
+    from tuner.report.runs import StageRuns
+
+    study = optuna.create_study(study_name="s/lr")
+    for attrs in ({"error": "ValueError: bad", "traceback": "Traceback ..."}, {"error": "terminated (SIGTERM)"},
+                  {"error": "surplus: other workers had claimed the budget first; not trained", "surplus": True}):
+        study.add_trial(create_trial(params={"lr": 0.01}, distributions=LR, state=TrialState.FAIL, user_attrs=attrs))
+    study.add_trial(create_trial(params={"lr": 0.01}, distributions=LR, value=0.3))
+    counts = _state_counts(StageRuns("lr", study, study.get_trials(), []))
+    assert counts == "1 complete, 0 pruned, 1 failed, 1 stopped by their worker and asked again"

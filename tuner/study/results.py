@@ -104,6 +104,9 @@ class StageSummary:
     direction: str = MINIMIZE  # "maximize": best_value is the highest
     trained_together: int = 1  # K: how many trials its latest batch trained as one model
     fallback: str | None = None  # why trials asked together trained apart (one line), if they did
+    # Trials whose worker stopped them (Ctrl-C, SIGTERM, a killed worker) and that were asked again:
+    # not counted in n_failed, which counts trials that raised.
+    n_stopped: int = 0
 
 
 def trained_params(params: dict[str, Any], fixed: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -133,6 +136,14 @@ def trial_trained_lr(trial: FrozenTrial) -> float | None:
     return float(rate) if rate is not None else None
 
 
+def was_stopped(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` failed because its worker stopped it, not by raising: Ctrl-C, SIGTERM, a worker
+    that died (each failed with the reason as its ``error``, no traceback); another trial was asked in its place."""
+    attrs = trial.user_attrs
+    return (trial.state == TrialState.FAIL and ERROR_ATTR in attrs and TRACEBACK_ATTR not in attrs
+            and not attrs.get(SURPLUS_ATTR))
+
+
 def stage_summary(study: optuna.Study, stage: str, budget: int, fixed: dict[str, Any] | None = None) -> StageSummary:
     """What a stage's stored trials add up to; ``fixed``: settings shared by its trials (e.g. lr)."""
     trials = study.get_trials(deepcopy=False)
@@ -152,7 +163,7 @@ def stage_summary(study: optuna.Study, stage: str, budget: int, fixed: dict[str,
         n_complete=len(complete),
         n_pruned=sum(t.state == TrialState.PRUNED for t in trials),
         n_diverged=sum(bool(t.user_attrs.get(DIVERGED_ATTR)) for t in finished),
-        n_failed=sum(t.state == TrialState.FAIL and not t.user_attrs.get(SURPLUS_ATTR) for t in trials),
+        n_failed=sum(t.state == TrialState.FAIL and not t.user_attrs.get(SURPLUS_ATTR) and not was_stopped(t) for t in trials),
         best_value=best.value if best else None,
         best_params=_best_params(best, fixed) if best else {},
         wall_seconds=wall,
@@ -161,6 +172,7 @@ def stage_summary(study: optuna.Study, stage: str, budget: int, fixed: dict[str,
         direction=direction,
         trained_together=int(study.user_attrs.get(TRAINED_TOGETHER_ATTR, 1)),
         fallback=study.user_attrs.get(FALLBACK_ATTR),
+        n_stopped=sum(was_stopped(t) for t in trials),
     )
 
 
@@ -261,12 +273,23 @@ def load_stage_trials(name: str, storage: str | BaseStorage | None = None) -> di
     return {stage: study.get_trials(deepcopy=False) for stage, study in load_stage_studies(name, storage).items()}
 
 
+class StageSummaries(dict[str, StageSummary]):
+    """A study's stage summaries by stage name; a name it lacks raises a KeyError that lists the names it has
+    (with listed optimizers or batch sizes, stage lr is one stage per variant: ``lr[optimizer=adam]``)."""
+
+    def __missing__(self, stage: str) -> StageSummary:
+        variants = lr_stages(self) if stage == "lr" else []
+        hint = (f"; stage lr ran once per variant: {', '.join(variants)} (result.rates holds each one's rate, "
+                f"result.best_lr the best variant's)" if variants else "")
+        raise KeyError(f"no stage {stage!r} in this result; its stages: {', '.join(self) or 'none'}{hint}")
+
+
 @dataclass(frozen=True)
 class StudyResult:
     name: str
     storage: str  # redacted: safe to print
     best_lr: float | None
-    stages: dict[str, StageSummary] = field(default_factory=dict)
+    stages: StageSummaries = field(default_factory=StageSummaries)
     audit: AuditVerdict | None = None  # set when the study has an audit stage
     # Set when run_study(timeout=) stopped it: the time limit in seconds. The stages hold what was done
     # (the last one unfinished); running it again resumes there.
@@ -274,6 +297,9 @@ class StudyResult:
     # With train.optimizer or batch_size listed: each variant's stage lr and the rate it handed on
     # ({"lr[optimizer=adam]": 0.0031, ...}); best_lr is then the rate of the variant whose stage lr did best.
     rates: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", StageSummaries(self.stages))
 
     @property
     def best_stage(self) -> str | None:
