@@ -92,3 +92,12 @@ def test_every_python_call_of_tuner_the_readme_names_is_there_after_import_tuner
         for part in path.strip(".").split("."):
             value = getattr(value, part, None)
             assert value is not None, f"README: tuner{path}(...) is not there after `import tuner`"
+
+
+def test_the_readme_states_the_auto_lr_scale_range_and_its_bounds_as_the_code_has_them() -> None:
+    from tuner.study import lr_scale
+
+    text = (ROOT / "README.md").read_text()
+    spread = lr_scale.SPREAD  # lr_transfer = "rule": each shape's start, SPREAD either side
+    assert f"`lr_scale = \"auto\"` searches [{1 / spread:.2g}, {spread:.2g}] around that start" in text
+    assert f"never past [1/{round(1 / lr_scale.LOWEST)}, {lr_scale.HIGHEST:g}]" in text
