@@ -25,6 +25,24 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C would be (the CLI's handler), so that a stopped job ends its trial as Ctrl-C does."""
 
 
+def error_line(error: BaseException, limit: int | None = None) -> str:
+    """``TypeError: its first line``: what a user's code raised, in one line.
+
+    ``limit``: cut the line where a sentence ends within that many characters (else at a word): torch's
+    vmap errors run on into advice and an address that a cut in the middle leaves half-written.
+    """
+    text = str(error).strip().splitlines()
+    if not text:
+        return type(error).__name__
+    line = text[0]
+    if limit is not None and len(line) > limit:
+        cut = line[:limit]
+        ends = [i for i in range(len(cut) - 1) if cut[i:i + 2] == ". " and not cut[:i].endswith(("e.g", "i.e", "etc"))]
+        end = ends[-1] if ends else -1
+        line = cut[:end + 1] if end >= limit // 4 else f"{cut[:cut.rfind(' ')]} ..."
+    return f"{type(error).__name__}: {line}"
+
+
 FILE_FIELD = "<file>"  # a SpecError's field_path when the study file itself is at fault (missing, unreadable, empty)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuner.errors import MISSING, SpecError
+from tuner.errors import MISSING, SpecError, error_line
 from tuner.inputs.choices import values_of
 from tuner.inputs.families import ModelFamily
 from tuner.inputs.params import accepted_arguments, accepts, defaults
@@ -62,8 +62,7 @@ def check_model(spec: StudySpec, data: Any, code: UserCode) -> None:
     try:
         model = build_model(code.family, shape, data.n_outputs, spec.model.width, spec.model.depth, declared)
     except Exception as error:  # noqa: BLE001 -- the user's factory raised
-        first = str(error).splitlines()[0] if str(error) else ""
-        raise SpecError(spec.source, field, reference, f"{call} raised {type(error).__name__}: {first}; fix the factory") from None
+        raise SpecError(spec.source, field, reference, f"{call} raised {error_line(error)}; fix the factory") from None
     if not isinstance(model, nn.Module):
         raise SpecError(spec.source, field, reference, f"{call} returned a {type(model).__name__}; return a torch.nn.Module")
     model = model.to(data_device(data))
@@ -75,7 +74,6 @@ def check_model(spec: StudySpec, data: Any, code: UserCode) -> None:
         with torch.no_grad():
             out = model.eval()(x.to(data_device(data)))
     except Exception as error:  # noqa: BLE001
-        first = str(error).splitlines()[0] if str(error) else ""
         dropped = getattr(data, "dropped_columns", ())
         sizes = any(word in str(error).lower() for word in ("shape", "size", "mat1", "dimension"))  # a width mismatch
         why = (f" ({len(dropped)} constant column(s) of the CSV file were dropped, so a row has {x.shape[-1]} features, "
@@ -83,7 +81,7 @@ def check_model(spec: StudySpec, data: Any, code: UserCode) -> None:
                if dropped and sizes else "")
         raise SpecError(spec.source, field, reference,
                         f"the model it builds fails on a batch of inputs of shape {tuple(x.shape)}{why}: "
-                        f"{type(error).__name__}: {first}") from None
+                        f"{error_line(error)}") from None
     wanted = (len(x), data.n_outputs)
     if not isinstance(out, torch.Tensor) or (tuple(out.shape) != wanted and not (data.n_outputs == 1 and tuple(out.shape) == wanted[:1])):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -138,9 +136,8 @@ def check_loss(spec: StudySpec, data: Any, code: UserCode) -> None:
     try:
         value = loss(model.eval()(x), y)  # eval: no dropout draws; gradients still flow
     except Exception as error:  # noqa: BLE001 -- the user's loss raised
-        first = str(error).splitlines()[0] if str(error) else ""
         raise SpecError(spec.source, field, reference,
-                        f"calling it on the first batch raised {type(error).__name__}: {first}; fix the loss") from None
+                        f"calling it on the first batch raised {error_line(error)}; fix the loss") from None
     if not isinstance(value, torch.Tensor):
         raise SpecError(spec.source, field, reference, f"it returns a {type(value).__name__}; return a 0-dim tensor computed "
                         f"from the outputs with torch operations, e.g. F.mse_loss(outputs, targets)")
@@ -181,9 +178,8 @@ def check_training_step(spec: StudySpec, data: Any, code: UserCode) -> None:
         except SpecError:
             raise
         except Exception as error:  # noqa: BLE001 -- the user's model raised
-            first = str(error).splitlines()[0] if str(error) else ""
             raise SpecError(spec.source, "model.family", spec.model.family,
-                            f"{trained}: {type(error).__name__}: {first}; fix the model") from None
+                            f"{trained}: {error_line(error)}; fix the model") from None
 
 
 def check_params(spec: StudySpec, code: UserCode) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tuner.errors import error_line
 from tuner.inputs.data import Dataset, StreamedData, prepare, with_test
 from tuner.inputs.spec import MIN_SPLIT_ROWS, DataSpec, SpecError
 from tuner.inputs.usercode import load_callable
@@ -42,8 +43,7 @@ def load_user_data(spec: DataSpec, seed: int, source: str = "",
     try:
         returned = loader(seed=seed)
     except Exception as error:  # noqa: BLE001 -- the user's code raised: say so, in one line
-        first = str(error).splitlines()[0] if str(error) else ""
-        raise fail(f"calling it as loader(seed={seed}) raised {type(error).__name__}: {first}; fix the loader") from None
+        raise fail(f"calling it as loader(seed={seed}) raised {error_line(error)}; fix the loader") from None
     parts = _parts(returned, fail)
     task = parts["task"]
     if task not in TASKS:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuner.errors import error_line
 from tuner.inputs.code_hash import CODE_SCHEME, PYTHON, code_sha256
 from tuner.inputs.families import ModelFamily
 from tuner.inputs.spec import SpecError, StudySpec, load_spec, spec_from_dict
@@ -219,9 +220,8 @@ def _import(module_name: str, field: str, reference: str, source: str) -> Any:
         raise SpecError(source, field, reference,
                         f"no module '{module_name}' {where} or on sys.path; put {module_name}.py there, or make it importable") from None
     except Exception as error:  # noqa: BLE001 -- the user's module raised while being imported
-        first = str(error).splitlines()[0] if str(error) else ""
         raise SpecError(source, field, reference,
-                        f"importing module '{module_name}' raised {type(error).__name__}: {first}; fix the module") from None
+                        f"importing module '{module_name}' raised {error_line(error)}; fix the module") from None
     finally:
         if added:
             sys.path.remove(str(folder))

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from tuner.errors import error_line
 from tuner.inputs.data import Dataset
 from tuner.training.batched import cross_entropy_rows
 from tuner.training.functional_state import FlatLayout, FunctionalOptimizer
@@ -56,21 +57,6 @@ from tuner.training.train import (
 )
 
 SLOW_FALLBACK_WARNING = "There is a performance drop"  # what vmap warns when it loops over the copies instead
-
-
-def _first_line(error: BaseException, limit: int = 160) -> str:
-    """The error's type and first line, cut where a sentence ends within ``limit`` characters (else at a word):
-    torch's vmap errors run on into advice and an address that a cut in the middle left half-written."""
-    text = str(error).strip().splitlines()
-    if not text:
-        return type(error).__name__
-    line = text[0]
-    if len(line) > limit:
-        cut = line[:limit]
-        ends = [i for i in range(len(cut) - 1) if cut[i:i + 2] == ". " and not cut[:i].endswith(("e.g", "i.e", "etc"))]
-        end = ends[-1] if ends else -1
-        line = cut[:end + 1] if end >= limit // 4 else f"{cut[:cut.rfind(' ')]} ..."
-    return f"{type(error).__name__}: {line}"
 
 
 class FuncBatchedTrainer:
@@ -214,7 +200,7 @@ class FuncBatchedTrainer:
                 alone_step()
                 batched_seconds, alone_seconds = _race(batched_step, alone_step, x.device)
             except Exception as error:  # noqa: BLE001 -- whatever vmap cannot run trains alone
-                return f"the model or its loss does not run under torch.func.vmap ({_first_line(error)}): trials train one at a time"
+                return f"the model or its loss does not run under torch.func.vmap ({error_line(error, limit=160)}): trials train one at a time"
             unused = [name for name, parameter in alone.named_parameters() if parameter.grad is None]
             if unused:  # torch.optim skips a parameter without a gradient (no decay, no momentum); the flat copies would not
                 return f"the model's forward pass leaves parameters unused ({', '.join(unused[:3])}): trials train one at a time"
