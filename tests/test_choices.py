@@ -288,7 +288,7 @@ def test_the_audits_verdict_leaves_lrs_interaction_with_a_listed_optimizer_out(t
                                       "audit": {"trials": 12}}})
     result = tuner.run_study(spec, storage=f"sqlite:///{tmp_path / 'aud.db'}", device="cpu", progress=False)
     verdict = result.audit
-    assert verdict is not None and verdict.held is not None, verdict
+    assert verdict is not None and verdict.lr_main_effect is not None, verdict  # fANOVA judged it (or found it too close)
     assert verdict.largest_interaction_with not in ("optimizer",)
     assert "lr's interaction with optimizer (stage lr calibrates a rate for each optimizer)" in verdict.message
 

@@ -195,8 +195,9 @@ def test_the_reports_audit_diagnosis_says_when_the_verdict_read_lr_as_calibrated
     study.set_user_attr("verdict", "audit (said/audit): the low-interaction assumption held.")
     assert not any("read lr as each trial trained at" in s for s in audit_diagnosis(stage, "val_error"))  # no basis stored
     study.set_user_attr("verdict_lr_basis", "as stage lr calibrates it: each trial's lr divided by ...")
-    assert len(audit_diagnosis(stage, "val_error")) == 2  # it could not judge (no low_interaction_held): no shares
+    assert len(audit_diagnosis(stage, "val_error")) == 2  # fANOVA did not run (no lr_main_effect): no shares
     study.set_user_attr("low_interaction_held", True)
+    study.set_user_attr("lr_main_effect", 0.8)
     said = audit_diagnosis(stage, "val_error")
     assert said[1] == "audit (said/audit): the low-interaction assumption held."
     assert "differ from the audit's importances in this report, which read lr as each trial trained at" in said[2]
@@ -367,3 +368,35 @@ def test_the_python_analysis_prints_none_of_optunas_lines_and_leaves_its_verbosi
     finally:
         optuna_logger.removeHandler(listener)
         optuna.logging.set_verbosity(was)
+
+
+def test_the_verdict_is_too_close_to_call_where_the_trees_spread_covers_the_threshold() -> None:
+    from tuner.analysis.importance import judge
+
+    # lr explains 80% (threshold 20%): an interaction of 5% held, 40% did not, whatever the small spreads.
+    assert judge(0.8, 0.02, 0.05, 0.02) is True
+    assert judge(0.8, 0.02, 0.40, 0.02) is False
+    # 18% against 20%: held on the point values, but the spread of the difference (0.25 x 8%, 5%) is larger.
+    assert judge(0.8, 0.08, 0.18, 0.05) is None
+    assert judge(0.8, 0.08, 0.25, 0.05) is None
+    # The spread is of the difference: sqrt((0.25 x 0.08)^2 + 0.01^2) = 2.2% < the 3% margin.
+    assert judge(0.8, 0.08, 0.17, 0.01) is True
+
+
+def test_a_verdict_too_close_to_call_keeps_its_numbers_and_says_what_decides() -> None:
+    storage = optuna.storages.InMemoryStorage()
+    rng = np.random.default_rng(0)
+
+    def noisy(p: dict) -> float:  # lr's effect and an lr x width interaction, in noise, over 12 trials
+        lr = (np.log10(p["lr"]) + 2.5) / 2.5
+        width = (np.log2(p["width"]) - 5) / 3
+        return float(lr + lr * width + rng.normal(0, 0.3))
+
+    _synthetic_study(storage, "close", noisy, n=12)
+    verdict = audit_verdict("close", storage)
+    stored = optuna.load_study(study_name="close/audit", storage=storage).user_attrs
+    assert verdict.lr_main_effect is not None and verdict.largest_interaction is not None
+    assert verdict.held is None and stored["low_interaction_held"] is None
+    assert "could not judge the low-interaction assumption: too close to call: lr's largest interaction (with width)" in verdict.message
+    assert "give the audit more trials (stages.audit.trials)" in verdict.message
+    assert stored["lr_main_effect"] == verdict.lr_main_effect  # the shares are stored as they are

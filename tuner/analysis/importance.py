@@ -293,21 +293,46 @@ def audit_verdict(name: str, storage: str | BaseStorage | None = None) -> AuditV
             # A listed optimizer or batch size is calibrated for on its own (a rate for each): lr's interaction
             # with it is what that calibration serves, not a breach of the assumption the staging rests on.
             pairs = pairs[~pairs.param.isin(calibrated) & ~pairs.param_b.isin(calibrated)]
+            lr_std = float(shares[(shares.param == "lr") & (shares.param_b == "")]["std"].iloc[0])
             top = pairs.loc[pairs.importance.idxmax()] if not pairs.empty else None
             largest = float(top.importance) if top is not None else 0.0
+            largest_std = float(top["std"]) if top is not None else 0.0
             other = str(top.param_b if top.param == "lr" else top.param) if top is not None else None
-            verdict = AuditVerdict(study_name, bool(largest <= AUDIT_MAX_INTERACTION_RATIO * lr_main), len(complete),
-                                   lr_main, largest, other, lr_basis=lr_basis)
+            held = judge(lr_main, lr_std, largest, largest_std)
+            verdict = AuditVerdict(study_name, held, len(complete), lr_main, largest, other, lr_basis=lr_basis,
+                                   reason="" if held is not None else _too_close(lr_main, lr_std, largest, largest_std, other))
     partial = _set_in_some(complete)
     unjudged = [f"{param} and its interaction with lr ({param} is set in {len(having)} of {len(complete)} trials, "
                 f"where it acts)" for param, having in partial.items()]  # fANOVA needs every parameter in every trial
     unjudged += [f"lr's interaction with {param} (stage lr calibrates a rate for each {param.replace('_', ' ')})"
-                 for param in calibrated if verdict.held is not None]
+                 for param in calibrated if verdict.lr_main_effect is not None]  # fANOVA ran
     if unjudged:
         verdict = replace(verdict, not_judged=", ".join(unjudged))
     for key, value in verdict.user_attrs().items():
         study.set_user_attr(key, value)
     return verdict
+
+
+def judge(lr_main: float, lr_std: float, largest: float, largest_std: float,
+          ratio: float = AUDIT_MAX_INTERACTION_RATIO) -> bool | None:
+    """Whether lr's largest interaction stays within ``ratio`` x its main effect: True, False, or None where
+    the two sides lie within one spread of each other (fANOVA's trees disagree about which side it falls on).
+
+    The spread is that of the difference ``ratio * lr_main - largest``, its parts' spreads over the
+    trees taken as independent: a verdict is given only where the margin is larger than that.
+    """
+    margin = ratio * lr_main - largest
+    spread = math.hypot(ratio * lr_std, largest_std)
+    if abs(margin) <= spread:
+        return None
+    return margin > 0
+
+
+def _too_close(lr_main: float, lr_std: float, largest: float, largest_std: float, other: str | None) -> str:
+    threshold = AUDIT_MAX_INTERACTION_RATIO * lr_main
+    return (f"too close to call: lr's largest interaction (with {other}) {largest:.1%} ± {largest_std:.1%} against "
+            f"{AUDIT_MAX_INTERACTION_RATIO:g} x its effect {lr_main:.1%} ± {lr_std:.1%} = {threshold:.1%}, within the spread "
+            f"of fANOVA's trees (±): give the audit more trials (stages.audit.trials)")
 
 
 def _complete(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:

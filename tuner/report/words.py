@@ -383,7 +383,7 @@ def audit_diagnosis(stage: StageRuns, objective: str) -> list[str]:
                      "No verdict on the low-interaction assumption is stored yet: `tuner study` makes it when the "
                      "audit stage ends.")
     attrs = stage.study.user_attrs
-    judged = attrs.get("low_interaction_held") is not None  # shares to compare: not where it could not judge
+    judged = attrs.get("lr_main_effect") is not None  # shares to compare: not where fANOVA could not run
     if verdict and judged and str(attrs.get(VERDICT_LR_BASIS_ATTR, "")).startswith(CALIBRATED_BASIS):
         sentences.append("Its shares differ from the audit's importances in this report, which read lr as each trial "
                          "trained at.")
