@@ -203,3 +203,14 @@ def test_the_report_counts_stopped_and_surplus_trials_apart_from_failed_ones() -
     study.add_trial(create_trial(params={"lr": 0.01}, distributions=LR, value=0.3))
     counts = _state_counts(StageRuns("lr", study, study.get_trials(), []))
     assert counts == "1 complete, 0 pruned, 1 failed, 1 stopped by their worker and asked again"
+
+
+def test_the_summary_shows_the_audits_sampled_momentum_as_the_momentum_it_trained_with() -> None:
+    from tuner.study.progress import summary_table
+    from tuner.study.results import StudyResult
+
+    audit = StageSummary("audit", "s/audit", 4, 4, 0, 0, 0, 0.1, {"lr": 0.01, "one_minus_momentum": 0.0312, "width": 64}, 1.0, 1.0)
+    console = Console(file=io.StringIO(), width=200)
+    console.print(summary_table(StudyResult("s", "sqlite:///s.db", 0.01, {"audit": audit}), "val_error"))
+    shown = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "lr=0.01, momentum=0.969, width=64" in shown and "one_minus_momentum" not in shown

@@ -244,6 +244,14 @@ class ProgressBar(Reporter):
             self._bar = None
 
 
+def _setting(name: str, value: object) -> str:
+    """``name=value`` as the summary shows it: the audit samples SGD's momentum as ``one_minus_momentum`` (on a log
+    scale, near 1 where it matters), shown as the momentum it trained with."""
+    if name == "one_minus_momentum" and isinstance(value, float):
+        name, value = "momentum", 1.0 - value
+    return f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}"
+
+
 def summary_table(result: StudyResult, objective: str) -> Table:
     """The end-of-study table: best setting and value per stage, trial counts, time taken."""
     table = Table(title=f"study {result.name}  ({result.storage})")
@@ -254,11 +262,7 @@ def summary_table(result: StudyResult, objective: str) -> Table:
     table.add_column("time (first start to last end)", justify="right")  # across resumed runs: their pauses too
     for summary in result.stages.values():
         is_lr = stage_kind(summary.stage) == "lr"
-        params = ", ".join(
-            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-            for k, v in summary.best_params.items()
-            if not is_lr or k == "lr"
-        )
+        params = ", ".join(_setting(k, v) for k, v in summary.best_params.items() if not is_lr or k == "lr")
         # The robust hand-off reads the whole U, not one trial; with listed choices, each variant its own.
         handed = result.rates.get(summary.stage, result.best_lr) if is_lr else None
         if handed is not None and params != f"lr={handed:.3g}":
