@@ -224,3 +224,44 @@ def test_a_studys_user_attributes_written_at_once_read_alike_by_the_fast_path_an
     read_only.set_user_attr("budget", 31)
     with pytest.raises(optuna.exceptions.StorageInternalError, match="readonly"):
         read_only.set_user_attr("budget", 32)
+
+
+# A process's SQLite locks: closing any descriptor of the database file drops every POSIX lock the process
+# holds on it, SQLite's too; another process may then take the file as its own and delete the WAL under
+# this one's connections (two workers, one killed, a reader: "database disk image is malformed").
+_EXCLUSIVE_PROBE = textwrap.dedent("""
+    import fcntl, os, sys
+    fd = os.open(sys.argv[1], os.O_RDWR)
+    try:  # what SQLite's last-connection check takes: a write lock over the SHARED byte range
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 510, 0x40000000 + 2, 0)
+        print("obtained")
+    except OSError:
+        print("refused")
+""")
+
+
+def _exclusive_lock_from_another_process(path: Path) -> str:
+    return subprocess.run([sys.executable, "-c", _EXCLUSIVE_PROBE, str(path)], capture_output=True, text=True,
+                          timeout=60).stdout.strip()
+
+
+def test_checking_and_reading_a_sqlite_file_keep_the_locks_of_this_process_on_it(tmp_path: Path) -> None:
+    from tuner.storage import open_existing_storage
+    from tuner.storage._sqlite_files import can_write, connect, foreign_content
+
+    path = tmp_path / "study.db"
+    storage = open_storage(f"sqlite:///{path}")
+    optuna.create_study(study_name="held", storage=storage).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    held = connect(str(path))  # a worker's connection, open for the whole run
+    held.execute("SELECT count(*) FROM trials").fetchone()
+    assert _exclusive_lock_from_another_process(path) == "refused"  # the worker's SHARED lock holds it off
+
+    assert can_write(str(path))
+    assert foreign_content(str(path)) is None
+    connect(str(path), read_only=True).close()
+    reader = open_existing_storage(f"sqlite:///{path}")  # what finished_result, the report and the verdict open
+    assert optuna.get_all_study_names(storage=reader) == ["held"]
+    again = open_storage(f"sqlite:///{path}")  # a worker starting on a file that exists: checked, then opened
+    assert optuna.get_all_study_names(storage=again) == ["held"]
+    assert _exclusive_lock_from_another_process(path) == "refused", "a check in this process dropped its lock"
+    held.close()

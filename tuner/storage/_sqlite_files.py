@@ -62,13 +62,17 @@ def connect(database: str, *, read_only: bool = False, timeout: float = BUSY_TIM
 def can_write(database: str) -> bool:
     """Whether the SQLite file (if it exists) and its folder (for the -wal and -shm files) can be written.
 
-    Tried rather than asked of ``os.access``: root passes every permission check, not a read-only disk.
+    The file is asked of ``access(2)``, never opened: closing any descriptor of a file drops every POSIX
+    lock the process holds on it, SQLite's included (sqlite.org/howtocorrupt.html, 2.2), and a worker
+    whose connections had lost their lock let another process take the file as its own and delete
+    the WAL under them (two workers on one file, one killed, a reader: "database disk image is
+    malformed"). ``access`` answers for root too, and refuses a read-only mount (EROFS). The folder
+    is tried with a file of its own: no lock of SQLite's is on that.
     """
     path = os.path.abspath(database)
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return False
     try:
-        if os.path.exists(path):
-            with open(path, "r+b"):
-                pass
         with tempfile.TemporaryFile(dir=os.path.dirname(path)):
             pass
     except OSError:
