@@ -101,3 +101,12 @@ def test_the_readme_states_the_auto_lr_scale_range_and_its_bounds_as_the_code_ha
     spread = lr_scale.SPREAD  # lr_transfer = "rule": each shape's start, SPREAD either side
     assert f"`lr_scale = \"auto\"` searches [{1 / spread:.2g}, {spread:.2g}] around that start" in text
     assert f"never past [1/{round(1 / lr_scale.LOWEST)}, {lr_scale.HIGHEST:g}]" in text
+
+
+def test_every_model_factory_the_readme_shows_takes_the_arguments_tuner_gives() -> None:
+    text = (ROOT / "README.md").read_text()
+    factories = re.findall(r"def (\w+)\(([^)]*\bn_outputs\b[^)]*)\)", text)  # a factory: it takes n_outputs
+    assert factories, "the README shows no model factory any more: drop this test or point it at one"
+    for name, arguments in factories:
+        names = [a.split("=")[0].split(":")[0].strip() for a in arguments.split(",")]
+        assert names[:4] == ["input_shape", "n_outputs", "width", "depth"], f"{name}({arguments})"

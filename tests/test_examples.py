@@ -24,7 +24,8 @@ def test_the_tuner_port_maximizes_accuracy_and_its_winner_is_trained_again(tmp_p
     shutil.copytree(EXAMPLE, folder, ignore=shutil.ignore_patterns("__pycache__"))
     spec = folder / "digits.toml"
     text = spec.read_text()
-    for old, new in (("trials = 12", "trials = 4"), ("trials = 30", "trials = 4"), ("epochs = 10", "epochs = 3")):
+    for old, new in (("trials = 12", "trials = 4"), ("trials = 30", "trials = 4"), ("epochs = 10", "epochs = 3"),
+                     ('name = "digits"', 'name = "digits"\ntest_fraction = 0.2')):  # a test part for tuner best to score
         assert old in text
         text = text.replace(old, new)
     spec.write_text(text)
@@ -34,6 +35,7 @@ def test_the_tuner_port_maximizes_accuracy_and_its_winner_is_trained_again(tmp_p
     best = _run("-m", "tuner.cli", "best", "optuna_port", "--storage", "sqlite:///port.db", "--out", "winner", cwd=tmp_path)
     assert best.returncode == 0, best.stdout + best.stderr
     assert "validation your metric" in best.stdout and "(stored your metric:" in best.stdout  # never "val_error"
+    assert "rows never seen by a stage): your metric " in best.stdout  # an accuracy is no "error"
     metrics = json.loads((tmp_path / "winner" / "metrics.json").read_text())
     assert 0.5 < metrics["stored_value"] <= 1.0  # an accuracy, well above chance (0.1), as the highest stored
     assert (tmp_path / "winner" / "net.py").exists()  # the model's module travels with it

@@ -263,11 +263,13 @@ def test_the_basin_rule_hands_on_a_rate_within_noise_of_the_smoothed_minimum_nex
     # "robust" (contract 3-4): the flat shoulder 0.019, smoothed more than 3 noise units above the minimum.
     assert anywhere.rule == "robust" and 0.01 < anywhere.rate < 0.03
     assert smoothed(anywhere.rate) > lowest + 3 * anywhere.noise
-    # "basin": a rate whose smoothed value is within one noise unit of the minimum, among the best trials' rates.
+    # "basin": a rate whose smoothed value is within one noise unit of the best, among the best trials' rates.
     assert basin.rule == "basin" and 0.05 < basin.rate < 0.14 and basin.noise == anywhere.noise
     assert smoothed(basin.rate) <= lowest + basin.noise + 1e-9
     assert basin.basin[0] <= basin.rate <= basin.basin[1] and basin.basin[0] < basin.basin[1]
-    assert "within one noise unit of the minimum" in RULES["basin"]
+    assert "within one noise unit of the best" in RULES["basin"]
+    # The same words are said for a score (maximized, read turned): never "minimum" or "lowest".
+    assert not any(word in said for said in RULES.values() for word in ("minimum", "lowest", "highest"))
 
 
 def test_the_basin_rule_changes_nothing_where_the_broadest_window_already_lies_in_the_basin() -> None:

@@ -279,3 +279,23 @@ def test_tuner_best_pins_the_declared_parameters_and_reproduces_the_stored_value
     # best.toml trains the winner again as the one trial of stage shape, to the same value.
     again = tuner.run_study(best.spec_path, storage=f"sqlite:///{tmp_path / 'again.db'}", device="cpu")
     assert again.stages["shape"].best_value == pytest.approx(best.metrics["stored_value"], abs=1e-6)
+
+
+def test_a_misspelt_name_of_a_keyword_the_factory_declares_is_named_in_the_refusal(tmp_path: Path) -> None:
+    spec = spec_from_dict({
+        "name": "typo", "data": {"name": "wine"}, "model": {"width": 8}, "train": {"epochs": 1},
+        "stages": {"lr": {"trials": 2}, "shape": {"trials": 2, "params": {
+            "smoothng": {"low": 0.0, "high": 0.2, "default": 0.05}}}},
+    })
+    storage = tmp_path / "t.db"
+    with pytest.raises(SpecError, match=r"field 'stages\.shape\.params\.smoothng'.*nothing takes it; did you mean 'smoothing'\?"):
+        tuner.run_study(spec, storage=f"sqlite:///{storage}", device="cpu", model=recording_factory)
+    assert not storage.exists()
+    unlike = spec_from_dict({
+        "name": "unlike", "data": {"name": "wine"}, "model": {"width": 8}, "train": {"epochs": 1},
+        "stages": {"lr": {"trials": 2}, "shape": {"trials": 2, "params": {
+            "temperature": {"low": 0.5, "high": 2.0, "default": 1.0}}}},
+    })
+    with pytest.raises(SpecError, match="nothing takes it; declare") as refused:  # no close name: no guess
+        tuner.run_study(unlike, storage=f"sqlite:///{storage}", device="cpu", model=recording_factory)
+    assert "did you mean" not in str(refused.value)

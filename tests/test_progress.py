@@ -154,7 +154,7 @@ def test_trials_a_worker_stopped_are_counted_apart_from_trials_that_raised() -> 
     stored = [
         ({"error": "RuntimeError: CUDA out of memory", "traceback": "Traceback ..."}, "raised"),
         ({"error": "interrupted (Ctrl-C)"}, "stopped"),
-        ({"error": "its process died (found by pid on restart)"}, "stopped"),
+        ({"error": "its process died (found by pid on this host)"}, "stopped"),
         ({"error": "surplus: other workers had claimed the budget first; not trained", "surplus": True}, "surplus"),
         ({}, "no finite value"),  # Optuna fails a trial told a non-finite value: a failure, not a stop
     ]

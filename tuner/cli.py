@@ -410,7 +410,8 @@ def best(
         f"validation {what} {metrics['validation']['error']:.4g}, loss {metrics['validation']['loss']:.4g}"
         + (f" (stored {stored}: {metrics['stored_value']:.4g})" if refit == "train" else " (not a fair score: trained on it)"))
     if metrics["test"] is not None:
-        say(f"test ({metrics['test']['rows']} rows never seen by a stage): error {metrics['test']['error']:.4g}, loss {metrics['test']['loss']:.4g}")
+        say(f"test ({metrics['test']['rows']} rows never seen by a stage): {what} {metrics['test']['error']:.4g}, "
+            f"loss {metrics['test']['loss']:.4g}")
     modules = f" (with your modules beside it: {', '.join(map(str, result.code_paths))})" if result.code_paths else ""
     say(f"wrote {result.spec_path}{modules}, {result.model_path} and {result.metrics_path}")
 

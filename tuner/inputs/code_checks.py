@@ -9,12 +9,13 @@ runs the checks of the model in their order. torch is imported inside them: read
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from tuner.errors import MISSING, SpecError, error_line
 from tuner.inputs.choices import values_of
 from tuner.inputs.families import ModelFamily
-from tuner.inputs.params import accepted_arguments, accepts, defaults
+from tuner.inputs.params import RESERVED, accepted_arguments, accepts, defaults, keyword_names
 from tuner.inputs.spec import StudySpec
 from tuner.inputs.usercode import CODE_FIELDS, UserCode, code_references, is_reference
 
@@ -206,6 +207,10 @@ def check_params(spec: StudySpec, code: UserCode) -> None:
         why = {"momentum": f"momentum acts with train.optimizer = \"sgd\" only (here "
                            f"{optimizers[0] if len(optimizers) == 1 else list(optimizers)!r})",
                "dropout": f"dropout acts on the built-in families (mlp, lstm, cnn) only, not {spec.model.family!r}"}
+        # A misspelt name of a keyword your code declares (p_dorp for p_drop): said first, as the likely fix.
+        declared = {n for function in own for n in keyword_names(function)} - set(RESERVED)
+        close = difflib.get_close_matches(name, sorted(declared), n=1, cutoff=0.75)
+        meant = f"did you mean '{close[0]}'? " if close else ""
         raise SpecError(spec.source, f"stages.shape.params.{name}", MISSING,
-                        f"nothing takes it{': ' + why[name] if name in why else ''}; declare a keyword argument '{name}' "
+                        f"nothing takes it{': ' + why[name] if name in why else ''}; {meant}declare a keyword argument '{name}' "
                         f"in your model factory, loop, loss or metric (yours: {yours}), or remove it")

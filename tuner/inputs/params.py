@@ -160,6 +160,18 @@ def accepts(function: Callable[..., object] | None, name: str) -> bool:
     return any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
+def keyword_names(function: Callable[..., object] | None) -> list[str]:
+    """The keyword arguments ``function`` declares by name (none for ``**kwargs``, or where no signature can be read)."""
+    if function is None:
+        return []
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return []
+    return [name for name, p in parameters.items()
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+
+
 def accepted_arguments(function: Callable[..., object], given: Mapping[str, object]) -> dict[str, object]:
     """The entries of ``given`` that ``function`` declares (all of them if it takes ``**kwargs``)."""
     return {name: value for name, value in given.items() if accepts(function, name)}

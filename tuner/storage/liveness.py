@@ -103,7 +103,7 @@ def fail_orphaned_trials(study: optuna.Study) -> list[int]:
             continue
         if _owner_is_alive(int(pid), trial.user_attrs.get("worker_started")):
             continue
-        if fail_trial(study, _optuna.trial_id(trial), "its process died (found by pid on restart)"):
+        if fail_trial(study, _optuna.trial_id(trial), "its process died (found by pid on this host)"):
             failed.append(trial.number)
     return failed
 

@@ -71,11 +71,12 @@ MAD_TO_SD = 1.4826  # MAD x this estimates the standard deviation of normal nois
 MAX_ROWS = 2500  # rows_behind looks no further: beyond, float32 rounding hides k/n
 
 # The rules a choice may be made by, and what each means in words.
+# In words that hold for a score too (direction "maximize", whose values the rule reads turned): "best", not "lowest".
 RULES = {
-    "basin": "of the rates whose smoothed value is within one noise unit of the minimum, the one whose worst smoothed "
-             "value within ±0.25 decade is lowest",
-    "robust": "the rate whose worst smoothed value within ±0.25 decade is lowest",
-    "fitted minimum": "the minimum of the smoothed curve",
+    "basin": "of the rates whose smoothed value is within one noise unit of the best, the one whose worst smoothed "
+             "value within ±0.25 decade is best",
+    "robust": "the rate whose worst smoothed value within ±0.25 decade is best",
+    "fitted minimum": "the best point of the smoothed curve",
     "best trial": "the rate of the best trial",
     "only trial": "the rate of the stage's only trial",
 }
