@@ -131,7 +131,8 @@ class TrialRecord:
 
 def task_spec(task: str, seed: int, quick: bool, shape: dict[str, Any] | None = None) -> dict[str, Any]:
     """The study file of ``task`` (or its generated spec) as a dict, with this seed (and the quick budgets);
-    ``shape``: fields of ``[stages.shape]`` set on every task (``--shape``), e.g. ``{"lr_transfer": "none"}``."""
+    ``shape``: fields of ``[stages.shape]`` set on every task (``--shape``), e.g. ``{"lr_transfer": "none"}``,
+    and of ``[stages.lr]`` under the key ``"lr."`` (``--lr``), e.g. ``{"lr.": {"handoff": "basin"}}``."""
     if TASKS[task][0] == "generated":
         table = copy.deepcopy(bench_tasks.TASKS[task][0])
     else:
@@ -141,7 +142,9 @@ def task_spec(task: str, seed: int, quick: bool, shape: dict[str, Any] | None = 
     table.pop("storage", None)
     stages = table.setdefault("stages", {})
     stages.pop("audit", None)  # the staged study proper: lr, then shape
-    stages.setdefault("shape", {}).update(shape or {})
+    shape = dict(shape or {})
+    stages.setdefault("lr", {}).update(shape.pop("lr.", {}))
+    stages.setdefault("shape", {}).update(shape)
     if quick:
         settings = QUICK[task]
         table.setdefault("train", {})["epochs"] = settings["epochs"]
@@ -625,6 +628,8 @@ def main() -> None:
     parser.add_argument("--from-csv", type=Path, help="no training: summaries and PNGs again from a curves.csv of a run")
     parser.add_argument("--shape", action="append", default=[], metavar="FIELD=JSON",
                         help='set a field of [stages.shape] on every task, e.g. --shape lr_transfer=\'"none"\' (repeatable)')
+    parser.add_argument("--lr", action="append", default=[], metavar="FIELD=JSON",
+                        help='set a field of [stages.lr] on every task, e.g. --lr handoff=\'"basin"\' (repeatable)')
     parser.add_argument("--keep", type=Path, help="keep the staged studies' SQLite files in this folder (default: a temporary one)")
     args = parser.parse_args()
     tasks = args.tasks or list(DEFAULT_TASKS)
@@ -649,6 +654,8 @@ def main() -> None:
     started = time.perf_counter()
     outcomes: dict[str, dict[int, StagedOutcome]] = {}
     shape = {field: json.loads(value) for field, _, value in (item.partition("=") for item in args.shape)}
+    if args.lr:
+        shape["lr."] = {field: json.loads(value) for field, _, value in (item.partition("=") for item in args.lr)}
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
     with (contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory()) as folder, \

@@ -842,3 +842,30 @@ def test_a_v6_study_given_more_shape_trials_keeps_one_range_for_every_shape_and_
         assert "lr_move" not in trial.user_attrs
         assert trial.user_attrs["trained_lr"] == pytest.approx(trial.user_attrs["lr"] * trial.params["lr_scale"])
         assert (trial.distributions["lr_scale"].low, trial.distributions["lr_scale"].high) == (0.086, 8.0)
+
+
+# ---- the seventh stored fixture: the release before the backed curve (v7), stopped before its hand-off -----
+
+V7 = DATA / "contract_v7"
+V7_SPEC = V7 / "contract_v7.toml"
+
+
+def test_a_v7_study_stopped_before_its_hand_off_hands_on_by_the_basin_rule_it_was_made_with(tmp_path: Path) -> None:
+    from tuner.study.handoff import sweep_choice
+
+    url = _stored_copy(V7 / "contract_v7.db", tmp_path / "v7.db")
+    lr = optuna.load_study(study_name="contract7/lr", storage=url)
+    assert lr.user_attrs["contract_version"] == 7 and "handoff" not in lr.user_attrs
+    assert optuna.get_all_study_names(url) == ["contract7/lr"]
+    # The two rules read these 12 trials differently: what "backed" would hand on is not what was made.
+    backed = sweep_choice(lr.trials, counts_rows=True)
+    basin = sweep_choice(lr.trials, counts_rows=True, backed=False)
+    assert backed.rate != pytest.approx(basin.rate, rel=0.05)
+
+    done = _invoke("study", str(V7_SPEC), "--storage", url, "--device", "cpu")
+    assert done.exit_code == 0, done.output
+    lr = optuna.load_study(study_name="contract7/lr", storage=url)
+    assert lr.user_attrs["handoff"]["rule"] != "backed" and lr.user_attrs["best_lr"] == pytest.approx(basin.rate)
+    shape = optuna.load_study(study_name="contract7/shape", storage=url)
+    assert shape.user_attrs["lr"] == pytest.approx(basin.rate) and shape.user_attrs["contract_version"] == 7
+    assert len([t for t in shape.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 2

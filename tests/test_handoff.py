@@ -33,28 +33,35 @@ def _sweep(rng: np.random.Generator, n: int, centre: float, low: float = -5.0, h
 
 # --- the rule on synthetic sweeps --------------------------------------------------------------------------
 
-def test_a_clean_u_hands_on_a_rate_within_a_quarter_decade_of_its_minimum() -> None:
+# Each smoothed rule, as stages.lr.handoff asks for it: "robust" (contract 3-5), "basin" (6-7), "backed" (8 on).
+RULE_ARGS = {"robust": {}, "basin": {"within_noise": True}, "backed": {"within_noise": True, "backed": True}}
+EVERY_RULE = pytest.mark.parametrize("rule", list(RULE_ARGS))
+
+
+@EVERY_RULE
+def test_a_clean_u_hands_on_a_rate_within_a_quarter_decade_of_its_minimum(rule: str) -> None:
     x = np.linspace(-5, 0, 31)  # evenly spread, no noise
-    choice = choose_rate(10 ** x, (x + 2.3) ** 2 / 4 + 0.1, [False] * len(x))
-    assert choice.rule == "robust"
+    choice = choose_rate(10 ** x, (x + 2.3) ** 2 / 4 + 0.1, [False] * len(x), **RULE_ARGS[rule])
+    assert choice.rule == rule
     assert abs(math.log10(choice.rate) + 2.3) <= 0.25
     for seed in range(20):  # as a sampler spreads them, with noise
         rng = np.random.default_rng(seed)
         x = _sweep(rng, 30, -2.3)
-        choice = choose_rate(10 ** x, (x + 2.3) ** 2 / 4 + 0.1 + rng.normal(0, 0.02, len(x)), [False] * len(x))
+        choice = choose_rate(10 ** x, (x + 2.3) ** 2 / 4 + 0.1 + rng.normal(0, 0.02, len(x)), [False] * len(x), **RULE_ARGS[rule])
         assert abs(math.log10(choice.rate) + 2.3) <= 0.25, seed
         low, high = choice.basin
         assert low <= choice.rate <= high
 
 
-def test_an_asymmetric_basin_hands_on_a_rate_on_its_shallow_side() -> None:
+@EVERY_RULE
+def test_an_asymmetric_basin_hands_on_a_rate_on_its_shallow_side(rule: str) -> None:
     # Shallow towards small rates, a steep rise towards large ones: a rate just below the minimum
     # is safe; one just above it is not. The rule leans to the shallow side, not past the minimum.
     for seed in range(20):
         rng = np.random.default_rng(seed)
         x = _sweep(rng, 30, -1.7)
         y = np.where(x < -1.5, 0.2 + 0.05 * (-1.5 - x), 0.2 + 1.5 * (x + 1.5)) + rng.normal(0, 0.01, len(x))
-        choice = choose_rate(10 ** x, y, [False] * len(x))
+        choice = choose_rate(10 ** x, y, [False] * len(x), **RULE_ARGS[rule])
         assert -2.3 <= math.log10(choice.rate) <= -1.5, seed
         true_value = 0.2 + 0.05 * (-1.5 - math.log10(choice.rate))
         assert true_value <= 0.2 + 0.05  # within the basin's depth of the true minimum
@@ -66,7 +73,8 @@ def _true_jagged(log_lr: np.ndarray | float) -> np.ndarray:
     return np.clip(0.3 + 0.25 * away ** 2 * (away > 0.5), 0, 0.9)
 
 
-def test_a_jagged_u_with_one_lucky_spike_hands_on_the_broad_basin() -> None:
+@EVERY_RULE
+def test_a_jagged_u_with_one_lucky_spike_hands_on_the_broad_basin(rule: str) -> None:
     floors = []
     for n in (16, 24):
         for seed in range(20):
@@ -75,7 +83,7 @@ def test_a_jagged_u_with_one_lucky_spike_hands_on_the_broad_basin() -> None:
             y = _true_jagged(x) + rng.normal(0, 0.04, n)
             lucky = int(np.argmin(np.abs(x + 0.7)))
             y[lucky] = 0.1  # one trial far better than its neighbours (0.6 .. 0.9), close to the wall
-            choice = choose_rate(10 ** x, y, x > -0.3)
+            choice = choose_rate(10 ** x, y, x > -0.3, **RULE_ARGS[rule])
             assert abs(math.log10(choice.rate) - x[lucky]) > 0.25, (n, seed)  # not the lucky trial's rate
             assert not choice.basin[0] <= 10 ** x[lucky] <= choice.basin[1], (n, seed)
             floors.append(float(_true_jagged(math.log10(choice.rate))))
@@ -276,3 +284,39 @@ def test_the_basin_rule_changes_nothing_where_the_broadest_window_already_lies_i
     x = np.linspace(-4, 0, 41)
     values = (x + 2) ** 2 / 4
     assert choose_rate(10 ** x, values, [False] * 41, within_noise=True).rate == choose_rate(10 ** x, values, [False] * 41).rate
+
+
+# The bundled digits_optimizers study's SGD sweep (12 trials, 10 epochs, 360 validation rows; stored values):
+# rate, final error, diverged. Its two best trials sit side by side below a divergence wall.
+DIGITS_SGD = [(1.107e-05, 0.8889, False), (1.293e-05, 0.8889, False), (1.705e-05, 0.8889, False),
+              (8.921e-05, 0.8556, False), (0.0001297, 0.8333, False), (0.0003519, 0.6889, False),
+              (0.001369, 0.3528, False), (0.002447, 0.2139, False), (0.005614, 0.0806, False),
+              (0.0375, 0.0306, False), (0.0578, 0.0333, False), (0.6723, math.nan, True)]
+
+
+def test_the_backed_rule_keeps_two_neighbouring_best_trials_the_basin_rule_rejected() -> None:
+    lrs, values, diverged = (list(column) for column in zip(*DIGITS_SGD))
+    args = {"wall": 0.8972, "error_rows": 360}  # the untrained error stands as the wall
+    basin = choose_rate(lrs, values, diverged, within_noise=True, **args)
+    backed = choose_rate(lrs, values, diverged, within_noise=True, backed=True, **args)
+    # Each of the two best was judged by the curve of the others, which the wall pulled up: both lost their
+    # weight, and "basin" handed on 0.0056, where the error was 0.081, not 0.031.
+    assert basin.rate < 0.006
+    assert 0.0375 <= backed.rate <= 0.0578 and backed.basin[0] <= 0.0375 and backed.rule == "fitted minimum"
+
+
+def test_the_backed_curve_never_dips_below_the_trials_near_a_rate() -> None:
+    # Three good trials side by side at the bottom of a sharp U, and a gap of 1.5 decades to their left: a
+    # local fit that keeps all three runs on down into the gap, where no trial is (simulated sweep 178 of
+    # scripts/rate_rule_sim.py: handed on 10**-2.03 there, true error 0.44 against 0.012 at the minimum).
+    x = np.array([-4.77, -4.73, -3.94, -3.73, -3.63, -3.04, -1.47, -1.44, -1.25, -1.18, -0.75, -0.45])
+    y = np.array([0.919, 0.914, 0.906, 0.914, 0.906, 0.878, 0.042, 0.036, 0.017, 0.128, 0.850, math.nan])
+    diverged = np.arange(len(x)) == len(x) - 1
+    choice = choose_rate(10 ** x, y, diverged, error_rows=360, within_noise=True, backed=True)
+    assert -1.5 <= math.log10(choice.rate) <= -1.2  # among the trials that learned, not in the gap
+    for at, fitted in choice.curve:
+        near = [float(v) for v, xi in zip(y[~diverged], x[~diverged]) if abs(xi - at) <= 0.25]
+        left, right = x[~diverged][x[~diverged] <= at], x[~diverged][x[~diverged] >= at]
+        bounds = [float(y[~diverged][x[~diverged] == side][0]) for side in
+                  ([left.max()] if len(left) else []) + ([right.min()] if len(right) else [])]
+        assert fitted >= min(near + bounds) - 1e-9, (at, fitted)

@@ -14,7 +14,7 @@ TASKS = ("auto", "classification", "regression")
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("none", "median", "hyperband", "successive_halving")
 LR_RANGES = ("fixed", "auto")
-HANDOFFS = ("basin", "robust", "best")
+HANDOFFS = ("backed", "basin", "robust", "best")
 # stages.shape.first_rung read from stage lr's curves: "learned" ranks the trials that learned, "auto" (contract 3-5) all of them
 RUNG_RULES = ("learned", "auto")
 LR_TRANSFERS = ("rule", "none")  # stages.shape.lr_transfer: the rate moved to each shape by the optimizer's rule, or not

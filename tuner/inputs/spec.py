@@ -111,12 +111,14 @@ class LRStageSpec:
     lr_range: str = "fixed"
     batched: bool = True  # train trials together as one batched model where the family allows
     batch_trials: int = 16  # trials per batch
-    # The rate handed on to stage shape: "basin" reads it from the smoothed U of all the stage's
-    # trials (the broadest window among the rates within noise of the smoothed minimum,
-    # tuner.study.rate_rule); "robust" (contract 3-5) the broadest window anywhere, even where the
-    # smoothed value is far above the minimum; "best" takes the best trial's rate. Studies stored
-    # before each resume with the rule they were made with.
-    handoff: str = "basin"
+    # The rate handed on to stage shape: "backed" reads it from the smoothed U of all the stage's
+    # trials (the broadest window among the rates within noise of the smoothed minimum, on a curve
+    # where a trial a neighbour backs keeps its weight and that never dips below the trials near a
+    # rate: tuner.study.rate_rule); "basin" (contract 6-7) the same on the plain robust curve;
+    # "robust" (contract 3-5) the broadest window anywhere, even where the smoothed value is far
+    # above the minimum; "best" takes the best trial's rate. Studies stored before each resume with
+    # the rule they were made with.
+    handoff: str = "backed"
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """The hand-off: the learning rate stage ``lr`` hands on to stage ``shape``, chosen once, with its record.
 
 Once every trial of stage ``lr`` has finished, the rate is chosen by the spec's
-``stages.lr.handoff``: ``"basin"`` (the default) reads it from the smoothed U of all the stage's
-trials, diverged ones as its right wall, among the rates within noise of its minimum
-(:func:`tuner.study.rate_rule.choose_rate`); ``"robust"`` (contract 3-5) anywhere on the U;
+``stages.lr.handoff``: ``"backed"`` (the default) reads it from the smoothed U of all the stage's
+trials, diverged ones as its right wall, among the rates within noise of its minimum, on a curve
+where a trial a neighbour backs keeps its weight (:func:`tuner.study.rate_rule.choose_rate`);
+``"basin"`` (contract 6-7) on the plain robust curve; ``"robust"`` (contract 3-5) anywhere on the U;
 ``"best"`` (how studies stored before contract 3 were made) takes the best trial's rate. The rate, the best trial
 and how the rate was chosen are stored on ``<name>/lr``, the rate on ``<name>/shape``; a resumed
 study reads the stored rate back and never chooses again. With ``train.optimizer`` or
@@ -165,11 +166,12 @@ def rate_choice(spec: StudySpec, trials: list[FrozenTrial], task: str | None) ->
                           n_points=len(complete))
     # An error rate counts wrong rows: binomial noise, for tuner's own classification error only.
     return sweep_choice(trials, counts_rows=counts_rows(spec.train.objective, task, bool(spec.train.metric or spec.train.loop)),
-                        direction=spec.train.direction, within_noise=spec.stages.lr.handoff == "basin")
+                        direction=spec.train.direction, within_noise=spec.stages.lr.handoff in ("basin", "backed"),
+                        backed=spec.stages.lr.handoff == "backed")
 
 
 def sweep_choice(trials: list[FrozenTrial], *, counts_rows: bool = False, direction: str = results.MINIMIZE,
-                 within_noise: bool = True) -> RateChoice:
+                 within_noise: bool = True, backed: bool = True) -> RateChoice:
     """The robust rule on stage ``lr``'s trials: complete ones at their value, diverged ones as the wall.
 
     The wall stands at the worst value seen: any untrained (epoch-0) value stored, or any value a
@@ -178,7 +180,8 @@ def sweep_choice(trials: list[FrozenTrial], *, counts_rows: bool = False, direct
     validation rows, whose number is read from them for the binomial noise. ``direction``
     "maximize": the values are scores, turned (:func:`tuner.study.results.loss_like`) into a U whose
     bottom is the best; the stored curve and candidates are in the score's own units. ``within_noise``:
-    rule "basin" (False: "robust", contract 3-5; :func:`tuner.study.rate_rule.choose_rate`).
+    rule "basin" (False: "robust", contract 3-5; :func:`tuner.study.rate_rule.choose_rate`); with ``backed``
+    too, rule "backed" (contract 8 on).
     """
     points = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
     walls = [t for t in trials if t.state in results.FINISHED and t.user_attrs.get(results.DIVERGED_ATTR)]
@@ -200,6 +203,7 @@ def sweep_choice(trials: list[FrozenTrial], *, counts_rows: bool = False, direct
         wall=max(seen),
         error_rows=rows_behind(seen) if counts_rows else None,
         within_noise=within_noise,
+        backed=backed,
     )
     if direction == results.MAXIMIZE:  # back to the score's own units for the record and the figures
         choice = dataclasses.replace(choice, curve=tuple((x, turned(y)) for x, y in choice.curve),

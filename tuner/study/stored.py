@@ -167,6 +167,10 @@ MIGRATIONS: tuple[Migration, ...] = (
                  "width and depth, SGD not moved) and lr_scale = \"auto\" searches a narrow range "
                  "around that rate (issue 21)",
               {("stages.shape", "lr_transfer"): "none"}),
+    Migration(8, "stage 'lr' reads its basin from a curve where a trial a neighbour backs keeps its weight and no "
+                 "rate looks better than the trials near it (rule 'backed'; issue 21, the bundled digits_optimizers "
+                 "study's SGD sweep)",
+              {("stages.lr", "handoff"): "basin"}),
 )
 CONTRACT_VERSION = MIGRATIONS[-1].version  # what this tuner writes, and the newest it reads
 
