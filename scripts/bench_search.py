@@ -619,6 +619,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help=f"smaller budgets, {QUICK_SEEDS} seeds: under 5 minutes on 2 cores")
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), help=f"default: {' '.join(DEFAULT_TASKS)}")
     parser.add_argument("--seeds", type=int, help=f"seeds 0..N-1 per task [default 5, quick {QUICK_SEEDS}]")
+    parser.add_argument("--only-seeds", type=int, nargs="+", metavar="SEED",
+                        help="run these seeds only (e.g. those a change touches; runs are deterministic given the seed)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_search"), help="folder for CSV, PNG, summary")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         help="methods to run [default: all]; staged always runs (it sets the budget)")
@@ -635,6 +637,7 @@ def main() -> None:
     tasks = args.tasks or list(DEFAULT_TASKS)
     methods = tuple(m for m in METHODS if m in args.methods or m == "staged")
     n_seeds = args.seeds or (QUICK_SEEDS if args.quick else 5)
+    seeds = list(args.only_seeds) if args.only_seeds else list(range(n_seeds))
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -648,7 +651,7 @@ def main() -> None:
         prodigy_class()  # before any training, not after the first seed's other methods
     (args.out / "curves.csv").unlink(missing_ok=True)
     print(f"optuna {optuna.__version__}, torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
-          f"seeds 0..{n_seeds - 1}, {'quick' if args.quick else 'full'} budgets, methods {' '.join(methods)}; "
+          f"seeds {' '.join(map(str, seeds))}, {'quick' if args.quick else 'full'} budgets, methods {' '.join(methods)}; "
           f"writing {args.out}/", flush=True)
 
     started = time.perf_counter()
@@ -663,10 +666,10 @@ def main() -> None:
             args.jobs, initializer=torch.set_num_threads, initargs=(args.threads,)) as pool:
         # Every (task, seed) is a job of its own: its trials train alike in any process, only wall seconds differ.
         jobs = {(task, seed): pool.submit(run_seed, task, seed, args.quick, Path(folder), methods, shape)
-                for task in tasks for seed in range(n_seeds)}
+                for task in tasks for seed in seeds}
         for task in tasks:
             runs = {}
-            for seed in range(n_seeds):
+            for seed in seeds:
                 runs[seed], outcomes.setdefault(task, {})[seed] = jobs[task, seed].result()
                 print(f"  {task} seed {seed} done at {time.perf_counter() - started:.0f} s", flush=True)
             write_curves(args.out / "curves.csv", task, runs)
