@@ -307,8 +307,8 @@ def test_the_backed_rule_keeps_two_neighbouring_best_trials_the_basin_rule_rejec
 
 def test_the_backed_curve_never_dips_below_the_trials_near_a_rate() -> None:
     # Three good trials side by side at the bottom of a sharp U, and a gap of 1.5 decades to their left: a
-    # local fit that keeps all three runs on down into the gap, where no trial is (simulated sweep 178 of
-    # scripts/rate_rule_sim.py: handed on 10**-2.03 there, true error 0.44 against 0.012 at the minimum).
+    # local fit that keeps all three runs on down into the gap, where no trial is (a sweep of a first version
+    # of scripts/rate_rule_sim.py: handed on 10**-2.03 there, true error 0.44 against 0.012 at the minimum).
     x = np.array([-4.77, -4.73, -3.94, -3.73, -3.63, -3.04, -1.47, -1.44, -1.25, -1.18, -0.75, -0.45])
     y = np.array([0.919, 0.914, 0.906, 0.914, 0.906, 0.878, 0.042, 0.036, 0.017, 0.128, 0.850, math.nan])
     diverged = np.arange(len(x)) == len(x) - 1
