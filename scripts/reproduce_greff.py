@@ -147,10 +147,12 @@ def main() -> None:
     print(f"{'largest interaction: ' + top.param + ' x ' + top.param_b:<46}{top.importance:>9.3f} ±{top['std']:.3f}   "
           f"{'small (lr x hidden size the largest)':<30}")
     print(f"{'all main effects + pairs':<46}{fanova.importance.sum():>9.3f}")
+    said = {True: "held", False: "did not hold", None: f"not given ({verdict.reason})"}[verdict.held]
+    ratio = (f"{verdict.largest_interaction / verdict.lr_main_effect:.2f}"
+             if verdict.largest_interaction is not None and verdict.lr_main_effect else "-")
     print(f"\nlr share above two thirds: {'yes' if lr.importance > PAPER_LR_SHARE else 'no'}; "
-          f"largest lr interaction / lr effect = {verdict.largest_interaction / verdict.lr_main_effect:.2f} "
-          f"(with {verdict.largest_interaction_with}): low-interaction verdict (<= {AUDIT_MAX_INTERACTION_RATIO:g}) "
-          f"{'held' if verdict.held else 'did not hold'}")
+          f"largest lr interaction / lr effect = {ratio} "
+          f"(with {verdict.largest_interaction_with}): low-interaction verdict (<= {AUDIT_MAX_INTERACTION_RATIO:g}) {said}")
     print(f"wrote {path}; trials in {storage} (study {STUDY}/audit)")
 
 

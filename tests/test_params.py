@@ -299,3 +299,17 @@ def test_a_misspelt_name_of_a_keyword_the_factory_declares_is_named_in_the_refus
     with pytest.raises(SpecError, match="nothing takes it; declare") as refused:  # no close name: no guess
         tuner.run_study(unlike, storage=f"sqlite:///{storage}", device="cpu", model=recording_factory)
     assert "did you mean" not in str(refused.value)
+
+
+def test_the_guess_is_among_names_a_declared_parameter_can_take_never_a_loss_s_outputs_or_targets(tmp_path: Path) -> None:
+    def spec(name: str) -> Any:
+        return spec_from_dict({"name": "guess", "data": {"name": "wine"}, "train": {"epochs": 1},
+                               "stages": {"lr": {"trials": 2}, "shape": {"trials": 2, "params": {
+                                   name: {"low": 0.0, "high": 0.2, "default": 0.05}}}}})
+
+    storage = f"sqlite:///{tmp_path / 't.db'}"
+    with pytest.raises(SpecError, match="did you mean 'weight_decay'"):  # tuner's own name, taken by the optimizer
+        tuner.run_study(spec("wieght_decay"), storage=storage, device="cpu", model=recording_factory)
+    with pytest.raises(SpecError, match="nothing takes it") as refused:  # smoothed_loss(outputs, targets, ...)
+        tuner.run_study(spec("target"), storage=storage, device="cpu", model=recording_factory, loss=smoothed_loss)
+    assert "did you mean" not in str(refused.value)

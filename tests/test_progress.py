@@ -168,7 +168,7 @@ def test_trials_a_worker_stopped_are_counted_apart_from_trials_that_raised() -> 
     reporter = ConsoleReporter(Console(file=out, width=200))
     reporter.stage_finished(summary)
     reporter.close()
-    assert "1 complete, 0 pruned (0 diverged), 2 failed, 2 stopped by their worker and asked again; best 0.3" in out.getvalue()
+    assert "1 complete, 0 pruned (0 diverged), 2 failed, 2 stopped by their worker (not failures; others take their places); best 0.3" in out.getvalue()
     caption = summary_table(StudyResult("s", "sqlite:///s.db", 0.01, {"lr": summary}), "val_error").caption
     assert caption is not None and "stage lr: 2 trials stopped by their worker" in caption
 
@@ -202,7 +202,8 @@ def test_the_report_counts_stopped_and_surplus_trials_apart_from_failed_ones() -
         study.add_trial(create_trial(params={"lr": 0.01}, distributions=LR, state=TrialState.FAIL, user_attrs=attrs))
     study.add_trial(create_trial(params={"lr": 0.01}, distributions=LR, value=0.3))
     counts = _state_counts(StageRuns("lr", study, study.get_trials(), []))
-    assert counts == "1 complete, 0 pruned, 1 failed, 1 stopped by their worker and asked again"
+    assert counts == ("1 complete, 0 pruned, 1 failed, 1 stopped by their worker (not failures; others take their places), "
+                      "1 surplus (asked as others filled the budget; not trained)")
 
 
 def test_the_summary_shows_the_audits_sampled_momentum_as_the_momentum_it_trained_with() -> None:

@@ -298,7 +298,8 @@ def audit_verdict(name: str, storage: str | BaseStorage | None = None) -> AuditV
             largest = float(top.importance) if top is not None else 0.0
             largest_std = float(top["std"]) if top is not None else 0.0
             other = str(top.param_b if top.param == "lr" else top.param) if top is not None else None
-            held = judge(lr_main, lr_std, largest, largest_std)
+            # No pair left to judge (every one with a calibrated choice): nothing breaks the assumption.
+            held = judge(lr_main, lr_std, largest, largest_std) if top is not None else True
             verdict = AuditVerdict(study_name, held, len(complete), lr_main, largest, other, lr_basis=lr_basis,
                                    reason="" if held is not None else _too_close(lr_main, lr_std, largest, largest_std, other))
     partial = _set_in_some(complete)

@@ -59,7 +59,9 @@ def _state_counts(stage: StageRuns) -> str:
         if counts[state]:
             parts.append(f"{counts[state]} {word}")
     if stopped:
-        parts.append(f"{stopped} stopped by their worker and asked again")
+        parts.append(f"{stopped} stopped by their worker (not failures; others take their places)")
+    if surplus:
+        parts.append(f"{surplus} surplus (asked as others filled the budget; not trained)")
     budget = stage.study.user_attrs.get(BUDGET_ATTR)
     return ", ".join(parts) + (f" (budget {budget})" if budget is not None else "")
 

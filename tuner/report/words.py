@@ -259,6 +259,7 @@ def handoff_sentence(stage: StageRuns, chosen_lr: float) -> str | None:
     said = (f"The rate handed on, {chosen_lr:.2g}, was read from the smoothed U of {n} trials (diverged ones as "
             f"its wall), not from the best single trial: rule '{rule}', "
             + (RULES[rule] if rule in ("backed", "basin", "robust") else f"{RULES['fitted minimum']} ({record.get('why')})")
+            + (" (on the curve of rule 'backed')" if record.get("backed") and rule != "backed" else "")
             + f". Its basin, the rates whose smoothed value is within one noise unit ({record['noise']:.2g}; "
             f"{record.get('noise_basis')}) of the best, spans {low:.2g} to {high:.2g}.")
     best_number = stage.study.user_attrs.get(BEST_TRIAL_ATTR)

@@ -70,7 +70,8 @@ def can_write(database: str) -> bool:
     is tried with a file of its own: no lock of SQLite's is on that.
     """
     path = os.path.abspath(database)
-    if os.path.exists(path) and not os.access(path, os.W_OK):
+    effective = os.access in os.supports_effective_ids  # as open() would: the effective user, not the real one
+    if os.path.exists(path) and not os.access(path, os.W_OK, effective_ids=effective):
         return False
     try:
         with tempfile.TemporaryFile(dir=os.path.dirname(path)):

@@ -214,6 +214,8 @@ def sweep_choice(trials: list[FrozenTrial], *, counts_rows: bool = False, direct
 def _in_words(choice: RateChoice, best: FrozenTrial) -> str:
     """How the rate was chosen, in a few words for the console."""
     said = f"rule '{choice.rule}': {RULES[choice.rule]}"
+    if choice.backed and choice.rule != "backed":  # fell back, on the curve rule "backed" reads
+        said += " (on the curve of rule 'backed')"
     if choice.rule in SMOOTHED_RULES:
         low, high = choice.basin
         said += f"; basin {low:.3g} to {high:.3g}, within one noise unit ({choice.noise:.2g}) of the best smoothed value"

@@ -189,7 +189,7 @@ class ConsoleReporter(Reporter):
 
 
 def _stage_done(summary: StageSummary) -> str:
-    stopped = f", {summary.n_stopped} stopped by their worker and asked again" if summary.n_stopped else ""
+    stopped = f", {summary.n_stopped} stopped by their worker (not failures; others take their places)" if summary.n_stopped else ""
     return (f"stage {summary.stage} done: {summary.n_complete} complete, {summary.n_pruned} pruned "
             f"({summary.n_diverged} diverged), {summary.n_failed} failed{stopped}; best {_fmt(summary.best_value)}")
 
@@ -279,7 +279,8 @@ def summary_table(result: StudyResult, objective: str) -> Table:
     notes += [f"stage {s.stage}: trials trained together as batched models (its last batch: {s.trained_together} as one)"
               for s in result.stages.values() if s.trained_together > 1 and not s.fallback]
     notes += [f"stage {s.stage}: {s.n_stopped} trial{'s' if s.n_stopped > 1 else ''} stopped by their worker "
-              f"(Ctrl-C, SIGTERM, a worker that died) and asked again: not counted as failed"
+              f"(Ctrl-C, SIGTERM, a worker that died or lost the storage): not counted as failed; other trials "
+              f"take their places"
               for s in result.stages.values() if s.n_stopped]
     if notes:
         table.caption = "\n".join(notes)

@@ -40,11 +40,11 @@ own than half its distance to the curve): luck strikes one trial, not two neighb
 the bottom of a sharp U the local linear fit of the others lies above both (the bundled
 ``digits_optimizers`` study's SGD sweep lost its two best trials, 0.031 at 0.0375 and 0.033 at
 0.058, and handed on 0.0056). And no rate's smoothed value lies below every trial near it (those
-within :data:`WINDOW_DECADES`, and the nearest on each side): a local fit that keeps such points
-may otherwise run on past them into a gap, a dip no trial shows. On 1000 simulated sweeps
-(``scripts/rate_rule_sim.py``, seed 1) the two together cut the mean regret of the rate handed on
-(its true error above the curve's floor) by a sixth against ``"basin"`` (0.090 to 0.075), and its
-90th percentile by 30 % (0.32 to 0.23).
+within :data:`WINDOW_DECADES`): a local fit that keeps such points
+may otherwise run on past them into a gap, a dip no trial shows (in a gap, the floor is the straight line
+between the two trials that bound it). On 1000 simulated sweeps (``scripts/rate_rule_sim.py``, seed 7)
+the two together cut the mean regret of the rate handed on (its true error above the curve's floor)
+from 0.082 to 0.069 against ``"basin"``; with lucky trials in the sweeps, from 0.106 to 0.104.
 
 With one trial, its rate is handed on exactly; with fewer than :data:`MIN_POINTS` points (or
 :data:`MIN_COMPLETE` that did not diverge) the best trial's, and the choice says so.
@@ -118,6 +118,7 @@ class RateChoice:
     candidates: tuple[tuple[float, float], ...] = ()
     why: str = ""  # why a fallback rule was used ("" for "robust")
     n_points: int = 0  # points the rule saw, diverged ones included
+    backed: bool = False  # the curve read as rule "backed" reads it (also where it fell back to "fitted minimum")
 
     def as_record(self) -> dict[str, object]:
         """A small JSON-serialisable record of the choice, to store on the stage study."""
@@ -131,6 +132,7 @@ class RateChoice:
             "candidates": [[_sig(lr), _sig(worst)] for lr, worst in self.candidates],
             "why": self.why,
             "n_points": self.n_points,
+            **({"backed": True} if self.backed else {}),  # absent in records stored before rule "backed"
         }
 
 
@@ -189,17 +191,25 @@ def _backed(x: np.ndarray, y: np.ndarray, residuals: np.ndarray, fixed: np.ndarr
 
 
 def _floor(x: np.ndarray, y: np.ndarray, at: np.ndarray, fit: np.ndarray) -> np.ndarray:
-    """``fit`` raised, where it dips below them, to the lowest of the points near each rate: those within
-    ``WINDOW_DECADES``, and the nearest on each side (in a gap, the two that bound it)."""
+    """``fit`` raised, where it dips below them, to what the points near each rate show: the lowest of those
+    within ``WINDOW_DECADES``; in a gap wider than that, the straight line between the two points that bound
+    it (beyond the last point on one side, that point's value). A good trial a decade away must not pull
+    the curve down in a gap that no trial sampled."""
     out = fit.copy()
+    order = np.argsort(x)
+    xs, ys = x[order], y[order]
     for j, a in enumerate(at):
-        near = np.abs(x - a) <= WINDOW_DECADES + 1e-9
-        left, right = x <= a, x >= a
-        if left.any():
-            near[np.flatnonzero(left)[np.argmax(x[left])]] = True
-        if right.any():
-            near[np.flatnonzero(right)[np.argmin(x[right])]] = True
-        out[j] = max(out[j], float(y[near].min()))
+        near = np.abs(xs - a) <= WINDOW_DECADES + 1e-9
+        if near.any():
+            shown = float(ys[near].min())
+        else:
+            right = int(np.searchsorted(xs, a))
+            if right == 0 or right == len(xs):
+                shown = float(ys[min(right, len(xs) - 1)])
+            else:
+                share = (a - xs[right - 1]) / (xs[right] - xs[right - 1])
+                shown = float(ys[right - 1] + share * (ys[right] - ys[right - 1]))
+        out[j] = max(out[j], shown)
     return out
 
 
@@ -339,6 +349,7 @@ def choose_rate(lrs: ArrayLike, values: ArrayLike, diverged: ArrayLike, *, wall:
         candidates=_candidates(grid, score, worst, half),
         why=why,
         n_points=n_points,
+        backed=backed,
     )
 
 

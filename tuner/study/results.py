@@ -138,7 +138,8 @@ def trial_trained_lr(trial: FrozenTrial) -> float | None:
 
 def was_stopped(trial: FrozenTrial) -> bool:
     """Whether ``trial`` failed because its worker stopped it, not by raising: Ctrl-C, SIGTERM, a worker
-    that died (each failed with the reason as its ``error``, no traceback); another trial was asked in its place."""
+    that died or lost the storage (each failed with the reason as its ``error``, no traceback). It gives its
+    place up: the stage asks another trial in it (:func:`tuner.study.trials.holds_position`)."""
     attrs = trial.user_attrs
     return (trial.state == TrialState.FAIL and ERROR_ATTR in attrs and TRACEBACK_ATTR not in attrs
             and not attrs.get(SURPLUS_ATTR))
