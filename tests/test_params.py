@@ -313,3 +313,24 @@ def test_the_guess_is_among_names_a_declared_parameter_can_take_never_a_loss_s_o
     with pytest.raises(SpecError, match="nothing takes it") as refused:  # smoothed_loss(outputs, targets, ...)
         tuner.run_study(spec("target"), storage=storage, device="cpu", model=recording_factory, loss=smoothed_loss)
     assert "did you mean" not in str(refused.value)
+
+
+def test_the_guess_never_names_what_would_be_refused_and_reads_a_loss_after_its_two_positional_arguments(
+        tmp_path: Path) -> None:
+    def spec(name: str, optimizer: str = "adam") -> Any:
+        return spec_from_dict({"name": "guess", "data": {"name": "wine"}, "train": {"epochs": 1, "optimizer": optimizer},
+                               "stages": {"lr": {"trials": 2}, "shape": {"trials": 2, "params": {
+                                   name: {"low": 0.0, "high": 0.2, "default": 0.05}}}}})
+
+    def loss(outputs: torch.Tensor, targets: torch.Tensor, /, label_smoothing: float = 0.0) -> torch.Tensor:
+        return nn.functional.cross_entropy(outputs, targets, label_smoothing=label_smoothing)
+
+    storage = f"sqlite:///{tmp_path / 't.db'}"
+    for name, optimizer in (("dropout", "adam"), ("dropuot", "adam"), ("momentum", "adam"), ("momentm", "adam")):
+        with pytest.raises(SpecError, match="nothing takes it") as refused:  # a factory of your own, Adam: neither acts
+            tuner.run_study(spec(name, optimizer), storage=storage, device="cpu", model=recording_factory)
+        assert "did you mean" not in str(refused.value), name
+    with pytest.raises(SpecError, match="did you mean 'momentum'"):  # with SGD, momentum is taken
+        tuner.run_study(spec("momentm", "sgd"), storage=storage, device="cpu", model=recording_factory)
+    with pytest.raises(SpecError, match="did you mean 'label_smoothing'"):  # after positional-only outputs, targets
+        tuner.run_study(spec("label_smoothin"), storage=storage, device="cpu", model=recording_factory, loss=loss)

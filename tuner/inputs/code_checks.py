@@ -15,7 +15,7 @@ from typing import Any
 from tuner.errors import MISSING, SpecError, error_line
 from tuner.inputs.choices import values_of
 from tuner.inputs.families import ModelFamily
-from tuner.inputs.params import OPTIMIZER_NAMES, RESERVED, accepted_arguments, accepts, defaults, keyword_names
+from tuner.inputs.params import RESERVED, accepted_arguments, accepts, defaults, keyword_names
 from tuner.inputs.spec import StudySpec
 from tuner.inputs.usercode import CODE_FIELDS, UserCode, code_references, is_reference
 
@@ -207,11 +207,11 @@ def check_params(spec: StudySpec, code: UserCode) -> None:
         why = {"momentum": f"momentum acts with train.optimizer = \"sgd\" only (here "
                            f"{optimizers[0] if len(optimizers) == 1 else list(optimizers)!r})",
                "dropout": f"dropout acts on the built-in families (mlp, lstm, cnn) only, not {spec.model.family!r}"}
-        # A misspelt name of a keyword your code declares (p_dorp for p_drop): said first, as the likely fix.
-        # Keywords only: a loss's and a metric's first two arguments are the outputs and targets tuner passes.
-        declared = {n for function in own for n in keyword_names(function)[2 if function in (code.loss, code.metric) else 0:]}
-        declared = (declared | {*OPTIMIZER_NAMES, "dropout"}) - set(RESERVED)
-        close = difflib.get_close_matches(name, sorted(declared), n=1, cutoff=0.75)
+        # A misspelt name of one that would be taken (p_dorp for p_drop): said first, as the likely fix. Keywords
+        # only: a loss's and a metric's first two arguments are the outputs and targets tuner passes them.
+        takers = {n for function in own for n in keyword_names(function, skip=2 if function in (code.loss, code.metric) else 0)}
+        takers |= {"weight_decay"} | ({"momentum"} if "sgd" in optimizers else set()) | ({"dropout"} if built_in else set())
+        close = difflib.get_close_matches(name, sorted(takers - set(RESERVED) - {name}), n=1, cutoff=0.75)
         meant = f"did you mean '{close[0]}'? " if close else ""
         raise SpecError(spec.source, f"stages.shape.params.{name}", MISSING,
                         f"nothing takes it{': ' + why[name] if name in why else ''}; {meant}declare a keyword argument '{name}' "

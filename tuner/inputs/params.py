@@ -160,16 +160,16 @@ def accepts(function: Callable[..., object] | None, name: str) -> bool:
     return any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
-def keyword_names(function: Callable[..., object] | None) -> list[str]:
-    """The keyword arguments ``function`` declares by name (none for ``**kwargs``, or where no signature can be read)."""
+def keyword_names(function: Callable[..., object] | None, skip: int = 0) -> list[str]:
+    """The keyword arguments ``function`` declares by name, after its first ``skip`` parameters (those a caller
+    passes by position); none for ``**kwargs``, or where no signature can be read."""
     if function is None:
         return []
     try:
-        parameters = inspect.signature(function).parameters
+        parameters = list(inspect.signature(function).parameters.values())[skip:]
     except (TypeError, ValueError):
         return []
-    return [name for name, p in parameters.items()
-            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    return [p.name for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
 
 
 def accepted_arguments(function: Callable[..., object], given: Mapping[str, object]) -> dict[str, object]:

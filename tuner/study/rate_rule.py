@@ -192,12 +192,13 @@ def _backed(x: np.ndarray, y: np.ndarray, residuals: np.ndarray, fixed: np.ndarr
 
 def _floor(x: np.ndarray, y: np.ndarray, at: np.ndarray, fit: np.ndarray) -> np.ndarray:
     """``fit`` raised, where it dips below them, to what the points near each rate show: the lowest of those
-    within ``WINDOW_DECADES``; in a gap wider than that, the straight line between the two points that bound
-    it (beyond the last point on one side, that point's value). A good trial a decade away must not pull
+    within ``WINDOW_DECADES``; where none lies that near (a gap over twice as wide), the straight line between
+    the two points that bound it (beyond the last point on one side, that point's value). A good trial a decade away must not pull
     the curve down in a gap that no trial sampled."""
     out = fit.copy()
-    order = np.argsort(x)
-    xs, ys = x[order], y[order]
+    xs, first = np.unique(x, return_inverse=True)  # a rate tried twice counts at its best value
+    ys = np.full(len(xs), np.inf)
+    np.minimum.at(ys, first, y)
     for j, a in enumerate(at):
         near = np.abs(xs - a) <= WINDOW_DECADES + 1e-9
         if near.any():
@@ -332,6 +333,8 @@ def choose_rate(lrs: ArrayLike, values: ArrayLike, diverged: ArrayLike, *, wall:
                f"no ±{WINDOW_DECADES} decade window holds {MIN_WINDOW_POINTS} of the {n_points} trials")
         score = fit
     chosen = int(np.lexsort((fit, score))[0])  # the lowest score; of equals, the lowest fitted value
+    if backed:  # the floor makes flat runs of exact equals: the middle of the run, not its low end
+        chosen = _middle_of_run(chosen, score, fit)
     threshold = max(float(fit.min()) + noise, float(fit[chosen]))
     low = high = chosen
     while low > 0 and fit[low - 1] <= threshold:
@@ -351,6 +354,16 @@ def choose_rate(lrs: ArrayLike, values: ArrayLike, diverged: ArrayLike, *, wall:
         n_points=n_points,
         backed=backed,
     )
+
+
+def _middle_of_run(first: int, score: np.ndarray, fit: np.ndarray) -> int:
+    """The middle of the run of grid points around ``first`` whose score and fitted value equal its own."""
+    low = high = first
+    while low > 0 and score[low - 1] == score[first] and fit[low - 1] == fit[first]:
+        low -= 1
+    while high < len(score) - 1 and score[high + 1] == score[first] and fit[high + 1] == fit[first]:
+        high += 1
+    return (low + high) // 2
 
 
 def _at_trial(lr: float, rule: str, why: str, n_points: int) -> RateChoice:
