@@ -152,7 +152,8 @@ def main() -> None:
              if verdict.largest_interaction is not None and verdict.lr_main_effect else "-")
     print(f"\nlr share above two thirds: {'yes' if lr.importance > PAPER_LR_SHARE else 'no'}; "
           f"largest lr interaction / lr effect = {ratio} "
-          f"(with {verdict.largest_interaction_with}): low-interaction verdict (<= {AUDIT_MAX_INTERACTION_RATIO:g}) {said}")
+          + (f"(with {verdict.largest_interaction_with})" if verdict.largest_interaction_with else "(no pair judged)")
+          + f": low-interaction verdict (<= {AUDIT_MAX_INTERACTION_RATIO:g}) {said}")
     print(f"wrote {path}; trials in {storage} (study {STUDY}/audit)")
 
 

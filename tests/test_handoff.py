@@ -306,6 +306,13 @@ def test_the_backed_rule_keeps_two_neighbouring_best_trials_the_basin_rule_rejec
     # Fallen back to the curve's best point (no 0.25-decade window holds 3 trials), on the backed curve: the
     # record says which curve, where the rule's name cannot.
     assert backed.as_record()["backed"] is True and "backed" not in basin.as_record()
+    from optuna.distributions import FloatDistribution
+
+    from tuner.study.handoff import _in_words
+    best = optuna.trial.create_trial(params={"lr": 0.0375}, distributions={"lr": FloatDistribution(1e-5, 1, log=True)},
+                                     value=0.0306)
+    assert "rule 'fitted minimum': the best point of the smoothed curve (on the curve of rule 'backed')" in _in_words(backed, best)
+    assert "rule 'backed'" not in _in_words(basin, best)
 
 
 def test_the_backed_curve_never_dips_below_the_trials_near_a_rate() -> None:

@@ -400,3 +400,20 @@ def test_a_verdict_too_close_to_call_keeps_its_numbers_and_says_what_decides() -
     assert "could not judge the low-interaction assumption: too close to call: lr's largest interaction (with width)" in verdict.message
     assert "give the audit more trials (stages.audit.trials)" in verdict.message
     assert stored["lr_main_effect"] == verdict.lr_main_effect  # the shares are stored as they are
+
+
+def test_with_no_lr_pair_left_to_judge_the_assumption_holds_whatever_lr_s_spread() -> None:
+    # lr and a listed optimizer only: lr x optimizer is what calibrating a rate per optimizer serves, so no pair is
+    # left; a noisy lr effect (the optimizer explains nearly all: lr's spread over the trees is larger than its own
+    # share) must not make that "too close to call".
+    storage = optuna.storages.InMemoryStorage()
+    space = {"lr": FloatDistribution(1e-5, 1.0, log=True), "optimizer": CategoricalDistribution(["adam", "sgd"])}
+    study = optuna.create_study(study_name="paired/audit", storage=storage)
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        params = {"lr": float(10 ** rng.uniform(-5, 0)), "optimizer": str(rng.choice(["adam", "sgd"]))}
+        value = (0.3 if params["optimizer"] == "adam" else 0.7) + rng.normal(0, 0.02)
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=space, value=float(value)))
+    verdict = audit_verdict("paired", storage)
+    assert verdict.held is True and verdict.largest_interaction_with is None
+    assert "too close" not in verdict.message and "(with None)" not in verdict.message

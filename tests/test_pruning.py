@@ -306,4 +306,4 @@ def test_a_study_stored_with_first_rung_auto_resumes_ranking_every_trial(tmp_pat
         study.set_user_attr("settings", {"stages": {stage: {"first_rung": "auto", "handoff": "robust"}}})
     resumed = with_stored_defaults(spec, storage)
     assert resumed.stages.shape.first_rung == "auto" and resumed.stages.lr.handoff == "robust"
-    assert spec.stages.shape.first_rung == "learned" and spec.stages.lr.handoff == "basin"
+    assert spec.stages.shape.first_rung == "learned" and spec.stages.lr.handoff == "backed"

@@ -44,7 +44,8 @@ BEST_LR_ATTR = "best_lr"  # on <name>/lr, at the hand-off: the rate handed on
 BEST_TRIAL_ATTR = "best_trial"  # on <name>/lr, at the hand-off: its best trial (whose rate it is, by rule "best")
 # On <name>/lr, at the hand-off (since contract 3): how the rate was chosen, a small JSON record:
 # rule, lr, basin [low, high], noise, noise_basis, curve [[log10 lr, smoothed value]...],
-# candidates [[lr, worst smoothed value within ±0.25 decade]...], why, n_points (rate_rule.RateChoice).
+# candidates [[lr, worst smoothed value within ±0.25 decade]...], why, n_points (rate_rule.RateChoice); and
+# backed: true where the curve was read as rule "backed" reads it (since contract 8; absent otherwise).
 HANDOFF_ATTR = "handoff"
 HANDOFF_TRIALS_ATTR = "handoff_trials"  # on <name>/lr: finished lr trials the hand-off saw
 LR_ATTR = "lr"  # on <name>/shape and its trials: the calibrated rate they train at (before lr_scale)
