@@ -47,7 +47,10 @@ def test_name_defaults_to_the_file_stem(tmp_path: Path) -> None:
         ({"name": "x", "stages": {"shape": {"schedules": ["cosin"]}}}, "stages.shape.schedules", "did you mean 'cosine'"),
         ({"name": "x", "data": {"name": "mnist"}}, "data.name", "choose one of"),
         ({"name": "x", "trian": {}}, "trian", "did you mean 'train'"),
-        ({"name": "x", "train": {"epochs": "10"}}, "train.epochs", "whole number"),
+        ({"name": "x", "train": {"epochs": "10"}}, "train.epochs", "= '10': must be a whole number, without quotes: 10"),
+        ({"name": "x", "train": {"epochs": "ten"}}, "train.epochs", "= 'ten': must be a whole number"),
+        ({"name": "x", "stages": {"lr": {"lr_min": "1e-4"}}}, "stages.lr.lr_min", "must be a number, without quotes: 1e-4"),
+        ({"name": "x", "stages": {"lr": {"trials": True}}}, "stages.lr.trials", "= true: must be a whole number"),  # as TOML writes it
         ({"name": "x", "stages": {"shape": {"width": [8]}}}, "stages.shape.width", "2 values"),
         ({"name": "x", "data": {"name": "csv"}}, "data.path", "missing"),
     ],

@@ -55,7 +55,8 @@ class SpecError(ValueError):
         self.value = value
         self.fix = fix
         where = f"{source}: " if source else ""
-        shown = "" if value is MISSING else f" = {value!r}"
+        # A study file is TOML: a boolean as it is written there (true), not as Python prints it (True).
+        shown = "" if value is MISSING else f" = {str(value).lower() if isinstance(value, bool) else repr(value)}"
         if field_path == FILE_FIELD:  # the file itself, not a field in it: "x.toml: no such file; ..."
             super().__init__(f"{where or 'the spec: '}{fix}")
         else:

@@ -40,6 +40,9 @@ class _Param:
     n_levels: int  # categorical: number of levels seen; numeric: 0
 
 
+TINY_SHARE = 1e-12  # a share of the variance this small is float residue: written as 0
+
+
 def fanova_importances(
     X: pd.DataFrame,
     y: np.ndarray,
@@ -77,11 +80,16 @@ def fanova_importances(
         {
             "param": [a for a, _ in terms],
             "param_b": [b for _, b in terms],
-            "importance": shares.mean(axis=0),
-            "std": shares.std(axis=0),
+            # Float residue of exact zeros (a pure interaction of 8e-30) written as 0.
+            "importance": _tidy(shares.mean(axis=0)),
+            "std": _tidy(shares.std(axis=0)),
         },
         columns=COLUMNS,
     )
+
+
+def _tidy(values: np.ndarray) -> np.ndarray:
+    return np.where(np.abs(values) < TINY_SHARE, 0.0, values)
 
 
 def _tree_shares(

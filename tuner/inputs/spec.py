@@ -310,11 +310,11 @@ def _coerce(hint: Any, value: Any, path: str, source: str) -> Any:
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(source, path, value, "must be a whole number")
+            raise SpecError(source, path, value, "must be a whole number" + _unquoted(value, int))
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SpecError(source, path, value, "must be a number")
+            raise SpecError(source, path, value, "must be a number" + _unquoted(value, float))
         if not math.isfinite(value):
             raise SpecError(source, path, value, "must be a finite number")
         return float(value)
@@ -323,6 +323,19 @@ def _coerce(hint: Any, value: Any, path: str, source: str) -> Any:
             raise SpecError(source, path, value, 'must be a string in quotes, e.g. "value"')
         return value
     raise TypeError(f"unsupported spec field type {hint!r}")  # a bug in this module, not user input
+
+
+def _unquoted(value: Any, kind: type) -> str:
+    """Where a number was written in quotes ("2"), how to write it: ", without quotes: 2"."""
+    if isinstance(value, str):
+        try:
+            number = kind(value.strip())
+        except ValueError:
+            return ""
+        if kind is float and not math.isfinite(number):
+            return ""
+        return f", without quotes: {value.strip()}"
+    return ""
 
 
 def _one_or_list(item: Any, value: Any, path: str, source: str) -> Any:
