@@ -489,3 +489,24 @@ def test_a_studys_own_metric_and_a_score_are_captioned_in_words_that_read() -> N
     # "its your metric on the validation part after the last epoch" read badly; a score has no target to reach.
     assert "a score has no target" in lr_time_caption(None, "score") and "target score" not in lr_time_caption(None, "score")
     assert "reach the target loss" in lr_time_caption(None, "loss")
+
+
+def test_the_chosen_rates_note_points_into_the_plot_below_a_high_score_and_above_a_low_error() -> None:
+    # A score's best lies near the top, where a note placed above it ran into the title (a new user's F1 study).
+    from matplotlib.text import Annotation
+
+    runs = [_run(lr, [0.1, value]) for lr, value in [(1e-4, 0.3), (1e-3, 0.9), (1e-2, 0.95), (1e-1, 0.6)]]
+    for maximize, downward in ((True, True), (False, False)):
+        fig = plot_lr_sensitivity(runs, 1e-2, "your metric on the validation part", maximize=maximize)
+        notes = [t for t in fig.axes[0].texts if isinstance(t, Annotation) and t.get_text().startswith("chosen")]
+        assert len(notes) == 1 and (notes[0].xyann[1] < 0) == downward
+
+
+def test_an_axis_of_a_last_value_reads_as_english_for_every_objective() -> None:
+    from tuner.report.runs import final_label
+
+    assert final_label("validation error (RMSE)") == "final validation error (RMSE)"
+    # Not "final your metric on the validation part (higher is better)", as a new user's F1 report read.
+    assert final_label("your metric on the validation part (higher is better)") == \
+        "your metric on the validation part at the last epoch (higher is better)"
+    assert final_label("objective reported by your loop") == "objective reported by your loop at the last epoch"

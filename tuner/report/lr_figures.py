@@ -17,7 +17,7 @@ from matplotlib.ticker import Formatter, MaxNLocator
 
 from tuner.report.figures import CHOSEN_COLOR, DIVERGED_COLOR, new_figure, plain_log_y, use_log_y
 from tuner.report.runs import (
-    Run, TrialCosts, as_errors, epochs_to_target, error_target, objective_word, trial_costs, untrained_errors,
+    Run, TrialCosts, as_errors, epochs_to_target, error_target, final_label, objective_word, trial_costs, untrained_errors,
 )
 from tuner.report.words import divergence_onset
 from tuner.study.rate_rule import SMOOTHED_RULES
@@ -118,12 +118,14 @@ def plot_lr_sensitivity(runs: Sequence[Run], chosen_lr: float | None, objective:
         best = min(complete, key=lambda r: abs(math.log(r.params["lr"] / chosen_lr)))
         ax.scatter([best.params["lr"]], [best.value], marker="*", s=220, color=CHOSEN_COLOR,
                    edgecolor="black", zorder=5)
+        # Towards the inside of the plot: above a low error, below a high score (above it ran into the title).
         ax.annotate(f"chosen: lr {chosen_lr:.3g}\n{objective.split(' (')[0]} {best.value:.3g}", xy=(best.params["lr"], best.value),
-                    xytext=(-14, 34), textcoords="offset points", ha="right", fontsize=9, color="#1a6b1a",
+                    xytext=(-14, -34 if maximize else 34), textcoords="offset points", ha="right",
+                    va="top" if maximize else "baseline", fontsize=9, color="#1a6b1a",
                     arrowprops={"arrowstyle": "-", "color": "#1a6b1a", "lw": 0.8})
     _lr_axis(ax)
     ax.set_xlim(min(lrs) / 1.5, max(lrs) * 1.5)
-    ax.set_ylabel(f"final {objective}" + ("" if maximize else "\n(lower is better)"))
+    ax.set_ylabel(final_label(objective) + ("" if maximize else "\n(lower is better)"))
     ax.set_title(f"Learning-rate sensitivity (stage lr): {objective_word(objective, maximize)} after the last epoch, by rate\n"
                  "too small crawls (left), too large oscillates or diverges (right)", fontsize=10)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)

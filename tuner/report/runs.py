@@ -206,6 +206,15 @@ def file_key(stage: str) -> str:
     return stage.replace("[", "-").replace("]", "").replace("=", "-").replace(",", "-")
 
 
+def final_label(objective: str) -> str:
+    """The axis label of a run's last value: "final validation error"; a label that names its owner first
+    ("your metric on the validation part (higher is better)") reads "... at the last epoch (...)"."""
+    if not objective.startswith(("your ", "objective ")):
+        return f"final {objective}"
+    base, _, rest = objective.partition(" (")
+    return f"{base} at the last epoch" + (f" ({rest}" if rest else "")
+
+
 def objective_label(stages: dict[str, StageRuns]) -> str:
     """The y-axis label: what the objective is, in words a reader knows."""
     first = next(iter(stages.values())).study.user_attrs
