@@ -16,6 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
 from pg import PostgresServer, postgres_server  # noqa: F401 -- postgres_server is a fixture
@@ -102,8 +103,10 @@ def _stop_mid_trial(worker: subprocess.Popen[str], url: str, name: str, signum: 
                     worker.send_signal(signal.SIGCONT)
                     return running
                 worker.send_signal(signal.SIGCONT)
-        except optuna.exceptions.StorageInternalError:
-            pass  # the worker is creating the database right now
+        except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # The worker is creating the database right now: on PostgreSQL this reader's Optuna races it to
+            # create the same tables ("duplicate key ... pg_type_typname_nsp_index"), as two workers would.
+            pass
         time.sleep(0.05)
     worker.kill()
     raise AssertionError(f"never caught mid-trial: {worker.communicate()}")
