@@ -129,10 +129,11 @@ class TrialRecord:
         return self.n_params * self.epochs
 
 
-def task_spec(task: str, seed: int, quick: bool, shape: dict[str, Any] | None = None) -> dict[str, Any]:
+def task_spec(task: str, seed: int, quick: bool, shape: dict[str, Any] | None = None,
+              lr: dict[str, Any] | None = None) -> dict[str, Any]:
     """The study file of ``task`` (or its generated spec) as a dict, with this seed (and the quick budgets);
-    ``shape``: fields of ``[stages.shape]`` set on every task (``--shape``), e.g. ``{"lr_transfer": "none"}``,
-    and of ``[stages.lr]`` under the key ``"lr."`` (``--lr``), e.g. ``{"lr.": {"handoff": "basin"}}``."""
+    ``shape``, ``lr``: fields of ``[stages.shape]`` and ``[stages.lr]`` set on every task (``--shape``,
+    ``--lr``), e.g. ``{"lr_transfer": "none"}``, ``{"handoff": "basin"}``."""
     if TASKS[task][0] == "generated":
         table = copy.deepcopy(bench_tasks.TASKS[task][0])
     else:
@@ -142,9 +143,8 @@ def task_spec(task: str, seed: int, quick: bool, shape: dict[str, Any] | None = 
     table.pop("storage", None)
     stages = table.setdefault("stages", {})
     stages.pop("audit", None)  # the staged study proper: lr, then shape
-    shape = dict(shape or {})
-    stages.setdefault("lr", {}).update(shape.pop("lr.", {}))
-    stages.setdefault("shape", {}).update(shape)
+    stages.setdefault("lr", {}).update(lr or {})
+    stages.setdefault("shape", {}).update(shape or {})
     if quick:
         settings = QUICK[task]
         table.setdefault("train", {})["epochs"] = settings["epochs"]
@@ -372,9 +372,10 @@ def task_loader(task: str) -> Callable[..., Any] | None:
 
 
 def run_seed(task: str, seed: int, quick: bool, folder: Path, methods: tuple[str, ...] = METHODS,
-             shape: dict[str, Any] | None = None) -> tuple[dict[str, list[TrialRecord]], StagedOutcome]:
+             shape: dict[str, Any] | None = None, lr: dict[str, Any] | None = None,
+             ) -> tuple[dict[str, list[TrialRecord]], StagedOutcome]:
     """Every method of ``methods`` on one seed (staged always: it sets the budget); their trials, and staged's stages."""
-    table = task_spec(task, seed, quick, shape)
+    table = task_spec(task, seed, quick, shape, lr)
     loader = task_loader(task)
     staged, best_shape, outcome = run_staged(table, folder, loader)
     budget = sum(r.compute for r in staged)
@@ -656,16 +657,15 @@ def main() -> None:
 
     started = time.perf_counter()
     outcomes: dict[str, dict[int, StagedOutcome]] = {}
-    shape = {field: json.loads(value) for field, _, value in (item.partition("=") for item in args.shape)}
-    if args.lr:
-        shape["lr."] = {field: json.loads(value) for field, _, value in (item.partition("=") for item in args.lr)}
+    shape, lr = ({field: json.loads(value) for field, _, value in (item.partition("=") for item in given)}
+                 for given in (args.shape, args.lr))
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
     with (contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory()) as folder, \
             concurrent.futures.ProcessPoolExecutor(
             args.jobs, initializer=torch.set_num_threads, initargs=(args.threads,)) as pool:
         # Every (task, seed) is a job of its own: its trials train alike in any process, only wall seconds differ.
-        jobs = {(task, seed): pool.submit(run_seed, task, seed, args.quick, Path(folder), methods, shape)
+        jobs = {(task, seed): pool.submit(run_seed, task, seed, args.quick, Path(folder), methods, shape, lr)
                 for task in tasks for seed in seeds}
         for task in tasks:
             runs = {}
