@@ -11,8 +11,8 @@ from optuna.trial import TrialState
 from tuner.report.runs import StageRuns, file_key, lr_stage_runs, objective_word, stage_rate, trial_costs
 from tuner.report.words import fmt_value, lr_time_caption, rate_words
 from tuner.storage import redact
-from tuner.study.results import lr_stages, was_stopped
-from tuner.study.stored import BUDGET_ATTR, CHOICE_ATTR, RATES_ATTR, SETTINGS_ATTR, SURPLUS_ATTR, stage_kind
+from tuner.study.results import failure_counts, lr_stages
+from tuner.study.stored import BUDGET_ATTR, CHOICE_ATTR, RATES_ATTR, SETTINGS_ATTR, stage_kind
 
 CAPTIONS = {
     "lr_sensitivity": "Each dot is one trial of stage lr: its {what} after the last epoch against its "
@@ -52,9 +52,7 @@ def _state_counts(stage: StageRuns) -> str:
     parts = [f"{counts[TrialState.COMPLETE]} complete"]
     parts.append(f"{counts[TrialState.PRUNED]} pruned" + (f" ({n_div} diverged)" if n_div else ""))
     # Failed: raised. Trials its worker stopped (Ctrl-C, SIGTERM, died) and surplus ones were asked again or never trained.
-    stopped = sum(was_stopped(t) for t in stage.trials)
-    surplus = sum(t.state == TrialState.FAIL and bool(t.user_attrs.get(SURPLUS_ATTR)) for t in stage.trials)
-    counts[TrialState.FAIL] -= stopped + surplus
+    counts[TrialState.FAIL], stopped, surplus = failure_counts(stage.trials)
     for state, word in ((TrialState.FAIL, "failed"), (TrialState.RUNNING, "running"), (TrialState.WAITING, "waiting")):
         if counts[state]:
             parts.append(f"{counts[state]} {word}")

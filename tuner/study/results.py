@@ -145,6 +145,15 @@ def was_stopped(trial: FrozenTrial) -> bool:
             and not attrs.get(SURPLUS_ATTR))
 
 
+def failure_counts(trials: Sequence[FrozenTrial]) -> tuple[int, int, int]:
+    """Of the FAIL trials: (failed by raising or a non-finite value, stopped by their worker (:func:`was_stopped`),
+    surplus: failed untrained because other workers had filled the budget)."""
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    surplus = sum(bool(t.user_attrs.get(SURPLUS_ATTR)) for t in failed)
+    stopped = sum(was_stopped(t) for t in failed)
+    return len(failed) - surplus - stopped, stopped, surplus
+
+
 def stage_summary(study: optuna.Study, stage: str, budget: int, fixed: dict[str, Any] | None = None) -> StageSummary:
     """What a stage's stored trials add up to; ``fixed``: settings shared by its trials (e.g. lr)."""
     trials = study.get_trials(deepcopy=False)
@@ -157,6 +166,7 @@ def stage_summary(study: optuna.Study, stage: str, budget: int, fixed: dict[str,
     starts = [t.datetime_start for t in finished if t.datetime_start]
     ends = [t.datetime_complete for t in finished if t.datetime_complete]
     wall = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+    n_failed, n_stopped, _ = failure_counts(trials)
     return StageSummary(
         stage=stage,
         study_name=study.study_name,
@@ -164,7 +174,7 @@ def stage_summary(study: optuna.Study, stage: str, budget: int, fixed: dict[str,
         n_complete=len(complete),
         n_pruned=sum(t.state == TrialState.PRUNED for t in trials),
         n_diverged=sum(bool(t.user_attrs.get(DIVERGED_ATTR)) for t in finished),
-        n_failed=sum(t.state == TrialState.FAIL and not t.user_attrs.get(SURPLUS_ATTR) and not was_stopped(t) for t in trials),
+        n_failed=n_failed,
         best_value=best.value if best else None,
         best_params=_best_params(best, fixed) if best else {},
         wall_seconds=wall,
@@ -173,7 +183,7 @@ def stage_summary(study: optuna.Study, stage: str, budget: int, fixed: dict[str,
         direction=direction,
         trained_together=int(study.user_attrs.get(TRAINED_TOGETHER_ATTR, 1)),
         fallback=study.user_attrs.get(FALLBACK_ATTR),
-        n_stopped=sum(was_stopped(t) for t in trials),
+        n_stopped=n_stopped,
     )
 
 
