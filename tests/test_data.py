@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,33 @@ def test_bad_csv_files_are_refused_clearly(tmp_path: Path, content: str, target:
     (tmp_path / "d.csv").write_text(content)
     with pytest.raises(SpecError, match=words.replace("(", r"\(").replace(")", r"\)")):
         load_dataset(DataSpec(name="csv", path=str(tmp_path / "d.csv"), target=target), 0)
+
+
+def test_a_numeric_target_with_a_stray_text_cell_is_refused_naming_the_cell(tmp_path: Path) -> None:
+    # As text, each of the 60 prices would be a class of its own: a 60-class "classification", every trial at error 1.
+    rows = ["a,price"] + [f"{i},{i * 1.5 + 0.1}" for i in range(60)]
+    rows[9] = "8,unknown"
+    (tmp_path / "d.csv").write_text("\n".join(rows))
+    with pytest.raises(SpecError, match=r"holds numbers but for 1 of 60 cells \('unknown' on line 10\).*task = \"classification\""):
+        load_dataset(DataSpec(name="csv", path=str(tmp_path / "d.csv"), target="price"), 0)
+    # Said to be classes, the same column is taken as the user says.
+    rows = ["a,size"] + [f"{i},{['1', '2', 'big'][i % 3]}" for i in range(60)]
+    (tmp_path / "e.csv").write_text("\n".join(rows))
+    data = load_dataset(DataSpec(name="csv", path=str(tmp_path / "e.csv"), target="size"), 0)  # a third text: labels
+    assert data.task == "classification" and data.n_outputs == 3
+
+
+def test_a_saved_row_index_is_used_as_told_and_warned_of(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from tuner.inputs.data import DataWarning
+
+    frame = pd.DataFrame({"a": [float(i % 7) for i in range(60)], "y": [i * 0.5 for i in range(60)]})
+    frame.to_csv(tmp_path / "d.csv")  # pandas' default: the index as a first column without a header
+    with pytest.warns(DataWarning, match=r"column 'Unnamed: 0' has no header and counts the rows \(0, 1, \.\.\.\).*index=False"):
+        data = load_dataset(DataSpec(name="csv", path=str(tmp_path / "d.csv"), target="y"), 0)
+    assert data.x_train.shape[-1] == 2  # still a feature: a stored study with it resumes
+    frame.to_csv(tmp_path / "e.csv", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        load_dataset(DataSpec(name="csv", path=str(tmp_path / "e.csv"), target="y"), 0)

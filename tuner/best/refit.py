@@ -279,7 +279,7 @@ def _applying(table: dict[str, Any], spec: StudySpec, schedule: str) -> dict[str
             for key in keys:
                 table["data"].pop(key, None)
     if spec.data.name == "csv" and spec.data.path:  # read beside best.toml otherwise: the study's own file, wherever run
-        from tuner.inputs.data import csv_path
+        from tuner.inputs.csv_file import csv_path
 
         table["data"]["path"] = str(csv_path(spec.data, spec.source).resolve())
     if table["train"]["optimizer"] != "sgd":

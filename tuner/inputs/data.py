@@ -14,26 +14,20 @@ deviation and turn its rare ink into huge inputs.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from sklearn import datasets as sk_datasets
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader
 
 from tuner.errors import DataWarning  # defined with the error types (the CLI catches it without torch); importable from here as before
+from tuner.inputs.csv_file import read_csv
 from tuner.inputs.spec import MIN_SPLIT_ROWS, DataSpec, SpecError
-
-# Integer targets with at most this many distinct values are taken as class labels.
-MAX_INFERRED_CLASSES = 20
-
 
 @dataclass(frozen=True)
 class Dataset:
@@ -143,7 +137,7 @@ def load_bundled_or_csv(spec: DataSpec, seed: int, source: str = "") -> Dataset:
     columns: list[str] = []
     labels: dict[str, Any] = {}
     if spec.name == "csv":
-        x, y, task, columns, labels = _read_csv(spec, source)
+        x, y, task, columns, labels = read_csv(spec, source)
         x, dropped = _informative_columns(spec, x, y, task, columns, source)
     elif spec.name == "adding":
         x, y, task = _adding_problem(spec.samples, spec.sequence_length, seed)
@@ -294,7 +288,7 @@ def _informative_columns(spec: DataSpec, x: np.ndarray, y: np.ndarray, task: str
 def task_of(spec: DataSpec, source: str = "") -> str:
     """"classification" or "regression": what the data set of ``spec`` asks for (a CSV with task "auto" is read)."""
     if spec.name == "csv":
-        return spec.task if spec.task != "auto" else _read_csv(spec, source)[2]
+        return spec.task if spec.task != "auto" else read_csv(spec, source)[2]
     return "regression" if spec.name in ("diabetes", "adding") else "classification"
 
 
@@ -347,89 +341,3 @@ def _adding_problem(samples: int, steps: int, seed: int) -> tuple[np.ndarray, np
     x = np.stack([values, marks], axis=-1)
     y = (values * marks).sum(axis=1)
     return x, y, "regression"
-
-
-def csv_path(spec: DataSpec, source: str) -> Path:
-    """The CSV file a spec names: a relative path is read beside the spec (else from the working folder)."""
-    path = Path(spec.path or "")
-    if not path.is_absolute() and source:
-        beside_spec = Path(source).parent / path
-        path = beside_spec if beside_spec.exists() or not path.exists() else path
-    return path
-
-
-def _read_csv(spec: DataSpec, source: str) -> tuple[np.ndarray, np.ndarray, str, list[str], dict[str, Any]]:
-    """Features, target, task, the feature columns' names and the class labels by their text of the spec's CSV file,
-    refused where unusable."""
-    path = csv_path(spec, source)
-    if not path.is_file():
-        raise SpecError(source, "data.path", spec.path, "no such file; give the path of a CSV file (relative paths are read beside the spec)")
-    try:
-        frame = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise SpecError(source, "data.path", spec.path, "the CSV file is empty; it needs a header row and data rows") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        reason = " ".join(str(error).split())  # pandas' messages run over several lines
-        raise SpecError(source, "data.path", spec.path, f"cannot be read as CSV ({reason})") from None
-    except OSError as error:
-        raise SpecError(source, "data.path", spec.path, f"cannot read it ({error.strerror or error}); check its permissions") from None
-    if frame.empty:
-        raise SpecError(source, "data.path", spec.path, "the CSV file holds no data rows")
-    if spec.target not in frame.columns:
-        raise SpecError(source, "data.target", spec.target, f"no such column in {path.name}; {_column_hint(spec.target, frame.columns)}")
-    target = frame[spec.target]
-    features = frame.drop(columns=[spec.target])
-    if features.shape[1] == 0:
-        raise SpecError(source, "data.path", spec.path, "the CSV file has no feature columns beside the target")
-    non_numeric = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
-    if non_numeric:
-        raise SpecError(source, "data.path", spec.path, f"feature column '{non_numeric[0]}' is not numeric; encode it as numbers or drop it")
-    missing = features.columns[features.isna().any()].tolist()
-    if missing:
-        row = int(features[missing[0]].isna().to_numpy().argmax()) + 2  # +1 header, +1 one-based
-        raise SpecError(source, "data.path", spec.path, f"feature column '{missing[0]}' has a missing value (line {row}); fill or drop such rows")
-    if target.isna().any():
-        row = int(target.isna().to_numpy().argmax()) + 2
-        raise SpecError(source, "data.target", spec.target, f"the target has a missing value (line {row}); fill or drop such rows")
-    values = features.to_numpy(dtype=np.float64)
-    finite = np.isfinite(values)
-    if not finite.all():
-        row, column = np.argwhere(~finite)[0]
-        raise SpecError(source, "data.path", spec.path, f"non-finite values in column '{features.columns[column]}' "
-                        f"({values[row, column]} on line {row + 2}); replace them with numbers or drop such rows")
-    task = spec.task if spec.task != "auto" else _infer_task(target)
-    if task == "regression" and not pd.api.types.is_numeric_dtype(target):
-        raise SpecError(source, "data.target", spec.target, 'is not numeric, so it cannot be a regression target; set task = "classification"')
-    if pd.api.types.is_numeric_dtype(target) and not pd.api.types.is_bool_dtype(target):
-        numbers = target.to_numpy(dtype=np.float64)
-        if not np.isfinite(numbers).all():
-            row = int((~np.isfinite(numbers)).argmax()) + 2
-            raise SpecError(source, "data.target", spec.target, f"non-finite values in the target (line {row}); replace them or drop such rows")
-        if task == "classification" and not np.all(numbers == np.round(numbers)):
-            example = numbers[numbers != np.round(numbers)][0]
-            raise SpecError(source, "data.task", spec.task, f"the target '{spec.target}' holds fractional numbers (e.g. {example:g}), "
-                            f'not class labels; set task = "regression", or encode the classes as whole numbers or text')
-    y = target.to_numpy() if task == "regression" else target.astype(str).to_numpy()
-    # Classes are encoded by their text (the order of the class indices of every stored trial); a
-    # numeric or boolean column's labels are told back as its own values, not as that text.
-    labels = {str(text): value for text, value in zip(y.tolist(), target.tolist())} \
-        if task == "classification" and pd.api.types.is_numeric_dtype(target) else {}
-    return values, y, task, [str(c) for c in features.columns], labels
-
-
-def _column_hint(name: str, columns: Any, shown: int = 12) -> str:
-    """"did you mean ...?" (by spelling, case aside) and the file's columns, the last ones too where many."""
-    names = [str(c) for c in columns]
-    lower = {n.lower(): n for n in names}
-    close = [lower[m] for m in difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.6)]
-    listed = names if len(names) <= shown else [*names[:shown - 2], f"... ({len(names) - shown + 1} more)", names[-1]]
-    return (f"did you mean '{close[0]}'? " if close else "") + f"its {len(names)} columns are: {', '.join(listed)}"
-
-
-def _infer_task(target: pd.Series) -> str:
-    if not pd.api.types.is_numeric_dtype(target) or pd.api.types.is_bool_dtype(target):
-        return "classification"
-    values = target.to_numpy(dtype=np.float64)
-    if np.all(values == np.round(values)) and len(np.unique(values)) <= MAX_INFERRED_CLASSES:
-        return "classification"
-    return "regression"

@@ -344,7 +344,7 @@ def identity(spec: StudySpec, code: UserCode | None = None, stored: Mapping[str,
         function = code.callable_of(field) if code is not None else None
         found[field] = function_identity(reference, spec.source, function, field, (stored or {}).get(field))
     if spec.data.name == "csv" and spec.data.path:
-        from tuner.inputs.data import csv_path
+        from tuner.inputs.csv_file import csv_path
 
         path = csv_path(spec.data, spec.source)
         if path.is_file():
