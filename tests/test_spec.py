@@ -53,6 +53,13 @@ def test_name_defaults_to_the_file_stem(tmp_path: Path) -> None:
         ({"name": "x", "stages": {"lr": {"trials": True}}}, "stages.lr.trials", "= true: must be a whole number"),  # as TOML writes it
         ({"name": "x", "stages": {"shape": {"width": [8]}}}, "stages.shape.width", "2 values"),
         ({"name": "x", "data": {"name": "csv"}}, "data.path", "missing"),
+        # A key of another table is sent there, not to a near spelling of this table's keys.
+        ({"name": "x", "model": {"epochs": 3}}, "model.epochs", "'epochs' belongs in [train] (or [stages.lr], [stages.shape]"),
+        ({"name": "x", "stages": {"lr": {"batch_size": 64}}}, "stages.lr.batch_size", "'batch_size' belongs in [train]"),
+        ({"name": "x", "train": {"seed": 1}}, "train.seed", "'seed' belongs at the top of the file, before any [table]"),
+        # The rate is not a parameter to declare ([stages.shape.params] refuses 'lr'): where it is set instead.
+        ({"name": "x", "stages": {"shape": {"lr": [1e-3, 0.1]}}}, "stages.shape.lr", "[stages.lr] lr_min and lr_max"),
+        ({"name": "x", "stages": {"shape": {"dropout": [0.1, 0.2]}}}, "stages.shape.dropout", "declare it in [stages.shape.params]"),
     ],
 )
 def test_bad_fields_are_named_with_a_fix(table: dict, field: str, words: str) -> None:

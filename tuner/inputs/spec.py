@@ -259,8 +259,15 @@ def _build(cls: type, table: Any, prefix: str, source: str) -> Any:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
             hint = f"did you mean '{close[0]}'?" if close else f"known keys here: {', '.join(known)}"
+            homes = [home for home in _tables_with(key) if home != prefix.rstrip(".")]
             if key == "params" and cls is not ShapeStageSpec:
                 hint = "declare your own parameters in [stages.shape.params]; their default is what stage lr trains with"
+            elif key == "lr":
+                hint = ("the rate is tuner's own: stage lr calibrates it between [stages.lr] lr_min and lr_max, and stage "
+                        "shape scales it for each shape by [stages.shape] lr_scale")
+            elif homes:  # a key of another table, e.g. epochs in [model]
+                where = [f"[{home}]" if home else "at the top of the file, before any [table]" for home in homes]
+                hint = f"'{key}' belongs {'in ' if homes[0] else ''}{where[0]}" + (f" (or {', '.join(where[1:])})" if where[1:] else "")
             elif cls is ShapeStageSpec:  # perhaps a parameter of the user's own, e.g. dropout = [0.2, 0.5]
                 hint = (f"{hint + ' Or, ' if close else ''}to search a parameter of your own, declare it in "
                         f"[stages.shape.params], e.g. {key} = {{ low = 0.0, high = 0.5, default = 0.0 }}")
@@ -272,6 +279,18 @@ def _build(cls: type, table: Any, prefix: str, source: str) -> Any:
     if cls is StudySpec and "name" not in values:
         raise SpecError(source, "name", _MISSING, 'missing; add e.g. name = "my-study"')
     return cls(**values)
+
+
+def _tables_with(key: str, cls: type | None = None, prefix: str = "") -> list[str]:
+    """The tables of a spec that hold ``key`` as a setting (not as a table of its own), e.g. ["train", "stages.lr"]."""
+    cls = cls or StudySpec
+    found = []
+    for name, hint in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(hint):
+            found += _tables_with(key, hint, f"{prefix}{name}.")
+        elif name == key and name != "source":
+            found.append(prefix.rstrip("."))
+    return found
 
 
 def _coerce(hint: Any, value: Any, path: str, source: str) -> Any:
