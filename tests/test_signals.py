@@ -189,6 +189,18 @@ def test_sigterm_before_the_study_catches_its_own_is_one_line_exit_143_and_nothi
     assert not (tmp_path / "study.db").exists()
 
 
+@pytest.mark.parametrize(("signum", "code", "what"), [("TERM", 143, "terminated (SIGTERM)"), ("INT", 130, "interrupted")])
+def test_a_stop_while_loading_says_no_trial_started_and_names_no_trials_in_progress(tmp_path: Path, signum: str, code: int,
+                                                                                     what: str) -> None:
+    # Before the first stage (torch, the data and the user's code still loading): no trial ran, none can be marked failed.
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    worker, _ = _start(tmp_path, QUICK_SPEC, "loading", url, TUNER_TEST_SIGNAL_AT=f"spec-loaded:{signum}")
+    stdout, stderr = worker.communicate(timeout=120)
+    assert worker.returncode == code, stdout + stderr
+    assert stderr.strip() == f"error: {what} before any trial started: run the same command again"
+    assert "resume" not in stdout + stderr
+
+
 @pytest.mark.parametrize("signum", ["TERM", "INT"])
 def test_a_stop_after_the_summary_changes_nothing(tmp_path: Path, signum: str) -> None:
     url = f"sqlite:///{tmp_path / 'study.db'}"

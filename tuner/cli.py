@@ -123,6 +123,7 @@ def study(
                     fail(f"--name {name!r}: {problem}", BAD_INPUT)
                 loaded = dataclasses.replace(loaded, name=name)
             _refuse_in_memory(storage, loaded.storage, loaded.source)
+            signal_point("spec-loaded")  # (a test hook: a stop before any trial started)
             if storage_password_file is not None:
                 storage = with_password(storage or loaded.storage or DEFAULT_STORAGE, storage_password_file)
             try:
@@ -136,6 +137,9 @@ def study(
                 reporter.close()
     except KeyboardInterrupt as stop:
         what, code = ("terminated (SIGTERM)", TERMINATED) if isinstance(stop, Terminated) else ("interrupted", INTERRUPTED)
+        if not reporter.started:  # loading the spec, torch, the data or the user's code: no trial ran
+            stopped(f"error: {what} before any trial started: run the same command again")
+            raise typer.Exit(code) from None
         stopped(f"{what}: the trials in progress are marked failed (a batch: all of its trials), finished trials are kept; "
                 f"resume with: {shlex.join(resume)}{password_note}")
         raise typer.Exit(code) from None

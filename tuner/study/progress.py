@@ -112,8 +112,10 @@ class ConsoleReporter(Reporter):
         self._waiting_since: float | None = None
         self._clock: _StageClock | None = None
         self._best = _BestShown()
+        self.started = False  # a stage began: from then on trials may be in progress
 
     def stage_started(self, stage: Stage, n_finished: int) -> None:
+        self.started = True
         self._waiting_since = None
         self._clock = _StageClock(stage.budget, n_finished)
         self._best = _BestShown(stage.direction)
