@@ -510,3 +510,23 @@ def test_an_axis_of_a_last_value_reads_as_english_for_every_objective() -> None:
     assert final_label("your metric on the validation part (higher is better)") == \
         "your metric on the validation part at the last epoch (higher is better)"
     assert final_label("objective reported by your loop") == "objective reported by your loop at the last epoch"
+
+
+def test_the_summary_and_the_report_count_a_stages_time_alike_pauses_and_stopped_trials_included(tmp_path: Path) -> None:
+    # A first run stopped by Ctrl-C (its trial failed, user attribute stopped), resumed 30 s later.
+    from datetime import datetime, timedelta
+
+    from tuner.study.results import stage_summary, wall_seconds
+
+    start = datetime(2026, 12, 6, 12, 0, 0)
+    study = optuna.create_study(study_name="timed/lr", storage=f"sqlite:///{tmp_path / 't.db'}")
+    distribution = {"lr": optuna.distributions.FloatDistribution(1e-4, 1.0, log=True)}
+    for offset, state in ((0, optuna.trial.TrialState.FAIL), (30, optuna.trial.TrialState.COMPLETE),
+                          (32, optuna.trial.TrialState.COMPLETE)):
+        trial = optuna.trial.create_trial(params={"lr": 0.01}, distributions=distribution, state=state,
+                                          value=0.5 if state == optuna.trial.TrialState.COMPLETE else None)
+        trial.datetime_start, trial.datetime_complete = start + timedelta(seconds=offset), start + timedelta(seconds=offset + 1)
+        study.add_trial(trial)
+    # The summary's column, from the stopped trial's start to the last end (it read 3.0 s, finished trials only),
+    # and the report's (report/html.py), one function.
+    assert stage_summary(study, "lr", budget=2).wall_seconds == 33.0 == wall_seconds(study.get_trials())

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from tuner.report.runs import StageRuns, file_key, lr_stage_runs, objective_word, stage_rate, trial_costs
 from tuner.report.words import fmt_value, lr_time_caption, rate_words
 from tuner.storage import redact
-from tuner.study.results import failure_counts, lr_stages
+from tuner.study.results import failure_counts, lr_stages, wall_seconds
 from tuner.study.stored import BUDGET_ATTR, CHOICE_ATTR, RATES_ATTR, SETTINGS_ATTR, stage_kind
 
 CAPTIONS = {
@@ -64,12 +64,6 @@ def _state_counts(stage: StageRuns) -> str:
     return ", ".join(parts) + (f" (budget {budget})" if budget is not None else "")
 
 
-def _wall_seconds(stage: StageRuns) -> float:
-    starts = [t.datetime_start for t in stage.trials if t.datetime_start]
-    ends = [t.datetime_complete for t in stage.trials if t.datetime_complete]
-    return (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
-
-
 def _duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f} s"
@@ -96,7 +90,7 @@ def _summary_rows(stages: dict[str, StageRuns], chosen_lr: float | None) -> list
             value = f"{best.value:.4g}"
         train = sum(r.seconds or 0.0 for r in stage.runs)
         rows.append([stage.study.study_name, setting, value, _state_counts(stage),
-                     _duration(_wall_seconds(stage)), _duration(train)])
+                     _duration(wall_seconds(stage.trials)), _duration(train)])
     return rows
 
 

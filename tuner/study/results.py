@@ -154,6 +154,14 @@ def failure_counts(trials: Sequence[FrozenTrial]) -> tuple[int, int, int]:
     return len(failed) - surplus - stopped, stopped, surplus
 
 
+def wall_seconds(trials: Sequence[FrozenTrial]) -> float:
+    """A stage's time from its first trial's start to its last trial's end, every trial counted (stopped ones too):
+    across resumed runs, with the pauses between them."""
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    return (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+
+
 def stage_summary(study: optuna.Study, stage: str, budget: int, fixed: dict[str, Any] | None = None) -> StageSummary:
     """What a stage's stored trials add up to; ``fixed``: settings shared by its trials (e.g. lr)."""
     trials = study.get_trials(deepcopy=False)
@@ -163,9 +171,7 @@ def stage_summary(study: optuna.Study, stage: str, budget: int, fixed: dict[str,
     best = best_complete(complete, direction)
     if best is not None and LR_ATTR in best.user_attrs:  # the calibrated rate of its own choice (optimizer...)
         fixed = {**(fixed or {}), LR_ATTR: best.user_attrs[LR_ATTR]}
-    starts = [t.datetime_start for t in finished if t.datetime_start]
-    ends = [t.datetime_complete for t in finished if t.datetime_complete]
-    wall = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+    wall = wall_seconds(trials)
     n_failed, n_stopped, _ = failure_counts(trials)
     return StageSummary(
         stage=stage,
