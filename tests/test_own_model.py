@@ -167,9 +167,10 @@ def test_test_rows_of_a_loader_never_reach_a_stage(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("field", "value", "expected"), [
     ("family", '"nosuch:make"', "no module 'nosuch'"),
+    ("family", '"pkg.sub.nosuch:make"', "put pkg/sub/nosuch.py there"),  # a file's path, not its module's dotted name
     ("family", '"mynet:nosuch"', "module 'mynet' has no 'nosuch'"),
     ("family", '"mynet:nn"', "is not callable"),
-    ("family", '"broken:make"', "returned a int"),
+    ("family", '"broken:make"', "returned an int"),
     ("family", '"broken:wrong_outputs"', "return (batch, n_outputs) = (2, 10)"),
     ("family", '"broken:raises"', "raised RuntimeError: no GPU here"),
     # Models that pass two samples in evaluation mode and fail only once they train (a new user's tries):

@@ -60,6 +60,9 @@ def test_name_defaults_to_the_file_stem(tmp_path: Path) -> None:
         # The rate is not a parameter to declare ([stages.shape.params] refuses 'lr'): where it is set instead.
         ({"name": "x", "stages": {"shape": {"lr": [1e-3, 0.1]}}}, "stages.shape.lr", "[stages.lr] lr_min and lr_max"),
         ({"name": "x", "stages": {"shape": {"dropout": [0.1, 0.2]}}}, "stages.shape.dropout", "declare it in [stages.shape.params]"),
+        # A factory written with a dot for the colon; a depth of 0 (searched on a log scale, refused for what it is).
+        ({"name": "x", "model": {"family": "mymodels.make_mlp"}}, "model.family", 'with a colon: "mymodels:make_mlp"'),
+        ({"name": "x", "stages": {"shape": {"depth": [0, 2]}}}, "stages.shape.depth", "a network's depth is at least 1; e.g. [1, 2]"),
     ],
 )
 def test_bad_fields_are_named_with_a_fix(table: dict, field: str, words: str) -> None:

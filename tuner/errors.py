@@ -158,3 +158,9 @@ def optuna_silenced() -> Iterator[None]:
         yield
     finally:
         optuna.logging.set_verbosity(was)
+
+
+def a_type(value: object) -> str:
+    """``value``'s type name with its article, as a sentence says it: "an int", "a str", "a NoneType"."""
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"

@@ -129,6 +129,10 @@ def validate(spec: StudySpec, source: str) -> None:
         raise SpecError(source, "data.samples", data.samples,
                         f"too few rows for a split: at least {2 * MIN_SPLIT_ROWS} ({MIN_SPLIT_ROWS} to train, {MIN_SPLIT_ROWS} to validate), e.g. 2000")
     if ":" not in model.family:  # "module:function" is imported and checked when the study runs
+        module, dot, function = model.family.rpartition(".")
+        if dot and module and function.isidentifier():  # "mymodels.make_mlp": a factory meant, with a dot for the colon
+            raise SpecError(source, "model.family", model.family,
+                            f'your own factory is written "module:function", with a colon: "{module}:{function}"')
         _choice(source, "model.family", model.family, model_families(),
                 ', or your own factory as "module:function" (e.g. "mynet:make_model")')
     _positive(source, "model.width", model.width)
@@ -167,6 +171,9 @@ def validate(spec: StudySpec, source: str) -> None:
     _positive(source, "stages.shape.trials", shape.trials)
     _positive(source, "stages.shape.epochs", shape.epochs)
     _positive(source, "stages.shape.step_every", shape.step_every)
+    for field, bounds in (("width", shape.width), ("depth", shape.depth)):
+        if min(bounds) < 1:  # searched on a log scale, but the reason to give is the count's
+            raise SpecError(source, f"stages.shape.{field}", list(bounds), f"a network's {field} is at least 1; e.g. [1, {max(2, max(bounds))}]")
     _range(source, "stages.shape.width", shape.width, log=True)
     _range(source, "stages.shape.depth", shape.depth, log=True)
     _range(source, "stages.shape.decay", shape.decay, log=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from tuner.errors import MISSING, SpecError, error_line
+from tuner.errors import MISSING, SpecError, a_type, error_line
 from tuner.inputs.choices import values_of
 from tuner.inputs.families import ModelFamily
 from tuner.inputs.params import RESERVED, accepted_arguments, accepts, defaults, keyword_names
@@ -65,7 +65,7 @@ def check_model(spec: StudySpec, data: Any, code: UserCode) -> None:
     except Exception as error:  # noqa: BLE001 -- the user's factory raised
         raise SpecError(spec.source, field, reference, f"{call} raised {error_line(error)}; fix the factory") from None
     if not isinstance(model, nn.Module):
-        raise SpecError(spec.source, field, reference, f"{call} returned a {type(model).__name__}; return a torch.nn.Module")
+        raise SpecError(spec.source, field, reference, f"{call} returned {a_type(model)}; return a torch.nn.Module")
     model = model.to(data_device(data))
     if isinstance(data, StreamedData):
         x = torch.stack([torch.as_tensor(data.train_set[i][0]) for i in range(min(2, len(data.train_set)))])
@@ -140,7 +140,7 @@ def check_loss(spec: StudySpec, data: Any, code: UserCode) -> None:
         raise SpecError(spec.source, field, reference,
                         f"calling it on the first batch raised {error_line(error)}; fix the loss") from None
     if not isinstance(value, torch.Tensor):
-        raise SpecError(spec.source, field, reference, f"it returns a {type(value).__name__}; return a 0-dim tensor computed "
+        raise SpecError(spec.source, field, reference, f"it returns {a_type(value)}; return a 0-dim tensor computed "
                         f"from the outputs with torch operations, e.g. F.mse_loss(outputs, targets)")
     if value.dim() != 0:
         raise SpecError(spec.source, field, reference, f"it returns a tensor of shape {tuple(value.shape)} for a batch of "

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tuner.errors import error_line
+from tuner.errors import a_type, error_line
 from tuner.inputs.data import Dataset, StreamedData, prepare, with_test
 from tuner.inputs.spec import MIN_SPLIT_ROWS, DataSpec, SpecError
 from tuner.inputs.usercode import load_callable
@@ -67,7 +67,7 @@ def _parts(returned: Any, fail: Any) -> dict[str, Any]:
     if isinstance(returned, tuple) and len(returned) in (3, 4):
         train, val, *test, task = returned
         return {"train": train, "val": val, "test": test[0] if test else None, "task": task, "n_classes": None}
-    raise fail(f"it returned a {type(returned).__name__}; return a dict {{'train': (x, y), 'val': (x, y), "
+    raise fail(f"it returned {a_type(returned)}; return a dict {{'train': (x, y), 'val': (x, y), "
                "'task': 'classification' or 'regression'}, or a tuple (train, val, task)")
 
 
@@ -77,7 +77,7 @@ def _is_dataset(part: Any) -> bool:
 
 def _pair(part: Any, name: str, fail: Any) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(part, (tuple, list)) or len(part) != 2:
-        raise fail(f"its '{name}' part is a {type(part).__name__}; give a pair (x, y) of arrays, or a torch Dataset")
+        raise fail(f"its '{name}' part is {a_type(part)}; give a pair (x, y) of arrays, or a torch Dataset")
     x, y = (t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t) for t in part)
     if len(x) != len(y):
         raise fail(f"its '{name}' part has {len(x)} inputs but {len(y)} targets; give one target per input")

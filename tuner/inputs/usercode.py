@@ -218,7 +218,7 @@ def _import(module_name: str, field: str, reference: str, source: str) -> Any:
                             f"importing module '{module_name}' failed: {error}; install what it needs") from None
         where = f"beside the spec ({folder})" if folder else "in the working folder"
         raise SpecError(source, field, reference,
-                        f"no module '{module_name}' {where} or on sys.path; put {module_name}.py there, or make it importable") from None
+                        f"no module '{module_name}' {where} or on sys.path; put {module_name.replace('.', '/')}.py there, or make it importable") from None
     except Exception as error:  # noqa: BLE001 -- the user's module raised while being imported
         raise SpecError(source, field, reference,
                         f"importing module '{module_name}' raised {error_line(error)}; fix the module") from None
