@@ -268,8 +268,13 @@ def test_best_stage_lr_is_the_best_of_the_optimizers_stages_lr(optimizers_study:
     assert best.metrics["stored_value"] == min(values.values())  # type: ignore[type-var]
     one = tuner.write_best("digits_optimizers", storage, tmp_path / "one", stage="lr[optimizer=sgd]", device="cpu")
     assert one.metrics["stage"] == "lr[optimizer=sgd]" and one.metrics["stored_value"] == values["lr[optimizer=sgd]"]
+    # Written as a person might: the choice's value alone, spaces, capitals.
+    short = tuner.write_best("digits_optimizers", storage, tmp_path / "short", stage="LR[ sgd ]", device="cpu")
+    assert short.metrics["stage"] == "lr[optimizer=sgd]"
     with pytest.raises(Exception, match=r"choose one of lr, shape, audit, lr\[optimizer=adam\], lr\[optimizer=sgd\]"):
         tuner.write_best("digits_optimizers", storage, tmp_path / "no", stage="lr[optimizer=rmsprop]", device="cpu")
+    with pytest.raises(Exception, match=r"'lr\[sgdd\]': did you mean 'lr\[optimizer=sgd\]'\?"):
+        tuner.write_best("digits_optimizers", storage, tmp_path / "no", stage="lr[sgdd]", device="cpu")
     assert math.isfinite(best.metrics["validation"]["value"])
 
 

@@ -389,7 +389,7 @@ def best(
                                            "train+val: training and validation rows (validation is then no fair score)")] = "train",
     device: Annotated[str, typer.Option(help="Where to train: auto (CUDA when available), cpu or cuda")] = "auto",
     stage: Annotated[str | None, typer.Option(help="Train this stage's best trial (lr, shape or audit; with a list of "
-                                                   "optimizers, lr is the best of their stages lr, or name one: 'lr\\[optimizer=adam]') "
+                                                   "optimizers, lr is the best of their stages lr, or name one: 'lr\\[optimizer=adam]' or 'lr\\[adam]') "
                                                    "\\[default: the best of stages lr and shape: shape, unless lr's small network did better]")] = None,
     storage_password_file: PasswordFileOption = None,
 ) -> None:

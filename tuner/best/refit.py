@@ -14,6 +14,7 @@ stage's study, trains the trial's configuration again with the same seed and han
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import shlex
@@ -29,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.best.folder import FolderError, check_folder, model_record, write_folder
 from tuner.folders import default_folder
+from tuner.inputs.choices import label_choice
 from tuner.inputs.data import Dataset, StreamedData
 from tuner.inputs.load import load_dataset
 from tuner.inputs.spec import StudySpec, spec_from_dict
@@ -207,6 +209,19 @@ def _rows(data: Dataset | StreamedData, part: str) -> int:
     return 0 if tensor is None else len(tensor)
 
 
+def _stage_named(asked: str, names: list[str]) -> str:
+    """The stage ``asked`` means, written as a person might (``lr[adam]``, ``lr[optimizer = adam]``, ``LR``);
+    else BestError naming the stages there are, and the closest."""
+    compact = "".join(asked.split()).lower()
+    for name in names:
+        choice = label_choice(name)  # lr[optimizer=adam] is also lr[adam]: its choices' values without their names
+        values = f"lr[{','.join(choice.values())}]" if choice else None
+        if compact in (name.lower(), values and values.lower()):
+            return name
+    close = difflib.get_close_matches(compact, names, n=1, cutoff=0.5)
+    raise BestError(f"--stage {asked!r}: {f'did you mean {close[0]!r}? ' if close else ''}choose one of {', '.join(names)}")
+
+
 def _best_trial(name: str, storage: str | optuna.storages.BaseStorage | None,
                 stage: str | None = None) -> tuple[StudySpec, Stage, FrozenTrial, str, dict[str, Any] | None]:
     """The spec (from the stored settings), the stage, the best complete trial to train again, why that one,
@@ -218,7 +233,7 @@ def _best_trial(name: str, storage: str | optuna.storages.BaseStorage | None,
     studies = load_stage_studies(name, storage)
     lr_names = lr_stages(studies) or ["lr"]  # each variant's stage lr, with listed choices
     if stage is not None and stage not in STAGES and stage not in studies:
-        raise BestError(f"--stage {stage!r}: choose one of {', '.join(dict.fromkeys([*STAGES, *studies]))}")
+        stage = _stage_named(stage, list(dict.fromkeys([*STAGES, *studies])))
     bests: dict[str, FrozenTrial] = {}
     for stage_name in (lr_names if stage == "lr" else [stage]) if stage else ["shape", *lr_names]:
         study = studies.get(stage_name)
