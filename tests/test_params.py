@@ -159,6 +159,18 @@ def test_a_declared_parameter_reaches_the_users_factory_and_loss(tmp_path: Path)
     assert {t["smoothing"] for t in shape_values} <= set(LOSSES) and 0.05 in LOSSES
 
 
+def test_a_default_the_factory_refuses_is_named_beside_the_factory(tmp_path: Path) -> None:
+    spec = spec_from_dict({
+        "name": "own", "data": {"name": "wine"}, "train": {"epochs": 1},
+        "stages": {"lr": {"trials": 2}, "shape": {"params": {"activation": {"choices": ["relu", "gelu"], "default": "gelu"}}}},
+    })
+    with pytest.raises(SpecError) as caught:  # recording_factory knows relu and tanh only
+        tuner.run_study(spec, storage=f"sqlite:///{tmp_path / 't.db'}", device="cpu", model=recording_factory)
+    assert "activation='gelu'" in str(caught.value) and "raised KeyError: 'gelu'" in str(caught.value)
+    assert str(caught.value).endswith("fix the factory, or the default of a parameter it was given ([stages.shape.params])")
+    assert not (tmp_path / "t.db").exists()
+
+
 def test_a_users_loop_gets_the_declared_parameters_it_declares(tmp_path: Path) -> None:
     seen: list[float] = []
 

@@ -63,7 +63,8 @@ def check_model(spec: StudySpec, data: Any, code: UserCode) -> None:
     try:
         model = build_model(code.family, shape, data.n_outputs, spec.model.width, spec.model.depth, declared)
     except Exception as error:  # noqa: BLE001 -- the user's factory raised
-        raise SpecError(spec.source, field, reference, f"{call} raised {error_line(error)}; fix the factory") from None
+        also = ", or the default of a parameter it was given ([stages.shape.params])" if given else ""
+        raise SpecError(spec.source, field, reference, f"{call} raised {error_line(error)}; fix the factory{also}") from None
     if not isinstance(model, nn.Module):
         raise SpecError(spec.source, field, reference, f"{call} returned {a_type(model)}; return a torch.nn.Module")
     model = model.to(data_device(data))
