@@ -51,18 +51,33 @@ def test_bad_csv_files_are_refused_clearly(tmp_path: Path, content: str, target:
         load_dataset(DataSpec(name="csv", path=str(tmp_path / "d.csv"), target=target), 0)
 
 
-def test_a_numeric_target_with_a_stray_text_cell_is_refused_naming_the_cell(tmp_path: Path) -> None:
-    # As text, each of the 60 prices would be a class of its own: a 60-class "classification", every trial at error 1.
-    rows = ["a,price"] + [f"{i},{i * 1.5 + 0.1}" for i in range(60)]
+def test_a_numeric_target_with_stray_text_cells_is_warned_of_and_refused_as_a_regression_target(tmp_path: Path) -> None:
+    from tuner.inputs.data import DataWarning
+
+    # As text, each of the 30 prices (two rows each) is a class of its own: a 31-class "classification".
+    rows = ["a,price"] + [f"{i},{(i % 30) * 1.5 + 0.1}" for i in range(60)]
     rows[9] = "8,unknown"
     (tmp_path / "d.csv").write_text("\n".join(rows))
-    with pytest.raises(SpecError, match=r"holds numbers but for 1 of 60 cells \('unknown' on line 10\).*task = \"classification\""):
+    cell = r"holds numbers but for 1 of 60 cells \('unknown' on line 10\)"
+    # task = "auto": warned, not refused (a study stored with it must still resume), as read before.
+    with pytest.warns(DataWarning, match=cell + r"; read as text, each of its 31 values is a class: fix or drop those rows"):
+        data = load_dataset(DataSpec(name="csv", path=str(tmp_path / "d.csv"), target="price"), 0)
+    assert data.task == "classification"
+    with pytest.raises(SpecError, match=cell + "; a regression target must be numbers: fix or drop those rows"):
+        load_dataset(DataSpec(name="csv", path=str(tmp_path / "d.csv"), target="price", task="regression"), 0)
+    # A tenth of the cells text: still numbers with typos.
+    for row in range(1, 61, 7):
+        rows[row] = f"{row},?"
+    (tmp_path / "d.csv").write_text("\n".join(rows))
+    with pytest.warns(DataWarning, match="holds numbers but for 10 of 60 cells"):
         load_dataset(DataSpec(name="csv", path=str(tmp_path / "d.csv"), target="price"), 0)
-    # Said to be classes, the same column is taken as the user says.
-    rows = ["a,size"] + [f"{i},{['1', '2', 'big'][i % 3]}" for i in range(60)]
+    # Class labels, a few whole numbers and a rare text class among them: classes, as before, and no word.
+    rows = ["a,size"] + [f"{i},{['0', '1', '2'][i % 3] if i % 25 else 'other'}" for i in range(60)]
     (tmp_path / "e.csv").write_text("\n".join(rows))
-    data = load_dataset(DataSpec(name="csv", path=str(tmp_path / "e.csv"), target="size"), 0)  # a third text: labels
-    assert data.task == "classification" and data.n_outputs == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        data = load_dataset(DataSpec(name="csv", path=str(tmp_path / "e.csv"), target="size"), 0)
+    assert data.task == "classification" and data.n_outputs == 4
 
 
 def test_a_saved_row_index_is_used_as_told_and_warned_of(tmp_path: Path) -> None:

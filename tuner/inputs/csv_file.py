@@ -66,11 +66,17 @@ def read_csv(spec: DataSpec, source: str) -> tuple[np.ndarray, np.ndarray, str, 
         row, column = np.argwhere(~finite)[0]
         raise SpecError(source, "data.path", spec.path, f"non-finite values in column '{features.columns[column]}' "
                         f"({values[row, column]} on line {row + 2}); replace them with numbers or drop such rows")
-    if spec.task == "auto":
-        _refuse_stray_text(target, spec, source)
+    stray = _stray_text(target)
     task = spec.task if spec.task != "auto" else _infer_task(target)
     if task == "regression" and not pd.api.types.is_numeric_dtype(target):
+        if stray:
+            raise SpecError(source, "data.target", spec.target, f"{stray}; a regression target must be numbers: fix or drop those rows")
         raise SpecError(source, "data.target", spec.target, 'is not numeric, so it cannot be a regression target; set task = "classification"')
+    if stray and spec.task == "auto":  # warned, not refused: a study stored with it must still resume
+        where = f"{source}: " if source else ""
+        warnings.warn(f"{where}field 'data.target' = {spec.target!r}: {stray}; read as text, each of its {target.nunique()} "
+                      f"values is a class: fix or drop those rows, or set task = \"classification\" if they are classes",
+                      DataWarning, stacklevel=3)
     if pd.api.types.is_numeric_dtype(target) and not pd.api.types.is_bool_dtype(target):
         numbers = target.to_numpy(dtype=np.float64)
         if not np.isfinite(numbers).all():
@@ -97,18 +103,17 @@ def _column_hint(name: str, columns: Any, shown: int = 12) -> str:
     return (f"did you mean '{close[0]}'? " if close else "") + f"its {len(names)} columns are: {', '.join(listed)}"
 
 
-def _refuse_stray_text(target: pd.Series, spec: DataSpec, source: str) -> None:
-    """Refuse numbers but for a few cells of text ("unknown"): as text, each number would be a class of its own."""
+def _stray_text(target: pd.Series) -> str | None:
+    """Where a target of numbers holds a few cells of text ("unknown"): numbers that would be read as a regression
+    target on their own (fractions, or more distinct values than classes are inferred from); None elsewhere."""
     if pd.api.types.is_numeric_dtype(target):
-        return
+        return None
     numbers = pd.to_numeric(target, errors="coerce")
     text = numbers.isna().to_numpy()
-    if text.all() or text.mean() > 0.1:  # labels, or mostly text: classes, as inferred
-        return
+    if text.all() or _infer_task(numbers[~text]) != "regression":  # labels: text, or a few whole numbers among them
+        return None
     row = int(text.argmax())
-    raise SpecError(source, "data.target", spec.target,
-                    f"holds numbers but for {int(text.sum())} of {len(target)} cells ({str(target.iloc[row])!r} on line {row + 2}); "
-                    f'fix or drop those rows, or set task = "classification" if the column holds class labels')
+    return f"holds numbers but for {int(text.sum())} of {len(target)} cells ({str(target.iloc[row])!r} on line {row + 2})"
 
 
 def _warn_of_a_saved_index(features: pd.DataFrame, spec: DataSpec, source: str) -> None:
