@@ -60,6 +60,8 @@ def test_name_defaults_to_the_file_stem(tmp_path: Path) -> None:
         # The rate is not a parameter to declare ([stages.shape.params] refuses 'lr'): where it is set instead.
         ({"name": "x", "stages": {"shape": {"lr": [1e-3, 0.1]}}}, "stages.shape.lr", "[stages.lr] lr_min and lr_max"),
         ({"name": "x", "stages": {"shape": {"dropout": [0.1, 0.2]}}}, "stages.shape.dropout", "declare it in [stages.shape.params]"),
+        ({"name": "x", "stages": {"shape": {"weight_decay": [1e-6, 1e-2]}}}, "stages.shape.weight_decay",
+         "declare it in [stages.shape.params]"),  # [train] holds its one value; searched, it is declared
         # A factory written with a dot for the colon; a depth of 0 (searched on a log scale, refused for what it is).
         ({"name": "x", "model": {"family": "mymodels.make_mlp"}}, "model.family", 'with a colon: "mymodels:make_mlp"'),
         ({"name": "x", "stages": {"shape": {"depth": [0, 2]}}}, "stages.shape.depth", "a network's depth is at least 1; e.g. [1, 2]"),
@@ -90,3 +92,17 @@ def test_settings_ignore_budgets_but_not_search_ranges() -> None:
 
     assert settings_hash(stage_settings(base, "lr")) == settings_hash(stage_settings(more_trials, "lr"))
     assert settings_hash(stage_settings(base, "lr")) != settings_hash(stage_settings(other_range, "lr"))
+
+
+def test_a_registered_family_whose_name_has_a_dot_is_taken_as_registered() -> None:
+    from torch import nn
+
+    from tuner.inputs.families import register_model, unregister_model
+
+    register_model("resnet.v2", lambda n_in, n_out, width, depth: nn.Linear(n_in, n_out))
+    try:
+        assert spec_from_dict({"name": "x", "model": {"family": "resnet.v2"}}).model.family == "resnet.v2"
+    finally:
+        unregister_model("resnet.v2")
+    with pytest.raises(SpecError, match='with a colon: "resnet:v2"'):  # not registered: a factory's reference, misspelt
+        spec_from_dict({"name": "x", "model": {"family": "resnet.v2"}})

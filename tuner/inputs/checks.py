@@ -130,7 +130,7 @@ def validate(spec: StudySpec, source: str) -> None:
                         f"too few rows for a split: at least {2 * MIN_SPLIT_ROWS} ({MIN_SPLIT_ROWS} to train, {MIN_SPLIT_ROWS} to validate), e.g. 2000")
     if ":" not in model.family:  # "module:function" is imported and checked when the study runs
         module, dot, function = model.family.rpartition(".")
-        if dot and module and function.isidentifier():  # "mymodels.make_mlp": a factory meant, with a dot for the colon
+        if dot and module and function.isidentifier() and model.family not in model_families():  # "mymodels.make_mlp"
             raise SpecError(source, "model.family", model.family,
                             f'your own factory is written "module:function", with a colon: "{module}:{function}"')
         _choice(source, "model.family", model.family, model_families(),

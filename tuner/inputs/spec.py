@@ -42,7 +42,7 @@ from tuner.inputs.names import (  # noqa: F401
     TASKS,
     study_name_problem,
 )
-from tuner.inputs.params import DeclaredParam, parse_params
+from tuner.inputs.params import KNOWN, DeclaredParam, parse_params
 
 
 @dataclass(frozen=True)
@@ -265,7 +265,8 @@ def _build(cls: type, table: Any, prefix: str, source: str) -> Any:
             elif key == "lr":
                 hint = ("the rate is tuner's own: stage lr calibrates it between [stages.lr] lr_min and lr_max, and stage "
                         "shape scales it for each shape by [stages.shape] lr_scale")
-            elif homes:  # a key of another table, e.g. epochs in [model]
+            elif homes and not (cls is ShapeStageSpec and key in KNOWN):  # e.g. epochs in [model]; weight_decay is searched
+                # as a declared parameter of stage shape (below), though [train] holds its one value
                 where = [f"[{home}]" if home else "at the top of the file, before any [table]" for home in homes]
                 hint = f"'{key}' belongs {'in ' if homes[0] else ''}{where[0]}" + (f" (or {', '.join(where[1:])})" if where[1:] else "")
             elif cls is ShapeStageSpec:  # perhaps a parameter of the user's own, e.g. dropout = [0.2, 0.5]
