@@ -311,3 +311,16 @@ def test_a_variant_whose_stage_lr_completed_nothing_is_named_with_the_value_to_l
                                                r"or leave 'sgd' out of train.optimizer"):
         hand_off_rates(spec, storage)
     assert "c/shape" not in optuna.get_all_study_names(storage)  # nothing handed on
+
+
+def test_a_stage_asked_by_its_choices_in_any_order_or_in_part_is_found_or_said_to_be_ambiguous() -> None:
+    from tuner.best.refit import BestError, _stage_named
+
+    names = ["lr", "shape", "audit", "lr[optimizer=adam,batch_size=32]", "lr[optimizer=adam,batch_size=64]",
+             "lr[optimizer=sgd,batch_size=32]"]
+    assert _stage_named("lr[batch_size=32, optimizer=adam]", names) == "lr[optimizer=adam,batch_size=32]"
+    assert _stage_named("lr[sgd]", names) == "lr[optimizer=sgd,batch_size=32]"  # one stage has it: that one
+    assert _stage_named("lr[adam,64]", names) == "lr[optimizer=adam,batch_size=64]"
+    with pytest.raises(BestError, match=r"'lr\[optimizer=adam\]' matches 2 stages \(lr\[optimizer=adam,batch_size=32\], "
+                                        r"lr\[optimizer=adam,batch_size=64\]\); name one of them"):
+        _stage_named("lr[optimizer=adam]", names)

@@ -210,14 +210,24 @@ def _rows(data: Dataset | StreamedData, part: str) -> int:
 
 
 def _stage_named(asked: str, names: list[str]) -> str:
-    """The stage ``asked`` means, written as a person might (``lr[adam]``, ``lr[optimizer = adam]``, ``LR``);
-    else BestError naming the stages there are, and the closest."""
+    """The stage ``asked`` means, written as a person might (``lr[adam]``, ``lr[optimizer = adam]``, its choices
+    in another order, ``LR``); else BestError naming the stages it matches, or those there are and the closest."""
     compact = "".join(asked.split()).lower()
-    for name in names:
-        choice = label_choice(name)  # lr[optimizer=adam] is also lr[adam]: its choices' values without their names
-        values = f"lr[{','.join(choice.values())}]" if choice else None
-        if compact in (name.lower(), values and values.lower()):
-            return name
+    exact = [name for name in names if name.lower() == compact]
+    if exact:
+        return exact[0]
+    if compact.startswith("lr[") and compact.endswith("]"):
+        parts = [part.partition("=") for part in compact[3:-1].split(",") if part]
+        matches = []
+        for name in names:
+            choice = {key.lower(): value.lower() for key, value in label_choice(name).items()}
+            # each part a choice of this stage: key=value, or its value alone
+            if choice and all(choice.get(key) == value if eq else key in choice.values() for key, eq, value in parts):
+                matches.append(name)
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise BestError(f"--stage {asked!r} matches {len(matches)} stages ({', '.join(matches)}); name one of them")
     close = difflib.get_close_matches(compact, names, n=1, cutoff=0.5)
     raise BestError(f"--stage {asked!r}: {f'did you mean {close[0]!r}? ' if close else ''}choose one of {', '.join(names)}")
 
