@@ -188,3 +188,35 @@ def test_trials_claimed_before_the_storage_fails_mid_claim_are_abandoned_not_lef
     trials = optuna.load_study(study_name="midclaim/lr", storage=storage).get_trials()
     assert len(trials) == 3  # every trial created, none left RUNNING for the other workers to wait on
     assert all(t.state == TrialState.FAIL for t in trials)
+
+
+def test_workers_that_count_the_stage_at_the_same_moment_draw_different_trials(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A new user's two workers on one SQLite file trained 8 of 20 rates twice: both counted the stage at once,
+    # so both seeded their samplers from the same position. Here the other worker asks, from the same count,
+    # just before this one claims.
+    from tuner.study import runner
+
+    spec = tuner.spec_from_dict({
+        "name": "race", "seed": 0, "data": {"name": "wine"}, "model": {"width": 8, "depth": 1},
+        "train": {"epochs": 1, "batch_size": 32},
+        "stages": {"lr": {"trials": 3, "lr_min": 1e-3, "lr_max": 0.3, "sampler": "random", "batch_trials": 3}},
+    })
+    storage = open_storage(f"sqlite:///{tmp_path / 'race.db'}")
+    claim, theirs = runner._StageRunner._claim, []
+
+    def after_the_other_workers_asks(self: runner._StageRunner, study: optuna.Study, stage: object, position: object,
+                                     n_ask: int, claimed: list) -> list:
+        if not theirs:
+            for k in range(n_ask):  # what the other worker asks with the same count
+                _, trial = self._ask(study, stage, position, k)
+                theirs.append(trial.params["lr"])
+                study.tell(trial, state=TrialState.FAIL)  # it goes away; its draws are what matter
+        return claim(self, study, stage, position, n_ask, claimed)
+
+    monkeypatch.setattr(runner._StageRunner, "_claim", after_the_other_workers_asks)
+    run_stage(spec, "lr", storage=storage, data=load_dataset(spec.data, spec.seed, spec.source), device=torch.device("cpu"))
+    ours = [t.params["lr"] for t in optuna.load_study(study_name="race/lr", storage=storage).get_trials()
+            if t.state == TrialState.COMPLETE]
+    assert len(theirs) == len(ours) == 3
+    assert not set(theirs) & set(ours)  # each trial its own draw; the same count alone gave the same three rates

@@ -6,9 +6,12 @@ Split from :mod:`tuner.study.stages` (what a stage searches); importable from th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
 
 from tuner.inputs.names import RUNG_RULES
 from tuner.study.pruning import UntilLearningPruner
@@ -24,9 +27,53 @@ def sampler_for(stage: Stage, study_seed: int, position: int) -> tuple[optuna.sa
     Built anew for each trial and seeded by its position, on purpose: a stage resumed after a kill,
     or shared by several workers, asks at each position what an uninterrupted stage would have.
     """
-    seed = (study_seed * 1_000_003 + STAGES.index(stage.kind) * 10_007 + stage.variant_index * 104_729 + position) % 2**32
     pruner = make_pruner(stage.pruner, stage.epochs, stage.first_rung, stage.untrained_noise)
-    return make_sampler(stage.sampler, seed, stage.budget, stage.batch_trials, bool(stage.conditions)), pruner
+    return _sampler_at(stage, study_seed, position), pruner
+
+
+def _sampler_at(stage: Stage, study_seed: int, position: int) -> optuna.samplers.BaseSampler:
+    seed = (study_seed * 1_000_003 + STAGES.index(stage.kind) * 10_007 + stage.variant_index * 104_729 + position) % 2**32
+    return make_sampler(stage.sampler, seed, stage.budget, stage.batch_trials, bool(stage.conditions))
+
+
+class PlacedSampler(optuna.samplers.BaseSampler):
+    """The sampler of :func:`sampler_for` at the trial's own position, read once the trial exists.
+
+    A worker counts the stage's trials, then asks: two workers that count at the same moment would
+    count the same position, seed their samplers alike and draw the same parameters (a new user's
+    two workers on one SQLite file trained 8 of 20 rates twice). The trial's number, which the
+    storage gives each trial once, tells them apart: ``position_of(trial)`` reads the position from
+    it (:meth:`optuna.samplers.BaseSampler.before_trial` comes after the trial is made, before it is sampled).
+    """
+
+    def __init__(self, stage: Stage, study_seed: int, position_of: Callable[[FrozenTrial], int]) -> None:
+        self._stage, self._seed, self._position_of = stage, study_seed, position_of
+        self._sampler: optuna.samplers.BaseSampler | None = None
+        self.position: int | None = None
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.position = self._position_of(trial)
+        self._sampler = _sampler_at(self._stage, self._seed, self.position)
+        self._sampler.before_trial(study, trial)
+
+    def _placed(self) -> optuna.samplers.BaseSampler:
+        if self._sampler is None:
+            raise RuntimeError("PlacedSampler: before_trial was not called")
+        return self._sampler
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self._placed().infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return self._placed().sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self._placed().sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
+        if self._sampler is not None:
+            self._sampler.after_trial(study, trial, state, values)
 
 
 def make_sampler(kind: str, seed: int, budget: int, batch_trials: int = 1, group: bool = False) -> optuna.samplers.BaseSampler:
