@@ -122,6 +122,12 @@ def test_tuner_best_writes_three_files_and_load_model_predicts_raw_inputs_as_sco
     assert sorted(p.name for p in out.iterdir()) == ["best.toml", "metrics.json", "model.pt", "mydata.py", "mynet.py", "mytrain.py"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["validation"]["value"] == pytest.approx(metrics["stored_value"])
+    # The trials were compared by the loop's reports: the line says which number is which (a new user's loop
+    # reported accuracy, a metric scored it in percent, and both read "your metric").
+    assert metrics["value_is"] == "your loop's last report"
+    validation = metrics["validation"]
+    assert (f"validation your loop's value {validation['value']:.4g}, error {validation['error']:.4g}, "
+            f"loss {validation['loss']:.4g} (stored your loop's value: {metrics['stored_value']:.4g})") in best.stdout
 
     sys.path.insert(0, str(spec.parent))
     try:

@@ -409,9 +409,15 @@ def best(
     say(f"chose {metrics['chosen']}")
     own = str(metrics.get("error_is", "")).startswith("your metric")  # it replaced tuner's val_error
     what = "your metric" if own else "error"
-    stored = "your metric" if own and metrics["objective"] == "val_error" else metrics["objective"]
+    validation = metrics["validation"]
+    if metrics.get("value_is") == "your loop's last report":  # the loop's reports were the values compared, not the metric
+        scores = f"your loop's value {validation['value']:.4g}, {what} {validation['error']:.4g}"
+        stored = "your loop's value"
+    else:
+        scores = f"{what} {validation['error']:.4g}"
+        stored = "your metric" if own and metrics["objective"] == "val_error" else metrics["objective"]
     say(f"trained trial {metrics['trial']} of {name}/{metrics['stage']} again (refit {refit}): "
-        f"validation {what} {metrics['validation']['error']:.4g}, loss {metrics['validation']['loss']:.4g}"
+        f"validation {scores}, loss {validation['loss']:.4g}"
         + (f" (stored {stored}: {metrics['stored_value']:.4g})" if refit == "train" else " (not a fair score: trained on it)"))
     if metrics["test"] is not None:
         say(f"test ({metrics['test']['rows']} rows never seen by a stage): {what} {metrics['test']['error']:.4g}, "

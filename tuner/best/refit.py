@@ -161,6 +161,8 @@ def write_best(
         "epochs": plan.train.epochs,
         "task": data.task,
         # A metric of the user's own replaces val_error: "error" is then its value.
+        # With a loop of the user's own, its last report is the value trials were compared by ("validation.value").
+        "value_is": "your loop's last report" if loop_value is not None else "the objective",
         "error_is": (f"your metric ({spec.train.metric}, {spec.train.direction}d)" if spec.train.metric
                      else "1 - accuracy" if data.task == "classification" else "RMSE in the target's units"),
         "train_rows": _rows(fit_data, "train"),
