@@ -200,3 +200,24 @@ def test_the_best_shapes_curve_is_read_against_its_untrained_value() -> None:
 
     assert "blows up" in words(None)  # stored before the untrained value was: read as ever
     assert "blows up" not in words(0.6) and "decays steadily" in words(0.6)
+
+
+def test_a_maximized_score_of_ones_own_loop_that_dips_a_little_has_not_diverged() -> None:
+    # A new user's loop reported accuracy (no epoch 0): the two largest rates ended at 0.967 and 0.956 after a
+    # best of 1.0, and the report said "Runs with learning rates from 7.2e-01 upward diverge": read from their
+    # first epoch, a gap to the best score of 0.022 that grew to 0.044 had "exploded".
+    from optuna.trial import TrialState
+
+    from tuner.report.runs import Run, as_errors, untrained_errors
+
+    curves = {2.5e-5: [0.60, 0.62, 0.63, 0.63, 0.64, 0.64], 1e-3: [0.90, 0.93, 0.95, 0.96, 0.96, 0.97],
+              3e-2: [0.95, 0.97, 0.98, 0.98, 0.99, 0.99], 0.72: [0.978, 0.956, 1.0, 0.934, 0.978, 0.956],
+              0.82: [0.967, 0.989, 0.945, 0.978, 0.934, 0.967]}
+    runs = [Run(i, TrialState.COMPLETE, {"lr": lr}, c[-1], c, [], 1.0, False) for i, (lr, c) in enumerate(curves.items())]
+    gaps, starts = as_errors([r.curve for r in runs], True), untrained_errors(runs, True)
+    assert starts == [pytest.approx(0.4)] * len(runs)  # the largest gap the runs show (1.0 - 0.60) stands in
+    assert divergence_onset(list(curves), gaps, [False] * len(runs), starts) is None
+    # A score that collapses still reads as diverged, from the same stand-in.
+    collapsed = [*runs[:4], Run(4, TrialState.COMPLETE, {"lr": 0.82}, 0.1, [0.97, 0.6, 0.3, 0.1, 0.1, 0.1], [], 1.0, False)]
+    assert divergence_onset(list(curves), as_errors([r.curve for r in collapsed], True), [False] * 5,
+                            untrained_errors(collapsed, True)) == 0.82
