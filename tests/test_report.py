@@ -530,3 +530,17 @@ def test_the_summary_and_the_report_count_a_stages_time_alike_pauses_and_stopped
     # The summary's column, from the stopped trial's start to the last end (it read 3.0 s, finished trials only),
     # and the report's (report/html.py), one function.
     assert stage_summary(study, "lr", budget=2).wall_seconds == 33.0 == wall_seconds(study.get_trials())
+
+
+def test_a_long_axis_label_is_folded_and_drawn_whole_inside_the_figure() -> None:
+    # "objective reported by your loop at the last epoch (higher is better)" ran off a new user's figure.
+    runs = [_run(lr, [0.5, value]) for lr, value in [(1e-4, 0.6), (1e-3, 0.9), (1e-2, 0.95), (1e-1, 0.7)]]
+    for maximize in (True, False):
+        fig = plot_lr_sensitivity(runs, 1e-2, "objective reported by your loop (higher is better)" if maximize
+                                  else "objective reported by your loop", maximize=maximize)
+        label = fig.axes[0].yaxis.label
+        assert all(len(line) <= 40 for line in label.get_text().split("\n"))
+        assert " ".join(label.get_text().split()).startswith("objective reported by your loop at the last epoch")
+        fig.canvas.draw()
+        drawn = label.get_window_extent()
+        assert drawn.y0 >= 0 and drawn.y1 <= fig.bbox.y1 and drawn.x0 >= 0  # no letter outside the picture

@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator
 
-from tuner.report.runs import STAGES, Run, final_label, objective_word
+from tuner.report.runs import STAGES, Run, axis_label, final_label, objective_word
 
 DPI = 100
 DIVERGED_COLOR = "#d62728"
@@ -135,7 +135,7 @@ def plot_shape(runs: Sequence[Run], objective: str, reference: float | None, max
         ax.set_xscale("log")
         plain_log_x(ax)
         ax.set_xlabel("width: hidden units per layer (log scale)")
-    ax.set_ylabel(final_label(objective))
+    ax.set_ylabel(axis_label(final_label(objective)))
     ax.set_title(f"{word.capitalize()} by width", fontsize=10)
 
     ax = axes[0][1]
@@ -156,7 +156,7 @@ def plot_shape(runs: Sequence[Run], objective: str, reference: float | None, max
     points(ax, lambda r: positions[str(r.params.get("schedule", "constant"))], jitter=0.12)
     ax.set_xticks(range(len(schedules)), [f"{s}\n({len(g)})" for s, g in zip(schedules, groups)])
     ax.set_xlabel("decay schedule (trials)")
-    ax.set_ylabel(final_label(objective))
+    ax.set_ylabel(axis_label(final_label(objective)))
     ax.set_title(f"{word.capitalize()} by schedule", fontsize=10)
 
     ax = axes[1][1]

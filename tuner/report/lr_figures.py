@@ -17,7 +17,7 @@ from matplotlib.ticker import Formatter, MaxNLocator
 
 from tuner.report.figures import CHOSEN_COLOR, DIVERGED_COLOR, new_figure, plain_log_y, use_log_y
 from tuner.report.runs import (
-    Run, TrialCosts, as_errors, epochs_to_target, error_target, final_label, objective_word, trial_costs, untrained_errors,
+    Run, TrialCosts, as_errors, axis_label, epochs_to_target, error_target, final_label, objective_word, trial_costs, untrained_errors,
 )
 from tuner.report.words import divergence_onset
 from tuner.study.rate_rule import SMOOTHED_RULES
@@ -125,7 +125,7 @@ def plot_lr_sensitivity(runs: Sequence[Run], chosen_lr: float | None, objective:
                     arrowprops={"arrowstyle": "-", "color": "#1a6b1a", "lw": 0.8})
     _lr_axis(ax)
     ax.set_xlim(min(lrs) / 1.5, max(lrs) * 1.5)
-    ax.set_ylabel(final_label(objective) + ("" if maximize else "\n(lower is better)"))
+    ax.set_ylabel(axis_label(final_label(objective) + ("" if maximize else "\n(lower is better)")))
     ax.set_title(f"Learning-rate sensitivity (stage lr): {objective_word(objective, maximize)} after the last epoch, by rate\n"
                  "too small crawls (left), too large oscillates or diverges (right)", fontsize=10)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
