@@ -271,6 +271,10 @@ def test_best_stage_lr_is_the_best_of_the_optimizers_stages_lr(optimizers_study:
     # Written as a person might: the choice's value alone, spaces, capitals.
     short = tuner.write_best("digits_optimizers", storage, tmp_path / "short", stage="LR[ sgd ]", device="cpu")
     assert short.metrics["stage"] == "lr[optimizer=sgd]"
+    # A stage asked for by name names best.toml's study too: the default's and this one's run side by side.
+    won = best.metrics["stage"].replace("[", "-").replace("=", "-").rstrip("]")  # the stage lr that won: its name
+    assert tomllib.loads(best.spec_path.read_text())["name"] == f"digits_optimizers-best-{won}"
+    assert tomllib.loads(short.spec_path.read_text())["name"] == "digits_optimizers-best-lr-optimizer-sgd"
     with pytest.raises(Exception, match=r"choose one of lr, shape, audit, lr\[optimizer=adam\], lr\[optimizer=sgd\]"):
         tuner.write_best("digits_optimizers", storage, tmp_path / "no", stage="lr[optimizer=rmsprop]", device="cpu")
     with pytest.raises(Exception, match=r"'lr\[sgdd\]': did you mean 'lr\[optimizer=sgd\]'\?"):

@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,6 +112,7 @@ def write_best(
     if folder.exists() and not folder.is_dir():
         raise BestError(f"--out {str(folder)!r}: is a file; give a folder (created if missing)")
     replaced = _earlier_output(folder)
+    asked = stage
     spec, stage, trial, chosen, stored_identity = _best_trial(name, storage, stage)
     given = {"model": model, "loader": loader, "loop": loop, "loss": loss, "metric": metric}
     code = resolve_code(spec, given)  # the study's own code, imported once, here
@@ -186,7 +188,10 @@ def write_best(
         test_loss, test_error = evaluate(model, data, plan.train, part="test")
         metrics["test"] = {"error": test_error, "loss": test_loss, "rows": _rows(data, "test")}
 
-    spec_text = best_spec_text(spec, name, stage, trial, plan_values=_plan_values(plan), refit=refit,
+    # A stage asked for by name is in the study name too: best.toml of the default and of --stage audit both run
+    # from one folder's tuner.db, where one name would be refused as a study made with other settings.
+    best_name = f"{name}-best" + ("" if asked is None else "-" + re.sub(r"[^A-Za-z0-9_.]+", "-", stage.name).strip("-"))
+    spec_text = best_spec_text(spec, name, stage, trial, plan_values=_plan_values(plan), refit=refit, best_name=best_name,
                                code_files=sorted(code_files), path=shlex.quote(str(folder / "best.toml")))
     record = model_record(model, spec, data, plan.width, plan.depth, plan.declared)
     spec_path, model_path, metrics_path = write_folder(folder, spec_text, record, metrics, code_files)
@@ -320,15 +325,17 @@ def _applying(table: dict[str, Any], spec: StudySpec, schedule: str) -> dict[str
 
 
 def best_spec_text(spec: StudySpec, name: str, stage: Stage, trial: FrozenTrial, *, plan_values: dict[str, Any],
-                   refit: str, code_files: list[str] | None = None, path: str = "best/best.toml") -> str:
+                   refit: str, code_files: list[str] | None = None, path: str = "best/best.toml",
+                   best_name: str | None = None) -> str:
     """``best.toml``: the stored settings with every searched value pinned to the winner's.
 
     Settings that do not act for its data, optimizer or schedule are left out; ``code_files``: the
     study's own modules copied beside it (named in its header); ``path``: where it is written, as
-    the user gave the folder, for the command its header gives.
+    the user gave the folder, for the command its header gives; ``best_name``: its study's name
+    (default ``<name>-best``).
     """
     table = spec.settings()
-    table = {"name": f"{name}-best", **table}
+    table = {"name": best_name or f"{name}-best", **table}
     lr = plan_values["lr"]
     table["stages"]["lr"].update(trials=1, lr_min=lr, lr_max=math.nextafter(lr, math.inf), lr_range="fixed")
     table["stages"]["shape"].update(
