@@ -221,3 +221,27 @@ def test_a_maximized_score_of_ones_own_loop_that_dips_a_little_has_not_diverged(
     collapsed = [*runs[:4], Run(4, TrialState.COMPLETE, {"lr": 0.82}, 0.1, [0.97, 0.6, 0.3, 0.1, 0.1, 0.1], [], 1.0, False)]
     assert divergence_onset(list(curves), as_errors([r.curve for r in collapsed], True), [False] * 5,
                             untrained_errors(collapsed, True)) == 0.82
+
+
+def test_a_verdict_that_could_not_judge_ends_its_sentence_before_what_it_did_not_judge() -> None:
+    from tuner.analysis.importance import AuditVerdict
+
+    verdict = AuditVerdict("s/audit", None, 7, None, None, None, reason="7 complete trials; at least 10 are needed",
+                           not_judged="decay and its interaction with lr")
+    assert verdict.message.endswith("at least 10 are needed. Not judged: decay and its interaction with lr.")
+
+
+def test_the_shape_words_say_equal_and_show_the_momentum_it_trained_with() -> None:
+    from types import SimpleNamespace
+
+    from optuna.trial import TrialState
+
+    from tuner.report.runs import Run, StageRuns
+    from tuner.report.words import shape_diagnosis
+
+    params = {"lr": 0.01, "width": 64, "depth": 1, "schedule": "constant", "decay": 1.0, "one_minus_momentum": 0.86}
+    stage = StageRuns("shape", SimpleNamespace(user_attrs={}), [],  # type: ignore[arg-type]
+                      [Run(0, TrialState.COMPLETE, params, 0.27, [0.9, 0.5, 0.27], [], 1.0, False)])
+    words = " ".join(shape_diagnosis(stage, 0.27, "val_error"))
+    assert "That equals the best small network of stage lr (0.27)." in words and "0% higher" not in words
+    assert "momentum 0.14" in words and "one_minus_momentum" not in words  # as the summary shows it

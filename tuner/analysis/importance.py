@@ -119,7 +119,7 @@ class AuditVerdict:
     def message(self) -> str:
         """A sentence or two for the end of ``tuner study``."""
         said = self._message()
-        return f"{said} Not judged: {self.not_judged}." if self.not_judged else said
+        return f"{said.rstrip('.')}. Not judged: {self.not_judged}." if self.not_judged else said
 
     def _message(self) -> str:
         if self.held is None:

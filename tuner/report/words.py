@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from tuner.analysis.importance import COMPLETE_BASIS, RUNG_CAVEAT, describe_basis
 from tuner.report.runs import Run, StageRuns, TrialCosts, as_errors, epochs_to_target, error_target, untrained_errors
 from tuner.study.rate_rule import RULES, SMOOTHED_RULES
-from tuner.study.results import loss_like
+from tuner.study.results import as_shown, loss_like
 from tuner.study.stored import (
     BEST_TRIAL_ATTR, CALIBRATED_BASIS, FIRST_RUNG_ATTR, HANDOFF_ATTR, VERDICT_ATTR, VERDICT_LR_BASIS_ATTR,
 )
@@ -310,7 +310,7 @@ def shape_diagnosis(stage: StageRuns, reference: float | None, objective: str) -
     if best is None:
         return ["No shape trial completed."]
     what = objective.split(" (")[0]
-    setting = ", ".join(f"{k} {fmt_value(v)}" for k, v in best.params.items() if k not in ("lr", "lr_scale"))
+    setting = ", ".join("{} {}".format(*map(fmt_value, as_shown(k, v))) for k, v in best.params.items() if k not in ("lr", "lr_scale"))
     pruned = sum(r.state == TrialState.PRUNED for r in stage.runs)
     of = f"{len(stage.complete)} complete shapes" + (f" ({pruned} more were pruned)" if pruned else "")
     sentences = [f"Best of {of}: {setting}, trained at {rate_words(best)}; final {what} {best.value:.3g}."]
@@ -320,7 +320,8 @@ def shape_diagnosis(stage: StageRuns, reference: float | None, objective: str) -
         worse = stage.better(reference, best.value)
         # The reference is stage lr's best trial, at its own rate (the robust hand-off may calibrate
         # another); the shape trained at the calibrated rate times its own lr_scale (said above).
-        sentences.append(f"That is {abs(change):.0%} {word} than the best small network of stage lr ({reference:.3g}).")
+        sentences.append(f"That is {abs(change):.0%} {word} than the best small network of stage lr ({reference:.3g})."
+                         if round(abs(change), 2) else f"That equals the best small network of stage lr ({reference:.3g}).")
         if worse:
             sentences.append(
                 "So the study's best configuration is stage lr's small network: `tuner best` trains it (`--stage shape` "

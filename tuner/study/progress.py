@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tuner.study.results import StageSummary, StudyResult, loss_like
+from tuner.study.results import StageSummary, StudyResult, as_shown, loss_like
 from tuner.study.stored import DIVERGED_ATTR, stage_kind
 
 if TYPE_CHECKING:
@@ -247,10 +247,8 @@ class ProgressBar(Reporter):
 
 
 def _setting(name: str, value: object) -> str:
-    """``name=value`` as the summary shows it: the audit samples SGD's momentum as ``one_minus_momentum`` (on a log
-    scale, near 1 where it matters), shown as the momentum it trained with."""
-    if name == "one_minus_momentum" and isinstance(value, float):
-        name, value = "momentum", 1.0 - value
+    """``name=value`` as the summary shows it (:func:`~tuner.study.results.as_shown`: momentum, not one minus it)."""
+    name, value = as_shown(name, value)
     return f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}"
 
 

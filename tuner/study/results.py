@@ -154,6 +154,14 @@ def failure_counts(trials: Sequence[FrozenTrial]) -> tuple[int, int, int]:
     return len(failed) - surplus - stopped, stopped, surplus
 
 
+def as_shown(name: str, value: Any) -> tuple[str, Any]:
+    """A parameter as the summary and the report show it: the audit samples SGD's momentum as
+    ``one_minus_momentum`` (on a log scale, near 1 where it matters), shown as the momentum it trained with."""
+    if name == "one_minus_momentum" and isinstance(value, float):
+        return "momentum", 1.0 - value
+    return name, value
+
+
 def wall_seconds(trials: Sequence[FrozenTrial]) -> float:
     """A stage's time from its first trial's start to its last trial's end, every trial counted (stopped ones too):
     across resumed runs, with the pauses between them."""
