@@ -417,3 +417,16 @@ def test_with_no_lr_pair_left_to_judge_the_assumption_holds_whatever_lr_s_spread
     verdict = audit_verdict("paired", storage)
     assert verdict.held is True and verdict.largest_interaction_with is None
     assert "too close" not in verdict.message and "(with None)" not in verdict.message
+
+
+def test_an_audit_with_too_few_complete_trials_says_diverged_ones_do_not_count_and_what_to_raise(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'few.db'}"
+    space = {"lr": optuna.distributions.FloatDistribution(1e-4, 1.0, log=True),
+             "width": optuna.distributions.IntDistribution(4, 64, log=True)}
+    study = optuna.create_study(study_name="few/audit", storage=storage)
+    for lr, width in ((0.01, 8), (0.02, 16), (0.05, 32)):
+        study.add_trial(optuna.trial.create_trial(params={"lr": lr, "width": width}, distributions=space, value=lr))
+    verdict = audit_verdict("few", storage)
+    assert verdict.held is None
+    assert verdict.message.endswith("3 complete trials; at least 10 are needed (diverged and pruned ones do not count: "
+                                    "raise stages.audit.trials)")

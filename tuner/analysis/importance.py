@@ -259,8 +259,7 @@ def audit_verdict(name: str, storage: str | BaseStorage | None = None) -> AuditV
 
     Held when the largest fANOVA pairwise interaction involving ``lr`` is at most
     :data:`AUDIT_MAX_INTERACTION_RATIO` times the ``lr`` main effect. The verdict and its numbers are
-    stored as user attributes of the study ``<name>/audit`` (see :meth:`AuditVerdict.user_attrs`).
-    Diverged trials are pruned, so not analysed: the verdict speaks of the rates that trained.
+    stored as user attributes of the study ``<name>/audit`` (see :meth:`AuditVerdict.user_attrs`). Diverged trials are pruned, so not analysed.
 
     Where stage ``shape`` carried the calibrated rate to each shape by a rule (``lr_transfer =
     "rule"``, stored on ``<name>/shape``), what staging assumes is that the rule's rate suits every
@@ -276,7 +275,8 @@ def audit_verdict(name: str, storage: str | BaseStorage | None = None) -> AuditV
     calibrated = [name for name in CHOICE_FIELDS if name in distributions]  # train.optimizer = ["adam", "sgd"]...
     verdict = AuditVerdict(study_name, None, len(complete), None, None, None, lr_basis=lr_basis)
     if len(complete) < MIN_COMPLETE_TRIALS:
-        verdict = replace(verdict, reason=f"{len(complete)} complete trials; at least {MIN_COMPLETE_TRIALS} are needed")
+        verdict = replace(verdict, reason=f"{len(complete)} complete trials; at least {MIN_COMPLETE_TRIALS} are needed "
+                          "(diverged and pruned ones do not count: raise stages.audit.trials)")
     elif "lr" not in distributions or len(distributions) < 2:
         verdict = replace(verdict, reason="lr and at least one other parameter must vary across its trials")
     elif len({t.value for t in complete}) == 1:
