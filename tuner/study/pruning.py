@@ -293,7 +293,8 @@ def shape_first_rung(study_name: str, storage: optuna.storages.BaseStorage, shap
                                 learned_only=learned_only))
     rung = max(rungs, key=lambda r: math.inf if r.epoch is None else r.epoch)
     if len(rungs) > 1:
-        rung = dataclasses.replace(rung, reason=f"{rung.reason} (the latest of the {len(rungs)} stage lr variants')")
+        latest = f"the latest epoch of the {len(rungs)} stage lr variants' rungs: none judged before it learns"
+        rung = dataclasses.replace(rung, reason=f"{rung.reason} ({latest})")
     if describe is not None:
         shape_study.set_user_attr(SEARCH_ATTR, describe(rung))
     shape_study.set_user_attr(FIRST_RUNG_ATTR, rung.as_record())
