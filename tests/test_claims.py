@@ -190,33 +190,76 @@ def test_trials_claimed_before_the_storage_fails_mid_claim_are_abandoned_not_lef
     assert all(t.state == TrialState.FAIL for t in trials)
 
 
-def test_workers_that_count_the_stage_at_the_same_moment_draw_different_trials(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A new user's two workers on one SQLite file trained 8 of 20 rates twice: both counted the stage at once,
-    # so both seeded their samplers from the same position. Here the other worker asks, from the same count,
-    # just before this one claims.
+RACE = {"name": "race", "seed": 0, "data": {"name": "wine"}, "model": {"width": 8, "depth": 1},
+        "train": {"epochs": 1, "batch_size": 32},
+        "stages": {"lr": {"trials": 6, "lr_min": 1e-3, "lr_max": 0.3, "sampler": "random", "batch_trials": 3}}}
+
+
+def _positions(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(trial number, position its sampler was seeded from), for every trial asked from now on."""
+    from tuner.study.search import PlacedSampler
+
+    seen: list[tuple[int, int]] = []
+    before = PlacedSampler.before_trial
+
+    def recording(self: PlacedSampler, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        before(self, study, trial)
+        seen.append((trial.number, self.position))
+
+    monkeypatch.setattr(PlacedSampler, "before_trial", recording)
+    return seen
+
+
+def test_one_worker_asks_its_batches_at_the_positions_it_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The k-th trial of a batch at the trials held before it plus k, as sampler_for promises (a resumed stage
+    # asks what an uninterrupted one would); a trial stopped by its worker gives its place up.
+    from tuner.study.stages import lr_stage, sampler_for
+
     from tuner.study import runner
 
-    spec = tuner.spec_from_dict({
-        "name": "race", "seed": 0, "data": {"name": "wine"}, "model": {"width": 8, "depth": 1},
-        "train": {"epochs": 1, "batch_size": 32},
-        "stages": {"lr": {"trials": 3, "lr_min": 1e-3, "lr_max": 0.3, "sampler": "random", "batch_trials": 3}},
-    })
-    storage = open_storage(f"sqlite:///{tmp_path / 'race.db'}")
-    claim, theirs = runner._StageRunner._claim, []
+    spec = tuner.spec_from_dict(RACE)
+    storage = open_storage(f"sqlite:///{tmp_path / 'one.db'}")
+    ask = runner._StageRunner._ask
 
-    def after_the_other_workers_asks(self: runner._StageRunner, study: optuna.Study, stage: object, position: object,
-                                     n_ask: int, claimed: list) -> list:
-        if not theirs:
-            for k in range(n_ask):  # what the other worker asks with the same count
-                _, trial = self._ask(study, stage, position, k)
-                theirs.append(trial.params["lr"])
-                study.tell(trial, state=TrialState.FAIL)  # it goes away; its draws are what matter
-        return claim(self, study, stage, position, n_ask, claimed)
+    def after_a_stopped_trial(self: runner._StageRunner, study: optuna.Study, stage: object) -> object:
+        if not study.trials:  # a worker's trial, stopped before this one asks: failed without a traceback
+            study.tell(ask(self, study, stage)[1], state=TrialState.FAIL)
+        return ask(self, study, stage)
 
-    monkeypatch.setattr(runner._StageRunner, "_claim", after_the_other_workers_asks)
+    monkeypatch.setattr(runner._StageRunner, "_ask", after_a_stopped_trial)
+    seen = _positions(monkeypatch)
     run_stage(spec, "lr", storage=storage, data=load_dataset(spec.data, spec.seed, spec.source), device=torch.device("cpu"))
-    ours = [t.params["lr"] for t in optuna.load_study(study_name="race/lr", storage=storage).get_trials()
-            if t.state == TrialState.COMPLETE]
-    assert len(theirs) == len(ours) == 3
-    assert not set(theirs) & set(ours)  # each trial its own draw; the same count alone gave the same three rates
+    assert seen == [(0, 0), *((n, n - 1) for n in range(1, 7))]  # the stopped trial 0 gave its place up to trial 1
+    trials = {t.number: t for t in optuna.load_study(study_name="race/lr", storage=storage).get_trials()}
+    stage = lr_stage(spec)
+    for number, position in seen[1:]:  # what a sampler seeded at that position draws
+        sampler = sampler_for(stage, spec.seed, position)[0]
+        drawn = sampler.sample_independent(None, trials[number], "lr", stage.space["lr"])
+        assert trials[number].params["lr"] == pytest.approx(drawn)
+
+
+def test_workers_asking_at_the_same_moment_draw_different_trials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A new user's two workers on one SQLite file trained 8 of 20 rates twice: both counted the stage at once and
+    # seeded their samplers from the same count. Here another worker's asks interleave with this one's, and one
+    # of its trials is stopped (gives its place up) in between.
+    from tuner.study import runner
+
+    spec = tuner.spec_from_dict(RACE)
+    storage = open_storage(f"sqlite:///{tmp_path / 'race.db'}")
+    ask, theirs = runner._StageRunner._ask, []
+
+    def interleaved(self: runner._StageRunner, study: optuna.Study, stage: object) -> object:
+        if len(theirs) < 3:  # the other worker asks just before each of our asks, and trains its trial
+            _, trial = ask(self, study, stage)
+            theirs.append(trial.params["lr"])
+            study.tell(trial, 0.5)
+        return ask(self, study, stage)
+
+    monkeypatch.setattr(runner._StageRunner, "_ask", interleaved)
+    seen = _positions(monkeypatch)
+    run_stage(spec, "lr", storage=storage, data=load_dataset(spec.data, spec.seed, spec.source), device=torch.device("cpu"))
+    trials = optuna.load_study(study_name="race/lr", storage=storage).get_trials()
+    ours = [t.params["lr"] for t in trials if t.value != 0.5]
+    assert len(theirs) == len(ours) == 3 and len(trials) == 6  # the budget: theirs and ours
+    assert len(set(theirs) | set(ours)) == 6  # each trained trial its own draw
+    assert sorted(position for _, position in seen) == list(range(6))

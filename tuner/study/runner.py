@@ -68,14 +68,13 @@ from tuner.study.stages import (
     audit_stage,
     describe_search,
     lr_stage,
-    sampler_for,
     settle_lr_scale,
     shape_stage,
     stored_moves,
 )
-from tuner.study.search import PlacedSampler
+from tuner.study.search import PlacedSampler, pruner_for
 from tuner.study.together import settled_ask_batch
-from tuner.study.trials import Asked, TrialBatch, abandon, best_value, holds_position, run_trials
+from tuner.study.trials import Asked, TrialBatch, abandon, best_value, place_of, run_trials
 from tuner.training.train import pick_threads, resolve_device, use_threads
 from tuner.training.trainers import make_trainer
 
@@ -359,12 +358,10 @@ class _StageRunner:
                 orphans_checked = -math.inf
                 continue
             n_ask = min(stage.budget - n_finished - n_running, stage.batch_trials)
-            # Places held and the last trial number, as counted now; with each trial's own number they place it (_ask).
-            position = (sum(holds_position(t) for t in trials), max((t.number for t in trials), default=-1))
             asked: list[Asked] = []
             try:
                 with interrupts_deferred():  # a trial asked for is always claimed, never left ownerless
-                    self._claim(study, stage, position, n_ask, asked)  # into ``asked``: abandoned below if it raises
+                    self._claim(study, stage, n_ask, asked)  # into ``asked``: abandoned below if it raises
                 told = self._train(stage, asked) if asked else []
             except BaseException as error:
                 # Ctrl-C, SIGTERM, or the storage gone: our trials must not stay RUNNING, or every
@@ -396,13 +393,12 @@ class _StageRunner:
         self.reporter.stage_finished(summary)
         return summary
 
-    def _ask(self, study: optuna.Study, stage: Stage, counted: tuple[int, int], k: int) -> Asked:
+    def _ask(self, study: optuna.Study, stage: Stage) -> Asked:
         # The stage's own Study with a fresh sampler, not a new Study: a new one would start an
         # empty cache and read every trial of the stage from the storage again, for each trial.
-        # Its position: k-th of our batch after the ``held`` counted, past trials other workers made since (PlacedSampler).
-        held, last = counted
-        _, study.pruner = sampler_for(stage, self.spec.seed, held + k)
-        study.sampler = PlacedSampler(stage, self.spec.seed, lambda trial: held + max(k, trial.number - last - 1))
+        # Seeded by the trial's position, read once the storage has numbered it: workers asking at once draw apart.
+        study.pruner = pruner_for(stage)
+        study.sampler = PlacedSampler(stage, self.spec.seed, lambda trial: place_of(study, trial.number))
         with warnings.catch_warnings():
             # Optuna warns that heartbeats go with optimize(); ours are kept by Heartbeat below.
             warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
@@ -415,8 +411,7 @@ class _StageRunner:
                                                        results.TRAINED_LR_ATTR: trained_lr}, {})])
         return study, trial
 
-    def _claim(self, study: optuna.Study, stage: Stage, position: tuple[int, int], n_ask: int,
-               claimed: list[Asked]) -> list[Asked]:
+    def _claim(self, study: optuna.Study, stage: Stage, n_ask: int, claimed: list[Asked]) -> list[Asked]:
         """Ask for up to ``n_ask`` trials into ``claimed``, one at a time, keeping only those within the stage's budget.
 
         Workers that count at the same moment all see room for one more trial. Trial numbers say who asked first:
@@ -425,7 +420,7 @@ class _StageRunner:
         if the storage fails later, the caller abandons it."""
         while len(claimed) < n_ask:
             # A fresh sampler per trial, seeded by the trial's position: reproducible for one process.
-            asking, trial = self._ask(study, stage, position, len(claimed))
+            asking, trial = self._ask(study, stage)
             claimed.append((asking, trial))
             # Counted after this trial was created: every trial numbered below ours is in the count.
             n_claimed, n_claimed_below = count_trials(study, (*FINISHED, TrialState.RUNNING), trial.number)

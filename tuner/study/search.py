@@ -27,8 +27,11 @@ def sampler_for(stage: Stage, study_seed: int, position: int) -> tuple[optuna.sa
     Built anew for each trial and seeded by its position, on purpose: a stage resumed after a kill,
     or shared by several workers, asks at each position what an uninterrupted stage would have.
     """
-    pruner = make_pruner(stage.pruner, stage.epochs, stage.first_rung, stage.untrained_noise)
-    return _sampler_at(stage, study_seed, position), pruner
+    return _sampler_at(stage, study_seed, position), pruner_for(stage)
+
+
+def pruner_for(stage: Stage) -> optuna.pruners.BasePruner:
+    return make_pruner(stage.pruner, stage.epochs, stage.first_rung, stage.untrained_noise)
 
 
 def _sampler_at(stage: Stage, study_seed: int, position: int) -> optuna.samplers.BaseSampler:
@@ -39,11 +42,12 @@ def _sampler_at(stage: Stage, study_seed: int, position: int) -> optuna.samplers
 class PlacedSampler(optuna.samplers.BaseSampler):
     """The sampler of :func:`sampler_for` at the trial's own position, read once the trial exists.
 
-    A worker counts the stage's trials, then asks: two workers that count at the same moment would
-    count the same position, seed their samplers alike and draw the same parameters (a new user's
-    two workers on one SQLite file trained 8 of 20 rates twice). The trial's number, which the
-    storage gives each trial once, tells them apart: ``position_of(trial)`` reads the position from
-    it (:meth:`optuna.samplers.BaseSampler.before_trial` comes after the trial is made, before it is sampled).
+    A worker that counted the stage's trials before it asks would, beside another that counted at the
+    same moment, count the same position, seed its sampler alike and draw the same parameters (a new
+    user's two workers on one SQLite file trained 8 of 20 rates twice). The trial's number, which the
+    storage gives each trial once, tells them apart: ``position_of(trial)`` reads the position once the
+    trial exists (:meth:`optuna.samplers.BaseSampler.before_trial` comes after it is made, before it is
+    sampled), as :func:`tuner.study.trials.place_of` does.
     """
 
     def __init__(self, stage: Stage, study_seed: int, position_of: Callable[[FrozenTrial], int]) -> None:

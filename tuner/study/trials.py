@@ -240,6 +240,14 @@ def holds_position(trial: FrozenTrial) -> bool:
     return trial.state != TrialState.FAIL or results.TRACEBACK_ATTR in trial.user_attrs
 
 
+def place_of(study: optuna.Study, number: int) -> int:
+    """The position of trial ``number`` in its stage's sequence of asks: the trials numbered below it that hold their
+    place (:func:`holds_position`), read from the storage as it is made. One worker asks at the positions its own
+    count would give; workers asking at once get a position each, from their trials' numbers."""
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    return number - sum(t.number < number and not holds_position(t) for t in failed)
+
+
 def best_value(trials: Sequence[FrozenTrial], direction: str) -> float | None:
     best = results.best_complete(trials, direction)
     return best.value if best is not None else None
