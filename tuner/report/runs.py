@@ -164,13 +164,16 @@ def untrained_errors(runs: Sequence[Run], maximize: bool) -> list[float | None]:
     """Each run's untrained value read as :func:`as_errors` reads its curve (None where unknown).
 
     A score's run with no untrained value (a user's loop reports no epoch 0) takes the largest gap the
-    runs show instead, the level learning started from for want of its own: read from its first epoch,
-    a gap of 0.02 that grew to 0.04 (accuracy 0.98, then 0.96) was a run that "exploded".
+    runs that did not diverge show instead, the level learning started from for want of its own: read
+    from its first epoch, a gap of 0.02 that grew to 0.04 (accuracy 0.98, then 0.96) was a run that
+    "exploded". A run then explodes as an error's run does against its untrained value: when it loses half
+    of what it had learned (0.95 to 0.55 where the stage's worst was 0.10 is a loss of 47%: not yet).
     """
     if not maximize:
         return [r.untrained for r in runs]
     top = _top([r.curve for r in runs])
-    largest = max((v for c in as_errors([r.curve for r in runs], True) for v in c if math.isfinite(v)), default=0.0)
+    gaps = as_errors([r.curve for r in runs], True)
+    largest = max((v for r, c in zip(runs, gaps) if not r.diverged for v in c if math.isfinite(v)), default=0.0)
     return [largest if r.untrained is None else top - r.untrained for r in runs]
 
 

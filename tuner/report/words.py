@@ -320,8 +320,9 @@ def shape_diagnosis(stage: StageRuns, reference: float | None, objective: str) -
         worse = stage.better(reference, best.value)
         # The reference is stage lr's best trial, at its own rate (the robust hand-off may calibrate
         # another); the shape trained at the calibrated rate times its own lr_scale (said above).
-        sentences.append(f"That is {abs(change):.0%} {word} than the best small network of stage lr ({reference:.3g})."
-                         if round(abs(change), 2) else f"That equals the best small network of stage lr ({reference:.3g}).")
+        share = f"{abs(change):.0%}" if abs(change) >= 0.005 else f"{100 * abs(change):.2g}%"  # never "0% higher"
+        sentences.append(f"That is {share} {word} than the best small network of stage lr ({reference:.3g})." if change
+                         else f"That equals the best small network of stage lr ({reference:.3g}).")
         if worse:
             sentences.append(
                 "So the study's best configuration is stage lr's small network: `tuner best` trains it (`--stage shape` "
