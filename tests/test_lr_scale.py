@@ -152,7 +152,7 @@ def test_a_new_study_stores_the_resolved_range_and_its_shape_trials_search_insid
     assert refit.metrics["validation"]["value"] == pytest.approx(best.value, abs=1e-9)
     again_url = f"sqlite:///{tmp_path / 'again.db'}"
     tuner.run_study(tuner.load_spec(tmp_path / "best" / "best.toml"), storage=again_url, device="cpu")
-    again = optuna.load_study(study_name="auto_scaled-best/shape", storage=again_url).best_trial
+    again = optuna.load_study(study_name="auto_scaled-best-shape/shape", storage=again_url).best_trial  # --stage: its name
     assert again.user_attrs["trained_lr"] == pytest.approx(best.user_attrs["trained_lr"])
     assert "lr_move" not in again.user_attrs and again.value == pytest.approx(best.value, abs=1e-9)
 
