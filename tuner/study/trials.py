@@ -21,7 +21,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import interrupts_deferred, raise_if_stop_requested
-from tuner.storage import Heartbeat, fail_trial, tell_trials, trial_id, write_trial_records
+from tuner.storage import Heartbeat, count_trials, fail_trial, tell_trials, trial_id, write_trial_records
 from tuner.study import results
 from tuner.study.stages import Stage
 from tuner.study.stored import FALLBACK_ATTR, TRAINED_TOGETHER_ATTR
@@ -244,6 +244,8 @@ def place_of(study: optuna.Study, number: int) -> int:
     """The position of trial ``number`` in its stage's sequence of asks: the trials numbered below it that hold their
     place (:func:`holds_position`), read from the storage as it is made. One worker asks at the positions its own
     count would give; workers asking at once get a position each, from their trials' numbers."""
+    if count_trials(study, (TrialState.FAIL,), number)[1] == 0:  # one count: most stages have no failed trial
+        return number
     failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
     return number - sum(t.number < number and not holds_position(t) for t in failed)
 
