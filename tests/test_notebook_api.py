@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 from sklearn.datasets import load_wine
 from torch import nn
@@ -142,3 +143,14 @@ def test_a_study_run_from_a_scripts_main_is_refused_from_the_command_line_saying
     assert given.returncode == 0 and "PREDICTED 5" in given.stdout, given.stderr
     missing = run("use.py", str(tmp_path / "best"), "not given")
     assert missing.returncode != 0 and "tuner.load_model(folder, model=make_net)" in missing.stderr, missing.stderr
+
+
+def test_run_study_takes_a_name_as_the_command_lines_name_option_does(tmp_path: Path) -> None:
+    spec = {"name": "spec-name", "data": {"name": "wine"}, "model": {"width": 4}, "train": {"epochs": 1, "batch_size": 32},
+            "stages": {"lr": {"trials": 2}, "shape": {"trials": 1, "width": [4, 4], "depth": [1, 1]}}}
+    storage = f"sqlite:///{tmp_path / 'n.db'}"
+    result = tuner.run_study(spec, storage=storage, device="cpu", progress=False, name="second")
+    assert result.name == "second"
+    assert sorted(s.study_name for s in optuna.get_all_study_summaries(storage)) == ["second/lr", "second/shape"]
+    with pytest.raises(ValueError, match=r"name='a/b': must be non-empty and must not contain '/'"):
+        tuner.run_study(spec, storage=storage, device="cpu", progress=False, name="a/b")

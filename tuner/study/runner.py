@@ -34,7 +34,7 @@ from tuner.inputs.choices import Variant, listed, variants
 from tuner.inputs.data import Dataset, DataWarning, StreamedData
 from tuner.inputs.load import load_dataset
 from tuner.inputs.names import RUNG_RULES
-from tuner.inputs.spec import StudySpec
+from tuner.inputs.spec import StudySpec, study_name_problem
 from tuner.inputs.code_checks import check_code, check_params
 from tuner.inputs.usercode import UserCode, resolve_code, spec_with_callables, with_callables
 from tuner.storage import (
@@ -102,6 +102,7 @@ def run_study(
     metric: Callable[..., Any] | None = None,
     threads: int | None = None,
     timeout: float | None = None,
+    name: str | None = None,
 ) -> StudyResult:
     """Run (or resume) a staged study: ``lr``, then ``shape``, then the optional ``audit``.
 
@@ -126,9 +127,14 @@ def run_study(
         timeout: a wall-clock limit in seconds: once it has passed, no new trial starts; the trials
             in progress finish and are stored, and the result has ``timed_out`` set (the last stage
             unfinished). Running the study again resumes it, as after any stop.
+        name: the study's name instead of the spec's (``tuner study --name``): one spec, several studies.
     """
     given = {"model": model, "loader": loader, "loop": loop, "loss": loss, "metric": metric}
     spec = spec_with_callables(spec, **given)  # a StudySpec, a study file or a dict, naming the callables
+    if name is not None:
+        if study_name_problem(name):
+            raise ValueError(f"name={name!r}: {study_name_problem(name)}")
+        spec = spec.with_changes(name=name)
     check_direction(spec)  # "maximize" needs a score of the user's own: refused before anything is written
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be a number of seconds > 0, not {timeout!r}")
