@@ -263,3 +263,32 @@ def test_workers_asking_at_the_same_moment_draw_different_trials(tmp_path: Path,
     assert len(theirs) == len(ours) == 3 and len(trials) == 6  # the budget: theirs and ours
     assert len(set(theirs) | set(ours)) == 6  # each trained trial its own draw
     assert sorted(position for _, position in seen) == list(range(6))
+
+
+def test_a_trial_that_gives_its_place_up_after_later_ones_were_asked_leaves_it_to_the_next_not_to_a_trained_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A new user killed one of three workers mid-trial and ran it again: its trial was failed (place given up)
+    # after another worker had asked the next one, and the rerun's trial drew what that one trained.
+    from tuner.study import runner
+
+    spec = tuner.spec_from_dict({**RACE, "stages": {"lr": {**RACE["stages"]["lr"], "batch_trials": 1, "trials": 4}}})
+    storage = open_storage(f"sqlite:///{tmp_path / 'rejoin.db'}")
+    ask, dead, other = runner._StageRunner._ask, [], []
+
+    def after_a_kill(self: runner._StageRunner, study: optuna.Study, stage: object) -> object:
+        if not dead:
+            dead.append(ask(self, study, stage)[1])  # the killed worker's trial, left running
+            other.append(ask(self, study, stage)[1])  # another worker's, asked meanwhile, trained
+            study.tell(other[0], 0.5)
+            study.tell(dead[0], state=TrialState.FAIL)  # found dead: failed without a traceback, its place given up
+        return ask(self, study, stage)
+
+    monkeypatch.setattr(runner._StageRunner, "_ask", after_a_kill)
+    seen = _positions(monkeypatch)
+    run_stage(spec, "lr", storage=storage, data=load_dataset(spec.data, spec.seed, spec.source), device=torch.device("cpu"))
+    trials = optuna.load_study(study_name="race/lr", storage=storage).get_trials()
+    assert [position for _, position in seen] == [0, 1, 0, 2, 3]  # the rerun's first trial takes the dead one's place
+    assert [t.user_attrs.get("ask_position") for t in trials] == [0, 1, 0, 2, 3]
+    trained = [t.params["lr"] for t in trials if t.state == TrialState.COMPLETE]
+    assert len(trained) == 4 and len(set(trained)) == 4  # no configuration trained twice
+    assert trials[2].params["lr"] == dead[0].params["lr"]  # it draws what the dead one drew

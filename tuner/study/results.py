@@ -37,6 +37,7 @@ from tuner.study.stored import (  # noqa: F401 -- the contract's names, read fro
     OBJECTIVE_ATTR,
     SEARCH_ATTR,
     SETTINGS_ATTR,
+    POSITION_ATTR,
     SETTINGS_HASH_ATTR,
     SPEC_PATH_ATTR,
     STAGES,

@@ -413,8 +413,8 @@ class _StageRunner:
         # (e.g. the calibrated lr on every shape trial), the rate it trains at (in stage shape lr x lr_move x lr_scale).
         trained_lr = stage.trained(trial.params).get("lr")
         moved = {results.LR_MOVE_ATTR: stage.move(trial.params)} if stage.transfer else {}
-        write_trial_records(study, [(trial_id(trial), {**worker_attrs(), **stage.fixed_for(trial.params), **moved,
-                                                       results.TRAINED_LR_ATTR: trained_lr}, {})])
+        records = {**worker_attrs(), **stage.fixed_for(trial.params), **moved, results.TRAINED_LR_ATTR: trained_lr}
+        write_trial_records(study, [(trial_id(trial), {**records, results.POSITION_ATTR: study.sampler.position}, {})])
         return study, trial
 
     def _claim(self, study: optuna.Study, stage: Stage, n_ask: int, claimed: list[Asked]) -> list[Asked]:

@@ -104,6 +104,9 @@ UNTRAINED_VALUE_ATTR = "untrained_value"
 # calibrated ``lr`` times its ``lr_scale`` (stage shape). Absent on trials stored before it: read
 # :func:`tuner.study.results.trial_trained_lr`, which works it out for those.
 TRAINED_LR_ATTR = "trained_lr"
+# The trial's place in its stage's sequence of asks, which seeded its sampler (tuner.study.trials.place_of); absent
+# on trials stored before it, whose place is read from their number.
+POSITION_ATTR = "ask_position"
 
 
 def stage_study_name(study: str, stage: str) -> str:

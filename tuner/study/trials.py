@@ -24,7 +24,7 @@ from tuner.errors import interrupts_deferred, raise_if_stop_requested
 from tuner.storage import Heartbeat, count_trials, fail_trial, tell_trials, trial_id, write_trial_records
 from tuner.study import results
 from tuner.study.stages import Stage
-from tuner.study.stored import FALLBACK_ATTR, TRAINED_TOGETHER_ATTR
+from tuner.study.stored import FALLBACK_ATTR, POSITION_ATTR, TRAINED_TOGETHER_ATTR
 from tuner.training.train import EpochResult
 from tuner.training.trainers import Trainer
 
@@ -241,13 +241,27 @@ def holds_position(trial: FrozenTrial) -> bool:
 
 
 def place_of(study: optuna.Study, number: int) -> int:
-    """The position of trial ``number`` in its stage's sequence of asks: the trials numbered below it that hold their
-    place (:func:`holds_position`), read from the storage as it is made. One worker asks at the positions its own
-    count would give; workers asking at once get a position each, from their trials' numbers."""
-    if count_trials(study, (TrialState.FAIL,), number)[1] == 0:  # one count: most stages have no failed trial
+    """The place of trial ``number`` in its stage's sequence of asks, which seeds its sampler: the lowest place that no
+    other trial holds (:func:`holds_position`), read from the storage once the trial is numbered.
+
+    One worker asks at the places its own count would give, and a trial asked after a stopped one takes the stopped
+    one's place (it draws what that one drew): the stage asks what an uninterrupted one would. Workers that ask
+    at once get a place each, and a trial that gives its place up after later ones were asked leaves it to the
+    next ask, not to a place another trial trains at (a worker killed beside others had two trials share one).
+    """
+    if count_trials(study, (TrialState.FAIL,), number)[1] == 0:  # one count: where none failed, places are numbers
         return number
-    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-    return number - sum(t.number < number and not holds_position(t) for t in failed)
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    given_up = 0
+    taken = set()
+    for trial in trials:
+        if not holds_position(trial):
+            given_up += 1
+        elif trial.number != number:  # its stored place; before places were stored, what its number gave
+            stored = trial.user_attrs.get(POSITION_ATTR)
+            if stored is not None or trial.number < number:
+                taken.add(int(stored) if stored is not None else trial.number - given_up)
+    return next(place for place in range(len(trials) + 1) if place not in taken)
 
 
 def best_value(trials: Sequence[FrozenTrial], direction: str) -> float | None:
