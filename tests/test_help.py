@@ -32,4 +32,7 @@ def test_help_keeps_words_in_square_brackets() -> None:
     shown = " ".join(output.replace("│", " ").split())  # the help's lines, joined across the panel's borders
     assert "'lr[optimizer=adam]'" in shown
     assert "[default: NAME-best]" in shown and "[default: the best of stages lr and shape" in shown
-    assert "[default: the spec's storage, else sqlite:///tuner.db]" in shown
+    assert "[default: sqlite:///tuner.db]" in shown  # a study named, no spec: not "the spec's storage"
+    assert "the spec's storage" not in shown
+    study = " ".join(CliRunner().invoke(app, ["study", "--help"]).output.replace("│", " ").split())
+    assert "[default: the spec's storage, else sqlite:///tuner.db]" in study

@@ -57,6 +57,9 @@ StorageOption = Annotated[
                  "keep passwords off the command line (TUNER_STORAGE_PASSWORD, PGPASSWORD or --storage-password-file) "
                  "\\[default: the spec's storage, else sqlite:///tuner.db]"),
 ]
+# The same for the commands that read a study by name (no spec to take a storage from).
+NamedStorageOption = Annotated[str | None, typer.Option(
+    "--storage", "-s", envvar="TUNER_STORAGE", help=StorageOption.__metadata__[0].help.replace("the spec's storage, else ", ""))]
 
 def _print_version(value: bool) -> None:
     if value:
@@ -206,7 +209,7 @@ NameArgument = Annotated[str, typer.Argument(help="The study's name (its stages 
 
 @app.command()
 def importance(
-    name: NameArgument, storage: StorageOption = None, out: OutOption = Path("."), storage_password_file: PasswordFileOption = None
+    name: NameArgument, storage: NamedStorageOption = None, out: OutOption = Path("."), storage_password_file: PasswordFileOption = None
 ) -> None:
     """Write importance.csv: fANOVA (main effects and pairwise interactions) and PED-ANOVA per stage,
     from its complete trials and, where trials were pruned, from the deepest epoch enough trials reached."""
@@ -243,7 +246,7 @@ def importance(
 
 @app.command()
 def export(
-    name: NameArgument, storage: StorageOption = None, out: OutOption = Path("."), storage_password_file: PasswordFileOption = None
+    name: NameArgument, storage: NamedStorageOption = None, out: OutOption = Path("."), storage_password_file: PasswordFileOption = None
 ) -> None:
     """Write trials.csv (one row per trial, every stage) and curves.csv (stage, trial, epoch, value)."""
     from tuner.analysis.export import write_export
@@ -257,7 +260,7 @@ def export(
 @app.command()
 def report(
     name: NameArgument,
-    storage: StorageOption = None,
+    storage: NamedStorageOption = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for index.html and the figures",
                                              show_default="NAME-report")] = None,
     storage_password_file: PasswordFileOption = None,
@@ -275,7 +278,7 @@ def report(
 
 @app.command()
 def dashboard(
-    storage: StorageOption = None,
+    storage: NamedStorageOption = None,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 to serve on", min=1, max=65535)] = 8080,
     storage_password_file: PasswordFileOption = None,
     read_only: Annotated[bool, typer.Option("--read-only", help="Refuse every change (deleting studies, editing trials, notes)")] = False,
@@ -300,7 +303,7 @@ def dashboard(
 
 @app.command("storage-proxy")
 def storage_proxy(
-    storage: StorageOption = None,
+    storage: NamedStorageOption = None,
     host: Annotated[str, typer.Option(help="Address to listen on: 127.0.0.1 for this machine only, 0.0.0.0 for every "
                                            "interface (workers on other machines)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port, printed)", min=0, max=65535)] = 13000,
@@ -383,7 +386,7 @@ def lr_find_command(
 @app.command()
 def best(
     name: NameArgument,
-    storage: StorageOption = None,
+    storage: NamedStorageOption = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for best.toml, model.pt and metrics.json \\[default: NAME-best]")] = None,
     refit: Annotated[str, typer.Option(help="train: the trials' training rows (the validation score reproduces the stored one); "
                                            "train+val: training and validation rows (validation is then no fair score)")] = "train",
