@@ -310,7 +310,8 @@ def shape_diagnosis(stage: StageRuns, reference: float | None, objective: str) -
     if best is None:
         return ["No shape trial completed."]
     what = objective.split(" (")[0]
-    setting = ", ".join("{} {}".format(*map(fmt_value, as_shown(k, v))) for k, v in best.params.items() if k not in ("lr", "lr_scale"))
+    shown = (as_shown(k, v) for k, v in best.params.items() if k not in ("lr", "lr_scale"))
+    setting = ", ".join(f"{name} {fmt_value(value)}" for name, value in shown)
     pruned = sum(r.state == TrialState.PRUNED for r in stage.runs)
     of = f"{len(stage.complete)} complete shapes" + (f" ({pruned} more were pruned)" if pruned else "")
     sentences = [f"Best of {of}: {setting}, trained at {rate_words(best)}; final {what} {best.value:.3g}."]

@@ -132,8 +132,8 @@ def run_study(
     given = {"model": model, "loader": loader, "loop": loop, "loss": loss, "metric": metric}
     spec = spec_with_callables(spec, **given)  # a StudySpec, a study file or a dict, naming the callables
     if name is not None:
-        if study_name_problem(name):
-            raise ValueError(f"name={name!r}: {study_name_problem(name)}")
+        if problem := study_name_problem(name):
+            raise ValueError(f"name={name!r}: {problem}")
         spec = spec.with_changes(name=name)
     check_direction(spec)  # "maximize" needs a score of the user's own: refused before anything is written
     if timeout is not None and not timeout > 0:

@@ -44,10 +44,10 @@ class PlacedSampler(optuna.samplers.BaseSampler):
 
     A worker that counted the stage's trials before it asks would, beside another that counted at the
     same moment, count the same position, seed its sampler alike and draw the same parameters (a new
-    user's two workers on one SQLite file trained 8 of 20 rates twice). The trial's number, which the
-    storage gives each trial once, tells them apart: ``position_of(trial)`` reads the position once the
-    trial exists (:meth:`optuna.samplers.BaseSampler.before_trial` comes after it is made, before it is
-    sampled), as :func:`tuner.study.trials.place_of` does.
+    user's two workers on one SQLite file trained 8 of 20 rates twice). ``position_of(trial)`` reads the
+    position from the storage once the trial is numbered (:meth:`optuna.samplers.BaseSampler.before_trial`
+    comes after it is made, before it is sampled): :func:`tuner.study.trials.place_of`, the lowest place
+    no other trial holds.
     """
 
     def __init__(self, stage: Stage, study_seed: int, position_of: Callable[[FrozenTrial], int]) -> None:
