@@ -259,7 +259,8 @@ def test_a_worker_whose_proxy_goes_away_says_so_in_one_line_exits_1_and_the_reru
     (tmp_path / "slow.toml").write_text(SLOW_SPEC)
     # A trial the proxy created as it stopped may never have got its owner's marks (the worker lost
     # the proxy before writing them): only its silence frees it, so the grace period is short here.
-    env = _worker_env(TUNER_HEARTBEAT_INTERVAL="1", TUNER_HEARTBEAT_GRACE="3")
+    # Trials that were training wait for the proxy to come back (2 s here), then fail.
+    env = _worker_env(TUNER_HEARTBEAT_INTERVAL="1", TUNER_HEARTBEAT_GRACE="3", TUNER_STORAGE_OUTAGE_WAIT="2")
     worker = _tuner("study", "slow.toml", "--storage", proxied, "--device", "cpu", env=env, cwd=tmp_path)
     try:
         direct = open_storage(url)
@@ -271,9 +272,11 @@ def test_a_worker_whose_proxy_goes_away_says_so_in_one_line_exits_1_and_the_reru
             worker.kill()
             worker.communicate()
     assert worker.returncode == 1, (out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: the storage proxy went away ("), err
-    assert lines[0].endswith("finished trials are kept: once it answers again, run the same command to resume"), err
+    *waits, last = err.strip().splitlines()
+    assert last.startswith("error: the storage proxy went away ("), err
+    assert last.endswith("finished trials are kept: once it answers again, run the same command to resume"), err
+    assert all(line.startswith("warning: the storage proxy went away (") and "waiting up to 2 s" in line
+               for line in waits), err
     finished_before = _finished(direct, "slow")
     assert 2 <= len(finished_before) < SLOW_BUDGET
 

@@ -71,6 +71,10 @@ class DataWarning(UserWarning):
     """Data tuner changed in order to train on it (e.g. a CSV's constant columns dropped); the message says what."""
 
 
+class StorageWarning(UserWarning):
+    """The storage did not answer for a while and tuner waits for it (a database restart, a proxy redeployed)."""
+
+
 class DeviceError(ValueError):
     """A device that cannot be used here (``--device``)."""
 

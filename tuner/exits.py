@@ -235,7 +235,7 @@ def errors_as_exit_codes() -> Iterator[None]:
     from tuner.storage import StorageError
 
     try:
-        with data_warnings_as_lines():
+        with warnings_as_lines():
             yield
     except (SpecError, StorageError, StudyMismatchError, DeviceError, TunerInputError) as error:
         fail(str(error), BAD_INPUT)
@@ -244,16 +244,17 @@ def errors_as_exit_codes() -> Iterator[None]:
 
 
 @contextmanager
-def data_warnings_as_lines() -> Iterator[None]:
-    """Within the block, what tuner changed in the data (a :class:`tuner.inputs.data.DataWarning`) is one line ``warning: ...`` on stderr.
+def warnings_as_lines() -> Iterator[None]:
+    """Within the block, what tuner changed in the data (a :class:`tuner.inputs.data.DataWarning`), or a wait
+    for a storage that stopped answering (:class:`tuner.errors.StorageWarning`), is one line ``warning: ...`` on stderr.
 
     Python's own format is two lines naming tuner's source file, which says nothing to the user.
     """
-    from tuner.errors import DataWarning
+    from tuner.errors import DataWarning, StorageWarning
 
     def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: object = None,
              line: str | None = None) -> None:
-        if issubclass(category, DataWarning):
+        if issubclass(category, (DataWarning, StorageWarning)):
             say(one_line(f"warning: {message}"), err=True)
         else:
             shown_before(message, category, filename, lineno, file, line)  # type: ignore[arg-type]
@@ -261,6 +262,7 @@ def data_warnings_as_lines() -> Iterator[None]:
     with warnings.catch_warnings():  # puts showwarning and the filters back afterwards
         shown_before = warnings.showwarning
         warnings.simplefilter("always", DataWarning)  # every study told, not only a process's first
+        warnings.simplefilter("always", StorageWarning)  # every outage
         warnings.showwarning = show
         yield
 
@@ -272,6 +274,7 @@ def unexpected_errors() -> Iterator[None]:
     import sqlalchemy
 
     from tuner.storage import proxy_failure, redact
+    from tuner.storage.outages import connection_lost
 
     try:
         yield
@@ -282,7 +285,7 @@ def unexpected_errors() -> Iterator[None]:
             raise
         resume = "finished trials are kept: run the same command again to resume"
         first_line = str(error).splitlines()[0] if str(error) else ""
-        lost = proxy_failure(error)
+        lost = proxy_failure(error) or connection_lost(error)
         if lost is not None:
             fail(f"{lost}; finished trials are kept: once it answers again, run the same command to resume", 1)
         if isinstance(error, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)):

@@ -21,7 +21,9 @@ counts a claim needs in ``_claims.py``; URLs and passwords in ``_url.py``.
 The environment can change, for every worker alike:
 - ``TUNER_STORAGE_PASSWORD``: the database password, put into a URL that has none (PostgreSQL's
   driver also reads ``PGPASSWORD`` itself), so that it never has to be on a command line;
-- ``TUNER_HEARTBEAT_INTERVAL``, ``TUNER_HEARTBEAT_GRACE``, ``TUNER_HOST``: see :mod:`tuner.storage.liveness`.
+- ``TUNER_HEARTBEAT_INTERVAL``, ``TUNER_HEARTBEAT_GRACE``, ``TUNER_HOST``: see :mod:`tuner.storage.liveness`;
+- ``TUNER_STORAGE_OUTAGE_WAIT``: how long trained trials wait for a storage that stopped answering
+  (a database restart, a proxy redeployed) before they fail; see :mod:`tuner.storage.outages`.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from tuner.storage.liveness import (
     worker_attrs,
     worker_id,
 )
+from tuner.storage.outages import outage_wait_s
 
 SQLITE_BUSY_TIMEOUT_S = BUSY_TIMEOUT_S
 SCHEMA_ATTEMPTS = 6  # workers opening a brand-new database at once race to create its tables
@@ -164,6 +167,7 @@ def open_existing_storage(url: str | None = None, *, writable: bool = False) -> 
 
 def _open(given: str | None, *, must_exist: bool, read_only: bool, mark_owners: bool = True) -> BaseStorage:
     shown = given or DEFAULT_STORAGE  # messages name the storage as the user wrote it
+    outage_wait_s()  # checked here, not first read when the storage stops answering mid-study
     if is_proxy_url(shown):
         heartbeat_settings()  # checked here: through a proxy, the heartbeats are ours (see Heartbeat)
         return open_proxy(shown)
@@ -207,7 +211,9 @@ def _open(given: str | None, *, must_exist: bool, read_only: bool, mark_owners: 
     else:
 
         def opener() -> BaseStorage:
-            return RDBStorage(url, **heartbeats)
+            # A restarted server (or an idle-session timeout) leaves every pooled connection dead: check
+            # each before use, or the next commit fails ("invalid data in the commit") with the trials it stores.
+            return RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **heartbeats)
 
     try:
         for attempt in range(1, SCHEMA_ATTEMPTS + 1):

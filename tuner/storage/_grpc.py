@@ -122,9 +122,17 @@ def proxy_failure(error: BaseException) -> str | None:
     details = error.details() if callable(getattr(error, "details", None)) else None
     reason = " ".join(str(details or error).split())
     name = getattr(code, "name", "?")
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
+    if proxy_went_away(error):
         return f"the storage proxy went away ({name}: {redact(reason)})"
     return f"the storage proxy failed ({name}: {redact(reason)})"
+
+
+def proxy_went_away(error: BaseException) -> bool:
+    """Whether ``error`` is a proxy's call that found no proxy (gone, restarting, unreachable), not one it refused."""
+    grpc = sys.modules.get("grpc")
+    if grpc is None or not isinstance(error, grpc.RpcError) or not callable(getattr(error, "code", None)):
+        return False
+    return error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class ProxyServer:

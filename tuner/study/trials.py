@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import interrupts_deferred, raise_if_stop_requested
 from tuner.storage import Heartbeat, count_trials, fail_trial, tell_trials, trial_id, write_trial_records
+from tuner.storage.outages import connection_lost, ride_out_outage
 from tuner.study import results
 from tuner.study.stages import Stage
 from tuner.study.stored import FALLBACK_ATTR, POSITION_ATTR, TRAINED_TOGETHER_ATTR
@@ -91,7 +92,8 @@ class TrialBatch:
         progress, trial = self.progress[index], self.asked[index][1]
         progress.untrained = _finite_or_none(result.val_error if self.objective == "val_error" else result.val_loss)
         if self.live_reports and progress.untrained is not None:
-            trial.set_user_attr(results.UNTRAINED_VALUE_ATTR, progress.untrained)
+            untrained = progress.untrained
+            ride_out_outage(lambda: trial.set_user_attr(results.UNTRAINED_VALUE_ATTR, untrained), what="storing a trial")
 
     def report(self, index: int, epoch: int, value: float) -> bool:
         """Report the objective of an epoch to Optuna (now, or with the trial's records); False: prune."""
@@ -100,8 +102,12 @@ class TrialBatch:
             progress.reports[epoch] = value
             return True
         trial = self.asked[index][1]
-        trial.report(value, epoch)
-        if trial.should_prune():
+
+        def report_and_ask() -> bool:
+            trial.report(value, epoch)  # the same value at the same step again, if an attempt failed
+            return trial.should_prune()
+
+        if ride_out_outage(report_and_ask, what="reporting an epoch"):
             progress.pruned = True
         return progress.active
 
@@ -110,8 +116,14 @@ class TrialBatch:
         if self.live_reports or time.perf_counter() - self._flushed <= REPORT_FLUSH_S:
             return
         pending = [(self.ids[i], {}, p.reports) for i, p in enumerate(self.progress) if p.reports]
-        if pending:
-            write_trial_records(self.study, pending)
+        try:
+            if pending:
+                write_trial_records(self.study, pending)
+        except Exception as error:
+            if connection_lost(error) is None:
+                raise
+            self._flushed = time.perf_counter()  # kept for the next flush, or the trials' records at their end
+            return
         for progress in self.progress:
             progress.reports = {}
         self._flushed = time.perf_counter()
@@ -124,7 +136,7 @@ class TrialBatch:
         whole batch), which may be fewer than were asked together.
         """
         together = list(trained_together or [len(self.asked)] * len(self.asked))
-        write_trial_records(self.study, [(self.ids[i], {
+        records = [(self.ids[i], {
             results.LEARNING_CURVE_ATTR: p.curve,
             results.TRAIN_LOSS_CURVE_ATTR: p.train_curve,
             results.TRAIN_SECONDS_ATTR: round(p.seconds, 4),
@@ -135,14 +147,39 @@ class TrialBatch:
             results.BATCHED_WITH_ATTR: together[i],
             **({results.UNTRAINED_VALUE_ATTR: p.untrained} if p.untrained is not None else {}),
             **extra_attrs,
-        }, p.reports) for i, p in enumerate(self.progress)])
-        self._record_on_study(max(together), extra_attrs.get(FALLBACK_ATTR))
-        # A trial's value is its last epoch's; PRUNED (None) if it stopped early or has no finite value. Told with
-        # Ctrl-C and SIGTERM held off: on SQLite the batch is one transaction, and a signal inside it would roll
-        # back every tell and leave trained trials to be abandoned as failed.
-        with interrupts_deferred():
-            return tell_trials(self.study, [(trial, None if not p.active or not p.curve else p.curve[-1])
-                                            for (_, trial), p in zip(self.asked, self.progress)])
+        }, p.reports) for i, p in enumerate(self.progress)]
+        # Trained trials are worth a wait: a storage that stopped answering (a database restart) is
+        # waited for, each attempt storing the same records again or telling the trials not yet told.
+        ride_out_outage(lambda: write_trial_records(self.study, records), what="storing trained trials")
+        ride_out_outage(lambda: self._record_on_study(max(together), extra_attrs.get(FALLBACK_ATTR)),
+                        what="storing trained trials")
+        outcomes = [(trial, None if not p.active or not p.curve else p.curve[-1])
+                    for (_, trial), p in zip(self.asked, self.progress)]
+        return ride_out_outage(self._teller(outcomes), what="telling trained trials")
+
+    def _teller(self, outcomes: list[tuple[optuna.Trial, float | None]]) -> Callable[[], list[FrozenTrial]]:
+        """Tell the trials their outcomes; called again after a lost connection, it tells only those still running.
+
+        A trial's value is its last epoch's; PRUNED (None) if it stopped early or has no finite value.
+        Told with Ctrl-C and SIGTERM held off: on SQLite the batch is one transaction, and a signal
+        inside it would roll back every tell and leave trained trials to be abandoned as failed.
+        """
+        attempts = 0
+
+        def tell() -> list[FrozenTrial]:
+            nonlocal attempts
+            attempts += 1
+            if attempts == 1:
+                with interrupts_deferred():
+                    return tell_trials(self.study, outcomes)
+            # An attempt before may have told some (on PostgreSQL each trial is its own commit).
+            running = {t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+            with interrupts_deferred():
+                tell_trials(self.study, [(trial, value) for trial, value in outcomes if trial.number in running])
+            stored = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+            return [stored[trial.number] for trial, _ in outcomes]
+
+        return tell
 
     def _record_on_study(self, k: int, fallback: object) -> None:
         """Keep K (the most trials of this batch trained as one) and the fallback's reason on the stage study,
@@ -156,8 +193,10 @@ class TrialBatch:
     def fail(self, error: BaseException) -> list[FrozenTrial]:
         """Tell Optuna every trial of the batch failed with ``error`` (kept as user attributes)."""
         failed = []
+        # Optuna words a lost connection as "invalid data in the commit"; its cause says what happened.
+        text = connection_lost(error) or f"{type(error).__name__}: {error}"
         for study, trial in self.asked:
-            trial.set_user_attr(results.ERROR_ATTR, f"{type(error).__name__}: {error}")
+            trial.set_user_attr(results.ERROR_ATTR, text)
             trial.set_user_attr(results.TRACEBACK_ATTR, traceback.format_exc(limit=8))
             failed.append(study.tell(trial, state=TrialState.FAIL))
         return failed

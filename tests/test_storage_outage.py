@@ -1,0 +1,188 @@
+"""A database that restarts or goes away for a while under a running study: trained trials are not lost.
+
+A new user restarted PostgreSQL (``pg_ctl restart``) while a worker trained a batch of 8 trials;
+all 8 failed at their next commit ("An exception is raised during the commit. This typically happens
+due to invalid data in the commit"), their training lost. These tests use a server of their own, since
+they stop and restart it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import sqlalchemy
+import torch
+from optuna.trial import TrialState
+
+import tuner
+from tuner.errors import StorageWarning
+from tuner.storage import PASSWORD_ENV, StorageError, open_storage
+from tuner.storage import outages
+from tuner.storage.outages import connection_lost, ride_out_outage
+
+from pg import PostgresServer, find_bindir
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[PostgresServer]:
+    bindir = find_bindir()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed (CI is set: these tests must run)", pytrace=False)
+        pytest.skip("PostgreSQL is not installed: apt-get install postgresql")
+    started = PostgresServer(bindir)
+    try:
+        started.start()
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture
+def password(server: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PASSWORD_ENV, server.password)
+
+
+def _stop(server: PostgresServer) -> None:
+    server._run("pg_ctl", "-D", str(server.data), "-m", "fast", "-w", "stop")
+
+
+def _start(server: PostgresServer) -> None:
+    server._run("pg_ctl", "-D", str(server.data), "-l", str(server.root / "server.log"), "-o", server._options(),
+                "-w", "-t", "60", "start")
+
+
+def test_a_restarted_database_is_reconnected_without_an_error(server: PostgresServer, password: None) -> None:
+    # Optuna's engine keeps pooled connections; after a restart each is dead, and without a check
+    # before use the next commit failed. The restart is done; nothing waits here.
+    storage = open_storage(server.create_database("restarted"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna: heartbeats are meant for Study.optimize
+        study = optuna.create_study(storage=storage, study_name="s")
+        trial = study.ask()
+        trial.report(0.5, 1)
+        server.restart()
+        trial.report(0.4, 2)
+        study.tell(trial, 0.4)
+    stored = study.trials[0]
+    assert stored.state == TrialState.COMPLETE and stored.intermediate_values == {1: 0.5, 2: 0.4}
+
+
+def test_a_database_down_while_trials_train_is_waited_for_and_no_trained_trial_is_lost(
+        server: PostgresServer, password: None) -> None:
+    url = server.create_database("down")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 4)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5, 0.0])).astype(np.float32)
+    restarted: list[threading.Timer] = []
+
+    def loader(seed: int) -> tuple[object, object, str]:
+        return torch.utils.data.TensorDataset(torch.tensor(x[:40]), torch.tensor(y[:40])), \
+            torch.utils.data.TensorDataset(torch.tensor(x[40:]), torch.tensor(y[40:])), "regression"
+
+    def fit(model: torch.nn.Module, report: object, epochs: int) -> None:
+        for epoch in range(1, epochs + 1):
+            report(epoch, 1.0 / epoch)  # type: ignore[operator]
+        if not restarted:  # the first trial's training is done: the database goes away for 3 s
+            _stop(server)
+            restarted.append(threading.Timer(3.0, _start, args=(server,)))
+            restarted[0].start()
+
+    spec = tuner.spec_from_dict({"name": "down", "train": {"epochs": 2, "batch_size": 10, "optimizer": "adam"},
+                                 "stages": {"lr": {"trials": 3, "lr_min": 1e-3, "lr_max": 0.1},
+                                            "shape": {"trials": 1, "width": [4, 4], "depth": [1, 1]}}})
+    with pytest.warns(StorageWarning, match=r"the database did not answer .*while storing trained trials; waiting up to 60 s"):
+        tuner.run_study(spec, storage=url, device="cpu", loader=loader, loop=fit)
+    restarted[0].join()
+    trials = optuna.load_study(study_name="down/lr", storage=open_storage(url)).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert [t.value for t in trials] == [0.5] * 3 and trials[0].intermediate_values == {1: 1.0, 2: 0.5}
+
+
+def _lost() -> sqlalchemy.exc.OperationalError:
+    return sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+
+
+def test_a_lost_connection_is_read_through_optunas_wrapping() -> None:
+    try:
+        try:
+            raise _lost()
+        except sqlalchemy.exc.OperationalError as cause:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from cause
+    except optuna.exceptions.StorageInternalError as wrapped:
+        assert connection_lost(wrapped) == "the database did not answer (server closed the connection unexpectedly)"
+    integrity = sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("duplicate key"))
+    assert connection_lost(integrity) is None and connection_lost(ValueError("no")) is None
+
+
+def test_a_store_is_tried_again_until_the_storage_answers_and_warned_of_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(outages.time, "sleep", slept.append)
+    answers = iter([_lost(), _lost(), _lost(), "stored"])
+
+    def store() -> str:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    with pytest.warns(StorageWarning) as warned:
+        assert ride_out_outage(store, what="storing trials") == "stored"
+    assert len(warned) == 1 and slept == [0.5, 1.0, 2.0]
+
+
+def test_an_error_that_waiting_would_not_mend_is_raised_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(outages.time, "sleep", slept.append)
+
+    def refused() -> None:
+        raise sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("duplicate key"))
+
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        ride_out_outage(refused)
+    assert slept == []
+
+
+def test_an_outage_longer_than_the_wait_raises_the_storages_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(outages.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(outages.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+
+    def down() -> None:
+        raise _lost()
+
+    with pytest.warns(StorageWarning), pytest.raises(sqlalchemy.exc.OperationalError):
+        ride_out_outage(down, wait_s=10.0)
+    assert 5.0 <= clock[0] <= 10.0  # waited, and not past the limit
+
+
+def test_the_storage_lost_mid_study_is_one_line_saying_so_not_invalid_data(capsys: pytest.CaptureFixture[str]) -> None:
+    import typer
+
+    from tuner.exits import unexpected_errors
+
+    with pytest.raises(typer.Exit) as exited, unexpected_errors():
+        try:
+            raise _lost()
+        except sqlalchemy.exc.OperationalError as cause:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit. This typically "
+                                                         "happens due to invalid data in the commit") from cause
+    said = capsys.readouterr().err
+    assert exited.value.exit_code == 1
+    assert "the database did not answer (server closed the connection unexpectedly)" in said
+    assert "invalid data" not in said and "run the same command to resume" in said
+
+
+def test_a_bad_outage_wait_is_refused_when_the_storage_opens_naming_the_variable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TUNER_STORAGE_OUTAGE_WAIT", "1m")
+    with pytest.raises(StorageError, match=r"TUNER_STORAGE_OUTAGE_WAIT='1m': must be a whole number of seconds"):
+        open_storage(f"sqlite:///{tmp_path / 'x.db'}")
+    assert not (tmp_path / "x.db").exists()
