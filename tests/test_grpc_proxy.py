@@ -324,12 +324,38 @@ def test_beats_travel_through_the_proxy_both_ways_and_a_silent_trial_elsewhere_i
 # ---- bad input: one line naming the field and the fix, exit 2, no traceback ---------------------
 
 
+def test_a_proxy_that_does_not_answer_is_waited_for_once_as_said(
+    tiny_spec: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A new user's `tuner study` waited 94 s while saying 30: the finished-study shortcut waited, then the
+    # runner twice more. The spec's own storage field is named in the line.
+    import tuner.storage._grpc as proxy_module
+
+    waits: list[float] = []
+
+    def no_proxy(self: object, timeout: float) -> None:
+        waits.append(timeout)
+        raise ConnectionError("no answer")
+
+    monkeypatch.setattr(proxy_module.ProxyStorage, "wait_server_ready", no_proxy)
+    address = f"grpc://127.0.0.1:{_free_port()}"
+    result = CliRunner().invoke(app, ["study", str(tiny_spec), "--storage", address])
+    assert result.exit_code == 2 and waits == [proxy_module.PROXY_WAIT_S], (waits, result.output)
+    assert result.output.startswith(f"error: storage '{address}': no storage proxy answered there within 30 s")
+    spec = tmp_path / "proxied.toml"
+    spec.write_text(f'storage = "{address}"\n' + tiny_spec.read_text())
+    result = CliRunner().invoke(app, ["study", str(spec)])
+    assert result.exit_code == 2 and len(waits) == 2, (waits, result.output)
+    assert result.output.startswith(f"error: {spec}: field 'storage': storage '{address}': no storage proxy"), result.output
+
+
 def test_a_bad_proxy_url_or_proxy_command_is_one_line_and_exit_2(
     tiny_spec: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import tuner.storage._grpc as proxy_module
 
     monkeypatch.setattr(proxy_module, "PROXY_WAIT_S", 0.5)
+    monkeypatch.chdir(tmp_path)  # no tuner.db here: a proxy without --storage must not make one
     secret = tmp_path / "secret"
     secret.write_text("hunter2")
     busy = serve_storage(f"sqlite:///{tmp_path / 'busy.db'}", "127.0.0.1", 0)[0]
@@ -343,6 +369,7 @@ def test_a_bad_proxy_url_or_proxy_command_is_one_line_and_exit_2(
             (["export", "tiny", "--storage", f"grpc://127.0.0.1:{_free_port()}", "--out", str(tmp_path / "x")],
              "no storage proxy answered there"),
             (["storage-proxy", "--storage", "grpc://127.0.0.1:13000"], "that is a storage proxy's address"),
+            (["storage-proxy", "--port", "0"], "no --storage given, and sqlite:///tuner.db (the default) does not exist here"),
             (["storage-proxy", "--storage", f"journal:///{tmp_path / 'j.log'}"], "does not serve a journal file"),
             (["storage-proxy", "--storage", f"sqlite:///{tmp_path / 'p.db'}", "--port", str(busy.port)],
              f"--host 127.0.0.1 --port {busy.port}: cannot listen there"),
@@ -354,7 +381,7 @@ def test_a_bad_proxy_url_or_proxy_command_is_one_line_and_exit_2(
             assert len(result.output.splitlines()) == 1 and "hunter2" not in result.output, result.output
     finally:
         busy.stop()
-    assert not (tmp_path / "x").exists() and not (tmp_path / "j.log").exists()
+    assert not (tmp_path / "x").exists() and not (tmp_path / "j.log").exists() and not Path("tuner.db").exists()
 
     monkeypatch.setitem(sys.modules, "grpc", None)  # as if the extra were not installed
     result = CliRunner().invoke(app, ["study", str(tiny_spec), "--storage", "grpc://127.0.0.1:13000"])

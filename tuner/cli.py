@@ -319,7 +319,8 @@ def storage_proxy(
 
     quiet_optuna()
     with errors_as_exit_codes():
-        proxy, shown = serve_storage(_storage_url(storage, storage_password_file), host, port)
+        given = storage is not None or storage_password_file is not None
+        proxy, shown = serve_storage(_storage_url(storage, storage_password_file) if given else None, host, port)
     reach = socket.gethostname() if host in ("0.0.0.0", "::", "") else proxy.address.rpartition(":")[0]
     say(f"storage proxy for {redact(shown)} listening on {proxy.address}; workers: --storage grpc://{reach}:{proxy.port} "
         f"(Ctrl-C or SIGTERM stops it)")

@@ -134,7 +134,9 @@ def open_storage(url: str | None = None, *, mark_owners: bool = True) -> BaseSto
 def serve_storage(url: str | None, host: str = "127.0.0.1", port: int = _grpc.DEFAULT_PORT) -> tuple[ProxyServer, str]:
     """Open the database at ``url`` and serve it to ``grpc://`` workers on ``host:port``: the proxy, and the URL shown.
 
-    The database must be one Optuna's proxy serves: not a proxy itself, nor a journal file.
+    The database must be one Optuna's proxy serves: not a proxy itself, nor a journal file. With no
+    ``url``, ``./tuner.db`` is served if it exists; a new empty one is not made (a forgotten
+    ``--storage`` would serve workers a database nobody else sees).
 
     Example:
         >>> proxy, shown = serve_storage("postgresql://tuner@db/tuner", "0.0.0.0", 13000)  # doctest: +SKIP
@@ -147,6 +149,9 @@ def serve_storage(url: str | None, host: str = "127.0.0.1", port: int = _grpc.DE
     if given.startswith("journal://"):
         raise StorageError(f"--storage {given!r}: Optuna's storage proxy does not serve a journal file (optuna issue 6084); "
                            f"let the workers share the journal file itself, or give a database, e.g. postgresql://user@host/db")
+    if url is None and not Path(sqlalchemy.engine.make_url(DEFAULT_STORAGE).database or "").exists():
+        raise StorageError(f"no --storage given, and {DEFAULT_STORAGE} (the default) does not exist here: give the database "
+                           f"to serve, e.g. --storage postgresql://user@host/db, or run the proxy where tuner.db is")
     _grpc.require_grpc("tuner storage-proxy")  # before the database is opened, or a SQLite file created
     storage = open_storage(given, mark_owners=False)
     return start_proxy(storage, host, port), redact(resolve_url(shown))

@@ -30,9 +30,9 @@ from tuner.inputs.families import ModelFamily
 from tuner.inputs.names import RUNG_RULES
 from tuner.inputs.spec import LR_SCALE_AUTO, StudySpec
 from tuner.inputs.usercode import UserCode
-from tuner.storage import StorageError, open_existing_storage, redact
+from tuner.storage import StorageError, is_proxy_url, open_existing_storage, redact
 from tuner.study import results
-from tuner.study.stage_studies import check_stored_settings, storage_of_study, with_stored_defaults
+from tuner.study.stage_studies import check_stored_settings, storage_error_of, storage_of_study, with_stored_defaults
 from tuner.study.stages import fixed_settings
 from tuner.study.stored import FIRST_RUNG_ATTR, LR_SCALE_RANGE_ATTR, stage_kind, stage_study_name
 
@@ -63,7 +63,9 @@ def finished_result(spec: StudySpec, storage: str | None = None, *, reporter: Re
     try:
         url = storage_of_study(spec, storage)
         opened = open_existing_storage(url)  # read-only: a storage that does not exist stays so
-    except StorageError:
+    except StorageError as error:
+        if is_proxy_url(storage or spec.storage or ""):  # no proxy answered within its wait: the runner would
+            raise storage_error_of(spec, storage, error) from None  # only wait again (94 s in all, saying 30)
         return None  # the runner opens it and says what is wrong, or creates it
     existing = set(optuna.get_all_study_names(opened))
     every = variants(spec)

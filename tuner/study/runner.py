@@ -59,6 +59,7 @@ from tuner.study.results import FINISHED, SURPLUS_ATTR, StageSummary, StudyResul
 from tuner.study.stage_studies import (
     check_stored_settings,
     open_stage_study,
+    storage_error_of,
     storage_of_study,
 )
 from tuner.study.stages import (
@@ -158,9 +159,7 @@ def run_study(
     try:
         optuna_storage = open_storage(storage_url)
     except StorageError as error:
-        if storage or not spec.storage:
-            raise
-        raise StorageError(f"{spec.source or spec.name}: field 'storage': {error}") from None
+        raise storage_error_of(spec, storage, error) from None
     stored_spec = check_stored_settings(spec, optuna_storage, reporter.message, code)  # with changed defaults put back
     if stored_spec.data != spec.data:  # a data default put back: the data as the stored study was made with
         data = load_dataset(stored_spec.data, spec.seed, spec.source, code.loader).to(torch_device)

@@ -285,6 +285,13 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
 
 
+def storage_error_of(spec: StudySpec, storage: str | None, error: StorageError) -> StorageError:
+    """``error`` of opening the study's storage, naming the spec's field ``storage`` where the URL came from it."""
+    if storage or not spec.storage:
+        return error
+    return StorageError(f"{spec.source or spec.name}: field 'storage': {error}")
+
+
 def storage_of_study(spec: StudySpec, storage: str | None = None) -> str:
     """The storage URL a study runs on, a SQLite path made absolute once.
 
