@@ -232,6 +232,12 @@ def test_password_from_a_file_reaches_the_server_and_never_its_outputs(
     missing = runner.invoke(app, ["importance", "tiny", "--storage", url, "--storage-password-file",
                                   str(tmp_path / "absent"), "--out", str(tmp_path / "imp")])
     assert missing.exit_code == 2 and "cannot read it" in missing.output and not (tmp_path / "imp").exists()
+    # The report's dashboard hint is a command that runs as shown: no password, and no *** in its place.
+    reported = runner.invoke(app, ["report", "tiny", "--storage", full_url, "--out", str(tmp_path / "rep")])
+    assert reported.exit_code == 0, reported.output
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert f"<code>tuner dashboard --storage {url}</code> (with the storage&#x27;s password set through" in page
+    assert postgres_server.password not in page
 
 
 def test_workers_opening_a_brand_new_database_at_once_all_succeed(postgres_server: PostgresServer) -> None:

@@ -133,3 +133,20 @@ def _get_or_none(url: str) -> int | None:
         return _get(url)[0]
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return None
+
+
+def test_a_taken_port_is_one_line_and_exit_2_as_for_the_storage_proxy(tmp_path: Path) -> None:
+    import optuna
+    from typer.testing import CliRunner
+
+    from tuner.cli import app
+
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    optuna.create_study(study_name="s", storage=url)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["dashboard", "--storage", url, "--port", str(port)])
+    assert result.exit_code == 2, result.output
+    assert result.output == f"error: --port {port}: cannot listen on 127.0.0.1:{port} (Address already in use); choose another port\n"

@@ -215,3 +215,23 @@ def test_the_summary_shows_the_audits_sampled_momentum_as_the_momentum_it_traine
     console.print(summary_table(StudyResult("s", "sqlite:///s.db", 0.01, {"audit": audit}), "val_error"))
     shown = console.file.getvalue()  # type: ignore[attr-defined]
     assert "lr=0.01, momentum=0.969, width=64" in shown and "one_minus_momentum" not in shown
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_a_batch_counts_on_from_the_trials_other_workers_finished_while_it_trained(tmp_path, kind: str) -> None:
+    # A new user's three workers printed [lr k/N] as their own count within a batch (1..8 each) and
+    # [shape k/N] stage-wide: the count a batch starts from is now read when it is told.
+    import optuna
+
+    from tuner.storage import open_storage
+    from tuner.study.trials import finished_before
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'p.db'}") if kind == "sqlite" else optuna.storages.InMemoryStorage()
+    study = optuna.create_study(study_name="s/lr", storage=storage)
+    ours = [study.ask() for _ in range(3)]  # this worker's batch, asked first
+    for value in (0.3, 0.2):  # another worker's two trials, finished while ours trained
+        study.tell(study.ask(), value)
+    failed = study.ask()
+    study.tell(failed, state=TrialState.FAIL)
+    told = [study.tell(trial, 0.1) for trial in ours[:2]] + [study.tell(ours[2], state=TrialState.PRUNED)]
+    assert finished_before(study, told) == 2

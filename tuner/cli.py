@@ -295,8 +295,8 @@ def dashboard(
         try:
             serve_dashboard(url, port, read_only=read_only, on_ready=lambda address: say(
                 f"optuna-dashboard for {redact(url)} at {address}{' (read-only)' if read_only else ''} (Ctrl-C stops it)"))
-        except DashboardError as error:
-            fail(str(error), 1)
+        except DashboardError as error:  # a port taken, a package missing: the user's to fix, as for storage-proxy
+            fail(str(error), BAD_INPUT)
         except KeyboardInterrupt:
             raise typer.Exit(0) from None
 

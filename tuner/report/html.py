@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from tuner.report.runs import StageRuns, file_key, lr_stage_runs, objective_word, stage_rate, trial_costs
 from tuner.report.words import fmt_value, lr_time_caption, rate_words
-from tuner.storage import redact
+from tuner.storage import PASSWORD_NOTE, redact, without_password
 from tuner.study.results import failure_counts, lr_stages, wall_seconds
 from tuner.study.stored import BUDGET_ATTR, CHOICE_ATTR, RATES_ATTR, SETTINGS_ATTR, stage_kind
 
@@ -197,6 +197,7 @@ code {{ background: #f3f3f3; padding: 0 .25em; }}
     for key in ("interactive", "contour_shape"):
         if key in missing:
             parts.append(f"<li>{e(key)}: not drawn: {e(missing[key])}.</li>")
+    bare, had_password = without_password(url)  # a command that runs as shown: no password, nor a *** in its place
     parts.append("</ul><p class=\"caption\">Browse every trial live with <code>tuner dashboard --storage "
-                 f"{e(redact(url))}</code>.</p></body></html>\n")
+                 f"{e(bare)}</code>{e(PASSWORD_NOTE) if had_password else ''}.</p></body></html>\n")
     return "\n".join(parts)

@@ -75,7 +75,7 @@ from tuner.study.stages import (
 )
 from tuner.study.search import PlacedSampler, pruner_for
 from tuner.study.together import settled_ask_batch
-from tuner.study.trials import Asked, TrialBatch, abandon, best_value, place_of, run_trials
+from tuner.study.trials import Asked, TrialBatch, abandon, best_value, finished_before, place_of, run_trials
 from tuner.training.train import pick_threads, resolve_device, use_threads
 from tuner.training.trainers import make_trainer
 
@@ -371,14 +371,14 @@ class _StageRunner:
             except BaseException as error:
                 # Ctrl-C, SIGTERM, or the storage gone: our trials must not stay RUNNING, or every
                 # worker would wait for them. (A kill -9 cannot get here; the next run fails its trial.)
-                reason = (
-                    "terminated (SIGTERM)" if isinstance(error, Terminated)
-                    else "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt)
-                    else f"the worker stopped: {type(error).__name__}: {error}"
-                )
+                reason = ("terminated (SIGTERM)" if isinstance(error, Terminated)
+                          else "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt)
+                          else f"the worker stopped: {type(error).__name__}: {error}")
                 with interrupts_deferred():
                     abandon(asked, reason)
                 raise
+            if len(told) > 1:  # while a batch trained, other workers finished trials: counted, as between batches
+                n_finished = max(n_finished, finished_before(study, told))
             for i, frozen in enumerate(told):
                 # The best of the trials at hand up to this one (no query per trial): a batch told
                 # at once never shows a best that no trial printed so far has reached.

@@ -279,6 +279,20 @@ def holds_position(trial: FrozenTrial) -> bool:
     return trial.state != TrialState.FAIL or results.TRACEBACK_ATTR in trial.user_attrs
 
 
+def finished_before(study: optuna.Study, told: Sequence[FrozenTrial]) -> int:
+    """How many trials of the stage had finished (complete or pruned) before the batch ``told``, counted now.
+
+    The progress line's count is the stage's, whichever worker ran the trials; a batch that trained
+    for minutes beside other workers would otherwise count on from where it started. Read now where
+    the storage has a count for it (SQLite, PostgreSQL), else from the trials the study last read.
+
+    Example:
+        >>> n_finished = finished_before(study, told)  # doctest: +SKIP
+    """
+    n_now, _ = count_trials(study, results.FINISHED, 0)
+    return n_now - sum(t.state in results.FINISHED for t in told)
+
+
 def place_of(study: optuna.Study, number: int) -> int:
     """The place of trial ``number`` in its stage's sequence of asks, which seeds its sampler: the lowest place that no
     other trial holds (:func:`holds_position`), read from the storage once the trial is numbered.
