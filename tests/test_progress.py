@@ -235,3 +235,21 @@ def test_a_batch_counts_on_from_the_trials_other_workers_finished_while_it_train
     study.tell(failed, state=TrialState.FAIL)
     told = [study.tell(trial, 0.1) for trial in ours[:2]] + [study.tell(ours[2], state=TrialState.PRUNED)]
     assert finished_before(study, told) == 2
+
+
+def test_each_line_shows_the_parameters_in_the_order_the_stages_first_line_did() -> None:
+    # Through the gRPC proxy a trial's parameters came back in an order that varied from line to line.
+    from optuna.distributions import IntDistribution
+
+    stage = lr_stage(SPEC)
+    console = Console(file=io.StringIO(), force_terminal=False, width=200)
+    reporter = ConsoleReporter(console)
+    reporter.stage_started(stage, 0)
+    spaces = {"width": IntDistribution(8, 64), "depth": IntDistribution(1, 3), "lr_scale": FloatDistribution(0.3, 3)}
+    for n, order in enumerate([("width", "depth", "lr_scale"), ("lr_scale", "width", "depth"), ("depth", "lr_scale", "width")]):
+        values = {"width": 16 + n, "depth": 2, "lr_scale": 1.5}
+        trial = create_trial(params={k: values[k] for k in order}, distributions={k: spaces[k] for k in order}, value=0.2)
+        reporter.trial_finished(stage, trial, n + 1, 0.2)
+    lines = console.file.getvalue().splitlines()[1:]  # type: ignore[attr-defined]
+    assert [re.search(r"\((.*)\)", line).group(1) for line in lines] == [  # type: ignore[union-attr]
+        f"width={16 + n}, depth=2, lr_scale=1.5" for n in range(3)]

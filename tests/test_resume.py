@@ -145,7 +145,7 @@ def test_rerun_after_kill_9_mid_trial_fails_the_orphan_and_keeps_every_finished_
     for orphan in orphans:
         failed = by_id[orphan._trial_id]  # noqa: SLF001
         assert failed.state == TrialState.FAIL
-        assert "process died" in failed.user_attrs["error"]
+        assert "its process ended without storing an outcome" in failed.user_attrs["error"]
     kept = _finished(after)
     for key, trial in _finished(before).items():
         assert kept[key] == trial  # state, params, values and every user attribute, as they were

@@ -103,7 +103,9 @@ def fail_orphaned_trials(study: optuna.Study) -> list[int]:
             continue
         if _owner_is_alive(int(pid), trial.user_attrs.get("worker_started")):
             continue
-        if fail_trial(study, _optuna.trial_id(trial), "its process died (found by pid on this host)"):
+        # Its process is gone with the trial still running: killed, or it lost the storage and could not say so.
+        reason = "its process ended without storing an outcome: it died or lost the storage (found by pid on this host)"
+        if fail_trial(study, _optuna.trial_id(trial), reason):
             failed.append(trial.number)
     return failed
 

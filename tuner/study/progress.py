@@ -112,6 +112,7 @@ class ConsoleReporter(Reporter):
         self._waiting_since: float | None = None
         self._clock: _StageClock | None = None
         self._best = _BestShown()
+        self._order: list[str] = []  # the stage's parameters as its first line showed them (a proxy's order varies)
         self.started = False  # a stage began: from then on trials may be in progress
 
     def stage_started(self, stage: Stage, n_finished: int) -> None:
@@ -119,6 +120,7 @@ class ConsoleReporter(Reporter):
         self._waiting_since = None
         self._clock = _StageClock(stage.budget, n_finished)
         self._best = _BestShown(stage.direction)
+        self._order = []
         resumed = 0 < n_finished < stage.budget  # trials stored by an earlier run (or by other workers, under way)
         if not self.live:
             self.console.print(f"stage {stage.name}: {'resuming, ' if resumed else ''}{n_finished}/{stage.budget} trials "
@@ -156,7 +158,9 @@ class ConsoleReporter(Reporter):
             outcome = "pruned"
         else:
             outcome = f"failed: {trial.user_attrs.get('error', '?')}"
-        params = ", ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in trial.params.items())
+        self._order += [name for name in trial.params if name not in self._order]
+        shown = sorted(trial.params, key=self._order.index)
+        params = ", ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in ((k, trial.params[k]) for k in shown))
         elapsed = _duration(self._clock.elapsed()) if self._clock else "?"
         self.console.print(
             f"  [{stage.name} {n_finished}/{stage.budget}] trial {trial.number} ({params}): {outcome}; "
