@@ -324,6 +324,30 @@ def test_beats_travel_through_the_proxy_both_ways_and_a_silent_trial_elsewhere_i
 # ---- bad input: one line naming the field and the fix, exit 2, no traceback ---------------------
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_store_through_a_proxy_that_is_redeployed_waits_for_it_and_lands(tmp_path: Path) -> None:
+    from tuner.errors import StorageWarning
+    from tuner.storage.outages import ride_out_outage
+
+    url = f"sqlite:///{tmp_path / 'back.db'}"
+    proxy, _ = serve_storage(url, "127.0.0.1", 0)
+    port, again = proxy.port, []
+    study = optuna.create_study(study_name="back", storage=open_storage(f"grpc://127.0.0.1:{port}"))
+    trial = study.ask()
+    proxy.stop(grace_s=0)
+    redeployed = threading.Timer(2.0, lambda: again.append(serve_storage(url, "127.0.0.1", port)[0]))
+    redeployed.start()
+    try:
+        with pytest.warns(StorageWarning, match=r"the storage proxy went away \(UNAVAILABLE"):
+            ride_out_outage(lambda: study.tell(trial, 0.25), wait_s=60, what="telling trained trials")
+    finally:
+        redeployed.join()
+        for server in again:
+            server.stop()
+    stored = optuna.load_study(study_name="back", storage=url).trials
+    assert [(t.state, t.value) for t in stored] == [(TrialState.COMPLETE, 0.25)]
+
+
 def test_a_proxy_that_does_not_answer_is_waited_for_once_as_said(
     tiny_spec: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

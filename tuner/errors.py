@@ -134,8 +134,10 @@ def interrupts_deferred() -> Iterator[None]:
     finally:
         for sig, handler in deferred.items():
             signal.signal(sig, handler)
-    for sig in dict.fromkeys(caught):
-        deferred[sig](sig, None)  # its own handler, now and here: KeyboardInterrupt, or the CLI's
+        # Delivered even where the block raised: a caller that catches the error and goes on (a store
+        # tried again while the storage is away) must not lose the stop.
+        for sig in dict.fromkeys(caught):
+            deferred[sig](sig, None)  # its own handler, now and here: KeyboardInterrupt, or the CLI's
 
 
 def quiet_optuna() -> None:

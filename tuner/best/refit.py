@@ -42,7 +42,7 @@ from tuner.study.results import (
 )
 from tuner.study.runner import TunerError
 from tuner.study.stages import Stage, audit_stage, lr_stage, shape_stage, stored_moves
-from tuner.study.stored import STAGES, with_added_fields
+from tuner.study.stored import BATCHED_WITH_ATTR, STAGES, with_added_fields
 from tuner.training.train import EpochResult, evaluate, resolve_device, use_threads
 from tuner.training.trainers import LoopTrainer, make_trainer, with_code
 
@@ -150,6 +150,12 @@ def write_best(
                          f"(refit {refit}); try --refit train")
     val_loss, val_error = evaluate(model, data, plan.train)
     objective = spec.train.objective
+    value = loop_value if loop_value is not None else val_error if objective == "val_error" else val_loss
+    together = int(trial.user_attrs.get(BATCHED_WITH_ATTR, 1))
+    # Copies trained as one draw random numbers of their own (dropout masks, under vmap): one copy trained
+    # alone draws others, so its value is another draw of that noise, not the stored one.
+    redrawn = (refit == "train" and together > 1 and trial.value is not None
+               and not math.isclose(value, trial.value, rel_tol=1e-4, abs_tol=1e-6))
     metrics: dict[str, Any] = {
         "study": name,
         "stage": stage.name,
@@ -172,12 +178,17 @@ def write_best(
             "error": val_error,
             "loss": val_loss,
             # A user's loop reports its own objective: the value its last report (or return) gave.
-            "value": loop_value if loop_value is not None else val_error if objective == "val_error" else val_loss,
+            "value": value,
             "rows": _rows(data, "val"),
             "fair": refit == "train",
         },
         "test": None,
+        "trained_together": together,
+        "redrawn": redrawn,
         "note": (
+            f"validation: the rows every trial was scored on; the trial trained as one of {together} copies, each "
+            "drawing random numbers of its own (dropout masks): trained alone it draws others, so 'value' does not "
+            "reproduce 'stored_value'" if redrawn else
             "validation: the rows every trial was scored on; with refit train, 'value' reproduces 'stored_value'"
             if refit == "train" else
             "refit train+val: the model was trained on the validation rows too, so the validation numbers are "

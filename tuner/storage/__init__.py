@@ -74,6 +74,7 @@ from tuner.storage.outages import outage_wait_s
 
 SQLITE_BUSY_TIMEOUT_S = BUSY_TIMEOUT_S
 SCHEMA_ATTEMPTS = 6  # workers opening a brand-new database at once race to create its tables
+CONNECT_TIMEOUT_S = 10  # PostgreSQL: seconds to connect, unless the URL sets ?connect_timeout=
 
 __all__ = [
     "BEAT_ATTR",
@@ -214,11 +215,16 @@ def _open(given: str | None, *, must_exist: bool, read_only: bool, mark_owners: 
             marks = worker_attrs if mark_owners and not read_only else None
             return open_sqlite_storage(url, read_only=read_only, new_trial_user_attrs=marks, **heartbeats)
     else:
+        # A restarted server (or an idle-session timeout) leaves every pooled connection dead: check each
+        # before use, or the next commit fails ("invalid data in the commit") with the trials it stores.
+        engine: dict[str, object] = {"pool_pre_ping": True}
+        if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+            # libpq waits for the system's TCP timeout (minutes) on a host that drops packets; an
+            # outage is waited for by tuner.storage.outages, one bounded attempt at a time.
+            engine["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
 
         def opener() -> BaseStorage:
-            # A restarted server (or an idle-session timeout) leaves every pooled connection dead: check
-            # each before use, or the next commit fails ("invalid data in the commit") with the trials it stores.
-            return RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **heartbeats)
+            return RDBStorage(url, engine_kwargs=engine, **heartbeats)
 
     try:
         for attempt in range(1, SCHEMA_ATTEMPTS + 1):

@@ -8,6 +8,11 @@ time it is needed. One that is still down, or a proxy being replaced, is waited 
 to :data:`OUTAGE_WAIT_S` (``TUNER_STORAGE_OUTAGE_WAIT`` seconds), with one warning line, before the
 trials' stores give up: trained trials are worth a wait, and a failed store loses them.
 
+Only a lost or refused connection is waited for. An error that waiting would not mend (a wrong
+password, a database that does not exist, a full disk, a SQLite file's own errors) is raised at once.
+An outage longer than the heartbeat grace period looks, to the other workers, like a dead worker:
+they fail its trials once the storage is back, as they would a killed worker's.
+
 Example:
     >>> ride_out_outage(lambda: 42)
     42
@@ -22,7 +27,7 @@ from typing import TypeVar
 
 import sqlalchemy
 
-from tuner.errors import StorageWarning
+from tuner.errors import StorageWarning, raise_if_stop_requested
 from tuner.storage._grpc import proxy_failure, proxy_went_away
 from tuner.storage._url import redact
 from tuner.storage.liveness import _seconds_from_env
@@ -31,6 +36,18 @@ OUTAGE_WAIT_S = 60  # how long a store waits for the storage to answer again bef
 OUTAGE_WAIT_ENV = "TUNER_STORAGE_OUTAGE_WAIT"
 _FIRST_DELAY_S = 0.5
 _MOST_DELAY_S = 5.0
+
+# SQLSTATEs (PostgreSQL; MySQL's are alike) that pass: class 08 (connection exception), the server
+# shutting down or starting up (57P01-57P03), a serialization failure or deadlock (40001, 40P01: the
+# transaction rolled back, and may be tried again), too many connections (53300: others will close).
+_PASSING_STATES = ("57P01", "57P02", "57P03", "40001", "40P01", "53300")
+# Without a SQLSTATE (an error while connecting), the driver's words decide; the permanent ones first.
+_PERMANENT_WORDS = ("authentication", "password", "does not exist", "permission denied", "pg_hba.conf", "access denied",
+                    "unknown database")
+_PASSING_WORDS = ("connection refused", "could not connect", "can't connect", "connection failed", "server closed the "
+                  "connection", "terminating connection", "lost connection", "gone away", "connection reset", "timeout",
+                  "timed out", "no route to host", "network is unreachable", "starting up", "shutting down",
+                  "connection is closed", "connection already closed", "broken pipe")
 
 T = TypeVar("T")
 
@@ -48,14 +65,27 @@ def connection_lost(error: BaseException) -> str | None:
     """
     seen: BaseException | None = error
     while seen is not None:
-        if isinstance(seen, sqlalchemy.exc.OperationalError) or (
-                isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated):
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and _passes(seen):
             reason = str(seen.orig if seen.orig is not None else seen).strip().splitlines()
             return f"the database did not answer ({redact(reason[0]) if reason else type(seen).__name__})"
         if proxy_went_away(seen):
             return proxy_failure(seen)
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _passes(error: sqlalchemy.exc.DBAPIError) -> bool:
+    """Whether a database error is one that waiting mends: a lost or refused connection, not a refusal."""
+    if error.connection_invalidated:  # SQLAlchemy saw the connection die under it
+        return True
+    driver = error.orig
+    if driver is None or type(driver).__module__.startswith("sqlite3"):  # a SQLite file has no server to wait for
+        return False
+    state = getattr(driver, "sqlstate", None) or getattr(driver, "pgcode", None)  # psycopg 3, psycopg2
+    if state:
+        return str(state).startswith("08") or str(state) in _PASSING_STATES
+    words = str(driver).lower()
+    return not any(word in words for word in _PERMANENT_WORDS) and any(word in words for word in _PASSING_WORDS)
 
 
 def outage_wait_s() -> int:
@@ -65,11 +95,11 @@ def outage_wait_s() -> int:
 
 def ride_out_outage(store: Callable[[], T], *, wait_s: float | None = None, what: str = "storing trials") -> T:
     """``store()``, called again while the storage is unreachable, for up to ``wait_s`` seconds
-    (default: :func:`outage_wait_s`).
+    (default: :func:`outage_wait_s`), the last call at the limit.
 
     ``store`` must be safe to call again after a failed call (each attempt a transaction that
     rolled back, or writes that repeat the same values). An error that is not a lost connection,
-    or one that outlasts the wait, is raised as it came. A Ctrl-C between attempts stops the wait.
+    or one that outlasts the wait, is raised as it came. A Ctrl-C or SIGTERM stops the wait.
     """
     wait_s = outage_wait_s() if wait_s is None else wait_s
     deadline = time.monotonic() + wait_s
@@ -80,11 +110,13 @@ def ride_out_outage(store: Callable[[], T], *, wait_s: float | None = None, what
             return store()
         except Exception as error:  # noqa: BLE001 (sorted below: only a lost connection is waited for)
             reason = connection_lost(error)
-            if reason is None or time.monotonic() + delay > deadline:
+            left = deadline - time.monotonic()
+            if reason is None or left <= 0:
                 raise
-            if not warned:
-                warnings.warn(f"{reason}, while {what}; waiting up to {wait_s:.0f} s for it to answer again",
-                              StorageWarning, stacklevel=2)
-                warned = True
-            time.sleep(delay)
-            delay = min(2 * delay, _MOST_DELAY_S)
+        if not warned:  # outside the except: under -W error the warning, not a retry, is what raises
+            warnings.warn(f"{reason}, while {what}; waiting up to {wait_s:.0f} s for it to answer again",
+                          StorageWarning, stacklevel=2)
+            warned = True
+        raise_if_stop_requested()
+        time.sleep(min(delay, left))
+        delay = min(2 * delay, _MOST_DELAY_S)

@@ -377,7 +377,7 @@ class _StageRunner:
                 with interrupts_deferred():
                     abandon(asked, reason)
                 raise
-            if len(told) > 1:  # while a batch trained, other workers finished trials: counted, as between batches
+            if told:  # while these trained, other workers may have finished trials: counted now, stage-wide
                 n_finished = max(n_finished, finished_before(study, told))
             for i, frozen in enumerate(told):
                 # The best of the trials at hand up to this one (no query per trial): a batch told

@@ -103,11 +103,8 @@ class TrialBatch:
             return True
         trial = self.asked[index][1]
 
-        def report_and_ask() -> bool:
-            trial.report(value, epoch)  # the same value at the same step again, if an attempt failed
-            return trial.should_prune()
-
-        if ride_out_outage(report_and_ask, what="reporting an epoch"):
+        ride_out_outage(lambda: trial.report(value, epoch), what="reporting an epoch")
+        if ride_out_outage(trial.should_prune, what="reporting an epoch"):
             progress.pruned = True
         return progress.active
 
@@ -150,12 +147,24 @@ class TrialBatch:
         }, p.reports) for i, p in enumerate(self.progress)]
         # Trained trials are worth a wait: a storage that stopped answering (a database restart) is
         # waited for, each attempt storing the same records again or telling the trials not yet told.
-        ride_out_outage(lambda: write_trial_records(self.study, records), what="storing trained trials")
+        ride_out_outage(lambda: self._store(records), what="storing trained trials")
         ride_out_outage(lambda: self._record_on_study(max(together), extra_attrs.get(FALLBACK_ATTR)),
                         what="storing trained trials")
         outcomes = [(trial, None if not p.active or not p.curve else p.curve[-1])
                     for (_, trial), p in zip(self.asked, self.progress)]
         return ride_out_outage(self._teller(outcomes), what="telling trained trials")
+
+    def _store(self, records: list[tuple[int, dict[str, object], dict[int, float]]]) -> None:
+        try:
+            write_trial_records(self.study, records)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # An outage longer than the heartbeat grace period: other workers took us for dead and
+            # failed some of these trials once the storage came back. The others are still ours.
+            running = self._running()
+            write_trial_records(self.study, [r for r, (_, t) in zip(records, self.asked) if t.number in running])
+
+    def _running(self) -> set[int]:
+        return {t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
 
     def _teller(self, outcomes: list[tuple[optuna.Trial, float | None]]) -> Callable[[], list[FrozenTrial]]:
         """Tell the trials their outcomes; called again after a lost connection, it tells only those still running.
@@ -170,10 +179,13 @@ class TrialBatch:
             nonlocal attempts
             attempts += 1
             if attempts == 1:
-                with interrupts_deferred():
-                    return tell_trials(self.study, outcomes)
+                try:
+                    with interrupts_deferred():
+                        return tell_trials(self.study, outcomes)
+                except ValueError:  # "Cannot tell a FAIL trial": others failed some (see _store); tell the rest
+                    pass
             # An attempt before may have told some (on PostgreSQL each trial is its own commit).
-            running = {t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+            running = self._running()
             with interrupts_deferred():
                 tell_trials(self.study, [(trial, value) for trial, value in outcomes if trial.number in running])
             stored = {t.number: t for t in self.study.get_trials(deepcopy=False)}
@@ -196,9 +208,12 @@ class TrialBatch:
         # Optuna words a lost connection as "invalid data in the commit"; its cause says what happened.
         text = connection_lost(error) or f"{type(error).__name__}: {error}"
         for study, trial in self.asked:
-            trial.set_user_attr(results.ERROR_ATTR, text)
-            trial.set_user_attr(results.TRACEBACK_ATTR, traceback.format_exc(limit=8))
-            failed.append(study.tell(trial, state=TrialState.FAIL))
+            try:
+                trial.set_user_attr(results.ERROR_ATTR, text)
+                trial.set_user_attr(results.TRACEBACK_ATTR, traceback.format_exc(limit=8))
+                failed.append(study.tell(trial, state=TrialState.FAIL))
+            except (optuna.exceptions.UpdateFinishedTrialError, ValueError):  # another worker failed it already
+                failed.append(next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number))
         return failed
 
 
@@ -252,7 +267,8 @@ def run_trials(
         return batch.fail(error)
     if trainer.fallback:
         extra_attrs = {**extra_attrs, FALLBACK_ATTR: trainer.fallback}
-    return batch.finish(counts, extra_attrs, trainer.trained_together)
+    with Heartbeat(batch.study, batch.ids):  # beating on while a storage that stopped answering is waited for
+        return batch.finish(counts, extra_attrs, trainer.trained_together)
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -289,7 +305,10 @@ def finished_before(study: optuna.Study, told: Sequence[FrozenTrial]) -> int:
     Example:
         >>> n_finished = finished_before(study, told)  # doctest: +SKIP
     """
-    n_now, _ = count_trials(study, results.FINISHED, 0)
+    try:
+        n_now, _ = count_trials(study, results.FINISHED, 0)
+    except Exception:  # noqa: BLE001 -- a count for the progress line only: never worth a failed worker
+        return 0
     return n_now - sum(t.state in results.FINISHED for t in told)
 
 
