@@ -464,3 +464,27 @@ def test_a_study_whose_every_trial_failed_on_the_code_goes_on_once_the_code_is_f
     # Once a trial has finished, changed code is refused again, as ever.
     again = run(broken.replace("if calls[0] > 3:", "if calls[0] < 0:"))
     assert again.returncode == 2 and "was made with other code or data" in again.stderr, again.stderr
+
+
+@pytest.mark.parametrize(("signature", "named"), [
+    ("model, trainloader, optimizer, report", "it needs an argument 'trainloader' that tuner does not pass; did you mean 'train'?"),
+    ("model, /, train, report", "it takes 'model' by position only; tuner passes every argument by name"),
+])
+def test_a_loop_needing_an_argument_tuner_does_not_pass_is_refused_before_the_study_is_made(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signature: str, named: str) -> None:
+    # A new user's loop took 'trainloader': every trial failed with a TypeError, the study was made, and the
+    # fixed spec (another loop) was then refused as a changed study.
+    from typer.testing import CliRunner
+
+    from tuner.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = f"badloop{len(named)}"  # a module of its own per case: Python keeps the first one imported
+    (tmp_path / f"{module}.py").write_text(f"def fit({signature}):\n    pass\n")
+    (tmp_path / "s.toml").write_text(f'name = "y"\n[data]\nname = "wine"\n[train]\nloop = "{module}:fit"\nepochs = 2\n'
+                                     '[stages.lr]\ntrials = 3\n[stages.shape]\ntrials = 1\nwidth = [4, 4]\ndepth = [1, 1]\n')
+    result = CliRunner().invoke(app, ["study", "s.toml", "--storage", "sqlite:///l.db", "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: s.toml: field 'train.loop' = '{module}:fit': ") and named in result.output
+    assert len(result.output.splitlines()) == 1 and not (tmp_path / "l.db").exists()

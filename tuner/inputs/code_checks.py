@@ -185,7 +185,8 @@ def check_training_step(spec: StudySpec, data: Any, code: UserCode) -> None:
 
 
 def check_params(spec: StudySpec, code: UserCode) -> None:
-    """Refuse a declared parameter (``[stages.shape.params]``) that nothing takes: SpecError naming it.
+    """Refuse a declared parameter (``[stages.shape.params]``) that nothing takes, or a loop that needs an
+    argument tuner does not pass: SpecError naming it.
 
     ``weight_decay`` sets the optimizer's, ``momentum`` SGD's, ``dropout`` the built-in families'; any
     name is taken by the user's model factory, loop, loss or metric that declares it (or ``**kwargs``).
@@ -193,6 +194,7 @@ def check_params(spec: StudySpec, code: UserCode) -> None:
     """
     from tuner.inputs.models import factory_of, is_built_in  # here: tuner.inputs.models imports torch
 
+    _check_loop_arguments(spec, code)
     factory = code.family.factory if isinstance(code.family, ModelFamily) else factory_of(code.family)
     built_in = factory is not None and is_built_in(factory)
     own = [function for function in (None if built_in else factory, code.loop, code.loss, code.metric) if function is not None]
@@ -217,3 +219,35 @@ def check_params(spec: StudySpec, code: UserCode) -> None:
         raise SpecError(spec.source, f"stages.shape.params.{name}", MISSING,
                         f"nothing takes it{': ' + why[name] if name in why else ''}; {meant}declare a keyword argument '{name}' "
                         f"in your model factory, loop, loss or metric (yours: {yours}), or remove it")
+
+
+def _check_loop_arguments(spec: StudySpec, code: UserCode) -> None:
+    """A loop (``[train] loop``) is called with keyword arguments only, those it names among tuner's and the
+    declared parameters': one that needs any other (``trainloader``), or takes one by position only, would
+    fail every trial with a TypeError, and the study would be made before that was seen."""
+    import inspect
+
+    from tuner.training.trainers import LOOP_ARGUMENTS  # here: it imports torch
+
+    if code.loop is None:
+        return
+    try:
+        parameters = inspect.signature(code.loop).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: it is given what it takes, as ever
+        return
+    passed = [*LOOP_ARGUMENTS, *(param.name for param in spec.stages.shape.params)]
+    for parameter in parameters:
+        needed = parameter.default is inspect.Parameter.empty and parameter.kind not in (
+            inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        if needed and parameter.kind == inspect.Parameter.POSITIONAL_ONLY:
+            raise SpecError(spec.source, "train.loop", code_references(spec).get("train.loop", MISSING),
+                            f"it takes '{parameter.name}' by position only; tuner passes every argument by name: "
+                            f"drop the '/' from its signature")
+        if needed and parameter.name not in passed:
+            close = difflib.get_close_matches(parameter.name, passed, n=1, cutoff=0.6)
+            meant = f"did you mean '{close[0]}'? " if close else ""
+            raise SpecError(spec.source, "train.loop", code_references(spec).get("train.loop", MISSING),
+                            f"it needs an argument '{parameter.name}' that tuner does not pass; {meant}tuner passes, "
+                            f"by name, those of {', '.join(LOOP_ARGUMENTS)} (and your declared parameters) the "
+                            f"loop names; rename it, or give it a default")
+
