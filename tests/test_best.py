@@ -297,6 +297,8 @@ def test_best_refuses_bad_input_with_exit_2_and_one_line(wine_best: tuple[str, P
         (["best", "winetest", "--storage", storage, "--out", str(a_file)], "is a file"),
         (["best", "unfinished", "--storage", empty, "--out", str(tmp_path / "never")], "no complete trial"),
         (["best", "winetest", "--storage", storage, "--refit", "val"], "--refit"),
+        (["best", "winetest", "--storage", storage, "--stage", "audit", "--out", str(tmp_path / "never")],
+         "has no stage audit: its spec runs none ([stages.audit] trials = 0, the default)"),
     ]
     for args, expected in cases:
         result = CliRunner().invoke(app, args)

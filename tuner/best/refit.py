@@ -270,6 +270,10 @@ def _best_trial(name: str, storage: str | optuna.storages.BaseStorage | None,
         best_here = best_complete(complete, direction_of(study)) if study else None
         if best_here is not None:
             bests[stage_name] = best_here
+    if stage == "audit" and "audit" not in studies:
+        raise BestError(f"study {name!r} has no stage audit: its spec runs none ([stages.audit] trials = 0, the "
+                        f"default), or it has not begun; set [stages.audit] trials (e.g. 20) and run `tuner study` "
+                        f"again, or choose --stage lr or shape")
     if not bests:
         where = f"stage '{stage}'" if stage else "stage 'lr' or 'shape'"
         raise BestError(f"study {name!r}: no complete trial in {where} yet; run "
