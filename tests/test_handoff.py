@@ -210,6 +210,21 @@ def test_a_study_stores_how_its_rate_was_chosen_and_says_it(tmp_path: Path) -> N
     assert f"basin {low:.2g} to {high:.2g} (within noise)" in labels and any(label.startswith("smoothed") for label in labels)
 
 
+def test_a_basin_that_reaches_the_top_of_the_searched_rates_is_said(tmp_path: Path) -> None:
+    # A new user's lr_range = "auto" searched 0.0032 to 0.037 and handed on 0.0325, its basin up to the top:
+    # better rates may lie above, and nothing said so. A sweep up to rates that diverge says nothing.
+    said = _Said()
+    low = {**SWEEP_SPEC, "name": "low", "stages": {**SWEEP_SPEC["stages"], "lr": {"trials": 8, "lr_min": 1e-5, "lr_max": 3e-4}}}
+    tuner.run_study(tuner.spec_from_dict(low), storage=f"sqlite:///{tmp_path / 'low.db'}", device="cpu", reporter=said)
+    assert ("stage 'lr': its basin reaches the top of the rates it searched (0.0003): the best rate may lie above it; "
+            "to see, widen [stages.lr] lr_min to lr_max and run under a new name (--name NEW)") in said.messages
+    wide = _Said()
+    walled = {**SWEEP_SPEC, "name": "walled", "stages": {**SWEEP_SPEC["stages"], "lr": {"trials": 8, "lr_min": 1e-3, "lr_max": 100.0}}}
+    tuner.run_study(tuner.spec_from_dict(walled), storage=f"sqlite:///{tmp_path / 'wide.db'}", device="cpu", reporter=wide)
+    assert any(t.user_attrs.get("diverged") for t in optuna.load_study(study_name="walled/lr", storage=f"sqlite:///{tmp_path / 'wide.db'}").trials)
+    assert not [m for m in wide.messages if "basin reaches" in m]
+
+
 def test_a_study_made_before_the_rule_hands_on_its_best_trial(tmp_path: Path) -> None:
     # Made under contract 2: stage lr done, no hand-off yet; this tuner's default is "robust".
     storage = f"sqlite:///{tmp_path / 'before.db'}"

@@ -108,6 +108,8 @@ def hand_off_rates(spec: StudySpec, storage: optuna.storages.BaseStorage, report
             which = f"stage '{c.variant.label}' ({c.variant.words()})" if rates else "stage 'lr'"
             reporter.message(f"{which} calibrated the learning rate: {c.choice.rate:.3g} "
                              f"({_in_words(c.choice, c.best)}){'' if rates else scaled}")
+            if (edge := _at_an_edge(c)) is not None:
+                reporter.message(f"{which}: {edge}")
         if rates:
             each = f", scaled by lr_scale in [{low:.3g}, {high:.3g}]" if low < high else ""
             if moved:
@@ -144,6 +146,28 @@ def _choose(variant: Variant, storage: optuna.storages.BaseStorage) -> _Chosen:
     assert best is not None
     choice = rate_choice(variant.spec, trials, study.user_attrs.get(results.TASK_ATTR))
     return _Chosen(variant, study, best, choice, n_finished, direction)
+
+
+EDGE_DECADES = 0.1  # a basin this close to a bound of the searched rates reaches it
+
+
+def _at_an_edge(chosen: _Chosen) -> str | None:
+    """Words for a basin that reaches a bound of the rates stage lr searched (a range test's narrow range,
+    an lr_max set low): better rates may lie beyond it, and nothing else would say so; None otherwise."""
+    searched = chosen.best.distributions.get("lr")
+    if not isinstance(searched, optuna.distributions.FloatDistribution):
+        return None
+    low, high = chosen.choice.basin
+    near = 10 ** EDGE_DECADES
+    auto = chosen.variant.spec.stages.lr.lr_range == "auto"
+    widen = 'set [stages.lr] lr_range = "fixed" (its lr_min to lr_max)' if auto else "widen [stages.lr] lr_min to lr_max"
+    if high * near >= searched.high:
+        return (f"its basin reaches the top of the rates it searched ({searched.high:.3g}): the best rate may lie above "
+                f"it; to see, {widen} and run under a new name (--name NEW)")
+    if low <= searched.low * near:
+        return (f"its basin reaches the bottom of the rates it searched ({searched.low:.3g}): the best rate may lie below "
+                f"it; to see, {widen} and run under a new name (--name NEW)")
+    return None
 
 
 def _stored(shape_attrs: dict[str, Any]) -> HandOff | None:
