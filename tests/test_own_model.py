@@ -466,6 +466,33 @@ def test_a_study_whose_every_trial_failed_on_the_code_goes_on_once_the_code_is_f
     assert again.returncode == 2 and "was made with other code or data" in again.stderr, again.stderr
 
 
+def test_a_study_whose_every_trial_failed_goes_on_with_a_loop_of_another_name(tmp_path: Path) -> None:
+    # A new user fixed a failing loop by naming another function (mine:fit_bad -> mine:fit): refused before
+    # as a changed study, though no trial had finished. The old name may not take it back.
+    (tmp_path / "mine.py").write_text(
+        "def fit_bad(model, report, epochs):\n    raise RuntimeError('oops')\n\n\n"
+        "def fit(model, report, epochs):\n    for epoch in range(1, epochs + 1):\n        report(epoch, 0.5)\n")
+    spec = tmp_path / "named.toml"
+    text = ('name = "named"\n[data]\nname = "wine"\n[train]\nloop = "mine:fit_bad"\nepochs = 1\n'
+            '[stages.lr]\ntrials = 3\n[stages.shape]\ntrials = 1\nwidth = [4, 4]\ndepth = [1, 1]\n')
+    url = f"sqlite:///{tmp_path / 'named.db'}"
+
+    def run(loop: str) -> subprocess.CompletedProcess[str]:
+        spec.write_text(text.replace("mine:fit_bad", loop))
+        return _tuner("study", str(spec), "--storage", url, "--device", "cpu", cwd=tmp_path)
+
+    first = run("mine:fit_bad")
+    assert first.returncode == 1 and "in a row failed" in first.stderr, first.stderr
+    fixed = run("mine:fit")
+    assert fixed.returncode == 0, fixed.stderr
+    assert "it goes on with the changed code or data (train.loop: mine:fit_bad -> mine:fit)" in fixed.stdout + fixed.stderr
+    lr = optuna.load_study(study_name="named/lr", storage=url)
+    assert lr.user_attrs["settings"]["train"]["loop"] == "mine:fit"
+    assert sum(t.state == TrialState.COMPLETE for t in lr.trials) == 3
+    back = run("mine:fit_bad")
+    assert back.returncode == 2 and "was made with other code or data" in back.stderr, back.stderr
+
+
 @pytest.mark.parametrize(("signature", "named"), [
     ("model, trainloader, optimizer, report", "it needs an argument 'trainloader' that tuner does not pass; did you mean 'train'?"),
     ("model, /, train, report", "it takes 'model' by position only; tuner passes every argument by name"),

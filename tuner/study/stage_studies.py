@@ -199,8 +199,8 @@ def _takeover(study: optuna.Study, stored: dict[str, Any], wanted: dict[str, Any
     """The takeover of ``study`` by the spec's changed code or data, where allowed; None where not.
 
     Allowed where every trial of the study failed (none complete, pruned, running or waiting: nothing
-    trained by the old code is kept in its results), only the identity of code or data changed (any
-    other setting is refused as ever), and the new identity is not one the study already left behind (a
+    trained by the old code is kept in its results), only the identity of code or data changed, or the
+    name of a function of the user's (any other setting is refused as ever), and the new identity is not one the study already left behind (a
     worker with an old copy of the code must not take the study back from the fixed one). What the old
     code measured on the study goes with it: the range test (``lr_find``) and the batching fallback.
     ``wanted``: the spec's settings, normalised; ``made``: their identity as made, to store.
@@ -211,6 +211,8 @@ def _takeover(study: optuna.Study, stored: dict[str, Any], wanted: dict[str, Any
         return None
     left = study.user_attrs.get(contract.LEFT_IDENTITIES_ATTR) or []
     settings = {**stored, "identity": made}  # the identity as the spec's settings hold it, before normalising
+    for field in set(stored.get("identity") or {}) & set(identity):  # the name of a function may change too
+        _copy_field(settings, wanted, field)  # (train.loop: mine:fit_bad -> mine:fit); not own code for tuner's
     if _normalise(settings) != wanted or identity in [_normalise(i) for i in left]:
         return None
     return Takeover(study, {contract.SETTINGS_ATTR: settings, contract.SETTINGS_HASH_ATTR: settings_hash(settings),
@@ -218,6 +220,21 @@ def _takeover(study: optuna.Study, stored: dict[str, Any], wanted: dict[str, Any
                             contract.LR_FIND_ATTR: None, contract.FALLBACK_ATTR: None},
                     f"study '{study.study_name}' has no finished trial (its {len(trials)} trials failed): it goes on with "
                     f"the changed code or data ({'; '.join(changed)}); the failed trials stay, marked failed")
+
+
+def _copy_field(settings: dict[str, Any], wanted: dict[str, Any], field: str) -> None:
+    """Set the dotted ``field`` (``train.loop``) of ``settings`` to ``wanted``'s, or drop it where ``wanted`` has none."""
+    *path, key = field.split(".")
+    into, source = settings, wanted
+    for part in path:
+        if not isinstance(into.get(part), dict):
+            return  # a field these settings do not hold as a table: left as it is (and compared as it is)
+        into[part] = into = dict(into[part])  # a copy: the stored settings are not changed in place
+        source = source.get(part) if isinstance(source, dict) else None
+    if isinstance(source, dict) and key in source:
+        into[key] = source[key]
+    else:
+        into.pop(key, None)
 
 
 def _check_settings(study: optuna.Study, spec: StudySpec, stage: str, code: UserCode | None = None) -> Takeover | None:
