@@ -450,5 +450,21 @@ def test_a_batched_winner_with_dropout_says_its_stored_value_was_one_draw_of_its
     assert metrics["trained_together"] == 4 and metrics["redrawn"] is True
     assert metrics["validation"]["value"] != pytest.approx(metrics["stored_value"], rel=1e-4)
     assert "does not reproduce 'stored_value'" in metrics["note"]
-    assert (f"note: trial {metrics['trial']} trained as one of 4 copies, each drawing its own dropout masks"
-            in result.output)
+    assert (f"note: trial {metrics['trial']} trained as one of 4 copies, each drawing random numbers of its own "
+            "(dropout masks): trained alone it draws others, so 'value' does not reproduce 'stored_value'" in result.output)
+
+
+def test_a_batched_winner_without_dropout_that_does_not_reproduce_blames_rounding_not_masks(tmp_path: Path) -> None:
+    # A review: 60 epochs of 8 stacked copies ended 0.3 % from the refit, and the note blamed dropout masks.
+    spec = {"seed": 0, "name": "rounded", "data": {"name": "wine"}, "model": {"width": 16, "depth": 1},
+            "train": {"epochs": 60, "batch_size": 16, "objective": "val_loss"},
+            "stages": {"lr": {"trials": 8, "lr_min": 1e-2, "lr_max": 0.2, "batch_trials": 8},
+                       "shape": {"trials": 1, "width": [16, 16], "depth": [1, 1]}}}
+    storage = f"sqlite:///{tmp_path / 'r.db'}"
+    _run(spec, storage)
+    metrics = _best("rounded", storage, tmp_path / "b", "--stage", "lr")
+    assert metrics["trained_together"] == 8 and "dropout" not in metrics["note"]
+    if metrics["redrawn"]:
+        assert "stacked copies, whose arithmetic runs in another order" in metrics["note"]
+    else:
+        assert metrics["validation"]["value"] == pytest.approx(metrics["stored_value"], rel=1e-4, abs=1e-6)

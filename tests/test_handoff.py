@@ -217,11 +217,16 @@ def test_a_basin_that_reaches_the_top_of_the_searched_rates_is_said(tmp_path: Pa
     low = {**SWEEP_SPEC, "name": "low", "stages": {**SWEEP_SPEC["stages"], "lr": {"trials": 8, "lr_min": 1e-5, "lr_max": 3e-4}}}
     tuner.run_study(tuner.spec_from_dict(low), storage=f"sqlite:///{tmp_path / 'low.db'}", device="cpu", reporter=said)
     assert ("stage 'lr': its basin reaches the top of the rates it searched (0.0003): the best rate may lie above it; "
-            "to see, widen [stages.lr] lr_min to lr_max and run under a new name (--name NEW)") in said.messages
+            "to see, widen [stages.lr] lr_max and run under a new name (--name NEW)") in said.messages
     wide = _Said()
     walled = {**SWEEP_SPEC, "name": "walled", "stages": {**SWEEP_SPEC["stages"], "lr": {"trials": 8, "lr_min": 1e-3, "lr_max": 100.0}}}
     tuner.run_study(tuner.spec_from_dict(walled), storage=f"sqlite:///{tmp_path / 'wide.db'}", device="cpu", reporter=wide)
     assert any(t.user_attrs.get("diverged") for t in optuna.load_study(study_name="walled/lr", storage=f"sqlite:///{tmp_path / 'wide.db'}").trials)
+    # One trial at a rate pinned as best.toml pins it: no basin, no range, nothing to say (review: said on every best.toml).
+    pinned = {**SWEEP_SPEC, "name": "pinned", "stages": {**SWEEP_SPEC["stages"], "lr": {
+        "trials": 1, "lr_min": 0.05, "lr_max": math.nextafter(0.05, 1.0)}}}
+    tuner.run_study(tuner.spec_from_dict(pinned), storage=f"sqlite:///{tmp_path / 'pinned.db'}", device="cpu", reporter=wide)
+    assert not [m for m in wide.messages if "basin reaches" in m]
     assert not [m for m in wide.messages if "basin reaches" in m]
 
 

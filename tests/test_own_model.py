@@ -515,3 +515,28 @@ def test_a_loop_needing_an_argument_tuner_does_not_pass_is_refused_before_the_st
     assert result.exit_code == 2, result.output
     assert result.output.startswith(f"error: s.toml: field 'train.loop' = '{module}:fit': ") and named in result.output
     assert len(result.output.splitlines()) == 1 and not (tmp_path / "l.db").exists()
+
+
+def test_a_decorated_loop_whose_wrapper_supplies_an_argument_is_not_refused(tmp_path: Path) -> None:
+    # A review: a loop wrapped by a decorator that passes it a 'logger' ran before the signature check, and
+    # was refused by it (inspect.signature reads the wrapped function's).
+    import functools
+
+    given: list[object] = []
+
+    def with_logger(function):  # type: ignore[no-untyped-def]
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            return function(*args, logger=given.append, **kwargs)
+        return wrapper
+
+    @with_logger
+    def fit(model: torch.nn.Module, report: object, epochs: int, logger: object) -> None:
+        logger(epochs)  # type: ignore[operator]
+        for epoch in range(1, epochs + 1):
+            report(epoch, 0.5)  # type: ignore[operator]
+
+    spec = tuner.spec_from_dict({"name": "wrapped", "data": {"name": "wine"}, "train": {"epochs": 1},
+                                 "stages": {"lr": {"trials": 2}, "shape": {"trials": 1, "width": [4, 4], "depth": [1, 1]}}})
+    tuner.run_study(spec, storage=f"sqlite:///{tmp_path / 'w.db'}", device="cpu", loop=fit)
+    assert given == [1, 1, 1]  # two trials of stage lr, one of stage shape

@@ -111,11 +111,17 @@ def _lost() -> sqlalchemy.exc.OperationalError:
 
 
 class _DriverError(Exception):
-    """A driver's error as psycopg 3 raises it: a SQLSTATE where the server sent one, None while connecting."""
+    """A driver's error as psycopg 3 raises it (a SQLSTATE where the server sent one, None while connecting),
+    or as pymysql does (a number, then the words)."""
 
-    def __init__(self, text: str, sqlstate: str | None = None) -> None:
-        super().__init__(text)
-        self.sqlstate = sqlstate
+    def __init__(self, *args: object) -> None:
+        text_or_code, *rest = args
+        if isinstance(text_or_code, int):
+            super().__init__(text_or_code, *rest)
+            self.sqlstate = None
+        else:
+            super().__init__(text_or_code)
+            self.sqlstate = rest[0] if rest else None
 
 
 @pytest.mark.parametrize(("driver", "waited"), [
@@ -128,6 +134,15 @@ class _DriverError(Exception):
     (_DriverError('FATAL:  database "gone" does not exist', "3D000"), False),
     (_DriverError("could not extend file: No space left on device", "53100"), False),
     (_DriverError("value too long for type character varying(2048)", "22001"), False),
+    # While connecting no SQLSTATE comes: the driver's words decide (review: these were not waited for).
+    (_DriverError('connection failed: FATAL:  the database system is in recovery mode'), True),
+    (_DriverError('connection failed: FATAL:  the database system is not yet accepting connections'), True),
+    (_DriverError("connection failed: FATAL:  sorry, too many clients already"), True),
+    (_DriverError('could not translate host name "db" to address: Temporary failure in name resolution'), True),
+    (_DriverError("SSL SYSCALL error: EOF detected"), True),
+    (_DriverError(1040, "Too many connections"), True),  # MySQL's drivers: a number, no SQLSTATE
+    (_DriverError(1213, "Deadlock found when trying to get lock"), True),
+    (_DriverError(1045, "Access denied for user 'tuner'"), False),
 ])
 def test_only_errors_that_waiting_mends_are_waited_for(driver: Exception, waited: bool) -> None:
     # A wrong password or a full disk waited 60 s and was then called "did not answer" (review).
@@ -273,3 +288,17 @@ def test_a_bad_outage_wait_is_refused_when_the_storage_opens_naming_the_variable
     with pytest.raises(StorageError, match=r"TUNER_STORAGE_OUTAGE_WAIT='1m': must be a whole number of seconds"):
         open_storage(f"sqlite:///{tmp_path / 'x.db'}")
     assert not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.parametrize(("url", "connect_args"), [
+    ("postgresql://u@db/t", {"connect_timeout": 10}),
+    ("postgresql+psycopg2://u@db/t", {"connect_timeout": 10}),
+    ("postgresql+pg8000://u@db/t", {"timeout": 10}),  # pg8000's connect() has no connect_timeout (review)
+    ("postgresql://u@db/t?connect_timeout=3", None),  # the URL's own, read by the driver
+    ("mysql+pymysql://u@db/t", None),
+])
+def test_each_driver_gets_its_own_connect_timeout_and_every_pool_checks_connections(url: str, connect_args: object) -> None:
+    from tuner.storage import engine_kwargs
+
+    engine = engine_kwargs(sqlalchemy.engine.make_url(url))
+    assert engine["pool_pre_ping"] is True and engine.get("connect_args") == connect_args

@@ -423,9 +423,9 @@ def best(
     say(f"trained trial {metrics['trial']} of {name}/{metrics['stage']} again (refit {refit}): "
         f"validation {scores}, loss {validation['loss']:.4g}"
         + (f" (stored {stored}: {metrics['stored_value']:.4g})" if refit == "train" else " (not a fair score: trained on it)"))
-    if metrics.get("redrawn"):
-        say(f"note: trial {metrics['trial']} trained as one of {metrics['trained_together']} copies, each drawing "
-            f"its own dropout masks (random numbers); trained alone it draws others, so its stored value is one draw")
+    if metrics.get("redrawn"):  # why, in the note's words: masks drawn again, or the stacked copies' rounding
+        why = metrics["note"].partition("; ")[2].replace("the trial", f"trial {metrics['trial']}", 1)
+        say(f"note: {why}")
     if metrics["test"] is not None:
         say(f"test ({metrics['test']['rows']} rows never seen by a stage): {what} {metrics['test']['error']:.4g}, "
             f"loss {metrics['test']['loss']:.4g}")

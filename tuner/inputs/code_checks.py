@@ -232,9 +232,13 @@ def _check_loop_arguments(spec: StudySpec, code: UserCode) -> None:
     if code.loop is None:
         return
     try:
+        outer = inspect.signature(code.loop, follow_wrapped=False).parameters.values()
         parameters = inspect.signature(code.loop).parameters.values()
     except (TypeError, ValueError):  # no signature to read: it is given what it takes, as ever
         return
+    if inspect.unwrap(code.loop) is not code.loop and any(
+            p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD) for p in outer):
+        return  # a decorator's (*args, **kwargs) wrapper may supply what the function it wraps needs
     passed = [*LOOP_ARGUMENTS, *(param.name for param in spec.stages.shape.params)]
     for parameter in parameters:
         needed = parameter.default is inspect.Parameter.empty and parameter.kind not in (

@@ -217,11 +217,7 @@ def _open(given: str | None, *, must_exist: bool, read_only: bool, mark_owners: 
     else:
         # A restarted server (or an idle-session timeout) leaves every pooled connection dead: check each
         # before use, or the next commit fails ("invalid data in the commit") with the trials it stores.
-        engine: dict[str, object] = {"pool_pre_ping": True}
-        if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
-            # libpq waits for the system's TCP timeout (minutes) on a host that drops packets; an
-            # outage is waited for by tuner.storage.outages, one bounded attempt at a time.
-            engine["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+        engine = engine_kwargs(parsed)
 
         def opener() -> BaseStorage:
             return RDBStorage(url, engine_kwargs=engine, **heartbeats)
@@ -249,6 +245,24 @@ def _open(given: str | None, *, must_exist: bool, read_only: bool, mark_owners: 
     except Exception as error:  # connection refused, bad credentials, unknown dialect...
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise StorageError(f"storage {redact(url)!r}: cannot open it ({mask_user_info(reason, url)})") from None
+
+
+def engine_kwargs(parsed: sqlalchemy.engine.URL) -> dict[str, object]:
+    """SQLAlchemy's engine settings for a database server (not SQLite): each pooled connection checked
+    before use, and a PostgreSQL connect that gives up after :data:`CONNECT_TIMEOUT_S`.
+
+    Example:
+        >>> engine_kwargs(sqlalchemy.engine.make_url("postgresql://u@db/t"))
+        {'pool_pre_ping': True, 'connect_args': {'connect_timeout': 10}}
+    """
+    engine: dict[str, object] = {"pool_pre_ping": True}
+    # libpq waits for the system's TCP timeout (minutes) on a host that drops packets; an outage is waited
+    # for by tuner.storage.outages, one bounded attempt at a time. Each driver names the timeout its way.
+    names = {"psycopg": "connect_timeout", "psycopg2": "connect_timeout", "psycopg2cffi": "connect_timeout", "pg8000": "timeout"}
+    key = names.get(parsed.get_driver_name()) if parsed.get_backend_name() == "postgresql" else None
+    if key is not None and key not in parsed.query:  # a URL's own ?connect_timeout= is the driver's to read
+        engine["connect_args"] = {key: CONNECT_TIMEOUT_S}
+    return engine
 
 
 def _check_sqlite_file(path: Path, url: str, must_exist: bool) -> None:

@@ -47,7 +47,11 @@ _PERMANENT_WORDS = ("authentication", "password", "does not exist", "permission 
 _PASSING_WORDS = ("connection refused", "could not connect", "can't connect", "connection failed", "server closed the "
                   "connection", "terminating connection", "lost connection", "gone away", "connection reset", "timeout",
                   "timed out", "no route to host", "network is unreachable", "starting up", "shutting down",
-                  "connection is closed", "connection already closed", "broken pipe")
+                  "connection is closed", "connection already closed", "broken pipe", "in recovery mode",
+                  "not yet accepting connections", "too many clients", "too many connections", "name resolution",
+                  "could not translate host name", "ssl syscall error", "eof detected")
+# MySQL's drivers give a number instead: too many connections, lock wait timeout, deadlock, can't connect, gone away.
+_PASSING_MYSQL_CODES = (1040, 1205, 1213, 2002, 2003, 2006, 2013)
 
 T = TypeVar("T")
 
@@ -84,6 +88,9 @@ def _passes(error: sqlalchemy.exc.DBAPIError) -> bool:
     state = getattr(driver, "sqlstate", None) or getattr(driver, "pgcode", None)  # psycopg 3, psycopg2
     if state:
         return str(state).startswith("08") or str(state) in _PASSING_STATES
+    code = driver.args[0] if driver.args and isinstance(driver.args[0], int) else None  # pymysql, mysqlclient
+    if code is not None:
+        return code in _PASSING_MYSQL_CODES
     words = str(driver).lower()
     return not any(word in words for word in _PERMANENT_WORDS) and any(word in words for word in _PASSING_WORDS)
 

@@ -155,18 +155,20 @@ def _at_an_edge(chosen: _Chosen) -> str | None:
     """Words for a basin that reaches a bound of the rates stage lr searched (a range test's narrow range,
     an lr_max set low): better rates may lie beyond it, and nothing else would say so; None otherwise."""
     searched = chosen.best.distributions.get("lr")
-    if not isinstance(searched, optuna.distributions.FloatDistribution):
-        return None
     low, high = chosen.choice.basin
     near = 10 ** EDGE_DECADES
-    auto = chosen.variant.spec.stages.lr.lr_range == "auto"
-    widen = 'set [stages.lr] lr_range = "fixed" (its lr_min to lr_max)' if auto else "widen [stages.lr] lr_min to lr_max"
-    if high * near >= searched.high:
-        return (f"its basin reaches the top of the rates it searched ({searched.high:.3g}): the best rate may lie above "
-                f"it; to see, {widen} and run under a new name (--name NEW)")
-    if low <= searched.low * near:
-        return (f"its basin reaches the bottom of the rates it searched ({searched.low:.3g}): the best rate may lie below "
-                f"it; to see, {widen} and run under a new name (--name NEW)")
+    if (not isinstance(searched, optuna.distributions.FloatDistribution) or not low < high
+            or searched.high < searched.low * near ** 4):
+        return None  # no basin (one trial's rate, as best.toml pins it), or no range to speak of
+    lr = chosen.variant.spec.stages.lr
+    for side, bound, limit, above, name in (("top", searched.high, lr.lr_max, high * near >= searched.high, "lr_max"),
+                                            ("bottom", searched.low, lr.lr_min, low <= searched.low * near, "lr_min")):
+        if above:
+            # lr_range = "auto" searched the range test's suggestion, within lr_min to lr_max.
+            widen = ('set [stages.lr] lr_range = "fixed" (it searches lr_min to lr_max)'
+                     if lr.lr_range == "auto" and not math.isclose(bound, limit, rel_tol=1e-9) else f"widen [stages.lr] {name}")
+            return (f"its basin reaches the {side} of the rates it searched ({bound:.3g}): the best rate may lie "
+                    f"{'above' if side == 'top' else 'below'} it; to see, {widen} and run under a new name (--name NEW)")
     return None
 
 
