@@ -74,7 +74,7 @@ from tuner.storage.outages import outage_wait_s
 
 SQLITE_BUSY_TIMEOUT_S = BUSY_TIMEOUT_S
 SCHEMA_ATTEMPTS = 6  # workers opening a brand-new database at once race to create its tables
-CONNECT_TIMEOUT_S = 10  # PostgreSQL: seconds to connect, unless the URL sets ?connect_timeout=
+CONNECT_TIMEOUT_S = 10  # PostgreSQL: seconds to connect, unless the URL sets its driver's own (?connect_timeout=)
 
 __all__ = [
     "BEAT_ATTR",
@@ -91,6 +91,7 @@ __all__ = [
     "cached_trials",
     "check_user_info",
     "count_trials",
+    "engine_kwargs",
     "fail_orphaned_trials",
     "fail_trial",
     "heartbeat_settings",

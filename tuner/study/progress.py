@@ -159,8 +159,8 @@ class ConsoleReporter(Reporter):
         else:
             outcome = f"failed: {trial.user_attrs.get('error', '?')}"
         self._order += [name for name in trial.params if name not in self._order]
-        shown = sorted(trial.params, key=self._order.index)
-        params = ", ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in ((k, trial.params[k]) for k in shown))
+        shown = sorted(trial.params.items(), key=lambda item: self._order.index(item[0]))
+        params = ", ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in shown)
         elapsed = _duration(self._clock.elapsed()) if self._clock else "?"
         self.console.print(
             f"  [{stage.name} {n_finished}/{stage.budget}] trial {trial.number} ({params}): {outcome}; "

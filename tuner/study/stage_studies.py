@@ -200,9 +200,9 @@ def _takeover(study: optuna.Study, stored: dict[str, Any], wanted: dict[str, Any
 
     Allowed where every trial of the study failed (none complete, pruned, running or waiting: nothing
     trained by the old code is kept in its results), only the identity of code or data changed, or the
-    name of a function of the user's (any other setting is refused as ever), and the new identity is not one the study already left behind (a
-    worker with an old copy of the code must not take the study back from the fixed one). What the old
-    code measured on the study goes with it: the range test (``lr_find``) and the batching fallback.
+    name of a function of the user's (any other setting is refused as ever), and the new identity is
+    not one the study already left behind (a worker with an old copy of the code must not take the
+    study back from the fixed one). What the old code measured on the study goes with it: the range test (``lr_find``) and the batching fallback.
     ``wanted``: the spec's settings, normalised; ``made``: their identity as made, to store.
     """
     trials = study.get_trials(deepcopy=False)

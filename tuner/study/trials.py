@@ -102,7 +102,6 @@ class TrialBatch:
             progress.reports[epoch] = value
             return True
         trial = self.asked[index][1]
-
         ride_out_outage(lambda: trial.report(value, epoch), what="reporting an epoch")
         if ride_out_outage(trial.should_prune, what="reporting an epoch"):
             progress.pruned = True
