@@ -302,3 +302,27 @@ def test_each_driver_gets_its_own_connect_timeout_and_every_pool_checks_connecti
 
     engine = engine_kwargs(sqlalchemy.engine.make_url(url))
     assert engine["pool_pre_ping"] is True and engine.get("connect_args") == connect_args
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_through_the_proxy_a_database_down_behind_it_is_waited_for(server: PostgresServer, password: None) -> None:
+    # A new user: with the database down behind a running proxy, workers got UNKNOWN ("Exception calling
+    # application: ... invalid data in the commit") and failed at once. The proxy now answers UNAVAILABLE.
+    pytest.importorskip("grpc")
+    from tuner.storage import serve_storage
+
+    url = server.create_database("behind")
+    proxy, _ = serve_storage(url, "127.0.0.1", 0)
+    try:
+        study = optuna.create_study(study_name="behind", storage=open_storage(f"grpc://127.0.0.1:{proxy.port}"))
+        trial = study.ask()
+        _stop(server)
+        back = threading.Timer(3.0, _start, args=(server,))
+        back.start()
+        with pytest.warns(StorageWarning, match=r"^the database behind the storage proxy did not answer \("):
+            ride_out_outage(lambda: study.tell(trial, 0.25), what="telling trained trials")
+        back.join()
+    finally:
+        proxy.stop()
+    stored = optuna.load_study(study_name="behind", storage=open_storage(url)).trials
+    assert [(t.state, t.value) for t in stored] == [(TrialState.COMPLETE, 0.25)]

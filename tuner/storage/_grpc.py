@@ -29,6 +29,7 @@ from tuner.storage._url import StorageError, redact
 
 SCHEME = "grpc://"
 DEFAULT_PORT = 13000  # Optuna's default for run_grpc_proxy_server
+BEHIND_PROXY = "the database behind the storage proxy"  # how the proxy says its database did not answer
 PROXY_WAIT_S = 30.0  # workers started with their proxy (one Kubernetes rollout, one Slurm job) wait for it
 INSTALL_HINT = "pip install 'tuner[grpc]'"
 
@@ -122,6 +123,8 @@ def proxy_failure(error: BaseException) -> str | None:
     details = error.details() if callable(getattr(error, "details", None)) else None
     reason = " ".join(str(details or error).split())
     name = getattr(code, "name", "?")
+    if reason.startswith(BEHIND_PROXY):  # the proxy is there; the database behind it did not answer
+        return redact(reason)
     if proxy_went_away(error):
         return f"the storage proxy went away ({name}: {redact(reason)})"
     return f"the storage proxy failed ({name}: {redact(reason)})"
@@ -169,7 +172,10 @@ def start_proxy(storage: BaseStorage, host: str = "127.0.0.1", port: int = DEFAU
     require_grpc("tuner storage-proxy")
     bracketed = f"[{host}]" if ":" in host else host
     try:
-        server, bound = _optuna.grpc_proxy_server(optuna.storages.get_storage(storage), f"{bracketed}:{port}", threads)
+        from tuner.storage.outages import DatabaseOutages  # here: tuner.storage.outages reads this module
+
+        server, bound = _optuna.grpc_proxy_server(optuna.storages.get_storage(storage), f"{bracketed}:{port}", threads,
+                                                  [DatabaseOutages()])
     except RuntimeError:  # grpcio: "Failed to bind to address ...", and no reason
         raise StorageError(f"--host {host} --port {port}: cannot listen there (the port is taken, or the host is no "
                            f"address of this machine); choose another port, or 0.0.0.0 for every address") from None

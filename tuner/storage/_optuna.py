@@ -292,12 +292,13 @@ def _bulk_upsert(dialect: str) -> Any:
 # ---- the gRPC storage proxy -------------------------------------------------------------------
 
 
-def grpc_proxy_server(storage: BaseStorage, address: str, threads: int) -> tuple[Any, int]:
+def grpc_proxy_server(storage: BaseStorage, address: str, threads: int, interceptors: Sequence[Any] = ()) -> tuple[Any, int]:
     """Optuna's gRPC storage proxy for ``storage``, bound to ``address`` but not started; and the port bound.
 
     What ``optuna.storages.run_grpc_proxy_server`` builds, without its endless wait: the caller
     gets the server, to stop it cleanly on Ctrl-C or SIGTERM, and the port (``address`` may ask for
-    port 0, any free one). Raises ``RuntimeError`` when the address cannot be bound.
+    port 0, any free one), with gRPC's server ``interceptors``. Raises ``RuntimeError`` when the
+    address cannot be bound.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -307,7 +308,7 @@ def grpc_proxy_server(storage: BaseStorage, address: str, threads: int) -> tuple
 
     # Without so_reuseport=0, gRPC lets a second proxy bind the same port and share its calls.
     server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tuner-proxy"),
-                         options=[("grpc.so_reuseport", 0)])
+                         options=[("grpc.so_reuseport", 0)], interceptors=list(interceptors))
     api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(storage), server)
     port = server.add_insecure_port(address)
     if not port:  # older grpcio answers 0 instead of raising

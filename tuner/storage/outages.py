@@ -23,12 +23,12 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy
 
 from tuner.errors import StorageWarning, raise_if_stop_requested
-from tuner.storage._grpc import proxy_failure, proxy_went_away
+from tuner.storage._grpc import BEHIND_PROXY, proxy_failure, proxy_went_away
 from tuner.storage._url import redact
 from tuner.storage.liveness import _seconds_from_env
 
@@ -127,3 +127,33 @@ def ride_out_outage(store: Callable[[], T], *, wait_s: float | None = None, what
         raise_if_stop_requested()
         time.sleep(min(delay, left))
         delay = min(2 * delay, _MOST_DELAY_S)
+
+
+class DatabaseOutages:
+    """A gRPC server interceptor for the storage proxy: a call that failed because the database behind it
+    did not answer ends UNAVAILABLE, naming that, so that workers wait for it as for a proxy redeployed.
+
+    Optuna's servicer lets such an error through as UNKNOWN ("Exception calling application: ...
+    invalid data in the commit"), which no worker could tell from a refusal.
+    """
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        import grpc
+
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+
+        def behaviour(request: Any, context: Any) -> Any:
+            try:
+                return inner(request, context)
+            except Exception as error:  # noqa: BLE001 (sorted below: only a lost connection is named)
+                reason = connection_lost(error)
+                if reason is None or not reason.startswith("the database"):
+                    raise
+            context.abort(grpc.StatusCode.UNAVAILABLE, reason.replace("the database", BEHIND_PROXY, 1))
+
+        return grpc.unary_unary_rpc_method_handler(behaviour, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
+
