@@ -326,3 +326,25 @@ def test_through_the_proxy_a_database_down_behind_it_is_waited_for(server: Postg
         proxy.stop()
     stored = optuna.load_study(study_name="behind", storage=open_storage(url)).trials
     assert [(t.state, t.value) for t in stored] == [(TrialState.COMPLETE, 0.25)]
+
+
+def test_a_worker_reading_its_stage_waits_for_the_storage_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A new user: a worker waiting at the end of a stage for other workers' trials exited at once when the
+    # database stopped for 15 s, while the worker training beside it waited: its reads were not ridden out.
+    from tuner.study import runner
+
+    real, failures = runner.fail_orphaned_trials, [_lost()]
+
+    def once_down(study: optuna.Study) -> list[int]:
+        if failures:
+            raise failures.pop()
+        return real(study)
+
+    monkeypatch.setattr(runner, "fail_orphaned_trials", once_down)
+    monkeypatch.setattr(outages.time, "sleep", lambda s: None)
+    spec = tuner.spec_from_dict({"name": "reader", "data": {"name": "wine"}, "train": {"epochs": 1},
+                                 "stages": {"lr": {"trials": 2}, "shape": {"trials": 1, "width": [4, 4], "depth": [1, 1]}}})
+    with pytest.warns(StorageWarning, match=r"the database did not answer \(server closed the connection unexpectedly\), "
+                                            r"while reading the stage"):
+        result = tuner.run_study(spec, storage=f"sqlite:///{tmp_path / 'r.db'}", device="cpu")
+    assert not failures and result.stages["lr"].n_complete + result.stages["lr"].n_pruned == 2

@@ -143,7 +143,8 @@ def study(
         if not reporter.started:  # loading the spec, torch, the data or the user's code: no trial ran
             stopped(f"error: {what} before any trial started: run the same command again")
             raise typer.Exit(code) from None
-        stopped(f"{what}: the trials in progress are marked failed (a batch: all of its trials), finished trials are kept; "
+        stopped(f"{what}: the trials in progress are marked failed (a batch: all of its trials; where the storage does "
+                f"not answer, the next run does it), finished trials are kept; "
                 f"resume with: {shlex.join(resume)}{password_note}")
         raise typer.Exit(code) from None
     ignore_late_stops()  # the study is finished and stored: what is left is to say so

@@ -70,7 +70,7 @@ from tuner.storage.liveness import (
     worker_attrs,
     worker_id,
 )
-from tuner.storage.outages import outage_wait_s
+from tuner.storage.outages import DatabaseOutages, outage_wait_s, ride_out_outage
 
 SQLITE_BUSY_TIMEOUT_S = BUSY_TIMEOUT_S
 SCHEMA_ATTEMPTS = 6  # workers opening a brand-new database at once race to create its tables
@@ -102,6 +102,7 @@ __all__ = [
     "proxy_failure",
     "redact",
     "resolve_url",
+    "ride_out_outage",
     "without_password",
     "serve_storage",
     "skip_empty_queue",
@@ -156,7 +157,8 @@ def serve_storage(url: str | None, host: str = "127.0.0.1", port: int = _grpc.DE
                            f"to serve, e.g. --storage postgresql://user@host/db, or run the proxy where tuner.db is")
     _grpc.require_grpc("tuner storage-proxy")  # before the database is opened, or a SQLite file created
     storage = open_storage(given, mark_owners=False)
-    return start_proxy(storage, host, port), redact(resolve_url(shown))
+    # The database not answering behind the proxy ends a call UNAVAILABLE, which workers wait out.
+    return start_proxy(storage, host, port, interceptors=[DatabaseOutages()]), redact(resolve_url(shown))
 
 
 def open_existing_storage(url: str | None = None, *, writable: bool = False) -> BaseStorage:

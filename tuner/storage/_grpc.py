@@ -19,6 +19,7 @@ import os
 import sys
 import urllib.parse
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
@@ -156,8 +157,10 @@ class ProxyServer:
         self._server.stop(grace_s).wait()
 
 
-def start_proxy(storage: BaseStorage, host: str = "127.0.0.1", port: int = DEFAULT_PORT, threads: int = 10) -> ProxyServer:
-    """Serve ``storage`` to ``GrpcStorageProxy`` clients on ``host:port`` (port 0: any free port).
+def start_proxy(storage: BaseStorage, host: str = "127.0.0.1", port: int = DEFAULT_PORT, threads: int = 10,
+                interceptors: Sequence[Any] = ()) -> ProxyServer:
+    """Serve ``storage`` to ``GrpcStorageProxy`` clients on ``host:port`` (port 0: any free port), with gRPC's
+    server ``interceptors`` (tuner's: :class:`tuner.storage.outages.DatabaseOutages`).
 
     ``storage`` is wrapped in Optuna's trial cache (as Optuna's own docs ask), so that the proxy
     reads from the database only what changed.
@@ -172,10 +175,8 @@ def start_proxy(storage: BaseStorage, host: str = "127.0.0.1", port: int = DEFAU
     require_grpc("tuner storage-proxy")
     bracketed = f"[{host}]" if ":" in host else host
     try:
-        from tuner.storage.outages import DatabaseOutages  # here: tuner.storage.outages reads this module
-
         server, bound = _optuna.grpc_proxy_server(optuna.storages.get_storage(storage), f"{bracketed}:{port}", threads,
-                                                  [DatabaseOutages()])
+                                                  interceptors)
     except RuntimeError:  # grpcio: "Failed to bind to address ...", and no reason
         raise StorageError(f"--host {host} --port {port}: cannot listen there (the port is taken, or the host is no "
                            f"address of this machine); choose another port, or 0.0.0.0 for every address") from None

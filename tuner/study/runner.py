@@ -44,6 +44,7 @@ from tuner.storage import (
     fail_trial,
     open_storage,
     redact,
+    ride_out_outage,
     skip_empty_queue,
     trial_id,
     worker_attrs,
@@ -337,10 +338,10 @@ class _StageRunner:
             raise_if_stop_requested()
             # Dead workers' trials matter once they hold up the stage (when we wait): look for them
             # then, and every ORPHAN_CHECK_S, not before every trial (it reads the stage's trials anew).
-            if time.monotonic() - orphans_checked >= ORPHAN_CHECK_S:
-                fail_orphaned_trials(study)
+            if time.monotonic() - orphans_checked >= ORPHAN_CHECK_S:  # (a storage that stopped answering: waited for)
+                ride_out_outage(lambda: fail_orphaned_trials(study), what="reading the stage")
                 orphans_checked = time.monotonic()
-            trials = study.get_trials(deepcopy=False)
+            trials = ride_out_outage(lambda: study.get_trials(deepcopy=False), what="reading the stage")
             n_finished = sum(t.state in FINISHED for t in trials)
             n_running = sum(t.state == TrialState.RUNNING for t in trials)
             if not announced:
