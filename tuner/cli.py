@@ -424,9 +424,8 @@ def best(
     say(f"trained trial {metrics['trial']} of {name}/{metrics['stage']} again (refit {refit}): "
         f"validation {scores}, loss {validation['loss']:.4g}"
         + (f" (stored {stored}: {metrics['stored_value']:.4g})" if refit == "train" else " (not a fair score: trained on it)"))
-    if metrics.get("redrawn"):  # why, in the note's words: masks drawn again, or the stacked copies' rounding
-        why = metrics["note"].partition("; ")[2].replace("the trial", f"trial {metrics['trial']}", 1)
-        say(f"note: {why}")
+    if result.redrawn:  # masks drawn again, or the stacked copies' rounding
+        say(f"note: {result.redrawn}")
     if metrics["test"] is not None:
         say(f"test ({metrics['test']['rows']} rows never seen by a stage): {what} {metrics['test']['error']:.4g}, "
             f"loss {metrics['test']['loss']:.4g}")

@@ -64,6 +64,7 @@ class BestResult:
     metrics: dict[str, Any]
     replaced: str | None = None  # why the folder's earlier content could not be trusted, if it could not
     code_paths: tuple[Path, ...] = ()  # the study's own modules, copied beside best.toml
+    redrawn: str | None = None  # why the value trained again is not the stored one (metrics "redrawn"), in words
 
 
 def write_best(
@@ -158,10 +159,10 @@ def write_best(
     redrawn = (refit == "train" and together > 1 and trial.value is not None
                and not math.isclose(value, trial.value, rel_tol=1e-4, abs_tol=1e-6))
     masks = any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
-    why = (f"the trial trained as one of {together} copies, each drawing random numbers of its own (dropout masks): "
-           "trained alone it draws others" if masks else
-           f"the trial trained as one of {together} stacked copies, whose arithmetic runs in another order than "
-           "one copy's alone: a rounding that grows over the epochs")
+    why = (f"trained as one of {together} copies, each drawing random numbers of its own (dropout masks): trained "
+           "alone it draws others" if masks else
+           f"trained as one of {together} stacked copies, whose arithmetic runs in another order than one copy's "
+           "alone: a rounding that grows over the epochs") + ", so 'value' does not reproduce 'stored_value'"
     metrics: dict[str, Any] = {
         "study": name,
         "stage": stage.name,
@@ -192,8 +193,7 @@ def write_best(
         "trained_together": together,
         "redrawn": redrawn,  # the note says why: dropout masks drawn again, or the copies' order of arithmetic
         "note": (
-            f"validation: the rows every trial was scored on; {why}, so 'value' does not reproduce 'stored_value'"
-            if redrawn else
+            f"validation: the rows every trial was scored on; the trial {why}" if redrawn else
             "validation: the rows every trial was scored on; with refit train, 'value' reproduces 'stored_value'"
             if refit == "train" else
             "refit train+val: the model was trained on the validation rows too, so the validation numbers are "
@@ -212,7 +212,7 @@ def write_best(
     record = model_record(model, spec, data, plan.width, plan.depth, plan.declared)
     spec_path, model_path, metrics_path = write_folder(folder, spec_text, record, metrics, code_files)
     return BestResult(folder, spec_path, model_path, metrics_path, metrics, replaced,
-                      tuple(folder / name for name in sorted(code_files)))
+                      tuple(folder / name for name in sorted(code_files)), f"trial {trial.number} {why}" if redrawn else None)
 
 
 def _earlier_output(folder: Path) -> str | None:

@@ -240,17 +240,18 @@ def _check_loop_arguments(spec: StudySpec, code: UserCode) -> None:
             p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD) for p in outer):
         return  # a decorator's (*args, **kwargs) wrapper may supply what the function it wraps needs
     passed = [*LOOP_ARGUMENTS, *(param.name for param in spec.stages.shape.params)]
+    reference = code_references(spec).get("train.loop", MISSING)
     for parameter in parameters:
         needed = parameter.default is inspect.Parameter.empty and parameter.kind not in (
             inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
         if needed and parameter.kind == inspect.Parameter.POSITIONAL_ONLY:
-            raise SpecError(spec.source, "train.loop", code_references(spec).get("train.loop", MISSING),
+            raise SpecError(spec.source, "train.loop", reference,
                             f"it takes '{parameter.name}' by position only; tuner passes every argument by name: "
                             f"drop the '/' from its signature")
         if needed and parameter.name not in passed:
             close = difflib.get_close_matches(parameter.name, passed, n=1, cutoff=0.6)
             meant = f"did you mean '{close[0]}'? " if close else ""
-            raise SpecError(spec.source, "train.loop", code_references(spec).get("train.loop", MISSING),
+            raise SpecError(spec.source, "train.loop", reference,
                             f"it needs an argument '{parameter.name}' that tuner does not pass; {meant}tuner passes, "
                             f"by name, those of {', '.join(LOOP_ARGUMENTS)} (and your declared parameters) the "
                             f"loop names; rename it, or give it a default")
