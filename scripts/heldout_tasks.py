@@ -13,7 +13,9 @@ Keep them out of any benchmark a change is tuned on (scripts/bench_search.py), o
 held out.
 
 Run:  python scripts/heldout_tasks.py freq_lstm runs/heldout.db 0 1 2 3 4
-      (per seed: stage lr's best, stage shape's own best, its complete / pruned trials)
+      python scripts/heldout_tasks.py freq_lstm runs/heldout_b.db 0 1 2 --shape lr_transfer='"none"'
+      (per seed: stage lr's best, stage shape's own best, its complete / pruned trials, the study's
+      best and its compute; --shape / --lr set a field of that stage, as in bench_search.py)
 """
 from __future__ import annotations
 
@@ -74,7 +76,8 @@ TASKS = {
 
 
 def main() -> None:
-    import sys
+    import argparse
+    import json
     from pathlib import Path
 
     import optuna
@@ -82,21 +85,33 @@ def main() -> None:
 
     import tuner
 
-    if len(sys.argv) < 4 or sys.argv[1] not in TASKS:
-        raise SystemExit(f"usage: python scripts/heldout_tasks.py {{{','.join(TASKS)}}} DB SEED...")
-    task, db = sys.argv[1], sys.argv[2]
+    parser = argparse.ArgumentParser(description="Held-out tasks: stage lr's best against stage shape's own best, per seed.")
+    parser.add_argument("task", choices=sorted(TASKS))
+    parser.add_argument("db", help="SQLite file for the studies (one study per seed, named TASK-SEED)")
+    parser.add_argument("seeds", type=int, nargs="+")
+    parser.add_argument("--shape", action="append", default=[], metavar="FIELD=JSON",
+                        help="set a field of [stages.shape], e.g. --shape lr_transfer='\"none\"' (repeatable)")
+    parser.add_argument("--lr", action="append", default=[], metavar="FIELD=JSON", help="the same for [stages.lr]")
+    args = parser.parse_args()
+    overrides = {stage: {field: json.loads(value) for field, _, value in (item.partition("=") for item in given)}
+                 for stage, given in (("shape", args.shape), ("lr", args.lr))}
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = f"sqlite:///{db}"
-    for seed in map(int, sys.argv[3:]):
-        spec = tuner.spec_from_dict({**TASKS[task], "name": f"{task}-{seed}", "seed": seed},
+    url = f"sqlite:///{args.db}"
+    task = args.task
+    for seed in args.seeds:
+        stages = {stage: {**fields, **overrides.get(stage, {})} for stage, fields in TASKS[task]["stages"].items()}
+        spec = tuner.spec_from_dict({**TASKS[task], "stages": stages, "name": f"{task}-{seed}", "seed": seed},
                                     source=str(Path(__file__).resolve().parent / "heldout.toml"))
         tuner.run_study(spec, storage=url, device="cpu", progress=False)
         lr, shape = (optuna.load_study(study_name=f"{task}-{seed}/{stage}", storage=url) for stage in ("lr", "shape"))
         done = [t.value for t in shape.trials if t.state == optuna.trial.TrialState.COMPLETE]
         pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in shape.trials)
+        spent = sum(t.user_attrs.get("n_params", 0) * t.user_attrs.get("epochs_done", 0)
+                    for study in (lr, shape) for t in study.trials)
         print(f"{task} seed {seed}: stage lr best {lr.best_value:.4f}, stage shape's own best {min(done):.4f} "
-              f"({len(done)} complete / {pruned} pruned), no worse: {min(done) <= lr.best_value}", flush=True)
+              f"({len(done)} complete / {pruned} pruned), no worse: {min(done) <= lr.best_value}, "
+              f"study's best {min(lr.best_value, min(done)):.4f}, compute {spent:,} param-epochs", flush=True)
 
 
 if __name__ == "__main__":
