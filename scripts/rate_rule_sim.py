@@ -8,8 +8,10 @@ decades above it; 12, 20 or 40 trials, spread at random or half of them gathered
 so far (as TPE does); each value a binomial draw on 360 validation rows. A rule's regret is the true
 error at the rate it hands on minus the floor (a diverged rate: chance minus the floor).
 
-Two harder kinds of noise, each its own flag: ``--lucky F``, a share F of the trials that score far
-below the curve (floor x U(0.3, 1): the lucky seeds the robustness passes exist for); and
+Three harder kinds of noise, each its own flag: ``--lucky F``, a share F of the trials that score far
+below the curve (floor x U(0.3, 1): the lucky seeds the robustness passes exist for); ``--unlucky F``,
+a share F that score far above it (a seed that trained badly: a share U(0.3, 1) of the way from its
+value to chance, which the robustness passes leave at full weight); and
 ``--correlated S``, a smooth random factor exp(g(log10 lr)) on every value of a sweep (g a random
 function of sd S and length scale 0.3 decade), since every trial of a stage lr trains from one seed
 and neighbouring rates err alike.
@@ -18,6 +20,7 @@ Usage:
     python scripts/rate_rule_sim.py                  # 1000 sweeps, seed 1, every rule
     python scripts/rate_rule_sim.py --sweeps 300 --seed 0
     python scripts/rate_rule_sim.py --lucky 0.08 --correlated 0.3
+    python scripts/rate_rule_sim.py --seed 7 --unlucky 0.08
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def smooth_noise(rng: np.random.Generator, sd: float, length: float = 0.3, featu
 
 
 def sweep(rng: np.random.Generator, curve: dict[str, float], n: int, gathered: bool,
-          lucky: float = 0.0, correlated: float = 0.0) -> tuple[np.ndarray, ...]:
+          lucky: float = 0.0, correlated: float = 0.0, unlucky: float = 0.0) -> tuple[np.ndarray, ...]:
     shared = smooth_noise(rng, correlated) if correlated > 0 else (lambda x: 0.0)
     xs: list[float] = []
     values: list[float] = []
@@ -64,6 +67,8 @@ def sweep(rng: np.random.Generator, curve: dict[str, float], n: int, gathered: b
         p = float(np.clip(error[0] * np.exp(shared(x)), 0, 1))
         if lucky > 0 and rng.random() < lucky:
             p = curve["floor"] * rng.uniform(0.3, 1.0)
+        if unlucky > 0 and rng.random() < unlucky:  # a seed that trained badly: far above the curve
+            p = p + (CHANCE - p) * rng.uniform(0.3, 1.0)
         xs.append(x)
         values.append(rng.binomial(ROWS, p) / ROWS)
         diverged.append(bool(gone[0]))
@@ -75,6 +80,8 @@ def main() -> None:
     parser.add_argument("--sweeps", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--lucky", type=float, default=0.0, help="share of trials far below the curve [default 0]")
+    parser.add_argument("--unlucky", type=float, default=0.0,
+                        help="share of trials far above the curve (a seed that trained badly) [default 0]")
     parser.add_argument("--correlated", type=float, default=0.0,
                         help="sd of a smooth random factor shared by a sweep's neighbouring rates [default 0]")
     args = parser.parse_args()
@@ -87,7 +94,7 @@ def main() -> None:
         curve = {"best": best, "width": rng.uniform(0.3, 1.0), "steep": rng.uniform(0.3, 1.0),
                  "wall": best + rng.uniform(0.3, 1.5), "floor": rng.uniform(0.01, 0.2)}
         n = int(rng.choice([12, 20, 40]))
-        x, values, diverged = sweep(rng, curve, n, bool(rng.random() < 0.5), args.lucky, args.correlated)
+        x, values, diverged = sweep(rng, curve, n, bool(rng.random() < 0.5), args.lucky, args.correlated, args.unlucky)
         if diverged.all():
             continue
         sizes.append(n)
@@ -95,7 +102,7 @@ def main() -> None:
             choice = choose_rate(10 ** x, np.where(diverged, np.nan, values), diverged, error_rows=ROWS, **kwargs)
             error, gone = true_error(np.array([np.log10(choice.rate)]), **curve)
             regrets[rule].append(CHANCE - curve["floor"] if gone[0] else float(error[0]) - curve["floor"])
-    print(f"{len(sizes)} simulated sweeps (seed {args.seed}, lucky {args.lucky}, correlated {args.correlated}, "
+    print(f"{len(sizes)} simulated sweeps (seed {args.seed}, lucky {args.lucky}, unlucky {args.unlucky}, correlated {args.correlated}, "
           f"{time.perf_counter() - started:.0f} s); regret: the true error at the rate handed on minus the curve's floor")
     print(f"{'rule':8} {'mean':>7} {'median':>7} {'p90':>7} {'max':>6}")
     for rule, values in regrets.items():
