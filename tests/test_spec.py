@@ -65,6 +65,10 @@ def test_name_defaults_to_the_file_stem(tmp_path: Path) -> None:
         # A factory written with a dot for the colon; a depth of 0 (searched on a log scale, refused for what it is).
         ({"name": "x", "model": {"family": "mymodels.make_mlp"}}, "model.family", 'with a colon: "mymodels:make_mlp"'),
         ({"name": "x", "stages": {"shape": {"depth": [0, 2]}}}, "stages.shape.depth", "a network's depth is at least 1; e.g. [1, 2]"),
+        # A pair of the wrong length: the example fits the field (a new user was shown [1e-3, 1.0] for lr_scale).
+        ({"name": "x", "stages": {"shape": {"lr_scale": [0.5]}}}, "stages.shape.lr_scale", "[min, max], e.g. [0.5, 2.0]"),
+        ({"name": "x", "stages": {"audit": {"momentum": [0.9]}}}, "stages.audit.momentum", "[min, max], e.g. [0.0, 0.99]"),
+        ({"name": "x", "stages": {"shape": {"decay": [0.01]}}}, "stages.shape.decay", "[min, max], e.g. [1e-3, 1.0]"),
     ],
 )
 def test_bad_fields_are_named_with_a_fix(table: dict, field: str, words: str) -> None:

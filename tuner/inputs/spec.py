@@ -319,9 +319,9 @@ def _coerce(hint: Any, value: Any, path: str, source: str) -> Any:
         return _coerce(inner[0], value, path, source)
     if origin is tuple:
         if not isinstance(value, list):
-            raise SpecError(source, path, value, f"must be a list, e.g. {_example(args)}")
+            raise SpecError(source, path, value, f"must be a list, e.g. {_example(args, path)}")
         if args[-1] is not Ellipsis and len(value) != len(args):
-            raise SpecError(source, path, value, f"must hold {len(args)} values [min, max], e.g. {_example(args)}")
+            raise SpecError(source, path, value, f"must hold {len(args)} values [min, max], e.g. {_example(args, path)}")
         item = args[0]
         return tuple(_coerce(item, v, path, source) for v in value)
     if hint is bool:
@@ -371,9 +371,13 @@ def _one_or_list(item: Any, value: Any, path: str, source: str) -> Any:
     return values[0] if len(values) == 1 else values
 
 
-def _example(args: tuple[Any, ...]) -> str:
+# A float pair's example where the generic one would mislead (lr_scale multiplies the rate around 1).
+FLOAT_PAIR_EXAMPLES = {"lr_scale": "[0.5, 2.0]", "momentum": "[0.0, 0.99]"}
+
+
+def _example(args: tuple[Any, ...], path: str = "") -> str:
     if args and args[0] is str:
         return '["constant", "step"]'
     if args and args[0] is int:
         return "[8, 256]"
-    return "[1e-3, 1.0]"
+    return FLOAT_PAIR_EXAMPLES.get(path.rpartition(".")[2], "[1e-3, 1.0]")
