@@ -247,3 +247,18 @@ def test_the_shape_words_say_equal_and_show_the_momentum_it_trained_with() -> No
     assert "momentum 0.14" in words and "one_minus_momentum" not in words  # as the summary shows it
     slightly = " ".join(shape_diagnosis(stage, 0.2699, "val_error"))  # worse by 0.04%: said, and why stage lr wins
     assert "That is 0.037% higher than the best small network" in slightly and "`tuner best` trains it" in slightly
+
+
+def test_a_curve_that_gave_part_of_its_gain_back_is_not_called_steady() -> None:
+    from tuner.report.words import decay_words
+
+    # A new user's regression trial: its best epoch was the second, the later ones rose again.
+    uneven = curve_stats([11.76, 8.81, 9.17, 9.40, 9.42, 8.87], untrained=14.97)
+    assert classify_curve([11.76, 8.81, 9.17, 9.40, 9.42, 8.87], untrained=14.97) == "decaying"
+    assert uneven.best_epoch == 2 and uneven.rebound == pytest.approx((9.42 - 8.81) / (14.97 - 8.81))
+    assert decay_words(uneven) == "decays, not steadily: its best epoch was 2 of 6, and a later one gave 10% of the gain back"
+    assert decay_words(uneven, rises=True).startswith("rises, not steadily")
+    # Noise of a row or two near the end of a curve that learned is still steady.
+    noisy = curve_stats([0.3, 0.25, 0.27, 0.24, 0.26], untrained=0.9)
+    assert noisy.rebound < 0.05 and decay_words(noisy) == "decays steadily"
+    assert curve_stats([0.6, 0.5, 0.4]).rebound == 0.0
