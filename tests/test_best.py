@@ -468,3 +468,18 @@ def test_a_batched_winner_without_dropout_that_does_not_reproduce_blames_roundin
         assert "stacked copies, whose arithmetic runs in another order" in metrics["note"]
     else:
         assert metrics["validation"]["value"] == pytest.approx(metrics["stored_value"], rel=1e-4, abs=1e-6)
+
+
+def test_a_tie_between_the_stages_is_called_one() -> None:
+    from types import SimpleNamespace
+
+    from tuner.best.refit import chosen_words
+
+    # A new user's `tuner best` chose stage shape at 0.1528 beside stage lr's 0.1528 without saying they tied.
+    bests = {"lr": SimpleNamespace(value=0.1528, number=10), "shape": SimpleNamespace(value=0.1528, number=5)}
+    words = chosen_words("shape", bests, ["lr"], asked=False)
+    assert words.startswith("trial 5 of stage 'shape', the best of stages lr and shape: stage 'lr' 0.1528 (trial 10)")
+    assert words.endswith("; a tie with stage 'lr', which stage 'shape' wins")
+    bests["lr"] = SimpleNamespace(value=0.16, number=10)
+    assert "tie" not in chosen_words("shape", bests, ["lr"], asked=False)
+    assert chosen_words("lr", bests, ["lr"], asked=True) == "stage 'lr', as asked (--stage): its best trial 10 (0.16)"

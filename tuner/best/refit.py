@@ -286,9 +286,7 @@ def _best_trial(name: str, storage: str | optuna.storages.BaseStorage | None,
     # Shape first: it wins a tie. Scores of a study that maximizes count the highest best.
     stage_name = min(bests, key=lambda s: loss_like(bests[s].value, direction_of(studies[s])))  # type: ignore[arg-type]
     best, study = bests[stage_name], studies[stage_name]
-    values = ", ".join(f"stage '{s}' {bests[s].value:.4g} (trial {bests[s].number})" for s in [*lr_names, "shape"] if s in bests)
-    chosen = (f"stage '{stage_name}', as asked (--stage): its best trial {best.number} ({best.value:.4g})" if stage else
-              f"trial {best.number} of stage '{stage_name}', the best of stages lr and shape: {values}")
+    chosen = chosen_words(stage_name, bests, lr_names, asked=stage is not None)
     settings = study.user_attrs.get(SETTINGS_ATTR)
     if settings is None:
         raise BestError(f"study {name!r}: stage '{stage_name}' has no stored settings; was it made by tuner?")
@@ -302,6 +300,24 @@ def _best_trial(name: str, storage: str | optuna.storages.BaseStorage | None,
     if stage_name == "audit":
         return spec, audit_stage(spec), best, chosen, settings.get("identity")
     return spec, lr_stage(spec, label=stage_name), best, chosen, settings.get("identity")
+
+
+def chosen_words(stage_name: str, bests: dict[str, Any], lr_names: list[str], *, asked: bool) -> str:
+    """Why trial ``bests[stage_name]`` is the one trained: asked for by ``--stage``, or the best of the stages,
+    each stage's best named, and a tie said to be one (stage shape wins it).
+
+    Example:
+        >>> from types import SimpleNamespace as T
+        >>> chosen_words("shape", {"lr": T(value=0.15, number=10), "shape": T(value=0.15, number=5)}, ["lr"], asked=False)
+        "trial 5 of stage 'shape', the best of stages lr and shape: stage 'lr' 0.15 (trial 10), stage 'shape' 0.15 (trial 5); a tie with stage 'lr', which stage 'shape' wins"
+    """
+    best = bests[stage_name]
+    if asked:
+        return f"stage '{stage_name}', as asked (--stage): its best trial {best.number} ({best.value:.4g})"
+    values = ", ".join(f"stage '{s}' {bests[s].value:.4g} (trial {bests[s].number})" for s in [*lr_names, "shape"] if s in bests)
+    tied = [s for s in bests if s != stage_name and bests[s].value == best.value]
+    tie = f"; a tie with stage {', '.join(repr(s) for s in tied)}, which stage '{stage_name}' wins" if tied else ""
+    return f"trial {best.number} of stage '{stage_name}', the best of stages lr and shape: {values}{tie}"
 
 
 def _without_none(table: dict[str, Any]) -> dict[str, Any]:

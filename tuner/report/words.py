@@ -49,9 +49,7 @@ PLATEAU_IMPROVEMENT = 0.10
 # End level = mean of the last this-many finite epochs, so one alternating swing
 # at the very end is not read as a blow-up or as a big improvement.
 END_WINDOW = 2
-# Steadily: no later epoch rose above the best before it by this share of the gain or more (a new
-# user's 11.76 -> 8.81 -> 9.17 -> 9.40 -> 9.42 -> 8.87 was called "decays steadily").
-REBOUND_SHARE = 0.05
+REBOUND_SHARE = 0.05  # steadily: no later epoch rose above the best before it by this share of the gain
 
 
 @dataclass(frozen=True)
@@ -162,10 +160,8 @@ def _pct(rel: float) -> str:
 def decay_words(s: CurveStats, rises: bool = False) -> str:
     """How a curve that learned went: "decays steadily", or where a later epoch gave part of the gain back, says so."""
     moves = "rises" if rises else "decays"
-    if s.rebound < REBOUND_SHARE:
-        return f"{moves} steadily"
-    return (f"{moves}, not steadily: its best epoch was {s.best_epoch} of {s.n_finite}, and a later one gave "
-            f"{100 * s.rebound:.0f}% of the gain back")
+    return f"{moves} steadily" if s.rebound < REBOUND_SHARE else (
+        f"{moves}, not steadily: its best epoch was {s.best_epoch} of {s.n_finite}, and a later one gave {100 * s.rebound:.0f}% of the gain back")
 
 
 def _sentence_for(head: str, s: CurveStats, verdict: str) -> str:
