@@ -407,6 +407,8 @@ def test_when_shape_ends_worse_than_the_small_network_best_and_best_value_take_s
     assert result.best_stage == "lr" and result.best_value == lr.best_value
     assert result.worse_than_lr is not None and f"{lr.best_value:.4g}" in result.worse_than_lr
     assert f"{shape.best_value:.4g}" in result.worse_than_lr
+    # Trained for fewer epochs than stage lr: the line says so, beside the values it compares.
+    assert f"its best is {shape.best_value:.4g} (after 1 epoch, where stage 'lr' trained 8) against" in result.worse_than_lr
 
     picked = _best("lrwins", storage, tmp_path / "picked")
     assert (picked["stage"], picked["trial"], picked["stored_value"]) == ("lr", lr.best_trial, lr.best_value)

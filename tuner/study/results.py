@@ -108,6 +108,7 @@ class StageSummary:
     # Trials whose worker stopped them (Ctrl-C, SIGTERM, a killed worker) and that were asked again:
     # not counted in n_failed, which counts trials that raised.
     n_stopped: int = 0
+    best_epochs: int | None = None  # the epochs its best trial trained (None: not stored)
 
 
 def trained_params(params: dict[str, Any], fixed: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -199,6 +200,7 @@ def stage_summary(study: optuna.Study, stage: str, budget: int, fixed: dict[str,
         trained_together=int(study.user_attrs.get(TRAINED_TOGETHER_ATTR, 1)),
         fallback=study.user_attrs.get(FALLBACK_ATTR),
         n_stopped=n_stopped,
+        best_epochs=int(best.user_attrs[EPOCHS_DONE_ATTR]) if best and EPOCHS_DONE_ATTR in best.user_attrs else None,
     )
 
 
@@ -351,7 +353,9 @@ class StudyResult:
             return None
         if loss_like(shape.best_value, shape.direction) <= loss_like(lr.best_value, lr.direction):
             return None
-        return (f"stage 'shape' ended worse than stage '{lr.stage}': its best is {shape.best_value:.4g} against "
+        epochs = (f" (after {shape.best_epochs} epoch{'s' if shape.best_epochs != 1 else ''}, where stage '{lr.stage}' trained {lr.best_epochs})"
+                  if None not in (lr.best_epochs, shape.best_epochs) and lr.best_epochs != shape.best_epochs else "")
+        return (f"stage 'shape' ended worse than stage '{lr.stage}': its best is {shape.best_value:.4g}{epochs} against "
                 f"{lr.best_value:.4g} for the small network of stage '{lr.stage}'; the study's best is stage "
                 f"'{lr.stage}' (its trial {lr.best_trial}), and `{shlex.join(['tuner', 'best', self.name, *self.storage_option])}` "
                 f"trains it (`--stage shape` for shape's own best){self.password_note}")
