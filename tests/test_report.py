@@ -502,6 +502,19 @@ def test_the_chosen_rates_note_points_into_the_plot_below_a_high_score_and_above
         assert len(notes) == 1 and (notes[0].xyann[1] < 0) == downward
 
 
+def test_the_chosen_rates_note_names_the_nearest_trial_when_the_rate_lies_between_trials() -> None:
+    # A new user's figure said "chosen: lr 0.0348, validation error 0.403" with the star on the trial at 0.0104.
+    from matplotlib.text import Annotation
+
+    runs = [_run(lr, [0.6, value]) for lr, value in [(1e-3, 0.5), (0.0104, 0.403), (0.168, 0.153), (0.6, 0.32)]]
+    notes = {}
+    for chosen in (0.0348, 0.168):
+        fig = plot_lr_sensitivity(runs, chosen, "validation error")
+        notes[chosen] = [t.get_text() for t in fig.axes[0].texts if isinstance(t, Annotation)]
+    assert notes[0.0348] == ["chosen: lr 0.0348\nnearest trial, lr 0.0104: validation error 0.403"]
+    assert notes[0.168] == ["chosen: lr 0.168\nvalidation error 0.153"]  # a trial's own rate: its value, as before
+
+
 def test_an_axis_of_a_last_value_reads_as_english_for_every_objective() -> None:
     from tuner.report.runs import final_label
 

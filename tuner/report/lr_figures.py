@@ -119,7 +119,9 @@ def plot_lr_sensitivity(runs: Sequence[Run], chosen_lr: float | None, objective:
         ax.scatter([best.params["lr"]], [best.value], marker="*", s=220, color=CHOSEN_COLOR,
                    edgecolor="black", zorder=5)
         # Towards the inside of the plot: above a low error, below a high score (above it ran into the title).
-        ax.annotate(f"chosen: lr {chosen_lr:.3g}\n{objective.split(' (')[0]} {best.value:.3g}", xy=(best.params["lr"], best.value),
+        # The star is the trial nearest the rate handed on; where that rate lies between trials, the note says whose value it is.
+        whose = "" if abs(math.log10(best.params["lr"] / chosen_lr)) < 0.01 else f"nearest trial, lr {best.params['lr']:.3g}: "
+        ax.annotate(f"chosen: lr {chosen_lr:.3g}\n{whose}{objective.split(' (')[0]} {best.value:.3g}", xy=(best.params["lr"], best.value),
                     xytext=(-14, -34 if maximize else 34), textcoords="offset points", ha="right",
                     va="top" if maximize else "baseline", fontsize=9, color="#1a6b1a",
                     arrowprops={"arrowstyle": "-", "color": "#1a6b1a", "lw": 0.8})
