@@ -101,6 +101,15 @@ def test_a_bad_lr_scale_is_refused_in_one_line_naming_the_field(value: Any) -> N
     assert "\n" not in str(refused.value)
 
 
+def test_a_misspelt_auto_is_offered_the_word() -> None:
+    for value in ("Auto", "aut", "AUTO "):  # a new user's "Auto" got no suggestion
+        with pytest.raises(SpecError, match='did you mean "auto"'):
+            _spec(lr_scale=value)
+    with pytest.raises(SpecError) as refused:
+        _spec(lr_scale="fixed")
+    assert "did you mean" not in str(refused.value)
+
+
 def test_the_stored_range_wins_over_a_new_resolution(tmp_path: Path) -> None:
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
     study = optuna.create_study(study_name="x/shape", storage=storage)

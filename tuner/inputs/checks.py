@@ -188,7 +188,9 @@ def validate(spec: StudySpec, source: str) -> None:
     scale_fix = 'is a multiplier on the calibrated rate: "auto", or [min, max] around 1, e.g. [0.33, 3.0] ([1.0, 1.0] keeps the rate)'
     if isinstance(shape.lr_scale, str):
         if shape.lr_scale != LR_SCALE_AUTO:
-            raise SpecError(source, "stages.shape.lr_scale", shape.lr_scale, scale_fix)
+            close = difflib.get_close_matches(shape.lr_scale.lower(), [LR_SCALE_AUTO], n=1, cutoff=0.5)
+            raise SpecError(source, "stages.shape.lr_scale", shape.lr_scale,
+                            (f"did you mean \"{LR_SCALE_AUTO}\"? " if close else "") + scale_fix)
     else:
         _range(source, "stages.shape.lr_scale", shape.lr_scale, log=True)
         if not shape.lr_scale[0] <= 1 <= shape.lr_scale[1]:
