@@ -256,7 +256,10 @@ def test_a_curve_that_gave_part_of_its_gain_back_is_not_called_steady() -> None:
     uneven = curve_stats([11.76, 8.81, 9.17, 9.40, 9.42, 8.87], untrained=14.97)
     assert classify_curve([11.76, 8.81, 9.17, 9.40, 9.42, 8.87], untrained=14.97) == "decaying"
     assert uneven.best_epoch == 2 and uneven.rebound == pytest.approx((9.42 - 8.81) / (14.97 - 8.81))
-    assert decay_words(uneven) == "decays, not steadily: its best epoch was 2 of 6, and a later one gave 10% of the gain back"
+    assert decay_words(uneven) == "decays, not steadily: one epoch gave 10% of the gain back; its best was epoch 2 of 6"
+    # A rise before the best epoch is one too (its best came last here).
+    late = curve_stats([10.0, 5.0, 7.0, 4.0])
+    assert late.best_epoch == 4 and decay_words(late) == "decays, not steadily: one epoch gave 33% of the gain back; its best was epoch 4 of 4"
     assert decay_words(uneven, rises=True).startswith("rises, not steadily")
     # Noise of a row or two near the end of a curve that learned is still steady.
     noisy = curve_stats([0.3, 0.25, 0.27, 0.24, 0.26], untrained=0.9)

@@ -161,7 +161,7 @@ def decay_words(s: CurveStats, rises: bool = False) -> str:
     """How a curve that learned went: "decays steadily", or where a later epoch gave part of the gain back, says so."""
     moves = "rises" if rises else "decays"
     return f"{moves} steadily" if s.rebound < REBOUND_SHARE else (
-        f"{moves}, not steadily: its best epoch was {s.best_epoch} of {s.n_finite}, and a later one gave {100 * s.rebound:.0f}% of the gain back")
+        f"{moves}, not steadily: one epoch gave {100 * s.rebound:.0f}% of the gain back; its best was epoch {s.best_epoch} of {s.n_finite}")
 
 
 def _sentence_for(head: str, s: CurveStats, verdict: str) -> str:
