@@ -53,6 +53,9 @@ _PASSING_WORDS = ("connection refused", "could not connect", "can't connect", "c
 # MySQL's drivers give a number instead: too many connections, lock wait timeout, deadlock, can't connect, gone away.
 _PASSING_MYSQL_CODES = (1040, 1205, 1213, 2002, 2003, 2006, 2013)
 
+# How a lost database connection is named: the proxy's interceptor finds its own by these words, and names it anew.
+DATABASE = "the database"
+
 T = TypeVar("T")
 
 
@@ -71,7 +74,7 @@ def connection_lost(error: BaseException) -> str | None:
     while seen is not None:
         if isinstance(seen, sqlalchemy.exc.DBAPIError) and _passes(seen):
             reason = str(seen.orig if seen.orig is not None else seen).strip().splitlines()
-            return f"the database did not answer ({redact(reason[0]) if reason else type(seen).__name__})"
+            return f"{DATABASE} did not answer ({redact(reason[0]) if reason else type(seen).__name__})"
         if proxy_went_away(seen):
             return proxy_failure(seen)
         seen = seen.__cause__ or seen.__context__
@@ -150,9 +153,9 @@ class DatabaseOutages:
                 return inner(request, context)
             except Exception as error:  # noqa: BLE001 (sorted below: only a lost connection is named)
                 reason = connection_lost(error)
-                if reason is None or not reason.startswith("the database"):
+                if reason is None or not reason.startswith(DATABASE):
                     raise
-            context.abort(grpc.StatusCode.UNAVAILABLE, reason.replace("the database", BEHIND_PROXY, 1))
+            context.abort(grpc.StatusCode.UNAVAILABLE, reason.replace(DATABASE, BEHIND_PROXY, 1))
 
         return grpc.unary_unary_rpc_method_handler(behaviour, request_deserializer=handler.request_deserializer,
                                                    response_serializer=handler.response_serializer)
